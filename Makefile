@@ -1,0 +1,46 @@
+# The two commands: `make demo` and `make test`. Everything else is set up by them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SERVICES := $(PY) scripts/with_services.py
+
+.PHONY: demo test lint typecheck unit integration bench services-up services-down clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## demo: the crash-and-resume story on a local broker it starts and stops
+demo: $(VENV)/.installed
+	$(SERVICES) --kafka -- $(PY) scripts/demo.py
+
+## test: lint, type check, then the whole suite against a real Kafka and PostgreSQL
+test: lint typecheck
+	$(SERVICES) --kafka --postgres -- $(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check consumer handlers tests scripts benchmarks
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit
+
+bench: $(VENV)/.installed
+	$(SERVICES) --kafka --postgres -- $(PY) -m benchmarks
+
+services-up: $(VENV)/.installed
+	$(PY) scripts/kafka_local.py start
+	$(PY) scripts/postgres_local.py start
+
+services-down: $(VENV)/.installed
+	-$(PY) scripts/kafka_local.py stop
+	-$(PY) scripts/postgres_local.py stop
+
+clean: services-down
+	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,266 @@
+"""The consumer loop: poll -> route -> handler -> watermark -> checkpoint when due.
+
+One thread owns the loop, the source and every partition's state; rebalance and commit
+callbacks run inside ``poll`` on that same thread. ``run_once`` is public so tests can step it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+
+from consumer.checkpoint import Checkpoint
+from consumer.checkpoint_policy import CheckpointPolicy, CheckpointState, Trigger
+from consumer.clock import Clock
+from consumer.errors import ConsumerError, HandlerFailed, KafkaError
+from consumer.message import Context, Message
+from consumer.observer import Observer
+from consumer.routing import Router
+from consumer.transport import TP, Source
+from consumer.watermark import PartitionProgress
+
+log = logging.getLogger("consumer.engine")
+
+
+class LoopState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    DRAINING = "draining"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class ConsumerLoop:
+    """Consumes the routed topics and checkpoints every N messages or T seconds."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        router: Router,
+        policy: CheckpointPolicy,
+        group: str,
+        clock: Clock,
+        observer: Observer,
+        batch_size: int = 500,
+        poll_timeout: float = 0.5,
+        synchronous_commits: bool = False,
+    ) -> None:
+        self._source = source
+        self._router = router
+        self._policy = policy
+        self._group = group
+        self._clock = clock
+        self._observer = observer
+        self._batch_size = batch_size
+        self._poll_timeout = poll_timeout
+        self._synchronous_commits = synchronous_commits
+        # A crash repeats at most the work the broker has not confirmed: one interval with
+        # synchronous commits; with asynchronous ones, the interval in flight plus one more.
+        self._unconfirmed_limit = (
+            None if policy.every_messages is None
+            else policy.every_messages * (1 if synchronous_commits else 2)
+        )
+        self._partitions: dict[TP, PartitionProgress] = {}
+        self._checkpoints = CheckpointState(policy, clock.monotonic())
+        self._stop_requested = False
+        self.state = LoopState.CREATED
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Wait for the brokers, then subscribe. False when a stop was requested first."""
+        if not self._source.wait_for_broker(keep_trying=lambda: not self._stop_requested):
+            return False
+        self._source.subscribe(self._router.topics, self)
+        self.state = LoopState.RUNNING
+        self._observer.started(self._router.topics)
+        return True
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the message in hand; safe from a signal handler."""
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    def run(self) -> None:
+        """Consume until a stop is requested, then checkpoint and leave the group.
+
+        Raises :class:`HandlerFailed` (after committing what was done before the failing
+        message) or a Kafka error the client cannot recover from.
+        """
+        try:
+            if self.start():
+                while not self._stop_requested:
+                    self.run_once()
+        except ConsumerError as error:
+            self.state = LoopState.FAILED
+            self._observer.failed(error)
+            self._close_after_failure()
+            raise
+        self.close()
+
+    def run_once(self) -> int:
+        """One turn: poll a batch, handle it, checkpoint if due. Returns messages done."""
+        room = self._room()
+        if room == 0 and self._checkpoints.due(self._clock.monotonic()) is not None:
+            self._checkpoint(Trigger.COUNT)
+            room = self._room()
+        if room == 0:
+            # Too much work not yet confirmed by the broker (a commit held back or refused
+            # during a rebalance): confirm it before handling anything more.
+            self._confirm()
+            return 0
+        done = self._handle(self._source.poll(room, self._poll_timeout))
+        trigger = self._checkpoints.due(self._clock.monotonic())
+        if trigger is not None:
+            self._checkpoint(trigger)
+        return done
+
+    def _room(self) -> int:
+        """How many messages the next poll may take without breaking the checkpoint bound."""
+        room = self._batch_size
+        until_checkpoint = self._checkpoints.room()
+        if until_checkpoint is not None:
+            room = min(room, until_checkpoint)
+        if self._unconfirmed_limit is not None:
+            unconfirmed = sum(p.unconfirmed for p in self._partitions.values())
+            room = min(room, max(0, self._unconfirmed_limit - unconfirmed))
+        return room
+
+    def _handle(self, messages: list[Message]) -> int:
+        now = self._clock.monotonic()
+        done = 0
+        partitions = self._partitions
+        route_for = self._router.route_for
+        group = self._group
+        try:
+            for message in messages:
+                if self._stop_requested:
+                    break
+                progress = partitions.get((message.topic, message.partition))
+                if progress is None:  # Revoked while this batch was in flight.
+                    continue
+                try:
+                    route_for(message.topic).handler(message, Context(group, message))
+                except Exception as error:
+                    raise HandlerFailed(
+                        message.topic, message.partition, message.offset, error
+                    ) from error
+                progress.mark_done(message.offset, now)
+                done += 1
+        finally:
+            if done:
+                self._checkpoints.record_done(done)
+                self._observer.batch_done(done)
+        return done
+
+    def _confirm(self) -> None:
+        """Commit synchronously; if the group is rebalancing, let the rebalance finish by
+        polling with every partition paused, so no new work is taken meanwhile."""
+        self._checkpoint(Trigger.COUNT, synchronous=True)
+        if self._room() > 0:
+            return
+        paused = list(self._partitions)
+        self._source.pause(paused)
+        try:
+            # Only partitions assigned during this poll can deliver messages; handle them.
+            self._handle(self._source.poll(self._batch_size, self._poll_timeout))
+        finally:
+            self._source.resume([tp for tp in paused if tp in self._partitions])
+
+    def close(self) -> None:
+        """Checkpoint synchronously and leave the group."""
+        if self.state in (LoopState.CLOSED, LoopState.FAILED):
+            return
+        self.state = LoopState.DRAINING
+        try:
+            self._checkpoint(Trigger.SHUTDOWN)
+        finally:
+            self._source.close()
+            self.state = LoopState.CLOSED
+            self._observer.stopped()
+
+    def _close_after_failure(self) -> None:
+        """Commit what was done before the failure, then leave the group; never mask it."""
+        try:
+            self._checkpoint(Trigger.SHUTDOWN)
+        except ConsumerError as error:
+            log.error("final checkpoint after the failure also failed: %s", error)
+        try:
+            self._source.close()
+        except ConsumerError as error:
+            log.error("closing the Kafka client after the failure failed: %s", error)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _checkpoint(
+        self, trigger: Trigger, only: list[TP] | None = None, *, synchronous: bool = False
+    ) -> dict[TP, int] | None:
+        """Take a checkpoint; None when its commit failed (the watermarks stay pending)."""
+        partitions = (
+            list(self._partitions.values())
+            if only is None
+            else [self._partitions[tp] for tp in only if tp in self._partitions]
+        )
+        synchronous = synchronous or self._synchronous_commits
+        checkpoint = Checkpoint(trigger, partitions, source=self._source, observer=self._observer,
+                                synchronous=synchronous)
+        try:
+            committed = checkpoint.run()
+        except KafkaError as error:
+            self._observer.commit_failed(trigger, error)
+            if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
+                raise
+            # The watermarks stay pending: the next checkpoint commits them again.
+            return None
+        if only is None:
+            self._checkpoints.reset(self._clock.monotonic())
+        return committed
+
+    # --- what the source reports (SourceListener) ---------------------------------------------
+
+    def on_assigned(self, partitions: list[TP]) -> Mapping[TP, int]:
+        for topic, partition in partitions:
+            self._partitions[(topic, partition)] = PartitionProgress(topic, partition)
+        self._observer.assigned(partitions)
+        return {}
+
+    def on_revoked(self, partitions: list[TP]) -> None:
+        try:
+            self._checkpoint(Trigger.REVOKE, only=partitions)
+        finally:
+            for tp in partitions:
+                self._partitions.pop(tp, None)
+            self._observer.revoked(partitions)
+
+    def on_lost(self, partitions: list[TP]) -> None:
+        for tp in partitions:
+            self._partitions.pop(tp, None)
+        self._observer.lost(partitions)
+
+    def on_commit_result(self, offsets: Mapping[TP, int], error: KafkaError | None) -> None:
+        for tp, offset in offsets.items():
+            progress = self._partitions.get(tp)
+            if progress is not None:
+                progress.mark_acked(offset)
+        if error is not None:
+            for progress in self._partitions.values():
+                progress.commit_failed()
+            self._observer.commit_failed(None, error)
+        elif offsets:
+            self._observer.commit_acknowledged(offsets)
+
+    def on_client_error(self, error: KafkaError) -> None:
+        self._observer.kafka_error(error)
+
+    # --- snapshots for observers and tests -----------------------------------------------------
+
+    def watermarks(self) -> dict[TP, int | None]:
+        return {tp: p.watermark for tp, p in self._partitions.items()}
+
+    def committed_offsets(self) -> dict[TP, int | None]:
+        return {tp: p.committed for tp, p in self._partitions.items()}

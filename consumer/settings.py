@@ -1,0 +1,236 @@
+"""Typed configuration: a YAML or TOML file, overridden by ``CONSUMER_…`` environment variables.
+
+``CONSUMER_KAFKA__GROUP_ID=payments`` sets ``kafka.group_id``; the environment wins over the
+file, and nested sections merge key by key. Every problem is reported at once, one line each,
+before anything connects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from consumer.errors import ConfigError
+
+HANDLER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: librdkafka properties whose values are never printed.
+SECRET_KEY_PARTS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    """Where to consume from and as whom."""
+
+    bootstrap_servers: str = Field(description="Comma-separated host:port list of brokers.")
+    group_id: str = Field(min_length=1, description="Consumer group; also keys the checkpoints.")
+    client_id: str = "checkpoint-consumer"
+    auto_offset_reset: Literal["earliest", "latest", "error"] = "earliest"
+    session_timeout_ms: int = Field(default=45_000, gt=0)
+    max_poll_interval_ms: int = Field(default=300_000, gt=0)
+    #: Messages taken per poll; also an upper bound on work between two loop turns.
+    poll_batch_size: int = Field(default=500, ge=1, le=100_000)
+    poll_timeout_seconds: float = Field(default=0.5, gt=0, le=60)
+    #: Any other librdkafka property, with Kafka's dotted names (security, tuning).
+    librdkafka: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("librdkafka", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): v if isinstance(v, SecretStr) else _librdkafka_text(v)
+                    for k, v in value.items()}
+        return value
+
+    @field_validator("librdkafka")
+    @classmethod
+    def _not_ours(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        owned = {"enable.auto.commit", "group.id", "bootstrap.servers", "on_commit",
+                 "enable.auto.offset.store"}
+        clash = sorted(owned & set(value))
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)} cannot be set here: checkpoint-consumer manages "
+                "commits itself and takes group and brokers from kafka.group_id / "
+                "kafka.bootstrap_servers"
+            )
+        return value
+
+    def masked_librdkafka(self) -> dict[str, str]:
+        """The pass-through properties with secrets replaced by ``***``, for logs."""
+        return {k: "***" if _is_secret(k) else v.get_secret_value()
+                for k, v in self.librdkafka.items()}
+
+
+class RouteSettings(_Section):
+    """One topic and the handler that processes its messages."""
+
+    handler: str = Field(description="Import path of the handler, `package.module:function`.")
+
+    @field_validator("handler")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        if not HANDLER_PATH.match(value):
+            raise ValueError(
+                f"{value!r} is not an import path of the form 'package.module:function'"
+            )
+        return value
+
+
+class CheckpointSettings(_Section):
+    """When offsets are committed. Either trigger may be off (null), not both."""
+
+    every_messages: int | None = Field(default=1_000, ge=1)
+    every_seconds: float | None = Field(default=5.0, gt=0)
+    #: Wait for the broker on every commit: a crash then re-reads at most one interval, at the
+    #: cost of a broker round trip per checkpoint. Off: commits are asynchronous, at most one
+    #: in flight, and a crash re-reads at most two intervals.
+    synchronous_commits: bool = False
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> CheckpointSettings:
+        if self.every_messages is None and self.every_seconds is None:
+            raise ValueError(
+                "every_messages and every_seconds are both off: nothing would ever be "
+                "committed; set at least one"
+            )
+        return self
+
+
+class ShutdownSettings(_Section):
+    grace_seconds: float = Field(default=30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one consumer process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONSUMER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        # CONSUMER_CHECKPOINT__EVERY_MESSAGES=null switches a trigger off, as null does in YAML.
+        env_parse_none_str="null",
+    )
+
+    kafka: KafkaSettings
+    routes: dict[str, RouteSettings] = Field(min_length=1)
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+    #: Folders searched first when importing handlers; relative ones from the working directory.
+    handler_path: list[str] = Field(default_factory=lambda: ["."])
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """``topic: module:function`` is short for ``topic: {handler: module:function}``."""
+        if isinstance(value, dict):
+            return {t: {"handler": r} if isinstance(r, str) else r for t, r in value.items()}
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init values; the environment overrides them.
+        return env_settings, init_settings
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with every secret replaced by ``***``, for logs."""
+        data = self.model_dump(mode="json")
+        data["kafka"]["librdkafka"] = self.kafka.masked_librdkafka()
+        return data
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read the config file (``path``, else ``$CONSUMER_CONFIG``, else none) and the environment.
+
+    Raises :class:`ConfigError` listing every problem, one per line, naming the setting.
+    """
+    source = path or os.environ.get("CONSUMER_CONFIG")
+    data = read_config_file(Path(source)) if source else {}
+    try:
+        return Settings(**data)
+    except ValidationError as error:
+        raise ConfigError([_describe(e) for e in error.errors()]) from None
+    except SettingsError as error:  # e.g. CONSUMER_KAFKA='{not json'
+        cause = f" ({error.__cause__})" if error.__cause__ else ""
+        raise ConfigError([f"environment: {error}{cause}"]) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"config file {path}: cannot read it ({error.strerror})"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"config file {path}: not UTF-8 text ({error})"]) from None
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError([f"config file {path}: use a .yaml, .yml or .toml file"])
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError([f"config file {path}: not valid {path.suffix[1:]}: {error}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"config file {path}: the top level must be a mapping"])
+    return data
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{where}: required, but not set"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown setting"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind.endswith("_parsing") or kind.endswith("_type"):
+        return f"{where}: {message} (got {_short(error.get('input'))})"
+    return f"{where}: {message}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_secret(key: str) -> bool:
+    return any(part in key for part in SECRET_KEY_PARTS)
+
+
+def _librdkafka_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,257 @@
+"""The Kafka source: the only module that imports confluent_kafka.
+
+It turns client messages into :class:`~consumer.message.Message`, client errors into ours, and
+rebalance callbacks into calls on a :class:`~consumer.transport.SourceListener`, all on the
+thread that polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from consumer.errors import AssignmentFailed, KafkaError, KafkaFatalError
+from consumer.message import Message
+from consumer.settings import KafkaSettings
+from consumer.transport import COMMIT_MARKER, TP, SourceListener
+
+log = logging.getLogger("consumer.source")
+NOT_AN_ERROR = {confluent_kafka.KafkaError._NO_OFFSET}
+
+
+class _Unsubscribed:
+    """Listener in place until ``subscribe``: client errors are logged, nothing else happens."""
+
+    def on_assigned(self, partitions: list[TP]) -> Mapping[TP, int]:
+        return {}
+
+    def on_revoked(self, partitions: list[TP]) -> None: ...
+
+    def on_lost(self, partitions: list[TP]) -> None: ...
+
+    def on_commit_result(self, offsets: Mapping[TP, int], error: KafkaError | None) -> None: ...
+
+    def on_client_error(self, error: KafkaError) -> None:
+        log.warning("%s", error)
+
+
+class KafkaSource:
+    """A subscribed Kafka consumer with manual commits and cooperative rebalancing."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._listener: SourceListener = _Unsubscribed()
+        self._callback_error: BaseException | None = None
+        self._consumer = Consumer(self._client_config())
+
+    # --- configuration -----------------------------------------------------------------------
+
+    def _client_config(self) -> dict[str, Any]:
+        s = self._settings
+        config: dict[str, Any] = {
+            "bootstrap.servers": s.bootstrap_servers,
+            "group.id": s.group_id,
+            "client.id": s.client_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": s.auto_offset_reset,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": s.session_timeout_ms,
+            "max.poll.interval.ms": s.max_poll_interval_ms,
+            "error_cb": self._error_cb,
+            "on_commit": self._commit_cb,
+            "logger": logging.getLogger("consumer.librdkafka"),
+        }
+        config.update({k: v.get_secret_value() for k, v in s.librdkafka.items()})
+        return config
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def wait_for_broker(
+        self, *, keep_trying: Callable[[], bool], max_backoff: float = 30.0
+    ) -> bool:
+        """Block until a broker answers, retrying with backoff while ``keep_trying()`` holds.
+
+        Returns False when ``keep_trying`` turned false first (shutdown requested).
+        """
+        backoff, attempt = 1.0, 1
+        while keep_trying():
+            try:
+                metadata = self._consumer.list_topics(timeout=min(backoff, 5.0))
+                if metadata.brokers:
+                    if attempt > 1:
+                        log.info("Kafka at %s answers again", self._settings.bootstrap_servers)
+                    return True
+            except KafkaException as error:
+                reason = error.args[0].str() if error.args else str(error)
+            else:
+                reason = "no broker in the metadata"
+            log.warning(
+                "cannot reach Kafka at %s (attempt %d: %s); retrying in %.0f s. Check "
+                "kafka.bootstrap_servers and that the brokers are up.",
+                self._settings.bootstrap_servers, attempt, reason, backoff,
+            )
+            deadline = time.monotonic() + backoff
+            while keep_trying() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            backoff, attempt = min(backoff * 2, max_backoff), attempt + 1
+        return False
+
+    def subscribe(self, topics: Iterable[str], listener: SourceListener) -> None:
+        self._listener = listener
+        self._consumer.subscribe(
+            list(topics),
+            on_assign=self._assign_cb,
+            on_revoke=self._revoke_cb,
+            on_lost=self._lost_cb,
+        )
+
+    def close(self) -> None:
+        """Leave the group (revoking partitions, which checkpoints them) and close the client."""
+        self._consumer.close()
+        self._raise_callback_error()
+
+    # --- polling -------------------------------------------------------------------------------
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to ``max_messages`` messages; rebalance and commit callbacks run inside."""
+        try:
+            raw = self._consumer.consume(num_messages=max_messages, timeout=timeout)
+        except KafkaException as error:
+            self._raise_callback_error()
+            raise _translate(error.args[0]) from error
+        self._raise_callback_error()
+        messages: list[Message] = []
+        append = messages.append
+        for record in raw:
+            failure = record.error()
+            if failure is not None:
+                self._client_error(failure)
+                continue
+            kind, stamp = record.timestamp()
+            # A record without an error always has these; the client's hints say Optional.
+            topic: str = record.topic()  # type: ignore[assignment]
+            partition: int = record.partition()  # type: ignore[assignment]
+            offset: int = record.offset()  # type: ignore[assignment]
+            headers: list[tuple[str, bytes | None]] | None = record.headers()  # type: ignore[assignment]
+            append(
+                Message(
+                    topic,
+                    partition,
+                    offset,
+                    record.value(),
+                    key=record.key(),
+                    headers=headers,
+                    timestamp=stamp / 1000.0 if kind else None,
+                )
+            )
+        return messages
+
+    def pause(self, partitions: list[TP]) -> None:
+        if partitions:
+            self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: list[TP]) -> None:
+        if partitions:
+            self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
+
+    # --- commits -------------------------------------------------------------------------------
+
+    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool) -> None:
+        """Commit the next offsets to read. Synchronous commits raise :class:`KafkaError`."""
+        partitions = [
+            TopicPartition(topic, partition, offset, metadata=COMMIT_MARKER)
+            for (topic, partition), offset in offsets.items()
+        ]
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=partitions, asynchronous=True)
+                return
+            result = self._consumer.commit(offsets=partitions, asynchronous=False)
+        except KafkaException as error:
+            if error.args[0].code() in NOT_AN_ERROR:
+                return
+            raise _translate(error.args[0]) from error
+        failed = [tp for tp in result or [] if tp.error is not None]
+        if failed:
+            raise _translate(failed[0].error)
+
+    def committed(self, partitions: Iterable[TP], timeout: float = 10.0) -> dict[TP, int | None]:
+        """Kafka's committed offsets for the group (None where nothing is committed)."""
+        request = [TopicPartition(t, p) for t, p in partitions]
+        try:
+            result = self._consumer.committed(request, timeout=timeout)
+        except KafkaException as error:
+            raise _translate(error.args[0]) from error
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in result}
+
+    # --- callbacks (run on the polling thread, inside consume/close) ---------------------------
+
+    def _assign_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            starts = self._listener.on_assigned([(p.topic, p.partition) for p in partitions])
+            for p in partitions:
+                start = starts.get((p.topic, p.partition))
+                if start is not None:
+                    p.offset = start
+            consumer.incremental_assign(partitions)
+        except BaseException as error:
+            # The client would assign at Kafka's committed offsets anyway; never carry on.
+            self._callback_error = AssignmentFailed(
+                f"could not position assigned partitions {_names(partitions)}: "
+                f"{type(error).__name__}: {error}"
+            )
+            self._callback_error.__cause__ = error
+
+    def _revoke_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._listener.on_revoked([(p.topic, p.partition) for p in partitions])
+        except BaseException as error:
+            self._callback_error = error
+
+    def _lost_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._listener.on_lost([(p.topic, p.partition) for p in partitions])
+        except BaseException as error:
+            self._callback_error = error
+
+    def _commit_cb(self, error: Any, partitions: list[TopicPartition]) -> None:
+        offsets = {(p.topic, p.partition): p.offset for p in partitions if p.error is None}
+        failure = None
+        if error is not None and error.code() not in NOT_AN_ERROR:
+            failure = _translate(error)
+        elif any(p.error is not None for p in partitions):
+            failure = _translate(next(p.error for p in partitions if p.error is not None))
+        self._listener.on_commit_result(offsets, failure)
+
+    def _error_cb(self, error: Any) -> None:
+        self._client_error(error)
+
+    def _client_error(self, error: Any) -> None:
+        translated = _translate(error)
+        if translated.fatal:
+            self._callback_error = translated
+        self._listener.on_client_error(translated)
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
+
+
+def _translate(error: Any) -> KafkaError:
+    """confluent_kafka.KafkaError -> our KafkaError (fatal ones as KafkaFatalError)."""
+    code = error.name() if hasattr(error, "name") else "UNKNOWN"
+    reason = error.str() if hasattr(error, "str") else str(error)
+    if getattr(error, "fatal", lambda: False)():
+        return KafkaFatalError(code, reason)
+    return KafkaError(code, reason)
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions)

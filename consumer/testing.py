@@ -1,0 +1,121 @@
+"""In-memory stand-ins for fast tests of handlers and of the engine (no broker involved).
+
+    source = InMemorySource({"orders": [[b"a", b"b"], [b"c"]]})   # topic -> partitions -> values
+    loop = ConsumerLoop(source, router=..., policy=..., group="g", clock=ManualClock(),
+                        observer=Observer())
+    loop.start(); loop.run_once()
+    assert source.committed_offsets == {("orders", 0): 2, ("orders", 1): 1}
+
+They prove the engine's bookkeeping, never Kafka's behaviour: that is for the integration tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from consumer.errors import KafkaError
+from consumer.message import Message
+from consumer.transport import TP, SourceListener
+
+
+class InMemorySource:
+    """A single-member group over in-memory partitions, with commits recorded."""
+
+    def __init__(self, topics: Mapping[str, list[list[bytes]]]) -> None:
+        self._log: dict[TP, list[Message]] = {}
+        for topic, partitions in topics.items():
+            for partition, values in enumerate(partitions):
+                self._log[(topic, partition)] = [
+                    Message(topic, partition, offset, value, timestamp=0.0)
+                    for offset, value in enumerate(values)
+                ]
+        self._positions: dict[TP, int] = {}
+        self.paused: set[TP] = set()
+        self._listener: SourceListener | None = None
+        self._pending_assignment: list[TP] = []
+        self.committed_offsets: dict[TP, int] = {}
+        #: Every commit call: (offsets, asynchronous).
+        self.commits: list[tuple[dict[TP, int], bool]] = []
+        self.closed = False
+        # Like the real client, asynchronous commit results arrive during the next poll.
+        self._commit_results: list[tuple[dict[TP, int], KafkaError | None]] = []
+        #: Set to hold asynchronous commit results back (a broker busy with a rebalance).
+        self.hold_commit_results = False
+        #: Set to make the next commit fail with this error.
+        self.fail_next_commit: KafkaError | None = None
+
+    def append(self, topic: str, partition: int, value: bytes) -> None:
+        log = self._log.setdefault((topic, partition), [])
+        offset = log[-1].offset + 1 if log else 0
+        log.append(Message(topic, partition, offset, value, timestamp=0.0))
+
+    def wait_for_broker(self, *, keep_trying: Callable[[], bool]) -> bool:
+        return keep_trying()
+
+    def subscribe(self, topics: Iterable[str], listener: SourceListener) -> None:
+        self._listener = listener
+        wanted = set(topics)
+        self._pending_assignment = [tp for tp in self._log if tp[0] in wanted]
+
+    def _deliver_commit_results(self) -> None:
+        if self.hold_commit_results:
+            return
+        results, self._commit_results = self._commit_results, []
+        if self._listener is not None:
+            for offsets, error in results:
+                self._listener.on_commit_result(offsets, error)
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        if self._listener is None:
+            raise RuntimeError("poll before subscribe")
+        self._deliver_commit_results()
+        if self._pending_assignment:
+            assigned, self._pending_assignment = self._pending_assignment, []
+            starts = self._listener.on_assigned(assigned)
+            for tp in assigned:
+                self._positions[tp] = starts.get(tp, self.committed_offsets.get(tp, 0))
+        batch: list[Message] = []
+        for tp, position in self._positions.items():
+            if tp in self.paused:
+                continue
+            take = self._log[tp][position: position + max_messages - len(batch)]
+            batch.extend(take)
+            self._positions[tp] = position + len(take)
+            if len(batch) >= max_messages:
+                break
+        return batch
+
+    def pause(self, partitions: list[TP]) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, partitions: list[TP]) -> None:
+        self.paused.difference_update(partitions)
+
+    def revoke(self, partitions: list[TP]) -> None:
+        """Simulate the group coordinator taking partitions away (runs the listener now)."""
+        if self._listener is not None:
+            self._listener.on_revoked(partitions)
+        for tp in partitions:
+            self._positions.pop(tp, None)
+
+    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool) -> None:
+        self.commits.append((dict(offsets), asynchronous))
+        if self.fail_next_commit is not None:
+            error, self.fail_next_commit = self.fail_next_commit, None
+            if not asynchronous:
+                raise error
+            self._commit_results.append(({}, error))
+            return
+        self.committed_offsets.update(offsets)
+        if asynchronous:
+            self._commit_results.append((dict(offsets), None))
+
+    def committed(self, partitions: Iterable[TP], timeout: float = 10.0) -> dict[TP, int | None]:
+        return {tp: self.committed_offsets.get(tp) for tp in partitions}
+
+    def close(self) -> None:
+        self._deliver_commit_results()
+        if self._listener is not None and self._positions:
+            self._listener.on_revoked(list(self._positions))
+        self._positions.clear()
+        self.closed = True

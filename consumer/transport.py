@@ -1,0 +1,59 @@
+"""The boundary between the engine and Kafka: what a source offers and what it reports back.
+
+:class:`consumer.source.KafkaSource` implements it over confluent-kafka;
+:class:`consumer.testing.InMemorySource` implements it in memory for fast tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+from consumer.errors import KafkaError
+from consumer.message import Message
+
+#: (topic, partition)
+TP = tuple[str, int]
+#: Written into every commit's metadata, so a reset made with Kafka's own tools is detectable.
+COMMIT_MARKER = "checkpoint-consumer/1"
+
+
+class SourceListener(Protocol):
+    """What the engine does when the client reports something; called on the polling thread."""
+
+    def on_assigned(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """Newly assigned partitions; returns start offsets for those it positions itself."""
+        ...
+
+    def on_revoked(self, partitions: list[TP]) -> None: ...
+
+    def on_lost(self, partitions: list[TP]) -> None: ...
+
+    def on_commit_result(self, offsets: Mapping[TP, int], error: KafkaError | None) -> None:
+        """The outcome of an asynchronous commit."""
+        ...
+
+    def on_client_error(self, error: KafkaError) -> None: ...
+
+
+class Source(Protocol):
+    """A subscribed consumer with manual commits."""
+
+    def wait_for_broker(self, *, keep_trying: Callable[[], bool]) -> bool: ...
+
+    def subscribe(self, topics: Iterable[str], listener: SourceListener) -> None: ...
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]: ...
+
+    def pause(self, partitions: list[TP]) -> None:
+        """Stop fetching these partitions; polls still run callbacks."""
+        ...
+
+    def resume(self, partitions: list[TP]) -> None: ...
+
+    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool) -> None: ...
+
+    def committed(self, partitions: Iterable[TP], timeout: float = 10.0) -> dict[TP, int | None]:
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,77 @@
+"""Per-partition progress: the watermark of done messages, and how much of it Kafka confirmed.
+
+Messages of one partition are done in offset order. Offsets need not be contiguous (transaction
+markers, compaction), so the watermark is the done message's offset + 1, never a count.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from consumer.errors import OffsetWentBackwards
+
+
+class PartitionProgress:
+    """Watermark and commit bookkeeping for one assigned partition."""
+
+    __slots__ = ("_confirmed_done", "_in_flight", "acked", "committed", "done", "done_since_commit",
+                 "oldest_uncommitted_at", "partition", "topic", "watermark")
+
+    def __init__(self, topic: str, partition: int, *, committed: int | None = None) -> None:
+        self.topic = topic
+        self.partition = partition
+        #: Next offset after the last done message; None until something is done.
+        self.watermark: int | None = committed
+        #: Last offset we asked Kafka to commit (the next one to read).
+        self.committed: int | None = committed
+        #: Last offset the broker confirmed; trails ``committed`` while a commit is in flight.
+        self.acked: int | None = committed
+        #: Messages done since the partition was assigned, and how many the broker confirmed.
+        self.done = 0
+        self._confirmed_done = 0
+        #: (offset, done) of each commit sent and not confirmed yet, oldest first.
+        self._in_flight: deque[tuple[int, int]] = deque()
+        self.done_since_commit = 0
+        #: Monotonic time at which the oldest done-but-uncommitted message was done.
+        self.oldest_uncommitted_at: float | None = None
+
+    def mark_done(self, offset: int, now: float) -> None:
+        if self.watermark is not None and offset < self.watermark:
+            raise OffsetWentBackwards(self.topic, self.partition, self.watermark, offset + 1)
+        self.watermark = offset + 1
+        self.done += 1
+        self.done_since_commit += 1
+        if self.oldest_uncommitted_at is None:
+            self.oldest_uncommitted_at = now
+
+    def pending_commit(self) -> int | None:
+        """The offset to commit, or None when the watermark has not moved since the last commit."""
+        if self.watermark is None or self.watermark == self.committed:
+            return None
+        return self.watermark
+
+    def mark_committed(self, offset: int) -> None:
+        """A commit of ``offset`` was sent (it is confirmed by :meth:`mark_acked`)."""
+        if self.committed is not None and offset < self.committed:
+            raise OffsetWentBackwards(self.topic, self.partition, self.committed, offset)
+        self.committed = offset
+        self._in_flight.append((offset, self.done))
+        if offset == self.watermark:
+            self.done_since_commit = 0
+            self.oldest_uncommitted_at = None
+
+    def mark_acked(self, offset: int) -> None:
+        """The broker confirmed a commit of ``offset``."""
+        if self.acked is None or offset > self.acked:
+            self.acked = offset
+        while self._in_flight and self._in_flight[0][0] <= offset:
+            self._confirmed_done = self._in_flight.popleft()[1]
+
+    @property
+    def unconfirmed(self) -> int:
+        """Messages done whose commit the broker has not confirmed: what a crash would repeat."""
+        return self.done - self._confirmed_done
+
+    def commit_failed(self) -> None:
+        """The last commit did not reach the broker: the next checkpoint must send it again."""
+        self.committed = self.acked

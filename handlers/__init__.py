@@ -1,0 +1,1 @@
+"""Example handlers. A route names one as ``handlers.<module>:<function>``."""

@@ -1,0 +1,23 @@
+"""Session-wide real servers for the integration tests (see tests/support/servers.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.servers import kafka_server, postgres_server
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of a real Apache Kafka broker."""
+    with kafka_server() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """DSN of a real PostgreSQL server with an empty database the tests may use."""
+    with postgres_server() as dsn:
+        yield dsn

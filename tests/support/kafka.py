@@ -1,0 +1,91 @@
+"""Helpers for integration tests against a real broker: unique topics, produce and wait."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from consumer_process import wait_for
+
+
+def unique_name(prefix: str) -> str:
+    """A topic or group name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def create_topic(bootstrap: str, partitions: int, *, prefix: str = "test") -> str:
+    """Create a uniquely named topic and wait until every partition has a leader."""
+    name = unique_name(prefix)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    futures[name].result(timeout=30)
+
+    def ready() -> bool:
+        topic = admin.list_topics(topic=name, timeout=5).topics.get(name)
+        if topic is None or topic.error is not None or len(topic.partitions) != partitions:
+            return False
+        return all(p.leader >= 0 for p in topic.partitions.values())
+
+    wait_for(ready, timeout=30, what=f"topic {name} to have leaders for {partitions} partitions")
+    return name
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes],
+    *,
+    key: Callable[[int], bytes | None] = lambda i: str(i).encode(),
+    partition: Callable[[int], int] | None = None,
+    headers: Callable[[int], list[tuple[str, bytes]]] | None = None,
+    timeout: float = 60.0,
+) -> int:
+    """Produce every value, wait for each delivery report, and fail on any delivery error."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    errors: list[str] = []
+    delivered = 0
+
+    def on_delivery(error: object, _message: object) -> None:
+        nonlocal delivered
+        if error is not None:
+            errors.append(str(error))
+        else:
+            delivered += 1
+
+    sent = 0
+    for i, value in enumerate(values):
+        extra: dict[str, object] = {}
+        if partition is not None:
+            extra["partition"] = partition(i)
+        if headers is not None:
+            extra["headers"] = headers(i)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key(i), on_delivery=on_delivery, **extra)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        sent += 1
+        producer.poll(0)
+    remaining = producer.flush(timeout)
+    if remaining or errors or delivered != sent:
+        raise AssertionError(
+            f"produced {sent} to {topic}: {delivered} delivered, {remaining} still queued, "
+            f"errors: {errors[:5]}"
+        )
+    return sent
+
+
+def group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
+    """The group's committed offsets as Kafka reports them (None: nothing committed)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(topic, p) for p in range(partitions)]
+    )
+    result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
+    return {tp.partition: tp.offset if tp.offset >= 0 else None
+            for tp in result.topic_partitions}

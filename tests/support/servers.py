@@ -1,0 +1,74 @@
+"""Where the tests' Kafka broker and PostgreSQL server come from, in order of preference:
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` / ``CONSUMER_TEST_POSTGRES_DSN`` in the environment: use them.
+2. A Docker engine that answers: testcontainers starts throwaway containers.
+3. Otherwise the project's own launchers in ``scripts/`` (Kafka from Maven Central jars,
+   PostgreSQL from Debian's packages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+def docker_engine_answers() -> bool:
+    """True when a Docker engine (not just the client binary) responds to a ping."""
+    if os.environ.get("CONSUMER_TEST_NO_DOCKER"):
+        return False
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def kafka_server() -> Iterator[str]:
+    """Yield a bootstrap address; stop the broker afterwards only if we started it."""
+    from_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if from_env:
+        yield from_env
+        return
+    if docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    import kafka_local
+
+    already = kafka_local.running_bootstrap()
+    bootstrap = kafka_local.start()
+    try:
+        yield bootstrap
+    finally:
+        if already is None:
+            kafka_local.stop()
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield a PostgreSQL DSN; stop the server afterwards only if we started it."""
+    from_env = os.environ.get("CONSUMER_TEST_POSTGRES_DSN")
+    if from_env:
+        yield from_env
+        return
+    if docker_engine_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    import postgres_local
+
+    already = postgres_local.running_dsn()
+    dsn = postgres_local.start()
+    try:
+        yield dsn
+    finally:
+        if already is None:
+            postgres_local.stop()

@@ -1,0 +1,91 @@
+"""Helpers for the engine and checkpoint tests: a recording observer and a loop factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from consumer.checkpoint_policy import CheckpointPolicy, Trigger
+from consumer.clock import ManualClock
+from consumer.engine import ConsumerLoop
+from consumer.errors import ConsumerError, KafkaError
+from consumer.message import Context, Message
+from consumer.observer import TP, Observer
+from consumer.routing import Route, Router
+from consumer.testing import InMemorySource
+
+Handler = Callable[[Message, Context], object]
+
+
+class RecordingObserver(Observer):
+    """Keeps the events the tests look at, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def checkpoint_committed(self, trigger: Trigger, offsets: Mapping[TP, int]) -> None:
+        self.events.append(("committed", trigger, dict(offsets)))
+
+    def checkpoint_noop(self, trigger: Trigger) -> None:
+        self.events.append(("noop", trigger))
+
+    def commit_failed(self, trigger: Trigger | None, error: KafkaError) -> None:
+        self.events.append(("commit_failed", trigger, error.code))
+
+    def revoked(self, partitions: list[TP]) -> None:
+        self.events.append(("revoked", sorted(partitions)))
+
+    def failed(self, error: ConsumerError) -> None:
+        self.events.append(("failed", type(error).__name__))
+
+    def stopped(self) -> None:
+        self.events.append(("stopped",))
+
+    def named(self, name: str) -> list[tuple[object, ...]]:
+        return [event for event in self.events if event[0] == name]
+
+
+class Recorder:
+    """A handler that remembers the coordinates of every message it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int]] = []
+
+    def __call__(self, message: Message, context: Context) -> None:
+        self.seen.append((message.topic, message.partition, message.offset))
+
+
+def values(count: int) -> list[bytes]:
+    return [f"m{i}".encode() for i in range(count)]
+
+
+def make_loop(
+    source: InMemorySource,
+    handler: Handler,
+    *,
+    topics: tuple[str, ...] = ("t",),
+    every_messages: int | None = None,
+    every_seconds: float | None = None,
+    batch_size: int = 500,
+    clock: ManualClock | None = None,
+    observer: Observer | None = None,
+) -> ConsumerLoop:
+    return ConsumerLoop(
+        source,
+        router=Router(Route(topic, handler, "x:y") for topic in topics),
+        policy=CheckpointPolicy(every_messages=every_messages, every_seconds=every_seconds),
+        group="g",
+        clock=clock or ManualClock(),
+        observer=observer or Observer(),
+        batch_size=batch_size,
+        poll_timeout=0.0,
+    )
+
+
+def commits_never_go_backwards(commits: list[tuple[dict[TP, int], bool]]) -> bool:
+    last: dict[TP, int] = {}
+    for offsets, _ in commits:
+        for tp, offset in offsets.items():
+            if offset < last.get(tp, -1):
+                return False
+            last[tp] = offset
+    return True

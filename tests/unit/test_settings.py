@@ -1,0 +1,362 @@
+"""consumer.settings: file + environment loading, validation messages, secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from consumer.errors import ConfigError
+from consumer.settings import Settings, load_settings, read_config_file
+
+YAML_CONFIG = """\
+kafka:
+  bootstrap_servers: "127.0.0.1:1"
+  group_id: from-file
+  client_id: file-client
+routes:
+  events:
+    handler: handlers.echo:handle
+checkpoint:
+  every_messages: 10
+  every_seconds: 3
+"""
+
+TOML_CONFIG = """\
+log_level = "DEBUG"
+
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+group_id = "from-toml"
+poll_batch_size = 7
+
+[routes.events]
+handler = "handlers.echo:handle"
+
+[checkpoint]
+every_messages = 20
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    return caught.value.problems
+
+
+# --- reading files -------------------------------------------------------------------------
+
+
+def test_yaml_file_values_are_loaded_and_the_rest_take_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "c.yaml", YAML_CONFIG))
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:1"
+    assert settings.kafka.group_id == "from-file"
+    assert settings.kafka.client_id == "file-client"
+    assert settings.routes["events"].handler == "handlers.echo:handle"
+    assert settings.checkpoint.every_messages == 10
+    assert settings.checkpoint.every_seconds == 3.0
+    # Not in the file: defaults.
+    assert settings.kafka.auto_offset_reset == "earliest"
+    assert settings.shutdown.grace_seconds == 30.0
+    assert settings.handler_path == ["."]
+
+
+def test_yml_suffix_is_read_as_yaml(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "c.yml", YAML_CONFIG))
+    assert settings.kafka.group_id == "from-file"
+
+
+def test_toml_file_values_are_loaded(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "c.toml", TOML_CONFIG))
+    assert settings.kafka.group_id == "from-toml"
+    assert settings.kafka.poll_batch_size == 7
+    assert settings.routes["events"].handler == "handlers.echo:handle"
+    assert settings.checkpoint.every_messages == 20
+    assert settings.checkpoint.every_seconds == 5.0
+    assert settings.log_level == "DEBUG"
+
+
+def test_consumer_config_variable_names_the_file_when_no_path_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUMER_CONFIG", str(write(tmp_path, "c.yaml", YAML_CONFIG)))
+    assert load_settings().kafka.group_id == "from-file"
+
+
+# --- environment overrides -----------------------------------------------------------------
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSUMER_KAFKA__GROUP_ID", "from-env")
+    monkeypatch.setenv("CONSUMER_LOG_LEVEL", "ERROR")
+    settings = load_settings(write(tmp_path, "c.yaml", YAML_CONFIG))
+    assert settings.kafka.group_id == "from-env"
+    assert settings.log_level == "ERROR"
+
+
+def test_nested_sections_merge_key_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overriding one key of a section keeps the file's other keys of that section."""
+    monkeypatch.setenv("CONSUMER_KAFKA__GROUP_ID", "from-env")
+    monkeypatch.setenv("CONSUMER_CHECKPOINT__EVERY_SECONDS", "0.25")
+    settings = load_settings(write(tmp_path, "c.yaml", YAML_CONFIG))
+    assert settings.kafka.group_id == "from-env"
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:1"
+    assert settings.kafka.client_id == "file-client"
+    assert settings.checkpoint.every_seconds == 0.25
+    assert settings.checkpoint.every_messages == 10
+
+
+def test_environment_supplies_a_setting_the_file_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = YAML_CONFIG.replace('  bootstrap_servers: "127.0.0.1:1"\n', "")
+    monkeypatch.setenv("CONSUMER_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:2")
+    settings = load_settings(write(tmp_path, "c.yaml", text))
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:2"
+    assert settings.kafka.group_id == "from-file"
+
+
+def test_environment_value_of_the_wrong_type_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUMER_KAFKA__SESSION_TIMEOUT_MS", "soon")
+    problems = problems_of(write(tmp_path, "c.yaml", YAML_CONFIG))
+    assert len(problems) == 1
+    assert problems[0].startswith("kafka.session_timeout_ms: ")
+    assert "'soon'" in problems[0]
+
+
+def test_malformed_json_in_a_section_variable_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole section given as unparsable JSON in the environment is reported like any other
+    problem (ConfigError naming the setting), not as a pydantic-settings traceback."""
+    monkeypatch.setenv("CONSUMER_CHECKPOINT", "{not json")
+    problems = problems_of(write(tmp_path, "c.yaml", YAML_CONFIG))
+    assert len(problems) == 1
+    assert "checkpoint" in problems[0]
+
+
+# --- routes --------------------------------------------------------------------------------
+
+
+def test_route_shorthand_means_the_same_as_the_handler_mapping(tmp_path: Path) -> None:
+    short = YAML_CONFIG.replace(
+        "  events:\n    handler: handlers.echo:handle\n", "  events: handlers.echo:handle\n"
+    )
+    assert "events: handlers.echo:handle" in short
+    assert load_settings(write(tmp_path, "short.yaml", short)) == load_settings(
+        write(tmp_path, "long.yaml", YAML_CONFIG)
+    )
+
+
+def test_no_route_at_all_is_a_config_error(tmp_path: Path) -> None:
+    text = YAML_CONFIG.split("routes:")[0] + "routes: {}\n"
+    problems = problems_of(write(tmp_path, "c.yaml", text))
+    assert len(problems) == 1
+    assert problems[0].startswith("routes: ")
+
+
+# --- validation messages -------------------------------------------------------------------
+
+
+def test_every_problem_is_reported_at_once_one_line_each_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    text = """\
+kafka:
+  group_id: g
+  session_timeout_ms: soon
+  colour: blue
+routes:
+  events: not-an-import-path
+checkpoint:
+  every_messages: null
+  every_seconds: null
+"""
+    problems = problems_of(write(tmp_path, "c.yaml", text))
+    assert len(problems) == 5, problems
+    assert all("\n" not in p for p in problems)
+    by_setting = {p.split(": ", 1)[0]: p for p in problems}
+    assert set(by_setting) == {
+        "kafka.bootstrap_servers",
+        "kafka.session_timeout_ms",
+        "kafka.colour",
+        "routes.events.handler",
+        "checkpoint",
+    }
+    assert by_setting["kafka.bootstrap_servers"].endswith("required, but not set")
+    assert by_setting["kafka.colour"].endswith("unknown setting")
+    assert "(got 'soon')" in by_setting["kafka.session_timeout_ms"]
+    assert "'not-an-import-path'" in by_setting["routes.events.handler"]
+    assert "module:function" in by_setting["routes.events.handler"]
+    assert "both off" in by_setting["checkpoint"]
+
+
+def test_config_error_message_lists_each_problem_on_its_own_line() -> None:
+    error = ConfigError(["a: one", "b: two"])
+    assert str(error).splitlines() == ["invalid configuration:", "  a: one", "  b: two"]
+
+
+def test_unknown_top_level_key_is_reported(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, "c.yaml", YAML_CONFIG + "colour: blue\n"))
+    assert problems == ["colour: unknown setting"]
+
+
+def test_one_checkpoint_trigger_may_be_off(tmp_path: Path) -> None:
+    text = YAML_CONFIG.replace("every_seconds: 3", "every_seconds: null")
+    settings = load_settings(write(tmp_path, "c.yaml", text))
+    assert settings.checkpoint.every_seconds is None
+    assert settings.checkpoint.every_messages == 10
+
+
+@pytest.mark.parametrize(
+    "handler", ["handlers.echo", "handlers.echo:", ":handle", "handlers echo:handle", "a:b:c"]
+)
+def test_handler_not_of_the_form_module_colon_function_is_refused(
+    tmp_path: Path, handler: str
+) -> None:
+    text = YAML_CONFIG.replace("handler: handlers.echo:handle", f"handler: {handler!r}")
+    problems = problems_of(write(tmp_path, "c.yaml", text))
+    assert len(problems) == 1
+    assert problems[0].startswith("routes.events.handler: ")
+
+
+def test_empty_yaml_file_reports_the_required_sections(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, "c.yaml", ""))
+    assert sorted(problems) == [
+        "kafka: required, but not set",
+        "routes: required, but not set",
+    ]
+
+
+# --- librdkafka pass-through and secrets ---------------------------------------------------
+
+LIBRDKAFKA_CONFIG = YAML_CONFIG.replace(
+    "  client_id: file-client\n",
+    """\
+  client_id: file-client
+  librdkafka:
+    security.protocol: SASL_SSL
+    sasl.password: hunter2
+    ssl.key.password: swordfish
+    fetch.min.bytes: 10
+    enable.partition.eof: true
+    socket.timeout.s: 0.5
+""",
+)
+
+
+def test_librdkafka_values_are_passed_through_as_strings(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "c.yaml", LIBRDKAFKA_CONFIG))
+    values = {k: v.get_secret_value() for k, v in settings.kafka.librdkafka.items()}
+    assert values == {
+        "security.protocol": "SASL_SSL",
+        "sasl.password": "hunter2",
+        "ssl.key.password": "swordfish",
+        "fetch.min.bytes": "10",
+        "enable.partition.eof": "true",
+        "socket.timeout.s": "0.5",
+    }
+
+
+def test_masked_replaces_password_values_with_stars_and_keeps_the_rest(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "c.yaml", LIBRDKAFKA_CONFIG))
+    masked = settings.masked()
+    assert masked["kafka"]["librdkafka"] == {
+        "security.protocol": "SASL_SSL",
+        "sasl.password": "***",
+        "ssl.key.password": "***",
+        "fetch.min.bytes": "10",
+        "enable.partition.eof": "true",
+        "socket.timeout.s": "0.5",
+    }
+    assert masked["kafka"]["group_id"] == "from-file"
+    dumped = json.dumps(masked)
+    assert "hunter2" not in dumped
+    assert "swordfish" not in dumped
+
+
+def test_repr_of_settings_never_shows_a_secret(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "c.yaml", LIBRDKAFKA_CONFIG))
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings)
+
+
+@pytest.mark.parametrize("owned", ["enable.auto.commit", "group.id"])
+def test_librdkafka_keys_the_framework_owns_are_refused(tmp_path: Path, owned: str) -> None:
+    text = YAML_CONFIG.replace(
+        "  client_id: file-client\n", f"  client_id: file-client\n  librdkafka:\n    {owned}: x\n"
+    )
+    problems = problems_of(write(tmp_path, "c.yaml", text))
+    assert len(problems) == 1
+    assert problems[0].startswith("kafka.librdkafka: ")
+    assert owned in problems[0]
+
+
+# --- unusable files ------------------------------------------------------------------------
+
+
+def test_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    problems = problems_of(path)
+    assert len(problems) == 1
+    assert str(path) in problems[0]
+    assert "cannot read" in problems[0]
+
+
+def test_directory_instead_of_a_file_is_a_config_error(tmp_path: Path) -> None:
+    folder = tmp_path / "c.yaml"
+    folder.mkdir()
+    problems = problems_of(folder)
+    assert len(problems) == 1
+    assert "cannot read" in problems[0]
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, "c.yaml", "kafka: [unclosed\n"))
+    assert len(problems) == 1
+    assert "not valid yaml" in problems[0]
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, "c.toml", "[kafka\n"))
+    assert len(problems) == 1
+    assert "not valid toml" in problems[0]
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.ini", "config"])
+def test_unsupported_suffix_is_a_config_error(tmp_path: Path, name: str) -> None:
+    problems = problems_of(write(tmp_path, name, "{}"))
+    assert len(problems) == 1
+    assert ".yaml, .yml or .toml" in problems[0]
+
+
+def test_top_level_that_is_not_a_mapping_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        read_config_file(write(tmp_path, "c.yaml", "- a\n- b\n"))
+    assert len(caught.value.problems) == 1
+    assert "must be a mapping" in caught.value.problems[0]
+
+
+def test_file_that_is_not_utf8_text_is_a_config_error(tmp_path: Path) -> None:
+    """Binary garbage in the config file is reported as a ConfigError, not a traceback."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"kafka:\n  group_id: \xff\xfe\n")
+    problems = problems_of(path)
+    assert len(problems) == 1
+    assert str(path) in problems[0]
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "c.yaml", YAML_CONFIG))
+    with pytest.raises(ValueError, match="frozen"):
+        settings.log_level = "DEBUG"
+    assert isinstance(settings, Settings)

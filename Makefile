@@ -23,7 +23,7 @@ test: lint typecheck
 	$(SERVICES) --kafka --postgres -- $(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check consumer handlers tests scripts benchmarks
+	$(VENV)/bin/ruff check .
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

@@ -17,7 +17,8 @@ COPY config ./config
 RUN useradd --system --uid 10001 consumer && mkdir -p /app/state && chown consumer /app/state
 USER consumer
 
-# Prometheus metrics, /livez and /readyz.
+# Prometheus metrics, /livez and /readyz (the default address is loopback: listen on all).
+ENV CONSUMER_METRICS__HOST=0.0.0.0
 EXPOSE 9400
 ENTRYPOINT ["consumer"]
 CMD ["run", "--config", "/app/config/consumer.yaml"]

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SERVICES := $(PY) scripts/with_services.py
 
-.PHONY: demo test lint typecheck unit integration bench services-up services-down clean
+.PHONY: demo test lint typecheck unit integration bench services-up services-down clean promtool
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ demo: $(VENV)/.installed
 	$(SERVICES) --kafka -- $(PY) scripts/demo.py
 
 ## test: lint, type check, then the whole suite against a real Kafka and PostgreSQL
-test: lint typecheck
+test: lint typecheck promtool
 	$(SERVICES) --kafka --postgres -- $(PY) -m pytest
+
+# The alert-rule tests need promtool: found on PATH or unpacked from Debian's prometheus package.
+promtool:
+	scripts/ensure_promtool.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -5,17 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
+from collections.abc import Callable, Mapping
 from types import FrameType
 
+from consumer import logs
 from consumer.checkpoint_policy import CheckpointPolicy
 from consumer.clock import SystemClock
+from consumer.dedup import KeyFunction, key_function
 from consumer.engine import ConsumerLoop
 from consumer.observer import LoggingObserver, Observer, Observers
+from consumer.purge import ProcessedKeyPurger
 from consumer.routing import Router
 from consumer.settings import Settings
 from consumer.source import KafkaSource
+from consumer.store import open_store
+from consumer.transactional import TransactionalBatches
 
 log = logging.getLogger("consumer.app")
 
@@ -28,21 +33,63 @@ def build_router(settings: Settings) -> Router:
     )
 
 
-def build_loop(settings: Settings, router: Router, *extra_observers: Observer) -> ConsumerLoop:
-    """Wire a consumer loop for these settings; nothing connects until ``loop.start()``."""
+def build_keys(settings: Settings, topic_ids: Mapping[str, str]) -> dict[str, KeyFunction]:
+    """Each route's dedup key function (raises ConfigError for a bad function path)."""
+    return {topic: key_function(route.dedup_key, topic_ids)
+            for topic, route in settings.routes.items()}
+
+
+def build_loop(
+    settings: Settings, router: Router, *extra_observers: Observer,
+    on_statistics: Callable[[str], None] | None = None,
+) -> ConsumerLoop:
+    """Wire a consumer loop for these settings; nothing connects until ``loop.start()``
+    (a SQLite store file is opened here; PostgreSQL connects at ``loop.start()``)."""
+    source = KafkaSource(settings.kafka, on_statistics=on_statistics)
+    observer = Observers(LoggingObserver(), *extra_observers)
+    clock = SystemClock()
+    topic_ids: dict[str, str] = {}
+    keys = build_keys(settings, topic_ids)
+    transactional = None
+    if settings.store.enabled:
+        store = open_store(settings.store.url.get_secret_value(),
+                           sqlite_synchronous=settings.store.sqlite_synchronous)
+        transactional = TransactionalBatches(
+            store, source=source, router=router, keys=keys, group=settings.kafka.group_id,
+            observer=observer, clock=clock, on_external_reset=settings.store.on_external_reset,
+            max_backoff=settings.store.max_backoff_seconds, topic_ids=topic_ids,
+        )
     return ConsumerLoop(
-        KafkaSource(settings.kafka),
+        source,
         router=router,
         policy=CheckpointPolicy(
             every_messages=settings.checkpoint.every_messages,
             every_seconds=settings.checkpoint.every_seconds,
         ),
         group=settings.kafka.group_id,
-        clock=SystemClock(),
-        observer=Observers(LoggingObserver(), *extra_observers),
+        clock=clock,
+        observer=observer,
         batch_size=settings.kafka.poll_batch_size,
         poll_timeout=settings.kafka.poll_timeout_seconds,
         synchronous_commits=settings.checkpoint.synchronous_commits,
+        keys=keys,
+        transactional=transactional,
+    )
+
+
+def build_purger(settings: Settings, *observers: Observer) -> ProcessedKeyPurger | None:
+    """The background retention of processed keys, or None without a store or retention."""
+    retention = settings.store.processed_keys_retention_seconds
+    if not settings.store.enabled or retention is None:
+        return None
+    url = settings.store.url.get_secret_value()
+    return ProcessedKeyPurger(
+        lambda: open_store(url, sqlite_synchronous=settings.store.sqlite_synchronous),
+        retention_seconds=retention,
+        every_seconds=settings.store.purge_every_seconds,
+        batch_size=settings.store.purge_batch_size,
+        observer=Observers(LoggingObserver(), *observers),
+        wall=SystemClock().wall,
     )
 
 
@@ -81,9 +128,5 @@ class ShutdownSignals:
             self._timer.cancel()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+def configure_logging(level: str, format: str = "human", *, group: str | None = None) -> None:
+    logs.configure(level, format, group=group)

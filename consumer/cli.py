@@ -1,7 +1,9 @@
 """``consumer``: the command line.
 
-    consumer run   [--config FILE]   consume until SIGTERM/SIGINT
-    consumer check [--config FILE]   validate config and import handlers, print the config
+    consumer run        [--config FILE]   consume until SIGTERM/SIGINT
+    consumer check      [--config FILE]   validate config and import handlers, print the config
+    consumer store init [--config FILE]   create the store's tables (run also does it)
+    consumer lag --group G [--topic T] [--json] [--config FILE | --bootstrap-servers B]
 
 Exit codes: 0 stopped cleanly, 1 failed while running, 2 invalid configuration.
 """
@@ -13,11 +15,20 @@ import json
 import logging
 import sys
 
-from consumer import __version__
-from consumer.app import ShutdownSignals, build_loop, build_router, configure_logging
-from consumer.errors import ConfigError, ConsumerError
+from consumer import __version__, lag_command
+from consumer.app import (
+    ShutdownSignals,
+    build_keys,
+    build_loop,
+    build_purger,
+    build_router,
+    configure_logging,
+)
+from consumer.errors import ConfigError, ConsumerError, StoreSchemaError
+from consumer.observability import build_observability
 from consumer.routing import Router
 from consumer.settings import Settings, load_settings
+from consumer.store import open_store
 
 log = logging.getLogger("consumer.cli")
 
@@ -30,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
+    if args.command == "lag":  # needs no routes nor handlers: it reads another group's offsets
+        return lag_command.run(args)
     try:
         settings = load_settings(args.config)
         router = build_router(settings)
+        build_keys(settings, {})
     except ConfigError as error:
         for problem in error.problems:
             print(f"config: {problem}", file=sys.stderr)
@@ -40,24 +54,63 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(json.dumps(settings.masked(), indent=2))
         return EXIT_OK
+    if args.command == "store":
+        return _store_init(settings)
     return _run(settings, router)
 
 
+def _store_init(settings: Settings) -> int:
+    if not settings.store.enabled:
+        print("consumer: store.url is none: there is no store to initialise", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        store = open_store(settings.store.url.get_secret_value())
+        store.ensure_schema()
+        store.close()
+    except ConsumerError as error:
+        return _failed(error)
+    print(f"store ready: {settings.store.masked_url()}")
+    return EXIT_OK
+
+
 def _run(settings: Settings, router: Router) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.logging.format, group=settings.kafka.group_id)
     log.info("checkpoint-consumer %s starting with %s", __version__,
              json.dumps(settings.masked(), sort_keys=True))
-    loop = build_loop(settings, router)
+    observability = build_observability(settings)
+    try:
+        loop = build_loop(settings, router, *observability.observers,
+                          on_statistics=observability.on_statistics)
+    except ConsumerError as error:
+        return _failed(error)
+    try:
+        observability.serve(loop.snapshot)
+    except OSError as error:
+        print(f"consumer: cannot serve metrics on {settings.metrics.host}:"
+              f"{settings.metrics.port}: {error.strerror}; set metrics.port (0: any free port) "
+              "or metrics.enabled: false", file=sys.stderr)
+        return EXIT_FAILED
+    purger = build_purger(settings, *observability.observers)
+    if purger is not None:
+        purger.start()
     signals = ShutdownSignals(loop, grace_seconds=settings.shutdown.grace_seconds)
     signals.install()
     try:
         loop.run()
     except ConsumerError as error:
-        print(f"consumer: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(error)
     finally:
         signals.cancel()
+        if purger is not None:
+            purger.stop()
+        observability.close()
     return EXIT_OK
+
+
+def _failed(error: ConsumerError) -> int:
+    """Print the error for the operator; a store that can never work is a config problem."""
+    print(f"consumer: {error}", file=sys.stderr)
+    return EXIT_CONFIG if isinstance(error, StoreSchemaError) else EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
                        ("check", "validate the config and handlers, print the effective config")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", help="YAML or TOML config file (default: $CONSUMER_CONFIG)")
+    lag_command.add_arguments(commands.add_parser(
+        "lag", help="a group's committed offset, end offset and lag per partition"))
+    store = commands.add_parser("store", help="manage the store")
+    store.add_argument("action", choices=["init"], help="init: create the tables")
+    store.add_argument("--config", help="YAML or TOML config file (default: $CONSUMER_CONFIG)")
     return parser
 
 

@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from consumer.checkpoint import Checkpoint
 from consumer.checkpoint_policy import CheckpointPolicy, CheckpointState, Trigger
 from consumer.clock import Clock
+from consumer.dedup import KeyFunction
 from consumer.errors import ConsumerError, HandlerFailed, KafkaError
 from consumer.message import Context, Message
 from consumer.observer import Observer
 from consumer.routing import Router
+from consumer.snapshot import LoopSnapshot, PartitionSnapshot
+from consumer.transactional import TransactionalBatches
 from consumer.transport import TP, Source
 from consumer.watermark import PartitionProgress
 
@@ -46,6 +49,8 @@ class ConsumerLoop:
         batch_size: int = 500,
         poll_timeout: float = 0.5,
         synchronous_commits: bool = False,
+        keys: Mapping[str, KeyFunction] | None = None,
+        transactional: TransactionalBatches | None = None,
     ) -> None:
         self._source = source
         self._router = router
@@ -58,10 +63,13 @@ class ConsumerLoop:
         self._synchronous_commits = synchronous_commits
         # A crash repeats at most the work the broker has not confirmed: one interval with
         # synchronous commits; with asynchronous ones, the interval in flight plus one more.
+        # With a store, the store's checkpoint rows are what a crash resumes from instead.
         self._unconfirmed_limit = (
-            None if policy.every_messages is None
+            None if policy.every_messages is None or transactional is not None
             else policy.every_messages * (1 if synchronous_commits else 2)
         )
+        self._keys = keys or {}
+        self._transactional = transactional
         self._partitions: dict[TP, PartitionProgress] = {}
         self._checkpoints = CheckpointState(policy, clock.monotonic())
         self._stop_requested = False
@@ -72,6 +80,10 @@ class ConsumerLoop:
     def start(self) -> bool:
         """Wait for the brokers, then subscribe. False when a stop was requested first."""
         if not self._source.wait_for_broker(keep_trying=lambda: not self._stop_requested):
+            return False
+        if self._transactional is not None and not self._transactional.prepare(
+            self._router.topics, keep_trying=lambda: not self._stop_requested
+        ):
             return False
         self._source.subscribe(self._router.topics, self)
         self.state = LoopState.RUNNING
@@ -105,6 +117,9 @@ class ConsumerLoop:
 
     def run_once(self) -> int:
         """One turn: poll a batch, handle it, checkpoint if due. Returns messages done."""
+        if self._transactional is not None and self._transactional.unavailable:
+            self._wait_for_store()
+            return 0
         room = self._room()
         if room == 0 and self._checkpoints.due(self._clock.monotonic()) is not None:
             self._checkpoint(Trigger.COUNT)
@@ -131,12 +146,31 @@ class ConsumerLoop:
             room = min(room, max(0, self._unconfirmed_limit - unconfirmed))
         return room
 
+    def _wait_for_store(self) -> None:
+        """The store is down: keep the group alive with every partition paused, and retry the
+        pending batch when the backoff allows; nothing is committed meanwhile."""
+        assert self._transactional is not None
+        if self._transactional.retry_due():
+            self._checkpoint(Trigger.INTERVAL)
+            if not self._transactional.unavailable:
+                self._source.resume(list(self._partitions))
+                return
+        self._source.pause(list(self._partitions))
+        self._handle(self._source.poll(self._batch_size, min(self._poll_timeout, 0.2)))
+
     def _handle(self, messages: list[Message]) -> int:
+        self._observer.polled(messages)
+        if self._transactional is not None:
+            taken = self._transactional.add(messages, self._partitions, self._stop_requested)
+            if taken:
+                self._checkpoints.record_done(taken)
+            return taken
         now = self._clock.monotonic()
         done = 0
         partitions = self._partitions
         route_for = self._router.route_for
         group = self._group
+        keys = self._keys
         try:
             for message in messages:
                 if self._stop_requested:
@@ -145,7 +179,9 @@ class ConsumerLoop:
                 if progress is None:  # Revoked while this batch was in flight.
                     continue
                 try:
-                    route_for(message.topic).handler(message, Context(group, message))
+                    route_for(message.topic).handler(
+                        message, Context(group, message, key_function=keys.get(message.topic))
+                    )
                 except Exception as error:
                     raise HandlerFailed(
                         message.topic, message.partition, message.offset, error
@@ -201,6 +237,12 @@ class ConsumerLoop:
         self, trigger: Trigger, only: list[TP] | None = None, *, synchronous: bool = False
     ) -> dict[TP, int] | None:
         """Take a checkpoint; None when its commit failed (the watermarks stay pending)."""
+        if self._transactional is not None:
+            # One transaction applies everything pending, whichever partitions triggered it.
+            applied = self._transactional.checkpoint(trigger, self._partitions)
+            if applied is not None:
+                self._checkpoints.reset(self._clock.monotonic())
+            return applied
         partitions = (
             list(self._partitions.values())
             if only is None
@@ -224,6 +266,11 @@ class ConsumerLoop:
     # --- what the source reports (SourceListener) ---------------------------------------------
 
     def on_assigned(self, partitions: list[TP]) -> Mapping[TP, int]:
+        if self._transactional is not None:
+            progress, starts = self._transactional.assign(partitions)
+            self._partitions.update(progress)
+            self._observer.assigned(partitions)
+            return starts
         for topic, partition in partitions:
             self._partitions[(topic, partition)] = PartitionProgress(topic, partition)
         self._observer.assigned(partitions)
@@ -238,6 +285,8 @@ class ConsumerLoop:
             self._observer.revoked(partitions)
 
     def on_lost(self, partitions: list[TP]) -> None:
+        if self._transactional is not None:
+            self._transactional.drop(partitions)
         for tp in partitions:
             self._partitions.pop(tp, None)
         self._observer.lost(partitions)
@@ -264,3 +313,18 @@ class ConsumerLoop:
 
     def committed_offsets(self) -> dict[TP, int | None]:
         return {tp: p.committed for tp, p in self._partitions.items()}
+
+    def snapshot(self) -> LoopSnapshot:
+        """A read-only view for metrics and health; safe to call from another thread."""
+        partitions = dict(self._partitions)  # one C-level copy: atomic under the GIL
+        return LoopSnapshot(
+            state=self.state.value,
+            stop_requested=self._stop_requested,
+            partitions={
+                tp: PartitionSnapshot(
+                    watermark=p.watermark, acked=p.acked, done=p.done,
+                    unconfirmed=p.unconfirmed, oldest_uncommitted_at=p.oldest_uncommitted_at,
+                )
+                for tp, p in partitions.items()
+            },
+        )

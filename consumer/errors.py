@@ -6,7 +6,13 @@
     │   └── KafkaFatalError    the client cannot go on (fenced, fatal librdkafka error)
     ├── HandlerFailed          a handler raised; carries the message's coordinates
     ├── OffsetWentBackwards    a watermark or commit would move a partition backwards
-    └── AssignmentFailed       partitions could not be positioned when they were assigned
+    ├── AssignmentFailed       partitions could not be positioned when they were assigned
+    ├── Fenced                 a newer owner bumped the partition's epoch: this process is a zombie
+    ├── OffsetOutOfRange       the store's checkpoint is outside what the partition retains
+    ├── ExternalReset          Kafka's committed offset was moved by another tool
+    └── StoreError             the store database failed
+        ├── StoreUnavailable   cannot reach or lock the database (consumption pauses and retries)
+        └── StoreSchemaError   our tables are missing or of another version (exit 2)
 
 Each carries its coordinates as attributes, and its message says what happened, where, and what
 an operator can do about it.
@@ -76,3 +82,63 @@ class OffsetWentBackwards(ConsumerError):
 
 class AssignmentFailed(ConsumerError):
     """Assigned partitions could not be positioned; consuming would start at the wrong place."""
+
+
+class Fenced(ConsumerError):
+    """The partition's epoch moved on: another consumer owns it now; this batch rolled back."""
+
+    def __init__(self, group: str, partitions: list[tuple[str, int]]) -> None:
+        self.group = group
+        self.partitions = partitions
+        names = ", ".join(f"{t}[{p}]" for t, p in partitions)
+        super().__init__(
+            f"fenced on {names} (group {group}): a newer member owns these partitions, so this "
+            "process's batch was rolled back and nothing was committed. It was probably frozen "
+            "past max.poll.interval.ms; it stops so a fresh process can rejoin the group."
+        )
+
+
+class OffsetOutOfRange(ConsumerError):
+    """The store's checkpoint lies outside the partition's retained offsets."""
+
+    def __init__(self, topic: str, partition: int, offset: int, low: int, high: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.low = low
+        self.high = high
+        super().__init__(
+            f"the store's checkpoint for {topic}[{partition}] is offset {offset}, but the "
+            f"partition holds offsets {low} to {high}. Messages were deleted by retention "
+            "before they were processed, or the topic was recreated. Decide where to resume "
+            "with `consumer replay`; nothing was consumed."
+        )
+
+
+class ExternalReset(ConsumerError):
+    """Kafka's committed offset differs from the store's and was not written by us."""
+
+    def __init__(self, topic: str, partition: int, kafka_offset: int, store_offset: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.kafka_offset = kafka_offset
+        self.store_offset = store_offset
+        super().__init__(
+            f"{topic}[{partition}]: Kafka's committed offset is {kafka_offset} but the store's "
+            f"checkpoint is {store_offset}, and the commit carries no checkpoint-consumer marker: "
+            "someone moved it with another tool (kafka-consumer-groups --reset-offsets?). Use "
+            "`consumer replay` to move both, or set store.on_external_reset to 'follow' (take "
+            "Kafka's offset) or 'ignore' (keep the store's)."
+        )
+
+
+class StoreError(ConsumerError):
+    """The store database failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or locked right now; the consumer pauses and retries."""
+
+
+class StoreSchemaError(StoreError):
+    """The store's tables are of another schema version, or the credentials are refused."""

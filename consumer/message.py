@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 
 class Message:
@@ -53,14 +54,35 @@ class Message:
 
 
 class Context:
-    """What a handler gets beside the message: the group, and a logger bound to the message's
-    coordinates (built only when a handler asks for it, so the hot path stays cheap)."""
+    """What a handler gets beside the message.
 
-    __slots__ = ("_logger", "group", "message")
+    - ``group``: the consumer group.
+    - ``logger``: a logger bound to the message's group, topic, partition and offset.
+    - ``idempotency_key``: a hex string that is the same for every delivery of this event (the
+      route's dedup key); pass it to downstream systems that are not in the store.
+    - ``db``: with a store, the connection inside the open transaction; write your effects
+      with it and they commit exactly once, together with the checkpoint.
+    - ``execute(sql, params)``: run SQL on ``db`` with ``%s`` placeholders on every store.
 
-    def __init__(self, group: str, message: Message) -> None:
+    Attributes are built only when a handler asks for them, so the hot path stays cheap.
+    """
+
+    __slots__ = ("_key", "_key_function", "_logger", "_store", "group", "message")
+
+    def __init__(
+        self,
+        group: str,
+        message: Message,
+        *,
+        store: StoreLike | None = None,
+        key: bytes | None = None,
+        key_function: Callable[[Message], bytes] | None = None,
+    ) -> None:
         self.group = group
         self.message = message
+        self._store = store
+        self._key = key
+        self._key_function = key_function
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
 
     @property
@@ -73,3 +95,33 @@ class Context:
                  "offset": m.offset},
             )
         return self._logger
+
+    @property
+    def idempotency_key(self) -> str:
+        if self._key is None:
+            if self._key_function is None:
+                raise AttributeError("this route has no dedup key")
+            self._key = self._key_function(self.message)
+        return self._key.hex()
+
+    @property
+    def db(self) -> Any:
+        if self._store is None:
+            raise AttributeError(
+                "context.db needs a store: set store.url (sqlite:///… or postgresql://…)"
+            )
+        return self._store.connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._store is None:
+            raise AttributeError(
+                "context.execute needs a store: set store.url (sqlite:///… or postgresql://…)"
+            )
+        return self._store.execute(sql, params)
+
+
+class StoreLike(Protocol):
+    @property
+    def connection(self) -> Any: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...

@@ -6,7 +6,8 @@ import logging
 from collections.abc import Mapping
 
 from consumer.checkpoint_policy import Trigger
-from consumer.errors import ConsumerError, KafkaError
+from consumer.errors import ConsumerError, KafkaError, StoreError
+from consumer.message import Message
 
 TP = tuple[str, int]
 
@@ -24,6 +25,10 @@ class Observer:
 
     def lost(self, partitions: list[TP]) -> None: ...
 
+    def polled(self, messages: list[Message]) -> None:
+        """A poll returned (possibly nothing); the loop handles ``messages`` next. Keep it
+        cheap: it runs once per loop turn, on the polling thread."""
+
     def batch_done(self, count: int) -> None: ...
 
     def checkpoint_committed(self, trigger: Trigger, offsets: Mapping[TP, int]) -> None: ...
@@ -39,6 +44,18 @@ class Observer:
     def failed(self, error: ConsumerError) -> None: ...
 
     def stopped(self) -> None: ...
+
+    def batch_applied(self, applied: int, duplicates: int) -> None:
+        """A store transaction committed: handlers applied, and duplicates skipped."""
+
+    def store_unavailable(self, error: StoreError) -> None: ...
+
+    def store_available(self) -> None: ...
+
+    def external_reset(self, partition: TP, kafka_offset: int, store_offset: int,
+                       policy: str) -> None: ...
+
+    def processed_keys_purged(self, count: int) -> None: ...
 
 
 class LoggingObserver(Observer):
@@ -73,10 +90,31 @@ class LoggingObserver(Observer):
         log.warning("%s", error)
 
     def failed(self, error: ConsumerError) -> None:
-        log.error("%s", error)
+        # Coordinates as attributes too, so JSON log lines carry them as fields.
+        coordinates = ("topic", "partition", "offset")
+        log.error("%s", error, extra={k: getattr(error, k) for k in coordinates
+                                      if hasattr(error, k)})
 
     def stopped(self) -> None:
         log.info("stopped")
+
+    def store_unavailable(self, error: StoreError) -> None:
+        log.warning("store unavailable, consumption paused until it answers: %s", error)
+
+    def store_available(self) -> None:
+        log.info("store answers again; consumption resumed")
+
+    def external_reset(self, partition: TP, kafka_offset: int, store_offset: int,
+                       policy: str) -> None:
+        topic, number = partition
+        log.warning(
+            "%s[%d]: Kafka's committed offset %d was moved by another tool (the store says %d);"
+            " store.on_external_reset=%s: resuming at %d", topic, number, kafka_offset,
+            store_offset, policy, kafka_offset if policy == "follow" else store_offset,
+        )
+
+    def processed_keys_purged(self, count: int) -> None:
+        log.info("purged %d processed keys past their retention", count)
 
 
 class Observers(Observer):

@@ -54,6 +54,11 @@ class Router:
 
 def load_handler(path: str) -> Handler:
     """Import ``module:function`` and check it can be called as ``handler(message, context)``."""
+    return load_callable(path, ("message", "context"))
+
+
+def load_callable(path: str, arguments: tuple[str, ...]) -> Callable[..., object]:
+    """Import ``module:function`` and check it accepts ``arguments`` positionally."""
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -72,9 +77,11 @@ def load_handler(path: str) -> Handler:
     if not callable(handler):
         raise ConfigError([f"{path} is a {type(handler).__name__}, not a callable"])
     try:
-        inspect.signature(handler).bind(None, None)
+        inspect.signature(handler).bind(*[None] * len(arguments))
     except TypeError:
-        raise ConfigError([f"{path} must accept two arguments: (message, context)"]) from None
+        raise ConfigError(
+            [f"{path} must accept {len(arguments)} argument(s): ({', '.join(arguments)})"]
+        ) from None
     except ValueError:  # Builtins without a signature: trust them.
         pass
     return handler  # type: ignore[no-any-return]

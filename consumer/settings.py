@@ -88,6 +88,21 @@ class RouteSettings(_Section):
     """One topic and the handler that processes its messages."""
 
     handler: str = Field(description="Import path of the handler, `package.module:function`.")
+    #: What makes two deliveries the same event: header:NAME (falling back to coordinates when
+    #: the header is absent), coordinates (topic id, partition, offset) or function:module:fn.
+    dedup_key: str = "header:idempotency-key"
+
+    @field_validator("dedup_key")
+    @classmethod
+    def _dedup_spec(cls, value: str) -> str:
+        kind, _, rest = value.partition(":")
+        if value == "coordinates" or (kind == "header" and rest):
+            return value
+        if kind == "function" and HANDLER_PATH.match(rest):
+            return value
+        raise ValueError(
+            f"{value!r} is not one of header:NAME, coordinates, function:module:function"
+        )
 
     @field_validator("handler")
     @classmethod
@@ -119,8 +134,59 @@ class CheckpointSettings(_Section):
         return self
 
 
+class StoreSettings(_Section):
+    """Where checkpoints and processed keys live, beside the handlers' own tables."""
+
+    #: sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://user:pw@host/db,
+    #: or none (no store: at-least-once, re-reads bounded by the checkpoint interval).
+    url: SecretStr = SecretStr("sqlite:///state/checkpoint-consumer.db")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: Kafka's committed offset moved by another tool (no checkpoint-consumer marker):
+    #: fail (default), follow Kafka's offset, or ignore it and keep the store's.
+    on_external_reset: Literal["fail", "follow", "ignore"] = "fail"
+    #: Processed keys older than this are purged (null: keep forever).
+    processed_keys_retention_seconds: float | None = Field(default=7 * 86_400, gt=0)
+    purge_every_seconds: float = Field(default=60.0, gt=0)
+    purge_batch_size: int = Field(default=1_000, ge=1)
+    max_backoff_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url != "none" and not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError(
+                f"{url.split(':', 1)[0]!r} is not a store; use sqlite:///path/file.db, "
+                "postgresql://user@host/db, or none"
+            )
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.url.get_secret_value() != "none"
+
+    def masked_url(self) -> str:
+        """The URL with any password replaced by ***."""
+        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", self.url.get_secret_value())
+
+
 class ShutdownSettings(_Section):
     grace_seconds: float = Field(default=30.0, gt=0)
+
+
+class MetricsSettings(_Section):
+    """Prometheus ``/metrics``, ``/livez`` and ``/readyz`` on one HTTP address."""
+
+    enabled: bool = True
+    #: 127.0.0.1 serves this host only; in a container use 0.0.0.0 (the Dockerfile does).
+    host: str = "127.0.0.1"
+    #: 0 picks a free port; the log says which.
+    port: int = Field(default=9400, ge=0, le=65_535)
+
+
+class LoggingSettings(_Section):
+    #: human: one readable line per record; json: one JSON object per line, for collectors.
+    format: Literal["human", "json"] = "human"
 
 
 class Settings(BaseSettings):
@@ -138,10 +204,13 @@ class Settings(BaseSettings):
     kafka: KafkaSettings
     routes: dict[str, RouteSettings] = Field(min_length=1)
     checkpoint: CheckpointSettings = CheckpointSettings()
+    store: StoreSettings = StoreSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     #: Folders searched first when importing handlers; relative ones from the working directory.
     handler_path: list[str] = Field(default_factory=lambda: ["."])
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("routes", mode="before")
     @classmethod
@@ -167,6 +236,7 @@ class Settings(BaseSettings):
         """The effective configuration with every secret replaced by ``***``, for logs."""
         data = self.model_dump(mode="json")
         data["kafka"]["librdkafka"] = self.kafka.masked_librdkafka()
+        data["store"]["url"] = self.store.masked_url()
         return data
 
 

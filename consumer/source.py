@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from consumer.errors import AssignmentFailed, KafkaError, KafkaFatalError
 from consumer.message import Message
 from consumer.settings import KafkaSettings
+from consumer.snapshot import GroupPosition
 from consumer.transport import COMMIT_MARKER, TP, SourceListener
 
 log = logging.getLogger("consumer.source")
@@ -43,8 +44,12 @@ class _Unsubscribed:
 class KafkaSource:
     """A subscribed Kafka consumer with manual commits and cooperative rebalancing."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(
+        self, settings: KafkaSettings, *, on_statistics: Callable[[str], None] | None = None
+    ) -> None:
         self._settings = settings
+        #: Called with librdkafka's statistics JSON (every second), inside poll.
+        self._on_statistics = on_statistics
         self._listener: SourceListener = _Unsubscribed()
         self._callback_error: BaseException | None = None
         self._consumer = Consumer(self._client_config())
@@ -67,6 +72,9 @@ class KafkaSource:
             "on_commit": self._commit_cb,
             "logger": logging.getLogger("consumer.librdkafka"),
         }
+        if self._on_statistics is not None:
+            config["stats_cb"] = self._on_statistics
+            config["statistics.interval.ms"] = 1000  # librdkafka.statistics.interval.ms wins
         config.update({k: v.get_secret_value() for k, v in s.librdkafka.items()})
         return config
 
@@ -190,6 +198,50 @@ class KafkaSource:
             raise _translate(error.args[0]) from error
         return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in result}
 
+    def committed_with_metadata(
+        self, partitions: Iterable[TP], timeout: float = 10.0
+    ) -> dict[TP, tuple[int | None, str | None]]:
+        request = [TopicPartition(t, p) for t, p in partitions]
+        if not request:
+            return {}
+        try:
+            result = self._consumer.committed(request, timeout=timeout)
+        except KafkaException as error:
+            raise _translate(error.args[0]) from error
+        return {
+            (tp.topic, tp.partition): (tp.offset, tp.metadata) if tp.offset >= 0 else (None, None)
+            for tp in result
+        }
+
+    def offset_range(self, partition: TP, timeout: float = 10.0) -> tuple[int, int]:
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(*partition), timeout=timeout, cached=False
+            )
+        except KafkaException as error:
+            raise _translate(error.args[0]) from error
+        return int(low), int(high)
+
+    def topic_ids(self, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        config = {k: v for k, v in self._client_config().items()
+                  if k not in ("group.id", "enable.auto.commit", "enable.auto.offset.store",
+                               "auto.offset.reset", "partition.assignment.strategy",
+                               "session.timeout.ms", "max.poll.interval.ms", "on_commit",
+                               "error_cb", "logger", "stats_cb", "statistics.interval.ms")
+                  and not k.startswith(("group.", "heartbeat.", "fetch.", "queued."))}
+        admin = AdminClient(config)
+        futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout)
+        ids = {}
+        for topic, future in futures.items():
+            try:
+                ids[topic] = str(future.result().topic_id)
+            except KafkaException as error:
+                raise _translate(error.args[0]) from error
+        return ids
+
     # --- callbacks (run on the polling thread, inside consume/close) ---------------------------
 
     def _assign_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -255,3 +307,57 @@ def _translate(error: Any) -> KafkaError:
 
 def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions)
+
+
+#: librdkafka properties the admin client shares with the consumer (connection and security).
+_ADMIN_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "broker.", "client.", "metadata.",
+                   "api.version", "reconnect.", "retry.", "enable.ssl", "enable.sasl")
+
+
+def read_group_positions(
+    settings: KafkaSettings, group: str, topics: list[str] | None, *, timeout: float = 10.0
+) -> list[GroupPosition]:
+    """The group's committed offsets and each partition's log range, for ``consumer lag``.
+
+    Without topics: every partition the group has committed offsets for. Does not join the
+    group, so it works while the group runs. Raises :class:`KafkaError`.
+    """
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for mypy
+
+    config: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": settings.bootstrap_servers, "client.id": settings.client_id}
+    config.update({k: v.get_secret_value() for k, v in settings.librdkafka.items()
+                   if k.startswith(_ADMIN_PREFIXES)})
+    admin = AdminClient(config)
+    try:
+        wanted = None
+        if topics:
+            metadata = admin.list_topics(timeout=timeout).topics
+            missing = [t for t in topics if t not in metadata or metadata[t].error is not None]
+            if missing:
+                raise KafkaError("UNKNOWN_TOPIC_OR_PART",
+                                 f"no such topic: {', '.join(missing)}")
+            wanted = [TopicPartition(t, p) for t in topics for p in sorted(metadata[t].partitions)]
+        request = ConsumerGroupTopicPartitions(group, wanted)
+        listed = admin.list_consumer_group_offsets([request], request_timeout=timeout)
+        committed = listed[group].result(timeout=timeout).topic_partitions or []
+        partitions = [TopicPartition(tp.topic, tp.partition) for tp in committed]
+        ends: dict[str, dict[TP, int]] = {}
+        for which in ("earliest", "latest"):
+            spec = getattr(OffsetSpec, which)()  # OffsetSpec's factories are untyped
+            futures = admin.list_offsets({tp: spec for tp in partitions},
+                                         request_timeout=timeout) if partitions else {}
+            ends[which] = {(tp.topic, tp.partition): f.result(timeout=timeout).offset
+                           for tp, f in futures.items()}
+    except KafkaException as error:
+        raise _translate(error.args[0]) from error
+    starts, latest = ends["earliest"], ends["latest"]
+    return sorted(
+        (GroupPosition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else None,
+                       tp.metadata or None, starts[(tp.topic, tp.partition)],
+                       latest[(tp.topic, tp.partition)])
+         for tp in committed),
+        key=lambda p: (p.topic, p.partition),
+    )

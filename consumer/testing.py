@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from consumer.errors import KafkaError
 from consumer.message import Message
-from consumer.transport import TP, SourceListener
+from consumer.transport import COMMIT_MARKER, TP, SourceListener
 
 
 class InMemorySource:
@@ -34,6 +34,8 @@ class InMemorySource:
         self._listener: SourceListener | None = None
         self._pending_assignment: list[TP] = []
         self.committed_offsets: dict[TP, int] = {}
+        #: Commit metadata per partition, as another tool would leave it (default: ours).
+        self.commit_metadata: dict[TP, str] = {}
         #: Every commit call: (offsets, asynchronous).
         self.commits: list[tuple[dict[TP, int], bool]] = []
         self.closed = False
@@ -112,6 +114,19 @@ class InMemorySource:
 
     def committed(self, partitions: Iterable[TP], timeout: float = 10.0) -> dict[TP, int | None]:
         return {tp: self.committed_offsets.get(tp) for tp in partitions}
+
+    def committed_with_metadata(
+        self, partitions: Iterable[TP], timeout: float = 10.0
+    ) -> dict[TP, tuple[int | None, str | None]]:
+        return {tp: (self.committed_offsets[tp], self.commit_metadata.get(tp, COMMIT_MARKER))
+                if tp in self.committed_offsets else (None, None) for tp in partitions}
+
+    def offset_range(self, partition: TP, timeout: float = 10.0) -> tuple[int, int]:
+        log = self._log.get(partition, [])
+        return (log[0].offset, log[-1].offset + 1) if log else (0, 0)
+
+    def topic_ids(self, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
+        return {topic: f"id-of-{topic}" for topic in topics}
 
     def close(self) -> None:
         self._deliver_commit_results()

@@ -56,4 +56,18 @@ class Source(Protocol):
     def committed(self, partitions: Iterable[TP], timeout: float = 10.0) -> dict[TP, int | None]:
         ...
 
+    def committed_with_metadata(
+        self, partitions: Iterable[TP], timeout: float = 10.0
+    ) -> dict[TP, tuple[int | None, str | None]]:
+        """Kafka's committed offsets with their metadata (None, None: nothing committed)."""
+        ...
+
+    def offset_range(self, partition: TP, timeout: float = 10.0) -> tuple[int, int]:
+        """(earliest retained offset, end offset) asked from the broker."""
+        ...
+
+    def topic_ids(self, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
+        """Each topic's id, which changes when a topic is deleted and recreated."""
+        ...
+
     def close(self) -> None: ...

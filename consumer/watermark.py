@@ -15,11 +15,14 @@ class PartitionProgress:
     """Watermark and commit bookkeeping for one assigned partition."""
 
     __slots__ = ("_confirmed_done", "_in_flight", "acked", "committed", "done", "done_since_commit",
-                 "oldest_uncommitted_at", "partition", "topic", "watermark")
+                 "epoch", "oldest_uncommitted_at", "partition", "topic", "watermark")
 
-    def __init__(self, topic: str, partition: int, *, committed: int | None = None) -> None:
+    def __init__(self, topic: str, partition: int, *, committed: int | None = None,
+                 epoch: int = 0) -> None:
         self.topic = topic
         self.partition = partition
+        #: Our ownership epoch in the store (0 without a store).
+        self.epoch = epoch
         #: Next offset after the last done message; None until something is done.
         self.watermark: int | None = committed
         #: Last offset we asked Kafka to commit (the next one to read).
@@ -41,6 +44,16 @@ class PartitionProgress:
         self.watermark = offset + 1
         self.done += 1
         self.done_since_commit += 1
+        if self.oldest_uncommitted_at is None:
+            self.oldest_uncommitted_at = now
+
+    def advance(self, watermark: int, count: int, now: float) -> None:
+        """A whole batch of ``count`` messages up to ``watermark`` is done (store mode)."""
+        if self.watermark is not None and watermark < self.watermark:
+            raise OffsetWentBackwards(self.topic, self.partition, self.watermark, watermark)
+        self.watermark = watermark
+        self.done += count
+        self.done_since_commit += count
         if self.oldest_uncommitted_at is None:
             self.oldest_uncommitted_at = now
 

@@ -33,6 +33,8 @@ class ConsumerProcess:
     name: str
     config: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
+    #: The module run with ``python -m``, and arguments before the command (test variants).
+    module: list[str] = field(default_factory=lambda: ["consumer"])
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +50,7 @@ class ConsumerProcess:
         config_path.write_text(yaml.safe_dump(self.config))
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "consumer", "run", "--config", str(config_path)],
+            [sys.executable, "-m", *self.module, "run", "--config", str(config_path)],
             cwd=REPO_ROOT,
             env={**os.environ, "RECORD_FILE": str(self.record_file), **self.env},
             stdout=log,
@@ -135,9 +137,11 @@ def duplicates(records: list[tuple[int, int, str]]) -> int:
 
 def consumer_config(
     bootstrap: str, group: str, topic: str, *, handler: str = "handlers.record:handle",
-    every_messages: int | None = 500, every_seconds: float | None = None, **kafka: Any,
+    every_messages: int | None = 500, every_seconds: float | None = None,
+    store: str = "none", **kafka: Any,
 ) -> dict[str, Any]:
-    """A config for ``consumer run`` with test-friendly group timings."""
+    """A config for ``consumer run`` with test-friendly group timings (no store unless
+    ``store`` names one)."""
     return {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": group,
                   "session_timeout_ms": 6000,
@@ -145,6 +149,9 @@ def consumer_config(
                   "librdkafka": {"heartbeat.interval.ms": 500}, **kafka},
         "routes": {topic: handler},
         "checkpoint": {"every_messages": every_messages, "every_seconds": every_seconds},
+        "store": {"url": store},
+        # Several members share this host: each serves its metrics on a free port.
+        "metrics": {"port": 0},
         "shutdown": {"grace_seconds": 20},
         "log_level": "DEBUG",  # the tests read checkpoints and rebalances from the log
     }

@@ -1,10 +1,12 @@
 """make demo: a job crashes at record 87,000 of 100,000 and resumes from its last checkpoint.
 
 1. produce 100,000 records to a 3-partition topic
-2. `consumer run` handles them, checkpointing every 1,000 records or 5 s; SIGKILL near 87,000
+2. `consumer run` handles them, checkpointing every 1,000 records or 5 s into a SQLite store
+   (checkpoint rows and processed keys); SIGKILL near 87,000
 3. restart it: it resumes from the committed offsets, and handles again only what came after
    the last checkpoint
-4. for contrast, the same crash when nothing is committed until the end: everything again
+4. for contrast, the same crash when nothing is committed until the end (no store, no
+   commits): everything again
 
 Needs KAFKA_BOOTSTRAP_SERVERS (``make demo`` starts a local broker and sets it).
 """
@@ -55,15 +57,16 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="checkpoint-demo-"))
     print(f"2. consumer run, checkpoint every {EVERY_MESSAGES:,} records or "
-          f"{EVERY_SECONDS:.0f} s; SIGKILL near record {CRASH_AT:,}")
+          f"{EVERY_SECONDS:.0f} s into a SQLite store; SIGKILL near record {CRASH_AT:,}")
     with_checkpoints = _crash_and_resume(bootstrap, topic, workdir, "checkpointed",
                                          every_messages=EVERY_MESSAGES,
-                                         every_seconds=EVERY_SECONDS)
+                                         every_seconds=EVERY_SECONDS,
+                                         store=f"sqlite:///{workdir / 'checkpoints.db'}")
     _report(with_checkpoints)
 
     print("\n4. the same crash when nothing is committed until the end")
     without = _crash_and_resume(bootstrap, topic, workdir, "uncommitted",
-                                every_messages=None, every_seconds=86_400.0)
+                                every_messages=None, every_seconds=86_400.0, store="none")
     _report(without)
 
     print(f"\nWith checkpoints the crash cost {with_checkpoints.handled_twice:,} records "
@@ -75,7 +78,8 @@ def main() -> int:
 
 
 def _crash_and_resume(bootstrap: str, topic: str, workdir: Path, name: str, *,
-                      every_messages: int | None, every_seconds: float) -> Outcome:
+                      every_messages: int | None, every_seconds: float,
+                      store: str) -> Outcome:
     group = f"demo-{name}-{uuid.uuid4().hex[:6]}"
     config = {
         "kafka": {
@@ -88,6 +92,8 @@ def _crash_and_resume(bootstrap: str, topic: str, workdir: Path, name: str, *,
         },
         "routes": {topic: "handlers.record:handle"},
         "checkpoint": {"every_messages": every_messages, "every_seconds": every_seconds},
+        "store": {"url": store},
+        "metrics": {"port": 0},
         "log_level": "WARNING",
     }
     began = time.monotonic()

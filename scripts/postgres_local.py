@@ -33,6 +33,7 @@ import functools
 import gc
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
@@ -139,8 +140,8 @@ def _say(message: str) -> None:
     print(f"postgres_local: {message}", file=sys.stderr, flush=True)
 
 
-def _dsn(port: int, database: str) -> str:
-    return f"postgresql://{SUPERUSER}@{HOST}:{port}/{database}"
+def _dsn(port: int, database: str, password: str) -> str:
+    return f"postgresql://{SUPERUSER}:{password}@{HOST}:{port}/{database}"
 
 
 # --------------------------------------------------------------------------- binaries
@@ -417,10 +418,24 @@ def _teardown(state: _State) -> bool:
 # --------------------------------------------------------------------------- starting
 
 
-def _initdb(bindir: Path, datadir: Path, account: pwd.struct_passwd | None, log: IO[bytes]) -> None:
-    """Create a new cluster in ``datadir``; output goes to the log."""
+def _initdb(bindir: Path, datadir: Path, account: pwd.struct_passwd | None, log: IO[bytes],
+            password: str) -> None:
+    """Create a new cluster in ``datadir``; output goes to the log. TCP connections need the
+    password (as on a real server, so a wrong one is refused); the local socket is trusted."""
+    with tempfile.NamedTemporaryFile("w", prefix="checkpoint-pg-pw-", delete=False) as pwfile:
+        pwfile.write(password + "\n")
+    os.chmod(pwfile.name, 0o644)
     command = [str(bindir / "initdb"), "-D", str(datadir), f"-U{SUPERUSER}"]
-    command += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]
+    command += ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile.name}",
+                "--encoding=UTF8", "--locale=C", "--no-sync"]
+    try:
+        _run_initdb(command, datadir, account, log)
+    finally:
+        os.unlink(pwfile.name)
+
+
+def _run_initdb(command: list[str], datadir: Path, account: pwd.struct_passwd | None,
+                log: IO[bytes]) -> None:
     _log_marker(log, f"initdb -D {datadir}")
     try:
         result = subprocess.run(
@@ -468,13 +483,14 @@ def _log_since(path: Path, offset: int) -> str:
         return handle.read().decode(errors="replace")
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, offset: int) -> bool:
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, offset: int,
+                password: str) -> bool:
     """Wait until the new server accepts connections.
 
     Returns False if it exited because the port was taken (the caller retries elsewhere);
     raises :class:`LocalServiceError` for any other death or on timeout.
     """
-    admin = _dsn(port, "postgres")
+    admin = _dsn(port, "postgres", password)
 
     def died() -> str | None:
         if proc.poll() is None:
@@ -506,6 +522,7 @@ def _launch_on_free_port(
     datadir: Path,
     account: pwd.struct_passwd | None,
     log: IO[bytes],
+    password: str,
     pick_port: Callable[[], int] = free_port,
 ) -> int:
     """Start the server on a free loopback port, retrying if another program grabs it."""
@@ -515,7 +532,7 @@ def _launch_on_free_port(
         offset = state.log.stat().st_size
         proc = _launch(bindir, datadir, port, account, log)
         state.pid.write_text(f"{proc.pid}\n")
-        if _wait_ready(proc, port, state.log, offset):
+        if _wait_ready(proc, port, state.log, offset, password):
             return port
         _say(f"port {port} was taken before PostgreSQL could bind it; trying another port")
     raise LocalServiceError(
@@ -546,10 +563,12 @@ def _start_fresh(state: _State, bindir: Path, account: pwd.struct_passwd | None)
         try:
             datadir = _make_datadir(account)
             state.datadir.write_text(f"{datadir}\n")
-            _initdb(bindir, datadir, account, log)
-            port = _launch_on_free_port(state, bindir, datadir, account, log)
-            _check_identity(_dsn(port, "postgres"), datadir)
-            _sql(_dsn(port, "postgres"), f"CREATE DATABASE {DATABASE} OWNER {SUPERUSER}")
+            password = secrets.token_urlsafe(18)
+            _initdb(bindir, datadir, account, log, password)
+            port = _launch_on_free_port(state, bindir, datadir, account, log, password)
+            _check_identity(_dsn(port, "postgres", password), datadir)
+            _sql(_dsn(port, "postgres", password),
+                 f"CREATE DATABASE {DATABASE} OWNER {SUPERUSER}")
         except Exception as exc:
             _say("start failed; stopping anything it started and deleting its data")
             _teardown(state)
@@ -557,8 +576,9 @@ def _start_fresh(state: _State, bindir: Path, account: pwd.struct_passwd | None)
         except BaseException:  # Ctrl-C and friends: still leave nothing running
             _teardown(state)
             raise
-    dsn = _dsn(port, DATABASE)
+    dsn = _dsn(port, DATABASE, password)
     state.dsn.write_text(f"{dsn}\n")
+    state.dsn.chmod(0o600)
     _say(
         f"PostgreSQL ready in {time.monotonic() - began:.1f} s on {HOST}:{port} "
         f"(data {datadir}, log {state.log})"

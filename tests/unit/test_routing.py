@@ -129,8 +129,8 @@ def test_all_problems_are_collected_at_once_one_per_route(
     assert f"cannot import module {missing!r}" in by_topic["no-module"]
     assert f"module {module!r} has no attribute 'absent'" in by_topic["no-attribute"]
     assert "is a int, not a callable" in by_topic["not-callable"]
-    assert "must accept two arguments: (message, context)" in by_topic["one-arg"]
-    assert "must accept two arguments: (message, context)" in by_topic["three-args"]
+    assert "must accept 2 argument(s): (message, context)" in by_topic["one-arg"]
+    assert "must accept 2 argument(s): (message, context)" in by_topic["three-args"]
 
 
 def test_a_module_that_raises_on_import_is_reported_with_the_exception(

@@ -1,0 +1,61 @@
+"""Dedup keys: what makes two deliveries "the same event", as a fixed-size digest.
+
+Per route, one of:
+
+- ``header:NAME`` (default ``header:idempotency-key``): the header's value; a message without the
+  header falls back to its coordinates.
+- ``coordinates``: topic id, partition and offset. The topic id (not the name) keeps a deleted
+  and recreated topic from colliding with its predecessor.
+- ``function:module:function``: ``function(message) -> bytes | str``.
+
+Never the Kafka message key by default: many events share one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+
+from consumer.errors import ConfigError
+from consumer.message import Message
+from consumer.routing import load_callable
+
+KeyFunction = Callable[[Message], bytes]
+
+
+def key_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
+    """Build the digest function for one route's ``dedup_key`` setting."""
+    def coordinates(message: Message) -> bytes:
+        topic_id = topic_ids.get(message.topic, message.topic)
+        return _digest(b"c", f"{topic_id}/{message.partition}/{message.offset}".encode())
+
+    if spec == "coordinates":
+        return coordinates
+    kind, _, rest = spec.partition(":")
+    if kind == "header" and rest:
+        name = rest
+
+        def from_header(message: Message) -> bytes:
+            value = message.header(name)
+            return coordinates(message) if value is None else _digest(b"h", value)
+
+        return from_header
+    if kind == "function" and rest:
+        user_function = load_callable(rest, ("message",))
+
+        def from_function(message: Message) -> bytes:
+            value = user_function(message)
+            if isinstance(value, str):
+                value = value.encode()
+            if not isinstance(value, bytes):
+                raise TypeError(f"dedup function {rest} returned {type(value).__name__}, "
+                                "expected bytes or str")
+            return _digest(b"f", value)
+
+        return from_function
+    raise ConfigError([f"dedup_key: {spec!r} is not one of header:NAME, coordinates, "
+                       "function:module:function"])
+
+
+def _digest(kind: bytes, material: bytes) -> bytes:
+    return hashlib.blake2b(kind + b"\0" + material, digest_size=16).digest()

@@ -1,0 +1,249 @@
+"""The PostgreSQL store (psycopg 3): keys claimed with one ``INSERT … SELECT FROM unnest(…)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+from consumer.store.base import (
+    SCHEMA_VERSION,
+    CheckpointRow,
+    Claim,
+    Position,
+    Store,
+    require_version,
+)
+from consumer.transport import TP
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+        group_id text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
+        next_offset bigint, epoch bigint NOT NULL, updated_at double precision NOT NULL,
+        PRIMARY KEY (group_id, topic, partition))""",
+    """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
+        group_id text NOT NULL, key bytea NOT NULL, topic text NOT NULL,
+        partition integer NOT NULL, "offset" bigint NOT NULL,
+        processed_at double precision NOT NULL,
+        PRIMARY KEY (group_id, key))""",
+    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_age
+        ON consumer_processed_keys (processed_at)""",
+]
+# Serialises concurrent first-time schema creation by several consumer processes.
+SCHEMA_LOCK = 7_212_041_901
+
+
+class PostgresStore(Store):
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
+        self._dsn = dsn
+        self._where = _redacted(dsn)
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._in_batch = False
+
+    @property
+    def _db(self) -> psycopg.Connection[Any]:
+        """The connection, opened (again) on first use after start or after it broke; never
+        inside a batch, whose transaction died with the old connection."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._in_batch:
+                raise StoreUnavailable(
+                    f"lost the connection to PostgreSQL store {self._where} in the middle of "
+                    "a batch; the batch rolled back"
+                )
+            self._conn = self._connect(self._connect_timeout)
+        return self._conn
+
+    def _connect(self, connect_timeout: float) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._dsn, autocommit=True,
+                                   connect_timeout=max(1, int(connect_timeout)))
+        except psycopg.OperationalError as error:
+            text = str(error).strip()
+            refused = "password authentication failed" in text or (
+                "does not exist" in text and ("role" in text or "database" in text)
+            )
+            if refused:  # Waiting will not help: the settings are wrong.
+                raise StoreSchemaError(
+                    f"PostgreSQL store {self._where} refused the connection: {text}. Check "
+                    "store.url (user, password, database name)."
+                ) from None
+            raise StoreUnavailable(f"cannot reach PostgreSQL store {self._where}: {text}") from None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        with self._errors(), self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            exists = self._db.execute("SELECT to_regclass('consumer_schema')").fetchone()
+            found = None
+            if exists and exists[0] is not None:
+                row = self._db.execute("SELECT max(version) FROM consumer_schema").fetchone()
+                found = row[0] if row else None
+            require_version(found, f"the PostgreSQL store {self._where}")
+            for statement in SCHEMA:
+                self._db.execute(statement)
+            if found is None:
+                self._db.execute("INSERT INTO consumer_schema VALUES (%s)", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def ping(self) -> None:
+        with self._errors():
+            self._db.execute("SELECT 1").fetchone()
+
+    # --- assignment -----------------------------------------------------------------------
+
+    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
+        positions = {}
+        with self._errors(), self._db.transaction():
+            for topic, partition in partitions:
+                row = self._db.execute(
+                    """INSERT INTO consumer_checkpoints
+                           (group_id, topic, partition, next_offset, epoch, updated_at)
+                       VALUES (%s, %s, %s, NULL, 1, %s)
+                       ON CONFLICT (group_id, topic, partition)
+                       DO UPDATE SET epoch = consumer_checkpoints.epoch + 1,
+                                     updated_at = excluded.updated_at
+                       RETURNING next_offset, epoch""",
+                    (group, topic, partition, now),
+                ).fetchone()
+                if row is None:
+                    raise StoreError(f"no checkpoint row returned for {topic}[{partition}]")
+                positions[(topic, partition)] = Position(row[0], row[1])
+        return positions
+
+    # --- one checkpoint batch ------------------------------------------------------------
+
+    def begin(self) -> None:
+        with self._errors():
+            self._db.execute("BEGIN")
+        self._in_batch = True
+
+    def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+        if not claims:
+            return set()
+        with self._errors():
+            rows = self._db.execute(
+                """INSERT INTO consumer_processed_keys
+                       (group_id, key, topic, partition, "offset", processed_at)
+                   SELECT %s, k, t, p, o, %s
+                   FROM unnest(%s::bytea[], %s::text[], %s::integer[], %s::bigint[])
+                        AS u(k, t, p, o)
+                   ON CONFLICT DO NOTHING
+                   RETURNING key""",
+                (group, now, [c.key for c in claims], [c.topic for c in claims],
+                 [c.partition for c in claims], [c.offset for c in claims]),
+            ).fetchall()
+        return {bytes(row[0]) for row in rows}
+
+    def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
+        with self._errors():
+            self._db.execute(
+                "DELETE FROM consumer_processed_keys WHERE group_id = %s AND key = ANY(%s)",
+                (group, list(keys)),
+            )
+
+    def savepoint(self) -> None:
+        with self._errors():
+            self._db.execute("SAVEPOINT handler")
+
+    def release_savepoint(self) -> None:
+        with self._errors():
+            self._db.execute("RELEASE SAVEPOINT handler")
+
+    def rollback_to_savepoint(self) -> None:
+        with self._errors():
+            self._db.execute("ROLLBACK TO SAVEPOINT handler")
+            self._db.execute("RELEASE SAVEPOINT handler")
+
+    def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
+                          now: float) -> list[TP]:
+        fenced = []
+        with self._errors():
+            for row in rows:
+                cursor = self._db.execute(
+                    """UPDATE consumer_checkpoints SET next_offset = %s, updated_at = %s
+                       WHERE group_id = %s AND topic = %s AND partition = %s AND epoch = %s""",
+                    (row.next_offset, now, group, row.topic, row.partition, row.epoch),
+                )
+                if cursor.rowcount != 1:
+                    fenced.append((row.topic, row.partition))
+        return fenced
+
+    def commit(self) -> None:
+        try:
+            with self._errors():
+                self._db.execute("COMMIT")
+        finally:
+            self._in_batch = False
+
+    def rollback(self) -> None:
+        self._in_batch = False
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            return
+        with self._errors():
+            self._conn.execute("ROLLBACK")
+
+    # --- for handlers ----------------------------------------------------------------------
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        return self._db
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self._db.execute(sql, tuple(params))
+
+    # --- operations ------------------------------------------------------------------------
+
+    def checkpoints(self, group: str) -> dict[TP, int | None]:
+        with self._errors():
+            rows = self._db.execute(
+                "SELECT topic, partition, next_offset FROM consumer_checkpoints "
+                "WHERE group_id = %s", (group,),
+            ).fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def purge_processed_keys(self, older_than: float, limit: int) -> int:
+        with self._errors():
+            cursor = self._db.execute(
+                """DELETE FROM consumer_processed_keys WHERE ctid IN (
+                       SELECT ctid FROM consumer_processed_keys WHERE processed_at < %s
+                       LIMIT %s)""",
+                (older_than, limit),
+            )
+        return cursor.rowcount
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.OperationalError as error:
+            raise StoreUnavailable(f"PostgreSQL store {self._where}: {error}") from error
+        except psycopg.errors.UndefinedTable as error:
+            raise StoreSchemaError(
+                f"PostgreSQL store {self._where}: {error}; run `consumer store init`"
+            ) from error
+        except psycopg.Error as error:
+            raise StoreError(
+                f"PostgreSQL store {self._where}: {type(error).__name__}: {error}"
+            ) from error
+
+
+def _redacted(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparsable DSN)"
+    host = info.get("host", "localhost")
+    return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', 5432)}/" \
+           f"{info.get('dbname', '')}"

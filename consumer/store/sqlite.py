@@ -1,0 +1,220 @@
+"""The SQLite store: one file, WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE`` per batch."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+from consumer.store.base import (
+    SCHEMA_VERSION,
+    CheckpointRow,
+    Claim,
+    Position,
+    Store,
+    require_version,
+)
+from consumer.transport import TP
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+        group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+        next_offset INTEGER, epoch INTEGER NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (group_id, topic, partition))""",
+    """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
+        group_id TEXT NOT NULL, key BLOB NOT NULL, topic TEXT NOT NULL,
+        partition INTEGER NOT NULL, "offset" INTEGER NOT NULL, processed_at REAL NOT NULL,
+        PRIMARY KEY (group_id, key))""",
+    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_age
+        ON consumer_processed_keys (processed_at)""",
+]
+
+
+class SQLiteStore(Store):
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000):
+        self._path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA synchronous = {synchronous}")
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"cannot open the SQLite store at {path}: {error}") from None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        with _translated(self._path):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                exists = self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'consumer_schema'"
+                ).fetchone()
+                found = None
+                if exists:
+                    row = self._db.execute("SELECT max(version) FROM consumer_schema").fetchone()
+                    found = row[0] if row else None
+                require_version(found, f"the SQLite store at {self._path}")
+                for statement in SCHEMA:
+                    self._db.execute(statement)
+                if found is None:
+                    self._db.execute("INSERT INTO consumer_schema VALUES (?)", (SCHEMA_VERSION,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def ping(self) -> None:
+        with _translated(self._path):
+            self._db.execute("SELECT 1").fetchone()
+
+    # --- assignment -----------------------------------------------------------------------
+
+    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
+        positions = {}
+        with _translated(self._path):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for topic, partition in partitions:
+                    row = self._db.execute(
+                        """INSERT INTO consumer_checkpoints
+                               (group_id, topic, partition, next_offset, epoch, updated_at)
+                           VALUES (?, ?, ?, NULL, 1, ?)
+                           ON CONFLICT (group_id, topic, partition)
+                           DO UPDATE SET epoch = epoch + 1, updated_at = excluded.updated_at
+                           RETURNING next_offset, epoch""",
+                        (group, topic, partition, now),
+                    ).fetchone()
+                    positions[(topic, partition)] = Position(row[0], row[1])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return positions
+
+    # --- one checkpoint batch ------------------------------------------------------------
+
+    def begin(self) -> None:
+        with _translated(self._path):
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+        # executemany drops RETURNING rows, so one statement a key, and rowcount says if new.
+        new = set()
+        execute = self._db.execute
+        with _translated(self._path):
+            for c in claims:
+                cursor = execute(
+                    """INSERT INTO consumer_processed_keys
+                           (group_id, key, topic, partition, "offset", processed_at)
+                       VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                    (group, c.key, c.topic, c.partition, c.offset, now),
+                )
+                if cursor.rowcount == 1:
+                    new.add(c.key)
+        return new
+
+    def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
+        with _translated(self._path):
+            self._db.executemany(
+                "DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
+                [(group, key) for key in keys],
+            )
+
+    def savepoint(self) -> None:
+        with _translated(self._path):
+            self._db.execute("SAVEPOINT handler")
+
+    def release_savepoint(self) -> None:
+        with _translated(self._path):
+            self._db.execute("RELEASE SAVEPOINT handler")
+
+    def rollback_to_savepoint(self) -> None:
+        with _translated(self._path):
+            self._db.execute("ROLLBACK TO SAVEPOINT handler")
+            self._db.execute("RELEASE SAVEPOINT handler")
+
+    def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
+                          now: float) -> list[TP]:
+        fenced = []
+        with _translated(self._path):
+            for row in rows:
+                cursor = self._db.execute(
+                    """UPDATE consumer_checkpoints SET next_offset = ?, updated_at = ?
+                       WHERE group_id = ? AND topic = ? AND partition = ? AND epoch = ?""",
+                    (row.next_offset, now, group, row.topic, row.partition, row.epoch),
+                )
+                if cursor.rowcount != 1:
+                    fenced.append((row.topic, row.partition))
+        return fenced
+
+    def commit(self) -> None:
+        with _translated(self._path):
+            self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            with _translated(self._path):
+                self._db.execute("ROLLBACK")
+
+    # --- for handlers ----------------------------------------------------------------------
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._db
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql.replace("%s", "?"), tuple(params))
+
+    # --- operations ------------------------------------------------------------------------
+
+    def checkpoints(self, group: str) -> dict[TP, int | None]:
+        with _translated(self._path):
+            rows = self._db.execute(
+                "SELECT topic, partition, next_offset FROM consumer_checkpoints "
+                "WHERE group_id = ?", (group,),
+            ).fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def purge_processed_keys(self, older_than: float, limit: int) -> int:
+        with _translated(self._path):
+            cursor = self._db.execute(
+                """DELETE FROM consumer_processed_keys WHERE rowid IN (
+                       SELECT rowid FROM consumer_processed_keys WHERE processed_at < ?
+                       LIMIT ?)""",
+                (older_than, limit),
+            )
+        return cursor.rowcount
+
+
+@contextmanager
+def _translated(where: str) -> Iterator[None]:
+    """Turns sqlite3 errors into ours: a locked or unreachable file is StoreUnavailable."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        _raise_ours(where, error)
+
+
+def _raise_ours(where: str, error: sqlite3.Error) -> NoReturn:
+    text = str(error)
+    if isinstance(error, sqlite3.OperationalError) and (
+        "locked" in text or "unable to open" in text or "disk I/O" in text
+    ):
+        raise StoreUnavailable(f"SQLite store {where}: {text}") from error
+    if isinstance(error, sqlite3.DatabaseError) and "no such table" in text:
+        raise StoreSchemaError(
+            f"SQLite store {where}: {text}; run `consumer store init`"
+        ) from error
+    raise StoreError(f"SQLite store {where}: {type(error).__name__}: {text}") from error

@@ -1,0 +1,181 @@
+"""A checkpoint with a store: the handlers' writes, the processed keys and the checkpoint rows
+commit in one database transaction, then the same offsets go to Kafka."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from consumer.checkpoint_policy import Trigger
+from consumer.dedup import KeyFunction
+from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError
+from consumer.message import Context, Message
+from consumer.observer import Observer
+from consumer.routing import Router
+from consumer.store import CheckpointRow, Claim, Store
+from consumer.transport import TP, Source
+from consumer.watermark import PartitionProgress
+
+log = logging.getLogger("consumer.checkpoint")
+
+
+@dataclass
+class BatchOutcome:
+    """What one store checkpoint did."""
+
+    committed: dict[TP, int] = field(default_factory=dict)
+    applied: int = 0
+    duplicates: int = 0
+    failure: HandlerFailed | None = None
+
+
+class StoreCheckpoint:
+    """Applies a batch of messages exactly once and saves where each partition got to.
+
+    1. claim keys: insert every message's dedup key; only messages whose key was new go on
+    2. run handlers, each inside a savepoint, so a failing message rolls back alone (the rest
+       of its partition in this batch waits, keeping order; their keys are released)
+    3. fence and write checkpoint rows: each row moves only where the epoch is still ours,
+       else the whole batch rolls back (a newer owner has the partition: we are a zombie)
+    4. commit the store
+    5. commit the same offsets to Kafka, with the marker: asynchronously for the count and
+       interval triggers, synchronously on revoke and shutdown
+    """
+
+    def __init__(
+        self,
+        trigger: Trigger,
+        messages: Sequence[Message],
+        partitions: Mapping[TP, PartitionProgress],
+        *,
+        store: Store,
+        source: Source,
+        router: Router,
+        keys: Mapping[str, KeyFunction],
+        group: str,
+        observer: Observer,
+        now: Callable[[], float],
+    ) -> None:
+        self.trigger = trigger
+        self._messages = messages
+        self._partitions = partitions
+        self._store = store
+        self._source = source
+        self._router = router
+        self._keys = keys
+        self._group = group
+        self._observer = observer
+        self._now = now
+
+    @property
+    def synchronous(self) -> bool:
+        return self.trigger in (Trigger.REVOKE, Trigger.SHUTDOWN)
+
+    def run(self) -> BatchOutcome:
+        """Raises StoreError (the batch rolled back; retry it) or Fenced (rolled back; stop)."""
+        outcome = BatchOutcome()
+        store = self._store
+        store.begin()
+        try:
+            # 1. claim keys
+            claims = [Claim(self._keys[m.topic](m), m.topic, m.partition, m.offset)
+                      for m in self._messages]
+            new_keys = store.claim(self._group, claims, self._now())
+
+            # 2. run handlers
+            watermarks, counts = self._apply(claims, new_keys, outcome)
+
+            # 3. fence and write checkpoint rows
+            rows = [CheckpointRow(tp[0], tp[1], offset, self._partitions[tp].epoch)
+                    for tp, offset in watermarks.items()]
+            fenced = store.write_checkpoints(self._group, rows, self._now())
+            if fenced:
+                raise Fenced(self._group, fenced)
+
+            # 4. commit the store
+            store.commit()
+        except BaseException:
+            _rollback_quietly(store)
+            raise
+        now = self._now()
+        for tp, offset in watermarks.items():
+            self._partitions[tp].advance(offset, counts[tp], now)
+
+        # 5. commit Kafka
+        outcome.committed = self._commit_kafka()
+        return outcome
+
+    def _apply(self, claims: list[Claim], new_keys: set[bytes],
+               outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
+        """Run the handlers of new messages; return each partition's new watermark and how
+        many of its messages are done."""
+        store, group = self._store, self._group
+        watermarks: dict[TP, int] = {}
+        counts: dict[TP, int] = {}
+        stopped: set[TP] = set()
+        release: list[bytes] = []
+        applied_keys: set[bytes] = set()
+        for message, claim in zip(self._messages, claims, strict=True):
+            tp = (message.topic, message.partition)
+            if tp in stopped:
+                if claim.key in new_keys and claim.key not in applied_keys:
+                    release.append(claim.key)
+                continue
+            if claim.key not in new_keys or claim.key in applied_keys:
+                outcome.duplicates += 1
+                watermarks[tp] = message.offset + 1
+                counts[tp] = counts.get(tp, 0) + 1
+                continue
+            store.savepoint()
+            try:
+                self._router.route_for(message.topic).handler(
+                    message, Context(group, message, store=store, key=claim.key))
+            except Exception as error:
+                store.rollback_to_savepoint()
+                release.append(claim.key)
+                stopped.add(tp)
+                if outcome.failure is None:
+                    outcome.failure = HandlerFailed(message.topic, message.partition,
+                                                    message.offset, error)
+                    outcome.failure.__cause__ = error
+                continue
+            store.release_savepoint()
+            applied_keys.add(claim.key)
+            outcome.applied += 1
+            watermarks[tp] = message.offset + 1
+            counts[tp] = counts.get(tp, 0) + 1
+        # A key released by a failure may belong to an event applied from another message.
+        release = [key for key in release if key not in applied_keys]
+        if release:
+            store.unclaim(group, release)
+        return watermarks, counts
+
+    def _commit_kafka(self) -> dict[TP, int]:
+        moved = {}
+        for tp, progress in self._partitions.items():
+            offset = progress.pending_commit()
+            if offset is not None:
+                moved[tp] = offset
+        if not moved:
+            self._observer.checkpoint_noop(self.trigger)
+            return {}
+        try:
+            self._source.commit(moved, asynchronous=not self.synchronous)
+        except KafkaError as error:
+            # The store holds the checkpoint; Kafka's copy only informs lag tools.
+            self._observer.commit_failed(self.trigger, error)
+            return {}
+        for tp, offset in moved.items():
+            progress = self._partitions[tp]
+            progress.mark_committed(offset)
+            progress.mark_acked(offset)
+        self._observer.checkpoint_committed(self.trigger, moved)
+        return moved
+
+
+def _rollback_quietly(store: Store) -> None:
+    try:
+        store.rollback()
+    except StoreError as error:
+        log.warning("rolling back the store transaction failed too: %s", error)

@@ -1,0 +1,182 @@
+"""The store side of the loop: buffer a checkpoint's worth of messages, apply them in one
+transaction, and position newly assigned partitions from the store's checkpoint rows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+from consumer.checkpoint_policy import Trigger
+from consumer.clock import Clock
+from consumer.dedup import KeyFunction
+from consumer.errors import ExternalReset, OffsetOutOfRange, StoreUnavailable
+from consumer.message import Message
+from consumer.observer import Observer
+from consumer.routing import Router
+from consumer.store import Store
+from consumer.store_checkpoint import StoreCheckpoint
+from consumer.transport import COMMIT_MARKER, TP, Source
+from consumer.watermark import PartitionProgress
+
+log = logging.getLogger("consumer.transactional")
+
+ExternalResetPolicy = Literal["fail", "follow", "ignore"]
+
+
+class TransactionalBatches:
+    """Owns the store, the pending batch and the outage backoff; used by the loop's thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        source: Source,
+        router: Router,
+        keys: Mapping[str, KeyFunction],
+        group: str,
+        observer: Observer,
+        clock: Clock,
+        on_external_reset: ExternalResetPolicy = "fail",
+        max_backoff: float = 30.0,
+        topic_ids: dict[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self._source = source
+        self._router = router
+        self._keys = keys
+        self._group = group
+        self._observer = observer
+        self._clock = clock
+        self._on_external_reset = on_external_reset
+        self._max_backoff = max_backoff
+        self.pending: list[Message] = []
+        #: Filled by prepare(); the dedup key functions read topic ids from this very dict.
+        self.topic_ids = topic_ids if topic_ids is not None else {}
+        self._retry_at: float | None = None
+        self._backoff = 0.5
+
+    def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
+        """Create or check our tables and learn the topics' ids, retrying while the store is
+        unreachable. False when ``keep_trying`` turned false first."""
+        backoff = 1.0
+        while keep_trying():
+            try:
+                self.store.ensure_schema()
+                break
+            except StoreUnavailable as error:
+                log.warning("%s; retrying in %.0f s", error, backoff)
+                deadline = self._clock.monotonic() + backoff
+                while keep_trying() and self._clock.monotonic() < deadline:
+                    time.sleep(0.1)
+                backoff = min(backoff * 2, self._max_backoff)
+        else:
+            return False
+        self.topic_ids.update(self._source.topic_ids(topics))
+        return True
+
+    # --- buffering ----------------------------------------------------------------------
+
+    def add(self, messages: Sequence[Message], partitions: Mapping[TP, PartitionProgress],
+            stop_requested: bool) -> int:
+        if stop_requested:
+            return 0
+        taken = [m for m in messages if (m.topic, m.partition) in partitions]
+        self.pending.extend(taken)
+        return len(taken)
+
+    def drop(self, partitions: Sequence[TP]) -> None:
+        """Forget buffered messages of partitions that are gone (lost)."""
+        gone = set(partitions)
+        self.pending = [m for m in self.pending if (m.topic, m.partition) not in gone]
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint(self, trigger: Trigger,
+                   partitions: Mapping[TP, PartitionProgress]) -> dict[TP, int] | None:
+        """Apply the pending batch; None when the store is unavailable (retry later).
+
+        Raises HandlerFailed after committing what was applied, Fenced after rolling back.
+        """
+        batch = StoreCheckpoint(
+            trigger, self.pending, partitions, store=self.store, source=self._source,
+            router=self._router, keys=self._keys, group=self._group, observer=self._observer,
+            now=self._clock.wall,
+        )
+        try:
+            outcome = batch.run()
+        except StoreUnavailable as error:
+            if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
+                raise
+            self._became_unavailable(error)
+            return None
+        self.pending = []
+        if self._retry_at is not None:
+            self._retry_at = None
+            self._backoff = 0.5
+            self._observer.store_available()
+        self._observer.batch_applied(outcome.applied, outcome.duplicates)
+        if outcome.failure is not None:
+            raise outcome.failure
+        return outcome.committed
+
+    def _became_unavailable(self, error: StoreUnavailable) -> None:
+        now = self._clock.monotonic()
+        if self._retry_at is None:
+            self._observer.store_unavailable(error)
+        else:
+            self._backoff = min(self._backoff * 2, self._max_backoff)
+        self._retry_at = now + self._backoff
+        log.warning("%s; the batch rolled back, consumption is paused, retrying in %.1f s",
+                    error, self._backoff)
+
+    @property
+    def unavailable(self) -> bool:
+        return self._retry_at is not None
+
+    def retry_due(self) -> bool:
+        return self._retry_at is not None and self._clock.monotonic() >= self._retry_at
+
+    # --- assignment -----------------------------------------------------------------------
+
+    def assign(self, partitions: Sequence[TP]) -> tuple[dict[TP, PartitionProgress],
+                                                        dict[TP, int]]:
+        """Bump epochs and read checkpoints; the store's offset wins over Kafka's."""
+        positions = self.store.assign(self._group, partitions, self._clock.wall())
+        kafka = self._source.committed_with_metadata(partitions)
+        progress: dict[TP, PartitionProgress] = {}
+        starts: dict[TP, int] = {}
+        for tp in partitions:
+            position = positions[tp]
+            start = self._resolve(tp, position.next_offset, kafka.get(tp, (None, None)))
+            if start is not None:
+                low, high = self._source.offset_range(tp)
+                if not low <= start <= high:
+                    raise OffsetOutOfRange(tp[0], tp[1], start, low, high)
+                starts[tp] = start
+            # Kafka's copy starts as Kafka has it; when it differs from where we resume (a
+            # crash between the store's commit and Kafka's, or a reset by another tool), the
+            # next checkpoint brings it in line, even if no message arrives.
+            kafka_offset = kafka.get(tp, (None, None))[0]
+            if start is not None and kafka_offset is not None and kafka_offset > start:
+                kafka_offset = None  # Moving Kafka back to the store's offset is deliberate.
+            tracked = PartitionProgress(tp[0], tp[1], committed=kafka_offset,
+                                        epoch=position.epoch)
+            tracked.watermark = start
+            progress[tp] = tracked
+        return progress, starts
+
+    def _resolve(self, tp: TP, stored: int | None,
+                 kafka: tuple[int | None, str | None]) -> int | None:
+        """Where to start: the store's row, unless Kafka was reset by another tool."""
+        kafka_offset, metadata = kafka
+        if stored is None:
+            return None  # No row yet: Kafka's committed offset, then auto.offset.reset.
+        if kafka_offset is None or kafka_offset == stored or metadata == COMMIT_MARKER:
+            return stored
+        reset = ExternalReset(tp[0], tp[1], kafka_offset, stored)
+        if self._on_external_reset == "fail":
+            raise reset
+        self._observer.external_reset(tp, kafka_offset, stored, self._on_external_reset)
+        return kafka_offset if self._on_external_reset == "follow" else stored

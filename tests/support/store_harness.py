@@ -1,0 +1,186 @@
+"""Helpers for the store-mode unit tests: a real SQLite store, a handler that writes its effects
+into it, a source whose messages carry an idempotency-key header, and a loop factory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from consumer.checkpoint_policy import CheckpointPolicy
+from consumer.clock import ManualClock
+from consumer.dedup import KeyFunction, key_function
+from consumer.engine import ConsumerLoop
+from consumer.errors import ConsumerError, StoreError, StoreUnavailable
+from consumer.message import Context, Message
+from consumer.observer import TP, Observer
+from consumer.routing import Route, Router
+from consumer.store import CheckpointRow
+from consumer.store.sqlite import SQLiteStore
+from consumer.testing import InMemorySource
+from consumer.transactional import ExternalResetPolicy, TransactionalBatches
+from consumer.watermark import PartitionProgress
+
+S = TypeVar("S", bound=SQLiteStore)
+
+GROUP = "g"
+HEADER = "idempotency-key"
+EFFECTS_DDL = ("CREATE TABLE IF NOT EXISTS effects (topic TEXT NOT NULL, "
+               "partition INTEGER NOT NULL, position INTEGER NOT NULL, value TEXT)")
+
+
+def store_path(tmp_path: Path) -> str:
+    return str(tmp_path / "store.db")
+
+
+def open_store(tmp_path: Path) -> SQLiteStore:
+    """A SQLite store with our tables and the handlers' ``effects`` table."""
+    return open_store_as(SQLiteStore, tmp_path)
+
+
+def open_store_as(cls: type[S], tmp_path: Path) -> S:
+    """Like :func:`open_store`, with a SQLiteStore subclass."""
+    store = cls(store_path(tmp_path), busy_timeout_ms=200)
+    store.ensure_schema()
+    store.execute(EFFECTS_DDL)
+    return store
+
+
+class FlakyCommitStore(SQLiteStore):
+    """A SQLite store whose next ``fail_commits`` commits raise StoreUnavailable (not committed)."""
+
+    fail_commits = 0
+
+    def commit(self) -> None:
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise StoreUnavailable("SQLite store test.db: database is locked (simulated)")
+        super().commit()
+
+
+def event(topic: str, partition: int, offset: int, key: bytes | None) -> Message:
+    """A message that carries ``key`` as its idempotency-key header (none when None)."""
+    headers: list[tuple[str, bytes | None]] = [] if key is None else [(HEADER, key)]
+    return Message(topic, partition, offset, key or b"", headers=headers, timestamp=0.0)
+
+
+class HeaderedSource(InMemorySource):
+    """InMemorySource whose messages carry their value as the idempotency-key header, so the
+    same value at two offsets is the same event delivered twice."""
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        batch = super().poll(max_messages, timeout)
+        for message in batch:
+            message.headers = [(HEADER, message.value)]
+        return batch
+
+
+class EffectWriter:
+    """A transactional handler: writes one ``effects`` row per message, then raises for the
+    coordinates in ``fail_at`` (so the failing message's own write must be rolled back)."""
+
+    def __init__(self, fail_at: Iterable[tuple[str, int, int]] = ()) -> None:
+        self.fail_at = set(fail_at)
+        self.calls: list[tuple[str, int, int]] = []
+
+    def __call__(self, message: Message, context: Context) -> None:
+        coordinates = (message.topic, message.partition, message.offset)
+        self.calls.append(coordinates)
+        context.execute("INSERT INTO effects VALUES (%s, %s, %s, %s)",
+                        (*coordinates, (message.value or b"").decode()))
+        if coordinates in self.fail_at:
+            raise ValueError(f"cannot apply {message!r}")
+
+
+def effects(store: SQLiteStore) -> list[tuple[str, int, int]]:
+    """The committed effects, in coordinate order."""
+    rows = store.execute(
+        "SELECT topic, partition, position FROM effects ORDER BY topic, partition, position"
+    ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def processed(store: SQLiteStore, group: str = GROUP) -> list[tuple[str, int, int]]:
+    """Coordinates of the messages whose keys are recorded as processed."""
+    rows = store.execute(
+        'SELECT topic, partition, "offset" FROM consumer_processed_keys WHERE group_id = %s '
+        'ORDER BY topic, partition, "offset"', (group,),
+    ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def seed_checkpoint(tmp_path: Path, tp: TP, next_offset: int, now: float = 1.0) -> None:
+    """Write a committed checkpoint row through a separate connection (a previous owner)."""
+    other = SQLiteStore(store_path(tmp_path))
+    try:
+        other.ensure_schema()
+        epoch = other.assign(GROUP, [tp], now)[tp].epoch
+        other.begin()
+        other.write_checkpoints(GROUP, [CheckpointRow(tp[0], tp[1], next_offset, epoch)], now)
+        other.commit()
+    finally:
+        other.close()
+
+
+def assigned(store: SQLiteStore, partitions: Iterable[TP]) -> dict[TP, PartitionProgress]:
+    """Assign through the store, as the loop does, and return each partition's progress."""
+    positions = store.assign(GROUP, list(partitions), 1.0)
+    return {tp: PartitionProgress(tp[0], tp[1], committed=p.next_offset, epoch=p.epoch)
+            for tp, p in positions.items()}
+
+
+class StoreObserver(Observer):
+    """Records the store-mode events the tests look at."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def batch_applied(self, applied: int, duplicates: int) -> None:
+        self.events.append(("applied", applied, duplicates))
+
+    def store_unavailable(self, error: StoreError) -> None:
+        self.events.append(("store_unavailable",))
+
+    def store_available(self) -> None:
+        self.events.append(("store_available",))
+
+    def external_reset(self, partition: TP, kafka_offset: int, store_offset: int,
+                       policy: str) -> None:
+        self.events.append(("external_reset", partition, kafka_offset, store_offset, policy))
+
+    def failed(self, error: ConsumerError) -> None:
+        self.events.append(("failed", type(error).__name__))
+
+    def named(self, name: str) -> list[tuple[object, ...]]:
+        return [e for e in self.events if e[0] == name]
+
+
+def make_store_loop(
+    source: InMemorySource,
+    store: SQLiteStore,
+    handler: EffectWriter,
+    *,
+    clock: ManualClock,
+    observer: Observer | None = None,
+    every_messages: int | None = None,
+    every_seconds: float | None = None,
+    on_external_reset: ExternalResetPolicy = "fail",
+    topics: Iterable[str] = ("t",),
+) -> tuple[ConsumerLoop, TransactionalBatches]:
+    """A loop in store mode whose routes dedup by the idempotency-key header."""
+    topics = list(topics)
+    observer = observer or Observer()
+    topic_ids: dict[str, str] = {}
+    keys: dict[str, KeyFunction] = {t: key_function(f"header:{HEADER}", topic_ids) for t in topics}
+    router = Router(Route(t, handler, "tests:handler") for t in topics)
+    batches = TransactionalBatches(
+        store, source=source, router=router, keys=keys, group=GROUP,
+        observer=observer, clock=clock, on_external_reset=on_external_reset, topic_ids=topic_ids,
+    )
+    loop = ConsumerLoop(
+        source, router=router,
+        policy=CheckpointPolicy(every_messages=every_messages, every_seconds=every_seconds),
+        group=GROUP, clock=clock, observer=observer, poll_timeout=0.0,
+        keys=keys, transactional=batches,
+    )
+    return loop, batches

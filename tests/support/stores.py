@@ -1,0 +1,56 @@
+"""A fresh store per test, on every backend: a SQLite file, or a PostgreSQL schema of its own."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class StoreUnderTest:
+    """A store URL for the consumer, and a way for the test to query the same database."""
+
+    backend: str
+    url: str
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query (``%s`` placeholders) in its own connection."""
+        if self.backend == "sqlite":
+            path = self.url.removeprefix("sqlite:///")
+            with sqlite3.connect(path) as db:
+                return db.execute(sql.replace("%s", "?"), params).fetchall()
+        with psycopg.connect(self.url) as db:
+            return db.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.query(sql, params)[0][0]
+
+
+@contextmanager
+def fresh_store(backend: str, tmp_path: Path, postgres_dsn: str | None) -> Iterator[StoreUnderTest]:
+    if backend == "sqlite":
+        yield StoreUnderTest("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
+        return
+    if postgres_dsn is None:
+        raise AssertionError("the postgresql backend needs the postgres_dsn fixture")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield StoreUnderTest("postgresql", _url(postgres_dsn, schema))
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _url(dsn: str, schema: str) -> str:
+    """The DSN, as a URL whose connections use ``schema`` first."""
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}options=-csearch_path%3D{schema}"

@@ -1,0 +1,187 @@
+"""consumer.dedup: which deliveries count as "the same event", as 16-byte digests."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from consumer.dedup import key_function
+from consumer.errors import ConfigError
+from consumer.message import Message
+
+THIS_MODULE = __name__
+IDS = {"orders": "id-orders-1"}
+
+
+def message(offset: int = 5, *, partition: int = 0, topic: str = "orders",
+            headers: list[tuple[str, bytes | None]] | None = None,
+            value: bytes = b"v", key: bytes | None = b"customer-7") -> Message:
+    return Message(topic, partition, offset, value, key=key, headers=headers, timestamp=0.0)
+
+
+# Key functions loaded by the ``function:`` spec tests below.
+def key_as_bytes(message: Message) -> bytes:
+    return (message.value or b"").upper()
+
+
+def key_as_str(message: Message) -> str:
+    return (message.value or b"").decode().upper()
+
+
+def key_as_int(message: Message) -> int:
+    return 42
+
+
+def key_without_argument() -> bytes:
+    return b"x"
+
+
+NOT_CALLABLE = "a string"
+
+
+# --- header keys ---------------------------------------------------------------------------
+
+
+def test_header_key_is_the_same_for_one_event_at_different_coordinates() -> None:
+    """A redelivery (another offset, even another partition) carrying the same header value is
+    the same event; a different header value is a different event."""
+    keys = key_function("header:idempotency-key", IDS)
+    first = message(3, headers=[("idempotency-key", b"evt-1")])
+    again = message(90, partition=2, headers=[("idempotency-key", b"evt-1")])
+    other = message(3, headers=[("idempotency-key", b"evt-2")])
+    assert keys(first) == keys(again)
+    assert keys(first) != keys(other)
+
+
+def test_header_key_reads_the_named_header_only() -> None:
+    keys = key_function("header:event-id", IDS)
+    with_name = message(headers=[("idempotency-key", b"a"), ("event-id", b"evt-1")])
+    other_header_differs = message(headers=[("idempotency-key", b"b"), ("event-id", b"evt-1")])
+    assert keys(with_name) == keys(other_header_differs)
+
+
+def test_header_key_is_not_the_kafka_message_key() -> None:
+    """Many events share one Kafka message key; two of them must not collide."""
+    keys = key_function("header:idempotency-key", IDS)
+    a = message(1, key=b"customer-7", headers=[("idempotency-key", b"evt-1")])
+    b = message(2, key=b"customer-7", headers=[("idempotency-key", b"evt-2")])
+    assert keys(a) != keys(b)
+
+
+def test_missing_header_falls_back_to_the_coordinates_key() -> None:
+    by_header = key_function("header:idempotency-key", IDS)
+    by_coordinates = key_function("coordinates", IDS)
+    bare = message(7, headers=[("traceparent", b"00-abc")])
+    assert by_header(bare) == by_coordinates(bare)
+    assert by_header(bare) != by_header(message(8, headers=[]))
+
+
+def test_a_header_value_never_collides_with_a_coordinates_key() -> None:
+    """A header whose text equals the coordinates' material is still another key."""
+    by_header = key_function("header:idempotency-key", IDS)
+    bare = message(5)
+    forged = message(6, headers=[("idempotency-key", b"id-orders-1/0/5")])
+    assert by_header(forged) != by_header(bare)
+
+
+# --- coordinates ---------------------------------------------------------------------------
+
+
+def test_coordinates_key_differs_per_partition_and_offset() -> None:
+    keys = key_function("coordinates", IDS)
+    assert len({keys(message(5)), keys(message(6)), keys(message(5, partition=1))}) == 3
+
+
+def test_coordinates_key_ignores_the_header() -> None:
+    keys = key_function("coordinates", IDS)
+    assert keys(message(5, headers=[("idempotency-key", b"a")])) == keys(message(5))
+
+
+def test_recreated_topic_with_a_new_id_gives_new_coordinates_keys() -> None:
+    """The same name, partition and offset in a deleted-and-recreated topic is another event."""
+    before = key_function("coordinates", {"orders": "id-orders-1"})
+    after = key_function("coordinates", {"orders": "id-orders-2"})
+    assert before(message(5)) != after(message(5))
+
+
+def test_coordinates_key_reads_topic_ids_learnt_after_it_was_built() -> None:
+    """The loop fills the topic-id dict after building the key functions (at prepare)."""
+    topic_ids: dict[str, str] = {}
+    keys = key_function("coordinates", topic_ids)
+    by_name_only = keys(message(5))
+    topic_ids["orders"] = "id-orders-1"
+    assert keys(message(5)) != by_name_only
+    assert keys(message(5)) == key_function("coordinates", IDS)(message(5))
+
+
+# --- function keys -------------------------------------------------------------------------
+
+
+def test_function_key_returning_bytes_or_str_gives_the_same_digest() -> None:
+    as_bytes = key_function(f"function:{THIS_MODULE}:key_as_bytes", IDS)
+    as_str = key_function(f"function:{THIS_MODULE}:key_as_str", IDS)
+    assert as_bytes(message(1, value=b"evt-1")) == as_str(message(99, value=b"evt-1"))
+    assert as_bytes(message(1, value=b"evt-1")) != as_bytes(message(1, value=b"evt-2"))
+
+
+def test_function_key_returning_another_type_raises_type_error() -> None:
+    keys = key_function(f"function:{THIS_MODULE}:key_as_int", IDS)
+    with pytest.raises(TypeError, match="key_as_int returned int"):
+        keys(message())
+
+
+# --- digests -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["header:idempotency-key", "coordinates",
+                                  f"function:{THIS_MODULE}:key_as_bytes"])
+def test_digests_are_16_bytes(spec: str) -> None:
+    keys = key_function(spec, IDS)
+    for m in (message(1), message(2, headers=[("idempotency-key", b"x" * 10_000)])):
+        digest = keys(m)
+        assert isinstance(digest, bytes)
+        assert len(digest) == 16
+
+
+def test_digests_are_stable_across_builds_and_processes() -> None:
+    """Keys are stored; they must not depend on the process (no hash() salt), so they are pinned
+    here to blake2b-128 of a kind tag, a NUL and the material."""
+    def pinned(kind: bytes, material: bytes) -> bytes:
+        return hashlib.blake2b(kind + b"\0" + material, digest_size=16).digest()
+
+    with_header = message(5, headers=[("idempotency-key", b"evt-1")])
+    assert key_function("header:idempotency-key", IDS)(with_header) == pinned(b"h", b"evt-1")
+    assert key_function("coordinates", IDS)(message(5)) == pinned(b"c", b"id-orders-1/0/5")
+    by_function = key_function(f"function:{THIS_MODULE}:key_as_bytes", IDS)
+    assert by_function(message(value=b"evt-1")) == pinned(b"f", b"EVT-1")
+
+
+# --- bad specs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [
+    "",
+    "header",
+    "header:",
+    "function:",
+    "key",
+    "message-key",
+    "Coordinates",
+    "checksum:sha256",
+])
+def test_unknown_or_incomplete_spec_is_a_config_error(spec: str) -> None:
+    with pytest.raises(ConfigError, match="dedup_key"):
+        key_function(spec, IDS)
+
+
+@pytest.mark.parametrize("spec", [
+    "function:no_such_module_for_dedup:key",
+    f"function:{THIS_MODULE}:no_such_function",
+    f"function:{THIS_MODULE}:NOT_CALLABLE",
+    f"function:{THIS_MODULE}:key_without_argument",
+])
+def test_function_spec_that_cannot_be_loaded_is_a_config_error(spec: str) -> None:
+    """Checked when the route is built, before anything connects."""
+    with pytest.raises(ConfigError):
+        key_function(spec, IDS)

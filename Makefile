@@ -35,8 +35,14 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
 
-bench: $(VENV)/.installed
-	$(SERVICES) --kafka --postgres -- $(PY) -m benchmarks
+# bench: every contender side by side on a local broker (about 20 min; BENCH_ARGS=--quick: ~3 min)
+BENCH_ARGS ?=
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(SERVICES) --kafka --postgres -- $(PY) -m benchmarks $(BENCH_ARGS)
 
 services-up: $(VENV)/.installed
 	$(PY) scripts/kafka_local.py start

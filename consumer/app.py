@@ -14,11 +14,12 @@ from consumer.checkpoint_policy import CheckpointPolicy
 from consumer.clock import SystemClock
 from consumer.dedup import KeyFunction, key_function
 from consumer.engine import ConsumerLoop
+from consumer.failures import Failures, build_policies
 from consumer.observer import LoggingObserver, Observer, Observers
 from consumer.purge import ProcessedKeyPurger
 from consumer.routing import Router
 from consumer.settings import Settings
-from consumer.source import KafkaSource
+from consumer.source import KafkaDeadLetterSink, KafkaSource
 from consumer.store import open_store
 from consumer.transactional import TransactionalBatches
 
@@ -50,6 +51,9 @@ def build_loop(
     clock = SystemClock()
     topic_ids: dict[str, str] = {}
     keys = build_keys(settings, topic_ids)
+    failures = Failures(build_policies(settings), sink=KafkaDeadLetterSink(settings.kafka),
+                        group=settings.kafka.group_id, observer=observer,
+                        monotonic=clock.monotonic, wall=clock.wall)
     transactional = None
     if settings.store.enabled:
         store = open_store(settings.store.url.get_secret_value(),
@@ -58,6 +62,7 @@ def build_loop(
             store, source=source, router=router, keys=keys, group=settings.kafka.group_id,
             observer=observer, clock=clock, on_external_reset=settings.store.on_external_reset,
             max_backoff=settings.store.max_backoff_seconds, topic_ids=topic_ids,
+            failures=failures,
         )
     return ConsumerLoop(
         source,
@@ -74,6 +79,7 @@ def build_loop(
         synchronous_commits=settings.checkpoint.synchronous_commits,
         keys=keys,
         transactional=transactional,
+        failures=failures,
     )
 
 

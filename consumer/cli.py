@@ -3,6 +3,7 @@
     consumer run        [--config FILE]   consume until SIGTERM/SIGINT
     consumer check      [--config FILE]   validate config and import handlers, print the config
     consumer store init [--config FILE]   create the store's tables (run also does it)
+    consumer dlq redrive [--config FILE] [--execute] [filters]   dead letters back to their topics
     consumer lag --group G [--topic T] [--json] [--config FILE | --bootstrap-servers B]
 
 Exit codes: 0 stopped cleanly, 1 failed while running, 2 invalid configuration.
@@ -15,7 +16,7 @@ import json
 import logging
 import sys
 
-from consumer import __version__, lag_command
+from consumer import __version__, lag_command, redrive
 from consumer.app import (
     ShutdownSignals,
     build_keys,
@@ -25,9 +26,11 @@ from consumer.app import (
     configure_logging,
 )
 from consumer.errors import ConfigError, ConsumerError, StoreSchemaError
+from consumer.failures import build_policies
 from consumer.observability import build_observability
 from consumer.routing import Router
 from consumer.settings import Settings, load_settings
+from consumer.source import KafkaDeadLetterSink, read_topic
 from consumer.store import open_store
 
 log = logging.getLogger("consumer.cli")
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         router = build_router(settings)
         build_keys(settings, {})
+        build_policies(settings)
     except ConfigError as error:
         for problem in error.problems:
             print(f"config: {problem}", file=sys.stderr)
@@ -56,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "store":
         return _store_init(settings)
+    if args.command == "dlq":
+        topics = args.topic or sorted({route.dead_letter_topic or f"{topic}.dlq"
+                                       for topic, route in settings.routes.items()})
+        return redrive.run(args, topics, lambda topic: read_topic(settings.kafka, topic),
+                           KafkaDeadLetterSink(settings.kafka))
     return _run(settings, router)
 
 
@@ -123,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML or TOML config file (default: $CONSUMER_CONFIG)")
     lag_command.add_arguments(commands.add_parser(
         "lag", help="a group's committed offset, end offset and lag per partition"))
+    redrive.add_arguments(commands.add_parser(
+        "dlq", help="dead letters: `consumer dlq redrive` puts them back on their topics"))
     store = commands.add_parser("store", help="manage the store")
     store.add_argument("action", choices=["init"], help="init: create the tables")
     store.add_argument("--config", help="YAML or TOML config file (default: $CONSUMER_CONFIG)")

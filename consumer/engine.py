@@ -14,8 +14,10 @@ from consumer.checkpoint import Checkpoint
 from consumer.checkpoint_policy import CheckpointPolicy, CheckpointState, Trigger
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
-from consumer.errors import ConsumerError, HandlerFailed, KafkaError
-from consumer.message import Context, Message
+from consumer.dispatch import Dispatcher
+from consumer.errors import ConsumerError, KafkaError
+from consumer.failures import Failures
+from consumer.message import Message
 from consumer.observer import Observer
 from consumer.routing import Router
 from consumer.snapshot import LoopSnapshot, PartitionSnapshot
@@ -51,6 +53,8 @@ class ConsumerLoop:
         synchronous_commits: bool = False,
         keys: Mapping[str, KeyFunction] | None = None,
         transactional: TransactionalBatches | None = None,
+        failures: Failures | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self._source = source
         self._router = router
@@ -69,6 +73,9 @@ class ConsumerLoop:
             else policy.every_messages * (1 if synchronous_commits else 2)
         )
         self._keys = keys or {}
+        self._failures = failures
+        self._dispatcher = dispatcher or Dispatcher(router, group=group, keys=self._keys,
+                                                    failures=failures, source=source)
         self._transactional = transactional
         self._partitions: dict[TP, PartitionProgress] = {}
         self._checkpoints = CheckpointState(policy, clock.monotonic())
@@ -120,6 +127,8 @@ class ConsumerLoop:
         if self._transactional is not None and self._transactional.unavailable:
             self._wait_for_store()
             return 0
+        if self._failures is not None and self._failures.waiting:
+            self._source.resume([tp for tp in self._failures.due() if tp in self._partitions])
         room = self._room()
         if room == 0 and self._checkpoints.due(self._clock.monotonic()) is not None:
             self._checkpoint(Trigger.COUNT)
@@ -153,7 +162,7 @@ class ConsumerLoop:
         if self._transactional.retry_due():
             self._checkpoint(Trigger.INTERVAL)
             if not self._transactional.unavailable:
-                self._source.resume(list(self._partitions))
+                self._source.resume(self._not_waiting(list(self._partitions)))
                 return
         self._source.pause(list(self._partitions))
         self._handle(self._source.poll(self._batch_size, min(self._poll_timeout, 0.2)))
@@ -165,48 +174,57 @@ class ConsumerLoop:
             if taken:
                 self._checkpoints.record_done(taken)
             return taken
-        now = self._clock.monotonic()
         done = 0
-        partitions = self._partitions
-        route_for = self._router.route_for
-        group = self._group
-        keys = self._keys
         try:
-            for message in messages:
-                if self._stop_requested:
-                    break
-                progress = partitions.get((message.topic, message.partition))
-                if progress is None:  # Revoked while this batch was in flight.
-                    continue
-                try:
-                    route_for(message.topic).handler(
-                        message, Context(group, message, key_function=keys.get(message.topic))
-                    )
-                except Exception as error:
-                    raise HandlerFailed(
-                        message.topic, message.partition, message.offset, error
-                    ) from error
-                progress.mark_done(message.offset, now)
-                done += 1
+            done = self._dispatcher.run(messages, self._partitions, self._clock.monotonic(),
+                                        lambda: self._stop_requested)
         finally:
             if done:
                 self._checkpoints.record_done(done)
                 self._observer.batch_done(done)
         return done
 
+    def _not_waiting(self, partitions: list[TP]) -> list[TP]:
+        """Leave paused the partitions whose failed message waits for its next attempt."""
+        if self._failures is None or not self._failures.waiting:
+            return partitions
+        waiting = set(self._failures.paused())
+        return [tp for tp in partitions if tp not in waiting]
+
     def _confirm(self) -> None:
-        """Commit synchronously; if the group is rebalancing, let the rebalance finish by
-        polling with every partition paused, so no new work is taken meanwhile."""
-        self._checkpoint(Trigger.COUNT, synchronous=True)
-        if self._room() > 0:
-            return
+        """Too much work waits for the broker to confirm earlier commits: commit every
+        watermark synchronously (the coordinator answers commits in order, so its answer
+        confirms the earlier ones too). If the group is rebalancing and the commit is refused,
+        let the rebalance finish by polling with every partition paused, taking no new work."""
+        offsets = {tp: p.watermark for tp, p in self._partitions.items()
+                   if p.watermark is not None}
+        try:
+            if offsets:
+                self._source.commit(offsets, asynchronous=False)
+        except KafkaError as error:
+            self._observer.commit_failed(Trigger.COUNT, error)
+        else:
+            moved = {}
+            for tp, offset in offsets.items():
+                progress = self._partitions[tp]
+                if offset != progress.committed:
+                    progress.mark_committed(offset)
+                    moved[tp] = offset
+                progress.mark_acked(offset)
+            if moved:  # Work done since the last checkpoint: this commit is a checkpoint.
+                self._checkpoints.reset(self._clock.monotonic())
+                self._observer.checkpoint_committed(Trigger.COUNT, moved)
+            self._observer.commit_acknowledged(offsets)
+            if self._room() > 0:
+                return
         paused = list(self._partitions)
         self._source.pause(paused)
         try:
             # Only partitions assigned during this poll can deliver messages; handle them.
             self._handle(self._source.poll(self._batch_size, self._poll_timeout))
         finally:
-            self._source.resume([tp for tp in paused if tp in self._partitions])
+            self._source.resume(self._not_waiting([tp for tp in paused
+                                                   if tp in self._partitions]))
 
     def close(self) -> None:
         """Checkpoint synchronously and leave the group."""
@@ -277,6 +295,8 @@ class ConsumerLoop:
         return {}
 
     def on_revoked(self, partitions: list[TP]) -> None:
+        if self._failures is not None:
+            self._failures.forget(partitions)
         try:
             self._checkpoint(Trigger.REVOKE, only=partitions)
         finally:
@@ -285,6 +305,8 @@ class ConsumerLoop:
             self._observer.revoked(partitions)
 
     def on_lost(self, partitions: list[TP]) -> None:
+        if self._failures is not None:
+            self._failures.forget(partitions)
         if self._transactional is not None:
             self._transactional.drop(partitions)
         for tp in partitions:

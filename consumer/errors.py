@@ -10,6 +10,7 @@
     ├── Fenced                 a newer owner bumped the partition's epoch: this process is a zombie
     ├── OffsetOutOfRange       the store's checkpoint is outside what the partition retains
     ├── ExternalReset          Kafka's committed offset was moved by another tool
+    ├── DeadLetterFailed       a dead letter could not be produced (retriable or not)
     └── StoreError             the store database failed
         ├── StoreUnavailable   cannot reach or lock the database (consumption pauses and retries)
         └── StoreSchemaError   our tables are missing or of another version (exit 2)
@@ -129,6 +130,27 @@ class ExternalReset(ConsumerError):
             "someone moved it with another tool (kafka-consumer-groups --reset-offsets?). Use "
             "`consumer replay` to move both, or set store.on_external_reset to 'follow' (take "
             "Kafka's offset) or 'ignore' (keep the store's)."
+        )
+
+
+class DeadLetterFailed(ConsumerError):
+    """The broker did not take a dead letter. ``retriable``: try again later (topic or broker
+    unavailable); otherwise (too large, not authorised) the consumer stops."""
+
+    def __init__(self, topic: str, partition: int, offset: int, dead_letter_topic: str,
+                 reason: str, *, retriable: bool) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.dead_letter_topic = dead_letter_topic
+        self.reason = reason
+        self.retriable = retriable
+        advice = ("retrying with backoff; the partition stays paused meanwhile" if retriable
+                  else "stopping without committing past it; fix the dead-letter topic (or "
+                  "the message size limits) and restart")
+        super().__init__(
+            f"could not dead-letter {topic}[{partition}]@{offset} to {dead_letter_topic}: "
+            f"{reason}; {advice}"
         )
 
 

@@ -4,7 +4,8 @@
   a margin, a fatal client error, the loop failed. Never on lag, idleness, broker or store
   outages or rebalances: restarts make those worse.
 - ready: subscribed, first assignment seen (zero partitions is still ready), store reachable,
-  not shutting down. SIGTERM turns it false first.
+  a broker reachable (none for longer than :data:`BROKERS_DOWN_GRACE_SECONDS` fails it), not
+  shutting down. SIGTERM turns it false first.
 
 Both read what :class:`Lifecycle` recorded from the engine's events and the loop's snapshot;
 neither touches the consumer.
@@ -24,6 +25,9 @@ from consumer.snapshot import LoopSnapshot
 #: Added to max.poll.interval.ms before a missing poll fails liveness: by then the client has
 #: already left the group, and a restart is the way back.
 POLL_MARGIN_SECONDS = 30.0
+#: How long no broker may be reachable before readiness reports it: a broker restarting or a
+#: connection re-established within this does not flap readiness.
+BROKERS_DOWN_GRACE_SECONDS = 5.0
 
 
 class Lifecycle(Observer):
@@ -38,6 +42,9 @@ class Lifecycle(Observer):
         self.last_poll_wall: float | None = None
         self.fatal_error: str | None = None
         self.store_error: str | None = None
+        #: Monotonic time since which the client's statistics report no broker up; None while
+        #: one is (or before the statistics said anything).
+        self.brokers_down_since: float | None = None
 
     def started(self, topics: list[str]) -> None:
         self.subscribed = True
@@ -64,6 +71,14 @@ class Lifecycle(Observer):
 
     def store_available(self) -> None:
         self.store_error = None
+
+    def brokers_reported(self, up: bool | None) -> None:
+        """What the client's statistics say (every second, inside poll): a broker is up (True),
+        none is (False), or they cannot tell (None, which changes nothing)."""
+        if up:
+            self.brokers_down_since = None
+        elif up is False and self.brokers_down_since is None:
+            self.brokers_down_since = self._clock.monotonic()
 
 
 @dataclass(frozen=True)
@@ -114,13 +129,18 @@ class Health:
 
     def ready(self) -> HealthReport:
         facts, snapshot = self._lifecycle, self._snapshot()
-        checks = {"subscribed": "ok", "assignment": "ok", "store": "ok", "shutdown": "ok"}
+        checks = {"subscribed": "ok", "assignment": "ok", "store": "ok", "kafka": "ok",
+                  "shutdown": "ok"}
         if not facts.subscribed:
             checks["subscribed"] = "not subscribed yet (waiting for the brokers)"
         if not facts.assignment_seen:
             checks["assignment"] = "no partition assignment received from the group yet"
         if facts.store_error is not None:
             checks["store"] = f"store unavailable: {facts.store_error}"
+        if facts.brokers_down_since is not None:
+            down = self._clock.monotonic() - facts.brokers_down_since
+            if down > BROKERS_DOWN_GRACE_SECONDS:
+                checks["kafka"] = f"no Kafka broker reachable for {down:.0f} s"
         if snapshot.stop_requested or snapshot.state in ("draining", "closed", "failed"):
             checks["shutdown"] = f"shutting down (loop {snapshot.state})"
         return HealthReport(checks)

@@ -46,6 +46,9 @@ METRICS: dict[str, str] = {
     # --- errors
     "consumer_handler_errors": "Handler exceptions, by exception class.",
     "consumer_kafka_errors": "Errors the Kafka client reported, by librdkafka code.",
+    "consumer_retries": "Failed handler attempts scheduled for another try.",
+    "consumer_dead_letters": "Messages produced to a dead-letter topic, by reason.",
+    "consumer_dead_letter_failures": "Dead letters the broker did not acknowledge.",
     # --- checkpoints
     "consumer_commits": "Checkpoints by trigger and result (success, error, noop).",
     "consumer_committed_offset": "Offset the broker confirmed as committed (next to read).",
@@ -105,6 +108,10 @@ class MetricsObserver(Observer):
         for event in ("assign", "revoke", "lost"):
             self._rebalances.labels(group, event)
         self._purged = _counter(registry, "consumer_processed_keys_purged", [])
+        self._retries = _counter(registry, "consumer_retries", ["topic"])
+        self._dead_letters = _counter(registry, "consumer_dead_letters", ["topic", "reason"])
+        self._dead_letter_failures = _counter(registry, "consumer_dead_letter_failures",
+                                              ["topic"])
 
     def started(self, topics: list[str]) -> None:
         self.topics = list(topics)
@@ -181,6 +188,21 @@ class MetricsObserver(Observer):
 
     def processed_keys_purged(self, count: int) -> None:
         self._purged.labels(self._group).inc(count)
+
+    def retry_scheduled(self, message: Message, attempt: int, delay: float,
+                        error: BaseException) -> None:
+        self._retries.labels(self._group, message.topic).inc()
+        self._handler_errors.labels(self._group, message.topic, type(error).__name__).inc()
+
+    def dead_lettered(self, message: Message, reason: str, error: BaseException) -> None:
+        self._dead_letters.labels(self._group, message.topic, reason).inc()
+        self._processed.labels(self._group, message.topic, "dead_lettered").inc()
+        if reason != "deserialization":
+            self._handler_errors.labels(self._group, message.topic,
+                                        type(error).__name__).inc()
+
+    def dead_letter_failed(self, message: Message, error: ConsumerError) -> None:
+        self._dead_letter_failures.labels(self._group, message.topic).inc()
 
     def last_commit_at(self, tp: TP, acked: int | None) -> float | None:
         """Wall time the broker last confirmed a commit of this partition (scrape thread)."""

@@ -62,7 +62,9 @@ class Observability:
     def _statistics(self, raw: str) -> None:
         """librdkafka's statistics, inside poll on the polling thread; never raises into it."""
         try:
-            self.log.update(client_stats.log_offsets(raw), self.clock.wall())
+            stats = client_stats.parse(raw)
+            self.log.update(client_stats.log_offsets(stats), self.clock.wall())
+            self.lifecycle.brokers_reported(client_stats.brokers_up(stats))
         except Exception as error:  # a metrics bug must never stop consumption
             if not self._failures:
                 log.exception("could not read librdkafka statistics: %s", error)

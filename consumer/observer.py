@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from consumer.checkpoint_policy import Trigger
+from consumer.clock import Clock, SystemClock
 from consumer.errors import ConsumerError, KafkaError, StoreError
 from consumer.message import Message
 
 TP = tuple[str, int]
 
 log = logging.getLogger("consumer.engine")
+
+#: Seconds between two lines about the same non-fatal client error code while it repeats.
+KAFKA_ERROR_LOG_INTERVAL = 30.0
 
 
 class Observer:
@@ -57,9 +62,35 @@ class Observer:
 
     def processed_keys_purged(self, count: int) -> None: ...
 
+    def retry_scheduled(self, message: Message, attempt: int, delay: float,
+                        error: BaseException) -> None: ...
+
+    def dead_lettered(self, message: Message, reason: str, error: BaseException) -> None: ...
+
+    def dead_letter_failed(self, message: Message, error: ConsumerError) -> None: ...
+
+
+@dataclass
+class _Repeats:
+    """One non-fatal client error code while it keeps coming."""
+
+    logged_at: float
+    seen_at: float
+    since_logged: int = 0
+
 
 class LoggingObserver(Observer):
-    """Logs what an operator needs to follow the consumer's life."""
+    """Logs what an operator needs to follow the consumer's life.
+
+    Non-fatal client errors repeat during a broker outage (each connection attempt fails):
+    the first of a code is logged, then at most one "still failing" line per
+    :data:`KAFKA_ERROR_LOG_INTERVAL` counts the repeats. A code quiet for that long is logged
+    in full again when it comes back. Fatal errors are always logged.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._repeats: dict[str, _Repeats] = {}
 
     def started(self, topics: list[str]) -> None:
         log.info("subscribed to %s", ", ".join(topics))
@@ -87,7 +118,22 @@ class LoggingObserver(Observer):
                     trigger.value if trigger else "async", error)
 
     def kafka_error(self, error: KafkaError) -> None:
-        log.warning("%s", error)
+        if error.fatal:
+            log.warning("%s", error)
+            return
+        now = self._clock.monotonic()
+        seen = self._repeats.get(error.code)
+        if seen is None or now - seen.seen_at >= KAFKA_ERROR_LOG_INTERVAL:
+            self._repeats[error.code] = _Repeats(logged_at=now, seen_at=now)
+            log.warning("%s", error)
+            return
+        seen.seen_at = now
+        seen.since_logged += 1
+        if now - seen.logged_at >= KAFKA_ERROR_LOG_INTERVAL:
+            log.warning("Kafka client still failing: %s (%d times in the last %.0f s; latest: "
+                        "%s)", error.code, seen.since_logged, now - seen.logged_at,
+                        error.reason)
+            seen.logged_at, seen.since_logged = now, 0
 
     def failed(self, error: ConsumerError) -> None:
         # Coordinates as attributes too, so JSON log lines carry them as fields.
@@ -116,6 +162,19 @@ class LoggingObserver(Observer):
     def processed_keys_purged(self, count: int) -> None:
         log.info("purged %d processed keys past their retention", count)
 
+    def retry_scheduled(self, message: Message, attempt: int, delay: float,
+                        error: BaseException) -> None:
+        log.warning("handler failed on %s[%d]@%d (attempt %d: %s: %s); partition paused, "
+                    "retrying in %.2f s", message.topic, message.partition, message.offset,
+                    attempt, type(error).__name__, error, delay, extra=_at(message))
+
+    def dead_lettered(self, message: Message, reason: str, error: BaseException) -> None:
+        log.error("dead-lettered %s[%d]@%d (%s: %s: %s)", message.topic, message.partition,
+                  message.offset, reason, type(error).__name__, error, extra=_at(message))
+
+    def dead_letter_failed(self, message: Message, error: ConsumerError) -> None:
+        log.error("%s", error, extra=_at(message))
+
 
 class Observers(Observer):
     """Fans every event out to several observers."""
@@ -133,6 +192,10 @@ class Observers(Observer):
                 getattr(observer, name)(*args)
 
         return fan_out
+
+
+def _at(message: Message) -> dict[str, object]:
+    return {"topic": message.topic, "partition": message.partition, "offset": message.offset}
 
 
 def _names(partitions: list[TP]) -> str:

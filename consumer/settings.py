@@ -84,6 +84,28 @@ class KafkaSettings(_Section):
                 for k, v in self.librdkafka.items()}
 
 
+class RetrySettings(_Section):
+    """How a failing handler is retried before its message is dead-lettered."""
+
+    #: Handler calls in all, the first included (1: no retry).
+    attempts: int = Field(default=3, ge=1, le=1_000)
+    initial_backoff_seconds: float = Field(default=0.5, gt=0)
+    max_backoff_seconds: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    #: Each delay is spread by up to this fraction, so retries of many messages do not align.
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    #: Exception types (``ValueError``, ``package.module.Class``) dead-lettered at once.
+    never_retry: list[str] = Field(default_factory=list)
+    #: Exception types that stop the consumer (exit 1) instead of retrying or dead-lettering.
+    stop_on: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySettings:
+        if self.max_backoff_seconds < self.initial_backoff_seconds:
+            raise ValueError("max_backoff_seconds is below initial_backoff_seconds")
+        return self
+
+
 class RouteSettings(_Section):
     """One topic and the handler that processes its messages."""
 
@@ -91,6 +113,15 @@ class RouteSettings(_Section):
     #: What makes two deliveries the same event: header:NAME (falling back to coordinates when
     #: the header is absent), coordinates (topic id, partition, offset) or function:module:fn.
     dedup_key: str = "header:idempotency-key"
+    #: The value's format, checked before the handler runs: a value that does not decode is a
+    #: poison message and goes straight to the dead-letter topic (reason "deserialization").
+    format: Literal["bytes", "text", "json"] = "bytes"
+    retry: RetrySettings = RetrySettings()
+    #: After the last attempt: dead_letter (produce to dead_letter_topic, then move on) or
+    #: stop (exit 1, committing nothing past the message).
+    on_failure: Literal["dead_letter", "stop"] = "dead_letter"
+    #: Default: ``<topic>.dlq``.
+    dead_letter_topic: str | None = None
 
     @field_validator("dedup_key")
     @classmethod
@@ -211,6 +242,16 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _dead_letters_elsewhere(self) -> Settings:
+        for topic, route in self.routes.items():
+            if route.dead_letter_topic == topic:
+                raise ValueError(
+                    f"routes.{topic}.dead_letter_topic is the route's own topic: dead letters "
+                    "would be consumed again and fail forever; name another topic"
+                )
+        return self
 
     @field_validator("routes", mode="before")
     @classmethod

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from consumer.errors import AssignmentFailed, KafkaError, KafkaFatalError
+from consumer.errors import AssignmentFailed, DeadLetterFailed, KafkaError, KafkaFatalError
 from consumer.message import Message
 from consumer.settings import KafkaSettings
 from consumer.snapshot import GroupPosition
@@ -168,6 +168,12 @@ class KafkaSource:
         if partitions:
             self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
 
+    def seek(self, partition: TP, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(partition[0], partition[1], offset))
+        except KafkaException as error:
+            raise _translate(error.args[0]) from error
+
     # --- commits -------------------------------------------------------------------------------
 
     def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool) -> None:
@@ -226,12 +232,13 @@ class KafkaSource:
         from confluent_kafka import TopicCollection
         from confluent_kafka.admin import AdminClient
 
-        config = {k: v for k, v in self._client_config().items()
-                  if k not in ("group.id", "enable.auto.commit", "enable.auto.offset.store",
-                               "auto.offset.reset", "partition.assignment.strategy",
-                               "session.timeout.ms", "max.poll.interval.ms", "on_commit",
-                               "error_cb", "logger", "stats_cb", "statistics.interval.ms")
-                  and not k.startswith(("group.", "heartbeat.", "fetch.", "queued."))}
+        # Only what the admin client shares with the consumer (connection and security), as
+        # in read_group_positions: consumer-only properties would make librdkafka warn.
+        s = self._settings
+        config: dict[str, Any] = {"bootstrap.servers": s.bootstrap_servers,
+                                  "client.id": s.client_id}
+        config.update({k: v.get_secret_value() for k, v in s.librdkafka.items()
+                       if k.startswith(_ADMIN_PREFIXES)})
         admin = AdminClient(config)
         futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout)
         ids = {}
@@ -294,6 +301,104 @@ class KafkaSource:
         if self._callback_error is not None:
             error, self._callback_error = self._callback_error, None
             raise error
+
+
+class KafkaDeadLetterSink:
+    """Produces dead letters with the original key, value and headers plus provenance, and
+    waits for the broker's acknowledgement of each (they are rare; correctness first)."""
+
+    #: Errors that another try can fix; anything else (too large, not authorised) cannot.
+    RETRIABLE: ClassVar[frozenset[str]] = frozenset({
+        "_MSG_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "UNKNOWN_TOPIC_OR_PART",
+        "LEADER_NOT_AVAILABLE", "NOT_LEADER_FOR_PARTITION", "NOT_ENOUGH_REPLICAS",
+        "REQUEST_TIMED_OUT", "_TIMED_OUT", "NETWORK_EXCEPTION", "_UNKNOWN_TOPIC", "_QUEUE_FULL",
+    })
+
+    def __init__(self, settings: KafkaSettings, *, timeout: float = 30.0) -> None:
+        config: dict[str, Any] = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "client.id": f"{settings.client_id}-dead-letters",
+            "enable.idempotence": True,
+            "acks": "all",
+            "message.timeout.ms": int(timeout * 1000),
+            "logger": logging.getLogger("consumer.librdkafka"),
+        }
+        config.update({k: v.get_secret_value() for k, v in settings.librdkafka.items()
+                       if k.startswith(("security.", "sasl.", "ssl."))})
+        self._producer = confluent_kafka.Producer(config)
+        self._timeout = timeout
+
+    def send(self, topic: str, message: Message, provenance: list[tuple[str, bytes]]) -> None:
+        outcome: list[Any] = []
+        headers: list[tuple[str, str | bytes | None]] = [*(message.headers or []), *provenance]
+
+        def delivered(error: Any, _record: Any) -> None:
+            outcome.append(error)
+
+        try:
+            self._producer.produce(topic, value=message.value, key=message.key,
+                                   headers=headers, on_delivery=delivered)
+            self._producer.flush(self._timeout)
+        except (KafkaException, BufferError) as error:
+            code = error.args[0].name() if isinstance(error, KafkaException) else "_QUEUE_FULL"
+            reason = error.args[0].str() if isinstance(error, KafkaException) else str(error)
+            raise self._failed(topic, message, code, reason) from None
+        if not outcome:
+            raise self._failed(topic, message, "_TIMED_OUT", "no acknowledgement in time")
+        if outcome[0] is not None:
+            raise self._failed(topic, message, outcome[0].name(), outcome[0].str())
+
+    def _failed(self, topic: str, message: Message, code: str, reason: str) -> DeadLetterFailed:
+        return DeadLetterFailed(message.topic, message.partition, message.offset, topic,
+                                f"{code}: {reason}", retriable=code in self.RETRIABLE)
+
+    def close(self) -> None:
+        self._producer.flush(self._timeout)
+
+
+def read_topic(settings: KafkaSettings, topic: str, *, timeout: float = 60.0) -> list[Message]:
+    """Every message in ``topic`` up to its end offsets now, read without joining a group."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": f"{settings.group_id}-reader",  # required by the client, never joined
+        "enable.auto.commit": False,
+        "logger": logging.getLogger("consumer.librdkafka"),
+    }
+    config.update({k: v.get_secret_value() for k, v in settings.librdkafka.items()
+                   if k.startswith(("security.", "sasl.", "ssl."))})
+    consumer = Consumer(config)
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise KafkaError("UNKNOWN_TOPIC_OR_PART", f"topic {topic} does not exist")
+        ends: dict[int, int] = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=10)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                         for p in ends])
+        found: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for record in consumer.consume(500, timeout=0.5):
+                if record.error() is not None:
+                    continue
+                kind, stamp = record.timestamp()
+                found.append(Message(topic, record.partition() or 0, record.offset() or 0,
+                                     record.value(), key=record.key(),
+                                     headers=record.headers(),  # type: ignore[arg-type]
+                                     timestamp=stamp / 1000.0 if kind else None))
+                if (record.offset() or 0) + 1 >= ends.get(record.partition() or 0, 0):
+                    ends.pop(record.partition() or 0, None)
+        if ends:
+            raise KafkaError("_TIMED_OUT", f"could not read {topic} to its end in {timeout} s")
+        return found
+    except KafkaException as error:
+        raise _translate(error.args[0]) from error
+    finally:
+        consumer.close()
 
 
 def _translate(error: Any) -> KafkaError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from consumer.checkpoint_policy import Trigger
 from consumer.dedup import KeyFunction
 from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError
+from consumer.failures import Failures, Verdict, check_format
 from consumer.message import Context, Message
 from consumer.observer import Observer
 from consumer.routing import Router
@@ -27,6 +28,7 @@ class BatchOutcome:
     committed: dict[TP, int] = field(default_factory=dict)
     applied: int = 0
     duplicates: int = 0
+    dead_lettered: int = 0
     failure: HandlerFailed | None = None
 
 
@@ -34,8 +36,9 @@ class StoreCheckpoint:
     """Applies a batch of messages exactly once and saves where each partition got to.
 
     1. claim keys: insert every message's dedup key; only messages whose key was new go on
-    2. run handlers, each inside a savepoint, so a failing message rolls back alone (the rest
-       of its partition in this batch waits, keeping order; their keys are released)
+    2. run handlers, each inside a savepoint, so a failing message rolls back alone: it is
+       dead-lettered (and done), or its partition is paused and rewound for a later attempt,
+       or the consumer stops after this batch; a failed message's key is not recorded
     3. fence and write checkpoint rows: each row moves only where the epoch is still ours,
        else the whole batch rolls back (a newer owner has the partition: we are a zombie)
     4. commit the store
@@ -56,6 +59,7 @@ class StoreCheckpoint:
         group: str,
         observer: Observer,
         now: Callable[[], float],
+        failures: Failures | None = None,
     ) -> None:
         self.trigger = trigger
         self._messages = messages
@@ -67,6 +71,7 @@ class StoreCheckpoint:
         self._group = group
         self._observer = observer
         self._now = now
+        self._failures = failures
 
     @property
     def synchronous(self) -> bool:
@@ -110,7 +115,7 @@ class StoreCheckpoint:
                outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Run the handlers of new messages; return each partition's new watermark and how
         many of its messages are done."""
-        store, group = self._store, self._group
+        store, group, failures = self._store, self._group, self._failures
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         stopped: set[TP] = set()
@@ -129,17 +134,35 @@ class StoreCheckpoint:
                 continue
             store.savepoint()
             try:
+                if failures is not None:
+                    earlier = failures.exhausted_error(message)
+                    if earlier is not None:
+                        raise earlier
+                    fmt = failures.policy(message.topic).format
+                    if fmt != "bytes":
+                        check_format(message, fmt)
                 self._router.route_for(message.topic).handler(
                     message, Context(group, message, store=store, key=claim.key))
             except Exception as error:
                 store.rollback_to_savepoint()
-                release.append(claim.key)
+                release.append(claim.key)  # A failed or dead-lettered key is not processed.
+                verdict = Verdict.STOP if failures is None else failures.failed(message, error)
+                if verdict is Verdict.DEAD_LETTERED:
+                    outcome.dead_lettered += 1
+                    watermarks[tp] = message.offset + 1
+                    counts[tp] = counts.get(tp, 0) + 1
+                    continue
                 stopped.add(tp)
-                if outcome.failure is None:
+                if verdict is Verdict.RETRY:
+                    self._source.pause([tp])
+                    self._source.seek(tp, message.offset)
+                elif outcome.failure is None:
                     outcome.failure = HandlerFailed(message.topic, message.partition,
                                                     message.offset, error)
                     outcome.failure.__cause__ = error
                 continue
+            if failures is not None:
+                failures.succeeded(message)
             store.release_savepoint()
             applied_keys.add(claim.key)
             outcome.applied += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from consumer.errors import KafkaError
+from consumer.errors import DeadLetterFailed, KafkaError
 from consumer.message import Message
 from consumer.transport import COMMIT_MARKER, TP, SourceListener
 
@@ -93,6 +93,10 @@ class InMemorySource:
     def resume(self, partitions: list[TP]) -> None:
         self.paused.difference_update(partitions)
 
+    def seek(self, partition: TP, offset: int) -> None:
+        if partition in self._positions:
+            self._positions[partition] = offset
+
     def revoke(self, partitions: list[TP]) -> None:
         """Simulate the group coordinator taking partitions away (runs the listener now)."""
         if self._listener is not None:
@@ -134,3 +138,19 @@ class InMemorySource:
             self._listener.on_revoked(list(self._positions))
         self._positions.clear()
         self.closed = True
+
+
+class InMemoryDeadLetterSink:
+    """Keeps dead letters in a list; ``fail_with`` makes the next sends fail."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Message, dict[str, bytes]]] = []
+        self.fail_with: DeadLetterFailed | None = None
+
+    def send(self, topic: str, message: Message, provenance: list[tuple[str, bytes]]) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.sent.append((topic, message, dict(provenance)))
+
+    def close(self) -> None:
+        pass

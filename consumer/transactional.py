@@ -12,6 +12,7 @@ from consumer.checkpoint_policy import Trigger
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
 from consumer.errors import ExternalReset, OffsetOutOfRange, StoreUnavailable
+from consumer.failures import Failures
 from consumer.message import Message
 from consumer.observer import Observer
 from consumer.routing import Router
@@ -41,6 +42,7 @@ class TransactionalBatches:
         on_external_reset: ExternalResetPolicy = "fail",
         max_backoff: float = 30.0,
         topic_ids: dict[str, str] | None = None,
+        failures: Failures | None = None,
     ) -> None:
         self.store = store
         self._source = source
@@ -51,6 +53,7 @@ class TransactionalBatches:
         self._clock = clock
         self._on_external_reset = on_external_reset
         self._max_backoff = max_backoff
+        self._failures = failures
         self.pending: list[Message] = []
         #: Filled by prepare(); the dedup key functions read topic ids from this very dict.
         self.topic_ids = topic_ids if topic_ids is not None else {}
@@ -102,7 +105,7 @@ class TransactionalBatches:
         batch = StoreCheckpoint(
             trigger, self.pending, partitions, store=self.store, source=self._source,
             router=self._router, keys=self._keys, group=self._group, observer=self._observer,
-            now=self._clock.wall,
+            now=self._clock.wall, failures=self._failures,
         )
         try:
             outcome = batch.run()

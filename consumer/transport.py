@@ -36,6 +36,16 @@ class SourceListener(Protocol):
     def on_client_error(self, error: KafkaError) -> None: ...
 
 
+class DeadLetterSink(Protocol):
+    """Where failed messages go: produced, and acknowledged by the broker, before returning."""
+
+    def send(self, topic: str, message: Message, provenance: list[tuple[str, bytes]]) -> None:
+        """Raise DeadLetterFailed when the broker does not acknowledge it."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Source(Protocol):
     """A subscribed consumer with manual commits."""
 
@@ -50,6 +60,10 @@ class Source(Protocol):
         ...
 
     def resume(self, partitions: list[TP]) -> None: ...
+
+    def seek(self, partition: TP, offset: int) -> None:
+        """Fetch ``partition`` from ``offset`` again (messages after it are dropped locally)."""
+        ...
 
     def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool) -> None: ...
 

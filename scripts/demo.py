@@ -148,7 +148,7 @@ def _report(outcome: Outcome) -> None:
 
 
 def _create_topic(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
     admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS,
                                   replication_factor=1)])[topic].result(30)
 

@@ -3,6 +3,7 @@
     python scripts/kafka_local.py start     # prints the bootstrap address
     python scripts/kafka_local.py status    # "running 127.0.0.1:PORT" or "stopped" (exit 3)
     python scripts/kafka_local.py stop
+    python scripts/kafka_local.py stop --keep-data   # an outage: the next start resumes it
     python scripts/kafka_local.py tool CLASS [ARGS...]   # run a Kafka admin tool class
 
 Environment: ``CONSUMER_KAFKA_PORT`` fixes the client port (default: a free one),
@@ -12,6 +13,12 @@ folder, ``CONSUMER_KAFKA_CACHE`` moves the jar cache.
 The jars are resolved once with Maven into ``~/.cache/checkpoint-consumer/kafka-<version>/``
 (``$CONSUMER_KAFKA_CACHE`` overrides), so a second start works offline. Each start formats a
 fresh log directory; ``stop`` removes it. Logs stay in ``.local/kafka/`` for post-mortems.
+
+``stop --keep-data`` (Python: ``stop(keep_data=True)``) stops the broker the same clean way but
+keeps its log directory and configuration: the next ``start`` brings the same broker back (same
+cluster, topics, committed offsets, ports) instead of formatting a new one, the way a real
+broker comes back after an outage. ``restart_after(seconds)`` does both with a pause between.
+A plain ``stop`` deletes kept data too.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ JVM_OPTS = [
 ]
 READY_TIMEOUT_S = 90.0
 START_ATTEMPTS = 3
+#: How long a resumed broker waits for its recorded ports to be free again.
+RESUME_PORT_WAIT_S = 30.0
 
 
 def _say(text: str) -> None:
@@ -128,6 +137,8 @@ def _paths() -> dict[str, Path]:
         "logs": base / "logs",
         "props": base / "server.properties",
         "stdout": base / "logs" / "stdout.log",
+        # Written by ``stop(keep_data=True)``: the bootstrap address the next start resumes.
+        "kept": base / "kept",
     }
 
 
@@ -243,8 +254,15 @@ def _start_once(lib: Path) -> str:
             f"{formatting.stdout}{formatting.stderr}"
         )
 
+    return _launch_and_wait(lib, port, controller_port, stdout_mode="w")
+
+
+def _launch_and_wait(lib: Path, port: int, controller_port: int, *, stdout_mode: str) -> str:
+    """Run the broker on the configuration in ``server.properties`` and wait until it answers;
+    on any failure it is stopped again and :class:`LocalServiceError` says why."""
+    paths = _paths()
     bootstrap = f"127.0.0.1:{port}"
-    with paths["stdout"].open("w") as out:
+    with paths["stdout"].open(stdout_mode) as out:
         process = subprocess.Popen(
             _java_command(lib, "kafka.Kafka", str(paths["props"]), logs=paths["logs"]),
             stdout=out,
@@ -284,14 +302,66 @@ def _start_once(lib: Path) -> str:
     return bootstrap
 
 
+def kept_bootstrap() -> str | None:
+    """The address of a broker stopped with ``keep_data=True`` that ``start`` will resume."""
+    paths = _paths()
+    if not paths["kept"].exists() or not paths["data"].is_dir():
+        return None
+    return paths["kept"].read_text().strip() or None
+
+
+def _recorded_ports() -> tuple[int, int]:
+    """(client port, controller port) from the kept ``server.properties``."""
+    settings = dict(
+        line.split("=", 1) for line in _paths()["props"].read_text().splitlines() if "=" in line
+    )
+    ports = {}
+    for listener in settings["listeners"].split(","):
+        name, _, port = listener.rpartition(":")
+        ports[name.split("://")[0]] = int(port)
+    return ports["PLAINTEXT"], ports["CONTROLLER"]
+
+
+def _resume_kept(lib: Path) -> str:
+    """Start the kept broker again on its recorded ports, log directory and cluster id. A port
+    still taken (a socket lingering from the stopped broker) is retried for a while."""
+    port, controller_port = _recorded_ports()
+    deadline = time.monotonic() + RESUME_PORT_WAIT_S
+    while True:
+        try:
+            bootstrap = _launch_and_wait(lib, port, controller_port, stdout_mode="a")
+        except LocalServiceError as error:
+            if "Address already in use" not in str(error) or time.monotonic() >= deadline:
+                raise LocalServiceError(
+                    f"could not resume the kept broker on {port}: {error}\n(its data is still "
+                    f"kept in {_paths()['data']}; a plain stop deletes it)"
+                ) from error
+            _say(f"port {port} or {controller_port} still taken; retrying")
+            time.sleep(1.0)
+            continue
+        _paths()["kept"].unlink(missing_ok=True)
+        return bootstrap
+
+
 def start() -> str:
-    """Start the broker (or find the one already running) and return its bootstrap address."""
+    """Start the broker (or find the one already running) and return its bootstrap address.
+
+    After ``stop(keep_data=True)`` it resumes that broker (same port, data and cluster);
+    otherwise it formats a fresh one.
+    """
     existing = running_bootstrap()
     if existing and _broker_answers(existing):
         return existing
     if existing:
         stop()
     lib = ensure_jars()
+    kept = kept_bootstrap()
+    if kept is not None:
+        began = time.monotonic()
+        bootstrap = _resume_kept(lib)
+        _say(f"broker resumed on {bootstrap} with its kept data in "
+             f"{time.monotonic() - began:.1f} s (logs: {_paths()['logs']})")
+        return bootstrap
     began = time.monotonic()
     last_error: LocalServiceError | None = None
     for attempt in range(1, START_ATTEMPTS + 1):
@@ -318,17 +388,43 @@ def _stop_process(pid: int) -> None:
 
 def _cleanup_files() -> None:
     paths = _paths()
-    for key in ("pid", "bootstrap"):
+    for key in ("pid", "bootstrap", "kept"):
         paths[key].unlink(missing_ok=True)
     shutil.rmtree(paths["data"], ignore_errors=True)
 
 
-def stop() -> None:
-    """Stop the broker cleanly (SIGTERM, then SIGKILL after 30 s) and delete its data."""
-    pid = read_pid(_paths()["pid"])
+def stop(*, keep_data: bool = False) -> None:
+    """Stop the broker cleanly (SIGTERM, then SIGKILL after 30 s) and delete its data.
+
+    With ``keep_data`` the log directory and configuration stay, and the next :func:`start`
+    resumes the same broker on the same port: an outage, not a teardown.
+    """
+    paths = _paths()
+    bootstrap = running_bootstrap()
+    pid = read_pid(paths["pid"])
     if pid is not None:
         _stop_process(pid)
-    _cleanup_files()
+    if not keep_data:
+        _cleanup_files()
+        return
+    if bootstrap is None:
+        if kept_bootstrap() is None:
+            _say("no broker was running; nothing to keep")
+        return
+    paths["kept"].write_text(bootstrap)
+    for key in ("pid", "bootstrap"):
+        paths[key].unlink(missing_ok=True)
+    _say(f"broker on {bootstrap} stopped; its data is kept for the next start")
+
+
+def restart_after(seconds: float) -> str:
+    """An outage: stop the running broker keeping its data, wait, start it again; returns its
+    (unchanged) bootstrap address."""
+    if running_bootstrap() is None:
+        raise LocalServiceError("no broker is running: nothing to restart")
+    stop(keep_data=True)
+    time.sleep(seconds)
+    return start()
 
 
 def run_tool(main_class: str, args: list[str]) -> int:
@@ -339,7 +435,7 @@ def run_tool(main_class: str, args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: kafka_local.py start|stop|status|tool CLASS [ARGS...]"
+    usage = "usage: kafka_local.py start|stop [--keep-data]|status|tool CLASS [ARGS...]"
     if not argv:
         print(usage, file=sys.stderr)
         return 2
@@ -348,13 +444,16 @@ def main(argv: list[str]) -> int:
         if command == "start":
             print(start(), flush=True)
             return 0
-        if command == "stop":
-            stop()
+        if command == "stop" and argv[1:] in ([], ["--keep-data"]):
+            stop(keep_data=argv[1:] == ["--keep-data"])
             return 0
         if command == "status":
             bootstrap = running_bootstrap()
             if bootstrap is None:
                 print("stopped")
+                kept = kept_bootstrap()
+                if kept is not None:
+                    _say(f"data kept: the next start resumes the broker on {kept}")
                 return 3
             print(f"running {bootstrap}")
             return 0

@@ -7,6 +7,7 @@ Usage::
     python scripts/postgres_local.py status   # "running <dsn>" (exit 0) or "stopped" (exit 3)
     python scripts/postgres_local.py dsn      # the DSN (exit 0), or exit 3 when nothing runs
     python scripts/postgres_local.py stop     # stops it and deletes its data (always exit 0)
+    python scripts/postgres_local.py stop --keep-data   # an outage: the next start resumes it
 
 Every ``start`` creates a brand-new cluster (``initdb``) in a fresh temporary directory,
 trusts every local connection, and turns durability off: the data is meant to be thrown
@@ -20,6 +21,11 @@ PostgreSQL refuses to run as root, so when this script runs as root the server r
 ``postgres`` OS user. Its data directory therefore lives under the system temporary directory
 (not under the repository, which that user may not be able to enter), which also keeps the
 Unix socket path short.
+
+``stop --keep-data`` (Python: ``stop(keep_data=True)``) stops the server the same way but keeps
+its data directory: the next ``start`` brings the same cluster back on the same port with the
+same password, so the DSN does not change, the way a real server comes back after an outage.
+``restart_after(seconds)`` does both with a pause between. A plain ``stop`` deletes kept data.
 
 The pytest fixtures use :func:`start`, :func:`stop` and :func:`running_dsn`.
 """
@@ -41,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +76,8 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 INITDB_TIMEOUT = 120.0
 PORT_ATTEMPTS = 3
+#: How long a resumed server waits for its recorded port to be free again.
+RESUME_PORT_WAIT = 30.0
 DATADIR_PREFIX = "checkpoint-pg-"
 INSTALL_COMMAND = "apt-get update && apt-get install -y --no-install-recommends postgresql"
 SERVER_SETTINGS = {
@@ -111,6 +120,11 @@ class _State:
     @property
     def lock(self) -> Path:
         return self.root / "lock"
+
+    @property
+    def kept(self) -> Path:
+        """Written by ``stop(keep_data=True)``: the DSN the next start resumes."""
+        return self.root / "kept"
 
     def recorded_datadir(self) -> Path | None:
         text = _read_text(self.datadir)
@@ -410,9 +424,27 @@ def _teardown(state: _State) -> bool:
             )
         shutil.rmtree(datadir)
         found = True
-    for path in (state.dsn, state.pid, state.datadir):
+    for path in (state.dsn, state.pid, state.datadir, state.kept):
         path.unlink(missing_ok=True)
     return found
+
+
+def _stop_keeping_data(state: _State) -> None:
+    """Stop the server this state dir records (fast shutdown, as ``stop``), keep its data."""
+    dsn = running_dsn()
+    datadir = state.recorded_datadir()
+    for pid in _postmaster_pids(state, datadir):
+        if _is_our_postmaster(pid, datadir):
+            _say(f"stopping PostgreSQL (pid {pid}), keeping its data in {datadir}")
+            _terminate(pid)
+    if dsn is None or datadir is None or not datadir.is_dir():
+        if kept_dsn() is None:
+            _say("no local PostgreSQL was running; nothing to keep")
+        return
+    state.kept.write_text(f"{dsn}\n")
+    state.kept.chmod(0o600)
+    for path in (state.dsn, state.pid):
+        path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- starting
@@ -586,7 +618,59 @@ def _start_fresh(state: _State, bindir: Path, account: pwd.struct_passwd | None)
     return dsn
 
 
+def _resume_kept(state: _State, bindir: Path, account: pwd.struct_passwd | None,
+                 dsn: str) -> str:
+    """Start the kept cluster again on its recorded port; the DSN stays the same. A port still
+    taken is retried for a while; on failure the server is stopped but its data stays."""
+    began = time.monotonic()
+    datadir = state.recorded_datadir()
+    assert datadir is not None
+    address = urllib.parse.urlsplit(dsn)
+    port, password = int(address.port or 0), urllib.parse.unquote(address.password or "")
+    deadline = time.monotonic() + RESUME_PORT_WAIT
+    with state.log.open("ab") as log:
+        try:
+            while True:
+                _log_marker(log, f"resuming postgres on {HOST}:{port} with data {datadir}")
+                offset = state.log.stat().st_size
+                proc = _launch(bindir, datadir, port, account, log)
+                state.pid.write_text(f"{proc.pid}\n")
+                if _wait_ready(proc, port, state.log, offset, password):
+                    break
+                if time.monotonic() >= deadline:
+                    raise LocalServiceError(f"port {port} stayed taken for "
+                                            f"{RESUME_PORT_WAIT:.0f} s")
+                _say(f"port {port} still taken; retrying")
+                time.sleep(1.0)
+            _check_identity(_dsn(port, "postgres", password), datadir)
+        except BaseException as exc:
+            for pid in _postmaster_pids(state, datadir):
+                if _is_our_postmaster(pid, datadir):
+                    _terminate(pid)
+            state.pid.unlink(missing_ok=True)
+            if isinstance(exc, Exception):
+                raise LocalServiceError(_with_log(
+                    f"could not resume the kept PostgreSQL on port {port}: {exc} (its data is "
+                    f"still kept in {datadir}; a plain stop deletes it)", state.log)) from exc
+            raise
+    state.dsn.write_text(f"{dsn}\n")
+    state.dsn.chmod(0o600)
+    state.kept.unlink(missing_ok=True)
+    _say(f"PostgreSQL resumed in {time.monotonic() - began:.1f} s on {HOST}:{port} "
+         f"(data {datadir}, log {state.log})")
+    return dsn
+
+
 # --------------------------------------------------------------------------- public API
+
+
+def kept_dsn() -> str | None:
+    """The DSN of a server stopped with ``keep_data=True`` that ``start`` will resume."""
+    state = _State.current()
+    datadir = state.recorded_datadir()
+    if datadir is None or not datadir.is_dir():
+        return None
+    return _read_text(state.kept)
 
 
 def running_dsn() -> str | None:
@@ -602,8 +686,10 @@ def running_dsn() -> str | None:
 def start() -> str:
     """Start a fresh throwaway server (or reuse the running one); return its DSN.
 
+    After ``stop(keep_data=True)`` it resumes that server instead: same data, port and DSN.
+
     Raises :class:`LocalServiceError` with the log tail when it cannot start; in that case
-    nothing is left running and the data directory is deleted.
+    nothing is left running and the data directory is deleted (kept data stays kept).
     """
     state = _State.current()
     with _locked(state):
@@ -611,6 +697,9 @@ def start() -> str:
         if dsn is not None:
             _say(f"PostgreSQL already running: {dsn}")
             return dsn
+        kept = kept_dsn()
+        if kept is not None:
+            return _resume_kept(state, ensure_bindir(), _server_account(), kept)
         if _teardown(state):
             _say("cleaned up a dead or unresponsive server left by an earlier run")
         bindir = ensure_bindir()
@@ -618,12 +707,28 @@ def start() -> str:
         return _start_fresh(state, bindir, account)
 
 
-def stop() -> None:
-    """Stop the server (if any) and delete its data directory, DSN and pid files."""
+def stop(*, keep_data: bool = False) -> None:
+    """Stop the server (if any) and delete its data directory, DSN and pid files.
+
+    With ``keep_data`` the data directory stays, and the next :func:`start` resumes the same
+    server on the same port with the same DSN: an outage, not a teardown.
+    """
     state = _State.current()
     with _locked(state):
-        if not _teardown(state):
+        if keep_data:
+            _stop_keeping_data(state)
+        elif not _teardown(state):
             _say("no local PostgreSQL was running")
+
+
+def restart_after(seconds: float) -> str:
+    """An outage: stop the running server keeping its data, wait, start it again; returns its
+    (unchanged) DSN."""
+    if running_dsn() is None:
+        raise LocalServiceError("no local PostgreSQL is running: nothing to restart")
+    stop(keep_data=True)
+    time.sleep(seconds)
+    return start()
 
 
 # --------------------------------------------------------------------------- CLI
@@ -643,12 +748,20 @@ def _cmd_stop() -> int:
     return 0
 
 
+def _cmd_stop_keeping_data() -> int:
+    stop(keep_data=True)
+    return 0
+
+
 def _cmd_status() -> int:
     dsn = running_dsn()
     if dsn is not None:
         print(f"running {dsn}")
         return 0
     print("stopped")
+    kept = kept_dsn()
+    if kept is not None:
+        _say(f"data kept: the next start resumes {kept}")
     state = _State.current()
     pid = read_pid(state.pid)
     if pid is not None and _is_our_postmaster(pid, state.recorded_datadir()):
@@ -682,9 +795,14 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(description="Throwaway local PostgreSQL for tests and demos.")
     parser.add_argument("command", choices=list(_COMMANDS))
+    parser.add_argument("--keep-data", action="store_true",
+                        help="with stop: keep the data; the next start resumes the same server")
     args = parser.parse_args(argv)
+    if args.keep_data and args.command != "stop":
+        parser.error("--keep-data goes with stop only")
+    command = _cmd_stop_keeping_data if args.keep_data else _COMMANDS[args.command]
     try:
-        return _COMMANDS[args.command]()
+        return command()
     except LocalServiceError as exc:
         _say(f"'{args.command}' FAILED: {exc}")
         return EXIT_FAILED

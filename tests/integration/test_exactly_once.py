@@ -149,6 +149,8 @@ def test_failing_message_rolls_back_alone(
     group = unique_name("failing")
     config = _ledger_config(kafka_bootstrap, group, topic, store, every_messages=20,
                             every_seconds=30)
+    config["routes"][topic] = {"handler": "handlers.ledger:apply", "on_failure": "stop",
+                               "retry": {"attempts": 1}}
     run = ConsumerProcess(tmp_path, "failing", config).start()
     assert run.wait(timeout=60) == 1, run.log_tail()
     assert f"handler failed on {topic}[1]@3" in run.log_file.read_text()

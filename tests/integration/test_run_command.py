@@ -23,6 +23,8 @@ def test_handler_failure_stops_without_committing_past_it(
     group = unique_name("failing")
     config = consumer_config(kafka_bootstrap, group, topic, handler="handlers.record:fail_on",
                              every_messages=100)
+    config["routes"][topic] = {"handler": "handlers.record:fail_on", "on_failure": "stop",
+                               "retry": {"attempts": 1}}
     run = ConsumerProcess(tmp_path, "run", config, env={"RECORD_FAIL_ON": "1234"}).start()
     assert run.wait() == 1
     log = run.log_file.read_text()

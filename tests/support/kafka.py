@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 
@@ -82,10 +83,42 @@ def group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> di
     """The group's committed offsets as Kafka reports them (None: nothing committed)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
     request = ConsumerGroupTopicPartitions(
         group, [TopicPartition(topic, p) for p in range(partitions)]
     )
     result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
     return {tp.partition: tp.offset if tp.offset >= 0 else None
             for tp in result.topic_partitions}
+
+
+def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[object]:
+    """Every message now in ``topic``, read without a group (confluent_kafka Message objects)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("reader"),
+                         "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=10)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        found: list[object] = []
+        remaining = dict(ends)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                found.append(message)
+                if message.offset() + 1 >= remaining.get(message.partition(), 0):
+                    remaining.pop(message.partition(), None)
+        if remaining:
+            raise AssertionError(f"could not read {topic} to its end: {remaining} left")
+        return found
+    finally:
+        consumer.close()

@@ -56,7 +56,7 @@ def test_readyz_is_503_naming_the_failing_checks_then_200(served: tuple[Metered,
     status, _, body = get(base + "/readyz")
     assert status == 200
     assert json.loads(body) == {"status": "ok", "failing": [], "checks": {
-        "assignment": "ok", "shutdown": "ok", "store": "ok", "subscribed": "ok"}}
+        "assignment": "ok", "kafka": "ok", "shutdown": "ok", "store": "ok", "subscribed": "ok"}}
 
 
 def test_livez_answers_200_with_its_checks(served: tuple[Metered, str]) -> None:

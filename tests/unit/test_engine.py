@@ -426,15 +426,34 @@ def test_failed_final_commit_on_close_raises_and_still_closes_the_source() -> No
     assert loop.state is LoopState.CLOSED
 
 
-def test_unconfirmed_work_is_capped_at_two_intervals_with_asynchronous_commits() -> None:
-    """While the broker holds commit results back (a rebalance), the loop handles at most two
-    intervals beyond the last confirmed commit, then takes nothing more until they confirm."""
+def test_unconfirmed_work_is_confirmed_with_one_synchronous_commit_not_a_stall() -> None:
+    """Async acknowledgements still in flight after two intervals: the loop commits every
+    watermark synchronously once (confirming the earlier commits too) and goes on at once."""
     source = InMemorySource({"t": [values(100)]})
     recorder = Recorder()
     loop = make_loop(source, recorder, every_messages=10, batch_size=500)
     loop.start()
     source.hold_commit_results = True
-    for _ in range(6):
+    for _ in range(20):  # 10 turns handle messages, the others confirm
+        loop.run_once()
+    assert len(recorder.seen) == 100
+    synchronous = [offsets for offsets, asynchronous in source.commits if not asynchronous]
+    assert synchronous and synchronous[0] == {("t", 0): 20}
+    assert source.paused == set()
+
+
+def test_unconfirmed_work_waits_while_the_broker_refuses_commits() -> None:
+    """While commits are held back and the synchronous one is refused (a rebalance), the loop
+    takes nothing beyond two intervals, and leaves no partition paused behind."""
+    source = InMemorySource({"t": [values(100)]})
+    recorder = Recorder()
+    loop = make_loop(source, recorder, every_messages=10, batch_size=500)
+    loop.start()
+    source.hold_commit_results = True
+    loop.run_once()
+    loop.run_once()
+    for _ in range(4):
+        source.fail_next_commit = KafkaError("REBALANCE_IN_PROGRESS", "rebalancing")
         loop.run_once()
     assert len(recorder.seen) == 20
     assert source.paused == set(), "partitions must be resumed after waiting"

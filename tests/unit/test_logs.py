@@ -7,7 +7,10 @@ import io
 import json
 import logging
 
-from consumer.errors import HandlerFailed
+import pytest
+
+from consumer.clock import ManualClock
+from consumer.errors import HandlerFailed, KafkaError, KafkaFatalError
 from consumer.logs import HumanFormatter, JsonFormatter
 from consumer.message import Context, Message
 from consumer.observer import LoggingObserver
@@ -71,3 +74,62 @@ def test_a_handler_failure_line_carries_its_coordinates_as_fields() -> None:
     record = json.loads(stream.getvalue())
     assert (record["topic"], record["partition"], record["offset"]) == ("orders", 1, 1234)
     assert record["level"] == "ERROR"
+
+
+def kafka_error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.name == "consumer.engine"]
+    caplog.clear()
+    return lines
+
+
+def test_a_repeated_client_error_is_logged_once_then_counted_every_30_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="consumer.engine")
+    clock = ManualClock(start=0.0)
+    observer = LoggingObserver(clock)
+    down = KafkaError("_TRANSPORT", "k1:9092/1: Connect failed: Connection refused")
+    observer.kafka_error(down)
+    assert kafka_error_lines(caplog) == [
+        "Kafka error _TRANSPORT: k1:9092/1: Connect failed: Connection refused"]
+    for _ in range(59):  # a broker outage: an error every half second
+        clock.advance(0.5)
+        observer.kafka_error(down)
+    assert kafka_error_lines(caplog) == []
+    observer.kafka_error(KafkaError("_ALL_BROKERS_DOWN", "1/1 brokers are down"))
+    assert kafka_error_lines(caplog) == ["Kafka error _ALL_BROKERS_DOWN: 1/1 brokers are down"]
+    clock.advance(0.5)
+    observer.kafka_error(down)  # 30 s after the first line
+    assert kafka_error_lines(caplog) == [
+        "Kafka client still failing: _TRANSPORT (60 times in the last 30 s; latest: "
+        "k1:9092/1: Connect failed: Connection refused)"]
+    for _ in range(60):
+        clock.advance(0.5)
+        observer.kafka_error(down)
+    assert kafka_error_lines(caplog) == [
+        "Kafka client still failing: _TRANSPORT (60 times in the last 30 s; latest: "
+        "k1:9092/1: Connect failed: Connection refused)"]
+
+
+def test_a_client_error_back_after_a_quiet_30_s_is_logged_in_full(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="consumer.engine")
+    clock = ManualClock(start=0.0)
+    observer = LoggingObserver(clock)
+    down = KafkaError("_TRANSPORT", "Connection refused")
+    observer.kafka_error(down)
+    clock.advance(1)
+    observer.kafka_error(down)
+    clock.advance(30)  # the outage ended; the next one is news
+    observer.kafka_error(down)
+    assert kafka_error_lines(caplog) == ["Kafka error _TRANSPORT: Connection refused"] * 2
+
+
+def test_fatal_client_errors_are_always_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="consumer.engine")
+    observer = LoggingObserver(ManualClock(start=0.0))
+    fenced = KafkaFatalError("_FENCED", "fenced by a newer instance")
+    for _ in range(3):
+        observer.kafka_error(fenced)
+    assert kafka_error_lines(caplog) == ["Kafka error _FENCED: fenced by a newer instance"] * 3

@@ -1,0 +1,109 @@
+"""``python -m benchmarks``: preload, run every contender in rounds, draw the curve, write the
+results. Needs KAFKA_BOOTSTRAP_SERVERS (``make bench`` starts a local broker and sets it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from benchmarks import capabilities, machine, plots, topic
+from benchmarks.contenders import PROJECT, by_name
+from benchmarks.curve import CurvePlan, CurvePoint, run_curve
+from benchmarks.environments import Environment, prepare
+from benchmarks.measure import ChildRun
+from benchmarks.options import Options, parse
+from benchmarks.report import Report, render
+from benchmarks.rounds import Standing, run_rounds
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse(argv)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        print("bench: set KAFKA_BOOTSTRAP_SERVERS, or run `make bench`", file=sys.stderr)
+        return 2
+    try:
+        standings = [Standing(c) for c in by_name(options.contenders)]
+    except ValueError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    began = time.monotonic()
+    environments = _prepare(standings)
+    run_id = time.strftime("%m%d%H%M%S") + uuid.uuid4().hex[:4]
+    preset = options.preset
+    name = f"bench-{run_id}"
+    say(f"preloading {preset.messages:,} messages of {options.size} bytes over "
+        f"{options.partitions} partitions into {name} on {bootstrap}")
+    described = machine.describe(bootstrap)
+    preloaded = topic.preload(bootstrap, name, partitions=options.partitions,
+                              messages=preset.messages, size=options.size)
+    say(f"preloaded in {preloaded.seconds:.1f} s")
+    logs = options.out / "raw" / run_id
+    run = ChildRun(bootstrap, name, options.partitions, preset.messages, preset.cap_seconds,
+                   logs)
+    curve: list[CurvePoint] | None = None
+    try:
+        run_rounds(standings, environments, run, rounds=preset.rounds, run_id=run_id, say=say)
+        if options.curve:
+            curve = run_curve(
+                CurvePlan(series=("async", "sync"), rounds=preset.curve_rounds,
+                          messages=preset.curve_messages, cap_seconds=preset.curve_cap_seconds,
+                          kills=preset.kills, kill_window=preset.kill_window,
+                          seed=options.seed),
+                Path(sys.executable), run, run_id=run_id,
+                sections=capabilities.settings_sections(), say=say,
+            )
+    finally:
+        if not options.keep_topic:
+            topic.delete(bootstrap, name)
+    _write(options, Report(described, preloaded, {"mode": options.mode, **asdict(preset)},
+                           standings, curve, time.monotonic() - began, None), logs)
+    return 0
+
+
+def _prepare(standings: list[Standing]) -> dict[str, Environment]:
+    """Build the environments the contenders need; mark the ones that cannot run, and why."""
+    environments: dict[str, Environment] = {}
+    for standing in standings:
+        name = standing.contender.environment
+        if name not in environments:
+            environments[name] = prepare(name)
+        standing.missing = (environments[name].missing
+                            or capabilities.missing(standing.contender.needs))
+        if standing.missing:
+            say(f"{standing.contender.name}: missing: {standing.missing}")
+    environments.setdefault(PROJECT, prepare(PROJECT))
+    return environments
+
+
+def _write(options: Options, report: Report, logs: Path) -> None:
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    why_no_plots = plots.draw(out, report.standings, report.curve)
+    if why_no_plots:
+        say(f"plots not drawn: {why_no_plots}")
+    final = Report(report.machine, report.preloaded, report.settings, report.standings,
+                   report.curve, report.elapsed_s, why_no_plots)
+    (out / "results.md").write_text(render(final))
+    (out / "machine.json").write_text(json.dumps(report.machine, indent=2) + "\n")
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "runs.json").write_text(json.dumps({
+        "settings": report.settings,
+        "runs": [r.as_dict() for s in report.standings for r in s.runs],
+        "missing": {s.contender.name: s.missing for s in report.standings if s.missing},
+        "curve": [{"series": p.series, "every_messages": p.every_messages,
+                   "runs": [r.as_dict() for r in p.runs],
+                   "kills": [asdict(k) for k in p.kills]} for p in report.curve or []],
+    }, indent=1))
+    say(f"wrote {out / 'results.md'} (runs and logs: {logs}) in "
+        f"{report.elapsed_s / 60:.1f} min")
+    print(render(final))

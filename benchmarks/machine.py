@@ -1,0 +1,74 @@
+"""The machine and the versions a result was measured with, written beside the results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from benchmarks.environments import REPO_ROOT
+
+POM = REPO_ROOT / "scripts" / "kafka" / "pom.xml"
+
+
+def describe(bootstrap: str) -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "kafka": _kafka_version(),
+        "bootstrap": bootstrap,
+        "confluent_kafka": version("confluent-kafka"),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "checkout": _checkout(),
+    }
+
+
+def _cpu_model() -> str:
+    for line in _lines("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    for line in _lines("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024 / 1024, 1)
+    return None
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+
+
+def _kafka_version() -> str:
+    """The broker the local launcher runs (scripts/kafka/pom.xml); a broker given by
+    KAFKA_BOOTSTRAP_SERVERS may be another."""
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
+    return f"{match.group(1)} (scripts/kafka/pom.xml)" if match else "unknown"
+
+
+def _checkout() -> str:
+    """The commit measured, and whether the framework had uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "consumer")
+    return f"{head} (consumer/ with uncommitted changes)" if dirty else head

@@ -1,0 +1,25 @@
+"""Medians and spreads over repeated runs."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Spread:
+    median: float
+    low: float
+    high: float
+    count: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Spread | None:
+        present = [v for v in values if v is not None]
+        if not present:
+            return None
+        return cls(statistics.median(present), min(present), max(present), len(present))
+
+    def ratio(self, other: Spread) -> float | None:
+        return self.median / other.median if other.median else None

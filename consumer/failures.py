@@ -1,0 +1,242 @@
+"""What happens when a handler raises: retry later, dead-letter, or stop.
+
+A message waiting for its next attempt keeps its partition paused (the loop keeps polling, so
+``max.poll.interval.ms`` is never exceeded and other partitions keep flowing). After the last
+attempt, or at once for a type in ``never_retry`` or a value that does not decode, the message
+goes to the route's dead-letter topic; only once the broker has acknowledged it does the
+partition's watermark move past it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import importlib
+import random
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from consumer.errors import ConfigError, DeadLetterFailed
+from consumer.message import Message
+from consumer.observer import Observer
+from consumer.settings import RetrySettings, Settings
+from consumer.transport import TP, DeadLetterSink
+
+TRACEBACK_LIMIT = 4_000
+
+
+class Verdict(enum.Enum):
+    RETRY = "retry"
+    DEAD_LETTERED = "dead_lettered"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """One route's answer to a failing message."""
+
+    attempts: int
+    initial_backoff: float
+    max_backoff: float
+    multiplier: float
+    jitter: float
+    never_retry: tuple[type[BaseException], ...]
+    stop_on: tuple[type[BaseException], ...]
+    dead_letter_topic: str | None  # None: on_failure is stop
+    format: str
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        return base * (1 + self.jitter * (2 * rng.random() - 1))
+
+
+def build_policies(settings: Settings) -> dict[str, FailurePolicy]:
+    """Every route's policy; raises ConfigError naming unknown exception types."""
+    policies: dict[str, FailurePolicy] = {}
+    problems: list[str] = []
+    for topic, route in settings.routes.items():
+        retry = route.retry
+        types: dict[str, tuple[type[BaseException], ...]] = {}
+        for field in ("never_retry", "stop_on"):
+            resolved = []
+            for name in getattr(retry, field):
+                try:
+                    resolved.append(resolve_exception(name))
+                except ConfigError as error:
+                    problems.extend(f"routes.{topic}.retry.{field}: {p}" for p in error.problems)
+            types[field] = tuple(resolved)
+        policies[topic] = _policy(route.on_failure, route.dead_letter_topic or f"{topic}.dlq",
+                                  retry, types, route.format)
+    if problems:
+        raise ConfigError(problems)
+    return policies
+
+
+def _policy(on_failure: str, dead_letter_topic: str, retry: RetrySettings,
+            types: Mapping[str, tuple[type[BaseException], ...]], format: str) -> FailurePolicy:
+    return FailurePolicy(
+        attempts=retry.attempts, initial_backoff=retry.initial_backoff_seconds,
+        max_backoff=retry.max_backoff_seconds, multiplier=retry.multiplier, jitter=retry.jitter,
+        never_retry=types["never_retry"], stop_on=types["stop_on"],
+        dead_letter_topic=dead_letter_topic if on_failure == "dead_letter" else None,
+        format=format,
+    )
+
+
+def resolve_exception(name: str) -> type[BaseException]:
+    """``ValueError`` (a builtin) or ``package.module.Class`` -> the exception class."""
+    module_name, _, attribute = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute) if module_name \
+            else getattr(builtins, attribute)
+    except (ImportError, AttributeError):
+        raise ConfigError([f"{name!r} is not an exception type that can be imported"]) from None
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
+        raise ConfigError([f"{name!r} is not an exception type"])
+    return found
+
+
+class PoisonMessage(Exception):
+    """The value does not decode in the route's declared format."""
+
+
+def check_format(message: Message, format: str) -> None:
+    """Raise PoisonMessage when the value does not decode as ``format`` (json, text)."""
+    try:
+        if format == "json":
+            message.json()
+        elif format == "text":
+            message.text()
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PoisonMessage(f"value is not valid {format}: {error}") from error
+
+
+class Failures:
+    """Attempts, backoff and dead letters for the loop's thread."""
+
+    def __init__(
+        self,
+        policies: Mapping[str, FailurePolicy],
+        *,
+        sink: DeadLetterSink,
+        group: str,
+        observer: Observer,
+        monotonic: Callable[[], float],
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._policies = policies
+        self._sink = sink
+        self._group = group
+        self._observer = observer
+        self._monotonic = monotonic
+        self._wall = wall
+        self._rng = rng or random.Random()
+        #: tp -> (offset, failed attempts, last error) of the message each partition waits on.
+        self._attempts: dict[TP, tuple[int, int, BaseException]] = {}
+        self._resume_at: dict[TP, float] = {}
+
+    def policy(self, topic: str) -> FailurePolicy:
+        return self._policies[topic]
+
+    @property
+    def has_failed_messages(self) -> bool:
+        """Some partition waits on a failed message (the hot path skips the checks if not)."""
+        return bool(self._attempts)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._resume_at)
+
+    def exhausted_error(self, message: Message) -> BaseException | None:
+        """The last error of a message that used up its attempts and only waits for its dead
+        letter to be taken; None otherwise (call the handler)."""
+        if not self._attempts:
+            return None
+        held = self._attempts.get((message.topic, message.partition))
+        if held is None or held[0] != message.offset:
+            return None
+        return held[2] if held[1] >= self._policies[message.topic].attempts else None
+
+    def failed(self, message: Message, error: BaseException) -> Verdict:
+        """Decide what a failure means; produces the dead letter when that is the answer
+        (raises DeadLetterFailed if the broker would not take it and retrying cannot help)."""
+        policy = self._policies[message.topic]
+        tp = (message.topic, message.partition)
+        if isinstance(error, policy.stop_on):
+            return Verdict.STOP
+        held = self._attempts.get(tp)
+        attempt = (held[1] if held is not None and held[0] == message.offset else 0) + 1
+        poison = isinstance(error, PoisonMessage)
+        final = poison or isinstance(error, policy.never_retry) or attempt >= policy.attempts
+        if not final:
+            return self._retry_later(message, tp, attempt, policy.delay(attempt, self._rng),
+                                     error)
+        if policy.dead_letter_topic is None:
+            return Verdict.STOP
+        reason = "deserialization" if poison else (
+            "non_retryable" if attempt < policy.attempts else "handler_error")
+        try:
+            self._sink.send(policy.dead_letter_topic, message,
+                            self._provenance(message, error, attempt, reason))
+        except DeadLetterFailed as failure:
+            self._observer.dead_letter_failed(message, failure)
+            if not failure.retriable:
+                raise
+            # Keep the attempt count: the next try goes straight to the dead-letter topic.
+            return self._retry_later(message, tp, max(attempt, policy.attempts),
+                                     policy.max_backoff, error, count=False)
+        self._attempts.pop(tp, None)
+        self._observer.dead_lettered(message, reason, error)
+        return Verdict.DEAD_LETTERED
+
+    def succeeded(self, message: Message) -> None:
+        if self._attempts:
+            self._attempts.pop((message.topic, message.partition), None)
+
+    def due(self) -> list[TP]:
+        """Paused partitions whose backoff is over: resume them."""
+        now = self._monotonic()
+        ready = [tp for tp, at in self._resume_at.items() if at <= now]
+        for tp in ready:
+            del self._resume_at[tp]
+        return ready
+
+    def paused(self) -> list[TP]:
+        return list(self._resume_at)
+
+    def forget(self, partitions: list[TP]) -> None:
+        """Partitions revoked or lost: their new owner starts the attempts afresh."""
+        for tp in partitions:
+            self._attempts.pop(tp, None)
+            self._resume_at.pop(tp, None)
+
+    def _retry_later(self, message: Message, tp: TP, attempt: int, delay: float,
+                     error: BaseException, *, count: bool = True) -> Verdict:
+        self._attempts[tp] = (message.offset, attempt, error)
+        self._resume_at[tp] = self._monotonic() + delay
+        if count:
+            self._observer.retry_scheduled(message, attempt, delay, error)
+        return Verdict.RETRY
+
+    def _provenance(self, message: Message, error: BaseException, attempts: int,
+                    reason: str) -> list[tuple[str, bytes]]:
+        trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
+        fields = {
+            "dlq.original.topic": message.topic,
+            "dlq.original.partition": str(message.partition),
+            "dlq.original.offset": str(message.offset),
+            "dlq.original.timestamp": "" if message.timestamp is None else
+            f"{message.timestamp:.3f}",
+            "dlq.group": self._group,
+            "dlq.reason": reason,
+            "dlq.exception.type": type(error).__qualname__,
+            "dlq.exception.message": str(error)[:1_000],
+            "dlq.exception.traceback": trace,
+            "dlq.attempts": str(attempts),
+            "dlq.failed.at": f"{self._wall():.3f}",
+        }
+        return [(key, value.encode()) for key, value in fields.items()]

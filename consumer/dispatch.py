@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 from consumer.dedup import KeyFunction
 from consumer.errors import HandlerFailed
-from consumer.failures import Failures, Verdict, check_format
+from consumer.failures import Failures, Verdict
 from consumer.message import Context, Message
 from consumer.routing import Router
 from consumer.transport import TP, Source
@@ -24,10 +24,6 @@ class Dispatcher:
         self._keys = keys
         self._failures = failures
         self._source = source
-        #: Topics whose values are checked before their handler runs (json, text).
-        self._formats = {} if failures is None else {
-            topic: failures.policy(topic).format for topic in router.topics
-            if failures.policy(topic).format != "bytes"}
 
     def run(self, messages: list[Message], partitions: Mapping[TP, PartitionProgress],
             now: float, stop_requested: Callable[[], bool]) -> int:
@@ -35,7 +31,6 @@ class Dispatcher:
         done = 0
         route_for = self._router.route_for
         group, keys, failures = self._group, self._keys, self._failures
-        formats = self._formats
         waiting: set[TP] = set()  # partitions rewound for a retry during this batch
         for message in messages:
             if stop_requested():
@@ -45,14 +40,8 @@ class Dispatcher:
             if progress is None or tp in waiting:  # Revoked, or waiting for a retry.
                 continue
             try:
-                if failures is not None and failures.has_failed_messages:
-                    earlier = failures.exhausted_error(message)
-                    if earlier is not None:
-                        raise earlier
-                if formats:
-                    fmt = formats.get(message.topic)
-                    if fmt is not None:
-                        check_format(message, fmt)
+                if failures is not None:
+                    failures.check(message)
                 route_for(message.topic).handler(
                     message, Context(group, message, key_function=keys.get(message.topic))
                 )

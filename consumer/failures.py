@@ -138,6 +138,8 @@ class Failures:
         #: tp -> (offset, failed attempts, last error) of the message each partition waits on.
         self._attempts: dict[TP, tuple[int, int, BaseException]] = {}
         self._resume_at: dict[TP, float] = {}
+        #: Topics whose values are checked before their handler runs (json, text).
+        self._formats = {topic: p.format for topic, p in policies.items() if p.format != "bytes"}
 
     def policy(self, topic: str) -> FailurePolicy:
         return self._policies[topic]
@@ -150,6 +152,19 @@ class Failures:
     @property
     def waiting(self) -> bool:
         return bool(self._resume_at)
+
+    def check(self, message: Message) -> None:
+        """Before the handler runs: re-raise the last error of a message that used up its
+        attempts (only its dead letter is missing), or PoisonMessage for a value that does not
+        decode in the route's format. Cheap when neither applies."""
+        if self._attempts:
+            earlier = self.exhausted_error(message)
+            if earlier is not None:
+                raise earlier
+        if self._formats:
+            fmt = self._formats.get(message.topic)
+            if fmt is not None:
+                check_format(message, fmt)
 
     def exhausted_error(self, message: Message) -> BaseException | None:
         """The last error of a message that used up its attempts and only waits for its dead

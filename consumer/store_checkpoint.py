@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from consumer.checkpoint_policy import Trigger
 from consumer.dedup import KeyFunction
 from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError
-from consumer.failures import Failures, Verdict, check_format
+from consumer.failures import Failures, Verdict
 from consumer.message import Context, Message
 from consumer.observer import Observer
 from consumer.routing import Router
@@ -135,12 +135,7 @@ class StoreCheckpoint:
             store.savepoint()
             try:
                 if failures is not None:
-                    earlier = failures.exhausted_error(message)
-                    if earlier is not None:
-                        raise earlier
-                    fmt = failures.policy(message.topic).format
-                    if fmt != "bytes":
-                        check_format(message, fmt)
+                    failures.check(message)
                 self._router.route_for(message.topic).handler(
                     message, Context(group, message, store=store, key=claim.key))
             except Exception as error:

@@ -28,6 +28,7 @@ from benchmarks.environments import REPO_ROOT
 from benchmarks.measure import ChildRun, RunResult, run_child
 from benchmarks.runners.framework import baseline_sections
 from benchmarks.stats import Spread
+from consumer.engine import UNCONFIRMED_INTERVALS
 
 INTERVALS = (1, 10, 100, 1_000, 10_000)
 #: Commit modes drawn as separate series.
@@ -62,9 +63,9 @@ class CurvePoint:
 
     @property
     def bound(self) -> int:
-        """What the README promises a crash costs at most (one interval in flight, plus one
-        unconfirmed with asynchronous commits)."""
-        return self.every_messages * (1 if self.series == "sync" else 2)
+        """What the README promises a crash costs at most: one interval with synchronous
+        commits, ``max_unconfirmed_messages`` (by default ten intervals) with asynchronous."""
+        return self.every_messages * (1 if self.series == "sync" else UNCONFIRMED_INTERVALS)
 
 
 @dataclass(frozen=True)

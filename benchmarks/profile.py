@@ -38,7 +38,9 @@ def profile_one(name: str, bootstrap: str, topic_name: str, messages: int, top: 
     tally = Tally(messages, cap_seconds)
     here = os.getcwd()
     os.chdir(tempfile.mkdtemp(prefix="bench-profile-"))  # the runners write scratch files
-    profiler = cProfile.Profile(time.thread_time)
+    # PROFILE_WALL=1: wall time, so waits on the broker show too.
+    timer = time.perf_counter if os.environ.get("PROFILE_WALL") else time.thread_time
+    profiler = cProfile.Profile(timer)
     try:
         profiler.enable()
         runner(spec, tally)

@@ -77,6 +77,7 @@ def build_loop(
         batch_size=settings.kafka.poll_batch_size,
         poll_timeout=settings.kafka.poll_timeout_seconds,
         synchronous_commits=settings.checkpoint.synchronous_commits,
+        max_unconfirmed=settings.checkpoint.max_unconfirmed_messages,
         keys=keys,
         transactional=transactional,
         failures=failures,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from hashlib import blake2b
 
 from consumer.errors import ConfigError
 from consumer.message import Message
@@ -25,9 +26,18 @@ KeyFunction = Callable[[Message], bytes]
 
 def key_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
     """Build the digest function for one route's ``dedup_key`` setting."""
+    prefixes: dict[str, bytes] = {}
+
     def coordinates(message: Message) -> bytes:
-        topic_id = topic_ids.get(message.topic, message.topic)
-        return _digest(b"c", f"{topic_id}/{message.partition}/{message.offset}".encode())
+        topic = message.topic
+        prefix = prefixes.get(topic)
+        if prefix is None:
+            topic_id = topic_ids.get(topic)
+            prefix = f"c\0{topic if topic_id is None else topic_id}/".encode()
+            if topic_id is not None:  # the ids may be learnt later: keep asking till then
+                prefixes[topic] = prefix
+        return blake2b(prefix + b"%d/%d" % (message.partition, message.offset),
+                       digest_size=16).digest()
 
     if spec == "coordinates":
         return coordinates

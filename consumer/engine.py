@@ -21,11 +21,16 @@ from consumer.message import Message
 from consumer.observer import Observer
 from consumer.routing import Router
 from consumer.snapshot import LoopSnapshot, PartitionSnapshot
+from consumer.stopping import StopRequest
 from consumer.transactional import TransactionalBatches
 from consumer.transport import TP, Source
 from consumer.watermark import PartitionProgress
 
 log = logging.getLogger("consumer.engine")
+
+
+#: With asynchronous commits and no ``max_unconfirmed``: how many intervals a crash may repeat.
+UNCONFIRMED_INTERVALS = 10
 
 
 class LoopState(enum.Enum):
@@ -51,6 +56,7 @@ class ConsumerLoop:
         batch_size: int = 500,
         poll_timeout: float = 0.5,
         synchronous_commits: bool = False,
+        max_unconfirmed: int | None = None,
         keys: Mapping[str, KeyFunction] | None = None,
         transactional: TransactionalBatches | None = None,
         failures: Failures | None = None,
@@ -66,11 +72,14 @@ class ConsumerLoop:
         self._poll_timeout = poll_timeout
         self._synchronous_commits = synchronous_commits
         # A crash repeats at most the work the broker has not confirmed: one interval with
-        # synchronous commits; with asynchronous ones, the interval in flight plus one more.
-        # With a store, the store's checkpoint rows are what a crash resumes from instead.
+        # synchronous commits; with asynchronous ones, ``max_unconfirmed`` (the broker answers
+        # an asynchronous commit behind the messages already fetched, often tens of thousands
+        # of messages later, so a bound of a few intervals would stall a consumer working
+        # through a backlog). With a store, a crash resumes from the store's rows instead.
         self._unconfirmed_limit = (
             None if policy.every_messages is None or transactional is not None
-            else policy.every_messages * (1 if synchronous_commits else 2)
+            else policy.every_messages if synchronous_commits
+            else max_unconfirmed or policy.every_messages * UNCONFIRMED_INTERVALS
         )
         self._keys = keys or {}
         self._failures = failures
@@ -79,17 +88,19 @@ class ConsumerLoop:
         self._transactional = transactional
         self._partitions: dict[TP, PartitionProgress] = {}
         self._checkpoints = CheckpointState(policy, clock.monotonic())
-        self._stop_requested = False
+        #: A due asynchronous checkpoint waits for the broker's answer to the previous one.
+        self._deferred = False
+        self._stop = StopRequest()
         self.state = LoopState.CREATED
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> bool:
         """Wait for the brokers, then subscribe. False when a stop was requested first."""
-        if not self._source.wait_for_broker(keep_trying=lambda: not self._stop_requested):
+        if not self._source.wait_for_broker(keep_trying=lambda: not self._stop.requested):
             return False
         if self._transactional is not None and not self._transactional.prepare(
-            self._router.topics, keep_trying=lambda: not self._stop_requested
+            self._router.topics, keep_trying=lambda: not self._stop.requested
         ):
             return False
         self._source.subscribe(self._router.topics, self)
@@ -99,11 +110,11 @@ class ConsumerLoop:
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the message in hand; safe from a signal handler."""
-        self._stop_requested = True
+        self._stop.set()
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_requested
+        return self._stop.requested
 
     def run(self) -> None:
         """Consume until a stop is requested, then checkpoint and leave the group.
@@ -113,7 +124,7 @@ class ConsumerLoop:
         """
         try:
             if self.start():
-                while not self._stop_requested:
+                while not self._stop.requested:
                     self.run_once()
         except ConsumerError as error:
             self.state = LoopState.FAILED
@@ -148,7 +159,7 @@ class ConsumerLoop:
         """How many messages the next poll may take without breaking the checkpoint bound."""
         room = self._batch_size
         until_checkpoint = self._checkpoints.room()
-        if until_checkpoint is not None:
+        if until_checkpoint is not None and not self._deferred:
             room = min(room, until_checkpoint)
         if self._unconfirmed_limit is not None:
             unconfirmed = sum(p.unconfirmed for p in self._partitions.values())
@@ -170,14 +181,14 @@ class ConsumerLoop:
     def _handle(self, messages: list[Message]) -> int:
         self._observer.polled(messages)
         if self._transactional is not None:
-            taken = self._transactional.add(messages, self._partitions, self._stop_requested)
+            taken = self._transactional.add(messages, self._partitions, self._stop.requested)
             if taken:
                 self._checkpoints.record_done(taken)
             return taken
         done = 0
         try:
             done = self._dispatcher.run(messages, self._partitions, self._clock.monotonic(),
-                                        lambda: self._stop_requested)
+                                        self._stop)
         finally:
             if done:
                 self._checkpoints.record_done(done)
@@ -213,6 +224,7 @@ class ConsumerLoop:
                 progress.mark_acked(offset)
             if moved:  # Work done since the last checkpoint: this commit is a checkpoint.
                 self._checkpoints.reset(self._clock.monotonic())
+                self._deferred = False
                 self._observer.checkpoint_committed(Trigger.COUNT, moved)
             self._observer.commit_acknowledged(offsets)
             if self._room() > 0:
@@ -254,19 +266,28 @@ class ConsumerLoop:
     def _checkpoint(
         self, trigger: Trigger, only: list[TP] | None = None, *, synchronous: bool = False
     ) -> dict[TP, int] | None:
-        """Take a checkpoint; None when its commit failed (the watermarks stay pending)."""
+        """Take a checkpoint; None when its commit failed or waits for the previous one
+        (the watermarks stay pending)."""
         if self._transactional is not None:
             # One transaction applies everything pending, whichever partitions triggered it.
             applied = self._transactional.checkpoint(trigger, self._partitions)
             if applied is not None:
                 self._checkpoints.reset(self._clock.monotonic())
             return applied
+        synchronous = synchronous or self._synchronous_commits
+        if (only is None and not synchronous and trigger in (Trigger.COUNT, Trigger.INTERVAL)
+                and self._awaiting_answer()):
+            # The group coordinator answers one commit per connection at a time (about 5 ms
+            # on Kafka 4): sending more would queue them and delay every answer. This
+            # checkpoint goes out, with the newest watermarks, once the previous one is
+            # answered; meanwhile the unconfirmed bound limits what a crash repeats.
+            self._deferred = True
+            return None
         partitions = (
             list(self._partitions.values())
             if only is None
             else [self._partitions[tp] for tp in only if tp in self._partitions]
         )
-        synchronous = synchronous or self._synchronous_commits
         checkpoint = Checkpoint(trigger, partitions, source=self._source, observer=self._observer,
                                 synchronous=synchronous)
         try:
@@ -279,7 +300,12 @@ class ConsumerLoop:
             return None
         if only is None:
             self._checkpoints.reset(self._clock.monotonic())
+            self._deferred = False
         return committed
+
+    def _awaiting_answer(self) -> bool:
+        """Whether an asynchronous commit has not been answered by the broker yet."""
+        return any(p.committed != p.acked for p in self._partitions.values())
 
     # --- what the source reports (SourceListener) ---------------------------------------------
 
@@ -341,7 +367,7 @@ class ConsumerLoop:
         partitions = dict(self._partitions)  # one C-level copy: atomic under the GIL
         return LoopSnapshot(
             state=self.state.value,
-            stop_requested=self._stop_requested,
+            stop_requested=self._stop.requested,
             partitions={
                 tp: PartitionSnapshot(
                     watermark=p.watermark, acked=p.acked, done=p.done,

@@ -150,6 +150,12 @@ class Failures:
         return bool(self._attempts)
 
     @property
+    def checks_needed(self) -> bool:
+        """Whether :meth:`check` can raise for some message: a route checks its format, or
+        a message failed before. When false, the hot path skips the checks."""
+        return bool(self._formats) or bool(self._attempts)
+
+    @property
     def waiting(self) -> bool:
         return bool(self._resume_at)
 

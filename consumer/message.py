@@ -9,9 +9,13 @@ from typing import Any, Protocol
 
 
 class Message:
-    """One Kafka record: coordinates, key, value and headers, decoded lazily on request."""
+    """One Kafka record: coordinates, key, value and headers.
 
-    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
+    The Kafka source hands over a :class:`RecordMessage`, which reads value, key, headers and
+    timestamp from the client's record only when asked, so a handler pays for what it reads.
+    """
+
+    __slots__ = ("_headers", "_key", "_timestamp", "_value", "offset", "partition", "topic")
 
     def __init__(
         self,
@@ -27,11 +31,27 @@ class Message:
         self.topic = topic
         self.partition = partition
         self.offset = offset
-        self.value = value
-        self.key = key
-        self.headers = headers or []
-        #: Seconds since the epoch of the record's timestamp, or None when the broker has none.
-        self.timestamp = timestamp
+        self._value = value
+        self._key = key
+        self._headers = headers or []
+        self._timestamp = timestamp
+
+    @property
+    def value(self) -> bytes | None:
+        return self._value
+
+    @property
+    def key(self) -> bytes | None:
+        return self._key
+
+    @property
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return self._headers
+
+    @property
+    def timestamp(self) -> float | None:
+        """Seconds since the epoch of the record's timestamp, or None when it has none."""
+        return self._timestamp
 
     def text(self, encoding: str = "utf-8") -> str:
         """The value as text (an empty string for a null value)."""
@@ -53,6 +73,47 @@ class Message:
         return f"Message({self.topic}[{self.partition}]@{self.offset})"
 
 
+class RecordMessage(Message):
+    """A message over a confluent-kafka record: coordinates copied, the rest read on demand."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any, topic: str, partition: int, offset: int) -> None:
+        self._record = record
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+    @property
+    def value(self) -> bytes | None:
+        return self._record.value()  # type: ignore[no-any-return]
+
+    @property
+    def key(self) -> bytes | None:
+        return self._record.key()  # type: ignore[no-any-return]
+
+    @property
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return self._record.headers() or []
+
+    @property
+    def timestamp(self) -> float | None:
+        kind, stamp = self._record.timestamp()
+        return stamp / 1000.0 if kind else None
+
+
+class Scope:
+    """What every context of one route shares: the group, the store, the dedup key function."""
+
+    __slots__ = ("group", "key_function", "store")
+
+    def __init__(self, group: str, *, store: StoreLike | None = None,
+                 key_function: Callable[[Message], bytes] | None = None) -> None:
+        self.group = group
+        self.store = store
+        self.key_function = key_function
+
+
 class Context:
     """What a handler gets beside the message.
 
@@ -67,23 +128,17 @@ class Context:
     Attributes are built only when a handler asks for them, so the hot path stays cheap.
     """
 
-    __slots__ = ("_key", "_key_function", "_logger", "_store", "group", "message")
+    __slots__ = ("_key", "_logger", "_scope", "message")
 
-    def __init__(
-        self,
-        group: str,
-        message: Message,
-        *,
-        store: StoreLike | None = None,
-        key: bytes | None = None,
-        key_function: Callable[[Message], bytes] | None = None,
-    ) -> None:
-        self.group = group
+    def __init__(self, scope: Scope, message: Message, key: bytes | None = None) -> None:
+        self._scope = scope
         self.message = message
-        self._store = store
         self._key = key
-        self._key_function = key_function
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def group(self) -> str:
+        return self._scope.group
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -91,7 +146,7 @@ class Context:
             m = self.message
             self._logger = logging.LoggerAdapter(
                 logging.getLogger("consumer.handler"),
-                {"group": self.group, "topic": m.topic, "partition": m.partition,
+                {"group": self._scope.group, "topic": m.topic, "partition": m.partition,
                  "offset": m.offset},
             )
         return self._logger
@@ -99,25 +154,28 @@ class Context:
     @property
     def idempotency_key(self) -> str:
         if self._key is None:
-            if self._key_function is None:
+            key_function = self._scope.key_function
+            if key_function is None:
                 raise AttributeError("this route has no dedup key")
-            self._key = self._key_function(self.message)
+            self._key = key_function(self.message)
         return self._key.hex()
 
     @property
     def db(self) -> Any:
-        if self._store is None:
+        store = self._scope.store
+        if store is None:
             raise AttributeError(
                 "context.db needs a store: set store.url (sqlite:///… or postgresql://…)"
             )
-        return self._store.connection
+        return store.connection
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self._store is None:
+        store = self._scope.store
+        if store is None:
             raise AttributeError(
                 "context.execute needs a store: set store.url (sqlite:///… or postgresql://…)"
             )
-        return self._store.execute(sql, params)
+        return store.execute(sql, params)
 
 
 class StoreLike(Protocol):

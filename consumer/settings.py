@@ -151,9 +151,14 @@ class CheckpointSettings(_Section):
     every_messages: int | None = Field(default=1_000, ge=1)
     every_seconds: float | None = Field(default=5.0, gt=0)
     #: Wait for the broker on every commit: a crash then re-reads at most one interval, at the
-    #: cost of a broker round trip per checkpoint. Off: commits are asynchronous, at most one
-    #: in flight, and a crash re-reads at most two intervals.
+    #: cost of a broker round trip per checkpoint. Off: commits are asynchronous, and a crash
+    #: re-reads at most ``max_unconfirmed_messages``.
     synchronous_commits: bool = False
+    #: Asynchronous commits: done messages the broker has not confirmed yet, at most; at the
+    #: bound the consumer waits for the broker (one synchronous commit) before taking more.
+    #: Default (null): 10 times every_messages. The broker's answers to asynchronous commits queue
+    #: behind the messages already fetched, so a tighter bound slows a consumer with a backlog.
+    max_unconfirmed_messages: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_trigger(self) -> CheckpointSettings:
@@ -161,6 +166,13 @@ class CheckpointSettings(_Section):
             raise ValueError(
                 "every_messages and every_seconds are both off: nothing would ever be "
                 "committed; set at least one"
+            )
+        if (self.max_unconfirmed_messages is not None and self.every_messages is not None
+                and self.max_unconfirmed_messages < self.every_messages):
+            raise ValueError(
+                f"max_unconfirmed_messages ({self.max_unconfirmed_messages}) is below "
+                f"every_messages ({self.every_messages}): the consumer would wait for the "
+                "broker before every checkpoint; raise it or use synchronous_commits: true"
             )
         return self
 

@@ -16,7 +16,7 @@ import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.errors import AssignmentFailed, DeadLetterFailed, KafkaError, KafkaFatalError
-from consumer.message import Message
+from consumer.message import Message, RecordMessage
 from consumer.settings import KafkaSettings
 from consumer.snapshot import GroupPosition
 from consumer.transport import COMMIT_MARKER, TP, SourceListener
@@ -134,30 +134,16 @@ class KafkaSource:
             self._raise_callback_error()
             raise _translate(error.args[0]) from error
         self._raise_callback_error()
-        messages: list[Message] = []
-        append = messages.append
-        for record in raw:
-            failure = record.error()
-            if failure is not None:
-                self._client_error(failure)
-                continue
-            kind, stamp = record.timestamp()
-            # A record without an error always has these; the client's hints say Optional.
-            topic: str = record.topic()  # type: ignore[assignment]
-            partition: int = record.partition()  # type: ignore[assignment]
-            offset: int = record.offset()  # type: ignore[assignment]
-            headers: list[tuple[str, bytes | None]] | None = record.headers()  # type: ignore[assignment]
-            append(
-                Message(
-                    topic,
-                    partition,
-                    offset,
-                    record.value(),
-                    key=record.key(),
-                    headers=headers,
-                    timestamp=stamp / 1000.0 if kind else None,
-                )
-            )
+        # A record without an error always has coordinates; the client's hints say Optional.
+        messages: list[Message] = [
+            RecordMessage(r, r.topic(), r.partition(), r.offset())  # type: ignore[arg-type]
+            for r in raw if r.error() is None
+        ]
+        if len(messages) != len(raw):  # rare: errors travel as records
+            for record in raw:
+                failure = record.error()
+                if failure is not None:
+                    self._client_error(failure)
         return messages
 
     def pause(self, partitions: list[TP]) -> None:

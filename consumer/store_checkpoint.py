@@ -11,7 +11,7 @@ from consumer.checkpoint_policy import Trigger
 from consumer.dedup import KeyFunction
 from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError
 from consumer.failures import Failures, Verdict
-from consumer.message import Context, Message
+from consumer.message import Context, Message, Scope
 from consumer.observer import Observer
 from consumer.routing import Router
 from consumer.store import CheckpointRow, Claim, Store
@@ -36,8 +36,9 @@ class StoreCheckpoint:
     """Applies a batch of messages exactly once and saves where each partition got to.
 
     1. claim keys: insert every message's dedup key; only messages whose key was new go on
-    2. run handlers, each inside a savepoint, so a failing message rolls back alone: it is
-       dead-lettered (and done), or its partition is paused and rewound for a later attempt,
+    2. run handlers, all at once; if one raises, roll the transaction back, claim again and
+       run them again each inside its own savepoint, so a failing message rolls back alone:
+       it is dead-lettered (and done), or its partition is paused and rewound for a later attempt,
        or the consumer stops after this batch; a failed message's key is not recorded
     3. fence and write checkpoint rows: each row moves only where the epoch is still ours,
        else the whole batch rolls back (a newer owner has the partition: we are a zombie)
@@ -72,6 +73,8 @@ class StoreCheckpoint:
         self._observer = observer
         self._now = now
         self._failures = failures
+        self._scope = Scope(group, store=store)
+        self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
 
     @property
     def synchronous(self) -> bool:
@@ -88,8 +91,15 @@ class StoreCheckpoint:
                       for m in self._messages]
             new_keys = store.claim(self._group, claims, self._now())
 
-            # 2. run handlers
-            watermarks, counts = self._apply(claims, new_keys, outcome)
+            # 2. run handlers: the whole batch at once; if a handler raises, roll the
+            # transaction back and run it again message by message, each in a savepoint
+            try:
+                watermarks, counts = self._apply_optimistically(claims, new_keys, outcome)
+            except _HandlerRaised:
+                store.rollback()
+                store.begin()
+                new_keys = store.claim(self._group, claims, self._now())
+                watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
 
             # 3. fence and write checkpoint rows
             rows = [CheckpointRow(tp[0], tp[1], offset, self._partitions[tp].epoch)
@@ -111,11 +121,49 @@ class StoreCheckpoint:
         outcome.committed = self._commit_kafka()
         return outcome
 
-    def _apply(self, claims: list[Claim], new_keys: set[bytes],
-               outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
+    def _apply_optimistically(self, claims: list[Claim], new_keys: set[bytes],
+                              outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Run the handlers of new messages; return each partition's new watermark and how
-        many of its messages are done."""
+        many of its messages are done. Raises _HandlerRaised at the first failure: the
+        caller rolls back and runs :meth:`_apply_one_by_one` instead (the handlers before
+        the failing message run twice in this process; only the second run's writes commit).
+        """
+        failures = self._failures
+        checking = failures is not None and failures.checks_needed
+        scope, handlers = self._scope, self._handlers
+        watermarks: dict[TP, int] = {}
+        counts: dict[TP, int] = {}
+        applied_keys: set[bytes] = set()
+        applied = duplicates = 0
+        for message, claim in zip(self._messages, claims, strict=True):
+            key = claim.key
+            if key not in new_keys or key in applied_keys:
+                duplicates += 1
+            else:
+                try:
+                    if checking:
+                        failures.check(message)  # type: ignore[union-attr]
+                    handlers[message.topic](message, Context(scope, message, key))
+                except Exception as error:
+                    raise _HandlerRaised from error
+                applied_keys.add(key)
+                applied += 1
+            tp = (message.topic, message.partition)
+            watermarks[tp] = message.offset + 1
+            counts[tp] = counts.get(tp, 0) + 1
+        if checking:
+            for message in self._messages:
+                failures.succeeded(message)  # type: ignore[union-attr]
+        outcome.applied, outcome.duplicates = applied, duplicates
+        return watermarks, counts
+
+    def _apply_one_by_one(self, claims: list[Claim], new_keys: set[bytes],
+                          outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
+        """Like :meth:`_apply_optimistically`, with a savepoint per message, so a failing
+        message rolls back alone and its failure policy decides what happens to it."""
+        outcome.applied = outcome.duplicates = 0
         store, group, failures = self._store, self._group, self._failures
+        scope, handlers = self._scope, self._handlers
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         stopped: set[TP] = set()
@@ -136,8 +184,7 @@ class StoreCheckpoint:
             try:
                 if failures is not None:
                     failures.check(message)
-                self._router.route_for(message.topic).handler(
-                    message, Context(group, message, store=store, key=claim.key))
+                handlers[message.topic](message, Context(scope, message, claim.key))
             except Exception as error:
                 store.rollback_to_savepoint()
                 release.append(claim.key)  # A failed or dead-lettered key is not processed.
@@ -190,6 +237,10 @@ class StoreCheckpoint:
             progress.mark_acked(offset)
         self._observer.checkpoint_committed(self.trigger, moved)
         return moved
+
+
+class _HandlerRaised(Exception):
+    """A handler raised during the optimistic run: run the batch again message by message."""
 
 
 def _rollback_quietly(store: Store) -> None:

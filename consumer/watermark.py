@@ -47,6 +47,14 @@ class PartitionProgress:
         if self.oldest_uncommitted_at is None:
             self.oldest_uncommitted_at = now
 
+    def count_done(self, count: int, now: float) -> None:
+        """``count`` messages are done; the caller moved :attr:`watermark` past the last one
+        (the hot path does, one attribute write per message)."""
+        self.done += count
+        self.done_since_commit += count
+        if self.oldest_uncommitted_at is None:
+            self.oldest_uncommitted_at = now
+
     def advance(self, watermark: int, count: int, now: float) -> None:
         """A whole batch of ``count`` messages up to ``watermark`` is done (store mode)."""
         if self.watermark is not None and watermark < self.watermark:

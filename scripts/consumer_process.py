@@ -138,7 +138,7 @@ def duplicates(records: list[tuple[int, int, str]]) -> int:
 def consumer_config(
     bootstrap: str, group: str, topic: str, *, handler: str = "handlers.record:handle",
     every_messages: int | None = 500, every_seconds: float | None = None,
-    store: str = "none", **kafka: Any,
+    synchronous_commits: bool = False, store: str = "none", **kafka: Any,
 ) -> dict[str, Any]:
     """A config for ``consumer run`` with test-friendly group timings (no store unless
     ``store`` names one)."""
@@ -148,7 +148,8 @@ def consumer_config(
                   # Members notice a rebalance at their next heartbeat: keep tests quick.
                   "librdkafka": {"heartbeat.interval.ms": 500}, **kafka},
         "routes": {topic: handler},
-        "checkpoint": {"every_messages": every_messages, "every_seconds": every_seconds},
+        "checkpoint": {"every_messages": every_messages, "every_seconds": every_seconds,
+                       "synchronous_commits": synchronous_commits},
         "store": {"url": store},
         # Several members share this host: each serves its metrics on a free port.
         "metrics": {"port": 0},

@@ -131,12 +131,13 @@ class PostgresStore(Store):
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
         if not claims:
             return set()
+        # %b: the arrays travel in binary; as text, every key would be hex-escaped by a regex.
         with self._errors():
             rows = self._db.execute(
                 """INSERT INTO consumer_processed_keys
                        (group_id, key, topic, partition, "offset", processed_at)
                    SELECT %s, k, t, p, o, %s
-                   FROM unnest(%s::bytea[], %s::text[], %s::integer[], %s::bigint[])
+                   FROM unnest(%b::bytea[], %b::text[], %b::integer[], %b::bigint[])
                         AS u(k, t, p, o)
                    ON CONFLICT DO NOTHING
                    RETURNING key""",
@@ -167,17 +168,22 @@ class PostgresStore(Store):
 
     def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
                           now: float) -> list[TP]:
-        fenced = []
+        if not rows:
+            return []
+        # One statement for every partition: a row moves only where the epoch is still ours.
         with self._errors():
-            for row in rows:
-                cursor = self._db.execute(
-                    """UPDATE consumer_checkpoints SET next_offset = %s, updated_at = %s
-                       WHERE group_id = %s AND topic = %s AND partition = %s AND epoch = %s""",
-                    (row.next_offset, now, group, row.topic, row.partition, row.epoch),
-                )
-                if cursor.rowcount != 1:
-                    fenced.append((row.topic, row.partition))
-        return fenced
+            moved = self._db.execute(
+                """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = %s
+                   FROM unnest(%b::text[], %b::integer[], %b::bigint[], %b::bigint[])
+                        AS u(t, p, o, e)
+                   WHERE c.group_id = %s AND c.topic = u.t AND c.partition = u.p
+                         AND c.epoch = u.e
+                   RETURNING c.topic, c.partition""",
+                (now, [r.topic for r in rows], [r.partition for r in rows],
+                 [r.next_offset for r in rows], [r.epoch for r in rows], group),
+            ).fetchall()
+        done = {(topic, partition) for topic, partition in moved}
+        return [(r.topic, r.partition) for r in rows if (r.topic, r.partition) not in done]
 
     def commit(self) -> None:
         try:

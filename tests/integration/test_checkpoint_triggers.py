@@ -3,6 +3,7 @@ offsets Kafka holds for the group equal the consumer's watermarks after every ch
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping
 
@@ -35,12 +36,14 @@ class Checkpoints(Observer):
 
 
 def _loop(bootstrap: str, topic: str, handled: list[Message], observer: Checkpoints,
-          *, every_messages: int | None, every_seconds: float | None) -> ConsumerLoop:
+          *, every_messages: int | None, every_seconds: float | None,
+          synchronous_commits: bool = False) -> ConsumerLoop:
     settings = Settings(
         kafka={"bootstrap_servers": bootstrap, "group_id": unique_name("triggers"),
                "poll_timeout_seconds": 0.1},
         routes={topic: "handlers.echo:handle"},
-        checkpoint={"every_messages": every_messages, "every_seconds": every_seconds},
+        checkpoint={"every_messages": every_messages, "every_seconds": every_seconds,
+                    "synchronous_commits": synchronous_commits},
         store={"url": "none"},  # Kafka's own commits are what these tests are about.
     )
 
@@ -71,20 +74,19 @@ def _kafka_matches(bootstrap: str, group: str, topic: str, offsets: dict[TP, int
 
 
 def test_count_trigger_alone_commits_every_n_and_kafka_agrees(kafka_bootstrap: str) -> None:
-    """every_messages=100, interval off: 1,000 messages give checkpoints at 100, 200, ... 1000,
-    each equal to the watermark then, and Kafka reports each one for the group."""
+    """every_messages=100, interval off, synchronous commits: 1,000 messages give checkpoints
+    at 100, 200, ... 1000, each equal to the watermark then, and Kafka reports each one."""
     topic = create_topic(kafka_bootstrap, 1, prefix="count")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(1000)))
     handled: list[Message] = []
     observer = Checkpoints()
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
-                 every_seconds=None)
+                 every_seconds=None, synchronous_commits=True)
     assert loop.start()
     group = loop._group
-    seen = 0
     try:
         _run_until(loop, lambda: len(handled) >= 1000, 60, "1,000 messages")
-        for trigger, offsets, watermarks in observer.taken[seen:]:
+        for trigger, offsets, watermarks in observer.taken:
             assert trigger is Trigger.COUNT
             assert offsets == {tp: w for tp, w in watermarks.items() if w is not None}
     finally:
@@ -93,6 +95,37 @@ def test_count_trigger_alone_commits_every_n_and_kafka_agrees(kafka_bootstrap: s
                if trigger is Trigger.COUNT]
     assert counted == list(range(100, 1001, 100))
     _kafka_matches(kafka_bootstrap, group, topic, {(topic, 0): 1000})
+
+
+def test_asynchronous_count_checkpoints_wait_for_the_previous_answer(
+    kafka_bootstrap: str
+) -> None:
+    """Asynchronous commits, every_messages=100, 5,000 messages handled faster than the broker
+    answers commits: the first checkpoint is at 100; a checkpoint due while the previous one
+    is unanswered goes out later with the newest watermark (so at least 100 apart, always
+    forward); unconfirmed work never exceeds the default bound of ten intervals; Kafka ends
+    with everything."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="count-async")
+    produce(kafka_bootstrap, topic, (str(i).encode() for i in range(5000)))
+    handled: list[Message] = []
+    observer = Checkpoints()
+    loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
+                 every_seconds=None)
+    assert loop.start()
+    group = loop._group
+    try:
+        deadline = time.monotonic() + 60
+        while len(handled) < 5000:
+            assert time.monotonic() < deadline, "timed out waiting for 5,000 messages"
+            loop.run_once()
+            assert all(p.unconfirmed <= 1000 for p in loop.snapshot().partitions.values())
+    finally:
+        loop.close()
+    counted = [offsets[(topic, 0)] for trigger, offsets, _ in observer.taken
+               if trigger is Trigger.COUNT]
+    assert counted[0] == 100
+    assert all(later - earlier >= 100 for earlier, later in itertools.pairwise(counted))
+    _kafka_matches(kafka_bootstrap, group, topic, {(topic, 0): 5000})
 
 
 def test_count_checkpoints_are_in_kafka_after_each_one(kafka_bootstrap: str) -> None:
@@ -138,14 +171,15 @@ def test_interval_trigger_alone_commits_an_idle_consumers_work(kafka_bootstrap: 
 
 
 def test_both_triggers_whichever_comes_first(kafka_bootstrap: str) -> None:
-    """every_messages=100 and every_seconds=1 with 250 messages: the count commits 100 and 200,
-    the interval commits the remaining 50 once the consumer is idle."""
+    """every_messages=100 and every_seconds=1 with 250 messages (synchronous commits, so every
+    due checkpoint goes out at once): the count commits 100 and 200, the interval commits the
+    remaining 50 once the consumer is idle."""
     topic = create_topic(kafka_bootstrap, 1, prefix="both")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(250)))
     handled: list[Message] = []
     observer = Checkpoints()
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
-                 every_seconds=1.0)
+                 every_seconds=1.0, synchronous_commits=True)
     assert loop.start()
     try:
         _run_until(loop, lambda: any(o.get((topic, 0)) == 250 for _, o, _ in observer.taken),

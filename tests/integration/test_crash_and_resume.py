@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from consumer_process import ConsumerProcess, consumer_config, duplicates
 
+from consumer.engine import UNCONFIRMED_INTERVALS
 from tests.support.kafka import create_topic, group_offsets, produce, unique_name, wait_for
 
 pytestmark = pytest.mark.integration
@@ -20,22 +21,24 @@ def _values(records: list[tuple[int, int, str]]) -> set[int]:
 
 
 @pytest.mark.parametrize(
-    ("synchronous", "bound"),
-    [(True, 1), (False, 2)],
-    ids=["synchronous-commits", "asynchronous-commits"],
+    ("synchronous", "max_unconfirmed", "bound"),
+    [(True, None, 1), (False, None, UNCONFIRMED_INTERVALS), (False, 1_000, 2)],
+    ids=["synchronous-commits", "asynchronous-commits", "asynchronous-commits-bounded"],
 )
 def test_sigkill_rereads_at_most_the_unconfirmed_intervals(
-    kafka_bootstrap: str, tmp_path: Path, synchronous: bool, bound: int
+    kafka_bootstrap: str, tmp_path: Path, synchronous: bool, max_unconfirmed: int | None,
+    bound: int
 ) -> None:
     """Killed with SIGKILL at a random point, the restarted consumer handles again at most
-    every_messages records with synchronous commits (two intervals with asynchronous ones,
-    where one commit may still be in flight), and every record is handled at least once."""
+    every_messages records with synchronous commits, at most max_unconfirmed_messages with
+    asynchronous ones (ten intervals by default), and every record is handled at least once."""
     total, every = 20_000, 500
     topic = create_topic(kafka_bootstrap, 3, prefix="sigkill")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(total)))
     config = consumer_config(kafka_bootstrap, unique_name("sigkill"), topic,
-                             every_messages=every, poll_batch_size=200)
-    config["checkpoint"]["synchronous_commits"] = synchronous
+                             every_messages=every, poll_batch_size=200,
+                             synchronous_commits=synchronous)
+    config["checkpoint"]["max_unconfirmed_messages"] = max_unconfirmed
     kill_at = random.Random().randint(2_000, total - 2_000)
 
     slow = {"RECORD_SLEEP_SECONDS": "0.0001"}
@@ -99,6 +102,8 @@ def test_second_member_takes_over_killed_members_partitions(
     group = unique_name("takeover")
     config = consumer_config(kafka_bootstrap, group, topic, every_messages=every,
                              poll_batch_size=50)
+    # The bound this test holds the consumer to: two intervals unconfirmed at most.
+    config["checkpoint"]["max_unconfirmed_messages"] = 2 * every
     slow = {"RECORD_SLEEP_SECONDS": "0.001"}
     a = ConsumerProcess(tmp_path, "a", config, env=slow).start()
     b = ConsumerProcess(tmp_path, "b", config, env=slow).start()
@@ -128,5 +133,5 @@ def test_second_member_takes_over_killed_members_partitions(
         offsets = [o for p, o, _ in taken_over if p == partition]
         assert offsets, f"a never handled partition {partition} after b died"
         assert min(offsets) == (committed[partition] or 0)
-    # Asynchronous commits: at most two intervals unconfirmed when b died.
+    # At most two intervals unconfirmed when b died (the configured bound).
     assert duplicates(a.records() + b.records()) <= 2 * every

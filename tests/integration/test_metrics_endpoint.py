@@ -36,13 +36,15 @@ def caught_up(s: Scrape, topic: str, partitions: int) -> bool:
 def test_fifty_thousand_messages_lag_falls_to_zero_and_commits_match_kafka(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    """3 partitions, 50,000 messages, a checkpoint every 1,000: once caught up, processed and
-    committed lag are 0 everywhere, committed_offset equals the group's offsets in Kafka, and
+    """3 partitions, 50,000 messages, a checkpoint every 1,000 (synchronous commits, so no
+    checkpoint waits for the previous one): once caught up, processed and committed lag are 0
+    everywhere, committed_offset equals the group's offsets in Kafka, and
     commits_total{trigger="count"} is 50."""
     topic = create_topic(kafka_bootstrap, 3, prefix="metrics-run")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(50_000)))
     group = unique_name("metrics-run")
-    config = consumer_config(kafka_bootstrap, group, topic, every_messages=1000)
+    config = consumer_config(kafka_bootstrap, group, topic, every_messages=1000,
+                             synchronous_commits=True)
     run = ConsumerProcess(tmp_path, "run", config).start()
     try:
         base = endpoint(run)

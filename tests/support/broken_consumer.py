@@ -49,24 +49,22 @@ def _no_fence() -> None:
 
 def _effects_commit_alone() -> None:
     """Commit after every handler: effects land before (outside) the checkpoint's transaction."""
-    original = StoreCheckpoint._apply
+    original = StoreCheckpoint._apply_optimistically
 
     def apply(self: StoreCheckpoint, *args, **kwargs):  # type: ignore[no-untyped-def]
         store = self._store
-        release = store.release_savepoint
 
-        def release_and_commit() -> None:
-            release()
-            store.commit()
-            store.begin()
+        def committing(handler):  # type: ignore[no-untyped-def]
+            def run(message, context):  # type: ignore[no-untyped-def]
+                handler(message, context)
+                store.commit()
+                store.begin()
+            return run
 
-        store.release_savepoint = release_and_commit  # type: ignore[method-assign]
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            store.release_savepoint = release  # type: ignore[method-assign]
+        self._handlers = {topic: committing(h) for topic, h in self._handlers.items()}
+        return original(self, *args, **kwargs)
 
-    StoreCheckpoint._apply = apply  # type: ignore[method-assign]
+    StoreCheckpoint._apply_optimistically = apply  # type: ignore[method-assign]
 
 
 def _store_classes() -> list[type[Store]]:

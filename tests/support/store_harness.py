@@ -69,10 +69,9 @@ class HeaderedSource(InMemorySource):
     same value at two offsets is the same event delivered twice."""
 
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
-        batch = super().poll(max_messages, timeout)
-        for message in batch:
-            message.headers = [(HEADER, message.value)]
-        return batch
+        return [Message(m.topic, m.partition, m.offset, m.value, headers=[(HEADER, m.value)],
+                        timestamp=m.timestamp)
+                for m in super().poll(max_messages, timeout)]
 
 
 class EffectWriter:

@@ -68,6 +68,7 @@ def make_loop(
     batch_size: int = 500,
     clock: ManualClock | None = None,
     observer: Observer | None = None,
+    max_unconfirmed: int | None = None,
 ) -> ConsumerLoop:
     return ConsumerLoop(
         source,
@@ -78,6 +79,7 @@ def make_loop(
         observer=observer or Observer(),
         batch_size=batch_size,
         poll_timeout=0.0,
+        max_unconfirmed=max_unconfirmed,
     )
 
 

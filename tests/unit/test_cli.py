@@ -129,7 +129,8 @@ def test_check_prints_the_effective_config_as_json_with_secrets_masked(
     assert printed["kafka"]["client_id"] == "from-env"
     assert printed["routes"]["events"]["handler"] == "handlers.echo:handle"
     assert printed["checkpoint"] == {
-        "every_messages": 1000, "every_seconds": 5.0, "synchronous_commits": False
+        "every_messages": 1000, "every_seconds": 5.0, "synchronous_commits": False,
+        "max_unconfirmed_messages": None,
     }
 
 

@@ -426,12 +426,41 @@ def test_failed_final_commit_on_close_raises_and_still_closes_the_source() -> No
     assert loop.state is LoopState.CLOSED
 
 
+def test_a_due_checkpoint_waits_for_the_answer_to_the_previous_one() -> None:
+    """Asynchronous commits: while the broker has not answered one, the next due checkpoint
+    is not sent (the coordinator would only queue it); work goes on, and once the answer
+    arrives the checkpoint goes out with the newest watermark."""
+    source = InMemorySource({"t": [values(50)]})
+    recorder = Recorder()
+    loop = make_loop(source, recorder, every_messages=10, batch_size=10)
+    loop.start()
+    source.hold_commit_results = True
+    for _ in range(4):
+        loop.run_once()
+    assert len(recorder.seen) == 40
+    assert source.commits == [({("t", 0): 10}, True)]
+    source.hold_commit_results = False
+    loop.run_once()
+    assert source.commits[1:] == [({("t", 0): 50}, True)]
+
+
+def test_unconfirmed_work_is_bounded_by_ten_intervals_by_default() -> None:
+    source = InMemorySource({"t": [values(300)]})
+    recorder = Recorder()
+    loop = make_loop(source, recorder, every_messages=10, batch_size=7)
+    loop.start()
+    source.hold_commit_results = True
+    for _ in range(30):
+        loop.run_once()
+        assert loop.snapshot().partitions[("t", 0)].unconfirmed <= 100
+
+
 def test_unconfirmed_work_is_confirmed_with_one_synchronous_commit_not_a_stall() -> None:
-    """Async acknowledgements still in flight after two intervals: the loop commits every
+    """Async acknowledgements still in flight at the bound: the loop commits every
     watermark synchronously once (confirming the earlier commits too) and goes on at once."""
     source = InMemorySource({"t": [values(100)]})
     recorder = Recorder()
-    loop = make_loop(source, recorder, every_messages=10, batch_size=500)
+    loop = make_loop(source, recorder, every_messages=10, batch_size=500, max_unconfirmed=20)
     loop.start()
     source.hold_commit_results = True
     for _ in range(20):  # 10 turns handle messages, the others confirm
@@ -444,10 +473,10 @@ def test_unconfirmed_work_is_confirmed_with_one_synchronous_commit_not_a_stall()
 
 def test_unconfirmed_work_waits_while_the_broker_refuses_commits() -> None:
     """While commits are held back and the synchronous one is refused (a rebalance), the loop
-    takes nothing beyond two intervals, and leaves no partition paused behind."""
+    takes nothing beyond its bound, and leaves no partition paused behind."""
     source = InMemorySource({"t": [values(100)]})
     recorder = Recorder()
-    loop = make_loop(source, recorder, every_messages=10, batch_size=500)
+    loop = make_loop(source, recorder, every_messages=10, batch_size=500, max_unconfirmed=20)
     loop.start()
     source.hold_commit_results = True
     loop.run_once()

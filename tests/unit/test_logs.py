@@ -12,7 +12,7 @@ import pytest
 from consumer.clock import ManualClock
 from consumer.errors import HandlerFailed, KafkaError, KafkaFatalError
 from consumer.logs import HumanFormatter, JsonFormatter
-from consumer.message import Context, Message
+from consumer.message import Context, Message, Scope
 from consumer.observer import LoggingObserver
 
 
@@ -29,7 +29,7 @@ def log_from_handler(formatter: logging.Formatter) -> str:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        Context("payments", Message("orders", 2, 41, b"x")).logger.info("order %s", "o-1")
+        Context(Scope("payments"), Message("orders", 2, 41, b"x")).logger.info("order %s", "o-1")
     finally:
         logger.removeHandler(handler)
     return stream.getvalue()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from consumer.errors import ConfigError
-from consumer.message import Context, Message
+from consumer.message import Context, Message, Scope
 from consumer.routing import Route, Router, load_handler
 
 HANDLER_SOURCE = """\
@@ -71,7 +71,7 @@ def test_from_config_imports_handlers_from_the_search_path(
     assert route.topic == "orders"
     assert route.handler_path == f"{module}:handle"
     message = Message("orders", 0, 0, b"x")
-    context = Context("g", message)
+    context = Context(Scope("g"), message)
     assert route.handler(message, context) == ("handled", message, context)
     assert sys.modules[module].__file__ == str(tmp_path / f"{module}.py")
 

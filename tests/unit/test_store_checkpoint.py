@@ -314,3 +314,25 @@ def test_store_unavailable_at_commit_rolls_back_and_the_batch_can_be_retried(
     assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
     assert store.checkpoints(GROUP) == {P0: 2}
     store.close()
+
+
+def test_batch_runs_without_savepoints_until_a_handler_raises(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clean batch takes no savepoint; after a failure the transaction rolls back and the
+    batch runs again with a savepoint per message, so the handlers before the failing message
+    run twice in this process, and their effects still commit once."""
+    savepoints: list[str] = []
+    original = store.savepoint
+    monkeypatch.setattr(store, "savepoint", lambda: (savepoints.append("s"), original())[1])
+    partitions = assigned(store, [P0])
+    run_batch(store, source, events(0, range(4)), EffectWriter(), partitions)
+    assert savepoints == []
+
+    handler = EffectWriter(fail_at=[("t", 0, 6)])
+    run_batch(store, source, events(0, range(4, 8)), handler, partitions)
+    assert len(savepoints) == 3  # one per message up to the failure
+    assert handler.calls == [("t", 0, 4), ("t", 0, 5), ("t", 0, 6),
+                             ("t", 0, 4), ("t", 0, 5), ("t", 0, 6)]
+    assert effects(store) == [("t", 0, o) for o in range(6)]
+    assert processed(store) == [("t", 0, o) for o in range(6)]

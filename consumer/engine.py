@@ -340,6 +340,8 @@ class ConsumerLoop:
         self._observer.lost(partitions)
 
     def on_commit_result(self, offsets: Mapping[TP, int], error: KafkaError | None) -> None:
+        if self._transactional is not None:
+            self._transactional.kafka_commit_answered()
         for tp, offset in offsets.items():
             progress = self._partitions.get(tp)
             if progress is not None:

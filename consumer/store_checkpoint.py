@@ -44,7 +44,8 @@ class StoreCheckpoint:
        else the whole batch rolls back (a newer owner has the partition: we are a zombie)
     4. commit the store
     5. commit the same offsets to Kafka, with the marker: asynchronously for the count and
-       interval triggers, synchronously on revoke and shutdown
+       interval triggers (once the previous one is answered; else the next checkpoint sends
+       them), synchronously on revoke and shutdown
     """
 
     def __init__(
@@ -61,8 +62,12 @@ class StoreCheckpoint:
         observer: Observer,
         now: Callable[[], float],
         failures: Failures | None = None,
+        kafka_answered: bool = True,
     ) -> None:
         self.trigger = trigger
+        #: False while the previous asynchronous Kafka commit is unanswered: this batch's
+        #: offsets then stay pending for the next checkpoint (the store holds them already).
+        self._kafka_answered = kafka_answered
         self._messages = messages
         self._partitions = partitions
         self._store = store
@@ -224,6 +229,8 @@ class StoreCheckpoint:
                 moved[tp] = offset
         if not moved:
             self._observer.checkpoint_noop(self.trigger)
+            return {}
+        if not self.synchronous and not self._kafka_answered:
             return {}
         try:
             self._source.commit(moved, asynchronous=not self.synchronous)

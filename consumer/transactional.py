@@ -25,6 +25,9 @@ log = logging.getLogger("consumer.transactional")
 
 ExternalResetPolicy = Literal["fail", "follow", "ignore"]
 
+#: Seconds after which an unanswered asynchronous Kafka commit no longer holds the next back.
+KAFKA_ANSWER_TIMEOUT = 30.0
+
 
 class TransactionalBatches:
     """Owns the store, the pending batch and the outage backoff; used by the loop's thread."""
@@ -58,6 +61,8 @@ class TransactionalBatches:
         #: Filled by prepare(); the dedup key functions read topic ids from this very dict.
         self.topic_ids = topic_ids if topic_ids is not None else {}
         self._retry_at: float | None = None
+        #: When the last asynchronous Kafka commit went out, until the broker answers it.
+        self._kafka_sent_at: float | None = None
         self._backoff = 0.5
 
     def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
@@ -106,6 +111,7 @@ class TransactionalBatches:
             trigger, self.pending, partitions, store=self.store, source=self._source,
             router=self._router, keys=self._keys, group=self._group, observer=self._observer,
             now=self._clock.wall, failures=self._failures,
+            kafka_answered=self._kafka_answered(),
         )
         try:
             outcome = batch.run()
@@ -115,6 +121,8 @@ class TransactionalBatches:
             self._became_unavailable(error)
             return None
         self.pending = []
+        if outcome.committed and not batch.synchronous:
+            self._kafka_sent_at = self._clock.monotonic()
         if self._retry_at is not None:
             self._retry_at = None
             self._backoff = 0.5
@@ -123,6 +131,17 @@ class TransactionalBatches:
         if outcome.failure is not None:
             raise outcome.failure
         return outcome.committed
+
+    def kafka_commit_answered(self) -> None:
+        """The broker answered a commit (answers come in order: all earlier ones too)."""
+        self._kafka_sent_at = None
+
+    def _kafka_answered(self) -> bool:
+        """Whether Kafka's copy of the checkpoint may be sent asynchronously now: the
+        coordinator answers one commit at a time, so a new one waits for the last answer
+        (or, should an answer never come, for ``KAFKA_ANSWER_TIMEOUT`` seconds)."""
+        return (self._kafka_sent_at is None
+                or self._clock.monotonic() - self._kafka_sent_at > KAFKA_ANSWER_TIMEOUT)
 
     def _became_unavailable(self, error: StoreUnavailable) -> None:
         now = self._clock.monotonic()

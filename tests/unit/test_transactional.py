@@ -351,3 +351,22 @@ def test_store_offset_at_the_end_of_the_partition_is_in_range(tmp_path: Path) ->
     seed_checkpoint(tmp_path, P0, 5)
     source = HeaderedSource({"t": [values(0, 5)]})
     assert run_from(tmp_path, source) == []
+
+
+def test_kafkas_copy_waits_for_the_answer_to_the_previous_commit(tmp_path: Path) -> None:
+    """Every batch commits in the store; Kafka's copy goes out asynchronously only once the
+    broker answered the previous one, then with the newest offsets."""
+    store = open_store(tmp_path)
+    source = HeaderedSource({"t": [values(0, 12)]})
+    loop, _ = make_store_loop(source, store, EffectWriter(), clock=ManualClock(),
+                              every_messages=4)
+    assert loop.start()
+    source.hold_commit_results = True
+    for _ in range(3):
+        loop.run_once()
+    assert store.checkpoints(GROUP) == {P0: 12}
+    assert source.commits == [({P0: 4}, True)]
+    source.hold_commit_results = False
+    loop.run_once()  # the answer arrives; the interval-free loop has nothing new to apply
+    loop.close()
+    assert source.commits[-1] == ({P0: 12}, False)

@@ -169,6 +169,7 @@ class MetricsObserver(Observer):
         self.messages_done(self.batch[:count])
 
     def messages_done(self, messages: list[Message]) -> None:
+        self._instruments.flush()
         if not messages:
             return
         now = self._clock.wall()

@@ -296,7 +296,6 @@ def test_handler_durations_count_every_call_by_outcome_and_ages_every_done_messa
     m.loop.run_once()  # 0, 1 done; 2 fails; partition paused
     m.clock.advance(1.0)
     m.loop.run_once()  # resumed: 2..9
-    m.loop.run_once()  # durations are binned when the next poll starts
     name = "consumer_handler_duration_seconds"
     count, total = m.histogram(name, topic="t", outcome="success")
     assert count == 10 and total == pytest.approx(2.0)
@@ -428,9 +427,6 @@ def test_store_mode_lag_seconds_counts_the_pending_batch_and_store_metrics_count
         assert m.histogram("consumer_store_duration_seconds", operation=operation)[0] == 1
         assert m.value("consumer_store_errors_total", operation=operation) == 0
     assert m.histogram("consumer_message_age_seconds", topic="t") == (5, 25)
-    assert m.histogram("consumer_handler_duration_seconds", topic="t",
-                       outcome="success")[0] == 0  # binned with the next poll
-    m.loop.run_once()
     assert m.histogram("consumer_handler_duration_seconds", topic="t",
                        outcome="success")[0] == 5
 

@@ -15,6 +15,9 @@ from consumer.clock import SystemClock
 from consumer.dedup import KeyFunction, key_function
 from consumer.engine import ConsumerLoop
 from consumer.failures import Failures, build_policies
+from consumer.instruments import Instruments
+from consumer.lag import LogTracker
+from consumer.log_watch import LogWatch
 from consumer.observer import LoggingObserver, Observer, Observers
 from consumer.purge import ProcessedKeyPurger
 from consumer.routing import Router
@@ -22,6 +25,7 @@ from consumer.settings import Settings
 from consumer.source import KafkaDeadLetterSink, KafkaSource
 from consumer.store import open_store
 from consumer.transactional import TransactionalBatches
+from consumer.transport import Source
 
 log = logging.getLogger("consumer.app")
 
@@ -43,10 +47,18 @@ def build_keys(settings: Settings, topic_ids: Mapping[str, str]) -> dict[str, Ke
 def build_loop(
     settings: Settings, router: Router, *extra_observers: Observer,
     on_statistics: Callable[[str], None] | None = None,
+    instruments: Instruments | None = None,
+    log: LogTracker | None = None,
 ) -> ConsumerLoop:
     """Wire a consumer loop for these settings; nothing connects until ``loop.start()``
-    (a SQLite store file is opened here; PostgreSQL connects at ``loop.start()``)."""
-    source = KafkaSource(settings.kafka, on_statistics=on_statistics)
+    (a SQLite store file is opened here; PostgreSQL connects at ``loop.start()``).
+
+    With ``instruments``, handlers, the store and commits are timed; with ``log``, the loop
+    keeps paused partitions' end offsets and transactional positions current in it."""
+    source: Source = KafkaSource(settings.kafka, on_statistics=on_statistics)
+    if instruments is not None:
+        router = instruments.router(router)
+        source = instruments.source(source)
     observer = Observers(LoggingObserver(), *extra_observers)
     clock = SystemClock()
     topic_ids: dict[str, str] = {}
@@ -58,6 +70,8 @@ def build_loop(
     if settings.store.enabled:
         store = open_store(settings.store.url.get_secret_value(),
                            sqlite_synchronous=settings.store.sqlite_synchronous)
+        if instruments is not None:
+            store = instruments.store(store)
         transactional = TransactionalBatches(
             store, source=source, router=router, keys=keys, group=settings.kafka.group_id,
             observer=observer, clock=clock, on_external_reset=settings.store.on_external_reset,
@@ -81,6 +95,7 @@ def build_loop(
         keys=keys,
         transactional=transactional,
         failures=failures,
+        log_watch=None if log is None else LogWatch(log, source=source, clock=clock),
     )
 
 

@@ -89,7 +89,9 @@ def _run(settings: Settings, router: Router) -> int:
     observability = build_observability(settings)
     try:
         loop = build_loop(settings, router, *observability.observers,
-                          on_statistics=observability.on_statistics)
+                          on_statistics=observability.on_statistics,
+                          instruments=observability.instruments,
+                          log=observability.log_tracker)
     except ConsumerError as error:
         return _failed(error)
     try:

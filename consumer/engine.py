@@ -17,6 +17,7 @@ from consumer.dedup import KeyFunction
 from consumer.dispatch import Dispatcher
 from consumer.errors import ConsumerError, KafkaError
 from consumer.failures import Failures
+from consumer.log_watch import LogWatch
 from consumer.message import Message
 from consumer.observer import Observer
 from consumer.routing import Router
@@ -61,6 +62,7 @@ class ConsumerLoop:
         transactional: TransactionalBatches | None = None,
         failures: Failures | None = None,
         dispatcher: Dispatcher | None = None,
+        log_watch: LogWatch | None = None,
     ) -> None:
         self._source = source
         self._router = router
@@ -86,6 +88,7 @@ class ConsumerLoop:
         self._dispatcher = dispatcher or Dispatcher(router, group=group, keys=self._keys,
                                                     failures=failures, source=source)
         self._transactional = transactional
+        self._log_watch = log_watch
         self._partitions: dict[TP, PartitionProgress] = {}
         self._checkpoints = CheckpointState(policy, clock.monotonic())
         #: A due asynchronous checkpoint waits for the broker's answer to the previous one.
@@ -135,6 +138,9 @@ class ConsumerLoop:
 
     def run_once(self) -> int:
         """One turn: poll a batch, handle it, checkpoint if due. Returns messages done."""
+        watch = self._log_watch
+        if watch is not None and watch.due(self._clock.monotonic()):
+            watch.refresh(self._partitions, self._paused(), self._held())
         if self._transactional is not None and self._transactional.unavailable:
             self._wait_for_store()
             return 0
@@ -194,6 +200,21 @@ class ConsumerLoop:
                 self._checkpoints.record_done(done)
                 self._observer.batch_done(done)
         return done
+
+    def _paused(self) -> list[TP]:
+        """Assigned partitions not fetched now: waiting for a retry, or all of them while the
+        store is unavailable (``_confirm`` pauses and resumes within one call)."""
+        if self._transactional is not None and self._transactional.unavailable:
+            return list(self._partitions)
+        if self._failures is None or not self._failures.waiting:
+            return []
+        return [tp for tp in self._failures.paused() if tp in self._partitions]
+
+    def _held(self) -> set[TP]:
+        """Partitions with messages polled and not done: a store's pending batch."""
+        if self._transactional is None:
+            return set()
+        return {(m.topic, m.partition) for m in self._transactional.pending}
 
     def _not_waiting(self, partitions: list[TP]) -> list[TP]:
         """Leave paused the partitions whose failed message waits for its next attempt."""
@@ -377,4 +398,6 @@ class ConsumerLoop:
                 )
                 for tp, p in partitions.items()
             },
+            paused=frozenset(self._paused()),
+            pending=() if self._transactional is None else self._transactional.pending,
         )

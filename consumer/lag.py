@@ -6,18 +6,27 @@
   now minus the timestamp of the oldest unprocessed message the consumer holds; when that
   message is not fetched yet, the time the log's end passed its offset, interpolated between
   recorded (end offset, time) samples, never extrapolated.
+- transaction markers: the end offset counts a transaction's commit marker, which no handler
+  ever sees; when the consumer holds nothing of a partition and the client's position is past
+  the watermark, the position is what was processed (:class:`Skip`).
 
 :class:`LogTracker` keeps the latest :class:`~consumer.snapshot.LogOffsets` per partition and
-those samples. The poll thread updates it (from the client's statistics); the metrics thread
-reads it. It never calls the broker.
+those samples. The poll thread updates it (from the client's statistics, and for paused
+partitions from a throttled broker query); the metrics thread reads it. It never calls the
+broker.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from consumer.snapshot import TP, LogOffsets
+
+#: Seconds a released pin still holds back a lower end from the statistics (the client needs
+#: a fetch or two after a partition resumes before its statistics catch up).
+PIN_GRACE_SECONDS = 30.0
 
 #: Samples kept per partition; older ones are thinned out, so the history reaches further back
 #: at a coarser resolution instead of being cut off.
@@ -74,8 +83,33 @@ class EndTimeline:
         return None
 
 
+@dataclass
+class _Pin:
+    """An end offset asked from the broker for a paused partition, whose cached watermarks
+    in the client's statistics have stopped moving."""
+
+    start: int
+    end: int
+    #: Wall time the partition resumed (its pin lapses once the statistics catch up).
+    released_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """The client's position is past the watermark with nothing unprocessed in between (only
+    transaction markers or aborted records): ``watermark`` may be read as ``position``."""
+
+    watermark: int
+    position: int
+
+
 class LogTracker:
-    """The latest log offsets of every partition the client reports, and their timelines."""
+    """The latest log offsets of every partition the client reports, and their timelines.
+
+    Fed on the poll thread by the client's statistics (:meth:`update`) and by
+    :class:`~consumer.log_watch.LogWatch` (:meth:`pin_end` for paused partitions,
+    :meth:`record_skips` for positions past transaction markers); read by the scrape.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -83,15 +117,15 @@ class LogTracker:
         self._timelines: dict[TP, EndTimeline] = {}
         self._fetched_bytes: dict[TP, int] = {}
         self._bytes_by_topic: dict[str, int] = {}
+        self._pins: dict[TP, _Pin] = {}
+        self._skips: Mapping[TP, Skip] = {}
 
     def update(self, offsets: Mapping[TP, LogOffsets], at: float) -> None:
         """New offsets from the client (the poll thread); ``at`` is wall time."""
         with self._lock:
+            offsets = {tp: self._pinned(tp, log, at) for tp, log in offsets.items()}
             for tp, log in offsets.items():
-                timeline = self._timelines.get(tp)
-                if timeline is None:
-                    timeline = self._timelines[tp] = EndTimeline()
-                timeline.record(log.end, at)
+                self._timeline(tp).record(log.end, at)
                 before = self._fetched_bytes.get(tp, 0)
                 # A client-side counter that went down was reset: count it from zero again.
                 grown = log.fetched_bytes - before if log.fetched_bytes >= before \
@@ -100,6 +134,53 @@ class LogTracker:
                 if grown:
                     self._bytes_by_topic[tp[0]] = self._bytes_by_topic.get(tp[0], 0) + grown
             self._offsets = {**self._offsets, **offsets}
+
+    def _timeline(self, tp: TP) -> EndTimeline:
+        timeline = self._timelines.get(tp)
+        if timeline is None:
+            timeline = self._timelines[tp] = EndTimeline()
+        return timeline
+
+    def _pinned(self, tp: TP, log: LogOffsets, at: float) -> LogOffsets:
+        """The statistics' offsets, with the broker's fresher end while a pin holds."""
+        pin = self._pins.get(tp)
+        if pin is None:
+            return log
+        if log.end >= pin.end or (pin.released_at is not None
+                                  and at - pin.released_at > PIN_GRACE_SECONDS):
+            del self._pins[tp]
+            return log
+        return LogOffsets(start=max(log.start, pin.start), end=pin.end,
+                          committed=log.committed, fetched_bytes=log.fetched_bytes)
+
+    def pin_end(self, tp: TP, start: int, end: int, at: float) -> None:
+        """A paused partition's log range as the broker answered it now (the poll thread)."""
+        with self._lock:
+            self._pins[tp] = _Pin(start, end)
+            known = self._offsets.get(tp)
+            log = LogOffsets(start=start, end=end) if known is None else LogOffsets(
+                start=max(known.start, start), end=max(known.end, end),
+                committed=known.committed, fetched_bytes=known.fetched_bytes)
+            self._timeline(tp).record(log.end, at)
+            self._offsets = {**self._offsets, tp: log}
+
+    def release(self, partitions: list[TP], at: float) -> None:
+        """These partitions are fetched again: their pins lapse once the statistics catch up."""
+        with self._lock:
+            for tp in partitions:
+                pin = self._pins.get(tp)
+                if pin is not None and pin.released_at is None:
+                    pin.released_at = at
+
+    def pinned(self) -> list[TP]:
+        return [tp for tp, pin in self._pins.items() if pin.released_at is None]
+
+    def record_skips(self, skips: Mapping[TP, Skip]) -> None:
+        """Replace every partition's :class:`Skip` (the poll thread)."""
+        self._skips = dict(skips)
+
+    def skips(self) -> Mapping[TP, Skip]:
+        return self._skips
 
     def offsets(self) -> Mapping[TP, LogOffsets]:
         return self._offsets
@@ -119,7 +200,9 @@ class LogTracker:
         with self._lock:
             for tp in partitions:
                 self._timelines.pop(tp, None)
+                self._pins.pop(tp, None)
             self._offsets = {tp: o for tp, o in self._offsets.items() if tp not in partitions}
+            self._skips = {tp: s for tp, s in self._skips.items() if tp not in partitions}
 
 
 def lag_seconds(

@@ -1,10 +1,12 @@
 """Prometheus metrics: every name this module exports, with its own registry.
 
-Two parts, so the hot path stays cheap:
+Three parts, so the hot path stays cheap:
 
 - :class:`MetricsObserver` counts the engine's events (once per batch, commit or rebalance,
   never per message) and keeps plain references the scrape reads (the batch in hand, commit
-  times).
+  times, the rebalance in progress).
+- :class:`~consumer.instruments.Instruments` times handler calls, store operations and
+  commits through thin wrappers, into :class:`~consumer.histogram.Histogram` accumulators.
 - :class:`ConsumerCollector` computes every gauge when Prometheus scrapes, from the loop's
   snapshot, the lifecycle facts and the client's log offsets. Per-partition series exist while
   the partition is assigned: they vanish with it on revoke or loss. The scrape never calls the
@@ -18,14 +20,21 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from consumer.checkpoint_policy import Trigger
 from consumer.clock import Clock
 from consumer.errors import ConsumerError, HandlerFailed, KafkaError
 from consumer.health import Health, Lifecycle
-from consumer.lag import LogTracker, lag_messages, lag_seconds
+from consumer.histogram import AGE_BUCKETS, Histogram
+from consumer.instruments import STORE_OPERATIONS, Instruments
+from consumer.lag import LogTracker, Skip, lag_messages, lag_seconds
 from consumer.message import Message
 from consumer.observer import TP, Observer
 from consumer.snapshot import LogOffsets, LoopSnapshot, PartitionSnapshot
@@ -43,6 +52,12 @@ METRICS: dict[str, str] = {
                                   "since it was assigned.",
     "consumer_consumed_bytes": "Bytes of records fetched from Kafka (refetches included).",
     "consumer_messages_processed": "Messages done, by outcome (success, duplicate).",
+    "consumer_handler_duration_seconds": "Handler calls by how long they took, by outcome "
+                                         "(success, error).",
+    "consumer_message_age_seconds": "Messages by their age (now minus the record's "
+                                    "timestamp) when the batch that did them was done.",
+    "consumer_handler_oldest_start_timestamp_seconds": "When the handler call in progress "
+                                                       "started; 0 when none is running.",
     # --- errors
     "consumer_handler_errors": "Handler exceptions, by exception class.",
     "consumer_kafka_errors": "Errors the Kafka client reported, by librdkafka code.",
@@ -56,6 +71,9 @@ METRICS: dict[str, str] = {
     "consumer_uncommitted_messages": "Messages done whose commit the broker has not confirmed.",
     "consumer_checkpoint_age_seconds": "Age of the oldest done-but-uncommitted message; "
                                        "0 when none.",
+    "consumer_commit_duration_seconds": "Offset commits by how long the loop spent in them "
+                                        "(synchronous: until the broker answered; "
+                                        "asynchronous: sending).",
     # --- lag
     "consumer_partition_end_offset": "Offset the next produced message gets (high watermark).",
     "consumer_partition_start_offset": "First offset still in the log.",
@@ -66,9 +84,19 @@ METRICS: dict[str, str] = {
                                       "up.",
     # --- store
     "consumer_processed_keys_purged": "Processed keys purged past their retention.",
+    "consumer_dedup_lookups": "Dedup keys looked up in the store: hit (processed before, "
+                              "skipped) or miss (new).",
+    "consumer_store_duration_seconds": "Store operations of checkpoint batches and "
+                                       "assignments by how long they took.",
+    "consumer_store_errors": "Store operations that failed.",
     # --- group
     "consumer_rebalances": "Partitions assigned, revoked or lost events.",
+    "consumer_rebalance_duration_seconds": "Rebalances by how long they took, from joining "
+                                           "or the first revoke to the end of the poll that "
+                                           "brought the assignment.",
     "consumer_assigned_partitions": "Partitions assigned to this consumer.",
+    "consumer_paused_partitions": "Assigned partitions not fetched now (waiting for a retry, "
+                                  "or the store is unavailable).",
 }
 
 #: LoopState value -> the ``state`` label values of ``consumer_state``.
@@ -85,11 +113,20 @@ class MetricsObserver(Observer):
     """Counts events; keeps the references the scrape reads. Runs on the poll thread."""
 
     def __init__(self, *, registry: CollectorRegistry, clock: Clock, group: str,
-                 log: LogTracker) -> None:
+                 log: LogTracker, instruments: Instruments) -> None:
         self._clock = clock
         self._group = group
         self._log = log
+        self._instruments = instruments
         self.topics: list[str] = []
+        #: topic -> ages of its done messages
+        self.ages: dict[str, Histogram] = {}
+        #: Monotonic time the rebalance in progress began (joining the group, or the first
+        #: revoke or loss); None when none is. It ends with the poll that brought the
+        #: assignment.
+        self.rebalance_since: float | None = None
+        self._assignment_arrived = False
+        self.rebalance = Histogram(AGE_BUCKETS)
         #: The batch in hand: the scrape finds the oldest unprocessed message of each partition.
         self.batch: list[Message] = []
         #: Per partition: (offset, wall time) of the last commit sent, and of the last ack.
@@ -117,12 +154,43 @@ class MetricsObserver(Observer):
         self.topics = list(topics)
         for topic in topics:
             self._processed.labels(self._group, topic, "success")
+            self.ages[topic] = Histogram(AGE_BUCKETS)
+        self._rebalancing()  # joining the group is the first rebalance
 
     def polled(self, messages: list[Message]) -> None:
+        self._instruments.flush()
+        if self.rebalance_since is not None and self._assignment_arrived:
+            self.rebalance.observe(self._clock.monotonic() - self.rebalance_since)
+            self.rebalance_since = None
         self.batch = messages
 
     def batch_done(self, count: int) -> None:
         self._count_processed(count, "success")
+        self.messages_done(self.batch[:count])
+
+    def messages_done(self, messages: list[Message]) -> None:
+        self._instruments.flush()
+        if not messages:
+            return
+        now = self._clock.wall()
+        if len(self.topics) == 1:
+            stamps = [m.timestamp for m in messages]
+            if None in stamps:  # records without a timestamp have no age
+                stamps = [stamp for stamp in stamps if stamp is not None]
+            self._age(self.topics[0]).observe_ages(now, stamps)  # type: ignore[arg-type]
+            return
+        by_topic: dict[str, list[float]] = {}
+        for message in messages:
+            if message.timestamp is not None:
+                by_topic.setdefault(message.topic, []).append(message.timestamp)
+        for topic, found in by_topic.items():
+            self._age(topic).observe_ages(now, found)
+
+    def _age(self, topic: str) -> Histogram:
+        histogram = self.ages.get(topic)
+        if histogram is None:
+            histogram = self.ages[topic] = Histogram(AGE_BUCKETS)
+        return histogram
 
     def batch_applied(self, applied: int, duplicates: int) -> None:
         self._count_processed(applied, "success")
@@ -163,14 +231,23 @@ class MetricsObserver(Observer):
 
     def assigned(self, partitions: list[TP]) -> None:
         self._rebalances.labels(self._group, "assign").inc()
+        self._rebalancing()
+        self._assignment_arrived = True
 
     def revoked(self, partitions: list[TP]) -> None:
         self._rebalances.labels(self._group, "revoke").inc()
+        self._rebalancing()
         self._forget(partitions)
 
     def lost(self, partitions: list[TP]) -> None:
         self._rebalances.labels(self._group, "lost").inc()
+        self._rebalancing()
         self._forget(partitions)
+
+    def _rebalancing(self) -> None:
+        if self.rebalance_since is None:
+            self.rebalance_since = self._clock.monotonic()
+            self._assignment_arrived = False
 
     def _forget(self, partitions: list[TP]) -> None:
         for tp in partitions:
@@ -228,8 +305,13 @@ class ConsumerCollector(Collector):
         clock: Clock,
         group: str,
         version: str,
+        instruments: Instruments,
+        store: bool = False,
     ) -> None:
         self._snapshot = snapshot
+        self._instruments = instruments
+        #: Whether a store is configured: its families have samples only then.
+        self._store = store
         self._events = events
         self._lifecycle = lifecycle
         self._health = health
@@ -255,6 +337,52 @@ class ConsumerCollector(Collector):
         for topic, count in sorted(self._log.fetched_bytes().items()):
             fetched.add_metric([self._group, topic], count)
         yield fetched
+        paused = GaugeMetricFamily("consumer_paused_partitions",
+                                   METRICS["consumer_paused_partitions"],
+                                   labels=["group", "topic"])
+        per_topic = Tally(topic for topic, _ in snapshot.paused)
+        for topic in sorted(set(self._events.topics) | set(per_topic)):
+            paused.add_metric([self._group, topic], per_topic.get(topic, 0))
+        yield paused
+        yield from self._timings()
+        yield from self._store_metrics()
+
+    def _timings(self) -> Iterable[Metric]:
+        instruments, group = self._instruments, self._group
+        yield _histograms("consumer_handler_duration_seconds", ["group", "topic", "outcome"],
+                          {(group, *key): h for key, h in sorted(instruments.handler.items())})
+        yield _histograms("consumer_message_age_seconds", ["group", "topic"],
+                          {(group, topic): h for topic, h in sorted(self._events.ages.items())})
+        yield _histograms("consumer_commit_duration_seconds", ["group"],
+                          {(group,): instruments.commit})
+        yield _histograms("consumer_rebalance_duration_seconds", ["group"],
+                          {(group,): self._events.rebalance})
+        started = GaugeMetricFamily("consumer_handler_oldest_start_timestamp_seconds",
+                                    METRICS["consumer_handler_oldest_start_timestamp_seconds"],
+                                    labels=["group"])
+        since = instruments.started
+        started.add_metric([group], 0.0 if not since else
+                           self._clock.wall() - (instruments.now() - since))
+        yield started
+
+    def _store_metrics(self) -> Iterable[Metric]:
+        instruments, group = self._instruments, self._group
+        store = self._store
+        yield _histograms("consumer_store_duration_seconds", ["group", "operation"],
+                          {(group, operation): histogram for operation, histogram
+                           in instruments.store_duration.items()} if store else {})
+        errors = CounterMetricFamily("consumer_store_errors", METRICS["consumer_store_errors"],
+                                     labels=["group", "operation"])
+        lookups = CounterMetricFamily("consumer_dedup_lookups",
+                                      METRICS["consumer_dedup_lookups"],
+                                      labels=["group", "topic", "result"])
+        if store:
+            for operation in STORE_OPERATIONS:
+                errors.add_metric([group, operation], instruments.store_errors[operation])
+            for (topic, result), count in sorted(instruments.dedup.items()):
+                lookups.add_metric([group, topic, result], count)
+        yield errors
+        yield lookups
 
     def _process(self, snapshot: LoopSnapshot) -> Iterable[Metric]:
         group = self._group
@@ -265,6 +393,8 @@ class ConsumerCollector(Collector):
         state = GaugeMetricFamily("consumer_state", METRICS["consumer_state"],
                                   labels=["group", "state"])
         current = STATES.get(snapshot.state, "starting")
+        if current == "running" and self._events.rebalance_since is not None:
+            current = "rebalancing"
         for name in STATE_LABELS:
             state.add_metric([group, name], 1 if name == current else 0)
         yield state
@@ -287,18 +417,20 @@ class ConsumerCollector(Collector):
                     for name in PARTITION_METRICS}
         now, wall = self._clock.monotonic(), self._clock.wall()
         offsets = self._log.offsets()
-        held = held_messages(self._events.batch, snapshot.partitions)
+        held = held_messages([snapshot.pending, self._events.batch], snapshot.partitions)
+        skips = self._log.skips()
         for tp, progress in sorted(snapshot.partitions.items()):
             labels = [self._group, tp[0], str(tp[1])]
+            skip = None if tp in held or tp in snapshot.paused else skips.get(tp)
             for name, value in self._partition_values(
-                tp, progress, offsets.get(tp), held.get(tp), now, wall
+                tp, progress, offsets.get(tp), held.get(tp), now, wall, skip
             ):
                 families[name].add_metric(labels, value)
         yield from families.values()
 
     def _partition_values(
         self, tp: TP, progress: PartitionSnapshot, log: LogOffsets | None,
-        held: Held | None, now: float, wall: float,
+        held: Held | None, now: float, wall: float, skip: Skip | None,
     ) -> Iterable[tuple[str, float]]:
         yield "consumer_messages_consumed", progress.done
         yield "consumer_uncommitted_messages", progress.unconfirmed
@@ -313,6 +445,11 @@ class ConsumerCollector(Collector):
         if committed_at is not None:
             yield "consumer_last_commit_timestamp_seconds", committed_at
         position = progress.watermark if progress.watermark is not None else committed
+        if skip is not None and skip.watermark == progress.watermark:
+            # Only transaction markers lie between the watermark and the client's position.
+            if committed == progress.watermark:
+                committed = skip.position
+            position = skip.position
         if position is None and held is not None:
             position = held.first  # nothing done nor committed: the client started here
         if log is None and held is None:
@@ -357,17 +494,33 @@ class Held(NamedTuple):
     end: int
 
 
-def held_messages(batch: list[Message], partitions: Mapping[TP, PartitionSnapshot]
-                  ) -> dict[TP, Held]:
-    """Per assigned partition, what the batch in hand holds past its watermark."""
+def held_messages(batches: Iterable[Iterable[Message]],
+                  partitions: Mapping[TP, PartitionSnapshot]) -> dict[TP, Held]:
+    """Per assigned partition, what the batches in hand (a store's pending batch, the last
+    poll) hold past its watermark."""
     found: dict[TP, Held] = {}
-    for message in batch:
-        tp = (message.topic, message.partition)
-        progress = partitions.get(tp)
-        if progress is None or (progress.watermark is not None
-                                and message.offset < progress.watermark):
-            continue
-        first = found.get(tp)
-        found[tp] = (Held(message.offset, message.timestamp, message.offset + 1) if first is None
-                     else first._replace(end=message.offset + 1))
+    for batch in batches:
+        for message in batch:
+            tp = (message.topic, message.partition)
+            progress = partitions.get(tp)
+            if progress is None or (progress.watermark is not None
+                                    and message.offset < progress.watermark):
+                continue
+            held = found.get(tp)
+            if held is None:
+                found[tp] = Held(message.offset, message.timestamp, message.offset + 1)
+            elif message.offset < held.first:
+                found[tp] = Held(message.offset, message.timestamp, max(held.end,
+                                                                        message.offset + 1))
+            elif message.offset >= held.end:
+                found[tp] = held._replace(end=message.offset + 1)
     return found
+
+
+def _histograms(name: str, labels: list[str],
+                histograms: Mapping[tuple[str, ...], Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, METRICS[name], labels=labels)
+    for values, histogram in histograms.items():
+        buckets, total = histogram.export()
+        family.add_metric(list(values), buckets, total)
+    return family

@@ -3,7 +3,8 @@ composition root, :mod:`consumer.app`).
 
     observability = build_observability(settings)
     loop = build_loop(settings, router, *observability.observers,
-                      on_statistics=observability.on_statistics)
+                      on_statistics=observability.on_statistics,
+                      instruments=observability.instruments, log=observability.log_tracker)
     observability.serve(loop.snapshot)       # /readyz answers false until the first assignment
     ...
     observability.close()
@@ -23,6 +24,7 @@ from consumer import __version__, client_stats
 from consumer.clock import Clock, SystemClock
 from consumer.endpoints import ObservabilityServer
 from consumer.health import Health, Lifecycle
+from consumer.instruments import Instruments
 from consumer.lag import LogTracker
 from consumer.metrics import ConsumerCollector, MetricsObserver
 from consumer.observer import Observer
@@ -42,6 +44,7 @@ class Observability:
     lifecycle: Lifecycle
     events: MetricsObserver
     log: LogTracker
+    timings: Instruments
     health: Health | None = None
     server: ObservabilityServer | None = None
     address: tuple[str, int] | None = None
@@ -54,6 +57,17 @@ class Observability:
     @property
     def observers(self) -> tuple[Observer, ...]:
         return (self.lifecycle, self.events) if self.enabled else ()
+
+    @property
+    def instruments(self) -> Instruments | None:
+        """What times handlers, store operations and commits; None with metrics off."""
+        return self.timings if self.enabled else None
+
+    @property
+    def log_tracker(self) -> LogTracker | None:
+        """What the loop's :class:`~consumer.log_watch.LogWatch` feeds; None with metrics
+        off."""
+        return self.log if self.enabled else None
 
     @property
     def on_statistics(self) -> Callable[[str], None] | None:
@@ -93,7 +107,7 @@ class Observability:
         self.registry.register(ConsumerCollector(
             snapshot=snapshot, events=self.events, lifecycle=self.lifecycle,
             health=self.health, log=self.log, clock=self.clock, group=kafka.group_id,
-            version=__version__,
+            version=__version__, instruments=self.timings, store=self.settings.store.enabled,
         ))
         return self.health
 
@@ -110,12 +124,17 @@ def build_observability(
     clock = clock or SystemClock()
     registry = registry or CollectorRegistry()
     tracker = LogTracker()
+    # Handler timing reads perf_counter directly: a SystemClock method call per read would
+    # double its cost. A test's manual clock is read as it is.
+    instruments = Instruments() if isinstance(clock, SystemClock) else Instruments(
+        now=clock.monotonic)
     return Observability(
         settings=settings,
         clock=clock,
         registry=registry,
         lifecycle=Lifecycle(clock),
         events=MetricsObserver(registry=registry, clock=clock, group=settings.kafka.group_id,
-                               log=tracker),
+                               log=tracker, instruments=instruments),
         log=tracker,
+        timings=instruments,
     )

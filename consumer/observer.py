@@ -53,6 +53,9 @@ class Observer:
     def batch_applied(self, applied: int, duplicates: int) -> None:
         """A store transaction committed: handlers applied, and duplicates skipped."""
 
+    def messages_done(self, messages: list[Message]) -> None:
+        """With a store: the messages a committed transaction made done, once per batch."""
+
     def store_unavailable(self, error: StoreError) -> None: ...
 
     def store_available(self) -> None: ...

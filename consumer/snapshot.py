@@ -7,7 +7,10 @@ being changed and never calls into the consumer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from consumer.message import Message
 
 #: (topic, partition)
 TP = tuple[str, int]
@@ -37,6 +40,10 @@ class LoopSnapshot:
     state: str
     stop_requested: bool
     partitions: dict[TP, PartitionSnapshot]
+    #: Partitions not fetched now (waiting for a retry, or the store is unavailable).
+    paused: frozenset[TP] = frozenset()
+    #: With a store: the messages buffered for the next transaction, polled but not done.
+    pending: Sequence[Message] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)

@@ -214,6 +214,15 @@ class KafkaSource:
             raise _translate(error.args[0]) from error
         return int(low), int(high)
 
+    def positions(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """The client's next offset to hand over, per partition (past transaction markers);
+        partitions without one are left out. Local: no broker round trip."""
+        try:
+            found = self._consumer.position([TopicPartition(t, p) for t, p in partitions])
+        except KafkaException as error:
+            raise _translate(error.args[0]) from error
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
     def topic_ids(self, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
         from confluent_kafka import TopicCollection
         from confluent_kafka.admin import AdminClient

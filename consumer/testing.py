@@ -45,11 +45,24 @@ class InMemorySource:
         self.hold_commit_results = False
         #: Set to make the next commit fail with this error.
         self.fail_next_commit: KafkaError | None = None
+        #: Per partition, offsets taken by transaction markers after its last message.
+        self.markers: dict[TP, int] = {}
 
     def append(self, topic: str, partition: int, value: bytes) -> None:
         log = self._log.setdefault((topic, partition), [])
-        offset = log[-1].offset + 1 if log else 0
+        offset = self._end((topic, partition))
+        self.markers.pop((topic, partition), None)
         log.append(Message(topic, partition, offset, value, timestamp=0.0))
+
+    def append_marker(self, topic: str, partition: int) -> None:
+        """A transaction's commit marker: it takes an offset, and no handler ever sees it."""
+        tp = (topic, partition)
+        self._log.setdefault(tp, [])
+        self.markers[tp] = self.markers.get(tp, 0) + 1
+
+    def _end(self, tp: TP) -> int:
+        log = self._log.get(tp, [])
+        return (log[-1].offset + 1 if log else 0) + self.markers.get(tp, 0)
 
     def wait_for_broker(self, *, keep_trying: Callable[[], bool]) -> bool:
         return keep_trying()
@@ -127,7 +140,16 @@ class InMemorySource:
 
     def offset_range(self, partition: TP, timeout: float = 10.0) -> tuple[int, int]:
         log = self._log.get(partition, [])
-        return (log[0].offset, log[-1].offset + 1) if log else (0, 0)
+        return (log[0].offset if log else 0, self._end(partition))
+
+    def positions(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        found = {}
+        for tp in partitions:
+            index = self._positions.get(tp)
+            if index is not None:
+                log = self._log[tp]
+                found[tp] = log[index].offset if index < len(log) else self._end(tp)
+        return found
 
     def topic_ids(self, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
         return {topic: f"id-of-{topic}" for topic in topics}

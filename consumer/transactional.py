@@ -17,7 +17,7 @@ from consumer.message import Message
 from consumer.observer import Observer
 from consumer.routing import Router
 from consumer.store import Store
-from consumer.store_checkpoint import StoreCheckpoint
+from consumer.store_checkpoint import BatchOutcome, StoreCheckpoint
 from consumer.transport import COMMIT_MARKER, TP, Source
 from consumer.watermark import PartitionProgress
 
@@ -120,6 +120,7 @@ class TransactionalBatches:
                 raise
             self._became_unavailable(error)
             return None
+        self._observer.messages_done(_done(self.pending, outcome, partitions))
         self.pending = []
         if outcome.committed and not batch.synchronous:
             self._kafka_sent_at = self._clock.monotonic()
@@ -202,3 +203,18 @@ class TransactionalBatches:
             raise reset
         self._observer.external_reset(tp, kafka_offset, stored, self._on_external_reset)
         return kafka_offset if self._on_external_reset == "follow" else stored
+
+
+def _done(pending: list[Message], outcome: BatchOutcome,
+          partitions: Mapping[TP, PartitionProgress]) -> list[Message]:
+    """The pending messages a committed batch made done: all of them, unless a partition
+    stopped at a failure (its messages from there on wait for a retry, past the watermark)."""
+    if outcome.applied + outcome.duplicates + outcome.dead_lettered >= len(pending):
+        return pending
+    done = []
+    for message in pending:
+        progress = partitions.get((message.topic, message.partition))
+        if (progress is not None and progress.watermark is not None
+                and message.offset < progress.watermark):
+            done.append(message)
+    return done

@@ -80,6 +80,11 @@ class Source(Protocol):
         """(earliest retained offset, end offset) asked from the broker."""
         ...
 
+    def positions(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """The next offset the client hands over, per partition, known locally (past any
+        transaction marker); partitions without a position are left out."""
+        ...
+
     def topic_ids(self, topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
         """Each topic's id, which changes when a topic is deleted and recreated."""
         ...

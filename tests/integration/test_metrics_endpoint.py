@@ -1,12 +1,16 @@
 """`consumer run` on a real broker, observed only through its HTTP endpoint: lag falls to 0,
-committed offsets match Kafka's, commits count by trigger, a stuck handler shows in lag seconds
-and checkpoint age, a partition moved away takes its series along."""
+committed offsets match Kafka's, commits count by trigger, histograms count what happened, a
+stuck handler shows in lag seconds, checkpoint age and its start time, a partition moved away
+takes its series along, a paused partition's end keeps moving, and transactional input
+leaves no lag of 1."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from consumer_process import ConsumerProcess, consumer_config
@@ -68,6 +72,18 @@ def test_fifty_thousand_messages_lag_falls_to_zero_and_commits_match_kafka(
         assert set(s.by_partition("consumer_partition_lag_seconds", topic).values()) == {0.0}
         assert s.value("consumer_assigned_partitions", topic=topic) == 3
         assert s.value("consumer_state", state="running") == 1
+        # Histograms: every handler call, every done message's age, every commit, the join.
+        assert s.value("consumer_handler_duration_seconds_count", topic=topic,
+                       outcome="success") == 50_000
+        assert s.value("consumer_handler_duration_seconds_count", topic=topic,
+                       outcome="error") == 0
+        assert s.value("consumer_message_age_seconds_count", topic=topic) == 50_000
+        assert (s.value("consumer_message_age_seconds_sum", topic=topic) or 0) > 0
+        commits = s.value("consumer_commit_duration_seconds_count") or 0
+        assert commits >= 50  # every checkpoint's commit (a confirming re-commit counts too)
+        assert (s.value("consumer_rebalance_duration_seconds_count") or 0) >= 1
+        assert s.value("consumer_handler_oldest_start_timestamp_seconds") == 0
+        assert s.value("consumer_paused_partitions", topic=topic) == 0
     finally:
         run.signal(signal.SIGTERM)
         assert run.wait() == 0
@@ -101,6 +117,8 @@ def test_a_blocked_handler_grows_lag_seconds_and_checkpoint_age_which_fall_back_
         lag1, age1, messages = blocked_values()
         assert messages == 5  # 5..9 are not done
         assert lag1 > 0 and age1 > 0
+        started = scrape(base).value("consumer_handler_oldest_start_timestamp_seconds") or 0
+        assert time.time() - 12 < started <= time.time()
         wait_for(lambda: blocked_values()[0] >= lag1 + 2, timeout=8,
                  what=f"lag seconds to grow past {lag1 + 2:.1f} while blocked")
         _, age2, _ = blocked_values()
@@ -116,6 +134,19 @@ def test_a_blocked_handler_grows_lag_seconds_and_checkpoint_age_which_fall_back_
         wait_for(recovered, timeout=20, what=f"lag and checkpoint age back to 0 "
                                              f"({run.log_tail()})")
         assert run.records()[-1][2] == "9"
+        s = scrape(base)
+        assert s.value("consumer_handler_oldest_start_timestamp_seconds") == 0
+        # The 10 s call is in the histogram, the nine others well under a second.
+        wait_for(lambda: scrape(base).value("consumer_handler_duration_seconds_count",
+                                            topic=topic, outcome="success") == 10,
+                 timeout=5, what="all ten calls in the handler histogram")
+        s = scrape(base)
+        assert s.value("consumer_handler_duration_seconds_bucket", topic=topic,
+                       outcome="success", le="1.0") == 9
+        assert s.value("consumer_handler_duration_seconds_bucket", topic=topic,
+                       outcome="success", le="5.0") == 9
+        assert s.value("consumer_handler_duration_seconds_bucket", topic=topic,
+                       outcome="success", le="30.0") == 10
         # Idle and caught up: 0 lag seconds, not the time since the last message.
         idle_until = time.monotonic() + 4
         while time.monotonic() < idle_until:
@@ -145,6 +176,10 @@ def test_series_of_a_partition_moved_to_another_member_disappear(
         a = endpoint(first)
         wait_for(lambda: scrape(a).partitions("consumer_partition_lag_messages") == {0, 1},
                  timeout=30, what=f"A to own and measure both partitions ({first.log_tail()})")
+        wait_for(lambda: scrape(a).value("consumer_state", state="running") == 1, timeout=10,
+                 what="A to be running after joining")
+        joined = scrape(a).value("consumer_rebalance_duration_seconds_count") or 0
+        assert joined >= 1
         second.start()
         b = endpoint(second)
         wait_for(lambda: len(scrape(b).partitions("consumer_partition_processed_offset")) == 1,
@@ -157,8 +192,100 @@ def test_series_of_a_partition_moved_to_another_member_disappear(
             assert not s.partitions(name) & moved, name
         assert s.value("consumer_assigned_partitions", topic=topic) == 1
         assert (s.value("consumer_rebalances_total", event="revoke") or 0) >= 1
+        # The rebalance ends with the (empty, cooperative) assignment after the revoke.
+        wait_for(lambda: (scrape(a).value("consumer_rebalance_duration_seconds_count") or 0)
+                 > joined and scrape(a).value("consumer_state", state="running") == 1,
+                 timeout=30, what=f"A's rebalance to be timed and over ({first.log_tail()})")
     finally:
         for member in (second, first):
             if member.alive():
                 member.signal(signal.SIGTERM)
                 assert member.wait() == 0
+
+
+def test_a_partition_paused_for_a_retry_keeps_its_end_offset_moving(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Partition 0's first message fails and waits 60 s for its next attempt, its partition
+    paused; 20 messages produced to it meanwhile show in its end offset and lag (the client
+    fetches nothing for it, so only the loop's throttled broker query can tell)."""
+    topic = create_topic(kafka_bootstrap, 2, prefix="metrics-paused")
+    produce(kafka_bootstrap, topic, [json.dumps({"n": 0, "kind": "fail"}).encode()],
+            partition=lambda i: 0)
+    group = unique_name("metrics-paused")
+    config = consumer_config(kafka_bootstrap, group, topic, every_seconds=1.0)
+    config["routes"] = {topic: _failing_route(backoff=60.0)}
+    run = ConsumerProcess(tmp_path, "run", config).start()
+    try:
+        base = endpoint(run)
+        wait_for(lambda: scrape(base).value("consumer_paused_partitions", topic=topic) == 1,
+                 timeout=60, what=f"partition 0 to be paused for its retry ({run.log_tail()})")
+        assert scrape(base).by_partition("consumer_partition_end_offset", topic).get(0) in (
+            None, 1.0)
+        produce(kafka_bootstrap, topic,
+                (json.dumps({"n": i, "kind": "good"}).encode() for i in range(1, 21)),
+                partition=lambda i: 0)
+
+        def paused_partition() -> tuple[float | None, float | None]:
+            s = scrape(base)
+            return (s.by_partition("consumer_partition_end_offset", topic).get(0),
+                    s.by_partition("consumer_partition_lag_messages", topic).get(0))
+
+        wait_for(lambda: paused_partition() == (21, 21), timeout=20,
+                 what=f"the paused partition's end to reach 21 (now {paused_partition()})")
+        assert scrape(base).value("consumer_paused_partitions", topic=topic) == 1
+        assert (scrape(base).by_partition("consumer_partition_lag_seconds", topic)
+                .get(0) or 0) > 0
+    finally:
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0
+
+
+def test_transactional_input_lag_reaches_zero_not_one(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Two transactions of 10 messages: each commit marker takes an offset no handler sees
+    (the end is 22). Processed and committed lag still fall to 0."""
+    from confluent_kafka import Producer
+
+    topic = create_topic(kafka_bootstrap, 1, prefix="metrics-txn")
+    group = unique_name("metrics-txn")
+    config = consumer_config(kafka_bootstrap, group, topic, every_messages=None,
+                             every_seconds=1.0)
+    run = ConsumerProcess(tmp_path, "run", config).start()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap,
+                         "transactional.id": unique_name("metrics-txn")})
+    try:
+        base = endpoint(run)
+        wait_for(lambda: health(base, "/readyz")[0] == 200, timeout=30, what="ready")
+        producer.init_transactions(30)
+        for batch in range(2):
+            producer.begin_transaction()
+            for i in range(10):
+                producer.produce(topic, value=str(batch * 10 + i).encode())
+            producer.commit_transaction(30)
+        run.wait_records(20)
+
+        def lags() -> dict[str, Any]:
+            s = scrape(base)
+            return {name: s.value(name, topic=topic) for name in (
+                "consumer_partition_end_offset", "consumer_partition_processed_offset",
+                "consumer_partition_lag_messages", "consumer_partition_committed_lag_messages",
+                "consumer_partition_lag_seconds")}
+
+        wait_for(lambda: lags()["consumer_partition_lag_messages"] == 0
+                 and lags()["consumer_partition_committed_lag_messages"] == 0, timeout=20,
+                 what=f"lag to reach 0 (now {lags()})")
+        assert lags()["consumer_partition_end_offset"] == 22
+        assert lags()["consumer_partition_lag_seconds"] == 0
+        # Kafka holds the watermark (after the last message), as the store would.
+        assert group_offsets(kafka_bootstrap, group, topic, 1) == {0: 21}
+    finally:
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0
+
+
+def _failing_route(*, backoff: float) -> dict[str, Any]:
+    return {"handler": "tests.support.failing_handlers:apply", "format": "json",
+            "retry": {"attempts": 3, "initial_backoff_seconds": backoff,
+                      "max_backoff_seconds": backoff, "multiplier": 1.0, "jitter": 0.0}}

@@ -57,7 +57,6 @@ def build_loop(
     keeps paused partitions' end offsets and transactional positions current in it."""
     source: Source = KafkaSource(settings.kafka, on_statistics=on_statistics)
     if instruments is not None:
-        router = instruments.router(router)
         source = instruments.source(source)
     observer = Observers(LoggingObserver(), *extra_observers)
     clock = SystemClock()
@@ -76,7 +75,7 @@ def build_loop(
             store, source=source, router=router, keys=keys, group=settings.kafka.group_id,
             observer=observer, clock=clock, on_external_reset=settings.store.on_external_reset,
             max_backoff=settings.store.max_backoff_seconds, topic_ids=topic_ids,
-            failures=failures,
+            failures=failures, instruments=instruments,
         )
     return ConsumerLoop(
         source,
@@ -95,6 +94,7 @@ def build_loop(
         keys=keys,
         transactional=transactional,
         failures=failures,
+        instruments=instruments,
         log_watch=None if log is None else LogWatch(log, source=source, clock=clock),
     )
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from consumer.dedup import KeyFunction
 from consumer.errors import HandlerFailed, OffsetWentBackwards
 from consumer.failures import Failures, Verdict
+from consumer.instruments import Instruments
 from consumer.message import Context, Message, Scope
 from consumer.routing import Handler, Router
 from consumer.stopping import StopRequest
@@ -23,12 +24,15 @@ class Dispatcher:
     """
 
     def __init__(self, router: Router, *, group: str, keys: Mapping[str, KeyFunction],
-                 failures: Failures | None, source: Source) -> None:
+                 failures: Failures | None, source: Source,
+                 instruments: Instruments | None = None) -> None:
         self._router = router
         self._failures = failures
         self._source = source
-        self._routes: dict[str, tuple[Handler, Scope]] = {
-            topic: (router.route_for(topic).handler, Scope(group, key_function=keys.get(topic)))
+        self._instruments = instruments
+        self._routes: dict[str, tuple[Handler, Scope, list[float]]] = {
+            topic: (router.route_for(topic).handler, Scope(group, key_function=keys.get(topic)),
+                    [] if instruments is None else instruments.durations(topic))
             for topic in router.topics
         }
 
@@ -37,6 +41,8 @@ class Dispatcher:
         """Handle ``messages``; returns how many are done. Raises HandlerFailed to stop."""
         failures = self._failures
         routes = self._routes
+        timer = self._instruments  # metrics on: each handler call is timed, inline
+        clock = None if timer is None else timer.now
         # Checked once per batch: a failure during it leaves its partition skipped until the
         # next batch, so no message of this batch needs the checks it did not need before.
         checking = failures is not None and failures.checks_needed
@@ -48,6 +54,9 @@ class Dispatcher:
         progress: PartitionProgress | None = None
         handler: Handler | None = None
         scope: Scope | None = None
+        durations: list[float] = []
+        start: float | None = None  # when the handler call whose duration is open started
+        calling = False
         watermark = -1
         count = 0
         try:
@@ -55,6 +64,9 @@ class Dispatcher:
                 if stop.requested:
                     break
                 if message.partition != partition or message.topic != topic:
+                    if start is not None:  # the run's last call ends here
+                        durations.append(clock() - start)  # type: ignore[misc]
+                        start = None
                     if count:
                         progress.count_done(count, now)  # type: ignore[union-attr]
                         done += count
@@ -63,7 +75,7 @@ class Dispatcher:
                     tp = (topic, partition)
                     progress = None if tp in waiting else partitions.get(tp)
                     if progress is not None:  # else revoked, or waiting for a retry: skip
-                        handler, scope = routes[topic]
+                        handler, scope, durations = routes[topic]
                         watermark = -1 if progress.watermark is None else progress.watermark
                 if progress is None:
                     continue
@@ -73,8 +85,23 @@ class Dispatcher:
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    handler(message, Context(scope, message))  # type: ignore[arg-type, misc]
+                    if clock is None:
+                        handler(message, Context(scope, message))  # type: ignore[arg-type, misc]
+                    else:
+                        # One clock read per call: a call lasts until the next one starts
+                        # (or its run ends), the loop's own per-message work included.
+                        began = clock()
+                        if start is not None:
+                            durations.append(began - start)
+                        timer.started = start = began  # type: ignore[union-attr]
+                        calling = True
+                        handler(message, Context(scope, message))  # type: ignore[arg-type, misc]
+                        calling = False
                 except Exception as error:
+                    if calling:  # the handler raised (not a check before it)
+                        timer.failed(message.topic,  # type: ignore[union-attr]
+                                     clock() - start)  # type: ignore[misc, operator]
+                        start, calling = None, False
                     if failures is None:
                         raise HandlerFailed(message.topic, partition, offset, error) from error
                     verdict = failures.failed(message, error)
@@ -105,4 +132,8 @@ class Dispatcher:
             if count:
                 progress.count_done(count, now)  # type: ignore[union-attr]
                 done += count
+            if start is not None:
+                durations.append(clock() - start)  # type: ignore[misc]
+            if timer is not None:
+                timer.started = 0.0
         return done

@@ -17,6 +17,7 @@ from consumer.dedup import KeyFunction
 from consumer.dispatch import Dispatcher
 from consumer.errors import ConsumerError, KafkaError
 from consumer.failures import Failures
+from consumer.instruments import Instruments
 from consumer.log_watch import LogWatch
 from consumer.message import Message
 from consumer.observer import Observer
@@ -62,6 +63,7 @@ class ConsumerLoop:
         transactional: TransactionalBatches | None = None,
         failures: Failures | None = None,
         dispatcher: Dispatcher | None = None,
+        instruments: Instruments | None = None,
         log_watch: LogWatch | None = None,
     ) -> None:
         self._source = source
@@ -86,7 +88,8 @@ class ConsumerLoop:
         self._keys = keys or {}
         self._failures = failures
         self._dispatcher = dispatcher or Dispatcher(router, group=group, keys=self._keys,
-                                                    failures=failures, source=source)
+                                                    failures=failures, source=source,
+                                                    instruments=instruments)
         self._transactional = transactional
         self._log_watch = log_watch
         self._partitions: dict[TP, PartitionProgress] = {}

@@ -47,19 +47,10 @@ class Histogram:
         counts[-1] += len(values) - below
         self.sum += sum(values)
 
-    def observe_ages(self, now: float, stamps: list[float]) -> None:
-        """Observe ``now - stamp`` for every stamp; sorts ``stamps`` in place."""
-        if not stamps:
-            return
-        stamps.sort()
-        counts, size, older = self.counts, len(stamps), 0
-        # age <= bound  <=>  stamp >= now - bound: walk the bounds from the oldest down.
-        for index in range(len(self.bounds) - 1, -1, -1):
-            within = size - bisect_left(stamps, now - self.bounds[index])
-            counts[index + 1] += (size - within) - older
-            older = size - within
-        counts[0] += size - older
-        self.sum += now * size - sum(stamps)
+    def observe_weighted(self, value: float, weight: int) -> None:
+        """Observe ``value`` standing for ``weight`` observations (a sample's member)."""
+        self.counts[bisect_left(self.bounds, value)] += weight
+        self.sum += value * weight
 
     def export(self) -> tuple[list[tuple[str, float]], float]:
         """Cumulative ``(le, count)`` pairs, ``+Inf`` last, and the sum (for the scrape)."""

@@ -11,6 +11,7 @@ from consumer.checkpoint_policy import Trigger
 from consumer.dedup import KeyFunction
 from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError
 from consumer.failures import Failures, Verdict
+from consumer.instruments import Instruments
 from consumer.message import Context, Message, Scope
 from consumer.observer import Observer
 from consumer.routing import Router
@@ -63,6 +64,7 @@ class StoreCheckpoint:
         now: Callable[[], float],
         failures: Failures | None = None,
         kafka_answered: bool = True,
+        instruments: Instruments | None = None,
     ) -> None:
         self.trigger = trigger
         #: False while the previous asynchronous Kafka commit is unanswered: this batch's
@@ -80,6 +82,8 @@ class StoreCheckpoint:
         self._failures = failures
         self._scope = Scope(group, store=store)
         self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
+        #: Metrics on: each handler call is timed inline.
+        self._timer = instruments
 
     @property
     def synchronous(self) -> bool:
@@ -140,6 +144,8 @@ class StoreCheckpoint:
         counts: dict[TP, int] = {}
         applied_keys: set[bytes] = set()
         applied = duplicates = 0
+        timer = self._timer
+        timed: list[tuple[str, float]] = []  # kept only if the whole batch succeeds
         for message, claim in zip(self._messages, claims, strict=True):
             key = claim.key
             if key not in new_keys or key in applied_keys:
@@ -148,7 +154,12 @@ class StoreCheckpoint:
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    handlers[message.topic](message, Context(scope, message, key))
+                    if timer is None:
+                        handlers[message.topic](message, Context(scope, message, key))
+                    else:
+                        timer.started = start = timer.now()
+                        handlers[message.topic](message, Context(scope, message, key))
+                        timed.append((message.topic, timer.now() - start))
                 except Exception as error:
                     raise _HandlerRaised from error
                 applied_keys.add(key)
@@ -159,6 +170,10 @@ class StoreCheckpoint:
         if checking:
             for message in self._messages:
                 failures.succeeded(message)  # type: ignore[union-attr]
+        if timer is not None:
+            timer.started = 0.0
+            for topic, seconds in timed:
+                timer.durations(topic).append(seconds)
         outcome.applied, outcome.duplicates = applied, duplicates
         return watermarks, counts
 
@@ -168,7 +183,7 @@ class StoreCheckpoint:
         message rolls back alone and its failure policy decides what happens to it."""
         outcome.applied = outcome.duplicates = 0
         store, group, failures = self._store, self._group, self._failures
-        scope, handlers = self._scope, self._handlers
+        scope, handlers, timer = self._scope, self._handlers, self._timer
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         stopped: set[TP] = set()
@@ -186,11 +201,19 @@ class StoreCheckpoint:
                 counts[tp] = counts.get(tp, 0) + 1
                 continue
             store.savepoint()
+            start = 0.0
             try:
                 if failures is not None:
                     failures.check(message)
-                handlers[message.topic](message, Context(scope, message, claim.key))
+                if timer is None:
+                    handlers[message.topic](message, Context(scope, message, claim.key))
+                else:
+                    timer.started = start = timer.now()
+                    handlers[message.topic](message, Context(scope, message, claim.key))
+                    timer.durations(message.topic).append(timer.now() - start)
             except Exception as error:
+                if timer is not None and start:  # the handler raised (not a check before it)
+                    timer.failed(message.topic, timer.now() - start)
                 store.rollback_to_savepoint()
                 release.append(claim.key)  # A failed or dead-lettered key is not processed.
                 verdict = Verdict.STOP if failures is None else failures.failed(message, error)
@@ -215,6 +238,8 @@ class StoreCheckpoint:
             outcome.applied += 1
             watermarks[tp] = message.offset + 1
             counts[tp] = counts.get(tp, 0) + 1
+        if timer is not None:
+            timer.started = 0.0
         # A key released by a failure may belong to an event applied from another message.
         release = [key for key in release if key not in applied_keys]
         if release:

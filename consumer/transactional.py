@@ -13,6 +13,7 @@ from consumer.clock import Clock
 from consumer.dedup import KeyFunction
 from consumer.errors import ExternalReset, OffsetOutOfRange, StoreUnavailable
 from consumer.failures import Failures
+from consumer.instruments import Instruments
 from consumer.message import Message
 from consumer.observer import Observer
 from consumer.routing import Router
@@ -46,8 +47,10 @@ class TransactionalBatches:
         max_backoff: float = 30.0,
         topic_ids: dict[str, str] | None = None,
         failures: Failures | None = None,
+        instruments: Instruments | None = None,
     ) -> None:
         self.store = store
+        self._instruments = instruments
         self._source = source
         self._router = router
         self._keys = keys
@@ -111,7 +114,7 @@ class TransactionalBatches:
             trigger, self.pending, partitions, store=self.store, source=self._source,
             router=self._router, keys=self._keys, group=self._group, observer=self._observer,
             now=self._clock.wall, failures=self._failures,
-            kafka_answered=self._kafka_answered(),
+            kafka_answered=self._kafka_answered(), instruments=self._instruments,
         )
         try:
             outcome = batch.run()

@@ -87,7 +87,7 @@ def metered(
     timed_source = instruments.source(source)
     handle = handler or Recorder()
     observer = Observers(*observability.observers)
-    router = instruments.router(Router(Route(topic, handle, "x:y") for topic in topics))
+    router = Router(Route(topic, handle, "x:y") for topic in topics)
     failures = None if retry_backoff is None else Failures(
         {t: FailurePolicy(attempts=3, initial_backoff=retry_backoff, max_backoff=retry_backoff,
                           multiplier=1.0, jitter=0.0, never_retry=(), stop_on=(),
@@ -97,12 +97,12 @@ def metered(
     keys = {t: key_function("coordinates", {}) for t in topics}
     transactional = None if store is None else TransactionalBatches(
         instruments.store(store), source=timed_source, router=router, keys=keys, group="g",
-        observer=observer, clock=clock, failures=failures)
+        observer=observer, clock=clock, failures=failures, instruments=instruments)
     loop = ConsumerLoop(
         timed_source, router=router,
         policy=CheckpointPolicy(every_messages=every_messages, every_seconds=every_seconds),
         group="g", clock=clock, observer=observer, batch_size=batch_size, poll_timeout=0.0,
-        keys=keys, failures=failures, transactional=transactional,
+        keys=keys, failures=failures, transactional=transactional, instruments=instruments,
         log_watch=LogWatch(observability.log, source=timed_source, clock=clock),
     )
     health = observability.attach(loop.snapshot)

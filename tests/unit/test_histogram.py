@@ -36,12 +36,12 @@ def test_binning_a_sorted_batch_equals_observing_each_value() -> None:
     assert abs(batched.sum - one_by_one.sum) < 1e-9
 
 
-def test_ages_from_timestamps_bin_like_the_ages_themselves() -> None:
-    rng = random.Random(5)
+def test_a_weighted_observation_stands_for_that_many() -> None:
     bounds = (1.0, 10.0, 60.0)
-    now = 1_000.0
-    stamps = [now - rng.choice([0.5, 1.0, 10.0, 30.0, 60.0, 90.0]) for _ in range(100)]
-    histogram = Histogram(bounds)
-    histogram.observe_ages(now, list(stamps))
-    assert histogram.counts == naive(bounds, [now - s for s in stamps])
-    assert abs(histogram.sum - sum(now - s for s in stamps)) < 1e-6
+    weighted, repeated = Histogram(bounds), Histogram(bounds)
+    weighted.observe_weighted(5.0, 3)
+    weighted.observe_weighted(90.0, 2)
+    for value in (5.0, 5.0, 5.0, 90.0, 90.0):
+        repeated.observe(value)
+    assert weighted.counts == repeated.counts == naive(bounds, [5.0] * 3 + [90.0] * 2)
+    assert weighted.sum == repeated.sum

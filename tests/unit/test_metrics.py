@@ -442,3 +442,15 @@ def test_a_failing_store_operation_is_counted_by_operation() -> None:
         store.begin()
     assert instruments.store_errors["begin"] == 1
     assert instruments.store_duration["begin"].count == 1
+
+
+def test_a_large_batch_ages_a_sample_that_stands_for_every_message() -> None:
+    """500 messages in one batch: the age histogram still counts 500 (32 sampled members,
+    each standing for its share of the batch)."""
+    m = metered(InMemorySource({"t": [values(500)]}), batch_size=500)
+    m.loop.start()
+    m.clock.advance(7.0)
+    assert m.loop.run_once() == 500
+    count, total = m.histogram("consumer_message_age_seconds", topic="t")
+    assert count == 500
+    assert total == pytest.approx(500 * 7.0)

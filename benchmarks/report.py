@@ -226,7 +226,7 @@ def _store_curve(report: Report, curve: StoreCurve) -> str:
         rows.append(f"| {point.every_messages:,} | {STORE_NAMES[point.store]} "
                     f"| {_point_rate(point)} | {vs} | {_store_kills(point)} |")
     s = report.settings
-    missing = "".join(f"\n{STORE_NAMES[store]}: **missing**: {reason}.\n"
+    missing = "".join(f"\n\n{STORE_NAMES[store]}: **missing**: {reason}."
                       for store, reason in curve.missing.items())
     return (
         "![transaction-size curve](store_curve.png)\n\n" if report.plots is None else ""

@@ -228,6 +228,10 @@ def _store_curve(report: Report, curve: StoreCurve) -> str:
     s = report.settings
     missing = "".join(f"\n\n{STORE_NAMES[store]}: **missing**: {reason}."
                       for store, reason in curve.missing.items())
+    failed = "; ".join(f"{STORE_NAMES[p.store]} every {p.every_messages:,} round {r.round}: "
+                       f"{r.error}" for p in curve.points for r in p.runs if not r.ok)
+    if failed:
+        missing += f"\n\nFailed runs (left out of the medians): {failed}."
     return (
         "![transaction-size curve](store_curve.png)\n\n" if report.plots is None else ""
     ) + "\n".join(rows) + missing + (

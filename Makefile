@@ -35,7 +35,8 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
 
-# bench: every contender side by side on a local broker (about 20 min; BENCH_ARGS=--quick: ~3 min)
+# bench: every contender side by side on a local broker, then the commit-interval and
+# transaction-size curves (20-25 min; BENCH_ARGS=--quick: ~4 min)
 BENCH_ARGS ?=
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks import topic
 from benchmarks.contenders import FRAMEWORK
@@ -31,6 +31,7 @@ from benchmarks.stats import Spread
 from consumer.engine import UNCONFIRMED_INTERVALS
 
 INTERVALS = (1, 10, 100, 1_000, 10_000)
+P = TypeVar("P")
 #: Commit modes drawn as separate series.
 SERIES: dict[str, dict[str, Any]] = {
     "async": {"synchronous_commits": False},
@@ -85,7 +86,7 @@ def run_curve(plan: CurvePlan, python: Path, run: ChildRun, *, run_id: str,
     curve_run = ChildRun(run.bootstrap, run.topic, run.partitions,
                          min(plan.messages, run.messages), plan.cap_seconds, run.logs)
     for round_no in range(plan.rounds):
-        for point in _rotated(points, round_no):
+        for point in rotated(points, round_no):
             options = {"every_messages": point.every_messages, "every_seconds": None,
                        **SERIES[point.series]}
             result = run_child(python, FRAMEWORK, options, curve_run,
@@ -95,12 +96,12 @@ def run_curve(plan: CurvePlan, python: Path, run: ChildRun, *, run_id: str,
                                      f"{point.every_messages}-r{round_no + 1}")
             point.runs.append(result)
             say(f"curve {point.series:<5} every {point.every_messages:>6,} "
-                f"round {round_no + 1}/{plan.rounds}: " + _rate_text(result))
+                f"round {round_no + 1}/{plan.rounds}: " + rate_text(result))
     rng = random.Random(plan.seed)
     workdir = Path(tempfile.mkdtemp(prefix="bench-kills-"))
     try:
         for kill_no in range(plan.kills):
-            for point in _rotated(points, kill_no):
+            for point in rotated(points, kill_no):
                 after = rng.uniform(*plan.kill_window)
                 kill = kill_once(run, point, after_seconds=after, workdir=workdir,
                                  name=f"{run_id}-{point.series}-{point.every_messages}-"
@@ -117,7 +118,7 @@ def kill_once(run: ChildRun, point: CurvePoint, *, after_seconds: float, workdir
               name: str, sections: Collection[str]) -> Kill:
     """SIGKILL ``consumer run`` ``after_seconds`` after its first handled message; count what a
     restart would handle again."""
-    consumer_process = _consumer_process_module()
+    consumer_process = consumer_process_module()
     group = f"bench-kill-{name}-{uuid.uuid4().hex[:4]}"
     config: dict[str, Any] = {
         "kafka": {"bootstrap_servers": run.bootstrap, "group_id": group,
@@ -131,7 +132,7 @@ def kill_once(run: ChildRun, point: CurvePoint, *, after_seconds: float, workdir
     process = consumer_process.ConsumerProcess(workdir, name, config).start()
     try:
         deadline = time.monotonic() + 60
-        while not _has_records(process.record_file):
+        while not has_records(process.record_file):
             if not process.alive() or time.monotonic() > deadline:
                 return Kill(0, 0, after_seconds,
                             error=f"no message handled: {process.log_tail(3)}")
@@ -151,7 +152,7 @@ def kill_once(run: ChildRun, point: CurvePoint, *, after_seconds: float, workdir
     return Kill(len(records), again, after_seconds)
 
 
-def _consumer_process_module() -> Any:
+def consumer_process_module() -> Any:
     scripts = str(REPO_ROOT / "scripts")
     if scripts not in sys.path:
         sys.path.insert(0, scripts)
@@ -160,19 +161,22 @@ def _consumer_process_module() -> Any:
     return consumer_process
 
 
-def _has_records(path: Path) -> bool:
+def has_records(path: Path) -> bool:
     try:
         return path.stat().st_size > 0
     except FileNotFoundError:
         return False
 
 
-def _rotated(points: list[CurvePoint], shift: int) -> list[CurvePoint]:
+def rotated(points: list[P], shift: int) -> list[P]:
+    """The points starting at the ``shift``-th, so no point always runs first or last."""
+    if not points:
+        return []
     shift %= len(points)
     return points[shift:] + points[:shift]
 
 
-def _rate_text(result: RunResult) -> str:
+def rate_text(result: RunResult) -> str:
     if not result.ok:
         return f"FAILED: {result.error}"
     capped = (f" (capped: {result.timed:,} in {result.consume_s or 0:.1f} s)" if result.capped

@@ -23,12 +23,22 @@ class Preset:
     kills: int
     #: A kill lands uniformly at random this many seconds after the first handled message.
     kill_window: tuple[float, float]
+    #: The transaction-size curve (every store x every_messages): its rounds, cap and kills.
+    #: It reads the curve's first ``curve_messages`` too.
+    store_rounds: int
+    store_cap_seconds: float
+    store_kills: int
+    store_kill_window: tuple[float, float]
 
 
 FULL = Preset(messages=1_000_000, rounds=3, cap_seconds=25.0, curve_messages=100_000,
-              curve_rounds=3, curve_cap_seconds=8.0, kills=3, kill_window=(1.0, 4.0))
+              curve_rounds=3, curve_cap_seconds=8.0, kills=3, kill_window=(1.0, 4.0),
+              store_rounds=3, store_cap_seconds=4.0, store_kills=2,
+              store_kill_window=(1.0, 3.0))
 QUICK = Preset(messages=100_000, rounds=3, cap_seconds=3.0, curve_messages=20_000,
-               curve_rounds=1, curve_cap_seconds=2.0, kills=2, kill_window=(0.2, 0.8))
+               curve_rounds=1, curve_cap_seconds=2.0, kills=2, kill_window=(0.2, 0.8),
+               store_rounds=1, store_cap_seconds=1.5, store_kills=1,
+               store_kill_window=(0.2, 0.8))
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class Options:
     contenders: list[str] | None
     out: Path
     curve: bool
+    store_curve: bool
     seed: int
     keep_topic: bool
 
@@ -51,7 +62,7 @@ def parse(argv: list[str] | None = None) -> Options:
                     "commit-interval curve; write benchmarks/results/.",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="100,000 messages, 3 s caps, a short curve (about 3 minutes)")
+                        help="100,000 messages, 3 s caps, short curves (about 4 minutes)")
     parser.add_argument("--messages", type=int,
                         help=f"messages to preload (default {FULL.messages:,})")
     parser.add_argument("--size", type=int, default=100, help="bytes per message (100)")
@@ -67,6 +78,10 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--curve-messages", type=int,
                         help=f"messages per curve run ({FULL.curve_messages:,})")
     parser.add_argument("--kills", type=int, help=f"SIGKILLs per curve point ({FULL.kills})")
+    parser.add_argument("--no-store-curve", action="store_true",
+                        help="skip the transaction-size curve (SQLite and PostgreSQL stores)")
+    parser.add_argument("--store-kills", type=int,
+                        help=f"SIGKILLs per store and transaction size ({FULL.store_kills})")
     parser.add_argument("--seed", type=int, default=7, help="seed of the kill moments (7)")
     parser.add_argument("--keep-topic", action="store_true",
                         help="leave the preloaded topic on the broker")
@@ -75,7 +90,7 @@ def parse(argv: list[str] | None = None) -> Options:
     overrides = {name: value for name, value in (
         ("messages", args.messages), ("rounds", args.rounds),
         ("cap_seconds", args.cap_seconds), ("curve_messages", args.curve_messages),
-        ("kills", args.kills),
+        ("kills", args.kills), ("store_kills", args.store_kills),
     ) if value is not None}
     for name, value in overrides.items():
         if value <= 0:
@@ -88,6 +103,7 @@ def parse(argv: list[str] | None = None) -> Options:
         contenders=[n.strip() for n in args.contenders.split(",")] if args.contenders else None,
         out=args.out,
         curve=not args.no_curve,
+        store_curve=not args.no_store_curve,
         seed=args.seed,
         keep_topic=args.keep_topic,
     )

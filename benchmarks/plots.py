@@ -1,4 +1,4 @@
-"""throughput.png and curve.png (matplotlib, drawn off-screen)."""
+"""throughput.png, curve.png and store_curve.png (matplotlib, drawn off-screen)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any
 from benchmarks.curve import CurvePoint
 from benchmarks.rounds import Standing
 from benchmarks.stats import Spread
+from benchmarks.store_curve import NO_STORE, StoreCurve
 
 
-def draw(out: Path, standings: list[Standing], curve: list[CurvePoint] | None) -> str | None:
+def draw(out: Path, standings: list[Standing], curve: list[CurvePoint] | None,
+         store_curve: StoreCurve | None = None) -> str | None:
     """Draw the plots into ``out``; the reason when they cannot be drawn."""
     try:
         import matplotlib
@@ -23,6 +25,8 @@ def draw(out: Path, standings: list[Standing], curve: list[CurvePoint] | None) -
     _throughput(plt, matplotlib, out / "throughput.png", standings)
     if curve:
         _curve(plt, out / "curve.png", curve)
+    if store_curve and store_curve.points:
+        _store_curve(plt, out / "store_curve.png", store_curve)
     return None
 
 
@@ -96,8 +100,42 @@ def _curve(plt: Any, path: Path, curve: list[CurvePoint]) -> None:
     plt.close(fig)
 
 
+STORE_LABELS = {NO_STORE: "no store", "sqlite": "SQLite store", "postgres": "PostgreSQL store"}
+
+
+def _store_curve(plt: Any, path: Path, curve: StoreCurve) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    stores = [s for s in STORE_LABELS if any(p.store == s for p in curve.points)]
+    twice = counted = 0
+    for index, store in enumerate(stores):
+        points = [p for p in curve.points if p.store == store]
+        style = {"marker": "os^"[index], "color": f"C{index}"}  # one colour per store, both panels
+        _errorbars(left, [(p.every_messages, p.rate) for p in points], STORE_LABELS[store],
+                   **style)
+        if store != NO_STORE:
+            _errorbars(right, [(p.every_messages, p.again) for p in points],
+                       STORE_LABELS[store], **style)
+            twice += sum(k.effects_twice for p in points for k in p.counted)
+            counted += sum(len(p.counted) for p in points)
+    xs = sorted({p.every_messages for p in curve.points})
+    right.plot(xs, xs, "k--", lw=0.8, alpha=0.5, label="one transaction")
+    left.set(xscale="log", yscale="log", xlabel="every_messages (= store transaction size)",
+             ylabel="messages / s", title="throughput (median, min\N{EN DASH}max)")
+    right.set(xscale="log", yscale="symlog", xlabel="every_messages (= store transaction size)",
+              ylabel="messages handled again",
+              title=f"after SIGKILL: handled again; effects applied twice: {twice} "
+                    f"in {counted} kills")
+    right.set_ylim(bottom=0)
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _errorbars(ax: Any, points: list[tuple[int, Spread | None]], label: str,
-               marker: str) -> None:
+               marker: str, color: str | None = None) -> None:
     present = [(x, s) for x, s in points if s is not None]
     if not present:
         return
@@ -105,5 +143,6 @@ def _errorbars(ax: Any, points: list[tuple[int, Spread | None]], label: str,
     medians = [s.median for _, s in present]
     low = [s.median - s.low for _, s in present]
     high = [s.high - s.median for _, s in present]
-    ax.errorbar(xs, medians, yerr=[low, high], marker=marker, capsize=3, label=label)
+    ax.errorbar(xs, medians, yerr=[low, high], marker=marker, capsize=3, label=label,
+                color=color)
 

@@ -1,17 +1,19 @@
-"""results.md: the tables, the goals as ratios, the curve, and what each contender commits."""
+"""results.md: the tables, the goals as ratios, the curves, and what each contender commits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.curve import CurvePoint
 from benchmarks.measure import RunResult
 from benchmarks.rounds import Standing
 from benchmarks.stats import Spread
+from benchmarks.store_curve import NO_STORE, StoreCurve, StorePoint
 from benchmarks.topic import Preloaded
 
 TO = "\N{EN DASH}"  # ranges: min to max
+EM = "\N{EM DASH}"  # not applicable
 
 TIMED = """\
 - **msg/s**: messages handled / consume phase. The consume phase runs from the first message
@@ -40,6 +42,9 @@ class Report:
     curve: list[CurvePoint] | None
     elapsed_s: float
     plots: str | None  # why the plots are missing, or None
+    store_curve: StoreCurve | None = None
+    #: Phase name -> seconds, in the order they ran.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def render(report: Report) -> str:
@@ -56,6 +61,9 @@ def render(report: Report) -> str:
         "framework on 200,000 messages (`profile.txt` beside this file, when it was run).\n",
         "## Commit-interval curve\n",
         _curve(report, report.curve) if report.curve else "Not run this time (`--no-curve`).\n",
+        "## Transaction-size curve, with a store\n",
+        _store_curve(report, report.store_curve) if report.store_curve
+        else "Not run this time (`--no-store-curve`).\n",
         "## What each contender commits, and how\n",
         "".join(f"- **{s.contender.name}**: {s.contender.commits}.\n"
                 for s in report.standings),
@@ -84,7 +92,13 @@ def _header(report: Report) -> str:
         f"Data: {p.messages:,} messages of {p.size} bytes over {p.partitions} partitions, "
         f"preloaded once in {p.seconds:.1f} s. {s['rounds']} rounds; each run capped at "
         f"{s['cap_seconds']:.0f} s of consuming.\n"
+        + (f"\nPhases: {_phases(report.phases)}.\n" if report.phases else "")
     )
+
+
+def _phases(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds / 60:.1f} min" if seconds >= 90
+                     else f"{name} {seconds:.0f} s" for name, seconds in phases.items())
 
 
 def _throughput_table(standings: list[Standing]) -> str:
@@ -194,6 +208,71 @@ def _curve(report: Report, curve: list[CurvePoint]) -> str:
         f"again. *Bound*: what the README promises (one interval; two with asynchronous "
         f"commits).\n"
     )
+
+
+STORE_NAMES = {NO_STORE: "no store", "sqlite": "SQLite", "postgres": "PostgreSQL"}
+
+
+def _store_curve(report: Report, curve: StoreCurve) -> str:
+    rows = [f"| every_messages | store | msg/s median (min{TO}max) | vs no store | handled again "
+            f"after SIGKILL, median (min{TO}max) | effects applied twice | effects missing "
+            f"| kills | bound |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    none = {p.every_messages: p.rate for p in curve.points if p.store == NO_STORE}
+    for point in curve.points:
+        base = none.get(point.every_messages)
+        vs = ("" if point.store == NO_STORE or not point.rate or not base or not base.median
+              else _ratio(point.rate.median / base.median))
+        rows.append(f"| {point.every_messages:,} | {STORE_NAMES[point.store]} "
+                    f"| {_point_rate(point)} | {vs} | {_store_kills(point)} |")
+    s = report.settings
+    missing = "".join(f"\n\n{STORE_NAMES[store]}: **missing**: {reason}."
+                      for store, reason in curve.missing.items())
+    failed = "; ".join(f"{STORE_NAMES[p.store]} every {p.every_messages:,} round {r.round}: "
+                       f"{r.error}" for p in curve.points for r in p.runs if not r.ok)
+    if failed:
+        missing += f"\n\nFailed runs (left out of the medians): {failed}."
+    return (
+        "![transaction-size curve](store_curve.png)\n\n" if report.plots is None else ""
+    ) + "\n".join(rows) + missing + (
+        f"\n\nWith a store, `every_messages` is also the size of the store transaction. "
+        f"Throughput: the framework runner (no-op handler) with the store and the time trigger "
+        f"off, on the first {s['curve_messages']:,} messages, {s['store_rounds']} round(s), "
+        f"capped at {s['store_cap_seconds']:g} s; no store: {curve.no_store_from}. After a "
+        f"SIGKILL: `consumer run` routing to `benchmarks.effects:apply` (one row per message "
+        f"written with `context.execute` in the store transaction, one record line outside "
+        f"it) is killed {s['store_kill_window'][0]:g}{TO}{s['store_kill_window'][1]:g} s "
+        f"(uniformly random) after its first message, restarted with the same group until it "
+        f"has handled past everything the killed run handled, and stopped gracefully. "
+        f"*Handled again*: messages recorded twice (the open transaction's, rolled back by the "
+        f"kill). *Effects applied twice*: rows beyond the first for one message, over all "
+        f"kills; the store promises 0. *Effects missing*: offsets below the store's checkpoint "
+        f"with no row; also 0. *Bound*: one transaction. Without a store nothing is killed "
+        f"here: its effects are at-least-once, and its re-reads are the commit-interval "
+        f"curve's.\n"
+    )
+
+
+def _point_rate(point: StorePoint) -> str:
+    if point.rate is None:
+        return "failed"
+    capped = sum(1 for r in point.runs if r.ok and r.capped)
+    return _spread(point.rate, "{:,.0f}") + (f" ({capped} capped)" if capped else "")
+
+
+def _store_kills(point: StorePoint) -> str:
+    if point.store == NO_STORE:
+        return " | ".join([EM] * 5)
+    counted = point.counted
+    errors = [k.error for k in point.kills if k.error]
+    if not counted:
+        why = f"none counted: {errors[0]}" if errors else "not run"
+        return f"{why} | | | 0/{len(point.kills)} | {point.every_messages:,}"
+    twice = sum(k.effects_twice for k in counted)
+    lost = sum(k.effects_missing for k in counted)
+    return (f"{_spread(point.again, '{:,.0f}')} | {twice:,}{'' if twice == 0 else ' (!)'} "
+            f"| {lost:,}{'' if lost == 0 else ' (!)'} | {len(counted)}/{len(point.kills)} "
+            f"| {point.every_messages:,}")
 
 
 def _why_no_kill(point: CurvePoint) -> str:

@@ -32,7 +32,26 @@ def describe(bootstrap: str) -> dict[str, Any]:
         "confluent_kafka": version("confluent-kafka"),
         "librdkafka": confluent_kafka.libversion()[0],
         "checkout": _checkout(),
+        "postgres": _postgres_settings(),
     }
+
+
+def _postgres_settings() -> str:
+    """The benchmark's PostgreSQL and whether its commits are durable."""
+    dsn = os.environ.get("CONSUMER_TEST_POSTGRES_DSN")
+    if not dsn:
+        return "none"
+    try:
+        import psycopg
+
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+            settings = {name: conn.execute(f"SHOW {name}").fetchone()
+                        for name in ("fsync", "synchronous_commit")}
+    except Exception as error:  # the report says so rather than failing the run
+        return f"unreadable ({type(error).__name__})"
+    durable = ", ".join(f"{name}={row[0] if row else '?'}" for name, row in settings.items())
+    return f"{version[0] if version else '?'} on this machine ({durable})"
 
 
 def _cpu_model() -> str:

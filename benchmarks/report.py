@@ -86,6 +86,7 @@ def _header(report: Report) -> str:
         f"| OS | {m['os']} |\n"
         f"| Python | {m['python']} |\n"
         f"| Kafka | {m['kafka']}, single node, on this machine |\n"
+        f"| PostgreSQL | {m.get('postgres', 'not recorded')} |\n"
         f"| confluent-kafka / librdkafka | {m['confluent_kafka']} / {m['librdkafka']} "
         f"(project venv; each peer's own is in the table) |\n"
         f"| checkout | {m['checkout']} |\n\n"

@@ -80,10 +80,11 @@ PORT_ATTEMPTS = 3
 RESUME_PORT_WAIT = 30.0
 DATADIR_PREFIX = "checkpoint-pg-"
 INSTALL_COMMAND = "apt-get update && apt-get install -y --no-install-recommends postgresql"
+#: Tests trade durability for speed; CONSUMER_PG_DURABLE=1 (set by `make bench`) keeps
+#: PostgreSQL's durable defaults, so store benchmarks pay for real commits.
+NON_DURABLE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 SERVER_SETTINGS = {
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
+    **({} if os.environ.get("CONSUMER_PG_DURABLE") else NON_DURABLE),
     "max_connections": "200",
 }
 

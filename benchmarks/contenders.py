@@ -44,8 +44,9 @@ CONTENDERS: tuple[Contender, ...] = (
     ),
     Contender(
         "framework", FRAMEWORK, PROJECT, EVERY_1000_OR_1S,
-        commits="watermarks, asynchronously, every 1,000 messages or 1 s (at most two "
-                "intervals unconfirmed); synchronously on revoke and shutdown",
+        commits="watermarks, asynchronously, every 1,000 messages or 1 s, one commit in "
+                "flight (at most ten intervals unconfirmed); synchronously on revoke and "
+                "shutdown",
     ),
     Contender(
         "framework-sync", FRAMEWORK, PROJECT, {**EVERY_1000_OR_1S, "synchronous_commits": True},

@@ -9,6 +9,7 @@ from benchmarks.curve import CurvePoint
 from benchmarks.rounds import Standing
 from benchmarks.stats import Spread
 from benchmarks.store_curve import NO_STORE, StoreCurve
+from consumer.engine import UNCONFIRMED_INTERVALS
 
 
 def draw(out: Path, standings: list[Standing], curve: list[CurvePoint] | None,
@@ -85,7 +86,8 @@ def _curve(plt: Any, path: Path, curve: list[CurvePoint]) -> None:
                    f"{name} commits", marker)
     xs = sorted({p.every_messages for p in curve})
     right.plot(xs, xs, "k--", lw=0.8, alpha=0.5, label="one interval")
-    right.plot(xs, [2 * x for x in xs], "k:", lw=0.8, alpha=0.5, label="two intervals")
+    right.plot(xs, [UNCONFIRMED_INTERVALS * x for x in xs], "k:", lw=0.8, alpha=0.5,
+               label=f"{UNCONFIRMED_INTERVALS} intervals (asynchronous bound)")
     left.set(xscale="log", yscale="log", xlabel="every_messages", ylabel="messages / s",
              title="throughput (median, min\N{EN DASH}max)")
     right.set(xscale="log", yscale="symlog", xlabel="every_messages",

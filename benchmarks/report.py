@@ -206,8 +206,8 @@ def _curve(report: Report, curve: list[CurvePoint]) -> str:
         f"{s['kill_window'][0]:g}{TO}{s['kill_window'][1]:g} s "
         f"(uniformly random) after its first message; the group's committed offsets are read "
         f"back from Kafka and every recorded message at or past them is one the restart handles "
-        f"again. *Bound*: what the README promises (one interval; two with asynchronous "
-        f"commits).\n"
+        f"again. *Bound*: what the README promises (one interval with synchronous commits; "
+        f"`max_unconfirmed_messages`, by default ten intervals, with asynchronous ones).\n"
     )
 
 

@@ -22,11 +22,12 @@ from prometheus_client import CollectorRegistry
 
 from consumer import __version__, client_stats
 from consumer.clock import Clock, SystemClock
+from consumer.collector import ConsumerCollector
 from consumer.endpoints import ObservabilityServer
 from consumer.health import Health, Lifecycle
 from consumer.instruments import Instruments
 from consumer.lag import LogTracker
-from consumer.metrics import ConsumerCollector, MetricsObserver
+from consumer.metrics import MetricsObserver
 from consumer.observer import Observer
 from consumer.settings import Settings
 from consumer.snapshot import LoopSnapshot

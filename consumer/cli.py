@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from consumer import __version__, lag_command, redrive
+from consumer import __version__, lag_command, redrive, replay
 from consumer.app import (
     ShutdownSignals,
     build_keys,
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "lag":  # needs no routes nor handlers: it reads another group's offsets
         return lag_command.run(args)
+    if args.command == "replay":  # moves a stopped group: no handler runs
+        return replay.run(args)
     try:
         settings = load_settings(args.config)
         router = build_router(settings)
@@ -136,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
         "lag", help="a group's committed offset, end offset and lag per partition"))
     redrive.add_arguments(commands.add_parser(
         "dlq", help="dead letters: `consumer dlq redrive` puts them back on their topics"))
+    replay.add_arguments(commands.add_parser(
+        "replay", help="move a stopped group to an offset or a time, store and Kafka together"))
     store = commands.add_parser("store", help="manage the store")
     store.add_argument("action", choices=["init"], help="init: create the tables")
     store.add_argument("--config", help="YAML or TOML config file (default: $CONSUMER_CONFIG)")

@@ -461,3 +461,67 @@ def read_group_positions(
          for tp in committed),
         key=lambda p: (p.topic, p.partition),
     )
+
+
+def group_member_count(settings: KafkaSettings, group: str, *, timeout: float = 10.0) -> int:
+    """How many members the group has now (0: stopped). Raises :class:`KafkaError`."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(_admin_config(settings))
+    try:
+        described = admin.describe_consumer_groups([group], request_timeout=timeout)
+        return len(described[group].result(timeout=timeout).members or [])
+    except KafkaException as error:
+        raise _translate(error.args[0]) from error
+
+
+def offsets_at(settings: KafkaSettings, partitions: Iterable[TP], *, timestamp_ms: int,
+               timeout: float = 10.0) -> dict[TP, int]:
+    """Per partition, the first offset whose record timestamp is at or after ``timestamp_ms``
+    (the end of the log when none is). Raises :class:`KafkaError`."""
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for mypy
+
+    admin = AdminClient(_admin_config(settings))
+    wanted = [TopicPartition(t, p) for t, p in partitions]
+    try:
+        latest = getattr(OffsetSpec, "latest")()  # noqa: B009 (OffsetSpec's factories are untyped)
+        at = admin.list_offsets({tp: OffsetSpec.for_timestamp(timestamp_ms) for tp in wanted},
+                                request_timeout=timeout)
+        end = admin.list_offsets({tp: latest for tp in wanted}, request_timeout=timeout)
+        found = {}
+        for tp in wanted:
+            offset = at[tp].result(timeout=timeout).offset
+            found[(tp.topic, tp.partition)] = (
+                offset if offset >= 0 else end[tp].result(timeout=timeout).offset)
+        return found
+    except KafkaException as error:
+        raise _translate(error.args[0]) from error
+
+
+def set_group_offsets(settings: KafkaSettings, group: str, offsets: Mapping[TP, int], *,
+                      timeout: float = 10.0) -> None:
+    """Set a stopped group's committed offsets, with our marker (so the next owner does not
+    take them for another tool's reset). Raises :class:`KafkaError`."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(_admin_config(settings))
+    request = ConsumerGroupTopicPartitions(group, [
+        TopicPartition(t, p, offset, metadata=COMMIT_MARKER) for (t, p), offset in offsets.items()
+    ])
+    try:
+        result = admin.alter_consumer_group_offsets([request], request_timeout=timeout)
+        for tp in result[group].result(timeout=timeout).topic_partitions or []:
+            if tp.error is not None:
+                raise _translate(tp.error)
+    except KafkaException as error:
+        raise _translate(error.args[0]) from error
+
+
+def _admin_config(settings: KafkaSettings) -> dict[str, str | int | float | bool]:
+    config: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": settings.bootstrap_servers, "client.id": settings.client_id}
+    config.update({k: v.get_secret_value() for k, v in settings.librdkafka.items()
+                   if k.startswith(_ADMIN_PREFIXES)})
+    return config

@@ -8,7 +8,7 @@ and the checkpoint rows commit (or roll back) together.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,52 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def purge_processed_keys(self, older_than: float, limit: int) -> int:
         """Delete up to ``limit`` processed keys first seen before ``older_than``; own txn."""
+
+    # --- replay (the same SQL on every store) ----------------------------------------------
+
+    def keys_from(self, group: str, targets: Mapping[TP, int]) -> dict[TP, int]:
+        """How many processed keys each partition claimed at or after its target offset."""
+        found = {}
+        for (topic, partition), offset in targets.items():
+            row = self.execute(
+                'SELECT count(*) FROM consumer_processed_keys WHERE group_id = %s '
+                'AND topic = %s AND partition = %s AND "offset" >= %s',
+                (group, topic, partition, offset),
+            ).fetchone()
+            found[(topic, partition)] = int(row[0])
+        return found
+
+    def replay(self, group: str, targets: Mapping[TP, int], *, forget_keys: bool,
+               now: float) -> dict[TP, int]:
+        """Move each partition's checkpoint row to its target (bumping the epoch, so a
+        process still holding the partition is fenced) and, with ``forget_keys``, delete the
+        keys claimed at or after it, all in one transaction. Returns the keys deleted."""
+        forgotten = dict.fromkeys(targets, 0)
+        self.begin()
+        try:
+            for (topic, partition), offset in targets.items():
+                self.execute(
+                    """INSERT INTO consumer_checkpoints
+                           (group_id, topic, partition, next_offset, epoch, updated_at)
+                       VALUES (%s, %s, %s, %s, 1, %s)
+                       ON CONFLICT (group_id, topic, partition) DO UPDATE SET
+                           next_offset = excluded.next_offset,
+                           epoch = consumer_checkpoints.epoch + 1,
+                           updated_at = excluded.updated_at""",
+                    (group, topic, partition, offset, now),
+                )
+                if forget_keys:
+                    cursor = self.execute(
+                        'DELETE FROM consumer_processed_keys WHERE group_id = %s '
+                        'AND topic = %s AND partition = %s AND "offset" >= %s',
+                        (group, topic, partition, offset),
+                    )
+                    forgotten[(topic, partition)] = cursor.rowcount
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return forgotten
 
 
 def require_version(found: int | None, where: str) -> None:

@@ -1,0 +1,127 @@
+"""`consumer replay` against a real broker and store: the store's checkpoint rows and Kafka's
+offsets move together; forgotten keys re-apply effects, kept keys skip them; a running group
+is refused; the dry run changes nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from consumer_process import REPO_ROOT, ConsumerProcess, consumer_config
+
+from tests.support.kafka import create_topic, group_offsets, produce, unique_name, wait_for
+from tests.support.stores import StoreUnderTest, fresh_store
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 40  # 20 per partition, each adding 1 to account "acc"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgresql" else None
+    with fresh_store(request.param, tmp_path, dsn) as under_test:
+        yield under_test
+
+
+def replay(config: dict[str, object], tmp_path: Path, *args: str
+           ) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "replay.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "consumer", "replay", "--config", str(path),
+                           *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
+
+def consume_everything(config: dict[str, object], tmp_path: Path, name: str,
+                       store: StoreUnderTest, entries: int) -> None:
+    run = ConsumerProcess(tmp_path, name, config).start()
+    try:
+        wait_for(lambda: _entries(store) == entries, timeout=60,
+                 what=f"{entries} ledger entries ({run.log_tail()})")
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.log_tail()
+    finally:
+        run.stop_if_running()
+
+
+def _entries(store: StoreUnderTest) -> int:
+    try:
+        return int(store.scalar("SELECT count(*) FROM ledger_entries"))
+    except Exception:  # the table appears with the first batch
+        return 0
+
+
+def test_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    topic = create_topic(kafka_bootstrap, 2, prefix="replay")
+    produce(kafka_bootstrap, topic,
+            [json.dumps({"event": f"e{i}", "account": "acc", "amount": 1}).encode()
+             for i in range(EVENTS)],
+            partition=lambda i: i % 2,
+            headers=lambda i: [("idempotency-key", f"e{i}".encode())])
+    group = unique_name("replay")
+    config = consumer_config(kafka_bootstrap, group, topic, handler="handlers.ledger:apply",
+                             every_messages=10, every_seconds=1.0, store=store.url)
+    consume_everything(config, tmp_path, "first", store, EVENTS)
+
+    # A running member is refused, and nothing moves.
+    running = ConsumerProcess(tmp_path, "running", config).start()
+    try:
+        wait_for(lambda: "assigned" in running.log_file.read_text(), timeout=30,
+                 what=f"the running member's assignment ({running.log_tail()})")
+        refused = replay(config, tmp_path, "--topic", topic, "--to-earliest", "--keep-keys",
+                         "--execute")
+        assert refused.returncode == 1, refused.stderr
+        assert "running member" in refused.stderr
+    finally:
+        running.signal(signal.SIGTERM)
+        assert running.wait() == 0
+
+    # The store needs an explicit choice about processed keys.
+    undecided = replay(config, tmp_path, "--topic", topic, "--to-offset", "5")
+    assert undecided.returncode == 2
+    assert "--keep-keys" in undecided.stderr
+
+    # Dry run: the plan names both partitions and the keys to forget; nothing changes.
+    dry = replay(config, tmp_path, "--topic", topic, "--to-offset", "15", "--forget-keys")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: nothing changed" in dry.stdout
+    assert "keys forgotten" in dry.stdout
+    assert group_offsets(kafka_bootstrap, group, topic, 2) == {0: 20, 1: 20}
+    assert store.scalar("SELECT count(*) FROM consumer_processed_keys") == EVENTS
+
+    # Forget keys from offset 15 of partition 0: its last 5 events apply again.
+    done = replay(config, tmp_path, "--topic", topic, "--partition", "0", "--to-offset", "15",
+                  "--forget-keys", "--execute")
+    assert done.returncode == 0, done.stderr
+    rows = dict(((t, p), o) for t, p, o in store.query(
+        "SELECT topic, partition, next_offset FROM consumer_checkpoints"))
+    assert rows == {(topic, 0): 15, (topic, 1): 20}
+    assert group_offsets(kafka_bootstrap, group, topic, 2) == {0: 15, 1: 20}
+    assert store.scalar("SELECT count(*) FROM consumer_processed_keys") == EVENTS - 5
+    consume_everything(config, tmp_path, "after-forget", store, EVENTS + 5)
+    assert store.scalar("SELECT balance FROM accounts WHERE id = 'acc'") == EVENTS + 5
+
+    # Keep keys, back to the start of both partitions: everything is a duplicate.
+    kept = replay(config, tmp_path, "--topic", topic, "--to-earliest", "--keep-keys",
+                  "--execute")
+    assert kept.returncode == 0, kept.stderr
+    assert group_offsets(kafka_bootstrap, group, topic, 2) == {0: 0, 1: 0}
+    run = ConsumerProcess(tmp_path, "after-keep", config).start()
+    try:
+        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 2) == {0: 20, 1: 20},
+                 timeout=60, what=f"the replayed group to reach the end ({run.log_tail()})")
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.log_tail()
+    finally:
+        run.stop_if_running()
+    assert "carries no checkpoint-consumer marker" not in run.log_file.read_text()
+    assert _entries(store) == EVENTS + 5
+    assert store.scalar("SELECT balance FROM accounts WHERE id = 'acc'") == EVENTS + 5

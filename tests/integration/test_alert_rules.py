@@ -39,3 +39,11 @@ def test_alert_rules_are_valid(promtool: str) -> None:
 def test_alert_rules_unit_tests_pass(promtool: str) -> None:
     result = run(promtool, "test", "rules", "alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compose_stacks_prometheus_config_is_valid_and_loads_the_rules(
+    promtool: str
+) -> None:
+    result = run(promtool, "check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "alerts.yml" in result.stdout

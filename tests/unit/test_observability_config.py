@@ -15,7 +15,8 @@ from consumer.testing import InMemorySource
 from tests.unit.engine_support import values
 from tests.unit.metrics_support import metered
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "config"
 METRIC = re.compile(r"\bconsumer_[a-z_]+")
 
 
@@ -61,3 +62,24 @@ def test_the_dashboard_shows_lag_in_seconds_and_checkpoint_age() -> None:
     for name in ("consumer_partition_lag_seconds", "consumer_checkpoint_age_seconds",
                  "consumer_commits_total", "consumer_partition_lag_messages"):
         assert name in text
+
+
+def test_the_compose_stack_wires_consumer_prometheus_and_grafana_to_files_that_exist() -> None:
+    """docker-compose.yml is not run here (no Docker engine): check its shape instead. Every
+    file it mounts exists, Prometheus scrapes the consumer's metrics port, and Grafana
+    provisions the dashboard from config/."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "postgres", "consumer", "prometheus", "grafana"} <= set(services)
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
+    assert "9400:9400" in services["consumer"]["ports"][0]
+    scrape = yaml.safe_load((REPO / "config" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["consumer:9400"]
+    provider = yaml.safe_load(
+        (REPO / "config/grafana/provisioning/dashboards/checkpoint-consumer.yml").read_text())
+    mounted = [v for v in services["grafana"]["volumes"] if "grafana-dashboard.json" in v]
+    dashboards = provider["providers"][0]["options"]["path"]
+    assert mounted and mounted[0].split(":")[1].startswith(dashboards)

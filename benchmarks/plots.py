@@ -93,13 +93,7 @@ def _curve(plt: Any, path: Path, curve: list[CurvePoint]) -> None:
     right.set(xscale="log", yscale="symlog", xlabel="every_messages",
               ylabel="messages handled again", title="handled again after SIGKILL "
               "(median, min\N{EN DASH}max)")
-    right.set_ylim(bottom=0)
-    for ax in (left, right):
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, (left, right), path)
 
 
 STORE_LABELS = {NO_STORE: "no store", "sqlite": "SQLite store", "postgres": "PostgreSQL store"}
@@ -127,8 +121,13 @@ def _store_curve(plt: Any, path: Path, curve: StoreCurve) -> None:
               ylabel="messages handled again",
               title=f"after SIGKILL: handled again; effects applied twice: {twice} "
                     f"in {counted} kills")
-    right.set_ylim(bottom=0)
-    for ax in (left, right):
+    _finish(plt, fig, (left, right), path)
+
+
+def _finish(plt: Any, fig: Any, axes: tuple[Any, Any], path: Path) -> None:
+    """Both curve figures: counts from 0 on the right panel, grids, legends, saved."""
+    axes[1].set_ylim(bottom=0)
+    for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -35,6 +35,7 @@ from benchmarks.contenders import FRAMEWORK
 from benchmarks.curve import (
     INTERVALS,
     CurvePoint,
+    Kill,
     consumer_process_module,
     has_records,
     rate_text,
@@ -52,13 +53,11 @@ CATCH_UP_S = 120.0
 
 
 @dataclass(frozen=True)
-class StoreKill:
-    handled: int
-    handled_again: int
-    after_seconds: float
+class StoreKill(Kill):
+    """A kill of the commit-interval curve, plus what the store shows after it."""
+
     effects_twice: int = 0
     effects_missing: int = 0
-    error: str | None = None
 
 
 @dataclass

@@ -26,7 +26,6 @@ class Dispatcher:
     def __init__(self, router: Router, *, group: str, keys: Mapping[str, KeyFunction],
                  failures: Failures | None, source: Source,
                  instruments: Instruments | None = None) -> None:
-        self._router = router
         self._failures = failures
         self._source = source
         self._instruments = instruments

@@ -141,14 +141,6 @@ class Failures:
         #: Topics whose values are checked before their handler runs (json, text).
         self._formats = {topic: p.format for topic, p in policies.items() if p.format != "bytes"}
 
-    def policy(self, topic: str) -> FailurePolicy:
-        return self._policies[topic]
-
-    @property
-    def has_failed_messages(self) -> bool:
-        """Some partition waits on a failed message (the hot path skips the checks if not)."""
-        return bool(self._attempts)
-
     @property
     def checks_needed(self) -> bool:
         """Whether :meth:`check` can raise for some message: a route checks its format, or

@@ -74,7 +74,6 @@ class StoreCheckpoint:
         self._partitions = partitions
         self._store = store
         self._source = source
-        self._router = router
         self._keys = keys
         self._group = group
         self._observer = observer

@@ -39,13 +39,11 @@ class PartitionProgress:
         self.oldest_uncommitted_at: float | None = None
 
     def mark_done(self, offset: int, now: float) -> None:
+        """One message is done (the dispatcher does the same inline, once per run)."""
         if self.watermark is not None and offset < self.watermark:
             raise OffsetWentBackwards(self.topic, self.partition, self.watermark, offset + 1)
         self.watermark = offset + 1
-        self.done += 1
-        self.done_since_commit += 1
-        if self.oldest_uncommitted_at is None:
-            self.oldest_uncommitted_at = now
+        self.count_done(1, now)
 
     def count_done(self, count: int, now: float) -> None:
         """``count`` messages are done; the caller moved :attr:`watermark` past the last one
@@ -56,14 +54,11 @@ class PartitionProgress:
             self.oldest_uncommitted_at = now
 
     def advance(self, watermark: int, count: int, now: float) -> None:
-        """A whole batch of ``count`` messages up to ``watermark`` is done (store mode)."""
+        """``count`` messages up to ``watermark`` are done (a store batch, or one message)."""
         if self.watermark is not None and watermark < self.watermark:
             raise OffsetWentBackwards(self.topic, self.partition, self.watermark, watermark)
         self.watermark = watermark
-        self.done += count
-        self.done_since_commit += count
-        if self.oldest_uncommitted_at is None:
-            self.oldest_uncommitted_at = now
+        self.count_done(count, now)
 
     def pending_commit(self) -> int | None:
         """The offset to commit, or None when the watermark has not moved since the last commit."""

@@ -16,18 +16,10 @@ import pytest
 from consumer_process import ConsumerProcess, consumer_config
 
 from tests.support.kafka import create_topic, group_offsets, produce, unique_name, wait_for
-from tests.support.scrape import Scrape, endpoint, health, scrape
+from tests.support.scrape import PER_PARTITION, Scrape, endpoint, health, scrape
 
 pytestmark = pytest.mark.integration
 
-PER_PARTITION = (
-    "consumer_messages_consumed_total", "consumer_uncommitted_messages",
-    "consumer_checkpoint_age_seconds", "consumer_committed_offset",
-    "consumer_last_commit_timestamp_seconds", "consumer_partition_processed_offset",
-    "consumer_partition_end_offset", "consumer_partition_start_offset",
-    "consumer_partition_lag_messages", "consumer_partition_committed_lag_messages",
-    "consumer_partition_lag_seconds",
-)
 
 
 def caught_up(s: Scrape, topic: str, partitions: int) -> bool:

@@ -17,18 +17,9 @@ from consumer.message import Context, Message
 from consumer.metrics import METRICS
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemorySource
+from tests.support.scrape import PER_PARTITION
 from tests.unit.engine_support import values
 from tests.unit.metrics_support import Metered, metered
-
-PER_PARTITION = (
-    "consumer_messages_consumed_total", "consumer_uncommitted_messages",
-    "consumer_checkpoint_age_seconds", "consumer_committed_offset",
-    "consumer_last_commit_timestamp_seconds", "consumer_partition_processed_offset",
-    "consumer_partition_end_offset", "consumer_partition_start_offset",
-    "consumer_partition_lag_messages", "consumer_partition_committed_lag_messages",
-    "consumer_partition_lag_seconds",
-)
-
 
 # --- lag -----------------------------------------------------------------------------------
 

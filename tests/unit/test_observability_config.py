@@ -83,3 +83,11 @@ def test_the_compose_stack_wires_consumer_prometheus_and_grafana_to_files_that_e
     mounted = [v for v in services["grafana"]["volumes"] if "grafana-dashboard.json" in v]
     dashboards = provider["providers"][0]["options"]["path"]
     assert mounted and mounted[0].split(":")[1].startswith(dashboards)
+
+
+def test_the_readme_metrics_reference_lists_every_exported_name_and_no_other() -> None:
+    from consumer.metrics import METRICS
+
+    readme = (REPO / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(consumer_[a-z_]+)` \|", readme, re.MULTILINE))
+    assert {name.removesuffix("_total") for name in listed} == set(METRICS)

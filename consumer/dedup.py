@@ -3,7 +3,8 @@
 Per route, one of:
 
 - ``header:NAME`` (default ``header:idempotency-key``): the header's value; a message without the
-  header falls back to its coordinates.
+  header, or with an empty value, falls back to its coordinates (an empty key is no key: never
+  one key shared by every such event).
 - ``coordinates``: topic id, partition and offset. The topic id (not the name) keeps a deleted
   and recreated topic from colliding with its predecessor.
 - ``function:module:function``: ``function(message) -> bytes | str``.
@@ -47,7 +48,7 @@ def key_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
 
         def from_header(message: Message) -> bytes:
             value = message.header(name)
-            return coordinates(message) if value is None else _digest(b"h", value)
+            return _digest(b"h", value) if value else coordinates(message)
 
         return from_header
     if kind == "function" and rest:

@@ -77,6 +77,17 @@ def test_missing_header_falls_back_to_the_coordinates_key() -> None:
     assert by_header(bare) != by_header(message(8, headers=[]))
 
 
+def test_an_empty_or_null_header_is_no_key_and_falls_back_to_the_coordinates() -> None:
+    """``idempotency-key: ""`` must not make every such event one event."""
+    by_header = key_function("header:idempotency-key", IDS)
+    by_coordinates = key_function("coordinates", IDS)
+    empty = [message(offset, headers=[("idempotency-key", b"")]) for offset in (7, 8)]
+    null = message(9, headers=[("idempotency-key", None)])
+    assert [by_header(m) for m in empty] == [by_coordinates(m) for m in empty]
+    assert by_header(empty[0]) != by_header(empty[1])
+    assert by_header(null) == by_coordinates(null)
+
+
 def test_a_header_value_never_collides_with_a_coordinates_key() -> None:
     """A header whose text equals the coordinates' material is still another key."""
     by_header = key_function("header:idempotency-key", IDS)

@@ -1,21 +1,30 @@
 """An event keeps one identity, on SQLite and PostgreSQL against a real broker: an empty
-idempotency key is no key."""
+idempotency key is no key, a redriven dead letter claims its original event's dedup key on
+every `dedup_key` kind."""
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
-from tests.support.chaos import check, make_ledger
-from tests.support.kafka import create_topic, group_offsets, produce, unique_name
+from tests.support.chaos import Ledger, check, make_ledger
+from tests.support.kafka import create_topic, group_offsets, produce, read_topic, unique_name
 from tests.support.stores import StoreUnderTest, fresh_store
 
 pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BROKEN = "acc-3"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -25,8 +34,111 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnder
         yield under_test
 
 
+def _create_named(bootstrap: str, name: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result(30)
+
+
+def _entries(store: StoreUnderTest) -> int:
+    try:
+        return int(store.scalar("SELECT count(*) FROM ledger_entries"))
+    except Exception:  # the table appears with the first applied change
+        return 0
+
+
 def _consumed(bootstrap: str, group: str, topic: str) -> int:
     return group_offsets(bootstrap, group, topic, 1)[0] or 0
+
+
+@dataclass
+class DeadLettered:
+    """A consumer that has dead-lettered every change to BROKEN and applied the rest; the bug
+    is fixed (its flag deleted) in the still-running process."""
+
+    bootstrap: str
+    topic: str
+    group: str
+    ledger: Ledger
+    rejected: int
+    consumer: ConsumerProcess
+    config_path: Path
+
+    def redrive(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "consumer", "dlq", "redrive", "--config",
+             str(self.config_path), *extra], capture_output=True, text=True, timeout=120,
+            check=False, cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    def letters(self) -> list[Any]:
+        return read_topic(self.bootstrap, f"{self.topic}.dlq")
+
+    def wait_consumed(self, count: int) -> None:
+        wait_for(lambda: _consumed(self.bootstrap, self.group, self.topic) >= count,
+                 timeout=60, what=f"{count} messages consumed ({self.consumer.log_tail()})")
+
+    def stop(self) -> None:
+        self.consumer.signal(signal.SIGTERM)
+        assert self.consumer.wait() == 0, self.consumer.log_tail()
+
+
+@pytest.fixture
+def dead_lettered(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path,
+                  request: pytest.FixtureRequest) -> Iterator[DeadLettered]:
+    """Parametrised indirectly with (dedup_key, whether messages carry the header)."""
+    dedup_key, with_header = request.param
+    ledger = make_ledger(30, accounts=6, resend_every=10**9)
+    topic = create_topic(kafka_bootstrap, 1, prefix="identity")
+    _create_named(kafka_bootstrap, f"{topic}.dlq")
+    produce(kafka_bootstrap, topic, (json.dumps(e).encode() for e in ledger.events),
+            key=lambda i: ledger.events[i]["account"].encode(),
+            headers=lambda i: [("idempotency-key", ledger.events[i]["event"].encode())]
+            if with_header else [])
+    group = unique_name("identity")
+    config = consumer_config(kafka_bootstrap, group, topic, every_messages=100,
+                             every_seconds=0.2, store=store.url)
+    config["routes"] = {topic: {
+        "handler": "tests.support.failing_handlers:ledger_while_flagged", "format": "json",
+        "dedup_key": dedup_key, "retry": {"attempts": 1}}}
+    flag = tmp_path / "broken.flag"
+    flag.touch()
+    consumer = ConsumerProcess(tmp_path, "consumer", config, env={
+        "LEDGER_REJECT_ACCOUNT": BROKEN, "LEDGER_REJECT_FLAG": str(flag)}).start()
+    config_path = tmp_path / "redrive.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    rejected = sum(1 for e in ledger.events if e["account"] == BROKEN)
+    assert rejected >= 2
+    run = DeadLettered(kafka_bootstrap, topic, group, ledger, rejected, consumer, config_path)
+    try:
+        wait_for(lambda: len(run.letters()) == rejected
+                 and _entries(store) == len(ledger.events) - rejected, timeout=120,
+                 what=f"{rejected} dead letters and the rest applied ({consumer.log_tail()})")
+        flag.unlink()
+        yield run
+    finally:
+        consumer.stop_if_running()
+
+
+@pytest.mark.parametrize("dead_lettered", [("coordinates", True),
+                                           ("header:idempotency-key", True),
+                                           ("header:idempotency-key", False)],
+                         ids=["coordinates", "header", "header-absent"], indirect=True)
+def test_redriving_twice_applies_each_dead_letter_once(
+    dead_lettered: DeadLettered, store: StoreUnderTest
+) -> None:
+    """After the fix, `consumer dlq redrive --execute` run twice: the first applies every dead
+    letter, the second applies none again, whatever made the original event's dedup key."""
+    run, total = dead_lettered, len(dead_lettered.ledger.events)
+    assert f"redrove {run.rejected} dead letter(s)" in run.redrive("--execute").stdout
+    run.wait_consumed(total + run.rejected)
+    run.redrive("--execute")
+    run.wait_consumed(total + 2 * run.rejected)
+    run.stop()
+    verdict = check(store, run.ledger, run.group)
+    assert verdict.exact, verdict
 
 
 def test_events_with_an_empty_idempotency_key_are_all_applied(

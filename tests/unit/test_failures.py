@@ -156,3 +156,13 @@ def test_bad_failure_settings_exit_2_with_one_line_each(
     assert main(["check", "--config", str(config)]) == 2
     assert "config: routes.a.retry.initial_backoff_seconds: Input should be greater than 0" \
         in capsys.readouterr().err
+
+
+def test_a_dead_letter_carries_the_message_s_dedup_key_when_known() -> None:
+    clock, sink = ManualClock(), InMemoryDeadLetterSink()
+    failures = _failures(_policy(attempts=1), clock, sink)
+    failures.failed(_message(7), ValueError("boom"), key=bytes(range(16)))
+    failures.failed(_message(8), ValueError("boom"))
+    [(_, _, with_key), (_, _, without)] = sink.sent
+    assert with_key["dlq.original.dedup-key"] == bytes(range(16)).hex().encode()
+    assert "dlq.original.dedup-key" not in without

@@ -7,13 +7,15 @@ goes to the route's dead-letter topic; only once the broker has acknowledged it 
 partition's watermark move past it.
 
 Every letter carries the message's dedup key (``dlq.original.dedup-key``), so a redriven copy
-stays the same event.
+stays the same event, and a stable id (``dlq.id``), so two letters for one message (a crash
+after the produce, before the store commits) are recognisable as one.
 """
 
 from __future__ import annotations
 
 import builtins
 import enum
+import hashlib
 import importlib
 import random
 import time
@@ -130,8 +132,11 @@ class Failures:
         monotonic: Callable[[], float],
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        topic_ids: Mapping[str, str] | None = None,
     ) -> None:
         self._policies = policies
+        #: Topic name -> id, as far as known (filled by others): part of each letter's id.
+        self._topic_ids = topic_ids if topic_ids is not None else {}
         self._sink = sink
         self._group = group
         self._observer = observer
@@ -240,10 +245,20 @@ class Failures:
             self._observer.retry_scheduled(message, attempt, delay, error)
         return Verdict.RETRY
 
+    def _letter_id(self, message: Message) -> str:
+        """The same for every letter of this message in this group: its group, topic (and
+        topic id when known), partition, offset and timestamp (which tells a recreated topic's
+        message at the same offset apart), digested to 32 hex characters."""
+        material = "\0".join((self._group, message.topic,
+                              self._topic_ids.get(message.topic, ""), str(message.partition),
+                              str(message.offset), _timestamp(message)))
+        return hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
+
     def _provenance(self, message: Message, error: BaseException, attempts: int,
                     reason: str, key: bytes | None) -> list[tuple[str, bytes]]:
         trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
         fields = {
+            "dlq.id": self._letter_id(message),
             "dlq.original.topic": message.topic,
             "dlq.original.partition": str(message.partition),
             "dlq.original.offset": str(message.offset),

@@ -6,7 +6,8 @@ included), loses the ``dlq.*`` provenance headers and gains ``dlq.redriven.from`
 ``checkpoint-consumer.dedup-key``: the original event's dedup key, which the consumer honours on
 every route, so the copy at its new offset is the same event. A dead letter's key was never
 recorded as processed, so the fixed handler applies it once; redriving the same letters again
-applies nothing twice where the store dedups.
+applies nothing twice where the store dedups. Letters with one ``dlq.id`` (one message
+dead-lettered twice, e.g. by a crash after the produce) are republished once per run.
 
 Letters from older versions (without ``dlq.original.dedup-key``) are redriven as before, with
 a warning: their copies get new keys wherever the key came from the coordinates.
@@ -37,6 +38,8 @@ class DeadLetter:
     failed_at: float
     exception_type: str
     reason: str
+    #: ``dlq.id``: the same for every letter of one message ("" in older letters).
+    id: str = ""
     #: ``dlq.original.dedup-key``: the original event's dedup key (None: not carried).
     dedup_key: bytes | None = None
 
@@ -55,7 +58,7 @@ class DeadLetter:
                    int(header("dlq.original.partition", "-1")),
                    int(header("dlq.original.offset", "-1")),
                    float(header("dlq.failed.at", "0") or 0), header("dlq.exception.type"),
-                   header("dlq.reason"),
+                   header("dlq.reason"), header("dlq.id"),
                    honoured_key(message.header("dlq.original.dedup-key")))
 
 
@@ -75,16 +78,23 @@ class Filters:
 
 def redrive(letters: Sequence[DeadLetter], sink: DeadLetterSink, *, execute: bool,
             out: Callable[[str], None], warn: Callable[[str], None] | None = None) -> int:
-    """List (and with ``execute`` republish) the letters; returns how many were (would be)
-    moved. Each is acknowledged by the broker before the next."""
+    """List (and with ``execute`` republish) the letters, each message once; returns how many
+    were (would be) moved. Each is acknowledged by the broker before the next."""
     warn = warn or out
     out(f"{'DEAD LETTER':<40} {'TO':<30} {'FAILED AT':<20} {'EXCEPTION':<24} REASON")
-    moved = without_key = 0
+    first_of: dict[str, DeadLetter] = {}
+    moved = duplicates = without_key = 0
     for letter in letters:
         to = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
         when = datetime.fromtimestamp(letter.failed_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        out(f"{letter.where:<40} {to:<30} {when:<20} {letter.exception_type:<24} "
-            f"{letter.reason}")
+        first = first_of.get(letter.id) if letter.id else None
+        reason = letter.reason if first is None else f"duplicate of {first.where}: skipped"
+        out(f"{letter.where:<40} {to:<30} {when:<20} {letter.exception_type:<24} {reason}")
+        if first is not None:
+            duplicates += 1
+            continue
+        if letter.id:
+            first_of[letter.id] = letter
         if letter.dedup_key is None:
             without_key += 1
         moved += 1
@@ -96,7 +106,8 @@ def redrive(letters: Sequence[DeadLetter], sink: DeadLetterSink, *, execute: boo
              "whose key comes from the coordinates (dedup_key: coordinates, or a message "
              "without its key header) redriving them again applies them again")
     verb = "redrove" if execute else "would redrive (dry run; add --execute)"
-    out(f"{verb} {moved} dead letter(s)")
+    skipped = f"; {duplicates} duplicate letter(s) skipped (same dlq.id)" if duplicates else ""
+    out(f"{verb} {moved} dead letter(s){skipped}")
     return moved
 
 

@@ -1,6 +1,6 @@
 """An event keeps one identity, on SQLite and PostgreSQL against a real broker: an empty
 idempotency key is no key, a redriven dead letter claims its original event's dedup key on
-every `dedup_key` kind."""
+every `dedup_key` kind, and two letters for one message are redriven once."""
 
 from __future__ import annotations
 
@@ -139,6 +139,44 @@ def test_redriving_twice_applies_each_dead_letter_once(
     run.stop()
     verdict = check(store, run.ledger, run.group)
     assert verdict.exact, verdict
+
+
+@pytest.mark.parametrize("dead_lettered", [("coordinates", True)], ids=["coordinates"],
+                         indirect=True)
+def test_two_letters_for_one_message_are_redriven_once(
+    dead_lettered: DeadLettered, store: StoreUnderTest
+) -> None:
+    """A second letter with the same headers (what a SIGKILL right after the produce leaves):
+    the dry run lists it as a duplicate, --execute republishes the message once, and its change
+    is applied once; a second redrive applies nothing again."""
+    from confluent_kafka import Producer
+
+    run, total = dead_lettered, len(dead_lettered.ledger.events)
+    first = run.letters()[0]
+    producer = Producer({"bootstrap.servers": run.bootstrap, "acks": "all"})
+    producer.produce(f"{run.topic}.dlq", value=first.value(), key=first.key(),
+                     headers=first.headers())
+    assert producer.flush(30) == 0
+    wait_for(lambda: len(run.letters()) == run.rejected + 1, timeout=30,
+             what="the duplicate letter")
+
+    dry = run.redrive()
+    done = run.redrive("--execute")
+    run.wait_consumed(total + run.rejected)
+    republished = len(read_topic(run.bootstrap, run.topic)) - total
+    run.redrive("--execute")
+    wait_for(lambda: _consumed(run.bootstrap, run.group, run.topic)
+             == len(read_topic(run.bootstrap, run.topic)), timeout=60,
+             what=f"the second redrive consumed ({run.consumer.log_tail()})")
+    run.stop()
+    verdict = check(store, run.ledger, run.group)
+    assert verdict.exact, verdict
+    assert republished == run.rejected, done.stdout
+    assert f"redrove {run.rejected} dead letter(s)" in done.stdout
+    assert "1 duplicate letter(s) skipped" in done.stdout
+    duplicate = f"{run.topic}.dlq[0]@{run.rejected}"
+    assert any(line.startswith(duplicate) and "duplicate of" in line
+               for line in dry.stdout.splitlines()), dry.stdout
 
 
 def test_events_with_an_empty_idempotency_key_are_all_applied(

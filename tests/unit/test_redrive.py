@@ -1,4 +1,5 @@
-"""consumer dlq redrive: a redriven copy is its original event (same dedup key)."""
+"""consumer dlq redrive: a redriven copy is its original event (same dedup key), and letters
+of one message are republished once."""
 
 from __future__ import annotations
 
@@ -60,11 +61,21 @@ def test_a_redriven_copy_claims_its_original_s_key_and_keeps_its_own_headers() -
     assert out[-1] == "redrove 1 dead letter(s)" and not warnings
 
 
+def test_letters_with_one_id_are_republished_once_and_listed_as_duplicates() -> None:
+    first, other = _letters(_original(5), _original(6))
+    again = Message("orders.dlq", 0, 2, first.value, key=first.key, headers=first.headers)
+    for execute in (False, True):
+        sink, out, _ = _redrive([first, other, again], execute=execute)
+        assert len(sink.sent) == (2 if execute else 0)
+        assert "duplicate of orders.dlq[0]@0" in out[3] and out[3].startswith("orders.dlq[0]@2")
+        assert out[-1].endswith("2 dead letter(s); 1 duplicate letter(s) skipped (same dlq.id)")
+
+
 def test_older_letters_without_identity_are_redriven_as_before_with_a_warning() -> None:
     [letter] = _letters(_original(5))
     old = Message(letter.topic, 0, 0, letter.value, key=letter.key,
                   headers=[(k, v) for k, v in letter.headers
-                           if k != "dlq.original.dedup-key"])
+                           if k not in ("dlq.id", "dlq.original.dedup-key")])
     sink, out, warnings = _redrive([old, old])
     assert len(sink.sent) == 2
     assert [k for k, _ in sink.sent[0][2].items()] == ["dlq.redriven.from"]

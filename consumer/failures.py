@@ -273,7 +273,7 @@ class Failures:
         }
         if key is not None:
             fields["dlq.original.dedup-key"] = key.hex()
-        return [(key, value.encode()) for key, value in fields.items()]
+        return [(name, value.encode()) for name, value in fields.items()]
 
 
 def _timestamp(message: Message) -> str:

@@ -64,7 +64,7 @@ def build_loop(
     keys = build_keys(settings, topic_ids)
     failures = Failures(build_policies(settings), sink=KafkaDeadLetterSink(settings.kafka),
                         group=settings.kafka.group_id, observer=observer,
-                        monotonic=clock.monotonic, wall=clock.wall)
+                        monotonic=clock.monotonic, wall=clock.wall, topic_ids=topic_ids)
     transactional = None
     if settings.store.enabled:
         store = open_store(settings.store.url.get_secret_value(),

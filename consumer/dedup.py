@@ -3,17 +3,24 @@
 Per route, one of:
 
 - ``header:NAME`` (default ``header:idempotency-key``): the header's value; a message without the
-  header falls back to its coordinates.
+  header, or with an empty value, falls back to its coordinates (an empty key is no key: never
+  one key shared by every such event).
 - ``coordinates``: topic id, partition and offset. The topic id (not the name) keeps a deleted
   and recreated topic from colliding with its predecessor.
 - ``function:module:function``: ``function(message) -> bytes | str``.
 
 Never the Kafka message key by default: many events share one.
+
+On every route, a valid ``checkpoint-consumer.dedup-key`` header (32 hex characters) is the
+final key, before anything else: ``consumer dlq redrive`` puts the dead-lettered event's own key
+there, so a redriven copy (at a new offset) is the same event as the original, whatever made
+that key. An invalid value is ignored, with one warning per route.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Mapping
 from hashlib import blake2b
 
@@ -23,9 +30,53 @@ from consumer.routing import load_callable
 
 KeyFunction = Callable[[Message], bytes]
 
+#: The header carrying a redriven event's original dedup key, as hex: honoured on every route.
+HONOURED_KEY_HEADER = "checkpoint-consumer.dedup-key"
+KEY_SIZE = 16  # bytes of every digest
+
+log = logging.getLogger("consumer.dedup")
+
 
 def key_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
-    """Build the digest function for one route's ``dedup_key`` setting."""
+    """Build the digest function for one route's ``dedup_key`` setting. The honoured header
+    comes first and is final: nothing digests or scopes its key again."""
+    return _honouring(_route_key(spec, topic_ids))
+
+
+def honoured_key(value: bytes | None) -> bytes | None:
+    """The key an honoured header's value names, or None when it is not 32 hex characters."""
+    if value is None or len(value) != 2 * KEY_SIZE:
+        return None
+    try:
+        key = bytes.fromhex(value.decode("ascii"))
+    except ValueError:  # UnicodeDecodeError is one too
+        return None
+    return key if len(key) == KEY_SIZE else None  # fromhex skips spaces
+
+
+def _honouring(inner: KeyFunction) -> KeyFunction:
+    warned = False
+
+    def key(message: Message) -> bytes:
+        nonlocal warned
+        for name, _ in message.headers:  # a plain loop: this runs for every message
+            if name == HONOURED_KEY_HEADER:
+                value = message.header(HONOURED_KEY_HEADER)
+                honoured = honoured_key(value)
+                if honoured is not None:
+                    return honoured
+                if not warned:
+                    warned = True
+                    log.warning("ignoring header %s=%r on %r: not a dedup key (32 hex "
+                                "characters); the route's own dedup key applies (warned once "
+                                "per route)", HONOURED_KEY_HEADER, value, message)
+                break
+        return inner(message)
+
+    return key
+
+
+def _route_key(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
     prefixes: dict[str, bytes] = {}
 
     def coordinates(message: Message) -> bytes:
@@ -47,7 +98,7 @@ def key_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
 
         def from_header(message: Message) -> bytes:
             value = message.header(name)
-            return coordinates(message) if value is None else _digest(b"h", value)
+            return _digest(b"h", value) if value else coordinates(message)
 
         return from_header
     if kind == "function" and rest:
@@ -68,4 +119,4 @@ def key_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
 
 
 def _digest(kind: bytes, material: bytes) -> bytes:
-    return hashlib.blake2b(kind + b"\0" + material, digest_size=16).digest()
+    return hashlib.blake2b(kind + b"\0" + material, digest_size=KEY_SIZE).digest()

@@ -103,7 +103,8 @@ class Dispatcher:
                         start, calling = None, False
                     if failures is None:
                         raise HandlerFailed(message.topic, partition, offset, error) from error
-                    verdict = failures.failed(message, error)
+                    verdict = failures.failed(message, error,
+                                              key=_key_or_none(scope, message))
                     if verdict is Verdict.STOP:
                         raise HandlerFailed(message.topic, partition, offset, error) from error
                     if verdict is Verdict.RETRY:
@@ -136,3 +137,15 @@ class Dispatcher:
             if timer is not None:
                 timer.started = 0.0
         return done
+
+
+def _key_or_none(scope: Scope | None, message: Message) -> bytes | None:
+    """The message's dedup key for its dead letter; None when the route's key function
+    cannot make one (the letter then goes without it)."""
+    key_function = None if scope is None else scope.key_function
+    if key_function is None:
+        return None
+    try:
+        return key_function(message)
+    except Exception:
+        return None

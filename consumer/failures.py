@@ -5,12 +5,17 @@ A message waiting for its next attempt keeps its partition paused (the loop keep
 attempt, or at once for a type in ``never_retry`` or a value that does not decode, the message
 goes to the route's dead-letter topic; only once the broker has acknowledged it does the
 partition's watermark move past it.
+
+Every letter carries the message's dedup key (``dlq.original.dedup-key``), so a redriven copy
+stays the same event, and a stable id (``dlq.id``), so two letters for one message (a crash
+after the produce, before the store commits) are recognisable as one.
 """
 
 from __future__ import annotations
 
 import builtins
 import enum
+import hashlib
 import importlib
 import random
 import time
@@ -127,8 +132,11 @@ class Failures:
         monotonic: Callable[[], float],
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        topic_ids: Mapping[str, str] | None = None,
     ) -> None:
         self._policies = policies
+        #: Topic name -> id, as far as known (filled by others): part of each letter's id.
+        self._topic_ids = topic_ids if topic_ids is not None else {}
         self._sink = sink
         self._group = group
         self._observer = observer
@@ -174,9 +182,11 @@ class Failures:
             return None
         return held[2] if held[1] >= self._policies[message.topic].attempts else None
 
-    def failed(self, message: Message, error: BaseException) -> Verdict:
+    def failed(self, message: Message, error: BaseException, *,
+               key: bytes | None = None) -> Verdict:
         """Decide what a failure means; produces the dead letter when that is the answer
-        (raises DeadLetterFailed if the broker would not take it and retrying cannot help)."""
+        (raises DeadLetterFailed if the broker would not take it and retrying cannot help).
+        ``key`` is the message's dedup key, carried in the letter (None: not known)."""
         policy = self._policies[message.topic]
         tp = (message.topic, message.partition)
         if isinstance(error, policy.stop_on):
@@ -194,7 +204,7 @@ class Failures:
             "non_retryable" if attempt < policy.attempts else "handler_error")
         try:
             self._sink.send(policy.dead_letter_topic, message,
-                            self._provenance(message, error, attempt, reason))
+                            self._provenance(message, error, attempt, reason, key))
         except DeadLetterFailed as failure:
             self._observer.dead_letter_failed(message, failure)
             if not failure.retriable:
@@ -235,15 +245,24 @@ class Failures:
             self._observer.retry_scheduled(message, attempt, delay, error)
         return Verdict.RETRY
 
+    def _letter_id(self, message: Message) -> str:
+        """The same for every letter of this message in this group: its group, topic (and
+        topic id when known), partition, offset and timestamp (which tells a recreated topic's
+        message at the same offset apart), digested to 32 hex characters."""
+        material = "\0".join((self._group, message.topic,
+                              self._topic_ids.get(message.topic, ""), str(message.partition),
+                              str(message.offset), _timestamp(message)))
+        return hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
+
     def _provenance(self, message: Message, error: BaseException, attempts: int,
-                    reason: str) -> list[tuple[str, bytes]]:
+                    reason: str, key: bytes | None) -> list[tuple[str, bytes]]:
         trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
         fields = {
+            "dlq.id": self._letter_id(message),
             "dlq.original.topic": message.topic,
             "dlq.original.partition": str(message.partition),
             "dlq.original.offset": str(message.offset),
-            "dlq.original.timestamp": "" if message.timestamp is None else
-            f"{message.timestamp:.3f}",
+            "dlq.original.timestamp": _timestamp(message),
             "dlq.group": self._group,
             "dlq.reason": reason,
             "dlq.exception.type": type(error).__qualname__,
@@ -252,4 +271,10 @@ class Failures:
             "dlq.attempts": str(attempts),
             "dlq.failed.at": f"{self._wall():.3f}",
         }
-        return [(key, value.encode()) for key, value in fields.items()]
+        if key is not None:
+            fields["dlq.original.dedup-key"] = key.hex()
+        return [(name, value.encode()) for name, value in fields.items()]
+
+
+def _timestamp(message: Message) -> str:
+    return "" if message.timestamp is None else f"{message.timestamp:.3f}"

@@ -111,7 +111,8 @@ class RouteSettings(_Section):
 
     handler: str = Field(description="Import path of the handler, `package.module:function`.")
     #: What makes two deliveries the same event: header:NAME (falling back to coordinates when
-    #: the header is absent), coordinates (topic id, partition, offset) or function:module:fn.
+    #: the header is absent or empty), coordinates (topic id, partition, offset) or
+    #: function:module:fn.
     dedup_key: str = "header:idempotency-key"
     #: The value's format, checked before the handler runs: a value that does not decode is a
     #: poison message and goes straight to the dead-letter topic (reason "deserialization").

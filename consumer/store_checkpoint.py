@@ -215,7 +215,8 @@ class StoreCheckpoint:
                     timer.failed(message.topic, timer.now() - start)
                 store.rollback_to_savepoint()
                 release.append(claim.key)  # A failed or dead-lettered key is not processed.
-                verdict = Verdict.STOP if failures is None else failures.failed(message, error)
+                verdict = Verdict.STOP if failures is None \
+                    else failures.failed(message, error, key=claim.key)
                 if verdict is Verdict.DEAD_LETTERED:
                     outcome.dead_lettered += 1
                     watermarks[tp] = message.offset + 1

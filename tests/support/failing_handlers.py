@@ -74,3 +74,15 @@ def ledger_unless_rejected(message: Message, context: Context) -> None:
     if message.json()["account"] == os.environ.get("LEDGER_REJECT_ACCOUNT"):
         raise AlwaysFails(f"account {os.environ['LEDGER_REJECT_ACCOUNT']} is rejected")
     ledger.apply(message, context)
+
+
+def ledger_while_flagged(message: Message, context: Context) -> None:
+    """handlers.ledger.apply, except that changes to ``$LEDGER_REJECT_ACCOUNT`` raise while the
+    file ``$LEDGER_REJECT_FLAG`` exists: a bug fixed in the running process by deleting it."""
+    from handlers import ledger
+
+    account = os.environ["LEDGER_REJECT_ACCOUNT"]
+    if message.json()["account"] == account and os.path.exists(
+            os.environ["LEDGER_REJECT_FLAG"]):
+        raise AlwaysFails(f"account {account} is rejected")
+    ledger.apply(message, context)

@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from consumer.dedup import key_function
+from consumer.dedup import HONOURED_KEY_HEADER, key_function
 from consumer.errors import ConfigError
-from consumer.message import Message
+from consumer.message import Context, Message, Scope
 
 THIS_MODULE = __name__
 IDS = {"orders": "id-orders-1"}
@@ -75,6 +75,17 @@ def test_missing_header_falls_back_to_the_coordinates_key() -> None:
     bare = message(7, headers=[("traceparent", b"00-abc")])
     assert by_header(bare) == by_coordinates(bare)
     assert by_header(bare) != by_header(message(8, headers=[]))
+
+
+def test_an_empty_or_null_header_is_no_key_and_falls_back_to_the_coordinates() -> None:
+    """``idempotency-key: ""`` must not make every such event one event."""
+    by_header = key_function("header:idempotency-key", IDS)
+    by_coordinates = key_function("coordinates", IDS)
+    empty = [message(offset, headers=[("idempotency-key", b"")]) for offset in (7, 8)]
+    null = message(9, headers=[("idempotency-key", None)])
+    assert [by_header(m) for m in empty] == [by_coordinates(m) for m in empty]
+    assert by_header(empty[0]) != by_header(empty[1])
+    assert by_header(null) == by_coordinates(null)
 
 
 def test_a_header_value_never_collides_with_a_coordinates_key() -> None:
@@ -185,3 +196,43 @@ def test_function_spec_that_cannot_be_loaded_is_a_config_error(spec: str) -> Non
     """Checked when the route is built, before anything connects."""
     with pytest.raises(ConfigError):
         key_function(spec, IDS)
+
+
+# --- the honoured header of a redriven event -------------------------------------------------
+
+
+ORIGINAL_KEY = bytes(range(16))
+
+
+@pytest.mark.parametrize("spec", ["header:idempotency-key", "coordinates",
+                                  f"function:{THIS_MODULE}:key_as_bytes"])
+def test_a_valid_honoured_header_is_the_final_key_on_every_kind(spec: str) -> None:
+    """A redriven copy (new offset, maybe its own key header) claims its original's key."""
+    keys = key_function(spec, IDS)
+    redriven = message(900, headers=[("idempotency-key", b"evt-1"),
+                                     (HONOURED_KEY_HEADER, ORIGINAL_KEY.hex().encode())])
+    assert keys(redriven) == ORIGINAL_KEY
+    upper = message(901, headers=[(HONOURED_KEY_HEADER, ORIGINAL_KEY.hex().upper().encode())])
+    assert keys(upper) == ORIGINAL_KEY
+
+
+@pytest.mark.parametrize("value", [b"", b"abc", ORIGINAL_KEY.hex().encode() + b"00",
+                                   b"zz" * 16, b"00 " * 10 + b"00", "é".encode() * 16, None])
+def test_an_invalid_honoured_header_is_ignored_with_one_warning(
+    value: bytes | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = key_function("coordinates", IDS)
+    bad = [message(offset, headers=[(HONOURED_KEY_HEADER, value)]) for offset in (3, 4)]
+    with caplog.at_level("WARNING", logger="consumer.dedup"):
+        assert [keys(m) for m in bad] == [keys(message(offset)) for offset in (3, 4)]
+    warnings = [r for r in caplog.records if HONOURED_KEY_HEADER in r.getMessage()]
+    assert len(warnings) == 1
+    assert "orders[0]@3" in warnings[0].getMessage()
+
+
+def test_the_context_idempotency_key_of_a_redriven_event_is_the_original_s() -> None:
+    keys = key_function("coordinates", IDS)
+    original = message(5)
+    redriven = message(77, headers=[(HONOURED_KEY_HEADER, keys(original).hex().encode())])
+    scope = Scope("g", key_function=keys)
+    assert Context(scope, redriven).idempotency_key == Context(scope, original).idempotency_key

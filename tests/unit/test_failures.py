@@ -156,3 +156,37 @@ def test_bad_failure_settings_exit_2_with_one_line_each(
     assert main(["check", "--config", str(config)]) == 2
     assert "config: routes.a.retry.initial_backoff_seconds: Input should be greater than 0" \
         in capsys.readouterr().err
+
+
+def test_a_dead_letter_carries_the_message_s_dedup_key_when_known() -> None:
+    clock, sink = ManualClock(), InMemoryDeadLetterSink()
+    failures = _failures(_policy(attempts=1), clock, sink)
+    failures.failed(_message(7), ValueError("boom"), key=bytes(range(16)))
+    failures.failed(_message(8), ValueError("boom"))
+    [(_, _, with_key), (_, _, without)] = sink.sent
+    assert with_key["dlq.original.dedup-key"] == bytes(range(16)).hex().encode()
+    assert "dlq.original.dedup-key" not in without
+
+
+def test_every_letter_of_one_message_has_the_same_id_and_other_messages_another() -> None:
+    """The id is the group and the original coordinates (topic id and timestamp too): the
+    same for a letter produced again after a restart, different for any other message."""
+    def letter_id(message: Message, *, group: str = "g",
+                  topic_ids: dict[str, str] | None = None) -> bytes:
+        sink = InMemoryDeadLetterSink()
+        clock = ManualClock()
+        failures = Failures({"t": _policy(attempts=1)}, sink=sink, group=group,
+                            observer=Observer(), monotonic=clock.monotonic, wall=clock.wall,
+                            topic_ids=topic_ids)
+        clock.advance(30.0)  # failing later changes nothing
+        failures.failed(message, ValueError("boom"))
+        [(_, _, headers)] = sink.sent
+        return headers["dlq.id"]
+
+    first = letter_id(_message(7))
+    assert len(first) == 32 and first == letter_id(_message(7))
+    others = {letter_id(_message(8)), letter_id(_message(7), group="other"),
+              letter_id(_message(7), topic_ids={"t": "id-of-t"}),
+              letter_id(Message("t", 0, 7, b"{}", timestamp=6.0)),
+              letter_id(Message("t", 1, 7, b"{}", timestamp=5.0))}
+    assert first not in others and len(others) == 5

@@ -15,7 +15,7 @@ from consumer.checkpoint_policy import CheckpointPolicy, CheckpointState, Trigge
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
 from consumer.dispatch import Dispatcher
-from consumer.errors import ConsumerError, KafkaError
+from consumer.errors import ConsumerError, Fenced, KafkaError
 from consumer.failures import Failures
 from consumer.instruments import Instruments
 from consumer.log_watch import LogWatch
@@ -135,7 +135,7 @@ class ConsumerLoop:
         except ConsumerError as error:
             self.state = LoopState.FAILED
             self._observer.failed(error)
-            self._close_after_failure()
+            self._close_after_failure(error)
             raise
         self.close()
 
@@ -274,16 +274,26 @@ class ConsumerLoop:
             self.state = LoopState.CLOSED
             self._observer.stopped()
 
-    def _close_after_failure(self) -> None:
-        """Commit what was done before the failure, then leave the group; never mask it."""
-        try:
-            self._checkpoint(Trigger.SHUTDOWN)
-        except ConsumerError as error:
-            log.error("final checkpoint after the failure also failed: %s", error)
+    def _close_after_failure(self, error: ConsumerError) -> None:
+        """Leave the group without running a handler again, and never mask the failure.
+
+        The batch in hand when it failed is dropped: none of it was committed, and whoever
+        owns its partitions next gets it again. What the store committed already may still go
+        to Kafka, unless this process was fenced (a newer owner's offsets are the ones that
+        count). The revoke that closing the client triggers checkpoints nothing."""
+        if self._transactional is not None:
+            self._transactional.drop_pending()
+        if not isinstance(error, Fenced):
+            try:
+                self._checkpoint(Trigger.SHUTDOWN)
+            except Exception as final:  # logged; the failure is raised
+                log.error("final checkpoint after the failure also failed: %s: %s",
+                          type(final).__name__, final)
         try:
             self._source.close()
-        except ConsumerError as error:
-            log.error("closing the Kafka client after the failure failed: %s", error)
+        except Exception as closing:  # logged; the failure is raised
+            log.error("closing the Kafka client after the failure failed: %s: %s",
+                      type(closing).__name__, closing)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -348,8 +358,11 @@ class ConsumerLoop:
         if self._failures is not None:
             self._failures.forget(partitions)
         try:
-            self._checkpoint(Trigger.REVOKE, only=partitions)
+            if self.state is not LoopState.FAILED:  # a failing process runs no handler again
+                self._checkpoint(Trigger.REVOKE, only=partitions)
         finally:
+            if self._transactional is not None:  # what a failed revoke left is not ours now
+                self._transactional.drop(partitions)
             for tp in partitions:
                 self._partitions.pop(tp, None)
             self._observer.revoked(partitions)

@@ -3,6 +3,7 @@ real SQLite store (a file in tmp_path) and InMemorySource as the Kafka side."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from consumer.errors import (
     OffsetOutOfRange,
     StoreUnavailable,
 )
-from consumer.message import Message
+from consumer.message import Context, Message
 from consumer.observer import TP
 from consumer.store import CheckpointRow
 from consumer.store.sqlite import SQLiteStore
@@ -437,3 +438,47 @@ def test_failing_revoke_checkpoint_raises_its_error_and_closes_the_client(tmp_pa
     assert len(handler.calls) == 4, handler.calls
     assert source.closed
     assert loop.state is LoopState.FAILED
+
+
+# --- transient database errors in a handler --------------------------------------------------
+
+
+def test_sqlite_locked_in_a_handler_retries_the_batch_instead_of_failing_the_message(
+    tmp_path: Path,
+) -> None:
+    """A handler's write meets another connection's lock ("database is locked"): the whole
+    batch rolls back and is retried after the backoff, like a store outage; it is not the
+    message's failure (no HandlerFailed), and once the lock is gone it is applied once."""
+    other = tmp_path / "other.db"
+    holder = sqlite3.connect(other, isolation_level=None)
+    holder.execute("CREATE TABLE audit (value TEXT)")
+    holder.execute("BEGIN EXCLUSIVE")
+    writer = EffectWriter()
+
+    def handler(message: Message, context: Context) -> None:
+        audit = sqlite3.connect(other, timeout=0)
+        try:
+            audit.execute("INSERT INTO audit VALUES (?)", (message.text(),))
+            audit.commit()
+        finally:
+            audit.close()
+        writer(message, context)
+
+    store = open_store(tmp_path)
+    source = HeaderedSource({"t": [values(0, 2)]})
+    clock = ManualClock()
+    loop, batches = make_store_loop(source, store, handler, clock=clock,  # type: ignore[arg-type]
+                                    every_messages=2)
+    loop.start()
+    loop.run_once()
+    assert batches.unavailable
+    assert len(batches.pending) == 2
+    assert effects(store) == []
+
+    holder.execute("ROLLBACK")
+    holder.close()
+    clock.advance(1.0)
+    loop.run_once()
+    assert not batches.unavailable
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert store.checkpoints(GROUP) == {P0: 2}

@@ -256,11 +256,27 @@ class ConsumerLoop:
         paused = list(self._partitions)
         self._source.pause(paused)
         try:
-            # Only partitions assigned during this poll can deliver messages; handle them.
-            self._handle(self._source.poll(self._batch_size, self._poll_timeout))
+            # Only partitions assigned during this poll can deliver messages: handle what
+            # the bound has room for, and give the rest back.
+            self._handle(self._within_room(self._source.poll(self._batch_size,
+                                                             self._poll_timeout)))
         finally:
             self._source.resume(self._not_waiting([tp for tp in paused
                                                    if tp in self._partitions]))
+
+    def _within_room(self, messages: list[Message]) -> list[Message]:
+        """The first messages the unconfirmed bound has room for; each partition with
+        messages beyond it is sought back to its first one, so it is fetched again later."""
+        room = self._room()
+        if len(messages) <= room:
+            return messages
+        rewind: dict[TP, int] = {}
+        for message in messages[room:]:
+            rewind.setdefault((message.topic, message.partition), message.offset)
+        for tp, offset in rewind.items():
+            if tp in self._partitions:
+                self._source.seek(tp, offset)
+        return messages[:room]
 
     def close(self) -> None:
         """Checkpoint synchronously and leave the group."""

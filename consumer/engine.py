@@ -15,7 +15,7 @@ from consumer.checkpoint_policy import CheckpointPolicy, CheckpointState, Trigge
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
 from consumer.dispatch import Dispatcher
-from consumer.errors import ConsumerError, KafkaError
+from consumer.errors import ConsumerError, Fenced, KafkaError
 from consumer.failures import Failures
 from consumer.instruments import Instruments
 from consumer.log_watch import LogWatch
@@ -135,7 +135,7 @@ class ConsumerLoop:
         except ConsumerError as error:
             self.state = LoopState.FAILED
             self._observer.failed(error)
-            self._close_after_failure()
+            self._close_after_failure(error)
             raise
         self.close()
 
@@ -256,11 +256,27 @@ class ConsumerLoop:
         paused = list(self._partitions)
         self._source.pause(paused)
         try:
-            # Only partitions assigned during this poll can deliver messages; handle them.
-            self._handle(self._source.poll(self._batch_size, self._poll_timeout))
+            # Only partitions assigned during this poll can deliver messages: handle what
+            # the bound has room for, and give the rest back.
+            self._handle(self._within_room(self._source.poll(self._batch_size,
+                                                             self._poll_timeout)))
         finally:
             self._source.resume(self._not_waiting([tp for tp in paused
                                                    if tp in self._partitions]))
+
+    def _within_room(self, messages: list[Message]) -> list[Message]:
+        """The first messages the unconfirmed bound has room for; each partition with
+        messages beyond it is sought back to its first one, so it is fetched again later."""
+        room = self._room()
+        if len(messages) <= room:
+            return messages
+        rewind: dict[TP, int] = {}
+        for message in messages[room:]:
+            rewind.setdefault((message.topic, message.partition), message.offset)
+        for tp, offset in rewind.items():
+            if tp in self._partitions:
+                self._source.seek(tp, offset)
+        return messages[:room]
 
     def close(self) -> None:
         """Checkpoint synchronously and leave the group."""
@@ -274,16 +290,26 @@ class ConsumerLoop:
             self.state = LoopState.CLOSED
             self._observer.stopped()
 
-    def _close_after_failure(self) -> None:
-        """Commit what was done before the failure, then leave the group; never mask it."""
-        try:
-            self._checkpoint(Trigger.SHUTDOWN)
-        except ConsumerError as error:
-            log.error("final checkpoint after the failure also failed: %s", error)
+    def _close_after_failure(self, error: ConsumerError) -> None:
+        """Leave the group without running a handler again, and never mask the failure.
+
+        The batch in hand when it failed is dropped: none of it was committed, and whoever
+        owns its partitions next gets it again. What the store committed already may still go
+        to Kafka, unless this process was fenced (a newer owner's offsets are the ones that
+        count). The revoke that closing the client triggers checkpoints nothing."""
+        if self._transactional is not None:
+            self._transactional.drop_pending()
+        if not isinstance(error, Fenced):
+            try:
+                self._checkpoint(Trigger.SHUTDOWN)
+            except Exception as final:  # logged; the failure is raised
+                log.error("final checkpoint after the failure also failed: %s: %s",
+                          type(final).__name__, final)
         try:
             self._source.close()
-        except ConsumerError as error:
-            log.error("closing the Kafka client after the failure failed: %s", error)
+        except Exception as closing:  # logged; the failure is raised
+            log.error("closing the Kafka client after the failure failed: %s: %s",
+                      type(closing).__name__, closing)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -348,8 +374,11 @@ class ConsumerLoop:
         if self._failures is not None:
             self._failures.forget(partitions)
         try:
-            self._checkpoint(Trigger.REVOKE, only=partitions)
+            if self.state is not LoopState.FAILED:  # a failing process runs no handler again
+                self._checkpoint(Trigger.REVOKE, only=partitions)
         finally:
+            if self._transactional is not None:  # what a failed revoke left is not ours now
+                self._transactional.drop(partitions)
             for tp in partitions:
                 self._partitions.pop(tp, None)
             self._observer.revoked(partitions)

@@ -14,6 +14,9 @@ import time
 from typing import Any
 
 COORDINATES = ("group", "topic", "partition", "offset")
+#: Attributes every log record has; any other attribute came from ``extra=``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
 HUMAN = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -34,7 +37,8 @@ class HumanFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, coordinates."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, coordinates,
+    and every field the caller passed with ``extra=`` (values JSON cannot hold as text)."""
 
     def __init__(self, group: str | None = None) -> None:
         super().__init__()
@@ -53,6 +57,9 @@ class JsonFormatter(logging.Formatter):
         for key in COORDINATES:
             value = getattr(record, key, None)
             if value is not None:
+                data[key] = value
+        for key, value in vars(record).items():  # the fields a caller passed with extra=
+            if key not in _STANDARD and key not in data:
                 data[key] = value
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)

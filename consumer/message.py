@@ -144,7 +144,7 @@ class Context:
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         if self._logger is None:
             m = self.message
-            self._logger = logging.LoggerAdapter(
+            self._logger = _BoundLogger(
                 logging.getLogger("consumer.handler"),
                 {"group": self._scope.group, "topic": m.topic, "partition": m.partition,
                  "offset": m.offset},
@@ -176,6 +176,15 @@ class Context:
                 "context.execute needs a store: set store.url (sqlite:///… or postgresql://…)"
             )
         return store.execute(sql, params)
+
+
+class _BoundLogger(logging.LoggerAdapter[logging.Logger]):
+    """Binds the message's coordinates and keeps the fields a call passes with ``extra=``
+    (a plain LoggerAdapter replaces them with its own before Python 3.13)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
 
 
 class StoreLike(Protocol):

@@ -128,8 +128,12 @@ def _redrive_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     return headers
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["redrive"])
+def add_arguments(dlq: argparse.ArgumentParser) -> None:
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    parser = actions.add_parser(
+        "redrive", help="put dead letters back on their original topics (dry run by default)",
+        description="Put dead letters back on their original topics; a dry run unless "
+                    "--execute is given.")
     parser.add_argument("--config", help="YAML or TOML config file (default: $CONSUMER_CONFIG)")
     parser.add_argument("--topic", action="append",
                         help="dead-letter topic (default: every route's)")

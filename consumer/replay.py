@@ -157,6 +157,10 @@ def _plan_and_apply(settings: Settings, group: str, store_url: str | None,
                       if store is not None and args.forget_keys else {})
         print(render_plan(group, positions, targets, rows, forgetting,
                           with_store=store is not None))
+        retention = settings.store.processed_keys_retention_seconds
+        if store is not None and args.keep_keys and retention is not None:
+            for warning in _beyond_retention(settings, targets, rows, retention):
+                print(warning)
         if not args.execute:
             print("dry run: nothing changed; add --execute to replay")
             return EXIT_OK
@@ -169,6 +173,25 @@ def _plan_and_apply(settings: Settings, group: str, store_url: str | None,
     print(f"replayed: group {group} resumes {args.topic} at the target offsets"
           + (" with the processed keys from there on forgotten" if forgetting else ""))
     return EXIT_OK
+
+
+def _beyond_retention(settings: Settings, targets: Mapping[TP, int],
+                      rows: Mapping[TP, int | None], retention: float) -> list[str]:
+    """Keys are purged once older than the retention, so keeping them skips nothing older:
+    per partition, the offsets from the target on that are that old (and were processed)."""
+    cutoff_ms = int((time.time() - retention) * 1000)
+    retained_from = offsets_at(settings.kafka, list(targets), timestamp_ms=cutoff_ms)
+    warnings = []
+    for tp, target in sorted(targets.items()):
+        row = rows.get(tp)
+        upper = retained_from[tp] if row is None else min(retained_from[tp], row)
+        if target < upper:
+            warnings.append(
+                f"warning: {tp[0]}[{tp[1]}]: offsets {target} to {upper - 1} are older than "
+                f"the processed-key retention ({retention:.0f} s, "
+                "store.processed_keys_retention_seconds): their keys may already be purged, "
+                "so --keep-keys does not skip them and those events are applied again")
+    return warnings
 
 
 def render_plan(group: str, positions: Sequence[GroupPosition], targets: Mapping[TP, int],

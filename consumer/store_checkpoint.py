@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from consumer.checkpoint_policy import Trigger
 from consumer.dedup import KeyFunction
-from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError
+from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError, StoreUnavailable
 from consumer.failures import Failures, Verdict
 from consumer.instruments import Instruments
 from consumer.message import Context, Message, Scope
@@ -83,6 +83,7 @@ class StoreCheckpoint:
         self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
         #: Metrics on: each handler call is timed inline.
         self._timer = instruments
+        self._transient = _transient_errors(store.dialect)
 
     @property
     def synchronous(self) -> bool:
@@ -160,6 +161,8 @@ class StoreCheckpoint:
                         handlers[message.topic](message, Context(scope, message, key))
                         timed.append((message.topic, timer.now() - start))
                 except Exception as error:
+                    if self._transient(error):
+                        raise _store_unavailable(message, error) from error
                     raise _HandlerRaised from error
                 applied_keys.add(key)
                 applied += 1
@@ -211,6 +214,8 @@ class StoreCheckpoint:
                     handlers[message.topic](message, Context(scope, message, claim.key))
                     timer.durations(message.topic).append(timer.now() - start)
             except Exception as error:
+                if self._transient(error):
+                    raise _store_unavailable(message, error) from error
                 if timer is not None and start:  # the handler raised (not a check before it)
                     timer.failed(message.topic, timer.now() - start)
                 store.rollback_to_savepoint()
@@ -269,6 +274,37 @@ class StoreCheckpoint:
             progress.mark_acked(offset)
         self._observer.checkpoint_committed(self.trigger, moved)
         return moved
+
+
+def _transient_errors(dialect: str) -> Callable[[BaseException], bool]:
+    """Which errors raised in a handler are the store's, not the message's: a deadlock, a
+    serialization failure, a lock or statement timeout, a busy SQLite file, a lost
+    connection. They roll the whole batch back to be retried after backoff, like an outage,
+    and never count as a failed attempt (nor dead-letter a valid message)."""
+    if dialect == "sqlite":
+        from consumer.store.sqlite import is_transient
+    else:
+        from consumer.store.postgres import is_transient
+
+    def transient(error: BaseException) -> bool:
+        cause: BaseException | None = error
+        for _ in range(5):  # the error itself, or what a handler wrapped in its own
+            if cause is None:
+                return False
+            if isinstance(cause, StoreUnavailable) or is_transient(cause):
+                return True
+            cause = cause.__cause__
+        return False
+
+    return transient
+
+
+def _store_unavailable(message: Message, error: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"the handler of {message.topic}[{message.partition}]@{message.offset} hit a transient "
+        f"database error ({type(error).__name__}: {str(error).strip()}); it is the store's, "
+        "not the message's"
+    )
 
 
 class _HandlerRaised(Exception):

@@ -97,6 +97,10 @@ class TransactionalBatches:
         self.pending.extend(taken)
         return len(taken)
 
+    def drop_pending(self) -> None:
+        """Forget the whole buffered batch: the process failed and runs no handler again."""
+        self.pending = []
+
     def drop(self, partitions: Sequence[TP]) -> None:
         """Forget buffered messages of partitions that are gone (lost)."""
         gone = set(partitions)

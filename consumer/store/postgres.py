@@ -37,6 +37,24 @@ SCHEMA = [
 SCHEMA_LOCK = 7_212_041_901
 
 
+#: Errors a handler may hit that say nothing about its message: a deadlock, a serialization
+#: failure, a lock or statement timeout. The batch is retried like an outage.
+TRANSIENT_ERRORS = (
+    psycopg.errors.TransactionRollback,  # DeadlockDetected, SerializationFailure
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.QueryCanceled,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error a handler raised is a transient database error (above) or a lost
+    connection, rather than a failure of its message."""
+    if isinstance(error, TRANSIENT_ERRORS):
+        return True
+    return isinstance(error, psycopg.OperationalError) and (
+        error.sqlstate is None or error.sqlstate.startswith(("08", "57P")))
+
+
 class PostgresStore(Store):
     dialect = "postgresql"
 

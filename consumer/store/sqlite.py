@@ -34,6 +34,18 @@ SCHEMA = [
 ]
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether an error a handler raised is SQLite busy or locked by another connection: the
+    batch is retried like an outage instead of counting against the message."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
 class SQLiteStore(Store):
     dialect = "sqlite"
 

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,36 @@ def test_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(
     assert "carries no checkpoint-consumer marker" not in run.log_file.read_text()
     assert _entries(store) == EVENTS + 5
     assert store.scalar("SELECT balance FROM accounts WHERE id = 'acc'") == EVENTS + 5
+
+
+def test_keep_keys_dry_run_warns_when_the_target_is_older_than_the_key_retention(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Processed keys are purged after `store.processed_keys_retention_seconds`, so keeping
+    them does not skip events older than that: a `--keep-keys` dry run to a target older than
+    the retention says, per partition, which offsets will be applied again."""
+    from confluent_kafka import Producer
+
+    topic = create_topic(kafka_bootstrap, 1, prefix="retention")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    now_ms = int(time.time() * 1000)
+    for i, age_hours in enumerate((3, 3, 0)):  # two events from 3 hours ago, one now
+        producer.produce(topic, f"e{i}".encode(), partition=0,
+                         timestamp=now_ms - age_hours * 3_600_000)
+    assert producer.flush(30) == 0
+    group = unique_name("retention")
+    with fresh_store("sqlite", tmp_path, None) as store:
+        config = consumer_config(kafka_bootstrap, group, topic, store=store.url)
+        config["store"]["processed_keys_retention_seconds"] = 3600  # type: ignore[index]
+        path = tmp_path / "replay.yaml"
+        path.write_text(yaml.safe_dump(config))
+        subprocess.run([sys.executable, "-m", "consumer", "store", "init", "--config",
+                        str(path)], cwd=REPO_ROOT, check=True, timeout=60)
+        planned = replay(config, tmp_path, "--topic", topic, "--to-earliest", "--keep-keys")
+        assert planned.returncode == 0, planned.stderr
+        assert f"{topic}[0]: offsets 0 to 1 are older than" in planned.stdout, planned.stdout
+        assert "applied again" in planned.stdout, planned.stdout
+
+        recent = replay(config, tmp_path, "--topic", topic, "--to-offset", "2", "--keep-keys")
+        assert recent.returncode == 0, recent.stderr
+        assert "older than" not in recent.stdout, recent.stdout

@@ -43,3 +43,36 @@ def test_json_log_lines_carry_message_coordinates(kafka_bootstrap: str, tmp_path
     startup = next(r for r in lines if "starting with" in str(r["message"]))
     assert "hunter2" not in run.log_file.read_text()
     assert '"sasl.password": "***"' in str(startup["message"])
+
+
+def test_json_log_lines_keep_the_fields_a_handler_passes_with_extra(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A handler logs with `extra={"order_id": ...}` through `context.logger` and through its
+    own module logger: with `logging.format: json` each field is a key of the JSON line (and
+    the context logger's coordinates are still there)."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="jsonextra")
+    group = unique_name("jsonextra")
+    config = consumer_config(kafka_bootstrap, group, topic,
+                             handler="tests.support.extra_logging_handler:handle")
+    config["logging"] = {"format": "json"}
+    config["log_level"] = "INFO"
+    produce(kafka_bootstrap, topic, [b"order-7"])
+    run = ConsumerProcess(tmp_path, "run", config).start()
+
+    def records() -> list[dict[str, object]]:
+        lines = run.log_file.read_text().splitlines() if run.log_file.exists() else []
+        return [json.loads(line) for line in lines]
+
+    try:
+        wait_for(lambda: any(r["message"] == "order priced" for r in records()),
+                 timeout=30, what=f"the handler's lines ({run.log_tail()})")
+    finally:
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0
+    lines = records()
+    received = next(r for r in lines if r["message"] == "order received")
+    priced = next(r for r in lines if r["message"] == "order priced")
+    assert received["order_id"] == "order-7", received
+    assert (received["topic"], received["partition"], received["offset"]) == (topic, 0, 0)
+    assert priced["order_id"] == "order-7" and priced["amount_cents"] == 1250, priced

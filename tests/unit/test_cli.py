@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -162,3 +163,25 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         main(["replay-everything"])
     assert caught.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dlq_redrive_help_shows_redrives_own_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """`consumer dlq redrive --help` describes redrive (its usage line and its options), not the
+    `dlq` group."""
+    with pytest.raises(SystemExit) as exited:
+        main(["dlq", "redrive", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: consumer dlq redrive" in out
+    for option in ("--execute", "--since", "--exception-type", "--partition"):
+        assert option in out
+
+
+def test_files_the_alert_rules_cite_exist() -> None:
+    """config/alerts.yml points operators at documentation files; each one is in the repo."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "config" / "alerts.yml").read_text()
+    cited = set(re.findall(r"[\w./-]+\.(?:md|py)\b", text))
+    assert cited, "the rules cite where their metrics are described"
+    missing = sorted(name for name in cited if not (root / name).exists())
+    assert missing == []

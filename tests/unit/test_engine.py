@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 
 from consumer.checkpoint_policy import CheckpointPolicy, Trigger
@@ -12,7 +14,7 @@ from consumer.message import Context, Message
 from consumer.observer import Observer
 from consumer.routing import Route, Router
 from consumer.testing import InMemorySource
-from consumer.transport import TP
+from consumer.transport import TP, SourceListener
 from tests.unit.engine_support import (
     Recorder,
     RecordingObserver,
@@ -513,3 +515,43 @@ def test_unconfirmed_work_is_capped_at_one_interval_with_synchronous_commits() -
     assert len(recorder.seen) == 35
     assert [asynchronous for _, asynchronous in source.commits] == [False, False, False]
     assert [offsets[("t", 0)] for offsets, _ in source.commits] == [10, 20, 30]
+
+
+class AssigningSource(InMemorySource):
+    """Assigns ``later`` partitions inside a poll made while every partition is paused: a
+    rebalance that hands the member more partitions while it waits at its bound."""
+
+    def __init__(self, topics: dict[str, list[list[bytes]]], *, later: list[tuple[str, int]]):
+        super().__init__(topics)
+        self._later = later
+
+    def subscribe(self, topics: Iterable[str], listener: SourceListener) -> None:
+        super().subscribe(topics, listener)
+        self._pending_assignment = [tp for tp in self._pending_assignment
+                                    if tp not in self._later]
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        if self._later and self._positions and set(self._positions) <= self.paused:
+            self._pending_assignment, self._later = self._later, []
+        return super().poll(max_messages, timeout)
+
+
+def test_unconfirmed_bound_holds_for_partitions_assigned_while_confirming() -> None:
+    """At its bound, with the synchronous commit refused (a rebalance), the loop polls with its
+    partitions paused; partitions assigned during that poll deliver messages, and only what
+    the bound has room for is handled: the rest is sought back and handled later, once."""
+    source = AssigningSource({"t": [values(50), values(50)]}, later=[("t", 1)])
+    recorder = Recorder()
+    loop = make_loop(source, recorder, every_messages=2, batch_size=500, max_unconfirmed=4)
+    loop.start()
+    source.hold_commit_results = True
+    for _ in range(3):
+        source.fail_next_commit = KafkaError("REBALANCE_IN_PROGRESS", "rebalancing")
+        loop.run_once()
+        unconfirmed = sum(p.unconfirmed for p in loop.snapshot().partitions.values())
+        assert unconfirmed <= 4, (unconfirmed, len(recorder.seen))
+    assert ("t", 1) in loop.snapshot().partitions
+    source.hold_commit_results = False
+    for _ in range(200):
+        loop.run_once()
+    assert sorted(recorder.seen) == sorted({("t", p, o) for p in (0, 1) for o in range(50)})

@@ -3,14 +3,24 @@ real SQLite store (a file in tmp_path) and InMemorySource as the Kafka side."""
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from consumer.clock import ManualClock
 from consumer.engine import LoopState
-from consumer.errors import ExternalReset, Fenced, HandlerFailed, OffsetOutOfRange
+from consumer.errors import (
+    ExternalReset,
+    Fenced,
+    HandlerFailed,
+    OffsetOutOfRange,
+    StoreUnavailable,
+)
+from consumer.message import Context, Message
 from consumer.observer import TP
+from consumer.store import CheckpointRow
 from consumer.store.sqlite import SQLiteStore
 from consumer.transactional import ExternalResetPolicy
 from tests.support.store_harness import (
@@ -370,3 +380,105 @@ def test_kafkas_copy_waits_for_the_answer_to_the_previous_commit(tmp_path: Path)
     loop.run_once()  # the answer arrives; the interval-free loop has nothing new to apply
     loop.close()
     assert source.commits[-1] == ({P0: 12}, False)
+
+
+# --- a failing process runs no handler again -------------------------------------------------
+
+
+class FencedStore(SQLiteStore):
+    """A SQLite store on which a newer owner has taken every partition: each checkpoint row
+    write is refused, as after a freeze past max.poll.interval.ms."""
+
+    def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
+                          now: float) -> list[TP]:
+        return [(row.topic, row.partition) for row in rows]
+
+
+class RevokingSource(HeaderedSource):
+    """Revokes ``partitions`` inside its ``at``-th poll, as a rebalance does."""
+
+    def __init__(self, topics: dict[str, list[list[bytes]]], *, at: int,
+                 partitions: list[TP]) -> None:
+        super().__init__(topics)
+        self._polls, self._at, self._revoking = 0, at, partitions
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        self._polls += 1
+        if self._polls == self._at:
+            self.revoke(self._revoking)
+        return super().poll(max_messages, timeout)
+
+
+def test_fenced_loop_runs_no_handler_again_on_its_way_out(tmp_path: Path) -> None:
+    """Fenced at its checkpoint, the loop closes without running the kept batch again (neither
+    in the final checkpoint nor in the revoke that closing triggers) and leaves the group."""
+    store = open_store_as(FencedStore, tmp_path)
+    source = HeaderedSource({"t": [values(0, 2), values(1, 2)]})
+    handler = EffectWriter()
+    loop, batches = make_store_loop(source, store, handler, clock=ManualClock(),
+                                    every_messages=4)
+    with pytest.raises(Fenced):
+        loop.run()
+    assert len(handler.calls) == 4, handler.calls
+    assert source.closed
+    assert source.commits == []
+    assert batches.pending == []
+
+
+def test_failing_revoke_checkpoint_raises_its_error_and_closes_the_client(tmp_path: Path) -> None:
+    """The revoke checkpoint of p0 fails (the store's commit): the loop raises that error, not a
+    KeyError about p0's buffered messages, runs no handler again and closes the client."""
+    store = open_store_as(FlakyCommitStore, tmp_path)
+    store.fail_commits = 1
+    source = RevokingSource({"t": [values(0, 2), values(1, 2)]}, at=2, partitions=[P0])
+    handler = EffectWriter()
+    loop, _ = make_store_loop(source, store, handler, clock=ManualClock(), every_seconds=5.0)
+    with pytest.raises(StoreUnavailable):
+        loop.run()
+    assert len(handler.calls) == 4, handler.calls
+    assert source.closed
+    assert loop.state is LoopState.FAILED
+
+
+# --- transient database errors in a handler --------------------------------------------------
+
+
+def test_sqlite_locked_in_a_handler_retries_the_batch_instead_of_failing_the_message(
+    tmp_path: Path,
+) -> None:
+    """A handler's write meets another connection's lock ("database is locked"): the whole
+    batch rolls back and is retried after the backoff, like a store outage; it is not the
+    message's failure (no HandlerFailed), and once the lock is gone it is applied once."""
+    other = tmp_path / "other.db"
+    holder = sqlite3.connect(other, isolation_level=None)
+    holder.execute("CREATE TABLE audit (value TEXT)")
+    holder.execute("BEGIN EXCLUSIVE")
+    writer = EffectWriter()
+
+    def handler(message: Message, context: Context) -> None:
+        audit = sqlite3.connect(other, timeout=0)
+        try:
+            audit.execute("INSERT INTO audit VALUES (?)", (message.text(),))
+            audit.commit()
+        finally:
+            audit.close()
+        writer(message, context)
+
+    store = open_store(tmp_path)
+    source = HeaderedSource({"t": [values(0, 2)]})
+    clock = ManualClock()
+    loop, batches = make_store_loop(source, store, handler, clock=clock,  # type: ignore[arg-type]
+                                    every_messages=2)
+    loop.start()
+    loop.run_once()
+    assert batches.unavailable
+    assert len(batches.pending) == 2
+    assert effects(store) == []
+
+    holder.execute("ROLLBACK")
+    holder.close()
+    clock.advance(1.0)
+    loop.run_once()
+    assert not batches.unavailable
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert store.checkpoints(GROUP) == {P0: 2}

@@ -1,0 +1,79 @@
+"""A process that knows it is fenced or failing runs no handler again on its way out (real broker,
+real PostgreSQL)."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from consumer_process import ConsumerProcess, consumer_config, wait_for
+
+from tests.support.kafka import create_topic, produce, unique_name
+from tests.support.stores import StoreUnderTest, fresh_store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(postgres_dsn: str, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    # PostgreSQL: a SQLite writer frozen inside its batch holds the whole file, so the new
+    # owner could not even take the partition over while it is frozen.
+    with fresh_store("postgresql", tmp_path, postgres_dsn) as under_test:
+        yield under_test
+
+
+def _checkpoint_row(store: StoreUnderTest) -> object:
+    try:
+        rows = store.query("SELECT next_offset FROM consumer_checkpoints")
+    except Exception:  # The table appears with the first assignment.
+        return None
+    return rows[0][0] if rows else None
+
+
+def test_fenced_zombie_runs_no_handler_again_on_its_way_out(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """A member frozen (SIGSTOP) in the middle of its batch past max.poll.interval.ms; a second
+    member takes the partition (bumping its epoch); the first resumes, finishes the handler in
+    hand and is fenced at its checkpoint row, and the new owner applies both messages. The
+    first exits 1 with the fence in its log, no KeyError, and each message's handler ran in it
+    exactly once: the close and the revoke that follow the fence run none again."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="zombie")
+    group = unique_name("zombie")
+    config = consumer_config(kafka_bootstrap, group, topic, every_messages=2, store=store.url,
+                             max_poll_interval_ms=7000)
+    zombie = ConsumerProcess(tmp_path, "zombie", config, env={"RECORD_SLEEP_SECONDS": "2"})
+    owner = ConsumerProcess(tmp_path, "owner", config)
+    zombie.start()
+    try:
+        wait_for(lambda: zombie.owned_partitions() == {0}, timeout=60,
+                 what=f"the first member to take the partition ({zombie.log_tail()})")
+        # The second member joins before the freeze, idle: it is set up (schema checked) by
+        # the time it takes the partition over.
+        owner.start()
+        wait_for(lambda: "subscribed to" in owner.log_file.read_text(errors="replace"),
+                 timeout=60, what=f"the second member to join ({owner.log_tail()})")
+        produce(kafka_bootstrap, topic, [b"a", b"b"])
+        zombie.wait_records(1, timeout=60)  # in the second handler's sleep now
+        zombie.signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: owner.owned_partitions() == {0}, timeout=90,
+                     what="the new owner to take the partition")
+        finally:
+            zombie.signal(signal.SIGCONT)
+        code = zombie.wait(timeout=60)
+        wait_for(lambda: _checkpoint_row(store) == 2, timeout=60,
+                 what=f"the new owner to apply both messages ({owner.log_tail()})")
+        log = zombie.log_file.read_text(errors="replace")
+        assert code == 1, zombie.log_tail(40)
+        assert "fenced on" in log, zombie.log_tail(40)
+        assert "KeyError" not in log, zombie.log_tail(40)
+        calls = Counter(offset for _, offset, _ in zombie.records())
+        assert calls == {0: 1, 1: 1}, (calls, zombie.log_tail(40))
+    finally:
+        zombie.stop_if_running()
+        owner.signal(signal.SIGTERM)
+        owner.wait()

@@ -107,6 +107,7 @@ def build_purger(settings: Settings, *observers: Observer) -> ProcessedKeyPurger
     url = settings.store.url.get_secret_value()
     return ProcessedKeyPurger(
         lambda: open_store(url, sqlite_synchronous=settings.store.sqlite_synchronous),
+        group=settings.kafka.group_id,
         retention_seconds=retention,
         every_seconds=settings.store.purge_every_seconds,
         batch_size=settings.store.purge_batch_size,

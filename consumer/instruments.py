@@ -183,8 +183,8 @@ class TimedStore(Store):
     def checkpoints(self, group: str) -> dict[TP, int | None]:
         return self._store.checkpoints(group)
 
-    def purge_processed_keys(self, older_than: float, limit: int) -> int:
-        return self._store.purge_processed_keys(older_than, limit)
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
+        return self._store.purge_processed_keys(group, older_than, limit)
 
 
 class TimedSource:

@@ -121,8 +121,10 @@ class Store(abc.ABC):
         """Every checkpoint row of the group (for `consumer lag` and replay)."""
 
     @abc.abstractmethod
-    def purge_processed_keys(self, older_than: float, limit: int) -> int:
-        """Delete up to ``limit`` processed keys first seen before ``older_than``; own txn."""
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
+        """Delete up to ``limit`` of the group's processed keys first seen before
+        ``older_than``; own txn. Another group's keys are never touched: each group keeps
+        its own retention."""
 
     # --- replay (the same SQL on every store) ----------------------------------------------
 

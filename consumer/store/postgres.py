@@ -223,13 +223,13 @@ class PostgresStore(Store):
             ).fetchall()
         return {(t, p): o for t, p, o in rows}
 
-    def purge_processed_keys(self, older_than: float, limit: int) -> int:
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
         with self._errors():
             cursor = self._db.execute(
                 """DELETE FROM consumer_processed_keys WHERE ctid IN (
-                       SELECT ctid FROM consumer_processed_keys WHERE processed_at < %s
-                       LIMIT %s)""",
-                (older_than, limit),
+                       SELECT ctid FROM consumer_processed_keys
+                       WHERE group_id = %s AND processed_at < %s LIMIT %s)""",
+                (group, older_than, limit),
             )
         return cursor.rowcount
 

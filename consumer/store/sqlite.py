@@ -187,13 +187,13 @@ class SQLiteStore(Store):
             ).fetchall()
         return {(t, p): o for t, p, o in rows}
 
-    def purge_processed_keys(self, older_than: float, limit: int) -> int:
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
         with _translated(self._path):
             cursor = self._db.execute(
                 """DELETE FROM consumer_processed_keys WHERE rowid IN (
-                       SELECT rowid FROM consumer_processed_keys WHERE processed_at < ?
-                       LIMIT ?)""",
-                (older_than, limit),
+                       SELECT rowid FROM consumer_processed_keys
+                       WHERE group_id = ? AND processed_at < ? LIMIT ?)""",
+                (group, older_than, limit),
             )
         return cursor.rowcount
 

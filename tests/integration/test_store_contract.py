@@ -275,13 +275,28 @@ def test_purge_deletes_only_keys_older_than_the_cutoff_at_most_limit_per_call(
     store.claim("group-b", claims("old4"), 100.0)
     store.claim(G, claims("new1", "new2"), 200.0)
     store.claim(G, claims("edge"), 150.0)
+    store.claim(G, claims("old5", partition=1), 100.0)
     store.commit()
-    assert store.purge_processed_keys(150.0, 3) == 3
-    assert store.purge_processed_keys(150.0, 3) == 1
-    assert store.purge_processed_keys(150.0, 3) == 0
+    assert store.purge_processed_keys(G, 150.0, 3) == 3
+    assert store.purge_processed_keys(G, 150.0, 3) == 1
+    assert store.purge_processed_keys(G, 150.0, 3) == 0
     assert stored_keys(store) == sorted([key("edge"), key("new1"), key("new2")])
-    assert stored_keys(store, "group-b") == []
+    assert stored_keys(store, "group-b") == [key("old4")], "another group's key is not ours"
     assert stored_keys(backend.open()) == stored_keys(store), "purge commits on its own"
+
+
+def test_purge_of_one_group_leaves_another_groups_keys(backend: Backend, store: Store) -> None:
+    """Two groups share one database: group-b's purge (its own retention) deletes only its
+    keys; group-a's keys of the same age stay, however short group-b's retention is."""
+    store.begin()
+    store.claim(G, claims("a1", "a2"), 100.0)
+    store.claim("group-b", claims("b1", "b2"), 100.0)
+    store.commit()
+    assert store.purge_processed_keys("group-b", 150.0, 10) == 2
+    assert stored_keys(store) == sorted([key("a1"), key("a2")])
+    assert stored_keys(store, "group-b") == []
+    assert store.purge_processed_keys(G, 150.0, 10) == 2
+    assert stored_keys(store) == []
 
 
 # --- transactions ----------------------------------------------------------------------------

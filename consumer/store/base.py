@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.errors import StoreError
+from consumer.errors import OffsetWentBackwards, StoreError
 from consumer.transport import TP
 
 SCHEMA_VERSION = 1
@@ -94,8 +94,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
                           now: float) -> list[TP]:
-        """Move each row to its next offset where the epoch is still ours; return the
-        partitions where it was not (a newer owner fenced us)."""
+        """Move each row forward to its next offset where the epoch is still ours; return the
+        partitions where it was not (a newer owner fenced us). The UPDATE itself refuses to
+        move a row backwards: such a row (our epoch, a higher offset stored) raises
+        OffsetWentBackwards, and the caller rolls the batch back."""
 
     @abc.abstractmethod
     def commit(self) -> None: ...
@@ -126,6 +128,25 @@ class Store(abc.ABC):
         ``older_than``; own txn. Another group's keys are never touched: each group keeps
         its own retention."""
 
+    def _refused(self, group: str, refused: Sequence[CheckpointRow]) -> list[TP]:
+        """Rows the checkpoint UPDATE did not move: fenced (another epoch, or no row), or
+        still ours but ahead of the new offset, which raises OffsetWentBackwards."""
+        fenced, backwards = [], []
+        for row in refused:
+            found = self.execute(
+                "SELECT next_offset, epoch FROM consumer_checkpoints WHERE group_id = %s "
+                "AND topic = %s AND partition = %s", (group, row.topic, row.partition),
+            ).fetchone()
+            if found is not None and found[1] == row.epoch and found[0] is not None \
+                    and found[0] > row.next_offset:
+                backwards.append(OffsetWentBackwards(row.topic, row.partition, int(found[0]),
+                                                     row.next_offset))
+            else:
+                fenced.append((row.topic, row.partition))
+        if backwards and not fenced:  # a zombie stops as Fenced whatever else it wrote
+            raise backwards[0]
+        return fenced
+
     # --- replay (the same SQL on every store) ----------------------------------------------
 
     def keys_from(self, group: str, targets: Mapping[TP, int]) -> dict[TP, int]:
@@ -142,9 +163,10 @@ class Store(abc.ABC):
 
     def replay(self, group: str, targets: Mapping[TP, int], *, forget_keys: bool,
                now: float) -> dict[TP, int]:
-        """Move each partition's checkpoint row to its target (bumping the epoch, so a
-        process still holding the partition is fenced) and, with ``forget_keys``, delete the
-        keys claimed at or after it, all in one transaction. Returns the keys deleted."""
+        """Move each partition's checkpoint row to its target, backwards too, on purpose
+        (bumping the epoch, so a process still holding the partition is fenced) and, with
+        ``forget_keys``, delete the keys claimed at or after it, all in one transaction.
+        Returns the keys deleted."""
         forgotten = dict.fromkeys(targets, 0)
         self.begin()
         try:

@@ -175,20 +175,22 @@ class PostgresStore(Store):
                           now: float) -> list[TP]:
         if not rows:
             return []
-        # One statement for every partition: a row moves only where the epoch is still ours.
+        # One statement for every partition: a row moves only forward, and only where the
+        # epoch is still ours.
         with self._errors():
             moved = self._db.execute(
                 """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = %s
                    FROM unnest(%b::text[], %b::integer[], %b::bigint[], %b::bigint[])
                         AS u(t, p, o, e)
                    WHERE c.group_id = %s AND c.topic = u.t AND c.partition = u.p
-                         AND c.epoch = u.e
+                         AND c.epoch = u.e AND (c.next_offset IS NULL OR c.next_offset <= u.o)
                    RETURNING c.topic, c.partition""",
                 (now, [r.topic for r in rows], [r.partition for r in rows],
                  [r.next_offset for r in rows], [r.epoch for r in rows], group),
             ).fetchall()
-        done = {(topic, partition) for topic, partition in moved}
-        return [(r.topic, r.partition) for r in rows if (r.topic, r.partition) not in done]
+            done = {(topic, partition) for topic, partition in moved}
+            refused = [r for r in rows if (r.topic, r.partition) not in done]
+            return self._refused(group, refused) if refused else []
 
     def commit(self) -> None:
         try:

@@ -147,17 +147,19 @@ class SQLiteStore(Store):
 
     def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
                           now: float) -> list[TP]:
-        fenced = []
+        refused = []
         with _translated(self._path):
             for row in rows:
                 cursor = self._db.execute(
                     """UPDATE consumer_checkpoints SET next_offset = ?, updated_at = ?
-                       WHERE group_id = ? AND topic = ? AND partition = ? AND epoch = ?""",
-                    (row.next_offset, now, group, row.topic, row.partition, row.epoch),
+                       WHERE group_id = ? AND topic = ? AND partition = ? AND epoch = ?
+                             AND (next_offset IS NULL OR next_offset <= ?)""",
+                    (row.next_offset, now, group, row.topic, row.partition, row.epoch,
+                     row.next_offset),
                 )
                 if cursor.rowcount != 1:
-                    fenced.append((row.topic, row.partition))
-        return fenced
+                    refused.append(row)
+            return self._refused(group, refused) if refused else []
 
     def commit(self) -> None:
         with _translated(self._path):

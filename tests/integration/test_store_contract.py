@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+from consumer.errors import OffsetWentBackwards, StoreError, StoreSchemaError, StoreUnavailable
 from consumer.store import CheckpointRow, Claim, Position, Store
 from consumer.store.base import SCHEMA_VERSION
 from consumer.store.postgres import PostgresStore
@@ -208,6 +208,63 @@ def test_write_checkpoints_of_another_group_fences(store: Store) -> None:
     store.begin()
     assert store.write_checkpoints("group-b", [CheckpointRow("t", 0, 5, 1)], 2.0) == [P0]
     store.rollback()
+
+
+def test_write_checkpoints_refuses_to_move_a_row_backwards(store: Store) -> None:
+    """Our epoch, but an offset below the row's: the UPDATE itself refuses it, and the store
+    raises OffsetWentBackwards (not Fenced) naming both offsets; the row keeps its offset."""
+    store.assign(G, [P0, P1], 1.0)
+    store.begin()
+    store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1), CheckpointRow("t", 1, 7, 1)], 2.0)
+    store.commit()
+    store.begin()
+    with pytest.raises(OffsetWentBackwards) as raised:
+        store.write_checkpoints(
+            G, [CheckpointRow("t", 1, 9, 1), CheckpointRow("t", 0, 40, 1)], 3.0
+        )
+    store.rollback()
+    assert (raised.value.topic, raised.value.partition) == P0
+    assert (raised.value.old, raised.value.new) == (42, 40)
+    assert store.checkpoints(G) == {P0: 42, P1: 7}
+
+
+def test_write_checkpoints_at_the_same_offset_is_no_move_and_no_error(store: Store) -> None:
+    store.assign(G, [P0], 1.0)
+    store.begin()
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0) == []
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 3.0) == []
+    store.commit()
+    assert store.checkpoints(G) == {P0: 42}
+
+
+def test_a_fenced_row_below_ours_is_reported_fenced_not_backwards(backend: Backend,
+                                                                 store: Store) -> None:
+    """A newer owner took P0 (epoch 2): our lower offset is a zombie's write, so Fenced wins."""
+    store.assign(G, [P0], 1.0)
+    store.begin()
+    store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0)
+    store.commit()
+    backend.open().assign(G, [P0], 3.0)
+    store.begin()
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 10, 1)], 4.0) == [P0]
+    store.rollback()
+
+
+def test_replay_moves_a_row_backwards_on_purpose_and_fences_its_owner(store: Store) -> None:
+    store.assign(G, [P0], 1.0)
+    store.begin()
+    store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0)
+    store.commit()
+    store.replay(G, {P0: 10}, forget_keys=False, now=3.0)
+    assert store.checkpoints(G) == {P0: 10}
+    store.begin()
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 11, 1)], 4.0) == [P0]
+    store.rollback()
+    assert store.assign(G, [P0], 5.0) == {P0: Position(10, 3)}
+    store.begin()
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 11, 3)], 6.0) == []
+    store.commit()
+    assert store.checkpoints(G) == {P0: 11}
 
 
 def test_checkpoints_lists_the_rows_of_one_group(store: Store) -> None:

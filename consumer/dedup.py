@@ -9,6 +9,12 @@ Per route, one of:
 - ``function:module:function``: ``function(message) -> bytes | str``.
 
 Never the Kafka message key by default: many events share one.
+
+Scope (``dedup_scope``, the last step of every key): ``topic`` (default) makes the key
+identify an event within its topic, so two topics may carry the same id for different events;
+``group`` lets one id span every topic of the group. A topic-scoped key is
+``sha256(b"t\0" + topic + b"\0" + digest)[:16]``, reproducible in SQL: the store's schema
+migration rewrites keys claimed before scoping existed into exactly this form.
 """
 
 from __future__ import annotations
@@ -16,16 +22,36 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from hashlib import blake2b
+from typing import Literal
 
 from consumer.errors import ConfigError
 from consumer.message import Message
 from consumer.routing import load_callable
 
 KeyFunction = Callable[[Message], bytes]
+DedupScope = Literal["topic", "group"]
 
 
-def key_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
-    """Build the digest function for one route's ``dedup_key`` setting."""
+def key_function(spec: str, topic_ids: Mapping[str, str],
+                 scope: DedupScope = "topic") -> KeyFunction:
+    """Build the digest function for one route's ``dedup_key`` and ``dedup_scope``."""
+    inner = _digest_function(spec, topic_ids)
+    if scope == "group":
+        return inner
+
+    def scoped(message: Message) -> bytes:
+        return topic_scoped(message.topic, inner(message))
+
+    return scoped
+
+
+def topic_scoped(topic: str, digest: bytes) -> bytes:
+    """The key of ``digest`` within ``topic`` (the migration computes the same in SQL)."""
+    return hashlib.sha256(b"t\0" + topic.encode() + b"\0" + digest).digest()[:16]
+
+
+def _digest_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
+    """The digest of the event's identity, before scoping."""
     prefixes: dict[str, bytes] = {}
 
     def coordinates(message: Message) -> bytes:

@@ -16,13 +16,13 @@ Everything here is written by the poll thread only and read by the scrape.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from consumer.errors import StoreError
 from consumer.histogram import Histogram
 from consumer.message import Message
-from consumer.store import CheckpointRow, Claim, Position, Store
+from consumer.store import CheckpointRow, Claim, Position, SchemaUpgrade, Store
 from consumer.transport import TP, Source, SourceListener
 
 #: The store operations timed, in the order a checkpoint batch runs them.
@@ -130,8 +130,9 @@ class TimedStore(Store):
     def _timed(self, operation: str, call: Callable[[], T]) -> T:
         return self._instruments.timed_store_call(operation, call)
 
-    def ensure_schema(self) -> None:
-        self._store.ensure_schema()
+    def ensure_schema(self, group: str | None = None, *,
+                      group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
+        return self._store.ensure_schema(group, group_scoped_topics=group_scoped_topics)
 
     def close(self) -> None:
         self._store.close()

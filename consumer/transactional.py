@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Literal
 
 from consumer.checkpoint_policy import Trigger
@@ -48,8 +48,11 @@ class TransactionalBatches:
         topic_ids: dict[str, str] | None = None,
         failures: Failures | None = None,
         instruments: Instruments | None = None,
+        group_scoped_topics: Collection[str] = (),
     ) -> None:
         self.store = store
+        #: Routes with ``dedup_scope: group``: the migration leaves their old keys unscoped.
+        self._group_scoped_topics = frozenset(group_scoped_topics)
         self._instruments = instruments
         self._source = source
         self._router = router
@@ -69,12 +72,15 @@ class TransactionalBatches:
         self._backoff = 0.5
 
     def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
-        """Create or check our tables and learn the topics' ids, retrying while the store is
-        unreachable. False when ``keep_trying`` turned false first."""
+        """Create, check or migrate our tables and learn the topics' ids, retrying while the
+        store is unreachable. False when ``keep_trying`` turned false first."""
         backoff = 1.0
         while keep_trying():
             try:
-                self.store.ensure_schema()
+                upgrade = self.store.ensure_schema(
+                    self._group, group_scoped_topics=self._group_scoped_topics)
+                if upgrade is not None:
+                    log.warning("%s", upgrade.describe("(store.url)"))
                 break
             except StoreUnavailable as error:
                 log.warning("%s; retrying in %.0f s", error, backoff)

@@ -8,14 +8,42 @@ and the checkpoint rows commit (or roll back) together.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from consumer.errors import OffsetWentBackwards, StoreError
 from consumer.transport import TP
 
-SCHEMA_VERSION = 1
+#: Version 2: dedup keys scoped to their topic, checkpoint rows carry the topic id, purges
+#: look up one group's keys by age.
+SCHEMA_VERSION = 2
+#: Versions ``ensure_schema`` migrates from, in one transaction (at start or with
+#: ``consumer store migrate``).
+MIGRATES_FROM = (1,)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaUpgrade:
+    """What ``ensure_schema`` migrated. ``keys_scoped``: the group's processed keys rewritten to
+    their topic's scope; ``keys_kept``: left group-wide (their route has ``dedup_scope:
+    group``); ``groups_waiting``: other groups whose keys their own consumer rewrites."""
+
+    from_version: int
+    to_version: int
+    group: str | None
+    keys_scoped: int
+    keys_kept: int
+    groups_waiting: int
+
+    def describe(self, where: str) -> str:
+        keys = ("" if self.group is None else
+                f"; {self.keys_scoped} processed keys of group {self.group} rewritten to "
+                f"topic-scoped keys, {self.keys_kept} kept group-wide (dedup_scope: group)")
+        return (f"store {where} migrated from schema version {self.from_version} to "
+                f"{self.to_version}{keys}; {self.groups_waiting} other group(s) keep their "
+                "keys until their own consumer (or `consumer store migrate` with their "
+                "config) rewrites them")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +81,14 @@ class Store(abc.ABC):
     # --- lifecycle -------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def ensure_schema(self) -> None:
-        """Create our tables on first use; raise StoreSchemaError on another version."""
+    def ensure_schema(self, group: str | None = None, *,
+                      group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
+        """Create our tables on first use, or migrate them from an older version, in one
+        transaction; raise StoreSchemaError on a version this code does not know.
+
+        With ``group``, that group's processed keys claimed under version 1 are rewritten to
+        topic-scoped keys (but those of ``group_scoped_topics``), exactly as the key
+        functions compute them now. Only our tables, and only that group's keys, change."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -198,18 +232,22 @@ class Store(abc.ABC):
 def require_version(found: int | None, where: str) -> None:
     from consumer.errors import StoreSchemaError
 
-    if found is not None and found != SCHEMA_VERSION:
+    if found is not None and found != SCHEMA_VERSION and found not in MIGRATES_FROM:
         raise StoreSchemaError(
             f"{where} holds checkpoint-consumer schema version {found}, this version needs "
-            f"{SCHEMA_VERSION}. Migrate the store (or point store.url at a new database)."
+            f"{SCHEMA_VERSION} (and migrates from {', '.join(map(str, MIGRATES_FROM))}). Run "
+            "the checkpoint-consumer release that wrote it, or point store.url at a new "
+            "database."
         )
 
 
 __all__ = [
+    "MIGRATES_FROM",
     "SCHEMA_VERSION",
     "CheckpointRow",
     "Claim",
     "Position",
+    "SchemaUpgrade",
     "Store",
     "StoreError",
     "require_version",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ from consumer.store.base import (
     CheckpointRow,
     Claim,
     Position,
+    SchemaUpgrade,
     Store,
     require_version,
 )
@@ -24,15 +25,31 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
         group_id text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
         next_offset bigint, epoch bigint NOT NULL, updated_at double precision NOT NULL,
+        topic_id text,
         PRIMARY KEY (group_id, topic, partition))""",
     """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
         group_id text NOT NULL, key bytea NOT NULL, topic text NOT NULL,
         partition integer NOT NULL, "offset" bigint NOT NULL,
         processed_at double precision NOT NULL,
         PRIMARY KEY (group_id, key))""",
-    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_age
-        ON consumer_processed_keys (processed_at)""",
+    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    # Groups whose keys were claimed under version 1 (not scoped to their topic yet).
+    "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id text PRIMARY KEY)",
 ]
+#: Version 1 -> 2, in the same transaction as the check of the version.
+MIGRATE_FROM_1 = [
+    "ALTER TABLE consumer_checkpoints ADD COLUMN topic_id text",
+    "CREATE TABLE consumer_keys_to_scope (group_id text PRIMARY KEY)",
+    "INSERT INTO consumer_keys_to_scope SELECT DISTINCT group_id FROM consumer_processed_keys",
+    "DROP INDEX IF EXISTS consumer_processed_keys_age",
+    """CREATE INDEX consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
+]
+#: consumer.dedup.topic_scoped in SQL: sha256(b"t" NUL topic NUL key)[:16].
+TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UTF8') "
+                "|| decode('00', 'hex') || key) from 1 for 16)")
 # Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = 7_212_041_901
 
@@ -78,7 +95,8 @@ class PostgresStore(Store):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def ensure_schema(self) -> None:
+    def ensure_schema(self, group: str | None = None, *,
+                      group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
         with self._errors(), self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             exists = self._db.execute("SELECT to_regclass('consumer_schema')").fetchone()
@@ -87,10 +105,38 @@ class PostgresStore(Store):
                 row = self._db.execute("SELECT max(version) FROM consumer_schema").fetchone()
                 found = row[0] if row else None
             require_version(found, f"the PostgreSQL store {self._where}")
+            if found == 1:
+                for statement in MIGRATE_FROM_1:
+                    self._db.execute(statement)
             for statement in SCHEMA:
                 self._db.execute(statement)
             if found is None:
                 self._db.execute("INSERT INTO consumer_schema VALUES (%s)", (SCHEMA_VERSION,))
+            return self._scope_keys(group, group_scoped_topics, migrated=found == 1)
+
+    def _scope_keys(self, group: str | None, group_scoped_topics: Collection[str], *,
+                    migrated: bool) -> SchemaUpgrade | None:
+        """Rewrite the group's version-1 keys to topic-scoped ones, inside ensure_schema's
+        transaction, computed by the server exactly as consumer.dedup.topic_scoped does."""
+        pending = group is not None and self._db.execute(
+            "DELETE FROM consumer_keys_to_scope WHERE group_id = %s RETURNING 1", (group,)
+        ).fetchone() is not None
+        if not pending and not migrated:
+            return None
+        scoped = kept = 0
+        if pending:
+            kept_topics = list(group_scoped_topics)
+            scoped = self._db.execute(
+                f"UPDATE consumer_processed_keys SET key = {TOPIC_SCOPED} "
+                "WHERE group_id = %s AND NOT (topic = ANY(%s))", (group, kept_topics),
+            ).rowcount
+            row = self._db.execute(
+                "SELECT count(*) FROM consumer_processed_keys "
+                "WHERE group_id = %s AND topic = ANY(%s)", (group, kept_topics)).fetchone()
+            kept = int(row[0]) if row else 0
+        row = self._db.execute("SELECT count(*) FROM consumer_keys_to_scope").fetchone()
+        return SchemaUpgrade(1, SCHEMA_VERSION, group if pending else None, scoped, kept,
+                             int(row[0]) if row else 0)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -102,6 +102,7 @@ def build_loop(
         failures=failures,
         instruments=instruments,
         log_watch=None if log is None else LogWatch(log, source=source, clock=clock),
+        topic_ids=topic_ids,
     )
 
 

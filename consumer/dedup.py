@@ -55,13 +55,11 @@ def _digest_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
     prefixes: dict[str, bytes] = {}
 
     def coordinates(message: Message) -> bytes:
-        topic = message.topic
-        prefix = prefixes.get(topic)
+        # The id is read every time: ids are learnt later, and change when a topic is recreated.
+        name = topic_ids.get(message.topic) or message.topic
+        prefix = prefixes.get(name)
         if prefix is None:
-            topic_id = topic_ids.get(topic)
-            prefix = f"c\0{topic if topic_id is None else topic_id}/".encode()
-            if topic_id is not None:  # the ids may be learnt later: keep asking till then
-                prefixes[topic] = prefix
+            prefix = prefixes[name] = f"c\0{name}/".encode()
         return blake2b(prefix + b"%d/%d" % (message.partition, message.offset),
                        digest_size=16).digest()
 

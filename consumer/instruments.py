@@ -140,8 +140,15 @@ class TimedStore(Store):
     def ping(self) -> None:
         self._store.ping()
 
-    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
-        return self._timed("assign", lambda: self._store.assign(group, partitions, now))
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
+        return self._timed("assign",
+                           lambda: self._store.assign(group, partitions, now, topic_ids))
+
+    def adopt_topic_id(self, group: str, tp: TP, topic_id: str, *, epoch: int,
+                       forget_offset: bool) -> None:
+        self._store.adopt_topic_id(group, tp, topic_id, epoch=epoch,
+                                   forget_offset=forget_offset)
 
     def begin(self) -> None:
         self._timed("begin", self._store.begin)

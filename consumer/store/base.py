@@ -66,10 +66,12 @@ class CheckpointRow:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A partition's row at assignment: where to resume (None: no row yet) and our epoch."""
+    """A partition's row at assignment: where to resume (None: no row yet), our epoch, and
+    the topic id the row was written for (None: not known, e.g. a version-1 row)."""
 
     next_offset: int | None
     epoch: int
+    topic_id: str | None = None
 
 
 class Store(abc.ABC):
@@ -100,8 +102,27 @@ class Store(abc.ABC):
     # --- assignment (its own short transaction) --------------------------------------------
 
     @abc.abstractmethod
-    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
-        """Bump each partition's epoch (creating its row) and return where to resume."""
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
+        """Bump each partition's epoch (creating its row) and return where to resume. A row
+        without a topic id gets the topic's from ``topic_ids``; a row with another id keeps
+        it (the caller compares: the topic was recreated)."""
+
+    def adopt_topic_id(self, group: str, tp: TP, topic_id: str, *, epoch: int,
+                       forget_offset: bool) -> None:
+        """Record the recreated topic's id in the partition's row (while ``epoch`` is still
+        ours), forgetting the old log's offset with ``forget_offset``; own transaction."""
+        self.begin()
+        try:
+            self.execute(
+                "UPDATE consumer_checkpoints SET topic_id = %s, next_offset = "
+                "CASE WHEN %s THEN NULL ELSE next_offset END WHERE group_id = %s AND topic = %s "
+                "AND partition = %s AND epoch = %s",
+                (topic_id, forget_offset, group, tp[0], tp[1], epoch))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
 
     # --- one checkpoint batch ------------------------------------------------------------
 

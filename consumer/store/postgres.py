@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -148,23 +148,27 @@ class PostgresStore(Store):
 
     # --- assignment -----------------------------------------------------------------------
 
-    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
         positions = {}
+        ids = topic_ids or {}
         with self._errors(), self._db.transaction():
             for topic, partition in partitions:
                 row = self._db.execute(
                     """INSERT INTO consumer_checkpoints
-                           (group_id, topic, partition, next_offset, epoch, updated_at)
-                       VALUES (%s, %s, %s, NULL, 1, %s)
+                           (group_id, topic, partition, next_offset, epoch, updated_at, topic_id)
+                       VALUES (%s, %s, %s, NULL, 1, %s, %s)
                        ON CONFLICT (group_id, topic, partition)
                        DO UPDATE SET epoch = consumer_checkpoints.epoch + 1,
-                                     updated_at = excluded.updated_at
-                       RETURNING next_offset, epoch""",
-                    (group, topic, partition, now),
+                                     updated_at = excluded.updated_at,
+                                     topic_id = coalesce(consumer_checkpoints.topic_id,
+                                                         excluded.topic_id)
+                       RETURNING next_offset, epoch, topic_id""",
+                    (group, topic, partition, now, ids.get(topic)),
                 ).fetchone()
                 if row is None:
                     raise StoreError(f"no checkpoint row returned for {topic}[{partition}]")
-                positions[(topic, partition)] = Position(row[0], row[1])
+                positions[(topic, partition)] = Position(row[0], row[1], row[2])
         return positions
 
     # --- one checkpoint batch ------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -132,22 +132,26 @@ class SQLiteStore(Store):
 
     # --- assignment -----------------------------------------------------------------------
 
-    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
         positions = {}
+        ids = topic_ids or {}
         with _translated(self._path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for topic, partition in partitions:
                     row = self._db.execute(
                         """INSERT INTO consumer_checkpoints
-                               (group_id, topic, partition, next_offset, epoch, updated_at)
-                           VALUES (?, ?, ?, NULL, 1, ?)
+                               (group_id, topic, partition, next_offset, epoch, updated_at,
+                                topic_id)
+                           VALUES (?, ?, ?, NULL, 1, ?, ?)
                            ON CONFLICT (group_id, topic, partition)
-                           DO UPDATE SET epoch = epoch + 1, updated_at = excluded.updated_at
-                           RETURNING next_offset, epoch""",
-                        (group, topic, partition, now),
+                           DO UPDATE SET epoch = epoch + 1, updated_at = excluded.updated_at,
+                                         topic_id = coalesce(topic_id, excluded.topic_id)
+                           RETURNING next_offset, epoch, topic_id""",
+                        (group, topic, partition, now, ids.get(topic)),
                     ).fetchone()
-                    positions[(topic, partition)] = Position(row[0], row[1])
+                    positions[(topic, partition)] = Position(row[0], row[1], row[2])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -115,6 +115,17 @@ def test_coordinates_key_reads_topic_ids_learnt_after_it_was_built() -> None:
     assert keys(message(5)) == key_function("coordinates", IDS)(message(5))
 
 
+def test_one_key_function_follows_a_topic_id_that_changes_when_the_topic_is_recreated() -> None:
+    """The running process learns the recreated topic's id at assignment: the same key
+    function then gives offset 5 of the new log another key than offset 5 of the old one."""
+    topic_ids = {"orders": "id-orders-1"}
+    keys = key_function("coordinates", topic_ids)
+    old = keys(message(5))
+    topic_ids["orders"] = "id-orders-2"
+    assert keys(message(5)) != old
+    assert keys(message(5)) == key_function("coordinates", {"orders": "id-orders-2"})(message(5))
+
+
 # --- function keys -------------------------------------------------------------------------
 
 

@@ -40,8 +40,13 @@ def build_router(settings: Settings) -> Router:
 
 def build_keys(settings: Settings, topic_ids: Mapping[str, str]) -> dict[str, KeyFunction]:
     """Each route's dedup key function (raises ConfigError for a bad function path)."""
-    return {topic: key_function(route.dedup_key, topic_ids)
+    return {topic: key_function(route.dedup_key, topic_ids, route.dedup_scope)
             for topic, route in settings.routes.items()}
+
+
+def group_scoped_topics(settings: Settings) -> set[str]:
+    """Topics whose route lets one event id span the group (``dedup_scope: group``)."""
+    return {topic for topic, route in settings.routes.items() if route.dedup_scope == "group"}
 
 
 def build_loop(
@@ -76,6 +81,7 @@ def build_loop(
             observer=observer, clock=clock, on_external_reset=settings.store.on_external_reset,
             max_backoff=settings.store.max_backoff_seconds, topic_ids=topic_ids,
             failures=failures, instruments=instruments,
+            group_scoped_topics=group_scoped_topics(settings),
         )
     return ConsumerLoop(
         source,
@@ -96,6 +102,7 @@ def build_loop(
         failures=failures,
         instruments=instruments,
         log_watch=None if log is None else LogWatch(log, source=source, clock=clock),
+        topic_ids=topic_ids,
     )
 
 
@@ -107,6 +114,7 @@ def build_purger(settings: Settings, *observers: Observer) -> ProcessedKeyPurger
     url = settings.store.url.get_secret_value()
     return ProcessedKeyPurger(
         lambda: open_store(url, sqlite_synchronous=settings.store.sqlite_synchronous),
+        group=settings.kafka.group_id,
         retention_seconds=retention,
         every_seconds=settings.store.purge_every_seconds,
         batch_size=settings.store.purge_batch_size,

@@ -3,6 +3,7 @@
     consumer run        [--config FILE]   consume until SIGTERM/SIGINT
     consumer check      [--config FILE]   validate config and import handlers, print the config
     consumer store init [--config FILE]   create the store's tables (run also does it)
+    consumer store migrate [--config FILE]   migrate an older store now (run also does it)
     consumer dlq redrive [--config FILE] [--execute] [filters]   dead letters back to their topics
     consumer lag --group G [--topic T] [--json] [--config FILE | --bootstrap-servers B]
 
@@ -24,6 +25,7 @@ from consumer.app import (
     build_purger,
     build_router,
     configure_logging,
+    group_scoped_topics,
 )
 from consumer.errors import ConfigError, ConsumerError, StoreSchemaError
 from consumer.failures import build_policies
@@ -32,6 +34,7 @@ from consumer.routing import Router
 from consumer.settings import Settings, load_settings
 from consumer.source import KafkaDeadLetterSink, read_topic
 from consumer.store import open_store
+from consumer.store.base import SCHEMA_VERSION
 
 log = logging.getLogger("consumer.cli")
 
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(settings.masked(), indent=2))
         return EXIT_OK
     if args.command == "store":
-        return _store_init(settings)
+        return _store_init(settings, args.action)
     if args.command == "dlq":
         topics = args.topic or sorted({route.dead_letter_topic or f"{topic}.dlq"
                                        for topic, route in settings.routes.items()})
@@ -70,17 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     return _run(settings, router)
 
 
-def _store_init(settings: Settings) -> int:
+def _store_init(settings: Settings, action: str) -> int:
+    """init and migrate do the same: create the tables, or migrate them and this group's keys
+    (with this config's dedup scopes) from an older version, in one transaction."""
     if not settings.store.enabled:
-        print("consumer: store.url is none: there is no store to initialise", file=sys.stderr)
+        print(f"consumer: store.url is none: there is no store to {action}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         store = open_store(settings.store.url.get_secret_value())
-        store.ensure_schema()
+        upgrade = store.ensure_schema(settings.kafka.group_id,
+                                      group_scoped_topics=group_scoped_topics(settings))
         store.close()
     except ConsumerError as error:
         return _failed(error)
-    print(f"store ready: {settings.store.masked_url()}")
+    if upgrade is not None:
+        print(upgrade.describe(settings.store.masked_url()))
+    print(f"store ready: {settings.store.masked_url()} (schema version {SCHEMA_VERSION})")
     return EXIT_OK
 
 
@@ -141,7 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_arguments(commands.add_parser(
         "replay", help="move a stopped group to an offset or a time, store and Kafka together"))
     store = commands.add_parser("store", help="manage the store")
-    store.add_argument("action", choices=["init"], help="init: create the tables")
+    store.add_argument("action", choices=["init", "migrate"],
+                       help="init: create the tables; migrate: bring an older store (and "
+                            "this group's processed keys) to this version; both do both")
     store.add_argument("--config", help="YAML or TOML config file (default: $CONSUMER_CONFIG)")
     return parser
 

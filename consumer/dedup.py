@@ -15,6 +15,12 @@ On every route, a valid ``checkpoint-consumer.dedup-key`` header (32 hex charact
 final key, before anything else: ``consumer dlq redrive`` puts the dead-lettered event's own key
 there, so a redriven copy (at a new offset) is the same event as the original, whatever made
 that key. An invalid value is ignored, with one warning per route.
+
+Scope (``dedup_scope``, the last step of every key): ``topic`` (default) makes the key
+identify an event within its topic, so two topics may carry the same id for different events;
+``group`` lets one id span every topic of the group. A topic-scoped key is
+``sha256(b"t\0" + topic + b"\0" + digest)[:16]``, reproducible in SQL: the store's schema
+migration rewrites keys claimed before scoping existed into exactly this form.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from hashlib import blake2b
+from typing import Literal
 
 from consumer.errors import ConfigError
 from consumer.message import Message
 from consumer.routing import load_callable
 
 KeyFunction = Callable[[Message], bytes]
+DedupScope = Literal["topic", "group"]
 
 #: The header carrying a redriven event's original dedup key, as hex: honoured on every route.
 HONOURED_KEY_HEADER = "checkpoint-consumer.dedup-key"
@@ -37,10 +45,23 @@ KEY_SIZE = 16  # bytes of every digest
 log = logging.getLogger("consumer.dedup")
 
 
-def key_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
-    """Build the digest function for one route's ``dedup_key`` setting. The honoured header
-    comes first and is final: nothing digests or scopes its key again."""
-    return _honouring(_route_key(spec, topic_ids))
+def key_function(spec: str, topic_ids: Mapping[str, str],
+                 scope: DedupScope = "topic") -> KeyFunction:
+    """Build the digest function for one route's ``dedup_key`` and ``dedup_scope``. The
+    honoured header comes first and is final: nothing digests or scopes its key again."""
+    inner = _digest_function(spec, topic_ids)
+    if scope == "group":
+        return _honouring(inner)
+
+    def scoped(message: Message) -> bytes:
+        return topic_scoped(message.topic, inner(message))
+
+    return _honouring(scoped)
+
+
+def topic_scoped(topic: str, digest: bytes) -> bytes:
+    """The key of ``digest`` within ``topic`` (the migration computes the same in SQL)."""
+    return hashlib.sha256(b"t\0" + topic.encode() + b"\0" + digest).digest()[:KEY_SIZE]
 
 
 def honoured_key(value: bytes | None) -> bytes | None:
@@ -76,17 +97,16 @@ def _honouring(inner: KeyFunction) -> KeyFunction:
     return key
 
 
-def _route_key(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
+def _digest_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
+    """The digest of the event's identity, before scoping."""
     prefixes: dict[str, bytes] = {}
 
     def coordinates(message: Message) -> bytes:
-        topic = message.topic
-        prefix = prefixes.get(topic)
+        # The id is read every time: ids are learnt later, and change when a topic is recreated.
+        name = topic_ids.get(message.topic) or message.topic
+        prefix = prefixes.get(name)
         if prefix is None:
-            topic_id = topic_ids.get(topic)
-            prefix = f"c\0{topic if topic_id is None else topic_id}/".encode()
-            if topic_id is not None:  # the ids may be learnt later: keep asking till then
-                prefixes[topic] = prefix
+            prefix = prefixes[name] = f"c\0{name}/".encode()
         return blake2b(prefix + b"%d/%d" % (message.partition, message.offset),
                        digest_size=16).digest()
 

@@ -24,6 +24,7 @@ from consumer.observer import Observer
 from consumer.routing import Router
 from consumer.snapshot import LoopSnapshot, PartitionSnapshot
 from consumer.stopping import StopRequest
+from consumer.topic_ids import learn_topic_ids
 from consumer.transactional import TransactionalBatches
 from consumer.transport import TP, Source
 from consumer.watermark import PartitionProgress
@@ -65,8 +66,12 @@ class ConsumerLoop:
         dispatcher: Dispatcher | None = None,
         instruments: Instruments | None = None,
         log_watch: LogWatch | None = None,
+        topic_ids: dict[str, str] | None = None,
     ) -> None:
         self._source = source
+        #: Without a store, the dict the key functions read topic ids from (the store's
+        #: batches learn them themselves).
+        self._topic_ids = topic_ids
         self._router = router
         self._policy = policy
         self._group = group
@@ -109,6 +114,8 @@ class ConsumerLoop:
             self._router.topics, keep_trying=lambda: not self._stop.requested
         ):
             return False
+        if self._transactional is None and self._topic_ids is not None:
+            learn_topic_ids(self._source, self._topic_ids, self._router.topics)
         self._source.subscribe(self._router.topics, self)
         self.state = LoopState.RUNNING
         self._observer.started(self._router.topics)
@@ -365,6 +372,8 @@ class ConsumerLoop:
             self._partitions.update(progress)
             self._observer.assigned(partitions)
             return starts
+        if self._topic_ids is not None:  # a recreated topic has a new id: new coordinates keys
+            learn_topic_ids(self._source, self._topic_ids, {topic for topic, _ in partitions})
         for topic, partition in partitions:
             self._partitions[(topic, partition)] = PartitionProgress(topic, partition)
         self._observer.assigned(partitions)

@@ -10,6 +10,7 @@
     ├── Fenced                 a newer owner bumped the partition's epoch: this process is a zombie
     ├── OffsetOutOfRange       the store's checkpoint is outside what the partition retains
     ├── ExternalReset          Kafka's committed offset was moved by another tool
+    ├── TopicRecreated         the store's checkpoint belongs to a deleted topic of the same name
     ├── DeadLetterFailed       a dead letter could not be produced (retriable or not)
     └── StoreError             the store database failed
         ├── StoreUnavailable   cannot reach or lock the database (consumption pauses and retries)
@@ -130,6 +131,27 @@ class ExternalReset(ConsumerError):
             "someone moved it with another tool (kafka-consumer-groups --reset-offsets?). Use "
             "`consumer replay` to move both, or set store.on_external_reset to 'follow' (take "
             "Kafka's offset) or 'ignore' (keep the store's)."
+        )
+
+
+class TopicRecreated(ConsumerError):
+    """The checkpoint row was written for another topic id: the topic was deleted and
+    recreated, so the row's offset means nothing in the new log."""
+
+    def __init__(self, topic: str, partition: int, stored_id: str, current_id: str,
+                 store_offset: int | None) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.stored_id = stored_id
+        self.current_id = current_id
+        self.store_offset = store_offset
+        super().__init__(
+            f"{topic}[{partition}]: the store's checkpoint (offset {store_offset}) was written "
+            f"for topic id {stored_id}, but {topic} now has topic id {current_id}: the topic "
+            "was deleted and recreated. Resuming at that offset would skip the new log's "
+            "first messages, so nothing was consumed. Set store.on_external_reset to 'follow' "
+            "to start the new topic from Kafka's committed offset (else auto.offset.reset), "
+            "or 'ignore' to keep the old offset."
         )
 
 

@@ -16,13 +16,13 @@ Everything here is written by the poll thread only and read by the scrape.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from consumer.errors import StoreError
 from consumer.histogram import Histogram
 from consumer.message import Message
-from consumer.store import CheckpointRow, Claim, Position, Store
+from consumer.store import CheckpointRow, Claim, Position, SchemaUpgrade, Store
 from consumer.transport import TP, Source, SourceListener
 
 #: The store operations timed, in the order a checkpoint batch runs them.
@@ -130,8 +130,9 @@ class TimedStore(Store):
     def _timed(self, operation: str, call: Callable[[], T]) -> T:
         return self._instruments.timed_store_call(operation, call)
 
-    def ensure_schema(self) -> None:
-        self._store.ensure_schema()
+    def ensure_schema(self, group: str | None = None, *,
+                      group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
+        return self._store.ensure_schema(group, group_scoped_topics=group_scoped_topics)
 
     def close(self) -> None:
         self._store.close()
@@ -139,8 +140,15 @@ class TimedStore(Store):
     def ping(self) -> None:
         self._store.ping()
 
-    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
-        return self._timed("assign", lambda: self._store.assign(group, partitions, now))
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
+        return self._timed("assign",
+                           lambda: self._store.assign(group, partitions, now, topic_ids))
+
+    def adopt_topic_id(self, group: str, tp: TP, topic_id: str, *, epoch: int,
+                       forget_offset: bool) -> None:
+        self._store.adopt_topic_id(group, tp, topic_id, epoch=epoch,
+                                   forget_offset=forget_offset)
 
     def begin(self) -> None:
         self._timed("begin", self._store.begin)
@@ -183,8 +191,8 @@ class TimedStore(Store):
     def checkpoints(self, group: str) -> dict[TP, int | None]:
         return self._store.checkpoints(group)
 
-    def purge_processed_keys(self, older_than: float, limit: int) -> int:
-        return self._store.purge_processed_keys(older_than, limit)
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
+        return self._store.purge_processed_keys(group, older_than, limit)
 
 
 class TimedSource:

@@ -15,13 +15,15 @@ log = logging.getLogger("consumer.purge")
 
 
 class ProcessedKeyPurger:
-    """Every ``every_seconds``, deletes keys first seen more than ``retention_seconds`` ago,
-    ``batch_size`` rows per transaction so no lock is held for long."""
+    """Every ``every_seconds``, deletes the group's keys first seen more than
+    ``retention_seconds`` ago, ``batch_size`` rows per transaction so no lock is held for long.
+    Other groups sharing the database keep theirs: each purges with its own retention."""
 
     def __init__(
         self,
         open_store: Callable[[], Store],
         *,
+        group: str,
         retention_seconds: float,
         every_seconds: float,
         batch_size: int,
@@ -29,6 +31,7 @@ class ProcessedKeyPurger:
         wall: Callable[[], float],
     ) -> None:
         self._open_store = open_store
+        self._group = group
         self._retention = retention_seconds
         self._every = every_seconds
         self._batch_size = batch_size
@@ -49,13 +52,14 @@ class ProcessedKeyPurger:
             self._thread.join(timeout)
 
     def purge_once(self) -> int:
-        """Delete every key past retention, batch by batch; returns how many went."""
+        """Delete the group's keys past retention, batch by batch; returns how many went."""
         if self._store is None:
             self._store = self._open_store()
         cutoff = self._wall() - self._retention
         total = 0
         while not self._stop.is_set():
-            deleted = self._store.purge_processed_keys(cutoff, self._batch_size)
+            deleted = self._store.purge_processed_keys(self._group, cutoff,
+                                                       self._batch_size)
             total += deleted
             if deleted < self._batch_size:
                 break

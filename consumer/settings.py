@@ -114,6 +114,9 @@ class RouteSettings(_Section):
     #: the header is absent or empty), coordinates (topic id, partition, offset) or
     #: function:module:fn.
     dedup_key: str = "header:idempotency-key"
+    #: topic: a key identifies an event within this route's topic (two topics may reuse an
+    #: id for different events); group: one event id spans every topic of the group.
+    dedup_scope: Literal["topic", "group"] = "topic"
     #: The value's format, checked before the handler runs: a value that does not decode is a
     #: poison message and goes straight to the dead-letter topic (reason "deserialization").
     format: Literal["bytes", "text", "json"] = "bytes"

@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Literal
 
 from consumer.checkpoint_policy import Trigger
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
-from consumer.errors import ExternalReset, OffsetOutOfRange, StoreUnavailable
+from consumer.errors import ExternalReset, OffsetOutOfRange, StoreUnavailable, TopicRecreated
 from consumer.failures import Failures
 from consumer.instruments import Instruments
 from consumer.message import Message
 from consumer.observer import Observer
 from consumer.routing import Router
-from consumer.store import Store
+from consumer.store import Position, Store
 from consumer.store_checkpoint import BatchOutcome, StoreCheckpoint
+from consumer.topic_ids import learn_topic_ids
 from consumer.transport import COMMIT_MARKER, TP, Source
 from consumer.watermark import PartitionProgress
 
@@ -48,8 +49,11 @@ class TransactionalBatches:
         topic_ids: dict[str, str] | None = None,
         failures: Failures | None = None,
         instruments: Instruments | None = None,
+        group_scoped_topics: Collection[str] = (),
     ) -> None:
         self.store = store
+        #: Routes with ``dedup_scope: group``: the migration leaves their old keys unscoped.
+        self._group_scoped_topics = frozenset(group_scoped_topics)
         self._instruments = instruments
         self._source = source
         self._router = router
@@ -69,12 +73,15 @@ class TransactionalBatches:
         self._backoff = 0.5
 
     def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
-        """Create or check our tables and learn the topics' ids, retrying while the store is
-        unreachable. False when ``keep_trying`` turned false first."""
+        """Create, check or migrate our tables and learn the topics' ids, retrying while the
+        store is unreachable. False when ``keep_trying`` turned false first."""
         backoff = 1.0
         while keep_trying():
             try:
-                self.store.ensure_schema()
+                upgrade = self.store.ensure_schema(
+                    self._group, group_scoped_topics=self._group_scoped_topics)
+                if upgrade is not None:
+                    log.warning("%s", upgrade.describe("(store.url)"))
                 break
             except StoreUnavailable as error:
                 log.warning("%s; retrying in %.0f s", error, backoff)
@@ -172,14 +179,18 @@ class TransactionalBatches:
 
     def assign(self, partitions: Sequence[TP]) -> tuple[dict[TP, PartitionProgress],
                                                         dict[TP, int]]:
-        """Bump epochs and read checkpoints; the store's offset wins over Kafka's."""
-        positions = self.store.assign(self._group, partitions, self._clock.wall())
+        """Bump epochs and read checkpoints; the store's offset wins over Kafka's, unless the
+        row was written for another topic id (the topic was recreated)."""
+        learn_topic_ids(self._source, self.topic_ids, {topic for topic, _ in partitions})
+        positions = self.store.assign(self._group, partitions, self._clock.wall(),
+                                      self.topic_ids)
         kafka = self._source.committed_with_metadata(partitions)
         progress: dict[TP, PartitionProgress] = {}
         starts: dict[TP, int] = {}
         for tp in partitions:
             position = positions[tp]
-            start = self._resolve(tp, position.next_offset, kafka.get(tp, (None, None)))
+            stored = self._same_topic(tp, position)
+            start = self._resolve(tp, stored, kafka.get(tp, (None, None)))
             if start is not None:
                 low, high = self._source.offset_range(tp)
                 if not low <= start <= high:
@@ -196,6 +207,25 @@ class TransactionalBatches:
             tracked.watermark = start
             progress[tp] = tracked
         return progress, starts
+
+    def _same_topic(self, tp: TP, position: Position) -> int | None:
+        """The row's offset, when it was written for the topic as it is now. For a recreated
+        topic (another id), store.on_external_reset decides: fail, follow (forget the old
+        log's offset: Kafka's committed offset, else auto.offset.reset) or ignore."""
+        current = self.topic_ids.get(tp[0])
+        if position.topic_id is None or current is None or position.topic_id == current:
+            return position.next_offset
+        recreated = TopicRecreated(tp[0], tp[1], position.topic_id, current,
+                                   position.next_offset)
+        if self._on_external_reset == "fail":
+            raise recreated
+        follow = self._on_external_reset == "follow"
+        log.warning("%s; store.on_external_reset is %s: %s", recreated,
+                    self._on_external_reset,
+                    "starting the new topic afresh" if follow else "keeping the old offset")
+        self.store.adopt_topic_id(self._group, tp, current, epoch=position.epoch,
+                                  forget_offset=follow)
+        return None if follow else position.next_offset
 
     def _resolve(self, tp: TP, stored: int | None,
                  kafka: tuple[int | None, str | None]) -> int | None:

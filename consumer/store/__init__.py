@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from consumer.errors import ConfigError
-from consumer.store.base import CheckpointRow, Claim, Position, Store
+from consumer.store.base import CheckpointRow, Claim, Position, SchemaUpgrade, Store
 
 
 def open_store(url: str, *, sqlite_synchronous: str = "FULL") -> Store:
@@ -27,4 +27,4 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL") -> Store:
                        "sqlite:///path/file.db or postgresql://user@host/db, or none"])
 
 
-__all__ = ["CheckpointRow", "Claim", "Position", "Store", "open_store"]
+__all__ = ["CheckpointRow", "Claim", "Position", "SchemaUpgrade", "Store", "open_store"]

@@ -8,14 +8,42 @@ and the checkpoint rows commit (or roll back) together.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.errors import StoreError
+from consumer.errors import OffsetWentBackwards, StoreError
 from consumer.transport import TP
 
-SCHEMA_VERSION = 1
+#: Version 2: dedup keys scoped to their topic, checkpoint rows carry the topic id, purges
+#: look up one group's keys by age.
+SCHEMA_VERSION = 2
+#: Versions ``ensure_schema`` migrates from, in one transaction (at start or with
+#: ``consumer store migrate``).
+MIGRATES_FROM = (1,)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaUpgrade:
+    """What ``ensure_schema`` migrated. ``keys_scoped``: the group's processed keys rewritten to
+    their topic's scope; ``keys_kept``: left group-wide (their route has ``dedup_scope:
+    group``); ``groups_waiting``: other groups whose keys their own consumer rewrites."""
+
+    from_version: int
+    to_version: int
+    group: str | None
+    keys_scoped: int
+    keys_kept: int
+    groups_waiting: int
+
+    def describe(self, where: str) -> str:
+        keys = ("" if self.group is None else
+                f"; {self.keys_scoped} processed keys of group {self.group} rewritten to "
+                f"topic-scoped keys, {self.keys_kept} kept group-wide (dedup_scope: group)")
+        return (f"store {where} migrated from schema version {self.from_version} to "
+                f"{self.to_version}{keys}; {self.groups_waiting} other group(s) keep their "
+                "keys until their own consumer (or `consumer store migrate` with their "
+                "config) rewrites them")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +66,12 @@ class CheckpointRow:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A partition's row at assignment: where to resume (None: no row yet) and our epoch."""
+    """A partition's row at assignment: where to resume (None: no row yet), our epoch, and
+    the topic id the row was written for (None: not known, e.g. a version-1 row)."""
 
     next_offset: int | None
     epoch: int
+    topic_id: str | None = None
 
 
 class Store(abc.ABC):
@@ -53,8 +83,14 @@ class Store(abc.ABC):
     # --- lifecycle -------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def ensure_schema(self) -> None:
-        """Create our tables on first use; raise StoreSchemaError on another version."""
+    def ensure_schema(self, group: str | None = None, *,
+                      group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
+        """Create our tables on first use, or migrate them from an older version, in one
+        transaction; raise StoreSchemaError on a version this code does not know.
+
+        With ``group``, that group's processed keys claimed under version 1 are rewritten to
+        topic-scoped keys (but those of ``group_scoped_topics``), exactly as the key
+        functions compute them now. Only our tables, and only that group's keys, change."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -66,8 +102,27 @@ class Store(abc.ABC):
     # --- assignment (its own short transaction) --------------------------------------------
 
     @abc.abstractmethod
-    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
-        """Bump each partition's epoch (creating its row) and return where to resume."""
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
+        """Bump each partition's epoch (creating its row) and return where to resume. A row
+        without a topic id gets the topic's from ``topic_ids``; a row with another id keeps
+        it (the caller compares: the topic was recreated)."""
+
+    def adopt_topic_id(self, group: str, tp: TP, topic_id: str, *, epoch: int,
+                       forget_offset: bool) -> None:
+        """Record the recreated topic's id in the partition's row (while ``epoch`` is still
+        ours), forgetting the old log's offset with ``forget_offset``; own transaction."""
+        self.begin()
+        try:
+            self.execute(
+                "UPDATE consumer_checkpoints SET topic_id = %s, next_offset = "
+                "CASE WHEN %s THEN NULL ELSE next_offset END WHERE group_id = %s AND topic = %s "
+                "AND partition = %s AND epoch = %s",
+                (topic_id, forget_offset, group, tp[0], tp[1], epoch))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
 
     # --- one checkpoint batch ------------------------------------------------------------
 
@@ -94,8 +149,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
                           now: float) -> list[TP]:
-        """Move each row to its next offset where the epoch is still ours; return the
-        partitions where it was not (a newer owner fenced us)."""
+        """Move each row forward to its next offset where the epoch is still ours; return the
+        partitions where it was not (a newer owner fenced us). The UPDATE itself refuses to
+        move a row backwards: such a row (our epoch, a higher offset stored) raises
+        OffsetWentBackwards, and the caller rolls the batch back."""
 
     @abc.abstractmethod
     def commit(self) -> None: ...
@@ -121,8 +178,29 @@ class Store(abc.ABC):
         """Every checkpoint row of the group (for `consumer lag` and replay)."""
 
     @abc.abstractmethod
-    def purge_processed_keys(self, older_than: float, limit: int) -> int:
-        """Delete up to ``limit`` processed keys first seen before ``older_than``; own txn."""
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
+        """Delete up to ``limit`` of the group's processed keys first seen before
+        ``older_than``; own txn. Another group's keys are never touched: each group keeps
+        its own retention."""
+
+    def _refused(self, group: str, refused: Sequence[CheckpointRow]) -> list[TP]:
+        """Rows the checkpoint UPDATE did not move: fenced (another epoch, or no row), or
+        still ours but ahead of the new offset, which raises OffsetWentBackwards."""
+        fenced, backwards = [], []
+        for row in refused:
+            found = self.execute(
+                "SELECT next_offset, epoch FROM consumer_checkpoints WHERE group_id = %s "
+                "AND topic = %s AND partition = %s", (group, row.topic, row.partition),
+            ).fetchone()
+            if found is not None and found[1] == row.epoch and found[0] is not None \
+                    and found[0] > row.next_offset:
+                backwards.append(OffsetWentBackwards(row.topic, row.partition, int(found[0]),
+                                                     row.next_offset))
+            else:
+                fenced.append((row.topic, row.partition))
+        if backwards and not fenced:  # a zombie stops as Fenced whatever else it wrote
+            raise backwards[0]
+        return fenced
 
     # --- replay (the same SQL on every store) ----------------------------------------------
 
@@ -140,9 +218,10 @@ class Store(abc.ABC):
 
     def replay(self, group: str, targets: Mapping[TP, int], *, forget_keys: bool,
                now: float) -> dict[TP, int]:
-        """Move each partition's checkpoint row to its target (bumping the epoch, so a
-        process still holding the partition is fenced) and, with ``forget_keys``, delete the
-        keys claimed at or after it, all in one transaction. Returns the keys deleted."""
+        """Move each partition's checkpoint row to its target, backwards too, on purpose
+        (bumping the epoch, so a process still holding the partition is fenced) and, with
+        ``forget_keys``, delete the keys claimed at or after it, all in one transaction.
+        Returns the keys deleted."""
         forgotten = dict.fromkeys(targets, 0)
         self.begin()
         try:
@@ -174,18 +253,22 @@ class Store(abc.ABC):
 def require_version(found: int | None, where: str) -> None:
     from consumer.errors import StoreSchemaError
 
-    if found is not None and found != SCHEMA_VERSION:
+    if found is not None and found != SCHEMA_VERSION and found not in MIGRATES_FROM:
         raise StoreSchemaError(
             f"{where} holds checkpoint-consumer schema version {found}, this version needs "
-            f"{SCHEMA_VERSION}. Migrate the store (or point store.url at a new database)."
+            f"{SCHEMA_VERSION} (and migrates from {', '.join(map(str, MIGRATES_FROM))}). Run "
+            "the checkpoint-consumer release that wrote it, or point store.url at a new "
+            "database."
         )
 
 
 __all__ = [
+    "MIGRATES_FROM",
     "SCHEMA_VERSION",
     "CheckpointRow",
     "Claim",
     "Position",
+    "SchemaUpgrade",
     "Store",
     "StoreError",
     "require_version",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ from consumer.store.base import (
     CheckpointRow,
     Claim,
     Position,
+    SchemaUpgrade,
     Store,
     require_version,
 )
@@ -24,15 +25,31 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
         group_id text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
         next_offset bigint, epoch bigint NOT NULL, updated_at double precision NOT NULL,
+        topic_id text,
         PRIMARY KEY (group_id, topic, partition))""",
     """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
         group_id text NOT NULL, key bytea NOT NULL, topic text NOT NULL,
         partition integer NOT NULL, "offset" bigint NOT NULL,
         processed_at double precision NOT NULL,
         PRIMARY KEY (group_id, key))""",
-    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_age
-        ON consumer_processed_keys (processed_at)""",
+    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    # Groups whose keys were claimed under version 1 (not scoped to their topic yet).
+    "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id text PRIMARY KEY)",
 ]
+#: Version 1 -> 2, in the same transaction as the check of the version.
+MIGRATE_FROM_1 = [
+    "ALTER TABLE consumer_checkpoints ADD COLUMN topic_id text",
+    "CREATE TABLE consumer_keys_to_scope (group_id text PRIMARY KEY)",
+    "INSERT INTO consumer_keys_to_scope SELECT DISTINCT group_id FROM consumer_processed_keys",
+    "DROP INDEX IF EXISTS consumer_processed_keys_age",
+    """CREATE INDEX consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
+]
+#: consumer.dedup.topic_scoped in SQL: sha256(b"t" NUL topic NUL key)[:16].
+TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UTF8') "
+                "|| decode('00', 'hex') || key) from 1 for 16)")
 # Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = 7_212_041_901
 
@@ -96,7 +113,8 @@ class PostgresStore(Store):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def ensure_schema(self) -> None:
+    def ensure_schema(self, group: str | None = None, *,
+                      group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
         with self._errors(), self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             exists = self._db.execute("SELECT to_regclass('consumer_schema')").fetchone()
@@ -105,10 +123,38 @@ class PostgresStore(Store):
                 row = self._db.execute("SELECT max(version) FROM consumer_schema").fetchone()
                 found = row[0] if row else None
             require_version(found, f"the PostgreSQL store {self._where}")
+            if found == 1:
+                for statement in MIGRATE_FROM_1:
+                    self._db.execute(statement)
             for statement in SCHEMA:
                 self._db.execute(statement)
             if found is None:
                 self._db.execute("INSERT INTO consumer_schema VALUES (%s)", (SCHEMA_VERSION,))
+            return self._scope_keys(group, group_scoped_topics, migrated=found == 1)
+
+    def _scope_keys(self, group: str | None, group_scoped_topics: Collection[str], *,
+                    migrated: bool) -> SchemaUpgrade | None:
+        """Rewrite the group's version-1 keys to topic-scoped ones, inside ensure_schema's
+        transaction, computed by the server exactly as consumer.dedup.topic_scoped does."""
+        pending = group is not None and self._db.execute(
+            "DELETE FROM consumer_keys_to_scope WHERE group_id = %s RETURNING 1", (group,)
+        ).fetchone() is not None
+        if not pending and not migrated:
+            return None
+        scoped = kept = 0
+        if pending:
+            kept_topics = list(group_scoped_topics)
+            scoped = self._db.execute(
+                f"UPDATE consumer_processed_keys SET key = {TOPIC_SCOPED} "
+                "WHERE group_id = %s AND NOT (topic = ANY(%s))", (group, kept_topics),
+            ).rowcount
+            row = self._db.execute(
+                "SELECT count(*) FROM consumer_processed_keys "
+                "WHERE group_id = %s AND topic = ANY(%s)", (group, kept_topics)).fetchone()
+            kept = int(row[0]) if row else 0
+        row = self._db.execute("SELECT count(*) FROM consumer_keys_to_scope").fetchone()
+        return SchemaUpgrade(1, SCHEMA_VERSION, group if pending else None, scoped, kept,
+                             int(row[0]) if row else 0)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -120,23 +166,27 @@ class PostgresStore(Store):
 
     # --- assignment -----------------------------------------------------------------------
 
-    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
         positions = {}
+        ids = topic_ids or {}
         with self._errors(), self._db.transaction():
             for topic, partition in partitions:
                 row = self._db.execute(
                     """INSERT INTO consumer_checkpoints
-                           (group_id, topic, partition, next_offset, epoch, updated_at)
-                       VALUES (%s, %s, %s, NULL, 1, %s)
+                           (group_id, topic, partition, next_offset, epoch, updated_at, topic_id)
+                       VALUES (%s, %s, %s, NULL, 1, %s, %s)
                        ON CONFLICT (group_id, topic, partition)
                        DO UPDATE SET epoch = consumer_checkpoints.epoch + 1,
-                                     updated_at = excluded.updated_at
-                       RETURNING next_offset, epoch""",
-                    (group, topic, partition, now),
+                                     updated_at = excluded.updated_at,
+                                     topic_id = coalesce(consumer_checkpoints.topic_id,
+                                                         excluded.topic_id)
+                       RETURNING next_offset, epoch, topic_id""",
+                    (group, topic, partition, now, ids.get(topic)),
                 ).fetchone()
                 if row is None:
                     raise StoreError(f"no checkpoint row returned for {topic}[{partition}]")
-                positions[(topic, partition)] = Position(row[0], row[1])
+                positions[(topic, partition)] = Position(row[0], row[1], row[2])
         return positions
 
     # --- one checkpoint batch ------------------------------------------------------------
@@ -193,20 +243,22 @@ class PostgresStore(Store):
                           now: float) -> list[TP]:
         if not rows:
             return []
-        # One statement for every partition: a row moves only where the epoch is still ours.
+        # One statement for every partition: a row moves only forward, and only where the
+        # epoch is still ours.
         with self._errors():
             moved = self._db.execute(
                 """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = %s
                    FROM unnest(%b::text[], %b::integer[], %b::bigint[], %b::bigint[])
                         AS u(t, p, o, e)
                    WHERE c.group_id = %s AND c.topic = u.t AND c.partition = u.p
-                         AND c.epoch = u.e
+                         AND c.epoch = u.e AND (c.next_offset IS NULL OR c.next_offset <= u.o)
                    RETURNING c.topic, c.partition""",
                 (now, [r.topic for r in rows], [r.partition for r in rows],
                  [r.next_offset for r in rows], [r.epoch for r in rows], group),
             ).fetchall()
-        done = {(topic, partition) for topic, partition in moved}
-        return [(r.topic, r.partition) for r in rows if (r.topic, r.partition) not in done]
+            done = {(topic, partition) for topic, partition in moved}
+            refused = [r for r in rows if (r.topic, r.partition) not in done]
+            return self._refused(group, refused) if refused else []
 
     def commit(self) -> None:
         try:
@@ -241,13 +293,13 @@ class PostgresStore(Store):
             ).fetchall()
         return {(t, p): o for t, p, o in rows}
 
-    def purge_processed_keys(self, older_than: float, limit: int) -> int:
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
         with self._errors():
             cursor = self._db.execute(
                 """DELETE FROM consumer_processed_keys WHERE ctid IN (
-                       SELECT ctid FROM consumer_processed_keys WHERE processed_at < %s
-                       LIMIT %s)""",
-                (older_than, limit),
+                       SELECT ctid FROM consumer_processed_keys
+                       WHERE group_id = %s AND processed_at < %s LIMIT %s)""",
+                (group, older_than, limit),
             )
         return cursor.rowcount
 

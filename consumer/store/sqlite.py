@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from consumer.dedup import topic_scoped
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.store.base import (
     SCHEMA_VERSION,
     CheckpointRow,
     Claim,
     Position,
+    SchemaUpgrade,
     Store,
     require_version,
 )
@@ -23,14 +25,26 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
         group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
-        next_offset INTEGER, epoch INTEGER NOT NULL, updated_at REAL NOT NULL,
+        next_offset INTEGER, epoch INTEGER NOT NULL, updated_at REAL NOT NULL, topic_id TEXT,
         PRIMARY KEY (group_id, topic, partition))""",
     """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
         group_id TEXT NOT NULL, key BLOB NOT NULL, topic TEXT NOT NULL,
         partition INTEGER NOT NULL, "offset" INTEGER NOT NULL, processed_at REAL NOT NULL,
         PRIMARY KEY (group_id, key))""",
-    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_age
-        ON consumer_processed_keys (processed_at)""",
+    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    # Groups whose keys were claimed under version 1 (not scoped to their topic yet).
+    "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id TEXT PRIMARY KEY)",
+]
+#: Version 1 -> 2, in the same transaction as the check of the version.
+MIGRATE_FROM_1 = [
+    "ALTER TABLE consumer_checkpoints ADD COLUMN topic_id TEXT",
+    "CREATE TABLE consumer_keys_to_scope (group_id TEXT PRIMARY KEY)",
+    "INSERT INTO consumer_keys_to_scope SELECT DISTINCT group_id FROM consumer_processed_keys",
+    "DROP INDEX IF EXISTS consumer_processed_keys_age",
+    """CREATE INDEX consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
 
 
@@ -63,7 +77,9 @@ class SQLiteStore(Store):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def ensure_schema(self) -> None:
+    def ensure_schema(self, group: str | None = None, *,
+                      group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
+        where = f"the SQLite store at {self._path}"
         with _translated(self._path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -74,15 +90,50 @@ class SQLiteStore(Store):
                 if exists:
                     row = self._db.execute("SELECT max(version) FROM consumer_schema").fetchone()
                     found = row[0] if row else None
-                require_version(found, f"the SQLite store at {self._path}")
+                require_version(found, where)
+                if found == 1:
+                    for statement in MIGRATE_FROM_1:
+                        self._db.execute(statement)
                 for statement in SCHEMA:
                     self._db.execute(statement)
                 if found is None:
                     self._db.execute("INSERT INTO consumer_schema VALUES (?)", (SCHEMA_VERSION,))
+                upgrade = self._scope_keys(group, group_scoped_topics, migrated=found == 1)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return upgrade
+
+    def _scope_keys(self, group: str | None, group_scoped_topics: Collection[str], *,
+                    migrated: bool) -> SchemaUpgrade | None:
+        """Rewrite the group's version-1 keys to topic-scoped ones, inside ensure_schema's
+        transaction, with the very function the key functions use."""
+        pending = group is not None and self._db.execute(
+            "SELECT 1 FROM consumer_keys_to_scope WHERE group_id = ?", (group,)
+        ).fetchone() is not None
+        if not pending and not migrated:
+            return None
+        scoped = kept = 0
+        if pending:
+            self._db.create_function("consumer_topic_scoped", 2, topic_scoped,
+                                     deterministic=True)
+            topics = [t for (t,) in self._db.execute(
+                "SELECT DISTINCT topic FROM consumer_processed_keys WHERE group_id = ?",
+                (group,))]
+            for topic in topics:
+                if topic in group_scoped_topics:
+                    kept += self._db.execute(
+                        "SELECT count(*) FROM consumer_processed_keys "
+                        "WHERE group_id = ? AND topic = ?", (group, topic)).fetchone()[0]
+                    continue
+                scoped += self._db.execute(
+                    "UPDATE consumer_processed_keys SET key = consumer_topic_scoped(topic, key) "
+                    "WHERE group_id = ? AND topic = ?", (group, topic)).rowcount
+            self._db.execute("DELETE FROM consumer_keys_to_scope WHERE group_id = ?", (group,))
+        waiting = self._db.execute("SELECT count(*) FROM consumer_keys_to_scope").fetchone()[0]
+        return SchemaUpgrade(1, SCHEMA_VERSION, group if pending else None, scoped, kept,
+                             waiting)
 
     def close(self) -> None:
         self._db.close()
@@ -93,22 +144,26 @@ class SQLiteStore(Store):
 
     # --- assignment -----------------------------------------------------------------------
 
-    def assign(self, group: str, partitions: Sequence[TP], now: float) -> dict[TP, Position]:
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
         positions = {}
+        ids = topic_ids or {}
         with _translated(self._path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for topic, partition in partitions:
                     row = self._db.execute(
                         """INSERT INTO consumer_checkpoints
-                               (group_id, topic, partition, next_offset, epoch, updated_at)
-                           VALUES (?, ?, ?, NULL, 1, ?)
+                               (group_id, topic, partition, next_offset, epoch, updated_at,
+                                topic_id)
+                           VALUES (?, ?, ?, NULL, 1, ?, ?)
                            ON CONFLICT (group_id, topic, partition)
-                           DO UPDATE SET epoch = epoch + 1, updated_at = excluded.updated_at
-                           RETURNING next_offset, epoch""",
-                        (group, topic, partition, now),
+                           DO UPDATE SET epoch = epoch + 1, updated_at = excluded.updated_at,
+                                         topic_id = coalesce(topic_id, excluded.topic_id)
+                           RETURNING next_offset, epoch, topic_id""",
+                        (group, topic, partition, now, ids.get(topic)),
                     ).fetchone()
-                    positions[(topic, partition)] = Position(row[0], row[1])
+                    positions[(topic, partition)] = Position(row[0], row[1], row[2])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -159,17 +214,19 @@ class SQLiteStore(Store):
 
     def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
                           now: float) -> list[TP]:
-        fenced = []
+        refused = []
         with _translated(self._path):
             for row in rows:
                 cursor = self._db.execute(
                     """UPDATE consumer_checkpoints SET next_offset = ?, updated_at = ?
-                       WHERE group_id = ? AND topic = ? AND partition = ? AND epoch = ?""",
-                    (row.next_offset, now, group, row.topic, row.partition, row.epoch),
+                       WHERE group_id = ? AND topic = ? AND partition = ? AND epoch = ?
+                             AND (next_offset IS NULL OR next_offset <= ?)""",
+                    (row.next_offset, now, group, row.topic, row.partition, row.epoch,
+                     row.next_offset),
                 )
                 if cursor.rowcount != 1:
-                    fenced.append((row.topic, row.partition))
-        return fenced
+                    refused.append(row)
+            return self._refused(group, refused) if refused else []
 
     def commit(self) -> None:
         with _translated(self._path):
@@ -199,13 +256,13 @@ class SQLiteStore(Store):
             ).fetchall()
         return {(t, p): o for t, p, o in rows}
 
-    def purge_processed_keys(self, older_than: float, limit: int) -> int:
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
         with _translated(self._path):
             cursor = self._db.execute(
                 """DELETE FROM consumer_processed_keys WHERE rowid IN (
-                       SELECT rowid FROM consumer_processed_keys WHERE processed_at < ?
-                       LIMIT ?)""",
-                (older_than, limit),
+                       SELECT rowid FROM consumer_processed_keys
+                       WHERE group_id = ? AND processed_at < ? LIMIT ?)""",
+                (group, older_than, limit),
             )
         return cursor.rowcount
 

@@ -20,11 +20,14 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
-from consumer.store import CheckpointRow, Claim, Position, Store
+from consumer.dedup import key_function
+from consumer.errors import OffsetWentBackwards, StoreError, StoreSchemaError, StoreUnavailable
+from consumer.message import Message
+from consumer.store import CheckpointRow, Claim, Position, SchemaUpgrade, Store
 from consumer.store.base import SCHEMA_VERSION
 from consumer.store.postgres import PostgresStore
 from consumer.store.sqlite import SQLiteStore
+from tests.support.store_v1 import SCHEMA_V1
 
 pytestmark = pytest.mark.integration
 
@@ -161,6 +164,80 @@ def test_other_schema_version_raises_schema_error_naming_both_versions(backend: 
     ], "a refused schema is left as it was"
 
 
+def _v1_store(backend: Backend) -> Store:
+    """A store as version 1 left it: its tables (not ours of today), rows inserted below."""
+    store = backend.open()
+    for statement in SCHEMA_V1[backend.name]:
+        store.execute(statement)
+    return store
+
+
+def _event(topic: str, event_id: bytes) -> Message:
+    return Message(topic, 0, 3, b"{}", headers=[("idempotency-key", event_id)], timestamp=0.0)
+
+
+def _insert_v1_key(store: Store, group: str, message: Message) -> bytes:
+    """The key version 1 claimed for the message: the digest, not scoped to its topic."""
+    key = key_function("header:idempotency-key", {}, "group")(message)
+    store.execute(
+        'INSERT INTO consumer_processed_keys (group_id, key, topic, partition, "offset", '
+        "processed_at) VALUES (%s, %s, %s, 0, 3, 1.0)", (group, key, message.topic))
+    return key
+
+
+def test_migration_from_version_1_scopes_one_groups_keys_as_the_code_computes_them(
+    backend: Backend,
+) -> None:
+    """A version-1 store: group-a's orders key is rewritten to exactly the topic-scoped key the
+    key function computes now, so the redelivered event is still skipped; its payments key is
+    kept (that route is dedup_scope: group); group-b's key waits for group-b's consumer. The
+    checkpoint row keeps its offset and gains an empty topic id. Running it again is a no-op."""
+    old = _v1_store(backend)
+    order, payment = _event("orders", b"evt-1"), _event("payments", b"pay-1")
+    _insert_v1_key(old, G, order)
+    _insert_v1_key(old, G, payment)
+    b_key = _insert_v1_key(old, "group-b", order)
+    old.execute("INSERT INTO consumer_checkpoints VALUES (%s, 'orders', 0, 4, 3, 1.0)", (G,))
+
+    store = backend.open()
+    upgrade = store.ensure_schema(G, group_scoped_topics={"payments"})
+    assert upgrade == SchemaUpgrade(1, SCHEMA_VERSION, G, keys_scoped=1, keys_kept=1,
+                                    groups_waiting=1)
+    assert "from schema version 1 to 2" in upgrade.describe("here")
+    assert store.execute("SELECT version FROM consumer_schema").fetchall() == [(2,)]
+    by_topic = key_function("header:idempotency-key", {})
+    by_group = key_function("header:idempotency-key", {}, "group")
+    store.begin()
+    assert store.claim(G, [Claim(by_topic(order), "orders", 0, 9),
+                           Claim(by_group(payment), "payments", 0, 9)], 2.0) == set()
+    store.rollback()
+    assert stored_keys(store, "group-b") == [b_key], "another group's keys are its own"
+    assert store.execute("SELECT topic_id, next_offset, epoch FROM consumer_checkpoints"
+                         ).fetchall() == [(None, 4, 3)]
+    assert store.ensure_schema(G, group_scoped_topics={"payments"}) is None
+
+    other = backend.open()
+    assert other.ensure_schema("group-b") == SchemaUpgrade(1, SCHEMA_VERSION, "group-b", 1, 0, 0)
+    assert stored_keys(other, "group-b") == [by_topic(order)]
+
+
+def test_a_failing_migration_leaves_version_1_untouched(backend: Backend) -> None:
+    """The migration is one transaction: when a step fails (here a table of the handlers that
+    happens to bear our new table's name), nothing of it stays and the store is still v1."""
+    old = _v1_store(backend)
+    _insert_v1_key(old, G, _event("orders", b"evt-1"))
+    old.execute("CREATE TABLE consumer_keys_to_scope (note text)")
+    with pytest.raises(StoreError):
+        backend.open().ensure_schema(G)
+    assert old.execute("SELECT version FROM consumer_schema").fetchall() == [(1,)]
+    with pytest.raises((sqlite3.OperationalError, psycopg.errors.UndefinedColumn)):
+        old.execute("SELECT topic_id FROM consumer_checkpoints")
+
+
+def test_a_fresh_store_needs_no_migration(backend: Backend) -> None:
+    assert backend.open().ensure_schema(G, group_scoped_topics={"t"}) is None
+
+
 # --- assignment and checkpoint rows ---------------------------------------------------------
 
 
@@ -208,6 +285,63 @@ def test_write_checkpoints_of_another_group_fences(store: Store) -> None:
     store.begin()
     assert store.write_checkpoints("group-b", [CheckpointRow("t", 0, 5, 1)], 2.0) == [P0]
     store.rollback()
+
+
+def test_write_checkpoints_refuses_to_move_a_row_backwards(store: Store) -> None:
+    """Our epoch, but an offset below the row's: the UPDATE itself refuses it, and the store
+    raises OffsetWentBackwards (not Fenced) naming both offsets; the row keeps its offset."""
+    store.assign(G, [P0, P1], 1.0)
+    store.begin()
+    store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1), CheckpointRow("t", 1, 7, 1)], 2.0)
+    store.commit()
+    store.begin()
+    with pytest.raises(OffsetWentBackwards) as raised:
+        store.write_checkpoints(
+            G, [CheckpointRow("t", 1, 9, 1), CheckpointRow("t", 0, 40, 1)], 3.0
+        )
+    store.rollback()
+    assert (raised.value.topic, raised.value.partition) == P0
+    assert (raised.value.old, raised.value.new) == (42, 40)
+    assert store.checkpoints(G) == {P0: 42, P1: 7}
+
+
+def test_write_checkpoints_at_the_same_offset_is_no_move_and_no_error(store: Store) -> None:
+    store.assign(G, [P0], 1.0)
+    store.begin()
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0) == []
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 3.0) == []
+    store.commit()
+    assert store.checkpoints(G) == {P0: 42}
+
+
+def test_a_fenced_row_below_ours_is_reported_fenced_not_backwards(backend: Backend,
+                                                                 store: Store) -> None:
+    """A newer owner took P0 (epoch 2): our lower offset is a zombie's write, so Fenced wins."""
+    store.assign(G, [P0], 1.0)
+    store.begin()
+    store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0)
+    store.commit()
+    backend.open().assign(G, [P0], 3.0)
+    store.begin()
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 10, 1)], 4.0) == [P0]
+    store.rollback()
+
+
+def test_replay_moves_a_row_backwards_on_purpose_and_fences_its_owner(store: Store) -> None:
+    store.assign(G, [P0], 1.0)
+    store.begin()
+    store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0)
+    store.commit()
+    store.replay(G, {P0: 10}, forget_keys=False, now=3.0)
+    assert store.checkpoints(G) == {P0: 10}
+    store.begin()
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 11, 1)], 4.0) == [P0]
+    store.rollback()
+    assert store.assign(G, [P0], 5.0) == {P0: Position(10, 3)}
+    store.begin()
+    assert store.write_checkpoints(G, [CheckpointRow("t", 0, 11, 3)], 6.0) == []
+    store.commit()
+    assert store.checkpoints(G) == {P0: 11}
 
 
 def test_checkpoints_lists_the_rows_of_one_group(store: Store) -> None:
@@ -275,13 +409,28 @@ def test_purge_deletes_only_keys_older_than_the_cutoff_at_most_limit_per_call(
     store.claim("group-b", claims("old4"), 100.0)
     store.claim(G, claims("new1", "new2"), 200.0)
     store.claim(G, claims("edge"), 150.0)
+    store.claim(G, claims("old5", partition=1), 100.0)
     store.commit()
-    assert store.purge_processed_keys(150.0, 3) == 3
-    assert store.purge_processed_keys(150.0, 3) == 1
-    assert store.purge_processed_keys(150.0, 3) == 0
+    assert store.purge_processed_keys(G, 150.0, 3) == 3
+    assert store.purge_processed_keys(G, 150.0, 3) == 1
+    assert store.purge_processed_keys(G, 150.0, 3) == 0
     assert stored_keys(store) == sorted([key("edge"), key("new1"), key("new2")])
-    assert stored_keys(store, "group-b") == []
+    assert stored_keys(store, "group-b") == [key("old4")], "another group's key is not ours"
     assert stored_keys(backend.open()) == stored_keys(store), "purge commits on its own"
+
+
+def test_purge_of_one_group_leaves_another_groups_keys(backend: Backend, store: Store) -> None:
+    """Two groups share one database: group-b's purge (its own retention) deletes only its
+    keys; group-a's keys of the same age stay, however short group-b's retention is."""
+    store.begin()
+    store.claim(G, claims("a1", "a2"), 100.0)
+    store.claim("group-b", claims("b1", "b2"), 100.0)
+    store.commit()
+    assert store.purge_processed_keys("group-b", 150.0, 10) == 2
+    assert stored_keys(store) == sorted([key("a1"), key("a2")])
+    assert stored_keys(store, "group-b") == []
+    assert store.purge_processed_keys(G, 150.0, 10) == 2
+    assert stored_keys(store) == []
 
 
 # --- transactions ----------------------------------------------------------------------------

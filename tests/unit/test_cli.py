@@ -185,3 +185,33 @@ def test_files_the_alert_rules_cite_exist() -> None:
     assert cited, "the rules cite where their metrics are described"
     missing = sorted(name for name in cited if not (root / name).exists())
     assert missing == []
+
+
+def test_store_migrate_brings_a_version_1_sqlite_store_to_version_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`consumer store migrate` on a real v1 SQLite file: version 2, and the group's key is
+    rewritten to its topic's scope; the output names both versions and the count."""
+    import sqlite3
+
+    from consumer.dedup import key_function
+    from consumer.message import Message
+    from tests.support.store_v1 import SCHEMA_V1
+
+    path = tmp_path / "v1.db"
+    event = Message("events", 0, 0, b"", headers=[("idempotency-key", b"e-1")], timestamp=0.0)
+    with sqlite3.connect(path) as db:
+        for statement in SCHEMA_V1["sqlite"]:
+            db.execute(statement)
+        db.execute("INSERT INTO consumer_processed_keys VALUES ('cli-test', ?, 'events', 0, 0, 1)",
+                   (key_function("header:idempotency-key", {}, "group")(event),))
+    config = write(tmp_path, VALID + f"store:\n  url: sqlite:///{path}\n")
+    assert main(["store", "migrate", "--config", config]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "from schema version 1 to 2; 1 processed keys of group cli-test rewritten" in out
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM consumer_schema").fetchall() == [(2,)]
+        assert db.execute("SELECT key FROM consumer_processed_keys").fetchall() == [
+            (key_function("header:idempotency-key", {})(event),)]
+    assert main(["store", "migrate", "--config", config]) == EXIT_OK
+    assert "migrated" not in capsys.readouterr().out

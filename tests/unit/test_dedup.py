@@ -126,6 +126,17 @@ def test_coordinates_key_reads_topic_ids_learnt_after_it_was_built() -> None:
     assert keys(message(5)) == key_function("coordinates", IDS)(message(5))
 
 
+def test_one_key_function_follows_a_topic_id_that_changes_when_the_topic_is_recreated() -> None:
+    """The running process learns the recreated topic's id at assignment: the same key
+    function then gives offset 5 of the new log another key than offset 5 of the old one."""
+    topic_ids = {"orders": "id-orders-1"}
+    keys = key_function("coordinates", topic_ids)
+    old = keys(message(5))
+    topic_ids["orders"] = "id-orders-2"
+    assert keys(message(5)) != old
+    assert keys(message(5)) == key_function("coordinates", {"orders": "id-orders-2"})(message(5))
+
+
 # --- function keys -------------------------------------------------------------------------
 
 
@@ -157,15 +168,35 @@ def test_digests_are_16_bytes(spec: str) -> None:
 
 def test_digests_are_stable_across_builds_and_processes() -> None:
     """Keys are stored; they must not depend on the process (no hash() salt), so they are pinned
-    here to blake2b-128 of a kind tag, a NUL and the material."""
+    here: blake2b-128 of a kind tag, a NUL and the material (group scope), wrapped for the
+    topic scope in sha256(b"t" NUL topic NUL digest)[:16], which the v1->v2 migration
+    reproduces in SQL."""
     def pinned(kind: bytes, material: bytes) -> bytes:
         return hashlib.blake2b(kind + b"\0" + material, digest_size=16).digest()
 
+    def in_topic(digest: bytes, topic: str = "orders") -> bytes:
+        return hashlib.sha256(b"t\0" + topic.encode() + b"\0" + digest).digest()[:16]
+
     with_header = message(5, headers=[("idempotency-key", b"evt-1")])
-    assert key_function("header:idempotency-key", IDS)(with_header) == pinned(b"h", b"evt-1")
-    assert key_function("coordinates", IDS)(message(5)) == pinned(b"c", b"id-orders-1/0/5")
+    assert key_function("header:idempotency-key", IDS, "group")(with_header) == pinned(
+        b"h", b"evt-1")
+    assert key_function("header:idempotency-key", IDS)(with_header) == in_topic(
+        pinned(b"h", b"evt-1"))
+    assert key_function("coordinates", IDS, "group")(message(5)) == pinned(
+        b"c", b"id-orders-1/0/5")
+    assert key_function("coordinates", IDS)(message(5)) == in_topic(
+        pinned(b"c", b"id-orders-1/0/5"))
     by_function = key_function(f"function:{THIS_MODULE}:key_as_bytes", IDS)
-    assert by_function(message(value=b"evt-1")) == pinned(b"f", b"EVT-1")
+    assert by_function(message(value=b"evt-1")) == in_topic(pinned(b"f", b"EVT-1"))
+
+
+def test_the_same_header_value_on_two_topics_is_two_keys_unless_scoped_to_the_group() -> None:
+    orders = message(headers=[("idempotency-key", b"same-1")])
+    payments = message(topic="payments", headers=[("idempotency-key", b"same-1")])
+    by_topic = key_function("header:idempotency-key", IDS)
+    assert by_topic(orders) != by_topic(payments)
+    by_group = key_function("header:idempotency-key", IDS, "group")
+    assert by_group(orders) == by_group(payments)
 
 
 # --- bad specs -----------------------------------------------------------------------------

@@ -555,3 +555,26 @@ def test_unconfirmed_bound_holds_for_partitions_assigned_while_confirming() -> N
     for _ in range(200):
         loop.run_once()
     assert sorted(recorder.seen) == sorted({("t", p, o) for p in (0, 1) for o in range(50)})
+
+
+def test_without_a_store_topic_ids_are_learnt_at_start_and_again_at_assignment() -> None:
+    """A coordinates key must change when a topic is recreated, store or not: the loop fills
+    the key functions' id dict at start, and refreshes it when partitions are assigned."""
+    from consumer.checkpoint_policy import CheckpointPolicy
+    from consumer.clock import ManualClock
+    from consumer.engine import ConsumerLoop
+    from consumer.observer import Observer
+    from consumer.routing import Route, Router
+    from consumer.testing import InMemorySource
+
+    source = InMemorySource({"t": [[]]})
+    topic_ids: dict[str, str] = {}
+    loop = ConsumerLoop(source, router=Router([Route("t", lambda m, c: None, "x:y")]),
+                        policy=CheckpointPolicy(every_messages=10, every_seconds=None),
+                        group="g", clock=ManualClock(), observer=Observer(), poll_timeout=0.0,
+                        topic_ids=topic_ids)
+    assert loop.start()
+    assert topic_ids == {"t": "id-of-t"}
+    topic_ids["t"] = "id-of-the-deleted-t"
+    loop.on_assigned([("t", 0)])
+    assert topic_ids == {"t": "id-of-t"}

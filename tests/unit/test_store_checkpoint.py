@@ -12,7 +12,13 @@ import pytest
 
 from consumer.checkpoint_policy import Trigger
 from consumer.dedup import key_function
-from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreUnavailable
+from consumer.errors import (
+    Fenced,
+    HandlerFailed,
+    KafkaError,
+    OffsetWentBackwards,
+    StoreUnavailable,
+)
 from consumer.message import Message
 from consumer.observer import TP
 from consumer.routing import Route, Router
@@ -287,6 +293,26 @@ def test_fenced_partition_rolls_back_the_whole_batch(
     assert source.commits == []
     assert partitions[P0].watermark is None
     assert partitions[P1].watermark is None
+    assert not store.connection.in_transaction
+
+
+def test_a_checkpoint_row_ahead_of_the_batch_raises_offset_went_backwards_and_rolls_back(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    """The row already holds offset 10 at our epoch (a batch committed while the positions in
+    memory fell behind, e.g. a seek never undone): a batch ending at 2 would move it back.
+    The store refuses in the UPDATE; the batch rolls back whole, and the error is
+    OffsetWentBackwards naming both offsets, not Fenced."""
+    partitions = assigned(store, [P0])
+    store.execute("UPDATE consumer_checkpoints SET next_offset = 10")
+    handler = EffectWriter()
+    with pytest.raises(OffsetWentBackwards) as raised:
+        run_batch(store, source, events(0, [0, 1]), handler, partitions)
+    assert (raised.value.old, raised.value.new) == (10, 2)
+    assert effects(store) == []
+    assert processed(store) == []
+    assert store.checkpoints(GROUP) == {P0: 10}
+    assert source.commits == []
     assert not store.connection.in_transaction
 
 

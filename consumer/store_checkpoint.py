@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from consumer.checkpoint_policy import Trigger
 from consumer.dedup import KeyFunction
-from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError
+from consumer.errors import DedupKeyFailed, Fenced, HandlerFailed, KafkaError, StoreError
 from consumer.failures import Failures, Verdict
 from consumer.instruments import Instruments
 from consumer.message import Context, Message, Scope
@@ -37,6 +37,7 @@ class StoreCheckpoint:
     """Applies a batch of messages exactly once and saves where each partition got to.
 
     1. claim keys: insert every message's dedup key; only messages whose key was new go on
+       (a message whose dedup key function raises is a failing message: step 2's policy)
     2. run handlers, all at once; if one raises, roll the transaction back, claim again and
        run them again each inside its own savepoint, so a failing message rolls back alone:
        it is dead-lettered (and done), or its partition is paused and rewound for a later attempt,
@@ -92,12 +93,11 @@ class StoreCheckpoint:
         """Raises StoreError (the batch rolled back; retry it) or Fenced (rolled back; stop)."""
         outcome = BatchOutcome()
         store = self._store
+        claims = self._claims()
         store.begin()
         try:
             # 1. claim keys
-            claims = [Claim(self._keys[m.topic](m), m.topic, m.partition, m.offset)
-                      for m in self._messages]
-            new_keys = store.claim(self._group, claims, self._now())
+            new_keys = self._claim(claims)
 
             # 2. run handlers: the whole batch at once; if a handler raises, roll the
             # transaction back and run it again message by message, each in a savepoint
@@ -106,7 +106,7 @@ class StoreCheckpoint:
             except _HandlerRaised:
                 store.rollback()
                 store.begin()
-                new_keys = store.claim(self._group, claims, self._now())
+                new_keys = self._claim(claims)
                 watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
 
             # 3. fence and write checkpoint rows
@@ -129,7 +129,21 @@ class StoreCheckpoint:
         outcome.committed = self._commit_kafka()
         return outcome
 
-    def _apply_optimistically(self, claims: list[Claim], new_keys: set[bytes],
+    def _claims(self) -> list[Claim | DedupKeyFailed]:
+        """Each message's claim, or the error its dedup key function raised."""
+        claims: list[Claim | DedupKeyFailed] = []
+        for m in self._messages:
+            try:
+                claims.append(Claim(self._keys[m.topic](m), m.topic, m.partition, m.offset))
+            except DedupKeyFailed as error:
+                claims.append(error)
+        return claims
+
+    def _claim(self, claims: list[Claim | DedupKeyFailed]) -> set[bytes]:
+        return self._store.claim(self._group, [c for c in claims if isinstance(c, Claim)],
+                                 self._now())
+
+    def _apply_optimistically(self, claims: list[Claim | DedupKeyFailed], new_keys: set[bytes],
                               outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Run the handlers of new messages; return each partition's new watermark and how
         many of its messages are done. Raises _HandlerRaised at the first failure: the
@@ -146,6 +160,8 @@ class StoreCheckpoint:
         timer = self._timer
         timed: list[tuple[str, float]] = []  # kept only if the whole batch succeeds
         for message, claim in zip(self._messages, claims, strict=True):
+            if not isinstance(claim, Claim):
+                raise _HandlerRaised from claim
             key = claim.key
             if key not in new_keys or key in applied_keys:
                 duplicates += 1
@@ -176,7 +192,7 @@ class StoreCheckpoint:
         outcome.applied, outcome.duplicates = applied, duplicates
         return watermarks, counts
 
-    def _apply_one_by_one(self, claims: list[Claim], new_keys: set[bytes],
+    def _apply_one_by_one(self, claims: list[Claim | DedupKeyFailed], new_keys: set[bytes],
                           outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Like :meth:`_apply_optimistically`, with a savepoint per message, so a failing
         message rolls back alone and its failure policy decides what happens to it."""
@@ -190,11 +206,12 @@ class StoreCheckpoint:
         applied_keys: set[bytes] = set()
         for message, claim in zip(self._messages, claims, strict=True):
             tp = (message.topic, message.partition)
+            key = claim.key if isinstance(claim, Claim) else None
             if tp in stopped:
-                if claim.key in new_keys and claim.key not in applied_keys:
-                    release.append(claim.key)
+                if key is not None and key in new_keys and key not in applied_keys:
+                    release.append(key)
                 continue
-            if claim.key not in new_keys or claim.key in applied_keys:
+            if key is not None and (key not in new_keys or key in applied_keys):
                 outcome.duplicates += 1
                 watermarks[tp] = message.offset + 1
                 counts[tp] = counts.get(tp, 0) + 1
@@ -202,19 +219,22 @@ class StoreCheckpoint:
             store.savepoint()
             start = 0.0
             try:
+                if not isinstance(claim, Claim):
+                    raise claim  # the dedup key function raised
                 if failures is not None:
                     failures.check(message)
                 if timer is None:
-                    handlers[message.topic](message, Context(scope, message, claim.key))
+                    handlers[message.topic](message, Context(scope, message, key))
                 else:
                     timer.started = start = timer.now()
-                    handlers[message.topic](message, Context(scope, message, claim.key))
+                    handlers[message.topic](message, Context(scope, message, key))
                     timer.durations(message.topic).append(timer.now() - start)
             except Exception as error:
                 if timer is not None and start:  # the handler raised (not a check before it)
                     timer.failed(message.topic, timer.now() - start)
                 store.rollback_to_savepoint()
-                release.append(claim.key)  # A failed or dead-lettered key is not processed.
+                if key is not None:  # A failed or dead-lettered key is not processed.
+                    release.append(key)
                 verdict = Verdict.STOP if failures is None else failures.failed(message, error)
                 if verdict is Verdict.DEAD_LETTERED:
                     outcome.dead_lettered += 1
@@ -233,7 +253,8 @@ class StoreCheckpoint:
             if failures is not None:
                 failures.succeeded(message)
             store.release_savepoint()
-            applied_keys.add(claim.key)
+            if key is not None:
+                applied_keys.add(key)
             outcome.applied += 1
             watermarks[tp] = message.offset + 1
             counts[tp] = counts.get(tp, 0) + 1

@@ -40,8 +40,9 @@ class StoreCheckpoint:
        (a message whose dedup key function raises is a failing message: step 2's policy)
     2. run handlers, all at once; if one raises, roll the transaction back, claim again and
        run them again each inside its own savepoint, so a failing message rolls back alone:
-       it is dead-lettered (and done), or its partition is paused and rewound for a later attempt,
-       or the consumer stops after this batch; a failed message's key is not recorded
+       it is dead-lettered (and done), or its partition is paused and rewound for a later attempt
+       (after step 4: a batch that rolls back leaves the client untouched), or the consumer
+       stops after this batch; a failed message's key is not recorded
     3. fence and write checkpoint rows: each row moves only where the epoch is still ours,
        else the whole batch rolls back (a newer owner has the partition: we are a zombie)
     4. commit the store
@@ -84,6 +85,8 @@ class StoreCheckpoint:
         self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
         #: Metrics on: each handler call is timed inline.
         self._timer = instruments
+        #: Messages to retry later, decided inside the transaction, scheduled after COMMIT.
+        self._retries: list[tuple[Message, BaseException]] = []
 
     @property
     def synchronous(self) -> bool:
@@ -124,6 +127,7 @@ class StoreCheckpoint:
         now = self._now()
         for tp, offset in watermarks.items():
             self._partitions[tp].advance(offset, counts[tp], now)
+        self._schedule_retries()
 
         # 5. commit Kafka
         outcome.committed = self._commit_kafka()
@@ -235,17 +239,22 @@ class StoreCheckpoint:
                 store.rollback_to_savepoint()
                 if key is not None:  # A failed or dead-lettered key is not processed.
                     release.append(key)
-                verdict = Verdict.STOP if failures is None else failures.failed(message, error)
+                if failures is None:
+                    verdict = Verdict.STOP
+                elif failures.decide(message, error) is Verdict.RETRY:
+                    # Scheduled (paused and rewound) only once this transaction commits: a
+                    # batch that rolls back must leave the client where it was.
+                    verdict = Verdict.RETRY
+                    self._retries.append((message, error))
+                else:
+                    verdict = failures.failed(message, error)
                 if verdict is Verdict.DEAD_LETTERED:
                     outcome.dead_lettered += 1
                     watermarks[tp] = message.offset + 1
                     counts[tp] = counts.get(tp, 0) + 1
                     continue
                 stopped.add(tp)
-                if verdict is Verdict.RETRY:
-                    self._source.pause([tp])
-                    self._source.seek(tp, message.offset)
-                elif outcome.failure is None:
+                if verdict is not Verdict.RETRY and outcome.failure is None:
                     outcome.failure = HandlerFailed(message.topic, message.partition,
                                                     message.offset, error)
                     outcome.failure.__cause__ = error
@@ -265,6 +274,16 @@ class StoreCheckpoint:
         if release:
             store.unclaim(group, release)
         return watermarks, counts
+
+    def _schedule_retries(self) -> None:
+        """After COMMIT: count each retried message's attempt, pause its partition and rewind
+        it to the message (its watermark stopped there)."""
+        for message, error in self._retries:
+            if self._failures is not None and \
+                    self._failures.failed(message, error) is Verdict.RETRY:
+                tp = (message.topic, message.partition)
+                self._source.pause([tp])
+                self._source.seek(tp, message.offset)
 
     def _commit_kafka(self) -> dict[TP, int]:
         moved = {}

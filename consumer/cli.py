@@ -31,7 +31,7 @@ from consumer.observability import build_observability
 from consumer.routing import Router
 from consumer.settings import Settings, load_settings
 from consumer.source import KafkaDeadLetterSink, read_topic
-from consumer.store import open_store
+from consumer.store import open_configured
 
 log = logging.getLogger("consumer.cli")
 
@@ -75,7 +75,7 @@ def _store_init(settings: Settings) -> int:
         print("consumer: store.url is none: there is no store to initialise", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        store = open_store(settings.store.url.get_secret_value())
+        store = open_configured(settings.store)
         store.ensure_schema()
         store.close()
     except ConsumerError as error:

@@ -44,6 +44,18 @@ class Position:
     epoch: int
 
 
+@dataclass(frozen=True, slots=True)
+class PostgresSession:
+    """Bounds on a PostgreSQL session's waits (seconds), so a frozen or vanished peer costs
+    the others at most these: a lock wait, an idle open transaction, a silent TCP peer."""
+
+    lock_timeout: float = 10.0
+    idle_in_transaction_timeout: float = 60.0
+    keepalives_idle: int = 30
+    keepalives_interval: int = 10
+    keepalives_count: int = 3
+
+
 class Store(abc.ABC):
     """A database connection used by the polling thread only."""
 
@@ -186,6 +198,7 @@ __all__ = [
     "CheckpointRow",
     "Claim",
     "Position",
+    "PostgresSession",
     "Store",
     "StoreError",
     "require_version",

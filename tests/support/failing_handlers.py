@@ -74,3 +74,11 @@ def ledger_unless_rejected(message: Message, context: Context) -> None:
     if message.json()["account"] == os.environ.get("LEDGER_REJECT_ACCOUNT"):
         raise AlwaysFails(f"account {os.environ['LEDGER_REJECT_ACCOUNT']} is rejected")
     ledger.apply(message, context)
+
+
+def slow_ledger(message: Message, context: Context) -> None:
+    """handlers.ledger.apply after ``$LEDGER_SLEEP_SECONDS``: long store transactions."""
+    from handlers import ledger
+
+    time.sleep(float(os.environ.get("LEDGER_SLEEP_SECONDS", "0")))
+    ledger.apply(message, context)

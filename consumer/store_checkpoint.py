@@ -39,10 +39,12 @@ class StoreCheckpoint:
     1. claim keys: insert every message's dedup key; only messages whose key was new go on
        (a message whose dedup key function raises is a failing message: step 2's policy)
     2. run handlers, all at once; if one raises, roll the transaction back, claim again and
-       run them again each inside its own savepoint, so a failing message rolls back alone:
-       it is dead-lettered (and done), or its partition is paused and rewound for a later attempt
-       (after step 4: a batch that rolls back leaves the client untouched), or the consumer
-       stops after this batch; a failed message's key is not recorded
+       run them again each inside its own savepoint, so a failing message rolls back alone and
+       its partition's watermark stops at it: after step 4 (a batch that rolls back leaves the
+       client and the dead-letter topic untouched) it is dead-lettered, and its partition is
+       rewound so the next batch counts it done without running it, or its partition is paused
+       and rewound for a later attempt, or the consumer stops after this batch; a failed
+       message's key is not recorded
     3. fence and write checkpoint rows: each row moves only where the epoch is still ours,
        else the whole batch rolls back (a newer owner has the partition: we are a zombie)
     4. commit the store
@@ -67,6 +69,7 @@ class StoreCheckpoint:
         failures: Failures | None = None,
         kafka_answered: bool = True,
         instruments: Instruments | None = None,
+        lettered: dict[TP, int] | None = None,
     ) -> None:
         self.trigger = trigger
         #: False while the previous asynchronous Kafka commit is unanswered: this batch's
@@ -85,8 +88,12 @@ class StoreCheckpoint:
         self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
         #: Metrics on: each handler call is timed inline.
         self._timer = instruments
-        #: Messages to retry later, decided inside the transaction, scheduled after COMMIT.
-        self._retries: list[tuple[Message, BaseException]] = []
+        #: Failed messages to retry or dead-letter, decided inside the transaction and acted
+        #: on after COMMIT: no broker round trip while the store's locks are held.
+        self._deferred: list[tuple[Message, BaseException]] = []
+        #: Per partition, the offset of a message whose dead letter the broker acknowledged
+        #: after an earlier batch: done without running its handler (kept across batches).
+        self._lettered = {} if lettered is None else lettered
 
     @property
     def synchronous(self) -> bool:
@@ -127,27 +134,34 @@ class StoreCheckpoint:
         now = self._now()
         for tp, offset in watermarks.items():
             self._partitions[tp].advance(offset, counts[tp], now)
-        self._schedule_retries()
+        self._forget_letters(claims)
+        self._act_on_failures()
 
         # 5. commit Kafka
         outcome.committed = self._commit_kafka()
         return outcome
 
-    def _claims(self) -> list[Claim | DedupKeyFailed]:
-        """Each message's claim, or the error its dedup key function raised."""
-        claims: list[Claim | DedupKeyFailed] = []
+    def _claims(self) -> list[Claim | DedupKeyFailed | None]:
+        """Each message's claim, the error its dedup key function raised, or None for a
+        message already dead-lettered (done: no key, no handler)."""
+        claims: list[Claim | DedupKeyFailed | None] = []
+        lettered = self._lettered
         for m in self._messages:
+            if lettered and lettered.get((m.topic, m.partition)) == m.offset:
+                claims.append(None)
+                continue
             try:
                 claims.append(Claim(self._keys[m.topic](m), m.topic, m.partition, m.offset))
             except DedupKeyFailed as error:
                 claims.append(error)
         return claims
 
-    def _claim(self, claims: list[Claim | DedupKeyFailed]) -> set[bytes]:
+    def _claim(self, claims: list[Claim | DedupKeyFailed | None]) -> set[bytes]:
         return self._store.claim(self._group, [c for c in claims if isinstance(c, Claim)],
                                  self._now())
 
-    def _apply_optimistically(self, claims: list[Claim | DedupKeyFailed], new_keys: set[bytes],
+    def _apply_optimistically(self, claims: list[Claim | DedupKeyFailed | None],
+                              new_keys: set[bytes],
                               outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Run the handlers of new messages; return each partition's new watermark and how
         many of its messages are done. Raises _HandlerRaised at the first failure: the
@@ -160,14 +174,15 @@ class StoreCheckpoint:
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         applied_keys: set[bytes] = set()
-        applied = duplicates = 0
+        applied = duplicates = lettered = 0
         timer = self._timer
         timed: list[tuple[str, float]] = []  # kept only if the whole batch succeeds
         for message, claim in zip(self._messages, claims, strict=True):
-            if not isinstance(claim, Claim):
+            if isinstance(claim, DedupKeyFailed):
                 raise _HandlerRaised from claim
-            key = claim.key
-            if key not in new_keys or key in applied_keys:
+            if claim is None:
+                lettered += 1
+            elif (key := claim.key) not in new_keys or key in applied_keys:
                 duplicates += 1
             else:
                 try:
@@ -194,13 +209,15 @@ class StoreCheckpoint:
             for topic, seconds in timed:
                 timer.durations(topic).append(seconds)
         outcome.applied, outcome.duplicates = applied, duplicates
+        outcome.dead_lettered = lettered
         return watermarks, counts
 
-    def _apply_one_by_one(self, claims: list[Claim | DedupKeyFailed], new_keys: set[bytes],
+    def _apply_one_by_one(self, claims: list[Claim | DedupKeyFailed | None],
+                          new_keys: set[bytes],
                           outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Like :meth:`_apply_optimistically`, with a savepoint per message, so a failing
         message rolls back alone and its failure policy decides what happens to it."""
-        outcome.applied = outcome.duplicates = 0
+        outcome.applied = outcome.duplicates = outcome.dead_lettered = 0
         store, group, failures = self._store, self._group, self._failures
         scope, handlers, timer = self._scope, self._handlers, self._timer
         watermarks: dict[TP, int] = {}
@@ -214,6 +231,11 @@ class StoreCheckpoint:
             if tp in stopped:
                 if key is not None and key in new_keys and key not in applied_keys:
                     release.append(key)
+                continue
+            if claim is None:
+                outcome.dead_lettered += 1
+                watermarks[tp] = message.offset + 1
+                counts[tp] = counts.get(tp, 0) + 1
                 continue
             if key is not None and (key not in new_keys or key in applied_keys):
                 outcome.duplicates += 1
@@ -239,22 +261,11 @@ class StoreCheckpoint:
                 store.rollback_to_savepoint()
                 if key is not None:  # A failed or dead-lettered key is not processed.
                     release.append(key)
-                if failures is None:
-                    verdict = Verdict.STOP
-                elif failures.decide(message, error) is Verdict.RETRY:
-                    # Scheduled (paused and rewound) only once this transaction commits: a
-                    # batch that rolls back must leave the client where it was.
-                    verdict = Verdict.RETRY
-                    self._retries.append((message, error))
-                else:
-                    verdict = failures.failed(message, error)
-                if verdict is Verdict.DEAD_LETTERED:
-                    outcome.dead_lettered += 1
-                    watermarks[tp] = message.offset + 1
-                    counts[tp] = counts.get(tp, 0) + 1
-                    continue
+                verdict = Verdict.STOP if failures is None else failures.decide(message, error)
                 stopped.add(tp)
-                if verdict is not Verdict.RETRY and outcome.failure is None:
+                if verdict is not Verdict.STOP:
+                    self._deferred.append((message, error))  # acted on after COMMIT
+                elif outcome.failure is None:
                     outcome.failure = HandlerFailed(message.topic, message.partition,
                                                     message.offset, error)
                     outcome.failure.__cause__ = error
@@ -275,15 +286,28 @@ class StoreCheckpoint:
             store.unclaim(group, release)
         return watermarks, counts
 
-    def _schedule_retries(self) -> None:
-        """After COMMIT: count each retried message's attempt, pause its partition and rewind
-        it to the message (its watermark stopped there)."""
-        for message, error in self._retries:
-            if self._failures is not None and \
-                    self._failures.failed(message, error) is Verdict.RETRY:
-                tp = (message.topic, message.partition)
+    def _forget_letters(self, claims: list[Claim | DedupKeyFailed | None]) -> None:
+        """The dead-lettered messages this batch counted done are committed as such."""
+        for message, claim in zip(self._messages, claims, strict=True):
+            if claim is None:
+                self._lettered.pop((message.topic, message.partition), None)
+
+    def _act_on_failures(self) -> None:
+        """After COMMIT, for each failed message (its partition's watermark stopped at it):
+        produce its dead letter and, once acknowledged, rewind its partition to it so the
+        next batch counts it done; or count the attempt, pause and rewind for a retry. A
+        crash between the letter and the next batch's COMMIT produces the letter again."""
+        failures = self._failures
+        if failures is None:
+            return
+        for message, error in self._deferred:
+            verdict = failures.failed(message, error)  # raises DeadLetterFailed for good
+            tp = (message.topic, message.partition)
+            if verdict is Verdict.DEAD_LETTERED:
+                self._lettered[tp] = message.offset
+            elif verdict is Verdict.RETRY:
                 self._source.pause([tp])
-                self._source.seek(tp, message.offset)
+            self._source.seek(tp, message.offset)
 
     def _commit_kafka(self) -> dict[TP, int]:
         moved = {}

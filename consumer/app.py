@@ -23,7 +23,7 @@ from consumer.purge import ProcessedKeyPurger
 from consumer.routing import Router
 from consumer.settings import Settings
 from consumer.source import KafkaDeadLetterSink, KafkaSource
-from consumer.store import open_store
+from consumer.store import open_configured
 from consumer.transactional import TransactionalBatches
 from consumer.transport import Source
 
@@ -72,8 +72,7 @@ def build_loop(
                         monotonic=clock.monotonic, wall=clock.wall, topic_ids=topic_ids)
     transactional = None
     if settings.store.enabled:
-        store = open_store(settings.store.url.get_secret_value(),
-                           sqlite_synchronous=settings.store.sqlite_synchronous)
+        store = open_configured(settings.store)
         if instruments is not None:
             store = instruments.store(store)
         transactional = TransactionalBatches(
@@ -111,9 +110,8 @@ def build_purger(settings: Settings, *observers: Observer) -> ProcessedKeyPurger
     retention = settings.store.processed_keys_retention_seconds
     if not settings.store.enabled or retention is None:
         return None
-    url = settings.store.url.get_secret_value()
     return ProcessedKeyPurger(
-        lambda: open_store(url, sqlite_synchronous=settings.store.sqlite_synchronous),
+        lambda: open_configured(settings.store),
         group=settings.kafka.group_id,
         retention_seconds=retention,
         every_seconds=settings.store.purge_every_seconds,

@@ -33,7 +33,7 @@ from consumer.observability import build_observability
 from consumer.routing import Router
 from consumer.settings import Settings, load_settings
 from consumer.source import KafkaDeadLetterSink, read_topic
-from consumer.store import open_store
+from consumer.store import open_configured
 from consumer.store.base import SCHEMA_VERSION
 
 log = logging.getLogger("consumer.cli")
@@ -80,7 +80,7 @@ def _store_init(settings: Settings, action: str) -> int:
         print(f"consumer: store.url is none: there is no store to {action}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        store = open_store(settings.store.url.get_secret_value())
+        store = open_configured(settings.store)
         upgrade = store.ensure_schema(settings.kafka.group_id,
                                       group_scoped_topics=group_scoped_topics(settings))
         store.close()

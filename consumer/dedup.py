@@ -7,7 +7,8 @@ Per route, one of:
   one key shared by every such event).
 - ``coordinates``: topic id, partition and offset. The topic id (not the name) keeps a deleted
   and recreated topic from colliding with its predecessor.
-- ``function:module:function``: ``function(message) -> bytes | str``.
+- ``function:module:function``: ``function(message) -> bytes | str``. If it raises (or returns
+  something else), the message is poison: :class:`DedupKeyFailed`, dead-lettered or a stop.
 
 Never the Kafka message key by default: many events share one.
 
@@ -31,7 +32,7 @@ from collections.abc import Callable, Mapping
 from hashlib import blake2b
 from typing import Literal
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, DedupKeyFailed
 from consumer.message import Message
 from consumer.routing import load_callable
 
@@ -125,12 +126,15 @@ def _digest_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
         user_function = load_callable(rest, ("message",))
 
         def from_function(message: Message) -> bytes:
-            value = user_function(message)
-            if isinstance(value, str):
-                value = value.encode()
-            if not isinstance(value, bytes):
-                raise TypeError(f"dedup function {rest} returned {type(value).__name__}, "
-                                "expected bytes or str")
+            try:
+                value = user_function(message)
+                if isinstance(value, str):
+                    value = value.encode()
+                if not isinstance(value, bytes):
+                    raise TypeError(f"it returned {type(value).__name__}, expected bytes or str")
+            except Exception as error:
+                raise DedupKeyFailed(rest, message.topic, message.partition, message.offset,
+                                     error) from error
             return _digest(b"f", value)
 
         return from_function

@@ -5,6 +5,7 @@
     ├── KafkaError             the Kafka client reported a failure
     │   └── KafkaFatalError    the client cannot go on (fenced, fatal librdkafka error)
     ├── HandlerFailed          a handler raised; carries the message's coordinates
+    ├── DedupKeyFailed         a route's dedup key function raised: the message is poison
     ├── OffsetWentBackwards    a watermark or commit would move a partition backwards
     ├── AssignmentFailed       partitions could not be positioned when they were assigned
     ├── Fenced                 a newer owner bumped the partition's epoch: this process is a zombie
@@ -64,6 +65,25 @@ class HandlerFailed(ConsumerError):
             f"handler failed on {topic}[{partition}]@{offset}: "
             f"{type(cause).__name__}: {cause}. Offsets were committed up to, not past, this "
             "message; fix the handler or the message and restart to retry it."
+        )
+
+
+class DedupKeyFailed(ConsumerError):
+    """A ``function:`` dedup key raised for one message: it has no identity, so it cannot be
+    applied exactly once. Final, like a value that does not decode: dead-lettered (reason
+    ``dedup_key``) or, with ``on_failure: stop``, the consumer stops at it."""
+
+    def __init__(self, function: str, topic: str, partition: int, offset: int,
+                 cause: BaseException) -> None:
+        self.function = function
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.cause = cause
+        super().__init__(
+            f"dedup key function {function} raised {type(cause).__name__}: {cause} on "
+            f"{topic}[{partition}]@{offset}; the message has no dedup key and is not applied. "
+            "Fix the function (or the producer), then redrive the dead letter."
         )
 
 

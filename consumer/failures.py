@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from consumer.errors import ConfigError, DeadLetterFailed
+from consumer.errors import ConfigError, DeadLetterFailed, DedupKeyFailed
 from consumer.message import Message
 from consumer.observer import Observer
 from consumer.settings import RetrySettings, Settings
@@ -182,6 +182,30 @@ class Failures:
             return None
         return held[2] if held[1] >= self._policies[message.topic].attempts else None
 
+    def decide(self, message: Message, error: BaseException) -> Verdict:
+        """What :meth:`failed` would answer, without doing it (no attempt counted, no letter
+        produced): a transaction decides first and acts only once it has committed."""
+        policy = self._policies[message.topic]
+        if isinstance(error, policy.stop_on):
+            return Verdict.STOP
+        _, reason = self._judge(message, error, policy)
+        if reason is None:
+            return Verdict.RETRY
+        return Verdict.STOP if policy.dead_letter_topic is None else Verdict.DEAD_LETTERED
+
+    def _judge(self, message: Message, error: BaseException,
+               policy: FailurePolicy) -> tuple[int, str | None]:
+        """This failure's attempt number, and the dead-letter reason if it is final."""
+        held = self._attempts.get((message.topic, message.partition))
+        attempt = (held[1] if held is not None and held[0] == message.offset else 0) + 1
+        if isinstance(error, PoisonMessage):
+            return attempt, "deserialization"
+        if isinstance(error, DedupKeyFailed):
+            return attempt, "dedup_key"
+        if isinstance(error, policy.never_retry) and attempt < policy.attempts:
+            return attempt, "non_retryable"
+        return attempt, "handler_error" if attempt >= policy.attempts else None
+
     def failed(self, message: Message, error: BaseException, *,
                key: bytes | None = None) -> Verdict:
         """Decide what a failure means; produces the dead letter when that is the answer
@@ -191,17 +215,12 @@ class Failures:
         tp = (message.topic, message.partition)
         if isinstance(error, policy.stop_on):
             return Verdict.STOP
-        held = self._attempts.get(tp)
-        attempt = (held[1] if held is not None and held[0] == message.offset else 0) + 1
-        poison = isinstance(error, PoisonMessage)
-        final = poison or isinstance(error, policy.never_retry) or attempt >= policy.attempts
-        if not final:
+        attempt, reason = self._judge(message, error, policy)
+        if reason is None:
             return self._retry_later(message, tp, attempt, policy.delay(attempt, self._rng),
                                      error)
         if policy.dead_letter_topic is None:
             return Verdict.STOP
-        reason = "deserialization" if poison else (
-            "non_retryable" if attempt < policy.attempts else "handler_error")
         try:
             self._sink.send(policy.dead_letter_topic, message,
                             self._provenance(message, error, attempt, reason, key))

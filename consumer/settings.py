@@ -188,6 +188,21 @@ class StoreSettings(_Section):
     #: or none (no store: at-least-once, re-reads bounded by the checkpoint interval).
     url: SecretStr = SecretStr("sqlite:///state/checkpoint-consumer.db")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: SQLite: how long a process waits for another one's write transaction (a batch, an
+    #: assignment) before the store counts as unavailable. Keep it above the longest batch.
+    sqlite_busy_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: PostgreSQL: how long one statement waits for a row lock (a key or checkpoint row held
+    #: by another session) before the batch rolls back and is retried with backoff.
+    postgres_lock_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: PostgreSQL: the server ends a session idle inside a transaction this long (a process
+    #: frozen mid-batch), releasing its locks. Keep it above a handler's longest pause
+    #: between two statements.
+    postgres_idle_in_transaction_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: PostgreSQL TCP keepalives: a peer gone silent (host down, network cut) is noticed
+    #: after about idle + interval * count seconds.
+    postgres_keepalives_idle_seconds: int = Field(default=30, ge=1)
+    postgres_keepalives_interval_seconds: int = Field(default=10, ge=1)
+    postgres_keepalives_count: int = Field(default=3, ge=1)
     #: Kafka's committed offset moved by another tool (no checkpoint-consumer marker):
     #: fail (default), follow Kafka's offset, or ignore it and keep the store's.
     on_external_reset: Literal["fail", "follow", "ignore"] = "fail"

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 
 from consumer.checkpoint_policy import Trigger
 from consumer.dedup import KeyFunction
-from consumer.errors import Fenced, HandlerFailed, KafkaError, StoreError, StoreUnavailable
+from consumer.errors import (
+    DedupKeyFailed,
+    Fenced,
+    HandlerFailed,
+    KafkaError,
+    StoreError,
+    StoreUnavailable,
+)
 from consumer.failures import Failures, Verdict
 from consumer.instruments import Instruments
 from consumer.message import Context, Message, Scope
@@ -37,10 +44,14 @@ class StoreCheckpoint:
     """Applies a batch of messages exactly once and saves where each partition got to.
 
     1. claim keys: insert every message's dedup key; only messages whose key was new go on
+       (a message whose dedup key function raises is a failing message: step 2's policy)
     2. run handlers, all at once; if one raises, roll the transaction back, claim again and
-       run them again each inside its own savepoint, so a failing message rolls back alone:
-       it is dead-lettered (and done), or its partition is paused and rewound for a later attempt,
-       or the consumer stops after this batch; a failed message's key is not recorded
+       run them again each inside its own savepoint, so a failing message rolls back alone and
+       its partition's watermark stops at it: after step 4 (a batch that rolls back leaves the
+       client and the dead-letter topic untouched) it is dead-lettered, and its partition is
+       rewound so the next batch counts it done without running it, or its partition is paused
+       and rewound for a later attempt, or the consumer stops after this batch; a failed
+       message's key is not recorded
     3. fence and write checkpoint rows: each row moves only where the epoch is still ours,
        else the whole batch rolls back (a newer owner has the partition: we are a zombie)
     4. commit the store
@@ -65,6 +76,7 @@ class StoreCheckpoint:
         failures: Failures | None = None,
         kafka_answered: bool = True,
         instruments: Instruments | None = None,
+        lettered: dict[TP, int] | None = None,
     ) -> None:
         self.trigger = trigger
         #: False while the previous asynchronous Kafka commit is unanswered: this batch's
@@ -84,6 +96,12 @@ class StoreCheckpoint:
         #: Metrics on: each handler call is timed inline.
         self._timer = instruments
         self._transient = _transient_errors(store.dialect)
+        #: Failed messages to retry or dead-letter, decided inside the transaction and acted
+        #: on after COMMIT: no broker round trip while the store's locks are held.
+        self._deferred: list[tuple[Message, BaseException, bytes | None]] = []
+        #: Per partition, the offset of a message whose dead letter the broker acknowledged
+        #: after an earlier batch: done without running its handler (kept across batches).
+        self._lettered = {} if lettered is None else lettered
 
     @property
     def synchronous(self) -> bool:
@@ -93,12 +111,11 @@ class StoreCheckpoint:
         """Raises StoreError (the batch rolled back; retry it) or Fenced (rolled back; stop)."""
         outcome = BatchOutcome()
         store = self._store
+        claims = self._claims()
         store.begin()
         try:
             # 1. claim keys
-            claims = [Claim(self._keys[m.topic](m), m.topic, m.partition, m.offset)
-                      for m in self._messages]
-            new_keys = store.claim(self._group, claims, self._now())
+            new_keys = self._claim(claims)
 
             # 2. run handlers: the whole batch at once; if a handler raises, roll the
             # transaction back and run it again message by message, each in a savepoint
@@ -107,7 +124,7 @@ class StoreCheckpoint:
             except _HandlerRaised:
                 store.rollback()
                 store.begin()
-                new_keys = store.claim(self._group, claims, self._now())
+                new_keys = self._claim(claims)
                 watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
 
             # 3. fence and write checkpoint rows
@@ -125,12 +142,34 @@ class StoreCheckpoint:
         now = self._now()
         for tp, offset in watermarks.items():
             self._partitions[tp].advance(offset, counts[tp], now)
+        self._forget_letters(claims)
+        self._act_on_failures()
 
         # 5. commit Kafka
         outcome.committed = self._commit_kafka()
         return outcome
 
-    def _apply_optimistically(self, claims: list[Claim], new_keys: set[bytes],
+    def _claims(self) -> list[Claim | DedupKeyFailed | None]:
+        """Each message's claim, the error its dedup key function raised, or None for a
+        message already dead-lettered (done: no key, no handler)."""
+        claims: list[Claim | DedupKeyFailed | None] = []
+        lettered = self._lettered
+        for m in self._messages:
+            if lettered and lettered.get((m.topic, m.partition)) == m.offset:
+                claims.append(None)
+                continue
+            try:
+                claims.append(Claim(self._keys[m.topic](m), m.topic, m.partition, m.offset))
+            except DedupKeyFailed as error:
+                claims.append(error)
+        return claims
+
+    def _claim(self, claims: list[Claim | DedupKeyFailed | None]) -> set[bytes]:
+        return self._store.claim(self._group, [c for c in claims if isinstance(c, Claim)],
+                                 self._now())
+
+    def _apply_optimistically(self, claims: list[Claim | DedupKeyFailed | None],
+                              new_keys: set[bytes],
                               outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Run the handlers of new messages; return each partition's new watermark and how
         many of its messages are done. Raises _HandlerRaised at the first failure: the
@@ -143,12 +182,15 @@ class StoreCheckpoint:
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         applied_keys: set[bytes] = set()
-        applied = duplicates = 0
+        applied = duplicates = lettered = 0
         timer = self._timer
         timed: list[tuple[str, float]] = []  # kept only if the whole batch succeeds
         for message, claim in zip(self._messages, claims, strict=True):
-            key = claim.key
-            if key not in new_keys or key in applied_keys:
+            if isinstance(claim, DedupKeyFailed):
+                raise _HandlerRaised from claim
+            if claim is None:
+                lettered += 1
+            elif (key := claim.key) not in new_keys or key in applied_keys:
                 duplicates += 1
             else:
                 try:
@@ -177,13 +219,15 @@ class StoreCheckpoint:
             for topic, seconds in timed:
                 timer.durations(topic).append(seconds)
         outcome.applied, outcome.duplicates = applied, duplicates
+        outcome.dead_lettered = lettered
         return watermarks, counts
 
-    def _apply_one_by_one(self, claims: list[Claim], new_keys: set[bytes],
+    def _apply_one_by_one(self, claims: list[Claim | DedupKeyFailed | None],
+                          new_keys: set[bytes],
                           outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Like :meth:`_apply_optimistically`, with a savepoint per message, so a failing
         message rolls back alone and its failure policy decides what happens to it."""
-        outcome.applied = outcome.duplicates = 0
+        outcome.applied = outcome.duplicates = outcome.dead_lettered = 0
         store, group, failures = self._store, self._group, self._failures
         scope, handlers, timer = self._scope, self._handlers, self._timer
         watermarks: dict[TP, int] = {}
@@ -193,11 +237,17 @@ class StoreCheckpoint:
         applied_keys: set[bytes] = set()
         for message, claim in zip(self._messages, claims, strict=True):
             tp = (message.topic, message.partition)
+            key = claim.key if isinstance(claim, Claim) else None
             if tp in stopped:
-                if claim.key in new_keys and claim.key not in applied_keys:
-                    release.append(claim.key)
+                if key is not None and key in new_keys and key not in applied_keys:
+                    release.append(key)
                 continue
-            if claim.key not in new_keys or claim.key in applied_keys:
+            if claim is None:
+                outcome.dead_lettered += 1
+                watermarks[tp] = message.offset + 1
+                counts[tp] = counts.get(tp, 0) + 1
+                continue
+            if key is not None and (key not in new_keys or key in applied_keys):
                 outcome.duplicates += 1
                 watermarks[tp] = message.offset + 1
                 counts[tp] = counts.get(tp, 0) + 1
@@ -205,13 +255,15 @@ class StoreCheckpoint:
             store.savepoint()
             start = 0.0
             try:
+                if not isinstance(claim, Claim):
+                    raise claim  # the dedup key function raised
                 if failures is not None:
                     failures.check(message)
                 if timer is None:
-                    handlers[message.topic](message, Context(scope, message, claim.key))
+                    handlers[message.topic](message, Context(scope, message, key))
                 else:
                     timer.started = start = timer.now()
-                    handlers[message.topic](message, Context(scope, message, claim.key))
+                    handlers[message.topic](message, Context(scope, message, key))
                     timer.durations(message.topic).append(timer.now() - start)
             except Exception as error:
                 if self._transient(error):
@@ -219,18 +271,12 @@ class StoreCheckpoint:
                 if timer is not None and start:  # the handler raised (not a check before it)
                     timer.failed(message.topic, timer.now() - start)
                 store.rollback_to_savepoint()
-                release.append(claim.key)  # A failed or dead-lettered key is not processed.
-                verdict = Verdict.STOP if failures is None \
-                    else failures.failed(message, error, key=claim.key)
-                if verdict is Verdict.DEAD_LETTERED:
-                    outcome.dead_lettered += 1
-                    watermarks[tp] = message.offset + 1
-                    counts[tp] = counts.get(tp, 0) + 1
-                    continue
+                if key is not None:  # A failed or dead-lettered key is not processed.
+                    release.append(key)
+                verdict = Verdict.STOP if failures is None else failures.decide(message, error)
                 stopped.add(tp)
-                if verdict is Verdict.RETRY:
-                    self._source.pause([tp])
-                    self._source.seek(tp, message.offset)
+                if verdict is not Verdict.STOP:
+                    self._deferred.append((message, error, key))  # acted on after COMMIT
                 elif outcome.failure is None:
                     outcome.failure = HandlerFailed(message.topic, message.partition,
                                                     message.offset, error)
@@ -239,7 +285,8 @@ class StoreCheckpoint:
             if failures is not None:
                 failures.succeeded(message)
             store.release_savepoint()
-            applied_keys.add(claim.key)
+            if key is not None:
+                applied_keys.add(key)
             outcome.applied += 1
             watermarks[tp] = message.offset + 1
             counts[tp] = counts.get(tp, 0) + 1
@@ -250,6 +297,29 @@ class StoreCheckpoint:
         if release:
             store.unclaim(group, release)
         return watermarks, counts
+
+    def _forget_letters(self, claims: list[Claim | DedupKeyFailed | None]) -> None:
+        """The dead-lettered messages this batch counted done are committed as such."""
+        for message, claim in zip(self._messages, claims, strict=True):
+            if claim is None:
+                self._lettered.pop((message.topic, message.partition), None)
+
+    def _act_on_failures(self) -> None:
+        """After COMMIT, for each failed message (its partition's watermark stopped at it):
+        produce its dead letter and, once acknowledged, rewind its partition to it so the
+        next batch counts it done; or count the attempt, pause and rewind for a retry. A
+        crash between the letter and the next batch's COMMIT produces the letter again."""
+        failures = self._failures
+        if failures is None:
+            return
+        for message, error, key in self._deferred:
+            verdict = failures.failed(message, error, key=key)  # raises DeadLetterFailed for good
+            tp = (message.topic, message.partition)
+            if verdict is Verdict.DEAD_LETTERED:
+                self._lettered[tp] = message.offset
+            elif verdict is Verdict.RETRY:
+                self._source.pause([tp])
+            self._source.seek(tp, message.offset)
 
     def _commit_kafka(self) -> dict[TP, int]:
         moved = {}

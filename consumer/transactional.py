@@ -71,6 +71,9 @@ class TransactionalBatches:
         #: When the last asynchronous Kafka commit went out, until the broker answers it.
         self._kafka_sent_at: float | None = None
         self._backoff = 0.5
+        #: Dead letters acknowledged, their messages not yet committed as done (see
+        #: StoreCheckpoint): partition -> offset.
+        self._lettered: dict[TP, int] = {}
 
     def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
         """Create, check or migrate our tables and learn the topics' ids, retrying while the
@@ -112,6 +115,8 @@ class TransactionalBatches:
         """Forget buffered messages of partitions that are gone (lost)."""
         gone = set(partitions)
         self.pending = [m for m in self.pending if (m.topic, m.partition) not in gone]
+        for tp in gone:
+            self._lettered.pop(tp, None)
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -126,6 +131,7 @@ class TransactionalBatches:
             router=self._router, keys=self._keys, group=self._group, observer=self._observer,
             now=self._clock.wall, failures=self._failures,
             kafka_answered=self._kafka_answered(), instruments=self._instruments,
+            lettered=self._lettered,
         )
         try:
             outcome = batch.run()
@@ -184,6 +190,8 @@ class TransactionalBatches:
         learn_topic_ids(self._source, self.topic_ids, {topic for topic, _ in partitions})
         positions = self.store.assign(self._group, partitions, self._clock.wall(),
                                       self.topic_ids)
+        for tp in partitions:  # a new owner may have dead-lettered it again meanwhile
+            self._lettered.pop(tp, None)
         kafka = self._source.committed_with_metadata(partitions)
         progress: dict[TP, PartitionProgress] = {}
         starts: dict[TP, int] = {}

@@ -5,11 +5,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from consumer.errors import ConfigError
-from consumer.store.base import CheckpointRow, Claim, Position, SchemaUpgrade, Store
+from consumer.store.base import (
+    CheckpointRow,
+    Claim,
+    Position,
+    PostgresSession,
+    SchemaUpgrade,
+    Store,
+)
+
+if TYPE_CHECKING:
+    from consumer.settings import StoreSettings
 
 
-def open_store(url: str, *, sqlite_synchronous: str = "FULL") -> Store:
+def open_store(url: str, *, sqlite_synchronous: str = "FULL",
+               sqlite_busy_timeout: float = 60.0,
+               postgres: PostgresSession | None = None) -> Store:
     """The store named by ``url``. SQLite opens the file now; PostgreSQL connects on first use,
     so an unreachable server is retried by the loop instead of failing here."""
     if url.startswith("sqlite://"):
@@ -18,13 +32,39 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL") -> Store:
         path = url.removeprefix("sqlite://")
         # sqlite:///relative.db -> "relative.db"; sqlite:////abs/path.db -> "/abs/path.db"
         path = path[1:] if path.startswith("/") else path
-        return SQLiteStore(path or ":memory:", synchronous=sqlite_synchronous)
+        return SQLiteStore(path or ":memory:", synchronous=sqlite_synchronous,
+                           busy_timeout_ms=int(sqlite_busy_timeout * 1000))
     if url.startswith(("postgresql://", "postgres://")):
         from consumer.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, session=postgres or PostgresSession())
     raise ConfigError([f"store.url: {url.split(':', 1)[0]!r} is not a store; use "
                        "sqlite:///path/file.db or postgresql://user@host/db, or none"])
 
 
-__all__ = ["CheckpointRow", "Claim", "Position", "SchemaUpgrade", "Store", "open_store"]
+def open_configured(settings: StoreSettings) -> Store:
+    """The store ``settings`` name, with their SQLite and PostgreSQL session limits."""
+    return open_store(
+        settings.url.get_secret_value(),
+        sqlite_synchronous=settings.sqlite_synchronous,
+        sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds,
+        postgres=PostgresSession(
+            lock_timeout=settings.postgres_lock_timeout_seconds,
+            idle_in_transaction_timeout=settings.postgres_idle_in_transaction_timeout_seconds,
+            keepalives_idle=settings.postgres_keepalives_idle_seconds,
+            keepalives_interval=settings.postgres_keepalives_interval_seconds,
+            keepalives_count=settings.postgres_keepalives_count,
+        ),
+    )
+
+
+__all__ = [
+    "CheckpointRow",
+    "Claim",
+    "Position",
+    "PostgresSession",
+    "SchemaUpgrade",
+    "Store",
+    "open_configured",
+    "open_store",
+]

@@ -74,6 +74,18 @@ class Position:
     topic_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PostgresSession:
+    """Bounds on a PostgreSQL session's waits (seconds), so a frozen or vanished peer costs
+    the others at most these: a lock wait, an idle open transaction, a silent TCP peer."""
+
+    lock_timeout: float = 10.0
+    idle_in_transaction_timeout: float = 60.0
+    keepalives_idle: int = 30
+    keepalives_interval: int = 10
+    keepalives_count: int = 3
+
+
 class Store(abc.ABC):
     """A database connection used by the polling thread only."""
 
@@ -268,6 +280,7 @@ __all__ = [
     "CheckpointRow",
     "Claim",
     "Position",
+    "PostgresSession",
     "SchemaUpgrade",
     "Store",
     "StoreError",

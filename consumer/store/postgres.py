@@ -14,6 +14,7 @@ from consumer.store.base import (
     CheckpointRow,
     Claim,
     Position,
+    PostgresSession,
     SchemaUpgrade,
     Store,
     require_version,
@@ -75,10 +76,12 @@ def is_transient(error: BaseException) -> bool:
 class PostgresStore(Store):
     dialect = "postgresql"
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0,
+                 session: PostgresSession | None = None) -> None:
         self._dsn = dsn
         self._where = _redacted(dsn)
         self._connect_timeout = connect_timeout
+        self._session = session or PostgresSession()
         self._conn: psycopg.Connection[Any] | None = None
         self._in_batch = False
 
@@ -98,7 +101,8 @@ class PostgresStore(Store):
     def _connect(self, connect_timeout: float) -> psycopg.Connection[Any]:
         try:
             return psycopg.connect(self._dsn, autocommit=True,
-                                   connect_timeout=max(1, int(connect_timeout)))
+                                   connect_timeout=max(1, int(connect_timeout)),
+                                   **_session_parameters(self._dsn, self._session))
         except psycopg.OperationalError as error:
             text = str(error).strip()
             refused = "password authentication failed" in text or (
@@ -171,6 +175,11 @@ class PostgresStore(Store):
         positions = {}
         ids = topic_ids or {}
         with self._errors(), self._db.transaction():
+            # A row locked by a frozen previous owner is freed when the server ends its idle
+            # transaction: wait that long here (failing an assignment stops the process).
+            limits = self._session
+            wait = _ms(limits.lock_timeout + limits.idle_in_transaction_timeout)
+            self._db.execute(f"SET LOCAL lock_timeout = {wait}")
             for topic, partition in partitions:
                 row = self._db.execute(
                     """INSERT INTO consumer_checkpoints
@@ -307,7 +316,16 @@ class PostgresStore(Store):
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except psycopg.OperationalError as error:
+        except psycopg.errors.LockNotAvailable as error:
+            raise StoreUnavailable(
+                f"PostgreSQL store {self._where}: waited store.postgres_lock_timeout_seconds "
+                f"({self._session.lock_timeout:g} s) for a row another session holds (a "
+                "previous owner frozen inside a transaction is ended after "
+                "store.postgres_idle_in_transaction_timeout_seconds); the batch rolled back "
+                f"and is retried: {error}"
+            ) from error
+        except (psycopg.OperationalError,
+                psycopg.errors.IdleInTransactionSessionTimeout) as error:
             raise StoreUnavailable(f"PostgreSQL store {self._where}: {error}") from error
         except psycopg.errors.UndefinedTable as error:
             raise StoreSchemaError(
@@ -317,6 +335,28 @@ class PostgresStore(Store):
             raise StoreError(
                 f"PostgreSQL store {self._where}: {type(error).__name__}: {error}"
             ) from error
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _session_parameters(dsn: str, session: PostgresSession) -> dict[str, Any]:
+    """libpq parameters bounding the session's waits; the DSN's own ``options`` are kept."""
+    try:
+        options = psycopg.conninfo.conninfo_to_dict(dsn).get("options") or ""
+    except psycopg.ProgrammingError:
+        options = ""
+    limits = (f"-c lock_timeout={_ms(session.lock_timeout)} "
+              f"-c idle_in_transaction_session_timeout="
+              f"{_ms(session.idle_in_transaction_timeout)}")
+    return {
+        "options": f"{options} {limits}".strip(),
+        "keepalives": 1,
+        "keepalives_idle": session.keepalives_idle,
+        "keepalives_interval": session.keepalives_interval,
+        "keepalives_count": session.keepalives_count,
+    }
 
 
 def _redacted(dsn: str) -> str:

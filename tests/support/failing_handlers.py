@@ -86,3 +86,11 @@ def ledger_while_flagged(message: Message, context: Context) -> None:
             os.environ["LEDGER_REJECT_FLAG"]):
         raise AlwaysFails(f"account {account} is rejected")
     ledger.apply(message, context)
+
+
+def slow_ledger(message: Message, context: Context) -> None:
+    """handlers.ledger.apply after ``$LEDGER_SLEEP_SECONDS``: long store transactions."""
+    from handlers import ledger
+
+    time.sleep(float(os.environ.get("LEDGER_SLEEP_SECONDS", "0")))
+    ledger.apply(message, context)

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from consumer.dedup import HONOURED_KEY_HEADER, key_function
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, DedupKeyFailed
 from consumer.message import Context, Message, Scope
 
 THIS_MODULE = __name__
@@ -147,10 +147,25 @@ def test_function_key_returning_bytes_or_str_gives_the_same_digest() -> None:
     assert as_bytes(message(1, value=b"evt-1")) != as_bytes(message(1, value=b"evt-2"))
 
 
-def test_function_key_returning_another_type_raises_type_error() -> None:
+def test_function_key_returning_another_type_is_a_dedup_key_failure() -> None:
     keys = key_function(f"function:{THIS_MODULE}:key_as_int", IDS)
-    with pytest.raises(TypeError, match="key_as_int returned int"):
+    with pytest.raises(DedupKeyFailed, match="key_as_int raised TypeError: it returned int"):
         keys(message())
+
+
+def key_raising(message: Message) -> bytes:
+    raise ValueError("not an event id")
+
+
+def test_function_key_that_raises_is_a_dedup_key_failure_naming_the_message() -> None:
+    keys = key_function(f"function:{THIS_MODULE}:key_raising", IDS)
+    with pytest.raises(DedupKeyFailed) as raised:
+        keys(message())
+    failure = raised.value
+    assert isinstance(failure.cause, ValueError)
+    assert (failure.function, failure.topic, failure.partition, failure.offset) == (
+        f"{THIS_MODULE}:key_raising", message().topic, message().partition, message().offset)
+    assert "raised ValueError: not an event id on " in str(failure)
 
 
 # --- digests -------------------------------------------------------------------------------

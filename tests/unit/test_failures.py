@@ -10,7 +10,7 @@ import pytest
 
 from consumer.cli import main
 from consumer.clock import ManualClock
-from consumer.errors import ConfigError, DeadLetterFailed
+from consumer.errors import ConfigError, DeadLetterFailed, DedupKeyFailed
 from consumer.failures import (
     FailurePolicy,
     Failures,
@@ -79,6 +79,35 @@ def test_never_retry_types_and_poison_messages_go_straight_to_the_dead_letter_to
     assert failures.failed(_message(2), poison.value) is Verdict.DEAD_LETTERED
     reasons = [headers["dlq.reason"] for _, _, headers in sink.sent]
     assert reasons == [b"non_retryable", b"deserialization"]
+
+
+def test_a_raising_dedup_key_is_final_like_a_poison_message() -> None:
+    """Dead-lettered at the first attempt with reason dedup_key; a stop without a dead-letter
+    topic."""
+    clock, sink = ManualClock(), InMemoryDeadLetterSink()
+    failures = _failures(_policy(), clock, sink)
+    error = DedupKeyFailed("m:f", "t", 0, 3, ValueError("not json"))
+    assert failures.decide(_message(3), error) is Verdict.DEAD_LETTERED
+    assert sink.sent == []  # deciding produces nothing
+    assert failures.failed(_message(3), error) is Verdict.DEAD_LETTERED
+    [(_, _, headers)] = sink.sent
+    assert headers["dlq.reason"] == b"dedup_key" and headers["dlq.attempts"] == b"1"
+    no_dlq = _failures(_policy(dead_letter_topic=None), clock, sink)
+    assert no_dlq.decide(_message(3), error) is Verdict.STOP
+    assert no_dlq.failed(_message(3), error) is Verdict.STOP
+
+
+def test_decide_answers_like_failed_without_counting_an_attempt() -> None:
+    clock, sink = ManualClock(), InMemoryDeadLetterSink()
+    failures = _failures(_policy(attempts=2), clock, sink)
+    message = _message()
+    assert failures.decide(message, ValueError()) is Verdict.RETRY
+    assert failures.decide(message, ValueError()) is Verdict.RETRY
+    assert not failures.waiting
+    assert failures.failed(message, ValueError()) is Verdict.RETRY
+    assert failures.decide(message, ValueError()) is Verdict.DEAD_LETTERED
+    assert sink.sent == []
+    assert failures.decide(message, MemoryError()) is Verdict.STOP
 
 
 def test_stop_on_types_and_on_failure_stop_stop_the_consumer() -> None:

@@ -127,7 +127,11 @@ class StoreCheckpoint:
                 new_keys = self._claim(claims)
                 watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
 
-            # 3. fence and write checkpoint rows
+            # 3. fence and write checkpoint rows (and move past dead letters not re-polled)
+            carried = self._carried_letters()
+            for tp, offset in carried.items():
+                watermarks[tp] = offset + 1
+                counts[tp] = counts.get(tp, 0) + 1
             rows = [CheckpointRow(tp[0], tp[1], offset, self._partitions[tp].epoch)
                     for tp, offset in watermarks.items()]
             fenced = store.write_checkpoints(self._group, rows, self._now())
@@ -143,6 +147,9 @@ class StoreCheckpoint:
         for tp, offset in watermarks.items():
             self._partitions[tp].advance(offset, counts[tp], now)
         self._forget_letters(claims)
+        for tp, offset in carried.items():
+            del self._lettered[tp]
+            self._source.seek(tp, offset + 1)
         self._act_on_failures()
 
         # 5. commit Kafka
@@ -297,6 +304,16 @@ class StoreCheckpoint:
         if release:
             store.unclaim(group, release)
         return watermarks, counts
+
+    def _carried_letters(self) -> dict[TP, int]:
+        """Dead-lettered messages of assigned partitions that this batch does not hold (not
+        polled again yet): their rows move past them now, and their partitions are sought past
+        them after COMMIT, so a shutdown or revoke right after a dead letter repeats nothing."""
+        if not self._lettered:
+            return {}
+        held = {(m.topic, m.partition) for m in self._messages}
+        return {tp: offset for tp, offset in self._lettered.items()
+                if tp in self._partitions and tp not in held}
 
     def _forget_letters(self, claims: list[Claim | DedupKeyFailed | None]) -> None:
         """The dead-lettered messages this batch counted done are committed as such."""

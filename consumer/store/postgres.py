@@ -130,8 +130,12 @@ class PostgresStore(Store):
             if found == 1:
                 for statement in MIGRATE_FROM_1:
                     self._db.execute(statement)
-            for statement in SCHEMA:
-                self._db.execute(statement)
+            if found != SCHEMA_VERSION:
+                # DDL only when something is missing: even CREATE INDEX IF NOT EXISTS waits
+                # for every open batch's locks, so a member starting beside a busy (or
+                # frozen) one would wait for it.
+                for statement in SCHEMA:
+                    self._db.execute(statement)
             if found is None:
                 self._db.execute("INSERT INTO consumer_schema VALUES (%s)", (SCHEMA_VERSION,))
             return self._scope_keys(group, group_scoped_topics, migrated=found == 1)

@@ -112,3 +112,27 @@ def test_frozen_owner_holding_the_checkpoint_row_delays_assignment_without_faili
     finally:
         zombie.close()
         owner.close()
+
+
+def test_starting_beside_an_owner_inside_its_batch_does_not_wait_for_it(
+    store: StoreUnderTest,
+) -> None:
+    """A member starting (its schema check) while another is inside a batch (keys claimed, no
+    COMMIT yet; or frozen there) is not held up: the check of a current schema takes no
+    table lock. Before, CREATE INDEX IF NOT EXISTS waited for the batch's locks, so a new
+    member could not start until the other committed (or the server ended its session)."""
+    owner = _open(store.url)
+    try:
+        owner.begin()
+        owner.claim(GROUP, CLAIMS, 1.0)
+        starting = PostgresStore(store.url, session=PostgresSession(lock_timeout=LOCK * 5,
+                                                                    idle_in_transaction_timeout=IDLE))
+        try:
+            began = time.monotonic()
+            starting.ensure_schema(GROUP)
+            assert time.monotonic() - began < LOCK
+        finally:
+            starting.close()
+        owner.rollback()
+    finally:
+        owner.close()

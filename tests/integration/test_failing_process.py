@@ -77,3 +77,55 @@ def test_fenced_zombie_runs_no_handler_again_on_its_way_out(
         zombie.stop_if_running()
         owner.signal(signal.SIGTERM)
         owner.wait()
+
+
+def test_frozen_zombie_costs_the_new_owner_at_most_the_idle_bound(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """A member frozen (SIGSTOP) inside its batch, its keys claimed and uncommitted, STAYS
+    frozen. The new owner takes the partition over and applies both messages while the zombie
+    is still stopped: the server ends the zombie's session after
+    store.postgres_idle_in_transaction_timeout_seconds, which frees its claimed keys, and the
+    new owner's claim waits at most store.postgres_lock_timeout_seconds per try. (With the
+    idle bound set to an hour, the new owner stalls until the zombie is resumed.)"""
+    idle_bound = 4.0
+    topic = create_topic(kafka_bootstrap, 1, prefix="frozen")
+    group = unique_name("frozen")
+    config = consumer_config(kafka_bootstrap, group, topic, every_messages=2, store=store.url,
+                             max_poll_interval_ms=7000)
+    config["store"].update({  # type: ignore[union-attr]
+        "postgres_idle_in_transaction_timeout_seconds": idle_bound,
+        "postgres_lock_timeout_seconds": 1.0, "max_backoff_seconds": 1.0})
+    zombie = ConsumerProcess(tmp_path, "zombie", config, env={"RECORD_SLEEP_SECONDS": "2"})
+    owner = ConsumerProcess(tmp_path, "owner", config)
+    zombie.start()
+    try:
+        wait_for(lambda: zombie.owned_partitions() == {0}, timeout=60,
+                 what=f"the first member to take the partition ({zombie.log_tail()})")
+        owner.start()
+        wait_for(lambda: "subscribed to" in owner.log_file.read_text(errors="replace"),
+                 timeout=60, what=f"the second member to join ({owner.log_tail()})")
+        produce(kafka_bootstrap, topic, [b"a", b"b"])
+        zombie.wait_records(1, timeout=60)  # keys claimed, inside the second handler's sleep
+        zombie.signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: owner.owned_partitions() == {0}, timeout=90,
+                     what="the new owner to take the partition")
+            # Taking over needs max.poll.interval.ms (7 s), longer than the idle bound: the
+            # owner's claim should find the keys free at once, and at worst wait one idle
+            # bound plus a lock timeout and a backoff.
+            wait_for(lambda: _checkpoint_row(store) == 2, timeout=idle_bound + 2 + 10,
+                     what=f"the new owner to apply both messages while the zombie is "
+                     f"still frozen ({owner.log_tail()})")
+            assert sorted(offset for _, offset, _ in owner.records()) == [0, 1]
+        finally:
+            zombie.signal(signal.SIGCONT)
+        # Resumed, the zombie finds its session ended (the batch rolled back) and its
+        # partition gone; it stays an idle member until stopped.
+        zombie.signal(signal.SIGTERM)
+        zombie.wait(timeout=60)
+    finally:
+        zombie.stop_if_running()
+        owner.signal(signal.SIGTERM)
+        owner.wait()
+    assert store.query("SELECT count(*) FROM consumer_processed_keys") == [(2,)]

@@ -16,6 +16,9 @@ One defect each:
   crash window between). A kill there leaves keys without effects; the redelivered messages
   are skipped as done: *lost* events.
 
+- ``no-keys``: no processed keys at all: a batch whose COMMIT landed unheard is applied
+  again (the PostgreSQL connection-cut test).
+
 And two with the processed keys removed too (with keys, either change alone is masked: a
 re-delivered message's key is already claimed), caught as events applied twice:
 
@@ -157,6 +160,7 @@ VARIANTS: Mapping[str, tuple[Callable[[], None], ...]] = {
     "kafka-before-store": (_kafka_before_store,),
     "no-fence": (_no_fence,),
     "keys-apart": (_keys_apart,),
+    "no-keys": (_no_keys,),
     "no-keys-checkpoint-outside": (_no_keys, _effects_commit_alone),
     "no-keys-no-fence": (_no_keys, _no_fence),
 }

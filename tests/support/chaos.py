@@ -87,7 +87,7 @@ def produce_ledger(bootstrap: str, topic: str, ledger: Ledger) -> int:
     )
 
 
-@dataclass
+@dataclass(repr=False)
 class Verdict:
     """What the store holds against what was produced. ``regressions`` (checkpoint rows that
     moved backwards) is None when the run was not audited (see tests.support.audit)."""
@@ -107,6 +107,16 @@ class Verdict:
     def exact(self) -> bool:
         return not (self.duplicated_events or self.lost_events or self.wrong_balances
                     or self.regressions)
+
+    def __repr__(self) -> str:
+        moved_back = ("not audited" if self.regressions is None
+                      else f"{len(self.regressions)} {self.regressions[:3]}")
+        return (f"<{'exact' if self.exact else 'NOT EXACT'}: {self.applied_entries} entries for "
+                f"{self.distinct_events} distinct events; {self.duplicated_events} applied "
+                f"twice or more {self.duplicated_examples}; {self.lost_events} lost "
+                f"{self.lost_examples}; {len(self.wrong_balances)} wrong balances; "
+                f"{self.processed_keys} processed keys; checkpoint rows moved back: "
+                f"{moved_back}>")
 
 
 def check(store: StoreUnderTest, ledger: Ledger, group: str, *, tables: str = "",

@@ -2,8 +2,8 @@
 out, so the client never hears whether it landed.
 
 It reads the client->server stream as PostgreSQL protocol messages (one type byte and a
-length, after the untyped start-up messages) and forwards them one by one. A transaction that
-claimed processed keys (an ``INSERT INTO consumer_processed_keys``) is a checkpoint batch; its
+length, after the untyped start-up messages) and forwards them. A transaction that moves a
+checkpoint row (an ``UPDATE consumer_checkpoints``) is a checkpoint batch; its
 COMMIT (a simple ``Query``: psycopg sends a statement without parameters that way) is counted,
 and every ``cut_every``-th one, up to ``max_cuts``, is followed by dropping the connection on
 both sides. Alternately the COMMIT is forwarded first (it lands: the batch is committed while
@@ -105,6 +105,8 @@ class CommitCutProxy:
                 client.close()
                 continue
             server.settimeout(None)
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self.connections += 1
                 self._sockets += [client, server]
@@ -126,20 +128,23 @@ class CommitCutProxy:
         in_batch = False
         try:
             while chunk := client.recv(65536):
+                # One send per chunk, as the client wrote it: a send per message would meet
+                # Nagle's algorithm and the server's delayed ACKs (40 ms a statement).
+                out = bytearray()
                 for kind, message in stream.feed(chunk):
                     statement = _statement(message) if kind in (b"Q", b"P") else b""
-                    if b"CONSUMER_PROCESSED_KEYS" in statement and b"INSERT" in statement:
+                    if statement.startswith(b"UPDATE CONSUMER_CHECKPOINTS"):
                         in_batch = True
                     if kind == b"Q" and statement in (b"COMMIT", b"ROLLBACK") and in_batch:
                         in_batch = False
-                        cut = statement == b"COMMIT" and self._cut()
-                        if cut == "withheld":
-                            return
-                        server.sendall(message)
+                        cut = self._cut() if statement == b"COMMIT" else None
                         if cut == "landed":
+                            out += message
+                        if cut is not None:
+                            server.sendall(out)
                             return
-                        continue
-                    server.sendall(message)
+                    out += message
+                server.sendall(out)
         except OSError:
             pass
         finally:

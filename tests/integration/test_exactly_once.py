@@ -253,9 +253,10 @@ def test_postgres_connection_cut_as_commit_goes_out_applies_each_change_once(
 def _run_chaos(runs: list[Chaos], store: StoreUnderTest, *, kills: int,
                zombie: bool = True) -> None:
     """Kill a random member each time a random share of the remaining messages is consumed
-    (so the kills spread over the whole run); half way through the kills, make the first
-    group's zombie (unless told not to). Progress is read from checkpoint rows, not from
-    effects, so a consumer that loses effects (or moves a row back) still gets to the end."""
+    (so the kills spread over the whole run); once a fifth is consumed, make the first group's
+    zombie (unless told not to), early enough that its partitions have messages after it.
+    Progress is read from checkpoint rows, not from effects, so a consumer that loses effects
+    (or moves a row back) still gets to the end."""
     consumed = _Consumed(store, runs)
     total = sum(_log_ends(run) for run in runs)
     rng = runs[0].rng
@@ -272,7 +273,8 @@ def _run_chaos(runs: list[Chaos], store: StoreUnderTest, *, kills: int,
                  what=f"progress to {target} of {total} ({runs[0].logs()})")
         for run in runs:
             run.restart_dead()
-        if zombies == 0 and sum(run.kills for run in runs) >= kills // 2:
+        killed = sum(run.kills for run in runs)
+        if zombies == 0 and (consumed() >= total // 5 or killed >= kills):
             runs[0].make_zombie(store)
             zombies = 1
         else:

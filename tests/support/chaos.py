@@ -216,9 +216,13 @@ class Chaos:
         zombie.process_name = next(
             (p.name for p in self.processes
              if p.process is not None and p.process.pid == zombie.pid), "?")
-        wait_for(lambda: zombie.overtaken(store, self.group), timeout=timeout,
-                 what=f"the group to take over and pass the zombie's batch {zombie.rows} "
-                 f"({self.logs()})", interval=0.2)
+
+        def overtaken() -> bool:
+            self.restart_dead()  # someone must be there to take over (the zombie is alive)
+            return zombie.overtaken(store, self.group)
+
+        wait_for(overtaken, timeout=timeout, interval=0.2,
+                 what=f"the group to take over and pass the zombie's batch {zombie.rows}")
         zombie.release()
         wait_for(lambda: zombie.outcome() is not None, timeout=timeout,
                  what=f"the zombie's late checkpoint to end ({self.logs()})")

@@ -31,6 +31,7 @@ def install_zombie_gate(directory: Path) -> None:
 
     def run(self: StoreCheckpoint) -> BatchOutcome:
         if (self.trigger not in (Trigger.COUNT, Trigger.INTERVAL) or not self._messages
+                or not (directory / "freeze").exists() or not _log_goes_on(self)
                 or not _take_request(directory)):
             return original(self)
         _freeze(self, directory)
@@ -48,6 +49,21 @@ def install_zombie_gate(directory: Path) -> None:
     StoreCheckpoint.run = run  # type: ignore[method-assign]
 
 
+def _batch_ends(checkpoint: StoreCheckpoint) -> dict[tuple[str, int], int]:
+    ends: dict[tuple[str, int], int] = {}
+    for message in checkpoint._messages:
+        tp = (message.topic, message.partition)
+        ends[tp] = max(ends.get(tp, 0), message.offset + 1)
+    return ends
+
+
+def _log_goes_on(checkpoint: StoreCheckpoint) -> bool:
+    """Whether a partition of the batch has messages after it, so the new owner can
+    checkpoint past the zombie's batch (and a late write would move its row back)."""
+    return any(checkpoint._source.offset_range(tp)[1] > end
+               for tp, end in _batch_ends(checkpoint).items())
+
+
 def _take_request(directory: Path) -> bool:
     try:
         os.rename(directory / "freeze", directory / f"taken-{os.getpid()}")
@@ -58,12 +74,8 @@ def _take_request(directory: Path) -> bool:
 
 def _freeze(checkpoint: StoreCheckpoint, directory: Path) -> None:
     """Write the rows this checkpoint is about to write, then stop until SIGCONT."""
-    ends: dict[tuple[str, int], int] = {}
-    for message in checkpoint._messages:
-        tp = (message.topic, message.partition)
-        ends[tp] = max(ends.get(tp, 0), message.offset + 1)
     rows = [[t, p, offset, checkpoint._partitions[(t, p)].epoch]
-            for (t, p), offset in ends.items()]
+            for (t, p), offset in _batch_ends(checkpoint).items()]
     staging = directory / f".zombie-{os.getpid()}.json"
     staging.write_text(json.dumps({"pid": os.getpid(), "rows": rows}))
     staging.rename(directory / f"zombie-{os.getpid()}.json")

@@ -64,7 +64,7 @@ def test_chaos_kills_and_a_zombie_apply_every_change_exactly_once(
     group = unique_name("chaos")
     chaos = Chaos(tmp_path, _ledger_config(kafka_bootstrap, group, topic, store))
     _run_chaos([chaos], store, kills=20)
-    until_consumed(store, kafka_bootstrap, group, [topic],
+    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
                    timeout=max(300, CHAOS_MESSAGES / 500), what=f"the end ({chaos.logs()})")
     chaos.stop()
 
@@ -133,7 +133,7 @@ def _variant_chaos(bootstrap: str, store: StoreUnderTest, tmp_path: Path, defect
                   aim_at_windows=defect in ("kafka-before-store", "keys-apart"))
     try:
         _run_chaos([chaos], store, kills=4, zombie=zombie)
-        until_consumed(store, bootstrap, group, [topic], timeout=180,
+        until_consumed(store, bootstrap, group, [topic], timeout=180, tend=chaos,
                        what=f"the end ({chaos.logs()})")
     finally:
         chaos.stop()
@@ -164,14 +164,14 @@ def test_chaos_two_groups_two_topics_share_one_database(
         _run_chaos(runs, store, kills=6)
         for run in runs:
             until_consumed(store, kafka_bootstrap, run.group, list(topics.values()),
-                           timeout=180, what=f"the end ({run.logs()})")
+                           timeout=180, tend=run, what=f"the end ({run.logs()})")
         gate.touch()
         for run in runs:
             for _ in range(2):
                 _redrive(run)
         for run in runs:
             until_consumed(store, kafka_bootstrap, run.group, list(topics.values()),
-                           timeout=120, what=f"the redriven letters ({run.logs()})")
+                           timeout=120, tend=run, what=f"the redriven letters ({run.logs()})")
     finally:
         for run in runs:
             run.stop()
@@ -234,7 +234,7 @@ def test_postgres_connection_cut_as_commit_goes_out_applies_each_change_once(
         try:
             chaos.start()
             wait_for(six_cuts, timeout=120, interval=0.2, what="six cuts through the proxy")
-            until_consumed(store, kafka_bootstrap, group, [topic], timeout=120,
+            until_consumed(store, kafka_bootstrap, group, [topic], timeout=120, tend=chaos,
                            what=f"the end ({chaos.logs()})")
         finally:
             chaos.stop()

@@ -253,13 +253,16 @@ class Chaos:
 
 
 def until_consumed(store: StoreUnderTest, bootstrap: str, group: str, topics: Sequence[str],
-                   *, timeout: float, what: str) -> None:
+                   *, timeout: float, what: str, tend: Chaos | None = None) -> None:
     """Until every partition of ``topics`` is consumed to its end by ``group``: its store row,
-    or (for a consumer that trusts Kafka) its Kafka offset, has reached the log end."""
+    or (for a consumer that trusts Kafka) its Kafka offset, has reached the log end. With
+    ``tend``, its members that died (fenced, or a broken variant's crash) are restarted."""
     ends = {(topic, p): end for topic in topics
             for p, end in end_offsets(bootstrap, topic).items()}
 
     def consumed() -> bool:
+        if tend is not None:
+            tend.restart_dead()
         try:
             rows = dict(((t, p), o) for t, p, o in store.query(
                 "SELECT topic, partition, next_offset FROM consumer_checkpoints "

@@ -13,25 +13,33 @@ from __future__ import annotations
 from consumer.message import Context, Message
 
 SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance BIGINT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS ledger_entries (
+    "CREATE TABLE IF NOT EXISTS {prefix}accounts "
+    "(id TEXT PRIMARY KEY, balance BIGINT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS {prefix}ledger_entries (
            event TEXT NOT NULL, account TEXT NOT NULL, amount BIGINT NOT NULL,
            topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" BIGINT NOT NULL)""",
 )
 
 
 def apply(message: Message, context: Context) -> None:
+    record(message, context)
+
+
+def record(message: Message, context: Context, *, prefix: str = "") -> None:
+    """Apply the change to ``{prefix}accounts`` and journal it in ``{prefix}ledger_entries``
+    (a prefix lets several groups keep their own ledgers in one database)."""
     change = message.json()
     account, amount = str(change["account"]), int(change["amount"])
     for statement in SCHEMA:
-        context.execute(statement)
+        context.execute(statement.format(prefix=prefix))
     context.execute(
-        """INSERT INTO accounts (id, balance) VALUES (%s, %s)
-           ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance""",
+        f"""INSERT INTO {prefix}accounts AS a (id, balance) VALUES (%s, %s)
+           ON CONFLICT (id) DO UPDATE SET balance = a.balance + excluded.balance""",
         (account, amount),
     )
     context.execute(
-        """INSERT INTO ledger_entries (event, account, amount, topic, partition, "offset")
+        f"""INSERT INTO {prefix}ledger_entries
+               (event, account, amount, topic, partition, "offset")
            VALUES (%s, %s, %s, %s, %s, %s)""",
         (str(change["event"]), account, amount, message.topic, message.partition,
          message.offset),

@@ -1,24 +1,36 @@
 """Exactly-once database effects against a real broker, on SQLite and on PostgreSQL: crashes,
-a zombie, duplicate deliveries, a failing message, and Kafka offsets reset by Kafka's own tool."""
+a zombie, duplicate deliveries, two groups and two topics in one database, redrives, COMMITs
+cut off, a failing message, and Kafka offsets reset by Kafka's own tool; and the checker shown
+to fail on consumers with one guarantee removed."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consumer_process import ConsumerProcess, consumer_config, wait_for
+import yaml
+from consumer_process import REPO_ROOT, ConsumerProcess, consumer_config, wait_for
 
-from tests.support.chaos import Chaos, check, make_ledger, produce_ledger, until_applied
-from tests.support.kafka import create_topic, group_offsets, produce, unique_name
+from tests.support.audit import install_audit
+from tests.support.chaos import Chaos, Ledger, check, make_ledger, produce_ledger, until_consumed
+from tests.support.kafka import create_topic, end_offsets, group_offsets, produce, unique_name
+from tests.support.pg_proxy import CommitCutProxy, proxied_url
 from tests.support.stores import StoreUnderTest, fresh_store
 
 pytestmark = pytest.mark.integration
 
 CHAOS_MESSAGES = int(os.environ.get("CONSUMER_CHAOS_MESSAGES", "100000"))
+#: Smaller runs for the broken variants, the shared database (per topic) and the cut COMMITs.
+VARIANT_MESSAGES = 10_000
+SHARED_MESSAGES = 4_000
+PROXY_MESSAGES = 10_000
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -41,72 +53,288 @@ def test_chaos_kills_and_a_zombie_apply_every_change_exactly_once(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
 ) -> None:
     """Three members on 6 partitions, 100,000 balance changes (1% re-sent at later offsets),
-    at least 20 SIGKILLs at random moments and one member frozen with SIGSTOP past
-    max.poll.interval.ms, then resumed: every balance is exact, no event applied twice or lost,
+    at least 20 SIGKILLs at random moments and one zombie that really attempts its commit
+    after its partitions' new owner checkpointed past its batch: the zombie is fenced, every
+    balance is exact, no event applied twice or lost, no checkpoint row ever moved backwards,
     and the processed keys number the distinct events."""
     ledger = make_ledger(CHAOS_MESSAGES)
     topic = create_topic(kafka_bootstrap, 6, prefix="chaos")
     produce_ledger(kafka_bootstrap, topic, ledger)
+    install_audit(store)
     group = unique_name("chaos")
     chaos = Chaos(tmp_path, _ledger_config(kafka_bootstrap, group, topic, store))
-    _run_chaos(chaos, store, CHAOS_MESSAGES, kills=20)
-    until_applied(store, ledger, timeout=max(300, CHAOS_MESSAGES / 500),
-                  what=f"every event applied ({chaos.logs()})")
+    _run_chaos([chaos], store, kills=20)
+    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
+                   timeout=max(300, CHAOS_MESSAGES / 500), what=f"the end ({chaos.logs()})")
     chaos.stop()
 
-    verdict = check(store, ledger, group)
+    verdict = check(store, ledger, group, audited=True)
     assert chaos.kills >= 20 and chaos.freezes == 1
+    _assert_fenced(chaos)
     assert verdict.exact, verdict
     assert verdict.processed_keys == len(ledger.events)
 
 
-@pytest.mark.parametrize("variant", ["no-keys-checkpoint-outside", "no-keys-no-fence"])
-def test_chaos_checker_catches_a_broken_consumer(
-    kafka_bootstrap: str, tmp_path: Path, variant: str
+#: Each defect (tests/support/broken_consumer.py) and what the checker must report. The
+#: healthy consumer on the same chaos (a superset: it always has the zombie) is the test above.
+DEFECTS = {
+    "kafka-before-store": "lost",
+    "keys-apart": "lost",
+    "no-fence": "regressions",
+}
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_chaos_checker_catches_each_broken_guarantee(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, defect: str
 ) -> None:
-    """The same chaos against a consumer with a guarantee removed (SQLite store): the checker
-    reports events applied twice, so a pass above means something."""
+    """The chaos above and the same checker, against the consumer with one guarantee removed:
+    the verdict is not exact, for the reason the defect predicts. Kafka committed before the
+    store, or keys committed apart from their effects: a kill in between loses events. The
+    epoch fence removed: the zombie's late commit succeeds; its keys keep its effects from
+    repeating, but it moves a checkpoint row back, which the row audit sees."""
+    expected = DEFECTS[defect]
+    ledger, group, chaos = _variant_chaos(kafka_bootstrap, store, tmp_path, defect,
+                                          zombie=expected == "regressions")
+    verdict = check(store, ledger, group, audited=True)
+    assert not verdict.exact, verdict
+    if expected == "lost":
+        assert verdict.lost_events > 0, verdict
+    else:
+        assert chaos.zombie is not None and chaos.zombie.outcome() == "committed"
+        assert verdict.regressions, verdict
+
+
+@pytest.mark.parametrize("defect", ["no-keys-checkpoint-outside", "no-keys-no-fence"])
+def test_chaos_checker_catches_a_consumer_without_keys(
+    kafka_bootstrap: str, tmp_path: Path, defect: str
+) -> None:
+    """The same chaos against a consumer without processed keys and one more guarantee
+    removed (SQLite store): the checker reports events applied twice."""
     with fresh_store("sqlite", tmp_path, None) as sqlite_store:
-        count = 20_000
-        ledger = make_ledger(count, resend_every=10**9)
-        topic = create_topic(kafka_bootstrap, 6, prefix="broken")
-        produce_ledger(kafka_bootstrap, topic, ledger)
-        group = unique_name("broken")
-        config = _ledger_config(kafka_bootstrap, group, topic, sqlite_store)
-        chaos = Chaos(tmp_path, config, env={"RECORD_SLEEP_SECONDS": "0"},
-                      module=["tests.support.broken_consumer", variant])
-        _run_chaos(chaos, sqlite_store, count, kills=6)
-        until_applied(sqlite_store, ledger, timeout=180, what=f"every event ({chaos.logs()})")
-        chaos.stop()
-        verdict = check(sqlite_store, ledger, group)
+        ledger, group, _ = _variant_chaos(kafka_bootstrap, sqlite_store, tmp_path, defect,
+                                          zombie=defect == "no-keys-no-fence",
+                                          resend_every=10**9)
+        verdict = check(sqlite_store, ledger, group, audited=True)
     assert verdict.duplicated_events > 0, verdict
 
 
-def _run_chaos(chaos: Chaos, store: StoreUnderTest, total: int, *, kills: int) -> None:
-    """Kill a random member each time a random share of the remaining events is applied (so
-    the kills spread over the whole run); freeze one member once, half way through."""
-    chaos.start()
+def _variant_chaos(bootstrap: str, store: StoreUnderTest, tmp_path: Path, defect: str, *,
+                   zombie: bool, resend_every: int = 100) -> tuple[Ledger, str, Chaos]:
+    """A smaller chaos: 6 partitions, 4 kills (aimed into the defect's crash window, where it
+    has one), a zombie if the defect needs one to show; run until every partition is consumed
+    to its end."""
+    ledger = make_ledger(VARIANT_MESSAGES, resend_every=resend_every)
+    topic = create_topic(bootstrap, 6, prefix="broken")
+    produce_ledger(bootstrap, topic, ledger)
+    install_audit(store)
+    group = unique_name("broken")
+    chaos = Chaos(tmp_path, _ledger_config(bootstrap, group, topic, store), defect=defect,
+                  aim_at_windows=defect in ("kafka-before-store", "keys-apart"))
+    try:
+        _run_chaos([chaos], store, kills=4, zombie=zombie)
+        until_consumed(store, bootstrap, group, [topic], timeout=180, tend=chaos,
+                       what=f"the end ({chaos.logs()})")
+    finally:
+        chaos.stop()
+    if zombie:
+        assert chaos.zombie is not None, "the chaos made no zombie"
+    return ledger, group, chaos
 
-    def applied() -> int:
+
+def test_chaos_two_groups_two_topics_share_one_database(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """Two groups each consume two topics into their own ledger tables in ONE database (the
+    store's tables shared). Both topics carry the same idempotency-key values for different
+    events; 1% of events are re-sent; 1% carry no key and fail until a gate opens, so they are
+    dead-lettered during the run (kills and a zombie included). Then the gate opens and each
+    group's dead letters are redriven twice: every event is applied exactly once per group,
+    and no checkpoint row ever moved backwards."""
+    ledgers = {name: make_ledger(SHARED_MESSAGES, prefix=f"{name}-", gate_every=100,
+                                 seed=seed) for name, seed in (("orders", 11), ("payments", 12))}
+    topics = {name: create_topic(kafka_bootstrap, 3, prefix=name) for name in ledgers}
+    for name, ledger in ledgers.items():
+        produce_ledger(kafka_bootstrap, topics[name], ledger)
+    install_audit(store)
+    gate = tmp_path / "gate-open"
+    runs = [_shared_member_group(kafka_bootstrap, store, tmp_path / tables, tables,
+                                 list(topics.values()), gate) for tables in ("g1_", "g2_")]
+    try:
+        _run_chaos(runs, store, kills=6)
+        for run in runs:
+            until_consumed(store, kafka_bootstrap, run.group, list(topics.values()),
+                           timeout=180, tend=run, what=f"the end ({run.logs()})")
+        gate.touch()
+        for run in runs:
+            for _ in range(2):
+                _redrive(run)
+        for run in runs:
+            until_consumed(store, kafka_bootstrap, run.group, list(topics.values()),
+                           timeout=120, tend=run, what=f"the redriven letters ({run.logs()})")
+    finally:
+        for run in runs:
+            run.stop()
+
+    _assert_fenced(runs[0])
+    expected = ledgers["orders"] + ledgers["payments"]
+    verdicts = {tables: check(store, expected, run.group, tables=tables, audited=True)
+                for tables, run in zip(("g1_", "g2_"), runs, strict=True)}
+    assert all(v.exact for v in verdicts.values()), verdicts
+
+
+def _shared_member_group(bootstrap: str, store: StoreUnderTest, workdir: Path, tables: str,
+                         topics: list[str], gate: Path) -> Chaos:
+    group = unique_name(f"shared-{tables.strip('_')}")
+    config = _ledger_config(bootstrap, group, topics[0], store)
+    config["routes"] = {
+        topic: {"handler": "tests.support.ledger_chaos:apply", "retry": {"attempts": 1},
+                "dead_letter_topic": create_topic(bootstrap, 1, prefix=f"{tables}dlq")}
+        for topic in topics}
+    return Chaos(workdir, config, members=2,
+                 env={"LEDGER_TABLES": tables, "LEDGER_GATE_FILE": str(gate)})
+
+
+def _redrive(run: Chaos) -> None:
+    """`consumer dlq redrive --execute` with the group's own config, as an operator would."""
+    config = run.workdir / "redrive.yaml"
+    config.write_text(yaml.safe_dump(run.config))
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", "dlq", "redrive", "--config", str(config),
+         "--execute"], capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "redrove" in done.stdout, done.stdout[-2000:]
+
+
+@pytest.mark.parametrize("defect", [None, "no-keys"])
+def test_postgres_connection_cut_as_commit_goes_out_applies_each_change_once(
+    kafka_bootstrap: str, postgres_dsn: str, tmp_path: Path, defect: str | None
+) -> None:
+    """Two members reach PostgreSQL through a proxy that drops the connection as a batch's
+    COMMIT goes out: three times after forwarding it (it landed), three times instead of
+    forwarding it (it did not); the consumer cannot tell which. Each member takes the store
+    outage path (or dies and restarts): every change is applied exactly once. Without
+    processed keys ("no-keys"), a batch whose COMMIT landed is applied again: caught."""
+    with fresh_store("postgresql", tmp_path, postgres_dsn) as store:
+        ledger = make_ledger(PROXY_MESSAGES, resend_every=10**9 if defect else 100)
+        topic = create_topic(kafka_bootstrap, 4, prefix="cut")
+        produce_ledger(kafka_bootstrap, topic, ledger)
+        install_audit(store)
+        proxy = CommitCutProxy.for_url(store.url, cut_every=2, max_cuts=6).start()
+        group = unique_name("cut")
+        through_proxy = StoreUnderTest("postgresql", proxied_url(store.url, proxy.port))
+        chaos = Chaos(tmp_path, _ledger_config(kafka_bootstrap, group, topic, through_proxy),
+                      members=2, defect=defect)
+
+        def six_cuts() -> bool:
+            chaos.restart_dead()
+            return proxy.cuts == 6
+
         try:
-            return int(store.scalar("SELECT count(*) FROM ledger_entries"))
-        except Exception:  # No batch committed yet: the table does not exist.
-            return 0
+            chaos.start()
+            wait_for(six_cuts, timeout=120, interval=0.2, what="six cuts through the proxy")
+            until_consumed(store, kafka_bootstrap, group, [topic], timeout=120, tend=chaos,
+                           what=f"the end ({chaos.logs()})")
+        finally:
+            chaos.stop()
+            proxy.stop()
+        verdict = check(store, ledger, group, audited=True)
+        logs = "".join(chaos.log_of(p.name) for p in chaos.processes)
+    assert (proxy.landed, proxy.withheld) == (3, 3)
+    assert "the batch rolled back, consumption is paused" in logs, logs[-3000:]
+    if defect is not None:
+        assert verdict.duplicated_events > 0, verdict
+        return
+    assert verdict.exact, verdict
+    assert verdict.processed_keys == len(ledger.events)
 
-    while chaos.kills + chaos.freezes < kills + 1:
-        done = applied()
-        left = kills + 1 - chaos.kills - chaos.freezes
+
+def _run_chaos(runs: list[Chaos], store: StoreUnderTest, *, kills: int,
+               zombie: bool = True) -> None:
+    """Kill a random member each time a random share of the remaining messages is consumed
+    (so the kills spread over the whole run); once a fifth is consumed, make the first group's
+    zombie (unless told not to), early enough that its partitions have messages after it.
+    Progress is read from checkpoint rows, not from effects, so a consumer that loses effects
+    (or moves a row back) still gets to the end."""
+    consumed = _Consumed(store, runs)
+    total = sum(_log_ends(run) for run in runs)
+    rng = runs[0].rng
+    for run in runs:
+        run.start()
+    zombies = 0 if zombie else 1
+    while sum(run.kills for run in runs) + zombies < kills + 1:
+        done = consumed()
+        left = kills + 1 - sum(run.kills for run in runs) - zombies
         share = max(1, (total - done) // (left + 2))
-        target = min(total - 1, done + chaos.rng.randint(1, 2 * share))
-        wait_for(lambda t=target: applied() >= t, timeout=120,  # type: ignore[misc]
-                 what=f"progress to {target} entries ({chaos.logs()})", interval=0.05)
-        chaos.restart_dead()
-        if chaos.freezes == 0 and chaos.kills >= kills // 2:
-            # Past max.poll.interval.ms (7 s) and the session (6 s), with a margin.
-            chaos.freeze_one(seconds=10)
+        target = min(total - 1, done + rng.randint(1, 2 * share))
+        wait_for(lambda t=target: consumed() >= t,  # type: ignore[misc]
+                 timeout=120, interval=0.05,
+                 what=f"progress to {target} of {total} ({runs[0].logs()})")
+        for run in runs:
+            run.restart_dead()
+        killed = sum(run.kills for run in runs)
+        if zombies == 0 and (consumed() >= total // 5 or killed >= kills):
+            runs[0].make_zombie(store)
+            zombies = 1
         else:
-            chaos.kill_one()
-    chaos.restart_dead()
+            rng.choice(runs).kill_one()
+    for run in runs:
+        run.restart_dead()
+
+
+def _log_ends(run: Chaos) -> int:
+    """How many offsets the run's group has to consume: the log ends of its routes' topics."""
+    bootstrap = str(run.config["kafka"]["bootstrap_servers"])
+    return sum(sum(end_offsets(bootstrap, topic).values()) for topic in run.config["routes"])
+
+
+class _Consumed:
+    """How far the groups got, added up over partitions: each partition at the highest offset
+    seen in its store row or (a consumer that trusts Kafka) in Kafka, read once a second. A
+    row a zombie moved back, or one left behind Kafka, was consumed that far all the same."""
+
+    def __init__(self, store: StoreUnderTest, runs: list[Chaos]) -> None:
+        self._store = store
+        self._runs = runs
+        self._highest: dict[tuple[str, str, int], int] = {}
+        self._kafka_read_at = 0.0
+
+    def __call__(self) -> int:
+        groups = [run.group for run in self._runs]
+        marks = ", ".join(["%s"] * len(groups))
+        try:
+            rows = self._store.query(
+                "SELECT group_id, topic, partition, next_offset FROM consumer_checkpoints "
+                f"WHERE group_id IN ({marks})", tuple(groups))
+        except Exception:  # No consumer has started yet: the table does not exist.
+            rows = []
+        if time.monotonic() - self._kafka_read_at > 1.0:
+            self._kafka_read_at = time.monotonic()
+            rows += self._kafka_offsets()
+        for group, topic, partition, offset in rows:
+            key = (group, topic, partition)
+            self._highest[key] = max(self._highest.get(key, 0), offset or 0)
+        return sum(self._highest.values())
+
+    def _kafka_offsets(self) -> list[tuple[str, str, int, int | None]]:
+        found = []
+        for run in self._runs:
+            bootstrap = str(run.config["kafka"]["bootstrap_servers"])
+            for topic in run.config["routes"]:
+                partitions = len(end_offsets(bootstrap, topic))
+                offsets = group_offsets(bootstrap, run.group, topic, partitions)
+                found += [(run.group, topic, p, o) for p, o in offsets.items()]
+        return found
+
+
+def _assert_fenced(chaos: Chaos) -> None:
+    """The run's zombie attempted its late checkpoint and the epoch fence refused it."""
+    zombie = chaos.zombie
+    assert zombie is not None
+    log = chaos.log_of(zombie.process_name)
+    assert zombie.outcome() == "Fenced", log[-3000:]
+    assert "fenced on" in log, log[-3000:]
 
 
 def test_same_event_at_two_offsets_is_applied_once(

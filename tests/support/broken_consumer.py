@@ -1,25 +1,48 @@
 """`consumer run` with a guarantee deliberately removed, to prove the chaos checker can fail.
 
-    python -m tests.support.broken_consumer VARIANT run --config FILE
+    python -m tests.support.chaos_member --defect VARIANT run --config FILE
+    python -m tests.support.broken_consumer VARIANT run --config FILE   (no zombie gate)
 
-- ``no-keys-checkpoint-outside``: no processed keys, and each message's writes commit on their
-  own before the checkpoint row is written (a classic at-least-once consumer): every crash
-  re-applies what came after the last checkpoint.
-- ``no-keys-no-fence``: no processed keys, and the epoch fence is off: a frozen member that
-  wakes up commits a batch its partitions' new owner has applied already.
+One defect each:
 
-The processed keys are removed in both because, with them, either change alone is still
-caught: a re-delivered message's key is already claimed.
+- ``kafka-before-store``: Kafka holds the position and is committed before the store: each
+  batch commits its offsets to Kafka, then (a crash window later) the store's transaction; a
+  new owner resumes at Kafka's offset. A kill in the window rolls the batch's effects back
+  while Kafka has moved past them: the checker sees *lost* events.
+- ``no-fence``: the checkpoint row's epoch condition is gone, keys kept. A zombie's late
+  commit then succeeds; its effects are duplicates its keys already skip, but it moves the
+  partition's checkpoint row back: the checker's row audit sees the regression.
+- ``keys-apart``: the processed keys commit in their own transaction, before the effects (a
+  crash window between). A kill there leaves keys without effects; the redelivered messages
+  are skipped as done: *lost* events.
+
+- ``no-keys``: no processed keys at all: a batch whose COMMIT landed unheard is applied
+  again (the PostgreSQL connection-cut test).
+
+And two with the processed keys removed too (with keys, either change alone is masked: a
+re-delivered message's key is already claimed), caught as events applied twice:
+
+- ``no-keys-checkpoint-outside``: each message's writes commit on their own before the
+  checkpoint row is written (a classic at-least-once consumer).
+- ``no-keys-no-fence``: a frozen member that wakes up commits a batch its partitions' new
+  owner has applied already.
+
+A crash window writes ``$CHAOS_WINDOW_DIR/window-PID`` while it lasts
+(``$CHAOS_WINDOW_SECONDS``, default 0.3), so the chaos can aim its kills into it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from consumer.cli import main
 from consumer.store import CheckpointRow, Claim, Store
-from consumer.store_checkpoint import StoreCheckpoint
+from consumer.store_checkpoint import BatchOutcome, StoreCheckpoint
+from consumer.transactional import TransactionalBatches
 from consumer.transport import TP
 
 
@@ -67,6 +90,65 @@ def _effects_commit_alone() -> None:
     StoreCheckpoint._apply_optimistically = apply  # type: ignore[method-assign]
 
 
+def crash_window() -> None:
+    """Sleep where the defect leaves the store and Kafka (or keys and effects) apart."""
+    marker = Path(os.environ.get("CHAOS_WINDOW_DIR", ".")) / f"window-{os.getpid()}"
+    marker.touch()
+    try:
+        time.sleep(float(os.environ.get("CHAOS_WINDOW_SECONDS", "0.3")))
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _kafka_before_store() -> None:
+    original = StoreCheckpoint.run
+
+    def run(self: StoreCheckpoint) -> BatchOutcome:
+        store = self._store
+        commit_store = store.commit
+
+        def commit() -> None:
+            offsets: dict[TP, int] = {}
+            for message in self._messages:
+                tp = (message.topic, message.partition)
+                offsets[tp] = max(offsets.get(tp, 0), message.offset + 1)
+            if offsets:
+                self._source.commit(offsets, asynchronous=False)
+            crash_window()
+            commit_store()
+
+        store.commit = commit  # type: ignore[method-assign]
+        try:
+            return original(self)
+        finally:
+            del store.commit
+
+    def resolve(self: TransactionalBatches, tp: TP, stored: int | None,
+                kafka: tuple[int | None, str | None]) -> int | None:
+        return kafka[0] if kafka[0] is not None else stored
+
+    StoreCheckpoint.run = run  # type: ignore[method-assign]
+    TransactionalBatches._resolve = resolve  # type: ignore[method-assign]
+
+
+def _keys_apart() -> None:
+    for cls in _store_classes():
+        def claim(self: Store, group: str, claims: Sequence[Claim], now: float,
+                  _claim: Callable[..., set[bytes]] = cls.claim) -> set[bytes]:
+            new = _claim(self, group, claims, now)
+            self.commit()
+            crash_window()
+            self.begin()
+            return new
+
+        cls.claim = claim  # type: ignore[method-assign]
+
+
+def break_consumer(variant: str) -> None:
+    for breakage in VARIANTS[variant]:
+        breakage()
+
+
 def _store_classes() -> list[type[Store]]:
     from consumer.store.postgres import PostgresStore
     from consumer.store.sqlite import SQLiteStore
@@ -74,13 +156,16 @@ def _store_classes() -> list[type[Store]]:
     return [SQLiteStore, PostgresStore]
 
 
-VARIANTS = {
+VARIANTS: Mapping[str, tuple[Callable[[], None], ...]] = {
+    "kafka-before-store": (_kafka_before_store,),
+    "no-fence": (_no_fence,),
+    "keys-apart": (_keys_apart,),
+    "no-keys": (_no_keys,),
     "no-keys-checkpoint-outside": (_no_keys, _effects_commit_alone),
     "no-keys-no-fence": (_no_keys, _no_fence),
 }
 
 if __name__ == "__main__":
     variant, *rest = sys.argv[1:]
-    for breakage in VARIANTS[variant]:
-        breakage()
+    break_consumer(variant)
     sys.exit(main(rest))

@@ -32,6 +32,16 @@ class StoreUnderTest:
     def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.query(sql, params)[0][0]
 
+    def execute(self, sql: str) -> None:
+        """Run one statement that returns no rows (DDL) in its own committed transaction."""
+        if self.backend == "sqlite":
+            path = self.url.removeprefix("sqlite:///")
+            with sqlite3.connect(path) as db:
+                db.executescript(sql)
+            return
+        with psycopg.connect(self.url) as db:
+            db.execute(sql)
+
 
 @contextmanager
 def fresh_store(backend: str, tmp_path: Path, postgres_dsn: str | None) -> Iterator[StoreUnderTest]:

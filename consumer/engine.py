@@ -101,6 +101,8 @@ class ConsumerLoop:
         self._checkpoints = CheckpointState(policy, clock.monotonic())
         #: A due asynchronous checkpoint waits for the broker's answer to the previous one.
         self._deferred = False
+        #: Every partition was paused while the store was unavailable; resumed once it answers.
+        self._paused_for_store = False
         self._stop = StopRequest()
         self.state = LoopState.CREATED
 
@@ -154,6 +156,11 @@ class ConsumerLoop:
         if self._transactional is not None and self._transactional.unavailable:
             self._wait_for_store()
             return 0
+        if self._paused_for_store:
+            # The store answered again, maybe in a revoke checkpoint rather than in
+            # _wait_for_store's retry: resume what the outage paused.
+            self._paused_for_store = False
+            self._source.resume(self._not_waiting(list(self._partitions)))
         if self._failures is not None and self._failures.waiting:
             self._source.resume([tp for tp in self._failures.due() if tp in self._partitions])
         room = self._room()
@@ -189,9 +196,11 @@ class ConsumerLoop:
         if self._transactional.retry_due():
             self._checkpoint(Trigger.INTERVAL)
             if not self._transactional.unavailable:
+                self._paused_for_store = False
                 self._source.resume(self._not_waiting(list(self._partitions)))
                 return
         self._source.pause(list(self._partitions))
+        self._paused_for_store = True
         self._handle(self._source.poll(self._batch_size, min(self._poll_timeout, 0.2)))
 
     def _handle(self, messages: list[Message]) -> int:

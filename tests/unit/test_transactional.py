@@ -221,6 +221,36 @@ def test_store_unavailable_pauses_and_a_later_retry_applies_the_batch_once(
     assert store.checkpoints(GROUP) == {P0: 3, P1: 2}
 
 
+def test_store_back_during_a_revoke_checkpoint_resumes_the_partitions_still_assigned(
+    tmp_path: Path,
+) -> None:
+    """The store fails, every partition is paused; a rebalance revokes one partition while
+    the store is back, so the revoke checkpoint (not the outage's retry) applies the pending
+    batch. The partition still assigned is resumed: its next message is consumed (before,
+    it stayed paused for good and the consumer stalled)."""
+    store = open_store_as(FlakyCommitStore, tmp_path)
+    store.fail_commits = 1
+    source = HeaderedSource({"t": [values(0, 2), values(1, 2)]})
+    clock = ManualClock()
+    loop, batches = make_store_loop(source, store, EffectWriter(), clock=clock,
+                                    every_messages=4)
+    loop.start()
+    assert loop.run_once() == 4  # the checkpoint's commit fails
+    assert loop.run_once() == 0  # waiting for the store: every partition paused
+    assert source.paused == {P0, P1}
+
+    source.revoke([P1])  # the revoke checkpoint applies the batch: the store answers again
+    assert not batches.unavailable
+    assert store.checkpoints(GROUP) == {P0: 2, P1: 2}
+
+    source.append("t", 0, b"late")
+    clock.advance(10.0)
+    assert loop.run_once() == 1
+    assert P0 not in source.paused
+    loop.close()
+    assert store.checkpoints(GROUP)[P0] == 3
+
+
 # --- assignment --------------------------------------------------------------------------------
 
 

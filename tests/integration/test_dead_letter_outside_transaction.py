@@ -13,7 +13,14 @@ import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.failing_handlers import records
-from tests.support.kafka import create_topic, group_offsets, produce, read_topic, unique_name
+from tests.support.kafka import (
+    create_named_topic,
+    create_topic,
+    group_offsets,
+    produce,
+    read_topic,
+    unique_name,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -81,10 +88,7 @@ def test_shutdown_right_after_a_dead_letter_repeats_nothing(
     nothing again (before, the row stayed at the failed message: a restart ran it again)."""
     topic = create_topic(kafka_bootstrap, 1, prefix="dlstop")
     dlq = f"{topic}.dlq"
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    admin.create_topics([NewTopic(dlq, num_partitions=1, replication_factor=1)])[dlq].result(30)
+    create_named_topic(kafka_bootstrap, dlq)
     bodies = [{"n": i, "kind": "fail" if i == 4 else "good"} for i in range(5)]
     produce(kafka_bootstrap, topic, (json.dumps(b).encode() for b in bodies),
             partition=lambda i: 0)

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
-from tests.support.kafka import create_topic, group_offsets, produce, read_topic, unique_name
+from tests.support.kafka import (
+    create_named_topic,
+    create_topic,
+    group_offsets,
+    produce,
+    read_topic,
+    unique_name,
+)
 from tests.support.stores import StoreUnderTest, fresh_store
 
 pytestmark = pytest.mark.integration
@@ -32,13 +39,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnder
         yield under_test
 
 
-def _create_named(bootstrap: str, name: str) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result(30)
-
-
 def _value(i: int) -> bytes:
     return b"not json %d" % i if i in POISON else json.dumps({"id": f"e{i}"}).encode()
 
@@ -46,7 +46,7 @@ def _value(i: int) -> bytes:
 def _start(bootstrap: str, tmp_path: Path, store: StoreUnderTest | None,
            on_failure: str) -> tuple[ConsumerProcess, str, str]:
     topic = create_topic(bootstrap, 1, prefix="dedupfn")
-    _create_named(bootstrap, f"{topic}.dlq")
+    create_named_topic(bootstrap, f"{topic}.dlq")
     produce(bootstrap, topic, (_value(i) for i in range(TOTAL)), partition=lambda i: 0)
     group = unique_name("dedupfn")
     config = consumer_config(bootstrap, group, topic, every_messages=10, every_seconds=1.0,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,9 @@ from consumer.dedup import key_function
 from consumer.message import Message
 from tests.support.kafka import create_topic, produce, unique_name
 from tests.support.store_v1 import SCHEMA_V1
-from tests.support.stores import StoreUnderTest, fresh_store
+from tests.support.stores import StoreUnderTest
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgresql" else None
-    with fresh_store(request.param, tmp_path, dsn) as under_test:
-        yield under_test
 
 
 def _checkpoints(store: StoreUnderTest) -> dict[str, int | None]:

@@ -18,27 +18,20 @@ import yaml
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.chaos import Ledger, check, make_ledger
-from tests.support.kafka import create_topic, group_offsets, produce, read_topic, unique_name
-from tests.support.stores import StoreUnderTest, fresh_store
+from tests.support.kafka import (
+    create_named_topic,
+    create_topic,
+    group_offsets,
+    produce,
+    read_topic,
+    unique_name,
+)
+from tests.support.stores import StoreUnderTest
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BROKEN = "acc-3"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgresql" else None
-    with fresh_store(request.param, tmp_path, dsn) as under_test:
-        yield under_test
-
-
-def _create_named(bootstrap: str, name: str) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result(30)
 
 
 def _entries(store: StoreUnderTest) -> int:
@@ -92,7 +85,7 @@ def dead_lettered(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path,
     dedup_key, with_header = request.param
     ledger = make_ledger(30, accounts=6, resend_every=10**9)
     topic = create_topic(kafka_bootstrap, 1, prefix="identity")
-    _create_named(kafka_bootstrap, f"{topic}.dlq")
+    create_named_topic(kafka_bootstrap, f"{topic}.dlq")
     produce(kafka_bootstrap, topic, (json.dumps(e).encode() for e in ledger.events),
             key=lambda i: ledger.events[i]["account"].encode(),
             headers=lambda i: [("idempotency-key", ledger.events[i]["event"].encode())]

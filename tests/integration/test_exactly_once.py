@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,6 @@ CHAOS_MESSAGES = int(os.environ.get("CONSUMER_CHAOS_MESSAGES", "100000"))
 VARIANT_MESSAGES = 10_000
 SHARED_MESSAGES = 4_000
 PROXY_MESSAGES = 10_000
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgresql" else None
-    with fresh_store(request.param, tmp_path, dsn) as under_test:
-        yield under_test
 
 
 def _ledger_config(bootstrap: str, group: str, topic: str, store: StoreUnderTest,

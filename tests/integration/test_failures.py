@@ -14,19 +14,18 @@ import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.failing_handlers import records
-from tests.support.kafka import create_topic, group_offsets, produce, read_topic, unique_name
+from tests.support.kafka import (
+    create_named_topic,
+    create_topic,
+    group_offsets,
+    produce,
+    read_topic,
+    unique_name,
+)
 
 pytestmark = pytest.mark.integration
 
 HANDLER = "tests.support.failing_handlers:apply"
-
-
-def _create_named(bootstrap: str, name: str, partitions: int) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                  replication_factor=1)])[name].result(30)
 
 
 def _route(topic: str, **retry: Any) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def test_bad_messages_are_dead_lettered_and_good_ones_handled_once(
     provenance headers, the consumer never exits, and the group's offsets end at the end."""
     total = 10_000
     topic = create_topic(kafka_bootstrap, 3, prefix="dlq")
-    _create_named(kafka_bootstrap, f"{topic}.dlq", 1)
+    create_named_topic(kafka_bootstrap, f"{topic}.dlq", 1)
 
     def value(i: int) -> bytes:
         if i % 100 == 37:
@@ -179,7 +178,7 @@ def test_redrive_after_the_fix_applies_dead_letters_exactly_once(
         ledger = make_ledger(300, accounts=6, resend_every=10**9)
         broken = "acc-3"
         topic = create_topic(kafka_bootstrap, 3, prefix="redrive")
-        _create_named(kafka_bootstrap, f"{topic}.dlq", 1)
+        create_named_topic(kafka_bootstrap, f"{topic}.dlq", 1)
         produce_ledger(kafka_bootstrap, topic, ledger)
         group = unique_name("redrive")
         # With a store, a retried message waits for the next checkpoint batch: keep it short.

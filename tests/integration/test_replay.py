@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ from tests.support.stores import StoreUnderTest, fresh_store
 pytestmark = pytest.mark.integration
 
 EVENTS = 40  # 20 per partition, each adding 1 to account "acc"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgresql" else None
-    with fresh_store(request.param, tmp_path, dsn) as under_test:
-        yield under_test
 
 
 def replay(config: dict[str, object], tmp_path: Path, *args: str

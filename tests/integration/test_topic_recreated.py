@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.kafka import create_topic, produce, unique_name
-from tests.support.stores import StoreUnderTest, fresh_store
+from tests.support.stores import StoreUnderTest
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgresql" else None
-    with fresh_store(request.param, tmp_path, dsn) as under_test:
-        yield under_test
 
 
 def _topic_id(admin: AdminClient, topic: str) -> str:

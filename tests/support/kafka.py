@@ -33,6 +33,14 @@ def create_topic(bootstrap: str, partitions: int, *, prefix: str = "test") -> st
     return name
 
 
+def create_named_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+    """Create a topic with a given name (a route's dead-letter topic, say)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                            replication_factor=1)])
+    futures[name].result(timeout=30)
+
+
 def produce(
     bootstrap: str,
     topic: str,

@@ -9,23 +9,25 @@ import threading
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-from consumer import logs
-from consumer.checkpoint_policy import CheckpointPolicy
+from consumer.checkpoint.policy import CheckpointPolicy
 from consumer.clock import SystemClock
 from consumer.dedup import KeyFunction, key_function
-from consumer.engine import ConsumerLoop
-from consumer.failures import Failures, build_policies
-from consumer.instruments import Instruments
-from consumer.lag import LogTracker
-from consumer.log_watch import LogWatch
-from consumer.observer import LoggingObserver, Observer, Observers
-from consumer.purge import ProcessedKeyPurger
+from consumer.engine.loop import ConsumerLoop
+from consumer.engine.store_mode import TransactionalBatches
+from consumer.events import Observer, Observers
+from consumer.failures.retries import Failures, build_policies
+from consumer.kafka.producer import KafkaDeadLetterSink
+from consumer.kafka.protocol import Source
+from consumer.kafka.source import KafkaSource
+from consumer.observability import logs
+from consumer.observability.event_log import LoggingObserver
+from consumer.observability.instruments import Instruments
+from consumer.observability.lag import LogTracker
+from consumer.observability.log_watch import LogWatch
 from consumer.routing import Router
 from consumer.settings import Settings
-from consumer.source import KafkaDeadLetterSink, KafkaSource
 from consumer.store import open_configured
-from consumer.transactional import TransactionalBatches
-from consumer.transport import Source
+from consumer.store.purge import ProcessedKeyPurger
 
 log = logging.getLogger("consumer.app")
 

@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from consumer import __version__, lag_command, redrive, replay
+from consumer import __version__
 from consumer.app import (
     ShutdownSignals,
     build_keys,
@@ -27,12 +27,15 @@ from consumer.app import (
     configure_logging,
     group_scoped_topics,
 )
+from consumer.commands import lag as lag_command
+from consumer.commands import redrive, replay
 from consumer.errors import ConfigError, ConsumerError, StoreSchemaError
-from consumer.failures import build_policies
-from consumer.observability import build_observability
+from consumer.failures.retries import build_policies
+from consumer.kafka.admin import read_topic
+from consumer.kafka.producer import KafkaDeadLetterSink
+from consumer.observability.wiring import build_observability
 from consumer.routing import Router
 from consumer.settings import Settings, load_settings
-from consumer.source import KafkaDeadLetterSink, read_topic
 from consumer.store import open_configured
 from consumer.store.base import SCHEMA_VERSION
 

@@ -7,6 +7,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+#: A partition's coordinates: (topic, partition).
+TP = tuple[str, int]
+
 
 class Message:
     """One Kafka record: coordinates, key, value and headers.

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from consumer.errors import DeadLetterFailed, KafkaError
-from consumer.message import Message
-from consumer.transport import COMMIT_MARKER, TP, SourceListener
+from consumer.kafka.protocol import COMMIT_MARKER, SourceListener
+from consumer.message import TP, Message
 
 
 class InMemorySource:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer.errors import OffsetWentBackwards, StoreError
-from consumer.transport import TP
+from consumer.message import TP
 
 #: Version 2: dedup keys scoped to their topic, checkpoint rows carry the topic id, purges
 #: look up one group's keys by age.

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+from consumer.message import TP
 from consumer.store.base import (
     SCHEMA_VERSION,
     CheckpointRow,
@@ -19,7 +20,6 @@ from consumer.store.base import (
     Store,
     require_version,
 )
-from consumer.transport import TP
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL)",

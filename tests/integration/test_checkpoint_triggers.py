@@ -10,10 +10,9 @@ from collections.abc import Callable, Mapping
 import pytest
 
 from consumer.app import build_loop
-from consumer.checkpoint_policy import Trigger
-from consumer.engine import ConsumerLoop
+from consumer.engine.loop import ConsumerLoop
+from consumer.events import Observer, Trigger
 from consumer.message import Context, Message
-from consumer.observer import Observer
 from consumer.routing import Route, Router
 from consumer.settings import Settings
 from tests.support.kafka import create_topic, group_offsets, produce, unique_name, wait_for

@@ -39,11 +39,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.cli import main
+from consumer.engine.store_mode import TransactionalBatches
+from consumer.message import TP
 from consumer.store import CheckpointRow, Claim, Store
-from consumer.store_checkpoint import BatchOutcome, StoreCheckpoint
-from consumer.transactional import TransactionalBatches
-from consumer.transport import TP
 
 
 def _no_keys() -> None:

@@ -19,9 +19,9 @@ import signal
 import sys
 from pathlib import Path
 
-from consumer.checkpoint_policy import Trigger
+from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.cli import main
-from consumer.store_checkpoint import BatchOutcome, StoreCheckpoint
+from consumer.events import Trigger
 
 log = logging.getLogger("chaos.member")
 

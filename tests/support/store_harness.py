@@ -7,19 +7,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from consumer.checkpoint_policy import CheckpointPolicy
+from consumer.checkpoint.policy import CheckpointPolicy
+from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import ManualClock
 from consumer.dedup import KeyFunction, key_function
-from consumer.engine import ConsumerLoop
+from consumer.engine.loop import ConsumerLoop
+from consumer.engine.store_mode import ExternalResetPolicy, TransactionalBatches
 from consumer.errors import ConsumerError, StoreError, StoreUnavailable
-from consumer.message import Context, Message
-from consumer.observer import TP, Observer
+from consumer.events import Observer
+from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
 from consumer.store import CheckpointRow
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemorySource
-from consumer.transactional import ExternalResetPolicy, TransactionalBatches
-from consumer.watermark import PartitionProgress
 
 S = TypeVar("S", bound=SQLiteStore)
 

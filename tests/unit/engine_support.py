@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from consumer.checkpoint_policy import CheckpointPolicy, Trigger
+from consumer.checkpoint.policy import CheckpointPolicy
 from consumer.clock import ManualClock
-from consumer.engine import ConsumerLoop
+from consumer.engine.loop import ConsumerLoop
 from consumer.errors import ConsumerError, KafkaError
-from consumer.message import Context, Message
-from consumer.observer import TP, Observer
+from consumer.events import Observer, Trigger
+from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
 from consumer.testing import InMemorySource
 

@@ -6,21 +6,22 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from consumer.checkpoint_policy import CheckpointPolicy
+from consumer.checkpoint.policy import CheckpointPolicy
 from consumer.clock import ManualClock
 from consumer.dedup import key_function
-from consumer.engine import ConsumerLoop
-from consumer.failures import FailurePolicy, Failures
-from consumer.health import Health
-from consumer.log_watch import LogWatch
-from consumer.observability import Observability, build_observability
-from consumer.observer import Observers
+from consumer.engine.loop import ConsumerLoop
+from consumer.engine.store_mode import TransactionalBatches
+from consumer.events import Observers
+from consumer.failures.retries import FailurePolicy, Failures
+from consumer.kafka.protocol import LogOffsets
+from consumer.message import TP
+from consumer.observability.health import Health
+from consumer.observability.log_watch import LogWatch
+from consumer.observability.wiring import Observability, build_observability
 from consumer.routing import Route, Router
 from consumer.settings import Settings
-from consumer.snapshot import TP, LogOffsets
 from consumer.store import Store
 from consumer.testing import InMemoryDeadLetterSink, InMemorySource
-from consumer.transactional import TransactionalBatches
 from tests.unit.engine_support import Handler, Recorder
 
 

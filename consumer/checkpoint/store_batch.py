@@ -1,0 +1,403 @@
+"""A checkpoint with a store: the handlers' writes, the processed keys and the checkpoint rows
+commit in one database transaction, then the same offsets go to Kafka."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from consumer.checkpoint.progress import PartitionProgress
+from consumer.dedup import KeyFunction
+from consumer.errors import (
+    DedupKeyFailed,
+    Fenced,
+    HandlerFailed,
+    KafkaError,
+    StoreError,
+    StoreUnavailable,
+)
+from consumer.events import HandlerTimings, Observer, Trigger
+from consumer.failures.retries import Failures, Verdict
+from consumer.kafka.protocol import Source
+from consumer.message import TP, Context, Message, Scope
+from consumer.routing import Router
+from consumer.store import CheckpointRow, Claim, Store
+
+log = logging.getLogger("consumer.checkpoint")
+
+
+@dataclass
+class BatchOutcome:
+    """What one store checkpoint did."""
+
+    committed: dict[TP, int] = field(default_factory=dict)
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    failure: HandlerFailed | None = None
+
+
+class StoreCheckpoint:
+    """Applies a batch of messages exactly once and saves where each partition got to.
+
+    1. claim keys: insert every message's dedup key; only messages whose key was new go on
+       (a message whose dedup key function raises is a failing message: step 2's policy)
+    2. run handlers, all at once; if one raises, roll the transaction back, claim again and
+       run them again each inside its own savepoint, so a failing message rolls back alone and
+       its partition's watermark stops at it: after step 4 (a batch that rolls back leaves the
+       client and the dead-letter topic untouched) it is dead-lettered, and its partition is
+       rewound so the next batch counts it done without running it, or its partition is paused
+       and rewound for a later attempt, or the consumer stops after this batch; a failed
+       message's key is not recorded
+    3. fence and write checkpoint rows: each row moves only where the epoch is still ours,
+       else the whole batch rolls back (a newer owner has the partition: we are a zombie)
+    4. commit the store
+    5. commit the same offsets to Kafka, with the marker: asynchronously for the count and
+       interval triggers (once the previous one is answered; else the next checkpoint sends
+       them), synchronously on revoke and shutdown
+    """
+
+    def __init__(
+        self,
+        trigger: Trigger,
+        messages: Sequence[Message],
+        partitions: Mapping[TP, PartitionProgress],
+        *,
+        store: Store,
+        source: Source,
+        router: Router,
+        keys: Mapping[str, KeyFunction],
+        group: str,
+        observer: Observer,
+        now: Callable[[], float],
+        failures: Failures | None = None,
+        kafka_answered: bool = True,
+        instruments: HandlerTimings | None = None,
+        lettered: dict[TP, int] | None = None,
+    ) -> None:
+        self.trigger = trigger
+        #: False while the previous asynchronous Kafka commit is unanswered: this batch's
+        #: offsets then stay pending for the next checkpoint (the store holds them already).
+        self._kafka_answered = kafka_answered
+        self._messages = messages
+        self._partitions = partitions
+        self._store = store
+        self._source = source
+        self._keys = keys
+        self._group = group
+        self._observer = observer
+        self._now = now
+        self._failures = failures
+        self._scope = Scope(group, store=store)
+        self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
+        #: Metrics on: each handler call is timed inline.
+        self._timer = instruments
+        self._transient = _transient_errors(store.dialect)
+        #: Failed messages to retry or dead-letter, decided inside the transaction and acted
+        #: on after COMMIT: no broker round trip while the store's locks are held.
+        self._deferred: list[tuple[Message, BaseException, bytes | None]] = []
+        #: Per partition, the offset of a message whose dead letter the broker acknowledged
+        #: after an earlier batch: done without running its handler (kept across batches).
+        self._lettered = {} if lettered is None else lettered
+
+    @property
+    def synchronous(self) -> bool:
+        return self.trigger in (Trigger.REVOKE, Trigger.SHUTDOWN)
+
+    def run(self) -> BatchOutcome:
+        """Raises StoreError (the batch rolled back; retry it) or Fenced (rolled back; stop)."""
+        outcome = BatchOutcome()
+        store = self._store
+        claims = self._claims()
+        store.begin()
+        try:
+            # 1. claim keys
+            new_keys = self._claim(claims)
+
+            # 2. run handlers: the whole batch at once; if a handler raises, roll the
+            # transaction back and run it again message by message, each in a savepoint
+            try:
+                watermarks, counts = self._apply_optimistically(claims, new_keys, outcome)
+            except _HandlerRaised:
+                store.rollback()
+                store.begin()
+                new_keys = self._claim(claims)
+                watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
+
+            # 3. fence and write checkpoint rows (and move past dead letters not re-polled)
+            carried = self._carried_letters()
+            for tp, offset in carried.items():
+                watermarks[tp] = offset + 1
+                counts[tp] = counts.get(tp, 0) + 1
+            rows = [CheckpointRow(tp[0], tp[1], offset, self._partitions[tp].epoch)
+                    for tp, offset in watermarks.items()]
+            fenced = store.write_checkpoints(self._group, rows, self._now())
+            if fenced:
+                raise Fenced(self._group, fenced)
+
+            # 4. commit the store
+            store.commit()
+        except BaseException:
+            _rollback_quietly(store)
+            raise
+        now = self._now()
+        for tp, offset in watermarks.items():
+            self._partitions[tp].advance(offset, counts[tp], now)
+        self._forget_letters(claims)
+        for tp, offset in carried.items():
+            del self._lettered[tp]
+            self._source.seek(tp, offset + 1)
+        self._act_on_failures()
+
+        # 5. commit Kafka
+        outcome.committed = self._commit_kafka()
+        return outcome
+
+    def _claims(self) -> list[Claim | DedupKeyFailed | None]:
+        """Each message's claim, the error its dedup key function raised, or None for a
+        message already dead-lettered (done: no key, no handler)."""
+        claims: list[Claim | DedupKeyFailed | None] = []
+        lettered = self._lettered
+        for m in self._messages:
+            if lettered and lettered.get((m.topic, m.partition)) == m.offset:
+                claims.append(None)
+                continue
+            try:
+                claims.append(Claim(self._keys[m.topic](m), m.topic, m.partition, m.offset))
+            except DedupKeyFailed as error:
+                claims.append(error)
+        return claims
+
+    def _claim(self, claims: list[Claim | DedupKeyFailed | None]) -> set[bytes]:
+        return self._store.claim(self._group, [c for c in claims if isinstance(c, Claim)],
+                                 self._now())
+
+    def _apply_optimistically(self, claims: list[Claim | DedupKeyFailed | None],
+                              new_keys: set[bytes],
+                              outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
+        """Run the handlers of new messages; return each partition's new watermark and how
+        many of its messages are done. Raises _HandlerRaised at the first failure: the
+        caller rolls back and runs :meth:`_apply_one_by_one` instead (the handlers before
+        the failing message run twice in this process; only the second run's writes commit).
+        """
+        failures = self._failures
+        checking = failures is not None and failures.checks_needed
+        scope, handlers = self._scope, self._handlers
+        watermarks: dict[TP, int] = {}
+        counts: dict[TP, int] = {}
+        applied_keys: set[bytes] = set()
+        applied = duplicates = lettered = 0
+        timer = self._timer
+        timed: list[tuple[str, float]] = []  # kept only if the whole batch succeeds
+        for message, claim in zip(self._messages, claims, strict=True):
+            if isinstance(claim, DedupKeyFailed):
+                raise _HandlerRaised from claim
+            if claim is None:
+                lettered += 1
+            elif (key := claim.key) not in new_keys or key in applied_keys:
+                duplicates += 1
+            else:
+                try:
+                    if checking:
+                        failures.check(message)  # type: ignore[union-attr]
+                    if timer is None:
+                        handlers[message.topic](message, Context(scope, message, key))
+                    else:
+                        timer.started = start = timer.now()
+                        handlers[message.topic](message, Context(scope, message, key))
+                        timed.append((message.topic, timer.now() - start))
+                except Exception as error:
+                    if self._transient(error):
+                        raise _store_unavailable(message, error) from error
+                    raise _HandlerRaised from error
+                applied_keys.add(key)
+                applied += 1
+            tp = (message.topic, message.partition)
+            watermarks[tp] = message.offset + 1
+            counts[tp] = counts.get(tp, 0) + 1
+        if checking:
+            for message in self._messages:
+                failures.succeeded(message)  # type: ignore[union-attr]
+        if timer is not None:
+            timer.started = 0.0
+            for topic, seconds in timed:
+                timer.durations(topic).append(seconds)
+        outcome.applied, outcome.duplicates = applied, duplicates
+        outcome.dead_lettered = lettered
+        return watermarks, counts
+
+    def _apply_one_by_one(self, claims: list[Claim | DedupKeyFailed | None],
+                          new_keys: set[bytes],
+                          outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
+        """Like :meth:`_apply_optimistically`, with a savepoint per message, so a failing
+        message rolls back alone and its failure policy decides what happens to it."""
+        outcome.applied = outcome.duplicates = outcome.dead_lettered = 0
+        store, group, failures = self._store, self._group, self._failures
+        scope, handlers, timer = self._scope, self._handlers, self._timer
+        watermarks: dict[TP, int] = {}
+        counts: dict[TP, int] = {}
+        stopped: set[TP] = set()
+        release: list[bytes] = []
+        applied_keys: set[bytes] = set()
+        for message, claim in zip(self._messages, claims, strict=True):
+            tp = (message.topic, message.partition)
+            key = claim.key if isinstance(claim, Claim) else None
+            if tp in stopped:
+                if key is not None and key in new_keys and key not in applied_keys:
+                    release.append(key)
+                continue
+            if claim is None:
+                outcome.dead_lettered += 1
+                watermarks[tp] = message.offset + 1
+                counts[tp] = counts.get(tp, 0) + 1
+                continue
+            if key is not None and (key not in new_keys or key in applied_keys):
+                outcome.duplicates += 1
+                watermarks[tp] = message.offset + 1
+                counts[tp] = counts.get(tp, 0) + 1
+                continue
+            store.savepoint()
+            start = 0.0
+            try:
+                if not isinstance(claim, Claim):
+                    raise claim  # the dedup key function raised
+                if failures is not None:
+                    failures.check(message)
+                if timer is None:
+                    handlers[message.topic](message, Context(scope, message, key))
+                else:
+                    timer.started = start = timer.now()
+                    handlers[message.topic](message, Context(scope, message, key))
+                    timer.durations(message.topic).append(timer.now() - start)
+            except Exception as error:
+                if self._transient(error):
+                    raise _store_unavailable(message, error) from error
+                if timer is not None and start:  # the handler raised (not a check before it)
+                    timer.failed(message.topic, timer.now() - start)
+                store.rollback_to_savepoint()
+                if key is not None:  # A failed or dead-lettered key is not processed.
+                    release.append(key)
+                verdict = Verdict.STOP if failures is None else failures.decide(message, error)
+                stopped.add(tp)
+                if verdict is not Verdict.STOP:
+                    self._deferred.append((message, error, key))  # acted on after COMMIT
+                elif outcome.failure is None:
+                    outcome.failure = HandlerFailed(message.topic, message.partition,
+                                                    message.offset, error)
+                    outcome.failure.__cause__ = error
+                continue
+            if failures is not None:
+                failures.succeeded(message)
+            store.release_savepoint()
+            if key is not None:
+                applied_keys.add(key)
+            outcome.applied += 1
+            watermarks[tp] = message.offset + 1
+            counts[tp] = counts.get(tp, 0) + 1
+        if timer is not None:
+            timer.started = 0.0
+        # A key released by a failure may belong to an event applied from another message.
+        release = [key for key in release if key not in applied_keys]
+        if release:
+            store.unclaim(group, release)
+        return watermarks, counts
+
+    def _carried_letters(self) -> dict[TP, int]:
+        """Dead-lettered messages of assigned partitions that this batch does not hold (not
+        polled again yet): their rows move past them now, and their partitions are sought past
+        them after COMMIT, so a shutdown or revoke right after a dead letter repeats nothing."""
+        if not self._lettered:
+            return {}
+        held = {(m.topic, m.partition) for m in self._messages}
+        return {tp: offset for tp, offset in self._lettered.items()
+                if tp in self._partitions and tp not in held}
+
+    def _forget_letters(self, claims: list[Claim | DedupKeyFailed | None]) -> None:
+        """The dead-lettered messages this batch counted done are committed as such."""
+        for message, claim in zip(self._messages, claims, strict=True):
+            if claim is None:
+                self._lettered.pop((message.topic, message.partition), None)
+
+    def _act_on_failures(self) -> None:
+        """After COMMIT, for each failed message (its partition's watermark stopped at it):
+        produce its dead letter and, once acknowledged, rewind its partition to it so the
+        next batch counts it done; or count the attempt, pause and rewind for a retry. A
+        crash between the letter and the next batch's COMMIT produces the letter again."""
+        failures = self._failures
+        if failures is None:
+            return
+        for message, error, key in self._deferred:
+            verdict = failures.failed(message, error, key=key)  # raises DeadLetterFailed for good
+            tp = (message.topic, message.partition)
+            if verdict is Verdict.DEAD_LETTERED:
+                self._lettered[tp] = message.offset
+            elif verdict is Verdict.RETRY:
+                self._source.pause([tp])
+            self._source.seek(tp, message.offset)
+
+    def _commit_kafka(self) -> dict[TP, int]:
+        moved = {}
+        for tp, progress in self._partitions.items():
+            offset = progress.pending_commit()
+            if offset is not None:
+                moved[tp] = offset
+        if not moved:
+            self._observer.checkpoint_noop(self.trigger)
+            return {}
+        if not self.synchronous and not self._kafka_answered:
+            return {}
+        try:
+            self._source.commit(moved, asynchronous=not self.synchronous)
+        except KafkaError as error:
+            # The store holds the checkpoint; Kafka's copy only informs lag tools.
+            self._observer.commit_failed(self.trigger, error)
+            return {}
+        for tp, offset in moved.items():
+            progress = self._partitions[tp]
+            progress.mark_committed(offset)
+            progress.mark_acked(offset)
+        self._observer.checkpoint_committed(self.trigger, moved)
+        return moved
+
+
+def _transient_errors(dialect: str) -> Callable[[BaseException], bool]:
+    """Which errors raised in a handler are the store's, not the message's: a deadlock, a
+    serialization failure, a lock or statement timeout, a busy SQLite file, a lost
+    connection. They roll the whole batch back to be retried after backoff, like an outage,
+    and never count as a failed attempt (nor dead-letter a valid message)."""
+    if dialect == "sqlite":
+        from consumer.store.sqlite import is_transient
+    else:
+        from consumer.store.postgres import is_transient
+
+    def transient(error: BaseException) -> bool:
+        cause: BaseException | None = error
+        for _ in range(5):  # the error itself, or what a handler wrapped in its own
+            if cause is None:
+                return False
+            if isinstance(cause, StoreUnavailable) or is_transient(cause):
+                return True
+            cause = cause.__cause__
+        return False
+
+    return transient
+
+
+def _store_unavailable(message: Message, error: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"the handler of {message.topic}[{message.partition}]@{message.offset} hit a transient "
+        f"database error ({type(error).__name__}: {str(error).strip()}); it is the store's, "
+        "not the message's"
+    )
+
+
+class _HandlerRaised(Exception):
+    """A handler raised during the optimistic run: run the batch again message by message."""
+
+
+def _rollback_quietly(store: Store) -> None:
+    try:
+        store.rollback()
+    except StoreError as error:
+        log.warning("rolling back the store transaction failed too: %s", error)

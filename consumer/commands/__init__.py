@@ -1,0 +1,1 @@
+"""Subcommands of the ``consumer`` CLI other than ``run``: lag, replay, dlq redrive."""

@@ -1,0 +1,224 @@
+"""`consumer replay`: move a stopped group on one topic to an offset or a time, the store's
+checkpoint rows and Kafka's committed offsets together, keeping or forgetting processed keys.
+
+Dry run by default: it prints, per partition, where the store and Kafka are, where the group
+will resume, and how many processed keys would be forgotten; ``--execute`` does it. The store
+moves first, in one transaction (epochs bumped, so a process still holding a partition is
+fenced); then Kafka's offsets, with our marker. Kafka's own reset tool moves Kafka only, and
+the consumer refuses such a reset by default (``store.on_external_reset``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+
+from consumer.errors import ConfigError, ConsumerError
+from consumer.kafka.admin import (
+    group_member_count,
+    offsets_at,
+    read_group_positions,
+    set_group_offsets,
+)
+from consumer.kafka.protocol import GroupPosition
+from consumer.message import TP
+from consumer.settings import Settings, load_settings
+from consumer.store import open_store
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or TOML config file (default: $CONSUMER_CONFIG)")
+    parser.add_argument("--topic", required=True, help="the topic to replay")
+    parser.add_argument("--partition", type=int, action="append", dest="partitions",
+                        metavar="N", help="only this partition (repeatable; default: all)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-offset", type=int, metavar="OFFSET",
+                        help="resume every chosen partition at this offset")
+    target.add_argument("--to-datetime", metavar="ISO8601",
+                        help="resume at the first message at or after this time "
+                             "(e.g. 2026-11-27T09:00:00Z; no zone means UTC)")
+    target.add_argument("--to-earliest", action="store_true",
+                        help="resume at the first offset still in the log")
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--forget-keys", action="store_true",
+                      help="delete the processed keys from the target on: replayed events "
+                           "apply their effects again")
+    keys.add_argument("--keep-keys", action="store_true",
+                      help="keep the processed keys: replayed events already applied are "
+                           "skipped as duplicates")
+    parser.add_argument("--execute", action="store_true",
+                        help="do it (default: print the plan and change nothing)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+        targets_for = _target_rule(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    store_url = settings.store.url.get_secret_value() if settings.store.enabled else None
+    if store_url is not None and not (args.forget_keys or args.keep_keys):
+        print("consumer replay: the store holds processed keys; say what happens to them: "
+              "--keep-keys (replayed events already applied are skipped) or --forget-keys "
+              "(their effects apply again)", file=sys.stderr)
+        return EXIT_CONFIG
+    group = settings.kafka.group_id
+    try:
+        members = group_member_count(settings.kafka, group)
+        if members:
+            print(f"consumer replay: group {group} has {members} running member(s); stop "
+                  "them first (a running member would commit over the replay)",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        positions = _chosen(read_group_positions(settings.kafka, group, [args.topic]),
+                            args.partitions)
+        targets = targets_for(settings, positions)
+        return _plan_and_apply(settings, group, store_url, positions, targets, args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"consumer replay: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConsumerError as error:
+        print(f"consumer replay: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _chosen(positions: Sequence[GroupPosition], partitions: list[int] | None
+            ) -> list[GroupPosition]:
+    if not partitions:
+        return list(positions)
+    known = {p.partition for p in positions}
+    unknown = sorted(set(partitions) - known)
+    if unknown:
+        raise ConfigError([f"--partition: no partition {', '.join(map(str, unknown))} "
+                           f"(the topic has {', '.join(map(str, sorted(known)))})"])
+    return [p for p in positions if p.partition in partitions]
+
+
+#: (settings, positions) -> the offset each partition resumes at.
+TargetRule = Callable[[Settings, Sequence[GroupPosition]], dict[TP, int]]
+
+
+def _target_rule(args: argparse.Namespace) -> TargetRule:
+    """The rule for the chosen target flag (parsed now, so a bad time fails before Kafka)."""
+    if args.to_offset is not None:
+        offset = args.to_offset
+
+        def to_offset(_settings: Settings, positions: Sequence[GroupPosition]) -> dict[TP, int]:
+            outside = [f"{p.partition} keeps {p.start}..{p.end}" for p in positions
+                       if not p.start <= offset <= p.end]
+            if outside:
+                raise ConfigError([f"--to-offset {offset} is outside the log of partition "
+                                   + "; ".join(outside)])
+            return {(p.topic, p.partition): offset for p in positions}
+
+        return to_offset
+    if args.to_datetime is not None:
+        stamp_ms = _parse_datetime(args.to_datetime)
+
+        def to_datetime(settings: Settings, positions: Sequence[GroupPosition]
+                        ) -> dict[TP, int]:
+            return offsets_at(settings.kafka, [(p.topic, p.partition) for p in positions],
+                              timestamp_ms=stamp_ms)
+
+        return to_datetime
+
+    def to_earliest(_settings: Settings, positions: Sequence[GroupPosition]) -> dict[TP, int]:
+        return {(p.topic, p.partition): p.start for p in positions}
+
+    return to_earliest
+
+
+def _parse_datetime(text: str) -> int:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError([f"--to-datetime {text!r} is not an ISO 8601 time "
+                           "(e.g. 2026-11-27T09:00:00Z)"]) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _plan_and_apply(settings: Settings, group: str, store_url: str | None,
+                    positions: Sequence[GroupPosition], targets: Mapping[TP, int],
+                    args: argparse.Namespace) -> int:
+    store = open_store(store_url) if store_url is not None else None
+    try:
+        rows = store.checkpoints(group) if store is not None else {}
+        forgetting = (store.keys_from(group, targets)
+                      if store is not None and args.forget_keys else {})
+        print(render_plan(group, positions, targets, rows, forgetting,
+                          with_store=store is not None))
+        retention = settings.store.processed_keys_retention_seconds
+        if store is not None and args.keep_keys and retention is not None:
+            for warning in _beyond_retention(settings, targets, rows, retention):
+                print(warning)
+        if not args.execute:
+            print("dry run: nothing changed; add --execute to replay")
+            return EXIT_OK
+        if store is not None:
+            store.replay(group, targets, forget_keys=args.forget_keys, now=time.time())
+        set_group_offsets(settings.kafka, group, targets)
+    finally:
+        if store is not None:
+            store.close()
+    print(f"replayed: group {group} resumes {args.topic} at the target offsets"
+          + (" with the processed keys from there on forgotten" if forgetting else ""))
+    return EXIT_OK
+
+
+def _beyond_retention(settings: Settings, targets: Mapping[TP, int],
+                      rows: Mapping[TP, int | None], retention: float) -> list[str]:
+    """Keys are purged once older than the retention, so keeping them skips nothing older:
+    per partition, the offsets from the target on that are that old (and were processed)."""
+    cutoff_ms = int((time.time() - retention) * 1000)
+    retained_from = offsets_at(settings.kafka, list(targets), timestamp_ms=cutoff_ms)
+    warnings = []
+    for tp, target in sorted(targets.items()):
+        row = rows.get(tp)
+        upper = retained_from[tp] if row is None else min(retained_from[tp], row)
+        if target < upper:
+            warnings.append(
+                f"warning: {tp[0]}[{tp[1]}]: offsets {target} to {upper - 1} are older than "
+                f"the processed-key retention ({retention:.0f} s, "
+                "store.processed_keys_retention_seconds): their keys may already be purged, "
+                "so --keep-keys does not skip them and those events are applied again")
+    return warnings
+
+
+def render_plan(group: str, positions: Sequence[GroupPosition], targets: Mapping[TP, int],
+                store_rows: Mapping[TP, int | None], forgetting: Mapping[TP, int], *,
+                with_store: bool) -> str:
+    """The table the dry run prints: one line per partition."""
+    header = ["topic", "partition", "kafka committed"]
+    if with_store:
+        header.append("store checkpoint")
+    header.append("resume at")
+    if forgetting:
+        header.append("keys forgotten")
+    lines = [header]
+    for p in positions:
+        tp = (p.topic, p.partition)
+        line = [p.topic, str(p.partition), _or_dash(p.committed)]
+        if with_store:
+            line.append(_or_dash(store_rows.get(tp)))
+        line.append(str(targets[tp]))
+        if forgetting:
+            line.append(str(forgetting.get(tp, 0)))
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    body = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in lines)
+    return f"group {group}\n{body}"
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,42 @@
+"""Read-only views of the consumer's state, for metrics and health on another thread.
+
+The poll thread owns the state; these views are built on demand (``ConsumerLoop.snapshot()``),
+so a reader never sees a structure being changed and never calls into the consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from consumer.message import TP, Message
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSnapshot:
+    """One assigned partition's progress, as the loop keeps it."""
+
+    #: Next offset after the last done message; None until something is done.
+    watermark: int | None
+    #: Last offset the broker confirmed as committed (the next one to read); None: none yet.
+    acked: int | None
+    #: Messages done since the partition was assigned.
+    done: int
+    #: Messages done whose commit the broker has not confirmed (what a crash would repeat).
+    unconfirmed: int
+    #: Monotonic time the oldest done-but-uncommitted message was done; None: nothing pending.
+    oldest_uncommitted_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSnapshot:
+    """The loop's lifecycle and its assigned partitions at one moment."""
+
+    #: :class:`consumer.engine.LoopState` value: created, running, draining, closed, failed.
+    state: str
+    stop_requested: bool
+    partitions: dict[TP, PartitionSnapshot]
+    #: Partitions not fetched now (waiting for a retry, or the store is unavailable).
+    paused: frozenset[TP] = frozenset()
+    #: With a store: the messages buffered for the next transaction, polled but not done.
+    pending: Sequence[Message] = field(default=())

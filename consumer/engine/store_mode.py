@@ -1,0 +1,263 @@
+"""The store side of the loop: buffer a checkpoint's worth of messages, apply them in one
+transaction, and position newly assigned partitions from the store's checkpoint rows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Literal
+
+from consumer.checkpoint.progress import PartitionProgress
+from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
+from consumer.clock import Clock
+from consumer.dedup import KeyFunction
+from consumer.errors import ExternalReset, OffsetOutOfRange, StoreUnavailable, TopicRecreated
+from consumer.events import HandlerTimings, Observer, Trigger
+from consumer.failures.retries import Failures
+from consumer.kafka.protocol import COMMIT_MARKER, Source
+from consumer.kafka.topic_ids import learn_topic_ids
+from consumer.message import TP, Message
+from consumer.routing import Router
+from consumer.store import Position, Store
+
+log = logging.getLogger("consumer.transactional")
+
+ExternalResetPolicy = Literal["fail", "follow", "ignore"]
+
+#: Seconds after which an unanswered asynchronous Kafka commit no longer holds the next back.
+KAFKA_ANSWER_TIMEOUT = 30.0
+
+
+class TransactionalBatches:
+    """Owns the store, the pending batch and the outage backoff; used by the loop's thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        source: Source,
+        router: Router,
+        keys: Mapping[str, KeyFunction],
+        group: str,
+        observer: Observer,
+        clock: Clock,
+        on_external_reset: ExternalResetPolicy = "fail",
+        max_backoff: float = 30.0,
+        topic_ids: dict[str, str] | None = None,
+        failures: Failures | None = None,
+        instruments: HandlerTimings | None = None,
+        group_scoped_topics: Collection[str] = (),
+    ) -> None:
+        self.store = store
+        #: Routes with ``dedup_scope: group``: the migration leaves their old keys unscoped.
+        self._group_scoped_topics = frozenset(group_scoped_topics)
+        self._instruments = instruments
+        self._source = source
+        self._router = router
+        self._keys = keys
+        self._group = group
+        self._observer = observer
+        self._clock = clock
+        self._on_external_reset = on_external_reset
+        self._max_backoff = max_backoff
+        self._failures = failures
+        self.pending: list[Message] = []
+        #: Filled by prepare(); the dedup key functions read topic ids from this very dict.
+        self.topic_ids = topic_ids if topic_ids is not None else {}
+        self._retry_at: float | None = None
+        #: When the last asynchronous Kafka commit went out, until the broker answers it.
+        self._kafka_sent_at: float | None = None
+        self._backoff = 0.5
+        #: Dead letters acknowledged, their messages not yet committed as done (see
+        #: StoreCheckpoint): partition -> offset.
+        self._lettered: dict[TP, int] = {}
+
+    def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
+        """Create, check or migrate our tables and learn the topics' ids, retrying while the
+        store is unreachable. False when ``keep_trying`` turned false first."""
+        backoff = 1.0
+        while keep_trying():
+            try:
+                upgrade = self.store.ensure_schema(
+                    self._group, group_scoped_topics=self._group_scoped_topics)
+                if upgrade is not None:
+                    log.warning("%s", upgrade.describe("(store.url)"))
+                break
+            except StoreUnavailable as error:
+                log.warning("%s; retrying in %.0f s", error, backoff)
+                deadline = self._clock.monotonic() + backoff
+                while keep_trying() and self._clock.monotonic() < deadline:
+                    time.sleep(0.1)
+                backoff = min(backoff * 2, self._max_backoff)
+        else:
+            return False
+        self.topic_ids.update(self._source.topic_ids(topics))
+        return True
+
+    # --- buffering ----------------------------------------------------------------------
+
+    def add(self, messages: Sequence[Message], partitions: Mapping[TP, PartitionProgress],
+            stop_requested: bool) -> int:
+        if stop_requested:
+            return 0
+        taken = [m for m in messages if (m.topic, m.partition) in partitions]
+        self.pending.extend(taken)
+        return len(taken)
+
+    def drop_pending(self) -> None:
+        """Forget the whole buffered batch: the process failed and runs no handler again."""
+        self.pending = []
+
+    def drop(self, partitions: Sequence[TP]) -> None:
+        """Forget buffered messages of partitions that are gone (lost)."""
+        gone = set(partitions)
+        self.pending = [m for m in self.pending if (m.topic, m.partition) not in gone]
+        for tp in gone:
+            self._lettered.pop(tp, None)
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint(self, trigger: Trigger,
+                   partitions: Mapping[TP, PartitionProgress]) -> dict[TP, int] | None:
+        """Apply the pending batch; None when the store is unavailable (retry later).
+
+        Raises HandlerFailed after committing what was applied, Fenced after rolling back.
+        """
+        batch = StoreCheckpoint(
+            trigger, self.pending, partitions, store=self.store, source=self._source,
+            router=self._router, keys=self._keys, group=self._group, observer=self._observer,
+            now=self._clock.wall, failures=self._failures,
+            kafka_answered=self._kafka_answered(), instruments=self._instruments,
+            lettered=self._lettered,
+        )
+        try:
+            outcome = batch.run()
+        except StoreUnavailable as error:
+            if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
+                raise
+            self._became_unavailable(error)
+            return None
+        self._observer.messages_done(_done(self.pending, outcome, partitions))
+        self.pending = []
+        if outcome.committed and not batch.synchronous:
+            self._kafka_sent_at = self._clock.monotonic()
+        if self._retry_at is not None:
+            self._retry_at = None
+            self._backoff = 0.5
+            self._observer.store_available()
+        self._observer.batch_applied(outcome.applied, outcome.duplicates)
+        if outcome.failure is not None:
+            raise outcome.failure
+        return outcome.committed
+
+    def kafka_commit_answered(self) -> None:
+        """The broker answered a commit (answers come in order: all earlier ones too)."""
+        self._kafka_sent_at = None
+
+    def _kafka_answered(self) -> bool:
+        """Whether Kafka's copy of the checkpoint may be sent asynchronously now: the
+        coordinator answers one commit at a time, so a new one waits for the last answer
+        (or, should an answer never come, for ``KAFKA_ANSWER_TIMEOUT`` seconds)."""
+        return (self._kafka_sent_at is None
+                or self._clock.monotonic() - self._kafka_sent_at > KAFKA_ANSWER_TIMEOUT)
+
+    def _became_unavailable(self, error: StoreUnavailable) -> None:
+        now = self._clock.monotonic()
+        if self._retry_at is None:
+            self._observer.store_unavailable(error)
+        else:
+            self._backoff = min(self._backoff * 2, self._max_backoff)
+        self._retry_at = now + self._backoff
+        log.warning("%s; the batch rolled back, consumption is paused, retrying in %.1f s",
+                    error, self._backoff)
+
+    @property
+    def unavailable(self) -> bool:
+        return self._retry_at is not None
+
+    def retry_due(self) -> bool:
+        return self._retry_at is not None and self._clock.monotonic() >= self._retry_at
+
+    # --- assignment -----------------------------------------------------------------------
+
+    def assign(self, partitions: Sequence[TP]) -> tuple[dict[TP, PartitionProgress],
+                                                        dict[TP, int]]:
+        """Bump epochs and read checkpoints; the store's offset wins over Kafka's, unless the
+        row was written for another topic id (the topic was recreated)."""
+        learn_topic_ids(self._source, self.topic_ids, {topic for topic, _ in partitions})
+        positions = self.store.assign(self._group, partitions, self._clock.wall(),
+                                      self.topic_ids)
+        for tp in partitions:  # a new owner may have dead-lettered it again meanwhile
+            self._lettered.pop(tp, None)
+        kafka = self._source.committed_with_metadata(partitions)
+        progress: dict[TP, PartitionProgress] = {}
+        starts: dict[TP, int] = {}
+        for tp in partitions:
+            position = positions[tp]
+            stored = self._same_topic(tp, position)
+            start = self._resolve(tp, stored, kafka.get(tp, (None, None)))
+            if start is not None:
+                low, high = self._source.offset_range(tp)
+                if not low <= start <= high:
+                    raise OffsetOutOfRange(tp[0], tp[1], start, low, high)
+                starts[tp] = start
+            # Kafka's copy starts as Kafka has it; when it differs from where we resume (a
+            # crash between the store's commit and Kafka's, or a reset by another tool), the
+            # next checkpoint brings it in line, even if no message arrives.
+            kafka_offset = kafka.get(tp, (None, None))[0]
+            if start is not None and kafka_offset is not None and kafka_offset > start:
+                kafka_offset = None  # Moving Kafka back to the store's offset is deliberate.
+            tracked = PartitionProgress(tp[0], tp[1], committed=kafka_offset,
+                                        epoch=position.epoch)
+            tracked.watermark = start
+            progress[tp] = tracked
+        return progress, starts
+
+    def _same_topic(self, tp: TP, position: Position) -> int | None:
+        """The row's offset, when it was written for the topic as it is now. For a recreated
+        topic (another id), store.on_external_reset decides: fail, follow (forget the old
+        log's offset: Kafka's committed offset, else auto.offset.reset) or ignore."""
+        current = self.topic_ids.get(tp[0])
+        if position.topic_id is None or current is None or position.topic_id == current:
+            return position.next_offset
+        recreated = TopicRecreated(tp[0], tp[1], position.topic_id, current,
+                                   position.next_offset)
+        if self._on_external_reset == "fail":
+            raise recreated
+        follow = self._on_external_reset == "follow"
+        log.warning("%s; store.on_external_reset is %s: %s", recreated,
+                    self._on_external_reset,
+                    "starting the new topic afresh" if follow else "keeping the old offset")
+        self.store.adopt_topic_id(self._group, tp, current, epoch=position.epoch,
+                                  forget_offset=follow)
+        return None if follow else position.next_offset
+
+    def _resolve(self, tp: TP, stored: int | None,
+                 kafka: tuple[int | None, str | None]) -> int | None:
+        """Where to start: the store's row, unless Kafka was reset by another tool."""
+        kafka_offset, metadata = kafka
+        if stored is None:
+            return None  # No row yet: Kafka's committed offset, then auto.offset.reset.
+        if kafka_offset is None or kafka_offset == stored or metadata == COMMIT_MARKER:
+            return stored
+        reset = ExternalReset(tp[0], tp[1], kafka_offset, stored)
+        if self._on_external_reset == "fail":
+            raise reset
+        self._observer.external_reset(tp, kafka_offset, stored, self._on_external_reset)
+        return kafka_offset if self._on_external_reset == "follow" else stored
+
+
+def _done(pending: list[Message], outcome: BatchOutcome,
+          partitions: Mapping[TP, PartitionProgress]) -> list[Message]:
+    """The pending messages a committed batch made done: all of them, unless a partition
+    stopped at a failure (its messages from there on wait for a retry, past the watermark)."""
+    if outcome.applied + outcome.duplicates + outcome.dead_lettered >= len(pending):
+        return pending
+    done = []
+    for message in pending:
+        progress = partitions.get((message.topic, message.partition))
+        if (progress is not None and progress.watermark is not None
+                and message.offset < progress.watermark):
+            done.append(message)
+    return done

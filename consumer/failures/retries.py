@@ -1,0 +1,299 @@
+"""What happens when a handler raises: retry later, dead-letter, or stop.
+
+A message waiting for its next attempt keeps its partition paused (the loop keeps polling, so
+``max.poll.interval.ms`` is never exceeded and other partitions keep flowing). After the last
+attempt, or at once for a type in ``never_retry`` or a value that does not decode, the message
+goes to the route's dead-letter topic; only once the broker has acknowledged it does the
+partition's watermark move past it.
+
+Every letter carries the message's dedup key (``dlq.original.dedup-key``), so a redriven copy
+stays the same event, and a stable id (``dlq.id``), so two letters for one message (a crash
+after the produce, before the store commits) are recognisable as one.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import hashlib
+import importlib
+import random
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from consumer.errors import ConfigError, DeadLetterFailed, DedupKeyFailed
+from consumer.events import Observer
+from consumer.kafka.protocol import DeadLetterSink
+from consumer.message import TP, Message
+from consumer.settings import RetrySettings, Settings
+
+TRACEBACK_LIMIT = 4_000
+
+
+class Verdict(enum.Enum):
+    RETRY = "retry"
+    DEAD_LETTERED = "dead_lettered"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """One route's answer to a failing message."""
+
+    attempts: int
+    initial_backoff: float
+    max_backoff: float
+    multiplier: float
+    jitter: float
+    never_retry: tuple[type[BaseException], ...]
+    stop_on: tuple[type[BaseException], ...]
+    dead_letter_topic: str | None  # None: on_failure is stop
+    format: str
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        return base * (1 + self.jitter * (2 * rng.random() - 1))
+
+
+def build_policies(settings: Settings) -> dict[str, FailurePolicy]:
+    """Every route's policy; raises ConfigError naming unknown exception types."""
+    policies: dict[str, FailurePolicy] = {}
+    problems: list[str] = []
+    for topic, route in settings.routes.items():
+        retry = route.retry
+        types: dict[str, tuple[type[BaseException], ...]] = {}
+        for field in ("never_retry", "stop_on"):
+            resolved = []
+            for name in getattr(retry, field):
+                try:
+                    resolved.append(resolve_exception(name))
+                except ConfigError as error:
+                    problems.extend(f"routes.{topic}.retry.{field}: {p}" for p in error.problems)
+            types[field] = tuple(resolved)
+        policies[topic] = _policy(route.on_failure, route.dead_letter_topic or f"{topic}.dlq",
+                                  retry, types, route.format)
+    if problems:
+        raise ConfigError(problems)
+    return policies
+
+
+def _policy(on_failure: str, dead_letter_topic: str, retry: RetrySettings,
+            types: Mapping[str, tuple[type[BaseException], ...]], format: str) -> FailurePolicy:
+    return FailurePolicy(
+        attempts=retry.attempts, initial_backoff=retry.initial_backoff_seconds,
+        max_backoff=retry.max_backoff_seconds, multiplier=retry.multiplier, jitter=retry.jitter,
+        never_retry=types["never_retry"], stop_on=types["stop_on"],
+        dead_letter_topic=dead_letter_topic if on_failure == "dead_letter" else None,
+        format=format,
+    )
+
+
+def resolve_exception(name: str) -> type[BaseException]:
+    """``ValueError`` (a builtin) or ``package.module.Class`` -> the exception class."""
+    module_name, _, attribute = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute) if module_name \
+            else getattr(builtins, attribute)
+    except (ImportError, AttributeError):
+        raise ConfigError([f"{name!r} is not an exception type that can be imported"]) from None
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
+        raise ConfigError([f"{name!r} is not an exception type"])
+    return found
+
+
+class PoisonMessage(Exception):
+    """The value does not decode in the route's declared format."""
+
+
+def check_format(message: Message, format: str) -> None:
+    """Raise PoisonMessage when the value does not decode as ``format`` (json, text)."""
+    try:
+        if format == "json":
+            message.json()
+        elif format == "text":
+            message.text()
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PoisonMessage(f"value is not valid {format}: {error}") from error
+
+
+class Failures:
+    """Attempts, backoff and dead letters for the loop's thread."""
+
+    def __init__(
+        self,
+        policies: Mapping[str, FailurePolicy],
+        *,
+        sink: DeadLetterSink,
+        group: str,
+        observer: Observer,
+        monotonic: Callable[[], float],
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        topic_ids: Mapping[str, str] | None = None,
+    ) -> None:
+        self._policies = policies
+        #: Topic name -> id, as far as known (filled by others): part of each letter's id.
+        self._topic_ids = topic_ids if topic_ids is not None else {}
+        self._sink = sink
+        self._group = group
+        self._observer = observer
+        self._monotonic = monotonic
+        self._wall = wall
+        self._rng = rng or random.Random()
+        #: tp -> (offset, failed attempts, last error) of the message each partition waits on.
+        self._attempts: dict[TP, tuple[int, int, BaseException]] = {}
+        self._resume_at: dict[TP, float] = {}
+        #: Topics whose values are checked before their handler runs (json, text).
+        self._formats = {topic: p.format for topic, p in policies.items() if p.format != "bytes"}
+
+    @property
+    def checks_needed(self) -> bool:
+        """Whether :meth:`check` can raise for some message: a route checks its format, or
+        a message failed before. When false, the hot path skips the checks."""
+        return bool(self._formats) or bool(self._attempts)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._resume_at)
+
+    def check(self, message: Message) -> None:
+        """Before the handler runs: re-raise the last error of a message that used up its
+        attempts (only its dead letter is missing), or PoisonMessage for a value that does not
+        decode in the route's format. Cheap when neither applies."""
+        if self._attempts:
+            earlier = self.exhausted_error(message)
+            if earlier is not None:
+                raise earlier
+        if self._formats:
+            fmt = self._formats.get(message.topic)
+            if fmt is not None:
+                check_format(message, fmt)
+
+    def exhausted_error(self, message: Message) -> BaseException | None:
+        """The last error of a message that used up its attempts and only waits for its dead
+        letter to be taken; None otherwise (call the handler)."""
+        if not self._attempts:
+            return None
+        held = self._attempts.get((message.topic, message.partition))
+        if held is None or held[0] != message.offset:
+            return None
+        return held[2] if held[1] >= self._policies[message.topic].attempts else None
+
+    def decide(self, message: Message, error: BaseException) -> Verdict:
+        """What :meth:`failed` would answer, without doing it (no attempt counted, no letter
+        produced): a transaction decides first and acts only once it has committed."""
+        policy = self._policies[message.topic]
+        if isinstance(error, policy.stop_on):
+            return Verdict.STOP
+        _, reason = self._judge(message, error, policy)
+        if reason is None:
+            return Verdict.RETRY
+        return Verdict.STOP if policy.dead_letter_topic is None else Verdict.DEAD_LETTERED
+
+    def _judge(self, message: Message, error: BaseException,
+               policy: FailurePolicy) -> tuple[int, str | None]:
+        """This failure's attempt number, and the dead-letter reason if it is final."""
+        held = self._attempts.get((message.topic, message.partition))
+        attempt = (held[1] if held is not None and held[0] == message.offset else 0) + 1
+        if isinstance(error, PoisonMessage):
+            return attempt, "deserialization"
+        if isinstance(error, DedupKeyFailed):
+            return attempt, "dedup_key"
+        if isinstance(error, policy.never_retry) and attempt < policy.attempts:
+            return attempt, "non_retryable"
+        return attempt, "handler_error" if attempt >= policy.attempts else None
+
+    def failed(self, message: Message, error: BaseException, *,
+               key: bytes | None = None) -> Verdict:
+        """Decide what a failure means; produces the dead letter when that is the answer
+        (raises DeadLetterFailed if the broker would not take it and retrying cannot help).
+        ``key`` is the message's dedup key, carried in the letter (None: not known)."""
+        policy = self._policies[message.topic]
+        tp = (message.topic, message.partition)
+        if isinstance(error, policy.stop_on):
+            return Verdict.STOP
+        attempt, reason = self._judge(message, error, policy)
+        if reason is None:
+            return self._retry_later(message, tp, attempt, policy.delay(attempt, self._rng),
+                                     error)
+        if policy.dead_letter_topic is None:
+            return Verdict.STOP
+        try:
+            self._sink.send(policy.dead_letter_topic, message,
+                            self._provenance(message, error, attempt, reason, key))
+        except DeadLetterFailed as failure:
+            self._observer.dead_letter_failed(message, failure)
+            if not failure.retriable:
+                raise
+            # Keep the attempt count: the next try goes straight to the dead-letter topic.
+            return self._retry_later(message, tp, max(attempt, policy.attempts),
+                                     policy.max_backoff, error, count=False)
+        self._attempts.pop(tp, None)
+        self._observer.dead_lettered(message, reason, error)
+        return Verdict.DEAD_LETTERED
+
+    def succeeded(self, message: Message) -> None:
+        if self._attempts:
+            self._attempts.pop((message.topic, message.partition), None)
+
+    def due(self) -> list[TP]:
+        """Paused partitions whose backoff is over: resume them."""
+        now = self._monotonic()
+        ready = [tp for tp, at in self._resume_at.items() if at <= now]
+        for tp in ready:
+            del self._resume_at[tp]
+        return ready
+
+    def paused(self) -> list[TP]:
+        return list(self._resume_at)
+
+    def forget(self, partitions: list[TP]) -> None:
+        """Partitions revoked or lost: their new owner starts the attempts afresh."""
+        for tp in partitions:
+            self._attempts.pop(tp, None)
+            self._resume_at.pop(tp, None)
+
+    def _retry_later(self, message: Message, tp: TP, attempt: int, delay: float,
+                     error: BaseException, *, count: bool = True) -> Verdict:
+        self._attempts[tp] = (message.offset, attempt, error)
+        self._resume_at[tp] = self._monotonic() + delay
+        if count:
+            self._observer.retry_scheduled(message, attempt, delay, error)
+        return Verdict.RETRY
+
+    def _letter_id(self, message: Message) -> str:
+        """The same for every letter of this message in this group: its group, topic (and
+        topic id when known), partition, offset and timestamp (which tells a recreated topic's
+        message at the same offset apart), digested to 32 hex characters."""
+        material = "\0".join((self._group, message.topic,
+                              self._topic_ids.get(message.topic, ""), str(message.partition),
+                              str(message.offset), _timestamp(message)))
+        return hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
+
+    def _provenance(self, message: Message, error: BaseException, attempts: int,
+                    reason: str, key: bytes | None) -> list[tuple[str, bytes]]:
+        trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
+        fields = {
+            "dlq.id": self._letter_id(message),
+            "dlq.original.topic": message.topic,
+            "dlq.original.partition": str(message.partition),
+            "dlq.original.offset": str(message.offset),
+            "dlq.original.timestamp": _timestamp(message),
+            "dlq.group": self._group,
+            "dlq.reason": reason,
+            "dlq.exception.type": type(error).__qualname__,
+            "dlq.exception.message": str(error)[:1_000],
+            "dlq.exception.traceback": trace,
+            "dlq.attempts": str(attempts),
+            "dlq.failed.at": f"{self._wall():.3f}",
+        }
+        if key is not None:
+            fields["dlq.original.dedup-key"] = key.hex()
+        return [(name, value.encode()) for name, value in fields.items()]
+
+
+def _timestamp(message: Message) -> str:
+    return "" if message.timestamp is None else f"{message.timestamp:.3f}"

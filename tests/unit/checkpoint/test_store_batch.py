@@ -1,0 +1,363 @@
+"""consumer.store_checkpoint: one batch applied exactly once in one store transaction.
+
+Driven with a real SQLite store (a file in tmp_path) and InMemorySource as the Kafka side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from consumer.checkpoint.progress import PartitionProgress
+from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
+from consumer.dedup import key_function
+from consumer.errors import (
+    Fenced,
+    HandlerFailed,
+    KafkaError,
+    OffsetWentBackwards,
+    StoreUnavailable,
+)
+from consumer.events import Trigger
+from consumer.message import TP, Message
+from consumer.routing import Route, Router
+from consumer.store.sqlite import SQLiteStore
+from consumer.testing import InMemorySource
+from tests.support.store_harness import (
+    GROUP,
+    HEADER,
+    EffectWriter,
+    FlakyCommitStore,
+    StoreObserver,
+    assigned,
+    effects,
+    event,
+    open_store,
+    open_store_as,
+    processed,
+    store_path,
+)
+from tests.unit.engine_support import RecordingObserver
+
+P0: TP = ("t", 0)
+P1: TP = ("t", 1)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    store = open_store(tmp_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def source() -> InMemorySource:
+    return InMemorySource({"t": [[], []]})
+
+
+def run_batch(
+    store: SQLiteStore,
+    source: InMemorySource,
+    messages: Sequence[Message],
+    handler: EffectWriter,
+    partitions: dict[TP, PartitionProgress],
+    *,
+    trigger: Trigger = Trigger.COUNT,
+    observer: RecordingObserver | StoreObserver | None = None,
+) -> BatchOutcome:
+    checkpoint = StoreCheckpoint(
+        trigger, messages, partitions, store=store, source=source,
+        router=Router([Route("t", handler, "tests:handler")]),
+        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
+        group=GROUP, observer=observer or StoreObserver(), now=lambda: 1_000.0,
+    )
+    return checkpoint.run()
+
+
+def events(partition: int, offsets: Sequence[int]) -> list[Message]:
+    """Distinct events ``p<partition>-<offset>`` at these offsets."""
+    return [event("t", partition, o, f"p{partition}-{o}".encode()) for o in offsets]
+
+
+# --- exactly once ----------------------------------------------------------------------------
+
+
+def test_event_redelivered_at_another_offset_runs_its_handler_once(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    """The same idempotency-key header at offsets 0 and 5 (a producer retry) applies once."""
+    partitions = assigned(store, [P0])
+    handler = EffectWriter()
+    first = run_batch(store, source, [event("t", 0, 0, b"evt-1"), event("t", 0, 1, b"evt-2")],
+                      handler, partitions)
+    again = run_batch(store, source, [event("t", 0, 5, b"evt-1")], handler, partitions)
+    assert (first.applied, first.duplicates) == (2, 0)
+    assert (again.applied, again.duplicates) == (0, 1)
+    assert handler.calls == [("t", 0, 0), ("t", 0, 1)]
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert store.checkpoints(GROUP) == {P0: 6}, "a skipped duplicate is done: the row moves on"
+
+
+def test_event_twice_in_one_batch_runs_its_handler_once(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    """Within one batch too, across partitions: the first copy applies, the others are skipped."""
+    partitions = assigned(store, [P0, P1])
+    handler = EffectWriter()
+    batch = [event("t", 0, 0, b"a"), event("t", 0, 1, b"b"), event("t", 0, 2, b"a"),
+             event("t", 1, 0, b"a")]
+    outcome = run_batch(store, source, batch, handler, partitions)
+    assert (outcome.applied, outcome.duplicates) == (2, 2)
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert processed(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert store.checkpoints(GROUP) == {P0: 3, P1: 1}
+
+
+def test_message_without_the_header_is_deduplicated_by_its_coordinates(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    partitions = assigned(store, [P0])
+    handler = EffectWriter()
+    run_batch(store, source, [event("t", 0, 4, None)], handler, partitions)
+    again = run_batch(store, source, [event("t", 0, 4, None)], handler, partitions)
+    assert again.duplicates == 1
+    assert handler.calls == [("t", 0, 4)]
+
+
+@pytest.mark.parametrize(("trigger", "asynchronous"), [
+    (Trigger.COUNT, True), (Trigger.INTERVAL, True),
+    (Trigger.REVOKE, False), (Trigger.SHUTDOWN, False),
+])
+def test_row_and_kafka_commit_take_the_offset_after_the_last_done_message(
+    store: SQLiteStore, source: InMemorySource, trigger: Trigger, asynchronous: bool
+) -> None:
+    """Offsets are not contiguous (0, 3, 7): the checkpoint is 8, never a count. Kafka gets the
+    same offset after the store commit: asynchronously, or synchronously on revoke/shutdown."""
+    partitions = assigned(store, [P0])
+    outcome = run_batch(store, source, events(0, [0, 3, 7]), EffectWriter(), partitions,
+                        trigger=trigger)
+    assert store.checkpoints(GROUP) == {P0: 8}
+    assert outcome.committed == {P0: 8}
+    assert source.commits == [({P0: 8}, asynchronous)]
+    assert partitions[P0].watermark == 8
+    assert partitions[P0].committed == 8
+
+
+def test_kafka_commit_failure_keeps_the_store_checkpoint_and_retries_next_time(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    """The store is authoritative: a refused Kafka commit is reported, not raised, and the
+    next checkpoint sends the offset again."""
+    partitions = assigned(store, [P0])
+    observer = RecordingObserver()
+    source.fail_next_commit = KafkaError("REBALANCE_IN_PROGRESS", "rebalancing")
+    outcome = run_batch(store, source, events(0, [0, 1]), EffectWriter(), partitions,
+                        trigger=Trigger.SHUTDOWN, observer=observer)
+    assert outcome.committed == {}
+    assert store.checkpoints(GROUP) == {P0: 2}
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert observer.named("commit_failed") == [("commit_failed", Trigger.SHUTDOWN,
+                                                "REBALANCE_IN_PROGRESS")]
+    assert run_batch(store, source, [], EffectWriter(), partitions).committed == {P0: 2}
+    assert source.committed_offsets == {P0: 2}
+
+
+# --- a failing handler -----------------------------------------------------------------------
+
+
+def fail_p0_at_2(store: SQLiteStore, source: InMemorySource) -> tuple[
+        BatchOutcome, EffectWriter, dict[TP, PartitionProgress]]:
+    """p0 offsets 0..4 then p1 offsets 0..2 in one batch; the handler fails on p0@2."""
+    partitions = assigned(store, [P0, P1])
+    handler = EffectWriter(fail_at=[("t", 0, 2)])
+    outcome = run_batch(store, source, events(0, range(5)) + events(1, range(3)), handler,
+                        partitions)
+    return outcome, handler, partitions
+
+
+def test_failing_handler_rolls_back_its_own_writes_only(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    """p0@2 wrote its row then raised: that row is gone; earlier messages of p0 and every
+    message of the other partition (even those after it in the batch) commit."""
+    outcome, _, _ = fail_p0_at_2(store, source)
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1), ("t", 1, 0), ("t", 1, 1), ("t", 1, 2)]
+    assert outcome.applied == 5
+
+
+def test_failing_partition_stops_and_its_later_messages_keep_their_keys_free(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    """p0@3 and p0@4 are not applied (order within a partition), and neither they nor the
+    failing message are recorded as processed, so a retry applies them."""
+    _, handler, partitions = fail_p0_at_2(store, source)
+    assert ("t", 0, 3) not in handler.calls
+    assert ("t", 0, 4) not in handler.calls
+    assert processed(store) == [("t", 0, 0), ("t", 0, 1), ("t", 1, 0), ("t", 1, 1), ("t", 1, 2)]
+
+    retry = run_batch(store, source, events(0, [2, 3, 4]), EffectWriter(), partitions)
+    assert (retry.applied, retry.duplicates) == (3, 0)
+    assert store.checkpoints(GROUP) == {P0: 5, P1: 3}
+
+
+def test_failing_partition_checkpoints_at_the_failing_offset(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    _, _, partitions = fail_p0_at_2(store, source)
+    assert store.checkpoints(GROUP) == {P0: 2, P1: 3}
+    assert source.committed_offsets == {P0: 2, P1: 3}
+    assert partitions[P0].watermark == 2
+
+
+def test_failure_on_a_partitions_first_message_leaves_its_row_at_that_offset(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    partitions = assigned(store, [P0])
+    run_batch(store, source, events(0, [0, 1, 2]), EffectWriter(), partitions)
+    outcome = run_batch(store, source, events(0, [3, 4]), EffectWriter(fail_at=[("t", 0, 3)]),
+                        partitions)
+    assert outcome.failure is not None
+    assert outcome.failure.offset == 3
+    assert store.checkpoints(GROUP) == {P0: 3}
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1), ("t", 0, 2)]
+
+
+def test_handler_failed_carries_the_failing_coordinates_and_cause(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    outcome, _, _ = fail_p0_at_2(store, source)
+    failure = outcome.failure
+    assert isinstance(failure, HandlerFailed)
+    assert (failure.topic, failure.partition, failure.offset) == ("t", 0, 2)
+    assert isinstance(failure.cause, ValueError)
+    assert failure.__cause__ is failure.cause
+    assert "t[0]@2" in str(failure)
+
+
+def test_failures_in_two_partitions_stop_both_and_the_first_is_reported(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    partitions = assigned(store, [P0, P1])
+    handler = EffectWriter(fail_at=[("t", 0, 1), ("t", 1, 0)])
+    outcome = run_batch(store, source, events(0, range(3)) + events(1, range(2)), handler,
+                        partitions)
+    assert outcome.failure is not None
+    assert (outcome.failure.partition, outcome.failure.offset) == (0, 1)
+    assert effects(store) == [("t", 0, 0)]
+    assert processed(store) == [("t", 0, 0)]
+    assert store.checkpoints(GROUP) == {P0: 1, P1: None}
+    assert ("t", 1, 1) not in handler.calls
+
+
+def test_key_released_by_a_failure_stays_claimed_when_its_event_applies_later_in_the_batch(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    """Event "a" arrives on p0 (its handler fails) and again on p1 (it applies). Its key must
+    stay processed, or p0's redelivery applies the same event a second time."""
+    partitions = assigned(store, [P0, P1])
+    first = run_batch(store, source, [event("t", 0, 0, b"a"), event("t", 1, 0, b"a")],
+                      EffectWriter(fail_at=[("t", 0, 0)]), partitions)
+    assert first.applied == 1
+    assert effects(store) == [("t", 1, 0)]
+
+    redelivery = run_batch(store, source, [event("t", 0, 0, b"a")], EffectWriter(), partitions)
+    assert len(effects(store)) == 1, "event 'a' was applied twice"
+    assert redelivery.duplicates == 1
+
+
+# --- fencing -----------------------------------------------------------------------------------
+
+
+def test_fenced_partition_rolls_back_the_whole_batch(
+    tmp_path: Path, store: SQLiteStore, source: InMemorySource
+) -> None:
+    """A newer owner bumped p0's epoch: nothing of the batch commits, not even p1's messages
+    (no effects, no keys, no rows), Kafka gets nothing, and Fenced names p0."""
+    partitions = assigned(store, [P0, P1])
+    newer_owner = SQLiteStore(store_path(tmp_path))
+    newer_owner.assign(GROUP, [P0], 2.0)
+    newer_owner.close()
+
+    handler = EffectWriter()
+    with pytest.raises(Fenced) as raised:
+        run_batch(store, source, events(0, [0, 1]) + events(1, [0, 1]), handler, partitions)
+    assert raised.value.partitions == [P0]
+    assert raised.value.group == GROUP
+    assert len(handler.calls) == 4, "the handlers ran; their writes were rolled back"
+    assert effects(store) == []
+    assert processed(store) == []
+    assert store.checkpoints(GROUP) == {P0: None, P1: None}
+    assert source.commits == []
+    assert partitions[P0].watermark is None
+    assert partitions[P1].watermark is None
+    assert not store.connection.in_transaction
+
+
+def test_a_checkpoint_row_ahead_of_the_batch_raises_offset_went_backwards_and_rolls_back(
+    store: SQLiteStore, source: InMemorySource
+) -> None:
+    """The row already holds offset 10 at our epoch (a batch committed while the positions in
+    memory fell behind, e.g. a seek never undone): a batch ending at 2 would move it back.
+    The store refuses in the UPDATE; the batch rolls back whole, and the error is
+    OffsetWentBackwards naming both offsets, not Fenced."""
+    partitions = assigned(store, [P0])
+    store.execute("UPDATE consumer_checkpoints SET next_offset = 10")
+    handler = EffectWriter()
+    with pytest.raises(OffsetWentBackwards) as raised:
+        run_batch(store, source, events(0, [0, 1]), handler, partitions)
+    assert (raised.value.old, raised.value.new) == (10, 2)
+    assert effects(store) == []
+    assert processed(store) == []
+    assert store.checkpoints(GROUP) == {P0: 10}
+    assert source.commits == []
+    assert not store.connection.in_transaction
+
+
+# --- store outage --------------------------------------------------------------------------
+
+
+def test_store_unavailable_at_commit_rolls_back_and_the_batch_can_be_retried(
+    tmp_path: Path, source: InMemorySource
+) -> None:
+    store = open_store_as(FlakyCommitStore, tmp_path)
+    store.fail_commits = 1
+    partitions = assigned(store, [P0])
+    batch = events(0, [0, 1])
+    with pytest.raises(StoreUnavailable):
+        run_batch(store, source, batch, EffectWriter(), partitions)
+    assert not store.connection.in_transaction
+    assert effects(store) == []
+    assert processed(store) == []
+    assert store.checkpoints(GROUP) == {P0: None}
+    assert partitions[P0].watermark is None
+    assert source.commits == []
+
+    retry = run_batch(store, source, batch, EffectWriter(), partitions)
+    assert retry.applied == 2
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert store.checkpoints(GROUP) == {P0: 2}
+    store.close()
+
+
+def test_batch_runs_without_savepoints_until_a_handler_raises(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clean batch takes no savepoint; after a failure the transaction rolls back and the
+    batch runs again with a savepoint per message, so the handlers before the failing message
+    run twice in this process, and their effects still commit once."""
+    savepoints: list[str] = []
+    original = store.savepoint
+    monkeypatch.setattr(store, "savepoint", lambda: (savepoints.append("s"), original())[1])
+    partitions = assigned(store, [P0])
+    run_batch(store, source, events(0, range(4)), EffectWriter(), partitions)
+    assert savepoints == []
+
+    handler = EffectWriter(fail_at=[("t", 0, 6)])
+    run_batch(store, source, events(0, range(4, 8)), handler, partitions)
+    assert len(savepoints) == 3  # one per message up to the failure
+    assert handler.calls == [("t", 0, 4), ("t", 0, 5), ("t", 0, 6),
+                             ("t", 0, 4), ("t", 0, 5), ("t", 0, 6)]
+    assert effects(store) == [("t", 0, o) for o in range(6)]
+    assert processed(store) == [("t", 0, o) for o in range(6)]

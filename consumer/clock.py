@@ -1,4 +1,7 @@
-"""Time, passed in: the core reads the clock it was given, so tests can use plain numbers."""
+"""Time, passed in: the engine, checkpoint and failure code read the clock they were given
+(:class:`SystemClock` in a process, :class:`ManualClock` in tests), never ``time`` directly,
+so tests use plain numbers. ``monotonic`` is for intervals and deadlines, ``wall`` for
+timestamps and store rows. No I/O; nothing here raises."""
 
 from __future__ import annotations
 

@@ -17,6 +17,10 @@ final key, before anything else: ``consumer dlq redrive`` puts the dead-lettered
 there, so a redriven copy (at a new offset) is the same event as the original, whatever made
 that key. An invalid value is ignored, with one warning per route.
 
+Key functions are built at wiring time and called for every message, on the poll thread: keep
+them cheap. Once built, only a ``function:`` key raises (:class:`DedupKeyFailed`). A
+``coordinates`` key reads ``topic_ids`` on every call, so ids learnt later apply at once.
+
 Scope (``dedup_scope``, the last step of every key): ``topic`` (default) makes the key
 identify an event within its topic, so two topics may carry the same id for different events;
 ``group`` lets one id span every topic of the group. A topic-scoped key is

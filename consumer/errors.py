@@ -18,7 +18,9 @@
         └── StoreSchemaError   our tables are missing or of another version (exit 2)
 
 Each carries its coordinates as attributes, and its message says what happened, where, and what
-an operator can do about it.
+an operator can do about it. Raise these across a layer's border, never a client's or a
+database driver's own exceptions (``consumer.kafka`` and ``consumer.store`` translate them).
+Vocabulary: this module imports nothing, and nothing here does I/O.
 """
 
 from __future__ import annotations

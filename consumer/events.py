@@ -1,7 +1,10 @@
-"""What the core reports to the side: typed events, and the timings of handler calls.
+"""What the core reports to the side: typed events (:class:`Observer`, :class:`Trigger`) and
+the handler timings it fills (:class:`HandlerTimings`).
 
-Metrics and logs observe through these; they never steer. The layers below observability know
-only these types, never the classes that implement them.
+The engine, checkpoint and failure code call an Observer on the poll thread (the processed-key
+purger calls ``processed_keys_purged`` on its own thread). An implementation returns quickly,
+never raises, and never steers the loop or calls the Kafka client: it only records. The layers
+below observability know only these types, never the classes that implement them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""The message a handler receives, and the context beside it."""
+"""What a handler receives: the :class:`Message`, the :class:`Context` beside it, and ``TP``,
+a partition's coordinates. Public: handlers import from here, so these names stay.
+
+A :class:`RecordMessage` reads value, key, headers and timestamp from the client's record only
+when asked, on the thread running the handler. ``context.db`` and ``context.execute`` reach
+the store's open transaction, and raise AttributeError when no store is configured. Imports
+nothing of ours.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""Routes: which handler processes each topic, imported and checked before anything connects."""
+"""Routes: which handler processes each topic. Handlers are imported and their signatures
+checked once, at wiring time, before anything connects; every problem is collected into one
+:class:`~consumer.errors.ConfigError`.
+
+Importing a handler runs its module's top level (``handler_path`` goes first on ``sys.path``);
+after that a :class:`Router` is a plain lookup, read on the poll thread, that never raises
+for a routed topic.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,10 @@
 ``CONSUMER_KAFKA__GROUP_ID=payments`` sets ``kafka.group_id``; the environment wins over the
 file, and nested sections merge key by key. Every problem is reported at once, one line each,
 before anything connects.
+
+Read once at start (:func:`load_settings` raises :class:`~consumer.errors.ConfigError`); the
+models are frozen and passed down, never read from the environment again. Secrets are
+``SecretStr``: print a configuration only through :meth:`Settings.masked`.
 """
 
 from __future__ import annotations

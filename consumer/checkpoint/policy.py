@@ -1,4 +1,9 @@
-"""When to checkpoint: every N done messages or T seconds, whichever comes first."""
+"""When to checkpoint: every N done messages or T seconds, whichever comes first.
+
+:class:`CheckpointPolicy` is frozen settings; :class:`CheckpointState` counts and answers
+``due(now)``. Pure: the loop passes monotonic ``now`` in (poll thread); nothing here reads a
+clock, blocks or raises.
+"""
 
 from __future__ import annotations
 

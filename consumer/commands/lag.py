@@ -3,6 +3,9 @@ the brokers (and the store, when one is configured), while the group runs or is 
 
     TOPIC   PARTITION  COMMITTED  END     LAG  STORE
     orders  0          41,000     41,250  250  41,000
+
+Read-only: never joins the group, never writes to Kafka or the store. Errors are printed;
+exit 1 when Kafka or the store fails, 2 for invalid configuration.
 """
 
 from __future__ import annotations

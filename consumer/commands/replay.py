@@ -1,11 +1,12 @@
-"""`consumer replay`: move a stopped group on one topic to an offset or a time, the store's
+"""``consumer replay``: move a stopped group on one topic to an offset or a time, the store's
 checkpoint rows and Kafka's committed offsets together, keeping or forgetting processed keys.
 
 Dry run by default: it prints, per partition, where the store and Kafka are, where the group
-will resume, and how many processed keys would be forgotten; ``--execute`` does it. The store
-moves first, in one transaction (epochs bumped, so a process still holding a partition is
-fenced); then Kafka's offsets, with our marker. Kafka's own reset tool moves Kafka only, and
-the consumer refuses such a reset by default (``store.on_external_reset``).
+will resume, and how many processed keys would be forgotten; ``--execute`` does it. It refuses
+while the group has members (they would commit over it). The store moves first, in one
+transaction (epochs bumped, so a process still holding a partition is fenced); then Kafka's
+offsets, with our marker. Kafka's own reset tool moves Kafka only, and the consumer refuses
+such a reset by default (``store.on_external_reset``). Errors are printed, exit 1 or 2.
 """
 
 from __future__ import annotations

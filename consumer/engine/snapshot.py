@@ -1,7 +1,8 @@
-"""Read-only views of the consumer's state, for metrics and health on another thread.
+"""Read-only views of the loop's state, for metrics and health on other threads.
 
-The poll thread owns the state; these views are built on demand (``ConsumerLoop.snapshot()``),
-so a reader never sees a structure being changed and never calls into the consumer.
+``ConsumerLoop.snapshot()`` (:mod:`consumer.engine.loop`) builds them from one copy of the
+partition map, so a reader on the scrape or HTTP thread never sees a structure mid-change.
+Frozen values: holding one never calls into the consumer, and nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class PartitionSnapshot:
 class LoopSnapshot:
     """The loop's lifecycle and its assigned partitions at one moment."""
 
-    #: :class:`consumer.engine.LoopState` value: created, running, draining, closed, failed.
+    #: :class:`consumer.engine.loop.LoopState` value: created, running, draining, closed, failed.
     state: str
     stop_requested: bool
     partitions: dict[TP, PartitionSnapshot]

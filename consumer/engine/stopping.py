@@ -1,4 +1,6 @@
-"""The stop request: set from a signal handler, read by the loop between messages."""
+"""The stop request: set by a signal handler or another thread, read by the loop between
+messages. Setting it is one attribute write, so it never blocks or raises and is safe inside a
+signal handler; what stopping means (drain, commit, leave the group) is the loop's business."""
 
 from __future__ import annotations
 

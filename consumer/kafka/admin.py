@@ -1,6 +1,10 @@
-"""Reads and writes outside the consumer group's life: a whole topic (dead letters), a group's
-committed offsets and log ranges (``consumer lag``), offsets by time and setting a stopped
-group's offsets (``consumer replay``). None of them joins a group."""
+"""Kafka reads and writes outside the consumer group's life, for the commands: a whole topic
+(dead letters, for redrive), a group's committed offsets and log ranges (``consumer lag``),
+offsets by time, a group's member count and a stopped group's offsets (``consumer replay``).
+
+Each call opens its own short-lived client and never joins the group; it blocks up to its
+timeout and raises :class:`~consumer.errors.KafkaError`. The running loop never calls these.
+"""
 
 from __future__ import annotations
 

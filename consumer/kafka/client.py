@@ -1,5 +1,7 @@
-"""What every Kafka client of ours shares: client errors translated into ours, and the
-settings an admin client takes from the consumer's."""
+"""What every Kafka client of ours shares: client errors translated into
+:class:`~consumer.errors.KafkaError` (fatal ones as ``KafkaFatalError``), and the connection
+and security settings an admin client takes from the consumer's. Pure functions: no client is
+created here, nothing blocks, nothing raises."""
 
 from __future__ import annotations
 

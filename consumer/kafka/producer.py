@@ -1,4 +1,10 @@
-"""The dead-letter producer: each letter produced and acknowledged before the loop goes on."""
+"""The dead-letter producer (a :class:`~consumer.kafka.protocol.DeadLetterSink` over
+confluent-kafka): idempotent, ``acks=all``, each letter acknowledged before ``send`` returns.
+
+Called on the poll thread when a message is dead-lettered, and by ``consumer dlq redrive``.
+Blocks up to its timeout per letter; raises :class:`~consumer.errors.DeadLetterFailed`
+(``retriable`` says whether another try can help), never a client exception.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
-"""The boundary between the engine and Kafka: what a source offers and what it reports back.
+"""The boundary between the layers above and Kafka: what a source offers (:class:`Source`),
+what it reports back (:class:`SourceListener`), where dead letters go (:class:`DeadLetterSink`),
+and the plain values that cross it (``COMMIT_MARKER``, :class:`LogOffsets`,
+:class:`GroupPosition`).
 
-:class:`consumer.kafka.source.KafkaSource` implements it over confluent-kafka;
-:class:`consumer.testing.InMemorySource` implements it in memory for fast tests.
+Implemented over confluent-kafka by :mod:`consumer.kafka.source` and
+:mod:`consumer.kafka.producer`, in memory by :mod:`consumer.testing`. One thread uses a source
+and polls it; its listener is called on that thread, inside ``poll`` or ``close``. Errors
+cross as :class:`~consumer.errors.ConsumerError` subclasses, never as client exceptions.
 """
 
 from __future__ import annotations

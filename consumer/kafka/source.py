@@ -1,8 +1,12 @@
-"""The Kafka source: the consumer the loop polls, over confluent-kafka.
+"""The Kafka source: the group member the loop polls, over confluent-kafka (manual commits with
+the marker, cooperative rebalancing).
 
-It turns client messages into :class:`~consumer.message.Message`, client errors into ours, and
-rebalance callbacks into calls on a :class:`~consumer.kafka.protocol.SourceListener`, all on the
-thread that polls.
+Used by the poll thread only: rebalance, commit, error and statistics callbacks run inside
+``poll`` and ``close`` on that thread. An exception raised in a callback is kept and re-raised
+from the next ``poll`` or ``close`` (a failed assignment as ``AssignmentFailed``, since the
+client would consume from Kafka's committed offsets). Client errors leave as ``KafkaError``.
+``poll`` blocks up to its timeout; synchronous commits, ``committed``, ``offset_range`` and
+``topic_ids`` for a broker round trip. Logger ``consumer.source``.
 """
 
 from __future__ import annotations

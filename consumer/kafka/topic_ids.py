@@ -1,6 +1,11 @@
 """Topic ids, learnt at start and again whenever partitions are assigned: a topic deleted and
 recreated under its name gets a new id, which ``coordinates`` dedup keys and checkpoint rows
-must see."""
+must see.
+
+Runs on the poll thread (at start, and inside the assignment callback); blocks for one admin
+request, up to the source's timeout. Never raises for the broker: when it cannot say, the ids
+known so far stay and a warning is logged (logger ``consumer.topic_ids``).
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 """librdkafka's statistics (``statistics.interval.ms``, delivered to ``stats_cb`` inside
-``poll`` on the polling thread), read into :class:`~consumer.snapshot.LogOffsets` and whether
-any broker is reachable.
+``poll`` on the poll thread), read into :class:`~consumer.kafka.protocol.LogOffsets` and
+whether any broker is reachable.
 
 The client keeps each fetched partition's high and low watermarks as fetch responses arrive,
 and each broker connection's state; the statistics hand them over without a broker round trip.
-Only plain JSON is read here: the client itself stays in :mod:`consumer.source`.
+Only plain JSON is read here: the client itself stays in :mod:`consumer.kafka.source`.
+Unreadable documents are logged and read as nothing; the caller
+(:mod:`~consumer.observability.wiring`) keeps any other failure out of ``poll``.
 
 Each reader takes the raw document or one :func:`parse` already read, so a caller reading
 several things out of one document parses it once.

@@ -1,7 +1,12 @@
 """The scrape side of the metrics: every gauge computed when Prometheus scrapes, from the
 loop's snapshot, the lifecycle facts, the client's log offsets and the histograms the poll
 thread filled. Per-partition series exist while the partition is assigned: they vanish with it
-on revoke or loss. The scrape never calls the broker."""
+on revoke or loss.
+
+Runs on the HTTP thread serving ``/metrics``. It reads snapshots and copies only: it never
+calls the broker, the store or the loop's live objects, and writes nothing the poll thread
+reads.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 It reads the registry and the health checks, which read snapshots; it never touches the
 consumer, so a scrape cannot slow or block the poll loop beyond a moment of the GIL.
+``start`` raises OSError when the address is taken; requests are logged at debug level
+(logger ``consumer.endpoints``).
 """
 
 from __future__ import annotations

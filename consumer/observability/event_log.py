@@ -1,6 +1,8 @@
-"""Logs what an operator needs to follow the consumer's life, from the engine's events.
+"""Log lines an operator follows the consumer's life by, written from the engine's events.
 
-The logger is ``consumer.engine`` (its name is part of the interface: scripts and alerts read it).
+The logger is ``consumer.engine`` (its name is part of the interface: scripts and alerts read
+it). Runs where the events arrive (the poll thread; the purge thread for purges), only logs,
+and rate-limits a client error that repeats during an outage by the clock it is given.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@
   a broker reachable (none for longer than :data:`BROKERS_DOWN_GRACE_SECONDS` fails it), not
   shutting down. SIGTERM turns it false first.
 
-Both read what :class:`Lifecycle` recorded from the engine's events and the loop's snapshot;
-neither touches the consumer.
+:class:`Lifecycle` records facts from the engine's events on the poll thread; :class:`Health`
+answers on the HTTP thread from those facts and the loop's snapshot. Neither touches the
+consumer.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
-"""Timing on the hot path: handler calls timed inline by the loops, thin wrappers around the
-store and the source, all only when metrics are on (with metrics off nothing is timed or
-wrapped, so nothing is paid).
+"""Timing on the hot path: handler calls timed inline where they are called, thin wrappers
+around the store and the source, all only when metrics are on (with metrics off nothing is
+timed or wrapped, so nothing is paid).
 
-- handler calls are timed inline by the loops (engine/dispatch.py, checkpoint/store_batch.py:
-  two clock reads and an append per call, into :meth:`Instruments.durations`), and the call in
-  progress leaves its start time in :attr:`Instruments.started` where the scrape can see a
-  stuck handler. Durations are binned per batch (:meth:`Instruments.flush`, poll thread).
+- handler calls: two clock reads and an append per call, into :meth:`Instruments.durations`;
+  the call in progress leaves its start time in :attr:`Instruments.started` where the scrape
+  can see a stuck handler. Durations are binned per batch (:meth:`Instruments.flush`).
 - :meth:`Instruments.store`: each store operation of a checkpoint batch is timed, its errors
   counted, and dedup lookups counted from what ``claim`` answered.
 - :meth:`Instruments.source`: each offset commit is timed.
 
-Everything here is written by the poll thread only and read by the scrape.
+Written by the poll thread only, read by the scrape. The wrappers add no behaviour: whatever
+the store or source raises passes through unchanged.
 """
 
 from __future__ import annotations

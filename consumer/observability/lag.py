@@ -10,10 +10,10 @@
   ever sees; when the consumer holds nothing of a partition and the client's position is past
   the watermark, the position is what was processed (:class:`Skip`).
 
-:class:`LogTracker` keeps the latest :class:`~consumer.snapshot.LogOffsets` per partition and
-those samples. The poll thread updates it (from the client's statistics, and for paused
-partitions from a throttled broker query); the metrics thread reads it. It never calls the
-broker.
+:class:`LogTracker` keeps the latest :class:`~consumer.kafka.protocol.LogOffsets` per
+partition and those samples. The poll thread updates it (from the client's statistics, and for
+paused partitions from a throttled broker query); the scrape thread reads it.
+It never calls the broker.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class LogTracker:
     """The latest log offsets of every partition the client reports, and their timelines.
 
     Fed on the poll thread by the client's statistics (:meth:`update`) and by
-    :class:`~consumer.log_watch.LogWatch` (:meth:`pin_end` for paused partitions,
+    :class:`~consumer.observability.log_watch.LogWatch` (:meth:`pin_end` for paused partitions,
     :meth:`record_skips` for positions past transaction markers); read by the scrape.
     """
 

@@ -3,13 +3,15 @@
 - Paused partitions (retry backoff, store outage) are not fetched, so the client's cached
   watermarks stop moving while producers go on: their end offset is asked from the broker, at
   most every :data:`PAUSED_QUERY_SECONDS` per partition and :data:`QUERIES_PER_REFRESH` per
-  refresh, with a short timeout, and pinned in the :class:`~consumer.lag.LogTracker`.
+  refresh, with a short timeout, and pinned in the
+  :class:`~consumer.observability.lag.LogTracker`.
 - Transactional input: a transaction's commit marker takes an offset no handler sees, so the
   watermark stops one short of the end. Where the consumer holds nothing of a partition, the
-  client's position (past the marker) is recorded as a :class:`~consumer.lag.Skip`.
+  client's position (past the marker) is recorded as a :class:`~consumer.observability.lag.Skip`.
 
-The loop calls :meth:`LogWatch.refresh` when :meth:`LogWatch.due`; the scrape only reads the
-tracker, so it never calls the broker.
+The loop calls :meth:`LogWatch.refresh` when :meth:`LogWatch.due`, on the poll thread, which
+each refresh blocks for at most its bounded queries; a broker that does not answer is logged
+and asked again later, never raised. The scrape only reads the tracker.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Log lines: human-readable by default, JSON lines with ``logging.format: json``.
 
 A record about a message carries ``topic``, ``partition`` and ``offset`` as attributes (the
-handler's ``context.logger`` binds them, with ``group``); both formats print them. The process's
-group is added to every line, since one process consumes for one group.
+handler's ``context.logger`` binds them, with ``group``); both formats print them. JSON lines
+also carry the process's group, since one process consumes for one group. :func:`configure`
+replaces the root logger's handlers: the CLI calls it once at start, nothing else should.
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
-"""Prometheus metrics: every name this module exports, with its own registry.
+"""Prometheus metrics: every name this module exports (``METRICS``, a closed list; the README's
+metrics reference lists the same names), with a registry passed in, never the global one.
 
 Three parts, so the hot path stays cheap:
 
-- :class:`MetricsObserver` counts the engine's events (once per batch, commit or rebalance,
-  never per message) and keeps plain references the scrape reads (the batch in hand, commit
-  times, the rebalance in progress).
-- :class:`~consumer.instruments.Instruments` holds handler timings (taken inline by the loops)
-  and times store operations and commits through thin wrappers, into
-  :class:`~consumer.histogram.Histogram` accumulators.
-- :class:`~consumer.collector.ConsumerCollector` computes every gauge when Prometheus
-  scrapes (its own module).
+- :class:`MetricsObserver` counts the engine's events on the poll thread (once per batch,
+  commit or rebalance, never per message) and keeps plain references the scrape reads (the
+  batch in hand, commit times, the rebalance in progress).
+- :class:`~consumer.observability.instruments.Instruments` holds handler timings (taken inline
+  where handlers are called) and times store operations and commits through thin wrappers,
+  into :class:`~consumer.observability.histogram.Histogram` accumulators.
+- :class:`~consumer.observability.collector.ConsumerCollector` computes every gauge when
+  Prometheus scrapes, on the HTTP thread (its own module).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Wires metrics, health and their HTTP server for one consumer process (an edge of the
-composition root, :mod:`consumer.app`).
+"""Wires metrics, health and their HTTP server for one ``consumer run`` process, beside the
+composition root (:mod:`consumer.app`):
 
     observability = build_observability(settings)
     loop = build_loop(settings, router, *observability.observers,
@@ -9,7 +9,10 @@ composition root, :mod:`consumer.app`).
     ...
     observability.close()
 
-With ``metrics.enabled: false`` it observes nothing and serves nothing.
+Built before the loop; ``serve`` starts the HTTP thread (OSError when the address is taken).
+The statistics callback runs inside ``poll`` on the poll thread and never raises into it (a
+failure is logged once, logger ``consumer.metrics``). With ``metrics.enabled: false`` it
+observes nothing and serves nothing.
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ class Observability:
 
     @property
     def log_tracker(self) -> LogTracker | None:
-        """What the loop's :class:`~consumer.log_watch.LogWatch` feeds; None with metrics
-        off."""
+        """What the loop's :class:`~consumer.observability.log_watch.LogWatch` feeds; None
+        with metrics off."""
         return self.log if self.enabled else None
 
     @property

@@ -1,6 +1,11 @@
-"""The store: checkpoints and processed keys in the handlers' own database.
+"""The store: checkpoint rows and processed keys in the handlers' own database, so effects,
+keys and checkpoints commit together. :class:`~consumer.store.base.Store` is the contract;
+``open_store("sqlite:///state/checkpoints.db")`` or ``open_store("postgresql://…")`` picks the
+backend (an unknown scheme raises ``ConfigError``).
 
-``open_store("sqlite:///state/checkpoints.db")`` or ``open_store("postgresql://…")``.
+A store is one connection, used by one thread (the poll thread, or the purge thread with its
+own). Database errors leave as ``StoreError`` subclasses: ``StoreUnavailable`` (pause and
+retry), ``StoreSchemaError`` (stop, exit 2). Nothing here knows Kafka.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""What every store offers the engine: one transaction per checkpoint batch.
+"""The contract every store backend keeps: one transaction per checkpoint batch (begin, claim
+keys, a savepoint per handler, checkpoint rows fenced by epoch, commit), a short transaction
+of its own for an assignment or a purge, and replay's SQL, shared by every backend.
 
-A store holds two tables of ours, ``consumer_checkpoints`` and ``consumer_processed_keys``,
-beside the handlers' own tables in the same database, so the handlers' writes, the claimed keys
-and the checkpoint rows commit (or roll back) together.
+Our two tables, ``consumer_checkpoints`` and ``consumer_processed_keys``, live beside the
+handlers' tables, so effects, claimed keys and checkpoint rows commit or roll back together.
+Every statement is scoped to one group; a row never moves backwards except through ``replay``.
+One thread uses a store. Raises ``StoreError`` subclasses (and ``OffsetWentBackwards``).
 """
 
 from __future__ import annotations

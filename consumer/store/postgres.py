@@ -1,4 +1,13 @@
-"""The PostgreSQL store (psycopg 3): keys claimed with one ``INSERT … SELECT FROM unnest(…)``."""
+"""The PostgreSQL store (psycopg 3): a batch's keys claimed with one ``INSERT … SELECT FROM
+unnest(…) ON CONFLICT DO NOTHING RETURNING key``.
+
+Connects on first use, and again after the connection broke, but never inside a batch (its
+transaction died with the connection: ``StoreUnavailable``, the batch rolls back). Session
+limits (:class:`~consumer.store.base.PostgresSession`) bound every wait on a frozen or vanished
+peer. psycopg errors leave as ``StoreUnavailable`` (unreachable, lock timeout),
+``StoreSchemaError`` (credentials refused, tables missing) or ``StoreError``. One connection,
+one thread.
+"""
 
 from __future__ import annotations
 

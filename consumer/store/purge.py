@@ -1,5 +1,11 @@
-"""Retention of processed keys: deleted in small batches by a thread with its own connection,
-off the consumer's hot path."""
+"""Retention of processed keys: a daemon thread with its own store connection deletes the
+group's keys past retention, ``batch_size`` rows per transaction, off the poll thread.
+
+Started and stopped by ``consumer run``. Never touches the loop, its connection or another
+group's keys. A ``StoreError`` is logged (logger ``consumer.purge``) and retried at the next
+interval, never raised into the consumer; ``processed_keys_purged`` reaches the observer on
+this thread. Reads only the wall clock it is given.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""The SQLite store: one file, WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE`` per batch."""
+"""The SQLite store: one file, WAL, ``synchronous=FULL`` by default, ``BEGIN IMMEDIATE`` per
+batch, so a second writer waits (``busy_timeout``) instead of failing mid-batch.
+
+Keys are claimed one ``INSERT`` each (``executemany`` drops RETURNING rows; ``rowcount`` says
+new). sqlite3 errors leave translated: a locked or unreachable file is ``StoreUnavailable``,
+missing tables ``StoreSchemaError``, the rest ``StoreError``. ``is_transient`` tells a busy
+error a handler raised apart from a failure of its message. One connection, one thread at a time.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ created here, nothing blocks, nothing raises."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from consumer.errors import KafkaError, KafkaFatalError
@@ -25,10 +26,14 @@ ADMIN_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "broker.", "client.",
                    "api.version", "reconnect.", "retry.", "enable.ssl", "enable.sasl")
 
 
-def admin_config(settings: KafkaSettings) -> dict[str, str | int | float | bool]:
-    """Connection and security only: consumer-only properties would make librdkafka warn."""
-    config: dict[str, str | int | float | bool] = {
-        "bootstrap.servers": settings.bootstrap_servers, "client.id": settings.client_id}
+def admin_config(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection and security only: consumer-only properties would make librdkafka warn.
+
+    The client logs through the ``consumer.librdkafka`` logger like every other client of
+    ours: without it, librdkafka writes raw lines to stderr that break JSON logs."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers, "client.id": settings.client_id,
+        "logger": logging.getLogger("consumer.librdkafka")}
     config.update({k: v.get_secret_value() for k, v in settings.librdkafka.items()
                    if k.startswith(ADMIN_PREFIXES)})
     return config

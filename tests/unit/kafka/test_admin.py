@@ -3,6 +3,7 @@ client knows (connection and security), never the consumer's own tuning."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import confluent_kafka.admin
@@ -54,4 +55,5 @@ def test_topic_ids_builds_the_admin_client_from_an_allow_list(
     assert _FakeAdmin.configs == [{
         "bootstrap.servers": "k1:9092", "client.id": "paced", "security.protocol": "SASL_SSL",
         "sasl.mechanism": "PLAIN", "sasl.password": "hush", "socket.timeout.ms": "5000",
+        "logger": logging.getLogger("consumer.librdkafka"),
     }]

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.dedup import KeyFunction
 from consumer.engine.stopping import StopRequest
-from consumer.errors import HandlerFailed, OffsetWentBackwards
+from consumer.errors import HandlerFailed
 from consumer.events import HandlerTimings
 from consumer.failures.retries import Failures, Verdict
 from consumer.kafka.protocol import Source
@@ -37,7 +37,8 @@ class Dispatcher:
 
     def run(self, messages: list[Message], partitions: Mapping[TP, PartitionProgress],
             now: float, stop: StopRequest) -> int:
-        """Handle ``messages``; returns how many are done. Raises HandlerFailed to stop."""
+        """Handle ``messages``; returns how many are done. Raises HandlerFailed to stop, or
+        OffsetWentBackwards when a partition's run starts behind its watermark."""
         failures = self._failures
         routes = self._routes
         timer = self._instruments  # metrics on: each handler call is timed, inline
@@ -56,7 +57,6 @@ class Dispatcher:
         durations: list[float] = []
         start: float | None = None  # when the handler call whose duration is open started
         calling = False
-        watermark = -1
         count = 0
         try:
             for message in messages:
@@ -75,12 +75,10 @@ class Dispatcher:
                     progress = None if tp in waiting else partitions.get(tp)
                     if progress is not None:  # else revoked, or waiting for a retry: skip
                         handler, scope, durations = routes[topic]
-                        watermark = -1 if progress.watermark is None else progress.watermark
+                        progress.begin_run(message.offset)
                 if progress is None:
                     continue
                 offset = message.offset
-                if offset < watermark:
-                    raise OffsetWentBackwards(topic, partition, watermark, offset + 1)
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
@@ -124,7 +122,7 @@ class Dispatcher:
                         failures.succeeded(message)  # type: ignore[union-attr]
                 # The watermark moves with each message (a scrape during a stuck handler reads
                 # it); the counts move once per run.
-                progress.watermark = watermark = offset + 1
+                progress.watermark = offset + 1
                 count += 1
                 if count == 1 and progress.oldest_uncommitted_at is None:
                     progress.oldest_uncommitted_at = now  # checkpoint age counts from here

@@ -39,15 +39,23 @@ class PartitionProgress:
         self.oldest_uncommitted_at: float | None = None
 
     def mark_done(self, offset: int, now: float) -> None:
-        """One message is done (the dispatcher does the same inline, once per run)."""
-        if self.watermark is not None and offset < self.watermark:
-            raise OffsetWentBackwards(self.topic, self.partition, self.watermark, offset + 1)
+        """One message is done: a run of one."""
+        self.begin_run(offset)
         self.watermark = offset + 1
         self.count_done(1, now)
 
+    def begin_run(self, offset: int) -> None:
+        """A run of this partition's messages from ``offset`` on is about to be done one by
+        one (the dispatcher's hot path): raises OffsetWentBackwards when it starts behind
+        :attr:`watermark`. The caller then moves :attr:`watermark` to each done message's
+        offset + 1 itself, one attribute write per message, and counts the run with
+        :meth:`count_done`. A run is consecutive messages of the partition from one poll, which
+        the log hands over in offset order, so checking its first offset checks them all."""
+        self._refuse_backwards(self.watermark, offset, offset + 1)
+
     def count_done(self, count: int, now: float) -> None:
         """``count`` messages are done; the caller moved :attr:`watermark` past the last one
-        (the hot path does, one attribute write per message)."""
+        (a run begun with :meth:`begin_run`)."""
         self.done += count
         self.done_since_commit += count
         if self.oldest_uncommitted_at is None:
@@ -55,8 +63,7 @@ class PartitionProgress:
 
     def advance(self, watermark: int, count: int, now: float) -> None:
         """``count`` messages up to ``watermark`` are done (a store batch, or one message)."""
-        if self.watermark is not None and watermark < self.watermark:
-            raise OffsetWentBackwards(self.topic, self.partition, self.watermark, watermark)
+        self._refuse_backwards(self.watermark, watermark, watermark)
         self.watermark = watermark
         self.count_done(count, now)
 
@@ -68,8 +75,7 @@ class PartitionProgress:
 
     def mark_committed(self, offset: int) -> None:
         """A commit of ``offset`` was sent (it is confirmed by :meth:`mark_acked`)."""
-        if self.committed is not None and offset < self.committed:
-            raise OffsetWentBackwards(self.topic, self.partition, self.committed, offset)
+        self._refuse_backwards(self.committed, offset, offset)
         self.committed = offset
         self._in_flight.append((offset, self.done))
         if offset == self.watermark:
@@ -87,6 +93,13 @@ class PartitionProgress:
     def unconfirmed(self) -> int:
         """Messages done whose commit the broker has not confirmed: what a crash would repeat."""
         return self.done - self._confirmed_done
+
+    def _refuse_backwards(self, old: int | None, offset: int, new: int) -> None:
+        """The one rule of this partition's offsets: nothing moves backwards. ``offset`` (a
+        done message's, or the watermark or commit moved to) is refused behind ``old`` (the
+        watermark or the committed offset); ``new`` is where the move was going."""
+        if old is not None and offset < old:
+            raise OffsetWentBackwards(self.topic, self.partition, old, new)
 
     def commit_failed(self) -> None:
         """The last commit did not reach the broker: the next checkpoint must send it again."""

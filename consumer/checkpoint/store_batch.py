@@ -19,6 +19,7 @@ from consumer.errors import (
 )
 from consumer.events import HandlerTimings, Observer, Trigger
 from consumer.failures.retries import Failures, Verdict
+from consumer.handler_call import TrialCalls, handler_calls
 from consumer.kafka.protocol import Source
 from consumer.message import TP, Context, Message, Scope
 from consumer.routing import Router
@@ -91,7 +92,7 @@ class StoreCheckpoint:
         self._failures = failures
         self._scope = Scope(group, store=store)
         self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
-        #: Metrics on: each handler call is timed inline.
+        #: Metrics on: each handler call is timed (consumer.handler_call).
         self._timer = instruments
         self._transient = _transient_errors(store.dialect)
         #: Failed messages to retry or dead-letter, decided inside the transaction and acted
@@ -183,13 +184,13 @@ class StoreCheckpoint:
         """
         failures = self._failures
         checking = failures is not None and failures.checks_needed
-        scope, handlers = self._scope, self._handlers
+        scope = self._scope
+        trial = TrialCalls(self._handlers, self._timer)  # timings kept if the batch succeeds
+        calls = trial.calls
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         applied_keys: set[bytes] = set()
         applied = duplicates = lettered = 0
-        timer = self._timer
-        timed: list[tuple[str, float]] = []  # kept only if the whole batch succeeds
         for message, claim in zip(self._messages, claims, strict=True):
             if isinstance(claim, DedupKeyFailed):
                 raise _HandlerRaised from claim
@@ -201,12 +202,7 @@ class StoreCheckpoint:
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    if timer is None:
-                        handlers[message.topic](message, Context(scope, message, key))
-                    else:
-                        timer.started = start = timer.now()
-                        handlers[message.topic](message, Context(scope, message, key))
-                        timed.append((message.topic, timer.now() - start))
+                    calls[message.topic](message, Context(scope, message, key))
                 except Exception as error:
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
@@ -219,10 +215,7 @@ class StoreCheckpoint:
         if checking:
             for message in self._messages:
                 failures.succeeded(message)  # type: ignore[union-attr]
-        if timer is not None:
-            timer.started = 0.0
-            for topic, seconds in timed:
-                timer.durations(topic).append(seconds)
+        trial.keep()
         outcome.applied, outcome.duplicates = applied, duplicates
         outcome.dead_lettered = lettered
         return watermarks, counts
@@ -234,7 +227,7 @@ class StoreCheckpoint:
         message rolls back alone and its failure policy decides what happens to it."""
         outcome.applied = outcome.duplicates = outcome.dead_lettered = 0
         store, group, failures = self._store, self._group, self._failures
-        scope, handlers, timer = self._scope, self._handlers, self._timer
+        scope, calls = self._scope, handler_calls(self._handlers, self._timer)
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         stopped: set[TP] = set()
@@ -258,23 +251,15 @@ class StoreCheckpoint:
                 counts[tp] = counts.get(tp, 0) + 1
                 continue
             store.savepoint()
-            start = 0.0
             try:
                 if not isinstance(claim, Claim):
                     raise claim  # the dedup key function raised
                 if failures is not None:
                     failures.check(message)
-                if timer is None:
-                    handlers[message.topic](message, Context(scope, message, key))
-                else:
-                    timer.started = start = timer.now()
-                    handlers[message.topic](message, Context(scope, message, key))
-                    timer.durations(message.topic).append(timer.now() - start)
+                calls[message.topic](message, Context(scope, message, key))
             except Exception as error:
                 if self._transient(error):
                     raise _store_unavailable(message, error) from error
-                if timer is not None and start:  # the handler raised (not a check before it)
-                    timer.failed(message.topic, timer.now() - start)
                 store.rollback_to_savepoint()
                 if key is not None:  # A failed or dead-lettered key is not processed.
                     release.append(key)
@@ -295,8 +280,6 @@ class StoreCheckpoint:
             outcome.applied += 1
             watermarks[tp] = message.offset + 1
             counts[tp] = counts.get(tp, 0) + 1
-        if timer is not None:
-            timer.started = 0.0
         # A key released by a failure may belong to an event applied from another message.
         release = [key for key in release if key not in applied_keys]
         if release:

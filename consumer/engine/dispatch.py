@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.dedup import KeyFunction
 from consumer.engine.stopping import StopRequest
-from consumer.errors import HandlerFailed, OffsetWentBackwards
+from consumer.errors import HandlerFailed
 from consumer.events import HandlerTimings
 from consumer.failures.retries import Failures, Verdict
+from consumer.handler_call import handler_calls
 from consumer.kafka.protocol import Source
 from consumer.message import TP, Context, Message, Scope
 from consumer.routing import Handler, Router
@@ -21,6 +22,7 @@ class Dispatcher:
 
     The hot path: a batch holds runs of messages of one partition, so the partition's progress,
     handler and context scope are looked up once per run, and the done counts move once per run.
+    Handlers are called the one way every mode calls them (:mod:`consumer.handler_call`).
     """
 
     def __init__(self, router: Router, *, group: str, keys: Mapping[str, KeyFunction],
@@ -28,44 +30,36 @@ class Dispatcher:
                  instruments: HandlerTimings | None = None) -> None:
         self._failures = failures
         self._source = source
-        self._instruments = instruments
-        self._routes: dict[str, tuple[Handler, Scope, list[float]]] = {
-            topic: (router.route_for(topic).handler, Scope(group, key_function=keys.get(topic)),
-                    [] if instruments is None else instruments.durations(topic))
-            for topic in router.topics
+        calls = handler_calls({topic: router.route_for(topic).handler
+                               for topic in router.topics}, instruments)
+        self._routes: dict[str, tuple[Handler, Scope]] = {
+            topic: (call, Scope(group, key_function=keys.get(topic)))
+            for topic, call in calls.items()
         }
 
     def run(self, messages: list[Message], partitions: Mapping[TP, PartitionProgress],
             now: float, stop: StopRequest) -> int:
-        """Handle ``messages``; returns how many are done. Raises HandlerFailed to stop."""
+        """Handle ``messages``; returns how many are done. Raises HandlerFailed to stop, or
+        OffsetWentBackwards when a partition's run starts behind its watermark."""
         failures = self._failures
         routes = self._routes
-        timer = self._instruments  # metrics on: each handler call is timed, inline
-        clock = None if timer is None else timer.now
         # Checked once per batch: a failure during it leaves its partition skipped until the
         # next batch, so no message of this batch needs the checks it did not need before.
         checking = failures is not None and failures.checks_needed
         waiting: set[TP] = set()  # partitions rewound for a retry during this batch
         done = 0
-        # The run in hand: its partition, progress, route, next offset and messages done.
+        # The run in hand: its partition, progress, handler call and messages done.
         topic: str | None = None
         partition = -1
         progress: PartitionProgress | None = None
-        handler: Handler | None = None
+        call: Handler | None = None
         scope: Scope | None = None
-        durations: list[float] = []
-        start: float | None = None  # when the handler call whose duration is open started
-        calling = False
-        watermark = -1
         count = 0
         try:
             for message in messages:
                 if stop.requested:
                     break
                 if message.partition != partition or message.topic != topic:
-                    if start is not None:  # the run's last call ends here
-                        durations.append(clock() - start)  # type: ignore[misc]
-                        start = None
                     if count:
                         progress.count_done(count, now)  # type: ignore[union-attr]
                         done += count
@@ -74,33 +68,16 @@ class Dispatcher:
                     tp = (topic, partition)
                     progress = None if tp in waiting else partitions.get(tp)
                     if progress is not None:  # else revoked, or waiting for a retry: skip
-                        handler, scope, durations = routes[topic]
-                        watermark = -1 if progress.watermark is None else progress.watermark
+                        call, scope = routes[topic]
+                        progress.begin_run(message.offset)
                 if progress is None:
                     continue
                 offset = message.offset
-                if offset < watermark:
-                    raise OffsetWentBackwards(topic, partition, watermark, offset + 1)
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    if clock is None:
-                        handler(message, Context(scope, message))  # type: ignore[arg-type, misc]
-                    else:
-                        # One clock read per call: a call lasts until the next one starts
-                        # (or its run ends), the loop's own per-message work included.
-                        began = clock()
-                        if start is not None:
-                            durations.append(began - start)
-                        timer.started = start = began  # type: ignore[union-attr]
-                        calling = True
-                        handler(message, Context(scope, message))  # type: ignore[arg-type, misc]
-                        calling = False
+                    call(message, Context(scope, message))  # type: ignore[arg-type, misc]
                 except Exception as error:
-                    if calling:  # the handler raised (not a check before it)
-                        timer.failed(message.topic,  # type: ignore[union-attr]
-                                     clock() - start)  # type: ignore[misc, operator]
-                        start, calling = None, False
                     if failures is None:
                         raise HandlerFailed(message.topic, partition, offset, error) from error
                     verdict = failures.failed(message, error,
@@ -124,7 +101,7 @@ class Dispatcher:
                         failures.succeeded(message)  # type: ignore[union-attr]
                 # The watermark moves with each message (a scrape during a stuck handler reads
                 # it); the counts move once per run.
-                progress.watermark = watermark = offset + 1
+                progress.watermark = offset + 1
                 count += 1
                 if count == 1 and progress.oldest_uncommitted_at is None:
                     progress.oldest_uncommitted_at = now  # checkpoint age counts from here
@@ -132,10 +109,6 @@ class Dispatcher:
             if count:
                 progress.count_done(count, now)  # type: ignore[union-attr]
                 done += count
-            if start is not None:
-                durations.append(clock() - start)  # type: ignore[misc]
-            if timer is not None:
-                timer.started = 0.0
         return done
 
 

@@ -2,9 +2,12 @@
 around the store and the source, all only when metrics are on (with metrics off nothing is
 timed or wrapped, so nothing is paid).
 
-- handler calls: two clock reads and an append per call, into :meth:`Instruments.durations`;
+- handler calls are timed the one way every mode calls them (consumer/handler_call.py: from
+  just before the call to just after it, two clock reads and an append per call, into
+  :meth:`Instruments.durations`; a call that raises goes to :meth:`Instruments.failed`), and
   the call in progress leaves its start time in :attr:`Instruments.started` where the scrape
-  can see a stuck handler. Durations are binned per batch (:meth:`Instruments.flush`).
+  can see a stuck handler. Durations are binned per batch (:meth:`Instruments.flush`, poll
+  thread).
 - :meth:`Instruments.store`: each store operation of a checkpoint batch is timed, its errors
   counted, and dedup lookups counted from what ``claim`` answered.
 - :meth:`Instruments.source`: each offset commit is timed.
@@ -52,9 +55,8 @@ class Instruments:
     # --- handlers ------------------------------------------------------------------------
 
     def durations(self, topic: str) -> list[float]:
-        """The list the loops append each successful handler call's duration of ``topic`` to
-        (two clock reads and an append per call, inline: a wrapper's extra call frame cost
-        more than the timing itself); binned per batch by :meth:`flush`."""
+        """The list each successful handler call's duration of ``topic`` is appended to
+        (consumer/handler_call.py); binned per batch by :meth:`flush`."""
         unbinned = self._unbinned.get(topic)
         if unbinned is None:
             unbinned = self._unbinned[topic] = []

@@ -132,3 +132,19 @@ def test_commit_failed_before_any_ack_makes_the_whole_watermark_pending() -> Non
     progress.commit_failed()
     assert progress.committed is None
     assert progress.pending_commit() == 1
+
+
+def test_a_run_starting_behind_the_watermark_is_refused_with_coordinates() -> None:
+    """The dispatcher checks a run of one partition's messages once, here, then moves the
+    watermark itself message by message."""
+    progress = PartitionProgress("orders", 2, committed=5)
+    with pytest.raises(OffsetWentBackwards) as caught:
+        progress.begin_run(4)
+    assert (caught.value.topic, caught.value.partition) == ("orders", 2)
+    assert (caught.value.old, caught.value.new) == (5, 5)
+    progress.begin_run(5)
+    progress.watermark = 7
+    progress.count_done(2, now=1.0)
+    assert (progress.pending_commit(), progress.done) == (7, 2)
+    with pytest.raises(OffsetWentBackwards):
+        progress.begin_run(6)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from consumer.checkpoint.progress import PartitionProgress
+from consumer.clock import ManualClock
 from consumer.engine.dispatch import Dispatcher
 from consumer.engine.stopping import StopRequest
 from consumer.errors import HandlerFailed, OffsetWentBackwards
 from consumer.message import TP, Context, Message
+from consumer.observability.instruments import Instruments
 from consumer.routing import Route, Router
 from consumer.testing import InMemorySource
 
@@ -90,3 +92,31 @@ def test_an_offset_behind_the_watermark_is_refused() -> None:
     partitions[P0].watermark = 5
     with pytest.raises(OffsetWentBackwards):
         dispatcher(lambda m, c: None).run(batch((0, 3)), partitions, 0.0, StopRequest())
+
+
+class SlowChecks:
+    """A failure policy whose check before each handler takes a second: the loop's own work."""
+
+    checks_needed = True
+
+    def __init__(self, clock: ManualClock) -> None:
+        self._clock = clock
+
+    def check(self, _message: Message) -> None:
+        self._clock.advance(1.0)
+
+    def succeeded(self, _message: Message) -> None:
+        self._clock.advance(1.0)
+
+
+def test_a_handler_call_is_timed_alone_not_with_the_loops_work_around_it() -> None:
+    """consumer_handler_duration_seconds measures the call itself, as with a store: the
+    checks before and after each call are not part of it."""
+    clock = ManualClock()
+    timer = Instruments(now=clock.monotonic)
+    router = Router([Route("t", lambda m, c: clock.advance(0.2), "tests:handler")])
+    dispatcher = Dispatcher(router, group="g", keys={}, failures=SlowChecks(clock),  # type: ignore[arg-type]
+                            source=InMemorySource({"t": [[]]}), instruments=timer)
+    dispatcher.run(batch((0, 0), (0, 1), (0, 2)), progress(P0), 0.0, StopRequest())
+    assert timer.durations("t") == [pytest.approx(0.2)] * 3
+    assert timer.started == 0.0

@@ -1,0 +1,90 @@
+"""Calling a handler: the one way every mode calls a route's handler, and what its timing means.
+
+Both modes (without a store: engine/dispatch.py; with one: checkpoint/store_batch.py, optimistic
+and one by one) call a topic's handler through the function :func:`handler_calls` gives for it,
+resolved once per dispatcher or batch, never per message:
+
+- metrics off: the handler itself. Nothing is paid, not even a call frame.
+- metrics on: the handler wrapped in the one definition of a handler call's duration (the
+  ``consumer_handler_duration_seconds`` histogram): from just before the handler is called to
+  just after it returns or raises, two reads of the timer's clock. A call that returns is a
+  success, appended to the topic's durations; a call that raises is an error, observed with its
+  duration, and its exception goes on unchanged. While a call runs,
+  :attr:`~consumer.events.HandlerTimings.started` holds its start (the scrape sees a stuck
+  handler there); it is 0.0 between calls.
+
+What a mode does around the call (the failure policy's checks, dedup, savepoints) is not part
+of it. A run that may be rolled back and run again (the store's optimistic batch) calls through
+:class:`TrialCalls`, which holds the durations until the run stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from consumer.events import HandlerTimings
+from consumer.message import Context, Message
+from consumer.routing import Handler
+
+
+def handler_calls(handlers: Mapping[str, Handler],
+                  timer: HandlerTimings | None) -> dict[str, Handler]:
+    """Per topic, what to call instead of its handler: the handler itself with metrics off
+    (``timer`` None), else the handler timed into ``timer``."""
+    if timer is None:
+        return dict(handlers)
+    return {topic: _timed(handler, topic, timer, timer.durations(topic), timer.failed)
+            for topic, handler in handlers.items()}
+
+
+class TrialCalls:
+    """Handler calls of a run whose writes may be rolled back and the run done again (the
+    store's optimistic batch): its durations count only if it stands (:meth:`keep`), and a
+    call that raises is not observed, since the run done again observes it; otherwise timed
+    as :func:`handler_calls` times them."""
+
+    def __init__(self, handlers: Mapping[str, Handler], timer: HandlerTimings | None) -> None:
+        self._timer = timer
+        self._held: dict[str, list[float]] = {topic: [] for topic in handlers}
+        if timer is not None:
+            for topic in handlers:
+                timer.durations(topic)  # the topic's series exist from its first call on
+        #: Per topic, what to call instead of its handler.
+        self.calls: dict[str, Handler] = (
+            dict(handlers) if timer is None else
+            {topic: _timed(handler, topic, timer, self._held[topic], _unobserved)
+             for topic, handler in handlers.items()})
+
+    def keep(self) -> None:
+        """The run stands: its calls' durations join the timer's."""
+        timer = self._timer
+        if timer is not None:
+            for topic, held in self._held.items():
+                if held:
+                    timer.durations(topic).extend(held)
+                    held.clear()
+
+
+def _timed(handler: Handler, topic: str, timer: HandlerTimings, durations: list[float],
+           failed: Callable[[str, float], None]) -> Handler:
+    now = timer.now
+    succeeded = durations.append
+
+    def call(message: Message, context: Context) -> None:
+        timer.started = start = now()
+        try:
+            handler(message, context)
+        except BaseException:
+            seconds = now() - start
+            timer.started = 0.0
+            failed(topic, seconds)
+            raise
+        seconds = now() - start
+        timer.started = 0.0
+        succeeded(seconds)
+
+    return call
+
+
+def _unobserved(topic: str, seconds: float) -> None:
+    """A call of a trial run raised: the run is done again, which observes it."""

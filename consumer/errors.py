@@ -18,10 +18,18 @@
         └── StoreSchemaError   our tables are missing or of another version (exit 2)
 
 Each carries its coordinates as attributes, and its message says what happened, where, and what
-an operator can do about it.
+an operator can do about it. The exit codes every ``consumer`` command returns are defined here
+too, beside the failures that choose them.
 """
 
 from __future__ import annotations
+
+#: Exit codes of every ``consumer`` command (``run``, ``check``, ``store``, ``dlq``, ``lag``,
+#: ``replay``): done or stopped cleanly; failed while running; cannot run as configured
+#: (invalid settings or arguments, a store of another schema), found before anything changed.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
 
 
 class ConsumerError(Exception):

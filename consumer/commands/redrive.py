@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from consumer.dedup import HONOURED_KEY_HEADER, honoured_key
-from consumer.errors import ConsumerError
+from consumer.errors import EXIT_FAILED, EXIT_OK, ConsumerError
 from consumer.kafka.protocol import DeadLetterSink
 from consumer.message import Message
 
@@ -154,10 +154,10 @@ def run(args: argparse.Namespace, topics: Sequence[str],
                 warn=lambda line: print(line, file=sys.stderr))
     except ConsumerError as error:
         print(f"consumer: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     finally:
         sink.close()
-    return 0
+    return EXIT_OK
 
 
 def _timestamp(text: str) -> float:

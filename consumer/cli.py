@@ -29,7 +29,14 @@ from consumer.app import (
 )
 from consumer.commands import lag as lag_command
 from consumer.commands import redrive, replay
-from consumer.errors import ConfigError, ConsumerError, StoreSchemaError
+from consumer.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    ConsumerError,
+    StoreSchemaError,
+)
 from consumer.failures.retries import build_policies
 from consumer.kafka.admin import read_topic
 from consumer.kafka.producer import KafkaDeadLetterSink
@@ -40,8 +47,6 @@ from consumer.store import open_configured
 from consumer.store.base import SCHEMA_VERSION
 
 log = logging.getLogger("consumer.cli")
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:

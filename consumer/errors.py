@@ -20,10 +20,18 @@
 Each carries its coordinates as attributes, and its message says what happened, where, and what
 an operator can do about it. Raise these across a layer's border, never a client's or a
 database driver's own exceptions (``consumer.kafka`` and ``consumer.store`` translate them).
-Vocabulary: this module imports nothing, and nothing here does I/O.
+The exit codes every ``consumer`` command returns are defined here too, beside the failures
+that choose them. Vocabulary: this module imports nothing, and nothing here does I/O.
 """
 
 from __future__ import annotations
+
+#: Exit codes of every ``consumer`` command (``run``, ``check``, ``store``, ``dlq``, ``lag``,
+#: ``replay``): done or stopped cleanly; failed while running; cannot run as configured
+#: (invalid settings or arguments, a store of another schema), found before anything changed.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
 
 
 class ConsumerError(Exception):

@@ -7,13 +7,16 @@
     assert source.committed_offsets == {("orders", 0): 2, ("orders", 1): 1}
 
 They prove the engine's bookkeeping, never Kafka's behaviour: that is for the integration tests.
+:class:`RecordingObserver` keeps every event the engine emits, for assertions on what it reported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 from consumer.errors import DeadLetterFailed, KafkaError
+from consumer.events import Observer, Trigger
 from consumer.kafka.protocol import COMMIT_MARKER, SourceListener
 from consumer.message import TP, Message
 
@@ -176,3 +179,76 @@ class InMemoryDeadLetterSink:
 
     def close(self) -> None:
         pass
+
+
+class Event(NamedTuple):
+    """One event an observer received: the :class:`~consumer.events.Observer` method's name and
+    its arguments (mappings and lists copied as they were then), with what
+    :attr:`RecordingObserver.snapshot` returned at that moment (None when unset)."""
+
+    name: str
+    args: tuple[object, ...]
+    snapshot: object = None
+
+
+class RecordingObserver(Observer):
+    """Records every event, in order, as :class:`Event` items in :attr:`events`.
+
+        observer = RecordingObserver()
+        ...  # build and run a loop with observer=observer
+        assert observer.checkpoints == [(Trigger.COUNT, {("orders", 0): 100})]
+        assert observer.names[-1] == "stopped"
+        assert observer.named("batch_applied") == [(3, 1)]   # (applied, duplicates)
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        #: Called at every event, its value kept in :attr:`Event.snapshot`: e.g. set it to a
+        #: loop's ``watermarks`` to see them as they were at each checkpoint.
+        self.snapshot: Callable[[], object] | None = None
+
+    def record(self, name: str, args: tuple[object, ...]) -> None:
+        """Keep one event; every :class:`~consumer.events.Observer` method calls this."""
+        kept = tuple(dict(a) if isinstance(a, Mapping) else list(a) if isinstance(a, list)
+                     else a for a in args)
+        self.events.append(Event(name, kept, self.snapshot() if self.snapshot else None))
+
+    @property
+    def names(self) -> list[str]:
+        """Every event's name, in order."""
+        return [event.name for event in self.events]
+
+    def named(self, name: str) -> list[tuple[object, ...]]:
+        """The arguments of every event called ``name``, in order."""
+        return [event.args for event in self.events if event.name == name]
+
+    @property
+    def checkpoints(self) -> list[tuple[Trigger, dict[TP, int]]]:
+        """Every committed checkpoint: its trigger and the offsets it committed."""
+        return [(e.args[0], e.args[1]) for e in self.events  # type: ignore[misc]
+                if e.name == "checkpoint_committed"]
+
+    @property
+    def failures(self) -> list[str]:
+        """The exception type of every ``failed`` event (the loop stopped on it)."""
+        return [type(e.args[0]).__name__ for e in self.events if e.name == "failed"]
+
+    @property
+    def commit_failures(self) -> list[tuple[Trigger | None, str]]:
+        """Every failed Kafka commit: its trigger (None: an asynchronous commit's answer) and
+        the client's error code."""
+        return [(e.args[0], e.args[1].code) for e in self.events  # type: ignore[misc, attr-defined]
+                if e.name == "commit_failed"]
+
+
+def _recorder(name: str) -> Callable[..., None]:
+    def record(self: RecordingObserver, *args: object) -> None:
+        self.record(name, args)
+
+    record.__name__ = record.__qualname__ = name
+    return record
+
+
+for _name, _method in vars(Observer).items():
+    if callable(_method) and not _name.startswith("_"):
+        setattr(RecordingObserver, _name, _recorder(_name))

@@ -26,6 +26,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from consumer_process import ConsumerProcess, duplicates, wait_for
 
+from consumer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+
 TOTAL = 100_000
 CRASH_AT = 87_000
 PARTITIONS = 3
@@ -49,7 +51,7 @@ def main() -> int:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         print("demo: set KAFKA_BOOTSTRAP_SERVERS, or run `make demo`", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     topic = f"demo-payments-{uuid.uuid4().hex[:6]}"
     _create_topic(bootstrap, topic)
     _produce(bootstrap, topic)
@@ -74,7 +76,7 @@ def main() -> int:
     print(f"(logs and record files in {workdir})")
     ok = (with_checkpoints.distinct == TOTAL and without.distinct == TOTAL
           and with_checkpoints.handled_twice <= EVERY_MESSAGES)
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _crash_and_resume(bootstrap: str, topic: str, workdir: Path, name: str, *,

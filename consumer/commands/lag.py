@@ -16,14 +16,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from consumer.errors import ConfigError, ConsumerError
+from consumer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, ConsumerError
 from consumer.kafka.admin import read_group_positions
 from consumer.kafka.protocol import COMMIT_MARKER, GroupPosition
 from consumer.message import TP
 from consumer.observability.lag import lag_messages
 from consumer.settings import KafkaSettings, Settings, load_settings
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ dead-lettered twice, e.g. by a crash after the produce) are republished once per
 
 Letters from older versions (without ``dlq.original.dedup-key``) are redriven as before, with
 a warning: their copies get new keys wherever the key came from the coordinates.
+
+This module is the command's half: arguments, reading the topics, the listing. What a letter
+says and what its copy carries is :mod:`consumer.failures.dead_letters`.
 """
 
 from __future__ import annotations
@@ -18,62 +21,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from consumer.dedup import HONOURED_KEY_HEADER, honoured_key
-from consumer.errors import ConsumerError
+from consumer.errors import EXIT_FAILED, EXIT_OK, ConsumerError
+from consumer.failures.dead_letters import DeadLetter, Filters, with_first_letters
 from consumer.kafka.protocol import DeadLetterSink
 from consumer.message import Message
-
-PROVENANCE = "dlq."
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    message: Message
-    original_topic: str
-    original_partition: int
-    original_offset: int
-    failed_at: float
-    exception_type: str
-    reason: str
-    #: ``dlq.id``: the same for every letter of one message ("" in older letters).
-    id: str = ""
-    #: ``dlq.original.dedup-key``: the original event's dedup key (None: not carried).
-    dedup_key: bytes | None = None
-
-    @property
-    def where(self) -> str:
-        m = self.message
-        return f"{m.topic}[{m.partition}]@{m.offset}"
-
-    @classmethod
-    def parse(cls, message: Message) -> DeadLetter:
-        def header(name: str, default: str = "") -> str:
-            value = message.header(name)
-            return value.decode(errors="replace") if value is not None else default
-
-        return cls(message, header("dlq.original.topic"),
-                   int(header("dlq.original.partition", "-1")),
-                   int(header("dlq.original.offset", "-1")),
-                   float(header("dlq.failed.at", "0") or 0), header("dlq.exception.type"),
-                   header("dlq.reason"), header("dlq.id"),
-                   honoured_key(message.header("dlq.original.dedup-key")))
-
-
-@dataclass(frozen=True)
-class Filters:
-    since: float | None = None
-    until: float | None = None
-    exception_type: str | None = None
-    partition: int | None = None
-
-    def keep(self, letter: DeadLetter) -> bool:
-        return ((self.since is None or letter.failed_at >= self.since)
-                and (self.until is None or letter.failed_at < self.until)
-                and (self.exception_type is None or letter.exception_type == self.exception_type)
-                and (self.partition is None or letter.original_partition == self.partition))
 
 
 def redrive(letters: Sequence[DeadLetter], sink: DeadLetterSink, *, execute: bool,
@@ -82,24 +35,20 @@ def redrive(letters: Sequence[DeadLetter], sink: DeadLetterSink, *, execute: boo
     were (would be) moved. Each is acknowledged by the broker before the next."""
     warn = warn or out
     out(f"{'DEAD LETTER':<40} {'TO':<30} {'FAILED AT':<20} {'EXCEPTION':<24} REASON")
-    first_of: dict[str, DeadLetter] = {}
     moved = duplicates = without_key = 0
-    for letter in letters:
+    for letter, first in with_first_letters(letters):
         to = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
         when = datetime.fromtimestamp(letter.failed_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        first = first_of.get(letter.id) if letter.id else None
         reason = letter.reason if first is None else f"duplicate of {first.where}: skipped"
         out(f"{letter.where:<40} {to:<30} {when:<20} {letter.exception_type:<24} {reason}")
         if first is not None:
             duplicates += 1
             continue
-        if letter.id:
-            first_of[letter.id] = letter
         if letter.dedup_key is None:
             without_key += 1
         moved += 1
         if execute:
-            sink.send(letter.original_topic, _original(letter), _redrive_headers(letter))
+            sink.send(letter.original_topic, letter.original(), letter.redrive_headers())
     if without_key:
         warn(f"warning: {without_key} dead letter(s) carry no dlq.original.dedup-key (written "
              "by an older version): their redriven copies get new dedup keys, so on a route "
@@ -109,23 +58,6 @@ def redrive(letters: Sequence[DeadLetter], sink: DeadLetterSink, *, execute: boo
     skipped = f"; {duplicates} duplicate letter(s) skipped (same dlq.id)" if duplicates else ""
     out(f"{verb} {moved} dead letter(s){skipped}")
     return moved
-
-
-def _original(letter: DeadLetter) -> Message:
-    """The message as it was, without provenance (nor a stale honoured key it will get anew)."""
-    m = letter.message
-    drop = HONOURED_KEY_HEADER if letter.dedup_key is not None else None
-    return Message(letter.original_topic, -1, -1, m.value, key=m.key,
-                   headers=[(k, v) for k, v in m.headers
-                            if not k.startswith(PROVENANCE) and k != drop])
-
-
-def _redrive_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    m = letter.message
-    headers = [("dlq.redriven.from", f"{m.topic}/{m.partition}/{m.offset}".encode())]
-    if letter.dedup_key is not None:
-        headers.append((HONOURED_KEY_HEADER, letter.dedup_key.hex().encode()))
-    return headers
 
 
 def add_arguments(dlq: argparse.ArgumentParser) -> None:
@@ -154,10 +86,10 @@ def run(args: argparse.Namespace, topics: Sequence[str],
                 warn=lambda line: print(line, file=sys.stderr))
     except ConsumerError as error:
         print(f"consumer: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     finally:
         sink.close()
-    return 0
+    return EXIT_OK
 
 
 def _timestamp(text: str) -> float:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from consumer.errors import ConfigError, ConsumerError
+from consumer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, ConsumerError
 from consumer.kafka.admin import (
     group_member_count,
     offsets_at,
@@ -28,8 +28,6 @@ from consumer.kafka.protocol import GroupPosition
 from consumer.message import TP
 from consumer.settings import Settings, load_settings
 from consumer.store import open_store
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,28 +8,26 @@ partition's watermark move past it.
 
 Every letter carries the message's dedup key (``dlq.original.dedup-key``), so a redriven copy
 stays the same event, and a stable id (``dlq.id``), so two letters for one message (a crash
-after the produce, before the store commits) are recognisable as one.
+after the produce, before the store commits) are recognisable as one. A letter's headers are
+written by :mod:`consumer.failures.dead_letters`, which redrive reads them back with.
 """
 
 from __future__ import annotations
 
 import builtins
 import enum
-import hashlib
 import importlib
 import random
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from consumer.errors import ConfigError, DeadLetterFailed, DedupKeyFailed
 from consumer.events import Observer
+from consumer.failures.dead_letters import provenance
 from consumer.kafka.protocol import DeadLetterSink
 from consumer.message import TP, Message
 from consumer.settings import RetrySettings, Settings
-
-TRACEBACK_LIMIT = 4_000
 
 
 class Verdict(enum.Enum):
@@ -222,8 +220,10 @@ class Failures:
         if policy.dead_letter_topic is None:
             return Verdict.STOP
         try:
-            self._sink.send(policy.dead_letter_topic, message,
-                            self._provenance(message, error, attempt, reason, key))
+            self._sink.send(policy.dead_letter_topic, message, provenance(
+                message, error, group=self._group,
+                topic_id=self._topic_ids.get(message.topic, ""), reason=reason,
+                attempts=attempt, failed_at=self._wall(), key=key))
         except DeadLetterFailed as failure:
             self._observer.dead_letter_failed(message, failure)
             if not failure.retriable:
@@ -263,37 +263,3 @@ class Failures:
         if count:
             self._observer.retry_scheduled(message, attempt, delay, error)
         return Verdict.RETRY
-
-    def _letter_id(self, message: Message) -> str:
-        """The same for every letter of this message in this group: its group, topic (and
-        topic id when known), partition, offset and timestamp (which tells a recreated topic's
-        message at the same offset apart), digested to 32 hex characters."""
-        material = "\0".join((self._group, message.topic,
-                              self._topic_ids.get(message.topic, ""), str(message.partition),
-                              str(message.offset), _timestamp(message)))
-        return hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
-
-    def _provenance(self, message: Message, error: BaseException, attempts: int,
-                    reason: str, key: bytes | None) -> list[tuple[str, bytes]]:
-        trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
-        fields = {
-            "dlq.id": self._letter_id(message),
-            "dlq.original.topic": message.topic,
-            "dlq.original.partition": str(message.partition),
-            "dlq.original.offset": str(message.offset),
-            "dlq.original.timestamp": _timestamp(message),
-            "dlq.group": self._group,
-            "dlq.reason": reason,
-            "dlq.exception.type": type(error).__qualname__,
-            "dlq.exception.message": str(error)[:1_000],
-            "dlq.exception.traceback": trace,
-            "dlq.attempts": str(attempts),
-            "dlq.failed.at": f"{self._wall():.3f}",
-        }
-        if key is not None:
-            fields["dlq.original.dedup-key"] = key.hex()
-        return [(name, value.encode()) for name, value in fields.items()]
-
-
-def _timestamp(message: Message) -> str:
-    return "" if message.timestamp is None else f"{message.timestamp:.3f}"

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import pytest
 
 from consumer.app import build_loop
 from consumer.engine.loop import ConsumerLoop
-from consumer.events import Observer, Trigger
+from consumer.events import Trigger
 from consumer.message import Context, Message
 from consumer.routing import Route, Router
 from consumer.settings import Settings
+from consumer.testing import RecordingObserver
 from tests.support.kafka import create_topic, group_offsets, produce, unique_name, wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,19 +23,14 @@ pytestmark = pytest.mark.integration
 TP = tuple[str, int]
 
 
-class Checkpoints(Observer):
-    """Remembers every committed checkpoint and the watermarks at that moment."""
-
-    def __init__(self) -> None:
-        self.loop: ConsumerLoop | None = None
-        self.taken: list[tuple[Trigger, dict[TP, int], dict[TP, int | None]]] = []
-
-    def checkpoint_committed(self, trigger: Trigger, offsets: Mapping[TP, int]) -> None:
-        assert self.loop is not None
-        self.taken.append((trigger, dict(offsets), self.loop.watermarks()))
+def _taken(observer: RecordingObserver
+           ) -> list[tuple[Trigger, dict[TP, int], dict[TP, int | None]]]:
+    """Every committed checkpoint, with the loop's watermarks at that moment."""
+    return [(*event.args, event.snapshot) for event in observer.events  # type: ignore[misc]
+            if event.name == "checkpoint_committed"]
 
 
-def _loop(bootstrap: str, topic: str, handled: list[Message], observer: Checkpoints,
+def _loop(bootstrap: str, topic: str, handled: list[Message], observer: RecordingObserver,
           *, every_messages: int | None, every_seconds: float | None,
           synchronous_commits: bool = False) -> ConsumerLoop:
     settings = Settings(
@@ -50,7 +46,7 @@ def _loop(bootstrap: str, topic: str, handled: list[Message], observer: Checkpoi
         handled.append(message)
 
     loop = build_loop(settings, Router([Route(topic, remember, "test:remember")]), observer)
-    observer.loop = loop
+    observer.snapshot = loop.watermarks
     return loop
 
 
@@ -78,19 +74,19 @@ def test_count_trigger_alone_commits_every_n_and_kafka_agrees(kafka_bootstrap: s
     topic = create_topic(kafka_bootstrap, 1, prefix="count")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(1000)))
     handled: list[Message] = []
-    observer = Checkpoints()
+    observer = RecordingObserver()
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
                  every_seconds=None, synchronous_commits=True)
     assert loop.start()
     group = loop._group
     try:
         _run_until(loop, lambda: len(handled) >= 1000, 60, "1,000 messages")
-        for trigger, offsets, watermarks in observer.taken:
+        for trigger, offsets, watermarks in _taken(observer):
             assert trigger is Trigger.COUNT
             assert offsets == {tp: w for tp, w in watermarks.items() if w is not None}
     finally:
         loop.close()
-    counted = [offsets[(topic, 0)] for trigger, offsets, _ in observer.taken
+    counted = [offsets[(topic, 0)] for trigger, offsets, _ in _taken(observer)
                if trigger is Trigger.COUNT]
     assert counted == list(range(100, 1001, 100))
     _kafka_matches(kafka_bootstrap, group, topic, {(topic, 0): 1000})
@@ -107,7 +103,7 @@ def test_asynchronous_count_checkpoints_wait_for_the_previous_answer(
     topic = create_topic(kafka_bootstrap, 1, prefix="count-async")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(5000)))
     handled: list[Message] = []
-    observer = Checkpoints()
+    observer = RecordingObserver()
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
                  every_seconds=None)
     assert loop.start()
@@ -120,7 +116,7 @@ def test_asynchronous_count_checkpoints_wait_for_the_previous_answer(
             assert all(p.unconfirmed <= 1000 for p in loop.snapshot().partitions.values())
     finally:
         loop.close()
-    counted = [offsets[(topic, 0)] for trigger, offsets, _ in observer.taken
+    counted = [offsets[(topic, 0)] for trigger, offsets, _ in _taken(observer)
                if trigger is Trigger.COUNT]
     assert counted[0] == 100
     assert all(later - earlier >= 100 for earlier, later in itertools.pairwise(counted))
@@ -132,7 +128,7 @@ def test_count_checkpoints_are_in_kafka_after_each_one(kafka_bootstrap: str) -> 
     topic = create_topic(kafka_bootstrap, 1, prefix="readback")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(300)))
     handled: list[Message] = []
-    observer = Checkpoints()
+    observer = RecordingObserver()
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=50,
                  every_seconds=None)
     assert loop.start()
@@ -140,7 +136,7 @@ def test_count_checkpoints_are_in_kafka_after_each_one(kafka_bootstrap: str) -> 
     try:
         while checked < 6:
             loop.run_once()
-            for _trigger, offsets, watermarks in observer.taken[checked:]:
+            for _trigger, offsets, watermarks in _taken(observer)[checked:]:
                 assert offsets[(topic, 0)] == watermarks[(topic, 0)]
                 _kafka_matches(kafka_bootstrap, loop._group, topic, offsets)
                 checked += 1
@@ -155,15 +151,15 @@ def test_interval_trigger_alone_commits_an_idle_consumers_work(kafka_bootstrap: 
     topic = create_topic(kafka_bootstrap, 1, prefix="interval")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(50)))
     handled: list[Message] = []
-    observer = Checkpoints()
+    observer = RecordingObserver()
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=None,
                  every_seconds=1.0)
     assert loop.start()
     try:
         _run_until(loop, lambda: len(handled) == 50, 60, "50 messages")
-        _run_until(loop, lambda: any(o.get((topic, 0)) == 50 for _, o, _ in observer.taken),
+        _run_until(loop, lambda: any(o.get((topic, 0)) == 50 for _, o, _ in _taken(observer)),
                    10, "an interval checkpoint of the idle consumer")
-        assert {t for t, _, _ in observer.taken} == {Trigger.INTERVAL}
+        assert {t for t, _, _ in _taken(observer)} == {Trigger.INTERVAL}
         _kafka_matches(kafka_bootstrap, loop._group, topic, {(topic, 0): 50})
     finally:
         loop.close()
@@ -176,16 +172,16 @@ def test_both_triggers_whichever_comes_first(kafka_bootstrap: str) -> None:
     topic = create_topic(kafka_bootstrap, 1, prefix="both")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(250)))
     handled: list[Message] = []
-    observer = Checkpoints()
+    observer = RecordingObserver()
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
                  every_seconds=1.0, synchronous_commits=True)
     assert loop.start()
     try:
-        _run_until(loop, lambda: any(o.get((topic, 0)) == 250 for _, o, _ in observer.taken),
+        _run_until(loop, lambda: any(o.get((topic, 0)) == 250 for _, o, _ in _taken(observer)),
                    60, "the last 50 messages to be committed")
     finally:
         loop.close()
-    by_trigger = [(t, o[(topic, 0)]) for t, o, _ in observer.taken]
+    by_trigger = [(t, o[(topic, 0)]) for t, o, _ in _taken(observer)]
     assert (Trigger.COUNT, 100) in by_trigger
     assert (Trigger.COUNT, 200) in by_trigger
     assert (Trigger.INTERVAL, 250) in by_trigger

@@ -13,7 +13,7 @@ from consumer.clock import ManualClock
 from consumer.dedup import KeyFunction, key_function
 from consumer.engine.loop import ConsumerLoop
 from consumer.engine.store_mode import ExternalResetPolicy, TransactionalBatches
-from consumer.errors import ConsumerError, StoreError, StoreUnavailable
+from consumer.errors import StoreUnavailable
 from consumer.events import Observer
 from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
@@ -126,32 +126,6 @@ def assigned(store: SQLiteStore, partitions: Iterable[TP]) -> dict[TP, Partition
     positions = store.assign(GROUP, list(partitions), 1.0)
     return {tp: PartitionProgress(tp[0], tp[1], committed=p.next_offset, epoch=p.epoch)
             for tp, p in positions.items()}
-
-
-class StoreObserver(Observer):
-    """Records the store-mode events the tests look at."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[object, ...]] = []
-
-    def batch_applied(self, applied: int, duplicates: int) -> None:
-        self.events.append(("applied", applied, duplicates))
-
-    def store_unavailable(self, error: StoreError) -> None:
-        self.events.append(("store_unavailable",))
-
-    def store_available(self) -> None:
-        self.events.append(("store_available",))
-
-    def external_reset(self, partition: TP, kafka_offset: int, store_offset: int,
-                       policy: str) -> None:
-        self.events.append(("external_reset", partition, kafka_offset, store_offset, policy))
-
-    def failed(self, error: ConsumerError) -> None:
-        self.events.append(("failed", type(error).__name__))
-
-    def named(self, name: str) -> list[tuple[object, ...]]:
-        return [e for e in self.events if e[0] == name]
 
 
 def make_store_loop(

@@ -1,47 +1,19 @@
-"""Helpers for the engine and checkpoint tests: a recording observer and a loop factory."""
+"""Helpers for the engine and checkpoint tests: a recording handler and a loop factory
+(the recording observer is :class:`consumer.testing.RecordingObserver`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from consumer.checkpoint.policy import CheckpointPolicy
 from consumer.clock import ManualClock
 from consumer.engine.loop import ConsumerLoop
-from consumer.errors import ConsumerError, KafkaError
-from consumer.events import Observer, Trigger
+from consumer.events import Observer
 from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
 from consumer.testing import InMemorySource
 
 Handler = Callable[[Message, Context], object]
-
-
-class RecordingObserver(Observer):
-    """Keeps the events the tests look at, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[object, ...]] = []
-
-    def checkpoint_committed(self, trigger: Trigger, offsets: Mapping[TP, int]) -> None:
-        self.events.append(("committed", trigger, dict(offsets)))
-
-    def checkpoint_noop(self, trigger: Trigger) -> None:
-        self.events.append(("noop", trigger))
-
-    def commit_failed(self, trigger: Trigger | None, error: KafkaError) -> None:
-        self.events.append(("commit_failed", trigger, error.code))
-
-    def revoked(self, partitions: list[TP]) -> None:
-        self.events.append(("revoked", sorted(partitions)))
-
-    def failed(self, error: ConsumerError) -> None:
-        self.events.append(("failed", type(error).__name__))
-
-    def stopped(self) -> None:
-        self.events.append(("stopped",))
-
-    def named(self, name: str) -> list[tuple[object, ...]]:
-        return [event for event in self.events if event[0] == name]
 
 
 class Recorder:

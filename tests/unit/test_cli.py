@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import consumer.cli
-from consumer.cli import EXIT_CONFIG, EXIT_OK, main
+from consumer.cli import main
+from consumer.errors import EXIT_CONFIG, EXIT_OK
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,7 @@ from consumer.checkpoint.kafka_only import Checkpoint
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.errors import KafkaError
 from consumer.events import Trigger
-from consumer.testing import InMemorySource
-from tests.unit.engine_support import RecordingObserver
+from consumer.testing import InMemorySource, RecordingObserver
 
 
 def progress_at(topic: str, partition: int, *done: int) -> PartitionProgress:
@@ -32,7 +31,7 @@ def test_only_partitions_whose_watermark_moved_are_committed() -> None:
     assert committed == {("t", 0): 2}
     assert source.commits == [({("t", 0): 2}, True)]
     assert moved.committed == 2
-    assert observer.named("committed") == [("committed", Trigger.INTERVAL, {("t", 0): 2})]
+    assert observer.checkpoints == [(Trigger.INTERVAL, {("t", 0): 2})]
 
 
 def test_nothing_moved_commits_nothing_and_reports_a_noop() -> None:
@@ -42,7 +41,7 @@ def test_nothing_moved_commits_nothing_and_reports_a_noop() -> None:
         Trigger.COUNT, [PartitionProgress("t", 0)], source=source, observer=observer
     ).run() == {}
     assert source.commits == []
-    assert observer.named("noop") == [("noop", Trigger.COUNT)]
+    assert observer.named("checkpoint_noop") == [(Trigger.COUNT,)]
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,12 @@ from consumer.events import Trigger
 from consumer.message import TP, Message
 from consumer.routing import Route, Router
 from consumer.store.sqlite import SQLiteStore
-from consumer.testing import InMemorySource
+from consumer.testing import InMemorySource, RecordingObserver
 from tests.support.store_harness import (
     GROUP,
     HEADER,
     EffectWriter,
     FlakyCommitStore,
-    StoreObserver,
     assigned,
     effects,
     event,
@@ -39,7 +38,6 @@ from tests.support.store_harness import (
     processed,
     store_path,
 )
-from tests.unit.engine_support import RecordingObserver
 
 P0: TP = ("t", 0)
 P1: TP = ("t", 1)
@@ -65,13 +63,13 @@ def run_batch(
     partitions: dict[TP, PartitionProgress],
     *,
     trigger: Trigger = Trigger.COUNT,
-    observer: RecordingObserver | StoreObserver | None = None,
+    observer: RecordingObserver | None = None,
 ) -> BatchOutcome:
     checkpoint = StoreCheckpoint(
         trigger, messages, partitions, store=store, source=source,
         router=Router([Route("t", handler, "tests:handler")]),
         keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
-        group=GROUP, observer=observer or StoreObserver(), now=lambda: 1_000.0,
+        group=GROUP, observer=observer or RecordingObserver(), now=lambda: 1_000.0,
     )
     return checkpoint.run()
 
@@ -158,8 +156,7 @@ def test_kafka_commit_failure_keeps_the_store_checkpoint_and_retries_next_time(
     assert outcome.committed == {}
     assert store.checkpoints(GROUP) == {P0: 2}
     assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
-    assert observer.named("commit_failed") == [("commit_failed", Trigger.SHUTDOWN,
-                                                "REBALANCE_IN_PROGRESS")]
+    assert observer.commit_failures == [(Trigger.SHUTDOWN, "REBALANCE_IN_PROGRESS")]
     assert run_batch(store, source, [], EffectWriter(), partitions).committed == {P0: 2}
     assert source.committed_offsets == {P0: 2}
 

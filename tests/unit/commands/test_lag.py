@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from consumer.cli import EXIT_CONFIG, main
+from consumer.cli import main
 from consumer.commands.lag import lag_rows, render_json, render_table
+from consumer.errors import EXIT_CONFIG
 from consumer.kafka.protocol import COMMIT_MARKER, GroupPosition
 
 POSITIONS = [

@@ -6,9 +6,10 @@ from __future__ import annotations
 import random
 
 from consumer.clock import ManualClock
-from consumer.commands.redrive import DeadLetter, redrive
+from consumer.commands.redrive import redrive
 from consumer.dedup import HONOURED_KEY_HEADER, key_function
 from consumer.events import Observer
+from consumer.failures.dead_letters import DeadLetter
 from consumer.failures.retries import FailurePolicy, Failures
 from consumer.message import Message
 from consumer.testing import InMemoryDeadLetterSink

@@ -14,10 +14,9 @@ from consumer.events import Observer, Trigger
 from consumer.kafka.protocol import SourceListener
 from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
-from consumer.testing import InMemorySource
+from consumer.testing import InMemorySource, RecordingObserver
 from tests.unit.engine_support import (
     Recorder,
-    RecordingObserver,
     commits_never_go_backwards,
     make_loop,
     values,
@@ -95,7 +94,7 @@ def test_interval_trigger_commits_an_idle_consumers_uncommitted_work_when_time_p
     clock.advance(0.1)
     assert loop.run_once() == 0
     assert source.commits == [({("t", 0): 4}, True)]
-    assert observer.named("committed") == [("committed", Trigger.INTERVAL, {("t", 0): 4})]
+    assert observer.checkpoints == [(Trigger.INTERVAL, {("t", 0): 4})]
 
 
 def test_interval_checkpoint_with_nothing_moved_is_a_noop() -> None:
@@ -111,7 +110,7 @@ def test_interval_checkpoint_with_nothing_moved_is_a_noop() -> None:
     clock.advance(5)
     loop.run_once()
     assert len(source.commits) == 1
-    assert observer.named("noop") == [("noop", Trigger.INTERVAL)]
+    assert observer.named("checkpoint_noop") == [(Trigger.INTERVAL,)]
 
 
 def test_interval_trigger_commits_only_partitions_that_moved() -> None:
@@ -147,10 +146,8 @@ def test_close_commits_the_final_watermarks_synchronously_and_closes_the_source(
     assert source.committed_offsets == {("t", 0): 3, ("t", 1): 2}
     assert source.closed
     assert loop.state is LoopState.CLOSED
-    assert observer.named("committed") == [
-        ("committed", Trigger.SHUTDOWN, {("t", 0): 3, ("t", 1): 2})
-    ]
-    assert observer.events[-1] == ("stopped",)
+    assert observer.checkpoints == [(Trigger.SHUTDOWN, {("t", 0): 3, ("t", 1): 2})]
+    assert observer.names[-1] == "stopped"
 
 
 def test_close_twice_commits_once() -> None:
@@ -199,7 +196,7 @@ def test_failing_handler_raises_handler_failed_and_commits_up_to_not_past_the_me
     assert source.commits[-1] == ({("t", 0): 3, ("t", 1): 2}, False)
     assert source.closed
     assert loop.state is LoopState.FAILED
-    assert ("failed", "HandlerFailed") in observer.events
+    assert "HandlerFailed" in observer.failures
 
 
 def test_failure_on_a_partitions_first_message_commits_nothing_for_that_partition() -> None:
@@ -240,8 +237,8 @@ def test_revoke_commits_the_revoked_partitions_synchronously_and_drops_their_sta
     assert source.commits == [({("t", 0): 3}, False)]
     assert loop.watermarks() == {("t", 1): 2}
     assert loop.committed_offsets() == {("t", 1): None}
-    assert observer.named("committed") == [("committed", Trigger.REVOKE, {("t", 0): 3})]
-    assert observer.named("revoked") == [("revoked", [("t", 0)])]
+    assert observer.checkpoints == [(Trigger.REVOKE, {("t", 0): 3})]
+    assert observer.named("revoked") == [([("t", 0)],)]
 
 
 def test_revoking_a_partition_with_nothing_new_commits_nothing() -> None:
@@ -369,7 +366,7 @@ def test_failed_async_commit_is_committed_again_by_the_next_checkpoint() -> None
     assert source.committed_offsets == {}
     clock.advance(5)
     loop.run_once()
-    assert ("commit_failed", None, "REQUEST_TIMED_OUT") in observer.events
+    assert (None, "REQUEST_TIMED_OUT") in observer.commit_failures
     assert source.commits == [({("t", 0): 2}, True), ({("t", 0): 2}, True)]
     assert source.committed_offsets == {("t", 0): 2}
 
@@ -406,7 +403,7 @@ def test_async_commit_that_raises_is_retried_before_polling_more() -> None:
     loop = make_loop(source, Recorder(), every_messages=2, observer=observer)
     loop.start()
     assert loop.run_once() == 2
-    assert ("commit_failed", Trigger.COUNT, "_TRANSPORT") in observer.events
+    assert (Trigger.COUNT, "_TRANSPORT") in observer.commit_failures
     assert loop.run_once() == 2
     assert source.commits == [
         ({("t", 0): 2}, True),

@@ -22,12 +22,12 @@ from consumer.errors import (
 from consumer.message import TP, Context, Message
 from consumer.store import CheckpointRow
 from consumer.store.sqlite import SQLiteStore
+from consumer.testing import RecordingObserver
 from tests.support.store_harness import (
     GROUP,
     EffectWriter,
     FlakyCommitStore,
     HeaderedSource,
-    StoreObserver,
     effects,
     make_store_loop,
     open_store,
@@ -55,14 +55,14 @@ def test_event_delivered_twice_at_different_offsets_is_applied_once(tmp_path: Pa
     store = open_store(tmp_path)
     source = HeaderedSource({"t": [[b"evt-1", b"evt-2", b"evt-1", b"evt-3"]]})
     handler = EffectWriter()
-    observer = StoreObserver()
+    observer = RecordingObserver()
     loop, _ = make_store_loop(source, store, handler, clock=ManualClock(), observer=observer,
                               every_messages=4)
     assert loop.start()
     assert loop.run_once() == 4
     assert handler.calls == [("t", 0, 0), ("t", 0, 1), ("t", 0, 3)]
     assert effects(store) == [("t", 0, 0), ("t", 0, 1), ("t", 0, 3)]
-    assert observer.named("applied") == [("applied", 3, 1)]
+    assert observer.named("batch_applied") == [(3, 1)]  # (applied, duplicates)
     assert store.checkpoints(GROUP) == {P0: 4}
     assert source.committed_offsets == {P0: 4}
 
@@ -130,13 +130,13 @@ def test_restart_after_a_handler_failure_resumes_at_the_failing_message(tmp_path
 def test_loop_run_fails_on_handler_failure_and_leaves_the_group(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     source = HeaderedSource({"t": [values(0, 3)]})
-    observer = StoreObserver()
+    observer = RecordingObserver()
     loop, _ = make_store_loop(source, store, EffectWriter(fail_at=[("t", 0, 1)]),
                               clock=ManualClock(), observer=observer, every_messages=3)
     with pytest.raises(HandlerFailed):
         loop.run()
     assert loop.state is LoopState.FAILED
-    assert observer.named("failed") == [("failed", "HandlerFailed")]
+    assert observer.failures == ["HandlerFailed"]
     assert source.closed
     assert store.checkpoints(GROUP) == {P0: 1}
 
@@ -185,7 +185,7 @@ def test_store_unavailable_pauses_and_a_later_retry_applies_the_batch_once(
     store.fail_commits = 1
     source = HeaderedSource({"t": [values(0, 2), values(1, 2)]})
     handler = EffectWriter()
-    observer = StoreObserver()
+    observer = RecordingObserver()
     clock = ManualClock()
     loop, batches = make_store_loop(source, store, handler, clock=clock, observer=observer,
                                     every_messages=4)
@@ -197,7 +197,7 @@ def test_store_unavailable_pauses_and_a_later_retry_applies_the_batch_once(
     assert processed(store) == []
     assert store.checkpoints(GROUP) == {P0: None, P1: None}
     assert source.commits == []
-    assert observer.named("store_unavailable") == [("store_unavailable",)]
+    assert observer.names.count("store_unavailable") == 1
 
     source.append("t", 0, b"late")
     assert loop.run_once() == 0  # backoff not over: paused, nothing consumed
@@ -212,7 +212,7 @@ def test_store_unavailable_pauses_and_a_later_retry_applies_the_batch_once(
     assert effects(store) == [("t", 0, 0), ("t", 0, 1), ("t", 1, 0), ("t", 1, 1)]
     assert store.checkpoints(GROUP) == {P0: 2, P1: 2}
     assert source.committed_offsets == {P0: 2, P1: 2}
-    assert observer.named("store_available") == [("store_available",)]
+    assert observer.names.count("store_available") == 1
 
     assert loop.run_once() == 1  # resumed: the late message arrives
     loop.close()
@@ -254,7 +254,7 @@ def test_store_back_during_a_revoke_checkpoint_resumes_the_partitions_still_assi
 
 
 def run_from(tmp_path: Path, source: HeaderedSource, *, policy: ExternalResetPolicy = "fail",
-             observer: StoreObserver | None = None) -> list[tuple[str, int, int]]:
+             observer: RecordingObserver | None = None) -> list[tuple[str, int, int]]:
     """Consume everything from where assignment positions p0, then shut down; what ran."""
     store = open_store(tmp_path)
     handler = EffectWriter()
@@ -310,7 +310,7 @@ def test_external_reset_with_policy_fail_stops_the_loop_with_external_reset(
     source = reset_by_another_tool(tmp_path)
     store = open_store(tmp_path)
     handler = EffectWriter()
-    observer = StoreObserver()
+    observer = RecordingObserver()
     loop, _ = make_store_loop(source, store, handler, clock=ManualClock(), observer=observer,
                               every_messages=100, on_external_reset="fail")
     with pytest.raises(ExternalReset) as raised:
@@ -318,25 +318,25 @@ def test_external_reset_with_policy_fail_stops_the_loop_with_external_reset(
     error = raised.value
     assert (error.topic, error.partition, error.kafka_offset, error.store_offset) == ("t", 0, 1, 3)
     assert loop.state is LoopState.FAILED
-    assert observer.named("failed") == [("failed", "ExternalReset")]
+    assert observer.failures == ["ExternalReset"]
     assert handler.calls == []
     assert store.checkpoints(GROUP) == {P0: 3}
 
 
 def test_external_reset_with_policy_follow_starts_at_kafkas_offset(tmp_path: Path) -> None:
     source = reset_by_another_tool(tmp_path)
-    observer = StoreObserver()
+    observer = RecordingObserver()
     calls = run_from(tmp_path, source, policy="follow", observer=observer)
     assert calls == [("t", 0, 1), ("t", 0, 2), ("t", 0, 3), ("t", 0, 4)]
-    assert observer.named("external_reset") == [("external_reset", P0, 1, 3, "follow")]
+    assert observer.named("external_reset") == [(P0, 1, 3, "follow")]
 
 
 def test_external_reset_with_policy_ignore_keeps_the_stores_offset(tmp_path: Path) -> None:
     source = reset_by_another_tool(tmp_path)
-    observer = StoreObserver()
+    observer = RecordingObserver()
     calls = run_from(tmp_path, source, policy="ignore", observer=observer)
     assert calls == [("t", 0, 3), ("t", 0, 4)]
-    assert observer.named("external_reset") == [("external_reset", P0, 1, 3, "ignore")]
+    assert observer.named("external_reset") == [(P0, 1, 3, "ignore")]
 
 
 def test_kafka_offset_equal_to_the_stores_is_no_reset_even_without_marker(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from consumer.cli import main
 from consumer.clock import ManualClock
-from consumer.errors import ConfigError, DeadLetterFailed, DedupKeyFailed
+from consumer.errors import EXIT_CONFIG, ConfigError, DeadLetterFailed, DedupKeyFailed
 from consumer.events import Observer
 from consumer.failures.retries import (
     FailurePolicy,
@@ -163,7 +163,7 @@ def test_bad_failure_settings_exit_2_with_one_line_each(
         "  a: {handler: 'handlers.echo:handle', retry: {never_retry: [NoSuchError],"
         " stop_on: [nope.Missing]}}\n"
     )
-    assert main(["check", "--config", str(config)]) == 2
+    assert main(["check", "--config", str(config)]) == EXIT_CONFIG
     err = capsys.readouterr().err.splitlines()
     assert "config: routes.a.retry.never_retry: 'NoSuchError' is not an exception type that " \
            "can be imported" in err
@@ -174,7 +174,7 @@ def test_bad_failure_settings_exit_2_with_one_line_each(
         "routes:\n"
         "  a: {handler: 'handlers.echo:handle', dead_letter_topic: a}\n"
     )
-    assert main(["check", "--config", str(config)]) == 2
+    assert main(["check", "--config", str(config)]) == EXIT_CONFIG
     assert "dead_letter_topic is the route's own topic" in capsys.readouterr().err
 
     config.write_text(
@@ -182,7 +182,7 @@ def test_bad_failure_settings_exit_2_with_one_line_each(
         "routes:\n"
         "  a: {handler: 'handlers.echo:handle', retry: {initial_backoff_seconds: 0}}\n"
     )
-    assert main(["check", "--config", str(config)]) == 2
+    assert main(["check", "--config", str(config)]) == EXIT_CONFIG
     assert "config: routes.a.retry.initial_backoff_seconds: Input should be greater than 0" \
         in capsys.readouterr().err
 

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consumer.events import Observer
 from consumer.store import Claim
 from consumer.store.purge import ProcessedKeyPurger
 from consumer.store.sqlite import SQLiteStore
-
-
-class Counting(Observer):
-    def __init__(self) -> None:
-        self.purged: list[int] = []
-
-    def processed_keys_purged(self, count: int) -> None:
-        self.purged.append(count)
+from consumer.testing import RecordingObserver
 
 
 def test_purge_deletes_only_keys_past_retention_in_batches(tmp_path: Path) -> None:
@@ -30,15 +22,15 @@ def test_purge_deletes_only_keys_past_retention_in_batches(tmp_path: Path) -> No
                 now=5_000.0)
     store.claim("other", [Claim(i.to_bytes(16, "big"), "t", 0, i) for i in range(7)], now=1.0)
     store.commit()
-    observer = Counting()
+    observer = RecordingObserver()
     purger = ProcessedKeyPurger(lambda: SQLiteStore(path), group="g", retention_seconds=1_000,
                                 every_seconds=60, batch_size=1_000, observer=observer,
                                 wall=lambda: 5_500.0)
     assert purger.purge_once() == 2500
-    assert observer.purged == [2500]
+    assert observer.named("processed_keys_purged") == [(2500,)]
     left = store.connection.execute(
         "SELECT group_id, count(*) FROM consumer_processed_keys GROUP BY group_id ORDER BY 1"
     ).fetchall()
     assert left == [("g", 10), ("other", 7)]
     assert purger.purge_once() == 0
-    assert observer.purged == [2500]
+    assert observer.named("processed_keys_purged") == [(2500,)]

@@ -1,0 +1,484 @@
+"""The store contract: what every backend (a SQLite file, a real PostgreSQL server) does alike.
+
+:class:`StoreContract` holds the tests; each backend's test module subclasses it and provides a
+``backend`` fixture giving each test a fresh database: ``tests/unit/store/test_sqlite.py`` (SQLite
+files in tmp_path, run with the unit tests) and ``tests/integration/test_store_contract.py``
+(a fresh PostgreSQL schema per test, reached through ``options=-csearch_path=<schema>``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+import pytest
+
+from consumer.dedup import key_function
+from consumer.errors import OffsetWentBackwards, StoreError, StoreSchemaError
+from consumer.message import Message
+from consumer.store import CheckpointRow, Claim, Position, SchemaUpgrade, Store
+from consumer.store.base import SCHEMA_VERSION
+from tests.support.store_v1 import SCHEMA_V1
+
+G = "group-a"
+P0 = ("t", 0)
+P1 = ("t", 1)
+
+
+@dataclass
+class Backend:
+    """One test's database; ``open()`` connects another store to it (schema not ensured)."""
+
+    name: str
+    connect: Callable[[], Store]
+    opened: list[Store] = field(default_factory=list)
+
+    def open(self) -> Store:
+        store = self.connect()
+        self.opened.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+def key(name: str) -> bytes:
+    return name.encode().ljust(16, b".")
+
+
+def claims(*names: str, partition: int = 0) -> list[Claim]:
+    return [Claim(key(n), "t", partition, offset) for offset, n in enumerate(names)]
+
+
+def scratch_ids(store: Store) -> list[int]:
+    return [row[0] for row in store.execute("SELECT id FROM scratch ORDER BY id").fetchall()]
+
+
+def stored_keys(store: Store, group: str = G) -> list[bytes]:
+    rows = store.execute(
+        "SELECT key FROM consumer_processed_keys WHERE group_id = %s ORDER BY key", (group,)
+    ).fetchall()
+    return [bytes(row[0]) for row in rows]
+
+
+def _v1_store(backend: Backend) -> Store:
+    """A store as version 1 left it: its tables (not ours of today), rows inserted below."""
+    store = backend.open()
+    for statement in SCHEMA_V1[backend.name]:
+        store.execute(statement)
+    return store
+
+
+def _event(topic: str, event_id: bytes) -> Message:
+    return Message(topic, 0, 3, b"{}", headers=[("idempotency-key", event_id)], timestamp=0.0)
+
+
+def _insert_v1_key(store: Store, group: str, message: Message) -> bytes:
+    """The key version 1 claimed for the message: the digest, not scoped to its topic."""
+    key = key_function("header:idempotency-key", {}, "group")(message)
+    store.execute(
+        'INSERT INTO consumer_processed_keys (group_id, key, topic, partition, "offset", '
+        "processed_at) VALUES (%s, %s, %s, 0, 3, 1.0)", (group, key, message.topic))
+    return key
+
+
+class StoreContract:
+    """Every store backend passes these. Subclasses provide the ``backend`` fixture."""
+
+    @pytest.fixture
+    def store(self, backend: Backend) -> Store:
+        """A store with our tables, and a ``scratch`` table standing in for a handler's own."""
+        store = backend.open()
+        store.ensure_schema()
+        store.execute("CREATE TABLE scratch (id integer PRIMARY KEY, note text)")
+        return store
+
+    # --- schema -----------------------------------------------------------------------------------
+
+    def test_before_ensure_schema_our_tables_are_missing(self, backend: Backend) -> None:
+        """A store call on a database without our tables says so (StoreSchemaError), not worse."""
+        with pytest.raises(StoreSchemaError, match="store init"):
+            backend.open().checkpoints(G)
+
+    def test_ensure_schema_creates_our_tables_and_records_the_version(
+        self, backend: Backend
+    ) -> None:
+        store = backend.open()
+        store.ensure_schema()
+        assert store.checkpoints(G) == {}
+        assert stored_keys(store) == []
+        assert store.execute("SELECT version FROM consumer_schema").fetchall() \
+            == [(SCHEMA_VERSION,)]
+
+    def test_ensure_schema_is_idempotent_and_keeps_data(self, backend: Backend) -> None:
+        """Running it again (this process or another) neither fails nor loses rows."""
+        store = backend.open()
+        store.ensure_schema()
+        store.assign(G, [P0], 1.0)
+        store.ensure_schema()
+        backend.open().ensure_schema()
+        assert store.execute("SELECT version FROM consumer_schema").fetchall() \
+            == [(SCHEMA_VERSION,)]
+        assert store.checkpoints(G) == {P0: None}
+
+    def test_other_schema_version_raises_schema_error_naming_both_versions(
+        self, backend: Backend
+    ) -> None:
+        store = backend.open()
+        store.execute("CREATE TABLE consumer_schema (version integer NOT NULL)")
+        store.execute("INSERT INTO consumer_schema VALUES (%s)", (SCHEMA_VERSION + 98,))
+        with pytest.raises(StoreSchemaError) as raised:
+            store.ensure_schema()
+        message = str(raised.value)
+        assert f"version {SCHEMA_VERSION + 98}" in message
+        assert f"needs {SCHEMA_VERSION}" in message
+        assert store.execute("SELECT version FROM consumer_schema").fetchall() == [
+            (SCHEMA_VERSION + 98,)
+        ], "a refused schema is left as it was"
+
+    def test_migration_from_version_1_scopes_one_groups_keys_as_the_code_computes_them(
+        self,
+        backend: Backend,
+    ) -> None:
+        """A version-1 store: group-a's orders key is rewritten to exactly the topic-scoped key the
+        key function computes now, so the redelivered event is still skipped; its payments key is
+        kept (that route is dedup_scope: group); group-b's key waits for group-b's consumer. The
+        checkpoint row keeps its offset and gains an empty topic id. Running it again is a no-op."""
+        old = _v1_store(backend)
+        order, payment = _event("orders", b"evt-1"), _event("payments", b"pay-1")
+        _insert_v1_key(old, G, order)
+        _insert_v1_key(old, G, payment)
+        b_key = _insert_v1_key(old, "group-b", order)
+        old.execute("INSERT INTO consumer_checkpoints VALUES (%s, 'orders', 0, 4, 3, 1.0)", (G,))
+
+        store = backend.open()
+        upgrade = store.ensure_schema(G, group_scoped_topics={"payments"})
+        assert upgrade == SchemaUpgrade(1, SCHEMA_VERSION, G, keys_scoped=1, keys_kept=1,
+                                        groups_waiting=1)
+        assert "from schema version 1 to 2" in upgrade.describe("here")
+        assert store.execute("SELECT version FROM consumer_schema").fetchall() == [(2,)]
+        by_topic = key_function("header:idempotency-key", {})
+        by_group = key_function("header:idempotency-key", {}, "group")
+        store.begin()
+        assert store.claim(G, [Claim(by_topic(order), "orders", 0, 9),
+                               Claim(by_group(payment), "payments", 0, 9)], 2.0) == set()
+        store.rollback()
+        assert stored_keys(store, "group-b") == [b_key], "another group's keys are its own"
+        assert store.execute("SELECT topic_id, next_offset, epoch FROM consumer_checkpoints"
+                             ).fetchall() == [(None, 4, 3)]
+        assert store.ensure_schema(G, group_scoped_topics={"payments"}) is None
+
+        other = backend.open()
+        assert other.ensure_schema("group-b") == \
+            SchemaUpgrade(1, SCHEMA_VERSION, "group-b", 1, 0, 0)
+        assert stored_keys(other, "group-b") == [by_topic(order)]
+
+    def test_a_failing_migration_leaves_version_1_untouched(self, backend: Backend) -> None:
+        """The migration is one transaction: when a step fails (here a table of the handlers that
+        happens to bear our new table's name), nothing of it stays and the store is still v1."""
+        old = _v1_store(backend)
+        _insert_v1_key(old, G, _event("orders", b"evt-1"))
+        old.execute("CREATE TABLE consumer_keys_to_scope (note text)")
+        with pytest.raises(StoreError):
+            backend.open().ensure_schema(G)
+        assert old.execute("SELECT version FROM consumer_schema").fetchall() == [(1,)]
+        with pytest.raises((sqlite3.OperationalError, psycopg.errors.UndefinedColumn)):
+            old.execute("SELECT topic_id FROM consumer_checkpoints")
+
+    def test_a_fresh_store_needs_no_migration(self, backend: Backend) -> None:
+        assert backend.open().ensure_schema(G, group_scoped_topics={"t"}) is None
+
+    # --- assignment and checkpoint rows -----------------------------------------------------------
+
+    def test_assign_creates_rows_at_epoch_one_without_an_offset(self, store: Store) -> None:
+        assert store.assign(G, [P0, P1], 1.0) == {P0: Position(None, 1), P1: Position(None, 1)}
+        assert store.checkpoints(G) == {P0: None, P1: None}
+
+    def test_assign_again_bumps_the_epoch_and_returns_the_checkpoint(self, store: Store) -> None:
+        store.assign(G, [P0, P1], 1.0)
+        store.begin()
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0) == []
+        store.commit()
+        assert store.assign(G, [P0], 3.0) == {P0: Position(42, 2)}
+        assert store.assign(G, [P0, P1], 4.0) == {P0: Position(42, 3), P1: Position(None, 2)}
+
+    def test_write_checkpoints_moves_only_rows_whose_epoch_is_ours(self, backend: Backend,
+                                                                   store: Store) -> None:
+        """P1 was assigned again by a newer owner: its row stays, and it is reported fenced."""
+        store.assign(G, [P0, P1], 1.0)
+        backend.open().assign(G, [P1], 2.0)
+        store.begin()
+        fenced = store.write_checkpoints(
+            G, [CheckpointRow("t", 0, 10, 1), CheckpointRow("t", 1, 20, 1)], 3.0
+        )
+        store.commit()
+        assert fenced == [P1]
+        assert store.checkpoints(G) == {P0: 10, P1: None}
+
+    def test_write_checkpoints_fences_a_partition_without_a_row(self, store: Store) -> None:
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        fenced = store.write_checkpoints(
+            G, [CheckpointRow("t", 0, 5, 1), CheckpointRow("t", 7, 5, 1)], 2.0
+        )
+        store.commit()
+        assert fenced == [("t", 7)]
+        assert store.checkpoints(G) == {P0: 5}
+
+    def test_write_checkpoints_of_another_group_fences(self, store: Store) -> None:
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        assert store.write_checkpoints("group-b", [CheckpointRow("t", 0, 5, 1)], 2.0) == [P0]
+        store.rollback()
+
+    def test_write_checkpoints_refuses_to_move_a_row_backwards(self, store: Store) -> None:
+        """Our epoch, but an offset below the row's: the UPDATE itself refuses it, and the store
+        raises OffsetWentBackwards (not Fenced) naming both offsets; the row keeps its offset."""
+        store.assign(G, [P0, P1], 1.0)
+        store.begin()
+        store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1), CheckpointRow("t", 1, 7, 1)], 2.0)
+        store.commit()
+        store.begin()
+        with pytest.raises(OffsetWentBackwards) as raised:
+            store.write_checkpoints(
+                G, [CheckpointRow("t", 1, 9, 1), CheckpointRow("t", 0, 40, 1)], 3.0
+            )
+        store.rollback()
+        assert (raised.value.topic, raised.value.partition) == P0
+        assert (raised.value.old, raised.value.new) == (42, 40)
+        assert store.checkpoints(G) == {P0: 42, P1: 7}
+
+    def test_write_checkpoints_at_the_same_offset_is_no_move_and_no_error(
+        self, store: Store
+    ) -> None:
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0) == []
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 3.0) == []
+        store.commit()
+        assert store.checkpoints(G) == {P0: 42}
+
+    def test_a_fenced_row_below_ours_is_reported_fenced_not_backwards(self, backend: Backend,
+                                                                     store: Store) -> None:
+        """A newer owner took P0 (epoch 2): our lower offset is a zombie's write, so Fenced wins."""
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0)
+        store.commit()
+        backend.open().assign(G, [P0], 3.0)
+        store.begin()
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 10, 1)], 4.0) == [P0]
+        store.rollback()
+
+    def test_replay_moves_a_row_backwards_on_purpose_and_fences_its_owner(
+        self, store: Store
+    ) -> None:
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0)
+        store.commit()
+        store.replay(G, {P0: 10}, forget_keys=False, now=3.0)
+        assert store.checkpoints(G) == {P0: 10}
+        store.begin()
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 11, 1)], 4.0) == [P0]
+        store.rollback()
+        assert store.assign(G, [P0], 5.0) == {P0: Position(10, 3)}
+        store.begin()
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 11, 3)], 6.0) == []
+        store.commit()
+        assert store.checkpoints(G) == {P0: 11}
+
+    def test_checkpoints_lists_the_rows_of_one_group(self, store: Store) -> None:
+        store.assign(G, [P0, P1, ("u", 3)], 1.0)
+        store.assign("group-b", [P0], 1.0)
+        store.begin()
+        store.write_checkpoints(G, [CheckpointRow("u", 3, 9, 1)], 2.0)
+        store.write_checkpoints("group-b", [CheckpointRow("t", 0, 77, 1)], 2.0)
+        store.commit()
+        assert store.checkpoints(G) == {P0: None, P1: None, ("u", 3): 9}
+        assert store.checkpoints("group-b") == {P0: 77}
+        assert store.checkpoints("nobody") == {}
+
+    # --- processed keys ---------------------------------------------------------------------------
+
+    def test_claim_returns_only_keys_not_claimed_before(self, store: Store) -> None:
+        store.begin()
+        assert store.claim(G, claims("a", "b"), 1.0) == {key("a"), key("b")}
+        assert store.claim(G, claims("b", "c", "a", "d"), 1.0) == {key("c"), key("d")}
+        store.commit()
+        store.begin()
+        assert store.claim(G, claims("a", "e"), 2.0) == {key("e")}
+        store.commit()
+
+    def test_key_repeated_within_one_claim_is_new_once_and_stored_once(self, store: Store) -> None:
+        store.begin()
+        assert store.claim(G, claims("a", "x", "a", "a"), 1.0) == {key("a"), key("x")}
+        store.commit()
+        assert stored_keys(store) == [key("a"), key("x")]
+
+    def test_claim_of_nothing_is_nothing(self, store: Store) -> None:
+        store.begin()
+        assert store.claim(G, [], 1.0) == set()
+        store.commit()
+
+    def test_keys_are_claimed_per_group(self, store: Store) -> None:
+        store.begin()
+        assert store.claim(G, claims("a"), 1.0) == {key("a")}
+        assert store.claim("group-b", claims("a"), 1.0) == {key("a")}
+        assert store.claim("group-b", claims("a"), 1.0) == set()
+        store.commit()
+
+    def test_unclaim_forgets_keys_of_that_group_only(self, store: Store) -> None:
+        store.begin()
+        store.claim(G, claims("a", "b"), 1.0)
+        store.claim("group-b", claims("a"), 1.0)
+        store.unclaim(G, [key("a")])
+        assert store.claim(G, claims("a", "b"), 1.0) == {key("a")}
+        assert store.claim("group-b", claims("a"), 1.0) == set()
+        store.unclaim(G, [])
+        store.commit()
+
+    def test_purge_deletes_only_keys_older_than_the_cutoff_at_most_limit_per_call(
+        self,
+        backend: Backend, store: Store,
+    ) -> None:
+        store.begin()
+        store.claim(G, claims("old1", "old2", "old3"), 100.0)
+        store.claim("group-b", claims("old4"), 100.0)
+        store.claim(G, claims("new1", "new2"), 200.0)
+        store.claim(G, claims("edge"), 150.0)
+        store.claim(G, claims("old5", partition=1), 100.0)
+        store.commit()
+        assert store.purge_processed_keys(G, 150.0, 3) == 3
+        assert store.purge_processed_keys(G, 150.0, 3) == 1
+        assert store.purge_processed_keys(G, 150.0, 3) == 0
+        assert stored_keys(store) == sorted([key("edge"), key("new1"), key("new2")])
+        assert stored_keys(store, "group-b") == [key("old4")], "another group's key is not ours"
+        assert stored_keys(backend.open()) == stored_keys(store), "purge commits on its own"
+
+    def test_purge_of_one_group_leaves_another_groups_keys(
+        self, backend: Backend, store: Store
+    ) -> None:
+        """Two groups share one database: group-b's purge (its own retention) deletes only its
+        keys; group-a's keys of the same age stay, however short group-b's retention is."""
+        store.begin()
+        store.claim(G, claims("a1", "a2"), 100.0)
+        store.claim("group-b", claims("b1", "b2"), 100.0)
+        store.commit()
+        assert store.purge_processed_keys("group-b", 150.0, 10) == 2
+        assert stored_keys(store) == sorted([key("a1"), key("a2")])
+        assert stored_keys(store, "group-b") == []
+        assert store.purge_processed_keys(G, 150.0, 10) == 2
+        assert stored_keys(store) == []
+
+    # --- transactions -----------------------------------------------------------------------------
+
+    def test_rollback_discards_claims_checkpoint_rows_and_writes(self, store: Store) -> None:
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        store.claim(G, claims("a"), 2.0)
+        store.write_checkpoints(G, [CheckpointRow("t", 0, 5, 1)], 2.0)
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "effect"))
+        store.rollback()
+        assert store.checkpoints(G) == {P0: None}
+        assert stored_keys(store) == []
+        assert scratch_ids(store) == []
+        store.begin()
+        assert store.claim(G, claims("a"), 3.0) == {key("a")}
+        store.rollback()
+
+    def test_rollback_outside_a_transaction_is_harmless(self, store: Store) -> None:
+        store.rollback()
+        store.begin()
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "kept"))
+        store.commit()
+        store.rollback()
+        assert scratch_ids(store) == [1]
+
+    def test_savepoint_rollback_discards_only_the_writes_inside_it(self, store: Store) -> None:
+        store.begin()
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "before"))
+        store.claim(G, claims("a"), 1.0)
+        store.savepoint()
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (2, "rolled back"))
+        store.claim(G, claims("b"), 1.0)
+        store.rollback_to_savepoint()
+        store.savepoint()
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (3, "released"))
+        store.release_savepoint()
+        store.commit()
+        assert scratch_ids(store) == [1, 3]
+        assert stored_keys(store) == [key("a")]
+
+    def test_savepoint_rollback_recovers_the_transaction_after_a_failed_statement(
+        self,
+        store: Store,
+    ) -> None:
+        """A handler whose SQL fails (here a duplicate key) rolls back alone; the batch goes on."""
+        store.begin()
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "first"))
+        store.savepoint()
+        with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)):
+            store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "duplicate"))
+        store.rollback_to_savepoint()
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (2, "after"))
+        store.commit()
+        assert scratch_ids(store) == [1, 2]
+
+    def test_uncommitted_work_is_invisible_to_a_second_connection(self, backend: Backend,
+                                                                  store: Store) -> None:
+        store.assign(G, [P0], 1.0)
+        other = backend.open()
+        store.begin()
+        store.claim(G, claims("a"), 2.0)
+        store.write_checkpoints(G, [CheckpointRow("t", 0, 5, 1)], 2.0)
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "effect"))
+        assert other.checkpoints(G) == {P0: None}
+        assert stored_keys(other) == []
+        assert scratch_ids(other) == []
+        store.rollback()
+
+    def test_commit_makes_keys_rows_and_writes_visible_to_a_second_connection(
+        self,
+        backend: Backend, store: Store
+    ) -> None:
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        store.claim(G, claims("a"), 2.0)
+        store.write_checkpoints(G, [CheckpointRow("t", 0, 5, 1)], 2.0)
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "effect"))
+        store.commit()
+
+        other = backend.open()
+        assert other.checkpoints(G) == {P0: 5}
+        assert stored_keys(other) == [key("a")]
+        assert scratch_ids(other) == [1]
+        other.begin()
+        assert other.claim(G, claims("a"), 3.0) == set()
+        other.rollback()
+
+    # --- for handlers -----------------------------------------------------------------------------
+
+    def test_execute_takes_percent_s_placeholders(self, store: Store) -> None:
+        store.execute("INSERT INTO scratch (id, note) VALUES (%s, %s)", (7, "it's 100%"))
+        store.execute("INSERT INTO scratch (id, note) VALUES (%s, %s)", [8, None])
+        rows = store.execute("SELECT id, note FROM scratch WHERE id >= %s ORDER BY id", (7,))
+        assert rows.fetchall() == [(7, "it's 100%"), (8, None)]
+
+    def test_connection_is_the_one_execute_uses(self, store: Store) -> None:
+        """``context.db`` and ``context.execute`` write in the same transaction."""
+        store.begin()
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "via execute"))
+        count = store.connection.execute("SELECT count(*) FROM scratch").fetchone()[0]
+        store.rollback()
+        assert count == 1
+        assert scratch_ids(store) == []
+
+    def test_ping_answers_on_a_healthy_store(self, store: Store) -> None:
+        """ping() raises StoreUnavailable when the database does not answer; a healthy one passes
+        and stays usable afterwards."""
+        assert store.ping() is None  # type: ignore[func-returns-value]
+        assert store.checkpoints("nobody") == {}

@@ -1,0 +1,66 @@
+"""The store contract on SQLite (files in tmp_path, no server), and what only SQLite does.
+
+The contract itself is :class:`tests.support.store_contract.StoreContract`; its PostgreSQL half
+is an integration test (``tests/integration/test_store_contract.py``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumer.errors import StoreUnavailable
+from consumer.store.sqlite import SQLiteStore
+from tests.support.store_contract import P0, Backend, G, StoreContract
+
+
+class TestSQLiteStoreContract(StoreContract):
+    """The store contract on a fresh SQLite file per test."""
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[Backend]:
+        path = str(tmp_path / "store.db")
+        backend = Backend("sqlite", lambda: SQLiteStore(path))
+        yield backend
+        backend.close_all()
+
+
+# --- SQLite only --------------------------------------------------------------------------------
+
+
+def test_sqlite_locked_file_is_unavailable_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = str(tmp_path / "locked.db")
+    store = SQLiteStore(path, busy_timeout_ms=150)
+    store.ensure_schema()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            store.begin()
+        waited = time.monotonic() - started
+        assert 0.1 <= waited < 3.0, f"waited {waited:.3f} s, not about busy_timeout"
+        with pytest.raises(StoreUnavailable):
+            store.assign(G, [P0], 1.0)
+        assert store.checkpoints(G) == {}, "WAL readers are not blocked by the writer"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.begin()
+    store.commit()
+    store.close()
+
+
+def test_sqlite_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "durable.db"))
+    assert store.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    store.close()
+    check = sqlite3.connect(str(tmp_path / "durable.db"))
+    assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal", "WAL persists in the file"
+    check.close()

@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.kafka import create_topic, produce, unique_name
-from tests.support.stores import StoreUnderTest, fresh_store
+from tests.support.stores import StoreUnderTest
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(postgres_dsn: str, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    # PostgreSQL: a SQLite writer frozen inside its batch holds the whole file, so the new
-    # owner could not even take the partition over while it is frozen.
-    with fresh_store("postgresql", tmp_path, postgres_dsn) as under_test:
-        yield under_test
+# PostgreSQL: a SQLite writer frozen inside its batch holds the whole file, so the new
+# owner could not even take the partition over while it is frozen.
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("store", ["postgresql"], indirect=True)]
 
 
 def _checkpoint_row(store: StoreUnderTest) -> object:
@@ -31,6 +25,23 @@ def _checkpoint_row(store: StoreUnderTest) -> object:
     except Exception:  # The table appears with the first assignment.
         return None
     return rows[0][0] if rows else None
+
+
+def _freeze_first_member_inside_its_batch(kafka_bootstrap: str, topic: str,
+                                          zombie: ConsumerProcess,
+                                          owner: ConsumerProcess) -> None:
+    """Start the first member, let the second join idle (set up, schema checked, by the time it
+    takes the partition over), produce two messages, and SIGSTOP the first inside its second
+    handler call: its batch's keys are claimed and uncommitted."""
+    zombie.start()
+    wait_for(lambda: zombie.owned_partitions() == {0}, timeout=60,
+             what=f"the first member to take the partition ({zombie.log_tail()})")
+    owner.start()
+    wait_for(lambda: "subscribed to" in owner.log_file.read_text(errors="replace"),
+             timeout=60, what=f"the second member to join ({owner.log_tail()})")
+    produce(kafka_bootstrap, topic, [b"a", b"b"])
+    zombie.wait_records(1, timeout=60)  # in the second handler's sleep now
+    zombie.signal(signal.SIGSTOP)
 
 
 def test_fenced_zombie_runs_no_handler_again_on_its_way_out(
@@ -47,18 +58,8 @@ def test_fenced_zombie_runs_no_handler_again_on_its_way_out(
                              max_poll_interval_ms=7000)
     zombie = ConsumerProcess(tmp_path, "zombie", config, env={"RECORD_SLEEP_SECONDS": "2"})
     owner = ConsumerProcess(tmp_path, "owner", config)
-    zombie.start()
     try:
-        wait_for(lambda: zombie.owned_partitions() == {0}, timeout=60,
-                 what=f"the first member to take the partition ({zombie.log_tail()})")
-        # The second member joins before the freeze, idle: it is set up (schema checked) by
-        # the time it takes the partition over.
-        owner.start()
-        wait_for(lambda: "subscribed to" in owner.log_file.read_text(errors="replace"),
-                 timeout=60, what=f"the second member to join ({owner.log_tail()})")
-        produce(kafka_bootstrap, topic, [b"a", b"b"])
-        zombie.wait_records(1, timeout=60)  # in the second handler's sleep now
-        zombie.signal(signal.SIGSTOP)
+        _freeze_first_member_inside_its_batch(kafka_bootstrap, topic, zombie, owner)
         try:
             wait_for(lambda: owner.owned_partitions() == {0}, timeout=90,
                      what="the new owner to take the partition")
@@ -98,16 +99,8 @@ def test_frozen_zombie_costs_the_new_owner_at_most_the_idle_bound(
         "postgres_lock_timeout_seconds": 1.0, "max_backoff_seconds": 1.0})
     zombie = ConsumerProcess(tmp_path, "zombie", config, env={"RECORD_SLEEP_SECONDS": "2"})
     owner = ConsumerProcess(tmp_path, "owner", config)
-    zombie.start()
     try:
-        wait_for(lambda: zombie.owned_partitions() == {0}, timeout=60,
-                 what=f"the first member to take the partition ({zombie.log_tail()})")
-        owner.start()
-        wait_for(lambda: "subscribed to" in owner.log_file.read_text(errors="replace"),
-                 timeout=60, what=f"the second member to join ({owner.log_tail()})")
-        produce(kafka_bootstrap, topic, [b"a", b"b"])
-        zombie.wait_records(1, timeout=60)  # keys claimed, inside the second handler's sleep
-        zombie.signal(signal.SIGSTOP)
+        _freeze_first_member_inside_its_batch(kafka_bootstrap, topic, zombie, owner)
         try:
             wait_for(lambda: owner.owned_partitions() == {0}, timeout=90,
                      what="the new owner to take the partition")

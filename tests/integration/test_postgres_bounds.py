@@ -6,8 +6,6 @@ the frozen session after ``idle_in_transaction_session_timeout``, freeing its lo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,9 +13,10 @@ from consumer.errors import StoreUnavailable
 from consumer.settings import StoreSettings
 from consumer.store import CheckpointRow, Claim, PostgresSession, open_configured
 from consumer.store.postgres import PostgresStore
-from tests.support.stores import StoreUnderTest, fresh_store
+from tests.support.stores import StoreUnderTest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("store", ["postgresql"], indirect=True)]
 
 LOCK = 1.0
 IDLE = 3.0
@@ -26,11 +25,6 @@ GROUP = "g"
 TP0 = ("orders", 0)
 CLAIMS = [Claim(bytes([i]) * 16, "orders", 0, i) for i in range(5)]
 
-
-@pytest.fixture
-def store(postgres_dsn: str, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    with fresh_store("postgresql", tmp_path, postgres_dsn) as under_test:
-        yield under_test
 
 
 def _open(url: str) -> PostgresStore:

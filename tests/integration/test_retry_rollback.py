@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,10 @@ from consumer_process import ConsumerProcess, consumer_config, wait_for
 from tests.support import commit_bomb
 from tests.support.kafka import create_topic, produce, unique_name
 from tests.support.scrape import endpoint, scrape
-from tests.support.stores import StoreUnderTest, fresh_store
+from tests.support.stores import StoreUnderTest
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(postgres_dsn: str, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    with fresh_store("postgresql", tmp_path, postgres_dsn) as under_test:
-        yield under_test
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("store", ["postgresql"], indirect=True)]
 
 
 def _events(first: int, count: int) -> list[bytes]:

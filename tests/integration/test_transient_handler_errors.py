@@ -5,7 +5,6 @@ real PostgreSQL)."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,15 +14,10 @@ from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.contended_handler import SCHEMA
 from tests.support.kafka import create_topic, produce, read_topic, unique_name
-from tests.support.stores import StoreUnderTest, fresh_store
+from tests.support.stores import StoreUnderTest
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(postgres_dsn: str, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    with fresh_store("postgresql", tmp_path, postgres_dsn) as under_test:
-        yield under_test
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("store", ["postgresql"], indirect=True)]
 
 
 def _attempts(run: ConsumerProcess) -> int:

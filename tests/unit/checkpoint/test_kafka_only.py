@@ -1,4 +1,5 @@
-"""consumer.checkpoint: one checkpoint commits the watermarks that moved, and only those."""
+"""consumer.checkpoint.kafka_only: one checkpoint commits the watermarks that moved, and only
+those."""
 
 from __future__ import annotations
 

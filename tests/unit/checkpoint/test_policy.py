@@ -1,4 +1,4 @@
-"""consumer.checkpoint_policy: when a checkpoint is due (count, interval, both, either off)."""
+"""consumer.checkpoint.policy: when a checkpoint is due (count, interval, both, either off)."""
 
 from __future__ import annotations
 

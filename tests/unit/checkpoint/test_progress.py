@@ -1,4 +1,5 @@
-"""consumer.watermark: PartitionProgress bookkeeping of done, committed and acked offsets."""
+"""consumer.checkpoint.progress: PartitionProgress bookkeeping of done, committed and acked
+offsets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""consumer.store_checkpoint: one batch applied exactly once in one store transaction.
+"""consumer.checkpoint.store_batch: one batch applied exactly once in one store transaction.
 
 Driven with a real SQLite store (a file in tmp_path) and InMemorySource as the Kafka side.
 """

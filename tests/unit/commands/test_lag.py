@@ -1,4 +1,4 @@
-"""consumer.lag_command: the `consumer lag` table and JSON, without a broker."""
+"""consumer.commands.lag: the `consumer lag` table and JSON, without a broker."""
 
 from __future__ import annotations
 

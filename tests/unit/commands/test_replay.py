@@ -1,4 +1,4 @@
-"""consumer.replay: the parts that need no broker (times, partition choice, the plan)."""
+"""consumer.commands.replay: the parts that need no broker (times, partition choice, the plan)."""
 
 from __future__ import annotations
 

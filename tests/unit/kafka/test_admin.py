@@ -1,4 +1,4 @@
-"""consumer.source: the admin client that reads topic ids gets only the properties an admin
+"""consumer.kafka: the admin client that reads topic ids gets only the properties an admin
 client knows (connection and security), never the consumer's own tuning."""
 
 from __future__ import annotations

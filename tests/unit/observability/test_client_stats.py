@@ -1,4 +1,4 @@
-"""consumer.client_stats: librdkafka statistics JSON -> LogOffsets per partition."""
+"""consumer.observability.client_stats: librdkafka statistics JSON -> LogOffsets per partition."""
 
 from __future__ import annotations
 

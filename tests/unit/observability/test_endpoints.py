@@ -1,4 +1,5 @@
-"""consumer.endpoints: /metrics, /livez and /readyz over real HTTP on a loopback port."""
+"""consumer.observability.endpoints: /metrics, /livez and /readyz over real HTTP on a loopback
+port."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""consumer.health: /livez fails only when a restart helps; /readyz follows the lifecycle."""
+"""consumer.observability.health: /livez fails only when a restart helps; /readyz follows the
+lifecycle."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""consumer.histogram: batch binning agrees with one bisect per value, Prometheus' ``le``."""
+"""consumer.observability.histogram: batch binning agrees with one bisect per value, Prometheus'
+``le``."""
 
 from __future__ import annotations
 

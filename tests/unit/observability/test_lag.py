@@ -1,4 +1,5 @@
-"""consumer.lag: lag in messages and seconds, and the end-offset timeline it interpolates."""
+"""consumer.observability.lag: lag in messages and seconds, and the end-offset timeline it
+interpolates."""
 
 from __future__ import annotations
 

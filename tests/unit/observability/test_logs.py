@@ -1,5 +1,5 @@
-"""consumer.logs: human lines by default, JSON lines on request; message lines carry the
-message's group, topic, partition and offset."""
+"""consumer.observability.logs: human lines by default, JSON lines on request; message lines carry
+the message's group, topic, partition and offset."""
 
 from __future__ import annotations
 

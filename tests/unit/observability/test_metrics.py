@@ -1,4 +1,5 @@
-"""consumer.metrics: the exported series, computed at scrape time from the loop's snapshot.
+"""consumer.observability.metrics: the exported series, computed at scrape time from the loop's
+snapshot.
 
 Messages in InMemorySource carry timestamp 0.0 and the ManualClock starts at 0, so a message's
 age is simply the clock's reading.

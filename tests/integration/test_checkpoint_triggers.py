@@ -27,6 +27,7 @@ class Checkpoints(Observer):
 
     def __init__(self) -> None:
         self.loop: ConsumerLoop | None = None
+        self.group = ""
         self.taken: list[tuple[Trigger, dict[TP, int], dict[TP, int | None]]] = []
 
     def checkpoint_committed(self, trigger: Trigger, offsets: Mapping[TP, int]) -> None:
@@ -51,6 +52,7 @@ def _loop(bootstrap: str, topic: str, handled: list[Message], observer: Checkpoi
 
     loop = build_loop(settings, Router([Route(topic, remember, "test:remember")]), observer)
     observer.loop = loop
+    observer.group = settings.kafka.group_id
     return loop
 
 
@@ -82,7 +84,7 @@ def test_count_trigger_alone_commits_every_n_and_kafka_agrees(kafka_bootstrap: s
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
                  every_seconds=None, synchronous_commits=True)
     assert loop.start()
-    group = loop._group
+    group = observer.group
     try:
         _run_until(loop, lambda: len(handled) >= 1000, 60, "1,000 messages")
         for trigger, offsets, watermarks in observer.taken:
@@ -111,7 +113,7 @@ def test_asynchronous_count_checkpoints_wait_for_the_previous_answer(
     loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
                  every_seconds=None)
     assert loop.start()
-    group = loop._group
+    group = observer.group
     try:
         deadline = time.monotonic() + 60
         while len(handled) < 5000:
@@ -142,7 +144,7 @@ def test_count_checkpoints_are_in_kafka_after_each_one(kafka_bootstrap: str) -> 
             loop.run_once()
             for _trigger, offsets, watermarks in observer.taken[checked:]:
                 assert offsets[(topic, 0)] == watermarks[(topic, 0)]
-                _kafka_matches(kafka_bootstrap, loop._group, topic, offsets)
+                _kafka_matches(kafka_bootstrap, observer.group, topic, offsets)
                 checked += 1
     finally:
         loop.close()
@@ -164,7 +166,7 @@ def test_interval_trigger_alone_commits_an_idle_consumers_work(kafka_bootstrap: 
         _run_until(loop, lambda: any(o.get((topic, 0)) == 50 for _, o, _ in observer.taken),
                    10, "an interval checkpoint of the idle consumer")
         assert {t for t, _, _ in observer.taken} == {Trigger.INTERVAL}
-        _kafka_matches(kafka_bootstrap, loop._group, topic, {(topic, 0): 50})
+        _kafka_matches(kafka_bootstrap, observer.group, topic, {(topic, 0): 50})
     finally:
         loop.close()
 

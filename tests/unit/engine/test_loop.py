@@ -573,3 +573,20 @@ def test_without_a_store_topic_ids_are_learnt_at_start_and_again_at_assignment()
     assert asked == ["t", "t"], "learnt again at assignment"
     message = Message("t", 0, 0, b"m0", timestamp=0.0)
     assert keys == [key_function("coordinates", {"t": "id-of-the-recreated-t"})(message).hex()]
+
+
+def test_an_unanswered_commit_holds_the_next_back_for_thirty_seconds_at_most() -> None:
+    """Direct mode shares the store's rule: the next asynchronous checkpoint waits for the
+    previous one's answer, and goes out anyway once the answer is 30 s overdue."""
+    source = InMemorySource({"t": [values(40)]})
+    clock = ManualClock()
+    loop = make_loop(source, Recorder(), every_messages=10, batch_size=10, clock=clock)
+    loop.start()
+    source.hold_commit_results = True
+    loop.run_once()
+    loop.run_once()
+    assert [offsets for offsets, _ in source.commits] == [{("t", 0): 10}], "held back"
+    clock.advance(30.001)
+    loop.run_once()
+    assert [offsets for offsets, _ in source.commits] == [{("t", 0): 10}, {("t", 0): 30}]
+    assert all(asynchronous for _, asynchronous in source.commits)

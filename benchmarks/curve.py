@@ -28,7 +28,7 @@ from benchmarks.environments import REPO_ROOT
 from benchmarks.measure import ChildRun, RunResult, run_child
 from benchmarks.runners.framework import baseline_sections
 from benchmarks.stats import Spread
-from consumer.engine.loop import UNCONFIRMED_INTERVALS
+from consumer.engine.direct_mode import UNCONFIRMED_INTERVALS
 
 INTERVALS = (1, 10, 100, 1_000, 10_000)
 P = TypeVar("P")

@@ -9,7 +9,7 @@ from benchmarks.curve import CurvePoint
 from benchmarks.rounds import Standing
 from benchmarks.stats import Spread
 from benchmarks.store_curve import NO_STORE, StoreCurve
-from consumer.engine.loop import UNCONFIRMED_INTERVALS
+from consumer.engine.direct_mode import UNCONFIRMED_INTERVALS
 
 
 def draw(out: Path, standings: list[Standing], curve: list[CurvePoint] | None,

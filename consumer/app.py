@@ -9,15 +9,19 @@ import threading
 from collections.abc import Callable, Mapping
 from types import FrameType
 
+from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.policy import CheckpointPolicy
-from consumer.clock import SystemClock
+from consumer.clock import Clock, SystemClock
 from consumer.dedup import KeyFunction, key_function
+from consumer.engine.direct_mode import DirectMode, unconfirmed_limit
+from consumer.engine.dispatch import Dispatcher
 from consumer.engine.loop import ConsumerLoop
-from consumer.engine.store_mode import TransactionalBatches
+from consumer.engine.mode import CheckpointMode
+from consumer.engine.store_mode import StoreMode
 from consumer.events import Observer, Observers
 from consumer.failures.retries import Failures, build_policies
 from consumer.kafka.producer import KafkaDeadLetterSink
-from consumer.kafka.protocol import Source
+from consumer.kafka.protocol import DeadLetterSink, Source
 from consumer.kafka.source import KafkaSource
 from consumer.observability import logs
 from consumer.observability.event_log import LoggingObserver
@@ -26,7 +30,7 @@ from consumer.observability.lag import LogTracker
 from consumer.observability.log_watch import LogWatch
 from consumer.routing import Router
 from consumer.settings import Settings
-from consumer.store import open_configured
+from consumer.store import Store, open_configured
 from consumer.store.purge import ProcessedKeyPurger
 
 log = logging.getLogger("consumer.app")
@@ -56,54 +60,70 @@ def build_loop(
     on_statistics: Callable[[str], None] | None = None,
     instruments: Instruments | None = None,
     log: LogTracker | None = None,
+    source: Source | None = None,
+    store: Store | None = None,
+    clock: Clock | None = None,
+    dead_letters: DeadLetterSink | None = None,
 ) -> ConsumerLoop:
     """Wire a consumer loop for these settings; nothing connects until ``loop.start()``
     (a SQLite store file is opened here; PostgreSQL connects at ``loop.start()``).
 
-    With ``instruments``, handlers, the store and commits are timed; with ``log``, the loop
-    keeps paused partitions' end offsets and transactional positions current in it."""
-    source: Source = KafkaSource(settings.kafka, on_statistics=on_statistics)
+    The checkpoint mode is chosen here, once: store mode when the settings name a store (or
+    one is given), else direct mode. ``source``, ``store``, ``clock`` and ``dead_letters``
+    replace the Kafka client, the configured store, the system clock and the dead-letter
+    producer (tests pass in-memory ones). With ``instruments``, handlers, the store and commits
+    are timed; with ``log``, the loop keeps paused partitions' end offsets and transactional
+    positions current in it."""
+    if source is None:
+        source = KafkaSource(settings.kafka, on_statistics=on_statistics)
     if instruments is not None:
         source = instruments.source(source)
     observer = Observers(LoggingObserver(), *extra_observers)
-    clock = SystemClock()
+    clock = clock or SystemClock()
+    group = settings.kafka.group_id
     topic_ids: dict[str, str] = {}
     keys = build_keys(settings, topic_ids)
-    failures = Failures(build_policies(settings), sink=KafkaDeadLetterSink(settings.kafka),
-                        group=settings.kafka.group_id, observer=observer,
+    failures = Failures(build_policies(settings),
+                        sink=dead_letters or KafkaDeadLetterSink(settings.kafka),
+                        group=group, observer=observer,
                         monotonic=clock.monotonic, wall=clock.wall, topic_ids=topic_ids)
-    transactional = None
-    if settings.store.enabled:
-        store = open_configured(settings.store)
+    commits = KafkaCommits(source, observer=observer, monotonic=clock.monotonic)
+    policy = CheckpointPolicy(every_messages=settings.checkpoint.every_messages,
+                              every_seconds=settings.checkpoint.every_seconds)
+    mode: CheckpointMode
+    if store is not None or settings.store.enabled:
+        store = store or open_configured(settings.store)
         if instruments is not None:
             store = instruments.store(store)
-        transactional = TransactionalBatches(
-            store, source=source, router=router, keys=keys, group=settings.kafka.group_id,
-            observer=observer, clock=clock, on_external_reset=settings.store.on_external_reset,
+        mode = StoreMode(
+            store, source=source, router=router, keys=keys, group=group, observer=observer,
+            clock=clock, commits=commits, on_external_reset=settings.store.on_external_reset,
             max_backoff=settings.store.max_backoff_seconds, topic_ids=topic_ids,
             failures=failures, instruments=instruments,
             group_scoped_topics=group_scoped_topics(settings),
         )
+    else:
+        mode = DirectMode(
+            Dispatcher(router, group=group, keys=keys, failures=failures, source=source,
+                       instruments=instruments),
+            commits=commits, source=source, clock=clock, observer=observer,
+            synchronous_commits=settings.checkpoint.synchronous_commits,
+            unconfirmed_limit=unconfirmed_limit(
+                policy.every_messages, synchronous_commits=settings.checkpoint.synchronous_commits,
+                max_unconfirmed=settings.checkpoint.max_unconfirmed_messages),
+            topic_ids=topic_ids,
+        )
     return ConsumerLoop(
         source,
+        mode=mode,
         router=router,
-        policy=CheckpointPolicy(
-            every_messages=settings.checkpoint.every_messages,
-            every_seconds=settings.checkpoint.every_seconds,
-        ),
-        group=settings.kafka.group_id,
+        policy=policy,
         clock=clock,
         observer=observer,
         batch_size=settings.kafka.poll_batch_size,
         poll_timeout=settings.kafka.poll_timeout_seconds,
-        synchronous_commits=settings.checkpoint.synchronous_commits,
-        max_unconfirmed=settings.checkpoint.max_unconfirmed_messages,
-        keys=keys,
-        transactional=transactional,
         failures=failures,
-        instruments=instruments,
         log_watch=None if log is None else LogWatch(log, source=source, clock=clock),
-        topic_ids=topic_ids,
     )
 
 

@@ -1,8 +1,8 @@
 """In-memory stand-ins for fast tests of handlers and of the engine (no broker involved).
 
     source = InMemorySource({"orders": [[b"a", b"b"], [b"c"]]})   # topic -> partitions -> values
-    loop = ConsumerLoop(source, router=..., policy=..., group="g", clock=ManualClock(),
-                        observer=Observer())
+    loop = build_loop(settings, router, source=source, clock=ManualClock(),
+                      dead_letters=InMemoryDeadLetterSink())     # consumer.app
     loop.start(); loop.run_once()
     assert source.committed_offsets == {("orders", 0): 2, ("orders", 1): 1}
 

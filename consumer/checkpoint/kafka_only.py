@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
-from consumer.events import Observer, Trigger
-from consumer.kafka.protocol import Source
+from consumer.events import Trigger
 from consumer.message import TP
 
 
@@ -24,40 +24,20 @@ class Checkpoint:
         trigger: Trigger,
         partitions: Iterable[PartitionProgress],
         *,
-        source: Source,
-        observer: Observer,
+        commits: KafkaCommits,
         synchronous: bool = False,
     ) -> None:
         self.trigger = trigger
         self._synchronous = synchronous
         self._partitions = list(partitions)
-        self._source = source
-        self._observer = observer
+        self._commits = commits
 
     @property
     def synchronous(self) -> bool:
         return self._synchronous or self.trigger in (Trigger.REVOKE, Trigger.SHUTDOWN)
 
     def run(self) -> dict[TP, int]:
-        """Take the checkpoint; returns what was committed (empty when nothing moved)."""
-        # 1. collect the watermarks that moved
-        moved = {}
-        for progress in self._partitions:
-            offset = progress.pending_commit()
-            if offset is not None:
-                moved[(progress.topic, progress.partition)] = (progress, offset)
-        if not moved:
-            self._observer.checkpoint_noop(self.trigger)
-            return {}
-        offsets = {tp: offset for tp, (_, offset) in moved.items()}
-
-        # 2. commit to Kafka (a synchronous commit raises KafkaError when it fails)
-        self._source.commit(offsets, asynchronous=not self.synchronous)
-
-        # 3. record as committed
-        for progress, offset in moved.values():
-            progress.mark_committed(offset)
-            if self.synchronous:
-                progress.mark_acked(offset)
-        self._observer.checkpoint_committed(self.trigger, offsets)
-        return offsets
+        """Take the checkpoint; returns what was committed (empty when nothing moved).
+        Raises KafkaError when a synchronous commit fails (the watermarks stay pending)."""
+        # 1. collect the watermarks that moved, 2. commit them, 3. record them as committed
+        return self._commits.commit(self.trigger, self._partitions, synchronous=self.synchronous)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.dedup import KeyFunction
 from consumer.errors import (
@@ -17,7 +18,7 @@ from consumer.errors import (
     StoreError,
     StoreUnavailable,
 )
-from consumer.events import HandlerTimings, Observer, Trigger
+from consumer.events import HandlerTimings, Trigger
 from consumer.failures.retries import Failures, Verdict
 from consumer.handler_call import TrialCalls, handler_calls
 from consumer.kafka.protocol import Source
@@ -70,24 +71,22 @@ class StoreCheckpoint:
         router: Router,
         keys: Mapping[str, KeyFunction],
         group: str,
-        observer: Observer,
         now: Callable[[], float],
+        commits: KafkaCommits,
         failures: Failures | None = None,
-        kafka_answered: bool = True,
         instruments: HandlerTimings | None = None,
         lettered: dict[TP, int] | None = None,
     ) -> None:
         self.trigger = trigger
-        #: False while the previous asynchronous Kafka commit is unanswered: this batch's
-        #: offsets then stay pending for the next checkpoint (the store holds them already).
-        self._kafka_answered = kafka_answered
+        #: Kafka's copy: while the previous asynchronous commit is unanswered, this batch's
+        #: offsets stay pending for the next checkpoint (the store holds them already).
+        self._commits = commits
         self._messages = messages
         self._partitions = partitions
         self._store = store
         self._source = source
         self._keys = keys
         self._group = group
-        self._observer = observer
         self._now = now
         self._failures = failures
         self._scope = Scope(group, store=store)
@@ -320,28 +319,13 @@ class StoreCheckpoint:
             self._source.seek(tp, message.offset)
 
     def _commit_kafka(self) -> dict[TP, int]:
-        moved = {}
-        for tp, progress in self._partitions.items():
-            offset = progress.pending_commit()
-            if offset is not None:
-                moved[tp] = offset
-        if not moved:
-            self._observer.checkpoint_noop(self.trigger)
-            return {}
-        if not self.synchronous and not self._kafka_answered:
-            return {}
         try:
-            self._source.commit(moved, asynchronous=not self.synchronous)
-        except KafkaError as error:
-            # The store holds the checkpoint; Kafka's copy only informs lag tools.
-            self._observer.commit_failed(self.trigger, error)
+            return self._commits.commit(self.trigger, self._partitions.values(),
+                                        synchronous=self.synchronous, durable=True,
+                                        hold_while_in_flight=True)
+        except KafkaError:
+            # Reported; the store holds the checkpoint, Kafka's copy only informs lag tools.
             return {}
-        for tp, offset in moved.items():
-            progress = self._partitions[tp]
-            progress.mark_committed(offset)
-            progress.mark_acked(offset)
-        self._observer.checkpoint_committed(self.trigger, moved)
-        return moved
 
 
 def _transient_errors(dialect: str) -> Callable[[BaseException], bool]:

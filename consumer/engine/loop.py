@@ -1,7 +1,13 @@
-"""The consumer loop: poll -> route -> handler -> watermark -> checkpoint when due.
+"""The consumer loop: poll -> take (the mode runs or buffers) -> checkpoint when due.
+
+Owns polling, the checkpoint triggers (count and interval), pausing (retries, an unavailable
+store, the unconfirmed bound), rebalances and shutdown. How messages become done and where
+checkpoints are saved is its :class:`~consumer.engine.mode.CheckpointMode`'s, chosen by the
+wiring (``consumer.app.build_loop``); the loop never asks which one it has.
 
 One thread owns the loop, the source and every partition's state; rebalance and commit
 callbacks run inside ``poll`` on that same thread. ``run_once`` is public so tests can step it.
+``run`` raises HandlerFailed, Fenced or an unrecoverable KafkaError after leaving the group.
 """
 
 from __future__ import annotations
@@ -11,28 +17,20 @@ import logging
 from collections.abc import Collection, Mapping
 from typing import Protocol
 
-from consumer.checkpoint.kafka_only import Checkpoint
 from consumer.checkpoint.policy import CheckpointPolicy, CheckpointState
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import Clock
-from consumer.dedup import KeyFunction
-from consumer.engine.dispatch import Dispatcher
+from consumer.engine.mode import CheckpointMode
 from consumer.engine.snapshot import LoopSnapshot, PartitionSnapshot
 from consumer.engine.stopping import StopRequest
-from consumer.engine.store_mode import TransactionalBatches
 from consumer.errors import ConsumerError, Fenced, KafkaError
-from consumer.events import HandlerTimings, Observer, Trigger
+from consumer.events import Observer, Trigger
 from consumer.failures.retries import Failures
 from consumer.kafka.protocol import Source
-from consumer.kafka.topic_ids import learn_topic_ids
 from consumer.message import TP, Message
 from consumer.routing import Router
 
 log = logging.getLogger("consumer.engine")
-
-
-#: With asynchronous commits and no ``max_unconfirmed``: how many intervals a crash may repeat.
-UNCONFIRMED_INTERVALS = 10
 
 
 class LogWatcher(Protocol):
@@ -60,60 +58,38 @@ class ConsumerLoop:
         self,
         source: Source,
         *,
+        mode: CheckpointMode,
         router: Router,
         policy: CheckpointPolicy,
-        group: str,
         clock: Clock,
         observer: Observer,
         batch_size: int = 500,
         poll_timeout: float = 0.5,
-        synchronous_commits: bool = False,
-        max_unconfirmed: int | None = None,
-        keys: Mapping[str, KeyFunction] | None = None,
-        transactional: TransactionalBatches | None = None,
         failures: Failures | None = None,
-        dispatcher: Dispatcher | None = None,
-        instruments: HandlerTimings | None = None,
         log_watch: LogWatcher | None = None,
-        topic_ids: dict[str, str] | None = None,
     ) -> None:
         self._source = source
-        #: Without a store, the dict the key functions read topic ids from (the store's
-        #: batches learn them themselves).
-        self._topic_ids = topic_ids
+        #: Direct (Kafka-only checkpoints) or store (transactional batches), chosen by the wiring.
+        self._mode = mode
         self._router = router
-        self._policy = policy
-        self._group = group
         self._clock = clock
         self._observer = observer
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
-        self._synchronous_commits = synchronous_commits
-        # A crash repeats at most the work the broker has not confirmed: one interval with
-        # synchronous commits; with asynchronous ones, ``max_unconfirmed`` (the broker answers
-        # an asynchronous commit behind the messages already fetched, often tens of thousands
-        # of messages later, so a bound of a few intervals would stall a consumer working
-        # through a backlog). With a store, a crash resumes from the store's rows instead.
-        self._unconfirmed_limit = (
-            None if policy.every_messages is None or transactional is not None
-            else policy.every_messages if synchronous_commits
-            else max_unconfirmed or policy.every_messages * UNCONFIRMED_INTERVALS
-        )
-        self._keys = keys or {}
         self._failures = failures
-        self._dispatcher = dispatcher or Dispatcher(router, group=group, keys=self._keys,
-                                                    failures=failures, source=source,
-                                                    instruments=instruments)
-        self._transactional = transactional
         self._log_watch = log_watch
         self._partitions: dict[TP, PartitionProgress] = {}
         self._checkpoints = CheckpointState(policy, clock.monotonic())
-        #: A due asynchronous checkpoint waits for the broker's answer to the previous one.
-        self._deferred = False
-        #: Every partition was paused while the store was unavailable; resumed once it answers.
-        self._paused_for_store = False
+        #: Every partition was paused while checkpoints were unavailable; resumed once they
+        #: are available again.
+        self._paused_while_unavailable = False
         self._stop = StopRequest()
         self.state = LoopState.CREATED
+
+    @property
+    def mode(self) -> CheckpointMode:
+        """The checkpoint mode the wiring chose (direct or store)."""
+        return self._mode
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -121,12 +97,9 @@ class ConsumerLoop:
         """Wait for the brokers, then subscribe. False when a stop was requested first."""
         if not self._source.wait_for_broker(keep_trying=lambda: not self._stop.requested):
             return False
-        if self._transactional is not None and not self._transactional.prepare(
-            self._router.topics, keep_trying=lambda: not self._stop.requested
-        ):
+        if not self._mode.prepare(self._router.topics,
+                                  keep_trying=lambda: not self._stop.requested):
             return False
-        if self._transactional is None and self._topic_ids is not None:
-            learn_topic_ids(self._source, self._topic_ids, self._router.topics)
         self._source.subscribe(self._router.topics, self)
         self.state = LoopState.RUNNING
         self._observer.started(self._router.topics)
@@ -162,13 +135,13 @@ class ConsumerLoop:
         watch = self._log_watch
         if watch is not None and watch.due(self._clock.monotonic()):
             watch.refresh(self._partitions, self._paused(), self._held())
-        if self._transactional is not None and self._transactional.unavailable:
-            self._wait_for_store()
+        if self._mode.unavailable:
+            self._wait_while_unavailable()
             return 0
-        if self._paused_for_store:
+        if self._paused_while_unavailable:
             # The store answered again, maybe in a revoke checkpoint rather than in
-            # _wait_for_store's retry: resume what the outage paused.
-            self._paused_for_store = False
+            # _wait_while_unavailable's retry: resume what the outage paused.
+            self._paused_while_unavailable = False
             self._source.resume(self._not_waiting(list(self._partitions)))
         if self._failures is not None and self._failures.waiting:
             self._source.resume([tp for tp in self._failures.due() if tp in self._partitions])
@@ -189,50 +162,32 @@ class ConsumerLoop:
 
     def _room(self) -> int:
         """How many messages the next poll may take without breaking the checkpoint bound."""
-        room = self._batch_size
-        until_checkpoint = self._checkpoints.room()
-        if until_checkpoint is not None and not self._deferred:
-            room = min(room, until_checkpoint)
-        if self._unconfirmed_limit is not None:
-            unconfirmed = sum(p.unconfirmed for p in self._partitions.values())
-            room = min(room, max(0, self._unconfirmed_limit - unconfirmed))
-        return room
+        return self._mode.room(self._batch_size, self._checkpoints.room(), self._partitions)
 
-    def _wait_for_store(self) -> None:
+    def _wait_while_unavailable(self) -> None:
         """The store is down: keep the group alive with every partition paused, and retry the
         pending batch when the backoff allows; nothing is committed meanwhile."""
-        assert self._transactional is not None
-        if self._transactional.retry_due():
+        if self._mode.retry_due():
             self._checkpoint(Trigger.INTERVAL)
-            if not self._transactional.unavailable:
-                self._paused_for_store = False
+            if not self._mode.unavailable:
+                self._paused_while_unavailable = False
                 self._source.resume(self._not_waiting(list(self._partitions)))
                 return
         self._source.pause(list(self._partitions))
-        self._paused_for_store = True
+        self._paused_while_unavailable = True
         self._handle(self._source.poll(self._batch_size, min(self._poll_timeout, 0.2)))
 
     def _handle(self, messages: list[Message]) -> int:
         self._observer.polled(messages)
-        if self._transactional is not None:
-            taken = self._transactional.add(messages, self._partitions, self._stop.requested)
-            if taken:
-                self._checkpoints.record_done(taken)
-            return taken
-        done = 0
-        try:
-            done = self._dispatcher.run(messages, self._partitions, self._clock.monotonic(),
-                                        self._stop)
-        finally:
-            if done:
-                self._checkpoints.record_done(done)
-                self._observer.batch_done(done)
+        done = self._mode.take(messages, self._partitions, self._stop)
+        if done:
+            self._checkpoints.record_done(done)
         return done
 
     def _paused(self) -> list[TP]:
         """Assigned partitions not fetched now: waiting for a retry, or all of them while the
         store is unavailable (``_confirm`` pauses and resumes within one call)."""
-        if self._transactional is not None and self._transactional.unavailable:
+        if self._mode.unavailable:
             return list(self._partitions)
         if self._failures is None or not self._failures.waiting:
             return []
@@ -240,9 +195,7 @@ class ConsumerLoop:
 
     def _held(self) -> set[TP]:
         """Partitions with messages polled and not done: a store's pending batch."""
-        if self._transactional is None:
-            return set()
-        return {(m.topic, m.partition) for m in self._transactional.pending}
+        return {(m.topic, m.partition) for m in self._mode.pending}
 
     def _not_waiting(self, partitions: list[TP]) -> list[TP]:
         """Leave paused the partitions whose failed message waits for its next attempt."""
@@ -252,32 +205,14 @@ class ConsumerLoop:
         return [tp for tp in partitions if tp not in waiting]
 
     def _confirm(self) -> None:
-        """Too much work waits for the broker to confirm earlier commits: commit every
-        watermark synchronously (the coordinator answers commits in order, so its answer
-        confirms the earlier ones too). If the group is rebalancing and the commit is refused,
-        let the rebalance finish by polling with every partition paused, taking no new work."""
-        offsets = {tp: p.watermark for tp, p in self._partitions.items()
-                   if p.watermark is not None}
-        try:
-            if offsets:
-                self._source.commit(offsets, asynchronous=False)
-        except KafkaError as error:
-            self._observer.commit_failed(Trigger.COUNT, error)
-        else:
-            moved = {}
-            for tp, offset in offsets.items():
-                progress = self._partitions[tp]
-                if offset != progress.committed:
-                    progress.mark_committed(offset)
-                    moved[tp] = offset
-                progress.mark_acked(offset)
-            if moved:  # Work done since the last checkpoint: this commit is a checkpoint.
-                self._checkpoints.reset(self._clock.monotonic())
-                self._deferred = False
-                self._observer.checkpoint_committed(Trigger.COUNT, moved)
-            self._observer.commit_acknowledged(offsets)
-            if self._room() > 0:
-                return
+        """Too much work waits for the broker to confirm earlier commits: let the mode confirm
+        it. If there is still no room (say the group is rebalancing and the commit was
+        refused), let the rebalance finish by polling with every partition paused, taking no
+        new work."""
+        if self._mode.confirm(self._partitions):
+            self._checkpoints.reset(self._clock.monotonic())
+        if self._room() > 0:
+            return
         paused = list(self._partitions)
         self._source.pause(paused)
         try:
@@ -322,8 +257,7 @@ class ConsumerLoop:
         owns its partitions next gets it again. What the store committed already may still go
         to Kafka, unless this process was fenced (a newer owner's offsets are the ones that
         count). The revoke that closing the client triggers checkpoints nothing."""
-        if self._transactional is not None:
-            self._transactional.drop_pending()
+        self._mode.drop_pending()
         if not isinstance(error, Fenced):
             try:
                 self._checkpoint(Trigger.SHUTDOWN)
@@ -338,64 +272,18 @@ class ConsumerLoop:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def _checkpoint(
-        self, trigger: Trigger, only: list[TP] | None = None, *, synchronous: bool = False
-    ) -> dict[TP, int] | None:
-        """Take a checkpoint; None when its commit failed or waits for the previous one
-        (the watermarks stay pending)."""
-        if self._transactional is not None:
-            # One transaction applies everything pending, whichever partitions triggered it.
-            applied = self._transactional.checkpoint(trigger, self._partitions)
-            if applied is not None:
-                self._checkpoints.reset(self._clock.monotonic())
-            return applied
-        synchronous = synchronous or self._synchronous_commits
-        if (only is None and not synchronous and trigger in (Trigger.COUNT, Trigger.INTERVAL)
-                and self._awaiting_answer()):
-            # The group coordinator answers one commit per connection at a time (about 5 ms
-            # on Kafka 4): sending more would queue them and delay every answer. This
-            # checkpoint goes out, with the newest watermarks, once the previous one is
-            # answered; meanwhile the unconfirmed bound limits what a crash repeats.
-            self._deferred = True
-            return None
-        partitions = (
-            list(self._partitions.values())
-            if only is None
-            else [self._partitions[tp] for tp in only if tp in self._partitions]
-        )
-        checkpoint = Checkpoint(trigger, partitions, source=self._source, observer=self._observer,
-                                synchronous=synchronous)
-        try:
-            committed = checkpoint.run()
-        except KafkaError as error:
-            self._observer.commit_failed(trigger, error)
-            if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
-                raise
-            # The watermarks stay pending: the next checkpoint commits them again.
-            return None
-        if only is None:
+    def _checkpoint(self, trigger: Trigger, only: list[TP] | None = None) -> None:
+        """Take a checkpoint; the count and interval start again when it covered all work."""
+        if self._mode.checkpoint(trigger, self._partitions, only=only):
             self._checkpoints.reset(self._clock.monotonic())
-            self._deferred = False
-        return committed
-
-    def _awaiting_answer(self) -> bool:
-        """Whether an asynchronous commit has not been answered by the broker yet."""
-        return any(p.committed != p.acked for p in self._partitions.values())
 
     # --- what the source reports (SourceListener) ---------------------------------------------
 
     def on_assigned(self, partitions: list[TP]) -> Mapping[TP, int]:
-        if self._transactional is not None:
-            progress, starts = self._transactional.assign(partitions)
-            self._partitions.update(progress)
-            self._observer.assigned(partitions)
-            return starts
-        if self._topic_ids is not None:  # a recreated topic has a new id: new coordinates keys
-            learn_topic_ids(self._source, self._topic_ids, {topic for topic, _ in partitions})
-        for topic, partition in partitions:
-            self._partitions[(topic, partition)] = PartitionProgress(topic, partition)
+        progress, starts = self._mode.assign(partitions)
+        self._partitions.update(progress)
         self._observer.assigned(partitions)
-        return {}
+        return starts
 
     def on_revoked(self, partitions: list[TP]) -> None:
         if self._failures is not None:
@@ -404,8 +292,7 @@ class ConsumerLoop:
             if self.state is not LoopState.FAILED:  # a failing process runs no handler again
                 self._checkpoint(Trigger.REVOKE, only=partitions)
         finally:
-            if self._transactional is not None:  # what a failed revoke left is not ours now
-                self._transactional.drop(partitions)
+            self._mode.forget(partitions)  # what a failed revoke left is not ours now
             for tp in partitions:
                 self._partitions.pop(tp, None)
             self._observer.revoked(partitions)
@@ -413,25 +300,13 @@ class ConsumerLoop:
     def on_lost(self, partitions: list[TP]) -> None:
         if self._failures is not None:
             self._failures.forget(partitions)
-        if self._transactional is not None:
-            self._transactional.drop(partitions)
+        self._mode.forget(partitions)
         for tp in partitions:
             self._partitions.pop(tp, None)
         self._observer.lost(partitions)
 
     def on_commit_result(self, offsets: Mapping[TP, int], error: KafkaError | None) -> None:
-        if self._transactional is not None:
-            self._transactional.kafka_commit_answered()
-        for tp, offset in offsets.items():
-            progress = self._partitions.get(tp)
-            if progress is not None:
-                progress.mark_acked(offset)
-        if error is not None:
-            for progress in self._partitions.values():
-                progress.commit_failed()
-            self._observer.commit_failed(None, error)
-        elif offsets:
-            self._observer.commit_acknowledged(offsets)
+        self._mode.commit_answered(offsets, error, self._partitions)
 
     def on_client_error(self, error: KafkaError) -> None:
         self._observer.kafka_error(error)
@@ -458,5 +333,5 @@ class ConsumerLoop:
                 for tp, p in partitions.items()
             },
             paused=frozenset(self._paused()),
-            pending=() if self._transactional is None else self._transactional.pending,
+            pending=self._mode.pending,
         )

@@ -1,5 +1,13 @@
-"""The store side of the loop: buffer a checkpoint's worth of messages, apply them in one
-transaction, and position newly assigned partitions from the store's checkpoint rows."""
+"""Store mode: buffer a checkpoint's worth of messages, apply them in one store transaction,
+and position newly assigned partitions from the store's checkpoint rows.
+
+Owns the store, the pending batch, the outage backoff and the dead letters not yet counted
+done. Used by :class:`consumer.engine.loop.ConsumerLoop` through
+:class:`consumer.engine.mode.CheckpointMode`, on the loop's thread. :meth:`StoreMode.prepare`
+blocks while the store is unreachable; a checkpoint raises HandlerFailed (after committing what
+was applied) or Fenced (after rolling back), and StoreUnavailable on revoke and shutdown;
+otherwise an unavailable store makes the mode ``unavailable`` until a retry succeeds.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,20 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Literal
 
+from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
-from consumer.errors import ExternalReset, OffsetOutOfRange, StoreUnavailable, TopicRecreated
+from consumer.engine.mode import Partitions
+from consumer.engine.stopping import StopRequest
+from consumer.errors import (
+    ExternalReset,
+    KafkaError,
+    OffsetOutOfRange,
+    StoreUnavailable,
+    TopicRecreated,
+)
 from consumer.events import HandlerTimings, Observer, Trigger
 from consumer.failures.retries import Failures
 from consumer.kafka.protocol import COMMIT_MARKER, Source
@@ -25,11 +42,8 @@ log = logging.getLogger("consumer.transactional")
 
 ExternalResetPolicy = Literal["fail", "follow", "ignore"]
 
-#: Seconds after which an unanswered asynchronous Kafka commit no longer holds the next back.
-KAFKA_ANSWER_TIMEOUT = 30.0
 
-
-class TransactionalBatches:
+class StoreMode:
     """Owns the store, the pending batch and the outage backoff; used by the loop's thread."""
 
     def __init__(
@@ -42,6 +56,7 @@ class TransactionalBatches:
         group: str,
         observer: Observer,
         clock: Clock,
+        commits: KafkaCommits,
         on_external_reset: ExternalResetPolicy = "fail",
         max_backoff: float = 30.0,
         topic_ids: dict[str, str] | None = None,
@@ -59,15 +74,14 @@ class TransactionalBatches:
         self._group = group
         self._observer = observer
         self._clock = clock
+        self._commits = commits
         self._on_external_reset = on_external_reset
         self._max_backoff = max_backoff
         self._failures = failures
-        self.pending: list[Message] = []
+        self._pending: list[Message] = []
         #: Filled by prepare(); the dedup key functions read topic ids from this very dict.
         self.topic_ids = topic_ids if topic_ids is not None else {}
         self._retry_at: float | None = None
-        #: When the last asynchronous Kafka commit went out, until the broker answers it.
-        self._kafka_sent_at: float | None = None
         self._backoff = 0.5
         #: Dead letters acknowledged, their messages not yet committed as done (see
         #: StoreCheckpoint): partition -> offset.
@@ -95,40 +109,46 @@ class TransactionalBatches:
         self.topic_ids.update(self._source.topic_ids(topics))
         return True
 
+    @property
+    def pending(self) -> list[Message]:
+        """The messages buffered for the next transaction: polled, not done."""
+        return self._pending
+
     # --- buffering ----------------------------------------------------------------------
 
-    def add(self, messages: Sequence[Message], partitions: Mapping[TP, PartitionProgress],
-            stop_requested: bool) -> int:
-        if stop_requested:
+    def take(self, messages: list[Message], partitions: Partitions, stop: StopRequest) -> int:
+        """Buffer the messages of assigned partitions for the next transaction (nothing once
+        a stop was requested); returns how many were buffered."""
+        if stop.requested:
             return 0
         taken = [m for m in messages if (m.topic, m.partition) in partitions]
-        self.pending.extend(taken)
+        self._pending.extend(taken)
         return len(taken)
 
     def drop_pending(self) -> None:
         """Forget the whole buffered batch: the process failed and runs no handler again."""
-        self.pending = []
+        self._pending = []
 
-    def drop(self, partitions: Sequence[TP]) -> None:
-        """Forget buffered messages of partitions that are gone (lost)."""
+    def forget(self, partitions: Sequence[TP]) -> None:
+        """Forget buffered messages of partitions that are gone (revoked or lost)."""
         gone = set(partitions)
-        self.pending = [m for m in self.pending if (m.topic, m.partition) not in gone]
+        self._pending = [m for m in self._pending if (m.topic, m.partition) not in gone]
         for tp in gone:
             self._lettered.pop(tp, None)
 
     # --- checkpoints ----------------------------------------------------------------------
 
-    def checkpoint(self, trigger: Trigger,
-                   partitions: Mapping[TP, PartitionProgress]) -> dict[TP, int] | None:
-        """Apply the pending batch; None when the store is unavailable (retry later).
+    def checkpoint(self, trigger: Trigger, partitions: Partitions, *,
+                   only: Sequence[TP] | None = None) -> bool:
+        """Apply the pending batch, whichever partitions triggered it (one transaction applies
+        everything); False when the store is unavailable (retry later).
 
         Raises HandlerFailed after committing what was applied, Fenced after rolling back.
         """
         batch = StoreCheckpoint(
-            trigger, self.pending, partitions, store=self.store, source=self._source,
-            router=self._router, keys=self._keys, group=self._group, observer=self._observer,
-            now=self._clock.wall, failures=self._failures,
-            kafka_answered=self._kafka_answered(), instruments=self._instruments,
+            trigger, self._pending, partitions, store=self.store, source=self._source,
+            router=self._router, keys=self._keys, group=self._group, now=self._clock.wall,
+            commits=self._commits, failures=self._failures, instruments=self._instruments,
             lettered=self._lettered,
         )
         try:
@@ -137,11 +157,9 @@ class TransactionalBatches:
             if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
                 raise
             self._became_unavailable(error)
-            return None
-        self._observer.messages_done(_done(self.pending, outcome, partitions))
-        self.pending = []
-        if outcome.committed and not batch.synchronous:
-            self._kafka_sent_at = self._clock.monotonic()
+            return False
+        self._observer.messages_done(_done(self._pending, outcome, partitions))
+        self._pending = []
         if self._retry_at is not None:
             self._retry_at = None
             self._backoff = 0.5
@@ -149,18 +167,20 @@ class TransactionalBatches:
         self._observer.batch_applied(outcome.applied, outcome.duplicates)
         if outcome.failure is not None:
             raise outcome.failure
-        return outcome.committed
+        return True
 
-    def kafka_commit_answered(self) -> None:
-        """The broker answered a commit (answers come in order: all earlier ones too)."""
-        self._kafka_sent_at = None
+    def room(self, batch_size: int, until_checkpoint: int | None, partitions: Partitions) -> int:
+        """A crash resumes from the store's rows: only the count trigger bounds a poll."""
+        return batch_size if until_checkpoint is None else min(batch_size, until_checkpoint)
 
-    def _kafka_answered(self) -> bool:
-        """Whether Kafka's copy of the checkpoint may be sent asynchronously now: the
-        coordinator answers one commit at a time, so a new one waits for the last answer
-        (or, should an answer never come, for ``KAFKA_ANSWER_TIMEOUT`` seconds)."""
-        return (self._kafka_sent_at is None
-                or self._clock.monotonic() - self._kafka_sent_at > KAFKA_ANSWER_TIMEOUT)
+    def confirm(self, partitions: Partitions) -> bool:
+        """Nothing waits for the broker (the store holds every checkpoint): no room means a
+        checkpoint failed with the store unavailable, and its retry takes over."""
+        return False
+
+    def commit_answered(self, offsets: Mapping[TP, int], error: KafkaError | None,
+                        partitions: Partitions) -> None:
+        self._commits.answered(offsets, error, partitions)
 
     def _became_unavailable(self, error: StoreUnavailable) -> None:
         now = self._clock.monotonic()

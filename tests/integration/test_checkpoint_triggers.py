@@ -31,10 +31,10 @@ def _taken(observer: RecordingObserver
 
 
 def _loop(bootstrap: str, topic: str, handled: list[Message], observer: RecordingObserver,
-          *, every_messages: int | None, every_seconds: float | None,
+          *, group: str, every_messages: int | None, every_seconds: float | None,
           synchronous_commits: bool = False) -> ConsumerLoop:
     settings = Settings(
-        kafka={"bootstrap_servers": bootstrap, "group_id": unique_name("triggers"),
+        kafka={"bootstrap_servers": bootstrap, "group_id": group,
                "poll_timeout_seconds": 0.1},
         routes={topic: "handlers.echo:handle"},
         checkpoint={"every_messages": every_messages, "every_seconds": every_seconds,
@@ -75,10 +75,10 @@ def test_count_trigger_alone_commits_every_n_and_kafka_agrees(kafka_bootstrap: s
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(1000)))
     handled: list[Message] = []
     observer = RecordingObserver()
-    loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
+    group = unique_name("triggers")
+    loop = _loop(kafka_bootstrap, topic, handled, observer, group=group, every_messages=100,
                  every_seconds=None, synchronous_commits=True)
     assert loop.start()
-    group = loop._group
     try:
         _run_until(loop, lambda: len(handled) >= 1000, 60, "1,000 messages")
         for trigger, offsets, watermarks in _taken(observer):
@@ -104,10 +104,10 @@ def test_asynchronous_count_checkpoints_wait_for_the_previous_answer(
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(5000)))
     handled: list[Message] = []
     observer = RecordingObserver()
-    loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
+    group = unique_name("triggers")
+    loop = _loop(kafka_bootstrap, topic, handled, observer, group=group, every_messages=100,
                  every_seconds=None)
     assert loop.start()
-    group = loop._group
     try:
         deadline = time.monotonic() + 60
         while len(handled) < 5000:
@@ -129,7 +129,8 @@ def test_count_checkpoints_are_in_kafka_after_each_one(kafka_bootstrap: str) -> 
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(300)))
     handled: list[Message] = []
     observer = RecordingObserver()
-    loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=50,
+    group = unique_name("triggers")
+    loop = _loop(kafka_bootstrap, topic, handled, observer, group=group, every_messages=50,
                  every_seconds=None)
     assert loop.start()
     checked = 0
@@ -138,7 +139,7 @@ def test_count_checkpoints_are_in_kafka_after_each_one(kafka_bootstrap: str) -> 
             loop.run_once()
             for _trigger, offsets, watermarks in _taken(observer)[checked:]:
                 assert offsets[(topic, 0)] == watermarks[(topic, 0)]
-                _kafka_matches(kafka_bootstrap, loop._group, topic, offsets)
+                _kafka_matches(kafka_bootstrap, group, topic, offsets)
                 checked += 1
     finally:
         loop.close()
@@ -152,7 +153,8 @@ def test_interval_trigger_alone_commits_an_idle_consumers_work(kafka_bootstrap: 
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(50)))
     handled: list[Message] = []
     observer = RecordingObserver()
-    loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=None,
+    group = unique_name("triggers")
+    loop = _loop(kafka_bootstrap, topic, handled, observer, group=group, every_messages=None,
                  every_seconds=1.0)
     assert loop.start()
     try:
@@ -160,7 +162,7 @@ def test_interval_trigger_alone_commits_an_idle_consumers_work(kafka_bootstrap: 
         _run_until(loop, lambda: any(o.get((topic, 0)) == 50 for _, o, _ in _taken(observer)),
                    10, "an interval checkpoint of the idle consumer")
         assert {t for t, _, _ in _taken(observer)} == {Trigger.INTERVAL}
-        _kafka_matches(kafka_bootstrap, loop._group, topic, {(topic, 0): 50})
+        _kafka_matches(kafka_bootstrap, group, topic, {(topic, 0): 50})
     finally:
         loop.close()
 
@@ -173,7 +175,8 @@ def test_both_triggers_whichever_comes_first(kafka_bootstrap: str) -> None:
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(250)))
     handled: list[Message] = []
     observer = RecordingObserver()
-    loop = _loop(kafka_bootstrap, topic, handled, observer, every_messages=100,
+    group = unique_name("triggers")
+    loop = _loop(kafka_bootstrap, topic, handled, observer, group=group, every_messages=100,
                  every_seconds=1.0, synchronous_commits=True)
     assert loop.start()
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from consumer_process import ConsumerProcess, consumer_config, duplicates
 
-from consumer.engine.loop import UNCONFIRMED_INTERVALS
+from consumer.engine.direct_mode import UNCONFIRMED_INTERVALS
 from tests.support.kafka import create_topic, group_offsets, produce, unique_name, wait_for
 
 pytestmark = pytest.mark.integration

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.cli import main
-from consumer.engine.store_mode import TransactionalBatches
+from consumer.engine.store_mode import StoreMode
 from consumer.message import TP
 from consumer.store import CheckpointRow, Claim, Store
 
@@ -123,12 +123,12 @@ def _kafka_before_store() -> None:
         finally:
             del store.commit
 
-    def resolve(self: TransactionalBatches, tp: TP, stored: int | None,
+    def resolve(self: StoreMode, tp: TP, stored: int | None,
                 kafka: tuple[int | None, str | None]) -> int | None:
         return kafka[0] if kafka[0] is not None else stored
 
     StoreCheckpoint.run = run  # type: ignore[method-assign]
-    TransactionalBatches._resolve = resolve  # type: ignore[method-assign]
+    StoreMode._resolve = resolve  # type: ignore[method-assign]
 
 
 def _keys_apart() -> None:

@@ -7,19 +7,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from consumer.checkpoint.policy import CheckpointPolicy
+from consumer.app import build_loop
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import ManualClock
-from consumer.dedup import KeyFunction, key_function
 from consumer.engine.loop import ConsumerLoop
-from consumer.engine.store_mode import ExternalResetPolicy, TransactionalBatches
+from consumer.engine.store_mode import ExternalResetPolicy, StoreMode
 from consumer.errors import StoreUnavailable
 from consumer.events import Observer
 from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
 from consumer.store import CheckpointRow
 from consumer.store.sqlite import SQLiteStore
-from consumer.testing import InMemorySource
+from consumer.testing import InMemoryDeadLetterSink, InMemorySource
+from tests.support.wiring import STOP_AT_FAILURE, loop_settings
 
 S = TypeVar("S", bound=SQLiteStore)
 
@@ -139,21 +139,19 @@ def make_store_loop(
     every_seconds: float | None = None,
     on_external_reset: ExternalResetPolicy = "fail",
     topics: Iterable[str] = ("t",),
-) -> tuple[ConsumerLoop, TransactionalBatches]:
-    """A loop in store mode whose routes dedup by the idempotency-key header."""
+) -> tuple[ConsumerLoop, StoreMode]:
+    """A loop in store mode, wired by the app, whose routes dedup by the idempotency-key
+    header and stop at a handler's first failure."""
     topics = list(topics)
-    observer = observer or Observer()
-    topic_ids: dict[str, str] = {}
-    keys: dict[str, KeyFunction] = {t: key_function(f"header:{HEADER}", topic_ids) for t in topics}
+    settings = loop_settings(
+        topics, group=GROUP, every_messages=every_messages, every_seconds=every_seconds,
+        route={**STOP_AT_FAILURE, "dedup_key": f"header:{HEADER}"},
+        store={"url": "sqlite:///injected.db", "on_external_reset": on_external_reset},
+    )
     router = Router(Route(t, handler, "tests:handler") for t in topics)
-    batches = TransactionalBatches(
-        store, source=source, router=router, keys=keys, group=GROUP,
-        observer=observer, clock=clock, on_external_reset=on_external_reset, topic_ids=topic_ids,
-    )
-    loop = ConsumerLoop(
-        source, router=router,
-        policy=CheckpointPolicy(every_messages=every_messages, every_seconds=every_seconds),
-        group=GROUP, clock=clock, observer=observer, poll_timeout=0.0,
-        keys=keys, transactional=batches,
-    )
-    return loop, batches
+    loop = build_loop(settings, router, *([] if observer is None else [observer]),
+                      source=source, store=store, clock=clock,
+                      dead_letters=InMemoryDeadLetterSink())
+    if not isinstance(loop.mode, StoreMode):
+        raise TypeError(f"a store was given, yet the loop runs in {type(loop.mode).__name__}")
+    return loop, loop.mode

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from consumer.checkpoint.policy import CheckpointPolicy
+from consumer.app import build_loop
 from consumer.clock import ManualClock
 from consumer.engine.loop import ConsumerLoop
 from consumer.events import Observer
 from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
-from consumer.testing import InMemorySource
+from consumer.testing import InMemoryDeadLetterSink, InMemorySource
+from tests.support.wiring import loop_settings
 
 Handler = Callable[[Message, Context], object]
 
@@ -41,18 +42,16 @@ def make_loop(
     clock: ManualClock | None = None,
     observer: Observer | None = None,
     max_unconfirmed: int | None = None,
+    synchronous_commits: bool = False,
 ) -> ConsumerLoop:
-    return ConsumerLoop(
-        source,
-        router=Router(Route(topic, handler, "x:y") for topic in topics),
-        policy=CheckpointPolicy(every_messages=every_messages, every_seconds=every_seconds),
-        group="g",
-        clock=clock or ManualClock(),
-        observer=observer or Observer(),
-        batch_size=batch_size,
-        poll_timeout=0.0,
-        max_unconfirmed=max_unconfirmed,
-    )
+    """A direct-mode loop wired by the app over ``source``; a failing handler stops it."""
+    settings = loop_settings(topics, every_messages=every_messages, every_seconds=every_seconds,
+                             batch_size=batch_size, max_unconfirmed=max_unconfirmed,
+                             synchronous_commits=synchronous_commits)
+    return build_loop(settings, Router(Route(topic, handler, "x:y") for topic in topics),
+                      *([] if observer is None else [observer]),
+                      source=source, clock=clock or ManualClock(),
+                      dead_letters=InMemoryDeadLetterSink())
 
 
 def commits_never_go_backwards(commits: list[tuple[dict[TP, int], bool]]) -> bool:

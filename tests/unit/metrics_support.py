@@ -6,22 +6,17 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from consumer.checkpoint.policy import CheckpointPolicy
+from consumer.app import build_loop
 from consumer.clock import ManualClock
-from consumer.dedup import key_function
 from consumer.engine.loop import ConsumerLoop
-from consumer.engine.store_mode import TransactionalBatches
-from consumer.events import Observers
-from consumer.failures.retries import FailurePolicy, Failures
 from consumer.kafka.protocol import LogOffsets
 from consumer.message import TP
 from consumer.observability.health import Health
-from consumer.observability.log_watch import LogWatch
 from consumer.observability.wiring import Observability, build_observability
 from consumer.routing import Route, Router
-from consumer.settings import Settings
 from consumer.store import Store
 from consumer.testing import InMemoryDeadLetterSink, InMemorySource
+from tests.support.wiring import STOP_AT_FAILURE, loop_settings
 from tests.unit.engine_support import Handler, Recorder
 
 
@@ -80,31 +75,19 @@ def metered(
     """``retry_backoff``: failing messages are retried (3 attempts) after this many seconds;
     ``store``: store mode, keys by coordinates."""
     clock = ManualClock(start=0.0)
-    settings = Settings(kafka={"bootstrap_servers": "127.0.0.1:1", "group_id": "g"},
-                        routes={t: "handlers.echo:handle" for t in topics},
-                        store={"url": "sqlite:///unused.db" if store else "none"})
+    retry = (STOP_AT_FAILURE if retry_backoff is None else
+             {"on_failure": "dead_letter",
+              "retry": {"attempts": 3, "initial_backoff_seconds": retry_backoff,
+                        "max_backoff_seconds": retry_backoff, "multiplier": 1.0, "jitter": 0.0}})
+    settings = loop_settings(topics, every_messages=every_messages, every_seconds=every_seconds,
+                             batch_size=batch_size, route={"dedup_key": "coordinates", **retry},
+                             store={"url": "sqlite:///unused.db"} if store else None)
     observability = build_observability(settings, clock=clock, registry=CollectorRegistry())
-    instruments = observability.timings
-    timed_source = instruments.source(source)
     handle = handler or Recorder()
-    observer = Observers(*observability.observers)
     router = Router(Route(topic, handle, "x:y") for topic in topics)
-    failures = None if retry_backoff is None else Failures(
-        {t: FailurePolicy(attempts=3, initial_backoff=retry_backoff, max_backoff=retry_backoff,
-                          multiplier=1.0, jitter=0.0, never_retry=(), stop_on=(),
-                          dead_letter_topic=f"{t}.dlq", format="bytes") for t in topics},
-        sink=InMemoryDeadLetterSink(), group="g", observer=observer,
-        monotonic=clock.monotonic, wall=clock.wall)
-    keys = {t: key_function("coordinates", {}) for t in topics}
-    transactional = None if store is None else TransactionalBatches(
-        instruments.store(store), source=timed_source, router=router, keys=keys, group="g",
-        observer=observer, clock=clock, failures=failures, instruments=instruments)
-    loop = ConsumerLoop(
-        timed_source, router=router,
-        policy=CheckpointPolicy(every_messages=every_messages, every_seconds=every_seconds),
-        group="g", clock=clock, observer=observer, batch_size=batch_size, poll_timeout=0.0,
-        keys=keys, failures=failures, transactional=transactional, instruments=instruments,
-        log_watch=LogWatch(observability.log, source=timed_source, clock=clock),
-    )
+    loop = build_loop(settings, router, *observability.observers,
+                      instruments=observability.timings, log=observability.log,
+                      source=source, store=store, clock=clock,
+                      dead_letters=InMemoryDeadLetterSink())
     health = observability.attach(loop.snapshot)
     return Metered(loop, source, clock, observability, health)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import pytest
 
+from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.kafka_only import Checkpoint
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.errors import KafkaError
 from consumer.events import Trigger
 from consumer.testing import InMemorySource, RecordingObserver
+
+
+def commits(source: InMemorySource, observer: RecordingObserver | None = None) -> KafkaCommits:
+    return KafkaCommits(source, observer=observer or RecordingObserver(), monotonic=lambda: 0.0)
 
 
 def progress_at(topic: str, partition: int, *done: int) -> PartitionProgress:
@@ -27,7 +32,7 @@ def test_only_partitions_whose_watermark_moved_are_committed() -> None:
     untouched = PartitionProgress("t", 2)
     observer = RecordingObserver()
     committed = Checkpoint(
-        Trigger.INTERVAL, [moved, still, untouched], source=source, observer=observer
+        Trigger.INTERVAL, [moved, still, untouched], commits=commits(source, observer)
     ).run()
     assert committed == {("t", 0): 2}
     assert source.commits == [({("t", 0): 2}, True)]
@@ -39,7 +44,7 @@ def test_nothing_moved_commits_nothing_and_reports_a_noop() -> None:
     source = InMemorySource({})
     observer = RecordingObserver()
     assert Checkpoint(
-        Trigger.COUNT, [PartitionProgress("t", 0)], source=source, observer=observer
+        Trigger.COUNT, [PartitionProgress("t", 0)], commits=commits(source, observer)
     ).run() == {}
     assert source.commits == []
     assert observer.named("checkpoint_noop") == [(Trigger.COUNT,)]
@@ -55,7 +60,7 @@ def test_revoke_and_shutdown_commit_synchronously_count_and_interval_asynchronou
 ) -> None:
     source = InMemorySource({})
     progress = progress_at("t", 0, 0)
-    checkpoint = Checkpoint(trigger, [progress], source=source, observer=RecordingObserver())
+    checkpoint = Checkpoint(trigger, [progress], commits=commits(source))
     assert checkpoint.synchronous is synchronous
     checkpoint.run()
     assert source.commits == [({("t", 0): 1}, not synchronous)]
@@ -64,7 +69,7 @@ def test_revoke_and_shutdown_commit_synchronously_count_and_interval_asynchronou
 def test_a_synchronous_commit_is_acknowledged_at_once() -> None:
     source = InMemorySource({})
     progress = progress_at("t", 0, 0, 1, 2)
-    Checkpoint(Trigger.SHUTDOWN, [progress], source=source, observer=RecordingObserver()).run()
+    Checkpoint(Trigger.SHUTDOWN, [progress], commits=commits(source)).run()
     assert progress.acked == 3
 
 
@@ -73,7 +78,7 @@ def test_a_failed_synchronous_commit_raises_and_leaves_the_watermark_pending() -
     source.fail_next_commit = KafkaError("REQUEST_TIMED_OUT", "no answer")
     progress = progress_at("t", 0, 0)
     with pytest.raises(KafkaError):
-        Checkpoint(Trigger.REVOKE, [progress], source=source, observer=RecordingObserver()).run()
+        Checkpoint(Trigger.REVOKE, [progress], commits=commits(source)).run()
     assert progress.committed is None
     assert progress.pending_commit() == 1
     assert source.committed_offsets == {}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.dedup import key_function
@@ -69,7 +70,9 @@ def run_batch(
         trigger, messages, partitions, store=store, source=source,
         router=Router([Route("t", handler, "tests:handler")]),
         keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
-        group=GROUP, observer=observer or RecordingObserver(), now=lambda: 1_000.0,
+        group=GROUP, now=lambda: 1_000.0,
+        commits=KafkaCommits(source, observer=observer or RecordingObserver(),
+                             monotonic=lambda: 0.0),
     )
     return checkpoint.run()
 

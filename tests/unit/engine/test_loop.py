@@ -6,15 +6,17 @@ from collections.abc import Iterable
 
 import pytest
 
-from consumer.checkpoint.policy import CheckpointPolicy
+from consumer.app import build_loop
 from consumer.clock import ManualClock
+from consumer.dedup import key_function
 from consumer.engine.loop import ConsumerLoop, LoopState
 from consumer.errors import HandlerFailed, KafkaError
-from consumer.events import Observer, Trigger
+from consumer.events import Trigger
 from consumer.kafka.protocol import SourceListener
 from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
-from consumer.testing import InMemorySource, RecordingObserver
+from consumer.testing import InMemoryDeadLetterSink, InMemorySource, RecordingObserver
+from tests.support.wiring import loop_settings
 from tests.unit.engine_support import (
     Recorder,
     commits_never_go_backwards,
@@ -495,16 +497,7 @@ def test_unconfirmed_work_is_capped_at_one_interval_with_synchronous_commits() -
     """Synchronous commits confirm every checkpoint before the next message is handled."""
     source = InMemorySource({"t": [values(35)]})
     recorder = Recorder()
-    loop = ConsumerLoop(
-        source,
-        router=Router([Route("t", recorder, "x:y")]),
-        policy=CheckpointPolicy(every_messages=10, every_seconds=None),
-        group="g",
-        clock=ManualClock(),
-        observer=Observer(),
-        poll_timeout=0.0,
-        synchronous_commits=True,
-    )
+    loop = make_loop(source, recorder, every_messages=10, synchronous_commits=True)
     loop.start()
     source.hold_commit_results = True
     for _ in range(8):
@@ -557,21 +550,40 @@ def test_unconfirmed_bound_holds_for_partitions_assigned_while_confirming() -> N
 def test_without_a_store_topic_ids_are_learnt_at_start_and_again_at_assignment() -> None:
     """A coordinates key must change when a topic is recreated, store or not: the loop fills
     the key functions' id dict at start, and refreshes it when partitions are assigned."""
-    from consumer.checkpoint.policy import CheckpointPolicy
-    from consumer.clock import ManualClock
-    from consumer.engine.loop import ConsumerLoop
-    from consumer.events import Observer
-    from consumer.routing import Route, Router
-    from consumer.testing import InMemorySource
+    source = InMemorySource({"t": [[b"m0"]]})
+    keys: list[str] = []
+    loop = build_loop(loop_settings(["t"], every_messages=10, route={"dedup_key": "coordinates"}),
+                      Router([Route("t", lambda m, c: keys.append(c.idempotency_key), "x:y")]),
+                      source=source, clock=ManualClock(), dead_letters=InMemoryDeadLetterSink())
+    ids = {"t": "id-of-t"}
+    asked: list[str] = []
 
-    source = InMemorySource({"t": [[]]})
-    topic_ids: dict[str, str] = {}
-    loop = ConsumerLoop(source, router=Router([Route("t", lambda m, c: None, "x:y")]),
-                        policy=CheckpointPolicy(every_messages=10, every_seconds=None),
-                        group="g", clock=ManualClock(), observer=Observer(), poll_timeout=0.0,
-                        topic_ids=topic_ids)
+    def topic_ids(topics: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
+        asked.extend(topics)
+        return {t: ids[t] for t in topics}
+
+    source.topic_ids = topic_ids  # type: ignore[method-assign]
     assert loop.start()
-    assert topic_ids == {"t": "id-of-t"}
-    topic_ids["t"] = "id-of-the-deleted-t"
-    loop.on_assigned([("t", 0)])
-    assert topic_ids == {"t": "id-of-t"}
+    assert asked == ["t"], "learnt at start"
+    ids["t"] = "id-of-the-recreated-t"
+    loop.run_once()
+    assert asked == ["t", "t"], "learnt again at assignment"
+    message = Message("t", 0, 0, b"m0", timestamp=0.0)
+    assert keys == [key_function("coordinates", {"t": "id-of-the-recreated-t"})(message).hex()]
+
+
+def test_an_unanswered_commit_holds_the_next_back_for_thirty_seconds_at_most() -> None:
+    """Direct mode shares the store's rule: the next asynchronous checkpoint waits for the
+    previous one's answer, and goes out anyway once the answer is 30 s overdue."""
+    source = InMemorySource({"t": [values(40)]})
+    clock = ManualClock()
+    loop = make_loop(source, Recorder(), every_messages=10, batch_size=10, clock=clock)
+    loop.start()
+    source.hold_commit_results = True
+    loop.run_once()
+    loop.run_once()
+    assert [offsets for offsets, _ in source.commits] == [{("t", 0): 10}], "held back"
+    clock.advance(30.001)
+    loop.run_once()
+    assert [offsets for offsets, _ in source.commits] == [{("t", 0): 10}, {("t", 0): 30}]
+    assert all(asynchronous for _, asynchronous in source.commits)

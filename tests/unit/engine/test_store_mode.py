@@ -1,4 +1,4 @@
-"""consumer.transactional through ConsumerLoop(transactional=...): store mode end to end, with a
+"""StoreMode (consumer.transactional) through a loop wired by the app: store mode end to end, with a
 real SQLite store (a file in tmp_path) and InMemorySource as the Kafka side."""
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from consumer.kafka.source import KafkaSource
 from consumer.observability import logs
 from consumer.observability.event_log import LoggingObserver
 from consumer.observability.instruments import Instruments
-from consumer.observability.lag import LogTracker
-from consumer.observability.log_watch import LogWatch
+from consumer.observability.lag import OffsetTracker
+from consumer.observability.offset_refresh import OffsetRefresher
 from consumer.routing import Router
 from consumer.settings import Settings
 from consumer.store import Store, open_configured
@@ -59,7 +59,7 @@ def build_loop(
     settings: Settings, router: Router, *extra_observers: Observer,
     on_statistics: Callable[[str], None] | None = None,
     instruments: Instruments | None = None,
-    log: LogTracker | None = None,
+    offsets: OffsetTracker | None = None,
     source: Source | None = None,
     store: Store | None = None,
     clock: Clock | None = None,
@@ -72,7 +72,7 @@ def build_loop(
     one is given), else direct mode. ``source``, ``store``, ``clock`` and ``dead_letters``
     replace the Kafka client, the configured store, the system clock and the dead-letter
     producer (tests pass in-memory ones). With ``instruments``, handlers, the store and commits
-    are timed; with ``log``, the loop keeps paused partitions' end offsets and transactional
+    are timed; with ``offsets``, the loop keeps paused partitions' end offsets and transactional
     positions current in it."""
     if source is None:
         source = KafkaSource(settings.kafka, on_statistics=on_statistics)
@@ -123,7 +123,8 @@ def build_loop(
         batch_size=settings.kafka.poll_batch_size,
         poll_timeout=settings.kafka.poll_timeout_seconds,
         failures=failures,
-        log_watch=None if log is None else LogWatch(log, source=source, clock=clock),
+        offset_refresher=(None if offsets is None
+                          else OffsetRefresher(offsets, source=source, clock=clock)),
     )
 
 

@@ -109,7 +109,7 @@ def _run(settings: Settings, router: Router) -> int:
         loop = build_loop(settings, router, *observability.observers,
                           on_statistics=observability.on_statistics,
                           instruments=observability.instruments,
-                          log=observability.log_tracker)
+                          offsets=observability.offset_tracker)
     except ConsumerError as error:
         return _failed(error)
     try:

@@ -33,9 +33,9 @@ from consumer.routing import Router
 log = logging.getLogger("consumer.engine")
 
 
-class LogWatcher(Protocol):
-    """Keeps paused partitions' log offsets current for the lag metrics
-    (:class:`consumer.observability.log_watch.LogWatch`)."""
+class OffsetRefresher(Protocol):
+    """Keeps paused partitions' end offsets current for the lag metrics
+    (:class:`consumer.observability.offset_refresh.OffsetRefresher`)."""
 
     def due(self, now: float) -> bool: ...
 
@@ -66,7 +66,7 @@ class ConsumerLoop:
         batch_size: int = 500,
         poll_timeout: float = 0.5,
         failures: Failures | None = None,
-        log_watch: LogWatcher | None = None,
+        offset_refresher: OffsetRefresher | None = None,
     ) -> None:
         self._source = source
         #: Direct (Kafka-only checkpoints) or store (transactional batches), chosen by the wiring.
@@ -77,7 +77,7 @@ class ConsumerLoop:
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
         self._failures = failures
-        self._log_watch = log_watch
+        self._offset_refresher = offset_refresher
         self._partitions: dict[TP, PartitionProgress] = {}
         self._checkpoints = CheckpointState(policy, clock.monotonic())
         #: Every partition was paused while checkpoints were unavailable; resumed once they
@@ -132,9 +132,9 @@ class ConsumerLoop:
 
     def run_once(self) -> int:
         """One turn: poll a batch, handle it, checkpoint if due. Returns messages done."""
-        watch = self._log_watch
-        if watch is not None and watch.due(self._clock.monotonic()):
-            watch.refresh(self._partitions, self._paused(), self._held())
+        refresher = self._offset_refresher
+        if refresher is not None and refresher.due(self._clock.monotonic()):
+            refresher.refresh(self._partitions, self._paused(), self._held())
         if self._mode.unavailable:
             self._wait_while_unavailable()
             return 0

@@ -84,5 +84,5 @@ class CheckpointMode(Protocol):
 
     @property
     def pending(self) -> Sequence[Message]:
-        """Messages polled and held, not done yet (for snapshots and the log watch)."""
+        """Messages polled and held, not done yet (for snapshots and the offset refresher)."""
         ...

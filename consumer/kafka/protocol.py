@@ -1,6 +1,6 @@
 """The boundary between the layers above and Kafka: what a source offers (:class:`Source`),
 what it reports back (:class:`SourceListener`), where dead letters go (:class:`DeadLetterSink`),
-and the plain values that cross it (``COMMIT_MARKER``, :class:`LogOffsets`,
+and the plain values that cross it (``COMMIT_MARKER``, :class:`PartitionOffsets`,
 :class:`GroupPosition`).
 
 Implemented over confluent-kafka by :mod:`consumer.kafka.source` and
@@ -97,7 +97,7 @@ class Source(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class LogOffsets:
+class PartitionOffsets:
     """What the client last learned about a partition's log, without asking the broker.
 
     Offsets are Kafka's: ``end`` is the offset the next produced message will get (the high

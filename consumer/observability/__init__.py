@@ -3,6 +3,6 @@ changes what the consumer does; the layers below report to it through ``consumer
 
 Observers and timings run on the poll thread: cheap, and never raising into it. The scrape
 and HTTP threads read snapshots and copies, never the Kafka client or the store. The only
-broker queries (paused partitions' ends, :mod:`~consumer.observability.log_watch`) run on the
+broker queries (paused partitions' ends, :mod:`~consumer.observability.offset_refresh`) run on the
 poll thread when the loop asks, bounded in number and time.
 """

@@ -1,5 +1,5 @@
 """librdkafka's statistics (``statistics.interval.ms``, delivered to ``stats_cb`` inside
-``poll`` on the poll thread), read into :class:`~consumer.kafka.protocol.LogOffsets` and
+``poll`` on the poll thread), read into :class:`~consumer.kafka.protocol.PartitionOffsets` and
 whether any broker is reachable.
 
 The client keeps each fetched partition's high and low watermarks as fetch responses arrive,
@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from consumer.kafka.protocol import LogOffsets
+from consumer.kafka.protocol import PartitionOffsets
 from consumer.message import TP
 
 log = logging.getLogger("consumer.metrics")
@@ -44,7 +44,7 @@ def _document(stats: Statistics) -> Mapping[str, Any] | None:
     return parse(stats) if isinstance(stats, str) else stats
 
 
-def log_offsets(stats: Statistics) -> dict[TP, LogOffsets]:
+def partition_offsets(stats: Statistics) -> dict[TP, PartitionOffsets]:
     """Per-partition offsets from one statistics document; {} for other clients' documents.
 
     Partitions the client knows but does not fetch (no watermarks yet, -1001) are left out,
@@ -53,7 +53,7 @@ def log_offsets(stats: Statistics) -> dict[TP, LogOffsets]:
     document = _document(stats)
     if document is None:
         return {}
-    found: dict[TP, LogOffsets] = {}
+    found: dict[TP, PartitionOffsets] = {}
     for topic, detail in (document.get("topics") or {}).items():
         for number, partition in (detail.get("partitions") or {}).items():
             index = int(number)
@@ -61,7 +61,7 @@ def log_offsets(stats: Statistics) -> dict[TP, LogOffsets]:
             if index < 0 or end < 0 or start < 0:
                 continue
             committed = partition.get("committed_offset", -1)
-            found[(topic, index)] = LogOffsets(
+            found[(topic, index)] = PartitionOffsets(
                 start=start,
                 end=end,
                 committed=committed if committed >= 0 else None,

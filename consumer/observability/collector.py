@@ -24,12 +24,12 @@ from prometheus_client.registry import Collector
 
 from consumer.clock import Clock
 from consumer.engine.snapshot import LoopSnapshot, PartitionSnapshot
-from consumer.kafka.protocol import LogOffsets
+from consumer.kafka.protocol import PartitionOffsets
 from consumer.message import TP, Message
 from consumer.observability.health import Health, Lifecycle
 from consumer.observability.histogram import Histogram
 from consumer.observability.instruments import STORE_OPERATIONS, Instruments
-from consumer.observability.lag import LogTracker, Skip, lag_messages, lag_seconds
+from consumer.observability.lag import OffsetTracker, Skip, lag_messages, lag_seconds
 from consumer.observability.metrics import METRICS, MetricsObserver
 
 #: LoopState value -> the ``state`` label values of ``consumer_state``.
@@ -48,7 +48,7 @@ class ConsumerCollector(Collector):
         events: MetricsObserver,
         lifecycle: Lifecycle,
         health: Health,
-        log: LogTracker,
+        offsets: OffsetTracker,
         clock: Clock,
         group: str,
         version: str,
@@ -62,7 +62,7 @@ class ConsumerCollector(Collector):
         self._events = events
         self._lifecycle = lifecycle
         self._health = health
-        self._log = log
+        self._offsets = offsets
         self._clock = clock
         self._group = group
         self._version = version
@@ -81,7 +81,7 @@ class ConsumerCollector(Collector):
         fetched = CounterMetricFamily("consumer_consumed_bytes",
                                       METRICS["consumer_consumed_bytes"],
                                       labels=["group", "topic"])
-        for topic, count in sorted(self._log.fetched_bytes().items()):
+        for topic, count in sorted(self._offsets.fetched_bytes().items()):
             fetched.add_metric([self._group, topic], count)
         yield fetched
         paused = GaugeMetricFamily("consumer_paused_partitions",
@@ -163,9 +163,9 @@ class ConsumerCollector(Collector):
                                                    labels=["group", "topic", "partition"])
                     for name in PARTITION_METRICS}
         now, wall = self._clock.monotonic(), self._clock.wall()
-        offsets = self._log.offsets()
+        offsets = self._offsets.offsets()
         held = held_messages([snapshot.pending, self._events.batch], snapshot.partitions)
-        skips = self._log.skips()
+        skips = self._offsets.skips()
         for tp, progress in sorted(snapshot.partitions.items()):
             labels = [self._group, tp[0], str(tp[1])]
             skip = None if tp in held or tp in snapshot.paused else skips.get(tp)
@@ -176,7 +176,7 @@ class ConsumerCollector(Collector):
         yield from families.values()
 
     def _partition_values(
-        self, tp: TP, progress: PartitionSnapshot, log: LogOffsets | None,
+        self, tp: TP, progress: PartitionSnapshot, log: PartitionOffsets | None,
         held: Held | None, now: float, wall: float, skip: Skip | None,
     ) -> Iterable[tuple[str, float]]:
         yield "consumer_messages_consumed", progress.done
@@ -215,7 +215,8 @@ class ConsumerCollector(Collector):
         yield "consumer_partition_lag_messages", lag
         yield "consumer_partition_committed_lag_messages", lag_messages(end, committed, start)
         oldest = None if held is None else held.timestamp
-        produced = None if lag == 0 or oldest is not None else self._log.produced_at(tp, position)
+        produced = (None if lag == 0 or oldest is not None
+                    else self._offsets.produced_at(tp, position))
         yield "consumer_partition_lag_seconds", lag_seconds(
             now=wall, lag=lag, oldest_held=oldest, produced_at=produced)
 

@@ -10,7 +10,7 @@
   ever sees; when the consumer holds nothing of a partition and the client's position is past
   the watermark, the position is what was processed (:class:`Skip`).
 
-:class:`LogTracker` keeps the latest :class:`~consumer.kafka.protocol.LogOffsets` per
+:class:`OffsetTracker` keeps the latest :class:`~consumer.kafka.protocol.PartitionOffsets` per
 partition and those samples. The poll thread updates it (from the client's statistics, and for
 paused partitions from a throttled broker query); the scrape thread reads it.
 It never calls the broker.
@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from consumer.kafka.protocol import LogOffsets
+from consumer.kafka.protocol import PartitionOffsets
 from consumer.message import TP
 
 #: Seconds a released pin still holds back a lower end from the statistics (the client needs
@@ -104,24 +104,24 @@ class Skip:
     position: int
 
 
-class LogTracker:
+class OffsetTracker:
     """The latest log offsets of every partition the client reports, and their timelines.
 
     Fed on the poll thread by the client's statistics (:meth:`update`) and by
-    :class:`~consumer.observability.log_watch.LogWatch` (:meth:`pin_end` for paused partitions,
-    :meth:`record_skips` for positions past transaction markers); read by the scrape.
+    :class:`~consumer.observability.offset_refresh.OffsetRefresher` (:meth:`pin_end` for paused
+    partitions, :meth:`record_skips` for positions past transaction markers); read by the scrape.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._offsets: Mapping[TP, LogOffsets] = {}
+        self._offsets: Mapping[TP, PartitionOffsets] = {}
         self._timelines: dict[TP, EndTimeline] = {}
         self._fetched_bytes: dict[TP, int] = {}
         self._bytes_by_topic: dict[str, int] = {}
         self._pins: dict[TP, _Pin] = {}
         self._skips: Mapping[TP, Skip] = {}
 
-    def update(self, offsets: Mapping[TP, LogOffsets], at: float) -> None:
+    def update(self, offsets: Mapping[TP, PartitionOffsets], at: float) -> None:
         """New offsets from the client (the poll thread); ``at`` is wall time."""
         with self._lock:
             offsets = {tp: self._pinned(tp, log, at) for tp, log in offsets.items()}
@@ -142,7 +142,7 @@ class LogTracker:
             timeline = self._timelines[tp] = EndTimeline()
         return timeline
 
-    def _pinned(self, tp: TP, log: LogOffsets, at: float) -> LogOffsets:
+    def _pinned(self, tp: TP, log: PartitionOffsets, at: float) -> PartitionOffsets:
         """The statistics' offsets, with the broker's fresher end while a pin holds."""
         pin = self._pins.get(tp)
         if pin is None:
@@ -151,7 +151,7 @@ class LogTracker:
                                   and at - pin.released_at > PIN_GRACE_SECONDS):
             del self._pins[tp]
             return log
-        return LogOffsets(start=max(log.start, pin.start), end=pin.end,
+        return PartitionOffsets(start=max(log.start, pin.start), end=pin.end,
                           committed=log.committed, fetched_bytes=log.fetched_bytes)
 
     def pin_end(self, tp: TP, start: int, end: int, at: float) -> None:
@@ -159,7 +159,7 @@ class LogTracker:
         with self._lock:
             self._pins[tp] = _Pin(start, end)
             known = self._offsets.get(tp)
-            log = LogOffsets(start=start, end=end) if known is None else LogOffsets(
+            log = PartitionOffsets(start=start, end=end) if known is None else PartitionOffsets(
                 start=max(known.start, start), end=max(known.end, end),
                 committed=known.committed, fetched_bytes=known.fetched_bytes)
             self._timeline(tp).record(log.end, at)
@@ -183,7 +183,7 @@ class LogTracker:
     def skips(self) -> Mapping[TP, Skip]:
         return self._skips
 
-    def offsets(self) -> Mapping[TP, LogOffsets]:
+    def offsets(self) -> Mapping[TP, PartitionOffsets]:
         return self._offsets
 
     def fetched_bytes(self) -> dict[str, int]:

@@ -26,7 +26,7 @@ from consumer.events import Observer, Trigger
 from consumer.message import TP, Message
 from consumer.observability.histogram import AGE_BUCKETS, Histogram
 from consumer.observability.instruments import Instruments
-from consumer.observability.lag import LogTracker
+from consumer.observability.lag import OffsetTracker
 
 #: The closed list of exported names (without the ``_total`` a counter's samples add).
 METRICS: dict[str, str] = {
@@ -101,10 +101,10 @@ class MetricsObserver(Observer):
     """Counts events; keeps the references the scrape reads. Runs on the poll thread."""
 
     def __init__(self, *, registry: CollectorRegistry, clock: Clock, group: str,
-                 log: LogTracker, instruments: Instruments) -> None:
+                 offsets: OffsetTracker, instruments: Instruments) -> None:
         self._clock = clock
         self._group = group
-        self._log = log
+        self._offsets = offsets
         self._instruments = instruments
         self.topics: list[str] = []
         #: topic -> ages of its done messages
@@ -245,7 +245,7 @@ class MetricsObserver(Observer):
         for tp in partitions:
             self.sent.pop(tp, None)
             self.acked_at.pop(tp, None)
-        self._log.forget(partitions)
+        self._offsets.forget(partitions)
 
     def kafka_error(self, error: KafkaError) -> None:
         self._kafka_errors.labels(self._group, error.code, str(error.fatal).lower()).inc()

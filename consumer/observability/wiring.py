@@ -4,7 +4,7 @@ composition root (:mod:`consumer.app`):
     observability = build_observability(settings)
     loop = build_loop(settings, router, *observability.observers,
                       on_statistics=observability.on_statistics,
-                      instruments=observability.instruments, log=observability.log_tracker)
+                      instruments=observability.instruments, offsets=observability.offset_tracker)
     observability.serve(loop.snapshot)       # /readyz answers false until the first assignment
     ...
     observability.close()
@@ -32,7 +32,7 @@ from consumer.observability.collector import ConsumerCollector
 from consumer.observability.endpoints import ObservabilityServer
 from consumer.observability.health import Health, Lifecycle
 from consumer.observability.instruments import Instruments
-from consumer.observability.lag import LogTracker
+from consumer.observability.lag import OffsetTracker
 from consumer.observability.metrics import MetricsObserver
 from consumer.settings import Settings
 
@@ -48,7 +48,7 @@ class Observability:
     registry: CollectorRegistry
     lifecycle: Lifecycle
     events: MetricsObserver
-    log: LogTracker
+    offsets: OffsetTracker
     timings: Instruments
     health: Health | None = None
     server: ObservabilityServer | None = None
@@ -69,10 +69,10 @@ class Observability:
         return self.timings if self.enabled else None
 
     @property
-    def log_tracker(self) -> LogTracker | None:
-        """What the loop's :class:`~consumer.observability.log_watch.LogWatch` feeds; None
-        with metrics off."""
-        return self.log if self.enabled else None
+    def offset_tracker(self) -> OffsetTracker | None:
+        """What the loop's :class:`~consumer.observability.offset_refresh.OffsetRefresher`
+        feeds; None with metrics off."""
+        return self.offsets if self.enabled else None
 
     @property
     def on_statistics(self) -> Callable[[str], None] | None:
@@ -82,7 +82,7 @@ class Observability:
         """librdkafka's statistics, inside poll on the polling thread; never raises into it."""
         try:
             stats = client_stats.parse(raw)
-            self.log.update(client_stats.log_offsets(stats), self.clock.wall())
+            self.offsets.update(client_stats.partition_offsets(stats), self.clock.wall())
             self.lifecycle.brokers_reported(client_stats.brokers_up(stats))
         except Exception as error:  # a metrics bug must never stop consumption
             if not self._failures:
@@ -111,7 +111,7 @@ class Observability:
                              max_poll_interval_seconds=kafka.max_poll_interval_ms / 1000)
         self.registry.register(ConsumerCollector(
             snapshot=snapshot, events=self.events, lifecycle=self.lifecycle,
-            health=self.health, log=self.log, clock=self.clock, group=kafka.group_id,
+            health=self.health, offsets=self.offsets, clock=self.clock, group=kafka.group_id,
             version=__version__, instruments=self.timings, store=self.settings.store.enabled,
         ))
         return self.health
@@ -128,7 +128,7 @@ def build_observability(
     """Everything observing needs, before the loop exists; nothing is bound until ``serve``."""
     clock = clock or SystemClock()
     registry = registry or CollectorRegistry()
-    tracker = LogTracker()
+    tracker = OffsetTracker()
     # Handler timing reads perf_counter directly: a SystemClock method call per read would
     # double its cost. A test's manual clock is read as it is.
     instruments = Instruments() if isinstance(clock, SystemClock) else Instruments(
@@ -139,7 +139,7 @@ def build_observability(
         registry=registry,
         lifecycle=Lifecycle(clock),
         events=MetricsObserver(registry=registry, clock=clock, group=settings.kafka.group_id,
-                               log=tracker, instruments=instruments),
-        log=tracker,
+                               offsets=tracker, instruments=instruments),
+        offsets=tracker,
         timings=instruments,
     )

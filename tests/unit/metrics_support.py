@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from consumer.app import build_loop
 from consumer.clock import ManualClock
 from consumer.engine.loop import ConsumerLoop
-from consumer.kafka.protocol import LogOffsets
+from consumer.kafka.protocol import PartitionOffsets
 from consumer.message import TP
 from consumer.observability.health import Health
 from consumer.observability.wiring import Observability, build_observability
@@ -40,8 +40,9 @@ class Metered:
 
     def log_ends(self, ends: dict[TP, int], *, start: int = 0) -> None:
         """What the client's statistics would report now."""
-        self.observability.log.update(
-            {tp: LogOffsets(start=start, end=end) for tp, end in ends.items()}, self.clock.wall()
+        self.observability.offsets.update(
+            {tp: PartitionOffsets(start=start, end=end) for tp, end in ends.items()},
+            self.clock.wall(),
         )
 
     def histogram(self, name: str, **labels: str) -> tuple[float | None, float | None]:
@@ -86,7 +87,7 @@ def metered(
     handle = handler or Recorder()
     router = Router(Route(topic, handle, "x:y") for topic in topics)
     loop = build_loop(settings, router, *observability.observers,
-                      instruments=observability.timings, log=observability.log,
+                      instruments=observability.timings, offsets=observability.offsets,
                       source=source, store=store, clock=clock,
                       dead_letters=InMemoryDeadLetterSink())
     health = observability.attach(loop.snapshot)

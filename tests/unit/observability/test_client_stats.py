@@ -1,11 +1,12 @@
-"""consumer.observability.client_stats: librdkafka statistics JSON -> LogOffsets per partition."""
+"""consumer.observability.client_stats: librdkafka statistics JSON -> PartitionOffsets per
+partition."""
 
 from __future__ import annotations
 
 import json
 
-from consumer.kafka.protocol import LogOffsets
-from consumer.observability.client_stats import brokers_up, log_offsets, parse
+from consumer.kafka.protocol import PartitionOffsets
+from consumer.observability.client_stats import brokers_up, parse, partition_offsets
 
 
 def stats(kind: str = "consumer") -> str:
@@ -20,15 +21,15 @@ def stats(kind: str = "consumer") -> str:
 
 
 def test_watermarks_committed_offsets_and_bytes_per_partition() -> None:
-    assert log_offsets(stats()) == {
-        ("orders", 0): LogOffsets(start=0, end=50, committed=50, fetched_bytes=500),
-        ("orders", 1): LogOffsets(start=5, end=70, committed=None, fetched_bytes=10),
+    assert partition_offsets(stats()) == {
+        ("orders", 0): PartitionOffsets(start=0, end=50, committed=50, fetched_bytes=500),
+        ("orders", 1): PartitionOffsets(start=5, end=70, committed=None, fetched_bytes=10),
     }
 
 
 def test_other_clients_and_garbage_give_nothing() -> None:
-    assert log_offsets(stats("producer")) == {}
-    assert log_offsets("{not json") == {}
+    assert partition_offsets(stats("producer")) == {}
+    assert partition_offsets("{not json") == {}
 
 
 def with_brokers(*brokers: tuple[str, int, str, str]) -> str:
@@ -82,6 +83,6 @@ def test_unknown_without_brokers_and_for_other_documents() -> None:
 def test_one_parsed_document_serves_both_readers() -> None:
     document = parse(stats())
     assert document is not None
-    assert log_offsets(document) == log_offsets(stats())
+    assert partition_offsets(document) == partition_offsets(stats())
     assert brokers_up(document) is None  # no "brokers" in this trimmed document
     assert parse(stats("producer")) is None

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.kafka.protocol import LogOffsets
+from consumer.kafka.protocol import PartitionOffsets
 from consumer.observability.lag import (
     MAX_SAMPLES,
     EndTimeline,
-    LogTracker,
+    OffsetTracker,
     lag_messages,
     lag_seconds,
 )
@@ -74,17 +74,17 @@ def test_timeline_thins_old_samples_instead_of_dropping_them() -> None:
 
 
 def test_tracker_counts_fetched_bytes_per_topic_across_client_counter_resets() -> None:
-    tracker = LogTracker()
-    tracker.update({("t", 0): LogOffsets(0, 10, fetched_bytes=100),
-                    ("t", 1): LogOffsets(0, 10, fetched_bytes=50)}, 1.0)
-    tracker.update({("t", 0): LogOffsets(0, 20, fetched_bytes=300)}, 2.0)
-    tracker.update({("t", 0): LogOffsets(0, 30, fetched_bytes=40)}, 3.0)  # client restarted
+    tracker = OffsetTracker()
+    tracker.update({("t", 0): PartitionOffsets(0, 10, fetched_bytes=100),
+                    ("t", 1): PartitionOffsets(0, 10, fetched_bytes=50)}, 1.0)
+    tracker.update({("t", 0): PartitionOffsets(0, 20, fetched_bytes=300)}, 2.0)
+    tracker.update({("t", 0): PartitionOffsets(0, 30, fetched_bytes=40)}, 3.0)  # client restarted
     assert tracker.fetched_bytes() == {"t": 100 + 50 + 200 + 40}
 
 
 def test_tracker_forgets_partitions_no_longer_owned() -> None:
-    tracker = LogTracker()
-    tracker.update({("t", 0): LogOffsets(0, 10), ("t", 1): LogOffsets(0, 10)}, 1.0)
+    tracker = OffsetTracker()
+    tracker.update({("t", 0): PartitionOffsets(0, 10), ("t", 1): PartitionOffsets(0, 10)}, 1.0)
     tracker.forget([("t", 1)])
     assert set(tracker.offsets()) == {("t", 0)}
     assert tracker.produced_at(("t", 1), 0) is None

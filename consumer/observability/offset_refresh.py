@@ -4,14 +4,14 @@
   watermarks stop moving while producers go on: their end offset is asked from the broker, at
   most every :data:`PAUSED_QUERY_SECONDS` per partition and :data:`QUERIES_PER_REFRESH` per
   refresh, with a short timeout, and pinned in the
-  :class:`~consumer.observability.lag.LogTracker`.
+  :class:`~consumer.observability.lag.OffsetTracker`.
 - Transactional input: a transaction's commit marker takes an offset no handler sees, so the
   watermark stops one short of the end. Where the consumer holds nothing of a partition, the
   client's position (past the marker) is recorded as a :class:`~consumer.observability.lag.Skip`.
 
-The loop calls :meth:`LogWatch.refresh` when :meth:`LogWatch.due`, on the poll thread, which
-each refresh blocks for at most its bounded queries; a broker that does not answer is logged
-and asked again later, never raised. The scrape only reads the tracker.
+The loop calls :meth:`OffsetRefresher.refresh` when :meth:`OffsetRefresher.due`, on the poll
+thread, which each refresh blocks for at most its bounded queries; a broker that does not
+answer is logged and asked again later, never raised. The scrape only reads the tracker.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from consumer.clock import Clock
 from consumer.errors import KafkaError
 from consumer.kafka.protocol import Source
 from consumer.message import TP
-from consumer.observability.lag import LogTracker, Skip
+from consumer.observability.lag import OffsetTracker, Skip
 
 log = logging.getLogger("consumer.metrics")
 
@@ -38,10 +38,10 @@ QUERIES_PER_REFRESH = 8
 QUERY_TIMEOUT_SECONDS = 1.0
 
 
-class LogWatch:
+class OffsetRefresher:
     """Refreshes paused partitions' ends and quiet partitions' positions (poll thread)."""
 
-    def __init__(self, tracker: LogTracker, *, source: Source, clock: Clock) -> None:
+    def __init__(self, tracker: OffsetTracker, *, source: Source, clock: Clock) -> None:
         self._tracker = tracker
         self._source = source
         self._clock = clock

@@ -1,4 +1,10 @@
-"""A checkpoint: saving the watermarks of the partitions that moved, as one short-lived step."""
+"""A checkpoint without a store: the watermarks of the partitions that moved, committed to Kafka.
+
+Used by direct mode on the loop's thread; the commit itself and its bookkeeping are
+:class:`~consumer.checkpoint.commits.KafkaCommits`'. Asynchronous for the count and interval
+triggers (unless synchronous commits are configured), synchronous on revoke and shutdown, where
+a failure raises KafkaError and the watermarks stay pending.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from consumer.events import Trigger
 from consumer.message import TP
 
 
-class Checkpoint:
+class KafkaCheckpoint:
     """Commits the watermark of every given partition that moved since its last commit.
 
     1. collect the watermarks that moved

@@ -1,5 +1,11 @@
 """Per-partition progress: the watermark of done messages, and how much of it Kafka confirmed.
 
+The one owner of the rule that offsets never move backwards: moving the watermark or the offset
+sent to Kafka back raises OffsetWentBackwards with the partition's coordinates, and an older
+broker answer arriving late never lowers the confirmed offset (a failed commit returns the sent
+offset to the confirmed one, so the next checkpoint sends it again). Read and written on the
+loop's thread; snapshots copy it for the scrape.
+
 Messages of one partition are done in offset order. Offsets need not be contiguous (transaction
 markers, compaction), so the watermark is the done message's offset + 1, never a count.
 """

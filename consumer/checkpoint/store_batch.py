@@ -1,5 +1,12 @@
 """A checkpoint with a store: the handlers' writes, the processed keys and the checkpoint rows
-commit in one database transaction, then the same offsets go to Kafka."""
+commit in one database transaction, then the same offsets go to Kafka.
+
+Used by store mode on the loop's thread, once per batch. Blocks on the database (bounded by the
+store's lock and statement timeouts) and, after COMMIT, on the broker for dead letters. Raises
+StoreError when the transaction rolled back (retry the batch after backoff), Fenced when a newer
+owner holds a partition (rolled back; stop), HandlerFailed after committing what came before a
+failing message. Never produces to Kafka nor seeks while the transaction is open.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from consumer.checkpoint.commits import KafkaCommits
-from consumer.checkpoint.kafka_only import Checkpoint
+from consumer.checkpoint.kafka_only import KafkaCheckpoint
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import Clock
 from consumer.engine.dispatch import Dispatcher
@@ -102,7 +102,7 @@ class DirectMode:
         chosen = (list(partitions.values()) if only is None
                   else [partitions[tp] for tp in only if tp in partitions])
         try:
-            Checkpoint(trigger, chosen, commits=self._commits, synchronous=synchronous).run()
+            KafkaCheckpoint(trigger, chosen, commits=self._commits, synchronous=synchronous).run()
         except KafkaError:
             if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
                 raise

@@ -1,5 +1,14 @@
-"""Running handlers without a store: route each message, check its format, call its handler,
-and turn a failure into a retry (partition paused and rewound), a dead letter, or a stop."""
+"""Direct mode's handler runs: each polled message of an assigned partition, in order, through
+its route's handler; a failure becomes a retry (partition paused and rewound), a dead letter, or
+a stop.
+
+Called by :class:`consumer.engine.direct_mode.DirectMode` on the loop's thread, once per polled
+batch. Moves each partition's watermark as its messages are done (one attribute write per
+message; :class:`~consumer.checkpoint.progress.PartitionProgress` checks the run's first offset).
+Blocks only inside handlers and, for a dead letter, until the broker acknowledges it. Raises
+HandlerFailed to stop the consumer (what was done before the failing message stays done).
+Never commits: checkpoints are the mode's.
+"""
 
 from __future__ import annotations
 

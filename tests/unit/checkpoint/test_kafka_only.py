@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.checkpoint.commits import KafkaCommits
-from consumer.checkpoint.kafka_only import Checkpoint
+from consumer.checkpoint.kafka_only import KafkaCheckpoint
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.errors import KafkaError
 from consumer.events import Trigger
@@ -31,7 +31,7 @@ def test_only_partitions_whose_watermark_moved_are_committed() -> None:
     still.mark_committed(1)
     untouched = PartitionProgress("t", 2)
     observer = RecordingObserver()
-    committed = Checkpoint(
+    committed = KafkaCheckpoint(
         Trigger.INTERVAL, [moved, still, untouched], commits=commits(source, observer)
     ).run()
     assert committed == {("t", 0): 2}
@@ -43,7 +43,7 @@ def test_only_partitions_whose_watermark_moved_are_committed() -> None:
 def test_nothing_moved_commits_nothing_and_reports_a_noop() -> None:
     source = InMemorySource({})
     observer = RecordingObserver()
-    assert Checkpoint(
+    assert KafkaCheckpoint(
         Trigger.COUNT, [PartitionProgress("t", 0)], commits=commits(source, observer)
     ).run() == {}
     assert source.commits == []
@@ -60,7 +60,7 @@ def test_revoke_and_shutdown_commit_synchronously_count_and_interval_asynchronou
 ) -> None:
     source = InMemorySource({})
     progress = progress_at("t", 0, 0)
-    checkpoint = Checkpoint(trigger, [progress], commits=commits(source))
+    checkpoint = KafkaCheckpoint(trigger, [progress], commits=commits(source))
     assert checkpoint.synchronous is synchronous
     checkpoint.run()
     assert source.commits == [({("t", 0): 1}, not synchronous)]
@@ -69,7 +69,7 @@ def test_revoke_and_shutdown_commit_synchronously_count_and_interval_asynchronou
 def test_a_synchronous_commit_is_acknowledged_at_once() -> None:
     source = InMemorySource({})
     progress = progress_at("t", 0, 0, 1, 2)
-    Checkpoint(Trigger.SHUTDOWN, [progress], commits=commits(source)).run()
+    KafkaCheckpoint(Trigger.SHUTDOWN, [progress], commits=commits(source)).run()
     assert progress.acked == 3
 
 
@@ -78,7 +78,7 @@ def test_a_failed_synchronous_commit_raises_and_leaves_the_watermark_pending() -
     source.fail_next_commit = KafkaError("REQUEST_TIMED_OUT", "no answer")
     progress = progress_at("t", 0, 0)
     with pytest.raises(KafkaError):
-        Checkpoint(Trigger.REVOKE, [progress], commits=commits(source)).run()
+        KafkaCheckpoint(Trigger.REVOKE, [progress], commits=commits(source)).run()
     assert progress.committed is None
     assert progress.pending_commit() == 1
     assert source.committed_offsets == {}

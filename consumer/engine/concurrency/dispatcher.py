@@ -175,16 +175,34 @@ class ConcurrentDispatcher:
 
     def settle(self, partitions: Mapping[TP, PartitionProgress], only: Collection[TP] | None,
                timeout: float) -> None:
-        """Before a revoke's or the shutdown's checkpoint: drop what of ``only`` (None: every
-        partition) has not started, and wait up to ``timeout`` seconds for what runs."""
-        chosen = set(partitions if only is None else only)
-        if only is None:
-            self._closed = True
-        self._drop(chosen)
+        """Before the shutdown's or a revoke's checkpoint, for up to ``timeout`` seconds.
+
+        Shutdown (``only`` None): run everything polled, queued messages too, so the checkpoint
+        covers it and a planned restart repeats nothing that finished (a queued message left
+        behind would hold its partition's watermark below every message finished above it).
+        What has not started when the time is up, or waits for a retry beyond it, is dropped.
+        Revoke: drop what of ``only`` has not started (the rebalance waits for no new work) and
+        wait for what runs."""
         deadline = self._clock.monotonic() + timeout
+        if only is None:
+            self._finish_queued(partitions, deadline)
+            self._closed = True
+        chosen = set(partitions if only is None else only)
+        self._drop(chosen)
         while any(self._running_per_partition.get(tp) for tp in chosen):
             left = deadline - self._clock.monotonic()
             if left <= 0 or not self._drain(partitions, block=left, starting=False):
+                break
+
+    def _finish_queued(self, partitions: Mapping[TP, PartitionProgress],
+                       deadline: float) -> None:
+        """Start queued messages as lanes free up, until none is queued or the deadline."""
+        while self.buffered:
+            self._start(partitions)
+            if not self._running:
+                break  # what is left waits for a retry: the time would pass idle
+            left = deadline - self._clock.monotonic()
+            if left <= 0 or not self._drain(partitions, block=left):
                 break
 
     def forget(self, partitions: Collection[TP]) -> None:

@@ -273,6 +273,33 @@ def test_shutdown_waits_for_running_handlers_and_commits_them() -> None:
     assert source.committed_offsets == {P0: 3}
 
 
+def test_shutdown_runs_the_queued_messages_too_so_a_restart_repeats_nothing_finished() -> None:
+    """A key's second message waits behind its first while other keys finish far above it:
+    dropping it at shutdown would leave the watermark at it, and the restart would handle
+    every finished message above it again."""
+    release = threading.Event()
+    done: list[int] = []
+
+    def handler(message: Message, _context: Context) -> None:
+        if message.offset == 0:
+            release.wait(10)
+        done.append(message.offset)
+
+    source = InMemorySource({"t": [[]]})
+    source.append("t", 0, b"0", key=b"slow")
+    source.append("t", 0, b"1", key=b"slow")  # queued behind offset 0 (same key)
+    for i in range(2, 10):
+        source.append("t", 0, str(i).encode(), key=b"fast")
+    loop = concurrent_loop(source, handler, concurrency=4)
+    loop.start()
+    run_until(loop, lambda: sorted(done) == list(range(2, 10)))
+    threading.Timer(0.2, release.set).start()
+    loop.request_stop()
+    loop.close()
+    assert sorted(done) == list(range(10))
+    assert source.committed_offsets == {P0: 10}
+
+
 def test_a_revoked_partition_finishes_its_running_work_and_drops_the_queue() -> None:
     release = threading.Event()
     source = keyed_source(10, keys=1)  # one key: one runs, nine wait

@@ -57,9 +57,10 @@ class KafkaSettings(_Section):
     #: Messages taken per poll; also an upper bound on work between two loop turns.
     poll_batch_size: int = Field(default=500, ge=1, le=100_000)
     poll_timeout_seconds: float = Field(default=0.5, gt=0, le=60)
-    #: Routes with ``concurrency`` above 1: messages polled but not started yet, at most, all
-    #: routes together. When the buffer is full the loop takes nothing new (it keeps polling,
-    #: with the partitions of a full route paused) until handlers finish.
+    #: Routes with ``concurrency`` above 1: messages polled and not started, or finished above
+    #: their partition's watermark, at most, all routes together (it bounds what a crash
+    #: repeats). When full, the loop takes nothing new (it keeps polling, the partitions of a
+    #: full route paused) until handlers finish.
     max_buffered_messages: int = Field(default=10_000, ge=1, le=1_000_000)
     #: Any other librdkafka property, with Kafka's dotted names (security, tuning).
     librdkafka: dict[str, SecretStr] = Field(default_factory=dict)

@@ -144,8 +144,12 @@ class ConcurrentDispatcher:
         return done
 
     def room(self) -> int:
-        """Messages the buffer (polled, not started) has room for."""
-        return max(0, self._max_buffered - self.buffered)
+        """Messages the buffer has room for. It holds what is polled and not started, and what
+        finished above a partition's watermark (the gap): so a message stuck in a handler
+        stops the intake once the gap behind it fills the buffer, which bounds what a crash
+        repeats."""
+        gap = sum(tracker.gap for tracker in self._trackers.values())
+        return max(0, self._max_buffered - self.buffered - gap)
 
     @property
     def room_total(self) -> int:

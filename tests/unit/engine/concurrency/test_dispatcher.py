@@ -299,3 +299,41 @@ def test_a_lost_partitions_running_work_is_abandoned_without_a_commit() -> None:
     assert source.committed_offsets == {}
     assert loop.watermarks() == {}
     loop.close()
+
+
+def test_async_handlers_run_on_the_event_loop_many_at_once() -> None:
+    import asyncio
+
+    running = {"now": 0, "most": 0}
+    done: list[int] = []
+
+    async def handler(message: Message, _context: Context) -> None:
+        running["now"] += 1  # one event loop thread: no lock needed
+        running["most"] = max(running["most"], running["now"])
+        await asyncio.sleep(0.01)
+        running["now"] -= 1
+        done.append(message.offset)
+
+    source = keyed_source(100, keys=100)
+    loop = concurrent_loop(source, handler, concurrency=50)  # type: ignore[arg-type]
+    loop.start()
+    run_until(loop, lambda: loop.watermarks() == {P0: 100})
+    loop.close()
+    assert sorted(done) == list(range(100))
+    assert 10 < running["most"] <= 50
+    assert source.committed_offsets == {P0: 100}
+
+
+def test_an_async_handler_with_concurrency_one_is_awaited_one_at_a_time() -> None:
+    seen: list[int] = []
+
+    async def handler(message: Message, _context: Context) -> None:
+        seen.append(message.offset)
+
+    source = keyed_source(5, keys=5)
+    loop = concurrent_loop(source, handler, concurrency=1)  # type: ignore[arg-type]
+    assert isinstance(loop.mode._dispatcher, ConcurrentDispatcher)  # type: ignore[attr-defined]
+    loop.start()
+    run_until(loop, lambda: loop.watermarks() == {P0: 5})
+    loop.close()
+    assert sorted(seen) == [0, 1, 2, 3, 4]

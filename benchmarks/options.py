@@ -92,7 +92,7 @@ def parse(argv: list[str] | None = None) -> Options:
                         help=f"SIGKILLs per store and transaction size ({FULL.store_kills})")
     parser.add_argument("--io", action="store_true",
                         help="also run the IO-bound group: handlers that sleep 10 ms, run "
-                             "concurrently (about 6 minutes; 2 with --quick)")
+                             "concurrently (about 7-8 minutes; 2 with --quick)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the kill moments (7)")
     parser.add_argument("--keep-topic", action="store_true",
                         help="leave the preloaded topic on the broker")

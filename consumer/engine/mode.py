@@ -89,6 +89,11 @@ class CheckpointMode(Protocol):
         """Messages polled and held, not done yet (for snapshots and the offset refresher)."""
         ...
 
+    def poll_wait(self, timeout: float) -> float:
+        """How long the next poll may block for new messages: ``timeout``, or 0 while the
+        mode's workers run handlers (it then waits for them in :meth:`take` instead)."""
+        ...
+
     def work(self) -> WorkSnapshot:
         """Routes with concurrency: what runs and waits now (for snapshots; any thread)."""
         ...

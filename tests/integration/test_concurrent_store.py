@@ -54,18 +54,22 @@ def _applied(store: StoreUnderTest) -> int:
     return int(store.scalar("SELECT count(*) FROM ledger_entries"))
 
 
+@pytest.mark.parametrize("defect", [None, "no-claim"])
 def test_concurrency_16_applies_every_change_exactly_once_through_sigkills(
-    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, defect: str | None
 ) -> None:
     """20,000 balance changes over 6 partitions (1% re-sent at later offsets), 16 handlers at
     once, SIGKILLed three times at random moments and restarted: after a SIGTERM at the end,
     every balance is exact, no change applied twice or lost, the processed keys number the
     distinct events, no checkpoint row moved back, and every row reached its log's end.
-    Transactions really ran side by side (several PostgreSQL sessions applied changes)."""
+    Transactions really ran side by side (several PostgreSQL sessions applied changes).
+    The same run with the key claim removed (``no-claim``): the checker sees changes applied
+    twice."""
     ledger, topic, group = _prepared(kafka_bootstrap, store, "conc-kill")
     config = _config(kafka_bootstrap, group, topic, store)
+    module = ["consumer"] if defect is None else ["tests.support.broken_concurrent"]
     rng = random.Random()
-    runs = [ConsumerProcess(tmp_path, "run0", config).start()]
+    runs = [ConsumerProcess(tmp_path, "run0", config, module=module).start()]
     try:
         for kill in range(3):
             target = int(MESSAGES * (kill + rng.uniform(0.3, 0.9)) / 4)
@@ -73,7 +77,8 @@ def test_concurrency_16_applies_every_change_exactly_once_through_sigkills(
                      timeout=300, interval=0.05,
                      what=f"{target} changes applied ({runs[-1].log_tail()})")
             runs[-1].kill()
-            runs.append(ConsumerProcess(tmp_path, f"run{kill + 1}", config).start())
+            runs.append(ConsumerProcess(tmp_path, f"run{kill + 1}", config,
+                                        module=module).start())
         until_consumed(store, kafka_bootstrap, group, [topic], timeout=max(300, MESSAGES / 50),
                        what=f"the end ({runs[-1].log_tail()})")
         runs[-1].signal(signal.SIGTERM)
@@ -82,9 +87,12 @@ def test_concurrency_16_applies_every_change_exactly_once_through_sigkills(
         for run in runs:
             run.stop_if_running()
     verdict = check(store, ledger, group, audited=True)
+    assert store.scalar("SELECT count(*) FROM handler_sessions") > 1
+    if defect is not None:
+        assert verdict.duplicated_events > 0 and verdict.processed_keys == 0, verdict
+        return
     assert verdict.exact, verdict
     assert verdict.processed_keys == len(ledger.events)
-    assert store.scalar("SELECT count(*) FROM handler_sessions") > 1
 
 
 @pytest.mark.parametrize("wake", ["early", "late"])

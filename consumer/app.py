@@ -1,8 +1,9 @@
 """The composition root: builds every object of a consumer process from its settings.
 
 The one place that chooses: the checkpoint mode (direct, or store when a store is configured or
-given), the source, the store, the clock and the dead-letter sink, each injectable so tests build
-loops the way production does. Nothing connects while wiring except opening a SQLite file;
+given: batches, or a transaction per message when a route has concurrency), the source, the
+store, the clock and the dead-letter sink, each injectable so tests build loops the way
+production does. Nothing connects while wiring except opening a SQLite file;
 ConfigError reports every bad setting or route at once, before any connection. Also owns the
 process's signal handling (SIGTERM/SIGINT drain, a second one or the grace running out exits).
 """

@@ -130,6 +130,10 @@ class ConcurrentStoreMode:
         if applied or duplicates:
             self._outage.committed()
             self._observer.batch_applied(applied, duplicates)
+        if done:
+            # Bins the handler durations the workers reported (the messages themselves are
+            # the dispatcher's: no age sample here).
+            self._observer.messages_done([])
         return done
 
     def checkpoint(self, trigger: Trigger, partitions: Partitions, *,

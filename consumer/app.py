@@ -1,8 +1,9 @@
 """The composition root: builds every object of a consumer process from its settings.
 
 The one place that chooses: the checkpoint mode (direct, or store when a store is configured or
-given), the source, the store, the clock and the dead-letter sink, each injectable so tests build
-loops the way production does. Nothing connects while wiring except opening a SQLite file;
+given: batches, or a transaction per message when a route has concurrency), the source, the
+store, the clock and the dead-letter sink, each injectable so tests build loops the way
+production does. Nothing connects while wiring except opening a SQLite file;
 ConfigError reports every bad setting or route at once, before any connection. Also owns the
 process's signal handling (SIGTERM/SIGINT drain, a second one or the grace running out exits).
 """
@@ -18,9 +19,11 @@ from types import FrameType
 
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.policy import CheckpointPolicy
+from consumer.checkpoint.store_message import StoreRows, StoreWork, Tally
 from consumer.clock import Clock, SystemClock
 from consumer.dedup import KeyFunction, key_function
 from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher, RouteWork, is_async
+from consumer.engine.concurrent_store_mode import ConcurrentStoreMode, StoreOutage
 from consumer.engine.direct_mode import DirectMode, unconfirmed_limit
 from consumer.engine.dispatch import Dispatcher
 from consumer.engine.loop import ConsumerLoop
@@ -37,7 +40,7 @@ from consumer.observability.event_log import LoggingObserver
 from consumer.observability.instruments import Instruments
 from consumer.observability.lag import OffsetTracker
 from consumer.observability.offset_refresh import OffsetRefresher
-from consumer.routing import Router
+from consumer.routing import Route, Router
 from consumer.settings import Settings
 from consumer.store import Store, open_configured
 from consumer.store.purge import ProcessedKeyPurger
@@ -102,11 +105,12 @@ def build_loop(
     mode: CheckpointMode
     concurrent = needs_workers(settings, router)
     if store is not None or settings.store.enabled:
-        if concurrent:
+        asynchronous = [topic for topic in concurrent if is_async(router.route_for(topic).handler)]
+        if asynchronous:
             raise ConfigError([
-                f"routes.{topic}: concurrency above 1 and async def handlers work without a "
-                "store only (store.url: none) for now; store support comes later (SQLite, "
-                "with one writer, will always refuse it)" for topic in concurrent])
+                f"routes.{topic}: an async def handler with a store: context.db is a blocking "
+                "database connection that would stall the event loop; make the handler a "
+                "plain def (with concurrency: N it runs on N threads)" for topic in asynchronous])
         store = store or open_configured(settings.store)
         if instruments is not None:
             store = instruments.store(store)
@@ -117,6 +121,11 @@ def build_loop(
             failures=failures, instruments=instruments,
             group_scoped_topics=group_scoped_topics(settings),
         )
+        if concurrent:
+            mode = concurrent_store_mode(settings, router, mode, store=store, keys=keys,
+                                         failures=failures, source=source, clock=clock,
+                                         commits=commits, observer=observer,
+                                         instruments=instruments)
     else:
         dispatcher: Dispatcher | ConcurrentDispatcher
         if concurrent:
@@ -155,6 +164,41 @@ def build_loop(
         offset_refresher=(None if offsets is None
                           else OffsetRefresher(offsets, source=source, clock=clock)),
     )
+
+
+def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMode, *,
+                          store: Store, keys: Mapping[str, KeyFunction], failures: Failures,
+                          source: Source, clock: Clock, commits: KafkaCommits,
+                          observer: Observer, instruments: Instruments | None,
+                          ) -> ConcurrentStoreMode:
+    """Store mode with handlers on workers: each route's handler applied in a transaction of
+    its own per message, on a pool of as many connections as there are workers (raises
+    ConfigError for a store that takes one writer: SQLite)."""
+    group = settings.kafka.group_id
+    work = {topic: RouteWork(route.concurrency, route.ordering)
+            for topic, route in settings.routes.items()}
+    transactions = store.message_transactions(
+        sum(work.get(topic, RouteWork(1, "key")).concurrency for topic in router.topics))
+    tally = Tally()
+    routes = []
+    for topic in router.topics:
+        route = router.route_for(topic)
+        routes.append(Route(topic, StoreWork(route.handler, transactions=transactions,
+                                             group=group, key_function=keys[topic],
+                                             wall=clock.wall, tally=tally),
+                            route.handler_path))
+    outage = StoreOutage(observer, clock, max_backoff=settings.store.max_backoff_seconds)
+    dispatcher = ConcurrentDispatcher(
+        Router(routes), work, group=group, keys=keys, failures=failures, source=source, clock=clock,
+        max_buffered=settings.kafka.max_buffered_messages,
+        stop_wait=settings.shutdown.grace_seconds, instruments=instruments,
+        held_back=outage.retry_at)
+    return ConcurrentStoreMode(
+        positions, dispatcher, transactions=transactions,
+        rows=StoreRows(store, group=group, commits=commits, now=clock.wall), tally=tally,
+        outage=outage, commits=commits, observer=observer, clock=clock,
+        poll_wait=settings.kafka.poll_timeout_seconds,
+        settle_seconds=settle_seconds(settings.shutdown.grace_seconds))
 
 
 def needs_workers(settings: Settings, router: Router) -> list[str]:

@@ -302,16 +302,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _concurrency_without_store(self) -> Settings:
-        if not self.store.enabled:
+        """Concurrency with a store needs concurrent writers: PostgreSQL, not SQLite."""
+        if not self.store.url.get_secret_value().startswith("sqlite:"):
             return self
         concurrent = [f"routes.{topic}.concurrency ({route.concurrency})"
                       for topic, route in self.routes.items() if route.concurrency > 1]
         if concurrent:
             raise ValueError(
-                f"{', '.join(concurrent)} above 1 with a store configured: concurrency works "
-                "without a store only (store.url: none) for now; store support comes later "
-                "(SQLite, with one writer, will always refuse it). Set concurrency: 1 or "
-                "store.url: none"
+                f"{', '.join(concurrent)} above 1 with a SQLite store: SQLite takes one writer "
+                "at a time, so messages applied concurrently, each in a transaction of its "
+                "own, would only queue on the file lock. Use a PostgreSQL store "
+                "(store.url: postgresql://...), or set concurrency: 1 (one transaction per "
+                "checkpoint batch, the fast path on SQLite)"
             )
         return self
 

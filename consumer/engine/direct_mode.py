@@ -192,6 +192,9 @@ class DirectMode:
     def retry_due(self) -> bool:
         return False
 
+    def poll_wait(self, timeout: float) -> float:
+        return timeout
+
     @property
     def pending(self) -> Sequence[Message]:
         return ()

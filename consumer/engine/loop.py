@@ -154,7 +154,7 @@ class ConsumerLoop:
             # during a rebalance): confirm it before handling anything more.
             self._confirm()
             return 0
-        done = self._handle(self._source.poll(room, self._poll_timeout))
+        done = self._handle(self._source.poll(room, self._mode.poll_wait(self._poll_timeout)))
         trigger = self._checkpoints.due(self._clock.monotonic())
         if trigger is not None:
             self._checkpoint(trigger)

@@ -1,10 +1,12 @@
 """What the loop asks of a checkpoint mode: the one seam between polling and checkpointing.
 
-Two modes implement it, chosen once by the wiring (``consumer.app.build_loop``):
+Three modes implement it, chosen once by the wiring (``consumer.app.build_loop``):
 :class:`consumer.engine.direct_mode.DirectMode` (handlers run as messages are polled, checkpoints
-live in Kafka only) and :class:`consumer.engine.store_mode.StoreMode` (messages are buffered and
-applied with their checkpoint rows in one store transaction). The loop keeps polling, routing,
-pausing, rebalances and shutdown, and never asks which mode it has.
+live in Kafka only), :class:`consumer.engine.store_mode.StoreMode` (messages are buffered and
+applied with their checkpoint rows in one store transaction) and
+:class:`consumer.engine.concurrent_store_mode.ConcurrentStoreMode` (a store with concurrency: a
+transaction per message on workers, checkpoint rows at the watermarks). The loop keeps
+polling, routing, pausing, rebalances and shutdown, and never asks which mode it has.
 
 Every method is called on the loop's thread; ``pending`` and ``work`` may also be read by a
 snapshot.
@@ -87,6 +89,11 @@ class CheckpointMode(Protocol):
     @property
     def pending(self) -> Sequence[Message]:
         """Messages polled and held, not done yet (for snapshots and the offset refresher)."""
+        ...
+
+    def poll_wait(self, timeout: float) -> float:
+        """How long the next poll may block for new messages: ``timeout``, or 0 while the
+        mode's workers run handlers (it then waits for them in :meth:`take` instead)."""
         ...
 
     def work(self) -> WorkSnapshot:

@@ -110,6 +110,9 @@ class StoreMode:
         self.topic_ids.update(self._source.topic_ids(topics))
         return True
 
+    def poll_wait(self, timeout: float) -> float:
+        return timeout
+
     @property
     def pending(self) -> list[Message]:
         """The messages buffered for the next transaction: polled, not done."""

@@ -26,7 +26,14 @@ from consumer.errors import StoreError
 from consumer.kafka.protocol import Source, SourceListener
 from consumer.message import TP, Message
 from consumer.observability.histogram import Histogram
-from consumer.store import CheckpointRow, Claim, Position, SchemaUpgrade, Store
+from consumer.store import (
+    CheckpointRow,
+    Claim,
+    MessageTransactions,
+    Position,
+    SchemaUpgrade,
+    Store,
+)
 
 #: The store operations timed, in the order a checkpoint batch runs them.
 STORE_OPERATIONS = ("assign", "begin", "claim", "unclaim", "write_checkpoints", "commit",
@@ -189,6 +196,10 @@ class TimedStore(Store):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._store.execute(sql, params)
+
+    def message_transactions(self, size: int) -> MessageTransactions:
+        """Untimed: workers' transactions are not the poll thread's, which these metrics own."""
+        return self._store.message_transactions(size)
 
     def checkpoints(self, group: str) -> dict[TP, int | None]:
         return self._store.checkpoints(group)

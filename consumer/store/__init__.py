@@ -4,8 +4,10 @@ keys and checkpoints commit together. :class:`~consumer.store.base.Store` is the
 backend (an unknown scheme raises ``ConfigError``).
 
 A store is one connection, used by one thread (the poll thread, or the purge thread with its
-own). Database errors leave as ``StoreError`` subclasses: ``StoreUnavailable`` (pause and
-retry), ``StoreSchemaError`` (stop, exit 2). Nothing here knows Kafka.
+own); ``Store.message_transactions(size)`` gives concurrent handlers a transaction per message
+on pooled connections of their own (PostgreSQL only: SQLite takes one writer). Database
+errors leave as ``StoreError`` subclasses: ``StoreUnavailable`` (pause and retry),
+``StoreSchemaError`` (stop, exit 2). Nothing here knows Kafka.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from consumer.errors import ConfigError
 from consumer.store.base import (
     CheckpointRow,
     Claim,
+    MessageTransactions,
     Position,
     PostgresSession,
     SchemaUpgrade,
@@ -66,6 +69,7 @@ def open_configured(settings: StoreSettings) -> Store:
 __all__ = [
     "CheckpointRow",
     "Claim",
+    "MessageTransactions",
     "Position",
     "PostgresSession",
     "SchemaUpgrade",

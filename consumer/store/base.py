@@ -11,12 +11,12 @@ One thread uses a store. Raises ``StoreError`` subclasses (and ``OffsetWentBackw
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from consumer.errors import OffsetWentBackwards, StoreError
-from consumer.message import TP
+from consumer.errors import ConfigError, OffsetWentBackwards, StoreError
+from consumer.message import TP, StoreLike
 
 #: Version 2: dedup keys scoped to their topic, checkpoint rows carry the topic id, purges
 #: look up one group's keys by age.
@@ -186,6 +186,17 @@ class Store(abc.ABC):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run ``sql`` with ``%s`` placeholders (on every store) inside the transaction."""
 
+    # --- concurrent handlers --------------------------------------------------------------
+
+    def message_transactions(self, size: int) -> MessageTransactions:
+        """Transactions of one message each, on ``size`` connections of their own, for
+        handlers running concurrently (a route's ``concurrency`` above 1). A backend that
+        cannot take concurrent writers raises ConfigError."""
+        raise ConfigError([
+            f"store.url: the {self.dialect} store takes one writer at a time, so routes with "
+            "concurrency above 1 cannot apply their effects exactly once on it concurrently; "
+            "use a PostgreSQL store, or set concurrency: 1 on every route"])
+
     # --- operations ------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -265,6 +276,34 @@ class Store(abc.ABC):
         return forgotten
 
 
+class MessageTransactions(Protocol):
+    """One transaction per message, each on a pooled connection of its own; safe to call
+    from several threads at once (one call per thread at a time).
+
+    :meth:`apply` claims the message's dedup key, runs ``work`` with a :class:`StoreLike`
+    bound to that connection (``context.db``), and commits both together. The claim is
+    ``INSERT … ON CONFLICT DO NOTHING``: a key another session claimed and has not committed
+    yet makes it wait (at most the session's lock timeout) for that session's outcome, so
+    two owners of the same message never both apply it."""
+
+    def open(self) -> None:
+        """Start connecting (in the background: an unreachable server is retried)."""
+
+    def close(self) -> None: ...
+
+    def apply(self, group: str, claim: Claim, now: float,
+              work: Callable[[StoreLike], None]) -> bool:
+        """True: the key was new and ``work``'s writes committed with it. False: the key was
+        processed before (a duplicate); ``work`` did not run. Raises StoreUnavailable for a
+        transient database error (in our statements or ``work``'s: a lost connection, a lock
+        timeout, a deadlock, a serialization failure; retry the message after backoff, it is
+        not its failure), StoreError for any other of ours, and whatever else ``work`` raised
+        unchanged (the message failed); in every raising case nothing was committed, except
+        that a connection lost during COMMIT leaves it unknown: the retry then finds the key
+        and counts the message a duplicate."""
+        ...
+
+
 def require_version(found: int | None, where: str) -> None:
     from consumer.errors import StoreSchemaError
 
@@ -282,6 +321,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CheckpointRow",
     "Claim",
+    "MessageTransactions",
     "Position",
     "PostgresSession",
     "SchemaUpgrade",

@@ -23,6 +23,7 @@ from consumer.store.base import (
     SCHEMA_VERSION,
     CheckpointRow,
     Claim,
+    MessageTransactions,
     Position,
     PostgresSession,
     SchemaUpgrade,
@@ -64,22 +65,27 @@ TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UT
 SCHEMA_LOCK = 7_212_041_901
 
 
-#: Errors a handler may hit that say nothing about its message: a deadlock, a serialization
-#: failure, a lock or statement timeout. The batch is retried like an outage.
-TRANSIENT_ERRORS = (
-    psycopg.errors.TransactionRollback,  # DeadlockDetected, SerializationFailure
-    psycopg.errors.LockNotAvailable,
-    psycopg.errors.QueryCanceled,
-)
+#: SQLSTATEs of errors a handler may hit that say nothing about its message: the whole
+#: transaction-rollback class 40 (a deadlock 40P01, a serialization failure 40001), a lock
+#: timeout (55P03), a statement timeout (57014). Matched by code: psycopg 3 does not derive
+#: DeadlockDetected nor SerializationFailure from TransactionRollback. The batch (or the
+#: message) is retried like an outage.
+TRANSIENT_SQLSTATES = ("40", "55P03", "57014")
+#: Connection exceptions (08) and operator intervention (57P: shutdown, cannot connect now).
+LOST_CONNECTION_SQLSTATES = ("08", "57P")
 
 
 def is_transient(error: BaseException) -> bool:
     """Whether an error a handler raised is a transient database error (above) or a lost
     connection, rather than a failure of its message."""
-    if isinstance(error, TRANSIENT_ERRORS):
-        return True
-    return isinstance(error, psycopg.OperationalError) and (
-        error.sqlstate is None or error.sqlstate.startswith(("08", "57P")))
+    if not isinstance(error, psycopg.Error):
+        return False
+    state = error.sqlstate
+    if state is None:  # raised by the client: the connection is gone
+        return isinstance(error, psycopg.OperationalError)
+    return state.startswith(TRANSIENT_SQLSTATES) or (
+        isinstance(error, psycopg.OperationalError)
+        and state.startswith(LOST_CONNECTION_SQLSTATES))
 
 
 class PostgresStore(Store):
@@ -304,6 +310,16 @@ class PostgresStore(Store):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         return self._db.execute(sql, tuple(params))
+
+    # --- concurrent handlers --------------------------------------------------------------
+
+    def message_transactions(self, size: int) -> MessageTransactions:
+        from consumer.store.postgres_pool import PostgresTransactions
+
+        return PostgresTransactions(
+            self._dsn, size=size, where=self._where, session=self._session,
+            session_parameters=_session_parameters(self._dsn, self._session),
+            connect_timeout=self._connect_timeout)
 
     # --- operations ------------------------------------------------------------------------
 

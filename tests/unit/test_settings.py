@@ -368,14 +368,24 @@ def test_concurrency_and_ordering_default_to_todays_behaviour() -> None:
     assert (route.concurrency, route.ordering) == (1, "key")
 
 
-def test_a_store_with_a_concurrent_route_is_refused_naming_the_route() -> None:
+def test_a_sqlite_store_with_a_concurrent_route_is_refused_naming_the_route() -> None:
+    """SQLite takes one writer: concurrent transactions per message would queue on its lock."""
     import pytest
     from pydantic import ValidationError
 
     from consumer.settings import Settings
     with pytest.raises(ValidationError,
-                       match=r"routes\.orders\.concurrency \(8\).*store support comes later"):
+                       match=r"routes\.orders\.concurrency \(8\).*SQLite takes one writer"):
         Settings.model_validate({
             "kafka": {"bootstrap_servers": "b:9092", "group_id": "g"},
             "routes": {"orders": {"handler": "h:f", "concurrency": 8}},
             "store": {"url": "sqlite:///x.db"}})
+
+
+def test_a_postgresql_store_takes_concurrent_routes() -> None:
+    from consumer.settings import Settings
+    settings = Settings.model_validate({
+        "kafka": {"bootstrap_servers": "b:9092", "group_id": "g"},
+        "routes": {"orders": {"handler": "h:f", "concurrency": 8}},
+        "store": {"url": "postgresql://u@h/db"}})
+    assert settings.routes["orders"].concurrency == 8

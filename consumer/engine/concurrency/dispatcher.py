@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import queue
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from consumer.checkpoint.progress import PartitionProgress
@@ -73,8 +73,12 @@ class ConcurrentDispatcher:
     def __init__(self, router: Router, work: Mapping[str, RouteWork], *, group: str,
                  keys: Mapping[str, KeyFunction], failures: Failures, source: Source,
                  clock: Clock, max_buffered: int, stop_wait: float,
-                 instruments: HandlerTimings | None = None) -> None:
+                 instruments: HandlerTimings | None = None,
+                 held_back: Callable[[BaseException], float | None] | None = None) -> None:
         self._failures = failures
+        #: With a store: when to retry a message whose error is the store's (transient), not
+        #: its own; None for the message's own failure, which its policy decides.
+        self._held_back = held_back
         self._source = source
         self._clock = clock
         self._max_buffered = max_buffered
@@ -172,6 +176,20 @@ class ConcurrentDispatcher:
                 break
             if not self._closed and self._stopping is None:
                 self._start(partitions)
+
+    @property
+    def busy(self) -> bool:
+        """Whether handlers are running now."""
+        return bool(self._running)
+
+    def wait_any(self, partitions: Mapping[TP, PartitionProgress], timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the first handler to finish, take in what
+        finished and start what may start: a loop turn that polled nothing new waits here
+        instead of in the poll, so a key's next message starts as soon as its previous one
+        finished (what finished is reported by the next :meth:`run`)."""
+        if self._running and self._drain(partitions, block=timeout) and not self._closed \
+                and self._stopping is None:
+            self._start(partitions)
 
     def settle(self, partitions: Mapping[TP, PartitionProgress], only: Collection[TP] | None,
                timeout: float) -> None:
@@ -319,6 +337,9 @@ class ConcurrentDispatcher:
         elif not isinstance(error, Exception):
             lanes.finished(message)
             self._stop_with(message, error)
+            return
+        elif self._held_back is not None and (held := self._held_back(error)) is not None:
+            lanes.hold(message, held)  # the store's error: never an attempt, nor a dead letter
             return
         else:
             verdict, retry_at = self._failures.message_failed(

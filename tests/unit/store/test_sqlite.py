@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.errors import StoreUnavailable
+from consumer.errors import ConfigError, StoreUnavailable
 from consumer.store.sqlite import SQLiteStore
 from tests.support.store_contract import P0, Backend, G, StoreContract
 
@@ -64,3 +64,14 @@ def test_sqlite_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
     check = sqlite3.connect(str(tmp_path / "durable.db"))
     assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal", "WAL persists in the file"
     check.close()
+
+
+def test_sqlite_refuses_concurrent_writers_with_a_config_error(tmp_path: Path) -> None:
+    """SQLite takes one writer at a time: routes with concurrency above 1 cannot each commit
+    a transaction of their own, so the store refuses them, saying what to do."""
+    store = SQLiteStore(str(tmp_path / "store.db"))
+    try:
+        with pytest.raises(ConfigError, match=r"one writer at a time.*PostgreSQL store"):
+            store.message_transactions(4)
+    finally:
+        store.close()

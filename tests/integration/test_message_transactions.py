@@ -1,0 +1,278 @@
+"""A transaction per message on pooled connections (``Store.message_transactions``), on a real
+PostgreSQL server: the unit concurrent handlers apply their effects with. The key claim and the
+handler's writes commit together; a key claimed by another session, uncommitted, makes the
+claim wait for that session's outcome, so of two owners of one message exactly one applies it.
+SQLite refuses (one writer): tests/unit/store/test_sqlite.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from consumer.errors import StoreUnavailable
+from consumer.message import StoreLike
+from consumer.store import Claim, MessageTransactions, PostgresSession
+from consumer.store.postgres import PostgresStore
+from tests.support.stores import StoreUnderTest
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("store", ["postgresql"], indirect=True)]
+
+LOCK = 1.0
+IDLE = 3.0
+MARGIN = 2.0  # scheduling on a shared two-core machine
+GROUP = "g"
+
+
+def claim(n: int) -> Claim:
+    return Claim(n.to_bytes(16, "big"), "orders", 0, n)
+
+
+@pytest.fixture
+def owner(store: StoreUnderTest) -> Iterator[PostgresStore]:
+    """The poll thread's store (schema ensured), with short session bounds; and a table for
+    the handlers' effects."""
+    opened = PostgresStore(store.url, session=PostgresSession(lock_timeout=LOCK,
+                                                              idle_in_transaction_timeout=IDLE))
+    opened.ensure_schema()
+    store.execute("CREATE TABLE effects (n integer NOT NULL, worker text)")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def transactions(owner: PostgresStore) -> Iterator[MessageTransactions]:
+    pool = owner.message_transactions(4)
+    pool.open()
+    yield pool
+    pool.close()
+
+
+def write(n: int, worker: str = "") -> Callable[[StoreLike], None]:
+    def work(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (%s, %s)", (n, worker))
+    return work
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def effects(store: StoreUnderTest) -> list[tuple[Any, ...]]:
+    return store.query("SELECT n, worker FROM effects ORDER BY n, worker")
+
+
+def keys(store: StoreUnderTest) -> int:
+    return int(store.scalar("SELECT count(*) FROM consumer_processed_keys"))
+
+
+def test_effects_commit_with_the_key_and_a_second_delivery_is_a_duplicate(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    assert transactions.apply(GROUP, claim(1), 1.0, write(1)) is True
+    ran: list[int] = []
+    assert transactions.apply(GROUP, claim(1), 2.0, lambda db: ran.append(1)) is False
+    assert ran == [], "a duplicate's work does not run"
+    assert effects(store) == [(1, "")]
+    assert store.query('SELECT topic, partition, "offset", processed_at '
+                       "FROM consumer_processed_keys") == [("orders", 0, 1, 1.0)]
+
+
+def test_context_db_is_the_transactions_own_connection_with_the_session_bounds(
+        transactions: MessageTransactions) -> None:
+    seen: dict[str, Any] = {}
+
+    def work(db: StoreLike) -> None:
+        seen["lock_timeout"] = db.execute("SHOW lock_timeout").fetchone()[0]
+        seen["idle"] = db.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0]
+        seen["in_transaction"] = (db.connection.info.transaction_status
+                                  is psycopg.pq.TransactionStatus.INTRANS)
+        seen["search_path"] = db.execute("SHOW search_path").fetchone()[0]
+
+    transactions.apply(GROUP, claim(1), 1.0, work)
+    assert seen["lock_timeout"] == "1s" and seen["idle"] == "3s"
+    assert seen["in_transaction"], "the work runs inside the claim's transaction"
+    assert seen["search_path"].startswith("t_"), "the DSN's own options are kept"
+
+
+def test_a_failing_handler_rolls_back_its_writes_and_its_key_and_raises_unchanged(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    def failing(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (1, 'failed')")
+        raise ValueError("bad message")
+
+    with pytest.raises(ValueError, match="bad message"):
+        transactions.apply(GROUP, claim(1), 1.0, failing)
+    assert effects(store) == [] and keys(store) == 0, "a failed message's key is not processed"
+    assert transactions.apply(GROUP, claim(1), 2.0, write(1)) is True, "a retry applies it"
+    assert effects(store) == [(1, "")]
+
+
+def test_a_lost_connection_inside_the_handler_is_transient_and_commits_nothing(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """The server ends the session mid-handler (a failover, a restart): StoreUnavailable, not
+    the message's failure; nothing committed; the pool replaces the connection and the retry
+    applies the message once."""
+    def killed(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (1, 'lost')")
+        db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    with pytest.raises(StoreUnavailable, match="transient database error"):
+        transactions.apply(GROUP, claim(1), 1.0, killed)
+    assert effects(store) == [] and keys(store) == 0
+    for n in range(1, 9):  # every pooled connection works again
+        transactions.apply(GROUP, claim(n), 2.0, write(n))
+    assert [n for n, _ in effects(store)] == list(range(1, 9))
+
+
+def test_a_real_deadlock_in_a_handler_is_transient_and_the_retry_applies_once(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """The handler and another session lock two rows in opposite orders; the server picks
+    the handler as the deadlock's victim (it waited first). That is the store's error, not
+    the message's: StoreUnavailable, nothing committed, and the retry applies it once."""
+    store.execute("CREATE TABLE accounts (id integer PRIMARY KEY, n integer NOT NULL)")
+    store.execute("INSERT INTO accounts VALUES (1, 0), (2, 0)")
+    with psycopg.connect(store.url) as other:
+        other.execute("UPDATE accounts SET n = n + 1 WHERE id = 2")
+
+        def crossing(db: StoreLike) -> None:
+            db.execute("SET LOCAL lock_timeout = '10s'")  # past deadlock_timeout (1 s)
+            db.execute("INSERT INTO effects VALUES (1, 'deadlocked')")
+            db.execute("UPDATE accounts SET n = n + 1 WHERE id = 1")
+            threading.Timer(0.3, lambda: other.execute(
+                "UPDATE accounts SET n = n + 1 WHERE id = 1")).start()
+            db.execute("UPDATE accounts SET n = n + 1 WHERE id = 2")  # waits: the cycle
+
+        with pytest.raises(StoreUnavailable, match="DeadlockDetected") as raised:
+            transactions.apply(GROUP, claim(1), 1.0, crossing)
+        assert isinstance(raised.value.__cause__, psycopg.errors.DeadlockDetected)
+        assert wait_until(lambda: other.info.transaction_status
+                          is psycopg.pq.TransactionStatus.INTRANS
+                          and not other.pgconn.is_busy())
+        other.commit()
+    assert effects(store) == [] and keys(store) == 0
+    assert transactions.apply(GROUP, claim(1), 2.0, write(1)) is True
+    assert effects(store) == [(1, "")]
+
+
+@pytest.mark.parametrize("first_commits", [True, False], ids=["commits", "rolls-back"])
+def test_two_transactions_claiming_one_key_at_once_apply_it_once(
+        store: StoreUnderTest, transactions: MessageTransactions, first_commits: bool) -> None:
+    """Two owners (threads here, processes in production) run the same message at once. The
+    second claim waits for the first transaction: when it commits, the second sees the key and
+    skips its work; when it rolls back (its handler failed), the second applies."""
+    inside, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def first(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (1, 'first')")
+        inside.set()
+        release.wait(10)
+        if not first_commits:
+            raise RuntimeError("first owner's handler failed")
+
+    def run_first() -> None:
+        try:
+            results["first"] = transactions.apply(GROUP, claim(1), 1.0, first)
+        except RuntimeError:
+            results["first"] = "failed"
+
+    def run_second() -> None:
+        results["second"] = transactions.apply(GROUP, claim(1), 2.0, write(1, "second"))
+
+    runner, second = threading.Thread(target=run_first), threading.Thread(target=run_second)
+    runner.start()
+    assert inside.wait(10)
+    second.start()
+    second.join(0.5)
+    assert second.is_alive(), "the second claim waits for the first transaction"
+    release.set()
+    runner.join(10)
+    second.join(10)
+    if first_commits:
+        assert results == {"first": True, "second": False}
+        assert effects(store) == [(1, "first")]
+    else:
+        assert results == {"first": "failed", "second": True}
+        assert effects(store) == [(1, "second")]
+    assert keys(store) == 1
+
+
+def test_a_frozen_holder_delays_a_claim_by_the_lock_timeout_then_its_key_is_ours(
+        store: StoreUnderTest, owner: PostgresStore,
+        transactions: MessageTransactions) -> None:
+    """A zombie claimed the key and froze inside its transaction (SIGSTOP). Each attempt of
+    the new owner fails after lock_timeout as StoreUnavailable (retry after backoff); once
+    the server ends the zombie's idle session, the claim is the new owner's and applies."""
+    zombie = PostgresStore(store.url, session=PostgresSession(lock_timeout=LOCK,
+                                                              idle_in_transaction_timeout=IDLE))
+    try:
+        zombie.begin()
+        assert zombie.claim(GROUP, [claim(1)], 1.0) == {claim(1).key}
+        zombie.execute("INSERT INTO effects VALUES (1, 'zombie')")
+        frozen_at = time.monotonic()
+
+        with pytest.raises(StoreUnavailable, match="postgres_lock_timeout_seconds"):
+            transactions.apply(GROUP, claim(1), 2.0, write(1, "owner"))
+        assert LOCK - 0.2 <= time.monotonic() - frozen_at <= LOCK + MARGIN
+        applied = None
+        while applied is None:
+            try:
+                applied = transactions.apply(GROUP, claim(1), 2.0, write(1, "owner"))
+            except StoreUnavailable:
+                time.sleep(0.2)  # the worker's backoff
+        waited = time.monotonic() - frozen_at
+        assert applied is True
+        assert IDLE - 0.5 <= waited <= IDLE + LOCK + MARGIN, waited
+        assert effects(store) == [(1, "owner")], "the zombie's uncommitted effect is gone"
+    finally:
+        zombie.close()
+
+
+def test_a_zombie_committing_while_the_claim_waits_makes_it_a_duplicate(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """The zombie wakes and commits while the new owner's claim waits: the claim sees the
+    committed key, the new owner skips the message: applied once, by the zombie."""
+    zombie = PostgresStore(store.url)
+    try:
+        zombie.begin()
+        zombie.claim(GROUP, [claim(1)], 1.0)
+        zombie.execute("INSERT INTO effects VALUES (1, 'zombie')")
+        result: dict[str, bool] = {}
+        waiting = threading.Thread(target=lambda: result.setdefault(
+            "owner", transactions.apply(GROUP, claim(1), 2.0, write(1, "owner"))))
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive()
+        zombie.commit()
+        waiting.join(10)
+        assert result == {"owner": False}
+        assert effects(store) == [(1, "zombie")]
+    finally:
+        zombie.close()
+
+
+def test_many_threads_apply_distinct_messages_each_once(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """Eight workers over four connections, each message delivered twice: every effect once."""
+    def worker() -> None:
+        for n in range(200):
+            transactions.apply(GROUP, claim(n), 1.0, write(n, "w"))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert store.scalar("SELECT count(*) FROM effects") == 200
+    assert store.scalar("SELECT count(DISTINCT n) FROM effects") == 200
+    assert keys(store) == 200

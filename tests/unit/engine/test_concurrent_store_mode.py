@@ -1,0 +1,36 @@
+"""consumer.engine.concurrent_store_mode's StoreOutage: a message whose worker hit a transient
+store error is held back and retried after a backoff shared by all such messages (never an
+attempt of its own); a store error that is not transient stops the consumer. (The mode itself
+runs on PostgreSQL: tests/integration/test_concurrent_store.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.clock import ManualClock
+from consumer.engine.concurrent_store_mode import StoreOutage
+from consumer.errors import StoreSchemaError, StoreUnavailable
+from consumer.testing import RecordingObserver
+
+
+def test_transient_store_errors_back_off_doubling_and_report_the_outage_once() -> None:
+    observer, clock = RecordingObserver(), ManualClock(100.0)
+    outage = StoreOutage(observer, clock, max_backoff=2.0)
+    lost = StoreUnavailable("lost the connection")
+    assert [outage.retry_at(lost) for _ in range(4)] == [100.5, 101.0, 102.0, 102.0]
+    assert observer.names == ["store_unavailable"]
+    outage.committed()
+    outage.committed()
+    assert observer.names == ["store_unavailable", "store_available"]
+    assert outage.retry_at(lost) == 100.5, "a new outage starts from the first backoff"
+
+
+def test_a_messages_own_error_goes_to_its_failure_policy() -> None:
+    outage = StoreOutage(RecordingObserver(), ManualClock(), max_backoff=2.0)
+    assert outage.retry_at(ValueError("bad message")) is None
+
+
+def test_a_store_error_that_is_not_transient_stops_the_consumer() -> None:
+    outage = StoreOutage(RecordingObserver(), ManualClock(), max_backoff=2.0)
+    with pytest.raises(StoreSchemaError):
+        outage.retry_at(StoreSchemaError("consumer_processed_keys does not exist"))

@@ -56,6 +56,11 @@ class CheckpointMode(Protocol):
         left before the count trigger and by what the broker has not confirmed yet."""
         ...
 
+    def poll_timeout(self, timeout: float) -> float:
+        """Seconds the next poll may block (``timeout``, the configured one, unless the mode
+        has something better to wait for: handlers running on workers)."""
+        ...
+
     def confirm(self, partitions: Partitions) -> bool:
         """The poll has no room: confirm what waits for the broker. True when that saved new
         work too (a checkpoint: the count and interval start again). If the poll still has

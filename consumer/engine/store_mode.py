@@ -178,6 +178,9 @@ class StoreMode:
         """A crash resumes from the store's rows: only the count trigger bounds a poll."""
         return batch_size if until_checkpoint is None else min(batch_size, until_checkpoint)
 
+    def poll_timeout(self, timeout: float) -> float:
+        return timeout
+
     def confirm(self, partitions: Partitions) -> bool:
         """Nothing waits for the broker (the store holds every checkpoint): no room means a
         checkpoint failed with the store unavailable, and its retry takes over."""

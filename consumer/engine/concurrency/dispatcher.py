@@ -160,6 +160,18 @@ class ConcurrentDispatcher:
     def buffered(self) -> int:
         return sum(route.lanes.queued for route in self._routes.values())
 
+    @property
+    def running(self) -> int:
+        """Messages on workers now (all routes)."""
+        return len(self._running)
+
+    def await_completion(self, partitions: Mapping[TP, PartitionProgress],
+                         timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a handler to finish, and take in every
+        completion waiting then (what finished is reported by the next :meth:`run`)."""
+        if self._running:
+            self._drain(partitions, block=timeout)
+
     def wait(self, partitions: Mapping[TP, PartitionProgress], timeout: float,
              room: int = 1) -> None:
         """The buffer is full: wait up to ``timeout`` seconds for handlers to finish, until

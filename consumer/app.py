@@ -126,7 +126,7 @@ def build_loop(
                 router, {topic: RouteWork(route.concurrency, route.ordering)
                          for topic, route in settings.routes.items()},
                 group=group, keys=keys, failures=failures, source=source, clock=clock,
-                max_buffered=settings.kafka.max_buffered_messages, stop_wait=grace,
+                max_buffered=settings.buffered_messages(), stop_wait=grace,
                 instruments=instruments)
         else:
             dispatcher = Dispatcher(router, group=group, keys=keys, failures=failures,

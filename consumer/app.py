@@ -135,7 +135,7 @@ def build_loop(
                 router, {topic: RouteWork(route.concurrency, route.ordering)
                          for topic, route in settings.routes.items()},
                 group=group, keys=keys, failures=failures, source=source, clock=clock,
-                max_buffered=settings.kafka.max_buffered_messages, stop_wait=grace,
+                max_buffered=settings.buffered_messages(), stop_wait=grace,
                 instruments=instruments)
         else:
             dispatcher = Dispatcher(router, group=group, keys=keys, failures=failures,
@@ -190,7 +190,7 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
     outage = StoreOutage(observer, clock, max_backoff=settings.store.max_backoff_seconds)
     dispatcher = ConcurrentDispatcher(
         Router(routes), work, group=group, keys=keys, failures=failures, source=source, clock=clock,
-        max_buffered=settings.kafka.max_buffered_messages,
+        max_buffered=settings.buffered_messages(),
         stop_wait=settings.shutdown.grace_seconds, instruments=instruments,
         held_back=outage.retry_at)
     return ConcurrentStoreMode(

@@ -115,7 +115,7 @@ class ConcurrentStoreMode:
                                                         dict[TP, int]]:
         return self._positions.assign(partitions)
 
-    def poll_wait(self, timeout: float) -> float:
+    def poll_timeout(self, timeout: float) -> float:
         """Workers running: the poll only takes what has arrived; :meth:`take` waits."""
         return 0.0 if self._dispatcher.busy else timeout
 

@@ -9,9 +9,11 @@ HandlerFailed from :meth:`DirectMode.take`.
 
 With a :class:`~consumer.engine.concurrency.dispatcher.ConcurrentDispatcher` (a route with
 ``concurrency`` above 1, or an ``async def`` handler) handlers run on workers: the poll's room
-is bounded by the buffer too, :meth:`DirectMode.confirm` waits for handlers to finish when the
-buffer is full, and the revoke and shutdown checkpoints first wait for the running work of
-their partitions (``settle_seconds`` at most) and drop what has not started.
+is bounded by the buffer too, the poll does not wait while handlers run (the turn waits for one
+of them instead, so a finished handler's key moves on at once), :meth:`DirectMode.confirm`
+waits for handlers to finish when the buffer is full, and the revoke and shutdown checkpoints
+first wait for the running work of their partitions (``settle_seconds`` at most) and drop what
+has not started.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class DirectMode:
         #: Seconds a revoke or the shutdown waits for running handlers before its checkpoint.
         self._settle_seconds = settle_seconds
         self._batch_size = 1
+        #: Seconds the next take waits for a handler to finish when the poll brought nothing
+        #: (the poll did not wait: handlers were running).
+        self._handler_wait = 0.0
         self._commits = commits
         self._source = source
         self._clock = clock
@@ -101,6 +106,10 @@ class DirectMode:
         return {tp: PartitionProgress(tp[0], tp[1]) for tp in partitions}, {}
 
     def take(self, messages: list[Message], partitions: Partitions, stop: StopRequest) -> int:
+        if self._handler_wait:
+            wait, self._handler_wait = self._handler_wait, 0.0
+            if not messages and self._workers is not None:
+                self._workers.await_completion(partitions, wait)
         done = self._dispatcher.run(messages, partitions, self._clock.monotonic(), stop)
         if done:
             self._observer.batch_done(done)
@@ -136,6 +145,16 @@ class DirectMode:
             return False
         self._deferred = False
         return True
+
+    def poll_timeout(self, timeout: float) -> float:
+        """With handlers running, the poll does not wait: a finished handler would wait for
+        the poll to return before its key's next message starts. The next :meth:`take` waits
+        for a handler instead, when the poll brought nothing."""
+        workers = self._workers
+        if workers is None or not workers.running:
+            return timeout
+        self._handler_wait = timeout
+        return 0.0
 
     def room(self, batch_size: int, until_checkpoint: int | None, partitions: Partitions) -> int:
         room = batch_size
@@ -191,9 +210,6 @@ class DirectMode:
 
     def retry_due(self) -> bool:
         return False
-
-    def poll_wait(self, timeout: float) -> float:
-        return timeout
 
     @property
     def pending(self) -> Sequence[Message]:

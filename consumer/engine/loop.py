@@ -154,7 +154,7 @@ class ConsumerLoop:
             # during a rebalance): confirm it before handling anything more.
             self._confirm()
             return 0
-        done = self._handle(self._source.poll(room, self._mode.poll_wait(self._poll_timeout)))
+        done = self._handle(self._source.poll(room, self._mode.poll_timeout(self._poll_timeout)))
         trigger = self._checkpoints.due(self._clock.monotonic())
         if trigger is not None:
             self._checkpoint(trigger)
@@ -218,8 +218,8 @@ class ConsumerLoop:
         try:
             # Only partitions assigned during this poll can deliver messages: handle what
             # the bound has room for, and give the rest back.
-            self._handle(self._within_room(self._source.poll(self._batch_size,
-                                                             self._poll_timeout)))
+            self._handle(self._within_room(self._source.poll(
+                self._batch_size, self._mode.poll_timeout(self._poll_timeout))))
         finally:
             self._source.resume(self._not_waiting([tp for tp in paused
                                                    if tp in self._partitions]))

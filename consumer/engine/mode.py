@@ -58,6 +58,11 @@ class CheckpointMode(Protocol):
         left before the count trigger and by what the broker has not confirmed yet."""
         ...
 
+    def poll_timeout(self, timeout: float) -> float:
+        """Seconds the next poll may block (``timeout``, the configured one, unless the mode
+        has something better to wait for: handlers running on workers)."""
+        ...
+
     def confirm(self, partitions: Partitions) -> bool:
         """The poll has no room: confirm what waits for the broker. True when that saved new
         work too (a checkpoint: the count and interval start again). If the poll still has
@@ -91,10 +96,6 @@ class CheckpointMode(Protocol):
         """Messages polled and held, not done yet (for snapshots and the offset refresher)."""
         ...
 
-    def poll_wait(self, timeout: float) -> float:
-        """How long the next poll may block for new messages: ``timeout``, or 0 while the
-        mode's workers run handlers (it then waits for them in :meth:`take` instead)."""
-        ...
 
     def work(self) -> WorkSnapshot:
         """Routes with concurrency: what runs and waits now (for snapshots; any thread)."""

@@ -110,9 +110,6 @@ class StoreMode:
         self.topic_ids.update(self._source.topic_ids(topics))
         return True
 
-    def poll_wait(self, timeout: float) -> float:
-        return timeout
-
     @property
     def pending(self) -> list[Message]:
         """The messages buffered for the next transaction: polled, not done."""
@@ -180,6 +177,9 @@ class StoreMode:
     def room(self, batch_size: int, until_checkpoint: int | None, partitions: Partitions) -> int:
         """A crash resumes from the store's rows: only the count trigger bounds a poll."""
         return batch_size if until_checkpoint is None else min(batch_size, until_checkpoint)
+
+    def poll_timeout(self, timeout: float) -> float:
+        return timeout
 
     def confirm(self, partitions: Partitions) -> bool:
         """Nothing waits for the broker (the store holds every checkpoint): no room means a

@@ -389,3 +389,18 @@ def test_a_postgresql_store_takes_concurrent_routes() -> None:
         "routes": {"orders": {"handler": "h:f", "concurrency": 8}},
         "store": {"url": "postgresql://u@h/db"}})
     assert settings.routes["orders"].concurrency == 8
+
+
+def test_the_buffer_defaults_to_forty_per_message_in_flight_and_at_least_ten_thousand() -> None:
+    def buffered(kafka: dict[str, object], *concurrency: int) -> int:
+        return Settings.model_validate({
+            "kafka": {"bootstrap_servers": "b:9092", "group_id": "g", **kafka},
+            "routes": {f"t{i}": {"handler": "h:f", "concurrency": c}
+                       for i, c in enumerate(concurrency)},
+            "store": {"url": "none"}}).buffered_messages()
+
+    assert buffered({}, 1) == 10_000
+    assert buffered({}, 100, 1) == 10_000
+    assert buffered({}, 1000) == 40_000
+    assert buffered({}, 600, 400, 1) == 40_000  # the routes' messages in flight together
+    assert buffered({"max_buffered_messages": 500}, 1000) == 500  # a set value wins

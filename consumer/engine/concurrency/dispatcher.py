@@ -115,6 +115,8 @@ class ConcurrentDispatcher:
         self._closed = False
         #: Partitions paused because their route's buffer share is full.
         self._full: set[TP] = set()
+        #: The buffer stayed full for a whole :meth:`wait`: its handlers do not drain it.
+        self._stalled = False
 
     # --- the loop's turn -----------------------------------------------------------------------
 
@@ -164,6 +166,18 @@ class ConcurrentDispatcher:
     def buffered(self) -> int:
         return sum(route.lanes.queued for route in self._routes.values())
 
+    @property
+    def running(self) -> int:
+        """Messages on workers now (all routes)."""
+        return len(self._running)
+
+    def await_completion(self, partitions: Mapping[TP, PartitionProgress],
+                         timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a handler to finish, and take in every
+        completion waiting then (what finished is reported by the next :meth:`run`)."""
+        if self._running:
+            self._drain(partitions, block=timeout)
+
     def wait(self, partitions: Mapping[TP, PartitionProgress], timeout: float,
              room: int = 1) -> None:
         """The buffer is full: wait up to ``timeout`` seconds for handlers to finish, until
@@ -176,6 +190,7 @@ class ConcurrentDispatcher:
                 break
             if not self._closed and self._stopping is None:
                 self._start(partitions)
+        self._stalled = self.room() < room
 
     @property
     def busy(self) -> bool:
@@ -390,13 +405,19 @@ class ConcurrentDispatcher:
 
     def _hold_back_full_routes(self, partitions: Mapping[TP, PartitionProgress]) -> None:
         """Pause the partitions of a route whose buffer share is full; resume them once it is
-        half empty. The loop keeps polling meanwhile, so the group never times out."""
+        half empty. The loop keeps polling meanwhile, so the group never times out.
+
+        A lone route is paused only when its buffer stayed full for a whole wait: while its
+        handlers drain it, the loop's room already stops the intake, and a pause would cost
+        the client's prefetched messages (a resumed partition delivers nothing for up to a
+        second: the client fetches it again)."""
         share = max(1, self._max_buffered // len(self._routes))
         pause: list[TP] = []
         resume: list[TP] = []
+        hold = self._stalled or len(self._routes) > 1
         for topic, route in self._routes.items():
             queued = route.lanes.queued
-            if queued >= share:
+            if queued >= share and hold:
                 pause.extend(tp for tp in partitions if tp[0] == topic and tp not in self._full)
             elif queued <= share // 2:
                 resume.extend(tp for tp in self._full if tp[0] == topic)
@@ -405,6 +426,7 @@ class ConcurrentDispatcher:
         if resume:
             self._full.difference_update(resume)
             self._source.resume(resume)
+            self._stalled = False
         if self._full:
             self._source.pause([tp for tp in self._full if tp in partitions])
 

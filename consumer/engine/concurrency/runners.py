@@ -88,13 +88,21 @@ AsyncHandler = Callable[[Message, Context], Coroutine[Any, Any, object]]
 
 
 class AsyncRunner:
-    """Runs ``async def`` handlers on one event loop in a daemon thread, for every route."""
+    """Runs ``async def`` handlers on one event loop in a daemon thread, for every route.
+
+    Each route's calls run in long-lived worker coroutines, one per message in flight at most
+    (the poll thread never submits more than the route's concurrency): a worker that finished
+    waits for its next job instead of ending, so a message costs the loop one wake-up of a
+    waiting worker rather than a new task and its done callback."""
 
     def __init__(self, *, completions: Completions, clock: Callable[[], float] | None) -> None:
         self._completions = completions
         self._clock = clock or _zero
         self._loop = asyncio.new_event_loop()
+        #: Worker tasks (the loop keeps only weak references to tasks).
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Per handler: its idle workers, each waiting on its future for the next job.
+        self._idle: dict[AsyncHandler, list[asyncio.Future[Job]]] = {}
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="consumer-asyncio", daemon=True)
         self._thread.start()
@@ -104,24 +112,45 @@ class AsyncRunner:
         self._loop.call_soon_threadsafe(self._start, handler, jobs)
 
     def _start(self, handler: AsyncHandler, jobs: list[Job]) -> None:
+        idle = self._idle.get(handler)
+        if idle is None:
+            idle = self._idle[handler] = []
         for job in jobs:
-            task = self._loop.create_task(self._run(handler, job))
-            self._tasks.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(self._tasks.discard)
+            if idle:
+                idle.pop().set_result(job)
+            else:
+                task = self._loop.create_task(self._work(handler, job, idle))
+                self._tasks.add(task)
 
-    async def _run(self, handler: AsyncHandler, job: Job) -> None:
+    async def _work(self, handler: AsyncHandler, job: Job,
+                    idle: list[asyncio.Future[Job]]) -> None:
+        """Run ``job``, then every job handed to this worker while it waits idle."""
         clock = self._clock
-        start = clock()
-        error: BaseException | None = None
-        try:
-            if job.format is not None:
-                check_format(job.message, job.format)
-            await handler(job.message, job.context)
-        except BaseException as raised:  # cancellation included: it is an outcome too
-            error = raised
-        self._completions.put((job, error, clock() - start))
+        completions = self._completions
+        new_future = self._loop.create_future
+        while True:
+            start = clock()
+            error: BaseException | None = None
+            try:
+                if job.format is not None:
+                    check_format(job.message, job.format)
+                await handler(job.message, job.context)
+            except BaseException as raised:  # cancellation included: it is an outcome too
+                error = raised
+            completions.put((job, error, clock() - start))
+            waiting = new_future()
+            idle.append(waiting)
+            job = await waiting
 
     def close(self) -> None:
         """Stop the loop; calls still awaiting are abandoned with it."""
         if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop.call_soon_threadsafe(self._stop)
+
+    def _stop(self) -> None:
+        """Idle workers end (their wait is cancelled), then the loop stops."""
+        for idle in self._idle.values():
+            for waiting in idle:
+                waiting.cancel()
+            idle.clear()
+        self._loop.call_soon(self._loop.stop)  # after the cancelled workers' last step

@@ -189,6 +189,33 @@ def test_a_full_buffer_takes_nothing_more_and_pauses_the_route() -> None:
     loop.close()
 
 
+class PauseRecordingSource(InMemorySource):
+    """Records every partition it was asked to pause."""
+
+    def __init__(self, topics: Mapping[str, list[list[bytes]]]) -> None:
+        super().__init__(topics)
+        self.ever_paused: set[TP] = set()
+
+    def pause(self, partitions: list[TP]) -> None:
+        self.ever_paused.update(partitions)
+        super().pause(partitions)
+
+
+def test_a_lone_route_whose_handlers_drain_the_full_buffer_is_not_paused() -> None:
+    # Pausing costs the client its prefetched messages (a resumed partition delivers nothing
+    # for up to a second): a full buffer that drains within the wait only stops the intake.
+    source = PauseRecordingSource({"t": [[]]})
+    for i in range(100):
+        source.append("t", 0, str(i).encode(), key=b"k")  # one key: one message at a time
+    calls = Calls(delay=0.001)
+    loop = concurrent_loop(source, calls, concurrency=4, max_buffered=10, batch_size=5)
+    loop.start()
+    run_until(loop, lambda: loop.watermarks() == {P0: 100})
+    loop.close()
+    assert len(calls.calls) == 100
+    assert source.ever_paused == set()
+
+
 def test_a_failing_key_holds_back_only_its_own_messages() -> None:
     clock = ManualClock()
     failing = {"attempts": 0}

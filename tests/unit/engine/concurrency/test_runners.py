@@ -1,0 +1,46 @@
+"""consumer.engine.concurrency.runners: the event loop's workers outlive their calls, report
+every outcome, and end with the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+
+from consumer.engine.concurrency.runners import AsyncRunner, Completion, Job
+from consumer.message import Context, Message, Scope
+
+
+def jobs(count: int) -> list[Job]:
+    found = []
+    for offset in range(count):
+        message = Message("t", 0, offset, b"v", timestamp=0.0)
+        found.append(Job(message, Context(Scope("g"), message), format=None, owner=None,
+                         started=0.0))
+    return found
+
+
+def test_async_workers_run_each_job_once_and_keep_going_after_a_failure() -> None:
+    completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+    runner = AsyncRunner(completions=completions, clock=None)
+    seen: list[int] = []
+
+    async def handler(message: Message, _context: Context) -> None:
+        await asyncio.sleep(0.001)
+        seen.append(message.offset)
+        if message.offset % 2:
+            raise ValueError("odd")
+
+    batch = jobs(6)
+    runner.submit(handler, batch[:3])
+    first = [completions.get(timeout=5) for _ in range(3)]
+    runner.submit(handler, batch[3:])  # the idle workers take these
+    second = [completions.get(timeout=5) for _ in range(3)]
+    outcomes = {job.message.offset: error for job, error, _ in first + second}
+    assert sorted(seen) == [0, 1, 2, 3, 4, 5]
+    assert {offset for offset, error in outcomes.items() if error is not None} == {1, 3, 5}
+    assert all(isinstance(outcomes[o], ValueError) for o in (1, 3, 5))
+    assert len(runner._tasks) == 3  # the second batch reused the three workers
+    runner.close()
+    runner._thread.join(5)
+    assert not runner._thread.is_alive()
+    assert all(task.done() for task in runner._tasks)  # the idle workers ended with the loop

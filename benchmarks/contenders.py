@@ -138,6 +138,16 @@ IO_CONTENDERS: tuple[Contender, ...] = (
         in_flight=1000, messages=300_000, kind="framework", needs=("concurrency",),
         concurrency="`concurrency: 1000`, `ordering: key`, `async def` handler (event loop)",
         commits=_FRAMEWORK_IO_COMMITS),
+    _io("io-framework-postgres-c32", FRAMEWORK, PROJECT,
+        {**EVERY_1000_OR_1S, "handler": "write_sleep", "store": "postgres",
+         "concurrency": 32, "ordering": "key"},
+        in_flight=32, messages=50_000, kind="framework",
+        needs=("store", "postgres", "concurrency"),
+        concurrency="`concurrency: 32`, `ordering: key`, `def` handler writing one row "
+                    "through `context.execute`, then waiting (a PostgreSQL store)",
+        commits="each message's row and processed key in a PostgreSQL transaction of its "
+                "own, on its own pooled connection; checkpoint rows at the watermarks, in a "
+                "fenced update every 1,000 messages or 1 s, then Kafka offsets"),
     _io("io-framework-sync-c1", FRAMEWORK, PROJECT, {**EVERY_1000_OR_1S, "handler": "sleep"},
         in_flight=1, messages=1_500, kind="framework",
         concurrency="no `concurrency` key (1: one message at a time, as before)",

@@ -9,6 +9,10 @@ was handled survives a SIGKILL even when its effect was rolled back.
 :class:`EffectsStore` opens the same store from the benchmark's side, through the framework's
 own :func:`~consumer.store.open_store`: it creates the table before the consumer starts and
 counts rows after it stopped.
+
+:func:`apply_then_wait` is the IO-bound group's store handler: the same row through
+``context.execute``, then the 10 ms wait and the count of the framework runner's
+:func:`~benchmarks.runners.framework.handle_sleep` (no record file).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.runners import framework
 from consumer.message import Context, Message
 from consumer.store import Store, open_store
 from handlers import record
@@ -33,6 +38,12 @@ def apply(message: Message, context: Context) -> None:
     """One effect row in the store's transaction, then one record line outside it."""
     context.execute(INSERT, (context.group, message.topic, message.partition, message.offset))
     record.handle(message, context)
+
+
+def apply_then_wait(message: Message, context: Context) -> None:
+    """One effect row in the message's transaction, then 10 ms of waiting, then the count."""
+    context.execute(INSERT, (context.group, message.topic, message.partition, message.offset))
+    framework.handle_sleep(message, context)
 
 
 @dataclass(frozen=True)

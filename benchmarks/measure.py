@@ -42,6 +42,10 @@ class RunResult:
     committed: int | None = None
     client: str | None = None
     librdkafka: str | None = None
+    #: Runs whose handler writes one row per message: the group's rows after the stop, and the
+    #: distinct messages among them (None when the run writes none).
+    effect_rows: int | None = None
+    effect_distinct: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -64,6 +68,13 @@ class RunResult:
     @property
     def committed_ok(self) -> bool:
         return self.committed == self.handled
+
+    @property
+    def effects_ok(self) -> bool | None:
+        """Exactly one row per message handled (None when the run writes no rows)."""
+        if self.effect_rows is None:
+            return None
+        return self.effect_rows == self.effect_distinct == self.handled
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rate": self.rate}
@@ -143,7 +154,7 @@ def _read_report(result: RunResult, report: Path, log: Path) -> None:
         return
     data = json.loads(report.read_text())
     for name in ("handled", "timed", "capped", "join_s", "consume_s", "close_s",
-                 "consume_cpu_s", "client", "librdkafka"):
+                 "consume_cpu_s", "client", "librdkafka", "effect_rows", "effect_distinct"):
         setattr(result, name, data.get(name))
     if data.get("error"):
         result.error = f"{data['error']} (log: {log})"

@@ -81,4 +81,7 @@ def describe(result: RunResult) -> str:
         text += f"  (capped: {result.timed:,} of {result.target:,})"
     if not result.committed_ok:
         text += f"  committed {result.committed or 0:,} for {result.handled:,} handled"
+    if result.effects_ok is False:
+        text += (f"  effects: {result.effect_rows:,} rows for {result.effect_distinct:,} "
+                 f"messages, {result.handled:,} handled")
     return text

@@ -14,9 +14,13 @@ run does not ask for are switched off: no store, no metrics.
 
 The IO-bound group's options: ``handler`` (``noop``; ``sleep``: :func:`handle_sleep`, a plain
 ``def`` that calls ``time.sleep(0.01)``; ``sleep_async``: :func:`handle_sleep_async`, an
-``async def`` that awaits ``asyncio.sleep(0.01)``), ``concurrency`` and ``ordering`` (the
+``async def`` that awaits ``asyncio.sleep(0.01)``; ``write_sleep``:
+:func:`benchmarks.effects.apply_then_wait`, one row into ``bench_effects`` through
+``context.execute`` before the same wait, with a store), ``concurrency`` and ``ordering`` (the
 route's settings; left out of the config when not given, so a checkout without them runs the
-rest). A config this checkout refuses is reported as *unsupported*, with its problems.
+rest). A config this checkout refuses is reported as *unsupported*, with its problems. With
+``write_sleep`` the runner creates the table first and, after the graceful stop, reports the
+group's rows (``effect_rows``, and ``effect_distinct`` messages among them), then deletes them.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from benchmarks.runners.tally import RunSpec, Tally
 
 HANDLER_PATH = "benchmarks.runners.framework:handle"
 HANDLERS = {"noop": HANDLER_PATH, "sleep": "benchmarks.runners.framework:handle_sleep",
-            "sleep_async": "benchmarks.runners.framework:handle_sleep_async"}
+            "sleep_async": "benchmarks.runners.framework:handle_sleep_async",
+            "write_sleep": "benchmarks.effects:apply_then_wait"}
 SLEEP_SECONDS = 0.01  # contenders.SLEEP_SECONDS: this module imports only the standard library
 _tally: Tally | None = None
 _stop_sent = False
@@ -141,15 +146,40 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
     from consumer.settings import Settings
 
     path = Path("consumer.yaml")  # JSON is YAML
-    path.write_text(json.dumps(config(spec, set(Settings.model_fields))))
+    data = config(spec, set(Settings.model_fields))
+    path.write_text(json.dumps(data))
     _refuse_unsupported(path)
+    writes = spec.options.get("handler") == "write_sleep"
+    if writes:
+        _prepare_effects(data["store"]["url"])
     _tally, _stop_sent = tally, False
     tally.subscribing()  # also counts reading the config and building the loop (milliseconds)
     code = main(["run", "--config", str(path)])
     if code != 0:
         raise RuntimeError(f"consumer run exited with {code}")
-    return {"client": f"checkpoint-consumer {__version__}",
-            "librdkafka": confluent_kafka.libversion()[0]}
+    report: dict[str, Any] = {"client": f"checkpoint-consumer {__version__}",
+                              "librdkafka": confluent_kafka.libversion()[0]}
+    if writes:
+        report.update(_count_effects(data["store"]["url"], spec))
+    return report
+
+
+def _prepare_effects(url: str) -> None:
+    """Create ``bench_effects`` (the benchmark's own connection to the consumer's store)."""
+    from benchmarks.effects import EffectsStore
+
+    with EffectsStore(url) as store:
+        store.prepare()
+
+
+def _count_effects(url: str, spec: RunSpec) -> dict[str, int]:
+    """The group's effect rows, and the messages among them; then the rows go."""
+    from benchmarks.effects import EffectsStore
+
+    with EffectsStore(url) as store:
+        counted = store.count(spec.group, spec.topic)
+        store.forget(spec.group)
+    return {"effect_rows": counted.rows, "effect_distinct": counted.distinct}
 
 
 class Unsupported(RuntimeError):

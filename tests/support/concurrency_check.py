@@ -1,0 +1,321 @@
+"""Checkers for the concurrency tests: ordering per key or partition, coverage, and the bound
+on what a SIGKILL repeats. They read the calls ``tests.support.concurrent_handlers`` records.
+
+Each checker raises an AssertionError subclass that counts every violation and quotes the first
+few, so a failing run says what went wrong, where, and how often.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Violations quoted in a failure message; the rest are counted.
+QUOTED = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One handler call, as the handler recorded it when it ended."""
+
+    run: int  # the process id: one run of ``consumer run``
+    key: str
+    partition: int
+    offset: int
+    seq: int
+    start: int  # time.time_ns() when the call began
+    end: int  # time.time_ns() when it returned or raised
+    worker: str
+    ok: bool
+
+    def __str__(self) -> str:
+        return (f"{self.key}#{self.seq} (p{self.partition}@{self.offset}, run {self.run}, "
+                f"{'ok' if self.ok else 'raised'}, {self.start}..{self.end}, {self.worker})")
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """A call's beginning (recorded only with ``$CONC_RECORD_STARTS``)."""
+
+    run: int
+    partition: int
+    offset: int
+    start: int
+    worker: str
+
+
+def _lines(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    text = path.read_text()
+    # A line being written while we read has no newline yet: leave it for the next read.
+    return [line.split() for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
+def read_calls(path: Path) -> list[Call]:
+    """Every ended call in the record file, in the order they ended."""
+    return [Call(int(pid), key, int(p), int(o), int(seq), int(start), int(end), worker,
+                 outcome == "ok")
+            for pid, key, p, o, seq, start, end, worker, outcome in _lines(path)
+            if outcome != "start"]
+
+
+class RecordFile:
+    """A record file read as it grows: each :meth:`calls` reads only the lines added since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._read = 0
+        self._calls: list[Call] = []
+        #: (partition, offset) of every message handled successfully so far.
+        self.done: set[tuple[int, int]] = set()
+
+    def calls(self) -> list[Call]:
+        if self.path.exists():
+            with self.path.open("rb") as handle:
+                handle.seek(self._read)
+                chunk = handle.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self._read += len(complete)
+            for fields in (line.split() for line in complete.decode().splitlines()):
+                pid, key, p, o, seq, start, end, worker, outcome = fields
+                if outcome != "start":
+                    self._calls.append(Call(int(pid), key, int(p), int(o), int(seq),
+                                            int(start), int(end), worker, outcome == "ok"))
+                if outcome == "ok":
+                    self.done.add((int(p), int(o)))
+        return self._calls
+
+
+    def handled(self) -> int:
+        """How many messages were handled successfully, all runs together."""
+        self.calls()
+        return len(self.done)
+
+
+def read_starts(path: Path) -> list[Start]:
+    return [Start(int(pid), int(p), int(o), int(start), worker)
+            for pid, _key, p, o, _seq, start, _end, worker, outcome in _lines(path)
+            if outcome == "start"]
+
+
+class OrderingViolation(AssertionError):
+    """Two calls of one key (or partition) overlapped, or ran out of order."""
+
+
+class NotHandled(AssertionError):
+    """A produced message was never handled successfully."""
+
+
+class TooManyRepeats(AssertionError):
+    """A SIGKILL made the next run repeat more than the stated bound."""
+
+
+def _fail(kind: type[AssertionError], what: str, problems: Sequence[str]) -> None:
+    if problems:
+        quoted = "\n  ".join(problems[:QUOTED])
+        more = f"\n  ... and {len(problems) - QUOTED} more" if len(problems) > QUOTED else ""
+        raise kind(f"{len(problems)} {what}:\n  {quoted}{more}")
+
+
+Lane = Callable[[Call], Hashable]
+BY_KEY: Lane = lambda call: call.key  # noqa: E731
+BY_PARTITION: Lane = lambda call: call.partition  # noqa: E731
+
+
+def check_order(calls: Iterable[Call], *, lane: str,
+                expected: Mapping[Hashable, Sequence[int]],
+                dead_lettered: Collection[tuple[Hashable, int]] = ()) -> None:
+    """Raise OrderingViolation unless every lane ran its messages one at a time and in order.
+
+    ``lane`` is ``"key"`` (a message's position is its sequence number) or ``"partition"`` (its
+    offset); ``expected`` lists each lane's positions in the order they were produced.
+
+    What is valid, per lane, over the calls sorted by start time:
+
+    1. No overlap: each call starts after the previous one ended, whichever run made them
+       (a SIGKILLed call never ended, so it recorded nothing; a revoked partition's work
+       finishes before the next owner starts it).
+    2. Within one run, the next call after a successful call at position i is at the next
+       position, i+1 (nothing skipped, nothing repeated, nothing ahead of its turn). After a
+       call that raised at i: i again (a retry) or, when ``(lane, i)`` is in
+       ``dead_lettered``, i+1 (the message was given up, and the lane moved on).
+    3. A lane's first call is at its first position; the first call of a run that follows
+       another run's calls (a restart after a crash, a partition moved by a rebalance) is at
+       or below the first position no earlier run handled successfully. So a crash may make
+       the lane run again, but only as a whole suffix re-run in order from where the commit
+       stood: the re-run goes through rule 2 from that point, never skipping ahead, never
+       repeating one message alone. (How far back a re-run may start is the repeat bound's
+       question: :func:`check_repeats`.)
+
+    Rules 2 and 3 imply the weaker statement "counting each message's last successful call,
+    a lane's positions rise with time": a re-run replays every message after its start, so
+    the last successful calls are exactly the final run's, in order.
+    """
+    key_of = BY_KEY if lane == "key" else BY_PARTITION
+    position_of: Callable[[Call], int] = ((lambda c: c.seq) if lane == "key"
+                                          else (lambda c: c.offset))
+    given_up = set(dead_lettered)
+    lanes: dict[Hashable, list[Call]] = defaultdict(list)
+    for call in calls:
+        lanes[key_of(call)].append(call)
+    problems: list[str] = []
+    for name, lane_calls in lanes.items():
+        positions = expected.get(name)
+        if positions is None:
+            problems.append(f"{lane} {name}: handled but never produced")
+            continue
+        index = {position: i for i, position in enumerate(positions)}
+        lane_calls.sort(key=lambda c: (c.start, c.end))
+        previous: Call | None = None
+        frontier = 0  # index of the first position no call handled successfully yet
+        for call in lane_calls:
+            at = index.get(position_of(call))
+            if at is None:
+                problems.append(f"{lane} {name}: {call} is not a produced position")
+                continue
+            if previous is not None and call.start < previous.end:
+                problems.append(f"{lane} {name}: {call} started before {previous} ended")
+            if previous is None or previous.run != call.run:
+                if at > frontier:
+                    problems.append(f"{lane} {name}: run {call.run} began at {call}, past "
+                                    f"position {positions[frontier]} that no run had handled")
+            else:
+                was = index[position_of(previous)]
+                allowed = {was + 1} if previous.ok else {was}
+                if not previous.ok and (name, position_of(previous)) in given_up:
+                    allowed.add(was + 1)
+                if at not in allowed:
+                    problems.append(f"{lane} {name}: {call} followed {previous}")
+            if call.ok or (name, position_of(call)) in given_up:
+                frontier = max(frontier, at + 1)
+            previous = call
+    _fail(OrderingViolation, f"ordering violations by {lane}", problems)
+
+
+def check_all_handled(calls: Iterable[Call], expected: Mapping[str, Sequence[int]],
+                      *, dead_lettered: Collection[tuple[str, int]] = ()) -> None:
+    """Raise NotHandled unless every produced (key, seq) has a successful call, except the
+    dead-lettered ones."""
+    handled = {(c.key, c.seq) for c in calls if c.ok}
+    missing = [f"{key}#{seq}" for key, seqs in expected.items() for seq in seqs
+               if (key, seq) not in handled and (key, seq) not in dead_lettered]
+    _fail(NotHandled, "messages never handled", missing)
+
+
+def max_parallel(calls: Iterable[Call], lane: Callable[[Call], Hashable] | None = None) -> int:
+    """The most calls running at one moment (within one lane value, when ``lane`` is given:
+    e.g. the most calls of different keys at once inside one partition)."""
+    groups: dict[Hashable, list[tuple[int, int]]] = defaultdict(list)
+    for call in calls:
+        group = None if lane is None else lane(call)
+        groups[group].append((call.start, 1))
+        groups[group].append((call.end, -1))
+    most = 0
+    for events in groups.values():
+        running = 0
+        for _, step in sorted(events):  # an end sorts before a start at the same instant
+            running += step
+            most = max(most, running)
+    return most
+
+
+def runs_in_order(calls: Iterable[Call]) -> list[int]:
+    """The runs (process ids) by the start of their first call."""
+    first: dict[int, int] = {}
+    for call in calls:
+        first[call.run] = min(first.get(call.run, call.start), call.start)
+    return sorted(first, key=first.__getitem__)
+
+
+def repeats_per_kill(calls: Sequence[Call]) -> list[tuple[int, int]]:
+    """For each run but the last, ``(run, repeats)``: how many messages it handled that a later
+    run handled again. Summed over the runs, that is every extra handling: a message handled in
+    three runs counts once for each of the first two kills."""
+    order = runs_in_order(calls)
+    done: dict[int, set[tuple[int, int]]] = {run: set() for run in order}
+    for call in calls:
+        if call.ok:
+            done[call.run].add((call.partition, call.offset))
+    later: set[tuple[int, int]] = set()
+    found: list[tuple[int, int]] = []
+    for run in reversed(order):
+        found.append((run, len(done[run] & later)))
+        later |= done[run]
+    return list(reversed(found))[:-1]
+
+
+def largest_gap(calls: Iterable[Call], run: int, starts: Mapping[int, int]) -> int:
+    """The most messages of ``run`` finished above their partition's watermark at one moment,
+    all partitions together, replayed from the records in the order the calls ended.
+
+    ``starts``: the offset the run began at per partition (the group's committed offset when
+    it started); the watermark is the lowest offset not finished yet, from there. Offsets are
+    taken as contiguous (a topic written without transactions)."""
+    ends = sorted((c.end, c.partition, c.offset) for c in calls if c.run == run and c.ok)
+    finished: dict[int, set[int]] = defaultdict(set)
+    watermark = dict(starts)
+    gap = most = 0
+    for _, partition, offset in ends:
+        mark = watermark.setdefault(partition, 0)
+        if offset < mark or offset in finished[partition]:
+            continue  # below where the run began, or handled twice in it
+        finished[partition].add(offset)
+        gap += 1
+        while mark in finished[partition]:
+            finished[partition].discard(mark)
+            mark += 1
+            gap -= 1
+        watermark[partition] = mark
+        most = max(most, gap)
+    return most
+
+
+@dataclass(frozen=True)
+class CrashBound:
+    """What one SIGKILL may make later runs repeat, with ``synchronous_commits: true``.
+
+    The next owner starts at the committed offset C of each partition (the watermark W of
+    the last confirmed checkpoint, made at time t0) and handles again every message at or
+    above C that the killed run had finished. Those are:
+
+    - what was already finished above C at t0: the gap at t0 (``gap``: the largest the run
+      had, measured from its records), plus calls that had ended but whose completion the loop
+      had not yet seen when it committed (at most ``concurrency``: they were in flight);
+    - what finished after t0: fewer than ``every_messages`` done messages (the next count
+      checkpoint would have been confirmed before the kill), plus what the loop turn that
+      reaches the count saw finish beyond it (at most ``concurrency``), plus calls that had
+      ended when the kill came and the loop had not seen (counted in the gap's sweep).
+
+    So repeats per kill <= every_messages + 2 x concurrency + gap. Whatever the gap, a
+    commit interval larger than ``every_messages`` breaks it at a kill late in an interval.
+    """
+
+    every_messages: int
+    concurrency: int
+    gap: int
+
+    @property
+    def total(self) -> int:
+        return self.every_messages + 2 * self.concurrency + self.gap
+
+    def __str__(self) -> str:
+        return (f"every_messages {self.every_messages} + 2 x concurrency {self.concurrency} + "
+                f"largest gap {self.gap} = {self.total}")
+
+
+def check_repeats(calls: Sequence[Call], *, every_messages: int, concurrency: int,
+                  starts: Mapping[int, Mapping[int, int]]) -> list[tuple[int, int, CrashBound]]:
+    """Raise TooManyRepeats if a kill made later runs repeat more than its :class:`CrashBound`;
+    ``starts`` maps each run to the offsets it began at. Returns (run, repeats, bound) per
+    kill, for the test's report."""
+    found = []
+    for run, count in repeats_per_kill(calls):
+        bound = CrashBound(every_messages, concurrency, largest_gap(calls, run, starts[run]))
+        found.append((run, count, bound))
+    problems = [f"run {run} was killed and {count} of its messages were handled again, more "
+                f"than {bound}" for run, count, bound in found if count > bound.total]
+    _fail(TooManyRepeats, "kills repeated more than the bound", problems)
+    return found

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from consumer.settings import Settings
+from consumer.settings import RouteSettings, Settings
+
+#: Prefix of a reason that this checkout lacks a feature (the contender is *unsupported*, not
+#: broken): the report shows it apart from an environment that could not be built.
+UNSUPPORTED = "unsupported by this checkout"
 
 
 def _section(name: str) -> Callable[[], str | None]:
@@ -15,6 +19,12 @@ def _section(name: str) -> Callable[[], str | None]:
         return f"this checkout's settings have no '{name}' section yet"
 
     return check
+
+
+def _concurrency() -> str | None:
+    if "concurrency" in RouteSettings.model_fields:
+        return None
+    return f"{UNSUPPORTED}: its routes have no 'concurrency' setting yet"
 
 
 def _postgres() -> str | None:
@@ -27,6 +37,7 @@ CHECKS: dict[str, Callable[[], str | None]] = {
     "store": _section("store"),
     "metrics": _section("metrics"),
     "postgres": _postgres,
+    "concurrency": _concurrency,
 }
 
 

@@ -14,9 +14,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from benchmarks import capabilities, machine, plots, topic
-from benchmarks.contenders import PROJECT, by_name
+from benchmarks.contenders import PROJECT, select
 from benchmarks.curve import CurvePlan, CurvePoint, run_curve
 from benchmarks.environments import Environment, prepare
+from benchmarks.io_bound import IoBound, run_io_bound
 from benchmarks.measure import ChildRun
 from benchmarks.options import Options, parse
 from benchmarks.report import Report, render
@@ -35,14 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: set KAFKA_BOOTSTRAP_SERVERS, or run `make bench`", file=sys.stderr)
         return 2
     try:
-        standings = [Standing(c) for c in by_name(options.contenders)]
+        throughput, io_bound = select(options.contenders, io=options.io)
     except ValueError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
+    standings = [Standing(c) for c in throughput]
+    io_standings = [Standing(c) for c in io_bound]
     began = time.monotonic()
     phases: dict[str, float] = {}
     with _phase(phases, "setup"):
-        environments = _prepare(standings)
+        environments = _prepare(standings + io_standings)
     run_id = time.strftime("%m%d%H%M%S") + uuid.uuid4().hex[:4]
     preset = options.preset
     name = f"bench-{run_id}"
@@ -57,10 +60,16 @@ def main(argv: list[str] | None = None) -> int:
                    logs)
     curve: list[CurvePoint] | None = None
     store_curve: StoreCurve | None = None
+    io: IoBound | None = None
     try:
         with _phase(phases, "rounds"):
             run_rounds(standings, environments, run, rounds=preset.rounds, run_id=run_id,
                        say=say)
+        if io_standings:
+            with _phase(phases, "IO-bound rounds"):
+                io = run_io_bound(io_standings, environments, run, preset, size=options.size,
+                                  run_id=run_id, seed=options.seed,
+                                  keep_topic=options.keep_topic, say=say)
         if options.curve:
             with _phase(phases, "commit-interval curve"):
                 curve = run_curve(
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             topic.delete(bootstrap, name)
     report = Report(described, preloaded, {"mode": options.mode, **asdict(preset)}, standings,
                     curve, time.monotonic() - began, None, store_curve=store_curve,
-                    phases=phases)
+                    phases=phases, io=io)
     _write(options, report, logs)
     return 0
 
@@ -145,6 +154,11 @@ def _write(options: Options, report: Report, logs: Path) -> None:
         "phases_s": report.phases,
         "runs": [r.as_dict() for s in report.standings for r in s.runs],
         "missing": {s.contender.name: s.missing for s in report.standings if s.missing},
+        "io_bound": None if report.io is None else {
+            "messages": report.io.messages,
+            "runs": [r.as_dict() for s in report.io.standings for r in s.runs],
+            "missing": {s.contender.name: s.missing for s in report.io.standings
+                        if s.missing}},
         "curve": [{"series": p.series, "every_messages": p.every_messages,
                    "runs": [r.as_dict() for r in p.runs],
                    "kills": [asdict(k) for k in p.kills]} for p in report.curve or []],

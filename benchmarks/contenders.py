@@ -34,6 +34,12 @@ class Contender:
     #: Capabilities of this checkout it needs (see ``capabilities.py``).
     needs: tuple[str, ...] = ()
     kind: str = "framework"  # "baseline", "framework" or "peer"
+    #: IO-bound group only: messages per full run (sized for 10-20 s at the goal rate), and
+    #: the ideal rate (in flight at once / the handler's 10 ms).
+    messages: int | None = None
+    ideal: float | None = None
+    #: How many messages it may have in flight at once, in the results' words.
+    concurrency: str = ""
 
 
 CONTENDERS: tuple[Contender, ...] = (
@@ -98,13 +104,98 @@ CONTENDERS: tuple[Contender, ...] = (
 )
 
 
+#: The IO-bound group's handler waits 10 ms; ideal = in flight at once / 10 ms.
+SLEEP_SECONDS = 0.01
+IO_KEYS = 1_000
+ARROYO_PROCESSES = 8
+
+
+def _io(name: str, runner: str, environment: str, options: dict[str, Any], *,
+        in_flight: int, messages: int, concurrency: str, commits: str, kind: str = "peer",
+        needs: tuple[str, ...] = ()) -> Contender:
+    return Contender(name, runner, environment, options, commits=commits, needs=needs,
+                     kind=kind, messages=messages, ideal=in_flight / SLEEP_SECONDS,
+                     concurrency=concurrency)
+
+
+_FRAMEWORK_IO_COMMITS = ("watermarks (lowest unfinished offset per partition), asynchronously, "
+                         "every 1,000 messages or 1 s; synchronously at shutdown, after the "
+                         "in-flight handlers finished")
+_FASTSTREAM_IO_COMMITS = ("default AckPolicy.ACK_FIRST (the only policy its max_workers "
+                          "accepts): offsets of messages handed to the workers, before the "
+                          "handler ran, auto-committed every 1 s; synchronous commit at stop")
+
+#: IO-bound handlers (``--io``): sleep 10 ms, over a topic of 1,000 keys and 6 partitions, one
+#: process each. Message counts are for the full run; ``--quick`` divides them.
+IO_CONTENDERS: tuple[Contender, ...] = (
+    _io("io-framework-sync-c100", FRAMEWORK, PROJECT,
+        {**EVERY_1000_OR_1S, "handler": "sleep", "concurrency": 100, "ordering": "key"},
+        in_flight=100, messages=150_000, kind="framework", needs=("concurrency",),
+        concurrency="`concurrency: 100`, `ordering: key`, `def` handler (thread pool)",
+        commits=_FRAMEWORK_IO_COMMITS),
+    _io("io-framework-async-c1000", FRAMEWORK, PROJECT,
+        {**EVERY_1000_OR_1S, "handler": "sleep_async", "concurrency": 1000, "ordering": "key"},
+        in_flight=1000, messages=300_000, kind="framework", needs=("concurrency",),
+        concurrency="`concurrency: 1000`, `ordering: key`, `async def` handler (event loop)",
+        commits=_FRAMEWORK_IO_COMMITS),
+    _io("io-framework-sync-c1", FRAMEWORK, PROJECT, {**EVERY_1000_OR_1S, "handler": "sleep"},
+        in_flight=1, messages=1_500, kind="framework",
+        concurrency="no `concurrency` key (1: one message at a time, as before)",
+        commits="watermarks, asynchronously, every 1,000 messages or 1 s"),
+    _io("io-arroyo-threads-c100", "benchmarks.runners.arroyo:run", "arroyo",
+        {"mode": "threads", "concurrency": 100, "max_pending": 1000},
+        in_flight=100, messages=150_000,
+        concurrency="`RunTaskInThreads(concurrency=100, max_pending_futures=1000)`",
+        commits="CommitOffsets + CommitPolicy(1 s, 1,000 messages) after RunTaskInThreads, "
+                "which hands results on in offset order: synchronous commit of finished "
+                "offsets; forced at shutdown"),
+    _io("io-arroyo-processes-p8", "benchmarks.runners.arroyo:run", "arroyo",
+        {"mode": "processes", "processes": ARROYO_PROCESSES, "batch": 10},
+        in_flight=ARROYO_PROCESSES, messages=12_000,
+        concurrency=f"`RunTaskWithMultiprocessing`, {ARROYO_PROCESSES} processes, batches "
+                    "of 10 or 1 s (each process runs its batch one message at a time)",
+        commits="CommitOffsets + CommitPolicy(1 s, 1,000 messages) after the multiprocessing "
+                "step, which hands batches on in offset order; forced at shutdown"),
+    _io("io-faststream-confluent-async-c1000", "benchmarks.runners.faststream:run",
+        "faststream", {"backend": "confluent", "handler": "sleep_async", "max_workers": 1000},
+        in_flight=1000, messages=300_000,
+        concurrency="`max_workers=1000` (ConcurrentDefaultSubscriber), `async def` handler",
+        commits=_FASTSTREAM_IO_COMMITS),
+    _io("io-faststream-aiokafka-async-c1000", "benchmarks.runners.faststream:run",
+        "faststream", {"backend": "aiokafka", "handler": "sleep_async", "max_workers": 1000},
+        in_flight=1000, messages=300_000,
+        concurrency="`max_workers=1000` (ConcurrentDefaultSubscriber), `async def` handler",
+        commits=_FASTSTREAM_IO_COMMITS),
+    _io("io-faststream-confluent-sync-c100", "benchmarks.runners.faststream:run",
+        "faststream", {"backend": "confluent", "handler": "sleep", "max_workers": 100},
+        in_flight=100, messages=150_000,
+        concurrency="`max_workers=100`, `def` handler (FastStream runs it in anyio's thread "
+                    "pool)",
+        commits=_FASTSTREAM_IO_COMMITS),
+)
+
+
 def by_name(names: list[str] | None) -> list[Contender]:
-    """The contenders named (all, in registry order, when ``names`` is None)."""
+    """The throughput contenders named (all, in registry order, when ``names`` is None)."""
+    return select(names, io=False)[0]
+
+
+def select(names: list[str] | None, *, io: bool) -> tuple[list[Contender], list[Contender]]:
+    """The throughput group and the IO-bound group to run.
+
+    No names: every throughput contender, and every IO-bound one when ``io``. Names pick from
+    both groups; naming an IO-bound contender runs it without ``io``, and ``io`` with names
+    that are all throughput contenders adds the whole IO-bound group.
+    """
     if names is None:
-        return list(CONTENDERS)
-    known = {c.name: c for c in CONTENDERS}
+        return list(CONTENDERS), list(IO_CONTENDERS) if io else []
+    known = {c.name: c for c in (*CONTENDERS, *IO_CONTENDERS)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown contender(s) {', '.join(unknown)}; known: "
                          f"{', '.join(known)}")
-    return [known[n] for n in names]
+    throughput = [known[n] for n in names if known[n] in CONTENDERS]
+    chosen_io = [known[n] for n in names if known[n] in IO_CONTENDERS]
+    if io and not chosen_io:
+        chosen_io = list(IO_CONTENDERS)
+    return throughput, chosen_io

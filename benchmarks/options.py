@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.contenders import CONTENDERS
+from benchmarks.contenders import CONTENDERS, IO_CONTENDERS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,6 +29,11 @@ class Preset:
     store_cap_seconds: float
     store_kills: int
     store_kill_window: tuple[float, float]
+    #: The IO-bound group (``--io``): rounds, the cap of each run, and the share of each
+    #: contender's full message count it reads.
+    io_rounds: int = 3
+    io_cap_seconds: float = 20.0
+    io_share: float = 1.0
 
 
 FULL = Preset(messages=1_000_000, rounds=3, cap_seconds=25.0, curve_messages=100_000,
@@ -38,7 +43,7 @@ FULL = Preset(messages=1_000_000, rounds=3, cap_seconds=25.0, curve_messages=100
 QUICK = Preset(messages=100_000, rounds=3, cap_seconds=3.0, curve_messages=20_000,
                curve_rounds=1, curve_cap_seconds=2.0, kills=2, kill_window=(0.2, 0.8),
                store_rounds=1, store_cap_seconds=1.5, store_kills=1,
-               store_kill_window=(0.2, 0.8))
+               store_kill_window=(0.2, 0.8), io_rounds=3, io_cap_seconds=6.0, io_share=0.2)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Options:
     store_curve: bool
     seed: int
     keep_topic: bool
+    io: bool = False
 
 
 def parse(argv: list[str] | None = None) -> Options:
@@ -72,7 +78,9 @@ def parse(argv: list[str] | None = None) -> Options:
                         help=f"stop a run after this many seconds ({FULL.cap_seconds:.0f})")
     parser.add_argument("--contenders",
                         help="comma-separated names (default: all): "
-                             + ", ".join(c.name for c in CONTENDERS))
+                             + ", ".join(c.name for c in CONTENDERS)
+                             + "; IO-bound (see --io): "
+                             + ", ".join(c.name for c in IO_CONTENDERS))
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"folder (default {RESULTS})")
     parser.add_argument("--no-curve", action="store_true", help="skip the commit-interval curve")
     parser.add_argument("--curve-messages", type=int,
@@ -82,6 +90,9 @@ def parse(argv: list[str] | None = None) -> Options:
                         help="skip the transaction-size curve (SQLite and PostgreSQL stores)")
     parser.add_argument("--store-kills", type=int,
                         help=f"SIGKILLs per store and transaction size ({FULL.store_kills})")
+    parser.add_argument("--io", action="store_true",
+                        help="also run the IO-bound group: handlers that sleep 10 ms, run "
+                             "concurrently (about 7-8 minutes; 2 with --quick)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the kill moments (7)")
     parser.add_argument("--keep-topic", action="store_true",
                         help="leave the preloaded topic on the broker")
@@ -106,4 +117,5 @@ def parse(argv: list[str] | None = None) -> Options:
         store_curve=not args.no_store_curve,
         seed=args.seed,
         keep_topic=args.keep_topic,
+        io=args.io,
     )

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.curve import CurvePoint
+from benchmarks.io_bound import IoBound
+from benchmarks.io_report import render_io
 from benchmarks.measure import RunResult
 from benchmarks.rounds import Standing
 from benchmarks.stats import Spread
@@ -45,6 +47,8 @@ class Report:
     store_curve: StoreCurve | None = None
     #: Phase name -> seconds, in the order they ran.
     phases: dict[str, float] = field(default_factory=dict)
+    #: The IO-bound group, when it ran (``--io``).
+    io: IoBound | None = None
 
 
 def render(report: Report) -> str:
@@ -59,6 +63,9 @@ def render(report: Report) -> str:
         _goals(report.standings, report.preloaded),
         "Where the time goes: `python -m benchmarks.profile` profiles the raw loop and the "
         "framework on 200,000 messages (`profile.txt` beside this file, when it was run).\n",
+        "## IO-bound handlers, concurrently\n",
+        render_io(report.io, report.standings) if report.io
+        else "Not run this time (`--io` runs it).\n",
         "## Commit-interval curve\n",
         _curve(report, report.curve) if report.curve else "Not run this time (`--no-curve`).\n",
         "## Transaction-size curve, with a store\n",

@@ -3,9 +3,10 @@ its own fresh consumer group, all over the same preloaded topic."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
+from benchmarks.capabilities import UNSUPPORTED
 from benchmarks.contenders import Contender
 from benchmarks.environments import Environment
 from benchmarks.measure import ChildRun, RunResult, run_child
@@ -42,8 +43,11 @@ def rotated(items: list[Contender], round_no: int) -> list[Contender]:
 
 def run_rounds(standings: list[Standing], environments: dict[str, Environment],
                run: ChildRun, *, rounds: int, run_id: str,
-               say: Callable[[str], None]) -> None:
-    """Run every present contender ``rounds`` times, interleaved; results land in standings."""
+               say: Callable[[str], None], messages: Mapping[str, int] | None = None) -> None:
+    """Run every present contender ``rounds`` times, interleaved; results land in standings.
+
+    ``messages``: contender name -> its own target, where it differs from ``run.messages``.
+    """
     present = [s for s in standings if s.missing is None]
     by_name = {s.contender.name: s for s in present}
     for round_no in range(rounds):
@@ -51,13 +55,20 @@ def run_rounds(standings: list[Standing], environments: dict[str, Environment],
             python = environments[contender.environment].python
             if python is None:  # prepared as missing; never scheduled
                 continue
+            target = (messages or {}).get(contender.name, run.messages)
             result = run_child(
-                python, contender.runner, dict(contender.options), run,
+                python, contender.runner, dict(contender.options),
+                run if target == run.messages else replace(run, messages=target),
                 contender=contender.name, round_no=round_no + 1,
                 group=f"bench-{run_id}-{contender.name}-r{round_no + 1}",
             )
             by_name[contender.name].runs.append(result)
             say(f"round {round_no + 1}/{rounds} {contender.name:<22} {describe(result)}")
+
+
+def missing_label(reason: str) -> str:
+    """``unsupported`` for a feature this checkout lacks; ``missing`` for anything else."""
+    return "unsupported" if reason.startswith(UNSUPPORTED) else "missing"
 
 
 def describe(result: RunResult) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from dataclasses import dataclass
 
@@ -32,9 +33,13 @@ def delete(bootstrap: str, topic: str) -> None:
 
 
 def preload(bootstrap: str, topic: str, *, partitions: int, messages: int,
-            size: int) -> Preloaded:
+            size: int, keys: int = 0, seed: int = 7) -> Preloaded:
     """Create ``topic`` and produce ``messages`` values of ``size`` ASCII bytes, spread evenly
-    over the partitions (no key, no compression), batched: no flush until the end."""
+    over the partitions (no key, no compression), batched: no flush until the end.
+
+    With ``keys``, each message gets one of that many keys (``key-0000``...), drawn at random
+    (seeded), and the producer's partitioner places it by its key, as an application would.
+    """
     began = time.monotonic()
     create(bootstrap, topic, partitions)
     producer = Producer({
@@ -48,11 +53,16 @@ def preload(bootstrap: str, topic: str, *, partitions: int, messages: int,
     })
     filler = b"x" * max(0, size - 12)
     produce = producer.produce
+    draw = random.Random(seed).randrange
     for i in range(messages):
         value = (b"%012d" % i + filler)[:size]
+        key = b"key-%04d" % draw(keys) if keys else None
         while True:
             try:
-                produce(topic, value, partition=i % partitions)
+                if key is not None:
+                    produce(topic, value, key=key)
+                else:
+                    produce(topic, value, partition=i % partitions)
                 break
             except BufferError:
                 producer.poll(0.05)

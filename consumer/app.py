@@ -20,11 +20,13 @@ from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.policy import CheckpointPolicy
 from consumer.clock import Clock, SystemClock
 from consumer.dedup import KeyFunction, key_function
+from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher, RouteWork, is_async
 from consumer.engine.direct_mode import DirectMode, unconfirmed_limit
 from consumer.engine.dispatch import Dispatcher
 from consumer.engine.loop import ConsumerLoop
 from consumer.engine.mode import CheckpointMode
 from consumer.engine.store_mode import StoreMode
+from consumer.errors import ConfigError
 from consumer.events import Observer, Observers
 from consumer.failures.retries import Failures, build_policies
 from consumer.kafka.producer import KafkaDeadLetterSink
@@ -98,7 +100,13 @@ def build_loop(
     policy = CheckpointPolicy(every_messages=settings.checkpoint.every_messages,
                               every_seconds=settings.checkpoint.every_seconds)
     mode: CheckpointMode
+    concurrent = needs_workers(settings, router)
     if store is not None or settings.store.enabled:
+        if concurrent:
+            raise ConfigError([
+                f"routes.{topic}: concurrency above 1 and async def handlers work without a "
+                "store only (store.url: none) for now; store support comes later (SQLite, "
+                "with one writer, will always refuse it)" for topic in concurrent])
         store = store or open_configured(settings.store)
         if instruments is not None:
             store = instruments.store(store)
@@ -110,9 +118,23 @@ def build_loop(
             group_scoped_topics=group_scoped_topics(settings),
         )
     else:
+        dispatcher: Dispatcher | ConcurrentDispatcher
+        if concurrent:
+            # Graceful shutdown must end before ShutdownSignals' grace timer exits the process.
+            grace = settings.shutdown.grace_seconds
+            dispatcher = ConcurrentDispatcher(
+                router, {topic: RouteWork(route.concurrency, route.ordering)
+                         for topic, route in settings.routes.items()},
+                group=group, keys=keys, failures=failures, source=source, clock=clock,
+                max_buffered=settings.kafka.max_buffered_messages, stop_wait=grace,
+                instruments=instruments)
+        else:
+            dispatcher = Dispatcher(router, group=group, keys=keys, failures=failures,
+                                    source=source, instruments=instruments)
         mode = DirectMode(
-            Dispatcher(router, group=group, keys=keys, failures=failures, source=source,
-                       instruments=instruments),
+            dispatcher,
+            poll_wait=settings.kafka.poll_timeout_seconds,
+            settle_seconds=settle_seconds(settings.shutdown.grace_seconds),
             commits=commits, source=source, clock=clock, observer=observer,
             synchronous_commits=settings.checkpoint.synchronous_commits,
             unconfirmed_limit=unconfirmed_limit(
@@ -133,6 +155,22 @@ def build_loop(
         offset_refresher=(None if offsets is None
                           else OffsetRefresher(offsets, source=source, clock=clock)),
     )
+
+
+def needs_workers(settings: Settings, router: Router) -> list[str]:
+    """Routes whose handlers run on workers: concurrency above 1, or an ``async def`` handler.
+    None of them: every handler runs on the loop's thread, exactly as without concurrency."""
+    return [topic for topic in router.topics
+            if (topic in settings.routes and settings.routes[topic].concurrency > 1)
+            or is_async(router.route_for(topic).handler)]
+
+
+def settle_seconds(grace_seconds: float) -> float:
+    """How long the shutdown (and each revoke) waits for running handlers before its
+    checkpoint: the grace period less what the commit and leaving the group need (5 s, or
+    half the grace when it is shorter than 10 s), so the checkpoint lands before the grace
+    timer ends the process."""
+    return max(grace_seconds / 2, grace_seconds - 5.0)
 
 
 def build_purger(settings: Settings, *observers: Observer) -> ProcessedKeyPurger | None:

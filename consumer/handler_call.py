@@ -88,3 +88,36 @@ def _timed(handler: Handler, topic: str, timer: HandlerTimings, durations: list[
 
 def _unobserved(topic: str, seconds: float) -> None:
     """A call of a trial run raised: the run is done again, which observes it."""
+
+
+class WorkerCalls:
+    """Handler calls on worker threads (routes with ``concurrency``): the one way they are
+    timed, into the same ``consumer_handler_duration_seconds``.
+
+    A worker reads :attr:`clock` (the timer's) just before and just after the call, the same
+    two points :func:`handler_calls` times, and hands the seconds to the poll thread with the
+    call's outcome; only the poll thread records them (:meth:`record`), so the histograms are
+    never written from two threads. Many calls run at once, so
+    :attr:`~consumer.events.HandlerTimings.started` holds the start of the *oldest call still
+    running*, as the poll thread last saw it (:meth:`oldest_running`); 0.0 when none runs.
+    """
+
+    def __init__(self, timer: HandlerTimings | None) -> None:
+        self._timer = timer
+        #: What workers read before and after a call; None: metrics off, calls are not timed.
+        self.clock: Callable[[], float] | None = None if timer is None else timer.now
+
+    def record(self, topic: str, seconds: float, *, failed: bool) -> None:
+        """A worker's call finished after ``seconds`` (poll thread)."""
+        timer = self._timer
+        if timer is None:
+            return
+        if failed:
+            timer.failed(topic, seconds)
+        else:
+            timer.durations(topic).append(seconds)
+
+    def oldest_running(self, started: float) -> None:
+        """The oldest call still running started at ``started`` (0.0: none runs)."""
+        if self._timer is not None:
+            self._timer.started = started

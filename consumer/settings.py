@@ -57,6 +57,11 @@ class KafkaSettings(_Section):
     #: Messages taken per poll; also an upper bound on work between two loop turns.
     poll_batch_size: int = Field(default=500, ge=1, le=100_000)
     poll_timeout_seconds: float = Field(default=0.5, gt=0, le=60)
+    #: Routes with ``concurrency`` above 1: messages polled and not started, or finished above
+    #: their partition's watermark, at most, all routes together (it bounds what a crash
+    #: repeats). When full, the loop takes nothing new (it keeps polling, the partitions of a
+    #: full route paused) until handlers finish.
+    max_buffered_messages: int = Field(default=10_000, ge=1, le=1_000_000)
     #: Any other librdkafka property, with Kafka's dotted names (security, tuning).
     librdkafka: dict[str, SecretStr] = Field(default_factory=dict)
 
@@ -130,6 +135,13 @@ class RouteSettings(_Section):
     on_failure: Literal["dead_letter", "stop"] = "dead_letter"
     #: Default: ``<topic>.dlq``.
     dead_letter_topic: str | None = None
+    #: Messages of this route in flight at once, at most (1: one at a time, on the loop's
+    #: thread). Plain ``def`` handlers run on a pool of this many threads; ``async def`` ones
+    #: on one event loop, this many at a time.
+    concurrency: int = Field(default=1, ge=1, le=10_000)
+    #: With concurrency: key (messages with the same Kafka key run one at a time, in offset
+    #: order; other keys run in parallel), partition (one at a time per partition) or none.
+    ordering: Literal["key", "partition", "none"] = "key"
 
     @field_validator("dedup_key")
     @classmethod
@@ -286,6 +298,21 @@ class Settings(BaseSettings):
                     f"routes.{topic}.dead_letter_topic is the route's own topic: dead letters "
                     "would be consumed again and fail forever; name another topic"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _concurrency_without_store(self) -> Settings:
+        if not self.store.enabled:
+            return self
+        concurrent = [f"routes.{topic}.concurrency ({route.concurrency})"
+                      for topic, route in self.routes.items() if route.concurrency > 1]
+        if concurrent:
+            raise ValueError(
+                f"{', '.join(concurrent)} above 1 with a store configured: concurrency works "
+                "without a store only (store.url: none) for now; store support comes later "
+                "(SQLite, with one writer, will always refuse it). Set concurrency: 1 or "
+                "store.url: none"
+            )
         return self
 
     @field_validator("routes", mode="before")

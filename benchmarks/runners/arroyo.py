@@ -8,13 +8,29 @@ joins the strategy, which forces a last commit.
 
 Option ``auto_commit`` (false): arroyo's newer mode where each message's offset is stored and
 librdkafka commits in the background (``enable_auto_commit=True`` in the config builder).
+
+Option ``mode`` (``noop``): the IO-bound group's handler, which sleeps 10 ms, run by arroyo's
+own concurrency. ``threads``: ``RunTaskInThreads(concurrency, max_pending)``; the handler
+counts when it finishes. ``processes``: ``RunTaskWithMultiprocessing`` over a pool of
+``processes``, batches of ``batch`` messages or 1 s; the handler runs in the pool's processes,
+so a step after it counts each message as its result comes back to this one.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from benchmarks.runners.tally import RunSpec, Tally
+
+SLEEP_SECONDS = 0.01  # contenders.SLEEP_SECONDS (standard library only here)
+
+
+def sleep_then_pass(message: Any) -> Any:
+    """The IO-bound handler, module-level so that the multiprocessing pool can pickle it."""
+    time.sleep(SLEEP_SECONDS)
+    return message.payload
 
 
 def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
@@ -30,20 +46,51 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
         ProcessingStrategy,
         ProcessingStrategyFactory,
         RunTask,
+        RunTaskInThreads,
+        RunTaskWithMultiprocessing,
     )
+    from arroyo.processing.strategies.run_task_with_multiprocessing import MultiprocessingPool
     from arroyo.types import Commit, Message, Topic
 
     processor: Any = None
+    mode = str(spec.options.get("mode", "noop"))
+    lock = threading.Lock()
+    stop_sent = False
 
     def handle(message: Message[KafkaPayload]) -> KafkaPayload:  # the no-op handler
         if tally.add():
             processor.signal_shutdown()
         return message.payload
 
-    class NoopFactory(ProcessingStrategyFactory[KafkaPayload]):
+    def count(message: Message[KafkaPayload]) -> KafkaPayload:
+        nonlocal stop_sent
+        with lock:  # RunTaskInThreads calls it from its workers
+            stop = tally.add() and not stop_sent
+            stop_sent = stop_sent or stop
+        if stop:
+            processor.signal_shutdown()
+        return message.payload
+
+    def sleep_then_count(message: Message[KafkaPayload]) -> KafkaPayload:
+        time.sleep(SLEEP_SECONDS)
+        return count(message)
+
+    pool = (MultiprocessingPool(int(spec.options.get("processes", 8)))
+            if mode == "processes" else None)
+
+    class Factory(ProcessingStrategyFactory[KafkaPayload]):
         def create_with_partitions(
             self, commit: Commit, partitions: Any
         ) -> ProcessingStrategy[KafkaPayload]:
+            if mode == "threads":
+                return RunTaskInThreads(
+                    sleep_then_count, int(spec.options.get("concurrency", 100)),
+                    int(spec.options.get("max_pending", 1000)), CommitOffsets(commit))
+            if mode == "processes" and pool is not None:
+                return RunTaskWithMultiprocessing(
+                    sleep_then_pass, RunTask(count, CommitOffsets(commit)),
+                    max_batch_size=int(spec.options.get("batch", 100)), max_batch_time=1.0,
+                    pool=pool)
             return RunTask(handle, CommitOffsets(commit))
 
     auto_commit = bool(spec.options.get("auto_commit", False))
@@ -55,9 +102,13 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
         config["auto.commit.interval.ms"] = 1000
     tally.subscribing()  # StreamProcessor subscribes in its constructor
     processor = StreamProcessor(
-        KafkaConsumer(config), Topic(spec.topic), NoopFactory(),
+        KafkaConsumer(config), Topic(spec.topic), Factory(),
         commit_policy=CommitPolicy(min_commit_frequency_sec=1.0, min_commit_messages=1000),
     )
-    processor.run()
+    try:
+        processor.run()
+    finally:
+        if pool is not None:
+            pool.close()
     return {"client": f"sentry-arroyo {version('sentry-arroyo')}",
             "librdkafka": confluent_kafka.libversion()[0]}

@@ -8,14 +8,25 @@ Its per-message access log is switched off (``logger=None``), as no other conten
 message. Stopping the broker commits synchronously before closing the client.
 
 Option ``backend``: ``confluent`` or ``aiokafka``.
+
+Options ``handler`` (``sleep``: a plain ``def`` calling ``time.sleep(0.01)``, which FastStream
+runs in anyio's thread pool; ``sleep_async``: ``async def`` awaiting ``asyncio.sleep(0.01)``) and
+``max_workers``: the IO-bound group. FastStream's concurrency is ``max_workers`` on a
+non-batch subscriber (``ConcurrentDefaultSubscriber``: messages handed to up to N tasks; it
+refuses a batch subscriber and any acknowledgement policy but ``ACK_FIRST``), so these runs
+subscribe one message at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 from benchmarks.runners.tally import RunSpec, Tally
+
+SLEEP_SECONDS = 0.01  # contenders.SLEEP_SECONDS (standard library only here)
 
 
 def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
@@ -41,7 +52,22 @@ async def _consume(spec: RunSpec, tally: Tally) -> dict[str, Any]:
 
     finished = asyncio.Event()
     broker = KafkaBroker(spec.bootstrap, logger=None)
+    if "handler" in spec.options:
+        _io_subscriber(broker, spec, tally, finished)
+    else:
+        _batch_subscriber(broker, spec, tally, finished)
 
+    tally.subscribing()  # broker.start subscribes
+    await broker.start()
+    try:
+        await finished.wait()
+    finally:
+        await broker.stop()
+    return {"client": f"faststream {version('faststream')} ({client})",
+            "librdkafka": librdkafka}
+
+
+def _batch_subscriber(broker: Any, spec: RunSpec, tally: Tally, finished: asyncio.Event) -> None:
     @broker.subscriber(
         spec.topic,
         group_id=spec.group,
@@ -54,11 +80,29 @@ async def _consume(spec: RunSpec, tally: Tally) -> dict[str, Any]:
         if tally.add(len(bodies)):
             finished.set()
 
-    tally.subscribing()  # broker.start subscribes
-    await broker.start()
-    try:
-        await finished.wait()
-    finally:
-        await broker.stop()
-    return {"client": f"faststream {version('faststream')} ({client})",
-            "librdkafka": librdkafka}
+
+def _io_subscriber(broker: Any, spec: RunSpec, tally: Tally, finished: asyncio.Event) -> None:
+    """``max_workers`` concurrent handlers that wait 10 ms each, then count."""
+    loop = asyncio.get_running_loop()
+    lock = threading.Lock()  # the sync handler runs on anyio's worker threads
+
+    def count() -> None:
+        with lock:
+            stop = tally.add()
+        if stop:
+            loop.call_soon_threadsafe(finished.set)
+
+    subscribe = broker.subscriber(
+        spec.topic, group_id=spec.group, auto_offset_reset="earliest",
+        auto_commit_interval_ms=1000, max_workers=int(spec.options["max_workers"]),
+    )
+    if spec.options["handler"] == "sleep_async":
+        @subscribe
+        async def handle_async(body: bytes) -> None:
+            await asyncio.sleep(SLEEP_SECONDS)
+            count()
+    else:
+        @subscribe
+        def handle_sync(body: bytes) -> None:
+            time.sleep(SLEEP_SECONDS)
+            count()

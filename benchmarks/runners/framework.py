@@ -11,13 +11,22 @@ Options: ``every_messages`` (1000), ``every_seconds`` (1.0), ``synchronous_commi
 file in the scratch folder; ``postgres``: ``$CONSUMER_TEST_POSTGRES_DSN``), and ``settings``:
 sections merged over the rest (for modes not named here). Sections this checkout has and the
 run does not ask for are switched off: no store, no metrics.
+
+The IO-bound group's options: ``handler`` (``noop``; ``sleep``: :func:`handle_sleep`, a plain
+``def`` that calls ``time.sleep(0.01)``; ``sleep_async``: :func:`handle_sleep_async`, an
+``async def`` that awaits ``asyncio.sleep(0.01)``), ``concurrency`` and ``ordering`` (the
+route's settings; left out of the config when not given, so a checkout without them runs the
+rest). A config this checkout refuses is reported as *unsupported*, with its problems.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import threading
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -25,8 +34,12 @@ from typing import Any
 from benchmarks.runners.tally import RunSpec, Tally
 
 HANDLER_PATH = "benchmarks.runners.framework:handle"
+HANDLERS = {"noop": HANDLER_PATH, "sleep": "benchmarks.runners.framework:handle_sleep",
+            "sleep_async": "benchmarks.runners.framework:handle_sleep_async"}
+SLEEP_SECONDS = 0.01  # contenders.SLEEP_SECONDS: this module imports only the standard library
 _tally: Tally | None = None
 _stop_sent = False
+_count_lock = threading.Lock()
 
 
 def handle(message: Any, context: Any) -> None:
@@ -34,6 +47,29 @@ def handle(message: Any, context: Any) -> None:
     global _stop_sent
     if _tally is not None and _tally.add() and not _stop_sent:
         _stop_sent = True  # a second SIGTERM would exit at once, without the final commit
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def handle_sleep(message: Any, context: Any) -> None:
+    """The IO-bound handler: waits 10 ms (a database or HTTP round trip), then counts."""
+    time.sleep(SLEEP_SECONDS)
+    _count_concurrently()
+
+
+async def handle_sleep_async(message: Any, context: Any) -> None:
+    """The IO-bound handler, ``async def``: awaits 10 ms, then counts."""
+    await asyncio.sleep(SLEEP_SECONDS)
+    _count_concurrently()
+
+
+def _count_concurrently() -> None:
+    """Count under a lock (handlers run on several threads); stop once at the target."""
+    global _stop_sent
+    with _count_lock:
+        stop = _tally is not None and _tally.add() and not _stop_sent
+        if stop:
+            _stop_sent = True
+    if stop:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -58,7 +94,7 @@ def config(spec: RunSpec, sections: Collection[str]) -> dict[str, Any]:
             "poll_batch_size": int(options.get("poll_batch_size", 500)),
             "poll_timeout_seconds": float(options.get("poll_timeout_seconds", 0.5)),
         },
-        "routes": {spec.topic: HANDLER_PATH},
+        "routes": {spec.topic: route(options)},
         "checkpoint": {
             "every_messages": options.get("every_messages", 1000),
             "every_seconds": options.get("every_seconds", 1.0),
@@ -75,6 +111,14 @@ def config(spec: RunSpec, sections: Collection[str]) -> dict[str, Any]:
     for section, values in dict(options.get("settings", {})).items():
         data[section] = {**data.get(section, {}), **values}
     return data
+
+
+def route(options: dict[str, Any]) -> str | dict[str, Any]:
+    """The route: the handler's import path, or a mapping when concurrency is asked for."""
+    handler = HANDLERS[str(options.get("handler", "noop"))]
+    extra: dict[str, Any] = {name: options[name] for name in ("concurrency", "ordering")
+                             if name in options}
+    return {"handler": handler, **extra} if extra else handler
 
 
 def store_url(store: str) -> str:
@@ -98,6 +142,7 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
 
     path = Path("consumer.yaml")  # JSON is YAML
     path.write_text(json.dumps(config(spec, set(Settings.model_fields))))
+    _refuse_unsupported(path)
     _tally, _stop_sent = tally, False
     tally.subscribing()  # also counts reading the config and building the loop (milliseconds)
     code = main(["run", "--config", str(path)])
@@ -105,3 +150,18 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
         raise RuntimeError(f"consumer run exited with {code}")
     return {"client": f"checkpoint-consumer {__version__}",
             "librdkafka": confluent_kafka.libversion()[0]}
+
+
+class Unsupported(RuntimeError):
+    """This checkout refuses the contender's config: a feature it does not have yet."""
+
+
+def _refuse_unsupported(path: Path) -> None:
+    from consumer.errors import ConfigError
+    from consumer.settings import load_settings
+
+    try:
+        load_settings(path)
+    except ConfigError as error:
+        raise Unsupported("unsupported by this checkout: consumer run refuses the config: "
+                          + "; ".join(error.problems)) from None

@@ -6,6 +6,12 @@ the deferred asynchronous commit. Used by :class:`consumer.engine.loop.ConsumerL
 :class:`consumer.engine.mode.CheckpointMode`, on the loop's thread. A synchronous commit blocks
 for the broker; on revoke and shutdown its failure raises KafkaError; handlers' failures raise
 HandlerFailed from :meth:`DirectMode.take`.
+
+With a :class:`~consumer.engine.concurrency.dispatcher.ConcurrentDispatcher` (a route with
+``concurrency`` above 1, or an ``async def`` handler) handlers run on workers: the poll's room
+is bounded by the buffer too, :meth:`DirectMode.confirm` waits for handlers to finish when the
+buffer is full, and the revoke and shutdown checkpoints first wait for the running work of
+their partitions (``settle_seconds`` at most) and drop what has not started.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.kafka_only import KafkaCheckpoint
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import Clock
+from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher
 from consumer.engine.dispatch import Dispatcher
 from consumer.engine.mode import Partitions
+from consumer.engine.snapshot import NO_WORK, WorkSnapshot
 from consumer.engine.stopping import StopRequest
 from consumer.errors import KafkaError
 from consumer.events import Observer, Trigger
@@ -50,7 +58,7 @@ class DirectMode:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher | ConcurrentDispatcher,
         *,
         commits: KafkaCommits,
         source: Source,
@@ -59,8 +67,17 @@ class DirectMode:
         synchronous_commits: bool = False,
         unconfirmed_limit: int | None = None,
         topic_ids: dict[str, str] | None = None,
+        poll_wait: float = 0.5,
+        settle_seconds: float = 30.0,
     ) -> None:
         self._dispatcher = dispatcher
+        #: Handlers on workers (routes with concurrency); None: the sequential dispatcher.
+        self._workers = dispatcher if isinstance(dispatcher, ConcurrentDispatcher) else None
+        #: Seconds confirm waits for handlers while the buffer is full (the poll timeout).
+        self._poll_wait = poll_wait
+        #: Seconds a revoke or the shutdown waits for running handlers before its checkpoint.
+        self._settle_seconds = settle_seconds
+        self._batch_size = 1
         self._commits = commits
         self._source = source
         self._clock = clock
@@ -99,6 +116,9 @@ class DirectMode:
             # unconfirmed bound limits what a crash repeats.
             self._deferred = True
             return False
+        workers = self._workers
+        if workers is not None and trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
+            workers.settle(partitions, only, self._settle_seconds)
         chosen = (list(partitions.values()) if only is None
                   else [partitions[tp] for tp in only if tp in partitions])
         try:
@@ -107,6 +127,11 @@ class DirectMode:
             if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
                 raise
             return False  # reported; the watermarks stay pending for the next checkpoint
+        finally:
+            if workers is not None and trigger is Trigger.SHUTDOWN:
+                workers.close()
+        if workers is not None and trigger is Trigger.SHUTDOWN:
+            workers.raise_failure()  # a handler failed while the shutdown waited for it
         if only is not None:
             return False
         self._deferred = False
@@ -114,7 +139,13 @@ class DirectMode:
 
     def room(self, batch_size: int, until_checkpoint: int | None, partitions: Partitions) -> int:
         room = batch_size
-        if until_checkpoint is not None and not self._deferred:
+        workers = self._workers
+        if workers is not None:
+            # Polled messages are not done yet: the count trigger bounds nothing here, the
+            # buffer does (the count is checked every turn as work finishes).
+            self._batch_size = batch_size
+            room = min(room, workers.room())
+        elif until_checkpoint is not None and not self._deferred:
             room = min(room, until_checkpoint)
         if self._unconfirmed_limit is not None:
             unconfirmed = sum(p.unconfirmed for p in partitions.values())
@@ -123,7 +154,17 @@ class DirectMode:
 
     def confirm(self, partitions: Partitions) -> bool:
         """Commit every watermark synchronously: its answer confirms the earlier commits. A
-        refused commit (a rebalance) was reported, and confirms nothing."""
+        refused commit (a rebalance) was reported, and confirms nothing. With workers and a
+        full buffer, first wait (the poll timeout at most) until handlers made room for a
+        batch; what they finished counts at the next take."""
+        workers = self._workers
+        if workers is not None:
+            if workers.room() == 0:
+                workers.wait(partitions, self._poll_wait,
+                             room=min(self._batch_size, max(1, workers.room_total // 2)))
+            limit = self._unconfirmed_limit
+            if limit is None or sum(p.unconfirmed for p in partitions.values()) < limit:
+                return False
         try:
             moved = self._commits.confirm(Trigger.COUNT, partitions)
         except KafkaError:
@@ -133,10 +174,12 @@ class DirectMode:
         return bool(moved)
 
     def forget(self, partitions: Sequence[TP]) -> None:
-        pass  # nothing is held between polls
+        if self._workers is not None:  # else nothing is held between polls
+            self._workers.forget(partitions)
 
     def drop_pending(self) -> None:
-        pass
+        if self._workers is not None:
+            self._workers.drop_pending()
 
     def commit_answered(self, offsets: Mapping[TP, int], error: KafkaError | None,
                         partitions: Partitions) -> None:
@@ -152,3 +195,10 @@ class DirectMode:
     @property
     def pending(self) -> Sequence[Message]:
         return ()
+
+    def work(self) -> WorkSnapshot:
+        workers = self._workers
+        if workers is None:
+            return NO_WORK
+        return WorkSnapshot(in_flight=workers.in_flight(), queued=workers.queued(),
+                            gaps=workers.gaps(), paused=workers.paused)

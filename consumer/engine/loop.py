@@ -322,6 +322,8 @@ class ConsumerLoop:
     def snapshot(self) -> LoopSnapshot:
         """A read-only view for metrics and health; safe to call from another thread."""
         partitions = dict(self._partitions)  # one C-level copy: atomic under the GIL
+        work = self._mode.work()
+        gaps = work.gaps
         return LoopSnapshot(
             state=self.state.value,
             stop_requested=self._stop.requested,
@@ -329,9 +331,12 @@ class ConsumerLoop:
                 tp: PartitionSnapshot(
                     watermark=p.watermark, acked=p.acked, done=p.done,
                     unconfirmed=p.unconfirmed, oldest_uncommitted_at=p.oldest_uncommitted_at,
+                    gap=gaps.get(tp, 0),
                 )
                 for tp, p in partitions.items()
             },
-            paused=frozenset(self._paused()),
+            paused=frozenset(self._paused()) | (work.paused & partitions.keys()),
             pending=self._mode.pending,
+            in_flight=work.in_flight,
+            queued={tp: n for tp, n in work.queued.items() if tp in partitions},
         )

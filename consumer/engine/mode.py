@@ -6,7 +6,8 @@ live in Kafka only) and :class:`consumer.engine.store_mode.StoreMode` (messages 
 applied with their checkpoint rows in one store transaction). The loop keeps polling, routing,
 pausing, rebalances and shutdown, and never asks which mode it has.
 
-Every method is called on the loop's thread; ``pending`` may also be read by a snapshot.
+Every method is called on the loop's thread; ``pending`` and ``work`` may also be read by a
+snapshot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from consumer.checkpoint.progress import PartitionProgress
+from consumer.engine.snapshot import WorkSnapshot
 from consumer.engine.stopping import StopRequest
 from consumer.errors import KafkaError
 from consumer.events import Trigger
@@ -85,4 +87,8 @@ class CheckpointMode(Protocol):
     @property
     def pending(self) -> Sequence[Message]:
         """Messages polled and held, not done yet (for snapshots and the offset refresher)."""
+        ...
+
+    def work(self) -> WorkSnapshot:
+        """Routes with concurrency: what runs and waits now (for snapshots; any thread)."""
         ...

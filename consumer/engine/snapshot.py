@@ -7,7 +7,7 @@ Frozen values: holding one never calls into the consumer, and nothing here does 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from consumer.message import TP, Message
@@ -27,6 +27,22 @@ class PartitionSnapshot:
     unconfirmed: int
     #: Monotonic time the oldest done-but-uncommitted message was done; None: nothing pending.
     oldest_uncommitted_at: float | None
+    #: Routes with concurrency: messages finished above the watermark (not committable yet).
+    gap: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkSnapshot:
+    """Routes with concurrency: what runs and waits now (empty without concurrency)."""
+
+    #: Route (topic) -> messages running now.
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+    #: Partition -> messages polled and not started.
+    queued: Mapping[TP, int] = field(default_factory=dict)
+    #: Partition -> messages finished above its watermark.
+    gaps: Mapping[TP, int] = field(default_factory=dict)
+    #: Partitions paused because their route's buffer is full.
+    paused: frozenset[TP] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +57,11 @@ class LoopSnapshot:
     paused: frozenset[TP] = frozenset()
     #: With a store: the messages buffered for the next transaction, polled but not done.
     pending: Sequence[Message] = field(default=())
+    #: Routes with concurrency: route (topic) -> messages running now.
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+    #: Routes with concurrency: partition -> messages polled and not started.
+    queued: Mapping[TP, int] = field(default_factory=dict)
+
+
+#: No route runs with concurrency.
+NO_WORK = WorkSnapshot()

@@ -22,6 +22,7 @@ from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
 from consumer.engine.mode import Partitions
+from consumer.engine.snapshot import NO_WORK, WorkSnapshot
 from consumer.engine.stopping import StopRequest
 from consumer.errors import (
     ExternalReset,
@@ -113,6 +114,10 @@ class StoreMode:
     def pending(self) -> list[Message]:
         """The messages buffered for the next transaction: polled, not done."""
         return self._pending
+
+    def work(self) -> WorkSnapshot:
+        """No concurrency with a store (yet): nothing runs beside the loop."""
+        return NO_WORK
 
     # --- buffering ----------------------------------------------------------------------
 

@@ -144,8 +144,14 @@ class Failures:
         #: tp -> (offset, failed attempts, last error) of the message each partition waits on.
         self._attempts: dict[TP, tuple[int, int, BaseException]] = {}
         self._resume_at: dict[TP, float] = {}
+        #: (topic, partition, offset) -> (failed attempts, last error): routes with concurrency.
+        self._per_message: dict[tuple[str, int, int], tuple[int, BaseException]] = {}
         #: Topics whose values are checked before their handler runs (json, text).
         self._formats = {topic: p.format for topic, p in policies.items() if p.format != "bytes"}
+
+    def format_of(self, topic: str) -> str | None:
+        """The format a topic's values are checked against before the handler (None: bytes)."""
+        return self._formats.get(topic)
 
     @property
     def checks_needed(self) -> bool:
@@ -195,14 +201,8 @@ class Failures:
                policy: FailurePolicy) -> tuple[int, str | None]:
         """This failure's attempt number, and the dead-letter reason if it is final."""
         held = self._attempts.get((message.topic, message.partition))
-        attempt = (held[1] if held is not None and held[0] == message.offset else 0) + 1
-        if isinstance(error, PoisonMessage):
-            return attempt, "deserialization"
-        if isinstance(error, DedupKeyFailed):
-            return attempt, "dedup_key"
-        if isinstance(error, policy.never_retry) and attempt < policy.attempts:
-            return attempt, "non_retryable"
-        return attempt, "handler_error" if attempt >= policy.attempts else None
+        return self._verdict_of(held[1] if held is not None and held[0] == message.offset
+                                else 0, error, policy)
 
     def failed(self, message: Message, error: BaseException, *,
                key: bytes | None = None) -> Verdict:
@@ -238,6 +238,81 @@ class Failures:
     def succeeded(self, message: Message) -> None:
         if self._attempts:
             self._attempts.pop((message.topic, message.partition), None)
+
+    # --- per message: routes with concurrency ---------------------------------------------------
+    # Many messages of a partition run at once, so attempts are kept per message (its
+    # coordinates) with a retry time each, and no partition is paused: the caller holds the
+    # failing message back (its key's or partition's later messages wait behind it).
+
+    def message_failed(self, message: Message, error: BaseException, *,
+                       key: bytes | None = None) -> tuple[Verdict, float]:
+        """:meth:`failed` for one message among many in flight: returns the verdict and, for
+        RETRY, the monotonic time of the next attempt (0.0 otherwise)."""
+        policy = self._policies[message.topic]
+        coordinates = (message.topic, message.partition, message.offset)
+        if isinstance(error, policy.stop_on):
+            return Verdict.STOP, 0.0
+        held = self._per_message.get(coordinates)
+        attempt, reason = self._verdict_of(held[0] if held else 0, error, policy)
+        if reason is None:
+            return Verdict.RETRY, self._retry_message(
+                message, attempt, policy.delay(attempt, self._rng), error)
+        if policy.dead_letter_topic is None:
+            return Verdict.STOP, 0.0
+        try:
+            self._sink.send(policy.dead_letter_topic, message, provenance(
+                message, error, group=self._group,
+                topic_id=self._topic_ids.get(message.topic, ""), reason=reason,
+                attempts=attempt, failed_at=self._wall(), key=key))
+        except DeadLetterFailed as failure:
+            self._observer.dead_letter_failed(message, failure)
+            if not failure.retriable:
+                raise
+            return Verdict.RETRY, self._retry_message(
+                message, max(attempt, policy.attempts), policy.max_backoff, error, count=False)
+        self._per_message.pop(coordinates, None)
+        self._observer.dead_lettered(message, reason, error)
+        return Verdict.DEAD_LETTERED, 0.0
+
+    def message_exhausted(self, message: Message) -> BaseException | None:
+        """The last error of a message that used up its attempts and only waits for its dead
+        letter; None otherwise (run the handler)."""
+        if not self._per_message:
+            return None
+        held = self._per_message.get((message.topic, message.partition, message.offset))
+        if held is None or held[0] < self._policies[message.topic].attempts:
+            return None
+        return held[1]
+
+    def message_succeeded(self, message: Message) -> None:
+        if self._per_message:
+            self._per_message.pop((message.topic, message.partition, message.offset), None)
+
+    def forget_messages(self, partitions: list[TP]) -> None:
+        """Partitions revoked or lost: their messages' attempts start afresh elsewhere."""
+        if self._per_message:
+            gone = set(partitions)
+            for coordinates in [c for c in self._per_message if c[:2] in gone]:
+                del self._per_message[coordinates]
+
+    def _retry_message(self, message: Message, attempt: int, delay: float,
+                       error: BaseException, *, count: bool = True) -> float:
+        self._per_message[(message.topic, message.partition, message.offset)] = (attempt, error)
+        if count:
+            self._observer.retry_scheduled(message, attempt, delay, error)
+        return self._monotonic() + delay
+
+    def _verdict_of(self, failed_before: int, error: BaseException,
+                    policy: FailurePolicy) -> tuple[int, str | None]:
+        """This failure's attempt number, and the dead-letter reason if it is final."""
+        attempt = failed_before + 1
+        if isinstance(error, PoisonMessage):
+            return attempt, "deserialization"
+        if isinstance(error, DedupKeyFailed):
+            return attempt, "dedup_key"
+        if isinstance(error, policy.never_retry) and attempt < policy.attempts:
+            return attempt, "non_retryable"
+        return attempt, "handler_error" if attempt >= policy.attempts else None
 
     def due(self) -> list[TP]:
         """Paused partitions whose backoff is over: resume them."""

@@ -91,8 +91,31 @@ class ConsumerCollector(Collector):
         for topic in sorted(set(self._events.topics) | set(per_topic)):
             paused.add_metric([self._group, topic], per_topic.get(topic, 0))
         yield paused
+        yield from self._concurrency(snapshot)
         yield from self._timings()
         yield from self._store_metrics()
+
+    def _concurrency(self, snapshot: LoopSnapshot) -> Iterable[Metric]:
+        group = self._group
+        in_flight = GaugeMetricFamily("consumer_handlers_in_flight",
+                                      METRICS["consumer_handlers_in_flight"],
+                                      labels=["group", "route"])
+        for route, count in sorted(snapshot.in_flight.items()):
+            in_flight.add_metric([group, route], count)
+        yield in_flight
+        queued = GaugeMetricFamily("consumer_partition_queued_messages",
+                                   METRICS["consumer_partition_queued_messages"],
+                                   labels=["group", "topic", "partition"])
+        gaps = GaugeMetricFamily("consumer_partition_gap_messages",
+                                 METRICS["consumer_partition_gap_messages"],
+                                 labels=["group", "topic", "partition"])
+        if snapshot.in_flight:  # only with concurrency: no empty series otherwise
+            for tp, progress in sorted(snapshot.partitions.items()):
+                labels = [group, tp[0], str(tp[1])]
+                queued.add_metric(labels, snapshot.queued.get(tp, 0))
+                gaps.add_metric(labels, progress.gap)
+        yield queued
+        yield gaps
 
     def _timings(self) -> Iterable[Metric]:
         instruments, group = self._instruments, self._group

@@ -86,6 +86,11 @@ METRICS: dict[str, str] = {
     "consumer_assigned_partitions": "Partitions assigned to this consumer.",
     "consumer_paused_partitions": "Assigned partitions not fetched now (waiting for a retry, "
                                   "or the store is unavailable).",
+    # --- concurrency (routes with concurrency above 1, or async handlers)
+    "consumer_handlers_in_flight": "Messages of the route whose handler is running now.",
+    "consumer_partition_queued_messages": "Messages polled and not started yet.",
+    "consumer_partition_gap_messages": "Messages finished above the partition's watermark "
+                                       "(not committable until the gap closes).",
 }
 
 #: Batches up to this size observe every message's age; larger ones a systematic sample.

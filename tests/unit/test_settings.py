@@ -360,3 +360,22 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="frozen"):
         settings.log_level = "DEBUG"
     assert isinstance(settings, Settings)
+
+
+def test_concurrency_and_ordering_default_to_todays_behaviour() -> None:
+    from consumer.settings import RouteSettings
+    route = RouteSettings(handler="h:f")
+    assert (route.concurrency, route.ordering) == (1, "key")
+
+
+def test_a_store_with_a_concurrent_route_is_refused_naming_the_route() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from consumer.settings import Settings
+    with pytest.raises(ValidationError,
+                       match=r"routes\.orders\.concurrency \(8\).*store support comes later"):
+        Settings.model_validate({
+            "kafka": {"bootstrap_servers": "b:9092", "group_id": "g"},
+            "routes": {"orders": {"handler": "h:f", "concurrency": 8}},
+            "store": {"url": "sqlite:///x.db"}})

@@ -1,0 +1,400 @@
+"""Direct mode's handler runs with concurrency: many messages in flight, checkpoints that never
+pass an unfinished one.
+
+The poll thread hands each polled message to its route's :class:`~.lanes.Lanes` (its ordering),
+starts what may start on the route's runner (:mod:`.runners`), and drains the completion queue:
+a finished message is marked in its partition's :class:`~.tracker.FinishedOffsets`, and the
+partition's watermark moves (:meth:`PartitionProgress.advance`) when the lowest unfinished
+offset does. A failure becomes a retry held at the head of its lane, a dead letter (produced
+here, on the poll thread), or a stop: :class:`HandlerFailed` is raised once the work already
+running has finished, so the checkpoint after it covers everything before the failing message.
+
+Only the poll thread calls this object; workers only put completions on the queue.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from consumer.checkpoint.progress import PartitionProgress
+from consumer.clock import Clock
+from consumer.dedup import KeyFunction
+from consumer.engine.concurrency.lanes import Lanes, Ordering
+from consumer.engine.concurrency.runners import (
+    AsyncRunner,
+    Completion,
+    Completions,
+    Job,
+    ThreadRunner,
+)
+from consumer.engine.concurrency.tracker import FinishedOffsets
+from consumer.engine.stopping import StopRequest
+from consumer.errors import HandlerFailed
+from consumer.events import HandlerTimings
+from consumer.failures.retries import Failures, Verdict
+from consumer.handler_call import WorkerCalls
+from consumer.kafka.protocol import Source
+from consumer.message import TP, Context, Message, Scope
+from consumer.routing import Handler, Router
+
+
+@dataclass(frozen=True)
+class RouteWork:
+    """How one route runs: at most ``concurrency`` in flight, in ``ordering``."""
+
+    concurrency: int
+    ordering: Ordering
+
+
+def is_async(handler: Handler) -> bool:
+    """Whether the handler is an ``async def`` function (checked once, at wiring)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None))  # noqa: B004 (a callable object's async __call__)
+
+
+class _Route:
+    __slots__ = ("handler", "lanes", "runner", "scope")
+
+    def __init__(self, handler: Handler, lanes: Lanes, scope: Scope,
+                 runner: ThreadRunner | None) -> None:
+        self.handler = handler
+        self.lanes = lanes
+        self.scope = scope
+        #: None: an async handler, run on the shared event loop.
+        self.runner = runner
+
+
+class ConcurrentDispatcher:
+    """Runs polled messages on workers, route by route; the poll thread keeps all state."""
+
+    def __init__(self, router: Router, work: Mapping[str, RouteWork], *, group: str,
+                 keys: Mapping[str, KeyFunction], failures: Failures, source: Source,
+                 clock: Clock, max_buffered: int, stop_wait: float,
+                 instruments: HandlerTimings | None = None) -> None:
+        self._failures = failures
+        self._source = source
+        self._clock = clock
+        self._max_buffered = max_buffered
+        #: Seconds a failure that stops the consumer waits for the work running beside it.
+        self._stop_wait = stop_wait
+        self._calls = WorkerCalls(instruments)
+        self._completions: Completions = queue.SimpleQueue()
+        self._routes: dict[str, _Route] = {}
+        self._async: AsyncRunner | None = None
+        for topic in router.topics:
+            handler = router.route_for(topic).handler
+            settings = work.get(topic, RouteWork(1, "key"))
+            runner = None
+            if is_async(handler):
+                if self._async is None:
+                    self._async = AsyncRunner(completions=self._completions,
+                                              clock=self._calls.clock)
+            else:
+                runner = ThreadRunner(handler, concurrency=settings.concurrency, name=topic,
+                                      completions=self._completions, clock=self._calls.clock)
+            self._routes[topic] = _Route(handler, Lanes(settings.ordering, settings.concurrency),
+                                         Scope(group, key_function=keys.get(topic)), runner)
+        #: Per assigned partition with work taken in: its finished offsets.
+        self._trackers: dict[TP, FinishedOffsets] = {}
+        #: Jobs running now, in the order they started: the oldest start is the first.
+        self._running: dict[Job, None] = {}
+        #: Running jobs per partition (revoke waits for its own).
+        self._running_per_partition: dict[TP, int] = {}
+        #: Messages done by completions drained outside :meth:`run` (reported by the next).
+        self._done = 0
+        #: A handler failure that stops the consumer, raised once running work finished.
+        self._stopping: HandlerFailed | None = None
+        #: The process failed or is stopping: no handler starts again.
+        self._closed = False
+        #: Partitions paused because their route's buffer share is full.
+        self._full: set[TP] = set()
+
+    # --- the loop's turn -----------------------------------------------------------------------
+
+    def run(self, messages: list[Message], partitions: Mapping[TP, PartitionProgress],
+            now: float, stop: StopRequest) -> int:
+        """Queue ``messages``, start what may start, take in what finished; returns how many
+        messages became done (their partition's watermark moved past them). Raises
+        HandlerFailed when a failure stops the consumer."""
+        if self._stopping is not None:
+            self._fail(partitions)
+        trackers = self._trackers
+        routes = self._routes
+        for message in messages:
+            if stop.requested:
+                break  # not taken: the next owner reads it again
+            tp = (message.topic, message.partition)
+            tracker = trackers.get(tp)
+            if tracker is None:
+                if tp not in partitions:
+                    continue  # revoked meanwhile
+                tracker = trackers[tp] = FinishedOffsets(*tp)
+            tracker.polled(message.offset)
+            routes[message.topic].lanes.push(message)
+        self._drain(partitions, block=0.0)
+        if not stop.requested:
+            self._start(partitions)
+        self._hold_back_full_routes(partitions)
+        if self._stopping is not None:
+            self._fail(partitions)
+        done, self._done = self._done, 0
+        return done
+
+    def room(self) -> int:
+        """Messages the buffer has room for. It holds what is polled and not started, and what
+        finished above a partition's watermark (the gap): so a message stuck in a handler
+        stops the intake once the gap behind it fills the buffer, which bounds what a crash
+        repeats."""
+        gap = sum(tracker.gap for tracker in self._trackers.values())
+        return max(0, self._max_buffered - self.buffered - gap)
+
+    @property
+    def room_total(self) -> int:
+        """The buffer's size: messages polled and not started, at most."""
+        return self._max_buffered
+
+    @property
+    def buffered(self) -> int:
+        return sum(route.lanes.queued for route in self._routes.values())
+
+    def wait(self, partitions: Mapping[TP, PartitionProgress], timeout: float,
+             room: int = 1) -> None:
+        """The buffer is full: wait up to ``timeout`` seconds for handlers to finish, until
+        the buffer has room for ``room`` messages (what finished is reported by the next
+        :meth:`run`)."""
+        deadline = self._clock.monotonic() + timeout
+        while self.room() < room and self._running:
+            left = deadline - self._clock.monotonic()
+            if left <= 0 or not self._drain(partitions, block=left):
+                break
+            if not self._closed and self._stopping is None:
+                self._start(partitions)
+
+    def settle(self, partitions: Mapping[TP, PartitionProgress], only: Collection[TP] | None,
+               timeout: float) -> None:
+        """Before the shutdown's or a revoke's checkpoint, for up to ``timeout`` seconds.
+
+        Shutdown (``only`` None): run everything polled, queued messages too, so the checkpoint
+        covers it and a planned restart repeats nothing that finished (a queued message left
+        behind would hold its partition's watermark below every message finished above it).
+        What has not started when the time is up, or waits for a retry beyond it, is dropped.
+        Revoke: drop what of ``only`` has not started (the rebalance waits for no new work) and
+        wait for what runs."""
+        deadline = self._clock.monotonic() + timeout
+        if only is None:
+            self._finish_queued(partitions, deadline)
+            self._closed = True
+        chosen = set(partitions if only is None else only)
+        self._drop(chosen)
+        while any(self._running_per_partition.get(tp) for tp in chosen):
+            left = deadline - self._clock.monotonic()
+            if left <= 0 or not self._drain(partitions, block=left, starting=False):
+                break
+
+    def _finish_queued(self, partitions: Mapping[TP, PartitionProgress],
+                       deadline: float) -> None:
+        """Start queued messages as lanes free up, until none is queued or the deadline."""
+        while self.buffered:
+            self._start(partitions)
+            if not self._running:
+                break  # what is left waits for a retry: the time would pass idle
+            left = deadline - self._clock.monotonic()
+            if left <= 0 or not self._drain(partitions, block=left):
+                break
+
+    def forget(self, partitions: Collection[TP]) -> None:
+        """Partitions revoked or lost: drop their queued work; results of their running work
+        are ignored when they come."""
+        chosen = set(partitions)
+        self._drop(chosen)
+        for tp in chosen:
+            self._trackers.pop(tp, None)
+            self._full.discard(tp)
+        self._failures.forget_messages(list(chosen))
+
+    def drop_pending(self) -> None:
+        """The process failed: no handler starts again; queued work is dropped."""
+        self._closed = True
+        self._drop(set(self._trackers))
+
+    def close(self) -> None:
+        """Stop the workers (the loop closed): nothing starts any more."""
+        self._closed = True
+        for route in self._routes.values():
+            if route.runner is not None:
+                route.runner.close()
+        if self._async is not None:
+            self._async.close()
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def in_flight(self) -> dict[str, int]:
+        return {topic: route.lanes.in_flight for topic, route in self._routes.items()}
+
+    def queued(self) -> dict[TP, int]:
+        found: dict[TP, int] = {}
+        for route in self._routes.values():
+            for tp, count in list(route.lanes.queued_per_partition.items()):
+                found[tp] = found.get(tp, 0) + count
+        return found
+
+    def gaps(self) -> dict[TP, int]:
+        return {tp: tracker.gap for tp, tracker in list(self._trackers.items())}
+
+    @property
+    def paused(self) -> frozenset[TP]:
+        """Partitions paused because their route's buffer share is full."""
+        return frozenset(self._full)
+
+    # --- inside ----------------------------------------------------------------------------------
+
+    def _start(self, partitions: Mapping[TP, PartitionProgress]) -> None:
+        if self._closed or self._stopping is not None:
+            return
+        now = self._clock.monotonic()
+        failures = self._failures
+        clock = self._calls.clock
+        started = clock() if clock is not None else 0.0
+        for topic, route in self._routes.items():
+            lanes = route.lanes
+            if lanes.next_retry_at is not None:
+                lanes.release(now)
+            jobs: list[Job] = []
+            fmt = failures.format_of(topic)
+            while (message := lanes.start()) is not None:
+                tp = (message.topic, message.partition)
+                exhausted = failures.message_exhausted(message)
+                job = Job(message, Context(route.scope, message), format=fmt,
+                          owner=self._trackers.get(tp), started=started)
+                self._running[job] = None
+                self._running_per_partition[tp] = self._running_per_partition.get(tp, 0) + 1
+                if exhausted is not None:  # only its dead letter is missing: no handler call
+                    self._completions.put((job, exhausted, 0.0))
+                else:
+                    jobs.append(job)
+            if jobs:
+                if route.runner is not None:
+                    route.runner.submit(jobs)
+                elif self._async is not None:
+                    self._async.submit(route.handler, jobs)  # type: ignore[arg-type]
+        self._report_oldest()
+
+    def _drain(self, partitions: Mapping[TP, PartitionProgress], *, block: float,
+               starting: bool = True) -> int:
+        """Take in every completion waiting (blocking up to ``block`` seconds for the first);
+        returns how many."""
+        completions = self._completions
+        taken = 0
+        try:
+            item = completions.get(timeout=block) if block > 0 else completions.get_nowait()
+            while True:
+                self._completed(item, partitions)
+                taken += 1
+                item = completions.get_nowait()
+        except queue.Empty:
+            pass
+        if taken:
+            self._report_oldest()
+        return taken
+
+    def _completed(self, item: Completion, partitions: Mapping[TP, PartitionProgress]) -> None:
+        job, error, seconds = item
+        message = job.message
+        tp = (message.topic, message.partition)
+        del self._running[job]
+        self._running_per_partition[tp] -= 1
+        lanes = self._routes[job.topic].lanes
+        if seconds:
+            self._calls.record(job.topic, seconds, failed=error is not None)
+        tracker = self._trackers.get(tp)
+        progress = partitions.get(tp)
+        if tracker is None or tracker is not job.owner or progress is None:
+            lanes.finished(message)  # lost or revoked meanwhile: abandoned
+            return
+        if error is None:
+            self._failures.message_succeeded(message)
+        elif not isinstance(error, Exception):
+            lanes.finished(message)
+            self._stop_with(message, error)
+            return
+        else:
+            verdict, retry_at = self._failures.message_failed(
+                message, error, key=_key_or_none(self._routes[job.topic].scope, message))
+            if verdict is Verdict.RETRY:
+                lanes.hold(message, retry_at)
+                return
+            if verdict is Verdict.STOP:
+                lanes.finished(message)
+                self._stop_with(message, error)
+                return
+        lanes.finished(message)
+        watermark, count = tracker.finish(message.offset)
+        if watermark is not None:
+            progress.advance(watermark, count, self._clock.monotonic())
+            self._done += count
+
+    def _stop_with(self, message: Message, error: BaseException) -> None:
+        if self._stopping is None:
+            self._stopping = HandlerFailed(message.topic, message.partition, message.offset,
+                                           error)
+            self._stopping.__cause__ = error
+
+    def _fail(self, partitions: Mapping[TP, PartitionProgress]) -> None:
+        """Raise the stopping failure once what runs beside it has finished (for
+        ``stop_wait`` seconds at most), so the checkpoint after it covers that work."""
+        self._closed = True
+        deadline = self._clock.monotonic() + self._stop_wait
+        while self._running:
+            left = deadline - self._clock.monotonic()
+            if left <= 0 or not self._drain(partitions, block=left, starting=False):
+                break
+        self.raise_failure()
+
+    def raise_failure(self) -> None:
+        """Raise the failure that stops the consumer, once, if one came."""
+        failure, self._stopping = self._stopping, None
+        if failure is not None:
+            raise failure
+
+    def _report_oldest(self) -> None:
+        running = self._running
+        self._calls.oldest_running(next(iter(running)).started if running else 0.0)
+
+    def _drop(self, partitions: set[TP]) -> None:
+        for route in self._routes.values():
+            route.lanes.drop(partitions)
+
+    def _hold_back_full_routes(self, partitions: Mapping[TP, PartitionProgress]) -> None:
+        """Pause the partitions of a route whose buffer share is full; resume them once it is
+        half empty. The loop keeps polling meanwhile, so the group never times out."""
+        share = max(1, self._max_buffered // len(self._routes))
+        pause: list[TP] = []
+        resume: list[TP] = []
+        for topic, route in self._routes.items():
+            queued = route.lanes.queued
+            if queued >= share:
+                pause.extend(tp for tp in partitions if tp[0] == topic and tp not in self._full)
+            elif queued <= share // 2:
+                resume.extend(tp for tp in self._full if tp[0] == topic)
+        if pause:
+            self._full.update(pause)
+        if resume:
+            self._full.difference_update(resume)
+            self._source.resume(resume)
+        if self._full:
+            self._source.pause([tp for tp in self._full if tp in partitions])
+
+
+def _key_or_none(scope: Scope, message: Message) -> bytes | None:
+    """The message's dedup key for its dead letter; None when it cannot be made."""
+    key_function = scope.key_function
+    if key_function is None:
+        return None
+    try:
+        return key_function(message)
+    except Exception:
+        return None
+

@@ -1,0 +1,127 @@
+"""Where handlers of routes with concurrency run: a bounded thread pool for plain ``def``
+handlers, one asyncio event loop in its own daemon thread for ``async def`` ones.
+
+The poll thread submits a :class:`Job` (it never submits more than the route's concurrency at
+once, so a pool of that many threads starts each job at once); the worker calls the handler and
+puts the job, its error (None: it returned) and its duration on the completion queue, which only
+the poll thread reads. Workers touch nothing else: not the Kafka client, not partition state,
+not the failure policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from consumer.failures.retries import check_format
+from consumer.message import Context, Message
+from consumer.routing import Handler
+
+
+class Job:
+    """One message handed to a worker, and what the poll thread needs back."""
+
+    __slots__ = ("context", "format", "message", "owner", "started", "topic")
+
+    def __init__(self, message: Message, context: Context, *, format: str | None,
+                 owner: object, started: float) -> None:
+        self.message = message
+        self.context = context
+        self.topic = message.topic
+        #: The value's declared format, checked before the handler (None: not checked).
+        self.format = format
+        #: The partition's tracker when the job started: a different one when it finishes
+        #: means the partition was lost or revoked meanwhile (the result is ignored).
+        self.owner = owner
+        #: The timer's clock when the poll thread submitted it (0.0: not timed).
+        self.started = started
+
+
+#: (job, the exception it raised or None, seconds the call took)
+Completion = tuple[Job, BaseException | None, float]
+Completions = queue.SimpleQueue[Completion]
+
+
+def _zero() -> float:
+    return 0.0
+
+
+class ThreadRunner:
+    """Runs one route's plain ``def`` handler on a pool of ``concurrency`` threads."""
+
+    def __init__(self, handler: Handler, *, concurrency: int, name: str,
+                 completions: Completions, clock: Callable[[], float] | None) -> None:
+        self._handler = handler
+        self._completions = completions
+        self._clock = clock or _zero
+        self._pool = ThreadPoolExecutor(max_workers=concurrency,
+                                        thread_name_prefix=f"consumer-{name}")
+
+    def submit(self, jobs: list[Job]) -> None:
+        run = self._run
+        submit = self._pool.submit
+        for job in jobs:
+            submit(run, job)
+
+    def _run(self, job: Job) -> None:
+        clock = self._clock
+        start = clock()
+        error: BaseException | None = None
+        try:
+            if job.format is not None:
+                check_format(job.message, job.format)
+            self._handler(job.message, job.context)
+        except BaseException as raised:  # every outcome goes back to the poll thread
+            error = raised
+        self._completions.put((job, error, clock() - start))
+
+    def close(self) -> None:
+        """Stop taking jobs; running ones finish on their own (their results are ignored)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+AsyncHandler = Callable[[Message, Context], Coroutine[Any, Any, object]]
+
+
+class AsyncRunner:
+    """Runs ``async def`` handlers on one event loop in a daemon thread, for every route."""
+
+    def __init__(self, *, completions: Completions, clock: Callable[[], float] | None) -> None:
+        self._completions = completions
+        self._clock = clock or _zero
+        self._loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="consumer-asyncio", daemon=True)
+        self._thread.start()
+
+    def submit(self, handler: AsyncHandler, jobs: list[Job]) -> None:
+        """Start ``jobs`` on the loop: one wake-up of the loop for the whole list."""
+        self._loop.call_soon_threadsafe(self._start, handler, jobs)
+
+    def _start(self, handler: AsyncHandler, jobs: list[Job]) -> None:
+        for job in jobs:
+            task = self._loop.create_task(self._run(handler, job))
+            self._tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, handler: AsyncHandler, job: Job) -> None:
+        clock = self._clock
+        start = clock()
+        error: BaseException | None = None
+        try:
+            if job.format is not None:
+                check_format(job.message, job.format)
+            await handler(job.message, job.context)
+        except BaseException as raised:  # cancellation included: it is an outcome too
+            error = raised
+        self._completions.put((job, error, clock() - start))
+
+    def close(self) -> None:
+        """Stop the loop; calls still awaiting are abandoned with it."""
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)

@@ -275,47 +275,59 @@ def largest_gap(calls: Iterable[Call], run: int, starts: Mapping[int, int]) -> i
 
 @dataclass(frozen=True)
 class CrashBound:
-    """What one SIGKILL may make later runs repeat, with ``synchronous_commits: true``.
+    """What one SIGKILL may make later runs repeat, from the settings (README, "What a crash
+    repeats"), with ``synchronous_commits: true`` and one route.
 
-    The next owner starts at the committed offset C of each partition (the watermark W of
-    the last confirmed checkpoint, made at time t0) and handles again every message at or
-    above C that the killed run had finished. Those are:
+    The next owner starts at the committed offset C of each partition and handles again every
+    message at or above C that the killed run had finished (its record written). Those are:
 
-    - what was already finished above C at t0: the gap at t0 (``gap``: the largest the run
-      had, measured from its records), plus calls that had ended but whose completion the loop
-      had not yet seen when it committed (at most ``concurrency``: they were in flight);
-    - what finished after t0: fewer than ``every_messages`` done messages (the next count
-      checkpoint would have been confirmed before the kill), plus what the loop turn that
-      reaches the count saw finish beyond it (at most ``concurrency``), plus calls that had
-      ended when the kill came and the loop had not seen (counted in the gap's sweep).
+    - finished between C and the watermark W: done messages whose commit was not confirmed,
+      fewer than ``every_messages`` (the loop takes no more than the checkpoint's room, and a
+      synchronous checkpoint is confirmed before the loop goes on);
+    - finished above W, the gap: the buffer (``kafka.max_buffered_messages``) holds both the
+      messages polled and not started and those finished above a watermark, so at most
+      ``max_buffered``;
+    - in flight: calls that had ended (recorded) when the kill came and whose completion the
+      loop had not seen, at most ``concurrency``.
 
-    So repeats per kill <= every_messages + 2 x concurrency + gap. Whatever the gap, a
-    commit interval larger than ``every_messages`` breaks it at a kill late in an interval.
+    So repeats per kill <= every_messages + concurrency + max_buffered.
     """
 
     every_messages: int
     concurrency: int
-    gap: int
+    max_buffered: int
 
     @property
     def total(self) -> int:
-        return self.every_messages + 2 * self.concurrency + self.gap
+        return self.every_messages + self.concurrency + self.max_buffered
 
     def __str__(self) -> str:
-        return (f"every_messages {self.every_messages} + 2 x concurrency {self.concurrency} + "
-                f"largest gap {self.gap} = {self.total}")
+        return (f"every_messages {self.every_messages} + concurrency {self.concurrency} + "
+                f"max_buffered_messages {self.max_buffered} = {self.total}")
 
 
-def check_repeats(calls: Sequence[Call], *, every_messages: int, concurrency: int,
-                  starts: Mapping[int, Mapping[int, int]]) -> list[tuple[int, int, CrashBound]]:
-    """Raise TooManyRepeats if a kill made later runs repeat more than its :class:`CrashBound`;
-    ``starts`` maps each run to the offsets it began at. Returns (run, repeats, bound) per
-    kill, for the test's report."""
-    found = []
-    for run, count in repeats_per_kill(calls):
-        bound = CrashBound(every_messages, concurrency, largest_gap(calls, run, starts[run]))
-        found.append((run, count, bound))
-    problems = [f"run {run} was killed and {count} of its messages were handled again, more "
-                f"than {bound}" for run, count, bound in found if count > bound.total]
+@dataclass(frozen=True)
+class Kill:
+    """One killed run: what later runs repeated of it, and its largest gap (from records)."""
+
+    run: int
+    repeats: int
+    largest_gap: int
+
+
+def check_repeats(calls: Sequence[Call], bound: CrashBound,
+                  starts: Mapping[int, Mapping[int, int]]) -> list[Kill]:
+    """Raise TooManyRepeats if a kill made later runs repeat more than ``bound``, or if a
+    killed run's records show a gap above the watermark larger than the buffer allows
+    (``max_buffered`` plus the calls ended and not yet seen, ``concurrency``). ``starts``
+    maps each run to the offsets it began at. Returns the kills, for the test's report."""
+    kills = [Kill(run, count, largest_gap(calls, run, starts[run]))
+             for run, count in repeats_per_kill(calls)]
+    problems = [f"run {k.run} was killed and {k.repeats} of its messages were handled again, "
+                f"more than {bound}" for k in kills if k.repeats > bound.total]
+    problems += [f"run {k.run} had {k.largest_gap} messages finished above a watermark, more "
+                 f"than max_buffered_messages {bound.max_buffered} + concurrency "
+                 f"{bound.concurrency}" for k in kills
+                 if k.largest_gap > bound.max_buffered + bound.concurrency]
     _fail(TooManyRepeats, "kills repeated more than the bound", problems)
-    return found
+    return kills

@@ -33,6 +33,7 @@ from tests.support.concurrency_check import (
     max_parallel,
     read_calls,
     read_starts,
+    repeats_by_run,
     runs_in_order,
 )
 from tests.support.kafka import (
@@ -269,6 +270,65 @@ def test_sigkill_repeats_stay_within_the_bound(
     kills = check_repeats(calls, bound, starts)
     print(f"bound {bound}; per kill (repeats, largest gap):",
           [(k.repeats, k.largest_gap) for k in kills])
+
+
+def test_two_members_sigkill_and_rebalance_repeat_within_the_bound(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Two members share 6 partitions; member b is SIGKILLed twice at random moments, a takes
+    its partitions over, b is restarted and a rebalance hands some back (revoking them from a
+    while its handlers run). Every message is handled; keys stay in order across members (a
+    revoked partition's running work ends before the next owner starts it); each kill of b
+    repeats at most b's CrashBound; a, never killed, repeats at most its buffer per revoke
+    (running work finishes and is committed, but a revoke drops the queued messages, and the
+    next owner repeats what had finished above the first of them)."""
+    total, concurrency = 60_000, 20
+    bound = CrashBound(every_messages=500, concurrency=concurrency, max_buffered=1_000)
+    plan = Plan(total, seed=17)
+    topic = _produced(kafka_bootstrap, plan, "conc-two")
+    config = _config(kafka_bootstrap, topic, handler=SYNC, concurrency=concurrency,
+                     ordering="key", every_messages=bound.every_messages, every_seconds=None,
+                     synchronous_commits=True, max_buffered_messages=bound.max_buffered)
+    env = {"CONC_DELAY_MIN_MS": "5", "CONC_DELAY_MAX_MS": "15"}
+    rng = random.Random()
+    a = ConsumerProcess(tmp_path, "a", config, env=env).start()
+    b_runs: list[int] = []
+    try:
+        for attempt in range(2):
+            # Each run of b has its own log: a killed run's partitions are never revoked in it.
+            b = ConsumerProcess(tmp_path, f"b{attempt}", config, env=env).start()
+            assert b.process is not None
+            b_runs.append(b.process.pid)
+            wait_for(lambda: bool(b.owned_partitions()) and not (  # noqa: B023
+                a.owned_partitions() & b.owned_partitions()), timeout=60,  # noqa: B023
+                what=f"a and b to split the partitions ({b.log_tail()})")
+            _kill_after(b, RecordFile(b.record_file), rng.randint(500, 2_000))
+            wait_for(lambda: a.owned_partitions() == set(range(PARTITIONS)), timeout=60,
+                     what=f"a to take b's partitions over ({a.log_tail()})")
+        b = ConsumerProcess(tmp_path, "b2", config, env=env).start()
+        records = [RecordFile(tmp_path / f"{name}.records") for name in ("a", "b0", "b1", "b2")]
+        wait_for(lambda: len(set().union(*(r.done() for r in records))) >= total,
+                 timeout=180, interval=0.5, what=f"every message handled ({a.log_tail()})")
+        for member in (a, b):
+            member.signal(signal.SIGTERM)
+        assert a.wait() == 0, a.log_tail()
+        assert b.wait() == 0, b.log_tail()
+    finally:
+        a.stop_if_running()
+        b.stop_if_running()
+    assert _offsets_at_end(kafka_bootstrap, config["kafka"]["group_id"], topic)
+
+    calls = [call for r in records for call in read_calls(r.path)]
+    check_all_handled(calls, plan.expected)
+    check_order(calls, lane="key", expected=plan.expected)
+    assert a.process is not None
+    repeats = repeats_by_run(calls)
+    print(f"bound {bound}; repeats by run: {repeats}")
+    revokes = a.log_file.read_text().count("consumer.engine: revoked ")
+    assert repeats.get(a.process.pid, 0) <= revokes * bound.max_buffered, (
+        f"a repeated more than max_buffered_messages per revoke ({revokes} revokes)")
+    over = {run: n for run, n in repeats.items() if run in b_runs and n > bound.total}
+    assert not over, f"kills of b repeated more than {bound}: {over}"
 
 
 def test_a_failing_key_holds_back_only_itself(kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -69,8 +69,7 @@ class RecordFile:
         self.path = path
         self._read = 0
         self._calls: list[Call] = []
-        #: (partition, offset) of every message handled successfully so far.
-        self.done: set[tuple[int, int]] = set()
+        self._done: set[tuple[int, int]] = set()
 
     def calls(self) -> list[Call]:
         if self.path.exists():
@@ -85,14 +84,18 @@ class RecordFile:
                     self._calls.append(Call(int(pid), key, int(p), int(o), int(seq),
                                             int(start), int(end), worker, outcome == "ok"))
                 if outcome == "ok":
-                    self.done.add((int(p), int(o)))
+                    self._done.add((int(p), int(o)))
         return self._calls
 
 
+    def done(self) -> set[tuple[int, int]]:
+        """(partition, offset) of every message handled successfully so far, all runs."""
+        self.calls()
+        return self._done
+
     def handled(self) -> int:
         """How many messages were handled successfully, all runs together."""
-        self.calls()
-        return len(self.done)
+        return len(self.done())
 
 
 def read_starts(path: Path) -> list[Start]:
@@ -245,6 +248,25 @@ def repeats_per_kill(calls: Sequence[Call]) -> list[tuple[int, int]]:
         found.append((run, len(done[run] & later)))
         later |= done[run]
     return list(reversed(found))[:-1]
+
+
+def repeats_by_run(calls: Iterable[Call]) -> dict[int, int]:
+    """Per run, how many of the messages it handled another run handled again afterwards (a
+    call that began after the run's call ended). For members running side by side: a member
+    that lost its partitions only to a rebalance should count none (what it finished was
+    committed before the partitions went); a killed one, what its kill cost."""
+    by_message: dict[tuple[int, int], list[Call]] = defaultdict(list)
+    for call in calls:
+        if call.ok:
+            by_message[(call.partition, call.offset)].append(call)
+    repeats: dict[int, int] = defaultdict(int)
+    for handled in by_message.values():
+        if len(handled) == 1:
+            continue
+        for call in handled:
+            if any(other.run != call.run and other.start >= call.end for other in handled):
+                repeats[call.run] += 1
+    return dict(repeats)
 
 
 def largest_gap(calls: Iterable[Call], run: int, starts: Mapping[int, int]) -> int:

@@ -50,9 +50,14 @@ def produce(
     partition: Callable[[int], int] | None = None,
     headers: Callable[[int], list[tuple[str, bytes]]] | None = None,
     timeout: float = 60.0,
+    in_order: bool = False,
 ) -> int:
-    """Produce every value, wait for each delivery report, and fail on any delivery error."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    """Produce every value, wait for each delivery report, and fail on any delivery error.
+
+    ``in_order``: an idempotent producer, so a retried batch cannot land behind a later one
+    (each partition's log then holds its values in the order given)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+                         "enable.idempotence": in_order})
     errors: list[str] = []
     delivered = 0
 

@@ -50,11 +50,6 @@ pytestmark = pytest.mark.integration
 
 MESSAGES = int(os.environ.get("CONSUMER_CONCURRENCY_MESSAGES", "100000"))
 KEYS, PARTITIONS = 1_000, 6
-#: The loop blocks in poll this long before it starts the next queued message of a lane when
-#: nothing new arrives (test_a_keys_backlog_drains_at_handler_speed_once_the_topic_is_idle,
-#: a known bug): at the default 0.5 s a 100,000-message run would take many minutes. Back to
-#: the default once the loop wakes when a handler finishes.
-POLL_TIMEOUT = 0.002
 SYNC = "tests.support.concurrent_handlers:handle"
 ASYNC = "tests.support.concurrent_handlers:handle_async"
 
@@ -84,7 +79,6 @@ class Plan:
 
 def _config(bootstrap: str, topic: str, *, handler: str, concurrency: int, ordering: str,
             group: str | None = None, **options: Any) -> dict[str, Any]:
-    options.setdefault("poll_timeout_seconds", POLL_TIMEOUT)
     config = consumer_config(bootstrap, group or unique_name("conc"), topic,
                              every_messages=options.pop("every_messages", 2_000),
                              every_seconds=options.pop("every_seconds", 1.0),
@@ -371,10 +365,6 @@ def test_a_failing_key_holds_back_only_itself(kafka_bootstrap: str, tmp_path: Pa
         "a later message of the failing key started before its dead letter was produced")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: with nothing new to poll, the loop blocks in poll for poll_timeout_seconds "
-    "before it starts the next queued message of a lane, so a key's backlog drains at one "
-    "message per 0.5 s"))
 def test_a_keys_backlog_drains_at_handler_speed_once_the_topic_is_idle(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

@@ -139,6 +139,7 @@ class StoreCheckpoint:
                 counts[tp] = counts.get(tp, 0) + 1
             rows = [CheckpointRow(tp[0], tp[1], offset, self._partitions[tp].epoch)
                     for tp, offset in watermarks.items()]
+            rows += self._unmoved_rows(watermarks)
             fenced = store.write_checkpoints(self._group, rows, self._now())
             if fenced:
                 raise Fenced(self._group, fenced)
@@ -291,6 +292,21 @@ class StoreCheckpoint:
         if release:
             store.unclaim(group, release)
         return watermarks, counts
+
+    def _unmoved_rows(self, watermarks: Mapping[TP, int]) -> list[CheckpointRow]:
+        """The rows of partitions this batch holds whose watermark did not move (their first
+        message failed): written unchanged, so the fence still checks they are ours before a
+        failure is acted on (a zombie must not produce a dead letter, nor seek, for a
+        partition a newer owner has). A partition with nothing done since it was assigned has
+        no offset to write; the new owner's claims keep its effects single there."""
+        rows = []
+        for tp in {(m.topic, m.partition) for m in self._messages}:
+            if tp in watermarks:
+                continue
+            progress = self._partitions.get(tp)
+            if progress is not None and progress.watermark is not None:
+                rows.append(CheckpointRow(tp[0], tp[1], progress.watermark, progress.epoch))
+        return rows
 
     def _carried_letters(self) -> dict[TP, int]:
         """Dead-lettered messages of assigned partitions that this batch does not hold (not

@@ -22,10 +22,11 @@ from consumer.errors import (
     StoreUnavailable,
 )
 from consumer.events import Trigger
+from consumer.failures.retries import Failures, build_policies
 from consumer.message import TP, Message
 from consumer.routing import Route, Router
 from consumer.store.sqlite import SQLiteStore
-from consumer.testing import InMemorySource, RecordingObserver
+from consumer.testing import InMemoryDeadLetterSink, InMemorySource, RecordingObserver
 from tests.support.store_harness import (
     GROUP,
     HEADER,
@@ -39,6 +40,7 @@ from tests.support.store_harness import (
     processed,
     store_path,
 )
+from tests.support.wiring import loop_settings
 
 P0: TP = ("t", 0)
 P1: TP = ("t", 1)
@@ -293,6 +295,38 @@ def test_fenced_partition_rolls_back_the_whole_batch(
     assert partitions[P0].watermark is None
     assert partitions[P1].watermark is None
     assert not store.connection.in_transaction
+
+
+def test_a_zombie_whose_batch_fails_at_its_first_message_is_fenced_before_dead_lettering(
+    tmp_path: Path, store: SQLiteStore, source: InMemorySource
+) -> None:
+    """The batch's first message of p0 fails and goes to the dead-letter topic, so p0's row
+    would not move: the batch must still check that p0 is ours (a newer owner bumped its
+    epoch) before the letter is produced. Without that check the zombie committed its empty
+    batch and produced a letter for a message it no longer owned."""
+    partitions = assigned(store, [P0])
+    first = run_batch(store, source, events(0, [0, 1]), EffectWriter(), partitions)
+    assert first.committed == {P0: 2}
+    newer_owner = SQLiteStore(store_path(tmp_path))
+    newer_owner.assign(GROUP, [P0], 2.0)
+    newer_owner.close()
+
+    sink = InMemoryDeadLetterSink()
+    settings = loop_settings(["t"], group=GROUP, route={
+        "on_failure": "dead_letter", "retry": {"attempts": 1}})
+    failures = Failures(build_policies(settings), sink=sink, group=GROUP,
+                        observer=RecordingObserver(), monotonic=lambda: 0.0)
+    checkpoint = StoreCheckpoint(
+        Trigger.COUNT, events(0, [2, 3]), partitions, store=store, source=source,
+        router=Router([Route("t", EffectWriter(fail_at=[("t", 0, 2)]), "tests:handler")]),
+        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
+        group=GROUP, now=lambda: 1_000.0, failures=failures,
+        commits=KafkaCommits(source, observer=RecordingObserver(), monotonic=lambda: 0.0),
+    )
+    with pytest.raises(Fenced):
+        checkpoint.run()
+    assert sink.sent == []
+    assert partitions[P0].watermark == 2
 
 
 def test_a_checkpoint_row_ahead_of_the_batch_raises_offset_went_backwards_and_rolls_back(

@@ -219,6 +219,19 @@ class Failures:
                                      error)
         if policy.dead_letter_topic is None:
             return Verdict.STOP
+        if not self._send_letter(policy, message, error, reason, attempt, key):
+            # Keep the attempt count: the next try goes straight to the dead-letter topic.
+            return self._retry_later(message, tp, max(attempt, policy.attempts),
+                                     policy.max_backoff, error, count=False)
+        self._attempts.pop(tp, None)
+        self._observer.dead_lettered(message, reason, error)
+        return Verdict.DEAD_LETTERED
+
+    def _send_letter(self, policy: FailurePolicy, message: Message, error: BaseException,
+                     reason: str, attempt: int, key: bytes | None) -> bool:
+        """Produce the message's dead letter; False when the broker did not take it and
+        another try can help (raises DeadLetterFailed when it cannot)."""
+        assert policy.dead_letter_topic is not None
         try:
             self._sink.send(policy.dead_letter_topic, message, provenance(
                 message, error, group=self._group,
@@ -228,12 +241,8 @@ class Failures:
             self._observer.dead_letter_failed(message, failure)
             if not failure.retriable:
                 raise
-            # Keep the attempt count: the next try goes straight to the dead-letter topic.
-            return self._retry_later(message, tp, max(attempt, policy.attempts),
-                                     policy.max_backoff, error, count=False)
-        self._attempts.pop(tp, None)
-        self._observer.dead_lettered(message, reason, error)
-        return Verdict.DEAD_LETTERED
+            return False
+        return True
 
     def succeeded(self, message: Message) -> None:
         if self._attempts:
@@ -259,15 +268,7 @@ class Failures:
                 message, attempt, policy.delay(attempt, self._rng), error)
         if policy.dead_letter_topic is None:
             return Verdict.STOP, 0.0
-        try:
-            self._sink.send(policy.dead_letter_topic, message, provenance(
-                message, error, group=self._group,
-                topic_id=self._topic_ids.get(message.topic, ""), reason=reason,
-                attempts=attempt, failed_at=self._wall(), key=key))
-        except DeadLetterFailed as failure:
-            self._observer.dead_letter_failed(message, failure)
-            if not failure.retriable:
-                raise
+        if not self._send_letter(policy, message, error, reason, attempt, key):
             return Verdict.RETRY, self._retry_message(
                 message, max(attempt, policy.attempts), policy.max_backoff, error, count=False)
         self._per_message.pop(coordinates, None)

@@ -53,6 +53,10 @@ class KafkaSettings(_Section):
     client_id: str = "checkpoint-consumer"
     auto_offset_reset: Literal["earliest", "latest", "error"] = "earliest"
     session_timeout_ms: int = Field(default=45_000, gt=0)
+    #: Static group membership (librdkafka's ``group.instance.id``), unique per process, e.g.
+    #: the pod's name: a member back within ``session_timeout_ms`` keeps its partitions, with
+    #: no rebalance; a member gone for good holds them that long. None: dynamic membership.
+    group_instance_id: str | None = Field(default=None, min_length=1)
     max_poll_interval_ms: int = Field(default=300_000, gt=0)
     #: Messages taken per poll; also an upper bound on work between two loop turns.
     poll_batch_size: int = Field(default=500, ge=1, le=100_000)

@@ -76,6 +76,8 @@ class KafkaSource:
             "on_commit": self._commit_cb,
             "logger": logging.getLogger("consumer.librdkafka"),
         }
+        if s.group_instance_id is not None:
+            config["group.instance.id"] = s.group_instance_id
         if self._on_statistics is not None:
             config["stats_cb"] = self._on_statistics
             config["statistics.interval.ms"] = 1000  # librdkafka.statistics.interval.ms wins

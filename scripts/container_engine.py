@@ -67,9 +67,9 @@ class Engine:
     command: tuple[str, ...]
     common: tuple[str, ...] = field(default=())
 
-    def argv(self, verb: str, *args: str) -> list[str]:
-        """``podman run --runtime runc --network host --ulimit ... <args>`` (docker: no extras)."""
-        return [*self.command, verb, *self.common, *args]
+    def with_flags(self, verb: str, *args: str) -> list[str]:
+        """``run --runtime runc --network host --ulimit ... <args>`` (docker: --network only)."""
+        return [verb, *self.common, *args]
 
     def run(self, *args: str, timeout: float = 120, check: bool = True
             ) -> subprocess.CompletedProcess[str]:
@@ -205,7 +205,7 @@ def _install_podman() -> str:
         return "podman is not installed and there is no apt-get to install it"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                 ["apt-get", "install", "-y", "-qq",
                   *PODMAN_PACKAGES]):
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
         if done.returncode != 0:
@@ -276,7 +276,7 @@ def build_image(engine: Engine, tag: str, context: Path = REPO_ROOT) -> None:
     if engine.kind == "podman":
         # docker format: OCI images drop HEALTHCHECK; never: the base is local, no registry.
         args += ["--format", "docker", "--pull=never"]
-    command = engine.argv("build", *args, "--tag", tag, str(context))
+    command = [*engine.command, *engine.with_flags("build", *args, "--tag", tag, str(context))]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise BuildFailed(f"{' '.join(command)} exited {done.returncode}:\n"
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         engine = find_engine()
         if args.action == "which":
-            print(" ".join(engine.argv("run")))
+            print(" ".join([*engine.command, *engine.with_flags("run")]))
         elif args.action == "base":
             print(ensure_base_image(engine))
         else:

@@ -116,9 +116,18 @@ def ledger(store: StoreUnderTest, topic: str) -> tuple[int, int]:
     return int(total), int(distinct)
 
 
-def events(topic: str, start: int, count: int) -> list[bytes]:
-    return [json.dumps({"event": f"{topic}-{i}", "account": f"{topic}-acc-{i % 5}",
-                        "amount": 1}).encode() for i in range(start, start + count)]
+def produce_events(bootstrap: str, topic: str, start: int, count: int) -> None:
+    """Ledger events, each with its id as the ``idempotency-key`` header (the route's default
+    dedup key), so the store keeps one processed-key row per event."""
+    produce(bootstrap, topic,
+            [json.dumps({"event": f"{topic}-{i}", "account": f"{topic}-acc-{i % 5}",
+                         "amount": 1}).encode() for i in range(start, start + count)],
+            headers=lambda i: [("idempotency-key", f"{topic}-{start + i}".encode())])
+
+
+def processed_keys(store: StoreUnderTest, group: str) -> int:
+    return int(store.scalar("SELECT count(*) FROM consumer_processed_keys WHERE group_id = %s",
+                            (group,)))
 
 
 def http_status(url: str) -> int:
@@ -168,7 +177,7 @@ def test_the_image_consumes_commits_is_scraped_and_stops_cleanly(
                    "CONSUMER_METRICS__PORT": str(port)}
     name = unique_name("consumer")
     container = Container(engine, name)
-    produce(kafka_bootstrap, topic, events(topic, 0, 200))
+    produce_events(kafka_bootstrap, topic, 0, 200)
 
     with prometheus_server(tmp_path, "consumer", [f"127.0.0.1:{port}"]) as prometheus:
         # podman: no systemd for its healthcheck timers here, so the check is run by hand.
@@ -181,6 +190,7 @@ def test_the_image_consumes_commits_is_scraped_and_stops_cleanly(
         try:
             wait_all_committed(kafka_bootstrap, store, group, topic, 200, container)
             assert ledger(store, topic) == (200, 200)
+            assert processed_keys(store, group) == 200
             wait_for(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200,
                      timeout=30, what=f"/readyz 200 ({container.logs()})")
             assert_healthy(container)
@@ -199,10 +209,11 @@ def test_the_image_consumes_commits_is_scraped_and_stops_cleanly(
             assert container.state("ExitCode") == "0", container.logs()
             assert stopped_in < GRACE_SECONDS, f"stop took {stopped_in:.1f} s"
 
-            produce(kafka_bootstrap, topic, events(topic, 200, 100))
+            produce_events(kafka_bootstrap, topic, 200, 100)
             engine.run("start", name)
             wait_all_committed(kafka_bootstrap, store, group, topic, 300, container)
             assert ledger(store, topic) == (300, 300), "an event was applied twice"
+            assert processed_keys(store, group) == 300
             engine.run("stop", name, timeout=GRACE_SECONDS + 30)
             assert container.state("ExitCode") == "0", container.logs()
         finally:

@@ -176,3 +176,13 @@ def test_the_base_image_is_the_one_the_dockerfile_names() -> None:
 @pytest.mark.parametrize("duration, expected", [("40s", 40), ("1m30s", 90), ("500ms", 0.5)])
 def test_compose_durations_parse(duration: str, expected: float) -> None:
     assert seconds(duration) == expected
+
+
+def test_without_podman_or_docker_the_engine_is_unavailable_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The container test turns this into its loud skip (or, in CI, a failure)."""
+    monkeypatch.setattr(container_engine.shutil, "which", lambda name: None)
+    with pytest.raises(container_engine.EngineUnavailable,
+                       match=r"podman is not installed.*docker"):
+        container_engine.find_engine(install=False)

@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SERVICES := $(PY) scripts/with_services.py
 
-.PHONY: demo test lint typecheck unit integration bench services-up services-down clean promtool
+.PHONY: demo test lint typecheck unit integration bench services-up services-down clean promtool \
+	container-engine
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +20,20 @@ demo: $(VENV)/.installed
 	$(SERVICES) --kafka -- $(PY) scripts/demo.py
 
 ## test: lint, type check, then the whole suite against a real Kafka and PostgreSQL
-test: lint typecheck promtool
+test: lint typecheck promtool container-engine
 	$(SERVICES) --kafka --postgres -- $(PY) -m pytest
 
-# The alert-rule tests need promtool: found on PATH or unpacked from Debian's prometheus package.
+# The alert-rule tests need promtool, the container test a Prometheus server: found on PATH or
+# unpacked from Debian's prometheus package.
 promtool:
 	scripts/ensure_promtool.sh
+	scripts/ensure_promtool.sh prometheus
+
+# The container test needs podman and runc (apt-get installs them when missing and root) or a
+# Docker engine, and on podman the stand-in base image (about 2 minutes the first time, then
+# cached in .local/container). Without an engine the test says so and skips (CI: fails).
+container-engine: $(VENV)/.installed
+	-$(PY) scripts/container_engine.py base
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -65,7 +65,7 @@ def test_the_dashboard_shows_lag_in_seconds_and_checkpoint_age() -> None:
 
 
 def test_the_compose_stack_wires_consumer_prometheus_and_grafana_to_files_that_exist() -> None:
-    """docker-compose.yml is not run here (no Docker engine): check its shape instead. Every
+    """The compose stack as a whole needs a Docker engine; here its wiring is checked. Every
     file it mounts exists, Prometheus scrapes the consumer's metrics port, and Grafana
     provisions the dashboard from config/."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())

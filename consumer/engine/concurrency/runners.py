@@ -11,6 +11,7 @@ not the failure policy.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -87,18 +88,34 @@ class ThreadRunner:
 AsyncHandler = Callable[[Message, Context], Coroutine[Any, Any, object]]
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when uvloop is installed (the ``uvloop`` extra), else asyncio's.
+
+    uvloop runs the loop's own work (timers, ready callbacks, the wake-ups from the poll
+    thread) in C: with many handlers awaiting short waits, that work is most of what the
+    loop's thread does, and the poll thread shares the interpreter with it."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 class AsyncRunner:
-    """Runs ``async def`` handlers on one event loop in a daemon thread, for every route.
+    """Runs ``async def`` handlers on one event loop in a daemon thread, for every route
+    (uvloop's when it is installed: :func:`new_event_loop`).
 
     Each route's calls run in long-lived worker coroutines, one per message in flight at most
     (the poll thread never submits more than the route's concurrency): a worker that finished
     waits for its next job instead of ending, so a message costs the loop one wake-up of a
     waiting worker rather than a new task and its done callback."""
 
-    def __init__(self, *, completions: Completions, clock: Callable[[], float] | None) -> None:
+    def __init__(self, *, completions: Completions, clock: Callable[[], float] | None,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] = new_event_loop) -> None:
         self._completions = completions
         self._clock = clock or _zero
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop_factory()
         #: Worker tasks (the loop keeps only weak references to tasks).
         self._tasks: set[asyncio.Task[None]] = set()
         #: Per handler: its idle workers, each waiting on its future for the next job.

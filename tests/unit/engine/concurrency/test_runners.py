@@ -4,9 +4,13 @@ every outcome, and end with the loop."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import queue
+from collections.abc import Callable
 
-from consumer.engine.concurrency.runners import AsyncRunner, Completion, Job
+import pytest
+
+from consumer.engine.concurrency.runners import AsyncRunner, Completion, Job, new_event_loop
 from consumer.message import Context, Message, Scope
 
 
@@ -19,9 +23,16 @@ def jobs(count: int) -> list[Job]:
     return found
 
 
-def test_async_workers_run_each_job_once_and_keep_going_after_a_failure() -> None:
+#: Both loops a runner may get: asyncio's always, uvloop's where the extra is installed.
+LOOPS = [asyncio.new_event_loop] + (
+    [new_event_loop] if importlib.util.find_spec("uvloop") is not None else [])
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS, ids=lambda factory: factory.__module__)
+def test_async_workers_run_each_job_once_and_keep_going_after_a_failure(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
     completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
-    runner = AsyncRunner(completions=completions, clock=None)
+    runner = AsyncRunner(completions=completions, clock=None, loop_factory=loop_factory)
     seen: list[int] = []
 
     async def handler(message: Message, _context: Context) -> None:
@@ -44,3 +55,12 @@ def test_async_workers_run_each_job_once_and_keep_going_after_a_failure() -> Non
     runner._thread.join(5)
     assert not runner._thread.is_alive()
     assert all(task.done() for task in runner._tasks)  # the idle workers ended with the loop
+
+
+def test_the_loop_is_uvloops_when_uvloop_is_installed() -> None:
+    loop = new_event_loop()
+    try:
+        expected = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+        assert type(loop).__module__.split(".")[0] == expected
+    finally:
+        loop.close()

@@ -1,13 +1,15 @@
-"""PostgreSQL transactions of one message each, on pooled connections (psycopg_pool), for
-handlers that run concurrently.
+"""PostgreSQL transactions of one message (or one worker's micro-batch) each, on pooled
+connections (psycopg_pool), for handlers that run concurrently.
 
 Each :meth:`PostgresTransactions.apply` borrows a connection, and in one transaction on it
 claims the message's dedup key (``INSERT … ON CONFLICT DO NOTHING RETURNING``), runs the
-handler's work with ``context.db`` bound to that connection, and commits. Only the caller's
-thread uses the connection until it goes back to the pool; the pool rolls back whatever a
-connection still holds when it comes back and replaces a broken one. Every connection keeps
-the store's session limits (lock wait, idle open transaction, TCP keepalives), so a frozen
-peer costs a claim at most ``lock_timeout`` per attempt. Thread-safe.
+handler's work with ``context.db`` bound to that connection, and commits.
+:meth:`PostgresTransactions.apply_batch` does the same for several messages with one claim
+statement and one commit; any failure inside rolls it back and runs them again one by one.
+Only the caller's thread uses the connection until it goes back to the pool; the pool rolls
+back whatever a connection still holds when it comes back and replaces a broken one. Every
+connection keeps the store's session limits (lock wait, idle open transaction, TCP
+keepalives), so a frozen peer costs a claim at most ``lock_timeout`` per attempt. Thread-safe.
 """
 
 from __future__ import annotations

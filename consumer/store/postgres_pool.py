@@ -108,6 +108,13 @@ class PostgresTransactions:
                         f"{str(error).strip()}) on PostgreSQL store {self._where}; it rolled "
                         "back and is retried, it is not the message's failure") from error
                 raise
+            if conn.info.transaction_status == TransactionStatus.INERROR:
+                _rollback_quietly(conn)
+                raise StoreError(
+                    f"the handler of {claim.topic}[{claim.partition}]@{claim.offset} caught a "
+                    f"database error and returned on PostgreSQL store {self._where}: its "
+                    "transaction had failed, so nothing of it was committed. Let database "
+                    "errors leave the handler (the store retries transient ones)")
             # 3. commit the effects with the key
             with self._errors():
                 conn.commit()

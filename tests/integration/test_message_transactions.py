@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumer.errors import StoreUnavailable
+from consumer.errors import StoreError, StoreUnavailable
 from consumer.message import StoreLike
 from consumer.store import Claim, MessageTransactions, PostgresSession
 from consumer.store.postgres import PostgresStore
@@ -340,6 +340,7 @@ def test_a_work_swallowing_its_database_error_does_not_take_its_neighbours_down(
     works = [write(0), swallowing(1), write(2)]
     outcomes = transactions.apply_batch(GROUP, [claim(n) for n in range(3)], 1.0, works)
     assert outcomes[0] is True and outcomes[2] is True
+    assert isinstance(outcomes[1], StoreError)
     assert counts(store).get(0) == 1 and counts(store).get(2) == 1
     assert store.scalar("SELECT count(*) FROM consumer_processed_keys WHERE key = ANY(%s)",
                         ([claim(0).key, claim(2).key],)) == 2
@@ -361,3 +362,13 @@ def test_a_key_held_by_a_frozen_session_holds_back_only_its_own_message(
         assert counts(store) == {0: 1, 2: 1}
     finally:
         zombie.close()
+
+
+def test_a_handler_swallowing_its_database_error_is_not_counted_applied(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """The handler caught a database error and returned: its transaction is dead, so COMMIT
+    would silently roll back effects and key. That must not count as applied (the message
+    would be done with its effect lost): a StoreError names it, nothing is committed."""
+    with pytest.raises(StoreError, match="caught a database error"):
+        transactions.apply(GROUP, claim(1), 1.0, swallowing(1))
+    assert effects(store) == [] and keys(store) == 0

@@ -175,7 +175,8 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
     its own per message, on a pool of as many connections as there are workers (raises
     ConfigError for a store that takes one writer: SQLite)."""
     group = settings.kafka.group_id
-    work = {topic: RouteWork(route.concurrency, route.ordering)
+    work = {topic: RouteWork(route.concurrency, route.ordering,
+                             batch=settings.store.micro_batch_messages)
             for topic, route in settings.routes.items()}
     transactions = store.message_transactions(
         sum(work.get(topic, RouteWork(1, "key")).concurrency for topic in router.topics))

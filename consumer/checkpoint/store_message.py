@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
@@ -85,6 +85,46 @@ class StoreWork:
             group, Claim(key, message.topic, message.partition, message.offset),
             self._wall(), work)
         self._tally.count(applied)
+
+    def apply_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        """A worker's micro-batch: the messages in one transaction (one claim statement, one
+        commit); each message's outcome, in order: None (applied or a duplicate) or what it
+        raised, as :meth:`__call__` would (``Store.message_transactions``' ``apply_batch``
+        runs the neighbours of a failing message again one transaction each)."""
+        outcomes: list[BaseException | None] = [None] * len(messages)
+        key_function, handler, group = self._key_function, self._handler, self._group
+        claims: list[Claim] = []
+        works: list[Callable[[StoreLike], None]] = []
+        placed: list[int] = []
+        for index, message in enumerate(messages):
+            try:
+                key = key_function(message)
+            except BaseException as error:  # DedupKeyFailed: a failing message, not the batch's
+                outcomes[index] = error
+                continue
+            claims.append(Claim(key, message.topic, message.partition, message.offset))
+            works.append(_work(handler, message, group, key_function, key))
+            placed.append(index)
+        if claims:
+            results = self._transactions.apply_batch(group, claims, self._wall(), works)
+            count = self._tally.count
+            for index, result in zip(placed, results, strict=True):
+                if isinstance(result, BaseException):
+                    outcomes[index] = result
+                else:
+                    count(result)
+        return outcomes
+
+
+def _work(handler: Handler, message: Message, group: str, key_function: KeyFunction,
+          key: bytes) -> Callable[[StoreLike], None]:
+    """The handler's call for one message of a micro-batch, given the batch's ``context.db``."""
+
+    def work(db: StoreLike) -> None:
+        handler(message, Context(Scope(group, store=db, key_function=key_function),
+                                 message, key))
+
+    return work
 
 
 class StoreRows:

@@ -5,7 +5,8 @@ Chosen by the wiring when a store is configured and a route has ``concurrency`` 
 (PostgreSQL only: SQLite refuses, one writer). The concurrent dispatcher
 (:class:`~consumer.engine.concurrency.dispatcher.ConcurrentDispatcher`) runs each route's
 handler wrapped in :class:`~consumer.checkpoint.store_message.StoreWork` (claim the key, run
-the handler with ``context.db`` bound to the message's pooled connection, commit); the poll
+the handler with ``context.db`` bound to the message's pooled connection, commit; a worker's
+micro-batch of ``store.micro_batch_messages`` in one such transaction); the poll
 thread moves a partition's watermark over the contiguous run of messages whose transactions
 committed, and a checkpoint (count, interval, revoke, shutdown) writes the rows that moved in a
 fenced update on the store's own connection (:class:`~consumer.checkpoint.store_message.

@@ -303,6 +303,17 @@ class MessageTransactions(Protocol):
         and counts the message a duplicate."""
         ...
 
+    def apply_batch(self, group: str, claims: Sequence[Claim], now: float,
+                    works: Sequence[Callable[[StoreLike], None]]) -> list[bool | BaseException]:
+        """A worker's micro-batch: ``claims[i]`` with ``works[i]``, all in one transaction
+        (one claim statement, one commit), each message's outcome as :meth:`apply` would give
+        it: True (applied), False (duplicate), or the exception :meth:`apply` would raise.
+        When anything goes wrong inside the batch, it rolls back and its messages run again
+        one transaction each, so a failing message neither loses nor repeats its neighbours'
+        effects; only the message whose ``work`` raised its own error is not run again (that
+        error is its outcome)."""
+        ...
+
 
 def require_version(found: int | None, where: str) -> None:
     from consumer.errors import StoreSchemaError

@@ -1,23 +1,26 @@
-"""PostgreSQL transactions of one message each, on pooled connections (psycopg_pool), for
-handlers that run concurrently.
+"""PostgreSQL transactions of one message (or one worker's micro-batch) each, on pooled
+connections (psycopg_pool), for handlers that run concurrently.
 
 Each :meth:`PostgresTransactions.apply` borrows a connection, and in one transaction on it
 claims the message's dedup key (``INSERT … ON CONFLICT DO NOTHING RETURNING``), runs the
-handler's work with ``context.db`` bound to that connection, and commits. Only the caller's
-thread uses the connection until it goes back to the pool; the pool rolls back whatever a
-connection still holds when it comes back and replaces a broken one. Every connection keeps
-the store's session limits (lock wait, idle open transaction, TCP keepalives), so a frozen
-peer costs a claim at most ``lock_timeout`` per attempt. Thread-safe.
+handler's work with ``context.db`` bound to that connection, and commits.
+:meth:`PostgresTransactions.apply_batch` does the same for several messages with one claim
+statement and one commit; any failure inside rolls it back and runs them again one by one.
+Only the caller's thread uses the connection until it goes back to the pool; the pool rolls
+back whatever a connection still holds when it comes back and replaces a broken one. Every
+connection keeps the store's session limits (lock wait, idle open transaction, TCP
+keepalives), so a frozen peer costs a claim at most ``lock_timeout`` per attempt. Thread-safe.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
@@ -32,6 +35,17 @@ CLAIM_ONE = """INSERT INTO consumer_processed_keys
                VALUES (%s, %s, %s, %s, %s, %s)
                ON CONFLICT DO NOTHING
                RETURNING 1"""
+
+
+#: A micro-batch's keys in one statement (strings, not arrays: cheaper to send from Python).
+CLAIM_MANY = """INSERT INTO consumer_processed_keys
+                    (group_id, key, topic, partition, "offset", processed_at)
+                SELECT %s, decode(k, 'hex'), t, p, o, %s
+                FROM unnest(string_to_array(%s, ','), string_to_array(%s, ','),
+                            string_to_array(%s, ',')::integer[],
+                            string_to_array(%s, ',')::bigint[]) AS u(k, t, p, o)
+                ON CONFLICT DO NOTHING
+                RETURNING key"""
 
 
 class Transaction:
@@ -72,13 +86,7 @@ class PostgresTransactions:
               work: Callable[[StoreLike], None]) -> bool:
         """See :class:`consumer.store.base.MessageTransactions`: 1. claim the key 2. run the
         work 3. commit; the connection goes back to the pool whatever happened."""
-        try:
-            conn = self._pool.getconn()
-        except PoolTimeout as error:
-            raise StoreUnavailable(
-                f"no connection to PostgreSQL store {self._where} within "
-                f"{self._pool.timeout:g} s (the server is unreachable, or refuses new "
-                f"connections): {error}") from error
+        conn = self._getconn()
         try:
             # 1. claim the key: waits for a session holding it uncommitted, then sees its
             # outcome (committed: a duplicate; rolled back: ours)
@@ -100,12 +108,117 @@ class PostgresTransactions:
                         f"{str(error).strip()}) on PostgreSQL store {self._where}; it rolled "
                         "back and is retried, it is not the message's failure") from error
                 raise
+            if conn.info.transaction_status == TransactionStatus.INERROR:
+                _rollback_quietly(conn)
+                raise StoreError(
+                    f"the handler of {claim.topic}[{claim.partition}]@{claim.offset} caught a "
+                    f"database error and returned on PostgreSQL store {self._where}: its "
+                    "transaction had failed, so nothing of it was committed. Let database "
+                    "errors leave the handler (the store retries transient ones)")
             # 3. commit the effects with the key
             with self._errors():
                 conn.commit()
             return True
         finally:
             self._pool.putconn(conn)  # rolls back what is left open; replaces a broken one
+
+    def apply_batch(self, group: str, claims: Sequence[Claim], now: float,
+                    works: Sequence[Callable[[StoreLike], None]]) -> list[bool | BaseException]:
+        """See :class:`consumer.store.base.MessageTransactions`: 1. claim every key in one
+        statement 2. run the works of the new keys 3. commit; on any failure, roll back and
+        4. run the messages again one transaction each (but the one whose work raised its
+        own error: that error is its outcome)."""
+        if len(claims) == 1:
+            return [self._outcome(group, claims[0], now, works[0])]
+        try:
+            conn = self._getconn()
+        except StoreUnavailable as error:
+            return [error] * len(claims)
+        again = range(len(claims))
+        outcomes: list[bool | BaseException] = []
+        try:
+            broken = self._run_batch(conn, group, claims, now, works, outcomes)
+            if broken is None:
+                return outcomes
+            _rollback_quietly(conn)
+        finally:
+            self._pool.putconn(conn)
+        failed, cause = broken
+        if failed is not None and cause is not None and not isinstance(cause, Exception):
+            # KeyboardInterrupt, SystemExit: the process stops; its neighbours run nowhere
+            # (they are retried, not failed: they did nothing wrong)
+            held = StoreUnavailable(
+                f"not applied: {claims[failed].topic}[{claims[failed].partition}]@"
+                f"{claims[failed].offset} in the same transaction stopped the process")
+            return [cause if index == failed else held for index in again]
+        if failed is not None and cause is not None and not _transient(cause):
+            log.info("%s[%d]@%d failed inside a micro-batch of %d: the batch rolled back, its "
+                     "other messages run again one transaction each", claims[failed].topic,
+                     claims[failed].partition, claims[failed].offset, len(claims))
+            return [cause if index == failed
+                    else self._outcome(group, claims[index], now, works[index])
+                    for index in again]
+        # 4. a store error (ours, or transient in a work), or a work that left the
+        # transaction failed: nobody's fault in particular, every message runs again alone
+        return [self._outcome(group, claims[index], now, works[index]) for index in again]
+
+    def _run_batch(self, conn: psycopg.Connection[Any], group: str, claims: Sequence[Claim],
+                   now: float, works: Sequence[Callable[[StoreLike], None]],
+                   outcomes: list[bool | BaseException],
+                   ) -> tuple[int | None, BaseException | None] | None:
+        """Steps 1-3 on ``conn``, filling ``outcomes``; returns None once committed, else
+        which message broke the batch (None: not one message in particular) and the error
+        (None: a work returned with the transaction failed)."""
+        # 1. claim every key, in key order (two batches sharing keys never wait in a cycle)
+        ordered = sorted(claims, key=_by_key)
+        try:
+            with self._errors():
+                rows = conn.execute(CLAIM_MANY, (
+                    group, now, ",".join([c.key.hex() for c in ordered]),
+                    ",".join([c.topic for c in ordered]),
+                    ",".join([str(c.partition) for c in ordered]),
+                    ",".join([str(c.offset) for c in ordered]))).fetchall()
+        except StoreError as error:
+            return None, error
+        new = {bytes(row[0]) for row in rows}
+        # 2. the works of the new keys (a key twice in the batch: its first message)
+        db = Transaction(conn)
+        for index, claim in enumerate(claims):
+            key = claim.key
+            if key not in new:
+                outcomes.append(False)
+                continue
+            new.discard(key)
+            try:
+                works[index](db)
+            except BaseException as error:
+                return index, error
+            if conn.info.transaction_status == TransactionStatus.INERROR:
+                return None, None  # the work swallowed a database error: nothing would commit
+            outcomes.append(True)
+        # 3. commit every message's effects with its key
+        try:
+            with self._errors():
+                conn.commit()
+        except StoreError as error:
+            return None, error
+        return None
+
+    def _outcome(self, group: str, claim: Claim, now: float,
+                 work: Callable[[StoreLike], None]) -> bool | BaseException:
+        try:
+            return self.apply(group, claim, now, work)
+        except BaseException as error:  # every outcome goes back to its message
+            return error
+
+    def _getconn(self) -> psycopg.Connection[Any]:
+        try:
+            return self._pool.getconn()
+        except PoolTimeout as error:
+            raise StoreUnavailable(
+                f"no connection to PostgreSQL store {self._where} within "
+                f"{self._pool.timeout:g} s (the server is unreachable, or refuses new "
+                f"connections): {error}") from error
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -144,6 +257,10 @@ def _transient(error: BaseException) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+def _by_key(claim: Claim) -> bytes:
+    return claim.key
 
 
 def _rollback_quietly(conn: psycopg.Connection[Any]) -> None:

@@ -6,6 +6,7 @@ SQLite refuses (one writer): tests/unit/store/test_sqlite.py."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumer.errors import StoreUnavailable
+from consumer.errors import StoreError, StoreUnavailable
 from consumer.message import StoreLike
 from consumer.store import Claim, MessageTransactions, PostgresSession
 from consumer.store.postgres import PostgresStore
@@ -276,3 +277,98 @@ def test_many_threads_apply_distinct_messages_each_once(
     assert store.scalar("SELECT count(*) FROM effects") == 200
     assert store.scalar("SELECT count(DISTINCT n) FROM effects") == 200
     assert keys(store) == 200
+
+
+# --- micro-batches: several messages in one transaction --------------------------------------
+
+def failing(n: int) -> Callable[[StoreLike], None]:
+    def work(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (%s, 'failing')", (n,))
+        raise ValueError(f"message {n} failed")
+    return work
+
+
+def swallowing(n: int) -> Callable[[StoreLike], None]:
+    """A handler that catches its own database error and returns: the transaction is dead."""
+    def work(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (%s, 'swallowing')", (n,))
+        with contextlib.suppress(psycopg.errors.DivisionByZero):
+            db.execute("SELECT 1 / 0")
+    return work
+
+
+def counts(store: StoreUnderTest) -> dict[int, int]:
+    return dict(store.query("SELECT n, count(*) FROM effects GROUP BY n ORDER BY n"))
+
+
+def test_a_micro_batch_commits_every_new_message_and_skips_processed_keys(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """One claim statement, one commit: keys processed before (and a key twice in the batch)
+    are duplicates, their work does not run; the others apply once."""
+    assert transactions.apply(GROUP, claim(2), 1.0, write(2, "before")) is True
+    claims = [claim(1), claim(2), claim(3), claim(3), claim(4)]
+    works = [write(1), write(2), write(3), write(3, "again"), write(4)]
+    assert transactions.apply_batch(GROUP, claims, 2.0, works) == [True, False, True, False,
+                                                                    True]
+    assert effects(store) == [(1, ""), (2, "before"), (3, ""), (4, "")]
+    assert keys(store) == 4
+
+
+@pytest.mark.parametrize("position", [0, 2, 4], ids=["first", "middle", "last"])
+def test_a_failing_message_in_a_micro_batch_leaves_its_neighbours_applied_exactly_once(
+        store: StoreUnderTest, transactions: MessageTransactions, position: int) -> None:
+    """The failing message's work raised its own error: the batch rolls back (its write and
+    the neighbours' with it), the neighbours run again one transaction each and commit once;
+    the failing message's outcome is its error, unchanged, and neither its write nor its key
+    is kept (its retry policy decides)."""
+    works = [failing(n) if n == position else write(n) for n in range(5)]
+    outcomes = transactions.apply_batch(GROUP, [claim(n) for n in range(5)], 1.0, works)
+    error = outcomes[position]
+    assert isinstance(error, ValueError) and str(error) == f"message {position} failed"
+    assert [o for n, o in enumerate(outcomes) if n != position] == [True] * 4
+    assert counts(store) == {n: 1 for n in range(5) if n != position}
+    assert keys(store) == 4
+    assert int(store.scalar("SELECT count(*) FROM consumer_processed_keys WHERE key = %s",
+                            (claim(position).key,))) == 0
+
+
+def test_a_work_swallowing_its_database_error_does_not_take_its_neighbours_down(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """A work that catches a database error and returns leaves the transaction failed: the
+    batch would commit nothing. It rolls back and every message runs again alone: the
+    neighbours apply once."""
+    works = [write(0), swallowing(1), write(2)]
+    outcomes = transactions.apply_batch(GROUP, [claim(n) for n in range(3)], 1.0, works)
+    assert outcomes[0] is True and outcomes[2] is True
+    assert isinstance(outcomes[1], StoreError)
+    assert counts(store).get(0) == 1 and counts(store).get(2) == 1
+    assert store.scalar("SELECT count(*) FROM consumer_processed_keys WHERE key = ANY(%s)",
+                        ([claim(0).key, claim(2).key],)) == 2
+
+
+def test_a_key_held_by_a_frozen_session_holds_back_only_its_own_message(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """A zombie holds one key of the batch uncommitted: the batch's claim times out
+    (transient), the messages run again alone, the neighbours apply and only the held one is
+    StoreUnavailable (retried after backoff, never an attempt)."""
+    zombie = PostgresStore(store.url)
+    try:
+        zombie.begin()
+        zombie.claim(GROUP, [claim(1)], 1.0)
+        outcomes = transactions.apply_batch(GROUP, [claim(n) for n in range(3)], 2.0,
+                                            [write(n) for n in range(3)])
+        assert outcomes[0] is True and outcomes[2] is True
+        assert isinstance(outcomes[1], StoreUnavailable)
+        assert counts(store) == {0: 1, 2: 1}
+    finally:
+        zombie.close()
+
+
+def test_a_handler_swallowing_its_database_error_is_not_counted_applied(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """The handler caught a database error and returned: its transaction is dead, so COMMIT
+    would silently roll back effects and key. That must not count as applied (the message
+    would be done with its effect lost): a StoreError names it, nothing is committed."""
+    with pytest.raises(StoreError, match="caught a database error"):
+        transactions.apply(GROUP, claim(1), 1.0, swallowing(1))
+    assert effects(store) == [] and keys(store) == 0

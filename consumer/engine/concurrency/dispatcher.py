@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
+from consumer.engine.concurrency.batches import BatchRunner, BatchWork
 from consumer.engine.concurrency.lanes import Lanes, Ordering
 from consumer.engine.concurrency.runners import (
     AsyncRunner,
@@ -47,6 +48,9 @@ class RouteWork:
 
     concurrency: int
     ordering: Ordering
+    #: Messages a worker takes at once when the handler runs micro-batches (a store's
+    #: transactions: :class:`~.batches.BatchWork`); 1: one at a time.
+    batch: int = 1
 
 
 def is_async(handler: Handler) -> bool:
@@ -59,7 +63,7 @@ class _Route:
     __slots__ = ("handler", "lanes", "runner", "scope")
 
     def __init__(self, handler: Handler, lanes: Lanes, scope: Scope,
-                 runner: ThreadRunner | None) -> None:
+                 runner: ThreadRunner | BatchRunner | None) -> None:
         self.handler = handler
         self.lanes = lanes
         self.scope = scope
@@ -91,15 +95,22 @@ class ConcurrentDispatcher:
         for topic in router.topics:
             handler = router.route_for(topic).handler
             settings = work.get(topic, RouteWork(1, "key"))
-            runner = None
+            runner: ThreadRunner | BatchRunner | None = None
+            in_flight = settings.concurrency
             if is_async(handler):
                 if self._async is None:
                     self._async = AsyncRunner(completions=self._completions,
                                               clock=self._calls.clock)
+            elif settings.batch > 1 and isinstance(handler, BatchWork):
+                # each worker finds its next micro-batch started when it finishes one
+                in_flight = settings.concurrency * settings.batch
+                runner = BatchRunner(handler, concurrency=settings.concurrency,
+                                     batch=settings.batch, name=topic,
+                                     completions=self._completions, clock=self._calls.clock)
             else:
                 runner = ThreadRunner(handler, concurrency=settings.concurrency, name=topic,
                                       completions=self._completions, clock=self._calls.clock)
-            self._routes[topic] = _Route(handler, Lanes(settings.ordering, settings.concurrency),
+            self._routes[topic] = _Route(handler, Lanes(settings.ordering, in_flight),
                                          Scope(group, key_function=keys.get(topic)), runner)
         #: Per assigned partition with work taken in: its finished offsets.
         self._trackers: dict[TP, FinishedOffsets] = {}

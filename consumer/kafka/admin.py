@@ -8,16 +8,14 @@ timeout and raises :class:`~consumer.errors.KafkaError`. The running loop never 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.errors import KafkaError
-from consumer.kafka.client import admin_config, translate_error
+from consumer.kafka.client import admin_config, client_config, translate_error
 from consumer.kafka.protocol import COMMIT_MARKER, GroupPosition
 from consumer.message import TP, Message
 from consumer.settings import KafkaSettings
@@ -25,15 +23,9 @@ from consumer.settings import KafkaSettings
 
 def read_topic(settings: KafkaSettings, topic: str, *, timeout: float = 60.0) -> list[Message]:
     """Every message in ``topic`` up to its end offsets now, read without joining a group."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "group.id": f"{settings.group_id}-reader",  # required by the client, never joined
-        "enable.auto.commit": False,
-        "logger": logging.getLogger("consumer.librdkafka"),
-    }
-    config.update({k: v.get_secret_value() for k, v in settings.librdkafka.items()
-                   if k.startswith(("security.", "sasl.", "ssl."))})
-    consumer = Consumer(config)
+    consumer = Consumer(client_config(
+        settings, {"group.id": f"{settings.group_id}-reader",  # required, never joined
+                   "enable.auto.commit": False}, client_id=f"{settings.client_id}-reader"))
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:

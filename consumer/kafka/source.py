@@ -20,7 +20,7 @@ import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.errors import AssignmentFailed, KafkaError
-from consumer.kafka.client import admin_config, translate_error
+from consumer.kafka.client import admin_config, inherited, translate_error
 from consumer.kafka.protocol import COMMIT_MARKER, SourceListener
 from consumer.message import TP, Message, RecordMessage
 from consumer.settings import KafkaSettings
@@ -79,7 +79,7 @@ class KafkaSource:
         if self._on_statistics is not None:
             config["stats_cb"] = self._on_statistics
             config["statistics.interval.ms"] = 1000  # librdkafka.statistics.interval.ms wins
-        config.update({k: v.get_secret_value() for k, v in s.librdkafka.items()})
+        config.update(inherited(s, every_property=True))
         return config
 
     # --- lifecycle -----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from consumer.errors import (
     EXIT_OK,
     ConfigError,
     ConsumerError,
+    KafkaAuthenticationFailed,
     StoreSchemaError,
 )
 from consumer.failures.retries import build_policies
@@ -137,9 +138,12 @@ def _run(settings: Settings, router: Router) -> int:
 
 
 def _failed(error: ConsumerError) -> int:
-    """Print the error for the operator; a store that can never work is a config problem."""
+    """Print the error for the operator; a store that can never work, or credentials the
+    brokers refuse, are config problems."""
     print(f"consumer: {error}", file=sys.stderr)
-    return EXIT_CONFIG if isinstance(error, StoreSchemaError) else EXIT_FAILED
+    if isinstance(error, StoreSchemaError | KafkaAuthenticationFailed):
+        return EXIT_CONFIG
+    return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:

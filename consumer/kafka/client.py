@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from consumer.errors import KafkaError, KafkaFatalError
+from consumer.errors import KafkaAuthenticationFailed, KafkaError, KafkaFatalError
 from consumer.settings import KafkaSettings
 
 
@@ -20,6 +20,26 @@ def translate_error(error: Any) -> KafkaError:
     if getattr(error, "fatal", lambda: False)():
         return KafkaFatalError(code, reason)
     return KafkaError(code, reason)
+
+
+#: librdkafka's name for a refused SASL handshake (wrong password, unknown user or mechanism).
+AUTHENTICATION = "_AUTHENTICATION"
+
+
+def authentication_failed(settings: KafkaSettings, error: KafkaError) -> KafkaAuthenticationFailed:
+    """``error`` (an ``_AUTHENTICATION`` one) with where and how we tried to authenticate;
+    never the password."""
+    def setting(*names: str, default: str | None) -> str | None:
+        for name in names:
+            if name in settings.librdkafka:
+                return settings.librdkafka[name].get_secret_value()
+        return default
+
+    return KafkaAuthenticationFailed(
+        settings.bootstrap_servers,
+        protocol=setting("security.protocol", default="plaintext") or "plaintext",
+        mechanism=setting("sasl.mechanism", "sasl.mechanisms", default="GSSAPI") or "GSSAPI",
+        username=setting("sasl.username", default=None), reason=error.reason)
 
 
 #: librdkafka properties every client of ours takes from ``kafka.librdkafka``: how to reach and

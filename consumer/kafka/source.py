@@ -20,7 +20,13 @@ import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.errors import AssignmentFailed, KafkaError
-from consumer.kafka.client import admin_config, inherited, translate_error
+from consumer.kafka.client import (
+    AUTHENTICATION,
+    admin_config,
+    authentication_failed,
+    inherited,
+    translate_error,
+)
 from consumer.kafka.protocol import COMMIT_MARKER, SourceListener
 from consumer.message import TP, Message, RecordMessage
 from consumer.settings import KafkaSettings
@@ -56,6 +62,8 @@ class KafkaSource:
         self._on_statistics = on_statistics
         self._listener: SourceListener = _Unsubscribed()
         self._callback_error: BaseException | None = None
+        #: The last refused SASL handshake the client reported (fatal while waiting at start).
+        self._refused: KafkaError | None = None
         self._consumer = Consumer(self._client_config())
 
     # --- configuration -----------------------------------------------------------------------
@@ -89,7 +97,9 @@ class KafkaSource:
     ) -> bool:
         """Block until a broker answers, retrying with backoff while ``keep_trying()`` holds.
 
-        Returns False when ``keep_trying`` turned false first (shutdown requested).
+        Returns False when ``keep_trying`` turned false first (shutdown requested). Raises
+        :class:`~consumer.errors.KafkaAuthenticationFailed` when the brokers refuse our
+        credentials: waiting cannot fix a wrong password.
         """
         backoff, attempt = 1.0, 1
         while keep_trying():
@@ -103,6 +113,9 @@ class KafkaSource:
                 reason = error.args[0].str() if error.args else str(error)
             else:
                 reason = "no broker in the metadata"
+            self._consumer.poll(0)  # serves the error callback: a refused handshake lands there
+            if self._refused is not None:
+                raise authentication_failed(self._settings, self._refused)
             log.warning(
                 "cannot reach Kafka at %s (attempt %d: %s); retrying in %.0f s. Check "
                 "kafka.bootstrap_servers and that the brokers are up.",
@@ -287,6 +300,8 @@ class KafkaSource:
         translated = translate_error(error)
         if translated.fatal:
             self._callback_error = translated
+        elif translated.code == AUTHENTICATION:
+            self._refused = translated
         self._listener.on_client_error(translated)
 
     def _raise_callback_error(self) -> None:

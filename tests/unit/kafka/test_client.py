@@ -102,3 +102,20 @@ def test_each_client_keeps_its_own_id_and_settings(configs: list[dict[str, Any]]
     assert producer["message.timeout.ms"] == 7000
     assert reader["client.id"] == "svc-reader"
     assert (reader["group.id"], reader["enable.auto.commit"]) == ("g-reader", False)
+
+
+def test_a_refused_handshake_names_the_brokers_protocol_mechanism_and_user_not_the_password(
+) -> None:
+    from consumer.errors import KafkaAuthenticationFailed, KafkaError
+    from consumer.kafka.client import authentication_failed
+
+    failed = authentication_failed(_settings(), KafkaError("_AUTHENTICATION", "invalid creds"))
+    assert isinstance(failed, KafkaAuthenticationFailed) and failed.fatal
+    text = str(failed)
+    for part in ("k1:9093", "SASL_SSL", "SCRAM-SHA-512", "'svc'", "invalid creds",
+                 "kafka.sasl_password_file", "not retrying"):
+        assert part in text, part
+    assert "hush" not in text
+    bare = authentication_failed(KafkaSettings(bootstrap_servers="b:1", group_id="g"),
+                                 KafkaError("_AUTHENTICATION", "no"))
+    assert (bare.protocol, bare.mechanism, bare.username) == ("plaintext", "GSSAPI", None)

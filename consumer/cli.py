@@ -35,8 +35,7 @@ from consumer.errors import (
     EXIT_OK,
     ConfigError,
     ConsumerError,
-    KafkaAuthenticationFailed,
-    StoreSchemaError,
+    exit_code,
 )
 from consumer.failures.retries import build_policies
 from consumer.kafka.admin import read_topic
@@ -141,9 +140,7 @@ def _failed(error: ConsumerError) -> int:
     """Print the error for the operator; a store that can never work, or credentials the
     brokers refuse, are config problems."""
     print(f"consumer: {error}", file=sys.stderr)
-    if isinstance(error, StoreSchemaError | KafkaAuthenticationFailed):
-        return EXIT_CONFIG
-    return EXIT_FAILED
+    return exit_code(error)
 
 
 def _parser() -> argparse.ArgumentParser:

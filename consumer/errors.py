@@ -238,3 +238,11 @@ class StoreUnavailable(StoreError):
 
 class StoreSchemaError(StoreError):
     """The store's tables are of another schema version, or the credentials are refused."""
+
+
+def exit_code(error: ConsumerError) -> int:
+    """The exit code for a command that stops on ``error``: a store that can never work and
+    credentials the brokers refuse are configuration problems (2); anything else failed (1)."""
+    if isinstance(error, StoreSchemaError | KafkaAuthenticationFailed):
+        return EXIT_CONFIG
+    return EXIT_FAILED

@@ -42,6 +42,19 @@ def authentication_failed(settings: KafkaSettings, error: KafkaError) -> KafkaAu
         username=setting("sasl.username", default=None), reason=error.reason)
 
 
+class RefusedWatch:
+    """An ``error_cb`` for short-lived clients: keeps the last refused SASL handshake, which
+    librdkafka reports only through that callback (served by the client's ``poll``)."""
+
+    def __init__(self) -> None:
+        self.refused: KafkaError | None = None
+
+    def __call__(self, error: Any) -> None:
+        translated = translate_error(error)
+        if translated.code == AUTHENTICATION:
+            self.refused = translated
+
+
 #: librdkafka properties every client of ours takes from ``kafka.librdkafka``: how to reach and
 #: authenticate to the brokers. Everything else there (fetch sizes, isolation, static
 #: membership) is the group's consumer's own.

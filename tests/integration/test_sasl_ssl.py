@@ -234,3 +234,26 @@ def test_a_wrong_password_stops_the_consumer_at_start_naming_listener_and_mechan
     assert "SCRAM-SHA-512" in log
     assert "kafka.sasl_password_file" in log
     assert "not-the-password" not in log
+
+
+@pytest.mark.parametrize("command", [
+    ["lag"], ["replay", "--to-earliest"], ["dlq", "redrive"]])
+def test_a_wrong_password_stops_each_command_at_once_with_exit_2(
+    secured_kafka: SecuredKafka, tmp_path: Path, command: list[str]
+) -> None:
+    """Not a traceback after the admin timeout: the refused handshake, in about a second."""
+    (tmp_path / "sasl-password").write_text("not-the-password\n")
+    topic = unique_name("sasl-cmd")
+    config = _secured_kafka_config(secured_kafka, unique_name("wrong"), topic,
+                                   sasl_password_file=str(tmp_path / "sasl-password"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    arguments = [*command, "--config", str(tmp_path / "c.yaml")]
+    if command[0] == "replay":
+        arguments += ["--topic", topic]
+    began = time.monotonic()
+    done = _command(*arguments, env={})
+    assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
+    assert time.monotonic() - began < 8, done.stderr
+    assert f"Kafka at {secured_kafka.bootstrap} refused user 'consumer'" in done.stderr
+    assert "sasl.mechanism SCRAM-SHA-512" in done.stderr
+    assert "Traceback" not in done.stderr

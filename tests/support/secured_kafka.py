@@ -38,7 +38,9 @@ class SecuredKafka:
 
 @contextlib.contextmanager
 def secured_kafka_server(state: Path, *, password: str) -> Iterator[SecuredKafka]:
-    """Start the secured broker in ``state``; stop it (and delete its data) afterwards."""
+    """Start the secured broker in ``state`` (or take over the one already running there);
+    stop it, and delete its data, afterwards. Clients use the password the broker was
+    started with (``sasl_ssl.json``), ``password`` when this call starts it."""
     env = {k: v for k, v in os.environ.items() if k != "CONSUMER_KAFKA_PORT"}
     env.update(CONSUMER_LOCAL_STATE=str(state), CONSUMER_KAFKA_SASL_PASSWORD=password)
     began = time.monotonic()

@@ -88,7 +88,7 @@ def _cache_dir() -> Path:
 def _require(program: str, why: str) -> str:
     path = shutil.which(program)
     if path is None:
-        package = "maven" if program == "mvn" else "openjdk-17-jre-headless"
+        package = {"mvn": "maven", "openssl": "openssl"}.get(program, "openjdk-17-jre-headless")
         raise LocalServiceError(
             f"'{program}' is not on PATH; it is needed {why}. "
             f"Install it (Debian: apt-get install -y {package})."

@@ -36,7 +36,8 @@ NOT_AN_ERROR = {confluent_kafka.KafkaError._NO_OFFSET}
 
 
 class _Unsubscribed:
-    """Listener in place until ``subscribe``: client errors are logged, nothing else happens."""
+    """Listener in place until ``subscribe``: client errors are logged at DEBUG (the wait for
+    the brokers says what fails, once per attempt), nothing else happens."""
 
     def on_assigned(self, partitions: list[TP]) -> Mapping[TP, int]:
         return {}
@@ -48,7 +49,7 @@ class _Unsubscribed:
     def on_commit_result(self, offsets: Mapping[TP, int], error: KafkaError | None) -> None: ...
 
     def on_client_error(self, error: KafkaError) -> None:
-        log.warning("%s", error)
+        log.debug("%s", error)
 
 
 class KafkaSource:

@@ -35,7 +35,7 @@ from consumer.errors import (
     EXIT_OK,
     ConfigError,
     ConsumerError,
-    StoreSchemaError,
+    exit_code,
 )
 from consumer.failures.retries import build_policies
 from consumer.kafka.admin import read_topic
@@ -137,9 +137,10 @@ def _run(settings: Settings, router: Router) -> int:
 
 
 def _failed(error: ConsumerError) -> int:
-    """Print the error for the operator; a store that can never work is a config problem."""
+    """Print the error for the operator; a store that can never work, or credentials the
+    brokers refuse, are config problems."""
     print(f"consumer: {error}", file=sys.stderr)
-    return EXIT_CONFIG if isinstance(error, StoreSchemaError) else EXIT_FAILED
+    return exit_code(error)
 
 
 def _parser() -> argparse.ArgumentParser:

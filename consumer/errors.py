@@ -4,6 +4,7 @@
     ├── ConfigError            invalid settings or routes; exit code 2, before any connection
     ├── KafkaError             the Kafka client reported a failure
     │   └── KafkaFatalError    the client cannot go on (fenced, fatal librdkafka error)
+    │       └── KafkaAuthenticationFailed  the brokers refused our credentials at start (exit 2)
     ├── HandlerFailed          a handler raised; carries the message's coordinates
     ├── DedupKeyFailed         a route's dedup key function raised: the message is poison
     ├── OffsetWentBackwards    a watermark or commit would move a partition backwards
@@ -61,6 +62,27 @@ class KafkaFatalError(KafkaError):
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(code, reason, fatal=True)
+
+
+class KafkaAuthenticationFailed(KafkaFatalError):
+    """The brokers refused the client's credentials (SASL) while it first connected: the same
+    credentials would be refused again, so the consumer stops instead of retrying. A
+    configuration problem: exit 2."""
+
+    def __init__(self, bootstrap: str, protocol: str, mechanism: str, username: str | None,
+                 reason: str) -> None:
+        super().__init__("_AUTHENTICATION", reason)
+        self.bootstrap = bootstrap
+        self.protocol = protocol
+        self.mechanism = mechanism
+        self.username = username
+        who = f"user {username!r}" if username else "our credentials"
+        self.args = (
+            f"Kafka at {bootstrap} refused {who} (security.protocol {protocol}, sasl.mechanism "
+            f"{mechanism}): {reason}. Check kafka.librdkafka's sasl.username and the password "
+            "(kafka.sasl_password_file, or kafka.librdkafka's sasl.password) against the user "
+            "the brokers know for that mechanism; not retrying, since the same credentials "
+            "would be refused again.",)
 
 
 class HandlerFailed(ConsumerError):
@@ -216,3 +238,11 @@ class StoreUnavailable(StoreError):
 
 class StoreSchemaError(StoreError):
     """The store's tables are of another schema version, or the credentials are refused."""
+
+
+def exit_code(error: ConsumerError) -> int:
+    """The exit code for a command that stops on ``error``: a store that can never work and
+    credentials the brokers refuse are configuration problems (2); anything else failed (1)."""
+    if isinstance(error, StoreSchemaError | KafkaAuthenticationFailed):
+        return EXIT_CONFIG
+    return EXIT_FAILED

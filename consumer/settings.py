@@ -35,6 +35,7 @@ from pydantic_settings import (
 )
 
 from consumer.errors import ConfigError
+from consumer.secret_files import both_given, read_secret_file
 
 HANDLER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: librdkafka properties whose values are never printed.
@@ -68,6 +69,23 @@ class KafkaSettings(_Section):
     max_buffered_messages: int | None = Field(default=None, ge=1, le=1_000_000)
     #: Any other librdkafka property, with Kafka's dotted names (security, tuning).
     librdkafka: dict[str, SecretStr] = Field(default_factory=dict)
+    #: A file holding the SASL password (librdkafka ``sasl.password``), e.g. a mounted
+    #: Kubernetes Secret; one trailing newline is ignored. Not with ``librdkafka.sasl.password``.
+    sasl_password_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sasl_password_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("sasl_password_file") is None:
+            return data
+        librdkafka = data.get("librdkafka") or {}
+        if not isinstance(librdkafka, dict):
+            return data  # the field's own validation reports it
+        if "sasl.password" in librdkafka:
+            raise both_given("kafka.librdkafka.sasl.password", "kafka.sasl_password_file")
+        password = read_secret_file(Path(data["sasl_password_file"]),
+                                    setting="kafka.sasl_password_file")
+        return {**data, "librdkafka": {**librdkafka, "sasl.password": SecretStr(password)}}
 
     @field_validator("librdkafka", mode="before")
     @classmethod
@@ -207,6 +225,9 @@ class StoreSettings(_Section):
     #: sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://user:pw@host/db,
     #: or none (no store: at-least-once, re-reads bounded by the checkpoint interval).
     url: SecretStr = SecretStr("sqlite:///state/checkpoint-consumer.db")
+    #: A file holding the URL (a mounted Kubernetes Secret, say); one trailing newline is
+    #: ignored. Not with ``url``.
+    url_file: Path | None = None
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     #: SQLite: how long a process waits for another one's write transaction (a batch, an
     #: assignment) before the store counts as unavailable. Keep it above the longest batch.
@@ -236,13 +257,25 @@ class StoreSettings(_Section):
     #: statement and one commit for all; 1: a transaction per message.
     micro_batch_messages: int = Field(default=8, ge=1, le=1_000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("url_file") is None:
+            return data
+        if "url" in data:
+            raise both_given("store.url", "store.url_file")
+        url = read_secret_file(Path(data["url_file"]), setting="store.url_file")
+        return {**data, "url": SecretStr(url)}
+
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: SecretStr) -> SecretStr:
         url = value.get_secret_value()
         if url != "none" and not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+            # Name the scheme only: a value without one may be a password put in the wrong place.
+            scheme = f"{url.split('://', 1)[0]!r}" if "://" in url else "a value without a scheme"
             raise ValueError(
-                f"{url.split(':', 1)[0]!r} is not a store; use sqlite:///path/file.db, "
+                f"{scheme} is not a store; use sqlite:///path/file.db, "
                 "postgresql://user@host/db, or none"
             )
         return value
@@ -252,8 +285,9 @@ class StoreSettings(_Section):
         return self.url.get_secret_value() != "none"
 
     def masked_url(self) -> str:
-        """The URL with any password replaced by ***."""
-        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", self.url.get_secret_value())
+        """The URL with any password (``user:PASSWORD@`` or ``?password=``) replaced by ***."""
+        url = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", self.url.get_secret_value())
+        return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 class ShutdownSettings(_Section):

@@ -5,6 +5,7 @@
     python scripts/kafka_local.py stop
     python scripts/kafka_local.py stop --keep-data   # an outage: the next start resumes it
     python scripts/kafka_local.py tool CLASS [ARGS...]   # run a Kafka admin tool class
+    python scripts/kafka_local.py start --sasl-ssl   # also a SASL_SSL (SCRAM-SHA-512) listener
 
 Environment: ``CONSUMER_KAFKA_PORT`` fixes the client port (default: a free one),
 ``CONSUMER_KAFKA_JVM_OPTS`` replaces the JVM options, ``CONSUMER_LOCAL_STATE`` moves the state
@@ -19,13 +20,24 @@ keeps its log directory and configuration: the next ``start`` brings the same br
 cluster, topics, committed offsets, ports) instead of formatting a new one, the way a real
 broker comes back after an outage. ``restart_after(seconds)`` does both with a pause between.
 A plain ``stop`` deletes kept data too.
+
+``start --sasl-ssl`` (Python: ``start(sasl_ssl=True)``) gives the broker a second client
+listener, SASL_SSL with SCRAM-SHA-512, beside the PLAINTEXT one (which the controller and the
+broker itself keep using, on loopback). Each start makes a throwaway CA and a broker
+certificate for 127.0.0.1/localhost with openssl (the broker reads them as PEM), and formats
+the storage with one SCRAM user: ``$CONSUMER_KAFKA_SASL_USER`` (default ``consumer``) with
+``$CONSUMER_KAFKA_SASL_PASSWORD`` (default: random). What a client needs (bootstrap address,
+CA file, mechanism, user, password) is written to ``sasl_ssl.json`` in the state folder (mode
+0600); ``sasl_ssl_listener()`` reads it back.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -76,7 +88,7 @@ def _cache_dir() -> Path:
 def _require(program: str, why: str) -> str:
     path = shutil.which(program)
     if path is None:
-        package = "maven" if program == "mvn" else "openjdk-17-jre-headless"
+        package = {"mvn": "maven", "openssl": "openssl"}.get(program, "openjdk-17-jre-headless")
         raise LocalServiceError(
             f"'{program}' is not on PATH; it is needed {why}. "
             f"Install it (Debian: apt-get install -y {package})."
@@ -139,10 +151,18 @@ def _paths() -> dict[str, Path]:
         "stdout": base / "logs" / "stdout.log",
         # Written by ``stop(keep_data=True)``: the bootstrap address the next start resumes.
         "kept": base / "kept",
+        # Written by ``start(sasl_ssl=True)``: what a client needs for the SASL_SSL listener.
+        "tls": base / "tls",
+        "sasl_ssl": base / "sasl_ssl.json",
     }
 
 
-def _server_properties(port: int, controller_port: int, data: Path) -> str:
+#: The SASL mechanism of the ``--sasl-ssl`` listener.
+SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+def _server_properties(port: int, controller_port: int, data: Path,
+                       secured: SecuredListener | None = None) -> str:
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -167,7 +187,100 @@ def _server_properties(port: int, controller_port: int, data: Path) -> str:
         "auto.create.topics.enable": "false",
         "delete.topic.enable": "true",
     }
+    if secured is not None:
+        settings["listeners"] += f",SASL_SSL://{secured.bootstrap}"
+        settings["advertised.listeners"] += f",SASL_SSL://{secured.bootstrap}"
+        settings.update(secured.server_properties())
     return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+class SecuredListener:
+    """The SASL_SSL listener of a ``--sasl-ssl`` broker: its port, TLS files and SCRAM user."""
+
+    def __init__(self, port: int, tls: Path, username: str, password: str) -> None:
+        self.port = port
+        self.tls = tls
+        self.username = username
+        self.password = password
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_location(self) -> Path:
+        return self.tls / "ca.pem"
+
+    def server_properties(self) -> dict[str, str]:
+        """Broker settings for the extra listener; CONTROLLER and PLAINTEXT stay as they are."""
+        name = "listener.name.sasl_ssl"
+        return {
+            "listener.security.protocol.map":
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": SASL_MECHANISM,
+            f"{name}.scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"{name}.ssl.keystore.type": "PEM",
+            f"{name}.ssl.keystore.location": str(self.tls / "broker.pem"),
+            f"{name}.ssl.client.auth": "none",
+        }
+
+    def scram_argument(self) -> str:
+        """``kafka-storage format --add-scram`` value creating the user with its password."""
+        return f"{SASL_MECHANISM}=[name={self.username},password={self.password}]"
+
+    def client_info(self) -> dict[str, str]:
+        return {"bootstrap": self.bootstrap, "security_protocol": "SASL_SSL",
+                "mechanism": SASL_MECHANISM, "username": self.username,
+                "password": self.password, "ca_location": str(self.ca_location)}
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run([_require("openssl", "to make the SASL_SSL listener's certificates"),
+                             *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LocalServiceError(f"openssl {args[0]} failed (exit {result.returncode}): "
+                                f"{result.stderr.strip()}")
+
+
+def make_certificates(tls: Path) -> None:
+    """A throwaway CA (``ca.pem``, what clients trust) and a broker certificate it signed for
+    127.0.0.1 and localhost, with its key in one PEM file (``broker.pem``, the broker's
+    keystore). EC keys: made in milliseconds."""
+    shutil.rmtree(tls, ignore_errors=True)
+    tls.mkdir(parents=True)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.pem", "-days", "30",
+             "-subj", "/CN=kafka-local test CA", cwd=tls)
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "broker.key", "-out", "broker.csr", "-subj", "/CN=localhost", cwd=tls)
+    (tls / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "broker.crt", "-days", "30", "-extfile", "san.ext",
+             cwd=tls)
+    # Kafka's PEM keystore wants an unencrypted PKCS#8 key followed by the certificate chain.
+    _openssl("pkcs8", "-topk8", "-nocrypt", "-in", "broker.key", "-out", "broker.p8", cwd=tls)
+    (tls / "broker.pem").write_text((tls / "broker.p8").read_text()
+                                    + (tls / "broker.crt").read_text()
+                                    + (tls / "ca.pem").read_text())
+
+
+def _secured_listener(port: int) -> SecuredListener:
+    username = os.environ.get("CONSUMER_KAFKA_SASL_USER", "consumer")
+    password = os.environ.get("CONSUMER_KAFKA_SASL_PASSWORD") or secrets.token_urlsafe(18)
+    tls = _paths()["tls"]
+    make_certificates(tls)
+    return SecuredListener(port, tls, username, password)
+
+
+def sasl_ssl_listener() -> dict[str, str] | None:
+    """What a client needs for the running broker's SASL_SSL listener (bootstrap,
+    security_protocol, mechanism, username, password, ca_location), or None without one."""
+    path = _paths()["sasl_ssl"]
+    if running_bootstrap() is None or not path.exists():
+        return None
+    info: dict[str, str] = json.loads(path.read_text())
+    return info
 
 
 def _jvm_opts() -> list[str]:
@@ -227,21 +340,23 @@ def running_bootstrap() -> str | None:
     return paths["bootstrap"].read_text().strip()
 
 
-def _start_once(lib: Path) -> str:
+def _start_once(lib: Path, *, sasl_ssl: bool = False) -> str:
     paths = _paths()
     shutil.rmtree(paths["data"], ignore_errors=True)
+    paths["sasl_ssl"].unlink(missing_ok=True)
     paths["logs"].mkdir(parents=True, exist_ok=True)
     fixed_port = os.environ.get("CONSUMER_KAFKA_PORT")
     port = int(fixed_port) if fixed_port else free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    paths["props"].write_text(_server_properties(port, controller_port, paths["data"]))
+    taken = {port}
+    controller_port = _another_free_port(taken)
+    secured = _secured_listener(_another_free_port(taken)) if sasl_ssl else None
+    paths["props"].write_text(_server_properties(port, controller_port, paths["data"], secured))
+    scram = ["--add-scram", secured.scram_argument()] if secured else []
 
     formatting = subprocess.run(
         _java_command(
             lib, "kafka.tools.StorageTool", "format",
-            "-t", _cluster_id(), "-c", str(paths["props"]), "--ignore-formatted",
+            "-t", _cluster_id(), "-c", str(paths["props"]), "--ignore-formatted", *scram,
             logs=paths["logs"],
         ),
         capture_output=True,
@@ -254,7 +369,47 @@ def _start_once(lib: Path) -> str:
             f"{formatting.stdout}{formatting.stderr}"
         )
 
-    return _launch_and_wait(lib, port, controller_port, stdout_mode="w")
+    bootstrap = _launch_and_wait(lib, port, controller_port, stdout_mode="w")
+    if secured is not None:
+        _wait_for_secured(secured)
+        paths["sasl_ssl"].touch(mode=0o600)
+        paths["sasl_ssl"].write_text(json.dumps(secured.client_info(), indent=2))
+    return bootstrap
+
+
+def _another_free_port(taken: set[int]) -> int:
+    port = free_port()
+    while port in taken:
+        port = free_port()
+    taken.add(port)
+    return port
+
+
+def _wait_for_secured(secured: SecuredListener) -> None:
+    """The SASL_SSL listener answers an authenticated client (TLS, SCRAM) with a broker."""
+    try:
+        from confluent_kafka.admin import AdminClient
+    except ImportError:  # Launched by a Python without the client: the plaintext check stands.
+        return
+    admin = AdminClient({
+        "bootstrap.servers": secured.bootstrap, "security.protocol": "SASL_SSL",
+        "sasl.mechanism": SASL_MECHANISM, "sasl.username": secured.username,
+        "sasl.password": secured.password, "ssl.ca.location": str(secured.ca_location),
+        "log_level": 0,
+    })
+
+    def answers() -> bool:
+        try:
+            return bool(admin.list_topics(timeout=2).brokers)
+        except Exception:
+            return False
+
+    if not wait_until(answers, timeout=30, interval=0.3):
+        _stop_process(read_pid(_paths()["pid"]) or 0)
+        raise LocalServiceError(
+            f"the broker's SASL_SSL listener on {secured.bootstrap} did not accept user "
+            f"{secured.username!r} ({SASL_MECHANISM}) within 30 s. First errors in its log:\n"
+            f"{_first_errors(_paths()['logs'] / 'server.log')}")
 
 
 def _launch_and_wait(lib: Path, port: int, controller_port: int, *, stdout_mode: str) -> str:
@@ -343,14 +498,20 @@ def _resume_kept(lib: Path) -> str:
         return bootstrap
 
 
-def start() -> str:
+def start(*, sasl_ssl: bool = False) -> str:
     """Start the broker (or find the one already running) and return its bootstrap address.
 
     After ``stop(keep_data=True)`` it resumes that broker (same port, data and cluster);
-    otherwise it formats a fresh one.
+    otherwise it formats a fresh one. ``sasl_ssl``: with the SASL_SSL listener too (see
+    :func:`sasl_ssl_listener`); a running broker without one is refused, not restarted.
     """
     existing = running_bootstrap()
     if existing and _broker_answers(existing):
+        if sasl_ssl and sasl_ssl_listener() is None:
+            raise LocalServiceError(
+                f"a broker without a SASL_SSL listener already runs on {existing} from "
+                f"{_paths()['base']}; stop it first, or set CONSUMER_LOCAL_STATE to start "
+                "another one beside it")
         return existing
     if existing:
         stop()
@@ -366,7 +527,7 @@ def start() -> str:
     last_error: LocalServiceError | None = None
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            bootstrap = _start_once(lib)
+            bootstrap = _start_once(lib, sasl_ssl=sasl_ssl)
         except LocalServiceError as error:
             last_error = error
             retryable = "Address already in use" in str(error)
@@ -374,7 +535,8 @@ def start() -> str:
                 break
             _say(f"port taken by someone else while starting (attempt {attempt}); retrying")
             continue
-        _say(f"broker ready on {bootstrap} in {time.monotonic() - began:.1f} s "
+        secured = f" and SASL_SSL on {sasl_ssl_listener_address()}" if sasl_ssl else ""
+        _say(f"broker ready on {bootstrap}{secured} in {time.monotonic() - began:.1f} s "
              f"(logs: {_paths()['logs']})")
         return bootstrap
     _cleanup_files()
@@ -386,11 +548,17 @@ def _stop_process(pid: int) -> None:
     stop_pid(pid, timeout=30)
 
 
+def sasl_ssl_listener_address() -> str | None:
+    info = sasl_ssl_listener()
+    return None if info is None else info["bootstrap"]
+
+
 def _cleanup_files() -> None:
     paths = _paths()
-    for key in ("pid", "bootstrap", "kept"):
+    for key in ("pid", "bootstrap", "kept", "sasl_ssl"):
         paths[key].unlink(missing_ok=True)
     shutil.rmtree(paths["data"], ignore_errors=True)
+    shutil.rmtree(paths["tls"], ignore_errors=True)
 
 
 def stop(*, keep_data: bool = False) -> None:
@@ -435,14 +603,15 @@ def run_tool(main_class: str, args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: kafka_local.py start|stop [--keep-data]|status|tool CLASS [ARGS...]"
+    usage = ("usage: kafka_local.py start [--sasl-ssl]|stop [--keep-data]|status|"
+             "tool CLASS [ARGS...]")
     if not argv:
         print(usage, file=sys.stderr)
         return 2
     command = argv[0]
     try:
-        if command == "start":
-            print(start(), flush=True)
+        if command == "start" and argv[1:] in ([], ["--sasl-ssl"]):
+            print(start(sasl_ssl=argv[1:] == ["--sasl-ssl"]), flush=True)
             return 0
         if command == "stop" and argv[1:] in ([], ["--keep-data"]):
             stop(keep_data=argv[1:] == ["--keep-data"])

@@ -16,7 +16,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from consumer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, ConsumerError
+from consumer.errors import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    ConfigError,
+    ConsumerError,
+    exit_code,
+)
 from consumer.kafka.admin import read_group_positions
 from consumer.kafka.protocol import COMMIT_MARKER, GroupPosition
 from consumer.message import TP
@@ -97,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         store = _store_checkpoints(store_url, group) if store_url else None
     except ConsumerError as error:
         print(f"consumer: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code(error)
     rows = lag_rows(positions, store)
     if args.json:
         print(render_json(group, rows))

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from consumer.errors import EXIT_FAILED, EXIT_OK, ConsumerError
+from consumer.errors import EXIT_OK, ConsumerError, exit_code
 from consumer.failures.dead_letters import DeadLetter, Filters, with_first_letters
 from consumer.kafka.protocol import DeadLetterSink
 from consumer.message import Message
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, topics: Sequence[str],
                 warn=lambda line: print(line, file=sys.stderr))
     except ConsumerError as error:
         print(f"consumer: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code(error)
     finally:
         sink.close()
     return EXIT_OK

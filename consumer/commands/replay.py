@@ -17,7 +17,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from consumer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, ConsumerError
+from consumer.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    ConsumerError,
+    exit_code,
+)
 from consumer.kafka.admin import (
     group_member_count,
     offsets_at,
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     except ConsumerError as error:
         print(f"consumer replay: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code(error)
 
 
 def _chosen(positions: Sequence[GroupPosition], partitions: list[int] | None

@@ -3,37 +3,67 @@
 offsets by time, a group's member count and a stopped group's offsets (``consumer replay``).
 
 Each call opens its own short-lived client and never joins the group; it blocks up to its
-timeout and raises :class:`~consumer.errors.KafkaError`. The running loop never calls these.
+timeout and raises :class:`~consumer.errors.KafkaError` (brokers refusing our SASL credentials:
+``KafkaAuthenticationFailed`` at once, not after the timeout). The running loop never calls
+these.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.errors import KafkaError
-from consumer.kafka.client import admin_config, translate_error
+from consumer.kafka.client import (
+    RefusedWatch,
+    admin_config,
+    authentication_failed,
+    client_config,
+    translate_error,
+)
 from consumer.kafka.protocol import COMMIT_MARKER, GroupPosition
 from consumer.message import TP, Message
 from consumer.settings import KafkaSettings
 
 
+def _connected(settings: KafkaSettings, make: Callable[[dict[str, Any]], Any],
+               config: dict[str, Any], *, timeout: float = 10.0) -> Any:
+    """A client a broker has answered (a metadata request). Credentials the brokers refuse
+    raise :class:`~consumer.errors.KafkaAuthenticationFailed` as soon as they are refused;
+    no answer in ``timeout`` seconds raises :class:`KafkaError`."""
+    watch = RefusedWatch()
+    client = make({**config, "error_cb": watch})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if client.list_topics(timeout=0.5).brokers:
+                return client
+            reason = "no broker in the metadata"
+        except KafkaException as error:
+            reason = error.args[0].str() if error.args else str(error)
+        client.poll(0)  # serves the error callback
+        if watch.refused is not None:
+            raise authentication_failed(settings, watch.refused)
+        if time.monotonic() >= deadline:
+            raise KafkaError("_TRANSPORT", f"no broker at {settings.bootstrap_servers} answered "
+                                           f"in {timeout:.0f} s ({reason}); check "
+                                           "kafka.bootstrap_servers and that the brokers are up")
+
+
+def _timed_out(settings: KafkaSettings, what: str, timeout: float) -> KafkaError:
+    return KafkaError("_TIMED_OUT", f"Kafka at {settings.bootstrap_servers} did not answer "
+                                    f"{what} in {timeout:.0f} s")
+
+
 def read_topic(settings: KafkaSettings, topic: str, *, timeout: float = 60.0) -> list[Message]:
     """Every message in ``topic`` up to its end offsets now, read without joining a group."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "group.id": f"{settings.group_id}-reader",  # required by the client, never joined
-        "enable.auto.commit": False,
-        "logger": logging.getLogger("consumer.librdkafka"),
-    }
-    config.update({k: v.get_secret_value() for k, v in settings.librdkafka.items()
-                   if k.startswith(("security.", "sasl.", "ssl."))})
-    consumer = Consumer(config)
+    consumer = _connected(settings, Consumer, client_config(
+        settings, {"group.id": f"{settings.group_id}-reader",  # required, never joined
+                   "enable.auto.commit": False}, client_id=f"{settings.client_id}-reader"))
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -55,7 +85,7 @@ def read_topic(settings: KafkaSettings, topic: str, *, timeout: float = 60.0) ->
                 kind, stamp = record.timestamp()
                 found.append(Message(topic, record.partition() or 0, record.offset() or 0,
                                      record.value(), key=record.key(),
-                                     headers=record.headers(),  # type: ignore[arg-type]
+                                     headers=record.headers(),
                                      timestamp=stamp / 1000.0 if kind else None))
                 if (record.offset() or 0) + 1 >= ends.get(record.partition() or 0, 0):
                     ends.pop(record.partition() or 0, None)
@@ -80,7 +110,7 @@ def read_group_positions(
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for mypy
 
-    admin = AdminClient(admin_config(settings))
+    admin = _connected(settings, AdminClient, admin_config(settings), timeout=timeout)
     try:
         wanted = None
         if topics:
@@ -103,6 +133,8 @@ def read_group_positions(
                            for tp, f in futures.items()}
     except KafkaException as error:
         raise translate_error(error.args[0]) from error
+    except TimeoutError:  # a future's result(timeout=...)
+        raise _timed_out(settings, f"for group {group}'s offsets", timeout) from None
     starts, latest = ends["earliest"], ends["latest"]
     return sorted(
         (GroupPosition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else None,
@@ -117,12 +149,14 @@ def group_member_count(settings: KafkaSettings, group: str, *, timeout: float = 
     """How many members the group has now (0: stopped). Raises :class:`KafkaError`."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(admin_config(settings))
+    admin = _connected(settings, AdminClient, admin_config(settings), timeout=timeout)
     try:
         described = admin.describe_consumer_groups([group], request_timeout=timeout)
         return len(described[group].result(timeout=timeout).members or [])
     except KafkaException as error:
         raise translate_error(error.args[0]) from error
+    except TimeoutError:  # a future's result(timeout=...)
+        raise _timed_out(settings, f"describing group {group}", timeout) from None
 
 
 def offsets_at(settings: KafkaSettings, partitions: Iterable[TP], *, timestamp_ms: int,
@@ -132,7 +166,7 @@ def offsets_at(settings: KafkaSettings, partitions: Iterable[TP], *, timestamp_m
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for mypy
 
-    admin = AdminClient(admin_config(settings))
+    admin = _connected(settings, AdminClient, admin_config(settings), timeout=timeout)
     wanted = [TopicPartition(t, p) for t, p in partitions]
     try:
         latest = getattr(OffsetSpec, "latest")()  # noqa: B009 (OffsetSpec's factories are untyped)
@@ -147,6 +181,8 @@ def offsets_at(settings: KafkaSettings, partitions: Iterable[TP], *, timestamp_m
         return found
     except KafkaException as error:
         raise translate_error(error.args[0]) from error
+    except TimeoutError:  # a future's result(timeout=...)
+        raise _timed_out(settings, "for offsets by time", timeout) from None
 
 
 def set_group_offsets(settings: KafkaSettings, group: str, offsets: Mapping[TP, int], *,
@@ -156,7 +192,7 @@ def set_group_offsets(settings: KafkaSettings, group: str, offsets: Mapping[TP, 
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(admin_config(settings))
+    admin = _connected(settings, AdminClient, admin_config(settings), timeout=timeout)
     request = ConsumerGroupTopicPartitions(group, [
         TopicPartition(t, p, offset, metadata=COMMIT_MARKER) for (t, p), offset in offsets.items()
     ])
@@ -167,3 +203,5 @@ def set_group_offsets(settings: KafkaSettings, group: str, offsets: Mapping[TP, 
                 raise translate_error(tp.error)
     except KafkaException as error:
         raise translate_error(error.args[0]) from error
+    except TimeoutError:  # a future's result(timeout=...)
+        raise _timed_out(settings, f"setting group {group}'s offsets", timeout) from None

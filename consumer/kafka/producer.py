@@ -8,13 +8,13 @@ Blocks up to its timeout per letter; raises :class:`~consumer.errors.DeadLetterF
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 import confluent_kafka
 from confluent_kafka import KafkaException
 
 from consumer.errors import DeadLetterFailed
+from consumer.kafka.client import client_config
 from consumer.message import Message
 from consumer.settings import KafkaSettings
 
@@ -31,16 +31,9 @@ class KafkaDeadLetterSink:
     })
 
     def __init__(self, settings: KafkaSettings, *, timeout: float = 30.0) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "client.id": f"{settings.client_id}-dead-letters",
-            "enable.idempotence": True,
-            "acks": "all",
-            "message.timeout.ms": int(timeout * 1000),
-            "logger": logging.getLogger("consumer.librdkafka"),
-        }
-        config.update({k: v.get_secret_value() for k, v in settings.librdkafka.items()
-                       if k.startswith(("security.", "sasl.", "ssl."))})
+        config = client_config(settings, {"enable.idempotence": True, "acks": "all",
+                                          "message.timeout.ms": int(timeout * 1000)},
+                               client_id=f"{settings.client_id}-dead-letters")
         self._producer = confluent_kafka.Producer(config)
         self._timeout = timeout
 

@@ -20,7 +20,13 @@ import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.errors import AssignmentFailed, KafkaError
-from consumer.kafka.client import admin_config, translate_error
+from consumer.kafka.client import (
+    AUTHENTICATION,
+    admin_config,
+    authentication_failed,
+    inherited,
+    translate_error,
+)
 from consumer.kafka.protocol import COMMIT_MARKER, SourceListener
 from consumer.message import TP, Message, RecordMessage
 from consumer.settings import KafkaSettings
@@ -30,7 +36,8 @@ NOT_AN_ERROR = {confluent_kafka.KafkaError._NO_OFFSET}
 
 
 class _Unsubscribed:
-    """Listener in place until ``subscribe``: client errors are logged, nothing else happens."""
+    """Listener in place until ``subscribe``: client errors are logged at DEBUG (the wait for
+    the brokers says what fails, once per attempt), nothing else happens."""
 
     def on_assigned(self, partitions: list[TP]) -> Mapping[TP, int]:
         return {}
@@ -42,7 +49,7 @@ class _Unsubscribed:
     def on_commit_result(self, offsets: Mapping[TP, int], error: KafkaError | None) -> None: ...
 
     def on_client_error(self, error: KafkaError) -> None:
-        log.warning("%s", error)
+        log.debug("%s", error)
 
 
 class KafkaSource:
@@ -56,6 +63,8 @@ class KafkaSource:
         self._on_statistics = on_statistics
         self._listener: SourceListener = _Unsubscribed()
         self._callback_error: BaseException | None = None
+        #: The last refused SASL handshake the client reported (fatal while waiting at start).
+        self._refused: KafkaError | None = None
         self._consumer = Consumer(self._client_config())
 
     # --- configuration -----------------------------------------------------------------------
@@ -81,7 +90,7 @@ class KafkaSource:
         if self._on_statistics is not None:
             config["stats_cb"] = self._on_statistics
             config["statistics.interval.ms"] = 1000  # librdkafka.statistics.interval.ms wins
-        config.update({k: v.get_secret_value() for k, v in s.librdkafka.items()})
+        config.update(inherited(s, every_property=True))
         return config
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -91,7 +100,9 @@ class KafkaSource:
     ) -> bool:
         """Block until a broker answers, retrying with backoff while ``keep_trying()`` holds.
 
-        Returns False when ``keep_trying`` turned false first (shutdown requested).
+        Returns False when ``keep_trying`` turned false first (shutdown requested). Raises
+        :class:`~consumer.errors.KafkaAuthenticationFailed` when the brokers refuse our
+        credentials: waiting cannot fix a wrong password.
         """
         backoff, attempt = 1.0, 1
         while keep_trying():
@@ -105,6 +116,9 @@ class KafkaSource:
                 reason = error.args[0].str() if error.args else str(error)
             else:
                 reason = "no broker in the metadata"
+            self._consumer.poll(0)  # serves the error callback: a refused handshake lands there
+            if self._refused is not None:
+                raise authentication_failed(self._settings, self._refused)
             log.warning(
                 "cannot reach Kafka at %s (attempt %d: %s); retrying in %.0f s. Check "
                 "kafka.bootstrap_servers and that the brokers are up.",
@@ -289,6 +303,8 @@ class KafkaSource:
         translated = translate_error(error)
         if translated.fatal:
             self._callback_error = translated
+        elif translated.code == AUTHENTICATION:
+            self._refused = translated
         self._listener.on_client_error(translated)
 
     def _raise_callback_error(self) -> None:

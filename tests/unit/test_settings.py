@@ -404,3 +404,103 @@ def test_the_buffer_defaults_to_forty_per_message_in_flight_and_at_least_ten_tho
     assert buffered({}, 1000) == 40_000
     assert buffered({}, 600, 400, 1) == 40_000  # the routes' messages in flight together
     assert buffered({"max_buffered_messages": 500}, 1000) == 500  # a set value wins
+
+
+# --- secrets from files (kafka.sasl_password_file, store.url_file) ---------------------------
+
+SECRET_FILES_CONFIG = """\
+kafka:
+  bootstrap_servers: "127.0.0.1:1"
+  group_id: g
+  librdkafka:
+    security.protocol: SASL_SSL
+    sasl.username: svc
+routes:
+  events: handlers.echo:handle
+"""
+
+
+def test_sasl_password_and_store_url_come_from_files_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variables the Kubernetes manifests set: one trailing newline is not part of it."""
+    write(tmp_path, "sasl", "Pa55-from-file\n")
+    write(tmp_path, "dsn", "postgresql://svc:Db-pa55@db.example/app\n")
+    monkeypatch.setenv("CONSUMER_KAFKA__SASL_PASSWORD_FILE", str(tmp_path / "sasl"))
+    monkeypatch.setenv("CONSUMER_STORE__URL_FILE", str(tmp_path / "dsn"))
+    settings = load_settings(write(tmp_path, "c.yaml", SECRET_FILES_CONFIG))
+    assert settings.kafka.librdkafka["sasl.password"].get_secret_value() == "Pa55-from-file"
+    assert settings.kafka.librdkafka["sasl.username"].get_secret_value() == "svc"
+    assert settings.store.url.get_secret_value() == "postgresql://svc:Db-pa55@db.example/app"
+    printed = json.dumps(settings.masked())
+    assert "Pa55-from-file" not in printed and "Db-pa55" not in printed
+    assert str(tmp_path / "sasl") in printed  # where it came from is not a secret
+
+
+def test_secret_files_given_in_the_config_file(tmp_path: Path) -> None:
+    write(tmp_path, "sasl", "from-yaml")
+    text = SECRET_FILES_CONFIG.replace(
+        "  group_id: g\n", f"  group_id: g\n  sasl_password_file: {tmp_path / 'sasl'}\n")
+    settings = load_settings(write(tmp_path, "c.yaml", text))
+    assert settings.kafka.librdkafka["sasl.password"].get_secret_value() == "from-yaml"
+
+
+def test_a_missing_secret_file_is_a_config_error_naming_setting_and_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUMER_KAFKA__SASL_PASSWORD_FILE", str(tmp_path / "absent"))
+    monkeypatch.setenv("CONSUMER_STORE__URL_FILE", str(tmp_path / "also-absent"))
+    problems = problems_of(write(tmp_path, "c.yaml", SECRET_FILES_CONFIG))
+    assert len(problems) == 2, problems
+    assert any("kafka.sasl_password_file: cannot read" in p and "absent" in p for p in problems)
+    assert any("store.url_file: cannot read" in p and "also-absent" in p for p in problems)
+
+
+def test_an_empty_secret_file_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUMER_KAFKA__SASL_PASSWORD_FILE", str(write(tmp_path, "s", "\n")))
+    problems = problems_of(write(tmp_path, "c.yaml", SECRET_FILES_CONFIG))
+    assert problems == [f"kafka: kafka.sasl_password_file: {tmp_path / 's'} is empty; the "
+                        "secret is missing from the file (an empty Kubernetes Secret key?)"]
+
+
+def test_the_password_and_its_file_together_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUMER_KAFKA__SASL_PASSWORD_FILE", str(write(tmp_path, "s", "a")))
+    text = SECRET_FILES_CONFIG.replace("    sasl.username: svc\n",
+                                       "    sasl.username: svc\n    sasl.password: inline\n")
+    problems = problems_of(write(tmp_path, "c.yaml", text))
+    assert len(problems) == 1
+    assert "kafka.librdkafka.sasl.password and kafka.sasl_password_file are both set" in problems[0]
+    assert "inline" not in problems[0]
+
+
+def test_the_store_url_and_its_file_together_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUMER_STORE__URL_FILE", str(write(tmp_path, "d", "sqlite:///a.db")))
+    monkeypatch.setenv("CONSUMER_STORE__URL", "sqlite:///b.db")
+    problems = problems_of(write(tmp_path, "c.yaml", SECRET_FILES_CONFIG))
+    assert len(problems) == 1
+    assert "store.url and store.url_file are both set" in problems[0]
+
+
+def test_a_url_file_holding_a_bare_password_is_refused_without_printing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password mounted where the URL belongs: the error must not repeat it."""
+    monkeypatch.setenv("CONSUMER_STORE__URL_FILE", str(write(tmp_path, "d", "Hunter2-secret")))
+    problems = problems_of(write(tmp_path, "c.yaml", SECRET_FILES_CONFIG))
+    assert len(problems) == 1 and "is not a store" in problems[0]
+    assert "Hunter2" not in problems[0]
+
+
+def test_a_password_in_the_url_query_is_masked() -> None:
+    settings = Settings(kafka={"bootstrap_servers": "b:1", "group_id": "g"},
+                        routes={"t": "m:f"},
+                        store={"url": "postgresql://svc@db/app?sslmode=require&password=Qp4ss&x=1"})
+    assert settings.store.masked_url() == (
+        "postgresql://svc@db/app?sslmode=require&password=***&x=1")
+    assert "Qp4ss" not in json.dumps(settings.masked())

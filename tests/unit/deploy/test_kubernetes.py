@@ -386,9 +386,6 @@ def test_secret_keys_match_the_mounted_files_and_settings() -> None:
     check_secret_files(load_kit())
 
 
-@pytest.mark.xfail(
-    "url_file" not in StoreSettings.model_fields, strict=True,
-    reason="store.url_file and kafka.sasl_password_file come with the *_file settings")
 def test_the_deployment_loads_its_secrets_from_the_mounted_files(tmp_path: Path) -> None:
     """The container's whole configuration: the ConfigMap, the environment, and the Secret's
     values as files at the paths the environment names (under tmp_path here)."""

@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	$(SERVICES) --kafka -- $(PY) scripts/demo.py
 
 ## test: lint, type check, then the whole suite against a real Kafka and PostgreSQL
-test: lint typecheck promtool container-engine
+test: container-engine lint typecheck promtool
 	$(SERVICES) --kafka --postgres -- $(PY) -m pytest
 
 # The alert-rule tests need promtool, the container test a Prometheus server: found on PATH or
@@ -31,9 +31,11 @@ promtool:
 
 # The container test needs podman and runc (apt-get installs them when missing and root) or a
 # Docker engine, and on podman the stand-in base image (about 2 minutes the first time, then
-# cached in .local/container). Without an engine the test says so and skips (CI: fails).
+# cached in .local/container): made in the background while lint, type check and the first
+# tests run; the container test waits for it. Without an engine the test says so and skips
+# (CI: fails).
 container-engine: $(VENV)/.installed
-	-$(PY) scripts/container_engine.py base
+	-$(PY) scripts/container_engine.py base --background
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

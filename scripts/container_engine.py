@@ -20,12 +20,18 @@ runc``; runc refuses podman's default rlimits when the host's hard limits are lo
 ``run`` and ``build`` passes ``--ulimit`` with the host's own hard limits, read at run time.
 
     python scripts/container_engine.py build [--tag checkpoint-consumer:dev]
+    python scripts/container_engine.py base --background   # make test: build it meanwhile
+
+The base image is made under a lock (``.local/container/base.lock``): ``make test`` starts it in
+the background (most of its two minutes is downloading and unpacking packages) while the suite's
+other tests run, and the container test's own call waits on the lock, then finds it made.
 """
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import fcntl
 import hashlib
 import os
 import re
@@ -215,10 +221,18 @@ def _install_podman() -> str:
 
 def ensure_base_image(engine: Engine, dockerfile: Path = REPO_ROOT / "Dockerfile") -> str:
     """Make the Dockerfile's base image available; returns its name. On docker the real base
-    is pulled by the build; on podman the stand-in is built, or taken from the cache."""
+    is pulled by the build; on podman the stand-in is built, or taken from the cache. One
+    process at a time makes it: another waits for the lock, then finds it made."""
     name = base_image_name(dockerfile)
     if engine.kind != "podman":
         return name
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "base.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_stand_in(engine, name)
+
+
+def _ensure_stand_in(engine: Engine, name: str) -> str:
     certificates = sorted(LOCAL_CAS.glob("*.crt")) if LOCAL_CAS.is_dir() else []
     mirror = apt_mirror()
     key = hashlib.sha256(base_recipe(mirror, certificates).encode()).hexdigest()[:16]
@@ -287,7 +301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["build", "base", "which"])
     parser.add_argument("--tag", default="checkpoint-consumer:dev")
+    parser.add_argument("--background", action="store_true",
+                        help="base: install the engine now, make the image in a child process "
+                             "(log: .local/container/base.log) and return at once")
     args = parser.parse_args(argv)
+    if args.background and args.action == "base":
+        return _base_in_background()
     try:
         engine = find_engine()
         if args.action == "which":
@@ -300,6 +319,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EngineUnavailable, BuildFailed) as error:
         print(f"container_engine: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _base_in_background() -> int:
+    """Install the engine in the foreground (apt must not run beside another apt), then leave
+    the base image to a detached child that holds the lock until it is made."""
+    try:
+        find_engine()
+    except EngineUnavailable as error:
+        print(f"container_engine: {error}", file=sys.stderr)
+        return 1
+    CACHE.mkdir(parents=True, exist_ok=True)
+    log = CACHE / "base.log"
+    with open(log, "w") as out:
+        child = subprocess.Popen([sys.executable, __file__, "base"], stdout=out, stderr=out,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    print(f"container_engine: making the base image in the background (pid {child.pid}, "
+          f"log {log})")
     return 0
 
 

@@ -14,30 +14,36 @@ import asyncio
 import importlib
 import queue
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consumer.failures.retries import check_format
 from consumer.message import Context, Message
 from consumer.routing import Handler
 
+if TYPE_CHECKING:
+    from consumer.engine.concurrency.tracker import PartitionWork
+
 
 class Job:
     """One message handed to a worker, and what the poll thread needs back."""
 
-    __slots__ = ("context", "format", "message", "owner", "started", "topic")
+    __slots__ = ("context", "format", "lane", "message", "owner", "started", "topic")
 
     def __init__(self, message: Message, context: Context, *, format: str | None,
-                 owner: object, started: float) -> None:
+                 owner: PartitionWork, started: float = 0.0) -> None:
         self.message = message
         self.context = context
         self.topic = message.topic
         #: The value's declared format, checked before the handler (None: not checked).
         self.format = format
-        #: The partition's tracker when the job started: a different one when it finishes
-        #: means the partition was lost or revoked meanwhile (the result is ignored).
+        #: The partition's work when the message was polled: gone when it finishes means the
+        #: partition was lost or revoked meanwhile (the result is ignored).
         self.owner = owner
+        #: The message's lane in its route's :class:`~.lanes.Lanes` (set when queued; None:
+        #: ``none`` ordering).
+        self.lane: Hashable = None
         #: The timer's clock when the poll thread submitted it (0.0: not timed).
         self.started = started
 

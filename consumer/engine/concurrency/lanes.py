@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Collection, Hashable
 from typing import TYPE_CHECKING, Literal
 
-from consumer.message import TP, Message
+from consumer.message import TP
 
 if TYPE_CHECKING:
     from consumer.engine.concurrency.runners import Job
@@ -25,11 +25,24 @@ if TYPE_CHECKING:
 Ordering = Literal["key", "partition", "none"]
 
 
+class Lane(deque["Job"]):
+    """One lane's queued jobs, in offset order; a job carries its lane from the queue to its
+    completion, so starting and finishing it looks nothing up."""
+
+    __slots__ = ("busy", "key")
+
+    def __init__(self, key: Hashable) -> None:
+        super().__init__()
+        self.key = key
+        #: A message of the lane runs or is held for a retry: none of its others may start.
+        self.busy = False
+
+
 class Lanes:
     """Queued jobs of one route, and which of them may start now.
 
-    A job's lane is computed once, when it is queued (:attr:`Job.lane`: the message's key is
-    read there and only there), and the job carries it to :meth:`finished` and :meth:`hold`.
+    A job's lane is found once, when it is queued (the message's key is read there and only
+    there), and the job carries it (:attr:`Job.lane`) to :meth:`finished` and :meth:`hold`.
     The per-partition counts live on the job's :class:`~.tracker.PartitionWork`
     (``queued``), which the dispatcher reads for snapshots."""
 
@@ -42,27 +55,20 @@ class Lanes:
         self.in_flight = 0
         #: Messages queued (polled, not started), all partitions.
         self.queued = 0
-        #: lane -> its queued jobs, in offset order (key and partition ordering).
-        self._lanes: dict[Hashable, deque[Job]] = {}
-        #: Lanes with a message running or held for a retry: none of theirs may start.
-        self._busy: set[Hashable] = set()
+        #: lane key -> the lane (key and partition ordering). A lane leaves when it is empty
+        #: and not busy, so a running key stays busy even after its partition's queue is
+        #: dropped.
+        self._lanes: dict[Hashable, Lane] = {}
         #: Lanes that may start their head message, oldest first (may hold stale entries).
-        self._ready: deque[Hashable] = deque()
+        self._ready: deque[Lane] = deque()
         #: ``none`` ordering: the queued jobs themselves.
         self._free: deque[Job] = deque()
         #: (retry time, sequence, job) of messages held for a retry.
         self._held: list[tuple[float, int, Job]] = []
         self._sequence = 0
 
-    def lane_of(self, message: Message) -> Hashable:
-        if self._keyed:
-            return (message.topic, message.partition, message.key)
-        if self._free_order:
-            return None
-        return (message.topic, message.partition)
-
     def push(self, job: Job) -> None:
-        """A polled message joins the queue (its lane is computed here, once)."""
+        """A polled message joins the queue (its lane is found here, once)."""
         self.queued += 1
         job.owner.queued += 1
         if self._free_order:
@@ -70,16 +76,16 @@ class Lanes:
             return
         message = job.message
         if self._keyed:
-            lane: Hashable = (message.topic, message.partition, message.key)
+            key: Hashable = (message.topic, message.partition, message.key)
         else:
-            lane = (message.topic, message.partition)
+            key = (message.topic, message.partition)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Lane(key)
         job.lane = lane
-        queue = self._lanes.get(lane)
-        if queue is None:
-            queue = self._lanes[lane] = deque()
-        if not queue and lane not in self._busy:
+        if not lane and not lane.busy:
             self._ready.append(lane)
-        queue.append(job)
+        lane.append(job)
 
     def start(self) -> Job | None:
         """The next job that may start now (counted in flight), or None."""
@@ -90,14 +96,13 @@ class Lanes:
             if self._free:
                 job = self._free.popleft()
         else:
-            ready, lanes, busy = self._ready, self._lanes, self._busy
+            ready = self._ready
             while ready:
                 lane = ready.popleft()
-                queue = lanes.get(lane)
-                if not queue or lane in busy:
+                if not lane or lane.busy:
                     continue  # stale: dropped, or already started
-                busy.add(lane)
-                job = queue.popleft()
+                lane.busy = True
+                job = lane.popleft()
                 break
         if job is None:
             return None
@@ -112,12 +117,11 @@ class Lanes:
         lane = job.lane
         if lane is None:
             return
-        self._busy.discard(lane)
-        queue = self._lanes.get(lane)
-        if queue:
+        lane.busy = False
+        if lane:
             self._ready.append(lane)
-        elif queue is not None:
-            del self._lanes[lane]
+        else:
+            del self._lanes[lane.key]  # a busy lane never leaves: it is there
 
     def hold(self, job: Job, until: float) -> None:
         """A running job failed and is retried at ``until``: it goes back to the head of
@@ -137,11 +141,8 @@ class Lanes:
             if lane is None:
                 self._free.appendleft(job)
                 continue
-            queue = self._lanes.get(lane)
-            if queue is None:
-                queue = self._lanes[lane] = deque()
-            queue.appendleft(job)
-            self._busy.discard(lane)
+            lane.appendleft(job)  # busy while held: still the key's lane
+            lane.busy = False
             self._ready.appendleft(lane)
 
     @property
@@ -159,15 +160,23 @@ class Lanes:
                 (dropped if _tp(job) in partitions else kept).append(job)
             self._free = kept
         else:
-            for lane in [lane for lane in self._lanes if lane[:2] in partitions]:  # type: ignore[index]
-                dropped.extend(self._lanes.pop(lane))
+            lanes = self._lanes
+            for key in [key for key in lanes if key[:2] in partitions]:  # type: ignore[index]
+                lane = lanes[key]
+                dropped.extend(lane)
+                lane.clear()
+                if not lane.busy:
+                    del lanes[key]
         kept_held: list[tuple[float, int, Job]] = []
         for entry in self._held:
             job = entry[2]
             if _tp(job) in partitions:
                 dropped.append(job)
-                if job.lane is not None:
-                    self._busy.discard(job.lane)  # held, not running: nothing keeps it busy
+                held_lane = job.lane
+                if held_lane is not None:  # held, not running: nothing keeps it busy
+                    held_lane.busy = False
+                    if not held_lane and self._lanes.get(held_lane.key) is held_lane:
+                        del self._lanes[held_lane.key]
             else:
                 kept_held.append(entry)
         self._held = kept_held

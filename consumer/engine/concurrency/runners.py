@@ -14,7 +14,7 @@ import asyncio
 import importlib
 import queue
 import threading
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from consumer.message import Context, Message
 from consumer.routing import Handler
 
 if TYPE_CHECKING:
+    from consumer.engine.concurrency.lanes import Lane
     from consumer.engine.concurrency.tracker import PartitionWork
 
 
@@ -43,7 +44,7 @@ class Job:
         self.owner = owner
         #: The message's lane in its route's :class:`~.lanes.Lanes` (set when queued; None:
         #: ``none`` ordering).
-        self.lane: Hashable = None
+        self.lane: Lane | None = None
         #: The timer's clock when the poll thread submitted it (0.0: not timed).
         self.started = started
 

@@ -299,6 +299,7 @@ class ConcurrentDispatcher:
             return
         now = self._clock.monotonic()
         exhausted_of = self._failures.message_exhausted
+        failing = self._failures.messages_failing  # nothing below makes a message fail
         running = self._running
         clock = self._calls.clock
         started = clock() if clock is not None else 0.0
@@ -312,7 +313,7 @@ class ConcurrentDispatcher:
                 job.started = started
                 running[job] = None
                 job.owner.running += 1
-                exhausted = exhausted_of(job.message)
+                exhausted = exhausted_of(job.message) if failing else None
                 if exhausted is not None:  # only its dead letter is missing: no handler call
                     self._completions.put((job, exhausted, 0.0))
                 else:
@@ -331,7 +332,9 @@ class ConcurrentDispatcher:
         here; every other outcome in :meth:`_completed`."""
         completions = self._completions
         running = self._running
-        succeeded = self._failures.message_succeeded
+        failures = self._failures
+        succeeded = failures.message_succeeded
+        failing = failures.messages_failing
         record = self._calls.record
         moved = self._moved
         taken = 0
@@ -347,11 +350,13 @@ class ConcurrentDispatcher:
                     record(job.topic, seconds, failed=error is not None)
                 if error is not None or work.gone:
                     self._completed(job, error)
+                    failing = failures.messages_failing
                 else:
-                    message = job.message
-                    succeeded(message)
+                    offset = job.message.offset
+                    if failing:
+                        succeeded(job.message)
                     work.lanes.finished(job)
-                    watermark, count = work.finish(message.offset)
+                    watermark, count = work.finish(offset)
                     if watermark is not None:
                         if not work.moved:
                             moved.append(work)

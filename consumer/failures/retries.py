@@ -154,6 +154,13 @@ class Failures:
         return self._formats.get(topic)
 
     @property
+    def messages_failing(self) -> bool:
+        """Whether a message of a route with concurrency failed and waits for its retry or
+        its dead letter: when not, :meth:`message_exhausted` and :meth:`message_succeeded`
+        have nothing to do, and the hot path skips them."""
+        return bool(self._per_message)
+
+    @property
     def checks_needed(self) -> bool:
         """Whether :meth:`check` can raise for some message: a route checks its format, or
         a message failed before. When false, the hot path skips the checks."""

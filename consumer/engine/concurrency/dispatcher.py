@@ -26,12 +26,11 @@ from consumer.engine.concurrency.batches import BatchRunner, BatchWork
 from consumer.engine.concurrency.lanes import Lanes, Ordering
 from consumer.engine.concurrency.runners import (
     AsyncRunner,
-    Completion,
     Completions,
     Job,
     ThreadRunner,
 )
-from consumer.engine.concurrency.tracker import FinishedOffsets
+from consumer.engine.concurrency.tracker import PartitionWork
 from consumer.engine.stopping import StopRequest
 from consumer.errors import HandlerFailed
 from consumer.events import HandlerTimings
@@ -60,13 +59,15 @@ def is_async(handler: Handler) -> bool:
 
 
 class _Route:
-    __slots__ = ("handler", "lanes", "runner", "scope")
+    __slots__ = ("format", "handler", "lanes", "runner", "scope")
 
     def __init__(self, handler: Handler, lanes: Lanes, scope: Scope,
-                 runner: ThreadRunner | BatchRunner | None) -> None:
+                 runner: ThreadRunner | BatchRunner | None, format: str | None) -> None:
         self.handler = handler
         self.lanes = lanes
         self.scope = scope
+        #: The value's declared format, checked on the worker before the handler.
+        self.format = format
         #: None: an async handler, run on the shared event loop.
         self.runner = runner
 
@@ -111,13 +112,15 @@ class ConcurrentDispatcher:
                 runner = ThreadRunner(handler, concurrency=settings.concurrency, name=topic,
                                       completions=self._completions, clock=self._calls.clock)
             self._routes[topic] = _Route(handler, Lanes(settings.ordering, in_flight),
-                                         Scope(group, key_function=keys.get(topic)), runner)
-        #: Per assigned partition with work taken in: its finished offsets.
-        self._trackers: dict[TP, FinishedOffsets] = {}
+                                         Scope(group, key_function=keys.get(topic)), runner,
+                                         failures.format_of(topic))
+        #: Per assigned partition with work taken in: its finished offsets and counts (a job
+        #: carries its partition's, so a completion looks nothing up).
+        self._trackers: dict[TP, PartitionWork] = {}
+        #: Partitions whose watermark moved in the drain under way (progress moved at its end).
+        self._moved: list[PartitionWork] = []
         #: Jobs running now, in the order they started: the oldest start is the first.
         self._running: dict[Job, None] = {}
-        #: Running jobs per partition (revoke waits for its own).
-        self._running_per_partition: dict[TP, int] = {}
         #: Messages done by completions drained outside :meth:`run` (reported by the next).
         self._done = 0
         #: A handler failure that stops the consumer, raised once running work finished.
@@ -140,17 +143,25 @@ class ConcurrentDispatcher:
             self._fail(partitions)
         trackers = self._trackers
         routes = self._routes
+        work: PartitionWork | None = None
         for message in messages:
             if stop.requested:
                 break  # not taken: the next owner reads it again
-            tp = (message.topic, message.partition)
-            tracker = trackers.get(tp)
-            if tracker is None:
-                if tp not in partitions:
-                    continue  # revoked meanwhile
-                tracker = trackers[tp] = FinishedOffsets(*tp)
-            tracker.polled(message.offset)
-            routes[message.topic].lanes.push(message)
+            topic, partition = message.topic, message.partition
+            if work is None or partition != work.partition or topic != work.topic:
+                # A poll hands over runs of one partition: look it up once per run.
+                tp = (topic, partition)
+                work = trackers.get(tp)
+                route = routes[topic]
+                if work is None:
+                    progress = partitions.get(tp)
+                    if progress is None:
+                        continue  # revoked meanwhile
+                    work = trackers[tp] = PartitionWork(topic, partition, progress=progress,
+                                                        lanes=route.lanes)
+                scope, fmt, push = route.scope, route.format, route.lanes.push
+            work.polled(message.offset)
+            push(Job(message, Context(scope, message), format=fmt, owner=work))
         self._drain(partitions, block=0.0)
         if not stop.requested:
             self._start(partitions)
@@ -233,7 +244,8 @@ class ConcurrentDispatcher:
             self._closed = True
         chosen = set(partitions if only is None else only)
         self._drop(chosen)
-        while any(self._running_per_partition.get(tp) for tp in chosen):
+        works = [work for tp in chosen if (work := self._trackers.get(tp)) is not None]
+        while any(work.running for work in works):
             left = deadline - self._clock.monotonic()
             if left <= 0 or not self._drain(partitions, block=left, starting=False):
                 break
@@ -255,7 +267,9 @@ class ConcurrentDispatcher:
         chosen = set(partitions)
         self._drop(chosen)
         for tp in chosen:
-            self._trackers.pop(tp, None)
+            work = self._trackers.pop(tp, None)
+            if work is not None:
+                work.gone = True
             self._full.discard(tp)
         self._failures.forget_messages(list(chosen))
 
@@ -279,11 +293,7 @@ class ConcurrentDispatcher:
         return {topic: route.lanes.in_flight for topic, route in self._routes.items()}
 
     def queued(self) -> dict[TP, int]:
-        found: dict[TP, int] = {}
-        for route in self._routes.values():
-            for tp, count in list(route.lanes.queued_per_partition.items()):
-                found[tp] = found.get(tp, 0) + count
-        return found
+        return {tp: work.queued for tp, work in list(self._trackers.items())}
 
     def gaps(self) -> dict[TP, int]:
         return {tp: tracker.gap for tp, tracker in list(self._trackers.items())}
@@ -299,22 +309,22 @@ class ConcurrentDispatcher:
         if self._closed or self._stopping is not None:
             return
         now = self._clock.monotonic()
-        failures = self._failures
+        exhausted_of = self._failures.message_exhausted
+        failing = self._failures.messages_failing  # nothing below makes a message fail
+        running = self._running
         clock = self._calls.clock
         started = clock() if clock is not None else 0.0
-        for topic, route in self._routes.items():
+        for route in self._routes.values():
             lanes = route.lanes
             if lanes.next_retry_at is not None:
                 lanes.release(now)
             jobs: list[Job] = []
-            fmt = failures.format_of(topic)
-            while (message := lanes.start()) is not None:
-                tp = (message.topic, message.partition)
-                exhausted = failures.message_exhausted(message)
-                job = Job(message, Context(route.scope, message), format=fmt,
-                          owner=self._trackers.get(tp), started=started)
-                self._running[job] = None
-                self._running_per_partition[tp] = self._running_per_partition.get(tp, 0) + 1
+            start = lanes.start
+            while (job := start()) is not None:
+                job.started = started
+                running[job] = None
+                job.owner.running += 1
+                exhausted = exhausted_of(job.message) if failing else None
                 if exhausted is not None:  # only its dead letter is missing: no handler call
                     self._completions.put((job, exhausted, 0.0))
                 else:
@@ -329,59 +339,92 @@ class ConcurrentDispatcher:
     def _drain(self, partitions: Mapping[TP, PartitionProgress], *, block: float,
                starting: bool = True) -> int:
         """Take in every completion waiting (blocking up to ``block`` seconds for the first);
-        returns how many."""
+        returns how many. A message that returned, of a partition still assigned, is taken in
+        here; every other outcome in :meth:`_completed`."""
         completions = self._completions
+        running = self._running
+        failures = self._failures
+        succeeded = failures.message_succeeded
+        failing = failures.messages_failing
+        record = self._calls.record
+        moved = self._moved
         taken = 0
         try:
             item = completions.get(timeout=block) if block > 0 else completions.get_nowait()
             while True:
-                self._completed(item, partitions)
                 taken += 1
+                job, error, seconds = item
+                del running[job]
+                work = job.owner
+                work.running -= 1
+                if seconds:
+                    record(job.topic, seconds, failed=error is not None)
+                if error is not None or work.gone:
+                    self._completed(job, error)
+                    failing = failures.messages_failing
+                else:
+                    offset = job.message.offset
+                    if failing:
+                        succeeded(job.message)
+                    work.lanes.finished(job)
+                    watermark, count = work.finish(offset)
+                    if watermark is not None:
+                        if not work.moved:
+                            moved.append(work)
+                        work.moved += count
+                        work.moved_to = watermark
                 item = completions.get_nowait()
         except queue.Empty:
             pass
+        if moved:
+            self._advance()
         if taken:
             self._report_oldest()
         return taken
 
-    def _completed(self, item: Completion, partitions: Mapping[TP, PartitionProgress]) -> None:
-        job, error, seconds = item
+    def _advance(self) -> None:
+        """Move the progress of every partition whose watermark moved in this drain."""
+        now = self._clock.monotonic()
+        moved, self._moved = self._moved, []
+        for work in moved:
+            count, work.moved = work.moved, 0
+            work.progress.advance(work.moved_to, count, now)
+            self._done += count
+
+    def _completed(self, job: Job, error: BaseException | None) -> None:
+        """A completion other than a returned message of an assigned partition."""
         message = job.message
-        tp = (message.topic, message.partition)
-        del self._running[job]
-        self._running_per_partition[tp] -= 1
-        lanes = self._routes[job.topic].lanes
-        if seconds:
-            self._calls.record(job.topic, seconds, failed=error is not None)
-        tracker = self._trackers.get(tp)
-        progress = partitions.get(tp)
-        if tracker is None or tracker is not job.owner or progress is None:
-            lanes.finished(message)  # lost or revoked meanwhile: abandoned
+        work = job.owner
+        lanes = work.lanes
+        if work.gone:
+            lanes.finished(job)  # lost or revoked meanwhile: abandoned
             return
         if error is None:
             self._failures.message_succeeded(message)
         elif not isinstance(error, Exception):
-            lanes.finished(message)
+            lanes.finished(job)
             self._stop_with(message, error)
             return
         elif self._held_back is not None and (held := self._held_back(error)) is not None:
-            lanes.hold(message, held)  # the store's error: never an attempt, nor a dead letter
+            lanes.hold(job, held)  # the store's error: never an attempt, nor a dead letter
             return
         else:
             verdict, retry_at = self._failures.message_failed(
                 message, error, key=_key_or_none(self._routes[job.topic].scope, message))
             if verdict is Verdict.RETRY:
-                lanes.hold(message, retry_at)
+                lanes.hold(job, retry_at)
                 return
             if verdict is Verdict.STOP:
-                lanes.finished(message)
+                lanes.finished(job)
                 self._stop_with(message, error)
                 return
-        lanes.finished(message)
-        watermark, count = tracker.finish(message.offset)
+        lanes.finished(job)
+        watermark, count = work.finish(message.offset)
         if watermark is not None:
-            progress.advance(watermark, count, self._clock.monotonic())
-            self._done += count
+            if not work.moved:
+                self._moved.append(work)
+            work.moved += count
+            work.moved_to = watermark
 
     def _stop_with(self, message: Message, error: BaseException) -> None:
         if self._stopping is None:

@@ -1,4 +1,4 @@
-"""One route's polled messages that have not started yet, in lanes that keep its ordering.
+"""One route's polled messages (as jobs) that have not started yet, in lanes that keep its ordering.
 
 A lane is what runs one message at a time, in offset order: with ``key`` ordering one Kafka key
 of one partition (a None key is one lane per partition), with ``partition`` one partition; with
@@ -15,124 +15,134 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Collection, Hashable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from consumer.message import TP, Message
+from consumer.message import TP
+
+if TYPE_CHECKING:
+    from consumer.engine.concurrency.runners import Job
 
 Ordering = Literal["key", "partition", "none"]
 
 
+class Lane(deque["Job"]):
+    """One lane's queued jobs, in offset order; a job carries its lane from the queue to its
+    completion, so starting and finishing it looks nothing up."""
+
+    __slots__ = ("busy", "key")
+
+    def __init__(self, key: Hashable) -> None:
+        super().__init__()
+        self.key = key
+        #: A message of the lane runs or is held for a retry: none of its others may start.
+        self.busy = False
+
+
 class Lanes:
-    """Queued messages of one route, and which of them may start now."""
+    """Queued jobs of one route, and which of them may start now.
+
+    A job's lane is found once, when it is queued (the message's key is read there and only
+    there), and the job carries it (:attr:`Job.lane`) to :meth:`finished` and :meth:`hold`.
+    The per-partition counts live on the job's :class:`~.tracker.PartitionWork`
+    (``queued``), which the dispatcher reads for snapshots."""
 
     def __init__(self, ordering: Ordering, concurrency: int) -> None:
         self.ordering: Ordering = ordering
         self.concurrency = concurrency
+        self._keyed = ordering == "key"
+        self._free_order = ordering == "none"
         #: Messages of the route running now.
         self.in_flight = 0
         #: Messages queued (polled, not started), all partitions.
         self.queued = 0
-        #: Queued messages per partition.
-        self.queued_per_partition: dict[TP, int] = {}
-        #: lane -> its queued messages, in offset order (key and partition ordering).
-        self._lanes: dict[Hashable, deque[Message]] = {}
-        #: Lanes with a message running or held for a retry: none of theirs may start.
-        self._busy: set[Hashable] = set()
+        #: lane key -> the lane (key and partition ordering). A lane leaves when it is empty
+        #: and not busy, so a running key stays busy even after its partition's queue is
+        #: dropped.
+        self._lanes: dict[Hashable, Lane] = {}
         #: Lanes that may start their head message, oldest first (may hold stale entries).
-        self._ready: deque[Hashable] = deque()
-        #: ``none`` ordering: the queued messages themselves.
-        self._free: deque[Message] = deque()
-        #: (retry time, sequence, lane or None, message) of messages held for a retry.
-        self._held: list[tuple[float, int, Hashable, Message]] = []
+        self._ready: deque[Lane] = deque()
+        #: ``none`` ordering: the queued jobs themselves.
+        self._free: deque[Job] = deque()
+        #: (retry time, sequence, job) of messages held for a retry.
+        self._held: list[tuple[float, int, Job]] = []
         self._sequence = 0
 
-    def lane_of(self, message: Message) -> Hashable:
-        if self.ordering == "key":
-            return (message.topic, message.partition, message.key)
-        return (message.topic, message.partition)
-
-    def push(self, message: Message) -> None:
-        """A polled message joins the queue."""
+    def push(self, job: Job) -> None:
+        """A polled message joins the queue (its lane is found here, once)."""
         self.queued += 1
-        tp = (message.topic, message.partition)
-        self.queued_per_partition[tp] = self.queued_per_partition.get(tp, 0) + 1
-        if self.ordering == "none":
-            self._free.append(message)
+        job.owner.queued += 1
+        if self._free_order:
+            self._free.append(job)
             return
-        lane = self.lane_of(message)
-        queue = self._lanes.get(lane)
-        if queue is None:
-            queue = self._lanes[lane] = deque()
-        if not queue and lane not in self._busy:
+        message = job.message
+        if self._keyed:
+            key: Hashable = (message.topic, message.partition, message.key)
+        else:
+            key = (message.topic, message.partition)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Lane(key)
+        job.lane = lane
+        if not lane and not lane.busy:
             self._ready.append(lane)
-        queue.append(message)
+        lane.append(job)
 
-    def start(self) -> Message | None:
-        """The next message that may start now (counted in flight), or None."""
+    def start(self) -> Job | None:
+        """The next job that may start now (counted in flight), or None."""
         if self.in_flight >= self.concurrency:
             return None
-        message: Message | None
-        if self.ordering == "none":
-            message = self._free.popleft() if self._free else None
+        job: Job | None = None
+        if self._free_order:
+            if self._free:
+                job = self._free.popleft()
         else:
-            message = self._next_of_a_ready_lane()
-        if message is None:
+            ready = self._ready
+            while ready:
+                lane = ready.popleft()
+                if not lane or lane.busy:
+                    continue  # stale: dropped, or already started
+                lane.busy = True
+                job = lane.popleft()
+                break
+        if job is None:
             return None
         self.in_flight += 1
         self.queued -= 1
-        tp = (message.topic, message.partition)
-        self.queued_per_partition[tp] -= 1
-        return message
+        job.owner.queued -= 1
+        return job
 
-    def _next_of_a_ready_lane(self) -> Message | None:
-        ready, lanes, busy = self._ready, self._lanes, self._busy
-        while ready:
-            lane = ready.popleft()
-            queue = lanes.get(lane)
-            if not queue or lane in busy:
-                continue  # stale: dropped, or already started
-            busy.add(lane)
-            return queue.popleft()
-        return None
-
-    def finished(self, message: Message) -> None:
-        """A running message finished (done, dead-lettered, or abandoned): its lane moves on."""
+    def finished(self, job: Job) -> None:
+        """A running job finished (done, dead-lettered, or abandoned): its lane moves on."""
         self.in_flight -= 1
-        if self.ordering != "none":
-            self._free_lane(self.lane_of(message))
-
-    def _free_lane(self, lane: Hashable) -> None:
-        self._busy.discard(lane)
-        queue = self._lanes.get(lane)
-        if queue:
+        lane = job.lane
+        if lane is None:
+            return
+        lane.busy = False
+        if lane:
             self._ready.append(lane)
-        elif queue is not None:
-            del self._lanes[lane]
+        else:
+            del self._lanes[lane.key]  # a busy lane never leaves: it is there
 
-    def hold(self, message: Message, until: float) -> None:
-        """A running message failed and is retried at ``until``: it goes back to the head of
+    def hold(self, job: Job, until: float) -> None:
+        """A running job failed and is retried at ``until``: it goes back to the head of
         its lane, which stays busy until then."""
         self.in_flight -= 1
         self.queued += 1
-        tp = (message.topic, message.partition)
-        self.queued_per_partition[tp] = self.queued_per_partition.get(tp, 0) + 1
-        lane = None if self.ordering == "none" else self.lane_of(message)
+        job.owner.queued += 1
         self._sequence += 1
-        heapq.heappush(self._held, (until, self._sequence, lane, message))
+        heapq.heappush(self._held, (until, self._sequence, job))
 
     def release(self, now: float) -> None:
-        """Messages whose retry time has come may start again (first in their lane)."""
+        """Jobs whose retry time has come may start again (first in their lane)."""
         held = self._held
         while held and held[0][0] <= now:
-            _, _, lane, message = heapq.heappop(held)
+            job = heapq.heappop(held)[2]
+            lane = job.lane
             if lane is None:
-                self._free.appendleft(message)
+                self._free.appendleft(job)
                 continue
-            queue = self._lanes.get(lane)
-            if queue is None:
-                queue = self._lanes[lane] = deque()
-            queue.appendleft(message)
-            self._busy.discard(lane)
+            lane.appendleft(job)  # busy while held: still the key's lane
+            lane.busy = False
             self._ready.appendleft(lane)
 
     @property
@@ -140,25 +150,43 @@ class Lanes:
         return self._held[0][0] if self._held else None
 
     def drop(self, partitions: Collection[TP]) -> int:
-        """Forget the queued and held messages of ``partitions`` (revoked, lost, or the
-        process is stopping); returns how many. Their running messages keep their lanes busy
-        until they finish, so a key never runs twice at once even across a reassignment."""
-        dropped = 0
-        if self.ordering == "none":
-            kept = deque(m for m in self._free if (m.topic, m.partition) not in partitions)
-            dropped += len(self._free) - len(kept)
+        """Forget the queued and held jobs of ``partitions`` (revoked, lost, or the process
+        is stopping); returns how many. Their running jobs keep their lanes busy until they
+        finish, so a key never runs twice at once even across a reassignment."""
+        dropped: list[Job] = []
+        if self._free_order:
+            kept: deque[Job] = deque()
+            for job in self._free:
+                (dropped if _tp(job) in partitions else kept).append(job)
             self._free = kept
         else:
-            for lane in [lane for lane in self._lanes if lane[:2] in partitions]:  # type: ignore[index]
-                dropped += len(self._lanes.pop(lane))
-        kept_held = [entry for entry in self._held
-                     if (entry[3].topic, entry[3].partition) not in partitions]
-        for _, _, lane, _ in self._held:
-            if lane is not None and lane[:2] in partitions:  # type: ignore[index]
-                self._busy.discard(lane)  # held, not running: nothing keeps it busy
-        dropped += len(self._held) - len(kept_held)
+            lanes = self._lanes
+            for key in [key for key in lanes if key[:2] in partitions]:  # type: ignore[index]
+                lane = lanes[key]
+                dropped.extend(lane)
+                lane.clear()
+                if not lane.busy:
+                    del lanes[key]
+        kept_held: list[tuple[float, int, Job]] = []
+        for entry in self._held:
+            job = entry[2]
+            if _tp(job) in partitions:
+                dropped.append(job)
+                held_lane = job.lane
+                if held_lane is not None:  # held, not running: nothing keeps it busy
+                    held_lane.busy = False
+                    if not held_lane and self._lanes.get(held_lane.key) is held_lane:
+                        del self._lanes[held_lane.key]
+            else:
+                kept_held.append(entry)
         self._held = kept_held
         heapq.heapify(self._held)
-        for tp in partitions:
-            self.queued -= self.queued_per_partition.pop(tp, 0)
-        return dropped
+        for job in dropped:
+            job.owner.queued -= 1
+        self.queued -= len(dropped)
+        return len(dropped)
+
+
+def _tp(job: Job) -> TP:
+    message = job.message
+    return (message.topic, message.partition)

@@ -15,29 +15,35 @@ import importlib
 import queue
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consumer.failures.retries import check_format
 from consumer.message import Context, Message
 from consumer.routing import Handler
 
+if TYPE_CHECKING:
+    from consumer.engine.concurrency.lanes import Lane
+    from consumer.engine.concurrency.tracker import PartitionWork
+
 
 class Job:
     """One message handed to a worker, and what the poll thread needs back."""
 
-    __slots__ = ("context", "format", "message", "owner", "started", "topic")
+    __slots__ = ("context", "format", "lane", "message", "owner", "started", "topic")
 
     def __init__(self, message: Message, context: Context, *, format: str | None,
-                 owner: object, started: float) -> None:
+                 owner: PartitionWork, started: float = 0.0) -> None:
         self.message = message
         self.context = context
         self.topic = message.topic
         #: The value's declared format, checked before the handler (None: not checked).
         self.format = format
-        #: The partition's tracker when the job started: a different one when it finishes
-        #: means the partition was lost or revoked meanwhile (the result is ignored).
+        #: The partition's work when the message was polled: gone when it finishes means the
+        #: partition was lost or revoked meanwhile (the result is ignored).
         self.owner = owner
+        #: The message's lane in its route's :class:`~.lanes.Lanes` (set when queued; None:
+        #: ``none`` ordering).
+        self.lane: Lane | None = None
         #: The timer's clock when the poll thread submitted it (0.0: not timed).
         self.started = started
 
@@ -52,37 +58,58 @@ def _zero() -> float:
 
 
 class ThreadRunner:
-    """Runs one route's plain ``def`` handler on a pool of ``concurrency`` threads."""
+    """Runs one route's plain ``def`` handler on ``concurrency`` long-lived daemon threads.
+
+    Each thread takes jobs from one queue: handing a job over is one put on a C queue (no
+    future, no executor bookkeeping per message). Threads start as jobs come, up to the
+    concurrency (the poll thread never has more than that many in flight)."""
 
     def __init__(self, handler: Handler, *, concurrency: int, name: str,
                  completions: Completions, clock: Callable[[], float] | None) -> None:
         self._handler = handler
         self._completions = completions
         self._clock = clock or _zero
-        self._pool = ThreadPoolExecutor(max_workers=concurrency,
-                                        thread_name_prefix=f"consumer-{name}")
+        self._concurrency = concurrency
+        self._name = name
+        #: Jobs not taken by a thread yet; None tells a thread to end.
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
 
     def submit(self, jobs: list[Job]) -> None:
-        run = self._run
-        submit = self._pool.submit
+        put = self._jobs.put
         for job in jobs:
-            submit(run, job)
+            put(job)
+        missing = min(len(jobs), self._concurrency - len(self._threads))
+        for _ in range(missing):
+            thread = threading.Thread(target=self._work,
+                                      name=f"consumer-{self._name}_{len(self._threads)}",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
-    def _run(self, job: Job) -> None:
+    def _work(self) -> None:
+        take = self._jobs.get
+        handler = self._handler
         clock = self._clock
-        start = clock()
-        error: BaseException | None = None
-        try:
-            if job.format is not None:
-                check_format(job.message, job.format)
-            self._handler(job.message, job.context)
-        except BaseException as raised:  # every outcome goes back to the poll thread
-            error = raised
-        self._completions.put((job, error, clock() - start))
+        put = self._completions.put
+        while (job := take()) is not None and not self._closed:
+            start = clock()
+            error: BaseException | None = None
+            try:
+                if job.format is not None:
+                    check_format(job.message, job.format)
+                handler(job.message, job.context)
+            except BaseException as raised:  # every outcome goes back to the poll thread
+                error = raised
+            put((job, error, clock() - start))
 
     def close(self) -> None:
-        """Stop taking jobs; running ones finish on their own (their results are ignored)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop taking jobs; running ones finish on their own (their results are ignored),
+        jobs not taken yet never start."""
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
 
 
 AsyncHandler = Callable[[Message, Context], Coroutine[Any, Any, object]]

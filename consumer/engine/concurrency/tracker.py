@@ -14,8 +14,13 @@ Poll thread only; pure bookkeeping (no clock, no I/O). The partition's
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 from consumer.errors import OffsetWentBackwards
+
+if TYPE_CHECKING:
+    from consumer.checkpoint.progress import PartitionProgress
+    from consumer.engine.concurrency.lanes import Lanes
 
 
 class FinishedOffsets:
@@ -70,3 +75,31 @@ class FinishedOffsets:
     def unfinished(self) -> int:
         """Messages polled and not finished (queued or running)."""
         return len(self._polled) - len(self._finished)
+
+
+class PartitionWork(FinishedOffsets):
+    """One assigned partition's work in the dispatcher: its finished offsets, plus what the
+    poll thread needs per message without looking the partition up again. A job carries its
+    partition's object from the poll to its completion (:attr:`Job.owner`).
+
+    Written on the poll thread only. The counters are plain ints, so a snapshot read from
+    another thread (metrics) sees a value that was true a moment ago, never a torn one."""
+
+    __slots__ = ("gone", "lanes", "moved", "moved_to", "progress", "queued", "running")
+
+    def __init__(self, topic: str, partition: int, *, progress: PartitionProgress,
+                 lanes: Lanes) -> None:
+        super().__init__(topic, partition)
+        #: The partition's progress, moved when its watermark does.
+        self.progress = progress
+        #: The lanes of the partition's route.
+        self.lanes = lanes
+        #: Messages queued (polled, not started, or held for a retry), and running now.
+        self.queued = 0
+        self.running = 0
+        #: Revoked or lost: results of its running jobs are ignored when they come.
+        self.gone = False
+        #: Messages the watermark moved past since the last flush, and where it is now: the
+        #: dispatcher moves :attr:`progress` once per drained batch, not once per message.
+        self.moved = 0
+        self.moved_to = 0

@@ -6,11 +6,18 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import queue
+import threading
 from collections.abc import Callable
 
 import pytest
 
-from consumer.engine.concurrency.runners import AsyncRunner, Completion, Job, new_event_loop
+from consumer.engine.concurrency.runners import (
+    AsyncRunner,
+    Completion,
+    Job,
+    ThreadRunner,
+    new_event_loop,
+)
 from consumer.message import Context, Message, Scope
 
 
@@ -64,3 +71,34 @@ def test_the_loop_is_uvloops_when_uvloop_is_installed() -> None:
         assert type(loop).__module__.split(".")[0] == expected
     finally:
         loop.close()
+
+
+def test_thread_workers_run_jobs_on_at_most_concurrency_threads_and_stop_on_close() -> None:
+    completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+    gate = threading.Event()
+    names: set[str] = set()
+
+    def handler(message: Message, _context: Context) -> None:
+        names.add(threading.current_thread().name)
+        gate.wait(5)
+        if message.offset == 1:
+            raise ValueError("boom")
+
+    runner = ThreadRunner(handler, concurrency=2, name="t", completions=completions,
+                          clock=None)
+    batch = jobs(5)
+    runner.submit(batch[:2])
+    runner.submit(batch[2:4])  # queued behind the two running: no third thread
+    gate.set()
+    outcomes = {job.message.offset: error for job, error, _ in
+                (completions.get(timeout=5) for _ in range(4))}
+    assert sorted(outcomes) == [0, 1, 2, 3]
+    assert isinstance(outcomes[1], ValueError)
+    assert len(names) == 2
+    runner.close()
+    for thread in runner._threads:
+        thread.join(5)
+        assert not thread.is_alive()
+    runner.submit(batch[4:])  # after close: never runs
+    with pytest.raises(queue.Empty):
+        completions.get(timeout=0.2)

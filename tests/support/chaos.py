@@ -161,6 +161,8 @@ class Chaos:
     freezes: int = 0
     processes: list[ConsumerProcess] = field(default_factory=list)
     zombie: Zombie | None = None
+    #: The most transactions the zombie was seen holding open while frozen (PostgreSQL).
+    zombie_open_transactions: int = 0
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +222,8 @@ class Chaos:
 
         def overtaken() -> bool:
             self.restart_dead()  # someone must be there to take over (the zombie is alive)
+            self.zombie_open_transactions = max(self.zombie_open_transactions,
+                                                zombie.open_transactions(store))
             return zombie.overtaken(store, self.group)
 
         wait_for(overtaken, timeout=timeout, interval=0.2,

@@ -16,7 +16,15 @@ import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.audit import install_audit
-from tests.support.chaos import check, make_ledger, produce_ledger, until_consumed
+from tests.support.chaos import (
+    Chaos,
+    assert_fenced,
+    check,
+    make_ledger,
+    produce_ledger,
+    run_chaos,
+    until_consumed,
+)
 from tests.support.kafka import create_topic, unique_name
 from tests.support.ledger_concurrent import SCHEMA
 from tests.support.stores import StoreUnderTest
@@ -26,6 +34,8 @@ pytestmark = [pytest.mark.integration,
 
 MESSAGES = int(os.environ.get("CONSUMER_CONCURRENT_MESSAGES", "20000"))
 CONCURRENCY = 16
+#: SIGKILLs in the three-member chaos: each costs the group a rebalance (a session timeout).
+CHAOS_KILLS = int(os.environ.get("CONSUMER_CONCURRENT_CHAOS_KILLS", "8"))
 
 
 def _config(bootstrap: str, group: str, topic: str, store: StoreUnderTest,
@@ -166,6 +176,40 @@ def test_a_frozen_member_with_open_transactions_applies_nothing_twice(
     assert "dead letter" not in taken.lower()
     if wake == "late":
         assert "postgres_lock_timeout_seconds" in taken, "the new owner waited for the zombie"
+
+
+def test_three_members_killed_and_a_zombie_apply_every_change_exactly_once(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """The chaos of the single-threaded ledger test (tests/support/chaos.py) with ``concurrency:
+    16`` and the default micro-batches (8): three members on 6 partitions, 20,000 balance
+    changes (1% re-sent at later offsets), eight SIGKILLs at random moments (each a rebalance),
+    and one member frozen with SIGSTOP at a checkpoint while workers hold their transactions
+    open (keys claimed, effects written, no COMMIT). The group takes its partitions and
+    checkpoints past it (the server ends the frozen sessions after
+    ``postgres_idle_in_transaction_timeout_seconds``); continued, the zombie attempts its late
+    checkpoint and the epoch fence refuses it. Every balance exact, no change applied twice or
+    lost, the processed keys number the distinct events, no checkpoint row moved back.
+    Run with ``defect="no-claim"`` (tests/support/broken_concurrent.py), the verdict reports
+    changes applied twice."""
+    ledger, topic, group = _prepared(kafka_bootstrap, store, "conc-chaos")
+    config = _config(kafka_bootstrap, group, topic, store, lock_timeout=2,
+                     idle_in_transaction_timeout=5)
+    assert "micro_batch_messages" not in config["store"]  # the default is what runs
+    chaos = Chaos(tmp_path, config)
+    try:
+        run_chaos([chaos], store, kills=CHAOS_KILLS)
+        until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
+                       timeout=max(300, MESSAGES / 50), what=f"the end ({chaos.logs()})")
+    finally:
+        chaos.stop()
+    verdict = check(store, ledger, group, audited=True)
+    assert chaos.kills >= CHAOS_KILLS and chaos.freezes == 1
+    assert_fenced(chaos)
+    assert chaos.zombie_open_transactions > 0, "the zombie held no transaction open"
+    assert verdict.exact, verdict
+    assert verdict.processed_keys == len(ledger.events)
+    assert store.scalar("SELECT count(*) FROM handler_sessions") > 1
 
 
 def _rows(store: StoreUnderTest, group: str) -> dict[tuple[str, int], tuple[int, int]]:

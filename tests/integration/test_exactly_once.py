@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,17 @@ import yaml
 from consumer_process import REPO_ROOT, ConsumerProcess, consumer_config, wait_for
 
 from tests.support.audit import install_audit
-from tests.support.chaos import Chaos, Ledger, check, make_ledger, produce_ledger, until_consumed
-from tests.support.kafka import create_topic, end_offsets, group_offsets, produce, unique_name
+from tests.support.chaos import (
+    Chaos,
+    Ledger,
+    assert_fenced,
+    check,
+    make_ledger,
+    produce_ledger,
+    run_chaos,
+    until_consumed,
+)
+from tests.support.kafka import create_topic, group_offsets, produce, unique_name
 from tests.support.pg_proxy import CommitCutProxy, proxied_url
 from tests.support.stores import StoreUnderTest, fresh_store
 
@@ -55,14 +63,14 @@ def test_chaos_kills_and_a_zombie_apply_every_change_exactly_once(
     install_audit(store)
     group = unique_name("chaos")
     chaos = Chaos(tmp_path, _ledger_config(kafka_bootstrap, group, topic, store))
-    _run_chaos([chaos], store, kills=20)
+    run_chaos([chaos], store, kills=20)
     until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
                    timeout=max(300, CHAOS_MESSAGES / 500), what=f"the end ({chaos.logs()})")
     chaos.stop()
 
     verdict = check(store, ledger, group, audited=True)
     assert chaos.kills >= 20 and chaos.freezes == 1
-    _assert_fenced(chaos)
+    assert_fenced(chaos)
     assert verdict.exact, verdict
     assert verdict.processed_keys == len(ledger.events)
 
@@ -129,7 +137,7 @@ def _variant_chaos(bootstrap: str, store: StoreUnderTest, tmp_path: Path, defect
     chaos = Chaos(tmp_path, _ledger_config(bootstrap, group, topic, store), defect=defect,
                   aim_at_windows=defect in ("kafka-before-store", "keys-apart"))
     try:
-        _run_chaos([chaos], store, kills=4, zombie=zombie)
+        run_chaos([chaos], store, kills=4, zombie=zombie)
         until_consumed(store, bootstrap, group, [topic], timeout=180, tend=chaos,
                        what=f"the end ({chaos.logs()})")
     finally:
@@ -158,7 +166,7 @@ def test_chaos_two_groups_two_topics_share_one_database(
     runs = [_shared_member_group(kafka_bootstrap, store, tmp_path / tables, tables,
                                  list(topics.values()), gate) for tables in ("g1_", "g2_")]
     try:
-        _run_chaos(runs, store, kills=6)
+        run_chaos(runs, store, kills=6)
         for run in runs:
             until_consumed(store, kafka_bootstrap, run.group, list(topics.values()),
                            timeout=180, tend=run, what=f"the end ({run.logs()})")
@@ -173,7 +181,7 @@ def test_chaos_two_groups_two_topics_share_one_database(
         for run in runs:
             run.stop()
 
-    _assert_fenced(runs[0])
+    assert_fenced(runs[0])
     expected = ledgers["orders"] + ledgers["payments"]
     verdicts = {tables: check(store, expected, run.group, tables=tables, audited=True)
                 for tables, run in zip(("g1_", "g2_"), runs, strict=True)}
@@ -245,93 +253,6 @@ def test_postgres_connection_cut_as_commit_goes_out_applies_each_change_once(
         return
     assert verdict.exact, verdict
     assert verdict.processed_keys == len(ledger.events)
-
-
-def _run_chaos(runs: list[Chaos], store: StoreUnderTest, *, kills: int,
-               zombie: bool = True) -> None:
-    """Kill a random member each time a random share of the remaining messages is consumed
-    (so the kills spread over the whole run); once a fifth is consumed, make the first group's
-    zombie (unless told not to), early enough that its partitions have messages after it.
-    Progress is read from checkpoint rows, not from effects, so a consumer that loses effects
-    (or moves a row back) still gets to the end."""
-    consumed = _Consumed(store, runs)
-    total = sum(_log_ends(run) for run in runs)
-    rng = runs[0].rng
-    for run in runs:
-        run.start()
-    zombies = 0 if zombie else 1
-    while sum(run.kills for run in runs) + zombies < kills + 1:
-        done = consumed()
-        left = kills + 1 - sum(run.kills for run in runs) - zombies
-        share = max(1, (total - done) // (left + 2))
-        target = min(total - 1, done + rng.randint(1, 2 * share))
-        wait_for(lambda t=target: consumed() >= t,  # type: ignore[misc]
-                 timeout=120, interval=0.05,
-                 what=f"progress to {target} of {total} ({runs[0].logs()})")
-        for run in runs:
-            run.restart_dead()
-        killed = sum(run.kills for run in runs)
-        if zombies == 0 and (consumed() >= total // 5 or killed >= kills):
-            runs[0].make_zombie(store)
-            zombies = 1
-        else:
-            rng.choice(runs).kill_one()
-    for run in runs:
-        run.restart_dead()
-
-
-def _log_ends(run: Chaos) -> int:
-    """How many offsets the run's group has to consume: the log ends of its routes' topics."""
-    bootstrap = str(run.config["kafka"]["bootstrap_servers"])
-    return sum(sum(end_offsets(bootstrap, topic).values()) for topic in run.config["routes"])
-
-
-class _Consumed:
-    """How far the groups got, added up over partitions: each partition at the highest offset
-    seen in its store row or (a consumer that trusts Kafka) in Kafka, read once a second. A
-    row a zombie moved back, or one left behind Kafka, was consumed that far all the same."""
-
-    def __init__(self, store: StoreUnderTest, runs: list[Chaos]) -> None:
-        self._store = store
-        self._runs = runs
-        self._highest: dict[tuple[str, str, int], int] = {}
-        self._kafka_read_at = 0.0
-
-    def __call__(self) -> int:
-        groups = [run.group for run in self._runs]
-        marks = ", ".join(["%s"] * len(groups))
-        try:
-            rows = self._store.query(
-                "SELECT group_id, topic, partition, next_offset FROM consumer_checkpoints "
-                f"WHERE group_id IN ({marks})", tuple(groups))
-        except Exception:  # No consumer has started yet: the table does not exist.
-            rows = []
-        if time.monotonic() - self._kafka_read_at > 1.0:
-            self._kafka_read_at = time.monotonic()
-            rows += self._kafka_offsets()
-        for group, topic, partition, offset in rows:
-            key = (group, topic, partition)
-            self._highest[key] = max(self._highest.get(key, 0), offset or 0)
-        return sum(self._highest.values())
-
-    def _kafka_offsets(self) -> list[tuple[str, str, int, int | None]]:
-        found = []
-        for run in self._runs:
-            bootstrap = str(run.config["kafka"]["bootstrap_servers"])
-            for topic in run.config["routes"]:
-                partitions = len(end_offsets(bootstrap, topic))
-                offsets = group_offsets(bootstrap, run.group, topic, partitions)
-                found += [(run.group, topic, p, o) for p, o in offsets.items()]
-        return found
-
-
-def _assert_fenced(chaos: Chaos) -> None:
-    """The run's zombie attempted its late checkpoint and the epoch fence refused it."""
-    zombie = chaos.zombie
-    assert zombie is not None
-    log = chaos.log_of(zombie.process_name)
-    assert zombie.outcome() == "Fenced", log[-3000:]
-    assert "fenced on" in log, log[-3000:]
 
 
 def test_same_event_at_two_offsets_is_applied_once(

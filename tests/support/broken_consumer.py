@@ -27,6 +27,9 @@ re-delivered message's key is already claimed), caught as events applied twice:
 - ``no-keys-no-fence``: a frozen member that wakes up commits a batch its partitions' new
   owner has applied already.
 
+- ``no-claim``: with concurrency, each message's key claim records nothing and answers "new"
+  (tests/support/broken_concurrent.py): a message read again is applied again.
+
 A crash window writes ``$CHAOS_WINDOW_DIR/window-PID`` while it lasts
 (``$CHAOS_WINDOW_SECONDS``, default 0.3), so the chaos can aim its kills into it.
 """
@@ -156,6 +159,13 @@ def _store_classes() -> list[type[Store]]:
     return [SQLiteStore, PostgresStore]
 
 
+def _no_claim() -> None:
+    """Concurrency's claims removed (tests/support/broken_concurrent.py)."""
+    from tests.support.broken_concurrent import no_claim
+
+    no_claim()
+
+
 VARIANTS: Mapping[str, tuple[Callable[[], None], ...]] = {
     "kafka-before-store": (_kafka_before_store,),
     "no-fence": (_no_fence,),
@@ -163,6 +173,7 @@ VARIANTS: Mapping[str, tuple[Callable[[], None], ...]] = {
     "no-keys": (_no_keys,),
     "no-keys-checkpoint-outside": (_no_keys, _effects_commit_alone),
     "no-keys-no-fence": (_no_keys, _no_fence),
+    "no-claim": (_no_claim,),
 }
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -160,6 +161,8 @@ class Chaos:
     freezes: int = 0
     processes: list[ConsumerProcess] = field(default_factory=list)
     zombie: Zombie | None = None
+    #: The most transactions the zombie was seen holding open while frozen (PostgreSQL).
+    zombie_open_transactions: int = 0
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +222,8 @@ class Chaos:
 
         def overtaken() -> bool:
             self.restart_dead()  # someone must be there to take over (the zombie is alive)
+            self.zombie_open_transactions = max(self.zombie_open_transactions,
+                                                zombie.open_transactions(store))
             return zombie.overtaken(store, self.group)
 
         wait_for(overtaken, timeout=timeout, interval=0.2,
@@ -290,3 +295,90 @@ def until_applied(store: StoreUnderTest, ledger: Ledger, *, timeout: float,
             return False
 
     wait_for(done, timeout=timeout, what=what, interval=0.5)
+
+
+def run_chaos(runs: list[Chaos], store: StoreUnderTest, *, kills: int,
+               zombie: bool = True) -> None:
+    """Kill a random member each time a random share of the remaining messages is consumed
+    (so the kills spread over the whole run); once a fifth is consumed, make the first group's
+    zombie (unless told not to), early enough that its partitions have messages after it.
+    Progress is read from checkpoint rows, not from effects, so a consumer that loses effects
+    (or moves a row back) still gets to the end."""
+    consumed = _Consumed(store, runs)
+    total = sum(_log_ends(run) for run in runs)
+    rng = runs[0].rng
+    for run in runs:
+        run.start()
+    zombies = 0 if zombie else 1
+    while sum(run.kills for run in runs) + zombies < kills + 1:
+        done = consumed()
+        left = kills + 1 - sum(run.kills for run in runs) - zombies
+        share = max(1, (total - done) // (left + 2))
+        target = min(total - 1, done + rng.randint(1, 2 * share))
+        wait_for(lambda t=target: consumed() >= t,  # type: ignore[misc]
+                 timeout=120, interval=0.05,
+                 what=f"progress to {target} of {total} ({runs[0].logs()})")
+        for run in runs:
+            run.restart_dead()
+        killed = sum(run.kills for run in runs)
+        if zombies == 0 and (consumed() >= total // 5 or killed >= kills):
+            runs[0].make_zombie(store)
+            zombies = 1
+        else:
+            rng.choice(runs).kill_one()
+    for run in runs:
+        run.restart_dead()
+
+
+def _log_ends(run: Chaos) -> int:
+    """How many offsets the run's group has to consume: the log ends of its routes' topics."""
+    bootstrap = str(run.config["kafka"]["bootstrap_servers"])
+    return sum(sum(end_offsets(bootstrap, topic).values()) for topic in run.config["routes"])
+
+
+class _Consumed:
+    """How far the groups got, added up over partitions: each partition at the highest offset
+    seen in its store row or (a consumer that trusts Kafka) in Kafka, read once a second. A
+    row a zombie moved back, or one left behind Kafka, was consumed that far all the same."""
+
+    def __init__(self, store: StoreUnderTest, runs: list[Chaos]) -> None:
+        self._store = store
+        self._runs = runs
+        self._highest: dict[tuple[str, str, int], int] = {}
+        self._kafka_read_at = 0.0
+
+    def __call__(self) -> int:
+        groups = [run.group for run in self._runs]
+        marks = ", ".join(["%s"] * len(groups))
+        try:
+            rows = self._store.query(
+                "SELECT group_id, topic, partition, next_offset FROM consumer_checkpoints "
+                f"WHERE group_id IN ({marks})", tuple(groups))
+        except Exception:  # No consumer has started yet: the table does not exist.
+            rows = []
+        if time.monotonic() - self._kafka_read_at > 1.0:
+            self._kafka_read_at = time.monotonic()
+            rows += self._kafka_offsets()
+        for group, topic, partition, offset in rows:
+            key = (group, topic, partition)
+            self._highest[key] = max(self._highest.get(key, 0), offset or 0)
+        return sum(self._highest.values())
+
+    def _kafka_offsets(self) -> list[tuple[str, str, int, int | None]]:
+        found = []
+        for run in self._runs:
+            bootstrap = str(run.config["kafka"]["bootstrap_servers"])
+            for topic in run.config["routes"]:
+                partitions = len(end_offsets(bootstrap, topic))
+                offsets = group_offsets(bootstrap, run.group, topic, partitions)
+                found += [(run.group, topic, p, o) for p, o in offsets.items()]
+        return found
+
+
+def assert_fenced(chaos: Chaos) -> None:
+    """The run's zombie attempted its late checkpoint and the epoch fence refused it."""
+    zombie = chaos.zombie
+    assert zombie is not None
+    log = chaos.log_of(zombie.process_name)
+    assert zombie.outcome() == "Fenced", log[-3000:]
+    assert "fenced on" in log, log[-3000:]

@@ -7,7 +7,13 @@ test opens (tests/support/zombie.py); with ``--defect``, one guarantee removed
 The gate: when ``$CHAOS_ZOMBIE_DIR/freeze`` exists, the first member to start a count or
 interval checkpoint with a batch in hand takes it, writes the rows it is about to checkpoint,
 and stops itself (SIGSTOP) before opening the store transaction. Continued, it goes straight
-on with that checkpoint and writes how it ended.
+on with that checkpoint and writes how it ended. With concurrency (a route's handlers on
+workers, ``consumer.checkpoint.store_message.StoreRows``), the same at a count or interval
+checkpoint with rows to move, once a worker at least holds its transaction open (keys
+claimed, effects written, no COMMIT: workers that finish a message's work wait there while
+the gate is closing): the whole process stops with those transactions open. Each member's
+PostgreSQL sessions carry the application name ``chaos-member-PID``, so the test can see the
+zombie's open transactions.
 """
 
 from __future__ import annotations
@@ -17,11 +23,22 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
+from consumer.checkpoint.progress import PartitionProgress
 from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
+from consumer.checkpoint.store_message import StoreRows
 from consumer.cli import main
 from consumer.events import Trigger
+from consumer.message import TP, StoreLike
+from consumer.store import Claim
+from consumer.store.postgres_pool import PostgresTransactions
+
+T = TypeVar("T")
 
 log = logging.getLogger("chaos.member")
 
@@ -35,18 +52,104 @@ def install_zombie_gate(directory: Path) -> None:
                 or not _take_request(directory)):
             return original(self)
         _freeze(self, directory)
-        outcome = directory / f"zombie-{os.getpid()}.outcome"
-        try:
-            result = original(self)
-        except BaseException as error:
-            log.warning("chaos: the zombie's late checkpoint raised %s", type(error).__name__)
-            outcome.write_text(type(error).__name__)
-            raise
-        log.warning("chaos: the zombie's late checkpoint committed")
-        outcome.write_text("committed")
-        return result
+        return _late(directory, lambda: original(self))
 
     StoreCheckpoint.run = run  # type: ignore[method-assign]
+    _install_concurrent_gate(directory)
+
+
+class _Held:
+    """Workers held inside their open transactions while the gate closes."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.count = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+
+    def work(self, work: Callable[[StoreLike], None]) -> Callable[[StoreLike], None]:
+        def held(db: StoreLike) -> None:
+            work(db)
+            if self.closing:
+                with self.lock:
+                    self.count += 1
+                self.release.wait()
+
+        return held
+
+    def close(self, timeout: float) -> bool:
+        """Whether a worker is held in its transaction within ``timeout``; if not, reopens."""
+        self.release = threading.Event()
+        self.closing = True
+        deadline = time.monotonic() + timeout
+        while self.count == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.count == 0:
+            self.open()  # a worker that came in just now goes on
+            return False
+        return True
+
+    def open(self) -> None:
+        self.closing = False
+        self.release.set()
+
+
+def _install_concurrent_gate(directory: Path) -> None:
+    original = StoreRows.run
+    held = _Held()
+    apply, apply_batch = PostgresTransactions.apply, PostgresTransactions.apply_batch
+
+    def run(self: StoreRows, trigger: Trigger,
+            partitions: Iterable[PartitionProgress]) -> dict[TP, int]:
+        chosen = list(partitions)
+        rows = _moving_rows(self, chosen) if trigger in (Trigger.COUNT, Trigger.INTERVAL) else []
+        if (not rows or not (directory / "freeze").exists() or not _rows_go_on(self, rows)
+                or not held.close(timeout=2.0)):
+            return original(self, trigger, chosen)
+        if not _take_request(directory):
+            held.open()
+            return original(self, trigger, chosen)
+        _stop_as_zombie(directory, rows)
+        held.open()
+        return _late(directory, lambda: original(self, trigger, chosen))
+
+    def one(self: PostgresTransactions, group: str, claim: Claim, now: float,
+            work: Callable[[StoreLike], None]) -> bool:
+        return apply(self, group, claim, now, held.work(work))
+
+    def many(self: PostgresTransactions, group: str, claims: Sequence[Claim], now: float,
+             works: Sequence[Callable[[StoreLike], None]]) -> list[bool | BaseException]:
+        return apply_batch(self, group, claims, now, [held.work(w) for w in works])
+
+    StoreRows.run = run  # type: ignore[method-assign]
+    PostgresTransactions.apply = one  # type: ignore[method-assign]
+    PostgresTransactions.apply_batch = many  # type: ignore[method-assign]
+
+
+def _moving_rows(rows: StoreRows, partitions: list[PartitionProgress]) -> list[list[Any]]:
+    """The rows this checkpoint is about to write (the watermarks that moved)."""
+    return [[p.topic, p.partition, p.watermark, p.epoch] for p in partitions
+            if p.watermark is not None
+            and rows._stored.get((p.topic, p.partition)) != p.watermark]
+
+
+def _rows_go_on(rows: StoreRows, moving: list[list[Any]]) -> bool:
+    source = rows._commits._source
+    return any(source.offset_range((t, p))[1] > offset for t, p, offset, _ in moving)
+
+
+def _late(directory: Path, checkpoint: Callable[[], T]) -> T:
+    """The zombie's checkpoint, continued; writes how it ended."""
+    outcome = directory / f"zombie-{os.getpid()}.outcome"
+    try:
+        result = checkpoint()
+    except BaseException as error:
+        log.warning("chaos: the zombie's late checkpoint raised %s", type(error).__name__)
+        outcome.write_text(type(error).__name__)
+        raise
+    log.warning("chaos: the zombie's late checkpoint committed")
+    outcome.write_text("committed")
+    return result
 
 
 def _batch_ends(checkpoint: StoreCheckpoint) -> dict[tuple[str, int], int]:
@@ -76,6 +179,10 @@ def _freeze(checkpoint: StoreCheckpoint, directory: Path) -> None:
     """Write the rows this checkpoint is about to write, then stop until SIGCONT."""
     rows = [[t, p, offset, checkpoint._partitions[(t, p)].epoch]
             for (t, p), offset in _batch_ends(checkpoint).items()]
+    _stop_as_zombie(directory, rows)
+
+
+def _stop_as_zombie(directory: Path, rows: list[list[Any]]) -> None:
     staging = directory / f".zombie-{os.getpid()}.json"
     staging.write_text(json.dumps({"pid": os.getpid(), "rows": rows}))
     staging.rename(directory / f"zombie-{os.getpid()}.json")
@@ -91,5 +198,7 @@ if __name__ == "__main__":
 
         break_consumer(args[1])
         args = args[2:]
+    # libpq names this process's sessions (pg_stat_activity.application_name)
+    os.environ.setdefault("PGAPPNAME", f"chaos-member-{os.getpid()}")
     install_zombie_gate(Path(os.environ["CHAOS_ZOMBIE_DIR"]))
     sys.exit(main(args))

@@ -52,6 +52,15 @@ class Zombie:
                      for t, p, offset, _ in self.rows)
         return moved_on and passed
 
+    def open_transactions(self, store: StoreUnderTest) -> int:
+        """The zombie's PostgreSQL sessions left inside a transaction (its workers' claims
+        and effects, not committed); 0 on SQLite."""
+        if store.backend != "postgresql":
+            return 0
+        return int(store.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND state = 'idle in transaction'", (f"chaos-member-{self.pid}",)))
+
     def release(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
 

@@ -64,17 +64,18 @@ def _applied(store: StoreUnderTest) -> int:
     return int(store.scalar("SELECT count(*) FROM ledger_entries"))
 
 
-@pytest.mark.parametrize("defect", [None, "no-claim"])
+# The healthy run of this one-member crash test is covered, with three members and a zombie,
+# by test_three_members_killed_and_a_zombie_apply_every_change_exactly_once below; what stays
+# here is its broken twin, proof that the checker sees a consumer without key claims.
+@pytest.mark.parametrize("defect", ["no-claim"])
 def test_concurrency_16_applies_every_change_exactly_once_through_sigkills(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, defect: str | None
 ) -> None:
     """20,000 balance changes over 6 partitions (1% re-sent at later offsets), 16 handlers at
-    once, SIGKILLed three times at random moments and restarted: after a SIGTERM at the end,
-    every balance is exact, no change applied twice or lost, the processed keys number the
-    distinct events, no checkpoint row moved back, and every row reached its log's end.
-    Transactions really ran side by side (several PostgreSQL sessions applied changes).
-    The same run with the key claim removed (``no-claim``): the checker sees changes applied
-    twice."""
+    once, SIGKILLed three times at random moments and restarted, with the key claim removed
+    (``no-claim``): the checker sees changes applied twice. (With ``defect=None`` the same run
+    is exact: every balance, no change applied twice or lost, the processed keys number the
+    distinct events, no checkpoint row moved back.)"""
     ledger, topic, group = _prepared(kafka_bootstrap, store, "conc-kill")
     config = _config(kafka_bootstrap, group, topic, store)
     module = ["consumer"] if defect is None else ["tests.support.broken_concurrent"]

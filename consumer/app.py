@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 from types import FrameType
 
+from opentelemetry.trace import Tracer
+
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.policy import CheckpointPolicy
 from consumer.checkpoint.store_message import StoreRows, StoreWork, Tally
@@ -40,6 +42,7 @@ from consumer.observability.event_log import LoggingObserver
 from consumer.observability.instruments import Instruments
 from consumer.observability.lag import OffsetTracker
 from consumer.observability.offset_refresh import OffsetRefresher
+from consumer.observability.tracing import Tracing
 from consumer.routing import Route, Router
 from consumer.settings import Settings
 from consumer.store import Store, open_configured
@@ -76,6 +79,7 @@ def build_loop(
     store: Store | None = None,
     clock: Clock | None = None,
     dead_letters: DeadLetterSink | None = None,
+    tracer: Tracer | None = None,
 ) -> ConsumerLoop:
     """Wire a consumer loop for these settings; nothing connects until ``loop.start()``
     (a SQLite store file is opened here; PostgreSQL connects at ``loop.start()``).
@@ -85,25 +89,31 @@ def build_loop(
     replace the Kafka client, the configured store, the system clock and the dead-letter
     producer (tests pass in-memory ones). With ``instruments``, handlers, the store and commits
     are timed; with ``offsets``, the loop keeps paused partitions' end offsets and transactional
-    positions current in it."""
+    positions current in it. With ``tracer``, each handler call is a span
+    (:mod:`consumer.observability.tracing`); without one the handlers are called as they are."""
     if source is None:
         source = KafkaSource(settings.kafka, on_statistics=on_statistics)
     if instruments is not None:
         source = instruments.source(source)
-    observer = Observers(LoggingObserver(), *extra_observers)
     clock = clock or SystemClock()
     group = settings.kafka.group_id
+    concurrent = needs_workers(settings, router)
+    sink = dead_letters or KafkaDeadLetterSink(settings.kafka)
+    if tracer is not None:
+        tracing = Tracing(tracer, group=group, duplicates=(
+            not concurrent and (store is not None or settings.store.enabled)))
+        router, sink = tracing.router(router), tracing.sink(sink)
+        extra_observers = (*extra_observers, tracing.observer)
+    observer = Observers(LoggingObserver(), *extra_observers)
     topic_ids: dict[str, str] = {}
     keys = build_keys(settings, topic_ids)
-    failures = Failures(build_policies(settings),
-                        sink=dead_letters or KafkaDeadLetterSink(settings.kafka),
+    failures = Failures(build_policies(settings), sink=sink,
                         group=group, observer=observer,
                         monotonic=clock.monotonic, wall=clock.wall, topic_ids=topic_ids)
     commits = KafkaCommits(source, observer=observer, monotonic=clock.monotonic)
     policy = CheckpointPolicy(every_messages=settings.checkpoint.every_messages,
                               every_seconds=settings.checkpoint.every_seconds)
     mode: CheckpointMode
-    concurrent = needs_workers(settings, router)
     if store is not None or settings.store.enabled:
         asynchronous = [topic for topic in concurrent if is_async(router.route_for(topic).handler)]
         if asynchronous:

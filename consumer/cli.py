@@ -104,12 +104,13 @@ def _run(settings: Settings, router: Router) -> int:
     configure_logging(settings.log_level, settings.logging.format, group=settings.kafka.group_id)
     log.info("checkpoint-consumer %s starting with %s", __version__,
              json.dumps(settings.masked(), sort_keys=True))
-    observability = build_observability(settings)
     try:
+        observability = build_observability(settings)
         loop = build_loop(settings, router, *observability.observers,
                           on_statistics=observability.on_statistics,
                           instruments=observability.instruments,
-                          offsets=observability.offset_tracker)
+                          offsets=observability.offset_tracker,
+                          tracer=observability.tracer)
     except ConsumerError as error:
         return _failed(error)
     try:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 #: A partition's coordinates: (topic, partition).
 TP = tuple[str, int]
@@ -134,6 +137,8 @@ class Context:
     - ``db``: with a store, the connection inside the open transaction; write your effects
       with it and they commit exactly once, together with the checkpoint.
     - ``execute(sql, params)``: run SQL on ``db`` with ``%s`` placeholders on every store.
+    - ``span``: the OpenTelemetry span of this handler call (with ``tracing.enabled``); add
+      attributes or events to it. With tracing off, a span that records nothing.
 
     Attributes are built only when a handler asks for them, so the hot path stays cheap.
     """
@@ -178,6 +183,12 @@ class Context:
                 "context.db needs a store: set store.url (sqlite:///… or postgresql://…)"
             )
         return store.connection
+
+    @property
+    def span(self) -> Span:
+        from opentelemetry import trace  # read only by handlers that ask for it
+
+        return trace.get_current_span()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         store = self._scope.store

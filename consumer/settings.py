@@ -309,6 +309,18 @@ class LoggingSettings(_Section):
     format: Literal["human", "json"] = "human"
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry spans, one per handler call (off unless enabled)."""
+
+    enabled: bool = False
+    #: The ``service.name`` resource attribute of the spans this process exports.
+    service_name: str = "checkpoint-consumer"
+    #: OTLP/HTTP traces URL (e.g. http://collector:4318/v1/traces): spans are exported there
+    #: with the SDK (``pip install checkpoint-consumer[otel]``). None: spans go to the tracer
+    #: provider the process already has (one set up by the handler modules, or none).
+    otlp_endpoint: str | None = None
+
+
 class Settings(BaseSettings):
     """The whole configuration of one consumer process."""
 
@@ -331,6 +343,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _dead_letters_elsewhere(self) -> Settings:

@@ -52,11 +52,13 @@ class InMemorySource:
         self.markers: dict[TP, int] = {}
 
     def append(self, topic: str, partition: int, value: bytes, *,
-               key: bytes | None = None) -> None:
+               key: bytes | None = None,
+               headers: list[tuple[str, bytes | None]] | None = None) -> None:
         log = self._log.setdefault((topic, partition), [])
         offset = self._end((topic, partition))
         self.markers.pop((topic, partition), None)
-        log.append(Message(topic, partition, offset, value, key=key, timestamp=0.0))
+        log.append(Message(topic, partition, offset, value, key=key, headers=headers,
+                           timestamp=0.0))
 
     def append_marker(self, topic: str, partition: int) -> None:
         """A transaction's commit marker: it takes an offset, and no handler ever sees it."""

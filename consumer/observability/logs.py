@@ -2,22 +2,22 @@
 
 A record about a message carries ``topic``, ``partition`` and ``offset`` as attributes (the
 handler's ``context.logger`` binds them, with ``group``); both formats print them. JSON lines
-also carry the process's group, since one process consumes for one group. :func:`configure`
+also carry the process's group, since one process consumes for one group, and the active
+span's ``trace_id`` / ``span_id`` with ``tracing.enabled``. :func:`configure`
 replaces the root logger's handlers: the CLI calls it once at start, nothing else should.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import Any
 
+from opentelemetry import trace
+from pythonjsonlogger.json import JsonFormatter as BaseJsonFormatter
+
 COORDINATES = ("group", "topic", "partition", "offset")
-#: Attributes every log record has; any other attribute came from ``extra=``.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
 HUMAN = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -37,34 +37,29 @@ class HumanFormatter(logging.Formatter):
         return f"{head} [{coordinates}]{newline}{rest}"
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, coordinates,
-    and every field the caller passed with ``extra=`` (values JSON cannot hold as text)."""
+class JsonFormatter(BaseJsonFormatter):
+    """One JSON object per line (python-json-logger): time (UTC, ISO 8601), level, logger,
+    message, the process's group, the message's coordinates, every field the caller passed with
+    ``extra=`` (a value JSON cannot hold as its text), ``exception`` with its traceback, and
+    ``trace_id`` / ``span_id`` (hex) while a span is active (a handler call with tracing on)."""
 
     def __init__(self, group: str | None = None) -> None:
-        super().__init__()
+        super().__init__(["levelname", "name", "message"],
+                         rename_fields={"levelname": "level", "name": "logger",
+                                        "exc_info": "exception"})
         self._group = group
 
-    def format(self, record: logging.LogRecord) -> str:
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        data: dict[str, Any] = {
-            "time": f"{stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        log_data["time"] = f"{stamp}.{int(record.msecs):03d}Z"
+        super().add_fields(log_data, record, message_dict)
         if self._group is not None:
-            data["group"] = self._group
-        for key in COORDINATES:
-            value = getattr(record, key, None)
-            if value is not None:
-                data[key] = value
-        for key, value in vars(record).items():  # the fields a caller passed with extra=
-            if key not in _STANDARD and key not in data:
-                data[key] = value
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+            log_data["group"] = self._group  # one process consumes for one group
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            log_data["trace_id"] = format(span.trace_id, "032x")
+            log_data["span_id"] = format(span.span_id, "016x")
 
 
 def configure(level: str, format: str = "human", *, group: str | None = None) -> None:

@@ -4,7 +4,8 @@ composition root (:mod:`consumer.app`):
     observability = build_observability(settings)
     loop = build_loop(settings, router, *observability.observers,
                       on_statistics=observability.on_statistics,
-                      instruments=observability.instruments, offsets=observability.offset_tracker)
+                      instruments=observability.instruments, offsets=observability.offset_tracker,
+                      tracer=observability.tracer)
     observability.serve(loop.snapshot)       # /readyz answers false until the first assignment
     ...
     observability.close()
@@ -12,7 +13,8 @@ composition root (:mod:`consumer.app`):
 Built before the loop; ``serve`` starts the HTTP thread (OSError when the address is taken).
 The statistics callback runs inside ``poll`` on the poll thread and never raises into it (a
 failure is logged once, logger ``consumer.metrics``). With ``metrics.enabled: false`` it
-observes nothing and serves nothing.
+observes nothing and serves nothing. ``tracer`` is None unless ``tracing.enabled``; ``close``
+flushes the spans not exported yet.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
 from consumer import __version__
@@ -34,6 +37,7 @@ from consumer.observability.health import Health, Lifecycle
 from consumer.observability.instruments import Instruments
 from consumer.observability.lag import OffsetTracker
 from consumer.observability.metrics import MetricsObserver
+from consumer.observability.tracing_export import tracer_for
 from consumer.settings import Settings
 
 log = logging.getLogger("consumer.metrics")
@@ -53,6 +57,9 @@ class Observability:
     health: Health | None = None
     server: ObservabilityServer | None = None
     address: tuple[str, int] | None = None
+    #: Handler calls' spans go here (None: tracing is off).
+    tracer: Tracer | None = None
+    flush_spans: Callable[[], None] | None = None
     _failures: list[str] = field(default_factory=list)
 
     @property
@@ -117,6 +124,9 @@ class Observability:
         return self.health
 
     def close(self) -> None:
+        if self.flush_spans is not None:
+            self.flush_spans()
+            self.flush_spans = None
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -125,8 +135,10 @@ class Observability:
 def build_observability(
     settings: Settings, *, clock: Clock | None = None, registry: CollectorRegistry | None = None
 ) -> Observability:
-    """Everything observing needs, before the loop exists; nothing is bound until ``serve``."""
+    """Everything observing needs, before the loop exists; nothing is bound until ``serve``.
+    Raises ConfigError when tracing exports over OTLP and the SDK is not installed."""
     clock = clock or SystemClock()
+    tracer, flush = tracer_for(settings.tracing) if settings.tracing.enabled else (None, None)
     registry = registry or CollectorRegistry()
     tracker = OffsetTracker()
     # Handler timing reads perf_counter directly: a SystemClock method call per read would
@@ -142,4 +154,6 @@ def build_observability(
                                offsets=tracker, instruments=instruments),
         offsets=tracker,
         timings=instruments,
+        tracer=tracer,
+        flush_spans=flush,
     )

@@ -83,3 +83,13 @@ def test_each_letter_is_paired_with_the_first_letter_of_its_message() -> None:
     old = DeadLetter.parse(Message("orders.dlq", 0, 3, b"v"))  # an older letter: no id
     pairs = list(with_first_letters([first, other, again, old, old]))
     assert pairs == [(first, None), (other, None), (again, first), (old, None), (old, None)]
+
+
+def test_a_redriven_copy_carries_the_letters_trace_context() -> None:
+    """The letter's ``traceparent`` (the failed handler call's span, with tracing on) is an
+    ordinary header, so the redriven copy's consumer span continues that trace."""
+    traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    original = Message("orders", 2, 7, b"v", headers=[("traceparent", traceparent),
+                                                      ("tracestate", b"vendor=1")])
+    assert _letter(original).original().headers == [("traceparent", traceparent),
+                                                    ("tracestate", b"vendor=1")]

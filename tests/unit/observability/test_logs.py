@@ -6,8 +6,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from consumer.clock import ManualClock
 from consumer.errors import HandlerFailed, KafkaError, KafkaFatalError
@@ -133,3 +136,44 @@ def test_fatal_client_errors_are_always_logged(caplog: pytest.LogCaptureFixture)
     for _ in range(3):
         observer.kafka_error(fenced)
     assert kafka_error_lines(caplog) == ["Kafka error _FENCED: fenced by a newer instance"] * 3
+
+
+def json_line(formatter: logging.Formatter, emit: Callable[[logging.Logger], None]) -> Any:
+    stream, handler = capture(formatter)
+    logger = logging.getLogger("consumer.handler")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+    return json.loads(stream.getvalue())
+
+
+def test_json_lines_keep_every_extra_field_and_the_exception() -> None:
+    class Amount:
+        def __str__(self) -> str:
+            return "12.50 EUR"
+
+    def emit(logger: logging.Logger) -> None:
+        try:
+            raise ValueError("no price")
+        except ValueError:
+            logger.exception("pricing failed", extra={"order_id": "o-7", "amount": Amount(),
+                                                      "lines": [1, 2]})
+
+    record = json_line(JsonFormatter(group="payments"), emit)
+    assert (record["order_id"], record["amount"], record["lines"]) == ("o-7", "12.50 EUR", [1, 2])
+    assert record["level"] == "ERROR" and record["group"] == "payments"
+    assert "ValueError: no price" in record["exception"]
+    assert "trace_id" not in record and "span_id" not in record  # no span active
+
+
+def test_json_lines_carry_the_active_spans_trace_and_span_ids() -> None:
+    provider = TracerProvider()
+    with provider.get_tracer("test").start_as_current_span("process orders") as span:
+        record = json_line(JsonFormatter(), lambda logger: logger.info("inside"))
+        ids = span.get_span_context()
+    assert record["trace_id"] == f"{ids.trace_id:032x}"
+    assert record["span_id"] == f"{ids.span_id:016x}"
+    assert len(record["trace_id"]) == 32 and len(record["span_id"]) == 16

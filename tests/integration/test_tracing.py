@@ -1,0 +1,91 @@
+"""Tracing on a real broker: messages produced with a W3C ``traceparent`` yield CONSUMER spans
+that are children of it, with the messaging attributes and their outcome (success, retry,
+dead letter), and the dead letter on the broker carries the failed call's trace context.
+
+The loop runs in this process (``build_loop`` with the real Kafka client and dead-letter
+producer), its spans kept by the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from consumer.app import build_loop
+from consumer.message import Context, Message
+from consumer.observability.tracing import OUTCOME
+from consumer.routing import Route, Router
+from consumer.settings import Settings
+from tests.support.kafka import create_named_topic, create_topic, produce, read_topic, unique_name
+
+pytestmark = pytest.mark.integration
+
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+#: Per offset, the producer span each message was produced under.
+PARENTS = {0: 0x00F067AA0BA902B7, 1: 0x00F067AA0BA902B8, 2: 0x00F067AA0BA902B9}
+
+
+def test_spans_are_children_of_the_produced_traceparent_for_success_retry_and_dead_letter(
+        kafka_bootstrap: str) -> None:
+    topic = create_topic(kafka_bootstrap, 1, prefix="tracing")
+    create_named_topic(kafka_bootstrap, f"{topic}.dlq")
+    produce(kafka_bootstrap, topic, [b"ok", b"flaky", b"bad"], headers=lambda i: [
+        ("traceparent", f"00-{TRACE_ID:032x}-{PARENTS[i]:016x}-01".encode())], in_order=True)
+    failures: dict[bytes, int] = {}
+
+    def handle(message: Message, _context: Context) -> None:
+        value = message.value or b""
+        failures[value] = failures.get(value, 0) + 1
+        if value == b"bad" or (value == b"flaky" and failures[value] == 1):
+            raise RuntimeError(f"cannot handle {value!r}")
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    group = unique_name("tracing")
+    settings = Settings(
+        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group,
+               "poll_timeout_seconds": 0.1},
+        routes={topic: {"handler": "handlers.echo:handle", "retry": {
+            "attempts": 2, "initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.05}}},
+        checkpoint={"every_messages": 100, "every_seconds": 1.0},
+        store={"url": "none"},
+    )
+    loop = build_loop(settings, Router([Route(topic, handle, "test:handle")]),
+                      tracer=provider.get_tracer("test"))
+    assert loop.start()
+    deadline = time.monotonic() + 60
+    try:
+        while len(exporter.get_finished_spans()) < 5:  # ok; flaky twice; bad twice
+            assert time.monotonic() < deadline, [
+                s.attributes for s in exporter.get_finished_spans()]
+            loop.run_once()
+    finally:
+        loop.close()
+        provider.shutdown()
+
+    spans = exporter.get_finished_spans()
+    assert [(s.attributes or {})["messaging.kafka.offset"] for s in spans] == [0, 1, 1, 2, 2]
+    assert [(s.attributes or {})[OUTCOME] for s in spans] == [
+        "success", "retry", "success", "retry", "dead_letter"]
+    for span in spans:
+        attributes = span.attributes or {}
+        offset = int(str(attributes["messaging.kafka.offset"]))
+        assert span.kind is SpanKind.CONSUMER and span.name == f"process {topic}"
+        assert span.parent is not None
+        assert (span.parent.trace_id, span.parent.span_id) == (TRACE_ID, PARENTS[offset])
+        assert attributes["messaging.system"] == "kafka"
+        assert attributes["messaging.destination.name"] == topic
+        assert attributes["messaging.destination.partition.id"] == "0"
+        assert attributes["messaging.consumer.group.name"] == group
+        failed = attributes[OUTCOME] != "success"
+        assert (span.status.status_code is StatusCode.ERROR) == failed
+        assert [e.name for e in span.events] == (["exception"] if failed else [])
+
+    [letter] = read_topic(kafka_bootstrap, f"{topic}.dlq")
+    carried = [v for k, v in letter.headers() if k == "traceparent"]  # type: ignore[attr-defined]
+    assert carried == [f"00-{TRACE_ID:032x}-{spans[4].context.span_id:016x}-01".encode()]

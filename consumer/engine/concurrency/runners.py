@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from consumer.failures.formats import Decode
 from consumer.failures.retries import check_format
 from consumer.message import Context, Message
 from consumer.routing import Handler
@@ -28,12 +29,12 @@ class Job:
 
     __slots__ = ("context", "format", "message", "owner", "started", "topic")
 
-    def __init__(self, message: Message, context: Context, *, format: str | None,
+    def __init__(self, message: Message, context: Context, *, format: Decode | None,
                  owner: object, started: float) -> None:
         self.message = message
         self.context = context
         self.topic = message.topic
-        #: The value's declared format, checked before the handler (None: not checked).
+        #: The route's decoder, run before the handler (None: nothing to decode).
         self.format = format
         #: The partition's tracker when the job started: a different one when it finishes
         #: means the partition was lost or revoked meanwhile (the result is ignored).

@@ -65,6 +65,7 @@ def build_decoders(routes: Mapping[str, RouteSettings],
                 else:
                     fields.append(_BUILT_IN.get(fmt) or load_callable(fmt, ("data", "message")))
             except ConfigError as error:
+                fields.append(None)
                 problems.extend(f"routes.{topic}.{setting}: {p}" for p in error.problems)
         value, key = fields
         if value is not None or key is not None:
@@ -94,7 +95,11 @@ def _registry_field(fmt: str, client: Any, registry: SchemaRegistrySettings | No
 
     assert registry is not None  # checked by _client
     message_class = _load_class(class_path) if class_path is not None else None
-    return registry_decoder(fmt, client, registry, key=key, message_class=message_class)
+    try:
+        return registry_decoder(fmt, client, registry, key=key, message_class=message_class)
+    except Exception as error:  # e.g. a class that is not a generated protobuf message
+        raise ConfigError([f"{fmt} decoder cannot be built: {type(error).__name__}: "
+                           f"{error}"]) from None
 
 
 def _load_class(path: str) -> type:

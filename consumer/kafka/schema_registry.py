@@ -37,8 +37,12 @@ _TRANSIENT_STATUS = frozenset({401, 403, 408, 429})
 
 def registry_client(settings: SchemaRegistrySettings) -> SchemaRegistryClient:
     """A client for ``settings``, with an explicit timeout (the client's default waits
-    forever). Nothing connects until the first schema is asked for."""
-    conf: dict[str, Any] = {"url": settings.url, "timeout": settings.timeout_seconds}
+    forever) and no retries of its own: a request that fails is the message's retry, with the
+    route's backoff, while the loop keeps polling (the client's retries would hold the loop
+    for up to four timeouts plus its waits). Nothing connects until the first schema is asked
+    for."""
+    conf: dict[str, Any] = {"url": settings.url, "timeout": settings.timeout_seconds,
+                            "max.retries": 0}
     if settings.basic_auth_user is not None and settings.basic_auth_password is not None:
         conf["basic.auth.user.info"] = (
             f"{settings.basic_auth_user}:{settings.basic_auth_password.get_secret_value()}")

@@ -14,6 +14,7 @@
     ├── ExternalReset          Kafka's committed offset was moved by another tool
     ├── TopicRecreated         the store's checkpoint belongs to a deleted topic of the same name
     ├── DeadLetterFailed       a dead letter could not be produced (retriable or not)
+    ├── SchemaRegistryUnavailable  the schema registry did not answer (retried, never poison)
     └── StoreError             the store database failed
         ├── StoreUnavailable   cannot reach or lock the database (consumption pauses and retries)
         └── StoreSchemaError   our tables are missing or of another version (exit 2)
@@ -116,6 +117,23 @@ class DedupKeyFailed(ConsumerError):
             f"dedup key function {function} raised {type(cause).__name__}: {cause} on "
             f"{topic}[{partition}]@{offset}; the message has no dedup key and is not applied. "
             "Fix the function (or the producer), then redrive the dead letter."
+        )
+
+
+class SchemaRegistryUnavailable(ConsumerError):
+    """The schema registry could not tell a message's schema: unreachable, timed out, refused
+    our credentials or failed itself (HTTP 5xx). Not the message's fault, so never a dead
+    letter: the message is retried with the route's backoff for as long as it lasts."""
+
+    def __init__(self, url: str, topic: str, partition: int, offset: int, detail: str) -> None:
+        self.url = url
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(
+            f"schema registry {url} did not answer for {topic}[{partition}]@{offset}: {detail}; "
+            "the message waits and is retried. Check that the registry is up and reachable, "
+            "and schema_registry's url and credentials."
         )
 
 

@@ -28,7 +28,8 @@ class Message:
     timestamp from the client's record only when asked, so a handler pays for what it reads.
     """
 
-    __slots__ = ("_headers", "_key", "_timestamp", "_value", "offset", "partition", "topic")
+    __slots__ = ("_headers", "_key", "_key_decoded", "_timestamp", "_value", "_value_decoded",
+                 "offset", "partition", "topic")
 
     def __init__(
         self,
@@ -65,6 +66,37 @@ class Message:
     def timestamp(self) -> float | None:
         """Seconds since the epoch of the record's timestamp, or None when it has none."""
         return self._timestamp
+
+    @property
+    def value_decoded(self) -> Any:
+        """The value decoded in the route's ``format`` (a dict for avro and json_schema, the
+        message class's instance for protobuf, what a custom decoder returned; None for a
+        null value). Decoded once, before the handler runs."""
+        try:
+            return self._value_decoded
+        except AttributeError:
+            raise AttributeError(
+                f"message.value_decoded: route {self.topic!r} decodes no values; set its "
+                "format (avro, protobuf, json_schema, json, text or module:function)"
+            ) from None
+
+    @value_decoded.setter
+    def value_decoded(self, decoded: Any) -> None:
+        self._value_decoded = decoded
+
+    @property
+    def key_decoded(self) -> Any:
+        """The key decoded in the route's ``key_format``; as :attr:`value_decoded`."""
+        try:
+            return self._key_decoded
+        except AttributeError:
+            raise AttributeError(
+                f"message.key_decoded: route {self.topic!r} decodes no keys; set its key_format"
+            ) from None
+
+    @key_decoded.setter
+    def key_decoded(self, decoded: Any) -> None:
+        self._key_decoded = decoded
 
     def text(self, encoding: str = "utf-8") -> str:
         """The value as text (an empty string for a null value)."""

@@ -38,6 +38,10 @@ from consumer.errors import ConfigError
 from consumer.secret_files import both_given, read_secret_file
 
 HANDLER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: Formats decoded through the schema registry (Confluent wire format).
+REGISTRY_FORMATS = ("avro", "protobuf", "json_schema")
+#: Every format a route may name besides a decoder's import path.
+FORMATS = ("bytes", "text", "json", *REGISTRY_FORMATS)
 #: librdkafka properties whose values are never printed.
 SECRET_KEY_PARTS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key")
 
@@ -148,9 +152,18 @@ class RouteSettings(_Section):
     #: topic: a key identifies an event within this route's topic (two topics may reuse an
     #: id for different events); group: one event id spans every topic of the group.
     dedup_scope: Literal["topic", "group"] = "topic"
-    #: The value's format, checked before the handler runs: a value that does not decode is a
-    #: poison message and goes straight to the dead-letter topic (reason "deserialization").
-    format: Literal["bytes", "text", "json"] = "bytes"
+    #: The value's format, decoded once before the handler runs (``message.value_decoded``):
+    #: bytes (not decoded), text, json, avro, protobuf, json_schema (the last three in the
+    #: Confluent wire format, through ``schema_registry``) or ``module:function`` (a decoder of
+    #: your own, called as ``fn(data, message)``). A value that does not decode is a poison
+    #: message and goes straight to the dead-letter topic (reason "deserialization").
+    format: str = "bytes"
+    #: The key's format, the same choices (``message.key_decoded``); None: keys not decoded.
+    key_format: str | None = None
+    #: format protobuf: the generated message class of the values, ``module:Class``.
+    protobuf_message: str | None = None
+    #: key_format protobuf: the generated message class of the keys, ``module:Class``.
+    key_protobuf_message: str | None = None
     retry: RetrySettings = RetrySettings()
     #: After the last attempt: dead_letter (produce to dead_letter_topic, then move on) or
     #: stop (exit 1, committing nothing past the message).
@@ -177,6 +190,38 @@ class RouteSettings(_Section):
             f"{value!r} is not one of header:NAME, coordinates, function:module:function"
         )
 
+    @field_validator("format", "key_format")
+    @classmethod
+    def _format(cls, value: str | None) -> str | None:
+        if value is None or value in FORMATS or HANDLER_PATH.match(value):
+            return value
+        raise ValueError(f"{value!r} is not one of {', '.join(FORMATS)} nor a decoder's "
+                         "import path 'package.module:function'")
+
+    @field_validator("protobuf_message", "key_protobuf_message")
+    @classmethod
+    def _class_path(cls, value: str | None) -> str | None:
+        if value is None or HANDLER_PATH.match(value):
+            return value
+        raise ValueError(f"{value!r} is not an import path of the form 'package.module:Class'")
+
+    @model_validator(mode="after")
+    def _protobuf_classes(self) -> RouteSettings:
+        for fmt, setting, field in ((self.format, self.protobuf_message, "protobuf_message"),
+                                    (self.key_format, self.key_protobuf_message,
+                                     "key_protobuf_message")):
+            if (fmt == "protobuf") != (setting is not None):
+                which = "format" if field == "protobuf_message" else "key_format"
+                raise ValueError(
+                    f"{field} goes with {which}: protobuf, and only with it: set both (the "
+                    "generated message class, module:Class) or neither")
+        return self
+
+    @property
+    def registry_formats(self) -> list[str]:
+        """The formats of this route read through the schema registry."""
+        return [f for f in (self.format, self.key_format) if f in REGISTRY_FORMATS]
+
     @field_validator("handler")
     @classmethod
     def _import_path(cls, value: str) -> str:
@@ -185,6 +230,51 @@ class RouteSettings(_Section):
                 f"{value!r} is not an import path of the form 'package.module:function'"
             )
         return value
+
+
+class SchemaRegistrySettings(_Section):
+    """The Confluent-compatible schema registry that avro, protobuf and json_schema routes
+    read their writers' schemas from."""
+
+    #: The registry's Confluent API, e.g. https://registry:8081 (Apicurio:
+    #: http://host:8080/apis/ccompat/v7).
+    url: str = Field(min_length=1)
+    #: HTTP basic auth (Confluent Cloud: the API key and secret). None: no auth.
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    #: A file holding the basic auth password (a mounted Kubernetes Secret, say); one trailing
+    #: newline is ignored. Not with ``basic_auth_password``.
+    basic_auth_password_file: Path | None = None
+    #: Each request to the registry gives up after this long (the client's own default waits
+    #: forever); the message is then retried like a registry that does not answer.
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: How the writer's subject is named: topic (``<topic>-value``), record (the record's full
+    #: name) or topic_record; match what the producers use.
+    subject_name_strategy: Literal["topic", "record", "topic_record"] = "topic"
+    #: A CA bundle to verify the registry's TLS certificate with (None: the system's).
+    ssl_ca_location: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("basic_auth_password_file") is None:
+            return data
+        if data.get("basic_auth_password") is not None:
+            raise both_given("schema_registry.basic_auth_password",
+                             "schema_registry.basic_auth_password_file")
+        password = read_secret_file(Path(data["basic_auth_password_file"]),
+                                    setting="schema_registry.basic_auth_password_file")
+        return {**data, "basic_auth_password": SecretStr(password)}
+
+    @model_validator(mode="after")
+    def _user_and_password(self) -> SchemaRegistrySettings:
+        if (self.basic_auth_user is None) != (self.basic_auth_password is None):
+            raise ValueError("basic_auth_user and basic_auth_password (or "
+                             "basic_auth_password_file) go together: set both or neither")
+        if self.basic_auth_user is not None and ":" in self.basic_auth_user:
+            raise ValueError("basic_auth_user must not contain ':' (HTTP basic auth splits "
+                             "user and password there)")
+        return self
 
 
 class CheckpointSettings(_Section):
@@ -344,6 +434,20 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
+    #: Needed by routes with format or key_format avro, protobuf or json_schema.
+    schema_registry: SchemaRegistrySettings | None = None
+
+    @model_validator(mode="after")
+    def _registry_for_formats(self) -> Settings:
+        if self.schema_registry is not None:
+            return self
+        needing = [f"routes.{topic} ({', '.join(route.registry_formats)})"
+                   for topic, route in self.routes.items() if route.registry_formats]
+        if needing:
+            raise ValueError(
+                f"{', '.join(needing)} read their schemas from a schema registry, and none is "
+                "configured: set schema_registry.url")
+        return self
 
     @model_validator(mode="after")
     def _dead_letters_elsewhere(self) -> Settings:

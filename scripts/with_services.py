@@ -1,11 +1,13 @@
-"""Run a command with a real Kafka broker and PostgreSQL server around it, then stop both.
+"""Run a command with a real Kafka broker, PostgreSQL server and schema registry around it,
+then stop them.
 
-    python scripts/with_services.py [--kafka] [--postgres] -- COMMAND [ARGS...]
+    python scripts/with_services.py [--kafka] [--postgres] [--registry] -- COMMAND [ARGS...]
 
 A server already named in the environment (``KAFKA_BOOTSTRAP_SERVERS``,
-``CONSUMER_TEST_POSTGRES_DSN``) is used as it is. Otherwise the local launchers start one and
-the command sees its address in that variable. Servers this script started are stopped when
-the command ends, however it ends; the command's exit code is returned.
+``CONSUMER_TEST_POSTGRES_DSN``, ``CONSUMER_TEST_SCHEMA_REGISTRY_URL``) is used as it is.
+Otherwise the local launchers start one and the command sees its address in that variable.
+Servers this script started are stopped when the command ends, however it ends; the command's
+exit code is returned.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from contextlib import ExitStack
 
 import kafka_local
 import postgres_local
+import registry_local
 from localproc import LocalServiceError
 
 
@@ -26,6 +29,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kafka", action="store_true", help="start a local Kafka broker")
     parser.add_argument("--postgres", action="store_true", help="start a local PostgreSQL")
+    parser.add_argument("--registry", action="store_true",
+                        help="start a local schema registry (Apicurio, Confluent API)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -45,6 +50,11 @@ def main(argv: list[str]) -> int:
                 env["CONSUMER_TEST_POSTGRES_DSN"] = postgres_local.start()
                 if started_here:
                     stack.callback(postgres_local.stop)
+            if args.registry and not env.get("CONSUMER_TEST_SCHEMA_REGISTRY_URL"):
+                started_here = registry_local.running_url() is None
+                env["CONSUMER_TEST_SCHEMA_REGISTRY_URL"] = registry_local.start()
+                if started_here:
+                    stack.callback(registry_local.stop)
         except LocalServiceError as error:
             print(f"with_services: could not start a server: {error}", file=sys.stderr)
             return 1

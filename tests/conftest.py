@@ -1,4 +1,5 @@
-"""Session-wide real servers for the integration tests (see tests/support/servers.py)."""
+"""Session-wide real servers (broker, database, schema registry) for the integration tests
+(see tests/support/servers.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.servers import kafka_server, postgres_server
+from tests.support.servers import kafka_server, postgres_server, schema_registry_server
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +22,10 @@ def postgres_dsn() -> Iterator[str]:
     """DSN of a real PostgreSQL server with an empty database the tests may use."""
     with postgres_server() as dsn:
         yield dsn
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    """Confluent API URL of a real schema registry (Apicurio Registry by default)."""
+    with schema_registry_server() as url:
+        yield url

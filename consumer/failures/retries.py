@@ -22,9 +22,20 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from consumer.errors import ConfigError, DeadLetterFailed, DedupKeyFailed
+from consumer.errors import (
+    ConfigError,
+    DeadLetterFailed,
+    DedupKeyFailed,
+    SchemaRegistryUnavailable,
+)
 from consumer.events import Observer
 from consumer.failures.dead_letters import provenance
+from consumer.failures.formats import (
+    Decode,
+    PoisonMessage,
+    build_decoders,
+    built_in_decoder,
+)
 from consumer.kafka.protocol import DeadLetterSink
 from consumer.message import TP, Message
 from consumer.settings import RetrySettings, Settings
@@ -49,6 +60,8 @@ class FailurePolicy:
     stop_on: tuple[type[BaseException], ...]
     dead_letter_topic: str | None  # None: on_failure is stop
     format: str
+    #: Decodes the value and/or key before the handler (None: the format's built-in, if any).
+    decode: Decode | None = None
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -57,9 +70,15 @@ class FailurePolicy:
 
 
 def build_policies(settings: Settings) -> dict[str, FailurePolicy]:
-    """Every route's policy; raises ConfigError naming unknown exception types."""
+    """Every route's policy; raises ConfigError naming unknown exception types and decoders
+    or protobuf classes that cannot be imported."""
     policies: dict[str, FailurePolicy] = {}
     problems: list[str] = []
+    try:
+        decoders = build_decoders(settings.routes, settings.schema_registry)
+    except ConfigError as error:
+        decoders = {}
+        problems.extend(error.problems)
     for topic, route in settings.routes.items():
         retry = route.retry
         types: dict[str, tuple[type[BaseException], ...]] = {}
@@ -72,20 +91,21 @@ def build_policies(settings: Settings) -> dict[str, FailurePolicy]:
                     problems.extend(f"routes.{topic}.retry.{field}: {p}" for p in error.problems)
             types[field] = tuple(resolved)
         policies[topic] = _policy(route.on_failure, route.dead_letter_topic or f"{topic}.dlq",
-                                  retry, types, route.format)
+                                  retry, types, route.format, decoders.get(topic))
     if problems:
         raise ConfigError(problems)
     return policies
 
 
 def _policy(on_failure: str, dead_letter_topic: str, retry: RetrySettings,
-            types: Mapping[str, tuple[type[BaseException], ...]], format: str) -> FailurePolicy:
+            types: Mapping[str, tuple[type[BaseException], ...]], format: str,
+            decode: Decode | None) -> FailurePolicy:
     return FailurePolicy(
         attempts=retry.attempts, initial_backoff=retry.initial_backoff_seconds,
         max_backoff=retry.max_backoff_seconds, multiplier=retry.multiplier, jitter=retry.jitter,
         never_retry=types["never_retry"], stop_on=types["stop_on"],
         dead_letter_topic=dead_letter_topic if on_failure == "dead_letter" else None,
-        format=format,
+        format=format, decode=decode,
     )
 
 
@@ -102,19 +122,13 @@ def resolve_exception(name: str) -> type[BaseException]:
     return found
 
 
-class PoisonMessage(Exception):
-    """The value does not decode in the route's declared format."""
-
-
-def check_format(message: Message, format: str) -> None:
-    """Raise PoisonMessage when the value does not decode as ``format`` (json, text)."""
-    try:
-        if format == "json":
-            message.json()
-        elif format == "text":
-            message.text()
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise PoisonMessage(f"value is not valid {format}: {error}") from error
+def check_format(message: Message, format: str | Decode) -> None:
+    """Decode the message with its route's decoder (or a built-in format's, json or text),
+    setting ``message.value_decoded`` / ``key_decoded``; raise PoisonMessage when it does not
+    decode, SchemaRegistryUnavailable when the registry cannot tell its schema."""
+    decode = built_in_decoder(format) if isinstance(format, str) else format
+    if decode is not None:
+        decode(message)
 
 
 class Failures:
@@ -146,11 +160,15 @@ class Failures:
         self._resume_at: dict[TP, float] = {}
         #: (topic, partition, offset) -> (failed attempts, last error): routes with concurrency.
         self._per_message: dict[tuple[str, int, int], tuple[int, BaseException]] = {}
-        #: Topics whose values are checked before their handler runs (json, text).
-        self._formats = {topic: p.format for topic, p in policies.items() if p.format != "bytes"}
+        #: Topics whose values (or keys) are decoded before their handler runs.
+        self._formats: dict[str, Decode] = {}
+        for topic, p in policies.items():
+            decode = p.decode or built_in_decoder(p.format)
+            if decode is not None:
+                self._formats[topic] = decode
 
-    def format_of(self, topic: str) -> str | None:
-        """The format a topic's values are checked against before the handler (None: bytes)."""
+    def format_of(self, topic: str) -> Decode | None:
+        """The decoder a topic's messages go through before the handler (None: none)."""
         return self._formats.get(topic)
 
     @property
@@ -179,9 +197,9 @@ class Failures:
             if earlier is not None:
                 raise earlier
         if self._formats:
-            fmt = self._formats.get(message.topic)
-            if fmt is not None:
-                check_format(message, fmt)
+            decode = self._formats.get(message.topic)
+            if decode is not None:
+                decode(message)
 
     def exhausted_error(self, message: Message) -> BaseException | None:
         """The last error of a message that used up its attempts and only waits for its dead
@@ -191,6 +209,8 @@ class Failures:
         held = self._attempts.get((message.topic, message.partition))
         if held is None or held[0] != message.offset:
             return None
+        if isinstance(held[2], SchemaRegistryUnavailable):
+            return None  # never final: decode again, the registry may answer now
         return held[2] if held[1] >= self._policies[message.topic].attempts else None
 
     def decide(self, message: Message, error: BaseException) -> Verdict:
@@ -290,6 +310,8 @@ class Failures:
         held = self._per_message.get((message.topic, message.partition, message.offset))
         if held is None or held[0] < self._policies[message.topic].attempts:
             return None
+        if isinstance(held[1], SchemaRegistryUnavailable):
+            return None  # never final: decode again, the registry may answer now
         return held[1]
 
     def message_succeeded(self, message: Message) -> None:
@@ -316,6 +338,8 @@ class Failures:
         attempt = failed_before + 1
         if isinstance(error, PoisonMessage):
             return attempt, "deserialization"
+        if isinstance(error, SchemaRegistryUnavailable):
+            return attempt, None  # the registry's outage, not the message's fault: retried
         if isinstance(error, DedupKeyFailed):
             return attempt, "dedup_key"
         if isinstance(error, policy.never_retry) and attempt < policy.attempts:

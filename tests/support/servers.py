@@ -72,3 +72,23 @@ def postgres_server() -> Iterator[str]:
     finally:
         if already is None:
             postgres_local.stop()
+
+
+@contextlib.contextmanager
+def schema_registry_server() -> Iterator[str]:
+    """Yield the Confluent API URL of a real schema registry
+    (``CONSUMER_TEST_SCHEMA_REGISTRY_URL``, else Apicurio Registry started by
+    ``scripts/registry_local.py``); stop it afterwards only if we started it."""
+    from_env = os.environ.get("CONSUMER_TEST_SCHEMA_REGISTRY_URL")
+    if from_env:
+        yield from_env
+        return
+    import registry_local
+
+    already = registry_local.running_url()
+    url = registry_local.start()
+    try:
+        yield url
+    finally:
+        if already is None:
+            registry_local.stop()

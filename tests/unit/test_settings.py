@@ -504,3 +504,64 @@ def test_a_password_in_the_url_query_is_masked() -> None:
     assert settings.store.masked_url() == (
         "postgresql://svc@db/app?sslmode=require&password=***&x=1")
     assert "Qp4ss" not in json.dumps(settings.masked())
+
+
+# --- formats and the schema registry -------------------------------------------------------
+
+
+def _format_settings(routes: dict[str, object], **extra: object) -> Settings:
+    return Settings.model_validate({"kafka": {"bootstrap_servers": "b:1", "group_id": "g"},
+                                    "routes": routes, **extra})
+
+
+def test_a_route_names_a_known_format_or_a_decoders_import_path() -> None:
+    settings = _format_settings({"a": {"handler": "h:f", "format": "avro", "key_format": "m:d"}},
+                                schema_registry={"url": "http://r:8081"})
+    assert (settings.routes["a"].format, settings.routes["a"].key_format) == ("avro", "m:d")
+    with pytest.raises(ValueError, match="'xml' is not one of bytes, text, json, avro"):
+        _format_settings({"a": {"handler": "h:f", "format": "xml"}})
+
+
+def test_registry_formats_need_a_schema_registry_naming_each_route() -> None:
+    with pytest.raises(ValueError, match=r"routes.a \(protobuf, avro\) read their schemas"):
+        _format_settings({"a": {"handler": "h:f", "format": "protobuf", "key_format": "avro",
+                                "protobuf_message": "m:Order"},
+                          "b": {"handler": "h:f", "format": "json"}})
+
+
+def test_protobuf_and_its_message_class_go_together() -> None:
+    registry = {"url": "http://r:8081"}
+    with pytest.raises(ValueError, match="protobuf_message goes with format: protobuf"):
+        _format_settings({"a": {"handler": "h:f", "format": "protobuf"}},
+                         schema_registry=registry)
+    with pytest.raises(ValueError, match="key_protobuf_message goes with key_format"):
+        _format_settings({"a": {"handler": "h:f", "key_protobuf_message": "m:K"}},
+                         schema_registry=registry)
+    with pytest.raises(ValueError, match="'Order' is not an import path"):
+        _format_settings({"a": {"handler": "h:f", "format": "protobuf",
+                                "protobuf_message": "Order"}}, schema_registry=registry)
+
+
+def test_registry_password_comes_from_its_file_and_is_masked(tmp_path: Path) -> None:
+    secret = write(tmp_path, "password", "s3cret-pw\n")
+    settings = _format_settings({"a": "h:f"}, schema_registry={
+        "url": "http://r:8081", "basic_auth_user": "key",
+        "basic_auth_password_file": str(secret)})
+    registry = settings.schema_registry
+    assert registry is not None and registry.basic_auth_password is not None
+    assert registry.basic_auth_password.get_secret_value() == "s3cret-pw"
+    assert registry.timeout_seconds == 10.0  # never the client's wait-forever default
+    assert "s3cret-pw" not in json.dumps(settings.masked())
+
+
+def test_registry_auth_problems_are_config_errors(tmp_path: Path) -> None:
+    secret = write(tmp_path, "password", "pw")
+    for section, match in (
+        ({"basic_auth_user": "key"}, "basic_auth_user and basic_auth_password"),
+        ({"basic_auth_user": "a:b", "basic_auth_password": "pw"}, "must not contain ':'"),
+        ({"basic_auth_user": "k", "basic_auth_password": "pw",
+          "basic_auth_password_file": str(secret)}, "are both set"),
+        ({"timeout_seconds": 0}, "greater than 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _format_settings({"a": "h:f"}, schema_registry={"url": "http://r", **section})

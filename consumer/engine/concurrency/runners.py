@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from consumer.failures.formats import Decode
 from consumer.failures.retries import check_format
 from consumer.message import Context, Message
 from consumer.routing import Handler
@@ -31,12 +32,12 @@ class Job:
 
     __slots__ = ("context", "format", "lane", "message", "owner", "started", "topic")
 
-    def __init__(self, message: Message, context: Context, *, format: str | None,
+    def __init__(self, message: Message, context: Context, *, format: Decode | None,
                  owner: PartitionWork, started: float = 0.0) -> None:
         self.message = message
         self.context = context
         self.topic = message.topic
-        #: The value's declared format, checked before the handler (None: not checked).
+        #: The route's decoder, run before the handler (None: nothing to decode).
         self.format = format
         #: The partition's work when the message was polled: gone when it finishes means the
         #: partition was lost or revoked meanwhile (the result is ignored).

@@ -34,6 +34,7 @@ from consumer.engine.concurrency.tracker import PartitionWork
 from consumer.engine.stopping import StopRequest
 from consumer.errors import HandlerFailed
 from consumer.events import HandlerTimings
+from consumer.failures.formats import Decode
 from consumer.failures.retries import Failures, Verdict
 from consumer.handler_call import WorkerCalls
 from consumer.kafka.protocol import Source
@@ -62,7 +63,7 @@ class _Route:
     __slots__ = ("format", "handler", "lanes", "runner", "scope")
 
     def __init__(self, handler: Handler, lanes: Lanes, scope: Scope,
-                 runner: ThreadRunner | BatchRunner | None, format: str | None) -> None:
+                 runner: ThreadRunner | BatchRunner | None, format: Decode | None) -> None:
         self.handler = handler
         self.lanes = lanes
         self.scope = scope

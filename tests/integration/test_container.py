@@ -7,6 +7,9 @@ container gets docker-compose.yml's consumer service command and environment, wi
 compose hostnames replaced by the test's broker and store, and a mounted config that routes a
 fresh topic to ``handlers.ledger:apply`` (in the image), whose rows count every effect.
 
+The second test plays deploy/kubernetes's own ConfigMap, Secret and Deployment with ``podman
+kube play`` (tests/support/kube_play.py says what it changes and why).
+
 Where no engine can be had the test is skipped, saying so; with
 ``CONSUMER_TEST_REQUIRE_CONTAINER=1`` (CI sets it) that is a failure instead.
 """
@@ -27,6 +30,7 @@ import yaml
 from consumer_process import wait_for
 
 from tests.support.kafka import create_topic, end_offsets, group_offsets, produce, unique_name
+from tests.support.kube_play import KubePlay, kit_manifests, playable
 from tests.support.prometheus import free_port, prometheus_server
 from tests.support.stores import StoreUnderTest, fresh_store
 
@@ -220,3 +224,71 @@ def test_the_image_consumes_commits_is_scraped_and_stops_cleanly(
             engine.run("rm", "--force", "--time", "0", name, check=False)
     print(f"\n[container] run, scrape, stop and restart took {time.monotonic() - started:.1f} s"
           f" (stop: {stopped_in:.1f} s)")
+
+
+def test_the_kubernetes_kit_plays_under_podman(
+    engine: container_engine.Engine, image: str, kafka_bootstrap: str,
+    store: StoreUnderTest, tmp_path: Path,
+) -> None:
+    """The kit's Deployment, ConfigMap and Secret under ``podman kube play``: the store DSN
+    reaches the consumer only through the mounted Secret file (CONSUMER_STORE__URL_FILE), and
+    it consumes into PostgreSQL; events are handled once and committed; the readiness probe's
+    path answers 200; the process is uid 10001 on a read-only root filesystem (/tmp, the
+    emptyDir, writable); ``podman kube down`` drains it to exit 0."""
+    if engine.kind != "podman":
+        pytest.skip(f"NO KUBE PLAY: {engine.kind} cannot play Kubernetes YAML; the kit was "
+                    "NOT run (tests/unit/deploy validates it)")
+    started = time.monotonic()
+    topic = create_topic(kafka_bootstrap, PARTITIONS, prefix="kube")
+    group = unique_name("kube")
+    port = free_port()
+    kit = kit_manifests()
+    manifests = playable(kit, name=group.replace("_", "-").lower(), image=image,
+                         bootstrap=kafka_bootstrap, topic=topic,
+                         handler="handlers.ledger:apply", group=group, metrics_port=port,
+                         store_url=store.url)
+    (spec,) = manifests["deployment"]["spec"]["template"]["spec"]["containers"]
+    play = KubePlay(engine, manifests, tmp_path / "kube")
+    produce_events(kafka_bootstrap, topic, 0, 200)
+    try:
+        play.up()
+        try:
+            wait_all_committed(kafka_bootstrap, store, group, topic, 200,
+                               play)  # type: ignore[arg-type]
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nconsumer log:\n{play.logs()}") from error
+        assert ledger(store, topic) == (200, 200)
+        assert processed_keys(store, group) == 200
+        ready = f"http://127.0.0.1:{port}{spec['readinessProbe']['httpGet']['path']}"
+        wait_for(lambda: http_status(ready) == 200, timeout=30, what=f"{ready} 200 ({play.logs()})")
+
+        environment = play.podman("inspect", "--format", "{{json .Config.Env}}",
+                                  play.container).stdout
+        assert store.url not in environment, "the store DSN is in the environment"
+        assert "CONSUMER_STORE__URL_FILE=" in environment
+        status = play.podman("exec", play.container, "cat", "/proc/1/status").stdout
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uids.split()[1:] == ["10001"] * 4, uids
+        write = "import sys; open(sys.argv[1], 'w').write('x')"
+        refused = play.podman("exec", play.container, "python", "-c", write, "/app/probe",
+                              check=False)
+        assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused
+        play.podman("exec", play.container, "python", "-c", write, "/tmp/probe")
+
+        # podman before 5.1 SIGKILLs a pod's containers on `kube down` (containers/podman
+        # #22397), and maps no terminationGracePeriodSeconds: stop the pod first, with the
+        # manifest's grace as the stop timeout, as a kubelet would.
+        grace = manifests["deployment"]["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"]
+        exit_code = play.wait_exit()
+        stopping = time.monotonic()
+        play.podman("pod", "stop", "--time", str(grace), play.pod, timeout=grace + 30)
+        stopped_in = time.monotonic() - stopping
+        out, err = exit_code.communicate(timeout=30)
+        assert out.strip() == "0", f"exit {out!r} {err!r}"
+        assert stopped_in < GRACE_SECONDS, f"the pod's stop took {stopped_in:.1f} s"
+        assert play.down().returncode == 0
+    finally:
+        play.clean()
+    print(f"\n[kube play] play, consume, checks and down took "
+          f"{time.monotonic() - started:.1f} s (down: {stopped_in:.1f} s)")

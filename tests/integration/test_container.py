@@ -22,7 +22,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import container_engine
 import pytest
@@ -142,8 +142,14 @@ def http_status(url: str) -> int:
         return 0
 
 
+class Logged(Protocol):
+    """A running consumer whose log a failed wait shows (a container, a played pod)."""
+
+    def logs(self) -> str: ...
+
+
 def wait_all_committed(bootstrap: str, store: StoreUnderTest, group: str, topic: str,
-                       count: int, container: Container) -> None:
+                       count: int, container: Logged) -> None:
     ends = end_offsets(bootstrap, topic)
     wait_for(lambda: ledger(store, topic)[0] >= count, timeout=60,
              what=f"{count} ledger rows for {topic} ({container.logs()})")
@@ -254,7 +260,7 @@ def test_the_kubernetes_kit_plays_under_podman(
         play.up()
         try:
             wait_all_committed(kafka_bootstrap, store, group, topic, 200,
-                               play)  # type: ignore[arg-type]
+                               play)
         except AssertionError as error:
             raise AssertionError(f"{error}\nconsumer log:\n{play.logs()}") from error
         assert ledger(store, topic) == (200, 200)

@@ -59,7 +59,12 @@ def install_zombie_gate(directory: Path) -> None:
 
 
 class _Held:
-    """Workers held inside their open transactions while the gate closes."""
+    """Workers held inside their open transactions while the gate is closing.
+
+    Closing lasts from one checkpoint to the next: a checkpoint often finds every worker
+    between jobs, so waiting there for one to finish would rarely catch one; instead the loop
+    goes on, workers that finish meanwhile stay in their transactions, and a later checkpoint
+    that finds one held freezes the member."""
 
     def __init__(self) -> None:
         self.closing = False
@@ -74,20 +79,20 @@ class _Held:
                 with self.lock:
                     self.count += 1
                 self.release.wait()
+                with self.lock:
+                    self.count -= 1
 
         return held
 
     def close(self, timeout: float) -> bool:
-        """Whether a worker is held in its transaction within ``timeout``; if not, reopens."""
-        self.release = threading.Event()
-        self.closing = True
+        """Start holding workers (if not yet); whether one is held within ``timeout``."""
+        if not self.closing:
+            self.release = threading.Event()
+            self.closing = True
         deadline = time.monotonic() + timeout
         while self.count == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        if self.count == 0:
-            self.open()  # a worker that came in just now goes on
-            return False
-        return True
+        return self.count > 0
 
     def open(self) -> None:
         self.closing = False
@@ -103,9 +108,11 @@ def _install_concurrent_gate(directory: Path) -> None:
             partitions: Iterable[PartitionProgress]) -> dict[TP, int]:
         chosen = list(partitions)
         rows = _moving_rows(self, chosen) if trigger in (Trigger.COUNT, Trigger.INTERVAL) else []
-        if (not rows or not (directory / "freeze").exists() or not _rows_go_on(self, rows)
-                or not held.close(timeout=2.0)):
+        if not rows or not (directory / "freeze").exists() or not _rows_go_on(self, rows):
+            held.open()  # not this checkpoint: whoever is held goes on
             return original(self, trigger, chosen)
+        if not held.close(timeout=0.2):
+            return original(self, trigger, chosen)  # still closing: the next one may freeze
         if not _take_request(directory):
             held.open()
             return original(self, trigger, chosen)

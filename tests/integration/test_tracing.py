@@ -2,14 +2,25 @@
 that are children of it, with the messaging attributes and their outcome (success, retry,
 dead letter), and the dead letter on the broker carries the failed call's trace context.
 
-The loop runs in this process (``build_loop`` with the real Kafka client and dead-letter
-producer), its spans kept by the SDK's in-memory exporter."""
+The first test runs the loop in this process (``build_loop`` with the real Kafka client and
+dead-letter producer), its spans kept by the SDK's in-memory exporter; the second runs
+``consumer run`` exporting over OTLP/HTTP to a receiver in this test."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
+from consumer_process import ConsumerProcess, consumer_config
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -89,3 +100,76 @@ def test_spans_are_children_of_the_produced_traceparent_for_success_retry_and_de
     [letter] = read_topic(kafka_bootstrap, f"{topic}.dlq")
     carried = [v for k, v in letter.headers() if k == "traceparent"]  # type: ignore[attr-defined]
     assert carried == [f"00-{TRACE_ID:032x}-{spans[4].context.span_id:016x}-01".encode()]
+
+
+class _Collector(ThreadingHTTPServer):
+    """An OTLP/HTTP trace receiver on loopback: keeps each export request it is sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+        super().__init__(("127.0.0.1", 0), _CollectorHandler)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/traces"
+
+    def spans(self) -> list[tuple[str, Any]]:
+        """(service.name, span) of every span received."""
+        found = []
+        for request in list(self.requests):
+            for resource_spans in request.resource_spans:
+                service = next((a.value.string_value for a in resource_spans.resource.attributes
+                                if a.key == "service.name"), "")
+                found += [(service, span) for scope in resource_spans.scope_spans
+                          for span in scope.spans]
+        return found
+
+
+class _CollectorHandler(BaseHTTPRequestHandler):
+    server: _Collector
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        self.server.requests.append(request)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+        self.wfile.write(ExportTraceServiceResponse().SerializeToString())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_consumer_run_exports_its_spans_over_otlp_to_the_configured_endpoint(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """``consumer run`` with ``tracing.otlp_endpoint``: the SDK's OTLP/HTTP exporter sends the
+    spans to a receiver on loopback (this test's), with the configured service name, each span
+    a child of the traceparent its message was produced with; the last ones are flushed when
+    the consumer stops on SIGTERM."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="otlp")
+    produce(kafka_bootstrap, topic, [b"first", b"second"], headers=lambda i: [
+        ("traceparent", f"00-{TRACE_ID:032x}-{PARENTS[i]:016x}-01".encode())], in_order=True)
+    collector = _Collector()
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    config = consumer_config(kafka_bootstrap, unique_name("otlp"), topic)
+    config["tracing"] = {"enabled": True, "service_name": "otlp-test",
+                         "otlp_endpoint": collector.endpoint}
+    run = ConsumerProcess(tmp_path, "otlp", config).start()
+    try:
+        run.wait_records(2)
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.log_tail()
+    finally:
+        run.stop_if_running()
+        collector.shutdown()
+    spans = collector.spans()
+    assert {service for service, _ in spans} == {"otlp-test"}, spans
+    by_offset = {next(a.value.int_value for a in span.attributes
+                      if a.key == "messaging.kafka.offset"): span for _, span in spans}
+    assert sorted(by_offset) == [0, 1], spans
+    for offset, span in by_offset.items():
+        assert span.trace_id == TRACE_ID.to_bytes(16, "big")
+        assert span.parent_span_id == PARENTS[offset].to_bytes(8, "big")
+        assert span.kind == span.SPAN_KIND_CONSUMER

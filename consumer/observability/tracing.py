@@ -30,7 +30,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -109,41 +110,39 @@ class Tracing:
         if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
                 getattr(handler, "__call__", None)):  # noqa: B004 (an async __call__)
             return self._wrap_async(handler)  # type: ignore[arg-type]
-        start, failed = self._start, self._failed
+        calling = self._calling
 
         def traced(message: Message, context: Context) -> None:
-            span = start(message)
-            token = otel_context.attach(trace.set_span_in_context(span))
-            try:
+            with calling(message):
                 handler(message, context)
-            except BaseException as error:
-                failed(message, span, error)
-                raise
-            finally:
-                otel_context.detach(token)
-            span.set_attribute(OUTCOME, "success")
-            span.end()
 
         return traced
 
     def _wrap_async(self, handler: Callable[[Message, Context], Awaitable[None]]
                     ) -> Callable[[Message, Context], Awaitable[None]]:
-        start, failed = self._start, self._failed
+        calling = self._calling
 
         async def traced(message: Message, context: Context) -> None:
-            span = start(message)
-            token = otel_context.attach(trace.set_span_in_context(span))
-            try:
+            with calling(message):
                 await handler(message, context)
-            except BaseException as error:
-                failed(message, span, error)
-                raise
-            finally:
-                otel_context.detach(token)
-            span.set_attribute(OUTCOME, "success")
-            span.end()
 
         return traced
+
+    @contextmanager
+    def _calling(self, message: Message) -> Iterator[None]:
+        """The span of one handler call, current while it runs; its outcome once it returns
+        (success) or raises (decided by the failure policy, see :meth:`_failed`)."""
+        span = self._start(message)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield
+        except BaseException as error:
+            self._failed(message, span, error)
+            raise
+        finally:
+            otel_context.detach(token)
+        span.set_attribute(OUTCOME, "success")
+        span.end()
 
     # --- spans ---------------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def restart(member: ConsumerProcess, name: str) -> ConsumerProcess:
 def test_static_member_restarted_within_the_session_gets_its_partitions_back_without_rebalance(
     kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
-    _config, a, b = start_pair(kafka_bootstrap, tmp_path, static=False)
+    _config, a, b = start_pair(kafka_bootstrap, tmp_path, static=True)
     again = None
     try:
         a_partitions, b_partitions = a.owned_partitions(), b.owned_partitions()

@@ -147,9 +147,10 @@ class KafkaSource:
     # --- polling -------------------------------------------------------------------------------
 
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
-        """Up to ``max_messages`` messages; rebalance and commit callbacks run inside."""
+        """Up to ``max_messages`` messages, returned as soon as there are any (waiting up to
+        ``timeout`` for the first); rebalance and commit callbacks run inside."""
         try:
-            raw = self._consumer.consume(num_messages=max_messages, timeout=timeout)
+            raw = self._take(max_messages, timeout)
         except KafkaException as error:
             self._raise_callback_error()
             raise translate_error(error.args[0]) from error
@@ -165,6 +166,21 @@ class KafkaSource:
                 if failure is not None:
                     self._client_error(failure)
         return messages
+
+    def _take(self, max_messages: int, timeout: float) -> list[confluent_kafka.Message]:
+        """The client's ``consume(n, timeout)`` waits until it has ``n`` messages or the
+        timeout ends, so on a quiet topic every message would wait the whole poll timeout.
+        Take what is fetched already; if nothing is, wait for one message and then take what
+        came with it."""
+        raw = self._consumer.consume(num_messages=max_messages, timeout=0)
+        if raw or timeout <= 0:
+            return raw
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return []
+        if max_messages == 1:
+            return [first]
+        return [first, *self._consumer.consume(num_messages=max_messages - 1, timeout=0)]
 
     def pause(self, partitions: list[TP]) -> None:
         if partitions:

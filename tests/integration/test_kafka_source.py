@@ -1,0 +1,67 @@
+"""consumer.kafka.source against the real broker: how a poll waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+import pytest
+
+from consumer.errors import KafkaError
+from consumer.kafka.source import KafkaSource
+from consumer.message import TP
+from consumer.settings import KafkaSettings
+from tests.support.kafka import create_topic, produce, unique_name, wait_for
+
+pytestmark = pytest.mark.integration
+
+#: Far longer than any delivery on this broker: a poll that waits it out is the bug.
+LONG_POLL = 60.0
+
+
+class Assignments:
+    """Records the partitions assigned; positions nothing itself."""
+
+    def __init__(self) -> None:
+        self.assigned: list[TP] = []
+
+    def on_assigned(self, partitions: list[TP]) -> Mapping[TP, int]:
+        self.assigned.extend(partitions)
+        return {}
+
+    def on_revoked(self, partitions: list[TP]) -> None: ...
+
+    def on_lost(self, partitions: list[TP]) -> None: ...
+
+    def on_commit_result(self, offsets: Mapping[TP, int], error: KafkaError | None) -> None: ...
+
+    def on_client_error(self, error: KafkaError) -> None: ...
+
+
+def test_a_poll_returns_a_message_of_a_quiet_topic_when_it_arrives_not_at_the_timeout(
+    kafka_bootstrap: str,
+) -> None:
+    """The client's consume(n, timeout) waits for n messages or the timeout: on a quiet topic
+    each message would wait out the poll timeout (0.5 s by default, each retry too). A poll
+    returns as soon as it has a message."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="quiet")
+    source = KafkaSource(KafkaSettings(bootstrap_servers=kafka_bootstrap,
+                                       group_id=unique_name("quiet")))
+    listener = Assignments()
+    source.subscribe([topic], listener)
+    try:
+        wait_for(lambda: source.poll(500, 0.2) == [] and bool(listener.assigned), timeout=30,
+                 what=f"{topic} to be assigned")
+        # Produced once the poll below is waiting (a message queued before it would be
+        # returned at once by either way of polling).
+        producer = threading.Timer(1.0, lambda: produce(kafka_bootstrap, topic, [b"one"]))
+        producer.start()
+        started = time.monotonic()
+        messages = source.poll(500, LONG_POLL)
+        waited = time.monotonic() - started
+        producer.join()
+        assert [m.value for m in messages] == [b"one"]
+        assert waited < LONG_POLL / 2, f"the poll waited {waited:.1f} s for one message"
+    finally:
+        source.close()

@@ -42,6 +42,12 @@ class CheckpointState:
             return Trigger.INTERVAL
         return None
 
+    def seconds_until_interval(self, now: float) -> float | None:
+        """Seconds until the interval trigger fires (0 when it is due); None when it is off."""
+        if self._policy.every_seconds is None:
+            return None
+        return max(0.0, self._last_at + self._policy.every_seconds - now)
+
     def room(self) -> int | None:
         """Messages that may still be done before the count trigger fires (None: no limit)."""
         if self._policy.every_messages is None:

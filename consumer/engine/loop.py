@@ -154,11 +154,28 @@ class ConsumerLoop:
             # during a rebalance): confirm it before handling anything more.
             self._confirm()
             return 0
-        done = self._handle(self._source.poll(room, self._mode.poll_timeout(self._poll_timeout)))
+        done = self._handle(self._source.poll(room, self._poll_wait()))
         trigger = self._checkpoints.due(self._clock.monotonic())
         if trigger is not None:
             self._checkpoint(trigger)
         return done
+
+    def _poll_wait(self) -> float:
+        """Seconds the next poll may block: the mode's answer, cut short by the interval
+        trigger coming sooner (a store's batch is applied only then) or by a retry's backoff
+        ending sooner (the paused partition resumes only between polls)."""
+        timeout = self._mode.poll_timeout(self._poll_timeout)
+        # Neither cuts the wait to nothing: a checkpoint that is due but could not run (it
+        # waits for an earlier commit) must not turn the loop into a busy one.
+        until_interval = self._checkpoints.seconds_until_interval(self._clock.monotonic())
+        if until_interval:
+            timeout = min(timeout, until_interval)
+        failures = self._failures
+        if failures is not None and failures.waiting:
+            until_due = failures.seconds_until_due()
+            if until_due:
+                timeout = min(timeout, until_due)
+        return timeout
 
     def _room(self) -> int:
         """How many messages the next poll may take without breaking the checkpoint bound."""

@@ -357,6 +357,14 @@ class Failures:
     def paused(self) -> list[TP]:
         return list(self._resume_at)
 
+    def seconds_until_due(self) -> float | None:
+        """Seconds until the first paused partition's backoff is over (0 when one already
+        is); None when none waits. The loop's poll blocks no longer than this, so a retry
+        runs when its backoff says rather than when the poll timeout ends."""
+        if not self._resume_at:
+            return None
+        return max(0.0, min(self._resume_at.values()) - self._monotonic())
+
     def forget(self, partitions: list[TP]) -> None:
         """Partitions revoked or lost: their new owner starts the attempts afresh."""
         for tp in partitions:

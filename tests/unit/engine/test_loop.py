@@ -587,3 +587,66 @@ def test_an_unanswered_commit_holds_the_next_back_for_thirty_seconds_at_most() -
     loop.run_once()
     assert [offsets for offsets, _ in source.commits] == [{("t", 0): 10}, {("t", 0): 30}]
     assert all(asynchronous for _, asynchronous in source.commits)
+
+
+# --- retries -------------------------------------------------------------------------------
+
+
+class TimedSource(InMemorySource):
+    """Records how long each poll was allowed to block."""
+
+    def __init__(self, topics: dict[str, list[list[bytes]]]) -> None:
+        super().__init__(topics)
+        self.timeouts: list[float] = []
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        self.timeouts.append(timeout)
+        return super().poll(max_messages, timeout)
+
+
+def test_a_poll_blocks_no_longer_than_the_backoff_of_a_paused_retry() -> None:
+    """The paused partition resumes only between polls: a poll blocking for its whole timeout
+    (0.5 s) would stretch a 0.1 s backoff to 0.5 s, for every failed attempt."""
+    source = TimedSource({"t": [values(2)]})
+    failed: list[int] = []
+
+    def handler(message: Message, context: Context) -> None:
+        if not failed:
+            failed.append(message.offset)
+            raise RuntimeError("flaky")
+
+    clock = ManualClock()
+    route = {"retry": {"attempts": 3, "initial_backoff_seconds": 0.1, "jitter": 0.0}}
+    settings = loop_settings(("t",), every_messages=1_000, route=route)
+    loop = build_loop(settings, Router([Route("t", handler, "x:y")]), source=source,
+                      clock=clock, dead_letters=InMemoryDeadLetterSink())
+    assert loop.start()
+    loop.run_once()  # the first message fails: its partition pauses for 0.1 s
+    assert failed == [0] and source.paused == {("t", 0)}
+    loop.run_once()
+    assert source.timeouts[-1] == pytest.approx(0.1)
+    clock.advance(0.06)
+    loop.run_once()
+    assert source.timeouts[-1] == pytest.approx(0.04)
+    clock.advance(0.05)
+    assert loop.run_once() == 2  # resumed: the retry and the next message
+    assert source.timeouts[-1] == 0.5
+
+
+def test_a_poll_blocks_no_longer_than_until_the_interval_checkpoint() -> None:
+    """A store applies its batch at the checkpoint: a poll outlasting the interval would
+    delay every batch of a quiet topic to the poll timeout."""
+    source = TimedSource({"t": [values(1)]})
+    clock = ManualClock()
+    loop = make_loop(source, Recorder(), every_seconds=0.2, clock=clock)
+    assert loop.start()
+    loop.run_once()
+    assert source.timeouts[-1] == pytest.approx(0.2)
+    clock.advance(0.15)
+    loop.run_once()
+    assert source.timeouts[-1] == pytest.approx(0.05)
+    clock.advance(0.06)
+    loop.run_once()  # due: the checkpoint runs after this poll, which waits as configured
+    assert source.timeouts[-1] == 0.5
+    loop.run_once()
+    assert source.timeouts[-1] == pytest.approx(0.2)

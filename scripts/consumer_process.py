@@ -145,8 +145,11 @@ def consumer_config(
     return {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": group,
                   "session_timeout_ms": 6000,
-                  # Members notice a rebalance at their next heartbeat: keep tests quick.
-                  "librdkafka": {"heartbeat.interval.ms": 500}, **kafka},
+                  # Members notice a rebalance at their next heartbeat, and a rewound
+                  # partition (a retry, a dead letter) is fetched again once the fetch in
+                  # flight returns: keep tests quick.
+                  "librdkafka": {"heartbeat.interval.ms": 500, "fetch.wait.max.ms": 100},
+                  **kafka},
         "routes": {topic: handler},
         "checkpoint": {"every_messages": every_messages, "every_seconds": every_seconds,
                        "synchronous_commits": synchronous_commits},

@@ -19,10 +19,10 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(SERVICES) --kafka -- $(PY) scripts/demo.py
 
-## test: lint, type check, then the whole suite against a real Kafka, PostgreSQL and schema
-## registry
+## test: lint, type check, then the whole suite against a real Kafka, PostgreSQL, MariaDB and
+## schema registry
 test: container-engine lint typecheck promtool
-	$(SERVICES) --kafka --postgres --registry -- $(PY) -m pytest
+	$(SERVICES) --kafka --postgres --mariadb --registry -- $(PY) -m pytest
 
 # The alert-rule tests need promtool, the container test a Prometheus server: found on PATH or
 # unpacked from Debian's prometheus package.
@@ -61,11 +61,13 @@ bench: $(VENV)/.bench-installed
 services-up: $(VENV)/.installed
 	$(PY) scripts/kafka_local.py start
 	$(PY) scripts/postgres_local.py start
+	$(PY) scripts/mariadb_local.py start
 	$(PY) scripts/registry_local.py start
 
 services-down: $(VENV)/.installed
 	-$(PY) scripts/kafka_local.py stop
 	-$(PY) scripts/postgres_local.py stop
+	-$(PY) scripts/mariadb_local.py stop
 	-$(PY) scripts/registry_local.py stop
 
 clean: services-down

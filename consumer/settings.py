@@ -313,7 +313,8 @@ class StoreSettings(_Section):
     """Where checkpoints and processed keys live, beside the handlers' own tables."""
 
     #: sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://user:pw@host/db,
-    #: or none (no store: at-least-once, re-reads bounded by the checkpoint interval).
+    #: mysql://user:pw@host:3306/db (MariaDB, with the ``mariadb`` extra), or none (no
+    #: store: at-least-once, re-reads bounded by the checkpoint interval).
     url: SecretStr = SecretStr("sqlite:///state/checkpoint-consumer.db")
     #: A file holding the URL (a mounted Kubernetes Secret, say); one trailing newline is
     #: ignored. Not with ``url``.
@@ -334,6 +335,12 @@ class StoreSettings(_Section):
     postgres_keepalives_idle_seconds: int = Field(default=30, ge=1)
     postgres_keepalives_interval_seconds: int = Field(default=10, ge=1)
     postgres_keepalives_count: int = Field(default=3, ge=1)
+    #: MariaDB: InnoDB's innodb_lock_wait_timeout for the store's sessions (whole seconds):
+    #: how long a statement waits for a row lock before the batch rolls back and is retried.
+    mariadb_lock_wait_timeout_seconds: int = Field(default=10, ge=1)
+    #: MariaDB: idle_transaction_timeout: the server ends a session idle this long inside a
+    #: transaction (a process frozen mid-batch), releasing its locks.
+    mariadb_idle_transaction_timeout_seconds: int = Field(default=60, ge=1)
     #: Kafka's committed offset moved by another tool (no checkpoint-consumer marker):
     #: fail (default), follow Kafka's offset, or ignore it and keep the store's.
     on_external_reset: Literal["fail", "follow", "ignore"] = "fail"
@@ -361,12 +368,13 @@ class StoreSettings(_Section):
     @classmethod
     def _known_scheme(cls, value: SecretStr) -> SecretStr:
         url = value.get_secret_value()
-        if url != "none" and not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        if url != "none" and not url.startswith(("sqlite://", "postgresql://", "postgres://",
+                                                  "mysql://")):
             # Name the scheme only: a value without one may be a password put in the wrong place.
             scheme = f"{url.split('://', 1)[0]!r}" if "://" in url else "a value without a scheme"
             raise ValueError(
                 f"{scheme} is not a store; use sqlite:///path/file.db, "
-                "postgresql://user@host/db, or none"
+                "postgresql://user@host/db, mysql://user@host/db (MariaDB), or none"
             )
         return value
 

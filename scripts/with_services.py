@@ -1,10 +1,11 @@
-"""Run a command with a real Kafka broker, PostgreSQL server and schema registry around it,
-then stop them.
+"""Run a command with a real Kafka broker, PostgreSQL server, MariaDB server and schema
+registry around it, then stop them.
 
-    python scripts/with_services.py [--kafka] [--postgres] [--registry] -- COMMAND [ARGS...]
+    python scripts/with_services.py [--kafka] [--postgres] [--mariadb] [--registry] -- COMMAND
 
 A server already named in the environment (``KAFKA_BOOTSTRAP_SERVERS``,
-``CONSUMER_TEST_POSTGRES_DSN``, ``CONSUMER_TEST_SCHEMA_REGISTRY_URL``) is used as it is.
+``CONSUMER_TEST_POSTGRES_DSN``, ``CONSUMER_TEST_MARIADB_URL``,
+``CONSUMER_TEST_SCHEMA_REGISTRY_URL``) is used as it is.
 Otherwise the local launchers start one and the command sees its address in that variable.
 Servers this script started are stopped when the command ends, however it ends; the command's
 exit code is returned.
@@ -20,6 +21,7 @@ import sys
 from contextlib import ExitStack
 
 import kafka_local
+import mariadb_local
 import postgres_local
 import registry_local
 from localproc import LocalServiceError
@@ -29,6 +31,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kafka", action="store_true", help="start a local Kafka broker")
     parser.add_argument("--postgres", action="store_true", help="start a local PostgreSQL")
+    parser.add_argument("--mariadb", action="store_true", help="start a local MariaDB")
     parser.add_argument("--registry", action="store_true",
                         help="start a local schema registry (Apicurio, Confluent API)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -50,6 +53,11 @@ def main(argv: list[str]) -> int:
                 env["CONSUMER_TEST_POSTGRES_DSN"] = postgres_local.start()
                 if started_here:
                     stack.callback(postgres_local.stop)
+            if args.mariadb and not env.get("CONSUMER_TEST_MARIADB_URL"):
+                started_here = mariadb_local.running_url() is None
+                env["CONSUMER_TEST_MARIADB_URL"] = mariadb_local.start()
+                if started_here:
+                    stack.callback(mariadb_local.stop)
             if args.registry and not env.get("CONSUMER_TEST_SCHEMA_REGISTRY_URL"):
                 started_here = registry_local.running_url() is None
                 env["CONSUMER_TEST_SCHEMA_REGISTRY_URL"] = registry_local.start()

@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.servers import kafka_server, postgres_server, schema_registry_server
+from tests.support.servers import (
+    kafka_server,
+    mariadb_server,
+    postgres_server,
+    schema_registry_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +27,13 @@ def postgres_dsn() -> Iterator[str]:
     """DSN of a real PostgreSQL server with an empty database the tests may use."""
     with postgres_server() as dsn:
         yield dsn
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """``mysql://`` URL of a real MariaDB server whose user may create databases."""
+    with mariadb_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

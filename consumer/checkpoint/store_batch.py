@@ -358,6 +358,8 @@ def _transient_errors(dialect: str) -> Callable[[BaseException], bool]:
     and never count as a failed attempt (nor dead-letter a valid message)."""
     if dialect == "sqlite":
         from consumer.store.sqlite import is_transient
+    elif dialect == "mariadb":
+        from consumer.store.mariadb import is_transient
     else:
         from consumer.store.postgres import is_transient
 

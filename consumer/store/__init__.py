@@ -1,7 +1,7 @@
 """The store: checkpoint rows and processed keys in the handlers' own database, so effects,
 keys and checkpoints commit together. :class:`~consumer.store.base.Store` is the contract;
-``open_store("sqlite:///state/checkpoints.db")`` or ``open_store("postgresql://…")`` picks the
-backend (an unknown scheme raises ``ConfigError``).
+``open_store("sqlite:///state/checkpoints.db")``, ``open_store("postgresql://…")`` or
+``open_store("mysql://…")`` (MariaDB) picks the backend (an unknown scheme raises ``ConfigError``).
 
 A store is one connection, used by one thread (the poll thread, or the purge thread with its
 own); ``Store.message_transactions(size)`` gives concurrent handlers a transaction per message
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 def open_store(url: str, *, sqlite_synchronous: str = "FULL",
                sqlite_busy_timeout: float = 60.0,
-               postgres: PostgresSession | None = None) -> Store:
+               postgres: PostgresSession | None = None,
+               mariadb_lock_wait_timeout: int = 10,
+               mariadb_idle_transaction_timeout: int = 60) -> Store:
     """The store named by ``url``. SQLite opens the file now; PostgreSQL connects on first use,
     so an unreachable server is retried by the loop instead of failing here."""
     if url.startswith("sqlite://"):
@@ -46,12 +48,21 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL",
         from consumer.store.postgres import PostgresStore
 
         return PostgresStore(url, session=postgres or PostgresSession())
+    if url.startswith("mysql://"):
+        try:
+            from consumer.store.mariadb import MariaDBStore
+        except ImportError as error:
+            raise ConfigError([f"store.url: a mysql:// (MariaDB) store needs PyMySQL ({error}); "
+                               "install checkpoint-consumer[mariadb]"]) from None
+        return MariaDBStore(url, lock_wait_timeout=mariadb_lock_wait_timeout,
+                            idle_transaction_timeout=mariadb_idle_transaction_timeout)
     raise ConfigError([f"store.url: {url.split(':', 1)[0]!r} is not a store; use "
-                       "sqlite:///path/file.db or postgresql://user@host/db, or none"])
+                       "sqlite:///path/file.db, postgresql://user@host/db, "
+                       "mysql://user@host/db (MariaDB), or none"])
 
 
 def open_configured(settings: StoreSettings) -> Store:
-    """The store ``settings`` name, with their SQLite and PostgreSQL session limits."""
+    """The store ``settings`` name, with their SQLite, PostgreSQL and MariaDB session limits."""
     return open_store(
         settings.url.get_secret_value(),
         sqlite_synchronous=settings.sqlite_synchronous,
@@ -63,6 +74,8 @@ def open_configured(settings: StoreSettings) -> Store:
             keepalives_interval=settings.postgres_keepalives_interval_seconds,
             keepalives_count=settings.postgres_keepalives_count,
         ),
+        mariadb_lock_wait_timeout=settings.mariadb_lock_wait_timeout_seconds,
+        mariadb_idle_transaction_timeout=settings.mariadb_idle_transaction_timeout_seconds,
     )
 
 

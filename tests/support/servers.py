@@ -1,4 +1,5 @@
-"""Where the tests' Kafka broker and PostgreSQL server come from, in order of preference:
+"""Where the tests' Kafka broker and PostgreSQL server come from, in order of preference
+(MariaDB: ``CONSUMER_TEST_MARIADB_URL``, else ``scripts/mariadb_local.py``):
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` / ``CONSUMER_TEST_POSTGRES_DSN`` in the environment: use them.
 2. A Docker engine that answers: testcontainers starts throwaway containers.
@@ -72,6 +73,26 @@ def postgres_server() -> Iterator[str]:
     finally:
         if already is None:
             postgres_local.stop()
+
+
+@contextlib.contextmanager
+def mariadb_server() -> Iterator[str]:
+    """Yield a ``mysql://`` URL of a MariaDB server whose user may create databases
+    (``CONSUMER_TEST_MARIADB_URL``, else one started by ``scripts/mariadb_local.py``); stop
+    it afterwards only if we started it."""
+    from_env = os.environ.get("CONSUMER_TEST_MARIADB_URL")
+    if from_env:
+        yield from_env
+        return
+    import mariadb_local
+
+    already = mariadb_local.running_url()
+    url = mariadb_local.start()
+    try:
+        yield url
+    finally:
+        if already is None:
+            mariadb_local.stop()
 
 
 @contextlib.contextmanager

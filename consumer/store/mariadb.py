@@ -1,0 +1,473 @@
+"""The MariaDB store (PyMySQL), for ``mysql://user:password@host:port/database`` URLs: a
+batch's keys claimed with one ``INSERT IGNORE … VALUES (…), (…) RETURNING key``.
+
+Every session runs READ COMMITTED (InnoDB's default, REPEATABLE READ, would keep next-key
+and gap locks on the processed-keys index, so a purge or a neighbour's claim would block
+claims of keys that only sort near them), with ``ANSI_QUOTES`` (``"offset"`` names a
+column, as on the other stores) and InnoDB's ``innodb_lock_wait_timeout`` and MariaDB's
+``idle_transaction_timeout`` from the settings. Statements run in autocommit; a batch is an
+explicit ``START TRANSACTION`` … ``COMMIT``, so no transaction (nor snapshot) lingers
+between batches.
+
+What the epoch fence relies on: the checkpoint ``UPDATE … WHERE epoch = %s`` is a locking
+read, which in InnoDB sees the latest committed row (not the transaction's snapshot) and
+keeps the row's exclusive lock until COMMIT; an assignment bumping the epoch takes the same
+lock, so one of the two waits for the other. And the connection asks for *found* rows
+(``CLIENT.FOUND_ROWS``): the count of rows the UPDATE matched, not those it changed, so a
+row written again at the same offset still counts as moved, not fenced.
+
+DDL commits on its own in MariaDB, so schema creation is a sequence of idempotent
+``CREATE TABLE IF NOT EXISTS`` under a named lock, with the version row written last. No
+MariaDB store ever held schema version 1: one that says so is refused.
+
+Connects on first use, and again after the connection broke, but never inside a batch
+(its transaction died with the connection: ``StoreUnavailable``). Errors leave as
+``StoreUnavailable`` (unreachable, lost, deadlock 1213, lock wait timeout 1205),
+``StoreSchemaError`` (credentials or database refused, tables missing) or ``StoreError``.
+One connection, one thread.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pymysql
+import pymysql.connections
+import pymysql.cursors
+from pymysql.constants import CLIENT
+
+from consumer.errors import (
+    ConfigError,
+    OffsetWentBackwards,
+    StoreError,
+    StoreSchemaError,
+    StoreUnavailable,
+)
+from consumer.message import TP
+from consumer.store.base import (
+    SCHEMA_VERSION,
+    CheckpointRow,
+    Claim,
+    MessageTransactions,
+    Position,
+    SchemaUpgrade,
+    Store,
+    require_version,
+)
+
+#: Names are compared byte for byte (Kafka's topic names are case-sensitive; MariaDB's
+#: default collation is not).
+_TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+SCHEMA = [
+    f"CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL) {_TABLE}",
+    f"""CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+        group_id varchar(255) NOT NULL, topic varchar(255) NOT NULL,
+        "partition" integer NOT NULL, next_offset bigint, epoch bigint NOT NULL,
+        updated_at double NOT NULL, topic_id varchar(64),
+        PRIMARY KEY (group_id, topic, "partition")) {_TABLE}""",
+    f"""CREATE TABLE IF NOT EXISTS consumer_processed_keys (
+        group_id varchar(255) NOT NULL, "key" varbinary(64) NOT NULL,
+        topic varchar(255) NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL,
+        processed_at double NOT NULL,
+        PRIMARY KEY (group_id, "key"),
+        KEY consumer_processed_keys_group_age (group_id, processed_at)) {_TABLE}""",
+    # Kept so every store has the same tables (a version-1 MariaDB store never existed).
+    f"CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id varchar(255) PRIMARY KEY) "
+    f"{_TABLE}",
+]
+#: Serialises concurrent first-time schema creation by several consumer processes.
+SCHEMA_LOCK = "checkpoint_consumer_schema"
+
+#: A statement a handler may hit that says nothing about its message: InnoDB's deadlock
+#: (1213: the server rolled back the whole transaction) and lock wait timeout (1205).
+TRANSIENT_CODES = frozenset({1205, 1213})
+#: The connection is gone or going: cannot connect (2003), server gone away (2006), lost
+#: during a query (2013), killed (1927), server shutting down (1053), ended by
+#: idle_transaction_timeout (4031); PyMySQL's own "connection closed" errors carry 0.
+LOST_CODES = frozenset({0, 1053, 1927, 2003, 2006, 2013, 2055, 4031})
+#: Waiting cannot help: access denied (1044, 1045), unknown database (1049).
+REFUSED_CODES = frozenset({1044, 1045, 1049})
+NO_SUCH_TABLE = 1146
+
+
+def _code(error: BaseException) -> int | None:
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error a handler raised is a deadlock, a lock wait timeout or a lost
+    connection, rather than a failure of its message."""
+    if isinstance(error, pymysql.err.InterfaceError):
+        return True  # the connection was already closed under it
+    if not isinstance(error, pymysql.err.MySQLError):
+        return False
+    code = _code(error)
+    return code in TRANSIENT_CODES or code in LOST_CODES
+
+
+class MariaDBCursor(pymysql.cursors.Cursor):  # type: ignore[misc]
+    """PyMySQL's cursor whose ``fetchall`` gives a list of tuples, as the other stores'."""
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(super().fetchall())
+
+
+class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
+    """PyMySQL's connection (``context.db``) with ``execute`` as sqlite3's and psycopg's
+    have: run one statement (``%s`` placeholders) and return its cursor."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> MariaDBCursor:
+        cursor: MariaDBCursor = self.cursor()
+        cursor.execute(sql, tuple(params) if params else None)
+        return cursor
+
+
+class MariaDBStore(Store):
+    dialect = "mariadb"
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0,
+                 lock_wait_timeout: int = 10, idle_transaction_timeout: int = 60) -> None:
+        address = urllib.parse.urlsplit(url)
+        self._params: dict[str, Any] = {
+            "host": address.hostname or "127.0.0.1", "port": address.port or 3306,
+            "user": urllib.parse.unquote(address.username or ""),
+            "password": urllib.parse.unquote(address.password or ""),
+            "database": urllib.parse.unquote(address.path.lstrip("/")) or None,
+            "charset": "utf8mb4", "autocommit": True, "client_flag": CLIENT.FOUND_ROWS,
+            "connect_timeout": max(1, int(connect_timeout)), "cursorclass": MariaDBCursor,
+        }
+        self._where = (f"mysql://{self._params['user']}@{self._params['host']}:"
+                       f"{self._params['port']}/{self._params['database'] or ''}")
+        self._lock_wait = max(1, int(lock_wait_timeout))
+        self._idle = max(1, int(idle_transaction_timeout))
+        self._conn: MariaDBConnection | None = None
+        self._in_batch = False
+
+    @property
+    def _db(self) -> MariaDBConnection:
+        """The connection, opened (again) on first use after start or after it broke; never
+        inside a batch, whose transaction died with the old connection."""
+        if self._conn is None or not self._conn.open:
+            if self._in_batch:
+                raise StoreUnavailable(
+                    f"lost the connection to MariaDB store {self._where} in the middle of a "
+                    "batch; the batch rolled back")
+            self._conn = self._connect()
+        return self._conn
+
+    def _connect(self) -> MariaDBConnection:
+        try:
+            conn = MariaDBConnection(**self._params)
+            conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            conn.execute(
+                "SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES'), "
+                f"SESSION innodb_lock_wait_timeout = {self._lock_wait}, "
+                f"SESSION idle_transaction_timeout = {self._idle}")
+        except pymysql.err.MySQLError as error:
+            if _code(error) in REFUSED_CODES:  # waiting will not help: the URL is wrong
+                raise StoreSchemaError(
+                    f"MariaDB store {self._where} refused the connection: {error.args[-1]}. "
+                    "Check store.url (user, password, database name).") from None
+            raise StoreUnavailable(
+                f"cannot reach MariaDB store {self._where}: {error.args[-1]}") from None
+        return conn
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def ensure_schema(self, group: str | None = None, *,
+                      group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
+        where = f"the MariaDB store {self._where}"
+        with self._errors():
+            got = self._db.execute("SELECT GET_LOCK(%s, %s)",
+                                   (SCHEMA_LOCK, self._lock_wait + self._idle)).fetchone()
+            if not got or got[0] != 1:
+                raise StoreUnavailable(f"{where}: another process held the schema lock "
+                                       f"{SCHEMA_LOCK!r} too long; try again")
+            try:
+                found = self._version()
+                require_version(found, where)
+                if found is not None and found != SCHEMA_VERSION:
+                    raise StoreSchemaError(
+                        f"{where} holds checkpoint-consumer schema version {found}, but no "
+                        f"MariaDB store ever had it; this version needs {SCHEMA_VERSION}. "
+                        "Point store.url at a new database.")
+                if found is None:
+                    for statement in SCHEMA:  # each commits on its own; all idempotent
+                        self._db.execute(statement)
+                    self._db.execute("INSERT INTO consumer_schema VALUES (%s)",
+                                     (SCHEMA_VERSION,))
+            finally:
+                if self._conn is not None and self._conn.open:
+                    self._db.execute("DO RELEASE_LOCK(%s)", (SCHEMA_LOCK,))
+        return None
+
+    def _version(self) -> int | None:
+        exists = self._db.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+            "AND table_name = 'consumer_schema'").fetchone()
+        if not exists:
+            return None
+        row = self._db.execute("SELECT max(version) FROM consumer_schema").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def close(self) -> None:
+        if self._conn is not None and self._conn.open:
+            self._conn.close()
+
+    def ping(self) -> None:
+        with self._errors():
+            self._db.execute("SELECT 1").fetchone()
+
+    # --- assignment -----------------------------------------------------------------------
+
+    def assign(self, group: str, partitions: Sequence[TP], now: float,
+               topic_ids: Mapping[str, str] | None = None) -> dict[TP, Position]:
+        positions = {}
+        ids = topic_ids or {}
+        with self._errors():
+            # A row locked by a frozen previous owner is freed when the server ends its idle
+            # transaction: wait that long here (failing an assignment stops the process).
+            self._db.execute(f"SET SESSION innodb_lock_wait_timeout = "
+                             f"{self._lock_wait + self._idle}")
+            self._db.execute("START TRANSACTION")
+            try:
+                for topic, partition in partitions:
+                    row = self._db.execute(
+                        """INSERT INTO consumer_checkpoints
+                               (group_id, topic, "partition", next_offset, epoch, updated_at,
+                                topic_id)
+                           VALUES (%s, %s, %s, NULL, 1, %s, %s)
+                           ON DUPLICATE KEY UPDATE epoch = epoch + 1,
+                               updated_at = VALUES(updated_at),
+                               topic_id = coalesce(topic_id, VALUES(topic_id))
+                           RETURNING next_offset, epoch, topic_id""",
+                        (group, topic, partition, now, ids.get(topic))).fetchone()
+                    if row is None:
+                        raise StoreError(f"no checkpoint row returned for {topic}[{partition}]")
+                    positions[(topic, partition)] = Position(row[0], row[1], row[2])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback_quietly()
+                raise
+            finally:
+                if self._conn is not None and self._conn.open:
+                    self._db.execute(
+                        f"SET SESSION innodb_lock_wait_timeout = {self._lock_wait}")
+        return positions
+
+    def adopt_topic_id(self, group: str, tp: TP, topic_id: str, *, epoch: int,
+                       forget_offset: bool) -> None:
+        with self._errors():
+            self._db.execute(
+                'UPDATE consumer_checkpoints SET topic_id = %s, next_offset = CASE WHEN %s '
+                'THEN NULL ELSE next_offset END WHERE group_id = %s AND topic = %s '
+                'AND "partition" = %s AND epoch = %s',
+                (topic_id, forget_offset, group, tp[0], tp[1], epoch))
+
+    # --- one checkpoint batch ------------------------------------------------------------
+
+    def begin(self) -> None:
+        with self._errors():
+            self._db.execute("START TRANSACTION")
+        self._in_batch = True
+
+    def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+        if not claims:
+            return set()
+        # One statement; in key order, so two batches claiming the same keys lock them in the
+        # same order (no deadlock between them). Literals built here, not by the driver's
+        # per-value escaping: keys travel as hex, numbers as numbers, each topic escaped once.
+        db = self._db
+        topics = {topic: db.escape(topic) for topic in {c.topic for c in claims}}
+        g, n = db.escape(group), db.escape(float(now))
+        values = ",".join([f"({g},X'{c.key.hex()}',{topics[c.topic]},{c.partition:d},"
+                           f"{c.offset:d},{n})" for c in sorted(claims, key=_by_key)])
+        with self._errors():
+            rows = db.execute(
+                'INSERT IGNORE INTO consumer_processed_keys (group_id, "key", topic, '
+                f'"partition", "offset", processed_at) VALUES {values} RETURNING "key"'
+            ).fetchall()
+        return {bytes(row[0]) for row in rows}
+
+    def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
+        listed = [f"X'{key.hex()}'" for key in keys]
+        if not listed:
+            return
+        with self._errors():
+            self._db.execute(
+                'DELETE FROM consumer_processed_keys WHERE group_id = %s AND "key" IN '
+                f"({','.join(listed)})", (group,))
+
+    def savepoint(self) -> None:
+        with self._errors():
+            self._db.execute("SAVEPOINT handler")
+
+    def release_savepoint(self) -> None:
+        with self._errors():
+            self._db.execute("RELEASE SAVEPOINT handler")
+
+    def rollback_to_savepoint(self) -> None:
+        with self._errors():
+            self._db.execute("ROLLBACK TO SAVEPOINT handler")
+            self._db.execute("RELEASE SAVEPOINT handler")
+
+    def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
+                          now: float) -> list[TP]:
+        refused = []
+        with self._errors():
+            for row in rows:
+                # rowcount counts matched rows (CLIENT.FOUND_ROWS): the same offset again is
+                # a move, not a fence
+                moved = self._db.execute(
+                    """UPDATE consumer_checkpoints SET next_offset = %s, updated_at = %s
+                       WHERE group_id = %s AND topic = %s AND "partition" = %s
+                             AND epoch = %s AND (next_offset IS NULL OR next_offset <= %s)""",
+                    (row.next_offset, now, group, row.topic, row.partition, row.epoch,
+                     row.next_offset)).rowcount
+                if moved != 1:
+                    refused.append(row)
+            return self._refused(group, refused) if refused else []
+
+    def _refused(self, group: str, refused: Sequence[CheckpointRow]) -> list[TP]:
+        """As the base class, on this dialect's quoting (``partition`` is reserved here)."""
+        fenced, backwards = [], []
+        for row in refused:
+            found = self._db.execute(
+                'SELECT next_offset, epoch FROM consumer_checkpoints WHERE group_id = %s '
+                'AND topic = %s AND "partition" = %s', (group, row.topic, row.partition),
+            ).fetchone()
+            if found is not None and found[1] == row.epoch and found[0] is not None \
+                    and found[0] > row.next_offset:
+                backwards.append(OffsetWentBackwards(row.topic, row.partition, int(found[0]),
+                                                     row.next_offset))
+            else:
+                fenced.append((row.topic, row.partition))
+        if backwards and not fenced:  # a zombie stops as Fenced whatever else it wrote
+            raise backwards[0]
+        return fenced
+
+    def commit(self) -> None:
+        try:
+            with self._errors():
+                self._db.execute("COMMIT")
+        finally:
+            self._in_batch = False
+
+    def rollback(self) -> None:
+        self._in_batch = False
+        if self._conn is None or not self._conn.open:
+            return
+        with self._errors():
+            self._conn.execute("ROLLBACK")
+
+    def _rollback_quietly(self) -> None:
+        if self._conn is not None and self._conn.open:
+            try:
+                self._conn.execute("ROLLBACK")
+            except pymysql.err.MySQLError:
+                self._conn.close()
+
+    # --- for handlers ----------------------------------------------------------------------
+
+    @property
+    def connection(self) -> MariaDBConnection:
+        return self._db
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> MariaDBCursor:
+        return self._db.execute(sql, params)
+
+    def message_transactions(self, size: int) -> MessageTransactions:
+        raise ConfigError([
+            "store.url: routes with concurrency above 1 need a transaction per message on "
+            "pooled connections, which the MariaDB store does not have yet; use a PostgreSQL "
+            "store, or set concurrency: 1 on every route (one transaction per checkpoint "
+            "batch)"])
+
+    # --- operations ------------------------------------------------------------------------
+
+    def checkpoints(self, group: str) -> dict[TP, int | None]:
+        with self._errors():
+            rows = self._db.execute(
+                'SELECT topic, "partition", next_offset FROM consumer_checkpoints '
+                "WHERE group_id = %s", (group,)).fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
+        with self._errors():
+            cursor = self._db.execute(
+                "DELETE FROM consumer_processed_keys WHERE group_id = %s AND processed_at < %s "
+                "ORDER BY processed_at LIMIT %s", (group, older_than, limit))
+        return int(cursor.rowcount)
+
+    def keys_from(self, group: str, targets: Mapping[TP, int]) -> dict[TP, int]:
+        found = {}
+        with self._errors():
+            for (topic, partition), offset in targets.items():
+                row = self._db.execute(
+                    'SELECT count(*) FROM consumer_processed_keys WHERE group_id = %s '
+                    'AND topic = %s AND "partition" = %s AND "offset" >= %s',
+                    (group, topic, partition, offset)).fetchone()
+                found[(topic, partition)] = int(row[0])
+        return found
+
+    def replay(self, group: str, targets: Mapping[TP, int], *, forget_keys: bool,
+               now: float) -> dict[TP, int]:
+        """As the base class (one transaction, the epoch bumped), in this dialect's SQL."""
+        forgotten = dict.fromkeys(targets, 0)
+        with self._errors():
+            self._db.execute("START TRANSACTION")
+            try:
+                for (topic, partition), offset in targets.items():
+                    self._db.execute(
+                        """INSERT INTO consumer_checkpoints
+                               (group_id, topic, "partition", next_offset, epoch, updated_at)
+                           VALUES (%s, %s, %s, %s, 1, %s)
+                           ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset),
+                               epoch = epoch + 1, updated_at = VALUES(updated_at)""",
+                        (group, topic, partition, offset, now))
+                    if forget_keys:
+                        forgotten[(topic, partition)] = int(self._db.execute(
+                            'DELETE FROM consumer_processed_keys WHERE group_id = %s '
+                            'AND topic = %s AND "partition" = %s AND "offset" >= %s',
+                            (group, topic, partition, offset)).rowcount)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback_quietly()
+                raise
+        return forgotten
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except pymysql.err.MySQLError as error:
+            code = _code(error)
+            text = error.args[-1] if error.args else str(error)
+            if isinstance(error, pymysql.err.InterfaceError) or code in LOST_CODES:
+                if self._conn is not None and self._conn.open:
+                    self._conn.close()
+                raise StoreUnavailable(f"MariaDB store {self._where}: lost the connection "
+                                       f"({code}: {text})") from error
+            if code == 1205:
+                raise StoreUnavailable(
+                    f"MariaDB store {self._where}: waited store.mariadb_lock_wait_timeout_"
+                    f"seconds ({self._lock_wait} s) for a row another session holds (a "
+                    "previous owner frozen inside a transaction is ended after "
+                    "store.mariadb_idle_transaction_timeout_seconds); the batch rolled back "
+                    f"and is retried: {text}") from error
+            if code == 1213:
+                raise StoreUnavailable(f"MariaDB store {self._where}: deadlock; the batch "
+                                       f"rolled back and is retried: {text}") from error
+            if code == NO_SUCH_TABLE:
+                raise StoreSchemaError(f"MariaDB store {self._where}: {text}; run "
+                                       "`consumer store init`") from error
+            raise StoreError(f"MariaDB store {self._where}: {type(error).__name__} "
+                             f"({code}): {text}") from error
+
+
+def _by_key(claim: Claim) -> bytes:
+    return claim.key

@@ -37,7 +37,7 @@ from typing import Any
 import pymysql
 import pymysql.connections
 import pymysql.cursors
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, SERVER_STATUS
 
 from consumer.errors import (
     ConfigError,
@@ -307,16 +307,35 @@ class MariaDBStore(Store):
             self._db.execute("SAVEPOINT handler")
 
     def release_savepoint(self) -> None:
+        self._require_open_batch()
         with self._errors():
             self._db.execute("RELEASE SAVEPOINT handler")
 
     def rollback_to_savepoint(self) -> None:
+        self._require_open_batch()
         with self._errors():
             self._db.execute("ROLLBACK TO SAVEPOINT handler")
             self._db.execute("RELEASE SAVEPOINT handler")
 
+    def _require_open_batch(self) -> None:
+        """The batch's transaction is still open: a handler's DDL (even ``CREATE TABLE IF
+        NOT EXISTS``) or COMMIT ends it in MariaDB, committing every key claimed for the batch
+        ahead of the effects not yet written. Read from the server's last status flags, no
+        round trip; the batch stops here, before anything else commits."""
+        conn = self._conn
+        if self._in_batch and conn is not None and conn.open \
+                and not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+            raise StoreError(
+                f"MariaDB store {self._where}: a handler's statement ended the batch's "
+                "transaction (MariaDB commits implicitly on DDL such as CREATE TABLE, and on "
+                "COMMIT): the keys claimed for the batch committed ahead of the effects of "
+                "messages not handled yet, which will be skipped as duplicates. Create tables "
+                "before the consumer starts, never commit in a handler, and apply those messages "
+                "again with `consumer replay --forget-keys` from the batch's first offset.")
+
     def write_checkpoints(self, group: str, rows: Sequence[CheckpointRow],
                           now: float) -> list[TP]:
+        self._require_open_batch()
         refused = []
         with self._errors():
             for row in rows:

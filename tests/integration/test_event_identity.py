@@ -4,6 +4,7 @@ every `dedup_key` kind, and two letters for one message are redriven once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -83,6 +84,17 @@ def dead_lettered(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path,
                   request: pytest.FixtureRequest) -> Iterator[DeadLettered]:
     """Parametrised indirectly with (dedup_key, whether messages carry the header)."""
     dedup_key, with_header = request.param
+    with dead_letters(kafka_bootstrap, store, tmp_path, dedup_key, with_header) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def dead_letters(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, dedup_key: str,
+                 with_header: bool, *,
+                 handler: str = "tests.support.failing_handlers:ledger_while_flagged",
+                 ) -> Iterator[DeadLettered]:
+    """A consumer that dead-lettered every change to BROKEN (``handler`` rejects them while
+    its flag file exists) and applied the rest; then the flag is deleted."""
     ledger = make_ledger(30, accounts=6, resend_every=10**9)
     topic = create_topic(kafka_bootstrap, 1, prefix="identity")
     create_named_topic(kafka_bootstrap, f"{topic}.dlq")
@@ -94,7 +106,7 @@ def dead_lettered(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path,
     config = consumer_config(kafka_bootstrap, group, topic, every_messages=100,
                              every_seconds=0.2, store=store.url)
     config["routes"] = {topic: {
-        "handler": "tests.support.failing_handlers:ledger_while_flagged", "format": "json",
+        "handler": handler, "format": "json",
         "dedup_key": dedup_key, "retry": {"attempts": 1}}}
     flag = tmp_path / "broken.flag"
     flag.touch()

@@ -41,8 +41,9 @@ PROXY_MESSAGES = 10_000
 
 
 def _ledger_config(bootstrap: str, group: str, topic: str, store: StoreUnderTest,
+                   handler: str = "handlers.ledger:apply",
                    **checkpoint: object) -> dict[str, object]:
-    config = consumer_config(bootstrap, group, topic, handler="handlers.ledger:apply",
+    config = consumer_config(bootstrap, group, topic, handler=handler,
                              every_messages=500, every_seconds=1.0, store=store.url,
                              max_poll_interval_ms=7000)
     config["checkpoint"].update(checkpoint)  # type: ignore[union-attr]

@@ -53,6 +53,13 @@ def _entries(store: StoreUnderTest) -> int:
 def test_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
 ) -> None:
+    replay_story(kafka_bootstrap, store, tmp_path)
+
+
+def replay_story(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, *,
+                 handler: str = "handlers.ledger:apply") -> None:
+    """A running group is refused, an undecided replay asks about keys, a dry run changes
+    nothing, forgotten keys re-apply their effects, kept keys skip them."""
     topic = create_topic(kafka_bootstrap, 2, prefix="replay")
     produce(kafka_bootstrap, topic,
             [json.dumps({"event": f"e{i}", "account": "acc", "amount": 1}).encode()
@@ -60,7 +67,7 @@ def test_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(
             partition=lambda i: i % 2,
             headers=lambda i: [("idempotency-key", f"e{i}".encode())])
     group = unique_name("replay")
-    config = consumer_config(kafka_bootstrap, group, topic, handler="handlers.ledger:apply",
+    config = consumer_config(kafka_bootstrap, group, topic, handler=handler,
                              every_messages=10, every_seconds=1.0, store=store.url)
     consume_everything(config, tmp_path, "first", store, EVENTS)
 
@@ -95,7 +102,7 @@ def test_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(
                   "--forget-keys", "--execute")
     assert done.returncode == 0, done.stderr
     rows = dict(((t, p), o) for t, p, o in store.query(
-        "SELECT topic, partition, next_offset FROM consumer_checkpoints"))
+        'SELECT topic, "partition", next_offset FROM consumer_checkpoints'))
     assert rows == {(topic, 0): 15, (topic, 1): 20}
     assert group_offsets(kafka_bootstrap, group, topic, 2) == {0: 15, 1: 20}
     assert store.scalar("SELECT count(*) FROM consumer_processed_keys") == EVENTS - 5

@@ -217,3 +217,20 @@ def test_mariadb_connection_lost_mid_batch_is_unavailable_and_commits_nothing_ou
     store.begin()
     assert store.claim(G, claims("a"), 1.0) == {key("a")}, "the next batch reconnects"
     store.rollback()
+
+
+def test_mariadb_ddl_in_a_handler_ends_the_batch_and_the_store_says_so(
+    maria_backend: Backend,
+) -> None:
+    """MariaDB commits implicitly on DDL: the batch's claimed keys committed with it. The
+    store stops the batch at the handler's savepoint with an error naming the cause, instead
+    of carrying on and checkpointing over messages whose keys are spent."""
+    store = maria_backend.open()
+    store.ensure_schema()
+    store.begin()
+    assert store.claim(G, claims("a", "b"), 1.0) == {key("a"), key("b")}
+    store.savepoint()
+    store.execute("CREATE TABLE IF NOT EXISTS made_in_a_handler (id integer)")
+    with pytest.raises(StoreError, match="commits implicitly on DDL"):
+        store.release_savepoint()
+    store.rollback()

@@ -270,7 +270,7 @@ def until_consumed(store: StoreUnderTest, bootstrap: str, group: str, topics: Se
             tend.restart_dead()
         try:
             rows = dict(((t, p), o) for t, p, o in store.query(
-                "SELECT topic, partition, next_offset FROM consumer_checkpoints "
+                'SELECT topic, "partition", next_offset FROM consumer_checkpoints '
                 "WHERE group_id = %s", (group,)))
         except Exception:  # The tables appear with the first consumer.
             rows = {}
@@ -352,7 +352,7 @@ class _Consumed:
         marks = ", ".join(["%s"] * len(groups))
         try:
             rows = self._store.query(
-                "SELECT group_id, topic, partition, next_offset FROM consumer_checkpoints "
+                'SELECT group_id, topic, "partition", next_offset FROM consumer_checkpoints '
                 f"WHERE group_id IN ({marks})", tuple(groups))
         except Exception:  # No consumer has started yet: the table does not exist.
             rows = []

@@ -1,4 +1,5 @@
-"""A fresh store per test, on every backend: a SQLite file, or a PostgreSQL schema of its own."""
+"""A fresh store per test, on every backend: a SQLite file, a PostgreSQL schema or a MariaDB
+database of its own."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class StoreUnderTest:
             path = self.url.removeprefix("sqlite:///")
             with sqlite3.connect(path) as db:
                 return db.execute(sql.replace("%s", "?"), params).fetchall()
+        if self.backend == "mariadb":
+            return _on_mariadb(self.url, sql, params)
         with psycopg.connect(self.url) as db:
             return db.execute(sql, params).fetchall()  # type: ignore[arg-type]
 
@@ -39,14 +42,35 @@ class StoreUnderTest:
             with sqlite3.connect(path) as db:
                 db.executescript(sql)
             return
+        if self.backend == "mariadb":
+            _on_mariadb(self.url, sql, ())
+            return
         with psycopg.connect(self.url) as db:
             db.execute(sql)
 
 
+def _on_mariadb(url: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """One statement on a connection of the product's own (ANSI_QUOTES, READ COMMITTED)."""
+    from consumer.store.mariadb import MariaDBStore
+
+    store = MariaDBStore(url)
+    try:
+        return store.execute(sql, params).fetchall()
+    finally:
+        store.close()
+
+
 @contextmanager
 def fresh_store(backend: str, tmp_path: Path, postgres_dsn: str | None) -> Iterator[StoreUnderTest]:
+    """``postgres_dsn``: the server's address, a MariaDB ``mysql://`` URL for "mariadb"."""
     if backend == "sqlite":
         yield StoreUnderTest("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
+        return
+    if backend == "mariadb":
+        if postgres_dsn is None:
+            raise AssertionError("the mariadb backend needs the mariadb_url fixture")
+        with _mariadb_database(postgres_dsn) as url:
+            yield StoreUnderTest("mariadb", url)
         return
     if postgres_dsn is None:
         raise AssertionError("the postgresql backend needs the postgres_dsn fixture")
@@ -64,3 +88,17 @@ def _url(dsn: str, schema: str) -> str:
     """The DSN, as a URL whose connections use ``schema`` first."""
     separator = "&" if "?" in dsn else "?"
     return f"{dsn}{separator}options=-csearch_path%3D{schema}"
+
+
+@contextmanager
+def _mariadb_database(server_url: str) -> Iterator[str]:
+    """A database of its own on the MariaDB server; the URL names it."""
+    import urllib.parse
+
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    _on_mariadb(server_url, f"CREATE DATABASE {database}", ())
+    address = urllib.parse.urlsplit(server_url)
+    try:
+        yield urllib.parse.urlunsplit((address.scheme, address.netloc, f"/{database}", "", ""))
+    finally:
+        _on_mariadb(server_url, f"DROP DATABASE {database}", ())

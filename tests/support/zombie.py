@@ -45,7 +45,7 @@ class Zombie:
         """Every partition of the zombie's batch has a newer owner (a higher epoch), and one at
         least has a checkpoint row past the zombie's batch: a late write there moves it back."""
         found = {(t, p): (o, e) for t, p, o, e in store.query(
-            "SELECT topic, partition, next_offset, epoch FROM consumer_checkpoints "
+            'SELECT topic, "partition", next_offset, epoch FROM consumer_checkpoints '
             "WHERE group_id = %s", (group,))}
         moved_on = all(found.get((t, p), (None, 0))[1] > epoch for t, p, _, epoch in self.rows)
         passed = any((found.get((t, p), (None, 0))[0] or 0) > offset

@@ -359,7 +359,7 @@ def _transient_errors(dialect: str) -> Callable[[BaseException], bool]:
     if dialect == "sqlite":
         from consumer.store.sqlite import is_transient
     elif dialect == "mariadb":
-        from consumer.store.mariadb import is_transient
+        from consumer.store.mariadb_session import is_transient
     else:
         from consumer.store.postgres import is_transient
 

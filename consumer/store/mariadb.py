@@ -5,9 +5,10 @@ Every session runs READ COMMITTED (InnoDB's default, REPEATABLE READ, would keep
 and gap locks on the processed-keys index, so a purge or a neighbour's claim would block
 claims of keys that only sort near them), with ``ANSI_QUOTES`` (``"offset"`` names a
 column, as on the other stores) and InnoDB's ``innodb_lock_wait_timeout`` and MariaDB's
-``idle_transaction_timeout`` from the settings. Statements run in autocommit; a batch is an
-explicit ``START TRANSACTION`` … ``COMMIT``, so no transaction (nor snapshot) lingers
-between batches.
+``idle_transaction_timeout`` from the settings (consumer/store/mariadb_session.py sets the
+session up). Statements run in autocommit (PyMySQL's default is off, which would leave the
+read of a ``checkpoints()`` call open as a transaction); a batch is an explicit
+``START TRANSACTION`` … ``COMMIT``, so no transaction lingers between batches.
 
 What the epoch fence relies on: the checkpoint ``UPDATE … WHERE epoch = %s`` is a locking
 read, which in InnoDB sees the latest committed row (not the transaction's snapshot) and
@@ -29,15 +30,12 @@ One connection, one thread.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import pymysql
-import pymysql.connections
-import pymysql.cursors
-from pymysql.constants import CLIENT, SERVER_STATUS
+from pymysql.constants import SERVER_STATUS
 
 from consumer.errors import (
     ConfigError,
@@ -56,6 +54,14 @@ from consumer.store.base import (
     SchemaUpgrade,
     Store,
     require_version,
+)
+from consumer.store.mariadb_session import (
+    MariaDBConnection,
+    MariaDBCursor,
+    connect,
+    is_lost,
+    parameters,
+    translated,
 )
 
 #: Names are compared byte for byte (Kafka's topic names are case-sensitive; MariaDB's
@@ -81,67 +87,12 @@ SCHEMA = [
 #: Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = "checkpoint_consumer_schema"
 
-#: A statement a handler may hit that says nothing about its message: InnoDB's deadlock
-#: (1213: the server rolled back the whole transaction) and lock wait timeout (1205).
-TRANSIENT_CODES = frozenset({1205, 1213})
-#: The connection is gone or going: cannot connect (2003), server gone away (2006), lost
-#: during a query (2013), killed (1927), server shutting down (1053), ended by
-#: idle_transaction_timeout (4031); PyMySQL's own "connection closed" errors carry 0.
-LOST_CODES = frozenset({0, 1053, 1927, 2003, 2006, 2013, 2055, 4031})
-#: Waiting cannot help: access denied (1044, 1045), unknown database (1049).
-REFUSED_CODES = frozenset({1044, 1045, 1049})
-NO_SUCH_TABLE = 1146
-
-
-def _code(error: BaseException) -> int | None:
-    args = getattr(error, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether an error a handler raised is a deadlock, a lock wait timeout or a lost
-    connection, rather than a failure of its message."""
-    if isinstance(error, pymysql.err.InterfaceError):
-        return True  # the connection was already closed under it
-    if not isinstance(error, pymysql.err.MySQLError):
-        return False
-    code = _code(error)
-    return code in TRANSIENT_CODES or code in LOST_CODES
-
-
-class MariaDBCursor(pymysql.cursors.Cursor):  # type: ignore[misc]
-    """PyMySQL's cursor whose ``fetchall`` gives a list of tuples, as the other stores'."""
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        return list(super().fetchall())
-
-
-class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
-    """PyMySQL's connection (``context.db``) with ``execute`` as sqlite3's and psycopg's
-    have: run one statement (``%s`` placeholders) and return its cursor."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> MariaDBCursor:
-        cursor: MariaDBCursor = self.cursor()
-        cursor.execute(sql, tuple(params) if params else None)
-        return cursor
-
-
 class MariaDBStore(Store):
     dialect = "mariadb"
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0,
                  lock_wait_timeout: int = 10, idle_transaction_timeout: int = 60) -> None:
-        address = urllib.parse.urlsplit(url)
-        self._params: dict[str, Any] = {
-            "host": address.hostname or "127.0.0.1", "port": address.port or 3306,
-            "user": urllib.parse.unquote(address.username or ""),
-            "password": urllib.parse.unquote(address.password or ""),
-            "database": urllib.parse.unquote(address.path.lstrip("/")) or None,
-            "charset": "utf8mb4", "autocommit": True, "client_flag": CLIENT.FOUND_ROWS,
-            "connect_timeout": max(1, int(connect_timeout)), "cursorclass": MariaDBCursor,
-        }
-        self._where = (f"mysql://{self._params['user']}@{self._params['host']}:"
-                       f"{self._params['port']}/{self._params['database'] or ''}")
+        self._params, self._where = parameters(url, connect_timeout)
         self._lock_wait = max(1, int(lock_wait_timeout))
         self._idle = max(1, int(idle_transaction_timeout))
         self._conn: MariaDBConnection | None = None
@@ -160,21 +111,7 @@ class MariaDBStore(Store):
         return self._conn
 
     def _connect(self) -> MariaDBConnection:
-        try:
-            conn = MariaDBConnection(**self._params)
-            conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            conn.execute(
-                "SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES'), "
-                f"SESSION innodb_lock_wait_timeout = {self._lock_wait}, "
-                f"SESSION idle_transaction_timeout = {self._idle}")
-        except pymysql.err.MySQLError as error:
-            if _code(error) in REFUSED_CODES:  # waiting will not help: the URL is wrong
-                raise StoreSchemaError(
-                    f"MariaDB store {self._where} refused the connection: {error.args[-1]}. "
-                    "Check store.url (user, password, database name).") from None
-            raise StoreUnavailable(
-                f"cannot reach MariaDB store {self._where}: {error.args[-1]}") from None
-        return conn
+        return connect(self._params, self._where, lock_wait=self._lock_wait, idle=self._idle)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -464,28 +401,9 @@ class MariaDBStore(Store):
         try:
             yield
         except pymysql.err.MySQLError as error:
-            code = _code(error)
-            text = error.args[-1] if error.args else str(error)
-            if isinstance(error, pymysql.err.InterfaceError) or code in LOST_CODES:
-                if self._conn is not None and self._conn.open:
-                    self._conn.close()
-                raise StoreUnavailable(f"MariaDB store {self._where}: lost the connection "
-                                       f"({code}: {text})") from error
-            if code == 1205:
-                raise StoreUnavailable(
-                    f"MariaDB store {self._where}: waited store.mariadb_lock_wait_timeout_"
-                    f"seconds ({self._lock_wait} s) for a row another session holds (a "
-                    "previous owner frozen inside a transaction is ended after "
-                    "store.mariadb_idle_transaction_timeout_seconds); the batch rolled back "
-                    f"and is retried: {text}") from error
-            if code == 1213:
-                raise StoreUnavailable(f"MariaDB store {self._where}: deadlock; the batch "
-                                       f"rolled back and is retried: {text}") from error
-            if code == NO_SUCH_TABLE:
-                raise StoreSchemaError(f"MariaDB store {self._where}: {text}; run "
-                                       "`consumer store init`") from error
-            raise StoreError(f"MariaDB store {self._where}: {type(error).__name__} "
-                             f"({code}): {text}") from error
+            if is_lost(error) and self._conn is not None and self._conn.open:
+                self._conn.close()  # the next batch connects again
+            raise translated(error, self._where, self._lock_wait) from error
 
 
 def _by_key(claim: Claim) -> bytes:

@@ -1,5 +1,5 @@
 """What the MariaDB store decides without a server: which errors a handler raises are the
-store's, not its message's (``consumer.store.mariadb.is_transient``: InnoDB's deadlock and
+store's, not its message's (``consumer.store.mariadb_session.is_transient``: InnoDB's deadlock and
 lock wait timeout, a lost or killed connection), and how a ``mysql://`` URL opens it. The
 store against a real server: tests/integration/test_store_contract_mariadb.py."""
 
@@ -10,7 +10,8 @@ import pytest
 
 from consumer.settings import StoreSettings
 from consumer.store import open_configured
-from consumer.store.mariadb import MariaDBStore, is_transient
+from consumer.store.mariadb import MariaDBStore
+from consumer.store.mariadb_session import is_transient
 
 
 @pytest.mark.parametrize("error", [

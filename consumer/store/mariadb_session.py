@@ -1,0 +1,127 @@
+"""The MariaDB store's sessions (PyMySQL): a ``mysql://`` URL's connection parameters, a
+connection set up as the store needs it (READ COMMITTED, ``ANSI_QUOTES``, InnoDB's lock wait
+and MariaDB's idle-transaction timeouts, matched-row counts), ``context.db``'s connection and
+cursor classes, and which PyMySQL errors are transient, refused or the message's own."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+import pymysql
+import pymysql.connections
+import pymysql.cursors
+from pymysql.constants import CLIENT
+
+from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+
+#: A statement a handler may hit that says nothing about its message: InnoDB's deadlock
+#: (1213: the server rolled back the whole transaction) and lock wait timeout (1205).
+TRANSIENT_CODES = frozenset({1205, 1213})
+#: The connection is gone or going: cannot connect (2003), server gone away (2006), lost
+#: during a query (2013), killed (1927), server shutting down (1053), ended by
+#: idle_transaction_timeout (4031); PyMySQL's own "connection closed" errors carry 0.
+LOST_CODES = frozenset({0, 1053, 1927, 2003, 2006, 2013, 2055, 4031})
+#: Waiting cannot help: access denied (1044, 1045), unknown database (1049).
+REFUSED_CODES = frozenset({1044, 1045, 1049})
+NO_SUCH_TABLE = 1146
+
+
+def error_code(error: BaseException) -> int | None:
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def is_lost(error: BaseException) -> bool:
+    """Whether the error says the connection is gone (a new one is needed)."""
+    return isinstance(error, pymysql.err.InterfaceError) or (
+        isinstance(error, pymysql.err.MySQLError) and error_code(error) in LOST_CODES)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error a handler raised is a deadlock, a lock wait timeout or a lost
+    connection, rather than a failure of its message."""
+    if isinstance(error, pymysql.err.InterfaceError):
+        return True  # the connection was already closed under it
+    if not isinstance(error, pymysql.err.MySQLError):
+        return False
+    code = error_code(error)
+    return code in TRANSIENT_CODES or code in LOST_CODES
+
+
+class MariaDBCursor(pymysql.cursors.Cursor):  # type: ignore[misc]
+    """PyMySQL's cursor whose ``fetchall`` gives a list of tuples, as the other stores'."""
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(super().fetchall())
+
+
+class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
+    """PyMySQL's connection (``context.db``) with ``execute`` as sqlite3's and psycopg's
+    have: run one statement (``%s`` placeholders) and return its cursor."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> MariaDBCursor:
+        cursor: MariaDBCursor = self.cursor()
+        cursor.execute(sql, tuple(params) if params else None)
+        return cursor
+
+
+
+
+def parameters(url: str, connect_timeout: float) -> tuple[dict[str, Any], str]:
+    """PyMySQL's connection parameters for ``url``, and where it points, without password."""
+    address = urllib.parse.urlsplit(url)
+    params: dict[str, Any] = {
+        "host": address.hostname or "127.0.0.1", "port": address.port or 3306,
+        "user": urllib.parse.unquote(address.username or ""),
+        "password": urllib.parse.unquote(address.password or ""),
+        "database": urllib.parse.unquote(address.path.lstrip("/")) or None,
+        "charset": "utf8mb4", "autocommit": True,
+        # rowcount counts rows an UPDATE matched, not those it changed: the epoch fence
+        "client_flag": CLIENT.FOUND_ROWS,
+        "connect_timeout": max(1, int(connect_timeout)), "cursorclass": MariaDBCursor,
+    }
+    where = f"mysql://{params['user']}@{params['host']}:{params['port']}/" \
+            f"{params['database'] or ''}"
+    return params, where
+
+
+def connect(params: dict[str, Any], where: str, *, lock_wait: int,
+            idle: int) -> MariaDBConnection:
+    """A connection in autocommit, its session READ COMMITTED with ANSI_QUOTES and the waits."""
+    try:
+        conn = MariaDBConnection(**params)
+        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        conn.execute(
+            "SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES'), "
+            f"SESSION innodb_lock_wait_timeout = {lock_wait}, "
+            f"SESSION idle_transaction_timeout = {idle}")
+    except pymysql.err.MySQLError as error:
+        if error_code(error) in REFUSED_CODES:  # waiting will not help: the URL is wrong
+            raise StoreSchemaError(
+                f"MariaDB store {where} refused the connection: {error.args[-1]}. "
+                "Check store.url (user, password, database name).") from None
+        raise StoreUnavailable(f"cannot reach MariaDB store {where}: {error.args[-1]}") from None
+    return conn
+
+
+def translated(error: pymysql.err.MySQLError, where: str, lock_wait: int) -> StoreError:
+    """Our error for a PyMySQL one: lost connections, lock waits and deadlocks are
+    StoreUnavailable (retried), missing tables StoreSchemaError, the rest StoreError."""
+    code = error_code(error)
+    text = error.args[-1] if error.args else str(error)
+    if is_lost(error):
+        return StoreUnavailable(f"MariaDB store {where}: lost the connection ({code}: {text})")
+    if code == 1205:
+        return StoreUnavailable(
+            f"MariaDB store {where}: waited store.mariadb_lock_wait_timeout_seconds "
+            f"({lock_wait} s) for a row another session holds (a previous owner frozen inside "
+            "a transaction is ended after store.mariadb_idle_transaction_timeout_seconds); "
+            f"the batch rolled back and is retried: {text}")
+    if code == 1213:
+        return StoreUnavailable(f"MariaDB store {where}: deadlock; the batch rolled back and "
+                                f"is retried: {text}")
+    if code == NO_SUCH_TABLE:
+        return StoreSchemaError(f"MariaDB store {where}: {text}; run `consumer store init`")
+    return StoreError(f"MariaDB store {where}: {type(error).__name__} ({code}): {text}")

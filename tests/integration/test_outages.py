@@ -196,16 +196,16 @@ class _Run:
 
     @classmethod
     def prepare(cls, bootstrap: str, store: StoreUnderTest, workdir: Path, *, tool_state: Path,
-                **store_settings: Any) -> _Run:
+                handler: str = "handlers.ledger:apply", **store_settings: Any) -> _Run:
         """Produce the ledger, pace a client id with a fetch quota, and configure (not start)
-        one consumer process with the ledger handler."""
+        one consumer process with the ledger ``handler``."""
         ledger = make_ledger(EVENTS)
         topic = create_topic(bootstrap, PARTITIONS, prefix="outage")
         produced = produce_ledger(bootstrap, topic, ledger)
         group = unique_name("outage")
         client_id = unique_name("paced")
         limit_fetch_rate(bootstrap, client_id, FETCH_BYTES_PER_SECOND, tool_state)
-        config = consumer_config(bootstrap, group, topic, handler="handlers.ledger:apply",
+        config = consumer_config(bootstrap, group, topic, handler=handler,
                                  every_messages=500, every_seconds=1.0, store=store.url,
                                  client_id=client_id)
         # Small fetches, so the quota paces the run instead of one big first fetch.

@@ -1,10 +1,11 @@
 """Dedicated local servers a test may take down and bring back, and ways to watch a consumer
 through the outage.
 
-A :class:`LocalServer` runs one of the project's launchers (``scripts/kafka_local.py`` or
-``scripts/postgres_local.py``) as a child process with its own ``CONSUMER_LOCAL_STATE``, so the
-session-wide servers other tests use are never touched. ``stop(keep_data=True)`` followed by
-``start()`` is a real outage: the same server comes back on the same address with its data.
+A :class:`LocalServer` runs one of the project's launchers (``scripts/kafka_local.py``,
+``scripts/postgres_local.py`` or ``scripts/mariadb_local.py``) as a child process with its own
+``CONSUMER_LOCAL_STATE``, so the session-wide servers other tests use are never touched.
+``stop(keep_data=True)`` followed by ``start()`` is a real outage: the same server comes back
+on the same address with its data.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class LocalServer:
     @classmethod
     def postgres(cls, state: Path) -> LocalServer:
         return cls("postgres_local.py", state)
+
+    @classmethod
+    def mariadb(cls, state: Path) -> LocalServer:
+        return cls("mariadb_local.py", state)
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SHARED_ONLY}

@@ -20,7 +20,14 @@ from psycopg.conninfo import make_conninfo
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.store import Store
 from consumer.store.postgres import PostgresStore
-from tests.support.store_contract import P0, Backend, G, StoreContract, scratch_ids
+from tests.support.store_contract import (
+    P0,
+    Backend,
+    G,
+    MigratesFromVersion1,
+    StoreContract,
+    scratch_ids,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +59,7 @@ def pg_backend(postgres_dsn: str, postgres_admin: psycopg.Connection[Any]) -> It
         yield backend
 
 
-class TestPostgresStoreContract(StoreContract):
+class TestPostgresStoreContract(StoreContract, MigratesFromVersion1):
     """The store contract on a real PostgreSQL server, a fresh schema per test."""
 
     @pytest.fixture

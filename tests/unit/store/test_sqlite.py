@@ -15,10 +15,10 @@ import pytest
 
 from consumer.errors import ConfigError, StoreUnavailable
 from consumer.store.sqlite import SQLiteStore
-from tests.support.store_contract import P0, Backend, G, StoreContract
+from tests.support.store_contract import P0, Backend, G, MigratesFromVersion1, StoreContract
 
 
-class TestSQLiteStoreContract(StoreContract):
+class TestSQLiteStoreContract(StoreContract, MigratesFromVersion1):
     """The store contract on a fresh SQLite file per test."""
 
     @pytest.fixture

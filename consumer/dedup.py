@@ -50,6 +50,11 @@ KEY_SIZE = 16  # bytes of every digest
 log = logging.getLogger("consumer.dedup")
 
 
+#: A digest of the event's identity before scoping, from the message and its headers (read
+#: once per message by the caller: each read of a client record's headers builds a new list).
+Digest = Callable[[Message, list[tuple[str, bytes | None]]], bytes]
+
+
 def key_function(spec: str, topic_ids: Mapping[str, str],
                  scope: DedupScope = "topic") -> KeyFunction:
     """Build the digest function for one route's ``dedup_key`` and ``dedup_scope``. The
@@ -57,16 +62,25 @@ def key_function(spec: str, topic_ids: Mapping[str, str],
     inner = _digest_function(spec, topic_ids)
     if scope == "group":
         return _honouring(inner)
+    prefixes: dict[str, bytes] = {}
 
-    def scoped(message: Message) -> bytes:
-        return topic_scoped(message.topic, inner(message))
+    def scoped(message: Message, headers: list[tuple[str, bytes | None]]) -> bytes:
+        topic = message.topic
+        prefix = prefixes.get(topic)
+        if prefix is None:
+            prefix = prefixes[topic] = _scope_prefix(topic)
+        return hashlib.sha256(prefix + inner(message, headers)).digest()[:KEY_SIZE]
 
     return _honouring(scoped)
 
 
 def topic_scoped(topic: str, digest: bytes) -> bytes:
     """The key of ``digest`` within ``topic`` (the migration computes the same in SQL)."""
-    return hashlib.sha256(b"t\0" + topic.encode() + b"\0" + digest).digest()[:KEY_SIZE]
+    return hashlib.sha256(_scope_prefix(topic) + digest).digest()[:KEY_SIZE]
+
+
+def _scope_prefix(topic: str) -> bytes:
+    return b"t\0" + topic.encode() + b"\0"
 
 
 def honoured_key(value: bytes | None) -> bytes | None:
@@ -80,14 +94,15 @@ def honoured_key(value: bytes | None) -> bytes | None:
     return key if len(key) == KEY_SIZE else None  # fromhex skips spaces
 
 
-def _honouring(inner: KeyFunction) -> KeyFunction:
+def _honouring(inner: Digest) -> KeyFunction:
     warned = False
 
     def key(message: Message) -> bytes:
         nonlocal warned
-        for name, _ in message.headers:  # a plain loop: this runs for every message
+        headers = message.headers
+        for name, _ in headers:  # a plain loop: this runs for every message
             if name == HONOURED_KEY_HEADER:
-                value = message.header(HONOURED_KEY_HEADER)
+                value = _last_value(headers, HONOURED_KEY_HEADER)
                 honoured = honoured_key(value)
                 if honoured is not None:
                     return honoured
@@ -97,16 +112,25 @@ def _honouring(inner: KeyFunction) -> KeyFunction:
                                 "characters); the route's own dedup key applies (warned once "
                                 "per route)", HONOURED_KEY_HEADER, value, message)
                 break
-        return inner(message)
+        return inner(message, headers)
 
     return key
 
 
-def _digest_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
+def _last_value(headers: list[tuple[str, bytes | None]], name: str) -> bytes | None:
+    """The last value of header ``name`` (as :meth:`Message.header` answers), or None."""
+    found = None
+    for key, value in headers:
+        if key == name:
+            found = value
+    return found
+
+
+def _digest_function(spec: str, topic_ids: Mapping[str, str]) -> Digest:
     """The digest of the event's identity, before scoping."""
     prefixes: dict[str, bytes] = {}
 
-    def coordinates(message: Message) -> bytes:
+    def coordinates(message: Message, headers: object = None) -> bytes:
         # The id is read every time: ids are learnt later, and change when a topic is recreated.
         name = topic_ids.get(message.topic) or message.topic
         prefix = prefixes.get(name)
@@ -121,15 +145,15 @@ def _digest_function(spec: str, topic_ids: Mapping[str, str]) -> KeyFunction:
     if kind == "header" and rest:
         name = rest
 
-        def from_header(message: Message) -> bytes:
-            value = message.header(name)
+        def from_header(message: Message, headers: list[tuple[str, bytes | None]]) -> bytes:
+            value = _last_value(headers, name)
             return _digest(b"h", value) if value else coordinates(message)
 
         return from_header
     if kind == "function" and rest:
         user_function = load_callable(rest, ("message",))
 
-        def from_function(message: Message) -> bytes:
+        def from_function(message: Message, headers: object) -> bytes:
             try:
                 value = user_function(message)
                 if isinstance(value, str):

@@ -82,6 +82,14 @@ CONTENDERS: tuple[Contender, ...] = (
                 "staged offsets; forced synchronous commit at shutdown",
     ),
     Contender(
+        "arroyo-batch", "benchmarks.runners.arroyo:run", "arroyo",
+        {"mode": "batch", "batch": 1000}, kind="peer",
+        commits="BatchStep(1,000 messages or 1 s) -> RunTask(no-op over the batch) -> "
+                "CommitOffsets + CommitPolicy(1 s, 1,000 messages): synchronous commit of "
+                "the highest offsets of the batches handled; shutdown hands on the "
+                "unfinished batch, then forces a synchronous commit",
+    ),
+    Contender(
         "quixstreams", "benchmarks.runners.quix:run", "quixstreams", EVERY_1000_OR_1S,
         kind="peer",
         commits="checkpoint every 1,000 messages or 1 s (commit_every, commit_interval): "

@@ -96,18 +96,19 @@ CONTENDERS: tuple[Contender, ...] = (
                 "synchronous commit of processed offsets; forced at stop",
     ),
     Contender(
-        "faststream-confluent", "benchmarks.runners.faststream:run", "faststream",
-        {"backend": "confluent"}, kind="peer",
-        commits="default AckPolicy.ACK_FIRST: librdkafka auto-commit every 1 s of offsets "
-                "stored when a batch is handed out (before the handler ran); synchronous "
-                "commit at stop. No every-N-messages option",
+        "faststream-confluent-batch", "benchmarks.runners.faststream:run", "faststream",
+        {"backend": "confluent", "max_records": 500}, kind="peer",
+        commits="batch subscriber (batch=True, max_records=500), default "
+                "AckPolicy.ACK_FIRST: librdkafka auto-commit every 1 s of offsets stored "
+                "when a batch is handed out (before the handler ran); synchronous commit at "
+                "stop. No every-N-messages option",
     ),
     Contender(
-        "faststream-aiokafka", "benchmarks.runners.faststream:run", "faststream",
-        {"backend": "aiokafka"}, kind="peer",
-        commits="default AckPolicy.ACK_FIRST: aiokafka auto-commit every 1 s of offsets "
-                "handed out (before the handler ran); commit at stop. No every-N-messages "
-                "option",
+        "faststream-aiokafka-batch", "benchmarks.runners.faststream:run", "faststream",
+        {"backend": "aiokafka", "max_records": 500}, kind="peer",
+        commits="batch subscriber (batch=True, max_records=500), default "
+                "AckPolicy.ACK_FIRST: aiokafka auto-commit every 1 s of offsets handed out "
+                "(before the handler ran); commit at stop. No every-N-messages option",
     ),
 )
 

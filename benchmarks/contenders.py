@@ -82,24 +82,33 @@ CONTENDERS: tuple[Contender, ...] = (
                 "staged offsets; forced synchronous commit at shutdown",
     ),
     Contender(
+        "arroyo-batch", "benchmarks.runners.arroyo:run", "arroyo",
+        {"mode": "batch", "batch": 1000}, kind="peer",
+        commits="BatchStep(1,000 messages or 1 s) -> RunTask(no-op over the batch) -> "
+                "CommitOffsets + CommitPolicy(1 s, 1,000 messages): synchronous commit of "
+                "the highest offsets of the batches handled; shutdown hands on the "
+                "unfinished batch, then forces a synchronous commit",
+    ),
+    Contender(
         "quixstreams", "benchmarks.runners.quix:run", "quixstreams", EVERY_1000_OR_1S,
         kind="peer",
         commits="checkpoint every 1,000 messages or 1 s (commit_every, commit_interval): "
                 "synchronous commit of processed offsets; forced at stop",
     ),
     Contender(
-        "faststream-confluent", "benchmarks.runners.faststream:run", "faststream",
-        {"backend": "confluent"}, kind="peer",
-        commits="default AckPolicy.ACK_FIRST: librdkafka auto-commit every 1 s of offsets "
-                "stored when a batch is handed out (before the handler ran); synchronous "
-                "commit at stop. No every-N-messages option",
+        "faststream-confluent-batch", "benchmarks.runners.faststream:run", "faststream",
+        {"backend": "confluent", "max_records": 500}, kind="peer",
+        commits="batch subscriber (batch=True, max_records=500), default "
+                "AckPolicy.ACK_FIRST: librdkafka auto-commit every 1 s of offsets stored "
+                "when a batch is handed out (before the handler ran); synchronous commit at "
+                "stop. No every-N-messages option",
     ),
     Contender(
-        "faststream-aiokafka", "benchmarks.runners.faststream:run", "faststream",
-        {"backend": "aiokafka"}, kind="peer",
-        commits="default AckPolicy.ACK_FIRST: aiokafka auto-commit every 1 s of offsets "
-                "handed out (before the handler ran); commit at stop. No every-N-messages "
-                "option",
+        "faststream-aiokafka-batch", "benchmarks.runners.faststream:run", "faststream",
+        {"backend": "aiokafka", "max_records": 500}, kind="peer",
+        commits="batch subscriber (batch=True, max_records=500), default "
+                "AckPolicy.ACK_FIRST: aiokafka auto-commit every 1 s of offsets handed out "
+                "(before the handler ran); commit at stop. No every-N-messages option",
     ),
 )
 

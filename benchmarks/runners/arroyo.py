@@ -9,6 +9,13 @@ joins the strategy, which forces a last commit.
 Option ``auto_commit`` (false): arroyo's newer mode where each message's offset is stored and
 librdkafka commits in the background (``enable_auto_commit=True`` in the config builder).
 
+Option ``mode`` ``batch``: arroyo's batching step, as its strategies document it for work done
+a batch at a time: ``BatchStep(max_batch_size, max_batch_time)`` -> ``RunTask(no-op over the
+batch)`` -> ``CommitOffsets``, batches of ``batch`` messages (1,000) or 1 s. The batch carries
+the highest offset of each partition in it, so a commit covers every message of the batches
+that reached ``CommitOffsets``; the handler counts the batch's messages. Shutdown joins the
+strategy, which hands on the unfinished batch, then forces a last commit.
+
 Option ``mode`` (``noop``): the IO-bound group's handler, which sleeps 10 ms, run by arroyo's
 own concurrency. ``threads``: ``RunTaskInThreads(concurrency, max_pending)``; the handler
 counts when it finishes. ``processes``: ``RunTaskWithMultiprocessing`` over a pool of
@@ -42,6 +49,7 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
     from arroyo.commit import CommitPolicy
     from arroyo.processing import StreamProcessor
     from arroyo.processing.strategies import (
+        BatchStep,
         CommitOffsets,
         ProcessingStrategy,
         ProcessingStrategyFactory,
@@ -61,6 +69,10 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
         if tally.add():
             processor.signal_shutdown()
         return message.payload
+
+    def handle_batch(batch: Message[Any]) -> None:  # the no-op handler, over a batch
+        if tally.add(len(batch.payload)):
+            processor.signal_shutdown()
 
     def count(message: Message[KafkaPayload]) -> KafkaPayload:
         nonlocal stop_sent
@@ -91,6 +103,10 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
                     sleep_then_pass, RunTask(count, CommitOffsets(commit)),
                     max_batch_size=int(spec.options.get("batch", 100)), max_batch_time=1.0,
                     pool=pool)
+            if mode == "batch":
+                return BatchStep(
+                    int(spec.options.get("batch", 1000)), 1.0,
+                    RunTask(handle_batch, CommitOffsets(commit)))
             return RunTask(handle, CommitOffsets(commit))
 
     auto_commit = bool(spec.options.get("auto_commit", False))

@@ -56,7 +56,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	touch $@
 
 bench: $(VENV)/.bench-installed
-	CONSUMER_PG_DURABLE=1 $(SERVICES) --kafka --postgres -- $(PY) -m benchmarks $(BENCH_ARGS)
+	CONSUMER_PG_DURABLE=1 $(SERVICES) --kafka --postgres --mariadb -- $(PY) -m benchmarks $(BENCH_ARGS)
 
 services-up: $(VENV)/.installed
 	$(PY) scripts/kafka_local.py start

@@ -33,10 +33,21 @@ def _postgres() -> str | None:
     return "CONSUMER_TEST_POSTGRES_DSN is not set (make bench starts a local PostgreSQL)"
 
 
+def _mariadb() -> str | None:
+    if not os.environ.get("CONSUMER_TEST_MARIADB_URL"):
+        return "CONSUMER_TEST_MARIADB_URL is not set (make bench starts a local MariaDB)"
+    try:
+        from consumer.store import mariadb  # noqa: F401  (a checkout before the MariaDB store)
+    except ImportError:
+        return f"{UNSUPPORTED}: it has no MariaDB store yet"
+    return None
+
+
 CHECKS: dict[str, Callable[[], str | None]] = {
     "store": _section("store"),
     "metrics": _section("metrics"),
     "postgres": _postgres,
+    "mariadb": _mariadb,
     "concurrency": _concurrency,
 }
 

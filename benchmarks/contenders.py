@@ -71,6 +71,12 @@ CONTENDERS: tuple[Contender, ...] = (
                 "checkpoint (1,000 messages or 1 s), then Kafka offsets",
     ),
     Contender(
+        "framework-mariadb", FRAMEWORK, PROJECT, {**EVERY_1000_OR_1S, "store": "mariadb"},
+        needs=("store", "mariadb"),
+        commits="checkpoint rows and processed keys in one MariaDB transaction per "
+                "checkpoint (1,000 messages or 1 s), then Kafka offsets",
+    ),
+    Contender(
         "framework-metrics", FRAMEWORK, PROJECT,
         {**EVERY_1000_OR_1S, "settings": {"metrics": {"enabled": True, "port": 0}}},
         needs=("metrics",),

@@ -33,6 +33,7 @@ def describe(bootstrap: str) -> dict[str, Any]:
         "librdkafka": confluent_kafka.libversion()[0],
         "checkout": _checkout(),
         "postgres": _postgres_settings(),
+        "mariadb": _mariadb_settings(),
     }
 
 
@@ -52,6 +53,31 @@ def _postgres_settings() -> str:
         return f"unreadable ({type(error).__name__})"
     durable = ", ".join(f"{name}={row[0] if row else '?'}" for name, row in settings.items())
     return f"{version[0] if version else '?'} on this machine ({durable})"
+
+
+def _mariadb_settings() -> str:
+    """The benchmark's MariaDB and whether its commits are durable."""
+    url = os.environ.get("CONSUMER_TEST_MARIADB_URL")
+    if not url:
+        return "none"
+    try:
+        import pymysql
+
+        from consumer.store.mariadb_session import parameters
+
+        params, _ = parameters(url, connect_timeout=5)
+        conn = pymysql.connect(**{**params, "cursorclass": pymysql.cursors.Cursor})
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, "
+                               "@@innodb_doublewrite")
+                version, flush, doublewrite = cursor.fetchone()
+        finally:
+            conn.close()
+    except Exception as error:  # the report says so rather than failing the run
+        return f"unreadable ({type(error).__name__})"
+    return (f"{version} on this machine (innodb_flush_log_at_trx_commit={flush}, "
+            f"innodb_doublewrite={doublewrite})")
 
 
 def _cpu_model() -> str:

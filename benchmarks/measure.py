@@ -124,10 +124,14 @@ def run_child(python: Path, runner: str, options: dict[str, Any], run: ChildRun,
     return result
 
 
+#: The environment variables naming the stores' servers, which the children need.
+STORE_URLS = ("CONSUMER_TEST_POSTGRES_DSN", "CONSUMER_TEST_MARIADB_URL")
+
+
 def _child_env() -> dict[str, str]:
-    """The environment minus any CONSUMER_ override (the store DSN stays), plus the repo."""
+    """The environment minus any CONSUMER_ override (the stores' URLs stay), plus the repo."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CONSUMER_") or k == "CONSUMER_TEST_POSTGRES_DSN"}
+           if not k.startswith("CONSUMER_") or k in STORE_URLS}
     env.pop("RECORD_SLEEP_SECONDS", None)
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env

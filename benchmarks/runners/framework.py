@@ -134,6 +134,11 @@ def store_url(store: str) -> str:
         if not dsn:
             raise RuntimeError("store=postgres needs CONSUMER_TEST_POSTGRES_DSN")
         return dsn
+    if store == "mariadb":
+        url = os.environ.get("CONSUMER_TEST_MARIADB_URL")
+        if not url:
+            raise RuntimeError("store=mariadb needs CONSUMER_TEST_MARIADB_URL")
+        return url
     raise ValueError(f"unknown store {store!r}")
 
 

@@ -24,6 +24,7 @@ from consumer.app import (
     build_loop,
     build_purger,
     build_router,
+    collecting_garbage_less,
     configure_logging,
     group_scoped_topics,
 )
@@ -126,7 +127,8 @@ def _run(settings: Settings, router: Router) -> int:
     signals = ShutdownSignals(loop, grace_seconds=settings.shutdown.grace_seconds)
     signals.install()
     try:
-        loop.run()
+        with collecting_garbage_less():
+            loop.run()
     except ConsumerError as error:
         return _failed(error)
     finally:

@@ -12,14 +12,12 @@ they do around that is the same and lives here, in :class:`LocalDatabase`:
 - The state folder (``state_dir(name)``) holds the address file (``dsn`` or ``url``, mode
   0600), ``pid``, ``datadir``, ``kept`` (after ``stop --keep-data``), ``lock`` and the log
   (``<name>.log``, kept after ``stop`` for post-mortems).
-- The CLI: ``start`` prints the address, ``status`` prints ``running <address>`` (exit 0) or
-  ``stopped`` (exit 3), ``dsn`` prints the address (exit 3 when nothing runs), ``stop
-  [--keep-data]``. Only addresses go to stdout; progress and errors go to stderr.
+- Only addresses go to stdout; progress and errors go to stderr. The command line is in
+  ``database_cli.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import pwd
 import shutil
 import subprocess
@@ -51,9 +49,6 @@ from system_server import Programs, run_as, server_account
 HOST = "127.0.0.1"
 #: What both servers write to their log when their port is taken.
 PORT_TAKEN = "already in use"
-EXIT_FAILED = 1
-EXIT_STOPPED = 3
-EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -308,6 +303,14 @@ class LocalDatabase(ABC, Generic[Programs]):
         time.sleep(seconds)
         return self.start()
 
+    def silent_pid(self) -> int | None:
+        """The pid of a live server process of ours that does not answer (for ``status``)."""
+        files = self.files()
+        pid = read_pid(files.pid)
+        if pid is None or not self._is_ours(pid, files.recorded_datadir()):
+            return None
+        return None if self._running_address(files) else pid
+
     def _running_address(self, files: ServerFiles) -> str | None:
         address = read_state_file(files.address)
         pid = read_pid(files.pid)
@@ -410,64 +413,3 @@ class LocalDatabase(ABC, Generic[Programs]):
         for path in (files.address, files.pid, files.datadir, files.kept):
             path.unlink(missing_ok=True)
         return found
-
-    # ----------------------------------------------------------------------- CLI
-
-    def main(self, argv: list[str] | None = None) -> int:
-        """The launcher's command line; returns the process exit code."""
-        parser = argparse.ArgumentParser(
-            description=f"Throwaway local {self.title} for tests and demos.")
-        parser.add_argument("command", choices=["start", "stop", "status", "dsn"])
-        parser.add_argument("--keep-data", action="store_true",
-                            help="with stop: keep the data; the next start resumes the same "
-                                 "server")
-        args = parser.parse_args(argv)
-        if args.keep_data and args.command != "stop":
-            parser.error("--keep-data goes with stop only")
-        commands: dict[str, Callable[[], int]] = {
-            "start": self._cmd_start,
-            "stop": lambda: self._cmd_stop(keep_data=args.keep_data),
-            "status": self._cmd_status,
-            "dsn": self._cmd_dsn,
-        }
-        try:
-            return commands[args.command]()
-        except LocalServiceError as exc:
-            self.say(f"'{args.command}' FAILED: {exc}")
-            return EXIT_FAILED
-        except KeyboardInterrupt:
-            self.say(f"'{args.command}' interrupted")
-            return EXIT_INTERRUPTED
-
-    def _cmd_start(self) -> int:
-        print(self.start(), flush=True)
-        return 0
-
-    def _cmd_stop(self, *, keep_data: bool) -> int:
-        self.stop(keep_data=keep_data)
-        return 0
-
-    def _cmd_status(self) -> int:
-        files = self.files()
-        address = self._running_address(files)
-        if address is not None:
-            print(f"running {address}")
-            return 0
-        print("stopped")
-        kept = self.kept_address()
-        if kept is not None:
-            self.say(f"data kept: the next start resumes {kept}")
-        pid = read_pid(files.pid)
-        if pid is not None and self._is_ours(pid, files.recorded_datadir()):
-            self.say(f"{self.title} pid {pid} exists but does not answer; see {files.log} "
-                     f"and run: python scripts/{self.script}.py stop")
-        return EXIT_STOPPED
-
-    def _cmd_dsn(self) -> int:
-        address = self.running_address()
-        if address is None:
-            self.say(f"no local {self.title} is running; start one with: "
-                     f"python scripts/{self.script}.py start")
-            return EXIT_STOPPED
-        print(address)
-        return 0

@@ -49,6 +49,7 @@ import urllib.parse
 from pathlib import Path
 from typing import IO
 
+import database_cli
 from database_server import HOST, LocalDatabase, ServerFiles
 from localproc import LocalServiceError, pid_alive, wait_until
 from system_server import ensure_installed
@@ -368,7 +369,7 @@ def restart_after(seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code."""
-    return _SERVER.main(argv)
+    return database_cli.main(_SERVER, argv)
 
 
 if __name__ == "__main__":

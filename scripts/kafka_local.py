@@ -46,15 +46,21 @@ import uuid
 from pathlib import Path
 
 from localproc import (
+    JAVA_PACKAGE,
     REPO_ROOT,
     LocalServiceError,
+    cache_root,
     free_port,
+    jvm_options,
     log_tail,
-    pid_alive,
     read_pid,
+    read_state_file,
+    require_program,
+    running_address,
     state_dir,
     stop_pid,
     wait_until,
+    write_private,
 )
 
 POM = REPO_ROOT / "scripts" / "kafka" / "pom.xml"
@@ -80,20 +86,8 @@ def _say(text: str) -> None:
 
 
 def _cache_dir() -> Path:
-    default = Path.home() / ".cache" / "checkpoint-consumer"
     pom_digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
-    return Path(os.environ.get("CONSUMER_KAFKA_CACHE", default)) / f"kafka-{pom_digest}"
-
-
-def _require(program: str, why: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        package = {"mvn": "maven", "openssl": "openssl"}.get(program, "openjdk-17-jre-headless")
-        raise LocalServiceError(
-            f"'{program}' is not on PATH; it is needed {why}. "
-            f"Install it (Debian: apt-get install -y {package})."
-        )
-    return path
+    return cache_root("CONSUMER_KAFKA_CACHE") / f"kafka-{pom_digest}"
 
 
 def ensure_jars() -> Path:
@@ -103,7 +97,8 @@ def ensure_jars() -> Path:
     stamp = cache / "complete"
     if stamp.exists() and any(lib.glob("kafka_2.13-*.jar")):
         return lib
-    mvn = _require("mvn", "to resolve Kafka's jars from Maven Central")
+    mvn = require_program("mvn", "to resolve Kafka's jars from Maven Central",
+                          package="maven")
     _say(f"resolving Kafka jars with Maven into {lib} (first start only)")
     partial = cache / "lib.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -236,8 +231,10 @@ class SecuredListener:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run([_require("openssl", "to make the SASL_SSL listener's certificates"),
-                             *args], cwd=cwd, capture_output=True, text=True, check=False)
+    openssl = require_program("openssl", "to make the SASL_SSL listener's certificates",
+                              package="openssl")
+    result = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True,
+                            check=False)
     if result.returncode != 0:
         raise LocalServiceError(f"openssl {args[0]} failed (exit {result.returncode}): "
                                 f"{result.stderr.strip()}")
@@ -283,17 +280,13 @@ def sasl_ssl_listener() -> dict[str, str] | None:
     return info
 
 
-def _jvm_opts() -> list[str]:
-    """JVM options; ``$CONSUMER_KAFKA_JVM_OPTS`` replaces the defaults (e.g. a bigger heap)."""
-    override = os.environ.get("CONSUMER_KAFKA_JVM_OPTS")
-    return override.split() if override else JVM_OPTS
-
-
 def _java_command(lib: Path, main_class: str, *args: str, logs: Path) -> list[str]:
-    java = _require("java", "to run the Kafka broker (Java 17 or newer)")
+    java = require_program("java", "to run the Kafka broker (Java 17 or newer)",
+                           package=JAVA_PACKAGE)
     return [
         java,
-        *_jvm_opts(),
+        # $CONSUMER_KAFKA_JVM_OPTS replaces the defaults (e.g. a bigger heap).
+        *jvm_options("CONSUMER_KAFKA_JVM_OPTS", JVM_OPTS),
         f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
         f"-Dkafka.logs.dir={logs}",
         "-cp",
@@ -334,10 +327,7 @@ def _first_errors(log: Path, limit: int = 6) -> str:
 def running_bootstrap() -> str | None:
     """The bootstrap address of the broker this launcher started, if it is alive."""
     paths = _paths()
-    pid = read_pid(paths["pid"])
-    if pid is None or not pid_alive(pid) or not paths["bootstrap"].exists():
-        return None
-    return paths["bootstrap"].read_text().strip()
+    return running_address(paths["pid"], paths["bootstrap"])
 
 
 def _start_once(lib: Path, *, sasl_ssl: bool = False) -> str:
@@ -372,8 +362,7 @@ def _start_once(lib: Path, *, sasl_ssl: bool = False) -> str:
     bootstrap = _launch_and_wait(lib, port, controller_port, stdout_mode="w")
     if secured is not None:
         _wait_for_secured(secured)
-        paths["sasl_ssl"].touch(mode=0o600)
-        paths["sasl_ssl"].write_text(json.dumps(secured.client_info(), indent=2))
+        write_private(paths["sasl_ssl"], json.dumps(secured.client_info(), indent=2))
     return bootstrap
 
 
@@ -460,9 +449,9 @@ def _launch_and_wait(lib: Path, port: int, controller_port: int, *, stdout_mode:
 def kept_bootstrap() -> str | None:
     """The address of a broker stopped with ``keep_data=True`` that ``start`` will resume."""
     paths = _paths()
-    if not paths["kept"].exists() or not paths["data"].is_dir():
+    if not paths["data"].is_dir():
         return None
-    return paths["kept"].read_text().strip() or None
+    return read_state_file(paths["kept"])
 
 
 def _recorded_ports() -> tuple[int, int]:

@@ -29,11 +29,15 @@ import urllib.request
 from pathlib import Path
 
 from localproc import (
+    JAVA_PACKAGE,
     LocalServiceError,
+    cache_root,
     free_port,
+    jvm_options,
     log_tail,
-    pid_alive,
     read_pid,
+    require_program,
+    running_address,
     state_dir,
     stop_pid,
     wait_until,
@@ -56,8 +60,7 @@ def _say(text: str) -> None:
 
 
 def _cache_dir() -> Path:
-    default = Path.home() / ".cache" / "checkpoint-consumer"
-    return Path(os.environ.get("CONSUMER_REGISTRY_CACHE", default)) / f"apicurio-registry-{VERSION}"
+    return cache_root("CONSUMER_REGISTRY_CACHE") / f"apicurio-registry-{VERSION}"
 
 
 def ensure_distribution() -> Path:
@@ -100,14 +103,6 @@ def _paths() -> dict[str, Path]:
             "log": base / "registry.log"}
 
 
-def _java() -> str:
-    java = shutil.which("java")
-    if java is None:
-        raise LocalServiceError("'java' is not on PATH; Apicurio Registry needs Java 17 or "
-                                "newer (Debian: apt-get install -y openjdk-17-jre-headless)")
-    return java
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/subjects", timeout=2) as response:
@@ -119,10 +114,7 @@ def _answers(url: str) -> bool:
 def running_url() -> str | None:
     """The Confluent API URL of the registry this launcher started, if it is alive."""
     paths = _paths()
-    pid = read_pid(paths["pid"])
-    if pid is None or not pid_alive(pid) or not paths["url"].exists():
-        return None
-    return paths["url"].read_text().strip()
+    return running_address(paths["pid"], paths["url"])
 
 
 def start() -> str:
@@ -140,8 +132,9 @@ def start() -> str:
     management = free_port()
     while management == port:
         management = free_port()
-    jvm = os.environ.get("CONSUMER_REGISTRY_JVM_OPTS", "").split() or JVM_OPTS
-    command = [_java(), *jvm,
+    java = require_program("java", "to run Apicurio Registry (Java 17 or newer)",
+                           package=JAVA_PACKAGE)
+    command = [java, *jvm_options("CONSUMER_REGISTRY_JVM_OPTS", JVM_OPTS),
                "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={port}",
                "-Dquarkus.management.host=127.0.0.1", f"-Dquarkus.management.port={management}",
                "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=h2",

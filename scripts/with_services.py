@@ -18,7 +18,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import kafka_local
 import mariadb_local
@@ -27,13 +29,35 @@ import registry_local
 from localproc import LocalServiceError
 
 
+@dataclass(frozen=True)
+class Service:
+    """A server a launcher can start, and the variable that names its address."""
+
+    help: str
+    variable: str
+    running: Callable[[], str | None]
+    start: Callable[[], str]
+    stop: Callable[[], None]
+
+
+#: By command-line flag, in the order they start.
+SERVICES = {
+    "kafka": Service("start a local Kafka broker", "KAFKA_BOOTSTRAP_SERVERS",
+                     kafka_local.running_bootstrap, kafka_local.start, kafka_local.stop),
+    "postgres": Service("start a local PostgreSQL", "CONSUMER_TEST_POSTGRES_DSN",
+                        postgres_local.running_dsn, postgres_local.start, postgres_local.stop),
+    "mariadb": Service("start a local MariaDB", "CONSUMER_TEST_MARIADB_URL",
+                       mariadb_local.running_url, mariadb_local.start, mariadb_local.stop),
+    "registry": Service("start a local schema registry (Apicurio, Confluent API)",
+                        "CONSUMER_TEST_SCHEMA_REGISTRY_URL", registry_local.running_url,
+                        registry_local.start, registry_local.stop),
+}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kafka", action="store_true", help="start a local Kafka broker")
-    parser.add_argument("--postgres", action="store_true", help="start a local PostgreSQL")
-    parser.add_argument("--mariadb", action="store_true", help="start a local MariaDB")
-    parser.add_argument("--registry", action="store_true",
-                        help="start a local schema registry (Apicurio, Confluent API)")
+    for flag, service in SERVICES.items():
+        parser.add_argument(f"--{flag}", action="store_true", help=service.help)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -43,26 +67,13 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     with ExitStack() as stack:
         try:
-            if args.kafka and not env.get("KAFKA_BOOTSTRAP_SERVERS"):
-                started_here = kafka_local.running_bootstrap() is None
-                env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_local.start()
+            for flag, service in SERVICES.items():
+                if not getattr(args, flag) or env.get(service.variable):
+                    continue
+                started_here = service.running() is None
+                env[service.variable] = service.start()
                 if started_here:
-                    stack.callback(kafka_local.stop)
-            if args.postgres and not env.get("CONSUMER_TEST_POSTGRES_DSN"):
-                started_here = postgres_local.running_dsn() is None
-                env["CONSUMER_TEST_POSTGRES_DSN"] = postgres_local.start()
-                if started_here:
-                    stack.callback(postgres_local.stop)
-            if args.mariadb and not env.get("CONSUMER_TEST_MARIADB_URL"):
-                started_here = mariadb_local.running_url() is None
-                env["CONSUMER_TEST_MARIADB_URL"] = mariadb_local.start()
-                if started_here:
-                    stack.callback(mariadb_local.stop)
-            if args.registry and not env.get("CONSUMER_TEST_SCHEMA_REGISTRY_URL"):
-                started_here = registry_local.running_url() is None
-                env["CONSUMER_TEST_SCHEMA_REGISTRY_URL"] = registry_local.start()
-                if started_here:
-                    stack.callback(registry_local.stop)
+                    stack.callback(service.stop)
         except LocalServiceError as error:
             print(f"with_services: could not start a server: {error}", file=sys.stderr)
             return 1

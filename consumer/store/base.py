@@ -214,9 +214,9 @@ class Store(abc.ABC):
         still ours but ahead of the new offset, which raises OffsetWentBackwards."""
         fenced, backwards = [], []
         for row in refused:
-            found = self.execute(
-                "SELECT next_offset, epoch FROM consumer_checkpoints WHERE group_id = %s "
-                "AND topic = %s AND partition = %s", (group, row.topic, row.partition),
+            found = self.execute(  # "partition" quoted: MariaDB reserves the word
+                'SELECT next_offset, epoch FROM consumer_checkpoints WHERE group_id = %s '
+                'AND topic = %s AND "partition" = %s', (group, row.topic, row.partition),
             ).fetchone()
             if found is not None and found[1] == row.epoch and found[0] is not None \
                     and found[0] > row.next_offset:

@@ -39,7 +39,6 @@ from pymysql.constants import SERVER_STATUS
 
 from consumer.errors import (
     ConfigError,
-    OffsetWentBackwards,
     StoreError,
     StoreSchemaError,
     StoreUnavailable,
@@ -287,24 +286,6 @@ class MariaDBStore(Store):
                 if moved != 1:
                     refused.append(row)
             return self._refused(group, refused) if refused else []
-
-    def _refused(self, group: str, refused: Sequence[CheckpointRow]) -> list[TP]:
-        """As the base class, on this dialect's quoting (``partition`` is reserved here)."""
-        fenced, backwards = [], []
-        for row in refused:
-            found = self._db.execute(
-                'SELECT next_offset, epoch FROM consumer_checkpoints WHERE group_id = %s '
-                'AND topic = %s AND "partition" = %s', (group, row.topic, row.partition),
-            ).fetchone()
-            if found is not None and found[1] == row.epoch and found[0] is not None \
-                    and found[0] > row.next_offset:
-                backwards.append(OffsetWentBackwards(row.topic, row.partition, int(found[0]),
-                                                     row.next_offset))
-            else:
-                fenced.append((row.topic, row.partition))
-        if backwards and not fenced:  # a zombie stops as Fenced whatever else it wrote
-            raise backwards[0]
-        return fenced
 
     def commit(self) -> None:
         try:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.test_event_identity import dead_letters
 from tests.integration.test_exactly_once import _ledger_config
+from tests.integration.test_replay import EVENTS as REPLAYED_EVENTS
 from tests.integration.test_replay import replay_story
 from tests.support.audit import install_audit
 from tests.support.chaos import (
@@ -73,7 +74,9 @@ def test_mariadb_chaos_kills_and_a_zombie_apply_every_change_exactly_once(
 def test_mariadb_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(
     kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
 ) -> None:
-    replay_story(kafka_bootstrap, maria_store, tmp_path, handler=f"{LEDGER}:apply")
+    entries, balance = replay_story(kafka_bootstrap, maria_store, tmp_path,
+                                    handler=f"{LEDGER}:apply")
+    assert (entries, balance) == (REPLAYED_EVENTS + 5, REPLAYED_EVENTS + 5)
 
 
 def test_mariadb_redriving_twice_applies_each_dead_letter_once(

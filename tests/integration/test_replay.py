@@ -53,13 +53,16 @@ def _entries(store: StoreUnderTest) -> int:
 def test_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
 ) -> None:
-    replay_story(kafka_bootstrap, store, tmp_path)
+    entries, balance = replay_story(kafka_bootstrap, store, tmp_path)
+    # The 5 events whose keys were forgotten applied twice; the kept-keys replay added none.
+    assert (entries, balance) == (EVENTS + 5, EVENTS + 5)
 
 
 def replay_story(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, *,
-                 handler: str = "handlers.ledger:apply") -> None:
+                 handler: str = "handlers.ledger:apply") -> tuple[int, int]:
     """A running group is refused, an undecided replay asks about keys, a dry run changes
-    nothing, forgotten keys re-apply their effects, kept keys skip them."""
+    nothing, forgotten keys re-apply their effects, kept keys skip them. Returns the ledger's
+    entries and the account's balance at the end, for the test to judge."""
     topic = create_topic(kafka_bootstrap, 2, prefix="replay")
     produce(kafka_bootstrap, topic,
             [json.dumps({"event": f"e{i}", "account": "acc", "amount": 1}).encode()
@@ -123,8 +126,7 @@ def replay_story(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, *,
     finally:
         run.stop_if_running()
     assert "carries no checkpoint-consumer marker" not in run.log_file.read_text()
-    assert _entries(store) == EVENTS + 5
-    assert store.scalar("SELECT balance FROM accounts WHERE id = 'acc'") == EVENTS + 5
+    return _entries(store), int(store.scalar("SELECT balance FROM accounts WHERE id = 'acc'"))
 
 
 def test_keep_keys_dry_run_warns_when_the_target_is_older_than_the_key_retention(

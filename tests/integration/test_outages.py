@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
-from tests.support.chaos import Ledger, check, make_ledger, produce_ledger
+from tests.support.chaos import Ledger, Verdict, check, make_ledger, produce_ledger
 from tests.support.kafka import create_topic, group_offsets, unique_name
 from tests.support.outage import HealthWatch, LocalServer, limit_fetch_rate
 from tests.support.scrape import endpoint, health
@@ -112,40 +112,12 @@ def test_store_stopped_for_30_s_mid_run(
     finishes the topic with every event applied exactly once."""
     dsn = dedicated_postgres.address
     assert dsn is not None
-    store = StoreUnderTest("postgresql", dsn)
-    run = _Run.prepare(kafka_bootstrap, store, tmp_path, tool_state=tmp_path / "tool-state",
-                       max_backoff_seconds=5)
-    run.consumer.start()
-    try:
-        base = endpoint(run.consumer)
-        watch = HealthWatch(run.consumer, base)
-        run.wait_applied(APPLIED_BEFORE_OUTAGE, timeout=120)
-        assert health(base, "/readyz")[0] == 200
-
-        at_stop = run.applied()
-        dedicated_postgres.stop(keep_data=True)
-        stopped_at = time.monotonic()
-        wait_for(lambda: _store_not_ready(run.consumer, base), timeout=OUTAGE_SECONDS,
-                 what=f"/readyz to report the store down ({run.consumer.log_tail()})",
-                 interval=0.2)
-        watch.watch(OUTAGE_SECONDS - (time.monotonic() - stopped_at))
-        assert 503 in watch.readiness() and 200 not in watch.readiness()
-
-        assert dedicated_postgres.start() == dsn
-        wait_for(lambda: run.alive() and health(base, "/readyz")[0] == 200, timeout=60,
-                 what=f"/readyz to turn true again ({run.consumer.log_tail()})", interval=0.2)
-        assert run.applied() < EVENTS, (
-            f"all {EVENTS} events were applied right after the store came back ({at_stop} "
-            "when it stopped): the outage did not land mid-run; lower FETCH_BYTES_PER_SECOND")
-
-        run.wait_complete(watch)
-        assert watch.not_live() == [], (
-            f"the consumer died or /livez failed during the outage: {watch.not_live()[:5]}\n"
-            f"{run.consumer.log_tail(40)}")
-        run.stop_cleanly()
-    finally:
-        run.consumer.stop_if_running()
-    run.assert_exactly_once()
+    verdict = store_outage_story(kafka_bootstrap, dedicated_postgres,
+                                 StoreUnderTest("postgresql", dsn), tmp_path,
+                                 outage_seconds=OUTAGE_SECONDS,
+                                 hint="; lower FETCH_BYTES_PER_SECOND")
+    assert verdict.exact, verdict
+    assert verdict.distinct_events == verdict.processed_keys == EVENTS, verdict
 
 
 def test_kept_data_survives_a_restart_and_a_plain_stop_deletes_it(tmp_path: Path) -> None:
@@ -173,6 +145,50 @@ def test_kept_data_survives_a_restart_and_a_plain_stop_deletes_it(tmp_path: Path
             assert db.execute("SELECT to_regclass('kept')").fetchone() == (None,)
     finally:
         server.stop()
+
+
+def store_outage_story(kafka_bootstrap: str, server: LocalServer, store: StoreUnderTest,
+                       tmp_path: Path, *, outage_seconds: float,
+                       handler: str = "handlers.ledger:apply", hint: str = "") -> Verdict:
+    """The store's own ``server`` stopped for ``outage_seconds`` once a paced consumer is under
+    way, then started again with the same data and address: the consumer stays up and live,
+    /readyz is false while the store is down and true after, and it finishes the topic with
+    every event applied exactly once. ``hint``: what to tune when the outage missed the run.
+    Returns the ledger's verdict, for the test to judge."""
+    address = server.address
+    run = _Run.prepare(kafka_bootstrap, store, tmp_path, tool_state=tmp_path / "tool-state",
+                       handler=handler, max_backoff_seconds=5)
+    run.consumer.start()
+    try:
+        base = endpoint(run.consumer)
+        watch = HealthWatch(run.consumer, base)
+        run.wait_applied(APPLIED_BEFORE_OUTAGE, timeout=120)
+        assert health(base, "/readyz")[0] == 200
+
+        at_stop = run.applied()
+        server.stop(keep_data=True)
+        stopped_at = time.monotonic()
+        wait_for(lambda: _store_not_ready(run.consumer, base), timeout=outage_seconds,
+                 what=f"/readyz to report the store down ({run.consumer.log_tail()})",
+                 interval=0.2)
+        watch.watch(outage_seconds - (time.monotonic() - stopped_at))
+        assert 503 in watch.readiness() and 200 not in watch.readiness()
+
+        assert server.start() == address
+        wait_for(lambda: run.alive() and health(base, "/readyz")[0] == 200, timeout=60,
+                 what=f"/readyz to turn true again ({run.consumer.log_tail()})", interval=0.2)
+        assert run.applied() < EVENTS, (
+            f"all {EVENTS} events were applied right after the store came back ({at_stop} "
+            f"when it stopped): the outage did not land mid-run{hint}")
+
+        run.wait_complete(watch)
+        assert watch.not_live() == [], (
+            f"the consumer died or /livez failed during the outage: {watch.not_live()[:5]}\n"
+            f"{run.consumer.log_tail(40)}")
+        run.stop_cleanly()
+    finally:
+        run.consumer.stop_if_running()
+    return run.verdict()
 
 
 def _store_not_ready(consumer: ConsumerProcess, base: str) -> bool:
@@ -263,8 +279,11 @@ class _Run:
         self.consumer.signal(signal.SIGTERM)
         assert self.consumer.wait(timeout=60) == 0, self.consumer.log_tail(40)
 
+    def verdict(self) -> Verdict:
+        return check(self.store, self.ledger, self.group)
+
     def assert_exactly_once(self) -> None:
-        verdict = check(self.store, self.ledger, self.group)
+        verdict = self.verdict()
         assert verdict.exact, verdict
         assert verdict.distinct_events == EVENTS, verdict
         assert verdict.processed_keys == verdict.distinct_events == len(self.ledger.events)

@@ -32,6 +32,11 @@ OUTAGE_SECONDS = 30.0
 #: Fetch quota for the consumer: about 450 ledger messages a second once its first ten
 #: seconds' worth (about 4,500 messages) is spent, so the run lasts well past the outage.
 FETCH_BYTES_PER_SECOND = 50_000
+#: The largest record batch the ledger is produced in. A fetch returns at least one whole
+#: batch of its first partition, however small ``max.partition.fetch.bytes`` is: with the
+#: producer's default (about 1 MB), each quota window went to one partition while another
+#: waited minutes for its first fetch, and the run outlasted RECOVERY_TIMEOUT.
+LEDGER_BATCH_BYTES = 8_192
 #: Applied events before the outage starts: the consumer is well under way.
 APPLIED_BEFORE_OUTAGE = 1_000
 #: From the end of an outage until every event is applied (reconnect backoff plus pacing).
@@ -217,7 +222,7 @@ class _Run:
         one consumer process with the ledger ``handler``."""
         ledger = make_ledger(EVENTS)
         topic = create_topic(bootstrap, PARTITIONS, prefix="outage")
-        produced = produce_ledger(bootstrap, topic, ledger)
+        produced = produce_ledger(bootstrap, topic, ledger, batch_bytes=LEDGER_BATCH_BYTES)
         group = unique_name("outage")
         client_id = unique_name("paced")
         limit_fetch_rate(bootstrap, client_id, FETCH_BYTES_PER_SECOND, tool_state)

@@ -71,7 +71,8 @@ def make_ledger(count: int, *, accounts: int = 50, resend_every: int = 100,
     return Ledger(events, resent)
 
 
-def produce_ledger(bootstrap: str, topic: str, ledger: Ledger) -> int:
+def produce_ledger(bootstrap: str, topic: str, ledger: Ledger, *,
+                   batch_bytes: int | None = None) -> int:
     order = [*range(len(ledger.events)), *ledger.resent]
 
     def headers(n: int) -> list[tuple[str, bytes]]:
@@ -85,6 +86,7 @@ def produce_ledger(bootstrap: str, topic: str, ledger: Ledger) -> int:
         (json.dumps(ledger.events[i]).encode() for i in order),
         key=lambda n: ledger.events[order[n]]["account"].encode(),
         headers=headers,
+        batch_bytes=batch_bytes,
     )
 
 

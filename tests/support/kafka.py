@@ -51,13 +51,18 @@ def produce(
     headers: Callable[[int], list[tuple[str, bytes]]] | None = None,
     timeout: float = 60.0,
     in_order: bool = False,
+    batch_bytes: int | None = None,
 ) -> int:
     """Produce every value, wait for each delivery report, and fail on any delivery error.
 
     ``in_order``: an idempotent producer, so a retried batch cannot land behind a later one
-    (each partition's log then holds its values in the order given)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                         "enable.idempotence": in_order})
+    (each partition's log then holds its values in the order given). ``batch_bytes``: the
+    largest record batch written (the client's default is about 1 MB)."""
+    settings: dict[str, object] = {"bootstrap.servers": bootstrap, "linger.ms": 5,
+                                   "acks": "all", "enable.idempotence": in_order}
+    if batch_bytes is not None:
+        settings["batch.size"] = batch_bytes
+    producer = Producer(settings)
     errors: list[str] = []
     delivered = 0
 

@@ -5,11 +5,11 @@ created here, nothing blocks, nothing raises."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from consumer.errors import KafkaAuthenticationFailed, KafkaError, KafkaFatalError
+from consumer.kafka.client_log import librdkafka_logger
 from consumer.settings import KafkaSettings
 
 
@@ -84,7 +84,7 @@ def client_config(settings: KafkaSettings, own: Mapping[str, Any] | None = None,
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": client_id or settings.client_id,
-        "logger": logging.getLogger("consumer.librdkafka"), **(own or {})}
+        "logger": librdkafka_logger(), **(own or {})}
     config.update(inherited(settings))
     return config
 

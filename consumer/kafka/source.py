@@ -27,6 +27,7 @@ from consumer.kafka.client import (
     inherited,
     translate_error,
 )
+from consumer.kafka.client_log import librdkafka_logger
 from consumer.kafka.protocol import COMMIT_MARKER, SourceListener
 from consumer.message import TP, Message, RecordMessage
 from consumer.settings import KafkaSettings
@@ -83,7 +84,7 @@ class KafkaSource:
             "max.poll.interval.ms": s.max_poll_interval_ms,
             "error_cb": self._error_cb,
             "on_commit": self._commit_cb,
-            "logger": logging.getLogger("consumer.librdkafka"),
+            "logger": librdkafka_logger(),
         }
         if s.group_instance_id is not None:
             config["group.instance.id"] = s.group_instance_id

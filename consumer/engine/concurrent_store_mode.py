@@ -102,9 +102,13 @@ class ConcurrentStoreMode:
         self._commits = commits
         self._observer = observer
         self._clock = clock
+        #: Seconds confirm waits for handlers while the buffer is full (the poll timeout).
         self._poll_wait = poll_wait
         self._settle_seconds = settle_seconds
         self._batch_size = 1
+        #: Seconds the next take waits for a handler to finish when the poll brought nothing
+        #: (the poll did not wait: handlers were running).
+        self._handler_wait = 0.0
 
     def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
         if not self._positions.prepare(topics, keep_trying=keep_trying):
@@ -118,14 +122,19 @@ class ConcurrentStoreMode:
 
     def poll_timeout(self, timeout: float) -> float:
         """Workers running: the poll only takes what has arrived; :meth:`take` waits."""
-        return 0.0 if self._dispatcher.busy else timeout
+        if not self._dispatcher.busy:
+            return timeout
+        self._handler_wait = timeout
+        return 0.0
 
     def take(self, messages: list[Message], partitions: Partitions, stop: StopRequest) -> int:
         """Queue and start the polled messages; with none new while handlers run, first wait
-        (the poll timeout at most) for one to finish, so its key's next message starts."""
+        (as long as the poll would have) for one to finish, so its key's next message
+        starts."""
         dispatcher = self._dispatcher
-        if not messages and dispatcher.busy:
-            dispatcher.wait_any(partitions, self._poll_wait)
+        wait, self._handler_wait = self._handler_wait, 0.0
+        if wait and not messages and dispatcher.busy:
+            dispatcher.wait_any(partitions, wait)
         done = dispatcher.run(messages, partitions, self._clock.monotonic(), stop)
         applied, duplicates = self._tally.take()
         if applied or duplicates:

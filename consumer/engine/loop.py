@@ -161,10 +161,12 @@ class ConsumerLoop:
         return done
 
     def _poll_wait(self) -> float:
-        """Seconds the next poll may block: the mode's answer, cut short by the interval
+        """Seconds the loop may wait for work: the poll timeout, cut short by the interval
         trigger coming sooner (a store's batch is applied only then) or by a retry's backoff
-        ending sooner (the paused partition resumes only between polls)."""
-        timeout = self._mode.poll_timeout(self._poll_timeout)
+        ending sooner (the paused partition resumes only between polls). The mode answers
+        how much of it the poll itself waits: with handlers running, none (its next take
+        waits for one of them instead, as long as the poll would have)."""
+        timeout = self._poll_timeout
         # Neither cuts the wait to nothing: a checkpoint that is due but could not run (it
         # waits for an earlier commit) must not turn the loop into a busy one.
         until_interval = self._checkpoints.seconds_until_interval(self._clock.monotonic())
@@ -175,7 +177,7 @@ class ConsumerLoop:
             until_due = failures.seconds_until_due()
             if until_due:
                 timeout = min(timeout, until_due)
-        return timeout
+        return self._mode.poll_timeout(timeout)
 
     def _room(self) -> int:
         """How many messages the next poll may take without breaking the checkpoint bound."""

@@ -59,8 +59,10 @@ class CheckpointMode(Protocol):
         ...
 
     def poll_timeout(self, timeout: float) -> float:
-        """Seconds the next poll may block (``timeout``, the configured one, unless the mode
-        has something better to wait for: handlers running on workers)."""
+        """Seconds the next poll may block, out of the ``timeout`` the loop may wait (the
+        configured one, cut short by a due interval checkpoint or retry), unless the mode
+        has something better to wait for: handlers running on workers, which its next
+        :meth:`take` then waits for, ``timeout`` at most."""
         ...
 
     def confirm(self, partitions: Partitions) -> bool:

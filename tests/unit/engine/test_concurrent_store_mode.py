@@ -1,14 +1,19 @@
 """consumer.engine.concurrent_store_mode's StoreOutage: a message whose worker hit a transient
 store error is held back and retried after a backoff shared by all such messages (never an
-attempt of its own); a store error that is not transient stops the consumer. (The mode itself
-runs on PostgreSQL: tests/integration/test_concurrent_store.py.)"""
+attempt of its own); a store error that is not transient stops the consumer. And how long the
+mode waits for a running handler. (The mode itself runs on PostgreSQL:
+tests/integration/test_concurrent_store.py.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from consumer.checkpoint.store_message import Tally
 from consumer.clock import ManualClock
-from consumer.engine.concurrent_store_mode import StoreOutage
+from consumer.engine.concurrent_store_mode import ConcurrentStoreMode, StoreOutage
+from consumer.engine.stopping import StopRequest
 from consumer.errors import StoreSchemaError, StoreUnavailable
 from consumer.testing import RecordingObserver
 
@@ -34,3 +39,34 @@ def test_a_store_error_that_is_not_transient_stops_the_consumer() -> None:
     outage = StoreOutage(RecordingObserver(), ManualClock(), max_backoff=2.0)
     with pytest.raises(StoreSchemaError):
         outage.retry_at(StoreSchemaError("consumer_processed_keys does not exist"))
+
+
+class _BusyDispatcher:
+    """Handlers running, none finishing: records how long the mode waits for one."""
+
+    busy = True
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def wait_any(self, partitions: Any, timeout: float) -> None:
+        self.waits.append(timeout)
+
+    def run(self, messages: Any, partitions: Any, now: float, stop: Any) -> int:
+        return 0
+
+
+def test_with_handlers_running_a_take_waits_for_one_as_long_as_the_poll_would_have() -> None:
+    """The loop cuts its wait short for the interval checkpoint or a retry's backoff; the poll
+    hands that wait to the take, which must not wait the whole configured poll timeout."""
+    dispatcher = _BusyDispatcher()
+    clock = ManualClock()
+    mode = ConcurrentStoreMode(
+        positions=None, dispatcher=dispatcher, transactions=None, rows=None,
+        tally=Tally(), outage=StoreOutage(RecordingObserver(), clock, max_backoff=2.0),
+        commits=None, observer=RecordingObserver(), clock=clock, poll_wait=0.5)
+    assert mode.poll_timeout(0.05) == 0.0
+    mode.take([], {}, StopRequest())
+    assert dispatcher.waits == [0.05]
+    mode.take([], {}, StopRequest())  # no poll handed it a wait: it does not wait again
+    assert dispatcher.waits == [0.05]

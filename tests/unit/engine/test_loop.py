@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Mapping
 
 import pytest
 
 from consumer.app import build_loop
 from consumer.clock import ManualClock
 from consumer.dedup import key_function
+from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher
 from consumer.engine.loop import ConsumerLoop, LoopState
 from consumer.errors import HandlerFailed, KafkaError
 from consumer.events import Trigger
@@ -650,3 +652,37 @@ def test_a_poll_blocks_no_longer_than_until_the_interval_checkpoint() -> None:
     assert source.timeouts[-1] == 0.5
     loop.run_once()
     assert source.timeouts[-1] == pytest.approx(0.2)
+
+
+def test_with_handlers_running_the_wait_for_one_ends_by_the_interval_checkpoint(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With concurrency the poll does not block while handlers run; the loop waits for one of
+    them to finish instead. That wait is cut short by the interval trigger like a poll is:
+    slow handlers must not stretch a 0.2 s checkpoint interval to the poll timeout."""
+    waits: list[float] = []
+
+    def await_completion(self: ConcurrentDispatcher, partitions: Mapping[TP, object],
+                         timeout: float) -> None:
+        waits.append(timeout)  # returns at once: the handler is still running
+
+    monkeypatch.setattr(ConcurrentDispatcher, "await_completion", await_completion)
+    release = threading.Event()
+
+    def slow(message: Message, context: Context) -> None:
+        release.wait(10)
+
+    source = TimedSource({"t": [values(1)]})
+    clock = ManualClock()
+    settings = loop_settings(("t",), every_seconds=0.2, route={"concurrency": 2})
+    loop = build_loop(settings, Router([Route("t", slow, "x:y")]), source=source,
+                      clock=clock, dead_letters=InMemoryDeadLetterSink())
+    try:
+        assert loop.start()
+        loop.run_once()  # polls the message and starts its handler
+        clock.advance(0.15)
+        loop.run_once()  # nothing new, the handler runs: the loop waits for it
+        assert source.timeouts[-1] == 0.0
+        assert waits == [pytest.approx(0.05)]
+    finally:
+        release.set()
+        loop.close()

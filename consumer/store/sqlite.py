@@ -66,6 +66,15 @@ def is_transient(error: BaseException) -> bool:
     text = str(error).lower()
     return "locked" in text or "busy" in text
 
+#: Pages the WAL may hold before a commit copies them into the database file (SQLite's default
+#: is 1,000). Each claimed key dirties a page of the key index at random once the table has
+#: some thousands of pages, so a batch of 1,000 keys nearly fills the default WAL and every
+#: commit paid for a checkpoint too: its writes and a second fsync. With 10,000 pages (40 MB
+#: of WAL at most, 4 KB pages) a checkpoint comes every ten batches or so, and pages dirtied
+#: by several batches are copied once: 1,000-key batches into a 10-million-key table went
+#: from 22,000-23,500 to 30,600-31,200 keys/s, alternated in one run.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+
 
 class SQLiteStore(Store):
     dialect = "sqlite"
@@ -79,6 +88,7 @@ class SQLiteStore(Store):
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute(f"PRAGMA synchronous = {synchronous}")
+            self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open the SQLite store at {path}: {error}") from None
 

@@ -60,6 +60,7 @@ def test_sqlite_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
     assert store.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert store.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
     store.close()
     check = sqlite3.connect(str(tmp_path / "durable.db"))
     assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal", "WAL persists in the file"

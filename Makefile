@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SERVICES := $(PY) scripts/with_services.py
 
-.PHONY: demo test lint typecheck unit integration bench services-up services-down clean promtool \
+.PHONY: demo test lint typecheck unit integration bench bench-keys services-up services-down clean promtool \
 	container-engine
 
 $(VENV)/.installed: pyproject.toml
@@ -57,6 +57,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 
 bench: $(VENV)/.bench-installed
 	CONSUMER_PG_DURABLE=1 $(SERVICES) --kafka --postgres --mariadb -- $(PY) -m benchmarks $(BENCH_ARGS)
+
+# The processed-keys table at scale: empty against 10 million keys, durable databases.
+bench-keys: $(VENV)/.installed
+	CONSUMER_PG_DURABLE=1 $(SERVICES) --kafka --postgres --mariadb -- $(PY) -m benchmarks.key_table $(BENCH_KEYS_ARGS)
 
 services-up: $(VENV)/.installed
 	$(PY) scripts/kafka_local.py start

@@ -70,14 +70,15 @@ def _mariadb_settings() -> str:
         try:
             with conn.cursor() as cursor:
                 cursor.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, "
-                               "@@innodb_doublewrite")
-                version, flush, doublewrite = cursor.fetchone()
+                               "@@innodb_doublewrite, @@innodb_buffer_pool_size")
+                version, flush, doublewrite, pool = cursor.fetchone()
         finally:
             conn.close()
     except Exception as error:  # the report says so rather than failing the run
         return f"unreadable ({type(error).__name__})"
     return (f"{version} on this machine (innodb_flush_log_at_trx_commit={flush}, "
-            f"innodb_doublewrite={doublewrite})")
+            f"innodb_doublewrite={doublewrite}, "
+            f"innodb_buffer_pool_size={int(pool) // 2**20} MB)")
 
 
 def _cpu_model() -> str:

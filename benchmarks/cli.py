@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{options.partitions} partitions into {name} on {bootstrap}")
     with _phase(phases, "preload"):
         described = machine.describe(bootstrap)
+        for warning in machine.not_durable(described):
+            say(f"WARNING: {warning}")
         preloaded = topic.preload(bootstrap, name, partitions=options.partitions,
                                   messages=preset.messages, size=options.size)
     logs = options.out / "raw" / run_id

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from benchmarks import topic
+from benchmarks import machine, topic
 from benchmarks.contenders import FRAMEWORK
 from benchmarks.curve import rotated
 from benchmarks.measure import ChildRun, RunResult, run_child
@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench-keys: set KAFKA_BOOTSTRAP_SERVERS, or run `make bench-keys`",
               file=sys.stderr)
         return 2
+    settings = {store: durability(store) for store in stores}
+    for warning in machine.not_durable(settings):
+        say(f"WARNING: {warning}")
     run_id = time.strftime("%m%d%H%M") + uuid.uuid4().hex[:4]
     name = f"bench-keys-{run_id}"
     topic.preload(bootstrap, name, partitions=6, messages=args.messages, size=100)

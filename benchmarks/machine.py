@@ -37,6 +37,20 @@ def describe(bootstrap: str) -> dict[str, Any]:
     }
 
 
+#: What a server's settings text says when its commits are not durable.
+NOT_DURABLE = ("fsync=off", "synchronous_commit=off", "innodb_flush_log_at_trx_commit=0",
+               "innodb_flush_log_at_trx_commit=2")
+
+
+def not_durable(described: dict[str, Any]) -> list[str]:
+    """A warning per database server of the run whose commits are not durable: the project's
+    launchers start test servers that way, and reuse a running one as it is."""
+    return [f"{name}: {described[name]}: commits are not durable, so store figures flatter; "
+            "stop it (`make services-down`) and run again to have a durable one started"
+            for name in ("postgres", "mariadb")
+            if any(marker in str(described.get(name, "")) for marker in NOT_DURABLE)]
+
+
 def _postgres_settings() -> str:
     """The benchmark's PostgreSQL and whether its commits are durable."""
     dsn = os.environ.get("CONSUMER_TEST_POSTGRES_DSN")

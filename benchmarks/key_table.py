@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,81 @@ class Variant:
 
 # --- the databases ---------------------------------------------------------------------------
 
+#: Where each server store's URL comes from (its user must be allowed to create databases).
+SERVER_URLS = {"postgres": "CONSUMER_TEST_POSTGRES_DSN", "mariadb": "CONSUMER_TEST_MARIADB_URL"}
+#: The ballast: ``keys`` random 16-byte keys of a group (``%s``: group, topic, time stamp).
+FILL = {
+    "sqlite": """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {keys})
+                 INSERT INTO consumer_processed_keys
+                     (group_id, key, topic, partition, "offset", processed_at)
+                 SELECT %s, randomblob(16), %s, 0, i, %s FROM n""",
+    "postgres": """INSERT INTO consumer_processed_keys
+                       (group_id, key, topic, partition, "offset", processed_at)
+                   SELECT %s, decode(md5(i::text), 'hex'), %s, 0, i, %s
+                   FROM generate_series(1, {keys}) AS i""",
+    # In key order: InnoDB appends to its clustered index instead of splitting pages all over
+    # it (about 5 s a million instead of minutes).
+    "mariadb": """INSERT INTO consumer_processed_keys
+                      (group_id, "key", topic, "partition", "offset", processed_at)
+                  SELECT %s, UNHEX(MD5(seq)) AS k, %s, 0, seq, %s
+                  FROM seq_1_to_{keys} ORDER BY k""",
+}
+#: Run before the fill (SQLite: a 1 GB page cache for it) and after it (the planners' figures).
+BEFORE_FILL = {"sqlite": ["PRAGMA cache_size = -1000000"]}
+AFTER_FILL = {"postgres": ["VACUUM ANALYZE consumer_processed_keys"],
+              "mariadb": ["ANALYZE TABLE consumer_processed_keys"]}
+#: The processed-keys table with its indexes, in bytes.
+TABLE_BYTES = {
+    "sqlite": "SELECT sum(pgsize) FROM dbstat WHERE name IN ('consumer_processed_keys', "
+              "'sqlite_autoindex_consumer_processed_keys_1', "
+              "'consumer_processed_keys_group_age')",
+    "postgres": "SELECT pg_total_relation_size('consumer_processed_keys')",
+    "mariadb": "SELECT data_length + index_length FROM information_schema.tables "
+               "WHERE table_schema = DATABASE() AND table_name = 'consumer_processed_keys'",
+}
+#: The runs' own keys and the group's checkpoint rows (``%s``: group, then the runs' topic).
+FORGET_RUN = ["DELETE FROM consumer_processed_keys WHERE group_id = %s AND topic = %s",
+              "DELETE FROM consumer_checkpoints WHERE group_id = %s"]
+
+
+def server_url(store: str) -> str:
+    url = os.environ.get(SERVER_URLS[store])
+    if not url:
+        raise SystemExit(f"bench-keys: {store} needs {SERVER_URLS[store]}")
+    return url
+
+
+class _SQLite:
+    """sqlite3 in autocommit, taking ``%s`` placeholders like the other two drivers."""
+
+    def __init__(self, url: str) -> None:
+        self._db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql.replace("%s", "?"), params)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@contextmanager
+def connected(store: str, url: str) -> Iterator[Any]:
+    """A connection in autocommit with ``execute(sql, params)`` and ``%s`` placeholders."""
+    if store == "sqlite":
+        db: Any = _SQLite(url)
+    elif store == "postgres":
+        import psycopg
+
+        db = psycopg.connect(url, autocommit=True)
+    else:
+        from consumer.store.mariadb_session import connect, parameters
+
+        db = connect(*parameters(url, connect_timeout=10), lock_wait=600, idle=3600)
+    try:
+        yield db
+    finally:
+        db.close()
+
 
 class Databases:
     """Creates (and at the end drops) the benchmark's databases on one store's server."""
@@ -84,61 +159,18 @@ class Databases:
         name = f"keys_{self._run_id}_{name}"
         if self.store == "sqlite":
             return f"sqlite:///{self._workdir / name}.db"
-        base = self.server_url()
-        with self._admin() as execute:
-            execute(f"DROP DATABASE IF EXISTS {name}")
-            execute(f"CREATE DATABASE {name}")
+        base = server_url(self.store)
+        with connected(self.store, base) as db:
+            db.execute(f"DROP DATABASE IF EXISTS {name}")
+            db.execute(f"CREATE DATABASE {name}")
         self._created.append(name)
-        parts = urlsplit(base)
-        return urlunsplit(parts._replace(path=f"/{name}"))
+        return urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
 
     def drop_all(self) -> None:
         if self._created:
-            with self._admin() as execute:
+            with connected(self.store, server_url(self.store)) as db:
                 for name in self._created:
-                    execute(f"DROP DATABASE IF EXISTS {name}")
-
-    def server_url(self) -> str:
-        variable = {"postgres": "CONSUMER_TEST_POSTGRES_DSN",
-                    "mariadb": "CONSUMER_TEST_MARIADB_URL"}[self.store]
-        url = os.environ.get(variable)
-        if not url:
-            raise SystemExit(f"bench-keys: {self.store} needs {variable}")
-        return url
-
-    @contextmanager
-    def _admin(self) -> Iterator[Callable[[str], None]]:
-        url = self.server_url()
-        if self.store == "postgres":
-            import psycopg
-
-            with psycopg.connect(url, autocommit=True) as db:
-                def run_on_postgres(sql: str) -> None:
-                    db.execute(sql)
-
-                yield run_on_postgres
-            return
-        with _mariadb(url) as db, db.cursor() as cursor:
-            def run_on_mariadb(sql: str) -> None:
-                cursor.execute(sql)
-
-            yield run_on_mariadb
-
-
-@contextmanager
-def _mariadb(url: str) -> Iterator[Any]:
-    import pymysql
-
-    parts = urlsplit(url)
-    db = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username,
-                         password=parts.password or "", database=parts.path.lstrip("/") or None,
-                         autocommit=True)
-    try:
-        with db.cursor() as cursor:
-            cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')")
-        yield db
-    finally:
-        db.close()
+                    db.execute(f"DROP DATABASE IF EXISTS {name}")
 
 
 def prepare_schema(url: str, group: str) -> None:
@@ -154,92 +186,28 @@ def prepare_schema(url: str, group: str) -> None:
 
 def fill(store: str, url: str, group: str, keys: int) -> None:
     """``keys`` random 16-byte keys of ``group`` (topic :data:`BALLAST_TOPIC`), stamped now."""
-    now = time.time()
-    if store == "sqlite":
-        db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        try:
-            db.execute("PRAGMA cache_size = -1000000")  # 1 GB for the fill only
-            db.execute("BEGIN")
-            db.execute(
-                """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
-                   INSERT INTO consumer_processed_keys
-                       (group_id, key, topic, partition, "offset", processed_at)
-                   SELECT ?, randomblob(16), ?, 0, i, ? FROM n""",
-                (keys, group, BALLAST_TOPIC, now))
-            db.execute("COMMIT")
-        finally:
-            db.close()
-    elif store == "postgres":
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as db:
-            db.execute(
-                """INSERT INTO consumer_processed_keys
-                       (group_id, key, topic, partition, "offset", processed_at)
-                   SELECT %s, decode(md5(i::text), 'hex'), %s, 0, i, %s
-                   FROM generate_series(1, %s) AS i""", (group, BALLAST_TOPIC, now, keys))
-            db.execute("VACUUM ANALYZE consumer_processed_keys")
-    else:
-        with _mariadb(url) as db, db.cursor() as cursor:
-            # In key order: InnoDB appends to its clustered index instead of splitting pages
-            # all over it (about 5 s a million instead of minutes).
-            cursor.execute(
-                f"""INSERT INTO consumer_processed_keys
-                       (group_id, "key", topic, "partition", "offset", processed_at)
-                   SELECT %s, UNHEX(MD5(seq)) AS k, %s, 0, seq, %s
-                   FROM seq_1_to_{keys} ORDER BY k""", (group, BALLAST_TOPIC, now))
-            cursor.execute("ANALYZE TABLE consumer_processed_keys")
+    with connected(store, url) as db:
+        for sql in BEFORE_FILL.get(store, []):
+            db.execute(sql)
+        db.execute(FILL[store].format(keys=int(keys)), (group, BALLAST_TOPIC, time.time()))
+        for sql in AFTER_FILL.get(store, []):
+            db.execute(sql)
 
 
 def table_size_mb(store: str, url: str) -> float:
     """The processed-keys table and its indexes on disk."""
-    if store == "sqlite":
-        db = sqlite3.connect(url.removeprefix("sqlite:///"))
+    with connected(store, url) as db:
         try:
-            pages = db.execute(
-                "SELECT sum(pgsize) FROM dbstat WHERE name IN ('consumer_processed_keys', "
-                "'sqlite_autoindex_consumer_processed_keys_1', "
-                "'consumer_processed_keys_group_age')").fetchone()[0]
-        except sqlite3.OperationalError:  # a build without the dbstat table
-            pages = Path(url.removeprefix("sqlite:///")).stat().st_size
-        finally:
-            db.close()
-        return float(pages) / 1e6
-    if store == "postgres":
-        import psycopg
-
-        with psycopg.connect(url) as db:
-            row = db.execute("SELECT pg_total_relation_size('consumer_processed_keys')")
-            return float(row.fetchone()[0]) / 1e6  # type: ignore[index]
-    with _mariadb(url) as db, db.cursor() as cursor:
-        cursor.execute("SELECT data_length + index_length FROM information_schema.tables "
-                       "WHERE table_schema = DATABASE() "
-                       "AND table_name = 'consumer_processed_keys'")
-        return float(cursor.fetchone()[0]) / 1e6
+            return float(db.execute(TABLE_BYTES[store]).fetchone()[0]) / 1e6
+        except sqlite3.OperationalError:  # a SQLite built without the dbstat table
+            return Path(url.removeprefix("sqlite:///")).stat().st_size / 1e6
 
 
 def forget_run(store: str, url: str, group: str, run_topic: str) -> None:
     """Delete the runs' own keys and the group's checkpoint rows (the ballast stays)."""
-    statements = [("DELETE FROM consumer_processed_keys WHERE group_id = ? AND topic = ?",
-                   (group, run_topic)),
-                  ("DELETE FROM consumer_checkpoints WHERE group_id = ?", (group,))]
-    if store == "sqlite":
-        db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        try:
-            for sql, args in statements:
-                db.execute(sql, args)
-        finally:
-            db.close()
-    elif store == "postgres":
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as db:
-            for sql, args in statements:
-                db.execute(sql.replace("?", "%s"), args)
-    else:
-        with _mariadb(url) as db, db.cursor() as cursor:
-            for sql, args in statements:
-                cursor.execute(sql.replace("?", "%s"), args)
+    with connected(store, url) as db:
+        db.execute(FORGET_RUN[0], (group, run_topic))
+        db.execute(FORGET_RUN[1], (group,))
 
 
 def delete_group(bootstrap: str, group: str) -> None:
@@ -294,24 +262,10 @@ def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
 
 
 def durability(store: str) -> str:
-    """What the store's server does at a commit (a non-durable server is no measurement)."""
+    """What the store's server does at a commit and how much it caches (as machine.json)."""
     if store == "sqlite":
         return "synchronous=FULL, WAL, the store's defaults (a 2 MB page cache)"
-    url = Databases(store, Path("."), "").server_url()
-    if store == "postgres":
-        import psycopg
-
-        with psycopg.connect(url) as db:
-            found = {name: db.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
-                     for name in ("fsync", "synchronous_commit", "full_page_writes",
-                                  "wal_compression", "shared_buffers", "max_wal_size")}
-    else:
-        with _mariadb(url) as db, db.cursor() as cursor:
-            names = ("innodb_flush_log_at_trx_commit", "innodb_doublewrite",
-                     "innodb_buffer_pool_size")
-            cursor.execute("SELECT " + ", ".join(f"@@{name}" for name in names))
-            found = dict(zip(names, cursor.fetchone(), strict=True))
-    return ", ".join(f"{name}={value}" for name, value in found.items())
+    return machine.postgres_settings() if store == "postgres" else machine.mariadb_settings()
 
 
 def render(results: dict[str, list[Variant]], *, messages: int, rounds: int,

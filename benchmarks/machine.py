@@ -32,8 +32,8 @@ def describe(bootstrap: str) -> dict[str, Any]:
         "confluent_kafka": version("confluent-kafka"),
         "librdkafka": confluent_kafka.libversion()[0],
         "checkout": _checkout(),
-        "postgres": _postgres_settings(),
-        "mariadb": _mariadb_settings(),
+        "postgres": postgres_settings(),
+        "mariadb": mariadb_settings(),
     }
 
 
@@ -51,8 +51,8 @@ def not_durable(described: dict[str, Any]) -> list[str]:
             if any(marker in str(described.get(name, "")) for marker in NOT_DURABLE)]
 
 
-def _postgres_settings() -> str:
-    """The benchmark's PostgreSQL and whether its commits are durable."""
+def postgres_settings() -> str:
+    """The benchmark's PostgreSQL: whether its commits are durable, and what it caches."""
     dsn = os.environ.get("CONSUMER_TEST_POSTGRES_DSN")
     if not dsn:
         return "none"
@@ -62,15 +62,16 @@ def _postgres_settings() -> str:
         with psycopg.connect(dsn, connect_timeout=5) as conn:
             version = conn.execute("SHOW server_version").fetchone()
             settings = {name: conn.execute(f"SHOW {name}").fetchone()
-                        for name in ("fsync", "synchronous_commit")}
+                        for name in ("fsync", "synchronous_commit", "full_page_writes",
+                                     "wal_compression", "shared_buffers", "max_wal_size")}
     except Exception as error:  # the report says so rather than failing the run
         return f"unreadable ({type(error).__name__})"
     durable = ", ".join(f"{name}={row[0] if row else '?'}" for name, row in settings.items())
     return f"{version[0] if version else '?'} on this machine ({durable})"
 
 
-def _mariadb_settings() -> str:
-    """The benchmark's MariaDB and whether its commits are durable."""
+def mariadb_settings() -> str:
+    """The benchmark's MariaDB: whether its commits are durable, and what it caches."""
     url = os.environ.get("CONSUMER_TEST_MARIADB_URL")
     if not url:
         return "none"

@@ -30,7 +30,7 @@ from consumer.checkpoint.progress import PartitionProgress
 from consumer.checkpoint.store_message import StoreRows, Tally
 from consumer.clock import Clock
 from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher
-from consumer.engine.mode import Partitions
+from consumer.engine.mode import HandlerWait, Partitions
 from consumer.engine.snapshot import WorkSnapshot
 from consumer.engine.stopping import StopRequest
 from consumer.engine.store_mode import StoreMode
@@ -106,9 +106,7 @@ class ConcurrentStoreMode:
         self._poll_wait = poll_wait
         self._settle_seconds = settle_seconds
         self._batch_size = 1
-        #: Seconds the next take waits for a handler to finish when the poll brought nothing
-        #: (the poll did not wait: handlers were running).
-        self._handler_wait = 0.0
+        self._handler_wait = HandlerWait()
 
     def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
         if not self._positions.prepare(topics, keep_trying=keep_trying):
@@ -122,17 +120,14 @@ class ConcurrentStoreMode:
 
     def poll_timeout(self, timeout: float) -> float:
         """Workers running: the poll only takes what has arrived; :meth:`take` waits."""
-        if not self._dispatcher.busy:
-            return timeout
-        self._handler_wait = timeout
-        return 0.0
+        return self._handler_wait.hand_over(timeout) if self._dispatcher.busy else timeout
 
     def take(self, messages: list[Message], partitions: Partitions, stop: StopRequest) -> int:
         """Queue and start the polled messages; with none new while handlers run, first wait
         (as long as the poll would have) for one to finish, so its key's next message
         starts."""
         dispatcher = self._dispatcher
-        wait, self._handler_wait = self._handler_wait, 0.0
+        wait = self._handler_wait.take()
         if wait and not messages and dispatcher.busy:
             dispatcher.wait_any(partitions, wait)
         done = dispatcher.run(messages, partitions, self._clock.monotonic(), stop)

@@ -26,7 +26,7 @@ from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import Clock
 from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher
 from consumer.engine.dispatch import Dispatcher
-from consumer.engine.mode import Partitions
+from consumer.engine.mode import HandlerWait, Partitions
 from consumer.engine.snapshot import NO_WORK, WorkSnapshot
 from consumer.engine.stopping import StopRequest
 from consumer.errors import KafkaError
@@ -80,9 +80,7 @@ class DirectMode:
         #: Seconds a revoke or the shutdown waits for running handlers before its checkpoint.
         self._settle_seconds = settle_seconds
         self._batch_size = 1
-        #: Seconds the next take waits for a handler to finish when the poll brought nothing
-        #: (the poll did not wait: handlers were running).
-        self._handler_wait = 0.0
+        self._handler_wait = HandlerWait()
         self._commits = commits
         self._source = source
         self._clock = clock
@@ -106,10 +104,9 @@ class DirectMode:
         return {tp: PartitionProgress(tp[0], tp[1]) for tp in partitions}, {}
 
     def take(self, messages: list[Message], partitions: Partitions, stop: StopRequest) -> int:
-        if self._handler_wait:
-            wait, self._handler_wait = self._handler_wait, 0.0
-            if not messages and self._workers is not None:
-                self._workers.await_completion(partitions, wait)
+        wait = self._handler_wait.take()
+        if wait and not messages and self._workers is not None:
+            self._workers.await_completion(partitions, wait)
         done = self._dispatcher.run(messages, partitions, self._clock.monotonic(), stop)
         if done:
             self._observer.batch_done(done)
@@ -153,8 +150,7 @@ class DirectMode:
         workers = self._workers
         if workers is None or not workers.running:
             return timeout
-        self._handler_wait = timeout
-        return 0.0
+        return self._handler_wait.hand_over(timeout)
 
     def room(self, batch_size: int, until_checkpoint: int | None, partitions: Partitions) -> int:
         room = batch_size

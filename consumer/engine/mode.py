@@ -27,6 +27,27 @@ from consumer.message import TP, Message
 Partitions = Mapping[TP, PartitionProgress]
 
 
+class HandlerWait:
+    """The wait a poll hands to the next take while handlers run on workers: the poll only
+    takes what has arrived, and the take waits (as long as the poll would have) for a handler
+    to finish, so its key's next message starts at once."""
+
+    __slots__ = ("_seconds",)
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+
+    def hand_over(self, timeout: float) -> float:
+        """Keep ``timeout`` for the next take; what the poll waits (nothing)."""
+        self._seconds = timeout
+        return 0.0
+
+    def take(self) -> float:
+        """Seconds the take waits, once (0.0: no poll handed a wait over)."""
+        seconds, self._seconds = self._seconds, 0.0
+        return seconds
+
+
 class CheckpointMode(Protocol):
     """How polled messages become done and how their checkpoints are saved."""
 

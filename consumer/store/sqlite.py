@@ -195,6 +195,8 @@ class SQLiteStore(Store):
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
         # executemany drops RETURNING rows, so one statement a key, and rowcount says if new.
+        # One multi-row INSERT ... RETURNING per batch measured slower: 9.5-12.5 ms against
+        # 4.5-9 ms per 1,000 keys, alternated over 600,000 keys into one table.
         new = set()
         execute = self._db.execute
         with _translated(self._path):

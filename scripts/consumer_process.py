@@ -17,12 +17,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The start of a human log line: its local time, and the milliseconds.
+LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 
 
 @dataclass
@@ -84,6 +87,24 @@ class ConsumerProcess:
                 parts = {int(p) for p in re.findall(r"\[(\d+)\]", line.split(marker, 1)[1])}
                 owned = owned | parts if event == "assigned" else owned - parts
         return owned
+
+    def assignments(self) -> list[tuple[int, int]]:
+        """``(time_ns, partition)`` of every partition this member was assigned, from its
+        "assigned" log lines (their local time, to the millisecond: the clock the handlers'
+        ``time.time_ns()`` reads)."""
+        found: list[tuple[int, int]] = []
+        if not self.log_file.exists():
+            return found
+        marker = "consumer.engine: assigned "
+        for line in self.log_file.read_text(errors="replace").splitlines():
+            stamp = LOG_TIME.match(line)
+            if stamp is None or marker not in line:
+                continue
+            at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+            at_ns = int(at) * 1_000_000_000 + int(stamp.group(2)) * 1_000_000
+            found.extend((at_ns, int(p))
+                         for p in re.findall(r"\[(\d+)\]", line.split(marker, 1)[1]))
+        return found
 
     def wait_records(self, count: int, *, timeout: float = 60) -> None:
         wait_for(lambda: len(self.records()) >= count, timeout=timeout,

@@ -128,30 +128,61 @@ BY_KEY: Lane = lambda call: call.key  # noqa: E731
 BY_PARTITION: Lane = lambda call: call.partition  # noqa: E731
 
 
+#: Which hold of its partition a call ran in; calls of one hold form one run of rule 2.
+Holding = Callable[[Call], Hashable]
+
+
+def by_run(call: Call) -> Hashable:
+    """A process's calls as one hold: right for a member that keeps its partitions."""
+    return call.run
+
+
+def by_assignment(assigned: Mapping[int, Sequence[tuple[int, int]]]) -> Holding:
+    """Holds told apart by assignment: ``assigned`` maps a run to its ``(time_ns,
+    partition)`` assignments (from its log). A call belongs to the latest assignment of its
+    partition in its run that came before it started, so a member that loses a partition and
+    gets it back starts a new hold, like another member would."""
+    times: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for run, events in assigned.items():
+        for at, partition in events:
+            times[(run, partition)].append(at)
+    for found in times.values():
+        found.sort()
+
+    def holding(call: Call) -> Hashable:
+        earlier = times.get((call.run, call.partition), [])
+        return (call.run, sum(1 for at in earlier if at <= call.start))
+
+    return holding
+
+
 def check_order(calls: Iterable[Call], *, lane: str,
                 expected: Mapping[Hashable, Sequence[int]],
-                dead_lettered: Collection[tuple[Hashable, int]] = ()) -> None:
+                dead_lettered: Collection[tuple[Hashable, int]] = (),
+                holding: Holding = by_run) -> None:
     """Raise OrderingViolation unless every lane ran its messages one at a time and in order.
 
     ``lane`` is ``"key"`` (a message's position is its sequence number) or ``"partition"`` (its
     offset); ``expected`` lists each lane's positions in the order they were produced.
+    ``holding`` tells which hold of its partition a call ran in (:func:`by_run`: a process
+    is one hold; :func:`by_assignment`: each assignment of a partition is one).
 
     What is valid, per lane, over the calls sorted by start time:
 
     1. No overlap: each call starts after the previous one ended, whichever run made them
        (a SIGKILLed call never ended, so it recorded nothing; a revoked partition's work
        finishes before the next owner starts it).
-    2. Within one run, the next call after a successful call at position i is at the next
+    2. Within one hold, the next call after a successful call at position i is at the next
        position, i+1 (nothing skipped, nothing repeated, nothing ahead of its turn). After a
        call that raised at i: i again (a retry) or, when ``(lane, i)`` is in
        ``dead_lettered``, i+1 (the message was given up, and the lane moved on).
-    3. A lane's first call is at its first position; the first call of a run that follows
-       another run's calls (a restart after a crash, a partition moved by a rebalance) is at
-       or below the first position no earlier run handled successfully. So a crash may make
-       the lane run again, but only as a whole suffix re-run in order from where the commit
-       stood: the re-run goes through rule 2 from that point, never skipping ahead, never
-       repeating one message alone. (How far back a re-run may start is the repeat bound's
-       question: :func:`check_repeats`.)
+    3. A lane's first call is at its first position; the first call of a hold that follows
+       another hold's calls (a restart after a crash, a partition moved by a rebalance, and
+       moved back) is at or below the first position no earlier hold handled successfully.
+       So a crash may make the lane run again, but only as a whole suffix re-run in order
+       from where the commit stood: the re-run goes through rule 2 from that point, never
+       skipping ahead, never repeating one message alone. (How far back a re-run may start
+       is the repeat bound's question: :func:`check_repeats`.)
 
     Rules 2 and 3 imply the weaker statement "counting each message's last successful call,
     a lane's positions rise with time": a re-run replays every message after its start, so
@@ -181,7 +212,7 @@ def check_order(calls: Iterable[Call], *, lane: str,
                 continue
             if previous is not None and call.start < previous.end:
                 problems.append(f"{lane} {name}: {call} started before {previous} ended")
-            if previous is None or previous.run != call.run:
+            if previous is None or holding(previous) != holding(call):
                 if at > frontier:
                     problems.append(f"{lane} {name}: run {call.run} began at {call}, past "
                                     f"position {positions[frontier]} that no run had handled")

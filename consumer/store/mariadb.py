@@ -222,11 +222,17 @@ class MariaDBStore(Store):
         g, n = db.escape(group), db.escape(float(now))
         values = ",".join([f"({g},X'{c.key.hex()}',{topics[c.topic]},{c.partition:d},"
                            f"{c.offset:d},{n})" for c in sorted(claims, key=_by_key)])
+        insert = ('INSERT IGNORE INTO consumer_processed_keys (group_id, "key", topic, '
+                  f'"partition", "offset", processed_at) VALUES {values}')
         with self._errors():
-            rows = db.execute(
-                'INSERT IGNORE INTO consumer_processed_keys (group_id, "key", topic, '
-                f'"partition", "offset", processed_at) VALUES {values} RETURNING "key"'
-            ).fetchall()
+            # Nearly every key is new: its row count says so, and no row comes back (PyMySQL
+            # parses each returned row in Python, about a third of the store's time). When a
+            # key was claimed before, claim again naming the new ones.
+            db.execute(f"SAVEPOINT {CLAIM_SAVEPOINT}")
+            if db.execute(insert).rowcount == len(claims):
+                return {c.key for c in claims}
+            db.execute(f"ROLLBACK TO SAVEPOINT {CLAIM_SAVEPOINT}")
+            rows = db.execute(f'{insert} RETURNING "key"').fetchall()
         return {bytes(row[0]) for row in rows}
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
@@ -385,6 +391,10 @@ class MariaDBStore(Store):
             if is_lost(error) and self._conn is not None and self._conn.open:
                 self._conn.close()  # the next batch connects again
             raise translated(error, self._where, self._lock_wait) from error
+
+
+#: Set before each claim (a savepoint of the same name replaces the last one).
+CLAIM_SAVEPOINT = "consumer_claim"
 
 
 def _by_key(claim: Claim) -> bytes:

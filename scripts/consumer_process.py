@@ -74,18 +74,25 @@ class ConsumerProcess:
             rows.append((int(partition), int(offset), value))
         return rows
 
-    def owned_partitions(self) -> set[int]:
-        """Partitions this member owns now, from its own "assigned"/"revoked"/"lost" log lines."""
-        owned: set[int] = set()
+    def partition_events(self) -> list[tuple[str, str, set[int]]]:
+        """``(line, event, partitions)`` of this member's "assigned"/"revoked"/"lost" log
+        lines, in order."""
+        events: list[tuple[str, str, set[int]]] = []
         if not self.log_file.exists():
-            return owned
+            return events
         for line in self.log_file.read_text(errors="replace").splitlines():
             for event in ("assigned", "revoked", "lost"):
                 marker = f"consumer.engine: {event} "
-                if marker not in line:
-                    continue
-                parts = {int(p) for p in re.findall(r"\[(\d+)\]", line.split(marker, 1)[1])}
-                owned = owned | parts if event == "assigned" else owned - parts
+                if marker in line:
+                    parts = {int(p) for p in re.findall(r"\[(\d+)\]", line.split(marker, 1)[1])}
+                    events.append((line, event, parts))
+        return events
+
+    def owned_partitions(self) -> set[int]:
+        """Partitions this member owns now, from its own "assigned"/"revoked"/"lost" log lines."""
+        owned: set[int] = set()
+        for _line, event, parts in self.partition_events():
+            owned = owned | parts if event == "assigned" else owned - parts
         return owned
 
     def assignments(self) -> list[tuple[int, int]]:
@@ -93,17 +100,13 @@ class ConsumerProcess:
         "assigned" log lines (their local time, to the millisecond: the clock the handlers'
         ``time.time_ns()`` reads)."""
         found: list[tuple[int, int]] = []
-        if not self.log_file.exists():
-            return found
-        marker = "consumer.engine: assigned "
-        for line in self.log_file.read_text(errors="replace").splitlines():
+        for line, event, parts in self.partition_events():
             stamp = LOG_TIME.match(line)
-            if stamp is None or marker not in line:
+            if event != "assigned" or stamp is None:
                 continue
             at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
             at_ns = int(at) * 1_000_000_000 + int(stamp.group(2)) * 1_000_000
-            found.extend((at_ns, int(p))
-                         for p in re.findall(r"\[(\d+)\]", line.split(marker, 1)[1]))
+            found.extend((at_ns, p) for p in sorted(parts))
         return found
 
     def wait_records(self, count: int, *, timeout: float = 60) -> None:

@@ -300,6 +300,28 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def format_storage(lib: Path, cluster_id: str, props: Path, logs: Path,
+                   scram: list[str]) -> None:
+    """Format the log directories named in ``props`` for a new cluster with ``cluster_id``."""
+    formatting = subprocess.run(
+        _java_command(
+            lib, "kafka.tools.StorageTool", "format",
+            # One argument: an id may begin with '-' (base64url), which argparse would take
+            # for an option if it stood alone.
+            f"--cluster-id={cluster_id}", "-c", str(props), "--ignore-formatted", *scram,
+            logs=logs,
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if formatting.returncode != 0:
+        raise LocalServiceError(
+            f"formatting the broker's storage failed (exit {formatting.returncode}):\n"
+            f"{formatting.stdout}{formatting.stderr}"
+        )
+
+
 def _broker_answers(bootstrap: str) -> bool:
     """Ready means an AdminClient sees a broker, not merely an open port."""
     try:
@@ -343,21 +365,7 @@ def _start_once(lib: Path, *, sasl_ssl: bool = False) -> str:
     paths["props"].write_text(_server_properties(port, controller_port, paths["data"], secured))
     scram = ["--add-scram", secured.scram_argument()] if secured else []
 
-    formatting = subprocess.run(
-        _java_command(
-            lib, "kafka.tools.StorageTool", "format",
-            "-t", _cluster_id(), "-c", str(paths["props"]), "--ignore-formatted", *scram,
-            logs=paths["logs"],
-        ),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if formatting.returncode != 0:
-        raise LocalServiceError(
-            f"formatting the broker's storage failed (exit {formatting.returncode}):\n"
-            f"{formatting.stdout}{formatting.stderr}"
-        )
+    format_storage(lib, _cluster_id(), paths["props"], paths["logs"], scram)
 
     bootstrap = _launch_and_wait(lib, port, controller_port, stdout_mode="w")
     if secured is not None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kafka_local
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -87,3 +88,18 @@ def test_stale_pid_and_data_are_replaced(tmp_path: Path) -> None:
         assert _launch("stop", env).returncode == 0
     assert _launch("status", env).returncode == 3
     assert _java_processes_under(state) == []
+
+
+def test_a_cluster_id_beginning_with_a_dash_formats(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Cluster ids are base64url, so one in 64 begins with '-': the storage tool must take it.
+
+    A fresh-clone CI run failed once with "argument --cluster-id/-t: expected one argument".
+    """
+    data = tmp_path / "data"
+    props = tmp_path / "server.properties"
+    props.write_text(kafka_local._server_properties(1, 2, data))
+    cluster_id = "-" + kafka_local._cluster_id()[1:]
+
+    kafka_local.format_storage(kafka_local.ensure_jars(), cluster_id, props, tmp_path / "logs", [])
+
+    assert f"cluster.id={cluster_id}" in (data / "meta.properties").read_text()

@@ -6,7 +6,12 @@ Per route, one of:
   header, or with an empty value, falls back to its coordinates (an empty key is no key: never
   one key shared by every such event).
 - ``coordinates``: topic id, partition and offset. The topic id (not the name) keeps a deleted
-  and recreated topic from colliding with its predecessor.
+  and recreated topic from colliding with its predecessor. Written in one of two forms, which
+  the store decides (:class:`KeyFormat`): *ordered*, 8 bytes naming the topic then the
+  partition (2 bytes) and offset (6 bytes) big-endian, so a partition's keys sort by offset
+  and a store's key index grows at one place per partition instead of on a random page per
+  key (stores created at schema version 3); or a *digest* (stores created before, and runs
+  without a store), so keys claimed before stay findable.
 - ``function:module:function``: ``function(message) -> bytes | str``. If it raises (or returns
   something else), the message is poison: :class:`DedupKeyFailed`, dead-lettered or a stop.
 
@@ -25,7 +30,8 @@ Scope (``dedup_scope``, the last step of every key): ``topic`` (default) makes t
 identify an event within its topic, so two topics may carry the same id for different events;
 ``group`` lets one id span every topic of the group. A topic-scoped key is
 ``sha256(b"t\0" + topic + b"\0" + digest)[:16]``, reproducible in SQL: the store's schema
-migration rewrites keys claimed before scoping existed into exactly this form.
+migration rewrites keys claimed before scoping existed into exactly this form. An ordered
+coordinates key names its topic already and is never digested again.
 """
 
 from __future__ import annotations
@@ -50,28 +56,108 @@ KEY_SIZE = 16  # bytes of every digest
 log = logging.getLogger("consumer.dedup")
 
 
-#: A digest of the event's identity before scoping, from the message and its headers (read
-#: once per message by the caller: each read of a client record's headers builds a new list).
-Digest = Callable[[Message, list[tuple[str, bytes | None]]], bytes]
+#: A route's key from the message and its headers (read once per message by the caller: each
+#: read of a client record's headers builds a new list), unless the honoured header names one.
+RouteKey = Callable[[Message, list[tuple[str, bytes | None]]], bytes]
 
 
-def key_function(spec: str, topic_ids: Mapping[str, str],
-                 scope: DedupScope = "topic") -> KeyFunction:
-    """Build the digest function for one route's ``dedup_key`` and ``dedup_scope``. The
-    honoured header comes first and is final: nothing digests or scopes its key again."""
-    inner = _digest_function(spec, topic_ids)
+class KeyFormat:
+    """The form of coordinates keys: ordered (``ordered_coordinates``) or digests. The store
+    decides, once, before the first message (``Store.ordered_coordinates`` after
+    ``ensure_schema``); every key function of a consumer reads the one instance on each call."""
+
+    __slots__ = ("ordered_coordinates",)
+
+    def __init__(self, *, ordered_coordinates: bool = False) -> None:
+        self.ordered_coordinates = ordered_coordinates
+
+
+#: An ordered coordinates key: topic (8 bytes), partition (2), offset (6). Coordinates past
+#: these bounds are written as a digest (as an older store writes them).
+_TOPIC_BYTES = 8
+_MAX_PARTITION = 1 << 16
+_MAX_OFFSET = 1 << 48
+
+
+def key_function(spec: str, topic_ids: Mapping[str, str], scope: DedupScope = "topic",
+                 key_format: KeyFormat | None = None) -> KeyFunction:
+    """Build the key function for one route's ``dedup_key`` and ``dedup_scope``. The
+    honoured header comes first and is final: nothing digests or scopes its key again; an
+    ordered coordinates key is final too."""
+    scoped = _scoping(scope)
+    coordinates = _coordinates_key(topic_ids, scoped, key_format or KeyFormat())
+    if spec == "coordinates":
+        return _honouring(lambda message, headers: coordinates(message))
+    kind, _, rest = spec.partition(":")
+    if kind == "header" and rest:
+        name = rest
+
+        def from_header(message: Message, headers: list[tuple[str, bytes | None]]) -> bytes:
+            value = _last_value(headers, name)
+            if not value:
+                return coordinates(message)
+            return scoped(message.topic, _digest(b"h", value))
+
+        return _honouring(from_header)
+    if kind == "function" and rest:
+        user_function = load_callable(rest, ("message",))
+
+        def from_function(message: Message, headers: object) -> bytes:
+            try:
+                value = user_function(message)
+                if isinstance(value, str):
+                    value = value.encode()
+                if not isinstance(value, bytes):
+                    raise TypeError(f"it returned {type(value).__name__}, expected bytes or str")
+            except Exception as error:
+                raise DedupKeyFailed(rest, message.topic, message.partition, message.offset,
+                                     error) from error
+            return scoped(message.topic, _digest(b"f", value))
+
+        return _honouring(from_function)
+    raise ConfigError([f"dedup_key: {spec!r} is not one of header:NAME, coordinates, "
+                       "function:module:function"])
+
+
+def _scoping(scope: DedupScope) -> Callable[[str, bytes], bytes]:
+    """The last step of a digest key: within its topic, or as it is (group scope)."""
     if scope == "group":
-        return _honouring(inner)
+        return lambda topic, digest: digest
     prefixes: dict[str, bytes] = {}
 
-    def scoped(message: Message, headers: list[tuple[str, bytes | None]]) -> bytes:
-        topic = message.topic
+    def scoped(topic: str, digest: bytes) -> bytes:
         prefix = prefixes.get(topic)
         if prefix is None:
             prefix = prefixes[topic] = _scope_prefix(topic)
-        return hashlib.sha256(prefix + inner(message, headers)).digest()[:KEY_SIZE]
+        return hashlib.sha256(prefix + digest).digest()[:KEY_SIZE]
 
-    return _honouring(scoped)
+    return scoped
+
+
+def _coordinates_key(topic_ids: Mapping[str, str], scoped: Callable[[str, bytes], bytes],
+                     key_format: KeyFormat) -> Callable[[Message], bytes]:
+    digest_prefixes: dict[str, bytes] = {}
+    ordered_prefixes: dict[str, bytes] = {}
+
+    def coordinates(message: Message) -> bytes:
+        # The id is read every time: ids are learnt later, and change when a topic is recreated.
+        topic = message.topic
+        name = topic_ids.get(topic) or topic
+        partition, offset = message.partition, message.offset
+        if key_format.ordered_coordinates and 0 <= partition < _MAX_PARTITION \
+                and 0 <= offset < _MAX_OFFSET:
+            prefix = ordered_prefixes.get(name)
+            if prefix is None:
+                prefix = ordered_prefixes[name] = blake2b(
+                    b"o\0" + name.encode(), digest_size=_TOPIC_BYTES).digest()
+            return prefix + ((partition << 48) | offset).to_bytes(8, "big")
+        prefix = digest_prefixes.get(name)
+        if prefix is None:
+            prefix = digest_prefixes[name] = f"c\0{name}/".encode()
+        return scoped(topic, blake2b(prefix + b"%d/%d" % (partition, offset),
+                                     digest_size=KEY_SIZE).digest())
+
+    return coordinates
 
 
 def topic_scoped(topic: str, digest: bytes) -> bytes:
@@ -94,7 +180,7 @@ def honoured_key(value: bytes | None) -> bytes | None:
     return key if len(key) == KEY_SIZE else None  # fromhex skips spaces
 
 
-def _honouring(inner: Digest) -> KeyFunction:
+def _honouring(inner: RouteKey) -> KeyFunction:
     warned = False
 
     def key(message: Message) -> bytes:
@@ -124,50 +210,6 @@ def _last_value(headers: list[tuple[str, bytes | None]], name: str) -> bytes | N
         if key == name:
             found = value
     return found
-
-
-def _digest_function(spec: str, topic_ids: Mapping[str, str]) -> Digest:
-    """The digest of the event's identity, before scoping."""
-    prefixes: dict[str, bytes] = {}
-
-    def coordinates(message: Message, headers: object = None) -> bytes:
-        # The id is read every time: ids are learnt later, and change when a topic is recreated.
-        name = topic_ids.get(message.topic) or message.topic
-        prefix = prefixes.get(name)
-        if prefix is None:
-            prefix = prefixes[name] = f"c\0{name}/".encode()
-        return blake2b(prefix + b"%d/%d" % (message.partition, message.offset),
-                       digest_size=16).digest()
-
-    if spec == "coordinates":
-        return coordinates
-    kind, _, rest = spec.partition(":")
-    if kind == "header" and rest:
-        name = rest
-
-        def from_header(message: Message, headers: list[tuple[str, bytes | None]]) -> bytes:
-            value = _last_value(headers, name)
-            return _digest(b"h", value) if value else coordinates(message)
-
-        return from_header
-    if kind == "function" and rest:
-        user_function = load_callable(rest, ("message",))
-
-        def from_function(message: Message, headers: object) -> bytes:
-            try:
-                value = user_function(message)
-                if isinstance(value, str):
-                    value = value.encode()
-                if not isinstance(value, bytes):
-                    raise TypeError(f"it returned {type(value).__name__}, expected bytes or str")
-            except Exception as error:
-                raise DedupKeyFailed(rest, message.topic, message.partition, message.offset,
-                                     error) from error
-            return _digest(b"f", value)
-
-        return from_function
-    raise ConfigError([f"dedup_key: {spec!r} is not one of header:NAME, coordinates, "
-                       "function:module:function"])
 
 
 def _digest(kind: bytes, material: bytes) -> bytes:

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from consumer.dedup import HONOURED_KEY_HEADER, key_function
+from consumer.dedup import HONOURED_KEY_HEADER, KeyFormat, key_function
 from consumer.errors import ConfigError, DedupKeyFailed
 from consumer.message import Context, Message, Scope
 
@@ -135,6 +135,68 @@ def test_one_key_function_follows_a_topic_id_that_changes_when_the_topic_is_recr
     topic_ids["orders"] = "id-orders-2"
     assert keys(message(5)) != old
     assert keys(message(5)) == key_function("coordinates", {"orders": "id-orders-2"})(message(5))
+
+
+# --- ordered coordinates keys (stores created at schema version 3) -------------------------
+
+ORDERED = KeyFormat(ordered_coordinates=True)
+
+
+def test_ordered_coordinates_keys_sort_by_partition_then_offset() -> None:
+    """A partition's keys sort by offset, so a store's key index grows at one place per
+    partition: the whole point of the form."""
+    keys = key_function("coordinates", IDS, key_format=ORDERED)
+    in_order = [keys(message(offset, partition=partition))
+                for partition in (0, 1, 7) for offset in (0, 1, 255, 256, 70_000, 2**40)]
+    assert in_order == sorted(in_order)
+    assert len(set(in_order)) == len(in_order)
+    assert all(len(key) == 16 for key in in_order)
+
+
+def test_ordered_coordinates_keys_are_pinned() -> None:
+    """Stored keys must not change between releases: 8 bytes of blake2b over the topic id,
+    then partition (2 bytes) and offset (6 bytes) big-endian; the same in either scope."""
+    topic = hashlib.blake2b(b"o\0id-orders-1", digest_size=8).digest()
+    expected = topic + bytes.fromhex("0003") + (5).to_bytes(6, "big")
+    assert key_function("coordinates", IDS, key_format=ORDERED)(message(5, partition=3)) \
+        == expected
+    assert key_function("coordinates", IDS, "group", ORDERED)(message(5, partition=3)) \
+        == expected
+
+
+def test_ordered_coordinates_keys_differ_per_topic_and_per_topic_id() -> None:
+    keys = key_function("coordinates", {"orders": "id-1", "payments": "id-2"},
+                        key_format=ORDERED)
+    recreated = key_function("coordinates", {"orders": "id-3"}, key_format=ORDERED)
+    assert len({keys(message(5)), keys(message(5, topic="payments")),
+                recreated(message(5))}) == 3
+
+
+def test_coordinates_past_the_ordered_bounds_fall_back_to_the_digest() -> None:
+    ordered = key_function("coordinates", IDS, key_format=ORDERED)
+    digest = key_function("coordinates", IDS)
+    for far in (message(2**48), message(5, partition=2**16)):
+        assert ordered(far) == digest(far)
+    assert ordered(message(2**48 - 1)) != digest(message(2**48 - 1))
+
+
+def test_a_header_key_ignores_the_format_and_a_missing_header_follows_it() -> None:
+    ordered = key_function("header:idempotency-key", IDS, key_format=ORDERED)
+    digest = key_function("header:idempotency-key", IDS)
+    with_header = message(5, headers=[("idempotency-key", b"evt-1")])
+    assert ordered(with_header) == digest(with_header)
+    assert ordered(message(5)) == key_function("coordinates", IDS, key_format=ORDERED)(
+        message(5))
+
+
+def test_the_format_is_read_on_every_call() -> None:
+    """Key functions are built before the store says which form it keeps (at prepare)."""
+    key_format = KeyFormat()
+    keys = key_function("coordinates", IDS, key_format=key_format)
+    as_digest = keys(message(5))
+    key_format.ordered_coordinates = True
+    assert keys(message(5)) != as_digest
+    assert keys(message(5)) == key_function("coordinates", IDS, key_format=ORDERED)(message(5))
 
 
 # --- function keys -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.policy import CheckpointPolicy
 from consumer.checkpoint.store_message import StoreRows, StoreWork, Tally
 from consumer.clock import Clock, SystemClock
-from consumer.dedup import KeyFunction, key_function
+from consumer.dedup import KeyFormat, KeyFunction, key_function
 from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher, RouteWork, is_async
 from consumer.engine.concurrent_store_mode import ConcurrentStoreMode, StoreOutage
 from consumer.engine.direct_mode import DirectMode, unconfirmed_limit
@@ -61,9 +61,10 @@ def build_router(settings: Settings) -> Router:
     )
 
 
-def build_keys(settings: Settings, topic_ids: Mapping[str, str]) -> dict[str, KeyFunction]:
+def build_keys(settings: Settings, topic_ids: Mapping[str, str],
+               key_format: KeyFormat | None = None) -> dict[str, KeyFunction]:
     """Each route's dedup key function (raises ConfigError for a bad function path)."""
-    return {topic: key_function(route.dedup_key, topic_ids, route.dedup_scope)
+    return {topic: key_function(route.dedup_key, topic_ids, route.dedup_scope, key_format)
             for topic, route in settings.routes.items()}
 
 
@@ -108,7 +109,8 @@ def build_loop(
         extra_observers = (*extra_observers, tracing.observer)
     observer = Observers(LoggingObserver(), *extra_observers)
     topic_ids: dict[str, str] = {}
-    keys = build_keys(settings, topic_ids)
+    key_format = KeyFormat()  # the store's form of coordinates keys, set when it is prepared
+    keys = build_keys(settings, topic_ids, key_format)
     failures = Failures(build_policies(settings), sink=sink,
                         group=group, observer=observer,
                         monotonic=clock.monotonic, wall=clock.wall, topic_ids=topic_ids)
@@ -130,7 +132,7 @@ def build_loop(
             store, source=source, router=router, keys=keys, group=group, observer=observer,
             clock=clock, commits=commits, on_external_reset=settings.store.on_external_reset,
             max_backoff=settings.store.max_backoff_seconds, topic_ids=topic_ids,
-            failures=failures, instruments=instruments,
+            key_format=key_format, failures=failures, instruments=instruments,
             group_scoped_topics=group_scoped_topics(settings),
         )
         if concurrent:

@@ -20,7 +20,7 @@ from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.clock import Clock
-from consumer.dedup import KeyFunction
+from consumer.dedup import KeyFormat, KeyFunction
 from consumer.engine.mode import Partitions
 from consumer.engine.snapshot import NO_WORK, WorkSnapshot
 from consumer.engine.stopping import StopRequest
@@ -61,6 +61,7 @@ class StoreMode:
         on_external_reset: ExternalResetPolicy = "fail",
         max_backoff: float = 30.0,
         topic_ids: dict[str, str] | None = None,
+        key_format: KeyFormat | None = None,
         failures: Failures | None = None,
         instruments: HandlerTimings | None = None,
         group_scoped_topics: Collection[str] = (),
@@ -82,6 +83,8 @@ class StoreMode:
         self._pending: list[Message] = []
         #: Filled by prepare(); the dedup key functions read topic ids from this very dict.
         self.topic_ids = topic_ids if topic_ids is not None else {}
+        #: Set by prepare() to the store's form of coordinates keys; the key functions read it.
+        self.key_format = key_format if key_format is not None else KeyFormat()
         self._retry_at: float | None = None
         self._backoff = 0.5
         #: Dead letters acknowledged, their messages not yet committed as done (see
@@ -98,6 +101,7 @@ class StoreMode:
                     self._group, group_scoped_topics=self._group_scoped_topics)
                 if upgrade is not None:
                     log.warning("%s", upgrade.describe("(store.url)"))
+                self.key_format.ordered_coordinates = self.store.ordered_coordinates
                 break
             except StoreUnavailable as error:
                 log.warning("%s; retrying in %.0f s", error, backoff)

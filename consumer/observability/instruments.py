@@ -141,7 +141,9 @@ class TimedStore(Store):
 
     def ensure_schema(self, group: str | None = None, *,
                       group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
-        return self._store.ensure_schema(group, group_scoped_topics=group_scoped_topics)
+        upgrade = self._store.ensure_schema(group, group_scoped_topics=group_scoped_topics)
+        self.ordered_coordinates = self._store.ordered_coordinates
+        return upgrade
 
     def close(self) -> None:
         self._store.close()

@@ -19,11 +19,17 @@ from consumer.errors import ConfigError, OffsetWentBackwards, StoreError
 from consumer.message import TP, StoreLike
 
 #: Version 2: dedup keys scoped to their topic, checkpoint rows carry the topic id, purges
-#: look up one group's keys by age.
-SCHEMA_VERSION = 2
+#: look up one group's keys by age. Version 3: ``consumer_schema.coordinates_keys`` says how
+#: the store's coordinates keys are written: ``ordered`` (a store created at version 3: they
+#: sort by partition and offset, see consumer.dedup) or ``digest`` (a store migrated from an
+#: older version keeps the form its keys were claimed in, so they stay findable).
+SCHEMA_VERSION = 3
 #: Versions ``ensure_schema`` migrates from, in one transaction (at start or with
 #: ``consumer store migrate``).
-MIGRATES_FROM = (1,)
+MIGRATES_FROM = (1, 2)
+#: ``consumer_schema.coordinates_keys`` of a new store, and of a migrated one.
+ORDERED_COORDINATES = "ordered"
+DIGEST_COORDINATES = "digest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +46,18 @@ class SchemaUpgrade:
     groups_waiting: int
 
     def describe(self, where: str) -> str:
-        keys = ("" if self.group is None else
-                f"; {self.keys_scoped} processed keys of group {self.group} rewritten to "
-                f"topic-scoped keys, {self.keys_kept} kept group-wide (dedup_scope: group)")
-        return (f"store {where} migrated from schema version {self.from_version} to "
-                f"{self.to_version}{keys}; {self.groups_waiting} other group(s) keep their "
-                "keys until their own consumer (or `consumer store migrate` with their "
-                "config) rewrites them")
+        text = (f"store {where} migrated from schema version {self.from_version} to "
+                f"{self.to_version}")
+        if self.from_version == 1 or self.group is not None:
+            keys = ("" if self.group is None else
+                    f"; {self.keys_scoped} processed keys of group {self.group} rewritten to "
+                    f"topic-scoped keys, {self.keys_kept} kept group-wide (dedup_scope: group)")
+            text += (f"{keys}; {self.groups_waiting} other group(s) keep their keys until "
+                     "their own consumer (or `consumer store migrate` with their config) "
+                     "rewrites them")
+        return (f"{text}; coordinates dedup keys stay digests, as the keys already claimed "
+                "are (a store created by this version writes them in offset order, which "
+                "keeps claims as fast with a large processed-keys table as with an empty one)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +105,9 @@ class Store(abc.ABC):
 
     #: "sqlite" or "postgresql"
     dialect: str
+    #: Whether this store's coordinates keys are ordered (``consumer_schema.coordinates_keys``),
+    #: known once ``ensure_schema`` returned; the key functions follow it (consumer.dedup).
+    ordered_coordinates: bool = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -105,7 +119,8 @@ class Store(abc.ABC):
 
         With ``group``, that group's processed keys claimed under version 1 are rewritten to
         topic-scoped keys (but those of ``group_scoped_topics``), exactly as the key
-        functions compute them now. Only our tables, and only that group's keys, change."""
+        functions compute them now. Only our tables, and only that group's keys, change.
+        Sets ``ordered_coordinates`` from the store's recorded form."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -328,7 +343,9 @@ def require_version(found: int | None, where: str) -> None:
 
 
 __all__ = [
+    "DIGEST_COORDINATES",
     "MIGRATES_FROM",
+    "ORDERED_COORDINATES",
     "SCHEMA_VERSION",
     "CheckpointRow",
     "Claim",

@@ -18,8 +18,9 @@ lock, so one of the two waits for the other. And the connection asks for *found*
 row written again at the same offset still counts as moved, not fenced.
 
 DDL commits on its own in MariaDB, so schema creation is a sequence of idempotent
-``CREATE TABLE IF NOT EXISTS`` under a named lock, with the version row written last. No
-MariaDB store ever held schema version 1: one that says so is refused.
+``CREATE TABLE IF NOT EXISTS`` under a named lock, with the version row written last, and
+the migration from version 2 is statements that are safe to run again. No MariaDB store
+ever held schema version 1: one that says so is refused.
 
 Connects on first use, and again after the connection broke, but never inside a batch
 (its transaction died with the connection: ``StoreUnavailable``). Errors leave as
@@ -45,6 +46,8 @@ from consumer.errors import (
 )
 from consumer.message import TP
 from consumer.store.base import (
+    DIGEST_COORDINATES,
+    ORDERED_COORDINATES,
     SCHEMA_VERSION,
     CheckpointRow,
     Claim,
@@ -67,7 +70,8 @@ from consumer.store.mariadb_session import (
 #: default collation is not).
 _TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 SCHEMA = [
-    f"CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL) {_TABLE}",
+    f"""CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL,
+        coordinates_keys varchar(16) NOT NULL DEFAULT '{DIGEST_COORDINATES}') {_TABLE}""",
     f"""CREATE TABLE IF NOT EXISTS consumer_checkpoints (
         group_id varchar(255) NOT NULL, topic varchar(255) NOT NULL,
         "partition" integer NOT NULL, next_offset bigint, epoch bigint NOT NULL,
@@ -82,6 +86,14 @@ SCHEMA = [
     # Kept so every store has the same tables (a version-1 MariaDB store never existed).
     f"CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id varchar(255) PRIMARY KEY) "
     f"{_TABLE}",
+]
+#: Version 2 -> 3: the keys already claimed keep their form, so coordinates keys stay
+#: digests. Each statement commits on its own (DDL) and is safe to run again, so a migration
+#: cut between them completes at the next start.
+MIGRATE_FROM_2 = [
+    "ALTER TABLE consumer_schema ADD COLUMN IF NOT EXISTS coordinates_keys varchar(16) "
+    f"NOT NULL DEFAULT '{DIGEST_COORDINATES}'",
+    f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
 #: Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = "checkpoint_consumer_schema"
@@ -126,19 +138,28 @@ class MariaDBStore(Store):
             try:
                 found = self._version()
                 require_version(found, where)
-                if found is not None and found != SCHEMA_VERSION:
+                if found is not None and found not in (2, SCHEMA_VERSION):
                     raise StoreSchemaError(
                         f"{where} holds checkpoint-consumer schema version {found}, but no "
                         f"MariaDB store ever had it; this version needs {SCHEMA_VERSION}. "
                         "Point store.url at a new database.")
+                if found == 2:
+                    for statement in MIGRATE_FROM_2:
+                        self._db.execute(statement)
                 if found is None:
                     for statement in SCHEMA:  # each commits on its own; all idempotent
                         self._db.execute(statement)
-                    self._db.execute("INSERT INTO consumer_schema VALUES (%s)",
-                                     (SCHEMA_VERSION,))
+                    self._db.execute(
+                        "INSERT INTO consumer_schema (version, coordinates_keys) "
+                        "VALUES (%s, %s)", (SCHEMA_VERSION, ORDERED_COORDINATES))
+                row = self._db.execute(
+                    "SELECT coordinates_keys FROM consumer_schema").fetchone()
             finally:
                 if self._conn is not None and self._conn.open:
                     self._db.execute("DO RELEASE_LOCK(%s)", (SCHEMA_LOCK,))
+        self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
+        if found == 2:
+            return SchemaUpgrade(2, SCHEMA_VERSION, None, 0, 0, 0)
         return None
 
     def _version(self) -> int | None:

@@ -20,6 +20,8 @@ import psycopg
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import TP
 from consumer.store.base import (
+    DIGEST_COORDINATES,
+    ORDERED_COORDINATES,
     SCHEMA_VERSION,
     CheckpointRow,
     Claim,
@@ -32,7 +34,8 @@ from consumer.store.base import (
 )
 
 SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL)",
+    f"""CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL,
+        coordinates_keys text NOT NULL DEFAULT '{DIGEST_COORDINATES}')""",
     """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
         group_id text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
         next_offset bigint, epoch bigint NOT NULL, updated_at double precision NOT NULL,
@@ -56,6 +59,12 @@ MIGRATE_FROM_1 = [
     "DROP INDEX IF EXISTS consumer_processed_keys_age",
     """CREATE INDEX consumer_processed_keys_group_age
         ON consumer_processed_keys (group_id, processed_at)""",
+    "UPDATE consumer_schema SET version = 2",
+]
+#: Version 2 -> 3: the keys already claimed keep their form, so coordinates keys stay digests.
+MIGRATE_FROM_2 = [
+    "ALTER TABLE consumer_schema ADD COLUMN coordinates_keys text NOT NULL "
+    f"DEFAULT '{DIGEST_COORDINATES}'",
     f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
 #: consumer.dedup.topic_scoped in SQL: sha256(b"t" NUL topic NUL key)[:16].
@@ -145,6 +154,9 @@ class PostgresStore(Store):
             if found == 1:
                 for statement in MIGRATE_FROM_1:
                     self._db.execute(statement)
+            if found in (1, 2):
+                for statement in MIGRATE_FROM_2:
+                    self._db.execute(statement)
             if found != SCHEMA_VERSION:
                 # DDL only when something is missing: even CREATE INDEX IF NOT EXISTS waits
                 # for every open batch's locks, so a member starting beside a busy (or
@@ -152,17 +164,24 @@ class PostgresStore(Store):
                 for statement in SCHEMA:
                     self._db.execute(statement)
             if found is None:
-                self._db.execute("INSERT INTO consumer_schema VALUES (%s)", (SCHEMA_VERSION,))
-            return self._scope_keys(group, group_scoped_topics, migrated=found == 1)
+                self._db.execute(
+                    "INSERT INTO consumer_schema (version, coordinates_keys) VALUES (%s, %s)",
+                    (SCHEMA_VERSION, ORDERED_COORDINATES))
+            upgrade = self._scope_keys(
+                group, group_scoped_topics,
+                migrated_from=found if found != SCHEMA_VERSION else None)
+            row = self._db.execute("SELECT coordinates_keys FROM consumer_schema").fetchone()
+        self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
+        return upgrade
 
     def _scope_keys(self, group: str | None, group_scoped_topics: Collection[str], *,
-                    migrated: bool) -> SchemaUpgrade | None:
+                    migrated_from: int | None) -> SchemaUpgrade | None:
         """Rewrite the group's version-1 keys to topic-scoped ones, inside ensure_schema's
         transaction, computed by the server exactly as consumer.dedup.topic_scoped does."""
         pending = group is not None and self._db.execute(
             "DELETE FROM consumer_keys_to_scope WHERE group_id = %s RETURNING 1", (group,)
         ).fetchone() is not None
-        if not pending and not migrated:
+        if not pending and migrated_from is None:
             return None
         scoped = kept = 0
         if pending:
@@ -176,8 +195,8 @@ class PostgresStore(Store):
                 "WHERE group_id = %s AND topic = ANY(%s)", (group, kept_topics)).fetchone()
             kept = int(row[0]) if row else 0
         row = self._db.execute("SELECT count(*) FROM consumer_keys_to_scope").fetchone()
-        return SchemaUpgrade(1, SCHEMA_VERSION, group if pending else None, scoped, kept,
-                             int(row[0]) if row else 0)
+        return SchemaUpgrade(migrated_from or 1, SCHEMA_VERSION, group if pending else None,
+                             scoped, kept, int(row[0]) if row else 0)
 
     def close(self) -> None:
         if self._conn is not None:

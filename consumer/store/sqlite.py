@@ -19,6 +19,8 @@ from consumer.dedup import topic_scoped
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import TP
 from consumer.store.base import (
+    DIGEST_COORDINATES,
+    ORDERED_COORDINATES,
     SCHEMA_VERSION,
     CheckpointRow,
     Claim,
@@ -29,7 +31,8 @@ from consumer.store.base import (
 )
 
 SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL)",
+    f"""CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL,
+        coordinates_keys TEXT NOT NULL DEFAULT '{DIGEST_COORDINATES}')""",
     """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
         group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
         next_offset INTEGER, epoch INTEGER NOT NULL, updated_at REAL NOT NULL, topic_id TEXT,
@@ -51,6 +54,12 @@ MIGRATE_FROM_1 = [
     "DROP INDEX IF EXISTS consumer_processed_keys_age",
     """CREATE INDEX consumer_processed_keys_group_age
         ON consumer_processed_keys (group_id, processed_at)""",
+    "UPDATE consumer_schema SET version = 2",
+]
+#: Version 2 -> 3: the keys already claimed keep their form, so coordinates keys stay digests.
+MIGRATE_FROM_2 = [
+    "ALTER TABLE consumer_schema ADD COLUMN coordinates_keys TEXT NOT NULL "
+    f"DEFAULT '{DIGEST_COORDINATES}'",
     f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
 
@@ -111,25 +120,34 @@ class SQLiteStore(Store):
                 if found == 1:
                     for statement in MIGRATE_FROM_1:
                         self._db.execute(statement)
+                if found in (1, 2):
+                    for statement in MIGRATE_FROM_2:
+                        self._db.execute(statement)
                 for statement in SCHEMA:
                     self._db.execute(statement)
                 if found is None:
-                    self._db.execute("INSERT INTO consumer_schema VALUES (?)", (SCHEMA_VERSION,))
-                upgrade = self._scope_keys(group, group_scoped_topics, migrated=found == 1)
+                    self._db.execute(
+                        "INSERT INTO consumer_schema (version, coordinates_keys) VALUES (?, ?)",
+                        (SCHEMA_VERSION, ORDERED_COORDINATES))
+                upgrade = self._scope_keys(
+                    group, group_scoped_topics,
+                    migrated_from=found if found != SCHEMA_VERSION else None)
+                row = self._db.execute("SELECT coordinates_keys FROM consumer_schema").fetchone()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
         return upgrade
 
     def _scope_keys(self, group: str | None, group_scoped_topics: Collection[str], *,
-                    migrated: bool) -> SchemaUpgrade | None:
+                    migrated_from: int | None) -> SchemaUpgrade | None:
         """Rewrite the group's version-1 keys to topic-scoped ones, inside ensure_schema's
         transaction, with the very function the key functions use."""
         pending = group is not None and self._db.execute(
             "SELECT 1 FROM consumer_keys_to_scope WHERE group_id = ?", (group,)
         ).fetchone() is not None
-        if not pending and not migrated:
+        if not pending and migrated_from is None:
             return None
         scoped = kept = 0
         if pending:
@@ -149,8 +167,8 @@ class SQLiteStore(Store):
                     "WHERE group_id = ? AND topic = ?", (group, topic)).rowcount
             self._db.execute("DELETE FROM consumer_keys_to_scope WHERE group_id = ?", (group,))
         waiting = self._db.execute("SELECT count(*) FROM consumer_keys_to_scope").fetchone()[0]
-        return SchemaUpgrade(1, SCHEMA_VERSION, group if pending else None, scoped, kept,
-                             waiting)
+        return SchemaUpgrade(migrated_from or 1, SCHEMA_VERSION, group if pending else None,
+                             scoped, kept, waiting)
 
     def close(self) -> None:
         self._db.close()

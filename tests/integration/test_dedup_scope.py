@@ -96,7 +96,7 @@ def test_a_version_1_store_is_migrated_at_start_and_its_old_events_still_skip(
 ) -> None:
     """A store left by version 1 holds evt-1's key (claimed before keys were scoped). The
     consumer migrates it at start, logging from/to version and the keys rewritten; the
-    redelivered evt-1 is skipped, evt-2 is applied, and the store is at version 2."""
+    redelivered evt-1 is skipped, evt-2 is applied, and the store is at version 3."""
     topic = create_topic(kafka_bootstrap, 1, prefix="migrate")
     group = unique_name("migrate")
     events = [{"event": f"evt-{i}", "account": "acc", "amount": i} for i in (1, 2)]
@@ -119,7 +119,7 @@ def test_a_version_1_store_is_migrated_at_start_and_its_old_events_still_skip(
     finally:
         run.stop_if_running()
     assert store.query("SELECT event FROM ledger_entries") == [("evt-2",)]
-    assert store.query("SELECT version FROM consumer_schema") == [(2,)]
+    assert store.query("SELECT version FROM consumer_schema") == [(3,)]
     log = run.log_file.read_text()
-    assert "migrated from schema version 1 to 2" in log
+    assert "migrated from schema version 1 to 3" in log
     assert f"1 processed keys of group {group} rewritten" in log

@@ -25,6 +25,7 @@ from tests.support.store_contract import (
     Backend,
     G,
     MigratesFromVersion1,
+    MigratesFromVersion2,
     StoreContract,
     scratch_ids,
 )
@@ -59,7 +60,7 @@ def pg_backend(postgres_dsn: str, postgres_admin: psycopg.Connection[Any]) -> It
         yield backend
 
 
-class TestPostgresStoreContract(StoreContract, MigratesFromVersion1):
+class TestPostgresStoreContract(StoreContract, MigratesFromVersion1, MigratesFromVersion2):
     """The store contract on a real PostgreSQL server, a fresh schema per test."""
 
     @pytest.fixture

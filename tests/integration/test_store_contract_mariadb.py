@@ -25,6 +25,7 @@ from tests.support.store_contract import (
     P0,
     Backend,
     G,
+    MigratesFromVersion2,
     StoreContract,
     claims,
     key,
@@ -79,7 +80,7 @@ def maria_backend(mariadb_url: str,
         yield backend
 
 
-class TestMariaDBStoreContract(StoreContract):
+class TestMariaDBStoreContract(StoreContract, MigratesFromVersion2):
     """The store contract on a real MariaDB server, a fresh database per test."""
 
     @pytest.fixture

@@ -20,12 +20,13 @@ import psycopg
 import pymysql
 import pytest
 
-from consumer.dedup import key_function
+from consumer.dedup import KeyFormat, key_function
 from consumer.errors import OffsetWentBackwards, StoreError, StoreSchemaError
 from consumer.message import Message
 from consumer.store import CheckpointRow, Claim, Position, SchemaUpgrade, Store
 from consumer.store.base import SCHEMA_VERSION
 from tests.support.store_v1 import SCHEMA_V1
+from tests.support.store_v2 import SCHEMA_V2
 
 G = "group-a"
 P0 = ("t", 0)
@@ -146,6 +147,33 @@ class StoreContract:
 
     def test_a_fresh_store_needs_no_migration(self, backend: Backend) -> None:
         assert backend.open().ensure_schema(G, group_scoped_topics={"t"}) is None
+
+    def test_a_new_store_orders_its_coordinates_keys(self, backend: Backend) -> None:
+        """A store created at version 3 records the ordered form; every store opened on it
+        reads the form back (the key functions follow it)."""
+        store = backend.open()
+        assert store.ordered_coordinates is False, "unknown before ensure_schema"
+        store.ensure_schema(G)
+        assert store.ordered_coordinates is True
+        assert store.execute("SELECT coordinates_keys FROM consumer_schema").fetchall() \
+            == [("ordered",)]
+        other = backend.open()
+        other.ensure_schema(G)
+        assert other.ordered_coordinates is True
+
+    def test_ordered_coordinates_keys_are_claimed_once(self, store: Store) -> None:
+        """The ordered form is a key like any other: claimed once, found again after."""
+        keys = key_function("coordinates", {"orders": "id-1"},
+                            key_format=KeyFormat(ordered_coordinates=True))
+        messages = [Message("orders", p, o, b"{}", timestamp=0.0)
+                    for p in (0, 1) for o in (0, 1, 1_000_000)]
+        batch = [Claim(keys(m), m.topic, m.partition, m.offset) for m in messages]
+        store.begin()
+        assert store.claim(G, batch, 1.0) == {c.key for c in batch}
+        store.commit()
+        store.begin()
+        assert store.claim(G, batch, 2.0) == set()
+        store.rollback()
 
     # --- assignment and checkpoint rows -----------------------------------------------------------
 
@@ -464,8 +492,9 @@ class MigratesFromVersion1:
         upgrade = store.ensure_schema(G, group_scoped_topics={"payments"})
         assert upgrade == SchemaUpgrade(1, SCHEMA_VERSION, G, keys_scoped=1, keys_kept=1,
                                         groups_waiting=1)
-        assert "from schema version 1 to 2" in upgrade.describe("here")
-        assert store.execute("SELECT version FROM consumer_schema").fetchall() == [(2,)]
+        assert "from schema version 1 to 3" in upgrade.describe("here")
+        assert store.execute("SELECT version FROM consumer_schema").fetchall() == [(3,)]
+        assert store.ordered_coordinates is False, "keys claimed before keep their form"
         by_topic = key_function("header:idempotency-key", {})
         by_group = key_function("header:idempotency-key", {}, "group")
         store.begin()
@@ -493,3 +522,51 @@ class MigratesFromVersion1:
         assert old.execute("SELECT version FROM consumer_schema").fetchall() == [(1,)]
         with pytest.raises((sqlite3.OperationalError, psycopg.errors.UndefinedColumn)):
             old.execute("SELECT topic_id FROM consumer_checkpoints")
+
+
+class MigratesFromVersion2:
+    """Every store (SQLite, PostgreSQL, MariaDB) existed at schema version 2."""
+
+    def test_migration_from_version_2_keeps_coordinates_keys_findable(
+        self, backend: Backend
+    ) -> None:
+        """A version-2 store holds digest coordinates keys; after the migration it still
+        says digest, so the key functions compute exactly the keys it holds and a redelivered
+        message is skipped. Its checkpoint rows are untouched; running it again is a no-op."""
+        ids = {"orders": "id-orders-1"}
+        old = backend.open()
+        for statement in SCHEMA_V2[backend.name]:
+            old.execute(statement)
+        delivered = Message("orders", 0, 7, b"{}", timestamp=0.0)
+        by_header = _event("orders", b"evt-1")
+        v2_keys = [key_function("coordinates", ids)(delivered),
+                   key_function("header:idempotency-key", ids)(by_header)]
+        for key, message in zip(v2_keys, (delivered, by_header), strict=True):
+            old.execute(
+                'INSERT INTO consumer_processed_keys (group_id, "key", topic, "partition", '
+                '"offset", processed_at) VALUES (%s, %s, %s, 0, %s, 1.0)',
+                (G, key, message.topic, message.offset))
+        old.execute('INSERT INTO consumer_checkpoints (group_id, topic, "partition", '
+                    "next_offset, epoch, updated_at, topic_id) "
+                    "VALUES (%s, 'orders', 0, 8, 3, 1.0, 'id-orders-1')", (G,))
+
+        store = backend.open()
+        upgrade = store.ensure_schema(G)
+        assert upgrade == SchemaUpgrade(2, SCHEMA_VERSION, None, 0, 0, 0)
+        assert "from schema version 2 to 3" in upgrade.describe("here")
+        assert "coordinates dedup keys stay digests" in upgrade.describe("here")
+        assert store.execute("SELECT version, coordinates_keys FROM consumer_schema"
+                             ).fetchall() == [(3, "digest")]
+        assert store.ordered_coordinates is False
+        key_format = KeyFormat(ordered_coordinates=store.ordered_coordinates)
+        again = [key_function("coordinates", ids, key_format=key_format)(delivered),
+                 key_function("header:idempotency-key", ids, key_format=key_format)(by_header)]
+        assert again == v2_keys
+        store.begin()
+        assert store.claim(G, [Claim(k, "orders", 0, 7) for k in again], 2.0) == set()
+        store.rollback()
+        assert store.checkpoints(G) == {("orders", 0): 8}
+        assert store.ensure_schema(G) is None
+        reopened = backend.open()
+        assert reopened.ensure_schema(G) is None
+        assert reopened.ordered_coordinates is False

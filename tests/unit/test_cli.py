@@ -188,10 +188,10 @@ def test_files_the_alert_rules_cite_exist() -> None:
     assert missing == []
 
 
-def test_store_migrate_brings_a_version_1_sqlite_store_to_version_2(
+def test_store_migrate_brings_a_version_1_sqlite_store_to_the_current_version(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`consumer store migrate` on a real v1 SQLite file: version 2, and the group's key is
+    """`consumer store migrate` on a real v1 SQLite file: version 3, and the group's key is
     rewritten to its topic's scope; the output names both versions and the count."""
     import sqlite3
 
@@ -209,9 +209,10 @@ def test_store_migrate_brings_a_version_1_sqlite_store_to_version_2(
     config = write(tmp_path, VALID + f"store:\n  url: sqlite:///{path}\n")
     assert main(["store", "migrate", "--config", config]) == EXIT_OK
     out = capsys.readouterr().out
-    assert "from schema version 1 to 2; 1 processed keys of group cli-test rewritten" in out
+    assert "from schema version 1 to 3; 1 processed keys of group cli-test rewritten" in out
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM consumer_schema").fetchall() == [(2,)]
+        assert db.execute("SELECT version, coordinates_keys FROM consumer_schema"
+                          ).fetchall() == [(3, "digest")]
         assert db.execute("SELECT key FROM consumer_processed_keys").fetchall() == [
             (key_function("header:idempotency-key", {})(event),)]
     assert main(["store", "migrate", "--config", config]) == EXIT_OK

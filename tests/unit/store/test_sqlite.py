@@ -15,10 +15,17 @@ import pytest
 
 from consumer.errors import ConfigError, StoreUnavailable
 from consumer.store.sqlite import SQLiteStore
-from tests.support.store_contract import P0, Backend, G, MigratesFromVersion1, StoreContract
+from tests.support.store_contract import (
+    P0,
+    Backend,
+    G,
+    MigratesFromVersion1,
+    MigratesFromVersion2,
+    StoreContract,
+)
 
 
-class TestSQLiteStoreContract(StoreContract, MigratesFromVersion1):
+class TestSQLiteStoreContract(StoreContract, MigratesFromVersion1, MigratesFromVersion2):
     """The store contract on a fresh SQLite file per test."""
 
     @pytest.fixture

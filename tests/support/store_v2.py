@@ -1,0 +1,60 @@
+"""Schema version 2 of the store, exactly as released, to build old stores the migration
+tests upgrade. Never edit: it is history."""
+
+from __future__ import annotations
+
+SQLITE = [
+    "CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+        group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+        next_offset INTEGER, epoch INTEGER NOT NULL, updated_at REAL NOT NULL, topic_id TEXT,
+        PRIMARY KEY (group_id, topic, partition))""",
+    """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
+        group_id TEXT NOT NULL, key BLOB NOT NULL, topic TEXT NOT NULL,
+        partition INTEGER NOT NULL, "offset" INTEGER NOT NULL, processed_at REAL NOT NULL,
+        PRIMARY KEY (group_id, key))""",
+    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id TEXT PRIMARY KEY)",
+    "INSERT INTO consumer_schema VALUES (2)",
+]
+
+POSTGRESQL = [
+    "CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+        group_id text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
+        next_offset bigint, epoch bigint NOT NULL, updated_at double precision NOT NULL,
+        topic_id text,
+        PRIMARY KEY (group_id, topic, partition))""",
+    """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
+        group_id text NOT NULL, key bytea NOT NULL, topic text NOT NULL,
+        partition integer NOT NULL, "offset" bigint NOT NULL,
+        processed_at double precision NOT NULL,
+        PRIMARY KEY (group_id, key))""",
+    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id text PRIMARY KEY)",
+    "INSERT INTO consumer_schema VALUES (2)",
+]
+
+_TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+MARIADB = [
+    f"CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL) {_TABLE}",
+    f"""CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+        group_id varchar(255) NOT NULL, topic varchar(255) NOT NULL,
+        "partition" integer NOT NULL, next_offset bigint, epoch bigint NOT NULL,
+        updated_at double NOT NULL, topic_id varchar(64),
+        PRIMARY KEY (group_id, topic, "partition")) {_TABLE}""",
+    f"""CREATE TABLE IF NOT EXISTS consumer_processed_keys (
+        group_id varchar(255) NOT NULL, "key" varbinary(64) NOT NULL,
+        topic varchar(255) NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL,
+        processed_at double NOT NULL,
+        PRIMARY KEY (group_id, "key"),
+        KEY consumer_processed_keys_group_age (group_id, processed_at)) {_TABLE}""",
+    f"CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id varchar(255) PRIMARY KEY) "
+    f"{_TABLE}",
+    "INSERT INTO consumer_schema VALUES (2)",
+]
+
+#: The statements per backend name ("sqlite", "postgresql", "mariadb").
+SCHEMA_V2 = {"sqlite": SQLITE, "postgresql": POSTGRESQL, "mariadb": MARIADB}

@@ -7,9 +7,12 @@ each a random 16-byte digest like a real key (of another topic, so the runs' own
 collide with them), stamped now so the retention keeps them. The framework contender (``consumer
 run``, no-op handler, checkpoint every 1,000 messages or 1 s, the store's durable defaults)
 reads the first ``--messages`` of a preloaded topic against each, alternating, ``--rounds``
-rounds. Before every round the runs' own keys and checkpoint rows are deleted and the Kafka
-group is deleted, so every round claims the same keys afresh from offset 0. Goal: the full
-table within 10% of the empty one (ratio >= 0.9).
+rounds, once per key kind (``--key-kinds``): ``coordinates`` (the messages carry no
+idempotency-key header, so the default route keys them by coordinates, which a new store
+writes in offset order) and ``event-id`` (keyed by an id in the value, :func:`event_id`, a
+digest like a header key: random in the index). Before every run the runs' own keys and
+checkpoint rows are deleted and the Kafka group is deleted, so every run claims the same keys
+afresh from offset 0. Goal: the full table within 10% of the empty one (ratio >= 0.9).
 
 Needs KAFKA_BOOTSTRAP_SERVERS, and for PostgreSQL and MariaDB ``CONSUMER_TEST_POSTGRES_DSN`` /
 ``CONSUMER_TEST_MARIADB_URL`` (a user that may create databases): ``make bench-keys`` starts
@@ -40,9 +43,19 @@ from benchmarks.measure import ChildRun, RunResult, run_child
 from benchmarks.stats import Spread
 
 STORES = ("sqlite", "postgres", "mariadb")
+#: The route's dedup_key per key kind (None: the default, coordinates for these messages).
+KEY_KINDS: dict[str, str | None] = {
+    "coordinates": None,
+    "event-id": "function:benchmarks.key_table:event_id",
+}
 BALLAST_TOPIC = "ballast"
 GOAL_RATIO = 0.9
 RESULTS = Path(__file__).parent / "results" / "key_table.md"
+
+
+def event_id(message: Any) -> bytes:
+    """The preloaded value's counter (its first 12 bytes): an event id, one per message."""
+    return bytes(message.value[:12])
 
 
 def say(text: str) -> None:
@@ -57,6 +70,7 @@ class Variant:
     keys: int
     url: str
     group: str
+    key_kind: str = "coordinates"
     runs: list[RunResult] = field(default_factory=list)
     fill_s: float = 0.0
     #: The processed-keys table with its indexes, once filled.
@@ -228,34 +242,40 @@ def delete_group(bootstrap: str, group: str) -> None:
 
 
 def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
-            run_id: str) -> list[Variant]:
+            run_id: str, key_kinds: list[str]) -> list[Variant]:
+    """For each key kind, an empty and a full variant; the kinds share each database and its
+    group (every run starts by deleting the runs' own keys, so only the ballast stays)."""
     databases = Databases(store, workdir, run_id)
     try:
         group = f"keys-{run_id}-{store}"
         variants = []
         for name, held in (("empty", 0), ("full", keys)):
             url = databases.create(name)
-            variant = Variant(store, held, url, f"{group}-{name}")
-            prepare_schema(url, variant.group)
+            prepare_schema(url, f"{group}-{name}")
+            fill_s = size_mb = 0.0
             if held:
                 began = time.monotonic()
-                fill(store, url, variant.group, held)
-                variant.fill_s = time.monotonic() - began
-                variant.size_mb = table_size_mb(store, url)
-                say(f"{store}: {held:,} keys written in {variant.fill_s:.0f} s "
-                    f"({variant.size_mb:,.0f} MB with its indexes)")
-            variants.append(variant)
+                fill(store, url, f"{group}-{name}", held)
+                fill_s = time.monotonic() - began
+                size_mb = table_size_mb(store, url)
+                say(f"{store}: {held:,} keys written in {fill_s:.0f} s "
+                    f"({size_mb:,.0f} MB with its indexes)")
+            variants += [Variant(store, held, url, f"{group}-{name}", kind, fill_s=fill_s,
+                                 size_mb=size_mb) for kind in key_kinds]
         for round_no in range(rounds):
             for variant in rotated(variants, round_no):
                 forget_run(store, variant.url, variant.group, run.topic)
                 delete_group(run.bootstrap, variant.group)
                 options: dict[str, Any] = {"settings": {"store": {"url": variant.url}}}
+                if KEY_KINDS[variant.key_kind]:
+                    options["dedup_key"] = KEY_KINDS[variant.key_kind]
                 result = run_child(Path(sys.executable), FRAMEWORK, options, run,
-                                   contender=f"keys-{store}-{variant.keys}",
+                                   contender=f"keys-{store}-{variant.key_kind}-{variant.keys}",
                                    round_no=round_no + 1, group=variant.group)
                 variant.runs.append(result)
                 rate = f"{result.rate:,.0f} msg/s" if result.rate else f"failed: {result.error}"
-                say(f"{store:<8} {variant.keys:>11,} keys, round {round_no + 1}/{rounds}: {rate}")
+                say(f"{store:<8} {variant.key_kind:<11} {variant.keys:>11,} keys, "
+                    f"round {round_no + 1}/{rounds}: {rate}")
         return variants
     finally:
         databases.drop_all()
@@ -281,23 +301,26 @@ def render(results: dict[str, list[Variant]], *, messages: int, rounds: int,
         "",
         *(f"- {store}: {durability(store)}" for store in results),
         "",
-        "| store | keys before the run | table and indexes | msg/s | full / empty | goal |",
-        "|---|---:|---:|---:|---:|---|",
+        "| store | dedup key | keys before the run | table and indexes | msg/s "
+        "| full / empty | goal |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for store, variants in results.items():
-        empty, full = variants
-        for variant in variants:
-            spread = variant.rate
-            text = "failed" if spread is None else (
-                f"{spread.median:,.0f} ({spread.low:,.0f}-{spread.high:,.0f})")
-            ratio, verdict = "", ""
-            if variant is full and spread is not None and empty.rate is not None:
-                value = spread.median / empty.rate.median
-                ratio = f"{value:.2f}x"
-                verdict = "met" if value >= GOAL_RATIO else "not met"
-            size = f"{variant.size_mb:,.0f} MB" if variant.size_mb else ""
-            lines.append(f"| {store} | {variant.keys:,} | {size} | {text} | {ratio} | "
-                         f"{verdict} |")
+        for kind in dict.fromkeys(v.key_kind for v in variants):
+            empty, full = sorted((v for v in variants if v.key_kind == kind),
+                                 key=lambda v: v.keys)
+            for variant in (empty, full):
+                spread = variant.rate
+                text = "failed" if spread is None else (
+                    f"{spread.median:,.0f} ({spread.low:,.0f}-{spread.high:,.0f})")
+                ratio, verdict = "", ""
+                if variant is full and spread is not None and empty.rate is not None:
+                    value = spread.median / empty.rate.median
+                    ratio = f"{value:.2f}x"
+                    verdict = "met" if value >= GOAL_RATIO else "not met"
+                size = f"{variant.size_mb:,.0f} MB" if variant.size_mb else ""
+                lines.append(f"| {store} | {kind} | {variant.keys:,} | {size} | {text} | "
+                             f"{ratio} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -308,12 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stores", default=",".join(STORES))
+    parser.add_argument("--key-kinds", default=",".join(KEY_KINDS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     stores = [s for s in args.stores.split(",") if s]
     unknown = set(stores) - set(STORES)
     if unknown:
         parser.error(f"unknown stores {sorted(unknown)}; choose from {', '.join(STORES)}")
+    key_kinds = [k for k in args.key_kinds.split(",") if k]
+    if not key_kinds or set(key_kinds) - set(KEY_KINDS):
+        parser.error(f"--key-kinds: choose from {', '.join(KEY_KINDS)}")
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         print("bench-keys: set KAFKA_BOOTSTRAP_SERVERS, or run `make bench-keys`",
@@ -332,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for store in stores:
             results[store] = measure(store, run, keys=args.keys, rounds=args.rounds,
-                                     workdir=workdir, run_id=run_id)
+                                     workdir=workdir, run_id=run_id, key_kinds=key_kinds)
     finally:
         topic.delete(bootstrap, name)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -121,7 +121,8 @@ def config(spec: RunSpec, sections: Collection[str]) -> dict[str, Any]:
 def route(options: dict[str, Any]) -> str | dict[str, Any]:
     """The route: the handler's import path, or a mapping when concurrency is asked for."""
     handler = HANDLERS[str(options.get("handler", "noop"))]
-    extra: dict[str, Any] = {name: options[name] for name in ("concurrency", "ordering")
+    extra: dict[str, Any] = {name: options[name]
+                             for name in ("concurrency", "ordering", "dedup_key")
                              if name in options}
     return {"handler": handler, **extra} if extra else handler
 

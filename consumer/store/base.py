@@ -57,7 +57,8 @@ class SchemaUpgrade:
                      "rewrites them")
         return (f"{text}; coordinates dedup keys stay digests, as the keys already claimed "
                 "are (a store created by this version writes them in offset order, which "
-                "keeps claims as fast with a large processed-keys table as with an empty one)")
+                "keeps claims about as fast with a large processed-keys table as with an "
+                "empty one)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from consumer.dedup import KeyFormat, key_function
 from consumer.message import Message
-from tests.integration.test_dedup_scope import _checkpoints, _write
 from tests.support.kafka import create_topic, produce, unique_name
 from tests.support.store_v2 import SCHEMA_V2
 from tests.support.stores import StoreUnderTest
@@ -36,7 +35,7 @@ def _run(bootstrap: str, store: StoreUnderTest, tmp_path: Path, topic: str,
                              every_messages=10, every_seconds=0.5, store=store.url)
     run = ConsumerProcess(tmp_path, "coordinates", config).start()
     try:
-        wait_for(lambda: _checkpoints(store) == {topic: 3}, timeout=60,
+        wait_for(lambda: store.checkpoints() == {topic: 3}, timeout=60,
                  what=f"the checkpoint to reach 3 ({run.log_tail()})")
         run.signal(signal.SIGTERM)
         assert run.wait() == 0, run.log_tail()
@@ -84,7 +83,7 @@ def test_a_version_2_store_keeps_its_digest_keys_and_old_events_still_skip(
     group = unique_name("digest")
     ids = {topic: _topic_id(kafka_bootstrap, topic)}
     digest = key_function("header:idempotency-key", ids)
-    _write(store, SCHEMA_V2[store.backend], [
+    store.write(SCHEMA_V2[store.backend], [
         ('INSERT INTO consumer_processed_keys (group_id, key, topic, partition, "offset", '
          "processed_at) VALUES (%s, %s, %s, 0, 0, 1.0)", (group, digest(messages[0]), topic)),
         ("INSERT INTO consumer_checkpoints (group_id, topic, partition, next_offset, epoch, "

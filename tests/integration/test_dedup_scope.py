@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
@@ -20,13 +17,6 @@ from tests.support.store_v1 import SCHEMA_V1
 from tests.support.stores import StoreUnderTest
 
 pytestmark = pytest.mark.integration
-
-
-def _checkpoints(store: StoreUnderTest) -> dict[str, int | None]:
-    try:
-        return dict(store.query("SELECT topic, next_offset FROM consumer_checkpoints"))
-    except Exception:  # The consumer has not created its tables yet.
-        return {}
 
 
 def _run_two_topics(bootstrap: str, store: StoreUnderTest, tmp_path: Path,
@@ -47,7 +37,7 @@ def _run_two_topics(bootstrap: str, store: StoreUnderTest, tmp_path: Path,
                         for topic in (orders, payments)}
     run = ConsumerProcess(tmp_path, "scope", config).start()
     try:
-        wait_for(lambda: _checkpoints(store) == {orders: 2, payments: 1}, timeout=60,
+        wait_for(lambda: store.checkpoints() == {orders: 2, payments: 1}, timeout=60,
                  what=f"both topics checkpointed to their ends ({run.log_tail()})")
         run.signal(signal.SIGTERM)
         assert run.wait() == 0, run.log_tail()
@@ -74,23 +64,6 @@ def test_group_scope_lets_one_event_id_span_the_topics(kafka_bootstrap: str,
     assert len(applied) == 1
 
 
-def _write(store: StoreUnderTest, statements: list[str],
-           rows: list[tuple[str, tuple[Any, ...]]] = ()) -> None:  # type: ignore[assignment]
-    """Run DDL and inserts (``%s`` placeholders) in one committed transaction."""
-    if store.backend == "sqlite":
-        with sqlite3.connect(store.url.removeprefix("sqlite:///")) as db:
-            for statement in statements:
-                db.execute(statement)
-            for sql, params in rows:
-                db.execute(sql.replace("%s", "?"), params)
-        return
-    with psycopg.connect(store.url) as db:
-        for statement in statements:
-            db.execute(statement)  # type: ignore[arg-type]
-        for sql, params in rows:
-            db.execute(sql, params)  # type: ignore[arg-type]
-
-
 def test_a_version_1_store_is_migrated_at_start_and_its_old_events_still_skip(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
 ) -> None:
@@ -104,7 +77,7 @@ def test_a_version_1_store_is_migrated_at_start_and_its_old_events_still_skip(
             headers=lambda i: [("idempotency-key", f"evt-{i + 1}".encode())])
     old = Message(topic, 0, 0, b"", headers=[("idempotency-key", b"evt-1")], timestamp=0.0)
     v1_key = key_function("header:idempotency-key", {}, "group")(old)
-    _write(store, SCHEMA_V1[store.backend], [(
+    store.write(SCHEMA_V1[store.backend], [(
         'INSERT INTO consumer_processed_keys (group_id, key, topic, partition, "offset", '
         "processed_at) VALUES (%s, %s, %s, 0, 0, 1.0)", (group, v1_key, topic))])
 
@@ -112,7 +85,7 @@ def test_a_version_1_store_is_migrated_at_start_and_its_old_events_still_skip(
                              every_messages=10, every_seconds=0.5, store=store.url)
     run = ConsumerProcess(tmp_path, "migrate", config).start()
     try:
-        wait_for(lambda: _checkpoints(store) == {topic: 2}, timeout=60,
+        wait_for(lambda: store.checkpoints() == {topic: 2}, timeout=60,
                  what=f"the checkpoint to reach 2 ({run.log_tail()})")
         run.signal(signal.SIGTERM)
         assert run.wait() == 0, run.log_tail()

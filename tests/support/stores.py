@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,34 @@ class StoreUnderTest:
             return
         with psycopg.connect(self.url) as db:
             db.execute(sql)
+
+
+    def write(self, statements: Sequence[str],
+              rows: Sequence[tuple[str, tuple[Any, ...]]] = ()) -> None:
+        """Run DDL, then inserts (``%s`` placeholders), in one committed transaction (SQLite
+        and PostgreSQL: e.g. a store as an older version left it)."""
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.url.removeprefix("sqlite:///")) as db:
+                for statement in statements:
+                    db.execute(statement)
+                for sql, params in rows:
+                    db.execute(sql.replace("%s", "?"), params)
+            return
+        if self.backend != "postgresql":
+            raise AssertionError(f"write() takes SQLite or PostgreSQL, not {self.backend}")
+        with psycopg.connect(self.url) as db:
+            for statement in statements:
+                db.execute(statement)  # type: ignore[arg-type]
+            for sql, params in rows:
+                db.execute(sql, params)  # type: ignore[arg-type]
+
+    def checkpoints(self) -> dict[str, int | None]:
+        """Each topic's checkpoint row (one partition per topic), or {} while the consumer has
+        not created its tables yet."""
+        try:
+            return dict(self.query("SELECT topic, next_offset FROM consumer_checkpoints"))
+        except Exception:  # no such table yet
+            return {}
 
 
 def _on_mariadb(url: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

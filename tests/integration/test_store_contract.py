@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +29,10 @@ from tests.support.store_contract import (
     MigratesFromVersion1,
     MigratesFromVersion2,
     StoreContract,
+    claims,
+    key,
     scratch_ids,
+    stored_keys,
 )
 
 pytestmark = pytest.mark.integration
@@ -175,3 +180,36 @@ def test_postgres_connection_lost_mid_batch_never_commits_writes_outside_it(
         store.execute("INSERT INTO scratch VALUES (%s, %s)", (3, "after the drop"))
     store.rollback()
     assert scratch_ids(pg_backend.open()) == [], "a write committed outside its batch"
+
+
+def test_postgres_a_claim_waits_for_a_key_another_batch_holds_then_skips_it(
+    pg_backend: Backend, postgres_admin: psycopg.Connection[Any]
+) -> None:
+    """Two members claim the same key (a zombie and the partition's new owner): the second
+    claim waits for the first batch, and once that commits finds the key processed and
+    claims only its other keys, in a transaction that still commits."""
+    first, second = pg_backend.open(), pg_backend.open()
+    first.ensure_schema()
+    first.begin()
+    assert first.claim(G, claims("a"), 1.0) == {key("a")}
+    pid = second.connection.info.backend_pid  # connected before the claim starts
+    answer: list[set[bytes]] = []
+
+    def claim_second() -> None:
+        second.begin()
+        answer.append(second.claim(G, claims("a", "b"), 2.0))
+        second.commit()
+
+    worker = threading.Thread(target=claim_second, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not postgres_admin.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+            (pid,)).fetchone():
+        assert time.monotonic() < deadline, "the second claim never waited for the first"
+        assert worker.is_alive(), f"the second claim did not wait: {answer}"
+        time.sleep(0.01)
+    first.commit()
+    worker.join(10)
+    assert answer == [{key("b")}]
+    assert stored_keys(first) == [key("a"), key("b")]

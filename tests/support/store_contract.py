@@ -303,6 +303,55 @@ class StoreContract:
         store.commit()
         assert stored_keys(store) == [key("a"), key("x")]
 
+    def test_a_batch_whose_first_claim_meets_a_processed_key_keeps_the_rest(
+        self,
+        store: Store,
+    ) -> None:
+        """A claim that opens a batch and meets a key committed before leaves a transaction
+        that holds the new keys, takes the batch's rows and writes, and commits them."""
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        store.claim(G, claims("a"), 1.0)
+        store.commit()
+        store.begin()
+        assert store.claim(G, claims("a", "b", "c"), 2.0) == {key("b"), key("c")}
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 3, 1)], 2.0) == []
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "effect"))
+        store.commit()
+        assert stored_keys(store) == [key("a"), key("b"), key("c")]
+        assert store.checkpoints(G) == {P0: 3}
+        assert scratch_ids(store) == [1]
+
+    def test_batches_meeting_processed_keys_now_and_then_claim_each_key_once(
+        self,
+        store: Store,
+    ) -> None:
+        """Forty batches, every seventh one meeting a key of an earlier batch: each claim
+        answers exactly its new keys (whatever way the store claims after a conflict)."""
+        committed: list[str] = []
+        for batch in range(40):
+            fresh = [f"n{batch}-{i}" for i in range(3)]
+            old = [committed[batch]] if batch % 7 == 6 else []
+            store.begin()
+            assert store.claim(G, claims(*old, *fresh), float(batch)) == {key(n) for n in fresh}
+            store.commit()
+            committed += fresh
+        assert stored_keys(store) == sorted(key(n) for n in committed)
+
+    def test_a_claim_meeting_a_processed_key_after_other_writes_keeps_them(
+        self,
+        store: Store,
+    ) -> None:
+        store.begin()
+        store.claim(G, claims("a"), 1.0)
+        store.commit()
+        store.begin()
+        store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "before the claim"))
+        assert store.claim(G, claims("a", "b"), 2.0) == {key("b")}
+        store.commit()
+        assert scratch_ids(store) == [1]
+        assert stored_keys(store) == [key("a"), key("b")]
+
     def test_claim_of_nothing_is_nothing(self, store: Store) -> None:
         store.begin()
         assert store.claim(G, [], 1.0) == set()

@@ -4,8 +4,8 @@ Owns the dispatcher, Kafka-only checkpoints (``consumer.checkpoint.kafka_only``)
 unconfirmed bound (how much done work the broker has not confirmed: what a crash repeats) and
 the deferred asynchronous commit. Used by :class:`consumer.engine.loop.ConsumerLoop` through
 :class:`consumer.engine.mode.CheckpointMode`, on the loop's thread. A synchronous commit blocks
-for the broker; on revoke and shutdown its failure raises KafkaError; handlers' failures raise
-HandlerFailed from :meth:`DirectMode.take`.
+for the broker; at shutdown its failure raises KafkaError (on revoke it is reported and the
+partitions go); handlers' failures raise HandlerFailed from :meth:`DirectMode.take`.
 
 With a :class:`~consumer.engine.concurrency.dispatcher.ConcurrentDispatcher` (a route with
 ``concurrency`` above 1, or an ``async def`` handler) handlers run on workers: the poll's room
@@ -130,9 +130,12 @@ class DirectMode:
         try:
             KafkaCheckpoint(trigger, chosen, commits=self._commits, synchronous=synchronous).run()
         except KafkaError:
-            if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
+            if trigger is Trigger.SHUTDOWN:
                 raise
-            return False  # reported; the watermarks stay pending for the next checkpoint
+            # Reported. A revoke's partitions go all the same (the group has moved on, or the
+            # coordinator did not answer): their next owner repeats what this commit would
+            # have covered, as after a crash. Otherwise the watermarks stay pending.
+            return False
         finally:
             if workers is not None and trigger is Trigger.SHUTDOWN:
                 workers.close()

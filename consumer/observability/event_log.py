@@ -66,8 +66,15 @@ class LoggingObserver(Observer):
                   ", ".join(f"{t}[{p}]={o}" for (t, p), o in offsets.items()))
 
     def commit_failed(self, trigger: Trigger | None, error: KafkaError) -> None:
-        log.warning("offset commit failed (%s): %s; the next checkpoint commits again",
-                    trigger.value if trigger else "async", error)
+        if trigger is Trigger.REVOKE:
+            then = ("the revoked partitions go without it: their next owner resumes from the "
+                    "last checkpoint the store or Kafka holds")
+        elif trigger is Trigger.SHUTDOWN:
+            then = "the next start resumes from the last checkpoint the store or Kafka holds"
+        else:
+            then = "the next checkpoint commits again"
+        log.warning("offset commit failed (%s): %s; %s",
+                    trigger.value if trigger else "async", error, then)
 
     def kafka_error(self, error: KafkaError) -> None:
         if error.fatal:

@@ -245,6 +245,28 @@ def test_revoke_commits_the_revoked_partitions_synchronously_and_drops_their_sta
     assert observer.named("revoked") == [([("t", 0)],)]
 
 
+def test_a_revoke_commit_the_broker_refuses_lets_the_partition_go_and_the_loop_goes_on() -> None:
+    """The group moved on before the revoke's commit reached it (ILLEGAL_GENERATION): the
+    failure is reported, the partition goes as it would have (its next owner repeats what
+    the commit would have covered, as after a crash), and the member keeps consuming."""
+    source = InMemorySource({"t": [values(3), values(2)]})
+    observer = RecordingObserver()
+    recorder = Recorder()
+    loop = make_loop(source, recorder, every_messages=1_000, observer=observer)
+    loop.start()
+    loop.run_once()
+    source.fail_next_commit = KafkaError("ILLEGAL_GENERATION", "the group moved on")
+    source.revoke([("t", 0)])
+    assert (Trigger.REVOKE, "ILLEGAL_GENERATION") in observer.commit_failures
+    assert observer.named("revoked") == [([("t", 0)],)]
+    assert loop.watermarks() == {("t", 1): 2}
+    source.append("t", 1, b"late")
+    loop.run_once()
+    assert ("t", 1, 2) in recorder.seen
+    loop.close()
+    assert source.committed_offsets == {("t", 1): 3}
+
+
 def test_revoking_a_partition_with_nothing_new_commits_nothing() -> None:
     source = InMemorySource({"t": [values(3)]})
     loop = make_loop(source, Recorder(), every_messages=3)

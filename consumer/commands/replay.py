@@ -1,5 +1,7 @@
 """``consumer replay``: move a stopped group on one topic to an offset or a time, the store's
 checkpoint rows and Kafka's committed offsets together, keeping or forgetting processed keys.
+Targets as Kafka's own reset tool names them: an offset, a time, a duration back from now,
+a shift from where the group resumes now, the log's start or its end.
 
 Dry run by default: it prints, per partition, where the store and Kafka are, where the group
 will resume, and how many processed keys would be forgotten; ``--execute`` does it. It refuses
@@ -12,6 +14,7 @@ such a reset by default (``store.on_external_reset``). Errors are printed, exit 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,8 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--to-datetime", metavar="ISO8601",
                         help="resume at the first message at or after this time "
                              "(e.g. 2026-11-27T09:00:00Z; no zone means UTC)")
+    target.add_argument("--by-duration", metavar="DURATION",
+                        help="resume at the first message at or after this long ago (ISO 8601: "
+                             "PT30M, PT6H, P1D, P1DT12H)")
+    target.add_argument("--shift-by", type=int, metavar="N",
+                        help="resume N offsets after where the group resumes now (negative: "
+                             "before; the store's row, else Kafka's commit), within the log")
     target.add_argument("--to-earliest", action="store_true",
                         help="resume at the first offset still in the log")
+    target.add_argument("--to-latest", action="store_true",
+                        help="resume at the end of the log: skip every message not yet handled")
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--forget-keys", action="store_true",
                       help="delete the processed keys from the target on: replayed events "
@@ -85,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         positions = _chosen(read_group_positions(settings.kafka, group, [args.topic]),
                             args.partitions)
-        targets = targets_for(settings, positions)
-        return _plan_and_apply(settings, group, store_url, positions, targets, args)
+        return _plan_and_apply(settings, group, store_url, positions, targets_for, args)
     except ConfigError as error:
         for problem in error.problems:
             print(f"consumer replay: {problem}", file=sys.stderr)
@@ -108,8 +118,9 @@ def _chosen(positions: Sequence[GroupPosition], partitions: list[int] | None
     return [p for p in positions if p.partition in partitions]
 
 
-#: (settings, positions) -> the offset each partition resumes at.
-TargetRule = Callable[[Settings, Sequence[GroupPosition]], dict[TP, int]]
+#: (settings, positions, the store's rows) -> the offset each partition resumes at.
+TargetRule = Callable[[Settings, Sequence[GroupPosition], Mapping[TP, int | None]],
+                      dict[TP, int]]
 
 
 def _target_rule(args: argparse.Namespace) -> TargetRule:
@@ -117,7 +128,8 @@ def _target_rule(args: argparse.Namespace) -> TargetRule:
     if args.to_offset is not None:
         offset = args.to_offset
 
-        def to_offset(_settings: Settings, positions: Sequence[GroupPosition]) -> dict[TP, int]:
+        def to_offset(_settings: Settings, positions: Sequence[GroupPosition],
+                      _rows: Mapping[TP, int | None]) -> dict[TP, int]:
             outside = [f"{p.partition} keeps {p.start}..{p.end}" for p in positions
                        if not p.start <= offset <= p.end]
             if outside:
@@ -126,20 +138,56 @@ def _target_rule(args: argparse.Namespace) -> TargetRule:
             return {(p.topic, p.partition): offset for p in positions}
 
         return to_offset
-    if args.to_datetime is not None:
-        stamp_ms = _parse_datetime(args.to_datetime)
+    if args.to_datetime is not None or args.by_duration is not None:
+        stamp_ms = (_parse_datetime(args.to_datetime) if args.to_datetime is not None
+                    else int((time.time() - _parse_duration(args.by_duration)) * 1000))
 
-        def to_datetime(settings: Settings, positions: Sequence[GroupPosition]
-                        ) -> dict[TP, int]:
+        def to_time(settings: Settings, positions: Sequence[GroupPosition],
+                    _rows: Mapping[TP, int | None]) -> dict[TP, int]:
             return offsets_at(settings.kafka, [(p.topic, p.partition) for p in positions],
                               timestamp_ms=stamp_ms)
 
-        return to_datetime
+        return to_time
+    if args.shift_by is not None:
+        return _shifted_by(args.shift_by)
+    if args.to_latest:
+        def to_latest(_settings: Settings, positions: Sequence[GroupPosition],
+                      _rows: Mapping[TP, int | None]) -> dict[TP, int]:
+            return {(p.topic, p.partition): p.end for p in positions}
 
-    def to_earliest(_settings: Settings, positions: Sequence[GroupPosition]) -> dict[TP, int]:
+        return to_latest
+
+    def to_earliest(_settings: Settings, positions: Sequence[GroupPosition],
+                    _rows: Mapping[TP, int | None]) -> dict[TP, int]:
         return {(p.topic, p.partition): p.start for p in positions}
 
     return to_earliest
+
+
+def _shifted_by(shift: int) -> TargetRule:
+    """N offsets from where each partition resumes now: the store's row when it has one
+    (the store's row wins at assignment), else Kafka's commit; kept within the log, as
+    Kafka's tool keeps it."""
+
+    def shifted(_settings: Settings, positions: Sequence[GroupPosition],
+                rows: Mapping[TP, int | None]) -> dict[TP, int]:
+        targets, unknown = {}, []
+        for p in positions:
+            tp = (p.topic, p.partition)
+            now = rows.get(tp)
+            if now is None:
+                now = p.committed
+            if now is None:
+                unknown.append(str(p.partition))
+                continue
+            targets[tp] = min(max(now + shift, p.start), p.end)
+        if unknown:
+            raise ConfigError([f"--shift-by: the group has no checkpoint on partition "
+                               f"{', '.join(unknown)} to shift from; choose --partition, or "
+                               "a target of its own (--to-offset, --to-earliest, ...)"])
+        return targets
+
+    return shifted
 
 
 def _parse_datetime(text: str) -> int:
@@ -153,12 +201,29 @@ def _parse_datetime(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+#: An ISO 8601 duration of days, hours, minutes and seconds.
+_DURATION = re.compile(r"P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?"
+                       r"(?:(\d+(?:\.\d+)?)S)?)?")
+
+
+def _parse_duration(text: str) -> float:
+    """Seconds in an ISO 8601 duration of days, hours, minutes and seconds (``PT30M``,
+    ``P1DT12H``, ``PT1.5S``), as Kafka's reset tool takes it for ``--by-duration``."""
+    found = _DURATION.fullmatch(text.strip().upper())
+    if found is None or not any(found.groups()) or text.strip().upper().endswith("T"):
+        raise ConfigError([f"--by-duration {text!r} is not an ISO 8601 duration (e.g. PT30M, "
+                           "PT6H, P1D, P1DT12H)"])
+    days, hours, minutes, seconds = (float(part or 0) for part in found.groups())
+    return days * 86_400 + hours * 3_600 + minutes * 60 + seconds
+
+
 def _plan_and_apply(settings: Settings, group: str, store_url: str | None,
-                    positions: Sequence[GroupPosition], targets: Mapping[TP, int],
+                    positions: Sequence[GroupPosition], targets_for: TargetRule,
                     args: argparse.Namespace) -> int:
     store = open_store(store_url) if store_url is not None else None
     try:
         rows = store.checkpoints(group) if store is not None else {}
+        targets = targets_for(settings, positions, rows)
         forgetting = (store.keys_from(group, targets)
                       if store is not None and args.forget_keys else {})
         print(render_plan(group, positions, targets, rows, forgetting,

@@ -160,3 +160,55 @@ def test_keep_keys_dry_run_warns_when_the_target_is_older_than_the_key_retention
         recent = replay(config, tmp_path, "--topic", topic, "--to-offset", "2", "--keep-keys")
         assert recent.returncode == 0, recent.stderr
         assert "older than" not in recent.stdout, recent.stdout
+
+
+def test_duration_shift_and_latest_targets_resolve_on_the_real_log(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The targets Kafka's reset tool also has, on a log of two events from 3 hours ago and
+    one now: `--by-duration PT2H` resumes at the recent one, `--shift-by` moves from the
+    group's checkpoint within the log, `--to-latest` at the end; each executed replay moves
+    the store's row and Kafka's commit together."""
+    from confluent_kafka import Producer
+
+    topic = create_topic(kafka_bootstrap, 1, prefix="targets")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    now_ms = int(time.time() * 1000)
+    for i, age_hours in enumerate((3, 3, 0)):
+        producer.produce(topic, f"e{i}".encode(), partition=0,
+                         timestamp=now_ms - age_hours * 3_600_000)
+    assert producer.flush(30) == 0
+    group = unique_name("targets")
+    with fresh_store("sqlite", tmp_path, None) as store:
+        config = consumer_config(kafka_bootstrap, group, topic, store=store.url)
+        path = tmp_path / "replay.yaml"
+        path.write_text(yaml.safe_dump(config))
+        subprocess.run([sys.executable, "-m", "consumer", "store", "init", "--config",
+                        str(path)], cwd=REPO_ROOT, check=True, timeout=60)
+
+        def resume_at(*target: str) -> int:
+            planned = replay(config, tmp_path, "--topic", topic, *target, "--keep-keys")
+            assert planned.returncode == 0, planned.stderr
+            row = next(line for line in planned.stdout.splitlines()
+                       if line.split()[:2] == [topic, "0"])
+            return int(row.split()[-1])
+
+        assert resume_at("--by-duration", "PT2H") == 2
+        assert resume_at("--by-duration", "PT4H") == 0
+        assert resume_at("--to-latest") == 3
+        refused = replay(config, tmp_path, "--topic", topic, "--shift-by", "-1", "--keep-keys")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "no checkpoint on partition 0 to shift from" in refused.stderr
+
+        moved = replay(config, tmp_path, "--topic", topic, "--by-duration", "PT2H",
+                       "--keep-keys", "--execute")
+        assert moved.returncode == 0, moved.stderr
+        assert store.checkpoints() == {topic: 2}
+        assert group_offsets(kafka_bootstrap, group, topic, 1) == {0: 2}
+        assert resume_at("--shift-by", "-1") == 1
+        assert resume_at("--shift-by", "-5") == 0  # within the log
+        shifted = replay(config, tmp_path, "--topic", topic, "--shift-by", "5", "--keep-keys",
+                         "--execute")
+        assert shifted.returncode == 0, shifted.stderr
+        assert store.checkpoints() == {topic: 3}
+        assert group_offsets(kafka_bootstrap, group, topic, 1) == {0: 3}

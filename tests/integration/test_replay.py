@@ -129,21 +129,27 @@ def replay_story(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, *,
     return _entries(store), int(store.scalar("SELECT balance FROM accounts WHERE id = 'acc'"))
 
 
+def aged_topic(kafka_bootstrap: str, prefix: str) -> str:
+    """A new one-partition topic holding two events from 3 hours ago, then one from now."""
+    from confluent_kafka import Producer
+
+    topic = create_topic(kafka_bootstrap, 1, prefix=prefix)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    now_ms = int(time.time() * 1000)
+    for i, age_hours in enumerate((3, 3, 0)):
+        producer.produce(topic, f"e{i}".encode(), partition=0,
+                         timestamp=now_ms - age_hours * 3_600_000)
+    assert producer.flush(30) == 0
+    return topic
+
+
 def test_keep_keys_dry_run_warns_when_the_target_is_older_than_the_key_retention(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """Processed keys are purged after `store.processed_keys_retention_seconds`, so keeping
     them does not skip events older than that: a `--keep-keys` dry run to a target older than
     the retention says, per partition, which offsets will be applied again."""
-    from confluent_kafka import Producer
-
-    topic = create_topic(kafka_bootstrap, 1, prefix="retention")
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    now_ms = int(time.time() * 1000)
-    for i, age_hours in enumerate((3, 3, 0)):  # two events from 3 hours ago, one now
-        producer.produce(topic, f"e{i}".encode(), partition=0,
-                         timestamp=now_ms - age_hours * 3_600_000)
-    assert producer.flush(30) == 0
+    topic = aged_topic(kafka_bootstrap, "retention")
     group = unique_name("retention")
     with fresh_store("sqlite", tmp_path, None) as store:
         config = consumer_config(kafka_bootstrap, group, topic, store=store.url)
@@ -169,15 +175,7 @@ def test_duration_shift_and_latest_targets_resolve_on_the_real_log(
     one now: `--by-duration PT2H` resumes at the recent one, `--shift-by` moves from the
     group's checkpoint within the log, `--to-latest` at the end; each executed replay moves
     the store's row and Kafka's commit together."""
-    from confluent_kafka import Producer
-
-    topic = create_topic(kafka_bootstrap, 1, prefix="targets")
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    now_ms = int(time.time() * 1000)
-    for i, age_hours in enumerate((3, 3, 0)):
-        producer.produce(topic, f"e{i}".encode(), partition=0,
-                         timestamp=now_ms - age_hours * 3_600_000)
-    assert producer.flush(30) == 0
+    topic = aged_topic(kafka_bootstrap, "targets")
     group = unique_name("targets")
     with fresh_store("sqlite", tmp_path, None) as store:
         config = consumer_config(kafka_bootstrap, group, topic, store=store.url)

@@ -61,9 +61,11 @@ class SchemaUpgrade:
                 "empty one)")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claim:
-    """A dedup key to claim for one message (``key`` is a digest)."""
+    """A dedup key to claim for one message (``key`` is a digest). One per message on the
+    store's hot path, so not frozen: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, about three times the cost here (about 0.5 against 0.15 µs)."""
 
     key: bytes
     topic: str

@@ -35,6 +35,16 @@ from consumer.settings import KafkaSettings
 log = logging.getLogger("consumer.source")
 NOT_AN_ERROR = {confluent_kafka.KafkaError._NO_OFFSET}
 
+#: librdkafka's ``fetch.queue.backoff.ms``: once a partition's prefetched messages pass
+#: ``queued.min.messages`` (or the queue's kilobytes), its next fetch waits this long. The
+#: client's default, 1,000 ms, left the poll waiting for messages for whole seconds while a
+#: consumer worked through a backlog faster than that: over 1,000,000 preloaded messages the
+#: loop read 133,000 msg/s with it and 539,000 msg/s with 100 ms (10 and 50 ms read the same
+#: as 100; 250 ms read 435,000). A partition whose queue stays full is checked again every
+#: 100 ms instead of every second: a timer in librdkafka's thread, no request to the broker.
+#: ``kafka.librdkafka`` overrides it.
+FETCH_QUEUE_BACKOFF_MS = 100
+
 
 class _Unsubscribed:
     """Listener in place until ``subscribe``: client errors are logged at DEBUG (the wait for
@@ -85,6 +95,7 @@ class KafkaSource:
             "error_cb": self._error_cb,
             "on_commit": self._commit_cb,
             "logger": librdkafka_logger(),
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
         if s.group_instance_id is not None:
             config["group.instance.id"] = s.group_instance_id

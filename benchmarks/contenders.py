@@ -49,6 +49,12 @@ CONTENDERS: tuple[Contender, ...] = (
                 "synchronously at the end",
     ),
     Contender(
+        "raw-tuned", "benchmarks.runners.raw:run", PROJECT,
+        {**EVERY_1000_OR_1S, "librdkafka": {"fetch.queue.backoff.ms": 100}}, kind="baseline",
+        commits="as raw, with the fetch setting the framework's consumer uses "
+                "(fetch.queue.backoff.ms 100 instead of the client's 1,000)",
+    ),
+    Contender(
         "framework", FRAMEWORK, PROJECT, EVERY_1000_OR_1S,
         commits="watermarks, asynchronously, every 1,000 messages or 1 s, one commit in "
                 "flight (at most ten intervals unconfirmed); synchronously on revoke and "

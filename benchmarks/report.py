@@ -170,15 +170,20 @@ def _goals(standings: list[Standing], preloaded: Preloaded) -> str:
         rows.append(f"| {goal} | {_ratio(ratio)} ({mine.median:,.0f} vs {base} "
                     f"{theirs.median:,.0f} msg/s) | {met} |")
 
-    ratio_row("framework ≥ 0.9x raw", "framework", "raw", 0.9)
+    # Against the raw loop with the client's defaults, and with the fetch setting the
+    # framework's consumer uses: the second is the like-for-like ceiling.
+    for raw in ("raw", "raw-tuned"):
+        ratio_row(f"framework ≥ 0.9x {raw}", "framework", raw, 0.9)
     cpu = {name: next((s.spread(lambda r: r.cpu_us_per_message) for s in standings
-                       if s.contender.name == name), None) for name in ("framework", "raw")}
-    mine_cpu, raw_cpu = cpu["framework"], cpu["raw"]
-    if mine_cpu is not None and raw_cpu is not None and raw_cpu.median:
-        cpu_ratio = mine_cpu.median / raw_cpu.median
-        rows.append(f"| framework CPU per message ≤ 1.2x raw | {_ratio(cpu_ratio)} "
-                    f"({mine_cpu.median:.2f} vs raw {raw_cpu.median:.2f} µs) "
-                    f"| {'yes' if cpu_ratio <= 1.2 else 'no'} |")
+                       if s.contender.name == name), None)
+           for name in ("framework", "raw", "raw-tuned")}
+    for raw in ("raw", "raw-tuned"):
+        mine_cpu, raw_cpu = cpu["framework"], cpu[raw]
+        if mine_cpu is not None and raw_cpu is not None and raw_cpu.median:
+            cpu_ratio = mine_cpu.median / raw_cpu.median
+            rows.append(f"| framework CPU per message ≤ 1.2x {raw} | {_ratio(cpu_ratio)} "
+                        f"({mine_cpu.median:.2f} vs {raw} {raw_cpu.median:.2f} µs) "
+                        f"| {'yes' if cpu_ratio <= 1.2 else 'no'} |")
     peers = [s for s in standings if s.contender.kind == "peer" and s.rate is not None]
     fastest = max(peers, key=lambda s: s.rate.median if s.rate else 0.0) if peers else None
     ratio_row("framework ≥ 1.2x the fastest peer", "framework",

@@ -2,7 +2,8 @@
 
 ``consume`` in batches of 500, ``enable.auto.commit=false``, an asynchronous commit of explicit
 offsets (last handled offset + 1 per partition) every 1,000 messages or 1 s, and a synchronous
-one at the end.
+one at the end. The client's defaults, unless the ``librdkafka`` option gives properties (the
+``raw-tuned`` contender: the fetch setting the framework's consumer uses).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
         "group.id": spec.group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        **dict(spec.options.get("librdkafka", {})),
     })
 
     def handle(message: Any) -> None:  # the no-op handler

@@ -73,6 +73,32 @@ class Claim:
     offset: int
 
 
+class ConflictBackoff:
+    """After a plain claim met a processed key: how many claims take the slower way that
+    tolerates them before a plain one is tried again (8, doubling to 1,024 while conflicts
+    keep coming, back to 8 after a plain claim went through)."""
+
+    FIRST, MOST = 8, 1024
+
+    def __init__(self) -> None:
+        self._skip = 0
+        self._next = self.FIRST
+
+    def plain_due(self) -> bool:
+        if self._skip:
+            self._skip -= 1
+            return False
+        return True
+
+    def plain_succeeded(self) -> None:
+        self._next = self.FIRST
+
+    def plain_conflicted(self) -> None:
+        self._skip = self._next
+        self._next = min(self._next * 2, self.MOST)
+
+
+
 @dataclass(frozen=True, slots=True)
 class CheckpointRow:
     topic: str

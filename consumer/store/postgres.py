@@ -26,6 +26,7 @@ from consumer.store.base import (
     SCHEMA_VERSION,
     CheckpointRow,
     Claim,
+    ConflictBackoff,
     MessageTransactions,
     Position,
     PostgresSession,
@@ -121,7 +122,7 @@ class PostgresStore(Store):
         self._in_batch = False
         #: Nothing ran yet in this batch's transaction: a failed claim may restart it.
         self._batch_empty = False
-        self._claims_with_conflicts = _ConflictBackoff()
+        self._claims_with_conflicts = ConflictBackoff()
 
     @property
     def _db(self) -> psycopg.Connection[Any]:
@@ -411,29 +412,6 @@ class PostgresStore(Store):
             raise StoreError(
                 f"PostgreSQL store {self._where}: {type(error).__name__}: {error}"
             ) from error
-
-
-class _ConflictBackoff:
-    """How many claims go with ``ON CONFLICT`` before a plain ``INSERT`` is tried again."""
-
-    FIRST, MOST = 8, 1024
-
-    def __init__(self) -> None:
-        self._skip = 0
-        self._next = self.FIRST
-
-    def plain_due(self) -> bool:
-        if self._skip:
-            self._skip -= 1
-            return False
-        return True
-
-    def plain_succeeded(self) -> None:
-        self._next = self.FIRST
-
-    def plain_conflicted(self) -> None:
-        self._skip = self._next
-        self._next = min(self._next * 2, self.MOST)
 
 
 def _ms(seconds: float) -> int:

@@ -24,11 +24,19 @@ from consumer.store.base import (
     SCHEMA_VERSION,
     CheckpointRow,
     Claim,
+    ConflictBackoff,
     Position,
     SchemaUpgrade,
     Store,
     require_version,
 )
+
+#: One processed key: new (fails on a key processed before) ...
+CLAIM = """INSERT INTO consumer_processed_keys
+               (group_id, key, topic, partition, "offset", processed_at)
+           VALUES (?, ?, ?, ?, ?, ?)"""
+#: ... or only if it is new (the row count says which).
+CLAIM_UNLESS_PROCESSED = f"{CLAIM} ON CONFLICT DO NOTHING"
 
 SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL,
@@ -100,6 +108,7 @@ class SQLiteStore(Store):
             self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open the SQLite store at {path}: {error}") from None
+        self._claims_with_conflicts = ConflictBackoff()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -212,21 +221,31 @@ class SQLiteStore(Store):
             self._db.execute("BEGIN IMMEDIATE")
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
-        # executemany drops RETURNING rows, so one statement a key, and rowcount says if new.
-        # One multi-row INSERT ... RETURNING per batch measured slower: 9.5-12.5 ms against
-        # 4.5-9 ms per 1,000 keys, alternated over 600,000 keys into one table.
-        new = set()
-        execute = self._db.execute
+        """A batch almost never holds a processed key: the keys go in with one plain
+        ``executemany`` inside a savepoint (2.5 against 3.2 ms per 1,000 keys here). If one
+        was processed before, the savepoint rolls back and each key goes in alone with
+        ``ON CONFLICT DO NOTHING``, its row count saying whether it is new (``executemany``
+        drops ``RETURNING`` rows); so do the next batches' claims for a while
+        (:class:`ConflictBackoff`)."""
+        rows = [(group, c.key, c.topic, c.partition, c.offset, now) for c in claims]
         with _translated(self._path):
-            for c in claims:
-                cursor = execute(
-                    """INSERT INTO consumer_processed_keys
-                           (group_id, key, topic, partition, "offset", processed_at)
-                       VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
-                    (group, c.key, c.topic, c.partition, c.offset, now),
-                )
-                if cursor.rowcount == 1:
-                    new.add(c.key)
+            if rows and self._claims_with_conflicts.plain_due():
+                self._db.execute("SAVEPOINT claim")
+                try:
+                    self._db.executemany(CLAIM, rows)
+                except sqlite3.IntegrityError:
+                    self._db.execute("ROLLBACK TO SAVEPOINT claim")
+                    self._db.execute("RELEASE SAVEPOINT claim")
+                    self._claims_with_conflicts.plain_conflicted()
+                else:
+                    self._db.execute("RELEASE SAVEPOINT claim")
+                    self._claims_with_conflicts.plain_succeeded()
+                    return {c.key for c in claims}
+            new = set()
+            execute = self._db.execute
+            for row in rows:
+                if execute(CLAIM_UNLESS_PROCESSED, row).rowcount == 1:
+                    new.add(row[1])
         return new
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:

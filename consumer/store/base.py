@@ -98,7 +98,6 @@ class ConflictBackoff:
         self._next = min(self._next * 2, self.MOST)
 
 
-
 @dataclass(frozen=True, slots=True)
 class CheckpointRow:
     topic: str

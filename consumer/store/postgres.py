@@ -69,16 +69,15 @@ MIGRATE_FROM_2 = [
     f"DEFAULT '{DIGEST_COORDINATES}'",
     f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
-#: A batch's claims, in four comma-joined strings: every key new (fails on a processed one) ...
-_CLAIM = """INSERT INTO consumer_processed_keys
+#: Claims, as :func:`claim_values` gives them: every key new (fails on a processed one) ...
+CLAIM_NEW = """INSERT INTO consumer_processed_keys
                 (group_id, key, topic, partition, "offset", processed_at)
             SELECT %s, decode(k, 'hex'), t, p, o, %s
             FROM unnest(string_to_array(%s, ','), string_to_array(%s, ','),
                         string_to_array(%s, ',')::integer[],
                         string_to_array(%s, ',')::bigint[]) AS u(k, t, p, o)"""
-CLAIM_NEW = _CLAIM
 #: ... or only the keys not processed before, returned.
-CLAIM_UNLESS_PROCESSED = f"{_CLAIM} ON CONFLICT DO NOTHING RETURNING key"
+CLAIM_UNLESS_PROCESSED = f"{CLAIM_NEW} ON CONFLICT DO NOTHING RETURNING key"
 #: consumer.dedup.topic_scoped in SQL: sha256(b"t" NUL topic NUL key)[:16].
 TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UTF8') "
                 "|| decode('00', 'hex') || key) from 1 for 16)")
@@ -107,6 +106,17 @@ def is_transient(error: BaseException) -> bool:
     return state.startswith(TRANSIENT_SQLSTATES) or (
         isinstance(error, psycopg.OperationalError)
         and state.startswith(LOST_CONNECTION_SQLSTATES))
+
+
+def claim_values(group: str, now: float, claims: Sequence[Claim]) -> tuple[Any, ...]:
+    """The parameters of :data:`CLAIM_NEW` and :data:`CLAIM_UNLESS_PROCESSED`: four
+    comma-joined strings split by the server (psycopg dumps a list element by element in
+    Python, which cost more than the insert). Keys travel as hex (dedup keys are digests,
+    never empty); Kafka topic names cannot contain a comma."""
+    return (group, now, ",".join([c.key.hex() for c in claims]),
+            ",".join([c.topic for c in claims]),
+            ",".join([str(c.partition) for c in claims]),
+            ",".join([str(c.offset) for c in claims]))
 
 
 class PostgresStore(Store):
@@ -273,13 +283,7 @@ class PostgresStore(Store):
         if not claims:
             return set()
         restartable, self._batch_empty = self._batch_empty, False
-        # Four comma-joined strings split by the server: psycopg dumps a list element by
-        # element in Python, which cost more than the insert. Keys travel as hex (dedup keys
-        # are digests, never empty); Kafka topic names cannot contain a comma.
-        values = (group, now, ",".join([c.key.hex() for c in claims]),
-                  ",".join([c.topic for c in claims]),
-                  ",".join([str(c.partition) for c in claims]),
-                  ",".join([str(c.offset) for c in claims]))
+        values = claim_values(group, now, claims)
         with self._errors():
             if restartable and self._claims_with_conflicts.plain_due():
                 keys = {c.key for c in claims}

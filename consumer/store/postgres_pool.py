@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import StoreLike
 from consumer.store.base import Claim, PostgresSession
-from consumer.store.postgres import is_transient
+from consumer.store.postgres import CLAIM_UNLESS_PROCESSED, claim_values, is_transient
 
 log = logging.getLogger("consumer.store")
 
@@ -35,17 +35,8 @@ CLAIM_ONE = """INSERT INTO consumer_processed_keys
                VALUES (%s, %s, %s, %s, %s, %s)
                ON CONFLICT DO NOTHING
                RETURNING 1"""
-
-
-#: A micro-batch's keys in one statement (strings, not arrays: cheaper to send from Python).
-CLAIM_MANY = """INSERT INTO consumer_processed_keys
-                    (group_id, key, topic, partition, "offset", processed_at)
-                SELECT %s, decode(k, 'hex'), t, p, o, %s
-                FROM unnest(string_to_array(%s, ','), string_to_array(%s, ','),
-                            string_to_array(%s, ',')::integer[],
-                            string_to_array(%s, ',')::bigint[]) AS u(k, t, p, o)
-                ON CONFLICT DO NOTHING
-                RETURNING key"""
+#: A micro-batch's keys in one statement: the store's batch claim, new keys returned.
+CLAIM_MANY = CLAIM_UNLESS_PROCESSED
 
 
 class Transaction:
@@ -173,11 +164,7 @@ class PostgresTransactions:
         ordered = sorted(claims, key=_by_key)
         try:
             with self._errors():
-                rows = conn.execute(CLAIM_MANY, (
-                    group, now, ",".join([c.key.hex() for c in ordered]),
-                    ",".join([c.topic for c in ordered]),
-                    ",".join([str(c.partition) for c in ordered]),
-                    ",".join([str(c.offset) for c in ordered]))).fetchall()
+                rows = conn.execute(CLAIM_MANY, claim_values(group, now, ordered)).fetchall()
         except StoreError as error:
             return None, error
         new = {bytes(row[0]) for row in rows}

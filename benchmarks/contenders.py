@@ -173,6 +173,21 @@ IO_CONTENDERS: tuple[Contender, ...] = (
         in_flight=1, messages=1_500, kind="framework",
         concurrency="no `concurrency` key (1: one message at a time, as before)",
         commits="watermarks, asynchronously, every 1,000 messages or 1 s"),
+    _io("io-ceiling-async-c1000", "benchmarks.runners.raw_io:run", PROJECT,
+        {"mode": "asyncio", "concurrency": 1000}, kind="baseline",
+        in_flight=1000, messages=300_000,
+        concurrency="a plain confluent-kafka loop on one event loop, up to 1,000 "
+                    "`asyncio.sleep` tasks at once, no ordering",
+        commits="offsets handed out, asynchronously every 1 s (before the handler ran): a "
+                "ceiling, not a way to run"),
+    _io("io-ceiling-postgres-c32", "benchmarks.runners.raw_io:run", PROJECT,
+        {"mode": "postgres", "concurrency": 32, "batch": 8}, kind="baseline",
+        in_flight=32, messages=50_000, needs=("postgres",),
+        concurrency="a plain confluent-kafka loop feeding 32 threads, each with its own "
+                    "psycopg connection: up to 8 messages per transaction, one row each then "
+                    "the wait, no ordering, no processed keys",
+        commits="offsets handed out, asynchronously every 1 s (before the handler ran): a "
+                "ceiling, not a way to run"),
     _io("io-arroyo-threads-c100", "benchmarks.runners.arroyo:run", "arroyo",
         {"mode": "threads", "concurrency": 100, "max_pending": 1000},
         in_flight=100, messages=150_000,

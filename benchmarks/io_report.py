@@ -18,6 +18,10 @@ PEERS_OF = {
            "io-faststream-confluent-sync-c100"),
     ASYNC: ("io-faststream-confluent-async-c1000", "io-faststream-aiokafka-async-c1000"),
 }
+#: Each framework contender and its ceiling: the same handler on a plain client loop with none
+#: of the guarantees (``benchmarks/runners/raw_io.py``), what Python allows here. Read, not a
+#: goal.
+CEILING_OF = {ASYNC: "io-ceiling-async-c1000", POSTGRES: "io-ceiling-postgres-c32"}
 
 
 def render_io(io: IoBound, throughput: list[Standing]) -> str:
@@ -150,6 +154,12 @@ def _goals(standings: list[Standing], throughput: list[Standing]) -> str:
             ratio = mine / theirs
             rows.append(f"| {mine_name} ahead of {peer} | {ratio:.2f}x ({mine:,.0f} vs "
                         f"{theirs:,.0f} msg/s) | {'yes' if ratio > 1 else 'no'} |")
+    for mine_name, ceiling in CEILING_OF.items():
+        mine, _ = rate(mine_name)
+        top, _ = rate(ceiling)
+        if mine is not None and top is not None:
+            rows.append(f"| (read, not a goal) {mine_name} against its ceiling {ceiling} "
+                        f"| {mine / top:.2f}x ({mine:,.0f} vs {top:,.0f} msg/s) | |")
     return "\n".join(rows) + "\n"
 
 

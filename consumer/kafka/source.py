@@ -76,6 +76,8 @@ class KafkaSource:
         self._callback_error: BaseException | None = None
         #: The last refused SASL handshake the client reported (fatal while waiting at start).
         self._refused: KafkaError | None = None
+        #: The subscription's one topic; None: several (each record names its own).
+        self._only_topic: str | None = None
         self._consumer = Consumer(self._client_config())
 
     # --- configuration -----------------------------------------------------------------------
@@ -144,8 +146,12 @@ class KafkaSource:
 
     def subscribe(self, topics: Iterable[str], listener: SourceListener) -> None:
         self._listener = listener
+        chosen = list(topics)
+        # One topic (names, never patterns: routes name topics): every record is of it, so
+        # the poll gives each message that one string instead of a new copy from the client.
+        self._only_topic = chosen[0] if len(chosen) == 1 else None
         self._consumer.subscribe(
-            list(topics),
+            chosen,
             on_assign=self._assign_cb,
             on_revoke=self._revoke_cb,
             on_lost=self._lost_cb,
@@ -168,8 +174,12 @@ class KafkaSource:
             raise translate_error(error.args[0]) from error
         self._raise_callback_error()
         # A record without an error always has coordinates; the client's hints say Optional.
+        only = self._only_topic
         messages: list[Message] = [
             RecordMessage(r, r.topic(), r.partition(), r.offset())  # type: ignore[arg-type]
+            for r in raw if r.error() is None
+        ] if only is None else [
+            RecordMessage(r, only, r.partition(), r.offset())  # type: ignore[arg-type]
             for r in raw if r.error() is None
         ]
         if len(messages) != len(raw):  # rare: errors travel as records

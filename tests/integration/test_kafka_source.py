@@ -65,3 +65,27 @@ def test_a_poll_returns_a_message_of_a_quiet_topic_when_it_arrives_not_at_the_ti
         assert waited < LONG_POLL / 2, f"the poll waited {waited:.1f} s for one message"
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("topics", [1, 2])
+def test_each_message_names_the_topic_it_was_read_from(kafka_bootstrap: str,
+                                                        topics: int) -> None:
+    """With one topic subscribed the poll gives every message the subscription's name instead
+    of asking the client for it; with several, each record's own."""
+    names = [create_topic(kafka_bootstrap, 2, prefix=f"named{index}") for index in range(topics)]
+    for name in names:
+        produce(kafka_bootstrap, name, [name.encode()] * 5)
+    source = KafkaSource(KafkaSettings(bootstrap_servers=kafka_bootstrap,
+                                       group_id=unique_name("named"),
+                                       auto_offset_reset="earliest"))
+    source.subscribe(names, Assignments())
+    seen: list[tuple[str, bytes | None]] = []
+    try:
+        def read_all() -> bool:
+            seen.extend((m.topic, m.value) for m in source.poll(500, 0.2))
+            return len(seen) >= 5 * topics
+
+        wait_for(read_all, timeout=30, what=f"the {5 * topics} messages of {names}")
+    finally:
+        source.close()
+    assert sorted(seen) == sorted((name, name.encode()) for name in names for _ in range(5))

@@ -27,9 +27,7 @@ from typing import Any
 
 from benchmarks.runners.tally import RunSpec, Tally
 
-SLEEP_SECONDS = 0.01  # contenders.SLEEP_SECONDS (standard library only here)
-INSERT = """INSERT INTO bench_effects (group_id, topic, partition, "offset")
-            VALUES (%s, %s, %s, %s)"""
+SLEEP_SECONDS = 0.01  # contenders.SLEEP_SECONDS
 
 
 def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
@@ -130,11 +128,12 @@ def _run_postgres(consumer: Any, spec: RunSpec, tally: Tally, concurrency: int,
                   batch: int) -> dict[str, Any]:
     import psycopg
 
+    from benchmarks.effects import INSERT, TABLE  # the framework contender's effect rows
+
     dsn = os.environ.get("CONSUMER_TEST_POSTGRES_DSN")
     if not dsn:
         raise RuntimeError("mode=postgres needs CONSUMER_TEST_POSTGRES_DSN")
     with psycopg.connect(dsn, autocommit=True) as admin:
-        from benchmarks.effects import TABLE
         admin.execute(TABLE)
     work: queue.Queue[Any] = queue.Queue(maxsize=concurrency * batch * 2)
     offsets = _Offsets(consumer, spec.topic)

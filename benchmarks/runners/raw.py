@@ -48,10 +48,10 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
             if tally.add():
                 break
             if since_commit >= every_messages:
-                _commit(consumer, spec.topic, next_offsets, TopicPartition)
+                commit_offsets(consumer, spec.topic, next_offsets, TopicPartition)
                 since_commit, last_commit_at, commits = 0, time.monotonic(), commits + 1
         if since_commit and time.monotonic() - last_commit_at >= every_seconds:
-            _commit(consumer, spec.topic, next_offsets, TopicPartition)
+            commit_offsets(consumer, spec.topic, next_offsets, TopicPartition)
             since_commit, last_commit_at, commits = 0, time.monotonic(), commits + 1
     final = [TopicPartition(spec.topic, p, o) for p, o in next_offsets.items()]
     consumer.commit(offsets=final, asynchronous=False)
@@ -60,5 +60,5 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
             "librdkafka": confluent_kafka.libversion()[0], "commits": commits + 1}
 
 
-def _commit(consumer: Any, topic: str, offsets: dict[int, int], tp: Any) -> None:
+def commit_offsets(consumer: Any, topic: str, offsets: dict[int, int], tp: Any) -> None:
     consumer.commit(offsets=[tp(topic, p, o) for p, o in offsets.items()], asynchronous=True)

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any
 
+from benchmarks.runners.raw import commit_offsets
 from benchmarks.runners.tally import RunSpec, Tally
 
 SLEEP_SECONDS = 0.01  # contenders.SLEEP_SECONDS
@@ -77,25 +78,17 @@ class _Offsets:
 
     def maybe_commit(self) -> None:
         if self._next and time.monotonic() - self._at >= 1.0:
-            self._consumer.commit(offsets=[self._tp(self._topic, p, o)
-                                           for p, o in self._next.items()], asynchronous=True)
+            commit_offsets(self._consumer, self._topic, self._next, self._tp)
             self._at = time.monotonic()
             self.commits += 1
-
-
-def _new_loop() -> Any:
-    import asyncio
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _run_asyncio(consumer: Any, spec: RunSpec, tally: Tally, concurrency: int) -> dict[str, Any]:
     import asyncio
 
-    loop = _new_loop()
+    from consumer.engine.concurrency.runners import new_event_loop  # the framework's choice
+
+    loop = new_event_loop()
     offsets = _Offsets(consumer, spec.topic)
     running = 0
 
@@ -128,13 +121,13 @@ def _run_postgres(consumer: Any, spec: RunSpec, tally: Tally, concurrency: int,
                   batch: int) -> dict[str, Any]:
     import psycopg
 
-    from benchmarks.effects import INSERT, TABLE  # the framework contender's effect rows
+    from benchmarks.effects import INSERT, EffectsStore  # the framework contender's rows
 
     dsn = os.environ.get("CONSUMER_TEST_POSTGRES_DSN")
     if not dsn:
         raise RuntimeError("mode=postgres needs CONSUMER_TEST_POSTGRES_DSN")
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(TABLE)
+    with EffectsStore(dsn) as effects:
+        effects.prepare()
     work: queue.Queue[Any] = queue.Queue(maxsize=concurrency * batch * 2)
     offsets = _Offsets(consumer, spec.topic)
     lock = threading.Lock()
@@ -176,6 +169,6 @@ def _run_postgres(consumer: Any, spec: RunSpec, tally: Tally, concurrency: int,
         offsets.maybe_commit()
     for thread in threads:
         thread.join()
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute("DELETE FROM bench_effects WHERE group_id = %s", (spec.group,))
+    with EffectsStore(dsn) as effects:
+        effects.forget(spec.group)
     return {"commits": offsets.commits}

@@ -176,10 +176,7 @@ class KafkaSource:
         # A record without an error always has coordinates; the client's hints say Optional.
         only = self._only_topic
         messages: list[Message] = [
-            RecordMessage(r, r.topic(), r.partition(), r.offset())  # type: ignore[arg-type]
-            for r in raw if r.error() is None
-        ] if only is None else [
-            RecordMessage(r, only, r.partition(), r.offset())  # type: ignore[arg-type]
+            RecordMessage(r, only or r.topic(), r.partition(), r.offset())  # type: ignore[arg-type]
             for r in raw if r.error() is None
         ]
         if len(messages) != len(raw):  # rare: errors travel as records

@@ -81,7 +81,7 @@ class PostgresTransactions:
         try:
             # 1. claim the key: waits for a session holding it uncommitted, then sees its
             # outcome (committed: a duplicate; rolled back: ours)
-            with self._errors():
+            with transaction_errors(self._where, self._session):
                 new = conn.execute(CLAIM_ONE, (group, claim.key, claim.topic, claim.partition,
                                                claim.offset, now)).fetchone() is not None
             if not new:
@@ -92,22 +92,14 @@ class PostgresTransactions:
                 work(Transaction(conn))
             except BaseException as error:
                 _rollback_quietly(conn)
-                if _transient(error):
-                    raise StoreUnavailable(
-                        f"the handler of {claim.topic}[{claim.partition}]@{claim.offset} hit "
-                        f"a transient database error ({type(error).__name__}: "
-                        f"{str(error).strip()}) on PostgreSQL store {self._where}; it rolled "
-                        "back and is retried, it is not the message's failure") from error
+                if transient(error):
+                    raise handler_store_error(claim, self._where, error) from error
                 raise
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 _rollback_quietly(conn)
-                raise StoreError(
-                    f"the handler of {claim.topic}[{claim.partition}]@{claim.offset} caught a "
-                    f"database error and returned on PostgreSQL store {self._where}: its "
-                    "transaction had failed, so nothing of it was committed. Let database "
-                    "errors leave the handler (the store retries transient ones)")
+                raise swallowed_error(claim, self._where)
             # 3. commit the effects with the key
-            with self._errors():
+            with transaction_errors(self._where, self._session):
                 conn.commit()
             return True
         finally:
@@ -142,7 +134,7 @@ class PostgresTransactions:
                 f"not applied: {claims[failed].topic}[{claims[failed].partition}]@"
                 f"{claims[failed].offset} in the same transaction stopped the process")
             return [cause if index == failed else held for index in again]
-        if failed is not None and cause is not None and not _transient(cause):
+        if failed is not None and cause is not None and not transient(cause):
             log.info("%s[%d]@%d failed inside a micro-batch of %d: the batch rolled back, its "
                      "other messages run again one transaction each", claims[failed].topic,
                      claims[failed].partition, claims[failed].offset, len(claims))
@@ -163,7 +155,7 @@ class PostgresTransactions:
         # 1. claim every key, in key order (two batches sharing keys never wait in a cycle)
         ordered = sorted(claims, key=_by_key)
         try:
-            with self._errors():
+            with transaction_errors(self._where, self._session):
                 rows = conn.execute(CLAIM_MANY, claim_values(group, now, ordered)).fetchall()
         except StoreError as error:
             return None, error
@@ -185,7 +177,7 @@ class PostgresTransactions:
             outcomes.append(True)
         # 3. commit every message's effects with its key
         try:
-            with self._errors():
+            with transaction_errors(self._where, self._session):
                 conn.commit()
         except StoreError as error:
             return None, error
@@ -207,33 +199,53 @@ class PostgresTransactions:
                 f"{self._pool.timeout:g} s (the server is unreachable, or refuses new "
                 f"connections): {error}") from error
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except psycopg.errors.UndefinedTable as error:
-            raise StoreSchemaError(
-                f"PostgreSQL store {self._where}: {error}; run `consumer store init`"
+
+@contextmanager
+def transaction_errors(where: str, session: PostgresSession) -> Iterator[None]:
+    """psycopg's errors inside a message's transaction as ours: StoreSchemaError (the tables
+    are missing), StoreUnavailable (transient: retry the message), StoreError (the rest)."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as error:
+        raise StoreSchemaError(
+            f"PostgreSQL store {where}: {error}; run `consumer store init`"
+        ) from error
+    except psycopg.Error as error:
+        if is_transient(error) or isinstance(
+                error, psycopg.errors.IdleInTransactionSessionTimeout):
+            lock = ""
+            if isinstance(error, psycopg.errors.LockNotAvailable):
+                lock = (f"waited store.postgres_lock_timeout_seconds "
+                        f"({session.lock_timeout:g} s) for a key another session "
+                        "holds uncommitted (a previous owner frozen in its transaction is "
+                        "ended after store.postgres_idle_in_transaction_timeout_seconds); ")
+            raise StoreUnavailable(
+                f"PostgreSQL store {where}: {lock}the message's transaction rolled "
+                f"back and is retried: {type(error).__name__}: {str(error).strip()}"
             ) from error
-        except psycopg.Error as error:
-            if is_transient(error) or isinstance(
-                    error, psycopg.errors.IdleInTransactionSessionTimeout):
-                lock = ""
-                if isinstance(error, psycopg.errors.LockNotAvailable):
-                    lock = (f"waited store.postgres_lock_timeout_seconds "
-                            f"({self._session.lock_timeout:g} s) for a key another session "
-                            "holds uncommitted (a previous owner frozen in its transaction is "
-                            "ended after store.postgres_idle_in_transaction_timeout_seconds); ")
-                raise StoreUnavailable(
-                    f"PostgreSQL store {self._where}: {lock}the message's transaction rolled "
-                    f"back and is retried: {type(error).__name__}: {str(error).strip()}"
-                ) from error
-            raise StoreError(
-                f"PostgreSQL store {self._where}: {type(error).__name__}: {error}"
-            ) from error
+        raise StoreError(
+            f"PostgreSQL store {where}: {type(error).__name__}: {error}"
+        ) from error
 
 
-def _transient(error: BaseException) -> bool:
+def handler_store_error(claim: Claim, where: str, error: BaseException) -> StoreUnavailable:
+    """A handler's work raised the store's transient error (or wrapped one in its own)."""
+    return StoreUnavailable(
+        f"the handler of {claim.topic}[{claim.partition}]@{claim.offset} hit a transient "
+        f"database error ({type(error).__name__}: {str(error).strip()}) on PostgreSQL store "
+        f"{where}; it rolled back and is retried, it is not the message's failure")
+
+
+def swallowed_error(claim: Claim, where: str) -> StoreError:
+    """A handler's work returned with its transaction failed."""
+    return StoreError(
+        f"the handler of {claim.topic}[{claim.partition}]@{claim.offset} caught a database "
+        f"error and returned on PostgreSQL store {where}: its transaction had failed, so "
+        "nothing of it was committed. Let database errors leave the handler (the store "
+        "retries transient ones)")
+
+
+def transient(error: BaseException) -> bool:
     """The error itself, or what a handler wrapped in its own, is the store's: a lost
     connection, a lock timeout, a deadlock, a serialization failure (or already ours)."""
     cause: BaseException | None = error

@@ -18,12 +18,19 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import FrameType
+from typing import cast
 
 from opentelemetry.trace import Tracer
 
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.policy import CheckpointPolicy
-from consumer.checkpoint.store_message import StoreRows, StoreWork, Tally
+from consumer.checkpoint.store_message import (
+    AsyncHandler,
+    AsyncStoreWork,
+    StoreRows,
+    StoreWork,
+    Tally,
+)
 from consumer.clock import Clock, SystemClock
 from consumer.dedup import KeyFormat, KeyFunction, key_function
 from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher, RouteWork, is_async
@@ -33,7 +40,6 @@ from consumer.engine.dispatch import Dispatcher
 from consumer.engine.loop import ConsumerLoop
 from consumer.engine.mode import CheckpointMode
 from consumer.engine.store_mode import StoreMode
-from consumer.errors import ConfigError
 from consumer.events import Observer, Observers
 from consumer.failures.retries import Failures, build_policies
 from consumer.kafka.producer import KafkaDeadLetterSink
@@ -47,7 +53,7 @@ from consumer.observability.offset_refresh import OffsetRefresher
 from consumer.observability.tracing import Tracing
 from consumer.routing import Route, Router
 from consumer.settings import Settings
-from consumer.store import Store, open_configured
+from consumer.store import AsyncMessageTransactions, MessageTransactions, Store, open_configured
 from consumer.store.purge import ProcessedKeyPurger
 
 log = logging.getLogger("consumer.app")
@@ -119,12 +125,6 @@ def build_loop(
                               every_seconds=settings.checkpoint.every_seconds)
     mode: CheckpointMode
     if store is not None or settings.store.enabled:
-        asynchronous = [topic for topic in concurrent if is_async(router.route_for(topic).handler)]
-        if asynchronous:
-            raise ConfigError([
-                f"routes.{topic}: an async def handler with a store: context.db is a blocking "
-                "database connection that would stall the event loop; make the handler a "
-                "plain def (with concurrency: N it runs on N threads)" for topic in asynchronous])
         store = store or open_configured(settings.store)
         if instruments is not None:
             store = instruments.store(store)
@@ -186,22 +186,38 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
                           observer: Observer, instruments: Instruments | None,
                           ) -> ConcurrentStoreMode:
     """Store mode with handlers on workers: each route's handler applied in a transaction of
-    its own per message, on a pool of as many connections as there are workers (raises
-    ConfigError for a store that takes one writer: SQLite)."""
+    its own per message, on a pool of as many connections as there are workers (``async def``
+    handlers: an asynchronous pool of at most ``store.postgres_async_connections``). Raises
+    ConfigError for a store that has no such transactions (SQLite, MariaDB)."""
     group = settings.kafka.group_id
     work = {topic: RouteWork(route.concurrency, route.ordering,
                              batch=settings.store.micro_batch_messages)
             for topic, route in settings.routes.items()}
-    transactions = store.message_transactions(
-        sum(work.get(topic, RouteWork(1, "key")).concurrency for topic in router.topics))
+    asynchronous = [topic for topic in router.topics if is_async(router.route_for(topic).handler)]
+    synchronous = [topic for topic in router.topics if topic not in asynchronous]
+    transactions: list[MessageTransactions | AsyncMessageTransactions] = []
+    if asynchronous:  # first: a store without them names the async handlers as the reason
+        awaited = store.async_message_transactions(min(
+            settings.store.postgres_async_connections,
+            sum(work.get(topic, RouteWork(1, "key")).concurrency for topic in asynchronous)))
+        transactions.append(awaited)
+    if synchronous:
+        threaded = store.message_transactions(
+            sum(work.get(topic, RouteWork(1, "key")).concurrency for topic in synchronous))
+        transactions.append(threaded)
     tally = Tally()
     routes = []
     for topic in router.topics:
         route = router.route_for(topic)
-        routes.append(Route(topic, StoreWork(route.handler, transactions=transactions,
-                                             group=group, key_function=keys[topic],
-                                             wall=clock.wall, tally=tally),
-                            route.handler_path))
+        wrapped: StoreWork | AsyncStoreWork
+        if topic in asynchronous:
+            wrapped = AsyncStoreWork(cast(AsyncHandler, route.handler), transactions=awaited,
+                                     group=group,
+                                     key_function=keys[topic], wall=clock.wall, tally=tally)
+        else:
+            wrapped = StoreWork(route.handler, transactions=threaded, group=group,
+                                key_function=keys[topic], wall=clock.wall, tally=tally)
+        routes.append(Route(topic, wrapped, route.handler_path))
     outage = StoreOutage(observer, clock, max_backoff=settings.store.max_backoff_seconds)
     dispatcher = ConcurrentDispatcher(
         Router(routes), work, group=group, keys=keys, failures=failures, source=source, clock=clock,

@@ -168,7 +168,8 @@ class Context:
       route's dedup key); pass it to downstream systems that are not in the store.
     - ``db``: with a store, the connection inside the open transaction; write your effects
       with it and they commit exactly once, together with the checkpoint.
-    - ``execute(sql, params)``: run SQL on ``db`` with ``%s`` placeholders on every store.
+    - ``execute(sql, params)``: run SQL on ``db`` with ``%s`` placeholders on every store
+      (an ``async def`` handler on PostgreSQL awaits it: ``db`` is an ``AsyncConnection``).
     - ``span``: the OpenTelemetry span of this handler call (with ``tracing.enabled``); add
       attributes or events to it. With tracing off, a span that records nothing.
 

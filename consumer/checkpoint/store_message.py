@@ -2,7 +2,8 @@
 each message in a transaction of its own, and the checkpoint rows the poll thread moves to the
 watermark.
 
-:class:`StoreWork` wraps the handler: on the worker's thread it makes the message's dedup key,
+:class:`StoreWork` wraps the handler (:class:`AsyncStoreWork` an ``async def`` one, on the event
+loop, awaiting its statements): on the worker's thread it makes the message's dedup key,
 then (``Store.message_transactions``) claims it, runs the handler with ``context.db`` bound to
 that transaction's connection, and commits effects and key together. A key processed before
 makes the message a duplicate (the handler does not run). Raises what the handler raised (the
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
@@ -29,7 +30,16 @@ from consumer.errors import Fenced, KafkaError, StoreError
 from consumer.events import Trigger
 from consumer.message import TP, Context, Message, Scope, StoreLike
 from consumer.routing import Handler
-from consumer.store import CheckpointRow, Claim, MessageTransactions, Store
+from consumer.store import (
+    AsyncMessageTransactions,
+    CheckpointRow,
+    Claim,
+    MessageTransactions,
+    Store,
+)
+
+#: An ``async def`` handler.
+AsyncHandler = Callable[[Message, Context], Awaitable[object]]
 
 
 class Tally:
@@ -114,6 +124,39 @@ class StoreWork:
                 else:
                     count(result)
         return outcomes
+
+
+class AsyncStoreWork:
+    """One route's ``async def`` handler, applied exactly once per message in a transaction
+    of its own on the event loop (``Store.async_message_transactions``): the handler awaits
+    its statements, ``await context.execute(...)``. Raises as :class:`StoreWork` does."""
+
+    __slots__ = ("_group", "_handler", "_key_function", "_tally", "_transactions", "_wall")
+
+    def __init__(self, handler: AsyncHandler, *, transactions: AsyncMessageTransactions,
+                 group: str, key_function: KeyFunction, wall: Callable[[], float],
+                 tally: Tally) -> None:
+        self._handler = handler
+        self._transactions = transactions
+        self._group = group
+        self._key_function = key_function
+        self._wall = wall
+        self._tally = tally
+
+    async def __call__(self, message: Message, context: Context) -> None:
+        """The event loop's call (``context`` as :meth:`StoreWork.__call__`'s)."""
+        key_function = self._key_function
+        key = key_function(message)  # raises DedupKeyFailed: a failing message
+        handler, group = self._handler, self._group
+
+        async def work(db: StoreLike) -> None:
+            await handler(message, Context(Scope(group, store=db, key_function=key_function),
+                                           message, key))
+
+        applied = await self._transactions.apply(
+            group, Claim(key, message.topic, message.partition, message.offset),
+            self._wall(), work)
+        self._tally.count(applied)
 
 
 def _work(handler: Handler, message: Message, group: str, key_function: KeyFunction,

@@ -1,12 +1,14 @@
 """Store mode with concurrency: handlers run on workers, each message applied exactly once in
 a transaction of its own, and the partitions' checkpoint rows follow the watermarks.
 
-Chosen by the wiring when a store is configured and a route has ``concurrency`` above 1
-(PostgreSQL only: SQLite refuses, one writer). The concurrent dispatcher
+Chosen by the wiring when a store is configured and a route has ``concurrency`` above 1 or an
+``async def`` handler (PostgreSQL only: SQLite and MariaDB refuse). The concurrent dispatcher
 (:class:`~consumer.engine.concurrency.dispatcher.ConcurrentDispatcher`) runs each route's
 handler wrapped in :class:`~consumer.checkpoint.store_message.StoreWork` (claim the key, run
 the handler with ``context.db`` bound to the message's pooled connection, commit; a worker's
-micro-batch of ``store.micro_batch_messages`` in one such transaction); the poll
+micro-batch of ``store.micro_batch_messages`` in one such transaction; an ``async def``
+handler in :class:`~consumer.checkpoint.store_message.AsyncStoreWork`, on the event loop, a
+transaction per message on an asynchronous pool); the poll
 thread moves a partition's watermark over the contiguous run of messages whose transactions
 committed, and a checkpoint (count, interval, revoke, shutdown) writes the rows that moved in a
 fenced update on the store's own connection (:class:`~consumer.checkpoint.store_message.
@@ -37,7 +39,7 @@ from consumer.engine.store_mode import StoreMode
 from consumer.errors import KafkaError, StoreError, StoreUnavailable
 from consumer.events import Observer, Trigger
 from consumer.message import TP, Message
-from consumer.store import MessageTransactions
+from consumer.store import AsyncMessageTransactions, MessageTransactions
 
 log = logging.getLogger("consumer.transactional")
 
@@ -82,7 +84,7 @@ class ConcurrentStoreMode:
         positions: StoreMode,
         dispatcher: ConcurrentDispatcher,
         *,
-        transactions: MessageTransactions,
+        transactions: Sequence[MessageTransactions | AsyncMessageTransactions],
         rows: StoreRows,
         tally: Tally,
         outage: StoreOutage,
@@ -111,7 +113,8 @@ class ConcurrentStoreMode:
     def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
         if not self._positions.prepare(topics, keep_trying=keep_trying):
             return False
-        self._transactions.open()
+        for transactions in self._transactions:
+            transactions.open()
         return True
 
     def assign(self, partitions: Sequence[TP]) -> tuple[dict[TP, PartitionProgress],
@@ -160,8 +163,11 @@ class ConcurrentStoreMode:
             return False
         finally:
             if trigger is Trigger.SHUTDOWN:
+                # the pools first: an async one closes on the event loop, which
+                # dispatcher.close() stops
+                for transactions in self._transactions:
+                    transactions.close()
                 dispatcher.close()
-                self._transactions.close()
         if trigger is Trigger.SHUTDOWN:
             dispatcher.raise_failure()  # a handler failed while the shutdown waited for it
         return only is None

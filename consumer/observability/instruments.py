@@ -27,6 +27,7 @@ from consumer.kafka.protocol import Source, SourceListener
 from consumer.message import TP, Message
 from consumer.observability.histogram import Histogram
 from consumer.store import (
+    AsyncMessageTransactions,
     CheckpointRow,
     Claim,
     MessageTransactions,
@@ -202,6 +203,10 @@ class TimedStore(Store):
     def message_transactions(self, size: int) -> MessageTransactions:
         """Untimed: workers' transactions are not the poll thread's, which these metrics own."""
         return self._store.message_transactions(size)
+
+    def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
+        """Untimed, as :meth:`message_transactions`."""
+        return self._store.async_message_transactions(size)
 
     def checkpoints(self, group: str) -> dict[TP, int | None]:
         return self._store.checkpoints(group)

@@ -5,7 +5,8 @@ keys and checkpoints commit together. :class:`~consumer.store.base.Store` is the
 
 A store is one connection, used by one thread (the poll thread, or the purge thread with its
 own); ``Store.message_transactions(size)`` gives concurrent handlers a transaction per message
-on pooled connections of their own (PostgreSQL only: SQLite takes one writer). Database
+on pooled connections of their own (PostgreSQL only: SQLite takes one writer), and
+``Store.async_message_transactions(size)`` the same, awaited, to ``async def`` handlers. Database
 errors leave as ``StoreError`` subclasses: ``StoreUnavailable`` (pause and retry),
 ``StoreSchemaError`` (stop, exit 2). Nothing here knows Kafka.
 """
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from consumer.errors import ConfigError
 from consumer.store.base import (
+    AsyncMessageTransactions,
     CheckpointRow,
     Claim,
     MessageTransactions,
@@ -80,6 +82,7 @@ def open_configured(settings: StoreSettings) -> Store:
 
 
 __all__ = [
+    "AsyncMessageTransactions",
     "CheckpointRow",
     "Claim",
     "MessageTransactions",

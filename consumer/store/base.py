@@ -11,7 +11,7 @@ One thread uses a store. Raises ``StoreError`` subclasses (and ``OffsetWentBackw
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -240,6 +240,16 @@ class Store(abc.ABC):
             "concurrency above 1 cannot apply their effects exactly once on it concurrently; "
             "use a PostgreSQL store, or set concurrency: 1 on every route"])
 
+    def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
+        """As :meth:`message_transactions`, awaited on the event loop of ``async def``
+        handlers, sharing ``size`` connections. A backend without an asynchronous driver
+        raises ConfigError."""
+        raise ConfigError([
+            f"store.url: an async def handler with the {self.dialect} store: its transactions "
+            "need an asynchronous connection, which only the PostgreSQL store has; make the "
+            "handler a plain def (with concurrency: N it runs on N threads), or use a "
+            "PostgreSQL store"])
+
     # --- operations ------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -358,6 +368,22 @@ class MessageTransactions(Protocol):
         ...
 
 
+class AsyncMessageTransactions(Protocol):
+    """:class:`MessageTransactions` for ``async def`` handlers: :meth:`apply` runs on the
+    event loop and awaits ``work``, which gets a :class:`StoreLike` whose ``execute`` is a
+    coroutine (``await context.execute(...)``). :meth:`close` may be called from another
+    thread while the loop runs."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def apply(self, group: str, claim: Claim, now: float,
+                    work: Callable[[Any], Awaitable[None]]) -> bool:
+        """As :meth:`MessageTransactions.apply`."""
+        ...
+
+
 def require_version(found: int | None, where: str) -> None:
     from consumer.errors import StoreSchemaError
 
@@ -375,6 +401,7 @@ __all__ = [
     "MIGRATES_FROM",
     "ORDERED_COORDINATES",
     "SCHEMA_VERSION",
+    "AsyncMessageTransactions",
     "CheckpointRow",
     "Claim",
     "MessageTransactions",

@@ -24,6 +24,7 @@ from consumer.store.base import (
     DIGEST_COORDINATES,
     ORDERED_COORDINATES,
     SCHEMA_VERSION,
+    AsyncMessageTransactions,
     CheckpointRow,
     Claim,
     ConflictBackoff,
@@ -369,6 +370,14 @@ class PostgresStore(Store):
         from consumer.store.postgres_pool import PostgresTransactions
 
         return PostgresTransactions(
+            self._dsn, size=size, where=self._where, session=self._session,
+            session_parameters=_session_parameters(self._dsn, self._session),
+            connect_timeout=self._connect_timeout)
+
+    def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
+        from consumer.store.postgres_async import AsyncPostgresTransactions
+
+        return AsyncPostgresTransactions(
             self._dsn, size=size, where=self._where, session=self._session,
             session_parameters=_session_parameters(self._dsn, self._session),
             connect_timeout=self._connect_timeout)

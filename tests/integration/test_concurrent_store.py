@@ -39,10 +39,10 @@ CHAOS_KILLS = int(os.environ.get("CONSUMER_CONCURRENT_CHAOS_KILLS", "8"))
 
 
 def _config(bootstrap: str, group: str, topic: str, store: StoreUnderTest,
-            **postgres: float) -> dict[str, Any]:
+            handler: str = "apply", **postgres: float) -> dict[str, Any]:
     config = consumer_config(bootstrap, group, topic, store=store.url, every_messages=500,
                              every_seconds=1.0, max_poll_interval_ms=7000)
-    config["routes"] = {topic: {"handler": "tests.support.ledger_concurrent:apply",
+    config["routes"] = {topic: {"handler": f"tests.support.ledger_concurrent:{handler}",
                                 "concurrency": CONCURRENCY, "ordering": "key"}}
     config["store"].update({f"postgres_{name}_seconds": value
                             for name, value in postgres.items()})
@@ -179,8 +179,11 @@ def test_a_frozen_member_with_open_transactions_applies_nothing_twice(
         assert "postgres_lock_timeout_seconds" in taken, "the new owner waited for the zombie"
 
 
+@pytest.mark.parametrize(("handler", "kills"), [("apply", CHAOS_KILLS),
+                                               ("apply_async", max(1, CHAOS_KILLS // 2))],
+                         ids=["def", "async-def"])
 def test_three_members_killed_and_a_zombie_apply_every_change_exactly_once(
-    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, handler: str, kills: int
 ) -> None:
     """The chaos of the single-threaded ledger test (tests/support/chaos.py) with ``concurrency:
     16`` and the default micro-batches (8): three members on 6 partitions, 20,000 balance
@@ -192,20 +195,21 @@ def test_three_members_killed_and_a_zombie_apply_every_change_exactly_once(
     checkpoint and the epoch fence refuses it. Every balance exact, no change applied twice or
     lost, the processed keys number the distinct events, no checkpoint row moved back.
     Run with ``defect="no-claim"`` (tests/support/broken_concurrent.py), the verdict reports
-    changes applied twice."""
+    changes applied twice. ``async-def``: the same with the handler an ``async def`` awaiting
+    its statements (a transaction per message on the event loop's pool), half the kills."""
     ledger, topic, group = _prepared(kafka_bootstrap, store, "conc-chaos")
-    config = _config(kafka_bootstrap, group, topic, store, lock_timeout=2,
+    config = _config(kafka_bootstrap, group, topic, store, handler, lock_timeout=2,
                      idle_in_transaction_timeout=5)
     assert "micro_batch_messages" not in config["store"]  # the default is what runs
     chaos = Chaos(tmp_path, config)
     try:
-        run_chaos([chaos], store, kills=CHAOS_KILLS)
+        run_chaos([chaos], store, kills=kills)
         until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
                        timeout=max(300, MESSAGES / 50), what=f"the end ({chaos.logs()})")
     finally:
         chaos.stop()
     verdict = check(store, ledger, group, audited=True)
-    assert chaos.kills >= CHAOS_KILLS and chaos.freezes == 1
+    assert chaos.kills >= kills and chaos.freezes == 1
     assert_fenced(chaos)
     assert chaos.zombie_open_transactions > 0, "the zombie held no transaction open"
     assert verdict.exact, verdict

@@ -11,13 +11,15 @@ on with that checkpoint and writes how it ended. With concurrency (a route's han
 workers, ``consumer.checkpoint.store_message.StoreRows``), the same at a count or interval
 checkpoint with rows to move, once a worker at least holds its transaction open (keys
 claimed, effects written, no COMMIT: workers that finish a message's work wait there while
-the gate is closing): the whole process stops with those transactions open. Each member's
+the gate is closing; an ``async def`` handler's awaits there): the whole process stops with
+those transactions open. Each member's
 PostgreSQL sessions carry the application name ``chaos-member-PID``, so the test can see the
 zombie's open transactions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +38,7 @@ from consumer.cli import main
 from consumer.events import Trigger
 from consumer.message import TP, StoreLike
 from consumer.store import Claim
+from consumer.store.postgres_async import AsyncPostgresTransactions
 from consumer.store.postgres_pool import PostgresTransactions
 
 T = TypeVar("T")
@@ -84,6 +87,21 @@ class _Held:
 
         return held
 
+    def awaited(self, work: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """:meth:`work` for an ``async def`` handler's transaction: the wait for the release
+        runs on a thread of the loop's executor, so the loop goes on meanwhile."""
+        async def held(db: Any) -> None:
+            await work(db)
+            if self.closing:
+                release = self.release
+                with self.lock:
+                    self.count += 1
+                await asyncio.get_running_loop().run_in_executor(None, release.wait)
+                with self.lock:
+                    self.count -= 1
+
+        return held
+
     def close(self, timeout: float) -> bool:
         """Start holding workers (if not yet); whether one is held within ``timeout``."""
         if not self.closing:
@@ -103,6 +121,7 @@ def _install_concurrent_gate(directory: Path) -> None:
     original = StoreRows.run
     held = _Held()
     apply, apply_batch = PostgresTransactions.apply, PostgresTransactions.apply_batch
+    apply_async = AsyncPostgresTransactions.apply
 
     def run(self: StoreRows, trigger: Trigger,
             partitions: Iterable[PartitionProgress]) -> dict[TP, int]:
@@ -128,7 +147,12 @@ def _install_concurrent_gate(directory: Path) -> None:
              works: Sequence[Callable[[StoreLike], None]]) -> list[bool | BaseException]:
         return apply_batch(self, group, claims, now, [held.work(w) for w in works])
 
+    async def awaited(self: AsyncPostgresTransactions, group: str, claim: Claim, now: float,
+                      work: Callable[[Any], Awaitable[None]]) -> bool:
+        return await apply_async(self, group, claim, now, held.awaited(work))
+
     StoreRows.run = run  # type: ignore[method-assign]
+    AsyncPostgresTransactions.apply = awaited  # type: ignore[method-assign]
     PostgresTransactions.apply = one  # type: ignore[method-assign]
     PostgresTransactions.apply_batch = many  # type: ignore[method-assign]
 

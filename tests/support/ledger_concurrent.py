@@ -2,10 +2,12 @@
 and journal entry, written through ``context.execute`` inside the message's own transaction,
 after a random pause of up to 3 ms (a database round trip elsewhere), noting the PostgreSQL
 session it ran on in ``handler_sessions``: more than one session shows transactions ran side by
-side. The tables must exist before the consumers start (:data:`SCHEMA`)."""
+side. The tables must exist before the consumers start (:data:`SCHEMA`). :func:`apply_async` is
+the same as an ``async def`` handler, awaiting its pause and its statements."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -16,18 +18,31 @@ SCHEMA = (*(statement.format(prefix="") for statement in LEDGER_SCHEMA),
           "CREATE TABLE IF NOT EXISTS handler_sessions (pid integer PRIMARY KEY)")
 
 
-def apply(message: Message, context: Context) -> None:
+BALANCE = """INSERT INTO accounts AS a (id, balance) VALUES (%s, %s)
+             ON CONFLICT (id) DO UPDATE SET balance = a.balance + excluded.balance"""
+ENTRY = """INSERT INTO ledger_entries (event, account, amount, topic, partition, "offset")
+           VALUES (%s, %s, %s, %s, %s, %s)"""
+SESSION = "INSERT INTO handler_sessions VALUES (pg_backend_pid()) ON CONFLICT DO NOTHING"
+
+
+def _rows(message: Message) -> tuple[tuple[str, int], tuple[str, str, int, str, int, int]]:
     change = message.json()
     account, amount = str(change["account"]), int(change["amount"])
+    return (account, amount), (str(change["event"]), account, amount, message.topic,
+                               message.partition, message.offset)
+
+
+def apply(message: Message, context: Context) -> None:
+    balance, entry = _rows(message)
     time.sleep(random.random() * 0.003)
-    context.execute(
-        """INSERT INTO accounts AS a (id, balance) VALUES (%s, %s)
-           ON CONFLICT (id) DO UPDATE SET balance = a.balance + excluded.balance""",
-        (account, amount))
-    context.execute(
-        """INSERT INTO ledger_entries (event, account, amount, topic, partition, "offset")
-           VALUES (%s, %s, %s, %s, %s, %s)""",
-        (str(change["event"]), account, amount, message.topic, message.partition,
-         message.offset))
-    context.execute("INSERT INTO handler_sessions VALUES (pg_backend_pid()) "
-                    "ON CONFLICT DO NOTHING")
+    context.execute(BALANCE, balance)
+    context.execute(ENTRY, entry)
+    context.execute(SESSION)
+
+
+async def apply_async(message: Message, context: Context) -> None:
+    balance, entry = _rows(message)
+    await asyncio.sleep(random.random() * 0.003)
+    await context.execute(BALANCE, balance)
+    await context.execute(ENTRY, entry)
+    await context.execute(SESSION)

@@ -1,6 +1,15 @@
 import gc
+from pathlib import Path
 
-from consumer.app import YOUNG_GENERATION_THRESHOLD, collecting_garbage_less
+import pytest
+
+from consumer.app import YOUNG_GENERATION_THRESHOLD, build_loop, collecting_garbage_less
+from consumer.engine.concurrent_store_mode import ConcurrentStoreMode
+from consumer.errors import ConfigError
+from consumer.message import Context, Message
+from consumer.routing import Route, Router
+from consumer.testing import InMemorySource
+from tests.support.wiring import loop_settings
 
 
 def test_the_loop_runs_with_what_exists_frozen_and_fewer_young_collections_then_all_is_undone(
@@ -11,3 +20,38 @@ def test_the_loop_runs_with_what_exists_frozen_and_fewer_young_collections_then_
         assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, *before[1:])
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+async def _async_handler(message: Message, context: Context) -> None:
+    await context.execute("SELECT 1")
+
+
+def _plain_handler(message: Message, context: Context) -> None:
+    context.execute("SELECT 1")
+
+
+def test_an_async_handler_with_a_sqlite_store_is_refused_naming_the_async_handler(
+        tmp_path: Path) -> None:
+    """SQLite has no asynchronous connection: the error says so (not the one-writer error of
+    the plain route beside it), and what to do."""
+    settings = loop_settings(["a", "b"], route={"concurrency": 1},
+                             store={"url": f"sqlite:///{tmp_path / 'store.db'}"})
+    router = Router([Route("a", _async_handler, "x:a"), Route("b", _plain_handler, "x:b")])
+    with pytest.raises(ConfigError, match=r"async def handler.*only the PostgreSQL store"):
+        build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
+
+
+def test_an_async_handler_with_a_postgres_store_gets_its_own_pool_of_capped_size() -> None:
+    """The async route's transactions share ``store.postgres_async_connections`` connections
+    (its concurrency is higher); the plain route beside it keeps its threads' pool. Nothing
+    connects here: PostgreSQL pools open at the first message."""
+    settings = loop_settings(["a", "b"], route={"concurrency": 100},
+                             store={"url": "postgresql://nobody@127.0.0.1:1/none",
+                                    "postgres_async_connections": 20})
+    router = Router([Route("a", _async_handler, "x:a"), Route("b", _plain_handler, "x:b")])
+    loop = build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
+    mode = loop._mode
+    assert isinstance(mode, ConcurrentStoreMode)
+    pools = {type(pool).__name__: pool for pool in mode._transactions}
+    assert pools["AsyncPostgresTransactions"]._size == 20
+    assert pools["PostgresTransactions"]._pool.max_size == 100

@@ -16,6 +16,7 @@ from consumer.errors import HandlerFailed, KafkaError, StoreUnavailable
 from consumer.message import Context, Message
 from consumer.observability.instruments import Instruments
 from consumer.observability.metrics import METRICS
+from consumer.store.postgres import PostgresStore
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemorySource
 from tests.support.scrape import PER_PARTITION
@@ -446,3 +447,15 @@ def test_a_large_batch_ages_a_sample_that_stands_for_every_message() -> None:
     count, total = m.histogram("consumer_message_age_seconds", topic="t")
     assert count == 500
     assert total == pytest.approx(500 * 7.0)
+
+
+
+def test_the_timed_store_passes_the_concurrent_transactions_through() -> None:
+    """The store's transactions for concurrent handlers come from the wrapped store: the base
+    class's defaults refuse them, so the consumer stopped at start with an ``async def``
+    handler and a PostgreSQL store whenever metrics were on. (PostgreSQL connects at first
+    use: nothing here reaches a server.)"""
+    timed = Instruments(now=ManualClock().monotonic).store(
+        PostgresStore("postgresql://nobody@127.0.0.1:1/none"))
+    assert type(timed.message_transactions(2)).__name__ == "PostgresTransactions"
+    assert type(timed.async_message_transactions(2)).__name__ == "AsyncPostgresTransactions"

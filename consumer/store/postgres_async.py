@@ -1,0 +1,162 @@
+"""PostgreSQL transactions of one message each for ``async def`` handlers, on the event loop
+that runs them (psycopg's ``AsyncConnectionPool``).
+
+:meth:`AsyncPostgresTransactions.apply` does what
+:meth:`~consumer.store.postgres_pool.PostgresTransactions.apply` does, awaiting instead of
+blocking: borrow a connection (waiting for one never blocks the loop), claim the message's dedup
+key, await the handler's work with ``context.db`` bound to that connection (an
+``AsyncConnection``: ``await context.execute(...)``), commit. A message holds its connection
+from its claim to its commit, so at most ``size`` messages of the async routes are inside
+their transactions at once, whatever the routes' concurrency. The pool opens on the loop's
+thread at the first message (a pool belongs to the loop it runs on) and is closed from the poll
+thread while that loop still runs. Event loop thread only, but for :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from consumer.errors import StoreUnavailable
+from consumer.store.base import Claim, PostgresSession
+from consumer.store.postgres_pool import (
+    CLAIM_ONE,
+    handler_store_error,
+    swallowed_error,
+    transaction_errors,
+    transient,
+)
+
+log = logging.getLogger("consumer.store")
+
+#: Seconds :meth:`AsyncPostgresTransactions.close` waits for the pool to close on its loop.
+CLOSE_SECONDS = 5.0
+
+
+class AsyncTransaction:
+    """``context.db`` and ``context.execute`` inside one message's transaction, for an
+    ``async def`` handler: ``await context.execute(sql, params)``."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self.connection = connection
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.AsyncCursor[Any]:
+        return await self.connection.execute(sql, tuple(params))
+
+
+AsyncWork = Callable[[AsyncTransaction], Awaitable[None]]
+
+
+class AsyncPostgresTransactions:
+    """A pool of ``size`` connections on the event loop; one message's transaction on each at
+    a time."""
+
+    def __init__(self, dsn: str, *, size: int, where: str, session: PostgresSession,
+                 session_parameters: dict[str, Any], connect_timeout: float = 10.0) -> None:
+        self._where = where
+        self._session = session
+        self._pool = AsyncConnectionPool(
+            dsn, min_size=size, max_size=size, open=False, name="consumer-store-async",
+            # Waiting for a connection once a slot is ours (one is free): only an unreachable
+            # server makes a message wait this long.
+            timeout=connect_timeout,
+            kwargs={**session_parameters, "autocommit": False,
+                    "connect_timeout": max(1, int(connect_timeout))},
+        )
+        self._size = size
+        #: ``size`` slots: a message waits for one (as long as other messages hold them)
+        #: before it borrows a connection. Made on the loop, with the pool.
+        self._slots: asyncio.Semaphore | None = None
+        #: The loop the pool opened on (None: not opened yet).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def open(self) -> None:
+        """Nothing yet: the pool opens on the event loop, at the first message."""
+
+    def close(self) -> None:
+        """Close the pool on its loop (from any thread, while the loop runs): idle
+        connections close now, borrowed ones as they come back."""
+        self._closed = True
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return  # never opened, or the loop is gone: the server ends the sessions
+        future = asyncio.run_coroutine_threadsafe(self._pool.close(timeout=CLOSE_SECONDS / 2), loop)
+        try:
+            future.result(CLOSE_SECONDS)
+        except Exception as error:  # closing is best effort: the process is leaving
+            log.warning("closing the async PostgreSQL pool of store %s: %s", self._where,
+                        error)
+
+    async def apply(self, group: str, claim: Claim, now: float, work: AsyncWork) -> bool:
+        """As :meth:`consumer.store.base.MessageTransactions.apply`, awaited: 1. claim the key
+        2. await the work 3. commit; the connection goes back to the pool whatever happened."""
+        slots = self._slots or await self._open()
+        async with slots:
+            return await self._apply(group, claim, now, work)
+
+    async def _apply(self, group: str, claim: Claim, now: float, work: AsyncWork) -> bool:
+        conn = await self._getconn()
+        try:
+            with transaction_errors(self._where, self._session):
+                cursor = await conn.execute(CLAIM_ONE, (group, claim.key, claim.topic,
+                                                        claim.partition, claim.offset, now))
+                new = await cursor.fetchone() is not None
+            if not new:
+                await _rollback_quietly(conn)
+                return False
+            try:
+                await work(AsyncTransaction(conn))
+            except BaseException as error:
+                await _rollback_quietly(conn)
+                if transient(error):
+                    raise handler_store_error(claim, self._where, error) from error
+                raise
+            if conn.info.transaction_status == TransactionStatus.INERROR:
+                await _rollback_quietly(conn)
+                raise swallowed_error(claim, self._where)
+            with transaction_errors(self._where, self._session):
+                await conn.commit()
+            return True
+        finally:
+            await self._pool.putconn(conn)  # rolls back what is left; replaces a broken one
+
+    async def _open(self) -> asyncio.Semaphore:
+        """Open the pool on the running loop (the first message's call)."""
+        if self._closed:
+            raise StoreUnavailable(f"the async pool of PostgreSQL store {self._where} is "
+                                   "closed (the consumer is stopping)")
+        if self._slots is None:
+            self._loop = asyncio.get_running_loop()
+            await self._pool.open(wait=False)  # a second call while it opens: a no-op
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self._size)
+        return self._slots
+
+    async def _getconn(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await self._pool.getconn()
+        except PoolTimeout as error:
+            raise StoreUnavailable(
+                f"no connection to PostgreSQL store {self._where} within "
+                f"{self._pool.timeout:g} s (the server is unreachable, or refuses new "
+                f"connections): {error}") from error
+
+
+async def _rollback_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
+    """End the transaction; on a broken connection there is nothing to end (the server
+    rolled it back), and the pool replaces the connection."""
+    if conn.closed or conn.broken:
+        return
+    try:
+        await conn.rollback()
+    except psycopg.Error as error:
+        log.warning("rolling back a message's transaction failed: %s", error)

@@ -1,0 +1,203 @@
+"""A transaction per message for ``async def`` handlers (``Store.async_message_transactions``),
+on a real PostgreSQL server and the event loop the consumer runs them on (uvloop's): the key
+claim and the handler's awaited writes commit together; a failing, disconnected or
+error-swallowing handler commits nothing; many messages at once share the pool's connections.
+The whole consumer with an async handler: tests/integration/test_concurrent_store.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from consumer.engine.concurrency.runners import new_event_loop
+from consumer.errors import StoreError, StoreUnavailable
+from consumer.store import AsyncMessageTransactions, Claim, PostgresSession
+from consumer.store.postgres import PostgresStore
+from consumer.store.postgres_async import AsyncTransaction
+from tests.support.stores import StoreUnderTest
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("store", ["postgresql"], indirect=True)]
+
+GROUP = "g"
+SIZE = 4
+T = TypeVar("T")
+
+
+def claim(n: int) -> Claim:
+    return Claim(n.to_bytes(16, "big"), "orders", 0, n)
+
+
+class Loop:
+    """An event loop running in a thread of its own, as the consumer's async runner's."""
+
+    def __init__(self) -> None:
+        self.loop = new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Awaitable[T], timeout: float = 30.0) -> T:
+        async def wrapped() -> T:
+            return await coroutine
+        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    running = Loop()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def transactions(store: StoreUnderTest, loop: Loop) -> Iterator[AsyncMessageTransactions]:
+    owner = PostgresStore(store.url, session=PostgresSession(lock_timeout=1.0,
+                                                             idle_in_transaction_timeout=3.0))
+    owner.ensure_schema()
+    store.execute("CREATE TABLE effects (n integer NOT NULL, pid integer)")
+    pool = owner.async_message_transactions(SIZE)
+    pool.open()
+    yield pool
+    pool.close()  # from this thread, while the loop runs: as the consumer's shutdown does
+    owner.close()
+
+
+def write(n: int) -> Callable[[Any], Awaitable[None]]:
+    async def work(db: AsyncTransaction) -> None:
+        await db.execute("INSERT INTO effects VALUES (%s, pg_backend_pid())", (n,))
+    return work
+
+
+def effects(store: StoreUnderTest) -> list[int]:
+    return [n for (n,) in store.query("SELECT n FROM effects ORDER BY n")]
+
+
+def keys(store: StoreUnderTest) -> int:
+    return int(store.scalar("SELECT count(*) FROM consumer_processed_keys"))
+
+
+def test_effects_commit_with_the_key_and_a_second_delivery_is_a_duplicate(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    seen: dict[str, Any] = {}
+
+    async def work(db: AsyncTransaction) -> None:
+        await write(1)(db)
+        seen["in_transaction"] = (db.connection.info.transaction_status
+                                  is psycopg.pq.TransactionStatus.INTRANS)
+        seen["lock_timeout"] = await (await db.execute("SHOW lock_timeout")).fetchone()
+
+    assert loop.run(transactions.apply(GROUP, claim(1), 1.0, work)) is True
+    assert seen == {"in_transaction": True, "lock_timeout": ("1s",)}
+    ran: list[int] = []
+
+    async def again(db: AsyncTransaction) -> None:
+        ran.append(1)
+
+    assert loop.run(transactions.apply(GROUP, claim(1), 2.0, again)) is False
+    assert ran == [], "a duplicate's work does not run"
+    assert effects(store) == [1]
+    assert store.query('SELECT topic, partition, "offset", processed_at '
+                       "FROM consumer_processed_keys") == [("orders", 0, 1, 1.0)]
+
+
+def test_a_failing_handler_rolls_back_its_writes_and_its_key_and_raises_unchanged(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    async def failing(db: AsyncTransaction) -> None:
+        await write(1)(db)
+        raise ValueError("bad message")
+
+    with pytest.raises(ValueError, match="bad message"):
+        loop.run(transactions.apply(GROUP, claim(1), 1.0, failing))
+    assert effects(store) == [] and keys(store) == 0
+    assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(1))) is True
+    assert effects(store) == [1]
+
+
+def test_a_lost_connection_inside_the_handler_is_transient_and_commits_nothing(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    async def killed(db: AsyncTransaction) -> None:
+        await write(1)(db)
+        await db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    with pytest.raises(StoreUnavailable, match="transient database error"):
+        loop.run(transactions.apply(GROUP, claim(1), 1.0, killed))
+    assert effects(store) == [] and keys(store) == 0
+    for n in range(1, 2 * SIZE + 1):  # every pooled connection works again
+        assert loop.run(transactions.apply(GROUP, claim(n), 2.0, write(n))) is True
+    assert effects(store) == list(range(1, 2 * SIZE + 1))
+
+
+def test_a_handler_swallowing_its_database_error_is_not_counted_applied(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    async def swallowing(db: AsyncTransaction) -> None:
+        await write(1)(db)
+        with contextlib.suppress(psycopg.errors.DivisionByZero):
+            await db.execute("SELECT 1 / 0")
+
+    with pytest.raises(StoreError, match="caught a database error"):
+        loop.run(transactions.apply(GROUP, claim(1), 1.0, swallowing))
+    assert effects(store) == [] and keys(store) == 0
+
+
+def test_many_messages_at_once_share_the_pools_connections_and_apply_each_once(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    """200 messages delivered twice, all started at once: at most ``SIZE`` transactions are
+    open together (the handlers wait for a slot without blocking the loop), more than one at
+    a time, and every effect lands once."""
+    open_now = most = 0
+
+    def slow(n: int) -> Callable[[Any], Awaitable[None]]:
+        async def work(db: AsyncTransaction) -> None:
+            nonlocal open_now, most
+            open_now += 1
+            most = max(most, open_now)
+            try:
+                await asyncio.sleep(0.002)
+                await write(n)(db)
+            finally:
+                open_now -= 1
+        return work
+
+    async def everything() -> list[bool]:
+        return await asyncio.gather(*(transactions.apply(GROUP, claim(n % 200), 1.0,
+                                                         slow(n % 200))
+                                      for n in range(400)))
+
+    outcomes = loop.run(everything(), timeout=60)
+    assert outcomes.count(True) == 200 and outcomes.count(False) == 200
+    assert effects(store) == list(range(200)) and keys(store) == 200
+    assert 1 < most <= SIZE, most
+    assert 1 < int(store.scalar("SELECT count(DISTINCT pid) FROM effects")) <= SIZE
+
+
+def test_a_key_held_by_a_frozen_session_waits_the_lock_timeout_then_is_transient(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    """A zombie holds the key uncommitted: the claim waits ``lock_timeout`` (awaiting: the
+    loop runs other messages meanwhile) and is StoreUnavailable (retried after backoff)."""
+    zombie = PostgresStore(store.url)
+    try:
+        zombie.begin()
+        zombie.claim(GROUP, [claim(1)], 1.0)
+
+        async def both() -> tuple[Any, ...]:
+            held = asyncio.ensure_future(transactions.apply(GROUP, claim(1), 2.0, write(1)))
+            free = await transactions.apply(GROUP, claim(2), 2.0, write(2))
+            assert not held.done(), "the free key committed while the held one waited"
+            return free, *(await asyncio.gather(held, return_exceptions=True))
+
+        free, held = loop.run(both())
+        assert free is True
+        assert isinstance(held, StoreUnavailable) and "lock_timeout" in str(held)
+        assert effects(store) == [2]
+    finally:
+        zombie.close()

@@ -36,7 +36,7 @@ from consumer.engine.mode import HandlerWait, Partitions
 from consumer.engine.snapshot import WorkSnapshot
 from consumer.engine.stopping import StopRequest
 from consumer.engine.store_mode import StoreMode
-from consumer.errors import KafkaError, StoreError, StoreUnavailable
+from consumer.errors import Fenced, KafkaError, StoreError, StoreUnavailable
 from consumer.events import Observer, Trigger
 from consumer.message import TP, Message
 from consumer.store import AsyncMessageTransactions, MessageTransactions
@@ -161,16 +161,22 @@ class ConcurrentStoreMode:
             log.warning("%s; the checkpoint rows stay where they were (the processed keys "
                         "hold what was applied) and are written at the next checkpoint", error)
             return False
+        except Fenced:
+            self._close()  # a newer owner: this process stops, and its workers with it
+            raise
         finally:
             if trigger is Trigger.SHUTDOWN:
-                # the pools first: an async one closes on the event loop, which
-                # dispatcher.close() stops
-                for transactions in self._transactions:
-                    transactions.close()
-                dispatcher.close()
+                self._close()
         if trigger is Trigger.SHUTDOWN:
             dispatcher.raise_failure()  # a handler failed while the shutdown waited for it
         return only is None
+
+    def _close(self) -> None:
+        """Close the pools, then stop the workers: an async pool closes on the event loop,
+        which stopping the workers ends. Closing twice does nothing more."""
+        for transactions in self._transactions:
+            transactions.close()
+        self._dispatcher.close()
 
     def room(self, batch_size: int, until_checkpoint: int | None, partitions: Partitions) -> int:
         """The buffer bounds a poll (polled messages are not done yet; a crash repeats no

@@ -14,7 +14,8 @@ from consumer.checkpoint.store_message import Tally
 from consumer.clock import ManualClock
 from consumer.engine.concurrent_store_mode import ConcurrentStoreMode, StoreOutage
 from consumer.engine.stopping import StopRequest
-from consumer.errors import StoreSchemaError, StoreUnavailable
+from consumer.errors import Fenced, StoreSchemaError, StoreUnavailable
+from consumer.events import Trigger
 from consumer.testing import RecordingObserver
 
 
@@ -70,3 +71,42 @@ def test_with_handlers_running_a_take_waits_for_one_as_long_as_the_poll_would_ha
     assert dispatcher.waits == [0.05]
     mode.take([], {}, StopRequest())  # no poll handed it a wait: it does not wait again
     assert dispatcher.waits == [0.05]
+
+
+class _Closing:
+    """Records what was closed, in order."""
+
+    def __init__(self, name: str, closed: list[str]) -> None:
+        self._name = name
+        self._closed = closed
+
+    def close(self) -> None:
+        self._closed.append(self._name)
+
+
+class _FencedRows:
+    def run(self, trigger: Any, partitions: Any) -> dict[Any, int]:
+        raise Fenced("g", [("t", 0)])
+
+
+class _IdleDispatcher(_Closing):
+    def settle(self, partitions: Any, only: Any, seconds: float) -> None:
+        pass
+
+
+def test_fenced_at_a_checkpoint_closes_the_pools_then_the_workers_and_stops() -> None:
+    """A newer owner has a partition: the process stops without a final checkpoint, so this
+    is the last the mode hears. Left running, the event loop's idle workers were destroyed
+    pending at exit, an ERROR line each; the async pool closes on that loop, so it goes
+    first."""
+    closed: list[str] = []
+    clock = ManualClock()
+    mode = ConcurrentStoreMode(
+        positions=None, dispatcher=_IdleDispatcher("workers", closed),
+        transactions=[_Closing("async pool", closed), _Closing("pool", closed)],
+        rows=_FencedRows(), tally=Tally(),
+        outage=StoreOutage(RecordingObserver(), clock, max_backoff=2.0), commits=None,
+        observer=RecordingObserver(), clock=clock)
+    with pytest.raises(Fenced):
+        mode.checkpoint(Trigger.INTERVAL, {})
+    assert closed == ["async pool", "pool", "workers"]

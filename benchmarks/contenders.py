@@ -169,6 +169,18 @@ IO_CONTENDERS: tuple[Contender, ...] = (
         commits="each message's row and processed key in a PostgreSQL transaction of its "
                 "own, on its own pooled connection; checkpoint rows at the watermarks, in a "
                 "fenced update every 1,000 messages or 1 s, then Kafka offsets"),
+    _io("io-framework-postgres-async-c32", FRAMEWORK, PROJECT,
+        {**EVERY_1000_OR_1S, "handler": "write_sleep_async", "store": "postgres",
+         "concurrency": 32, "ordering": "key"},
+        in_flight=32, messages=50_000, kind="framework",
+        needs=("store", "postgres", "concurrency"),
+        concurrency="`concurrency: 32`, `ordering: key`, `async def` handler awaiting one "
+                    "row through `context.execute`, then waiting (a PostgreSQL store, "
+                    "`store.postgres_async_connections: 32`)",
+        commits="each message's row and processed key in a PostgreSQL transaction of its "
+                "own, on a connection of the event loop's pool; checkpoint rows at the "
+                "watermarks, in a fenced update every 1,000 messages or 1 s, then Kafka "
+                "offsets"),
     _io("io-framework-sync-c1", FRAMEWORK, PROJECT, {**EVERY_1000_OR_1S, "handler": "sleep"},
         in_flight=1, messages=1_500, kind="framework",
         concurrency="no `concurrency` key (1: one message at a time, as before)",

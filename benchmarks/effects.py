@@ -12,7 +12,8 @@ counts rows after it stopped.
 
 :func:`apply_then_wait` is the IO-bound group's store handler: the same row through
 ``context.execute``, then the 10 ms wait and the count of the framework runner's
-:func:`~benchmarks.runners.framework.handle_sleep` (no record file).
+:func:`~benchmarks.runners.framework.handle_sleep` (no record file); :func:`apply_then_wait_async`
+the same as an ``async def``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def apply_then_wait(message: Message, context: Context) -> None:
     """One effect row in the message's transaction, then 10 ms of waiting, then the count."""
     context.execute(INSERT, (context.group, message.topic, message.partition, message.offset))
     framework.handle_sleep(message, context)
+
+
+async def apply_then_wait_async(message: Message, context: Context) -> None:
+    """:func:`apply_then_wait` as an ``async def``: the row awaited, then 10 ms awaited."""
+    await context.execute(INSERT, (context.group, message.topic, message.partition,
+                                   message.offset))
+    await framework.handle_sleep_async(message, context)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ PEERS_OF = {
 #: Each framework contender and its ceiling: the same handler on a plain client loop with none
 #: of the guarantees (``benchmarks/runners/raw_io.py``), what Python allows here. Read, not a
 #: goal.
-CEILING_OF = {ASYNC: "io-ceiling-async-c1000", POSTGRES: "io-ceiling-postgres-c32"}
+#: The async handler on the PostgreSQL store (read beside the threads' one, not a goal).
+POSTGRES_ASYNC = "io-framework-postgres-async-c32"
+CEILING_OF = {ASYNC: "io-ceiling-async-c1000", POSTGRES: "io-ceiling-postgres-c32",
+              POSTGRES_ASYNC: "io-ceiling-postgres-c32"}
 
 
 def render_io(io: IoBound, throughput: list[Standing]) -> str:

@@ -16,11 +16,13 @@ The IO-bound group's options: ``handler`` (``noop``; ``sleep``: :func:`handle_sl
 ``def`` that calls ``time.sleep(0.01)``; ``sleep_async``: :func:`handle_sleep_async`, an
 ``async def`` that awaits ``asyncio.sleep(0.01)``; ``write_sleep``:
 :func:`benchmarks.effects.apply_then_wait`, one row into ``bench_effects`` through
-``context.execute`` before the same wait, with a store), ``concurrency`` and ``ordering`` (the
+``context.execute`` before the same wait, with a store; ``write_sleep_async``: the same,
+``async def``, awaiting both), ``concurrency`` and ``ordering`` (the
 route's settings; left out of the config when not given, so a checkout without them runs the
 rest). A config this checkout refuses is reported as *unsupported*, with its problems. With
-``write_sleep`` the runner creates the table first and, after the graceful stop, reports the
-group's rows (``effect_rows``, and ``effect_distinct`` messages among them), then deletes them.
+``write_sleep`` (or its async twin) the runner creates the table first and, after the graceful
+stop, reports the group's rows (``effect_rows``, and ``effect_distinct`` messages among them),
+then deletes them.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from benchmarks.runners.tally import RunSpec, Tally
 HANDLER_PATH = "benchmarks.runners.framework:handle"
 HANDLERS = {"noop": HANDLER_PATH, "sleep": "benchmarks.runners.framework:handle_sleep",
             "sleep_async": "benchmarks.runners.framework:handle_sleep_async",
-            "write_sleep": "benchmarks.effects:apply_then_wait"}
+            "write_sleep": "benchmarks.effects:apply_then_wait",
+            "write_sleep_async": "benchmarks.effects:apply_then_wait_async"}
 SLEEP_SECONDS = 0.01  # contenders.SLEEP_SECONDS: this module imports only the standard library
 _tally: Tally | None = None
 _stop_sent = False
@@ -155,7 +158,7 @@ def run(spec: RunSpec, tally: Tally) -> dict[str, Any]:
     data = config(spec, set(Settings.model_fields))
     path.write_text(json.dumps(data))
     _refuse_unsupported(path)
-    writes = spec.options.get("handler") == "write_sleep"
+    writes = spec.options.get("handler") in ("write_sleep", "write_sleep_async")
     if writes:
         _prepare_effects(data["store"]["url"])
     _tally, _stop_sent = tally, False

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Generic, TypeVar
 
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
@@ -40,6 +41,8 @@ from consumer.store import (
 
 #: An ``async def`` handler.
 AsyncHandler = Callable[[Message, Context], Awaitable[object]]
+H = TypeVar("H")
+X = TypeVar("X")
 
 
 class Tally:
@@ -66,19 +69,25 @@ class Tally:
         return taken
 
 
-class StoreWork:
-    """One route's handler, applied exactly once per message in a transaction of its own."""
+class _RouteInStore(Generic[H, X]):
+    """A route's handler ``H`` and the store's transactions ``X`` it is applied in."""
 
     __slots__ = ("_group", "_handler", "_key_function", "_tally", "_transactions", "_wall")
 
-    def __init__(self, handler: Handler, *, transactions: MessageTransactions, group: str,
-                 key_function: KeyFunction, wall: Callable[[], float], tally: Tally) -> None:
+    def __init__(self, handler: H, *, transactions: X, group: str, key_function: KeyFunction,
+                 wall: Callable[[], float], tally: Tally) -> None:
         self._handler = handler
         self._transactions = transactions
         self._group = group
         self._key_function = key_function
         self._wall = wall
         self._tally = tally
+
+
+class StoreWork(_RouteInStore[Handler, MessageTransactions]):
+    """One route's handler, applied exactly once per message in a transaction of its own."""
+
+    __slots__ = ()
 
     def __call__(self, message: Message, context: Context) -> None:
         """The worker's call (``context`` is the dispatcher's, without a store: replaced by
@@ -126,22 +135,12 @@ class StoreWork:
         return outcomes
 
 
-class AsyncStoreWork:
+class AsyncStoreWork(_RouteInStore[AsyncHandler, AsyncMessageTransactions]):
     """One route's ``async def`` handler, applied exactly once per message in a transaction
     of its own on the event loop (``Store.async_message_transactions``): the handler awaits
     its statements, ``await context.execute(...)``. Raises as :class:`StoreWork` does."""
 
-    __slots__ = ("_group", "_handler", "_key_function", "_tally", "_transactions", "_wall")
-
-    def __init__(self, handler: AsyncHandler, *, transactions: AsyncMessageTransactions,
-                 group: str, key_function: KeyFunction, wall: Callable[[], float],
-                 tally: Tally) -> None:
-        self._handler = handler
-        self._transactions = transactions
-        self._group = group
-        self._key_function = key_function
-        self._wall = wall
-        self._tally = tally
+    __slots__ = ()
 
     async def __call__(self, message: Message, context: Context) -> None:
         """The event loop's call (``context`` as :meth:`StoreWork.__call__`'s)."""

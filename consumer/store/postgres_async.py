@@ -28,6 +28,7 @@ from consumer.store.base import Claim, PostgresSession
 from consumer.store.postgres_pool import (
     CLAIM_ONE,
     handler_store_error,
+    pool_options,
     swallowed_error,
     transaction_errors,
     transient,
@@ -63,14 +64,10 @@ class AsyncPostgresTransactions:
                  session_parameters: dict[str, Any], connect_timeout: float = 10.0) -> None:
         self._where = where
         self._session = session
-        self._pool = AsyncConnectionPool(
-            dsn, min_size=size, max_size=size, open=False, name="consumer-store-async",
-            # Waiting for a connection once a slot is ours (one is free): only an unreachable
-            # server makes a message wait this long.
-            timeout=connect_timeout,
-            kwargs={**session_parameters, "autocommit": False,
-                    "connect_timeout": max(1, int(connect_timeout))},
-        )
+        # A message asks for a connection once a slot is its (one is free).
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            dsn, name="consumer-store-async",
+            **pool_options(size, session_parameters, connect_timeout))
         self._size = size
         #: ``size`` slots: a message waits for one (as long as other messages hold them)
         #: before it borrows a connection. Made on the loop, with the pool.

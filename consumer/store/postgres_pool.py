@@ -58,14 +58,8 @@ class PostgresTransactions:
                  session_parameters: dict[str, Any], connect_timeout: float = 10.0) -> None:
         self._where = where
         self._session = session
-        self._pool = ConnectionPool(
-            dsn, min_size=size, max_size=size, open=False, name="consumer-store",
-            # Waiting for a free connection: the workers never outnumber the connections,
-            # so only an unreachable server makes a message wait this long.
-            timeout=connect_timeout,
-            kwargs={**session_parameters, "autocommit": False,
-                    "connect_timeout": max(1, int(connect_timeout))},
-        )
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            dsn, name="consumer-store", **pool_options(size, session_parameters, connect_timeout))
 
     def open(self) -> None:
         self._pool.open(wait=False)
@@ -198,6 +192,16 @@ class PostgresTransactions:
                 f"no connection to PostgreSQL store {self._where} within "
                 f"{self._pool.timeout:g} s (the server is unreachable, or refuses new "
                 f"connections): {error}") from error
+
+
+def pool_options(size: int, session_parameters: dict[str, Any],
+                 connect_timeout: float) -> dict[str, Any]:
+    """A message pool's options: ``size`` connections, opened by :meth:`open`, each with the
+    store's session limits. A connection is asked for only when one is free (the workers never
+    outnumber the connections), so only an unreachable server makes the wait time out."""
+    return {"min_size": size, "max_size": size, "open": False, "timeout": connect_timeout,
+            "kwargs": {**session_parameters, "autocommit": False,
+                       "connect_timeout": max(1, int(connect_timeout))}}
 
 
 @contextmanager

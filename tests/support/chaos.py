@@ -165,6 +165,8 @@ class Chaos:
     zombie: Zombie | None = None
     #: The most transactions the zombie was seen holding open while frozen (PostgreSQL).
     zombie_open_transactions: int = 0
+    #: Per member slot, the config it runs with instead of ``config`` (a restart keeps it).
+    slot_configs: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +188,8 @@ class Chaos:
             module += ["--defect", self.defect]
         env = {**self.env, "CHAOS_ZOMBIE_DIR": str(self.gate.directory),
                "CHAOS_WINDOW_DIR": str(self.windows)}
-        return ConsumerProcess(self.workdir, name, self.config, env=env, module=module).start()
+        config = self.slot_configs.get(slot, self.config)
+        return ConsumerProcess(self.workdir, name, config, env=env, module=module).start()
 
     def kill_one(self) -> None:
         slot = self._aimed_slot() if self.aim_at_windows else self.rng.randrange(self.members)

@@ -1,9 +1,10 @@
 """The ledger handler (handlers/ledger.py) for routes with concurrency: the same balance change
 and journal entry, written through ``context.execute`` inside the message's own transaction,
 after a random pause of up to 3 ms (a database round trip elsewhere), noting the PostgreSQL
-session it ran on in ``handler_sessions``: more than one session shows transactions ran side by
-side. The tables must exist before the consumers start (:data:`SCHEMA`). :func:`apply_async` is
-the same as an ``async def`` handler, awaiting its pause and its statements."""
+session it ran on, and the handler's kind, in ``handler_sessions``: more than one session shows
+transactions ran side by side. The tables must exist before the consumers start
+(:data:`SCHEMA`). :func:`apply_async` is the same as an ``async def`` handler, awaiting its
+pause and its statements."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from consumer.message import Context, Message
 from handlers.ledger import SCHEMA as LEDGER_SCHEMA
 
 SCHEMA = (*(statement.format(prefix="") for statement in LEDGER_SCHEMA),
-          "CREATE TABLE IF NOT EXISTS handler_sessions (pid integer PRIMARY KEY)")
+          "CREATE TABLE IF NOT EXISTS handler_sessions (pid integer PRIMARY KEY, kind text)")
 
 
 BALANCE = """INSERT INTO accounts AS a (id, balance) VALUES (%s, %s)
              ON CONFLICT (id) DO UPDATE SET balance = a.balance + excluded.balance"""
 ENTRY = """INSERT INTO ledger_entries (event, account, amount, topic, partition, "offset")
            VALUES (%s, %s, %s, %s, %s, %s)"""
-SESSION = "INSERT INTO handler_sessions VALUES (pg_backend_pid()) ON CONFLICT DO NOTHING"
+SESSION = "INSERT INTO handler_sessions VALUES (pg_backend_pid(), %s) ON CONFLICT DO NOTHING"
 
 
 def _rows(message: Message) -> tuple[tuple[str, int], tuple[str, str, int, str, int, int]]:
@@ -37,7 +38,7 @@ def apply(message: Message, context: Context) -> None:
     time.sleep(random.random() * 0.003)
     context.execute(BALANCE, balance)
     context.execute(ENTRY, entry)
-    context.execute(SESSION)
+    context.execute(SESSION, ("def",))
 
 
 async def apply_async(message: Message, context: Context) -> None:
@@ -45,4 +46,4 @@ async def apply_async(message: Message, context: Context) -> None:
     await asyncio.sleep(random.random() * 0.003)
     await context.execute(BALANCE, balance)
     await context.execute(ENTRY, entry)
-    await context.execute(SESSION)
+    await context.execute(SESSION, ("async def",))

@@ -212,8 +212,8 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
         wrapped: StoreWork | AsyncStoreWork
         if topic in asynchronous:
             wrapped = AsyncStoreWork(cast(AsyncHandler, route.handler), transactions=awaited,
-                                     group=group,
-                                     key_function=keys[topic], wall=clock.wall, tally=tally)
+                                     group=group, key_function=keys[topic], wall=clock.wall,
+                                     tally=tally)
         else:
             wrapped = StoreWork(route.handler, transactions=threaded, group=group,
                                 key_function=keys[topic], wall=clock.wall, tally=tally)

@@ -303,18 +303,24 @@ def until_applied(store: StoreUnderTest, ledger: Ledger, *, timeout: float,
 
 
 def run_chaos(runs: list[Chaos], store: StoreUnderTest, *, kills: int,
-               zombie: bool = True) -> None:
+               zombie: bool = True, zombie_first: bool = False) -> None:
     """Kill a random member each time a random share of the remaining messages is consumed
     (so the kills spread over the whole run); once a fifth is consumed, make the first group's
     zombie (unless told not to), early enough that its partitions have messages after it.
-    Progress is read from checkpoint rows, not from effects, so a consumer that loses effects
-    (or moves a row back) still gets to the end."""
+    With ``zombie_first``, the zombie comes before any kill, at the first checkpoint a member
+    takes: a consumer fast enough to read the whole log between two looks at its progress
+    (a small log, no keys) may leave no checkpoint with messages after it by the time a fifth
+    is seen consumed. Progress is read from checkpoint rows, not from effects, so a consumer
+    that loses effects (or moves a row back) still gets to the end."""
     consumed = _Consumed(store, runs)
     total = sum(_log_ends(run) for run in runs)
     rng = runs[0].rng
     for run in runs:
         run.start()
     zombies = 0 if zombie else 1
+    if zombies == 0 and zombie_first:
+        runs[0].make_zombie(store)
+        zombies = 1
     while sum(run.kills for run in runs) + zombies < kills + 1:
         done = consumed()
         left = kills + 1 - sum(run.kills for run in runs) - zombies

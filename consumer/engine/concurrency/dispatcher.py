@@ -233,14 +233,20 @@ class ConcurrentDispatcher:
                timeout: float) -> None:
         """Before the shutdown's or a revoke's checkpoint, for up to ``timeout`` seconds.
 
-        Shutdown (``only`` None): run everything polled, queued messages too, so the checkpoint
-        covers it and a planned restart repeats nothing that finished (a queued message left
-        behind would hold its partition's watermark below every message finished above it).
-        What has not started when the time is up, or waits for a retry beyond it, is dropped.
+        Shutdown (``only`` None): run the queued messages below the highest message of their
+        partition that started, so the checkpoint covers every message that finished and a
+        planned restart repeats none (a queued message left behind would hold its partition's
+        watermark below every message finished above it). The queued messages above it are
+        dropped: nothing finished above them, so the restart reads them and repeats nothing,
+        and the shutdown does not spend its grace period on a full buffer. What has not
+        started when the time is up, or waits for a retry beyond it, is dropped too.
         Revoke: drop what of ``only`` has not started (the rebalance waits for no new work) and
         wait for what runs."""
         deadline = self._clock.monotonic() + timeout
         if only is None:
+            highest = self._highest_started()
+            for route in self._routes.values():
+                route.lanes.drop_above(highest)
             self._finish_queued(partitions, deadline)
             self._closed = True
         chosen = set(partitions if only is None else only)
@@ -261,6 +267,20 @@ class ConcurrentDispatcher:
             left = deadline - self._clock.monotonic()
             if left <= 0 or not self._drain(partitions, block=left):
                 break
+
+    def _highest_started(self) -> dict[TP, int]:
+        """Per partition, the highest offset that runs or finished above the watermark."""
+        highest: dict[TP, int] = {}
+        for tp, work in self._trackers.items():
+            finished = work.highest_finished
+            if finished is not None:
+                highest[tp] = finished
+        for job in self._running:
+            message = job.message
+            tp = (message.topic, message.partition)
+            if message.offset > highest.get(tp, -1):
+                highest[tp] = message.offset
+        return highest
 
     def forget(self, partitions: Collection[TP]) -> None:
         """Partitions revoked or lost: drop their queued work; results of their running work

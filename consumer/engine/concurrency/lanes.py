@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 from consumer.message import TP
@@ -148,6 +148,33 @@ class Lanes:
     @property
     def next_retry_at(self) -> float | None:
         return self._held[0][0] if self._held else None
+
+    def drop_above(self, highest: Mapping[TP, int]) -> int:
+        """Forget the queued jobs whose offset is above ``highest`` of their partition (every
+        queued job of a partition not in it); returns how many. Jobs held for a retry stay:
+        they ran once, so they are below it."""
+        dropped = 0
+        if self._free_order:
+            kept: deque[Job] = deque()
+            for job in self._free:
+                message = job.message
+                if message.offset > highest.get((message.topic, message.partition), -1):
+                    job.owner.queued -= 1
+                    dropped += 1
+                else:
+                    kept.append(job)
+            self._free = kept
+        else:
+            lanes = self._lanes
+            for key, lane in list(lanes.items()):
+                limit = highest.get(key[:2], -1)  # type: ignore[index]
+                while lane and lane[-1].message.offset > limit:  # a lane is in offset order
+                    lane.pop().owner.queued -= 1
+                    dropped += 1
+                if not lane and not lane.busy:
+                    del lanes[key]
+        self.queued -= dropped
+        return dropped
 
     def drop(self, partitions: Collection[TP]) -> int:
         """Forget the queued and held jobs of ``partitions`` (revoked, lost, or the process

@@ -72,6 +72,11 @@ class FinishedOffsets:
         return len(self._finished)
 
     @property
+    def highest_finished(self) -> int | None:
+        """The highest finished offset above the watermark; None when the gap is empty."""
+        return max(self._finished) if self._finished else None
+
+    @property
     def unfinished(self) -> int:
         """Messages polled and not finished (queued or running)."""
         return len(self._polled) - len(self._finished)

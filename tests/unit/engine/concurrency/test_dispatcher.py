@@ -327,6 +327,33 @@ def test_shutdown_runs_the_queued_messages_too_so_a_restart_repeats_nothing_fini
     assert source.committed_offsets == {P0: 10}
 
 
+def test_shutdown_drops_the_queued_messages_above_every_started_one() -> None:
+    """Nothing finished above them, so the restart reads them and repeats nothing: running
+    them would spend the grace period on the whole buffer. Those below a finished message
+    still run (the test above)."""
+    release = threading.Event()
+    done: list[tuple[int, int]] = []
+
+    def handler(message: Message, _context: Context) -> None:
+        if message.offset == 0:
+            release.wait(10)
+        done.append((message.partition, message.offset))
+
+    source = InMemorySource({"t": [[]]})
+    source.append("t", 0, b"0", key=b"slow")
+    source.append("t", 0, b"1", key=b"slow")  # below offset 2, which finishes: runs
+    source.append("t", 0, b"2", key=b"fast")
+    for i in range(3, 10):
+        source.append("t", 0, str(i).encode(), key=b"slow")  # above it: dropped
+    loop = concurrent_loop(source, handler, concurrency=4)
+    loop.start()
+    run_until(loop, lambda: done == [(0, 2)])
+    threading.Timer(0.2, release.set).start()
+    loop.close()
+    assert sorted(done) == [(0, 0), (0, 1), (0, 2)]
+    assert source.committed_offsets == {P0: 3}
+
+
 def test_a_revoked_partition_finishes_its_running_work_and_drops_the_queue() -> None:
     release = threading.Event()
     source = keyed_source(10, keys=1)  # one key: one runs, nine wait

@@ -98,3 +98,26 @@ def test_dropping_a_partition_forgets_its_queue_but_a_running_key_stays_busy() -
     assert startable(queue) == []
     queue.lanes.finished(queue.job(0))
     assert startable(queue) == [7]
+
+
+def test_dropping_above_the_highest_started_offsets_keeps_what_lies_below_them() -> None:
+    queue = filled("key")
+    queue.push(0, b"x", partition=1)
+    queue.push(1, b"x", partition=1)
+    assert startable(queue) == [0, 2, 3, 0]  # a, b, c of partition 0; x of partition 1
+    queue.lanes.hold(queue.job(0, partition=1), until=10.0)
+    # partition 0: 3 is the highest started, so a's 1 stays and b's 4 goes; partition 1 is
+    # not given (nothing started): its queue goes, but not the message held for a retry
+    assert queue.lanes.drop_above({("t", 0): 3}) == 2
+    assert (queue.lanes.queued, queue.queued_per_partition()) == (2, {0: 1, 1: 1})
+    queue.lanes.finished(queue.job(0))
+    assert startable(queue) == [1]
+
+
+def test_dropping_above_with_none_ordering() -> None:
+    queue = filled("none", concurrency=2)
+    assert startable(queue) == [0, 1]
+    assert queue.lanes.drop_above({("t", 0): 2}) == 2  # 3 and 4
+    assert startable(queue) == []  # two run: 2 waits for room
+    queue.lanes.finished(queue.job(0))
+    assert startable(queue) == [2]

@@ -195,15 +195,17 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
             for topic, route in settings.routes.items()}
     asynchronous = [topic for topic in router.topics if is_async(router.route_for(topic).handler)]
     synchronous = [topic for topic in router.topics if topic not in asynchronous]
+
+    def in_flight(topics: list[str]) -> int:
+        return sum(work.get(topic, RouteWork(1, "key")).concurrency for topic in topics)
+
     transactions: list[MessageTransactions | AsyncMessageTransactions] = []
     if asynchronous:  # first: a store without them names the async handlers as the reason
-        awaited = store.async_message_transactions(min(
-            settings.store.postgres_async_connections,
-            sum(work.get(topic, RouteWork(1, "key")).concurrency for topic in asynchronous)))
+        awaited = store.async_message_transactions(
+            min(settings.store.postgres_async_connections, in_flight(asynchronous)))
         transactions.append(awaited)
     if synchronous:
-        threaded = store.message_transactions(
-            sum(work.get(topic, RouteWork(1, "key")).concurrency for topic in synchronous))
+        threaded = store.message_transactions(in_flight(synchronous))
         transactions.append(threaded)
     tally = Tally()
     routes = []

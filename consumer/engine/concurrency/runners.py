@@ -148,9 +148,16 @@ class AsyncRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Per handler: its idle workers, each waiting on its future for the next job.
         self._idle: dict[AsyncHandler, list[asyncio.Future[Job]]] = {}
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="consumer-asyncio", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="consumer-asyncio",
+                                        daemon=True)
         self._thread.start()
+
+    def _run(self) -> None:
+        """The loop's thread: runs it until :meth:`close` stops it, then closes it."""
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
 
     def submit(self, handler: AsyncHandler, jobs: list[Job]) -> None:
         """Start ``jobs`` on the loop: one wake-up of the loop for the whole list."""
@@ -188,7 +195,8 @@ class AsyncRunner:
             job = await waiting
 
     def close(self) -> None:
-        """Stop the loop; calls still awaiting are abandoned with it."""
+        """Stop the loop (its thread then closes it); calls still awaiting are abandoned with
+        it."""
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._stop)
 

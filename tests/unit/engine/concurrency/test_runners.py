@@ -62,6 +62,7 @@ def test_async_workers_run_each_job_once_and_keep_going_after_a_failure(
     runner._thread.join(5)
     assert not runner._thread.is_alive()
     assert all(task.done() for task in runner._tasks)  # the idle workers ended with the loop
+    assert runner._loop.is_closed()  # else an "unclosed event loop" warning when collected
 
 
 def test_the_loop_is_uvloops_when_uvloop_is_installed() -> None:

@@ -20,7 +20,7 @@ from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.chaos import Ledger, Verdict, check, make_ledger, produce_ledger
 from tests.support.kafka import create_topic, group_offsets, unique_name
-from tests.support.outage import HealthWatch, LocalServer, limit_fetch_rate
+from tests.support.outage import HealthWatch, LocalServer, lift_fetch_rate, limit_fetch_rate
 from tests.support.scrape import endpoint, health
 from tests.support.stores import StoreUnderTest
 
@@ -30,7 +30,8 @@ EVENTS = 20_000
 PARTITIONS = 3
 OUTAGE_SECONDS = 30.0
 #: Fetch quota for the consumer: about 450 ledger messages a second once its first ten
-#: seconds' worth (about 4,500 messages) is spent, so the run lasts well past the outage.
+#: seconds' worth (about 4,500 messages) is spent, so the run lasts well past the outage. Once
+#: the outage is over and it is seen to have landed mid-run, the quota is lifted.
 FETCH_BYTES_PER_SECOND = 50_000
 #: The largest record batch the ledger is produced in. A fetch returns at least one whole
 #: batch of its first partition, however small ``max.partition.fetch.bytes`` is: with the
@@ -95,6 +96,7 @@ def test_broker_stopped_for_30_s_mid_run(dedicated_kafka: LocalServer, tmp_path:
             f"all {EVENTS} events were applied before the broker came back ({at_stop} when it "
             "stopped): the outage did not land mid-run; lower FETCH_BYTES_PER_SECOND")
 
+        run.unpace()
         run.wait_complete(watch)
         assert watch.not_live() == [], (
             f"the consumer died or /livez failed during the outage: {watch.not_live()[:5]}\n"
@@ -194,6 +196,7 @@ def store_outage_story(kafka_bootstrap: str, server: LocalServer, store: StoreUn
             f"all {EVENTS} events were applied right after the store came back ({at_stop} "
             f"when it stopped): the outage did not land mid-run{hint}")
 
+        run.unpace()
         run.wait_complete(watch)
         assert watch.not_live() == [], (
             f"the consumer died or /livez failed during the outage: {watch.not_live()[:5]}\n"
@@ -214,8 +217,11 @@ class _Run:
     """One paced consumer process applying a ledger topic to a store."""
 
     def __init__(self, bootstrap: str, store: StoreUnderTest, ledger: Ledger, topic: str,
-                 group: str, produced: int, consumer: ConsumerProcess) -> None:
+                 group: str, produced: int, consumer: ConsumerProcess, *, client_id: str,
+                 tool_state: Path) -> None:
         self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.tool_state = tool_state
         self.store = store
         self.ledger = ledger
         self.topic = topic
@@ -241,7 +247,12 @@ class _Run:
         config["kafka"]["librdkafka"]["max.partition.fetch.bytes"] = 16_384
         config["store"].update(store_settings)
         consumer = ConsumerProcess(workdir, "consumer", config)
-        return cls(bootstrap, store, ledger, topic, group, produced, consumer)
+        return cls(bootstrap, store, ledger, topic, group, produced, consumer,
+                   client_id=client_id, tool_state=tool_state)
+
+    def unpace(self) -> None:
+        """The outage landed mid-run: the rest goes at full pace (the quota only placed it)."""
+        lift_fetch_rate(self.bootstrap, self.client_id, self.tool_state)
 
     def alive(self) -> bool:
         assert self.consumer.alive(), f"the consumer exited: {self.consumer.log_tail(40)}"

@@ -85,6 +85,15 @@ def limit_fetch_rate(bootstrap: str, client_id: str, bytes_per_second: int,
     )
 
 
+def lift_fetch_rate(bootstrap: str, client_id: str, state: Path) -> None:
+    """Remove the quota :func:`limit_fetch_rate` set: the rest of the run goes at full pace."""
+    LocalServer.kafka(state).run(
+        "tool", "kafka.admin.ConfigCommand", "--bootstrap-server", bootstrap, "--alter",
+        "--delete-config", "consumer_byte_rate",
+        "--entity-type", "clients", "--entity-name", client_id,
+    )
+
+
 @dataclass
 class HealthWatch:
     """Samples a consumer's /livez and /readyz (and whether its process lives) over time."""

@@ -15,6 +15,7 @@ Only the poll thread calls this object; workers only put completions on the queu
 from __future__ import annotations
 
 import inspect
+import logging
 import queue
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from consumer.handler_call import WorkerCalls
 from consumer.kafka.protocol import Source
 from consumer.message import TP, Context, Message, Scope
 from consumer.routing import Handler, Router
+
+log = logging.getLogger("consumer.engine")
 
 
 @dataclass(frozen=True)
@@ -243,12 +246,16 @@ class ConcurrentDispatcher:
         Revoke: drop what of ``only`` has not started (the rebalance waits for no new work) and
         wait for what runs."""
         deadline = self._clock.monotonic() + timeout
+        unstarted = 0
         if only is None:
             highest = self._highest_started()
-            for route in self._routes.values():
-                route.lanes.drop_above(highest)
+            left_over = sum(route.lanes.drop_above(highest) for route in self._routes.values())
             self._finish_queued(partitions, deadline)
             self._closed = True
+            unstarted = self.buffered
+            if left_over:
+                log.info("stopping: %d queued messages above every started one are left for "
+                         "the next run", left_over)
         chosen = set(partitions if only is None else only)
         self._drop(chosen)
         works = [work for tp in chosen if (work := self._trackers.get(tp)) is not None]
@@ -256,6 +263,13 @@ class ConcurrentDispatcher:
             left = deadline - self._clock.monotonic()
             if left <= 0 or not self._drain(partitions, block=left, starting=False):
                 break
+        if only is None and (unstarted or self._running):
+            log.warning(
+                "stopping: the %.1f s to finish work ran out (not started or waiting for a "
+                "retry: %d; still running: %d): the next run handles them again, and up to %d "
+                "messages that finished above them. A longer shutdown.grace_seconds avoids it.",
+                timeout, unstarted, len(self._running),
+                sum(work.gap for work in self._trackers.values()))
 
     def _finish_queued(self, partitions: Mapping[TP, PartitionProgress],
                        deadline: float) -> None:

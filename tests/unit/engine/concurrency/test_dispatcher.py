@@ -354,6 +354,43 @@ def test_shutdown_drops_the_queued_messages_above_every_started_one() -> None:
     assert source.committed_offsets == {P0: 3}
 
 
+def test_a_shutdown_that_runs_out_of_time_says_what_the_restart_repeats(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A handler outlives the time to settle (grace 1 s: 0.5 s) with a message finished
+    above it: the watermark stays at it, and the warning says so and what to change."""
+    release = threading.Event()
+    done: list[int] = []
+
+    def handler(message: Message, _context: Context) -> None:
+        if message.key == b"slow":
+            release.wait(10)
+        done.append(message.offset)
+
+    source = InMemorySource({"t": [[]]})
+    source.append("t", 0, b"0", key=b"slow")
+    source.append("t", 0, b"1", key=b"fast")
+    settings = loop_settings(["t"], route={"on_failure": "stop", "retry": {"attempts": 1},
+                                           "concurrency": 4, "ordering": "key"})
+    settings = settings.model_copy(update={"shutdown": settings.shutdown.model_copy(
+        update={"grace_seconds": 1.0})})
+    loop = build_loop(settings, Router([Route("t", handler, "x:y")]), source=source,
+                      clock=ManualClock(), dead_letters=InMemoryDeadLetterSink())
+    loop.start()
+    run_until(loop, lambda: done == [1])
+    loop.request_stop()
+    try:
+        with caplog.at_level("WARNING", logger="consumer.engine"):
+            loop.close()
+    finally:
+        release.set()
+    assert source.committed_offsets == {}  # the watermark stays at the running message
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "stopping: the 0.5 s to finish work ran out (not started or waiting for a retry: 0; "
+        "still running: 1): the next run handles them again, and up to 1 messages that "
+        "finished above them. A longer shutdown.grace_seconds avoids it."]
+
+
 def test_a_revoked_partition_finishes_its_running_work_and_drops_the_queue() -> None:
     release = threading.Event()
     source = keyed_source(10, keys=1)  # one key: one runs, nine wait

@@ -148,6 +148,7 @@ class AsyncRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Per handler: its idle workers, each waiting on its future for the next job.
         self._idle: dict[AsyncHandler, list[asyncio.Future[Job]]] = {}
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="consumer-asyncio",
                                         daemon=True)
         self._thread.start()
@@ -197,7 +198,8 @@ class AsyncRunner:
     def close(self) -> None:
         """Stop the loop (its thread then closes it); calls still awaiting are abandoned with
         it."""
-        if self._loop.is_running():
+        if self._loop.is_running() and not self._stopping:
+            self._stopping = True  # once: the loop's thread closes the loop after it stops
             self._loop.call_soon_threadsafe(self._stop)
 
     def _stop(self) -> None:

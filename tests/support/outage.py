@@ -78,19 +78,19 @@ def limit_fetch_rate(bootstrap: str, client_id: str, bytes_per_second: int,
     """A broker-side quota on what clients with ``client_id`` may fetch per second (Kafka's own
     ``kafka-configs --entity-type clients``), stored in the cluster's metadata, so it holds
     across a broker restart. It paces a consumer without touching it."""
-    LocalServer.kafka(state).run(
-        "tool", "kafka.admin.ConfigCommand", "--bootstrap-server", bootstrap, "--alter",
-        "--add-config", f"consumer_byte_rate={bytes_per_second}",
-        "--entity-type", "clients", "--entity-name", client_id,
-    )
+    _alter_client(bootstrap, client_id, state,
+                  "--add-config", f"consumer_byte_rate={bytes_per_second}")
 
 
 def lift_fetch_rate(bootstrap: str, client_id: str, state: Path) -> None:
     """Remove the quota :func:`limit_fetch_rate` set: the rest of the run goes at full pace."""
+    _alter_client(bootstrap, client_id, state, "--delete-config", "consumer_byte_rate")
+
+
+def _alter_client(bootstrap: str, client_id: str, state: Path, *change: str) -> None:
     LocalServer.kafka(state).run(
         "tool", "kafka.admin.ConfigCommand", "--bootstrap-server", bootstrap, "--alter",
-        "--delete-config", "consumer_byte_rate",
-        "--entity-type", "clients", "--entity-name", client_id,
+        *change, "--entity-type", "clients", "--entity-name", client_id,
     )
 
 

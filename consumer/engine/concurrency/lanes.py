@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 from consumer.message import TP
@@ -153,52 +153,21 @@ class Lanes:
         """Forget the queued jobs whose offset is above ``highest`` of their partition (every
         queued job of a partition not in it); returns how many. Jobs held for a retry stay:
         they ran once, so they are below it."""
-        dropped = 0
-        if self._free_order:
-            kept: deque[Job] = deque()
-            for job in self._free:
-                message = job.message
-                if message.offset > highest.get((message.topic, message.partition), -1):
-                    job.owner.queued -= 1
-                    dropped += 1
-                else:
-                    kept.append(job)
-            self._free = kept
-        else:
-            lanes = self._lanes
-            for key, lane in list(lanes.items()):
-                limit = highest.get(key[:2], -1)  # type: ignore[index]
-                while lane and lane[-1].message.offset > limit:  # a lane is in offset order
-                    lane.pop().owner.queued -= 1
-                    dropped += 1
-                if not lane and not lane.busy:
-                    del lanes[key]
-        self.queued -= dropped
-        return dropped
+        return self._drop_queued(
+            lambda job: job.message.offset > highest.get(_tp(job), -1))
 
     def drop(self, partitions: Collection[TP]) -> int:
         """Forget the queued and held jobs of ``partitions`` (revoked, lost, or the process
         is stopping); returns how many. Their running jobs keep their lanes busy until they
         finish, so a key never runs twice at once even across a reassignment."""
-        dropped: list[Job] = []
-        if self._free_order:
-            kept: deque[Job] = deque()
-            for job in self._free:
-                (dropped if _tp(job) in partitions else kept).append(job)
-            self._free = kept
-        else:
-            lanes = self._lanes
-            for key in [key for key in lanes if key[:2] in partitions]:  # type: ignore[index]
-                lane = lanes[key]
-                dropped.extend(lane)
-                lane.clear()
-                if not lane.busy:
-                    del lanes[key]
+        dropped = self._drop_queued(lambda job: _tp(job) in partitions)
         kept_held: list[tuple[float, int, Job]] = []
         for entry in self._held:
             job = entry[2]
             if _tp(job) in partitions:
-                dropped.append(job)
+                dropped += 1
+                job.owner.queued -= 1
+                self.queued -= 1
                 held_lane = job.lane
                 if held_lane is not None:  # held, not running: nothing keeps it busy
                     held_lane.busy = False
@@ -208,10 +177,32 @@ class Lanes:
                 kept_held.append(entry)
         self._held = kept_held
         heapq.heapify(self._held)
-        for job in dropped:
-            job.owner.queued -= 1
-        self.queued -= len(dropped)
-        return len(dropped)
+        return dropped
+
+    def _drop_queued(self, drops: Callable[[Job], bool]) -> int:
+        """Forget the queued jobs (not those held for a retry) that ``drops`` picks; returns
+        how many. In a lane it must pick a tail: a lane is in offset order, and what it picks
+        is a partition's whole queue or what lies above an offset."""
+        dropped = 0
+        if self._free_order:
+            kept: deque[Job] = deque()
+            for job in self._free:
+                if drops(job):
+                    job.owner.queued -= 1
+                    dropped += 1
+                else:
+                    kept.append(job)
+            self._free = kept
+        else:
+            lanes = self._lanes
+            for key, lane in list(lanes.items()):
+                while lane and drops(lane[-1]):
+                    lane.pop().owner.queued -= 1
+                    dropped += 1
+                if not lane and not lane.busy:
+                    del lanes[key]
+        self.queued -= dropped
+        return dropped
 
 
 def _tp(job: Job) -> TP:

@@ -151,6 +151,7 @@ def build_loop(
                 group=group, keys=keys, failures=failures, source=source, clock=clock,
                 max_buffered=settings.buffered_messages(), stop_wait=grace,
                 instruments=instruments)
+            commits.gaps = dispatcher.gap  # commits say what finished above their offset
         else:
             dispatcher = Dispatcher(router, group=group, keys=keys, failures=failures,
                                     source=source, instruments=instruments)

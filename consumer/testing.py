@@ -123,7 +123,8 @@ class InMemorySource:
         for tp in partitions:
             self._positions.pop(tp, None)
 
-    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool) -> None:
+    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool,
+               metadata: Mapping[TP, str] | None = None) -> None:
         self.commits.append((dict(offsets), asynchronous))
         if self.fail_next_commit is not None:
             error, self.fail_next_commit = self.fail_next_commit, None
@@ -132,6 +133,8 @@ class InMemorySource:
             self._commit_results.append(({}, error))
             return
         self.committed_offsets.update(offsets)
+        for tp in offsets:
+            self.commit_metadata[tp] = (metadata or {}).get(tp, COMMIT_MARKER)
         if asynchronous:
             self._commit_results.append((dict(offsets), None))
 

@@ -12,16 +12,27 @@ reported to the observer, and leaves the watermarks pending for the next checkpo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.errors import KafkaError
 from consumer.events import Observer, Trigger
+from consumer.kafka.commit_metadata import with_gap
 from consumer.kafka.protocol import Source
 from consumer.message import TP
 
 #: Seconds after which an unanswered asynchronous commit no longer holds the next one back.
 KAFKA_ANSWER_TIMEOUT = 30.0
+
+#: Seconds a partition's gap, once written out, may be sent again as it was by commits of the
+#: count trigger (encoding a gap of thousands of offsets costs about a millisecond): a commit
+#: that lists what finished a moment ago is still true, it only lists less. Other triggers
+#: (interval, revoke, shutdown) write it out afresh.
+GAP_REFRESH_SECONDS = 1.0
+
+#: A partition's gap: (its lowest unfinished offset, the offsets finished above it); None
+#: when nothing finished above it.
+Gaps = Callable[[TP], "tuple[int, Collection[int]] | None"]
 
 
 class KafkaCommits:
@@ -34,6 +45,9 @@ class KafkaCommits:
     def __init__(self, source: Source, *, observer: Observer, monotonic: Callable[[], float],
                  answer_timeout: float = KAFKA_ANSWER_TIMEOUT) -> None:
         self._source = source
+        #: Handlers running concurrently: each partition's gap, which commits carry in their
+        #: metadata (:mod:`consumer.kafka.commit_metadata`); None: no gaps.
+        self.gaps: Gaps | None = None
         self._observer = observer
         self._monotonic = monotonic
         self._answer_timeout = answer_timeout
@@ -57,15 +71,34 @@ class KafkaCommits:
         ``durable``: the offsets are saved elsewhere already (the store), so they count as
         confirmed once sent. Raises KafkaError when a synchronous commit fails.
         """
-        moved = {(p.topic, p.partition): (p, offset) for p in partitions
-                 if (offset := p.pending_commit()) is not None}
+        gaps = self.gaps
+        metadata: dict[TP, str] = {}
+        gap_sizes: dict[TP, int] = {}
+        moved: dict[TP, tuple[PartitionProgress, int]] = {}
+        for p in partitions:
+            offset = p.pending_commit()
+            tp = (p.topic, p.partition)
+            if gaps is not None and (gap := gaps(tp)) is not None:
+                # the finished messages above the watermark go out even when it did not move
+                lowest, finished = gap
+                at = offset if offset is not None else (
+                    p.watermark if p.watermark is not None else lowest)
+                if offset is not None or p.gap_sent != (at, len(finished)):
+                    metadata[tp], fresh = self._gap_metadata(trigger, p, at, finished)
+                    if fresh:
+                        gap_sizes[tp] = len(finished)
+                    offset = at
+            if offset is not None:
+                moved[tp] = (p, offset)
         if not moved:
             self._observer.checkpoint_noop(trigger)
             return {}
         if hold_while_in_flight and not synchronous and self.in_flight:
             return {}
         offsets = {tp: offset for tp, (_, offset) in moved.items()}
-        self._send(trigger, offsets, synchronous=synchronous)
+        self._send(trigger, offsets, synchronous=synchronous, metadata=metadata)
+        for tp in metadata:
+            moved[tp][0].gap_sent = (offsets[tp], gap_sizes[tp]) if tp in gap_sizes else None
         for progress, offset in moved.values():
             progress.mark_committed(offset)
             if synchronous or durable:
@@ -81,7 +114,19 @@ class KafkaCommits:
         offsets = {tp: p.watermark for tp, p in partitions.items() if p.watermark is not None}
         if not offsets:
             return {}
-        self._send(trigger, offsets, synchronous=True)
+        gaps = self.gaps
+        metadata: dict[TP, str] = {}
+        gap_sizes: dict[TP, int] = {}
+        if gaps is not None:
+            for tp, offset in offsets.items():
+                if (gap := gaps(tp)) is not None:
+                    metadata[tp], fresh = self._gap_metadata(trigger, partitions[tp], offset,
+                                                             gap[1])
+                    if fresh:
+                        gap_sizes[tp] = len(gap[1])
+        self._send(trigger, offsets, synchronous=True, metadata=metadata)
+        for tp in metadata:
+            partitions[tp].gap_sent = (offsets[tp], gap_sizes[tp]) if tp in gap_sizes else None
         moved = {}
         for tp, offset in offsets.items():
             progress = partitions[tp]
@@ -110,9 +155,24 @@ class KafkaCommits:
         elif offsets:
             self._observer.commit_acknowledged(offsets)
 
-    def _send(self, trigger: Trigger, offsets: Mapping[TP, int], *, synchronous: bool) -> None:
+    def _gap_metadata(self, trigger: Trigger, progress: PartitionProgress, offset: int,
+                      finished: Collection[int]) -> tuple[str, bool]:
+        """The metadata of a commit at ``offset`` listing ``finished``, and whether it was
+        written out now (False: the count trigger sends the one of up to
+        :data:`GAP_REFRESH_SECONDS` ago)."""
+        now = self._monotonic()
+        written = progress.gap_written
+        if (trigger is Trigger.COUNT and written is not None
+                and now - written[0] < GAP_REFRESH_SECONDS):
+            return written[1], False
+        metadata = with_gap(offset, finished)
+        progress.gap_written = (now, metadata)
+        return metadata, True
+
+    def _send(self, trigger: Trigger, offsets: Mapping[TP, int], *, synchronous: bool,
+              metadata: Mapping[TP, str] | None = None) -> None:
         try:
-            self._source.commit(offsets, asynchronous=not synchronous)
+            self._source.commit(offsets, asynchronous=not synchronous, metadata=metadata)
         except KafkaError as error:
             self._observer.commit_failed(trigger, error)
             raise

@@ -21,7 +21,8 @@ class PartitionProgress:
     """Watermark and commit bookkeeping for one assigned partition."""
 
     __slots__ = ("_confirmed_done", "_in_flight", "acked", "committed", "done", "done_since_commit",
-                 "epoch", "oldest_uncommitted_at", "partition", "topic", "watermark")
+                 "epoch", "gap_sent", "gap_written", "oldest_uncommitted_at", "partition",
+                 "topic", "watermark")
 
     def __init__(self, topic: str, partition: int, *, committed: int | None = None,
                  epoch: int = 0) -> None:
@@ -43,6 +44,11 @@ class PartitionProgress:
         self.done_since_commit = 0
         #: Monotonic time at which the oldest done-but-uncommitted message was done.
         self.oldest_uncommitted_at: float | None = None
+        #: (offset, messages finished above it) of the last commit that carried a gap
+        #: (handlers running concurrently): a gap that grew is committed again.
+        self.gap_sent: tuple[int, int] | None = None
+        #: (monotonic time, metadata) of the gap last written out for a commit.
+        self.gap_written: tuple[float, str] | None = None
 
     def mark_done(self, offset: int, now: float) -> None:
         """One message is done: a run of one."""

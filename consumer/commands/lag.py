@@ -24,7 +24,8 @@ from consumer.errors import (
     exit_code,
 )
 from consumer.kafka.admin import read_group_positions
-from consumer.kafka.protocol import COMMIT_MARKER, GroupPosition
+from consumer.kafka.commit_metadata import is_ours
+from consumer.kafka.protocol import GroupPosition
 from consumer.message import TP
 from consumer.observability.lag import lag_messages
 from consumer.settings import KafkaSettings, Settings, load_settings
@@ -51,7 +52,7 @@ def lag_rows(positions: Sequence[GroupPosition],
     return [
         LagRow(p.topic, p.partition, p.committed, p.start, p.end,
                lag_messages(p.end, p.committed, p.start),
-               ours=p.committed is None or p.metadata == COMMIT_MARKER,
+               ours=p.committed is None or is_ours(p.metadata),
                store=None if store is None else store.get((p.topic, p.partition)))
         for p in positions
     ]

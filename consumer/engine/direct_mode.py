@@ -18,6 +18,7 @@ has not started.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from consumer.checkpoint.commits import KafkaCommits
@@ -31,9 +32,12 @@ from consumer.engine.snapshot import NO_WORK, WorkSnapshot
 from consumer.engine.stopping import StopRequest
 from consumer.errors import KafkaError
 from consumer.events import Observer, Trigger
+from consumer.kafka.commit_metadata import finished_in
 from consumer.kafka.protocol import Source
 from consumer.kafka.topic_ids import learn_topic_ids
 from consumer.message import TP, Message
+
+log = logging.getLogger("consumer.engine")
 
 #: With asynchronous commits and no ``max_unconfirmed``: how many intervals a crash may repeat.
 UNCONFIRMED_INTERVALS = 10
@@ -101,7 +105,26 @@ class DirectMode:
                                                         dict[TP, int]]:
         if self._topic_ids is not None:  # a recreated topic has a new id: new coordinates keys
             learn_topic_ids(self._source, self._topic_ids, {topic for topic, _ in partitions})
+        if self._workers is not None:
+            self._skip_finished(self._workers, partitions)
         return {tp: PartitionProgress(tp[0], tp[1]) for tp in partitions}, {}
+
+    def _skip_finished(self, workers: ConcurrentDispatcher, partitions: Sequence[TP]) -> None:
+        """The messages the partitions' last commits say finished above the committed offset
+        (``consumer.kafka.commit_metadata``) are done without running when polled again."""
+        try:
+            committed = self._source.committed_with_metadata(partitions)
+        except KafkaError as error:
+            log.warning("reading the committed offsets failed (%s): messages finished above "
+                        "them before this assignment are handled again", error)
+            return
+        for (topic, partition), (offset, metadata) in committed.items():
+            finished = set() if offset is None else finished_in(metadata, offset)
+            if finished and offset is not None:
+                workers.skip_finished((topic, partition), offset, finished)
+                log.info("%s[%d]: %d messages above the committed offset %d finished before "
+                         "(its commit says so): they are skipped, not handled again",
+                         topic, partition, len(finished), offset)
 
     def take(self, messages: list[Message], partitions: Partitions, stop: StopRequest) -> int:
         wait = self._handler_wait.take()

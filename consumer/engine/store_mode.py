@@ -33,7 +33,8 @@ from consumer.errors import (
 )
 from consumer.events import HandlerTimings, Observer, Trigger
 from consumer.failures.retries import Failures
-from consumer.kafka.protocol import COMMIT_MARKER, Source
+from consumer.kafka.commit_metadata import is_ours
+from consumer.kafka.protocol import Source
 from consumer.kafka.topic_ids import learn_topic_ids
 from consumer.message import TP, Message
 from consumer.routing import Router
@@ -271,7 +272,7 @@ class StoreMode:
         kafka_offset, metadata = kafka
         if stored is None:
             return None  # No row yet: Kafka's committed offset, then auto.offset.reset.
-        if kafka_offset is None or kafka_offset == stored or metadata == COMMIT_MARKER:
+        if kafka_offset is None or kafka_offset == stored or is_ours(metadata):
             return stored
         reset = ExternalReset(tp[0], tp[1], kafka_offset, stored)
         if self._on_external_reset == "fail":

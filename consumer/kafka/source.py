@@ -217,10 +217,14 @@ class KafkaSource:
 
     # --- commits -------------------------------------------------------------------------------
 
-    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool) -> None:
-        """Commit the next offsets to read. Synchronous commits raise :class:`KafkaError`."""
+    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool,
+               metadata: Mapping[TP, str] | None = None) -> None:
+        """Commit the next offsets to read, each with its ``metadata`` (the marker where none
+        is given). Synchronous commits raise :class:`KafkaError`."""
+        described = metadata or {}
         partitions = [
-            TopicPartition(topic, partition, offset, metadata=COMMIT_MARKER)
+            TopicPartition(topic, partition, offset,
+                           metadata=described.get((topic, partition), COMMIT_MARKER))
             for (topic, partition), offset in offsets.items()
         ]
         try:

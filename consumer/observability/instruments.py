@@ -223,11 +223,12 @@ class TimedSource:
         self._source = source
         self._instruments = instruments
 
-    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool) -> None:
+    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool,
+               metadata: Mapping[TP, str] | None = None) -> None:
         now = self._instruments.now
         start = now()
         try:
-            self._source.commit(offsets, asynchronous=asynchronous)
+            self._source.commit(offsets, asynchronous=asynchronous, metadata=metadata)
         finally:
             self._instruments.commit.observe(now() - start)
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
+from consumer.kafka.commit_metadata import finished_in
 from tests.support.concurrency_check import (
     BY_PARTITION,
     Call,
@@ -41,6 +42,7 @@ from tests.support.kafka import (
     create_named_topic,
     create_topic,
     end_offsets,
+    group_commits,
     group_offsets,
     produce,
     read_topic,
@@ -195,20 +197,29 @@ CRASH_MESSAGES = int(os.environ.get("CONSUMER_CONCURRENCY_CRASH_MESSAGES",
 KILLS = 3
 
 
+#: Per run (its process id), per partition: an offset, or offsets.
+PerRun = dict[int, dict[int, int]]
+ListedPerRun = dict[int, dict[int, set[int]]]
+
+
 def _kill_repeatedly(bootstrap: str, tmp_path: Path, topic: str, config: dict[str, Any],
-                     *, kills: int, rng: random.Random) -> tuple[list[Call],
-                                                                  dict[int, dict[int, int]]]:
+                     *, kills: int, rng: random.Random,
+                     ) -> tuple[list[Call], PerRun, ListedPerRun]:
     """SIGKILL the consumer ``kills`` times at random moments, restarting it each time, then
-    let the last run finish. Returns the calls and, per run, the offsets it started at."""
+    let the last run finish. Returns the calls and, per run, the offsets it started at and
+    the offsets above them that the commits' metadata listed as finished."""
     group = config["kafka"]["group_id"]
     records = RecordFile(tmp_path / "run.records")
-    starts: dict[int, dict[int, int]] = {}
+    starts: PerRun = {}
+    listed: ListedPerRun = {}
     between = max(500, CRASH_MESSAGES // (2 * (kills + 1)))
     for attempt in range(kills + 1):
-        committed = group_offsets(bootstrap, group, topic, PARTITIONS)
+        committed = group_commits(bootstrap, group, topic, PARTITIONS)
         run = ConsumerProcess(tmp_path, "run", config).start()
         assert run.process is not None
-        starts[run.process.pid] = {p: o or 0 for p, o in committed.items()}
+        starts[run.process.pid] = {p: o or 0 for p, (o, _) in committed.items()}
+        listed[run.process.pid] = {p: finished_in(metadata, o or 0)
+                                   for p, (o, metadata) in committed.items()}
         try:
             if attempt < kills:
                 _kill_after(run, records, rng.randint(between // 2, between * 3 // 2))
@@ -222,7 +233,7 @@ def _kill_repeatedly(bootstrap: str, tmp_path: Path, topic: str, config: dict[st
             assert _offsets_at_end(bootstrap, group, topic)
         finally:
             run.stop_if_running()
-    return read_calls(records.path), starts
+    return read_calls(records.path), starts, listed
 
 
 def _kill_after(run: ConsumerProcess, records: RecordFile, handled: int) -> None:
@@ -256,13 +267,13 @@ def test_sigkill_repeats_stay_within_the_bound(
     # A restarted member with the same instance id gets its partitions back at once, instead
     # of after the killed one's session times out.
     config["kafka"]["librdkafka"]["group.instance.id"] = unique_name("member")
-    calls, starts = _kill_repeatedly(kafka_bootstrap, tmp_path, topic, config, kills=KILLS,
-                                     rng=random.Random())
+    calls, starts, listed = _kill_repeatedly(kafka_bootstrap, tmp_path, topic, config,
+                                             kills=KILLS, rng=random.Random())
 
     assert len(runs_in_order(calls)) == KILLS + 1
     check_all_handled(calls, plan.expected)
     check_order(calls, lane="key", expected=plan.expected)
-    kills = check_repeats(calls, bound, starts)
+    kills = check_repeats(calls, bound, starts, listed)
     print(f"bound {bound}; per kill (repeats, largest gap):",
           [(k.repeats, k.largest_gap) for k in kills])
 
@@ -440,3 +451,49 @@ def test_sigterm_finishes_in_flight_work_and_a_restart_repeats_nothing(
     check_all_handled(calls, plan.expected)
     check_order(calls, lane="key", expected=plan.expected)
 
+
+
+def test_a_restart_skips_what_finished_above_the_killed_runs_commit(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """One message blocks and the 289 after it finish: the commits stay at the blocked one
+    and list the finished ones in their metadata. SIGKILL, then a restart in which nothing
+    blocks handles the blocked message and none of the 289 (without the list it handled all
+    290 again)."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="conc-gap")
+    produce(kafka_bootstrap, topic, (b"0" for _ in range(300)),
+            key=lambda i: f"k{i:03d}".encode(), in_order=True)
+    group = unique_name("conc-gap")
+    config = _config(kafka_bootstrap, topic, handler=SYNC, concurrency=8, ordering="key",
+                     group=group, every_messages=100, every_seconds=0.5)
+    records = RecordFile(tmp_path / "run.records")
+    quick = {"CONC_DELAY_MAX_MS": "0"}
+
+    def listed() -> tuple[int | None, set[int]]:
+        offset, metadata = group_commits(kafka_bootstrap, group, topic, 1)[0]
+        return offset, set() if offset is None else finished_in(metadata, offset)
+
+    first = ConsumerProcess(tmp_path, "run", config,
+                            env={**quick, "CONC_BLOCK": "k010:0"}).start()
+    try:
+        wait_for(lambda: records.handled() == 299 or not first.alive(), timeout=60,
+                 interval=0.2, what=f"299 messages handled ({first.log_tail()})")
+        wait_for(lambda: listed() == (10, set(range(11, 300))), timeout=30, interval=0.2,
+                 what="a commit at offset 10 listing 11-299 as finished")
+        first.kill()
+    finally:
+        first.stop_if_running()
+    second = ConsumerProcess(tmp_path, "run", config, env=quick).start()
+    try:
+        wait_for(lambda: _offsets_at_end(kafka_bootstrap, group, topic) or not second.alive(),
+                 timeout=60, interval=0.2, what=f"offsets at the end ({second.log_tail()})")
+        second.signal(signal.SIGTERM)
+        assert second.wait() == 0, second.log_tail()
+        assert second.process is not None
+        pid = second.process.pid
+    finally:
+        second.stop_if_running()
+    again = sorted(call.offset for call in read_calls(records.path) if call.run == pid)
+    assert again == [10], f"the restart handled {len(again)} messages: {again[:20]}"
+    log = second.log_file.read_text()
+    assert "289 messages above the committed offset 10 finished before" in log

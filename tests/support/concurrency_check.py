@@ -300,15 +300,19 @@ def repeats_by_run(calls: Iterable[Call]) -> dict[int, int]:
     return dict(repeats)
 
 
-def largest_gap(calls: Iterable[Call], run: int, starts: Mapping[int, int]) -> int:
+def largest_gap(calls: Iterable[Call], run: int, starts: Mapping[int, int],
+                listed: Mapping[int, Collection[int]] | None = None) -> int:
     """The most messages of ``run`` finished above their partition's watermark at one moment,
     all partitions together, replayed from the records in the order the calls ended.
 
     ``starts``: the offset the run began at per partition (the group's committed offset when
-    it started); the watermark is the lowest offset not finished yet, from there. Offsets are
-    taken as contiguous (a topic written without transactions)."""
+    it started); the watermark is the lowest offset not finished yet, from there. ``listed``:
+    per partition, the offsets above it that the commit's metadata said were finished (the run
+    skips them: the watermark passes them without a record, and they are not the run's gap).
+    Offsets are taken as contiguous (a topic written without transactions)."""
     ends = sorted((c.end, c.partition, c.offset) for c in calls if c.run == run and c.ok)
     finished: dict[int, set[int]] = defaultdict(set)
+    skipped = {partition: set(offsets) for partition, offsets in (listed or {}).items()}
     watermark = dict(starts)
     gap = most = 0
     for _, partition, offset in ends:
@@ -317,10 +321,14 @@ def largest_gap(calls: Iterable[Call], run: int, starts: Mapping[int, int]) -> i
             continue  # below where the run began, or handled twice in it
         finished[partition].add(offset)
         gap += 1
-        while mark in finished[partition]:
-            finished[partition].discard(mark)
+        passed = skipped.get(partition, set())
+        while mark in finished[partition] or mark in passed:
+            if mark in passed:
+                passed.discard(mark)
+            else:
+                finished[partition].discard(mark)
+                gap -= 1
             mark += 1
-            gap -= 1
         watermark[partition] = mark
         most = max(most, gap)
     return most
@@ -369,12 +377,15 @@ class Kill:
 
 
 def check_repeats(calls: Sequence[Call], bound: CrashBound,
-                  starts: Mapping[int, Mapping[int, int]]) -> list[Kill]:
+                  starts: Mapping[int, Mapping[int, int]],
+                  listed: Mapping[int, Mapping[int, Collection[int]]] | None = None,
+                  ) -> list[Kill]:
     """Raise TooManyRepeats if a kill made later runs repeat more than ``bound``, or if a
     killed run's records show a gap above the watermark larger than the buffer allows
     (``max_buffered`` plus the calls ended and not yet seen, ``concurrency``). ``starts``
-    maps each run to the offsets it began at. Returns the kills, for the test's report."""
-    kills = [Kill(run, count, largest_gap(calls, run, starts[run]))
+    maps each run to the offsets it began at, ``listed`` to the offsets above them its
+    commits' metadata said were finished. Returns the kills, for the test's report."""
+    kills = [Kill(run, count, largest_gap(calls, run, starts[run], (listed or {}).get(run)))
              for run, count in repeats_per_kill(calls)]
     problems = [f"run {k.run} was killed and {k.repeats} of its messages were handled again, "
                 f"more than {bound}" for k in kills if k.repeats > bound.total]

@@ -110,6 +110,20 @@ def group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> di
             for tp in result.topic_partitions}
 
 
+def group_commits(bootstrap: str, group: str, topic: str,
+                  partitions: int) -> dict[int, tuple[int | None, str | None]]:
+    """The group's committed offsets with their metadata (None, None: nothing committed)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(topic, p) for p in range(partitions)]
+    )
+    result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
+    return {tp.partition: (tp.offset, tp.metadata) if tp.offset >= 0 else (None, None)
+            for tp in result.topic_partitions}
+
+
 def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[object]:
     """Every message now in ``topic``, read without a group (confluent_kafka Message objects)."""
     from confluent_kafka import Consumer, TopicPartition

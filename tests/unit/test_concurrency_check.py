@@ -8,7 +8,13 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import pytest
 
-from tests.support.concurrency_check import Call, OrderingViolation, by_assignment, check_order
+from tests.support.concurrency_check import (
+    Call,
+    OrderingViolation,
+    by_assignment,
+    check_order,
+    largest_gap,
+)
 
 RUN = 100
 EXPECTED: Mapping[Hashable, Sequence[int]] = {"k": [1, 2, 3]}
@@ -43,3 +49,16 @@ def test_a_new_hold_may_not_start_past_what_was_handled() -> None:
 
     with pytest.raises(OrderingViolation, match="began at k#3"):
         check_order(calls, lane="key", expected=EXPECTED, holding=by_assignment(assigned))
+
+
+def _ended(offset: int, end: int) -> Call:
+    return Call(RUN, "k", 0, offset, 0, end - 5, end, "t", True)
+
+
+def test_offsets_a_commit_listed_as_finished_are_not_the_runs_gap() -> None:
+    # the run began at 10; 11 and 12 were listed as finished by the previous run's commit,
+    # so once 10 is done the watermark passes them and 13's completion is no gap
+    calls = [_ended(13, 1), _ended(10, 2), _ended(14, 3)]
+    assert largest_gap(calls, RUN, {0: 10}, {0: {11, 12}}) == 1
+    # without the list, 13 and 14 wait above 11 and 12, which the run never handles
+    assert largest_gap(calls, RUN, {0: 10}) == 2

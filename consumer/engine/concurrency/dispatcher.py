@@ -133,6 +133,9 @@ class ConcurrentDispatcher:
         self._closed = False
         #: Partitions paused because their route's buffer share is full.
         self._full: set[TP] = set()
+        #: Per partition: (the offset committed, the offsets above it that its commit says
+        #: finished): polled again, they are done without running (:meth:`skip_finished`).
+        self._finished_before: dict[TP, tuple[int, set[int]]] = {}
         #: The buffer stayed full for a whole :meth:`wait`: its handlers do not drain it.
         self._stalled = False
 
@@ -147,7 +150,9 @@ class ConcurrentDispatcher:
             self._fail(partitions)
         trackers = self._trackers
         routes = self._routes
+        finished_before = self._finished_before
         work: PartitionWork | None = None
+        skip: set[int] | None = None
         for message in messages:
             if stop.requested:
                 break  # not taken: the next owner reads it again
@@ -164,7 +169,13 @@ class ConcurrentDispatcher:
                     work = trackers[tp] = PartitionWork(topic, partition, progress=progress,
                                                         lanes=route.lanes)
                 scope, fmt, push = route.scope, route.format, route.lanes.push
-            work.polled(message.offset)
+                before = finished_before.get(tp) if finished_before else None
+                skip = None if before is None else before[1]
+            offset = message.offset
+            work.polled(offset)
+            if skip is not None and offset in skip:
+                self._skip(work, offset, skip)
+                continue
             push(Job(message, Context(scope, message), format=fmt, owner=work))
         self._drain(partitions, block=0.0)
         if not stop.requested:
@@ -196,6 +207,30 @@ class ConcurrentDispatcher:
     def running(self) -> int:
         """Messages on workers now (all routes)."""
         return len(self._running)
+
+    def skip_finished(self, tp: TP, committed: int, finished: set[int]) -> None:
+        """``tp`` was assigned at ``committed``, and its commit says the messages at
+        ``finished`` (above it) finished before: polled again, they are done without running
+        (a restart or a new owner does not handle them twice)."""
+        if finished:
+            self._finished_before[tp] = (committed, set(finished))
+
+    def gap(self, tp: TP) -> tuple[int, Collection[int]] | None:
+        """``tp``'s lowest unfinished offset and the offsets finished above it (those a
+        previous owner finished and not polled again yet included), for the commit's
+        metadata; None when nothing finished above it."""
+        work = self._trackers.get(tp)
+        finished: Collection[int] = () if work is None else work.finished
+        lowest = None if work is None else work.watermark
+        before = self._finished_before.get(tp)
+        if before is not None:
+            committed, left = before
+            finished = left.union(finished) if finished else left
+            if lowest is None and (work is None or work.highest_polled is None):
+                lowest = committed
+        if not finished or lowest is None:
+            return None
+        return lowest, finished
 
     def await_completion(self, partitions: Mapping[TP, PartitionProgress],
                          timeout: float) -> None:
@@ -266,8 +301,9 @@ class ConcurrentDispatcher:
         if only is None and (unstarted or self._running):
             log.warning(
                 "stopping: the %.1f s to finish work ran out (not started or waiting for a "
-                "retry: %d; still running: %d): the next run handles them again, and up to %d "
-                "messages that finished above them. A longer shutdown.grace_seconds avoids it.",
+                "retry: %d; still running: %d): the next run handles them again, but not the "
+                "%d messages that finished above them (the commit lists them; the store's "
+                "keys skip them). A longer shutdown.grace_seconds avoids it.",
                 timeout, unstarted, len(self._running),
                 sum(work.gap for work in self._trackers.values()))
 
@@ -306,6 +342,7 @@ class ConcurrentDispatcher:
             if work is not None:
                 work.gone = True
             self._full.discard(tp)
+            self._finished_before.pop(tp, None)
         self._failures.forget_messages(list(chosen))
 
     def drop_pending(self) -> None:
@@ -416,6 +453,18 @@ class ConcurrentDispatcher:
         if taken:
             self._report_oldest()
         return taken
+
+    def _skip(self, work: PartitionWork, offset: int, skip: set[int]) -> None:
+        """A polled message its partition's commit says finished: done without running."""
+        skip.discard(offset)
+        if not skip:
+            del self._finished_before[(work.topic, work.partition)]
+        watermark, count = work.finish(offset)
+        if watermark is not None:
+            if not work.moved:
+                self._moved.append(work)
+            work.moved += count
+            work.moved_to = watermark
 
     def _advance(self) -> None:
         """Move the progress of every partition whose watermark moved in this drain."""

@@ -67,6 +67,16 @@ class FinishedOffsets:
         return self._polled[0] if self._polled else None
 
     @property
+    def finished(self) -> set[int]:
+        """The offsets finished above the watermark (the caller only reads it)."""
+        return self._finished
+
+    @property
+    def highest_polled(self) -> int | None:
+        """The last offset polled and not below the watermark; None when there is none."""
+        return self._polled[-1] if self._polled else None
+
+    @property
     def gap(self) -> int:
         """Messages finished above the watermark."""
         return len(self._finished)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.checkpoint.commits import KAFKA_ANSWER_TIMEOUT, KafkaCommits
+from consumer.checkpoint.commits import GAP_REFRESH_SECONDS, KAFKA_ANSWER_TIMEOUT, KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import ManualClock
 from consumer.errors import KafkaError
 from consumer.events import Trigger
+from consumer.kafka.commit_metadata import finished_in
 from consumer.message import TP
 from consumer.testing import InMemorySource, RecordingObserver
 
@@ -108,3 +109,31 @@ def test_confirm_commits_every_watermark_and_reports_only_what_moved() -> None:
     assert (still.acked, moved.acked) == (2, 1)
     assert not kafka.in_flight
     assert observer.checkpoints[-1] == (Trigger.COUNT, {("t", 1): 1})
+
+
+def test_commits_list_the_gap_and_the_count_trigger_reuses_a_recent_one() -> None:
+    """With gaps, each commit's metadata lists what finished above its offset; the count
+    trigger sends the list written out less than GAP_REFRESH_SECONDS ago (still true, only
+    shorter), the interval trigger writes it out afresh, and an unchanged gap over an
+    unmoved watermark is not committed again."""
+    source, clock = InMemorySource({}), ManualClock()
+    kafka = commits(source, clock)
+    finished = {5, 6}
+    kafka.gaps = lambda tp: (3, finished)
+    progress = done_up_to(3)
+    kafka.commit(Trigger.COUNT, [progress], synchronous=True)
+    assert finished_in(source.commit_metadata[P0], 3) == {5, 6}
+    finished.add(8)
+    progress.mark_done(3, now=0.0)  # the watermark moves to 4: a count commit
+    kafka.commit(Trigger.COUNT, [progress], synchronous=True)
+    assert source.committed_offsets[P0] == 4
+    assert finished_in(source.commit_metadata[P0], 4) == {5, 6}, "the recent list, reused"
+    kafka.commit(Trigger.INTERVAL, [progress], synchronous=True)
+    assert finished_in(source.commit_metadata[P0], 4) == {5, 6, 8}, "written out afresh"
+    sent = len(source.commits)
+    kafka.commit(Trigger.INTERVAL, [progress], synchronous=True)
+    assert len(source.commits) == sent, "the same gap at the same offset"
+    clock.advance(GAP_REFRESH_SECONDS)
+    finished.add(9)
+    kafka.commit(Trigger.COUNT, [progress], synchronous=True)
+    assert finished_in(source.commit_metadata[P0], 4) == {5, 6, 8, 9}, "too old to reuse"

@@ -414,12 +414,13 @@ class RaisingOnAsyncCommit(InMemorySource):
 
     raise_next: KafkaError | None = None
 
-    def commit(self, offsets: dict[TP, int], *, asynchronous: bool) -> None:  # type: ignore[override]
+    def commit(self, offsets: dict[TP, int], *, asynchronous: bool,  # type: ignore[override]
+               metadata: dict[TP, str] | None = None) -> None:
         if asynchronous and self.raise_next is not None:
             error, self.raise_next = self.raise_next, None
             self.commits.append((dict(offsets), asynchronous))
             raise error
-        super().commit(offsets, asynchronous=asynchronous)
+        super().commit(offsets, asynchronous=asynchronous, metadata=metadata)
 
 
 def test_async_commit_that_raises_is_retried_before_polling_more() -> None:

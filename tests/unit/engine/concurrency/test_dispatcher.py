@@ -17,6 +17,8 @@ from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher
 from consumer.engine.dispatch import Dispatcher
 from consumer.engine.loop import ConsumerLoop
 from consumer.errors import HandlerFailed
+from consumer.kafka.commit_metadata import finished_in, with_gap
+from consumer.kafka.protocol import COMMIT_MARKER
 from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
 from consumer.testing import InMemoryDeadLetterSink, InMemorySource
@@ -383,12 +385,73 @@ def test_a_shutdown_that_runs_out_of_time_says_what_the_restart_repeats(
             loop.close()
     finally:
         release.set()
-    assert source.committed_offsets == {}  # the watermark stays at the running message
+    # the watermark stays at the running message; the commit lists the one finished above
+    assert source.committed_offsets == {("t", 0): 0}
+    assert finished_in(source.commit_metadata[("t", 0)], 0) == {1}
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [
         "stopping: the 0.5 s to finish work ran out (not started or waiting for a retry: 0; "
-        "still running: 1): the next run handles them again, and up to 1 messages that "
-        "finished above them. A longer shutdown.grace_seconds avoids it."]
+        "still running: 1): the next run handles them again, but not the 1 messages that "
+        "finished above them (the commit lists them; the store's keys skip them). A longer "
+        "shutdown.grace_seconds avoids it."]
+
+
+def test_a_restart_skips_the_messages_its_commit_says_finished() -> None:
+    """The last commit stopped at offset 2 and listed 4, 5 and 8 as finished above it: the
+    next run handles the rest only, and its commit moves past all of them."""
+    source = keyed_source(10, keys=10)
+    source.committed_offsets[P0] = 2
+    source.commit_metadata[P0] = with_gap(2, {4, 5, 8})
+    calls = Calls()
+    loop = concurrent_loop(source, calls, concurrency=4)
+    loop.start()
+    run_until(loop, lambda: loop.watermarks() == {P0: 10})
+    loop.close()
+    assert sorted(offset for _, _, offset, _, _ in calls.calls) == [2, 3, 6, 7, 9]
+    assert source.committed_offsets == {P0: 10}
+    assert source.commit_metadata[P0] == COMMIT_MARKER  # nothing finished above 10
+
+
+def test_interval_checkpoints_list_what_finished_above_a_stuck_message() -> None:
+    """The watermark stays at a blocked message; each interval's commit (same offset) says
+    which messages finished above it, and none once the watermark passed them."""
+    release = threading.Event()
+    done: list[int] = []
+
+    def handler(message: Message, _context: Context) -> None:
+        if message.key == b"slow":
+            release.wait(10)
+        done.append(message.offset)
+
+    source = InMemorySource({"t": [[]]})
+    source.append("t", 0, b"0", key=b"fast")
+    source.append("t", 0, b"1", key=b"slow")
+    for offset in range(2, 6):
+        source.append("t", 0, str(offset).encode(), key=f"k{offset}".encode())
+    clock = ManualClock()
+    settings = loop_settings(["t"], every_seconds=1.0, route={
+        "on_failure": "stop", "retry": {"attempts": 1}, "concurrency": 4, "ordering": "key"})
+    loop = build_loop(settings, Router([Route("t", handler, "x:y")]), source=source,
+                      clock=clock, dead_letters=InMemoryDeadLetterSink())
+    loop.start()
+    try:
+        run_until(loop, lambda: sorted(done) == [0, 2, 3, 4, 5])
+        clock.advance(1.5)
+        run_until(loop, lambda: source.commit_metadata.get(P0, "") != COMMIT_MARKER
+                  and P0 in source.committed_offsets)
+        assert source.committed_offsets == {P0: 1}
+        assert finished_in(source.commit_metadata[P0], 1) == {2, 3, 4, 5}
+        commits = len(source.commits)
+        clock.advance(1.5)
+        for _ in range(3):
+            loop.run_once()
+        assert len(source.commits) == commits  # the same gap is not committed twice
+    finally:
+        release.set()
+    run_until(loop, lambda: loop.watermarks() == {P0: 6})
+    loop.close()
+    assert source.committed_offsets == {P0: 6}
+    assert source.commit_metadata[P0] == COMMIT_MARKER
 
 
 def test_a_revoked_partition_finishes_its_running_work_and_drops_the_queue() -> None:

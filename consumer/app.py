@@ -151,7 +151,7 @@ def build_loop(
                 group=group, keys=keys, failures=failures, source=source, clock=clock,
                 max_buffered=settings.buffered_messages(), stop_wait=grace,
                 instruments=instruments)
-            commits.gaps = dispatcher.gap  # commits say what finished above their offset
+            commits.finished_above = dispatcher.finished_above  # listed in the commits
         else:
             dispatcher = Dispatcher(router, group=group, keys=keys, failures=failures,
                                     source=source, instruments=instruments)

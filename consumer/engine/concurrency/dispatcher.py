@@ -215,7 +215,7 @@ class ConcurrentDispatcher:
         if finished:
             self._finished_before[tp] = (committed, set(finished))
 
-    def gap(self, tp: TP) -> tuple[int, Collection[int]] | None:
+    def finished_above(self, tp: TP) -> tuple[int, Collection[int]] | None:
         """``tp``'s lowest unfinished offset and the offsets finished above it (those a
         previous owner finished and not polled again yet included), for the commit's
         metadata; None when nothing finished above it."""
@@ -226,7 +226,7 @@ class ConcurrentDispatcher:
         if before is not None:
             committed, left = before
             finished = left.union(finished) if finished else left
-            if lowest is None and (work is None or work.highest_polled is None):
+            if lowest is None:  # nothing polled and unfinished: the assignment's offset
                 lowest = committed
         if not finished or lowest is None:
             return None

@@ -72,11 +72,6 @@ class FinishedOffsets:
         return self._finished
 
     @property
-    def highest_polled(self) -> int | None:
-        """The last offset polled and not below the watermark; None when there is none."""
-        return self._polled[-1] if self._polled else None
-
-    @property
     def gap(self) -> int:
         """Messages finished above the watermark."""
         return len(self._finished)

@@ -119,7 +119,7 @@ def test_commits_list_the_gap_and_the_count_trigger_reuses_a_recent_one() -> Non
     source, clock = InMemorySource({}), ManualClock()
     kafka = commits(source, clock)
     finished = {5, 6}
-    kafka.gaps = lambda tp: (3, finished)
+    kafka.finished_above = lambda tp: (3, finished)
     progress = done_up_to(3)
     kafka.commit(Trigger.COUNT, [progress], synchronous=True)
     assert finished_in(source.commit_metadata[P0], 3) == {5, 6}

@@ -33,13 +33,18 @@ def concurrent_loop(source: InMemorySource, handler: Handler, *, concurrency: in
                     ordering: str = "key", clock: ManualClock | None = None,
                     batch_size: int = 500, max_buffered: int | None = None,
                     route: Mapping[str, object] | None = None,
-                    sink: InMemoryDeadLetterSink | None = None) -> ConsumerLoop:
-    settings = loop_settings(["t"], batch_size=batch_size, route={
+                    sink: InMemoryDeadLetterSink | None = None,
+                    every_seconds: float | None = None,
+                    grace_seconds: float | None = None) -> ConsumerLoop:
+    settings = loop_settings(["t"], batch_size=batch_size, every_seconds=every_seconds, route={
         "on_failure": "stop", "retry": {"attempts": 1}, **(route or {}),
         "concurrency": concurrency, "ordering": ordering})
     if max_buffered is not None:
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"max_buffered_messages": max_buffered})})
+    if grace_seconds is not None:
+        settings = settings.model_copy(update={"shutdown": settings.shutdown.model_copy(
+            update={"grace_seconds": grace_seconds})})
     return build_loop(settings, Router([Route("t", handler, "x:y")]), source=source,
                       clock=clock or ManualClock(), dead_letters=sink or InMemoryDeadLetterSink())
 
@@ -80,6 +85,20 @@ class Calls:
         with self.lock:
             self.running -= 1
             self.calls.append((message.key, message.partition, message.offset, start, end))
+
+
+class SlowKey:
+    """A handler that holds the message keyed ``slow`` until :attr:`release` is set, and
+    records the offsets it finished."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.done: list[int] = []
+
+    def __call__(self, message: Message, _context: Context) -> None:
+        if message.key == b"slow":
+            self.release.wait(10)
+        self.done.append(message.offset)
 
 
 def test_concurrency_one_keeps_the_sequential_dispatcher() -> None:
@@ -360,31 +379,19 @@ def test_a_shutdown_that_runs_out_of_time_says_what_the_restart_repeats(
         caplog: pytest.LogCaptureFixture) -> None:
     """A handler outlives the time to settle (grace 1 s: 0.5 s) with a message finished
     above it: the watermark stays at it, and the warning says so and what to change."""
-    release = threading.Event()
-    done: list[int] = []
-
-    def handler(message: Message, _context: Context) -> None:
-        if message.key == b"slow":
-            release.wait(10)
-        done.append(message.offset)
-
+    handler = SlowKey()
     source = InMemorySource({"t": [[]]})
     source.append("t", 0, b"0", key=b"slow")
     source.append("t", 0, b"1", key=b"fast")
-    settings = loop_settings(["t"], route={"on_failure": "stop", "retry": {"attempts": 1},
-                                           "concurrency": 4, "ordering": "key"})
-    settings = settings.model_copy(update={"shutdown": settings.shutdown.model_copy(
-        update={"grace_seconds": 1.0})})
-    loop = build_loop(settings, Router([Route("t", handler, "x:y")]), source=source,
-                      clock=ManualClock(), dead_letters=InMemoryDeadLetterSink())
+    loop = concurrent_loop(source, handler, concurrency=4, grace_seconds=1.0)
     loop.start()
-    run_until(loop, lambda: done == [1])
+    run_until(loop, lambda: handler.done == [1])
     loop.request_stop()
     try:
         with caplog.at_level("WARNING", logger="consumer.engine"):
             loop.close()
     finally:
-        release.set()
+        handler.release.set()
     # the watermark stays at the running message; the commit lists the one finished above
     assert source.committed_offsets == {("t", 0): 0}
     assert finished_in(source.commit_metadata[("t", 0)], 0) == {1}
@@ -415,27 +422,17 @@ def test_a_restart_skips_the_messages_its_commit_says_finished() -> None:
 def test_interval_checkpoints_list_what_finished_above_a_stuck_message() -> None:
     """The watermark stays at a blocked message; each interval's commit (same offset) says
     which messages finished above it, and none once the watermark passed them."""
-    release = threading.Event()
-    done: list[int] = []
-
-    def handler(message: Message, _context: Context) -> None:
-        if message.key == b"slow":
-            release.wait(10)
-        done.append(message.offset)
-
+    handler = SlowKey()
     source = InMemorySource({"t": [[]]})
     source.append("t", 0, b"0", key=b"fast")
     source.append("t", 0, b"1", key=b"slow")
     for offset in range(2, 6):
         source.append("t", 0, str(offset).encode(), key=f"k{offset}".encode())
     clock = ManualClock()
-    settings = loop_settings(["t"], every_seconds=1.0, route={
-        "on_failure": "stop", "retry": {"attempts": 1}, "concurrency": 4, "ordering": "key"})
-    loop = build_loop(settings, Router([Route("t", handler, "x:y")]), source=source,
-                      clock=clock, dead_letters=InMemoryDeadLetterSink())
+    loop = concurrent_loop(source, handler, concurrency=4, clock=clock, every_seconds=1.0)
     loop.start()
     try:
-        run_until(loop, lambda: sorted(done) == [0, 2, 3, 4, 5])
+        run_until(loop, lambda: sorted(handler.done) == [0, 2, 3, 4, 5])
         clock.advance(1.5)
         run_until(loop, lambda: source.commit_metadata.get(P0, "") != COMMIT_MARKER
                   and P0 in source.committed_offsets)
@@ -447,7 +444,7 @@ def test_interval_checkpoints_list_what_finished_above_a_stuck_message() -> None
             loop.run_once()
         assert len(source.commits) == commits  # the same gap is not committed twice
     finally:
-        release.set()
+        handler.release.set()
     run_until(loop, lambda: loop.watermarks() == {P0: 6})
     loop.close()
     assert source.committed_offsets == {P0: 6}

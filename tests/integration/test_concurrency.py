@@ -286,8 +286,9 @@ def test_two_members_sigkill_and_rebalance_repeat_within_the_bound(
     while its handlers run). Every message is handled; keys stay in order across members (a
     revoked partition's running work ends before the next owner starts it); each kill of b
     repeats at most b's CrashBound; a, never killed, repeats at most its buffer per revoke
-    (running work finishes and is committed, but a revoke drops the queued messages, and the
-    next owner repeats what had finished above the first of them)."""
+    (running work finishes and is committed, but a revoke drops the queued messages; its
+    commit lists what had finished above the first of them, which the next owner skips, and
+    only a list too long for the commit's metadata leaves them to be repeated)."""
     total, concurrency = 60_000, 20
     bound = CrashBound(every_messages=500, concurrency=concurrency, max_buffered=1_000)
     plan = Plan(total, seed=17)
@@ -497,3 +498,46 @@ def test_a_restart_skips_what_finished_above_the_killed_runs_commit(
     assert again == [10], f"the restart handled {len(again)} messages: {again[:20]}"
     log = second.log_file.read_text()
     assert "289 messages above the committed offset 10 finished before" in log
+
+
+def test_a_revoked_partitions_new_owner_skips_what_finished_above_its_commit(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Member a handles two partitions; one message of each blocks and the 89 after it
+    finish. Member b joins: the partition a gives up is committed at its blocked message
+    (a's settle time runs out on it) with the 89 listed, and b handles the blocked message
+    and none of the 89."""
+    topic = create_topic(kafka_bootstrap, 2, prefix="conc-revoke")
+    produce(kafka_bootstrap, topic, (b"0" for _ in range(200)),
+            key=lambda i: f"k{i:03d}".encode(), partition=lambda i: i % 2, in_order=True)
+    group = unique_name("conc-revoke")
+    config = _config(kafka_bootstrap, topic, handler=SYNC, concurrency=8, ordering="key",
+                     group=group, every_messages=100, every_seconds=0.5)
+    config["shutdown"]["grace_seconds"] = 4  # 2 s for a revoked partition's running work
+    quick = {"CONC_DELAY_MAX_MS": "0"}
+    # offset 10 of each partition: k020 on partition 0, k021 on partition 1
+    a = ConsumerProcess(tmp_path, "a", config,
+                        env={**quick, "CONC_BLOCK": "k020:0,k021:0"}).start()
+    b = ConsumerProcess(tmp_path, "b", config, env=quick)
+    try:
+        wait_for(lambda: RecordFile(a.record_file).handled() == 198 or not a.alive(),
+                 timeout=60, interval=0.2, what=f"198 messages handled by a ({a.log_tail()})")
+        wait_for(lambda: all(
+            offset == 10 and finished_in(metadata, 10) == set(range(11, 100))
+            for offset, metadata in group_commits(kafka_bootstrap, group, topic, 2).values()),
+            timeout=30, interval=0.2, what="commits at offset 10 listing 11-99 as finished")
+        b.start()
+        wait_for(lambda: len(b.owned_partitions()) == 1, timeout=60,
+                 what=f"b to be assigned a partition ({b.log_tail()})")
+        (moved,) = b.owned_partitions()
+        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 2)[moved] == 100,
+                 timeout=60, interval=0.2, what=f"b to finish partition {moved} ({b.log_tail()})")
+        b.signal(signal.SIGTERM)
+        assert b.wait() == 0, b.log_tail()
+    finally:
+        a.stop_if_running()
+        b.stop_if_running()
+    assert moved not in a.owned_partitions()
+    handled_by_b = sorted(call.offset for call in read_calls(b.record_file))
+    assert handled_by_b == [10], f"b handled {len(handled_by_b)}: {handled_by_b[:20]}"
+    assert "89 messages above the committed offset 10 finished before" in b.log_file.read_text()

@@ -21,8 +21,9 @@ Each call sleeps a random delay, ``$CONC_DELAY_MIN_MS`` to ``$CONC_DELAY_MAX_MS`
 5), drawn from a generator seeded with ``$CONC_DELAY_SEED`` and the message's coordinates, so a
 run's delays are the same every time. ``$CONC_FAIL`` = ``key:seq`` makes that message's calls
 raise every time (:class:`KeyFailure`): retried, then dead-lettered. ``$CONC_BLOCK`` = ``key:seq``
-makes that message's call (plain ``def`` only) wait ``$CONC_BLOCK_SECONDS`` (default 120) before
-it records: a stuck message holding its partition's watermark.
+(several, comma-separated) makes those messages' calls (plain ``def`` only) wait
+``$CONC_BLOCK_SECONDS`` (default 120) before they record: stuck messages holding their
+partitions' watermarks.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _MIN_S = float(os.environ.get("CONC_DELAY_MIN_MS", "0")) / 1000
 _MAX_S = float(os.environ.get("CONC_DELAY_MAX_MS", "5")) / 1000
 _SEED = os.environ.get("CONC_DELAY_SEED", "13")
 _FAIL = os.environ.get("CONC_FAIL", "")
-_BLOCK = os.environ.get("CONC_BLOCK", "")
+_BLOCK = set(filter(None, os.environ.get("CONC_BLOCK", "").split(",")))
 _BLOCK_S = float(os.environ.get("CONC_BLOCK_SECONDS", "120"))
 _STARTS = bool(os.environ.get("CONC_RECORD_STARTS"))
 _PID = os.getpid()
@@ -94,7 +95,7 @@ def handle(message: Message, context: Context) -> None:
     worker = f"t{threading.get_ident()}"
     if _STARTS:
         _write(key, message, seq, start, "-", worker, "start")
-    delay = _BLOCK_S if _BLOCK and f"{key}:{seq}" == _BLOCK else _delay(message)
+    delay = _BLOCK_S if _BLOCK and f"{key}:{seq}" in _BLOCK else _delay(message)
     if delay:
         time.sleep(delay)
     if _fails(key, seq):

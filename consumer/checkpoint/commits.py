@@ -33,6 +33,9 @@ GAP_REFRESH_SECONDS = 1.0
 #: A partition's gap: (its lowest unfinished offset, the offsets finished above it); None
 #: when nothing finished above it.
 FinishedAbove = Callable[[TP], "tuple[int, Collection[int]] | None"]
+#: A partition's gap as a commit sends it: (its progress, the metadata, how many offsets the
+#: list held when written out now; None when a recent list was reused).
+Listed = tuple[PartitionProgress, str, "int | None"]
 
 
 class KafkaCommits:
@@ -72,8 +75,7 @@ class KafkaCommits:
         confirmed once sent. Raises KafkaError when a synchronous commit fails.
         """
         gaps = self.finished_above
-        metadata: dict[TP, str] = {}
-        gap_sizes: dict[TP, int] = {}
+        lists: dict[TP, Listed] = {}
         moved: dict[TP, tuple[PartitionProgress, int]] = {}
         for p in partitions:
             offset = p.pending_commit()
@@ -84,9 +86,7 @@ class KafkaCommits:
                 at = offset if offset is not None else (
                     p.watermark if p.watermark is not None else lowest)
                 if offset is not None or p.gap_sent != (at, len(finished)):
-                    metadata[tp], fresh = self._gap_metadata(trigger, p, at, finished)
-                    if fresh:
-                        gap_sizes[tp] = len(finished)
+                    lists[tp] = self._list(trigger, p, at, finished)
                     offset = at
             if offset is not None:
                 moved[tp] = (p, offset)
@@ -96,9 +96,7 @@ class KafkaCommits:
         if hold_while_in_flight and not synchronous and self.in_flight:
             return {}
         offsets = {tp: offset for tp, (_, offset) in moved.items()}
-        self._send(trigger, offsets, synchronous=synchronous, metadata=metadata)
-        for tp in metadata:
-            moved[tp][0].gap_sent = (offsets[tp], gap_sizes[tp]) if tp in gap_sizes else None
+        self._send(trigger, offsets, synchronous=synchronous, lists=lists)
         for progress, offset in moved.values():
             progress.mark_committed(offset)
             if synchronous or durable:
@@ -115,18 +113,10 @@ class KafkaCommits:
         if not offsets:
             return {}
         gaps = self.finished_above
-        metadata: dict[TP, str] = {}
-        gap_sizes: dict[TP, int] = {}
-        if gaps is not None:
-            for tp, offset in offsets.items():
-                if (gap := gaps(tp)) is not None:
-                    metadata[tp], fresh = self._gap_metadata(trigger, partitions[tp], offset,
-                                                             gap[1])
-                    if fresh:
-                        gap_sizes[tp] = len(gap[1])
-        self._send(trigger, offsets, synchronous=True, metadata=metadata)
-        for tp in metadata:
-            partitions[tp].gap_sent = (offsets[tp], gap_sizes[tp]) if tp in gap_sizes else None
+        lists = {} if gaps is None else {
+            tp: self._list(trigger, partitions[tp], offset, gap[1])
+            for tp, offset in offsets.items() if (gap := gaps(tp)) is not None}
+        self._send(trigger, offsets, synchronous=True, lists=lists)
         moved = {}
         for tp, offset in offsets.items():
             progress = partitions[tp]
@@ -155,27 +145,32 @@ class KafkaCommits:
         elif offsets:
             self._observer.commit_acknowledged(offsets)
 
-    def _gap_metadata(self, trigger: Trigger, progress: PartitionProgress, offset: int,
-                      finished: Collection[int]) -> tuple[str, bool]:
-        """The metadata of a commit at ``offset`` listing ``finished``, and whether it was
-        written out now (False: the count trigger sends the one of up to
-        :data:`GAP_REFRESH_SECONDS` ago)."""
+    def _list(self, trigger: Trigger, progress: PartitionProgress, offset: int,
+              finished: Collection[int]) -> Listed:
+        """A commit at ``offset`` that lists ``finished``: the count trigger sends the list
+        written out up to :data:`GAP_REFRESH_SECONDS` ago, the others write it out now."""
         now = self._monotonic()
         written = progress.gap_written
         if (trigger is Trigger.COUNT and written is not None
                 and now - written[0] < GAP_REFRESH_SECONDS):
-            return written[1], False
+            return progress, written[1], None
         metadata = with_gap(offset, finished)
         progress.gap_written = (now, metadata)
-        return metadata, True
+        return progress, metadata, len(finished)
 
     def _send(self, trigger: Trigger, offsets: Mapping[TP, int], *, synchronous: bool,
-              metadata: Mapping[TP, str] | None = None) -> None:
+              lists: Mapping[TP, Listed] | None = None) -> None:
+        """Commit ``offsets``, those in ``lists`` with their gap's metadata; once sent, each
+        listed partition records what its list held (nothing known for a reused one)."""
+        lists = lists or {}
+        metadata = {tp: listed[1] for tp, listed in lists.items()}
         try:
             self._source.commit(offsets, asynchronous=not synchronous, metadata=metadata)
         except KafkaError as error:
             self._observer.commit_failed(trigger, error)
             raise
+        for tp, (progress, _, size) in lists.items():
+            progress.gap_sent = None if size is None else (offsets[tp], size)
         if synchronous:
             self._sent_at = None  # answered in order: the earlier ones are answered too
         else:

@@ -21,8 +21,12 @@ demo: $(VENV)/.installed
 
 ## test: lint, type check, then the whole suite against a real Kafka, PostgreSQL, MariaDB and
 ## schema registry
+## (TEST_WORKERS processes, each given whole test files: a file's module fixtures start once;
+## TEST_WORKERS=0 runs the suite in this one process)
+TEST_WORKERS ?= 2
 test: container-engine lint typecheck promtool
-	$(SERVICES) --kafka --postgres --mariadb --registry -- $(PY) -m pytest
+	$(SERVICES) --kafka --postgres --mariadb --registry -- \
+		$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The alert-rule tests need promtool, the container test a Prometheus server: found on PATH or
 # unpacked from Debian's prometheus package.

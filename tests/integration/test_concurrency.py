@@ -532,12 +532,12 @@ def test_a_revoked_partitions_new_owner_skips_what_finished_above_its_commit(
         (moved,) = b.owned_partitions()
         wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 2)[moved] == 100,
                  timeout=60, interval=0.2, what=f"b to finish partition {moved} ({b.log_tail()})")
+        assert moved not in a.owned_partitions()  # (b's leaving below gives it back to a)
         b.signal(signal.SIGTERM)
         assert b.wait() == 0, b.log_tail()
     finally:
         a.stop_if_running()
         b.stop_if_running()
-    assert moved not in a.owned_partitions()
     handled_by_b = sorted(call.offset for call in read_calls(b.record_file))
     assert handled_by_b == [10], f"b handled {len(handled_by_b)}: {handled_by_b[:20]}"
     assert "89 messages above the committed offset 10 finished before" in b.log_file.read_text()

@@ -188,6 +188,8 @@ class AsyncRunner:
                 if job.format is not None:
                     check_format(job.message, job.format)
                 await handler(job.message, job.context)
+            except GeneratorExit:
+                raise  # the coroutine itself is being closed (an abandoned call collected)
             except BaseException as raised:  # cancellation included: it is an outcome too
                 error = raised
             completions.put((job, error, clock() - start))

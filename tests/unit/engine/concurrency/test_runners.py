@@ -103,3 +103,22 @@ def test_thread_workers_run_jobs_on_at_most_concurrency_threads_and_stop_on_clos
     runner.submit(batch[4:])  # after close: never runs
     with pytest.raises(queue.Empty):
         completions.get(timeout=0.2)
+
+
+def test_a_workers_coroutine_closed_during_its_call_ends_without_carrying_on() -> None:
+    """A call abandoned with the loop (a shutdown whose time ran out) has its coroutine
+    closed when collected: the worker must let the close through, not take it for the call's
+    outcome and wait for a next job."""
+    completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+    runner = AsyncRunner(completions=completions, clock=None)
+    never: asyncio.Future[None] = asyncio.Future(loop=runner._loop)
+
+    async def handler(_message: Message, _context: Context) -> None:
+        await never
+
+    worker = runner._work(handler, jobs(1)[0], [])
+    worker.send(None)  # up to the handler's wait, stepped here rather than on the loop
+    worker.close()  # RuntimeError("coroutine ignored GeneratorExit") when it carried on
+    assert completions.empty()
+    runner.close()
+    runner._thread.join(5)

@@ -114,5 +114,7 @@ class PartitionProgress:
             raise OffsetWentBackwards(self.topic, self.partition, old, new)
 
     def commit_failed(self) -> None:
-        """The last commit did not reach the broker: the next checkpoint must send it again."""
+        """The last commit did not reach the broker: the next checkpoint must send it again,
+        with the finished offsets it listed."""
         self.committed = self.acked
+        self.gap_sent = None

@@ -137,3 +137,22 @@ def test_commits_list_the_gap_and_the_count_trigger_reuses_a_recent_one() -> Non
     finished.add(9)
     kafka.commit(Trigger.COUNT, [progress], synchronous=True)
     assert finished_in(source.commit_metadata[P0], 4) == {5, 6, 8, 9}, "too old to reuse"
+
+
+def test_a_gap_whose_asynchronous_commit_failed_is_committed_again() -> None:
+    """A commit that only carries a grown gap (the watermark did not move) and that the
+    broker refuses is sent again at the next checkpoint, not once the gap grows again."""
+    source, clock = InMemorySource({}), ManualClock()
+    kafka = commits(source, clock)
+    kafka.finished_above = lambda tp: (3, {5, 6})
+    progress = done_up_to(3)
+    kafka.commit(Trigger.INTERVAL, [progress], synchronous=False)
+    kafka.answered({P0: 3}, None, {P0: progress})
+    kafka.finished_above = lambda tp: (3, {5, 6, 7})
+    kafka.commit(Trigger.INTERVAL, [progress], synchronous=False)  # the gap only
+    sent = len(source.commits)
+    kafka.answered({P0: 3}, KafkaError("REBALANCE_IN_PROGRESS", "rebalancing"),
+                   {P0: progress})
+    kafka.commit(Trigger.INTERVAL, [progress], synchronous=False)
+    assert len(source.commits) == sent + 1, "the refused list goes out again"
+    assert finished_in(source.commit_metadata[P0], 3) == {5, 6, 7}

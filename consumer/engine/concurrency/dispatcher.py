@@ -225,9 +225,17 @@ class ConcurrentDispatcher:
         before = self._finished_before.get(tp)
         if before is not None:
             committed, left = before
-            finished = left.union(finished) if finished else left
-            if lowest is None:  # nothing polled and unfinished: the assignment's offset
-                lowest = committed
+            passed = None if work is None else work.progress.watermark
+            reached = committed if passed is None else passed
+            gone = [offset for offset in left if offset < reached]
+            if gone:  # passed without being polled: compacted or deleted since
+                left.difference_update(gone)
+                if not left:
+                    del self._finished_before[tp]
+            if left:
+                finished = left.union(finished) if finished else left
+            if lowest is None:  # nothing polled and unfinished: where the partition is
+                lowest = reached
         if not finished or lowest is None:
             return None
         return lowest, finished

@@ -419,6 +419,25 @@ def test_a_restart_skips_the_messages_its_commit_says_finished() -> None:
     assert source.commit_metadata[P0] == COMMIT_MARKER  # nothing finished above 10
 
 
+def test_listed_offsets_that_are_gone_from_the_log_are_forgotten_once_passed() -> None:
+    """The commit listed 4, 5 and 8, and compaction removed 4 and 5 since: once the run
+    polls past them they leave the skip list (they will never be polled), so later commits
+    stop carrying them."""
+    source = keyed_source(10, keys=10)
+    source._log[P0] = [m for m in source._log[P0] if m.offset not in (4, 5)]  # compacted
+    source.committed_offsets[P0] = 2
+    source.commit_metadata[P0] = with_gap(2, {4, 5, 8})
+    calls = Calls()
+    loop = concurrent_loop(source, calls, concurrency=4)
+    loop.start()
+    run_until(loop, lambda: loop.watermarks() == {P0: 10})
+    dispatcher = loop.mode._dispatcher  # type: ignore[attr-defined]
+    assert dispatcher.finished_above(P0) is None
+    loop.close()
+    assert sorted(offset for _, _, offset, _, _ in calls.calls) == [2, 3, 6, 7, 9]
+    assert source.commit_metadata[P0] == COMMIT_MARKER
+
+
 def test_interval_checkpoints_list_what_finished_above_a_stuck_message() -> None:
     """The watermark stays at a blocked message; each interval's commit (same offset) says
     which messages finished above it, and none once the watermark passed them."""

@@ -49,6 +49,12 @@ def concurrent_loop(source: InMemorySource, handler: Handler, *, concurrency: in
                       clock=clock or ManualClock(), dead_letters=sink or InMemoryDeadLetterSink())
 
 
+def dispatcher_of(loop: ConsumerLoop) -> ConcurrentDispatcher:
+    dispatcher = loop.mode._dispatcher  # type: ignore[attr-defined]
+    assert isinstance(dispatcher, ConcurrentDispatcher)
+    return dispatcher
+
+
 def run_until(loop: ConsumerLoop, condition: Callable[[], bool], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -110,7 +116,7 @@ def test_every_message_is_handled_and_the_checkpoint_covers_them_all() -> None:
     source = keyed_source(300, keys=30, partitions=2)
     calls = Calls(delay=0.001)
     loop = concurrent_loop(source, calls, concurrency=16)
-    assert isinstance(loop.mode._dispatcher, ConcurrentDispatcher)  # type: ignore[attr-defined]
+    dispatcher_of(loop)
     loop.start()
     run_until(loop, lambda: len(calls.calls) == 300 and loop.watermarks() == {P0: 150, P1: 150})
     loop.close()
@@ -403,39 +409,26 @@ def test_a_shutdown_that_runs_out_of_time_says_what_the_restart_repeats(
         "shutdown.grace_seconds avoids it."]
 
 
-def test_a_restart_skips_the_messages_its_commit_says_finished() -> None:
+@pytest.mark.parametrize("compacted", [(), (4, 5)], ids=["all-there", "4-5-compacted"])
+def test_a_restart_skips_the_messages_its_commit_says_finished(
+        compacted: tuple[int, ...]) -> None:
     """The last commit stopped at offset 2 and listed 4, 5 and 8 as finished above it: the
-    next run handles the rest only, and its commit moves past all of them."""
+    next run handles the rest only, and its commit moves past all of them. Listed offsets
+    that compaction removed since are never polled: once the run passes them they leave the
+    skip list, so later commits stop carrying them."""
     source = keyed_source(10, keys=10)
+    source._log[P0] = [m for m in source._log[P0] if m.offset not in compacted]
     source.committed_offsets[P0] = 2
     source.commit_metadata[P0] = with_gap(2, {4, 5, 8})
     calls = Calls()
     loop = concurrent_loop(source, calls, concurrency=4)
     loop.start()
     run_until(loop, lambda: loop.watermarks() == {P0: 10})
+    assert dispatcher_of(loop).finished_above(P0) is None
     loop.close()
     assert sorted(offset for _, _, offset, _, _ in calls.calls) == [2, 3, 6, 7, 9]
     assert source.committed_offsets == {P0: 10}
     assert source.commit_metadata[P0] == COMMIT_MARKER  # nothing finished above 10
-
-
-def test_listed_offsets_that_are_gone_from_the_log_are_forgotten_once_passed() -> None:
-    """The commit listed 4, 5 and 8, and compaction removed 4 and 5 since: once the run
-    polls past them they leave the skip list (they will never be polled), so later commits
-    stop carrying them."""
-    source = keyed_source(10, keys=10)
-    source._log[P0] = [m for m in source._log[P0] if m.offset not in (4, 5)]  # compacted
-    source.committed_offsets[P0] = 2
-    source.commit_metadata[P0] = with_gap(2, {4, 5, 8})
-    calls = Calls()
-    loop = concurrent_loop(source, calls, concurrency=4)
-    loop.start()
-    run_until(loop, lambda: loop.watermarks() == {P0: 10})
-    dispatcher = loop.mode._dispatcher  # type: ignore[attr-defined]
-    assert dispatcher.finished_above(P0) is None
-    loop.close()
-    assert sorted(offset for _, _, offset, _, _ in calls.calls) == [2, 3, 6, 7, 9]
-    assert source.commit_metadata[P0] == COMMIT_MARKER
 
 
 def test_interval_checkpoints_list_what_finished_above_a_stuck_message() -> None:
@@ -529,7 +522,7 @@ def test_an_async_handler_with_concurrency_one_is_awaited_one_at_a_time() -> Non
 
     source = keyed_source(5, keys=5)
     loop = concurrent_loop(source, handler, concurrency=1)  # type: ignore[arg-type]
-    assert isinstance(loop.mode._dispatcher, ConcurrentDispatcher)  # type: ignore[attr-defined]
+    dispatcher_of(loop)
     loop.start()
     run_until(loop, lambda: loop.watermarks() == {P0: 5})
     loop.close()

@@ -121,8 +121,7 @@ def read_group_positions(
                                  f"no such topic: {', '.join(missing)}")
             wanted = [TopicPartition(t, p) for t in topics for p in sorted(metadata[t].partitions)]
         request = ConsumerGroupTopicPartitions(group, wanted)
-        listed = admin.list_consumer_group_offsets([request], request_timeout=timeout)
-        committed = listed[group].result(timeout=timeout).topic_partitions or []
+        committed = committed_offsets(admin, request, timeout=timeout)
         partitions = [TopicPartition(tp.topic, tp.partition) for tp in committed]
         ends: dict[str, dict[TP, int]] = {}
         for which in ("earliest", "latest"):
@@ -143,6 +142,48 @@ def read_group_positions(
          for tp in committed),
         key=lambda p: (p.topic, p.partition),
     )
+
+
+#: The group coordinator's answers that mean "not yet, ask again": it is loading the group's
+#: offsets (a broker just started or took over the partition of ``__consumer_offsets``), or
+#: the group moved to another broker.
+COORDINATOR_MOVING = frozenset({
+    confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    confluent_kafka.KafkaError.COORDINATOR_NOT_AVAILABLE,
+    confluent_kafka.KafkaError.NOT_COORDINATOR,
+})
+#: Where the brokers keep committed offsets; created at the first commit of any group.
+OFFSETS_TOPIC = "__consumer_offsets"
+#: A partition's offset when nothing is committed for it.
+OFFSET_INVALID = confluent_kafka.OFFSET_INVALID
+#: Seconds between two asks of a coordinator that is not ready.
+COORDINATOR_RETRY_SECONDS = 0.2
+
+
+def committed_offsets(admin: Any, request: Any, *, timeout: float,
+                      monotonic: Callable[[], float] = time.monotonic,
+                      pause: Callable[[float], None] = time.sleep) -> list[TopicPartition]:
+    """The group's committed offsets (``list_consumer_group_offsets`` for ``request``),
+    asking again while the coordinator is loading or moving, for ``timeout`` seconds in all.
+    Raises KafkaException (what the coordinator last said) or TimeoutError.
+
+    On a cluster where no group ever committed, ``__consumer_offsets`` does not exist yet and
+    confluent-kafka 2.16 crashes the process (SIGSEGV) asking for a group's offsets: then
+    nothing is committed, and the answer says so without asking."""
+    if OFFSETS_TOPIC not in admin.list_topics(timeout=timeout).topics:
+        return [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID)
+                for tp in request.topic_partitions or []]
+    deadline = monotonic() + timeout
+    while True:
+        listed = admin.list_consumer_group_offsets([request], request_timeout=timeout)
+        try:
+            result = listed[request.group_id].result(timeout=timeout)
+        except KafkaException as error:
+            if error.args[0].code() not in COORDINATOR_MOVING or monotonic() >= deadline:
+                raise
+            pause(COORDINATOR_RETRY_SECONDS)
+            continue
+        return list(result.topic_partitions or [])
 
 
 def group_member_count(settings: KafkaSettings, group: str, *, timeout: float = 10.0) -> int:

@@ -13,6 +13,7 @@ import pytest
 from consumer_process import REPO_ROOT, ConsumerProcess, consumer_config
 
 from tests.support.kafka import create_topic, group_offsets, produce, unique_name, wait_for
+from tests.support.outage import LocalServer
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +74,24 @@ def test_unknown_topic_is_reported_not_a_traceback(kafka_bootstrap: str) -> None
     assert result.returncode == 1
     assert "no such topic" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_lag_on_a_broker_where_no_group_ever_committed(tmp_path: Path) -> None:
+    """A new cluster has no ``__consumer_offsets`` until the first commit; asking for a
+    group's offsets there crashed ``consumer lag`` (SIGSEGV inside confluent-kafka 2.16). A
+    broker of this test's own, since the shared one has that topic from the other tests."""
+    server = LocalServer.kafka(tmp_path / "kafka-state")
+    server.start()
+    try:
+        bootstrap = server.address
+        assert bootstrap is not None
+        topic = create_topic(bootstrap, 2, prefix="lagnew")
+        produce(bootstrap, topic, (b"x" for _ in range(4)), partition=lambda i: i % 2)
+        result = lag("--bootstrap-servers", bootstrap, "--group", unique_name("lagnew"),
+                     "--topic", topic, "--json")
+    finally:
+        server.stop()
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    data = json.loads(result.stdout)
+    assert [(p["partition"], p["committed"], p["end"]) for p in data["partitions"]] == [
+        (0, None, 2), (1, None, 2)]

@@ -171,13 +171,14 @@ def _produce(bootstrap: str, topic: str) -> None:
 def _group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
+    from consumer.kafka.admin import committed_offsets
+
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
     request = ConsumerGroupTopicPartitions(
         group, [TopicPartition(topic, p) for p in range(PARTITIONS)]
     )
-    result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
     return {tp.partition: tp.offset if tp.offset >= 0 else None  # type: ignore[misc]
-            for tp in result.topic_partitions}
+            for tp in committed_offsets(admin, request, timeout=30.0)}
 
 
 if __name__ == "__main__":

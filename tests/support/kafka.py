@@ -99,29 +99,24 @@ def produce(
 
 def group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
     """The group's committed offsets as Kafka reports them (None: nothing committed)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
-    request = ConsumerGroupTopicPartitions(
-        group, [TopicPartition(topic, p) for p in range(partitions)]
-    )
-    result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
-    return {tp.partition: tp.offset if tp.offset >= 0 else None
-            for tp in result.topic_partitions}
+    return {partition: offset for partition, (offset, _) in
+            group_commits(bootstrap, group, topic, partitions).items()}
 
 
 def group_commits(bootstrap: str, group: str, topic: str,
                   partitions: int) -> dict[int, tuple[int | None, str | None]]:
-    """The group's committed offsets with their metadata (None, None: nothing committed)."""
+    """The group's committed offsets with their metadata (None, None: nothing committed),
+    asking again while the coordinator loads the group (a broker busy starting up)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    from consumer.kafka.admin import committed_offsets
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
     request = ConsumerGroupTopicPartitions(
         group, [TopicPartition(topic, p) for p in range(partitions)]
     )
-    result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
     return {tp.partition: (tp.offset, tp.metadata) if tp.offset >= 0 else (None, None)
-            for tp in result.topic_partitions}
+            for tp in committed_offsets(admin, request, timeout=30.0)}
 
 
 def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[object]:

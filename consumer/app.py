@@ -269,7 +269,13 @@ def build_purger(settings: Settings, *observers: Observer) -> ProcessedKeyPurger
 
 class ShutdownSignals:
     """SIGTERM/SIGINT ask the loop to drain; a second signal, or the grace period running out,
-    ends the process at once. The handler only sets a flag and arms a timer."""
+    ends the process at once. Only sets a flag and arms a timer.
+
+    The signals are taken from Python's wakeup file descriptor by a thread of their own, not
+    in a Python signal handler: that runs on the main thread only, and when the kernel hands
+    the signal to another thread (the endpoints' server, a worker) while the main thread waits
+    in a handler's long call (a ``time.sleep``, a blocking read), it would run only once that
+    call returns: /readyz stayed ready for the whole call (seen under load)."""
 
     def __init__(self, loop: ConsumerLoop, *, grace_seconds: float) -> None:
         self._loop = loop
@@ -277,8 +283,23 @@ class ShutdownSignals:
         self._timer: threading.Timer | None = None
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+        """Route SIGTERM and SIGINT to :meth:`_handle` on the signal thread (main thread
+        only, as Python's signal module requires)."""
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        # A Python handler must exist for the wakeup byte to be written; it does nothing.
+        signal.signal(signal.SIGTERM, _noted)
+        signal.signal(signal.SIGINT, _noted)
+        threading.Thread(target=self._watch, args=(read,), name="consumer-signals",
+                         daemon=True).start()
+
+    def _watch(self, read: int) -> None:
+        """The signal thread: each byte on the wakeup descriptor is one signal's number."""
+        while chunk := os.read(read, 64):
+            for signum in chunk:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self._handle(signum, None)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -300,6 +321,10 @@ class ShutdownSignals:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+
+def _noted(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM/SIGINT's Python handler: nothing; :class:`ShutdownSignals`' thread acts."""
 
 
 #: Allocations between two collections of Python's youngest generation while the loop runs

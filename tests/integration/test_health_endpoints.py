@@ -85,3 +85,29 @@ def test_sigterm_turns_ready_false_while_draining_and_live_stays_true(
         assert [value for _, _, value in run.records()] == ["0", "1"]
     finally:
         run.stop_if_running()
+
+
+def test_a_second_sigterm_while_draining_exits_at_once(kafka_bootstrap: str,
+                                                        tmp_path: Path) -> None:
+    """The first SIGTERM drains (the handler blocked for 60 s keeps the process up); the
+    second ends it at once, exit 143, saying there was no final commit."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="twice")
+    config = consumer_config(kafka_bootstrap, unique_name("twice"), topic,
+                             handler="handlers.block:handle", every_messages=None,
+                             every_seconds=1)
+    run = ConsumerProcess(tmp_path, "run", config,
+                          env={"BLOCK_ON_VALUE": "0", "BLOCK_SECONDS": "60"}).start()
+    try:
+        base = endpoint(run)
+        wait_for(lambda: health(base, "/readyz")[0] == 200, timeout=30, what="ready")
+        produce(kafka_bootstrap, topic, [b"0"])
+        wait_for(lambda: "blocking for" in run.log_file.read_text(), timeout=30,
+                 what="the handler to block")
+        run.signal(signal.SIGTERM)
+        wait_for(lambda: "SIGTERM received" in run.log_file.read_text(), timeout=5,
+                 what="the first SIGTERM to be taken")
+        run.signal(signal.SIGTERM)
+        assert run.wait(timeout=10) == 128 + signal.SIGTERM
+        assert "second SIGTERM: exiting now without a final commit" in run.log_file.read_text()
+    finally:
+        run.stop_if_running()

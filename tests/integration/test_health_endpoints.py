@@ -58,23 +58,36 @@ def test_ready_with_zero_partitions(kafka_bootstrap: str, tmp_path: Path) -> Non
                 assert member.wait() == 0
 
 
+def blocked_consumer(kafka_bootstrap: str, tmp_path: Path, values: list[bytes], *,
+                     block_on: str, seconds: int) -> tuple[ConsumerProcess, str]:
+    """A ready `consumer run` whose handler now blocks ``seconds`` on value ``block_on`` of
+    ``values`` (produced to a topic of its own); returns it and its endpoints' address."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="blocked")
+    config = consumer_config(kafka_bootstrap, unique_name("blocked"), topic,
+                             handler="handlers.block:handle", every_messages=None,
+                             every_seconds=1)
+    run = ConsumerProcess(tmp_path, "run", config,
+                          env={"BLOCK_ON_VALUE": block_on, "BLOCK_SECONDS": str(seconds)}).start()
+    try:
+        base = endpoint(run)
+        wait_for(lambda: health(base, "/readyz")[0] == 200, timeout=30, what="ready")
+        produce(kafka_bootstrap, topic, values)
+        wait_for(lambda: "blocking for" in run.log_file.read_text(), timeout=30,
+                 what="the handler to block")
+    except BaseException:
+        run.stop_if_running()
+        raise
+    return run, base
+
+
 def test_sigterm_turns_ready_false_while_draining_and_live_stays_true(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """SIGTERM while a handler is blocked: the process finishes that message before leaving;
     meanwhile /readyz is 503 naming the shutdown and /livez stays 200. It exits 0."""
-    topic = create_topic(kafka_bootstrap, 1, prefix="draining")
-    config = consumer_config(kafka_bootstrap, unique_name("draining"), topic,
-                             handler="handlers.block:handle", every_messages=None,
-                             every_seconds=1)
-    run = ConsumerProcess(tmp_path, "run", config,
-                          env={"BLOCK_ON_VALUE": "1", "BLOCK_SECONDS": "6"}).start()
+    run, base = blocked_consumer(kafka_bootstrap, tmp_path, [b"0", b"1", b"2"],
+                                 block_on="1", seconds=6)
     try:
-        base = endpoint(run)
-        wait_for(lambda: health(base, "/readyz")[0] == 200, timeout=30, what="ready")
-        produce(kafka_bootstrap, topic, [b"0", b"1", b"2"])
-        wait_for(lambda: "blocking for" in run.log_file.read_text(), timeout=30,
-                 what="the handler to block")
         run.signal(signal.SIGTERM)
         wait_for(lambda: health(base, "/readyz")[0] == 503, timeout=5,
                  what="/readyz to turn false after SIGTERM")
@@ -91,18 +104,8 @@ def test_a_second_sigterm_while_draining_exits_at_once(kafka_bootstrap: str,
                                                         tmp_path: Path) -> None:
     """The first SIGTERM drains (the handler blocked for 60 s keeps the process up); the
     second ends it at once, exit 143, saying there was no final commit."""
-    topic = create_topic(kafka_bootstrap, 1, prefix="twice")
-    config = consumer_config(kafka_bootstrap, unique_name("twice"), topic,
-                             handler="handlers.block:handle", every_messages=None,
-                             every_seconds=1)
-    run = ConsumerProcess(tmp_path, "run", config,
-                          env={"BLOCK_ON_VALUE": "0", "BLOCK_SECONDS": "60"}).start()
+    run, _ = blocked_consumer(kafka_bootstrap, tmp_path, [b"0"], block_on="0", seconds=60)
     try:
-        base = endpoint(run)
-        wait_for(lambda: health(base, "/readyz")[0] == 200, timeout=30, what="ready")
-        produce(kafka_bootstrap, topic, [b"0"])
-        wait_for(lambda: "blocking for" in run.log_file.read_text(), timeout=30,
-                 what="the handler to block")
         run.signal(signal.SIGTERM)
         wait_for(lambda: "SIGTERM received" in run.log_file.read_text(), timeout=5,
                  what="the first SIGTERM to be taken")

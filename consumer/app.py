@@ -299,9 +299,9 @@ class ShutdownSignals:
         while chunk := os.read(read, 64):
             for signum in chunk:
                 if signum in (signal.SIGTERM, signal.SIGINT):
-                    self._handle(signum, None)
+                    self._handle(signum)
 
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+    def _handle(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self._loop.stop_requested:
             os.write(2, f"consumer: second {name}: exiting now without a final commit\n".encode())

@@ -11,7 +11,7 @@ these.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import confluent_kafka
@@ -113,6 +113,7 @@ def read_group_positions(
     admin = _connected(settings, AdminClient, admin_config(settings), timeout=timeout)
     try:
         wanted = None
+        metadata = None
         if topics:
             metadata = admin.list_topics(timeout=timeout).topics
             missing = [t for t in topics if t not in metadata or metadata[t].error is not None]
@@ -121,7 +122,7 @@ def read_group_positions(
                                  f"no such topic: {', '.join(missing)}")
             wanted = [TopicPartition(t, p) for t in topics for p in sorted(metadata[t].partitions)]
         request = ConsumerGroupTopicPartitions(group, wanted)
-        committed = committed_offsets(admin, request, timeout=timeout)
+        committed = committed_offsets(admin, request, timeout=timeout, cluster_topics=metadata)
         partitions = [TopicPartition(tp.topic, tp.partition) for tp in committed]
         ends: dict[str, dict[TP, int]] = {}
         for which in ("earliest", "latest"):
@@ -161,6 +162,7 @@ COORDINATOR_RETRY_SECONDS = 0.2
 
 
 def committed_offsets(admin: Any, request: Any, *, timeout: float,
+                      cluster_topics: Collection[str] | None = None,
                       monotonic: Callable[[], float] = time.monotonic,
                       pause: Callable[[float], None] = time.sleep) -> list[TopicPartition]:
     """The group's committed offsets (``list_consumer_group_offsets`` for ``request``),
@@ -169,8 +171,11 @@ def committed_offsets(admin: Any, request: Any, *, timeout: float,
 
     On a cluster where no group ever committed, ``__consumer_offsets`` does not exist yet and
     confluent-kafka 2.16 crashes the process (SIGSEGV) asking for a group's offsets: then
-    nothing is committed, and the answer says so without asking."""
-    if OFFSETS_TOPIC not in admin.list_topics(timeout=timeout).topics:
+    nothing is committed, and the answer says so without asking. ``cluster_topics``: the
+    cluster's topic names when the caller has just read them (else they are read here)."""
+    if cluster_topics is None:
+        cluster_topics = admin.list_topics(timeout=timeout).topics
+    if OFFSETS_TOPIC not in cluster_topics:
         return [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID)
                 for tp in request.topic_partitions or []]
     deadline = monotonic() + timeout

@@ -71,8 +71,10 @@ class _Answers:
         self.answers = list(answers)
         self.asked = 0
         self.topics = {name: object() for name in topics}
+        self.metadata_reads = 0
 
     def list_topics(self, timeout: float) -> Any:
+        self.metadata_reads += 1
         return SimpleNamespace(topics=self.topics)
 
     def list_consumer_group_offsets(self, requests: list[Any],
@@ -131,3 +133,16 @@ def test_a_cluster_where_no_group_committed_yet_is_not_asked_for_a_groups_offset
     assert committed_offsets(admin, confluent_kafka.ConsumerGroupTopicPartitions("g"),
                              timeout=10.0) == []
     assert admin.asked == 0
+
+
+def test_topics_the_caller_just_read_are_not_read_again() -> None:
+    """``consumer lag --topic`` has read the cluster's topics already: one metadata read."""
+    offsets = [confluent_kafka.TopicPartition("orders", 0, 7)]
+    admin = _Answers(offsets)
+    request = confluent_kafka.ConsumerGroupTopicPartitions("g")
+    found = committed_offsets(admin, request, timeout=10.0,
+                              cluster_topics={"orders", "__consumer_offsets"})
+    assert [(tp.topic, tp.offset) for tp in found] == [("orders", 7)]
+    assert admin.metadata_reads == 0
+    assert committed_offsets(_Answers(topics=("orders",)), request, timeout=10.0,
+                             cluster_topics={"orders"}) == []

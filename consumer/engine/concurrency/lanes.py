@@ -7,6 +7,10 @@ of the route run at once. A failing message waiting for its retry stays at the h
 (its key's or partition's later messages wait behind it; other lanes go on); with ``none`` it
 waits alone.
 
+A lane may hand its next queued jobs over with the one that starts, chained behind it
+(:attr:`Job.next`): its worker runs them one after the other, the lane busy and one message in
+flight until the chain ends; each counts as queued until it starts.
+
 Poll thread only; pure bookkeeping (time is passed in, nothing blocks or does I/O).
 """
 
@@ -87,8 +91,9 @@ class Lanes:
             self._ready.append(lane)
         lane.append(job)
 
-    def start(self) -> Job | None:
-        """The next job that may start now (counted in flight), or None."""
+    def start(self, chain: int = 1) -> Job | None:
+        """The next job that may start now (counted in flight), or None; with up to
+        ``chain - 1`` more of its lane chained behind it (still counted queued)."""
         if self.in_flight >= self.concurrency:
             return None
         job: Job | None = None
@@ -103,6 +108,10 @@ class Lanes:
                     continue  # stale: dropped, or already started
                 lane.busy = True
                 job = lane.popleft()
+                if chain > 1 and lane:
+                    last = job
+                    for _ in range(min(chain - 1, len(lane))):
+                        last.next = last = lane.popleft()
                 break
         if job is None:
             return None
@@ -112,16 +121,49 @@ class Lanes:
         return job
 
     def finished(self, job: Job) -> None:
-        """A running job finished (done, dead-lettered, or abandoned): its lane moves on."""
+        """A running job finished (done, dead-lettered, or abandoned): its lane moves on, or
+        its worker went on with the next job chained behind it, which started."""
+        following = job.next
+        if following is not None:
+            self.queued -= 1
+            following.owner.queued -= 1
+            return
         self.in_flight -= 1
         lane = job.lane
-        if lane is None:
-            return
+        if lane is not None:
+            self._free_lane(lane)
+
+    def _free_lane(self, lane: Lane) -> None:
         lane.busy = False
         if lane:
             self._ready.append(lane)
         else:
             del self._lanes[lane.key]  # a busy lane never leaves: it is there
+
+    def give_back(self, job: Job) -> None:
+        """``job`` raised, so its worker did not go on: the jobs chained behind it return to
+        the head of its lane, in order (dropped when its partition is gone)."""
+        chained = _unchain(job)
+        if not chained:
+            return
+        lane = job.lane
+        if job.owner.gone or lane is None:
+            self._forget(chained)
+        else:
+            lane.extendleft(reversed(chained))  # busy with ``job``: no ready entry needed
+
+    def not_started(self, job: Job) -> None:
+        """``job``'s worker did not start it, nor those chained behind it (cut: revoked, or
+        the process is stopping): they are dropped like queued ones. Its lane moves on."""
+        self._forget(_unchain(job))
+        self.in_flight -= 1
+        if job.lane is not None:
+            self._free_lane(job.lane)
+
+    def _forget(self, jobs: list[Job]) -> None:
+        self.queued -= len(jobs)
+        for job in jobs:
+            job.owner.queued -= 1
 
     def hold(self, job: Job, until: float) -> None:
         """A running job failed and is retried at ``until``: it goes back to the head of
@@ -153,18 +195,17 @@ class Lanes:
         """Forget the queued jobs whose offset is above ``highest`` of their partition (every
         queued job of a partition not in it); returns how many. Jobs held for a retry stay:
         they ran once, so they are below it."""
-        return self._drop_queued(
-            lambda job: job.message.offset > highest.get(_tp(job), -1))
+        return self._drop_queued(above(highest))
 
     def drop(self, partitions: Collection[TP]) -> int:
         """Forget the queued and held jobs of ``partitions`` (revoked, lost, or the process
         is stopping); returns how many. Their running jobs keep their lanes busy until they
         finish, so a key never runs twice at once even across a reassignment."""
-        dropped = self._drop_queued(lambda job: _tp(job) in partitions)
+        dropped = self._drop_queued(lambda job: partition_of(job) in partitions)
         kept_held: list[tuple[float, int, Job]] = []
         for entry in self._held:
             job = entry[2]
-            if _tp(job) in partitions:
+            if partition_of(job) in partitions:
                 dropped += 1
                 job.owner.queued -= 1
                 self.queued -= 1
@@ -205,6 +246,22 @@ class Lanes:
         return dropped
 
 
-def _tp(job: Job) -> TP:
+def _unchain(job: Job) -> list[Job]:
+    """The jobs chained behind ``job``, in order, unlinked from it and from each other."""
+    chained: list[Job] = []
+    following, job.next = job.next, None
+    while following is not None:
+        chained.append(following)
+        following.next, following = None, following.next
+    return chained
+
+
+def partition_of(job: Job) -> TP:
     message = job.message
     return (message.topic, message.partition)
+
+
+def above(highest: Mapping[TP, int]) -> Callable[[Job], bool]:
+    """Picks the jobs whose offset is above ``highest`` of their partition (every job of a
+    partition not in it)."""
+    return lambda job: job.message.offset > highest.get(partition_of(job), -1)

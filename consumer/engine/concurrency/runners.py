@@ -6,6 +6,13 @@ once, so a pool of that many threads starts each job at once); the worker calls 
 puts the job, its error (None: it returned) and its duration on the completion queue, which only
 the poll thread reads. Workers touch nothing else: not the Kafka client, not partition state,
 not the failure policy.
+
+A job may come with the next queued jobs of its lane chained behind it (:attr:`Job.next`): when
+it returns, its worker goes on with the next one at once instead of waiting for the poll thread
+to start it (the lane stays busy meanwhile, so the key's order holds). A job that raised ends
+its chain (the poll thread puts the rest back at the head of the lane); so does a job the poll
+thread cut (:attr:`Job.cut`: its partition is being revoked, or the process is stopping), which
+is reported :data:`NOT_STARTED` with the rest.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ if TYPE_CHECKING:
 class Job:
     """One message handed to a worker, and what the poll thread needs back."""
 
-    __slots__ = ("context", "format", "lane", "message", "owner", "started", "topic")
+    __slots__ = ("context", "cut", "format", "lane", "message", "next", "owner", "started",
+                 "topic")
 
     def __init__(self, message: Message, context: Context, *, format: Decode | None,
                  owner: PartitionWork, started: float = 0.0) -> None:
@@ -47,6 +55,19 @@ class Job:
         self.lane: Lane | None = None
         #: The timer's clock when the poll thread submitted it (0.0: not timed).
         self.started = started
+        #: The next job of its lane handed over with this one: its worker runs it when this
+        #: one returns (None: the chain ends here).
+        self.next: Job | None = None
+        #: Set by the poll thread on a chained job that must not start (read by its worker).
+        self.cut = False
+
+
+class NotStarted(Exception):
+    """A completion's outcome for a chained job its worker did not start because the poll
+    thread cut it (:attr:`Job.cut`); nor did it start those chained after it."""
+
+
+NOT_STARTED = NotStarted("not started: cut from its chain")
 
 
 #: (job, the exception it raised or None, seconds the call took)
@@ -94,7 +115,8 @@ class ThreadRunner:
         handler = self._handler
         clock = self._clock
         put = self._completions.put
-        while (job := take()) is not None and not self._closed:
+        job = take()
+        while job is not None and not self._closed:
             start = clock()
             error: BaseException | None = None
             try:
@@ -104,6 +126,7 @@ class ThreadRunner:
             except BaseException as raised:  # every outcome goes back to the poll thread
                 error = raised
             put((job, error, clock() - start))
+            job = chained_after(job, error, put) or take()
 
     def close(self) -> None:
         """Stop taking jobs; running ones finish on their own (their results are ignored),
@@ -111,6 +134,20 @@ class ThreadRunner:
         self._closed = True
         for _ in self._threads:
             self._jobs.put(None)
+
+
+def chained_after(job: Job, error: BaseException | None,
+                  put: Callable[[Completion], None]) -> Job | None:
+    """The job a worker runs next without waiting, after reporting ``job``: the next of its
+    chain, unless ``job`` raised (the poll thread puts the rest back in the lane) or the
+    next one was cut (reported :data:`NOT_STARTED`, which stands for the rest too)."""
+    following = job.next
+    if following is None or error is not None:
+        return None
+    if following.cut:
+        put((following, NOT_STARTED, 0.0))
+        return None
+    return following
 
 
 AsyncHandler = Callable[[Message, Context], Coroutine[Any, Any, object]]
@@ -179,7 +216,7 @@ class AsyncRunner:
                     idle: list[asyncio.Future[Job]]) -> None:
         """Run ``job``, then every job handed to this worker while it waits idle."""
         clock = self._clock
-        completions = self._completions
+        put = self._completions.put
         new_future = self._loop.create_future
         while True:
             start = clock()
@@ -192,7 +229,11 @@ class AsyncRunner:
                 raise  # the coroutine itself is being closed (an abandoned call collected)
             except BaseException as raised:  # cancellation included: it is an outcome too
                 error = raised
-            completions.put((job, error, clock() - start))
+            put((job, error, clock() - start))
+            following = chained_after(job, error, put)
+            if following is not None:
+                job = following
+                continue
             waiting = new_future()
             idle.append(waiting)
             job = await waiting

@@ -491,6 +491,28 @@ def test_a_lost_partitions_running_work_is_abandoned_without_a_commit() -> None:
     loop.close()
 
 
+def test_a_lost_partitions_messages_chained_behind_a_running_one_never_start() -> None:
+    """One key: its worker is handed the next messages with the first (a chain); the loss
+    cuts the chain, so they are left to the new owner rather than run here too."""
+    release = threading.Event()
+    ran: list[int] = []
+
+    def handler(message: Message, _context: Context) -> None:
+        ran.append(message.offset)
+        release.wait(10)
+
+    source = keyed_source(10, keys=1)
+    loop = concurrent_loop(source, handler, concurrency=4)
+    loop.start()
+    run_until(loop, lambda: loop.snapshot().in_flight == {"t": 1})
+    loop.on_lost([P0])
+    release.set()
+    run_until(loop, lambda: loop.snapshot().in_flight == {"t": 0})
+    assert ran == [0]
+    assert loop.snapshot().queued == {}
+    loop.close()
+
+
 def test_async_handlers_run_on_the_event_loop_many_at_once() -> None:
     import asyncio
 

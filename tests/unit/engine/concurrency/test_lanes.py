@@ -121,3 +121,59 @@ def test_dropping_above_with_none_ordering() -> None:
     assert startable(queue) == []  # two run: 2 waits for room
     queue.lanes.finished(queue.job(0))
     assert startable(queue) == [2]
+
+
+def chain_of(job: Job) -> list[int]:
+    offsets = [job.message.offset]
+    while (job := job.next) is not None:  # type: ignore[assignment]
+        offsets.append(job.message.offset)
+    return offsets
+
+
+def keyed_chains() -> Queue:
+    """Key a at 0, 1, 5, 6; b at 2, 4; c at 3."""
+    queue = Queue("key", concurrency=10)
+    for offset, key in enumerate([b"a", b"a", b"b", b"c", b"b", b"a", b"a"]):
+        queue.push(offset, key)
+    return queue
+
+
+def test_a_started_job_takes_the_next_of_its_lane_along_counted_queued_until_they_start(
+) -> None:
+    queue = keyed_chains()
+    started = [queue.lanes.start(chain=3) for _ in range(3)]
+    assert [chain_of(job) for job in started if job] == [[0, 1, 5], [2, 4], [3]]
+    assert queue.lanes.start(chain=3) is None
+    lanes = queue.lanes
+    assert (lanes.in_flight, lanes.queued, queue.queued_per_partition()) == (3, 4, {0: 4})
+    lanes.finished(queue.job(0))  # its worker went on with 1
+    assert (lanes.in_flight, lanes.queued) == (3, 3)
+    lanes.finished(queue.job(1))  # and with 5
+    lanes.finished(queue.job(5))  # the chain ends: a's lane is free for 6
+    assert (lanes.in_flight, lanes.queued) == (2, 2)  # b's 4 (chained) and a's 6
+    assert startable(queue) == [6]
+
+
+def test_a_job_that_raised_gives_its_chain_back_to_the_head_of_its_lane() -> None:
+    queue = keyed_chains()
+    head = queue.lanes.start(chain=2)
+    assert head is not None and chain_of(head) == [0, 1]
+    queue.lanes.give_back(head)
+    assert head.next is None and queue.lanes.queued == 4 + 2  # 1 is queued again
+    queue.lanes.hold(head, until=10.0)
+    queue.lanes.release(10.0)
+    assert [chain_of(job) for job in iter(lambda: queue.lanes.start(chain=10), None)] == [
+        [0, 1, 5, 6], [2, 4], [3]]  # the retried 0 first, then a's others in order
+
+
+def test_a_cut_chain_forgets_what_did_not_start_and_frees_its_lane() -> None:
+    queue = keyed_chains()
+    head = queue.lanes.start(chain=4)
+    assert head is not None and chain_of(head) == [0, 1, 5, 6]
+    lanes = queue.lanes
+    lanes.finished(head)  # 1 started
+    lanes.finished(queue.job(1))  # 5 was next, but cut: its worker did not start it
+    lanes.not_started(queue.job(5))  # nor 6 behind it
+    assert (lanes.in_flight, lanes.queued, queue.queued_per_partition()) == (0, 3, {0: 3})
+    queue.push(7, b"a")
+    assert startable(queue) == [2, 3, 7]  # a's lane is free again

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import queue
 import threading
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from consumer.engine.concurrency.runners import (
+    NOT_STARTED,
     AsyncRunner,
     Completion,
     Job,
@@ -122,3 +124,59 @@ def test_a_workers_coroutine_closed_during_its_call_ends_without_carrying_on() -
     assert completions.empty()
     runner.close()
     runner._thread.join(5)
+
+
+def chained(count: int) -> Job:
+    """``count`` jobs, each chained behind the one before: the first is handed over."""
+    chain = jobs(count)
+    for job, following in itertools.pairwise(chain):
+        job.next = following
+    return chain[0]
+
+
+def run_chain(kind: str, head: Job, expected: int
+              ) -> tuple[list[int], list[tuple[int, BaseException | None]]]:
+    """Hand ``head`` to a runner (``thread`` or ``async``) whose handler raises at offset 1;
+    the offsets it ran, and the ``expected`` completions."""
+    completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+    ran: list[int] = []
+
+    def handler(message: Message, _context: Context) -> None:
+        ran.append(message.offset)
+        if message.offset == 1:
+            raise ValueError("one")
+
+    async def async_handler(message: Message, context: Context) -> None:
+        handler(message, context)
+
+    runner: AsyncRunner | ThreadRunner
+    if kind == "async":
+        runner = AsyncRunner(completions=completions, clock=None)
+        runner.submit(async_handler, [head])
+    else:
+        runner = ThreadRunner(handler, concurrency=2, name="t", completions=completions,
+                              clock=None)
+        runner.submit([head])
+    outcomes = [completions.get(timeout=5) for _ in range(expected)]
+    runner.close()
+    with pytest.raises(queue.Empty):
+        completions.get(timeout=0.1)  # nothing more: the chain ended there
+    return ran, [(job.message.offset, error) for job, error, _ in outcomes]
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_a_worker_runs_the_chain_behind_its_job_and_stops_where_one_raises(kind: str) -> None:
+    ran, outcomes = run_chain(kind, chained(4), expected=2)
+    assert ran == [0, 1]  # 2 and 3 wait for the poll thread to give them back to the lane
+    assert outcomes[0] == (0, None) and outcomes[1][0] == 1
+    assert isinstance(outcomes[1][1], ValueError)
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_a_cut_job_is_not_started_and_reported_for_the_rest_of_its_chain(kind: str) -> None:
+    head = chained(4)
+    assert head.next is not None
+    head.next.cut = True  # the poll thread cut 1 (its partition is being revoked)
+    ran, outcomes = run_chain(kind, head, expected=2)
+    assert ran == [0]
+    assert outcomes == [(0, None), (1, NOT_STARTED)]

@@ -9,7 +9,9 @@ waits alone.
 
 A lane may hand its next queued jobs over with the one that starts, chained behind it
 (:attr:`Job.next`): its worker runs them one after the other, the lane busy and one message in
-flight until the chain ends; each counts as queued until it starts.
+flight until the chain ends; each counts as queued until it starts. Only while the route has
+slots to spare: a chain would keep its slot from lanes waiting for one, and the lowest
+waiting message holds its partition's watermark.
 
 Poll thread only; pure bookkeeping (time is passed in, nothing blocks or does I/O).
 """
@@ -93,7 +95,9 @@ class Lanes:
 
     def start(self, chain: int = 1) -> Job | None:
         """The next job that may start now (counted in flight), or None; with up to
-        ``chain - 1`` more of its lane chained behind it (still counted queued)."""
+        ``chain - 1`` more of its lane chained behind it (still counted queued) when the
+        route has a slot for every other lane waiting to start. When slots run short, lanes
+        take turns instead: a lane's next message queues behind the waiting lanes."""
         if self.in_flight >= self.concurrency:
             return None
         job: Job | None = None
@@ -108,7 +112,8 @@ class Lanes:
                     continue  # stale: dropped, or already started
                 lane.busy = True
                 job = lane.popleft()
-                if chain > 1 and lane:
+                if chain > 1 and lane and self.in_flight + 1 + len(ready) <= self.concurrency:
+                    # a slot for every lane waiting to start: the chain keeps none waiting
                     last = job
                     for _ in range(min(chain - 1, len(lane))):
                         last.next = last = lane.popleft()

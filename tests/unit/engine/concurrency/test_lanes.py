@@ -130,9 +130,9 @@ def chain_of(job: Job) -> list[int]:
     return offsets
 
 
-def keyed_chains() -> Queue:
+def keyed_chains(concurrency: int = 10) -> Queue:
     """Key a at 0, 1, 5, 6; b at 2, 4; c at 3."""
-    queue = Queue("key", concurrency=10)
+    queue = Queue("key", concurrency=concurrency)
     for offset, key in enumerate([b"a", b"a", b"b", b"c", b"b", b"a", b"a"]):
         queue.push(offset, key)
     return queue
@@ -177,3 +177,17 @@ def test_a_cut_chain_forgets_what_did_not_start_and_frees_its_lane() -> None:
     assert (lanes.in_flight, lanes.queued, queue.queued_per_partition()) == (0, 3, {0: 3})
     queue.push(7, b"a")
     assert startable(queue) == [2, 3, 7]  # a's lane is free again
+
+
+def test_lanes_take_turns_instead_of_chains_when_slots_run_short() -> None:
+    """Two slots, three keys waiting: a chain would keep c waiting behind a's later
+    messages; instead each start takes one message, and a's next queues behind c."""
+    queue = keyed_chains(concurrency=2)
+    started = [queue.lanes.start(chain=16) for _ in range(2)]
+    assert [chain_of(job) for job in started if job] == [[0], [2]]
+    queue.lanes.finished(queue.job(0))
+    assert [chain_of(job) for job in iter(lambda: queue.lanes.start(chain=16), None)] == [[3]]
+    queue.lanes.finished(queue.job(2))
+    queue.lanes.finished(queue.job(3))  # slots for every waiting lane (a and b) now
+    assert [chain_of(job) for job in iter(lambda: queue.lanes.start(chain=16), None)] == [
+        [1, 5, 6], [4]]

@@ -96,7 +96,11 @@ def test_a_blocked_handler_grows_lag_seconds_and_checkpoint_age_which_fall_back_
     try:
         base = endpoint(run)
         wait_for(lambda: health(base, "/readyz")[0] == 200, timeout=30, what="ready")
-        produce(kafka_bootstrap, topic, (str(i).encode() for i in range(10)))
+        # One record batch, so the poll that brings 5 brings 6..9 too: the handler blocks the
+        # polling thread, and the client's statistics (the log's end) wait for its next poll.
+        # With the client's 5 ms linger, ten values once went out in two batches under load
+        # and came in two fetches: lag read 1 (two produce calls 0.3 s apart reproduce it).
+        produce(kafka_bootstrap, topic, (str(i).encode() for i in range(10)), linger_ms=10_000)
         wait_for(lambda: "blocking for" in run.log_file.read_text(), timeout=30,
                  what="the handler to block")
 

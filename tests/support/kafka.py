@@ -52,13 +52,16 @@ def produce(
     timeout: float = 60.0,
     in_order: bool = False,
     batch_bytes: int | None = None,
+    linger_ms: int = 5,
 ) -> int:
     """Produce every value, wait for each delivery report, and fail on any delivery error.
 
     ``in_order``: an idempotent producer, so a retried batch cannot land behind a later one
     (each partition's log then holds its values in the order given). ``batch_bytes``: the
-    largest record batch written (the client's default is about 1 MB)."""
-    settings: dict[str, object] = {"bootstrap.servers": bootstrap, "linger.ms": 5,
+    largest record batch written (the client's default is about 1 MB). ``linger_ms``: how
+    long the client waits to fill a batch; a long one keeps a few values in one record batch
+    (the flush at the end sends it at once), which a consumer fetches whole."""
+    settings: dict[str, object] = {"bootstrap.servers": bootstrap, "linger.ms": linger_ms,
                                    "acks": "all", "enable.idempotence": in_order}
     if batch_bytes is not None:
         settings["batch.size"] = batch_bytes

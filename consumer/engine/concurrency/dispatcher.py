@@ -415,14 +415,14 @@ class ConcurrentDispatcher:
                 lanes.release(now)
             jobs: list[Job] = []
             start = lanes.start
-            # a retried message starts alone: its dead letter may be all that is left to do
-            chain = 1 if failing else route.chain
+            chain = route.chain
             while (job := start(chain)) is not None:
                 job.started = started
                 running[job] = None
                 job.owner.running += 1
                 exhausted = exhausted_of(job.message) if failing else None
                 if exhausted is not None:  # only its dead letter is missing: no handler call
+                    # (reported as raised: its chain goes back to the lane, as after a raise)
                     self._completions.put((job, exhausted, 0.0))
                 else:
                     jobs.append(job)

@@ -135,10 +135,8 @@ class Lanes:
             return
         self.in_flight -= 1
         lane = job.lane
-        if lane is not None:
-            self._free_lane(lane)
-
-    def _free_lane(self, lane: Lane) -> None:
+        if lane is None:
+            return
         lane.busy = False
         if lane:
             self._ready.append(lane)
@@ -161,9 +159,7 @@ class Lanes:
         """``job``'s worker did not start it, nor those chained behind it (cut: revoked, or
         the process is stopping): they are dropped like queued ones. Its lane moves on."""
         self._forget(_unchain(job))
-        self.in_flight -= 1
-        if job.lane is not None:
-            self._free_lane(job.lane)
+        self.finished(job)
 
     def _forget(self, jobs: list[Job]) -> None:
         self.queued -= len(jobs)

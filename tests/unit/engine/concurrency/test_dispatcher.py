@@ -16,7 +16,7 @@ from consumer.clock import ManualClock
 from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher
 from consumer.engine.dispatch import Dispatcher
 from consumer.engine.loop import ConsumerLoop
-from consumer.errors import HandlerFailed
+from consumer.errors import DeadLetterFailed, HandlerFailed
 from consumer.kafka.commit_metadata import finished_in, with_gap
 from consumer.kafka.protocol import COMMIT_MARKER
 from consumer.message import TP, Context, Message
@@ -288,6 +288,38 @@ def test_a_dead_lettered_message_is_done_and_its_key_moves_on() -> None:
     run_until(loop, lambda: loop.watermarks() == {P0: 6})
     loop.close()
     assert [m.offset for _, m, _ in sink.sent] == [0]
+
+
+def test_a_message_whose_dead_letter_failed_is_not_run_again_and_its_key_follows_in_order(
+) -> None:
+    """Message 0 used up its attempts but the broker refused its dead letter: it is retried
+    without its handler, with its key's later messages chained behind it. They wait for its
+    dead letter and then run in order."""
+    clock = ManualClock()
+    sink = InMemoryDeadLetterSink()
+    sink.fail_with = DeadLetterFailed("t", 0, 0, "t.dlq", "broker away", retriable=True)
+    handled: list[int] = []
+
+    def handler(message: Message, _context: Context) -> None:
+        handled.append(message.offset)
+        if message.offset == 0:
+            raise ValueError("bad")
+
+    source = keyed_source(5, keys=1)
+    loop = concurrent_loop(source, handler, concurrency=4, clock=clock, sink=sink,
+                           route={"on_failure": "dead_letter", "retry": {"attempts": 1}})
+    loop.start()
+    run_until(loop, lambda: loop.snapshot().queued == {P0: 4})  # 0 waits for its letter
+    sink.fail_with = None
+
+    def later() -> bool:
+        clock.advance(5)  # the letter's retry comes while the loop turns
+        return loop.watermarks() == {P0: 5}
+
+    run_until(loop, later)
+    loop.close()
+    assert [m.offset for _, m, _ in sink.sent] == [0]
+    assert handled == [0, 1, 2, 3, 4]  # 0 once: its retry only sent the letter
 
 
 def test_a_stopping_failure_checkpoints_the_work_before_it_and_runs_nothing_more() -> None:

@@ -168,17 +168,13 @@ def _produce(bootstrap: str, topic: str) -> None:
         raise SystemExit("demo: could not deliver every record to Kafka")
 
 
-def _group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+def _group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    from consumer.kafka.admin import group_offsets
+    from consumer.settings import KafkaSettings
 
-    from consumer.kafka.admin import committed_offsets
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
-    request = ConsumerGroupTopicPartitions(
-        group, [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    )
-    return {tp.partition: tp.offset if tp.offset >= 0 else None  # type: ignore[misc]
-            for tp in committed_offsets(admin, request, timeout=30.0)}
+    found = group_offsets(KafkaSettings(bootstrap_servers=bootstrap, group_id=group), group,
+                          [(topic, p) for p in range(PARTITIONS)], timeout=30.0)
+    return {partition: offset for (_, partition), (offset, _) in found.items()}
 
 
 if __name__ == "__main__":

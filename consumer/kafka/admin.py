@@ -103,27 +103,31 @@ def read_group_positions(
 ) -> list[GroupPosition]:
     """The group's committed offsets and each partition's log range, for ``consumer lag``.
 
-    Without topics: every partition the group has committed offsets for. Does not join the
-    group, so it works while the group runs. Raises :class:`KafkaError`.
+    Without topics: every partition of the cluster's topics the group has committed offsets
+    for. Does not join the group, so it works while the group runs. Raises
+    :class:`KafkaError`.
     """
-    from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for mypy
 
     admin = _connected(settings, AdminClient, admin_config(settings), timeout=timeout)
     try:
-        wanted = None
-        metadata = None
+        metadata = admin.list_topics(timeout=timeout).topics
         if topics:
-            metadata = admin.list_topics(timeout=timeout).topics
             missing = [t for t in topics if t not in metadata or metadata[t].error is not None]
             if missing:
                 raise KafkaError("UNKNOWN_TOPIC_OR_PART",
                                  f"no such topic: {', '.join(missing)}")
-            wanted = [TopicPartition(t, p) for t in topics for p in sorted(metadata[t].partitions)]
-        request = ConsumerGroupTopicPartitions(group, wanted)
-        committed = committed_offsets(admin, request, timeout=timeout, cluster_topics=metadata)
-        partitions = [TopicPartition(tp.topic, tp.partition) for tp in committed]
+            chosen = topics
+        else:  # the cluster's own topics (``__consumer_offsets``, ...) hold no group's work
+            chosen = sorted(t for t, m in metadata.items()
+                            if not t.startswith("__") and m.error is None)
+        wanted = [(t, p) for t in chosen for p in sorted(metadata[t].partitions)]
+        committed = group_offsets(settings, group, wanted, timeout=timeout,
+                                  cluster_topics=metadata)
+        if not topics:
+            committed = {tp: found for tp, found in committed.items() if found[0] is not None}
+        partitions = [TopicPartition(t, p) for t, p in committed]
         ends: dict[str, dict[TP, int]] = {}
         for which in ("earliest", "latest"):
             spec = getattr(OffsetSpec, which)()  # OffsetSpec's factories are untyped
@@ -136,13 +140,9 @@ def read_group_positions(
     except TimeoutError:  # a future's result(timeout=...)
         raise _timed_out(settings, f"for group {group}'s offsets", timeout) from None
     starts, latest = ends["earliest"], ends["latest"]
-    return sorted(
-        (GroupPosition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else None,
-                       tp.metadata or None, starts[(tp.topic, tp.partition)],
-                       latest[(tp.topic, tp.partition)])
-         for tp in committed),
-        key=lambda p: (p.topic, p.partition),
-    )
+    return [GroupPosition(topic, partition, offset, metadata or None, starts[(topic, partition)],
+                          latest[(topic, partition)])
+            for (topic, partition), (offset, metadata) in sorted(committed.items())]
 
 
 #: The group coordinator's answers that mean "not yet, ask again": it is loading the group's
@@ -161,34 +161,57 @@ OFFSET_INVALID = confluent_kafka.OFFSET_INVALID
 COORDINATOR_RETRY_SECONDS = 0.2
 
 
-def committed_offsets(admin: Any, request: Any, *, timeout: float,
+def group_offsets(settings: KafkaSettings, group: str, partitions: Iterable[TP], *,
+                  timeout: float = 10.0, cluster_topics: Collection[str] | None = None,
+                  ) -> dict[TP, tuple[int | None, str | None]]:
+    """The group's committed offset and its metadata per partition ((None, None): nothing
+    committed), read while the group runs or is stopped. Raises :class:`KafkaError`.
+
+    Read by a consumer of the group that never joins it, not by an admin client: when the
+    coordinator answers "not the coordinator" (a broker taking its groups back after a
+    restart, a group moving), librdkafka's admin client (2.16) crashes the process with
+    SIGSEGV, where a consumer only reports the answer and is asked again."""
+    reader = _connected(settings, Consumer, client_config(
+        settings, {"group.id": group, "enable.auto.commit": False},  # never joined
+        client_id=f"{settings.client_id}-offsets"), timeout=timeout)
+    try:
+        found = committed_offsets(reader, [TopicPartition(t, p) for t, p in partitions],
+                                  timeout=timeout, cluster_topics=cluster_topics)
+    except KafkaException as error:
+        raise translate_error(error.args[0]) from error
+    finally:
+        reader.close()
+    return {(tp.topic, tp.partition): (tp.offset, tp.metadata) if tp.offset >= 0
+            else (None, None) for tp in found}
+
+
+def committed_offsets(reader: Any, partitions: list[TopicPartition], *, timeout: float,
                       cluster_topics: Collection[str] | None = None,
                       monotonic: Callable[[], float] = time.monotonic,
                       pause: Callable[[float], None] = time.sleep) -> list[TopicPartition]:
-    """The group's committed offsets (``list_consumer_group_offsets`` for ``request``),
+    """The committed offsets of ``reader``'s group (its ``group.id``) for ``partitions``,
     asking again while the coordinator is loading or moving, for ``timeout`` seconds in all.
-    Raises KafkaException (what the coordinator last said) or TimeoutError.
+    Raises KafkaException (what the coordinator last said, or a timeout).
 
-    On a cluster where no group ever committed, ``__consumer_offsets`` does not exist yet and
-    confluent-kafka 2.16 crashes the process (SIGSEGV) asking for a group's offsets: then
-    nothing is committed, and the answer says so without asking. ``cluster_topics``: the
-    cluster's topic names when the caller has just read them (else they are read here)."""
+    On a cluster where no group ever committed, ``__consumer_offsets`` does not exist yet:
+    nothing is committed, and the answer says so without asking (asking would have the
+    broker create that topic for a read, and wait for it). ``cluster_topics``: the cluster's
+    topic names when the caller has just read them (else they are read here)."""
     if cluster_topics is None:
-        cluster_topics = admin.list_topics(timeout=timeout).topics
+        cluster_topics = reader.list_topics(timeout=timeout).topics
     if OFFSETS_TOPIC not in cluster_topics:
-        return [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID)
-                for tp in request.topic_partitions or []]
+        return [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in partitions]
+    if not partitions:
+        return []
     deadline = monotonic() + timeout
     while True:
-        listed = admin.list_consumer_group_offsets([request], request_timeout=timeout)
         try:
-            result = listed[request.group_id].result(timeout=timeout)
+            return list(reader.committed(partitions,
+                                         timeout=max(0.1, deadline - monotonic())))
         except KafkaException as error:
             if error.args[0].code() not in COORDINATOR_MOVING or monotonic() >= deadline:
                 raise
             pause(COORDINATOR_RETRY_SECONDS)
-            continue
-        return list(result.topic_partitions or [])
 
 
 def group_member_count(settings: KafkaSettings, group: str, *, timeout: float = 10.0) -> int:

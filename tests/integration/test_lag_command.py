@@ -77,9 +77,10 @@ def test_unknown_topic_is_reported_not_a_traceback(kafka_bootstrap: str) -> None
 
 
 def test_lag_on_a_broker_where_no_group_ever_committed(tmp_path: Path) -> None:
-    """A new cluster has no ``__consumer_offsets`` until the first commit; asking for a
-    group's offsets there crashed ``consumer lag`` (SIGSEGV inside confluent-kafka 2.16). A
-    broker of this test's own, since the shared one has that topic from the other tests."""
+    """A new cluster has no ``__consumer_offsets`` until the first commit: nothing is
+    committed, and ``consumer lag`` says so (asking there crashed it once, inside librdkafka's
+    admin client). A broker of this test's own, since the shared one has that topic from the
+    other tests."""
     server = LocalServer.kafka(tmp_path / "kafka-state")
     server.start()
     try:

@@ -116,8 +116,7 @@ def secured_run(secured_kafka: SecuredKafka, postgres_dsn: str,
         try:
             # Offsets are asked only once the group has handled events: before that, this
             # broker has no __consumer_offsets, and the read answers "nothing committed"
-            # (asked there, confluent-kafka 2.16's list_consumer_group_offsets crashes the
-            # process with SIGSEGV: consumer.kafka.admin.committed_offsets).
+            # (consumer.kafka.admin.committed_offsets).
             wait_for(lambda: len(records(str(run.record_file))) >= EVENTS - 2, timeout=60,
                      what=f"the consumer to handle the events ({run.log_tail()})")
             wait_for(lambda: group_offsets(plain, group, topic, 2) == {0: 10, 1: 10},

@@ -110,16 +110,12 @@ def group_commits(bootstrap: str, group: str, topic: str,
                   partitions: int) -> dict[int, tuple[int | None, str | None]]:
     """The group's committed offsets with their metadata (None, None: nothing committed),
     asking again while the coordinator loads the group (a broker busy starting up)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from consumer.kafka.admin import group_offsets
+    from consumer.settings import KafkaSettings
 
-    from consumer.kafka.admin import committed_offsets
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
-    request = ConsumerGroupTopicPartitions(
-        group, [TopicPartition(topic, p) for p in range(partitions)]
-    )
-    return {tp.partition: (tp.offset, tp.metadata) if tp.offset >= 0 else (None, None)
-            for tp in committed_offsets(admin, request, timeout=30.0)}
+    found = group_offsets(KafkaSettings(bootstrap_servers=bootstrap, group_id=group), group,
+                          [(topic, p) for p in range(partitions)], timeout=30.0)
+    return {partition: committed for (_, partition), committed in found.items()}
 
 
 def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[object]:

@@ -1,10 +1,14 @@
-"""consumer.kafka: the admin client that reads topic ids gets only the properties an admin
-client knows (connection and security), never the consumer's own tuning."""
+"""consumer.kafka.admin: the admin client that reads topic ids gets only the properties an
+admin client knows (connection and security), never the consumer's own tuning; a group's
+committed offsets are asked again while its coordinator is not ready."""
 
 from __future__ import annotations
 
+import json
 import logging
-from concurrent.futures import Future
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -16,6 +20,8 @@ from consumer.kafka import source as source_module
 from consumer.kafka.admin import committed_offsets
 from consumer.kafka.source import KafkaSource
 from consumer.settings import KafkaSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class _Described:
@@ -64,7 +70,8 @@ def test_topic_ids_builds_the_admin_client_from_an_allow_list(
 
 
 class _Answers:
-    """An admin client whose group-offsets answers are given: an exception, or offsets."""
+    """A group's reader (a consumer of the group) whose committed-offsets answers are given:
+    an exception, or offsets."""
 
     def __init__(self, *answers: Any, topics: tuple[str, ...] = ("__consumer_offsets",)
                  ) -> None:
@@ -77,72 +84,98 @@ class _Answers:
         self.metadata_reads += 1
         return SimpleNamespace(topics=self.topics)
 
-    def list_consumer_group_offsets(self, requests: list[Any],
-                                    request_timeout: float) -> dict[str, Any]:
+    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
         self.asked += 1
         answer = self.answers.pop(0)
-        future: Future[Any] = Future()
         if isinstance(answer, BaseException):
-            future.set_exception(answer)
-        else:
-            future.set_result(confluent_kafka.ConsumerGroupTopicPartitions("g", answer))
-        return {"g": future}
+            raise answer
+        return list(answer)
 
 
 def _refused(code: int) -> confluent_kafka.KafkaException:
     return confluent_kafka.KafkaException(confluent_kafka.KafkaError(code))
 
 
+WANTED = [confluent_kafka.TopicPartition("orders", p) for p in (0, 1)]
+
+
 def test_group_offsets_are_asked_again_while_the_coordinator_loads_them() -> None:
     """A broker that just started answers COORDINATOR_LOAD_IN_PROGRESS until it has read
     ``__consumer_offsets``: ``consumer lag`` asks again rather than failing."""
-    offsets = [confluent_kafka.TopicPartition("t", 0, 5)]
-    admin = _Answers(_refused(confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS),
-                     _refused(confluent_kafka.KafkaError.NOT_COORDINATOR), offsets)
+    offsets = [confluent_kafka.TopicPartition("orders", 0, 5)]
+    reader = _Answers(_refused(confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS),
+                      _refused(confluent_kafka.KafkaError.NOT_COORDINATOR), offsets)
     pauses: list[float] = []
-    request = confluent_kafka.ConsumerGroupTopicPartitions("g")
-    found = committed_offsets(admin, request, timeout=10.0, pause=pauses.append)
-    assert [(tp.topic, tp.partition, tp.offset) for tp in found] == [("t", 0, 5)]
-    assert admin.asked == 3 and len(pauses) == 2
+    found = committed_offsets(reader, WANTED[:1], timeout=10.0, pause=pauses.append)
+    assert [(tp.topic, tp.partition, tp.offset) for tp in found] == [("orders", 0, 5)]
+    assert reader.asked == 3 and len(pauses) == 2
 
 
 def test_other_refusals_and_a_coordinator_loading_past_the_timeout_are_raised() -> None:
-    request = confluent_kafka.ConsumerGroupTopicPartitions("g")
     denied = _Answers(_refused(confluent_kafka.KafkaError.GROUP_AUTHORIZATION_FAILED))
     with pytest.raises(confluent_kafka.KafkaException):
-        committed_offsets(denied, request, timeout=10.0, pause=lambda _: None)
+        committed_offsets(denied, WANTED, timeout=10.0, pause=lambda _: None)
     assert denied.asked == 1
-    clock = iter([0.0, 5.0, 11.0])
+    clock = iter([0.0, 1.0, 5.0, 6.0, 11.0])
     loading = _Answers(*[_refused(confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS)] * 3)
     with pytest.raises(confluent_kafka.KafkaException):
-        committed_offsets(loading, request, timeout=10.0, monotonic=lambda: next(clock),
+        committed_offsets(loading, WANTED, timeout=10.0, monotonic=lambda: next(clock),
                           pause=lambda _: None)
     assert loading.asked == 2
 
 
 def test_a_cluster_where_no_group_committed_yet_is_not_asked_for_a_groups_offsets() -> None:
-    """Without ``__consumer_offsets`` confluent-kafka 2.16 crashes the process asking for a
-    group's offsets (seen on a new broker): nothing is committed anywhere, so say so."""
-    admin = _Answers(topics=("orders",))
-    wanted = confluent_kafka.ConsumerGroupTopicPartitions(
-        "g", [confluent_kafka.TopicPartition("orders", p) for p in (0, 1)])
-    found = committed_offsets(admin, wanted, timeout=10.0)
+    """Without ``__consumer_offsets`` nothing is committed anywhere: say so, rather than have
+    the broker create that topic for a read and wait for it."""
+    reader = _Answers(topics=("orders",))
+    found = committed_offsets(reader, WANTED, timeout=10.0)
     nothing = confluent_kafka.OFFSET_INVALID
     assert [(tp.topic, tp.partition, tp.offset) for tp in found] == [
         ("orders", 0, nothing), ("orders", 1, nothing)]
-    assert committed_offsets(admin, confluent_kafka.ConsumerGroupTopicPartitions("g"),
-                             timeout=10.0) == []
-    assert admin.asked == 0
+    assert reader.asked == 0
 
 
 def test_topics_the_caller_just_read_are_not_read_again() -> None:
-    """``consumer lag --topic`` has read the cluster's topics already: one metadata read."""
+    """``consumer lag`` has read the cluster's topics already: one metadata read."""
     offsets = [confluent_kafka.TopicPartition("orders", 0, 7)]
-    admin = _Answers(offsets)
-    request = confluent_kafka.ConsumerGroupTopicPartitions("g")
-    found = committed_offsets(admin, request, timeout=10.0,
+    reader = _Answers(offsets)
+    found = committed_offsets(reader, WANTED[:1], timeout=10.0,
                               cluster_topics={"orders", "__consumer_offsets"})
     assert [(tp.topic, tp.offset) for tp in found] == [("orders", 7)]
-    assert admin.metadata_reads == 0
-    assert committed_offsets(_Answers(topics=("orders",)), request, timeout=10.0,
-                             cluster_topics={"orders"}) == []
+    assert reader.metadata_reads == 0
+    assert committed_offsets(_Answers(topics=("orders",)), WANTED, timeout=10.0,
+                             cluster_topics={"orders"})[0].offset == confluent_kafka.OFFSET_INVALID
+
+
+#: Run in a child: on the old path this answer crashed the process (SIGSEGV).
+_NOT_COORDINATOR_TWICE = """
+import json
+from confluent_kafka import Consumer, TopicPartition
+from consumer.kafka.admin import read_group_positions
+from consumer.settings import KafkaSettings
+from tests.support.mock_cluster import NOT_COORDINATOR, OFFSET_FETCH, MockCluster
+cluster = MockCluster()
+cluster.create_topic("orders", 2)
+cluster.create_topic("__consumer_offsets", 1)  # a cluster where some group has committed
+committer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "g",
+                      "enable.auto.commit": False})
+committer.commit(offsets=[TopicPartition("orders", 0, 3)], asynchronous=False)
+committer.close()
+cluster.fail_next(OFFSET_FETCH, NOT_COORDINATOR, NOT_COORDINATOR)
+positions = read_group_positions(KafkaSettings(bootstrap_servers=cluster.bootstrap,
+                                               group_id="g"), "g", ["orders"], timeout=10)
+print(json.dumps([[p.partition, p.committed] for p in positions]))
+cluster.close()
+"""
+
+
+def test_a_group_coordinator_that_is_not_ready_yet_is_asked_again() -> None:
+    """A broker taking its groups back after a restart answers "not the coordinator" for a
+    moment. librdkafka's admin client crashes the process on that answer (it asks a consumer
+    group handle it does not have to find the coordinator again), so a group's offsets are
+    read through a consumer of the group that never joins it. Two such answers, then the
+    offsets (librdkafka's mock cluster, in a child process)."""
+    child = subprocess.run([sys.executable, "-c", _NOT_COORDINATOR_TWICE], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert child.returncode == 0, f"the child exited {child.returncode}: {child.stderr[-2000:]}"
+    assert json.loads(child.stdout.splitlines()[-1]) == [[0, 3], [1, None]]

@@ -140,9 +140,9 @@ def read_group_positions(
     except TimeoutError:  # a future's result(timeout=...)
         raise _timed_out(settings, f"for group {group}'s offsets", timeout) from None
     starts, latest = ends["earliest"], ends["latest"]
-    return [GroupPosition(topic, partition, offset, metadata or None, starts[(topic, partition)],
+    return [GroupPosition(topic, partition, offset, note or None, starts[(topic, partition)],
                           latest[(topic, partition)])
-            for (topic, partition), (offset, metadata) in sorted(committed.items())]
+            for (topic, partition), (offset, note) in sorted(committed.items())]
 
 
 #: The group coordinator's answers that mean "not yet, ask again": it is loading the group's

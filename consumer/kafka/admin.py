@@ -25,6 +25,7 @@ from consumer.kafka.client import (
     client_config,
     translate_error,
 )
+from consumer.kafka.committed import ask_committed
 from consumer.kafka.protocol import COMMIT_MARKER, GroupPosition
 from consumer.message import TP, Message
 from consumer.settings import KafkaSettings
@@ -145,20 +146,10 @@ def read_group_positions(
             for (topic, partition), (offset, note) in sorted(committed.items())]
 
 
-#: The group coordinator's answers that mean "not yet, ask again": it is loading the group's
-#: offsets (a broker just started or took over the partition of ``__consumer_offsets``), or
-#: the group moved to another broker.
-COORDINATOR_MOVING = frozenset({
-    confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    confluent_kafka.KafkaError.COORDINATOR_NOT_AVAILABLE,
-    confluent_kafka.KafkaError.NOT_COORDINATOR,
-})
 #: Where the brokers keep committed offsets; created at the first commit of any group.
 OFFSETS_TOPIC = "__consumer_offsets"
 #: A partition's offset when nothing is committed for it.
 OFFSET_INVALID = confluent_kafka.OFFSET_INVALID
-#: Seconds between two asks of a coordinator that is not ready.
-COORDINATOR_RETRY_SECONDS = 0.2
 
 
 def group_offsets(settings: KafkaSettings, group: str, partitions: Iterable[TP], *,
@@ -203,15 +194,7 @@ def committed_offsets(reader: Any, partitions: list[TopicPartition], *, timeout:
         return [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in partitions]
     if not partitions:
         return []
-    deadline = monotonic() + timeout
-    while True:
-        try:
-            return list(reader.committed(partitions,
-                                         timeout=max(0.1, deadline - monotonic())))
-        except KafkaException as error:
-            if error.args[0].code() not in COORDINATOR_MOVING or monotonic() >= deadline:
-                raise
-            pause(COORDINATOR_RETRY_SECONDS)
+    return ask_committed(reader, partitions, timeout=timeout, monotonic=monotonic, pause=pause)
 
 
 def group_member_count(settings: KafkaSettings, group: str, *, timeout: float = 10.0) -> int:

@@ -6,7 +6,8 @@ Used by the poll thread only: rebalance, commit, error and statistics callbacks 
 from the next ``poll`` or ``close`` (a failed assignment as ``AssignmentFailed``, since the
 client would consume from Kafka's committed offsets). Client errors leave as ``KafkaError``.
 ``poll`` blocks up to its timeout; synchronous commits, ``committed``, ``offset_range`` and
-``topic_ids`` for a broker round trip. Logger ``consumer.source``.
+``topic_ids`` for a broker round trip (``committed`` asks again while the group's coordinator
+is not ready: ``consumer.kafka.committed``). Logger ``consumer.source``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from consumer.kafka.client import (
     translate_error,
 )
 from consumer.kafka.client_log import librdkafka_logger
+from consumer.kafka.committed import ask_committed
 from consumer.kafka.protocol import COMMIT_MARKER, SourceListener
 from consumer.message import TP, Message, RecordMessage
 from consumer.settings import KafkaSettings
@@ -244,7 +246,7 @@ class KafkaSource:
         """Kafka's committed offsets for the group (None where nothing is committed)."""
         request = [TopicPartition(t, p) for t, p in partitions]
         try:
-            result = self._consumer.committed(request, timeout=timeout)
+            result = ask_committed(self._consumer, request, timeout=timeout)
         except KafkaException as error:
             raise translate_error(error.args[0]) from error
         return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in result}
@@ -256,7 +258,7 @@ class KafkaSource:
         if not request:
             return {}
         try:
-            result = self._consumer.committed(request, timeout=timeout)
+            result = ask_committed(self._consumer, request, timeout=timeout)
         except KafkaException as error:
             raise translate_error(error.args[0]) from error
         return {

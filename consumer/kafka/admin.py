@@ -148,8 +148,6 @@ def read_group_positions(
 
 #: Where the brokers keep committed offsets; created at the first commit of any group.
 OFFSETS_TOPIC = "__consumer_offsets"
-#: A partition's offset when nothing is committed for it.
-OFFSET_INVALID = confluent_kafka.OFFSET_INVALID
 
 
 def group_offsets(settings: KafkaSettings, group: str, partitions: Iterable[TP], *,
@@ -166,23 +164,19 @@ def group_offsets(settings: KafkaSettings, group: str, partitions: Iterable[TP],
         settings, {"group.id": group, "enable.auto.commit": False},  # never joined
         client_id=f"{settings.client_id}-offsets"), timeout=timeout)
     try:
-        found = committed_offsets(reader, [TopicPartition(t, p) for t, p in partitions],
-                                  timeout=timeout, cluster_topics=cluster_topics)
+        return committed_offsets(reader, list(partitions), timeout=timeout,
+                                 cluster_topics=cluster_topics)
     except KafkaException as error:
         raise translate_error(error.args[0]) from error
     finally:
         reader.close()
-    return {(tp.topic, tp.partition): (tp.offset, tp.metadata) if tp.offset >= 0
-            else (None, None) for tp in found}
 
 
-def committed_offsets(reader: Any, partitions: list[TopicPartition], *, timeout: float,
+def committed_offsets(reader: Any, partitions: list[TP], *, timeout: float,
                       cluster_topics: Collection[str] | None = None,
-                      monotonic: Callable[[], float] = time.monotonic,
-                      pause: Callable[[float], None] = time.sleep) -> list[TopicPartition]:
-    """The committed offsets of ``reader``'s group (its ``group.id``) for ``partitions``,
-    asking again while the coordinator is loading or moving, for ``timeout`` seconds in all.
-    Raises KafkaException (what the coordinator last said, or a timeout).
+                      ) -> dict[TP, tuple[int | None, str | None]]:
+    """What :func:`~consumer.kafka.committed.ask_committed` answers for ``reader``'s group
+    (its ``group.id``). Raises KafkaException.
 
     On a cluster where no group ever committed, ``__consumer_offsets`` does not exist yet:
     nothing is committed, and the answer says so without asking (asking would have the
@@ -191,10 +185,8 @@ def committed_offsets(reader: Any, partitions: list[TopicPartition], *, timeout:
     if cluster_topics is None:
         cluster_topics = reader.list_topics(timeout=timeout).topics
     if OFFSETS_TOPIC not in cluster_topics:
-        return [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in partitions]
-    if not partitions:
-        return []
-    return ask_committed(reader, partitions, timeout=timeout, monotonic=monotonic, pause=pause)
+        return {tp: (None, None) for tp in partitions}
+    return ask_committed(reader, partitions, timeout=timeout)
 
 
 def group_member_count(settings: KafkaSettings, group: str, *, timeout: float = 10.0) -> int:

@@ -12,11 +12,13 @@ said, or its timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
+
+from consumer.message import TP
 
 #: The group coordinator's answers that mean "not yet, ask again": it is loading the group's
 #: offsets (a broker just started or took over the partition of ``__consumer_offsets``), or
@@ -30,17 +32,24 @@ COORDINATOR_MOVING = frozenset({
 COORDINATOR_RETRY_SECONDS = 0.2
 
 
-def ask_committed(consumer: Any, partitions: list[TopicPartition], *, timeout: float,
+def ask_committed(consumer: Any, partitions: Iterable[TP], *, timeout: float,
                   monotonic: Callable[[], float] = time.monotonic,
-                  pause: Callable[[float], None] = time.sleep) -> list[TopicPartition]:
-    """``consumer.committed(partitions)`` for the consumer's group, asked again while the
-    coordinator is loading or moving, for ``timeout`` seconds in all."""
+                  pause: Callable[[float], None] = time.sleep,
+                  ) -> dict[TP, tuple[int | None, str | None]]:
+    """The committed offset and its metadata per partition of ``consumer``'s group ((None,
+    None): nothing committed), asked again while the coordinator is loading or moving, for
+    ``timeout`` seconds in all."""
+    request = [TopicPartition(t, p) for t, p in partitions]
+    if not request:
+        return {}
     deadline = monotonic() + timeout
     while True:
         try:
-            return list(consumer.committed(partitions,
-                                           timeout=max(0.1, deadline - monotonic())))
+            found = consumer.committed(request, timeout=max(0.1, deadline - monotonic()))
         except confluent_kafka.KafkaException as error:
             if error.args[0].code() not in COORDINATOR_MOVING or monotonic() >= deadline:
                 raise
             pause(COORDINATOR_RETRY_SECONDS)
+            continue
+        return {(tp.topic, tp.partition): (tp.offset, tp.metadata) if tp.offset >= 0
+                else (None, None) for tp in found}

@@ -244,27 +244,16 @@ class KafkaSource:
 
     def committed(self, partitions: Iterable[TP], timeout: float = 10.0) -> dict[TP, int | None]:
         """Kafka's committed offsets for the group (None where nothing is committed)."""
-        request = [TopicPartition(t, p) for t, p in partitions]
-        try:
-            result = ask_committed(self._consumer, request, timeout=timeout)
-        except KafkaException as error:
-            raise translate_error(error.args[0]) from error
-        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in result}
+        return {tp: offset for tp, (offset, _) in
+                self.committed_with_metadata(partitions, timeout).items()}
 
     def committed_with_metadata(
         self, partitions: Iterable[TP], timeout: float = 10.0
     ) -> dict[TP, tuple[int | None, str | None]]:
-        request = [TopicPartition(t, p) for t, p in partitions]
-        if not request:
-            return {}
         try:
-            result = ask_committed(self._consumer, request, timeout=timeout)
+            return ask_committed(self._consumer, partitions, timeout=timeout)
         except KafkaException as error:
             raise translate_error(error.args[0]) from error
-        return {
-            (tp.topic, tp.partition): (tp.offset, tp.metadata) if tp.offset >= 0 else (None, None)
-            for tp in result
-        }
 
     def offset_range(self, partition: TP, timeout: float = 10.0) -> tuple[int, int]:
         try:

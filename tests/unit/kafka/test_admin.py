@@ -9,7 +9,6 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import confluent_kafka
@@ -20,6 +19,7 @@ from consumer.kafka import source as source_module
 from consumer.kafka.admin import committed_offsets
 from consumer.kafka.source import KafkaSource
 from consumer.settings import KafkaSettings
+from tests.support.scripted_reader import ScriptedReader
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -69,82 +69,28 @@ def test_topic_ids_builds_the_admin_client_from_an_allow_list(
     }]
 
 
-class _Answers:
-    """A group's reader (a consumer of the group) whose committed-offsets answers are given:
-    an exception, or offsets."""
-
-    def __init__(self, *answers: Any, topics: tuple[str, ...] = ("__consumer_offsets",)
-                 ) -> None:
-        self.answers = list(answers)
-        self.asked = 0
-        self.topics = {name: object() for name in topics}
-        self.metadata_reads = 0
-
-    def list_topics(self, timeout: float) -> Any:
-        self.metadata_reads += 1
-        return SimpleNamespace(topics=self.topics)
-
-    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
-        self.asked += 1
-        answer = self.answers.pop(0)
-        if isinstance(answer, BaseException):
-            raise answer
-        return list(answer)
-
-
-def _refused(code: int) -> confluent_kafka.KafkaException:
-    return confluent_kafka.KafkaException(confluent_kafka.KafkaError(code))
-
-
-WANTED = [confluent_kafka.TopicPartition("orders", p) for p in (0, 1)]
-
-
-def test_group_offsets_are_asked_again_while_the_coordinator_loads_them() -> None:
-    """A broker that just started answers COORDINATOR_LOAD_IN_PROGRESS until it has read
-    ``__consumer_offsets``: ``consumer lag`` asks again rather than failing."""
-    offsets = [confluent_kafka.TopicPartition("orders", 0, 5)]
-    reader = _Answers(_refused(confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS),
-                      _refused(confluent_kafka.KafkaError.NOT_COORDINATOR), offsets)
-    pauses: list[float] = []
-    found = committed_offsets(reader, WANTED[:1], timeout=10.0, pause=pauses.append)
-    assert [(tp.topic, tp.partition, tp.offset) for tp in found] == [("orders", 0, 5)]
-    assert reader.asked == 3 and len(pauses) == 2
-
-
-def test_other_refusals_and_a_coordinator_loading_past_the_timeout_are_raised() -> None:
-    denied = _Answers(_refused(confluent_kafka.KafkaError.GROUP_AUTHORIZATION_FAILED))
-    with pytest.raises(confluent_kafka.KafkaException):
-        committed_offsets(denied, WANTED, timeout=10.0, pause=lambda _: None)
-    assert denied.asked == 1
-    clock = iter([0.0, 1.0, 5.0, 6.0, 11.0])
-    loading = _Answers(*[_refused(confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS)] * 3)
-    with pytest.raises(confluent_kafka.KafkaException):
-        committed_offsets(loading, WANTED, timeout=10.0, monotonic=lambda: next(clock),
-                          pause=lambda _: None)
-    assert loading.asked == 2
+WANTED = [("orders", 0), ("orders", 1)]
 
 
 def test_a_cluster_where_no_group_committed_yet_is_not_asked_for_a_groups_offsets() -> None:
     """Without ``__consumer_offsets`` nothing is committed anywhere: say so, rather than have
     the broker create that topic for a read and wait for it."""
-    reader = _Answers(topics=("orders",))
+    reader = ScriptedReader(topics=("orders",))
     found = committed_offsets(reader, WANTED, timeout=10.0)
-    nothing = confluent_kafka.OFFSET_INVALID
-    assert [(tp.topic, tp.partition, tp.offset) for tp in found] == [
-        ("orders", 0, nothing), ("orders", 1, nothing)]
+    assert found == {("orders", 0): (None, None), ("orders", 1): (None, None)}
     assert reader.asked == 0
 
 
 def test_topics_the_caller_just_read_are_not_read_again() -> None:
     """``consumer lag`` has read the cluster's topics already: one metadata read."""
     offsets = [confluent_kafka.TopicPartition("orders", 0, 7)]
-    reader = _Answers(offsets)
+    reader = ScriptedReader(offsets)
     found = committed_offsets(reader, WANTED[:1], timeout=10.0,
                               cluster_topics={"orders", "__consumer_offsets"})
-    assert [(tp.topic, tp.offset) for tp in found] == [("orders", 7)]
+    assert found == {("orders", 0): (7, None)}
     assert reader.metadata_reads == 0
-    assert committed_offsets(_Answers(topics=("orders",)), WANTED, timeout=10.0,
-                             cluster_topics={"orders"})[0].offset == confluent_kafka.OFFSET_INVALID
+    assert committed_offsets(ScriptedReader(topics=("orders",)), WANTED, timeout=10.0,
+                             cluster_topics={"orders"})[("orders", 0)] == (None, None)
 
 
 #: Run in a child: on the old path this answer crashed the process (SIGSEGV).

@@ -24,7 +24,7 @@ from consumer.checkpoint.progress import PartitionProgress
 from consumer.clock import Clock
 from consumer.dedup import KeyFunction
 from consumer.engine.concurrency.batches import BatchRunner, BatchWork
-from consumer.engine.concurrency.lanes import Lanes, Ordering, above, partition_of
+from consumer.engine.concurrency.lanes import JobFactory, Lane, Lanes, Ordering, above, partition_of
 from consumer.engine.concurrency.runners import (
     NOT_STARTED,
     AsyncRunner,
@@ -71,17 +71,15 @@ def is_async(handler: Handler) -> bool:
 
 
 class _Route:
-    __slots__ = ("chain", "format", "handler", "lanes", "runner", "scope")
+    __slots__ = ("chain", "handler", "lanes", "runner", "scope")
 
     def __init__(self, handler: Handler, lanes: Lanes, scope: Scope,
-                 runner: ThreadRunner | BatchRunner | None, format: Decode | None) -> None:
+                 runner: ThreadRunner | BatchRunner | None) -> None:
         self.handler = handler
         self.lanes = lanes
         self.scope = scope
         #: Jobs a worker takes at once from a lane (:data:`CHAIN_JOBS`; 1 for micro-batches).
         self.chain = 1 if isinstance(runner, BatchRunner) else CHAIN_JOBS
-        #: The value's declared format, checked on the worker before the handler.
-        self.format = format
         #: None: an async handler, run on the shared event loop.
         self.runner = runner
 
@@ -125,9 +123,11 @@ class ConcurrentDispatcher:
             else:
                 runner = ThreadRunner(handler, concurrency=settings.concurrency, name=topic,
                                       completions=self._completions, clock=self._calls.clock)
-            self._routes[topic] = _Route(handler, Lanes(settings.ordering, in_flight),
-                                         Scope(group, key_function=keys.get(topic)), runner,
-                                         failures.format_of(topic))
+            scope = Scope(group, key_function=keys.get(topic))
+            # the value's declared format: its jobs check it on the worker, before the handler
+            make_job = job_factory(scope, failures.format_of(topic))
+            self._routes[topic] = _Route(handler, Lanes(settings.ordering, in_flight, make_job),
+                                         scope, runner)
         #: Per assigned partition with work taken in: its finished offsets and counts (a job
         #: carries its partition's, so a completion looks nothing up).
         self._trackers: dict[TP, PartitionWork] = {}
@@ -178,7 +178,7 @@ class ConcurrentDispatcher:
                         continue  # revoked meanwhile
                     work = trackers[tp] = PartitionWork(topic, partition, progress=progress,
                                                         lanes=route.lanes)
-                scope, fmt, push = route.scope, route.format, route.lanes.push
+                push = route.lanes.push
                 before = finished_before.get(tp) if finished_before else None
                 skip = None if before is None else before[1]
             offset = message.offset
@@ -186,7 +186,7 @@ class ConcurrentDispatcher:
             if skip is not None and offset in skip:
                 self._skip(work, offset, skip)
                 continue
-            push(Job(message, Context(scope, message), format=fmt, owner=work))
+            push(message, work)
         self._drain(partitions, block=0.0)
         if not stop.requested:
             self._start(partitions)
@@ -314,7 +314,7 @@ class ConcurrentDispatcher:
         self._drop(chosen)
         works = [work for tp in chosen if (work := self._trackers.get(tp)) is not None]
         if only is not None:  # chained jobs not started yet are left for the next owner
-            self._cut_chains(lambda job: partition_of(job) in chosen)
+            self._cut_chains(lambda message: partition_of(message) in chosen)
         while any(work.running for work in works):
             left = deadline - self._clock.monotonic()
             if left <= 0 or not self._drain(partitions, block=left, starting=False):
@@ -358,7 +358,7 @@ class ConcurrentDispatcher:
         are ignored when they come."""
         chosen = set(partitions)
         self._drop(chosen)
-        self._cut_chains(lambda job: partition_of(job) in chosen)
+        self._cut_chains(lambda message: partition_of(message) in chosen)
         for tp in chosen:
             work = self._trackers.pop(tp, None)
             if work is not None:
@@ -575,14 +575,15 @@ class ConcurrentDispatcher:
         running = self._running
         self._calls.oldest_running(next(iter(running)).started if running else 0.0)
 
-    def _cut_chains(self, cuts: Callable[[Job], bool] | None = None) -> None:
-        """Workers start none of the chained jobs ``cuts`` picks (every one: None), nor those
-        chained behind them; they come back :data:`NOT_STARTED`. What ``cuts`` picks must be
-        a chain's tail: a partition's jobs, or those above an offset."""
+    def _cut_chains(self, cuts: Callable[[Message], bool] | None = None) -> None:
+        """Workers start none of the chained jobs whose message ``cuts`` picks (every one:
+        None), nor those chained behind them; they come back :data:`NOT_STARTED`. What
+        ``cuts`` picks must be a chain's tail: a partition's messages, or those above an
+        offset."""
         for job in self._running:
             following = job.next
             while following is not None:
-                if cuts is None or cuts(following):
+                if cuts is None or cuts(following.message):
                     following.cut = True
                 following = following.next
 
@@ -616,6 +617,15 @@ class ConcurrentDispatcher:
             self._stalled = False
         if self._full:
             self._source.pause([tp for tp in self._full if tp in partitions])
+
+
+def job_factory(scope: Scope, format: Decode | None) -> JobFactory:
+    """Makes a route's jobs as their messages start (:class:`~.lanes.Lanes`)."""
+
+    def make_job(message: Message, work: PartitionWork, lane: Lane | None) -> Job:
+        return Job(message, Context(scope, message), format, work, lane)
+
+    return make_job
 
 
 def _key_or_none(scope: Scope, message: Message) -> bytes | None:

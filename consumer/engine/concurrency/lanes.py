@@ -1,4 +1,4 @@
-"""One route's polled messages (as jobs) that have not started yet, in lanes that keep its ordering.
+"""One route's polled messages that have not started yet, in lanes that keep its ordering.
 
 A lane is what runs one message at a time, in offset order: with ``key`` ordering one Kafka key
 of one partition (a None key is one lane per partition), with ``partition`` one partition; with
@@ -7,7 +7,12 @@ of the route run at once. A failing message waiting for its retry stays at the h
 (its key's or partition's later messages wait behind it; other lanes go on); with ``none`` it
 waits alone.
 
-A lane may hand its next queued jobs over with the one that starts, chained behind it
+A lane holds the messages themselves; the :class:`Job` that runs one is made when it starts
+(:data:`JobFactory`), so the thousands a full buffer holds weigh a message each, and a job and
+its context are made and used within a handler's time. (With ``none`` ordering, jobs are made
+as messages are queued: they start in that order.)
+
+A lane may hand its next queued messages over with the one that starts, as jobs chained behind it
 (:attr:`Job.next`): its worker runs them one after the other, the lane busy and one message in
 flight until the chain ends; each counts as queued until it starts. Only while the route has
 slots to spare: a chain would keep its slot from lanes waiting for one, and the lowest
@@ -23,75 +28,100 @@ from collections import deque
 from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import TYPE_CHECKING, Literal
 
-from consumer.message import TP
+from consumer.message import TP, Message
 
 if TYPE_CHECKING:
     from consumer.engine.concurrency.runners import Job
+    from consumer.engine.concurrency.tracker import PartitionWork
 
 Ordering = Literal["key", "partition", "none"]
 
 
-class Lane(deque["Job"]):
-    """One lane's queued jobs, in offset order; a job carries its lane from the queue to its
-    completion, so starting and finishing it looks nothing up."""
+#: A partition's lanes by lane key: the message's Kafka key (``key`` ordering), or None (the
+#: partition's one lane with ``partition`` ordering).
+PartitionLanes = dict[Hashable, "Lane"]
 
-    __slots__ = ("busy", "key")
+#: Makes the job that runs ``message`` of ``work``'s partition, in ``lane`` (None: ``none``
+#: ordering): the route's handler, scope and decoder are the factory's.
+JobFactory = Callable[[Message, "PartitionWork", "Lane | None"], "Job"]
 
-    def __init__(self, key: Hashable) -> None:
+
+class Lane(deque[Message]):
+    """One lane's queued messages, in offset order; a job carries its lane from its start to
+    its completion, so finishing it looks nothing up."""
+
+    __slots__ = ("busy", "home", "key", "work")
+
+    def __init__(self, key: Hashable, home: PartitionLanes, work: PartitionWork) -> None:
         super().__init__()
         self.key = key
+        #: The partition's lanes, which hold this one while it has queued messages or is busy.
+        self.home = home
+        #: The work of the assignment its queued messages came in (a revoke empties the lane;
+        #: the partition's next assignment brings its own).
+        self.work = work
         #: A message of the lane runs or is held for a retry: none of its others may start.
         self.busy = False
 
 
 class Lanes:
-    """Queued jobs of one route, and which of them may start now.
+    """Queued messages of one route, and which of them may start now.
 
-    A job's lane is found once, when it is queued (the message's key is read there and only
-    there), and the job carries it (:attr:`Job.lane`) to :meth:`finished` and :meth:`hold`.
-    The per-partition counts live on the job's :class:`~.tracker.PartitionWork`
-    (``queued``), which the dispatcher reads for snapshots."""
+    A message's lane is found once, when it is queued (its key is read there and only there,
+    among its partition's lanes); the job made when it starts carries the lane
+    (:attr:`Job.lane`) to :meth:`finished` and :meth:`hold`. The per-partition counts live
+    on the partition's :class:`~.tracker.PartitionWork` (``queued``), which the dispatcher
+    reads for snapshots."""
 
-    def __init__(self, ordering: Ordering, concurrency: int) -> None:
+    def __init__(self, ordering: Ordering, concurrency: int, make_job: JobFactory) -> None:
         self.ordering: Ordering = ordering
         self.concurrency = concurrency
+        self._make_job = make_job
         self._keyed = ordering == "key"
         self._free_order = ordering == "none"
         #: Messages of the route running now.
         self.in_flight = 0
         #: Messages queued (polled, not started), all partitions.
         self.queued = 0
-        #: lane key -> the lane (key and partition ordering). A lane leaves when it is empty
-        #: and not busy, so a running key stays busy even after its partition's queue is
-        #: dropped.
-        self._lanes: dict[Hashable, Lane] = {}
+        #: Per partition, its lanes (key and partition ordering). A lane leaves when it is
+        #: empty and not busy, so a running key stays busy even after its partition's queue
+        #: is dropped, and a partition's lanes outlive its assignment for the same reason.
+        self._lanes: dict[TP, PartitionLanes] = {}
         #: Lanes that may start their head message, oldest first (may hold stale entries).
         self._ready: deque[Lane] = deque()
-        #: ``none`` ordering: the queued jobs themselves.
+        #: ``none`` ordering: the queued messages' jobs (made as they are queued).
         self._free: deque[Job] = deque()
         #: (retry time, sequence, job) of messages held for a retry.
         self._held: list[tuple[float, int, Job]] = []
         self._sequence = 0
 
-    def push(self, job: Job) -> None:
-        """A polled message joins the queue (its lane is found here, once)."""
+    def of_partition(self, tp: TP) -> PartitionLanes:
+        """``tp``'s lanes, where :meth:`push` finds a message's lane (its
+        :class:`~.tracker.PartitionWork` keeps them at hand)."""
+        lanes = self._lanes.get(tp)
+        if lanes is None:
+            lanes = self._lanes[tp] = {}
+        return lanes
+
+    def push(self, message: Message, work: PartitionWork) -> None:
+        """A polled message of ``work``'s partition joins the queue (its lane is found here,
+        once)."""
         self.queued += 1
-        job.owner.queued += 1
+        work.queued += 1
         if self._free_order:
-            self._free.append(job)
+            self._free.append(self._make_job(message, work, None))
             return
-        message = job.message
-        if self._keyed:
-            key: Hashable = (message.topic, message.partition, message.key)
-        else:
-            key = (message.topic, message.partition)
-        lane = self._lanes.get(key)
+        lanes = work.key_lanes
+        key = message.key if self._keyed else None
+        lane = lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = Lane(key)
-        job.lane = lane
-        if not lane and not lane.busy:
+            lane = lanes[key] = Lane(key, lanes, work)
             self._ready.append(lane)
-        lane.append(job)
+        elif not lane:
+            lane.work = work  # an empty lane may be a previous assignment's running key's
+            if not lane.busy:
+                self._ready.append(lane)
+        lane.append(message)
 
     def start(self, chain: int = 1) -> Job | None:
         """The next job that may start now (counted in flight), or None; with up to
@@ -111,12 +141,14 @@ class Lanes:
                 if not lane or lane.busy:
                     continue  # stale: dropped, or already started
                 lane.busy = True
-                job = lane.popleft()
+                work = lane.work
+                make_job = self._make_job
+                job = make_job(lane.popleft(), work, lane)
                 if chain > 1 and lane and self.in_flight + 1 + len(ready) <= self.concurrency:
                     # a slot for every lane waiting to start: the chain keeps none waiting
                     last = job
                     for _ in range(min(chain - 1, len(lane))):
-                        last.next = last = lane.popleft()
+                        last.next = last = make_job(lane.popleft(), work, lane)
                 break
         if job is None:
             return None
@@ -141,19 +173,19 @@ class Lanes:
         if lane:
             self._ready.append(lane)
         else:
-            del self._lanes[lane.key]  # a busy lane never leaves: it is there
+            del lane.home[lane.key]  # a busy lane never leaves: it is there
 
     def give_back(self, job: Job) -> None:
-        """``job`` raised, so its worker did not go on: the jobs chained behind it return to
-        the head of its lane, in order (dropped when its partition is gone)."""
+        """``job`` raised, so its worker did not go on: the messages chained behind it return
+        to the head of its lane, in order (dropped when its partition is gone)."""
         chained = _unchain(job)
         if not chained:
             return
         lane = job.lane
         if job.owner.gone or lane is None:
             self._forget(chained)
-        else:
-            lane.extendleft(reversed(chained))  # busy with ``job``: no ready entry needed
+        else:  # busy with ``job``: no ready entry needed
+            lane.extendleft([chained_job.message for chained_job in reversed(chained)])
 
     def not_started(self, job: Job) -> None:
         """``job``'s worker did not start it, nor those chained behind it (cut: revoked, or
@@ -184,7 +216,7 @@ class Lanes:
             if lane is None:
                 self._free.appendleft(job)
                 continue
-            lane.appendleft(job)  # busy while held: still the key's lane
+            lane.appendleft(job.message)  # busy while held: still the key's lane
             lane.busy = False
             self._ready.appendleft(lane)
 
@@ -193,56 +225,58 @@ class Lanes:
         return self._held[0][0] if self._held else None
 
     def drop_above(self, highest: Mapping[TP, int]) -> int:
-        """Forget the queued jobs whose offset is above ``highest`` of their partition (every
-        queued job of a partition not in it); returns how many. Jobs held for a retry stay:
-        they ran once, so they are below it."""
+        """Forget the queued messages whose offset is above ``highest`` of their partition
+        (every queued message of a partition not in it); returns how many. Jobs held for a
+        retry stay: they ran once, so they are below it."""
         return self._drop_queued(above(highest))
 
     def drop(self, partitions: Collection[TP]) -> int:
-        """Forget the queued and held jobs of ``partitions`` (revoked, lost, or the process
+        """Forget the queued messages and held jobs of ``partitions`` (revoked, lost, or the process
         is stopping); returns how many. Their running jobs keep their lanes busy until they
         finish, so a key never runs twice at once even across a reassignment."""
-        dropped = self._drop_queued(lambda job: partition_of(job) in partitions)
+        dropped = self._drop_queued(lambda message: partition_of(message) in partitions)
         kept_held: list[tuple[float, int, Job]] = []
         for entry in self._held:
             job = entry[2]
-            if partition_of(job) in partitions:
+            if partition_of(job.message) in partitions:
                 dropped += 1
                 job.owner.queued -= 1
                 self.queued -= 1
                 held_lane = job.lane
                 if held_lane is not None:  # held, not running: nothing keeps it busy
                     held_lane.busy = False
-                    if not held_lane and self._lanes.get(held_lane.key) is held_lane:
-                        del self._lanes[held_lane.key]
+                    home = held_lane.home
+                    if not held_lane and home.get(held_lane.key) is held_lane:
+                        del home[held_lane.key]
             else:
                 kept_held.append(entry)
         self._held = kept_held
         heapq.heapify(self._held)
         return dropped
 
-    def _drop_queued(self, drops: Callable[[Job], bool]) -> int:
-        """Forget the queued jobs (not those held for a retry) that ``drops`` picks; returns
-        how many. In a lane it must pick a tail: a lane is in offset order, and what it picks
-        is a partition's whole queue or what lies above an offset."""
+    def _drop_queued(self, drops: Callable[[Message], bool]) -> int:
+        """Forget the queued messages (not those held for a retry) that ``drops`` picks;
+        returns how many. In a lane it must pick a tail: a lane is in offset order, and what
+        it picks is a partition's whole queue or what lies above an offset."""
         dropped = 0
         if self._free_order:
             kept: deque[Job] = deque()
             for job in self._free:
-                if drops(job):
+                if drops(job.message):
                     job.owner.queued -= 1
                     dropped += 1
                 else:
                     kept.append(job)
             self._free = kept
         else:
-            lanes = self._lanes
-            for key, lane in list(lanes.items()):
-                while lane and drops(lane[-1]):
-                    lane.pop().owner.queued -= 1
-                    dropped += 1
-                if not lane and not lane.busy:
-                    del lanes[key]
+            for lanes in self._lanes.values():
+                for key, lane in list(lanes.items()):
+                    while lane and drops(lane[-1]):
+                        lane.pop()
+                        lane.work.queued -= 1
+                        dropped += 1
+                    if not lane and not lane.busy:
+                        del lanes[key]
         self.queued -= dropped
         return dropped
 
@@ -257,12 +291,11 @@ def _unchain(job: Job) -> list[Job]:
     return chained
 
 
-def partition_of(job: Job) -> TP:
-    message = job.message
+def partition_of(message: Message) -> TP:
     return (message.topic, message.partition)
 
 
-def above(highest: Mapping[TP, int]) -> Callable[[Job], bool]:
-    """Picks the jobs whose offset is above ``highest`` of their partition (every job of a
-    partition not in it)."""
-    return lambda job: job.message.offset > highest.get(partition_of(job), -1)
+def above(highest: Mapping[TP, int]) -> Callable[[Message], bool]:
+    """Picks the messages whose offset is above ``highest`` of their partition (every
+    message of a partition not in it)."""
+    return lambda message: message.offset > highest.get(partition_of(message), -1)

@@ -40,8 +40,8 @@ class Job:
     __slots__ = ("context", "cut", "format", "lane", "message", "next", "owner", "started",
                  "topic")
 
-    def __init__(self, message: Message, context: Context, *, format: Decode | None,
-                 owner: PartitionWork, started: float = 0.0) -> None:
+    def __init__(self, message: Message, context: Context, format: Decode | None,
+                 owner: PartitionWork, lane: Lane | None = None, started: float = 0.0) -> None:
         self.message = message
         self.context = context
         self.topic = message.topic
@@ -50,9 +50,9 @@ class Job:
         #: The partition's work when the message was polled: gone when it finishes means the
         #: partition was lost or revoked meanwhile (the result is ignored).
         self.owner = owner
-        #: The message's lane in its route's :class:`~.lanes.Lanes` (set when queued; None:
-        #: ``none`` ordering).
-        self.lane: Lane | None = None
+        #: The message's lane in its route's :class:`~.lanes.Lanes` (None: ``none``
+        #: ordering).
+        self.lane = lane
         #: The timer's clock when the poll thread submitted it (0.0: not timed).
         self.started = started
         #: The next job of its lane handed over with this one: its worker runs it when this

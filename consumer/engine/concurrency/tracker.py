@@ -95,15 +95,17 @@ class PartitionWork(FinishedOffsets):
     Written on the poll thread only. The counters are plain ints, so a snapshot read from
     another thread (metrics) sees a value that was true a moment ago, never a torn one."""
 
-    __slots__ = ("gone", "lanes", "moved", "moved_to", "progress", "queued", "running")
+    __slots__ = ("gone", "key_lanes", "lanes", "moved", "moved_to", "progress", "queued",
+                 "running")
 
     def __init__(self, topic: str, partition: int, *, progress: PartitionProgress,
                  lanes: Lanes) -> None:
         super().__init__(topic, partition)
         #: The partition's progress, moved when its watermark does.
         self.progress = progress
-        #: The lanes of the partition's route.
+        #: The lanes of the partition's route, and the partition's own among them.
         self.lanes = lanes
+        self.key_lanes = lanes.of_partition((topic, partition))
         #: Messages queued (polled, not started, or held for a retry), and running now.
         self.queued = 0
         self.running = 0

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from consumer.checkpoint.progress import PartitionProgress
+from consumer.engine.concurrency.dispatcher import job_factory
 from consumer.engine.concurrency.lanes import Lanes, Ordering
 from consumer.engine.concurrency.runners import Job
 from consumer.engine.concurrency.tracker import PartitionWork
-from consumer.message import Context, Message, Scope
+from consumer.message import Message, Scope
 
 SCOPE = Scope("g")
 
 
 class Queue:
-    """Lanes and the jobs pushed to them, by offset and partition."""
+    """Lanes, the messages pushed to them, and the jobs started, by offset and partition."""
 
     def __init__(self, ordering: Ordering, concurrency: int) -> None:
-        self.lanes = Lanes(ordering, concurrency)
+        self.lanes = Lanes(ordering, concurrency, job_factory(SCOPE, None))
         self.works: dict[int, PartitionWork] = {}
         self.jobs: dict[tuple[int, int], Job] = {}
 
@@ -24,12 +25,19 @@ class Queue:
         if work is None:
             work = self.works[partition] = PartitionWork(
                 "t", partition, progress=PartitionProgress("t", partition), lanes=self.lanes)
-        message = Message("t", partition, offset, b"v", key=key, timestamp=0.0)
-        job = self.jobs[partition, offset] = Job(message, Context(SCOPE, message), format=None,
-                                                 owner=work)
-        self.lanes.push(job)
+        self.lanes.push(Message("t", partition, offset, b"v", key=key, timestamp=0.0), work)
+
+    def start(self, chain: int = 1) -> Job | None:
+        """The next job to start (its chain's jobs noted too), or None."""
+        job = self.lanes.start(chain)
+        following = job
+        while following is not None:
+            self.jobs[following.message.partition, following.message.offset] = following
+            following = following.next
+        return job
 
     def job(self, offset: int, partition: int = 0) -> Job:
+        """The job that started the message at ``offset`` last."""
         return self.jobs[partition, offset]
 
     def queued_per_partition(self) -> dict[int, int]:
@@ -38,7 +46,7 @@ class Queue:
 
 def startable(queue: Queue) -> list[int]:
     started = []
-    while (job := queue.lanes.start()) is not None:
+    while (job := queue.start()) is not None:
         started.append(job.message.offset)
     return started
 
@@ -100,6 +108,20 @@ def test_dropping_a_partition_forgets_its_queue_but_a_running_key_stays_busy() -
     assert startable(queue) == [7]
 
 
+def test_a_reassigned_partitions_message_starts_as_the_new_assignments_work() -> None:
+    """A running key's lane outlives its partition's assignment; a message the next
+    assignment brings waits in it, and its job counts for that assignment's work."""
+    queue = filled("key")
+    assert startable(queue) == [0, 2, 3]
+    first = queue.works.pop(0)
+    queue.lanes.drop({("t", 0)})
+    queue.push(7, b"a")  # the next assignment's work: a's 0 (the previous one's) still runs
+    queue.lanes.finished(queue.job(0))
+    assert startable(queue) == [7]
+    assert queue.job(7).owner is queue.works[0] is not first
+    assert (first.queued, queue.works[0].queued) == (0, 0)
+
+
 def test_dropping_above_the_highest_started_offsets_keeps_what_lies_below_them() -> None:
     queue = filled("key")
     queue.push(0, b"x", partition=1)
@@ -141,9 +163,9 @@ def keyed_chains(concurrency: int = 10) -> Queue:
 def test_a_started_job_takes_the_next_of_its_lane_along_counted_queued_until_they_start(
 ) -> None:
     queue = keyed_chains()
-    started = [queue.lanes.start(chain=3) for _ in range(3)]
+    started = [queue.start(chain=3) for _ in range(3)]
     assert [chain_of(job) for job in started if job] == [[0, 1, 5], [2, 4], [3]]
-    assert queue.lanes.start(chain=3) is None
+    assert queue.start(chain=3) is None
     lanes = queue.lanes
     assert (lanes.in_flight, lanes.queued, queue.queued_per_partition()) == (3, 4, {0: 4})
     lanes.finished(queue.job(0))  # its worker went on with 1
@@ -156,19 +178,19 @@ def test_a_started_job_takes_the_next_of_its_lane_along_counted_queued_until_the
 
 def test_a_job_that_raised_gives_its_chain_back_to_the_head_of_its_lane() -> None:
     queue = keyed_chains()
-    head = queue.lanes.start(chain=2)
+    head = queue.start(chain=2)
     assert head is not None and chain_of(head) == [0, 1]
     queue.lanes.give_back(head)
     assert head.next is None and queue.lanes.queued == 4 + 2  # 1 is queued again
     queue.lanes.hold(head, until=10.0)
     queue.lanes.release(10.0)
-    assert [chain_of(job) for job in iter(lambda: queue.lanes.start(chain=10), None)] == [
+    assert [chain_of(job) for job in iter(lambda: queue.start(chain=10), None)] == [
         [0, 1, 5, 6], [2, 4], [3]]  # the retried 0 first, then a's others in order
 
 
 def test_a_cut_chain_forgets_what_did_not_start_and_frees_its_lane() -> None:
     queue = keyed_chains()
-    head = queue.lanes.start(chain=4)
+    head = queue.start(chain=4)
     assert head is not None and chain_of(head) == [0, 1, 5, 6]
     lanes = queue.lanes
     lanes.finished(head)  # 1 started
@@ -183,11 +205,11 @@ def test_lanes_take_turns_instead_of_chains_when_slots_run_short() -> None:
     """Two slots, three keys waiting: a chain would keep c waiting behind a's later
     messages; instead each start takes one message, and a's next queues behind c."""
     queue = keyed_chains(concurrency=2)
-    started = [queue.lanes.start(chain=16) for _ in range(2)]
+    started = [queue.start(chain=16) for _ in range(2)]
     assert [chain_of(job) for job in started if job] == [[0], [2]]
     queue.lanes.finished(queue.job(0))
-    assert [chain_of(job) for job in iter(lambda: queue.lanes.start(chain=16), None)] == [[3]]
+    assert [chain_of(job) for job in iter(lambda: queue.start(chain=16), None)] == [[3]]
     queue.lanes.finished(queue.job(2))
     queue.lanes.finished(queue.job(3))  # slots for every waiting lane (a and b) now
-    assert [chain_of(job) for job in iter(lambda: queue.lanes.start(chain=16), None)] == [
+    assert [chain_of(job) for job in iter(lambda: queue.start(chain=16), None)] == [
         [1, 5, 6], [4]]

@@ -50,15 +50,15 @@ class Lane(deque[Message]):
     """One lane's queued messages, in offset order; a job carries its lane from its start to
     its completion, so finishing it looks nothing up."""
 
-    __slots__ = ("busy", "home", "key", "work")
+    __slots__ = ("busy", "key", "work")
 
-    def __init__(self, key: Hashable, home: PartitionLanes, work: PartitionWork) -> None:
+    def __init__(self, key: Hashable, work: PartitionWork) -> None:
         super().__init__()
         self.key = key
-        #: The partition's lanes, which hold this one while it has queued messages or is busy.
-        self.home = home
         #: The work of the assignment its queued messages came in (a revoke empties the lane;
-        #: the partition's next assignment brings its own).
+        #: the partition's next assignment brings its own). Every assignment of a partition
+        #: shares the partition's lanes (``work.key_lanes``), which hold this one while it has
+        #: queued messages or is busy.
         self.work = work
         #: A message of the lane runs or is held for a retry: none of its others may start.
         self.busy = False
@@ -115,7 +115,7 @@ class Lanes:
         key = message.key if self._keyed else None
         lane = lanes.get(key)
         if lane is None:
-            lane = lanes[key] = Lane(key, lanes, work)
+            lane = lanes[key] = Lane(key, work)
             self._ready.append(lane)
         elif not lane:
             lane.work = work  # an empty lane may be a previous assignment's running key's
@@ -173,7 +173,7 @@ class Lanes:
         if lane:
             self._ready.append(lane)
         else:
-            del lane.home[lane.key]  # a busy lane never leaves: it is there
+            del lane.work.key_lanes[lane.key]  # a busy lane never leaves: it is there
 
     def give_back(self, job: Job) -> None:
         """``job`` raised, so its worker did not go on: the messages chained behind it return
@@ -245,7 +245,7 @@ class Lanes:
                 held_lane = job.lane
                 if held_lane is not None:  # held, not running: nothing keeps it busy
                     held_lane.busy = False
-                    home = held_lane.home
+                    home = held_lane.work.key_lanes
                     if not held_lane and home.get(held_lane.key) is held_lane:
                         del home[held_lane.key]
             else:

@@ -1,5 +1,6 @@
 """The SQLite store: one file, WAL, ``synchronous=FULL`` by default, ``BEGIN IMMEDIATE`` per
-batch, so a second writer waits (``busy_timeout``) instead of failing mid-batch.
+batch, so a second writer waits (``busy_timeout``) instead of failing mid-batch, and writers
+sharing the file take turns (:mod:`consumer.store.sqlite_turns`).
 
 Keys are claimed one ``INSERT`` each (``executemany`` drops RETURNING rows; ``rowcount`` says
 new). sqlite3 errors leave translated: a locked or unreachable file is ``StoreUnavailable``,
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,6 +31,7 @@ from consumer.store.base import (
     Store,
     require_version,
 )
+from consumer.store.sqlite_turns import WriterTurns
 
 #: One processed key: new (fails on a key processed before) ...
 CLAIM = """INSERT INTO consumer_processed_keys
@@ -108,7 +110,16 @@ class SQLiteStore(Store):
             self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open the SQLite store at {path}: {error}") from None
+        self._turns = WriterTurns(path) if path != ":memory:" else None
         self._claims_with_conflicts = ConflictBackoff()
+
+    def _turn(self) -> AbstractContextManager[None]:
+        """Around every statement that waits for the file's write lock."""
+        return self._turns.turn() if self._turns is not None else nullcontext()
+
+    def _begin_immediate(self) -> None:
+        with self._turn():
+            self._db.execute("BEGIN IMMEDIATE")
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -116,7 +127,7 @@ class SQLiteStore(Store):
                       group_scoped_topics: Collection[str] = ()) -> SchemaUpgrade | None:
         where = f"the SQLite store at {self._path}"
         with _translated(self._path):
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin_immediate()
             try:
                 exists = self._db.execute(
                     "SELECT 1 FROM sqlite_master WHERE name = 'consumer_schema'"
@@ -181,6 +192,8 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._db.close()
+        if self._turns is not None:
+            self._turns.close()
 
     def ping(self) -> None:
         with _translated(self._path):
@@ -193,7 +206,7 @@ class SQLiteStore(Store):
         positions = {}
         ids = topic_ids or {}
         with _translated(self._path):
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin_immediate()
             try:
                 for topic, partition in partitions:
                     row = self._db.execute(
@@ -218,7 +231,7 @@ class SQLiteStore(Store):
 
     def begin(self) -> None:
         with _translated(self._path):
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin_immediate()
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
         """A batch almost never holds a processed key: the keys go in with one plain
@@ -313,7 +326,7 @@ class SQLiteStore(Store):
         return {(t, p): o for t, p, o in rows}
 
     def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
-        with _translated(self._path):
+        with _translated(self._path), self._turn():
             cursor = self._db.execute(
                 """DELETE FROM consumer_processed_keys WHERE rowid IN (
                        SELECT rowid FROM consumer_processed_keys

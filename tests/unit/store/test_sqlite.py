@@ -7,6 +7,7 @@ is an integration test (``tests/integration/test_store_contract.py``).
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +84,44 @@ def test_sqlite_refuses_concurrent_writers_with_a_config_error(tmp_path: Path) -
             store.message_transactions(4)
     finally:
         store.close()
+
+
+def test_a_waiting_writer_gets_the_file_between_anothers_back_to_back_batches(
+    tmp_path: Path,
+) -> None:
+    """Two stores share one file; one commits batch after batch, taking the write lock again
+    within microseconds of releasing it. The other's begin gets its turn at the next batch
+    boundary instead of waiting (SQLite's busy handler polls, up to 100 ms apart) until the
+    busy one stops or its busy timeout ends."""
+    path = str(tmp_path / "shared.db")
+    busy = SQLiteStore(path, busy_timeout_ms=5_000)
+    busy.ensure_schema(G)
+    waiting = SQLiteStore(path, busy_timeout_ms=5_000)
+    batches = 0
+    stop = threading.Event()
+
+    def back_to_back() -> None:
+        nonlocal batches
+        while not stop.is_set():
+            busy.begin()
+            time.sleep(0.1)  # the batch's handlers, holding the write lock
+            busy.commit()
+            batches += 1
+
+    writer = threading.Thread(target=back_to_back)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while batches < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batches >= 2, "the busy store never committed two batches"
+        started = time.monotonic()
+        waiting.begin()
+        waited = time.monotonic() - started
+        waiting.commit()
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+        busy.close()
+        waiting.close()
+    assert waited < 1.0, f"waited {waited:.2f} s for a turn"

@@ -352,6 +352,34 @@ class StoreContract:
         assert scratch_ids(store) == [1]
         assert stored_keys(store) == [key("a"), key("b")]
 
+    def test_a_claim_records_each_keys_group_coordinates_and_time(self, store: Store) -> None:
+        store.begin()
+        store.claim(G, [Claim(key("a"), "orders", 3, 17), Claim(key("b"), "payments", 0, 5)],
+                    42.5)
+        store.commit()
+        rows = store.execute(
+            'SELECT "key", topic, "partition", "offset", processed_at FROM consumer_processed_keys '
+            'WHERE group_id = %s ORDER BY "key"', (G,)).fetchall()
+        assert [(bytes(k), t, p, o, float(at)) for k, t, p, o, at in rows] == [
+            (key("a"), "orders", 3, 17, 42.5), (key("b"), "payments", 0, 5, 42.5)]
+
+    def test_a_large_claim_meeting_one_processed_key_at_its_end_keeps_every_other_key(
+        self,
+        store: Store,
+    ) -> None:
+        """Batches of 1,001 keys, more than a store claims in one statement: the second one's
+        last key was processed before, so what its first statements inserted must neither
+        stay twice nor be lost."""
+        first = [f"k{i}" for i in range(1001)]
+        second = [f"m{i}" for i in range(1000)] + ["k1000"]
+        store.begin()
+        assert store.claim(G, claims(*first), 1.0) == {key(n) for n in first}
+        store.commit()
+        store.begin()
+        assert store.claim(G, claims(*second), 2.0) == {key(n) for n in second[:-1]}
+        store.commit()
+        assert stored_keys(store) == sorted(key(n) for n in first + second[:-1])
+
     def test_claim_of_nothing_is_nothing(self, store: Store) -> None:
         store.begin()
         assert store.claim(G, [], 1.0) == set()

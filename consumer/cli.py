@@ -45,7 +45,6 @@ from consumer.observability.wiring import build_observability
 from consumer.routing import Router
 from consumer.settings import Settings, load_settings
 from consumer.store import open_configured
-from consumer.store.base import SCHEMA_VERSION
 
 log = logging.getLogger("consumer.cli")
 
@@ -92,12 +91,13 @@ def _store_init(settings: Settings, action: str) -> int:
         store = open_configured(settings.store)
         upgrade = store.ensure_schema(settings.kafka.group_id,
                                       group_scoped_topics=group_scoped_topics(settings))
+        version = store.schema_version
         store.close()
     except ConsumerError as error:
         return _failed(error)
     if upgrade is not None:
         print(upgrade.describe(settings.store.masked_url()))
-    print(f"store ready: {settings.store.masked_url()} (schema version {SCHEMA_VERSION})")
+    print(f"store ready: {settings.store.masked_url()} (schema version {version})")
     return EXIT_OK
 
 

@@ -27,6 +27,9 @@ SCHEMA_VERSION = 3
 #: Versions ``ensure_schema`` migrates from, in one transaction (at start or with
 #: ``consumer store migrate``).
 MIGRATES_FROM = (1, 2)
+#: The SQLite store's version 4: runs of consecutive coordinates keys one batch claimed are
+#: kept as one row each (``consumer_processed_runs``, see consumer.store.sqlite_runs).
+SQLITE_SCHEMA_VERSION = 4
 #: ``consumer_schema.coordinates_keys`` of a new store, and of a migrated one.
 ORDERED_COORDINATES = "ordered"
 DIGEST_COORDINATES = "digest"
@@ -55,10 +58,15 @@ class SchemaUpgrade:
             text += (f"{keys}; {self.groups_waiting} other group(s) keep their keys until "
                      "their own consumer (or `consumer store migrate` with their config) "
                      "rewrites them")
-        return (f"{text}; coordinates dedup keys stay digests, as the keys already claimed "
-                "are (a store created by this version writes them in offset order, which "
-                "keeps claims about as fast with a large processed-keys table as with an "
-                "empty one)")
+        if self.from_version < 3:
+            text += ("; coordinates dedup keys stay digests, as the keys already claimed are (a "
+                     "store created by this version writes them in offset order, which keeps "
+                     "claims about as fast with a large processed-keys table as with an empty "
+                     "one)")
+        if self.from_version < 4 <= self.to_version and self.from_version >= 3:
+            text += ("; from now on a batch's consecutive coordinates keys of one partition "
+                     "are kept as one row (the keys claimed before stay one row each)")
+        return text
 
 
 @dataclass(slots=True)
@@ -131,8 +139,10 @@ class PostgresSession:
 class Store(abc.ABC):
     """A database connection used by the polling thread only."""
 
-    #: "sqlite" or "postgresql"
+    #: "sqlite", "postgresql" or "mariadb"
     dialect: str
+    #: The version of our tables this code writes (``consumer_schema.version``).
+    schema_version: int = SCHEMA_VERSION
     #: Whether this store's coordinates keys are ordered (``consumer_schema.coordinates_keys``),
     #: known once ``ensure_schema`` returned; the key functions follow it (consumer.dedup).
     ordered_coordinates: bool = False
@@ -295,6 +305,15 @@ class Store(abc.ABC):
             found[(topic, partition)] = int(row[0])
         return found
 
+    def forget_keys_from(self, group: str, tp: TP, offset: int) -> int:
+        """Inside replay's transaction: delete the partition's keys claimed at or after
+        ``offset``; returns how many."""
+        return int(self.execute(
+            'DELETE FROM consumer_processed_keys WHERE group_id = %s '
+            'AND topic = %s AND partition = %s AND "offset" >= %s',
+            (group, tp[0], tp[1], offset),
+        ).rowcount)
+
     def replay(self, group: str, targets: Mapping[TP, int], *, forget_keys: bool,
                now: float) -> dict[TP, int]:
         """Move each partition's checkpoint row to its target, backwards too, on purpose
@@ -316,12 +335,8 @@ class Store(abc.ABC):
                     (group, topic, partition, offset, now),
                 )
                 if forget_keys:
-                    cursor = self.execute(
-                        'DELETE FROM consumer_processed_keys WHERE group_id = %s '
-                        'AND topic = %s AND partition = %s AND "offset" >= %s',
-                        (group, topic, partition, offset),
-                    )
-                    forgotten[(topic, partition)] = cursor.rowcount
+                    forgotten[(topic, partition)] = self.forget_keys_from(
+                        group, (topic, partition), offset)
             self.commit()
         except BaseException:
             self.rollback()
@@ -384,13 +399,14 @@ class AsyncMessageTransactions(Protocol):
         ...
 
 
-def require_version(found: int | None, where: str) -> None:
+def require_version(found: int | None, where: str, *, needs: int = SCHEMA_VERSION,
+                    migrates_from: Sequence[int] = MIGRATES_FROM) -> None:
     from consumer.errors import StoreSchemaError
 
-    if found is not None and found != SCHEMA_VERSION and found not in MIGRATES_FROM:
+    if found is not None and found != needs and found not in migrates_from:
         raise StoreSchemaError(
             f"{where} holds checkpoint-consumer schema version {found}, this version needs "
-            f"{SCHEMA_VERSION} (and migrates from {', '.join(map(str, MIGRATES_FROM))}). Run "
+            f"{needs} (and migrates from {', '.join(map(str, migrates_from))}). Run "
             "the checkpoint-consumer release that wrote it, or point store.url at a new "
             "database."
         )
@@ -401,6 +417,7 @@ __all__ = [
     "MIGRATES_FROM",
     "ORDERED_COORDINATES",
     "SCHEMA_VERSION",
+    "SQLITE_SCHEMA_VERSION",
     "AsyncMessageTransactions",
     "CheckpointRow",
     "Claim",

@@ -2,9 +2,11 @@
 batch, so a second writer waits (``busy_timeout``) instead of failing mid-batch, and writers
 sharing the file take turns (:mod:`consumer.store.sqlite_turns`).
 
-Keys are claimed with ``INSERT`` statements of many rows each; a batch holding a key
-processed before is claimed again one ``INSERT ... ON CONFLICT DO NOTHING`` per key
-(``executemany`` drops RETURNING rows; ``rowcount`` says new). sqlite3 errors leave
+A batch's consecutive coordinates keys of one partition are claimed as one row of
+``consumer_processed_runs`` (:mod:`consumer.store.sqlite_runs`), the other keys with ``INSERT``
+statements of many rows each; a batch holding a key processed before is claimed again one
+``INSERT ... ON CONFLICT DO NOTHING`` per key (``executemany`` drops RETURNING rows;
+``rowcount`` says new). sqlite3 errors leave
 translated: a locked or unreachable file is ``StoreUnavailable``, missing tables
 ``StoreSchemaError``, the rest ``StoreError``. ``is_transient`` tells a busy
 error a handler raised apart from a failure of its message. One connection, one thread at a time.
@@ -22,10 +24,12 @@ from typing import Any, NoReturn
 from consumer.dedup import topic_scoped
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import TP
+from consumer.store import sqlite_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
+    MIGRATES_FROM,
     ORDERED_COORDINATES,
-    SCHEMA_VERSION,
+    SQLITE_SCHEMA_VERSION,
     CheckpointRow,
     Claim,
     ConflictBackoff,
@@ -36,10 +40,12 @@ from consumer.store.base import (
 )
 from consumer.store.sqlite_turns import WriterTurns
 
-#: One processed key, only if it is new (the row count says which).
-CLAIM_UNLESS_PROCESSED = """INSERT INTO consumer_processed_keys
+#: One processed key, only if it is new (the row count says which): neither in the table nor
+#: in a run. Parameters: group, key, topic, partition, offset, time.
+CLAIM_UNLESS_PROCESSED = f"""INSERT INTO consumer_processed_keys
                (group_id, key, topic, partition, "offset", processed_at)
-           VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"""
+           SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE {sqlite_runs.uncovered("?1", "?2")}
+           ON CONFLICT DO NOTHING"""
 #: Keys per claiming statement. A batch of 1,000 ordered keys, its checkpoint row and durable
 #: commit take 0.68-0.73x the time with statements of 200 rows as with ``executemany`` of one
 #: row each (``python -m benchmarks.sqlite_claim``). 200 rows bind 802 parameters: SQLite
@@ -49,12 +55,14 @@ CLAIM_ROWS_PER_STATEMENT = 200
 
 @functools.lru_cache(maxsize=8)
 def claim_statement(rows: int) -> str:
-    """New processed keys, ``rows`` of them (fails on a key processed before). Parameters: the
-    group, the time, then key, topic, partition and offset per row."""
+    """New processed keys, ``rows`` of them: fails on a key of the table, leaves out a key a
+    run covers (fewer rows than asked for). Parameters: the group, the time, then key, topic,
+    partition and offset per row."""
     values = ", ".join(["(?, ?, ?, ?)"] * rows)
     return f"""INSERT INTO consumer_processed_keys
                    (group_id, key, topic, partition, "offset", processed_at)
-               SELECT ?1, column1, column2, column3, column4, ?2 FROM (VALUES {values})"""
+               SELECT ?1, column1, column2, column3, column4, ?2 FROM (VALUES {values})
+               WHERE {sqlite_runs.uncovered("?1", "column1")}"""
 
 SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL,
@@ -71,6 +79,8 @@ SCHEMA = [
         ON consumer_processed_keys (group_id, processed_at)""",
     # Groups whose keys were claimed under version 1 (not scoped to their topic yet).
     "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id TEXT PRIMARY KEY)",
+    sqlite_runs.TABLE,
+    sqlite_runs.AGE_INDEX,
 ]
 #: Version 1 -> 2, in the same transaction as the check of the version.
 MIGRATE_FROM_1 = [
@@ -86,8 +96,12 @@ MIGRATE_FROM_1 = [
 MIGRATE_FROM_2 = [
     "ALTER TABLE consumer_schema ADD COLUMN coordinates_keys TEXT NOT NULL "
     f"DEFAULT '{DIGEST_COORDINATES}'",
-    f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
+#: Version 3 -> 4: ``consumer_processed_runs`` (created with the rest of SCHEMA); the keys
+#: claimed before stay one row each.
+MIGRATE_TO_4 = [f"UPDATE consumer_schema SET version = {SQLITE_SCHEMA_VERSION}"]
+#: Versions this store migrates from.
+SQLITE_MIGRATES_FROM = (*MIGRATES_FROM, 3)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -113,6 +127,7 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 class SQLiteStore(Store):
     dialect = "sqlite"
+    schema_version = SQLITE_SCHEMA_VERSION
 
     def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000):
         self._path = path
@@ -152,7 +167,8 @@ class SQLiteStore(Store):
                 if exists:
                     row = self._db.execute("SELECT max(version) FROM consumer_schema").fetchone()
                     found = row[0] if row else None
-                require_version(found, where)
+                require_version(found, where, needs=SQLITE_SCHEMA_VERSION,
+                                migrates_from=SQLITE_MIGRATES_FROM)
                 if found == 1:
                     for statement in MIGRATE_FROM_1:
                         self._db.execute(statement)
@@ -161,13 +177,16 @@ class SQLiteStore(Store):
                         self._db.execute(statement)
                 for statement in SCHEMA:
                     self._db.execute(statement)
+                if found in SQLITE_MIGRATES_FROM:
+                    for statement in MIGRATE_TO_4:
+                        self._db.execute(statement)
                 if found is None:
                     self._db.execute(
                         "INSERT INTO consumer_schema (version, coordinates_keys) VALUES (?, ?)",
-                        (SCHEMA_VERSION, ORDERED_COORDINATES))
+                        (SQLITE_SCHEMA_VERSION, ORDERED_COORDINATES))
                 upgrade = self._scope_keys(
                     group, group_scoped_topics,
-                    migrated_from=found if found != SCHEMA_VERSION else None)
+                    migrated_from=found if found != SQLITE_SCHEMA_VERSION else None)
                 row = self._db.execute("SELECT coordinates_keys FROM consumer_schema").fetchone()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -203,7 +222,8 @@ class SQLiteStore(Store):
                     "WHERE group_id = ? AND topic = ?", (group, topic)).rowcount
             self._db.execute("DELETE FROM consumer_keys_to_scope WHERE group_id = ?", (group,))
         waiting = self._db.execute("SELECT count(*) FROM consumer_keys_to_scope").fetchone()[0]
-        return SchemaUpgrade(migrated_from or 1, SCHEMA_VERSION, group if pending else None,
+        return SchemaUpgrade(migrated_from or 1, SQLITE_SCHEMA_VERSION,
+                             group if pending else None,
                              scoped, kept, waiting)
 
     def close(self) -> None:
@@ -250,17 +270,18 @@ class SQLiteStore(Store):
             self._begin_immediate()
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
-        """A batch almost never holds a processed key: the keys go in with plain ``INSERT``
-        statements of :data:`CLAIM_ROWS_PER_STATEMENT` rows inside a savepoint. If one was
-        processed before, the savepoint rolls back and each key goes in alone with
-        ``ON CONFLICT DO NOTHING``, its row count saying whether it is new; so do the next
-        batches' claims for a while (:class:`ConflictBackoff`)."""
+        """A batch almost never holds a processed key: inside a savepoint, its runs go in one
+        row each and its other keys with plain ``INSERT`` statements of
+        :data:`CLAIM_ROWS_PER_STATEMENT` rows. If one was processed before, the savepoint
+        rolls back and each key goes in alone with ``ON CONFLICT DO NOTHING``, its row count
+        saying whether it is new; so do the next batches' claims for a while
+        (:class:`ConflictBackoff`)."""
         with _translated(self._path):
             if claims and self._claims_with_conflicts.plain_due():
                 self._db.execute("SAVEPOINT claim")
                 try:
                     self._insert_new_keys(group, claims, now)
-                except sqlite3.IntegrityError:
+                except (sqlite3.IntegrityError, _ProcessedBefore):
                     self._db.execute("ROLLBACK TO SAVEPOINT claim")
                     self._db.execute("RELEASE SAVEPOINT claim")
                     self._claims_with_conflicts.plain_conflicted()
@@ -277,21 +298,53 @@ class SQLiteStore(Store):
         return new
 
     def _insert_new_keys(self, group: str, claims: Sequence[Claim], now: float) -> None:
-        """Raises IntegrityError if a key was processed before (or comes twice)."""
+        """Raises IntegrityError or _ProcessedBefore if a key was processed before (or comes
+        twice). The runs go first, so the other keys are checked against them too."""
         execute = self._db.execute
-        for start in range(0, len(claims), CLAIM_ROWS_PER_STATEMENT):
-            chunk = claims[start:start + CLAIM_ROWS_PER_STATEMENT]
+        runs, singles = sqlite_runs.split(claims)
+        for run in runs:
+            first, last = claims[run.first], claims[run.last]
+            if execute(sqlite_runs.INSERT_RUN, (group, first.key, last.key, first.topic,
+                                                first.partition, first.offset, last.offset,
+                                                now)).rowcount != 1:
+                raise _ProcessedBefore
+        for start in range(0, len(singles), CLAIM_ROWS_PER_STATEMENT):
+            chunk = singles[start:start + CLAIM_ROWS_PER_STATEMENT]
             params: list[object] = [group, now]
             for c in chunk:
                 params += (c.key, c.topic, c.partition, c.offset)
-            execute(claim_statement(len(chunk)), params)
+            if execute(claim_statement(len(chunk)), params).rowcount != len(chunk):
+                raise _ProcessedBefore
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
+        """Forget each key: its row, or its place in a run (which splits around it)."""
         with _translated(self._path):
-            self._db.executemany(
-                "DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
-                [(group, key) for key in keys],
-            )
+            execute = self._db.execute
+            for key in keys:
+                if execute("DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
+                           (group, key)).rowcount:
+                    continue
+                run = execute(sqlite_runs.RUN_BELOW, (group, key)).fetchone()
+                if run is not None and run[1] >= key:
+                    self._split_run(group, run, key)
+
+    def _split_run(self, group: str, run: tuple[Any, ...], key: bytes) -> None:
+        """Replace the run by what it covers but ``key``: up to two runs."""
+        first_key, _, topic, partition, first_offset, last_offset, at = run
+        steps = int.from_bytes(key, "big") - int.from_bytes(first_key, "big")
+        execute = self._db.execute
+        execute("DELETE FROM consumer_processed_runs WHERE group_id = ? AND first_key = ?",
+                (group, first_key))
+        pieces = [(first_key, steps - 1, first_offset),
+                  (sqlite_runs.key_at(first_key, steps + 1),
+                   last_offset - first_offset - steps - 1, first_offset + steps + 1)]
+        for start, more, offset in pieces:
+            if more >= 0:
+                execute("INSERT INTO consumer_processed_runs (group_id, first_key, last_key, "
+                        "topic, partition, first_offset, last_offset, processed_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (group, start, sqlite_runs.key_at(start, more), topic, partition,
+                         offset, offset + more, at))
 
     def savepoint(self) -> None:
         with _translated(self._path):
@@ -351,14 +404,63 @@ class SQLiteStore(Store):
         return {(t, p): o for t, p, o in rows}
 
     def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
+        """Up to ``limit`` rows of keys, then of runs; returns the keys they held, which is
+        ``limit`` or more whenever old rows may remain (a run holds two keys or more)."""
         with _translated(self._path), self._turn():
-            cursor = self._db.execute(
+            deleted = self._db.execute(
                 """DELETE FROM consumer_processed_keys WHERE rowid IN (
                        SELECT rowid FROM consumer_processed_keys
                        WHERE group_id = ? AND processed_at < ? LIMIT ?)""",
                 (group, older_than, limit),
-            )
-        return cursor.rowcount
+            ).rowcount
+            if deleted < limit:
+                deleted += sum(length for (length,) in self._db.execute(
+                    """DELETE FROM consumer_processed_runs
+                       WHERE (group_id, first_key) IN (
+                           SELECT group_id, first_key FROM consumer_processed_runs
+                           WHERE group_id = ? AND processed_at < ? LIMIT ?)
+                       RETURNING last_offset - first_offset + 1""",
+                    (group, older_than, limit - deleted)).fetchall())
+        return deleted
+
+    # --- replay: keys in runs count one each -------------------------------------------
+
+    def keys_from(self, group: str, targets: Mapping[TP, int]) -> dict[TP, int]:
+        found = super().keys_from(group, targets)
+        for (topic, partition), offset in targets.items():
+            row = self._db.execute(
+                "SELECT coalesce(sum(last_offset - max(first_offset, ?) + 1), 0) "
+                "FROM consumer_processed_runs WHERE group_id = ? AND topic = ? "
+                "AND partition = ? AND last_offset >= ?",
+                (offset, group, topic, partition, offset)).fetchone()
+            found[(topic, partition)] += int(row[0])
+        return found
+
+    def forget_keys_from(self, group: str, tp: TP, offset: int) -> int:
+        """The keys claimed at or after ``offset``: rows, runs, and the tail of a run that
+        starts before it."""
+        forgotten = super().forget_keys_from(group, tp, offset)
+        topic, partition = tp
+        execute = self._db.execute
+        forgotten += sum(int(length) for (length,) in execute(
+            "DELETE FROM consumer_processed_runs WHERE group_id = ? AND topic = ? "
+            "AND partition = ? AND first_offset >= ? RETURNING last_offset - first_offset + 1",
+            (group, topic, partition, offset)).fetchall())
+        straddling: list[tuple[bytes, int, int]] = execute(
+            "SELECT first_key, first_offset, last_offset FROM consumer_processed_runs "
+            "WHERE group_id = ? AND topic = ? AND partition = ? AND last_offset >= ?",
+            (group, topic, partition, offset)).fetchall()
+        for first_key, first_offset, last_offset in straddling:
+            execute("UPDATE consumer_processed_runs SET last_key = ?, last_offset = ? "
+                    "WHERE group_id = ? AND first_key = ?",
+                    (sqlite_runs.key_at(first_key, offset - 1 - first_offset), offset - 1,
+                     group, first_key))
+            forgotten += last_offset - offset + 1
+        return forgotten
+
+
+class _ProcessedBefore(Exception):
+    """A plain claim met a key processed before: in the table, or covered by a run."""
 
 
 @contextmanager

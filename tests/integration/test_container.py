@@ -130,8 +130,7 @@ def produce_events(bootstrap: str, topic: str, start: int, count: int) -> None:
 
 
 def processed_keys(store: StoreUnderTest, group: str) -> int:
-    return int(store.scalar("SELECT count(*) FROM consumer_processed_keys WHERE group_id = %s",
-                            (group,)))
+    return store.processed_key_count(group)
 
 
 def http_status(url: str) -> int:

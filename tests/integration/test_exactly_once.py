@@ -307,7 +307,7 @@ def test_failing_message_rolls_back_alone(
     rows = dict(((t, p), o) for t, p, o in store.query(
         "SELECT topic, partition, next_offset FROM consumer_checkpoints"))
     assert rows == {(topic, 0): 10, (topic, 1): 3}
-    keys = store.scalar("SELECT count(*) FROM consumer_processed_keys")
+    keys = store.processed_key_count()
     assert keys == len(applied)
 
 

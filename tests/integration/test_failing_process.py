@@ -121,4 +121,4 @@ def test_frozen_zombie_costs_the_new_owner_at_most_the_idle_bound(
         zombie.stop_if_running()
         owner.signal(signal.SIGTERM)
         owner.wait()
-    assert store.query("SELECT count(*) FROM consumer_processed_keys") == [(2,)]
+    assert store.processed_key_count() == 2

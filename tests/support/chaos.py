@@ -137,8 +137,7 @@ def check(store: StoreUnderTest, ledger: Ledger, group: str, *, tables: str = ""
     wrong = {account: (balances.get(account, 0), want)
              for account, want in ledger.expected_balances.items()
              if balances.get(account, 0) != want}
-    keys = store.scalar("SELECT count(*) FROM consumer_processed_keys WHERE group_id = %s",
-                        (group,))
+    keys = store.processed_key_count(group)
     return Verdict(entries, len(applied), entries - len(applied), len(lost), wrong, keys,
                    regressions(store, group) if audited else None, twice, lost[:5])
 

@@ -24,7 +24,6 @@ from consumer.dedup import KeyFormat, key_function
 from consumer.errors import OffsetWentBackwards, StoreError, StoreSchemaError
 from consumer.message import Message
 from consumer.store import CheckpointRow, Claim, Position, SchemaUpgrade, Store
-from consumer.store.base import SCHEMA_VERSION
 from tests.support.store_v1 import SCHEMA_V1
 from tests.support.store_v2 import SCHEMA_V2
 
@@ -117,7 +116,7 @@ class StoreContract:
         assert store.checkpoints(G) == {}
         assert stored_keys(store) == []
         assert store.execute("SELECT version FROM consumer_schema").fetchall() \
-            == [(SCHEMA_VERSION,)]
+            == [(store.schema_version,)]
 
     def test_ensure_schema_is_idempotent_and_keeps_data(self, backend: Backend) -> None:
         """Running it again (this process or another) neither fails nor loses rows."""
@@ -127,7 +126,7 @@ class StoreContract:
         store.ensure_schema()
         backend.open().ensure_schema()
         assert store.execute("SELECT version FROM consumer_schema").fetchall() \
-            == [(SCHEMA_VERSION,)]
+            == [(store.schema_version,)]
         assert store.checkpoints(G) == {P0: None}
 
     def test_other_schema_version_raises_schema_error_naming_both_versions(
@@ -135,14 +134,14 @@ class StoreContract:
     ) -> None:
         store = backend.open()
         store.execute("CREATE TABLE consumer_schema (version integer NOT NULL)")
-        store.execute("INSERT INTO consumer_schema VALUES (%s)", (SCHEMA_VERSION + 98,))
+        store.execute("INSERT INTO consumer_schema VALUES (%s)", (store.schema_version + 98,))
         with pytest.raises(StoreSchemaError) as raised:
             store.ensure_schema()
         message = str(raised.value)
-        assert f"version {SCHEMA_VERSION + 98}" in message
-        assert f"needs {SCHEMA_VERSION}" in message
+        assert f"version {store.schema_version + 98}" in message
+        assert f"needs {store.schema_version}" in message
         assert store.execute("SELECT version FROM consumer_schema").fetchall() == [
-            (SCHEMA_VERSION + 98,)
+            (store.schema_version + 98,)
         ], "a refused schema is left as it was"
 
     def test_a_fresh_store_needs_no_migration(self, backend: Backend) -> None:
@@ -567,10 +566,11 @@ class MigratesFromVersion1:
 
         store = backend.open()
         upgrade = store.ensure_schema(G, group_scoped_topics={"payments"})
-        assert upgrade == SchemaUpgrade(1, SCHEMA_VERSION, G, keys_scoped=1, keys_kept=1,
+        assert upgrade == SchemaUpgrade(1, store.schema_version, G, keys_scoped=1, keys_kept=1,
                                         groups_waiting=1)
-        assert "from schema version 1 to 3" in upgrade.describe("here")
-        assert store.execute("SELECT version FROM consumer_schema").fetchall() == [(3,)]
+        assert f"from schema version 1 to {store.schema_version}" in upgrade.describe("here")
+        assert store.execute("SELECT version FROM consumer_schema").fetchall() == [
+            (store.schema_version,)]
         assert store.ordered_coordinates is False, "keys claimed before keep their form"
         by_topic = key_function("header:idempotency-key", {})
         by_group = key_function("header:idempotency-key", {}, "group")
@@ -585,7 +585,7 @@ class MigratesFromVersion1:
 
         other = backend.open()
         assert other.ensure_schema("group-b") == \
-            SchemaUpgrade(1, SCHEMA_VERSION, "group-b", 1, 0, 0)
+            SchemaUpgrade(1, other.schema_version, "group-b", 1, 0, 0)
         assert stored_keys(other, "group-b") == [by_topic(order)]
 
     def test_a_failing_migration_leaves_version_1_untouched(self, backend: Backend) -> None:
@@ -629,11 +629,11 @@ class MigratesFromVersion2:
 
         store = backend.open()
         upgrade = store.ensure_schema(G)
-        assert upgrade == SchemaUpgrade(2, SCHEMA_VERSION, None, 0, 0, 0)
-        assert "from schema version 2 to 3" in upgrade.describe("here")
+        assert upgrade == SchemaUpgrade(2, store.schema_version, None, 0, 0, 0)
+        assert f"from schema version 2 to {store.schema_version}" in upgrade.describe("here")
         assert "coordinates dedup keys stay digests" in upgrade.describe("here")
         assert store.execute("SELECT version, coordinates_keys FROM consumer_schema"
-                             ).fetchall() == [(3, "digest")]
+                             ).fetchall() == [(store.schema_version, "digest")]
         assert store.ordered_coordinates is False
         key_format = KeyFormat(ordered_coordinates=store.ordered_coordinates)
         again = [key_function("coordinates", ids, key_format=key_format)(delivered),

@@ -19,6 +19,7 @@ from consumer.routing import Route, Router
 from consumer.store import CheckpointRow
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemoryDeadLetterSink, InMemorySource
+from tests.support.processed_keys import processed_keys
 from tests.support.wiring import STOP_AT_FAILURE, loop_settings
 
 S = TypeVar("S", bound=SQLiteStore)
@@ -101,11 +102,9 @@ def effects(store: SQLiteStore) -> list[tuple[str, int, int]]:
 
 def processed(store: SQLiteStore, group: str = GROUP) -> list[tuple[str, int, int]]:
     """Coordinates of the messages whose keys are recorded as processed."""
-    rows = store.execute(
-        'SELECT topic, partition, "offset" FROM consumer_processed_keys WHERE group_id = %s '
-        'ORDER BY topic, partition, "offset"', (group,),
-    ).fetchall()
-    return [tuple(row) for row in rows]
+    keys = processed_keys(lambda sql, params: store.execute(sql, params).fetchall(), runs=True,
+                          group=group)
+    return [(k.topic, k.partition, k.offset) for k in keys]
 
 
 def seed_checkpoint(tmp_path: Path, tp: TP, next_offset: int, now: float = 1.0) -> None:

@@ -13,6 +13,9 @@ from typing import Any
 
 import psycopg
 
+from consumer.store.base import SCHEMA_VERSION, SQLITE_SCHEMA_VERSION
+from tests.support.processed_keys import ProcessedKey, processed_keys
+
 
 @dataclass(frozen=True)
 class StoreUnderTest:
@@ -67,6 +70,18 @@ class StoreUnderTest:
                 db.execute(statement)  # type: ignore[arg-type]
             for sql, params in rows:
                 db.execute(sql, params)  # type: ignore[arg-type]
+
+    @property
+    def schema_version(self) -> int:
+        """The version of our tables the consumer writes on this backend."""
+        return SQLITE_SCHEMA_VERSION if self.backend == "sqlite" else SCHEMA_VERSION
+
+    def processed_keys(self, group: str | None = None) -> list[ProcessedKey]:
+        """Every processed key (of ``group``), a SQLite run's keys one each."""
+        return processed_keys(self.query, runs=self.backend == "sqlite", group=group)
+
+    def processed_key_count(self, group: str | None = None) -> int:
+        return len(self.processed_keys(group))
 
     def checkpoints(self) -> dict[str, int | None]:
         """Each topic's checkpoint row (one partition per topic), or {} while the consumer has

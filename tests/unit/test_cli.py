@@ -209,10 +209,11 @@ def test_store_migrate_brings_a_version_1_sqlite_store_to_the_current_version(
     config = write(tmp_path, VALID + f"store:\n  url: sqlite:///{path}\n")
     assert main(["store", "migrate", "--config", config]) == EXIT_OK
     out = capsys.readouterr().out
-    assert "from schema version 1 to 3; 1 processed keys of group cli-test rewritten" in out
+    assert "from schema version 1 to 4; 1 processed keys of group cli-test rewritten" in out
+    assert "(schema version 4)" in out
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version, coordinates_keys FROM consumer_schema"
-                          ).fetchall() == [(3, "digest")]
+                          ).fetchall() == [(4, "digest")]
         assert db.execute("SELECT key FROM consumer_processed_keys").fetchall() == [
             (key_function("header:idempotency-key", {})(event),)]
     assert main(["store", "migrate", "--config", config]) == EXIT_OK

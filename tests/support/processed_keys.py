@@ -1,0 +1,46 @@
+"""The processed keys a store holds, whichever rows hold them: the SQLite store keeps a batch's
+consecutive coordinates keys as one row of ``consumer_processed_runs``
+(consumer.store.sqlite_runs); these helpers count and list each key of a run as one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Query = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+@dataclass(frozen=True, order=True)
+class ProcessedKey:
+    group: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    processed_at: float
+
+
+def processed_keys(query: Query, *, runs: bool, group: str | None = None) -> list[ProcessedKey]:
+    """Every processed key (of ``group``, or of every group), in coordinate order."""
+    where, params = ("WHERE group_id = %s", (group,)) if group is not None else ("", ())
+    found = [ProcessedKey(g, t, int(p), int(o), bytes(k), float(at)) for g, t, p, o, k, at in query(
+        'SELECT group_id, topic, "partition", "offset", "key", processed_at '
+        f"FROM consumer_processed_keys {where}", params)]
+    if runs and _has_runs_table(query):
+        for g, t, p, first, last, key, at in query(
+                "SELECT group_id, topic, partition, first_offset, last_offset, first_key, "
+                f"processed_at FROM consumer_processed_runs {where}", params):
+            start = int.from_bytes(bytes(key), "big")
+            found += [ProcessedKey(g, t, int(p), int(first) + step,
+                                   (start + step).to_bytes(len(key), "big"), float(at))
+                      for step in range(int(last) - int(first) + 1)]
+    return sorted(found)
+
+
+def processed_key_count(query: Query, *, runs: bool, group: str | None = None) -> int:
+    return len(processed_keys(query, runs=runs, group=group))
+
+
+def _has_runs_table(query: Query) -> bool:
+    return bool(query("SELECT 1 FROM sqlite_master WHERE name = 'consumer_processed_runs'", ()))

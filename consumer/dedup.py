@@ -93,7 +93,7 @@ def key_function(spec: str, topic_ids: Mapping[str, str], scope: DedupScope = "t
         name = rest
 
         def from_header(message: Message, headers: list[tuple[str, bytes | None]]) -> bytes:
-            value = _last_value(headers, name)
+            value = _last_value(headers, name) if headers else None
             if not value:
                 return coordinates(message)
             return scoped(message.topic, _digest(b"h", value))

@@ -107,6 +107,8 @@ class StoreCheckpoint:
         #: Per partition, the offset of a message whose dead letter the broker acknowledged
         #: after an earlier batch: done without running its handler (kept across batches).
         self._lettered = {} if lettered is None else lettered
+        #: The last claim returned every key it was given, each once (set by _claim).
+        self._all_new = False
 
     @property
     def synchronous(self) -> bool:
@@ -124,6 +126,7 @@ class StoreCheckpoint:
 
             # 2. run handlers: the whole batch at once; if a handler raises, roll the
             # transaction back and run it again message by message, each in a savepoint
+            one_by_one = False
             try:
                 watermarks, counts = self._apply_optimistically(claims, new_keys, outcome)
             except _HandlerRaised:
@@ -131,6 +134,7 @@ class StoreCheckpoint:
                 store.begin()
                 new_keys = self._claim(claims)
                 watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
+                one_by_one = True
 
             # 3. fence and write checkpoint rows (and move past dead letters not re-polled)
             carried = self._carried_letters()
@@ -139,7 +143,8 @@ class StoreCheckpoint:
                 counts[tp] = counts.get(tp, 0) + 1
             rows = [CheckpointRow(tp[0], tp[1], offset, self._partitions[tp].epoch)
                     for tp, offset in watermarks.items()]
-            rows += self._unmoved_rows(watermarks)
+            if one_by_one:  # the optimistic run moves every partition it holds
+                rows += self._unmoved_rows(watermarks)
             fenced = store.write_checkpoints(self._group, rows, self._now())
             if fenced:
                 raise Fenced(self._group, fenced)
@@ -166,20 +171,23 @@ class StoreCheckpoint:
         """Each message's claim, the error its dedup key function raised, or None for a
         message already dead-lettered (done: no key, no handler)."""
         claims: list[Claim | DedupKeyFailed | None] = []
-        lettered = self._lettered
+        append, keys, lettered = claims.append, self._keys, self._lettered
         for m in self._messages:
             if lettered and lettered.get((m.topic, m.partition)) == m.offset:
-                claims.append(None)
+                append(None)
                 continue
             try:
-                claims.append(Claim(self._keys[m.topic](m), m.topic, m.partition, m.offset))
+                append(Claim(keys[m.topic](m), m.topic, m.partition, m.offset))
             except DedupKeyFailed as error:
-                claims.append(error)
+                append(error)
         return claims
 
     def _claim(self, claims: list[Claim | DedupKeyFailed | None]) -> set[bytes]:
-        return self._store.claim(self._group, [c for c in claims if isinstance(c, Claim)],
-                                 self._now())
+        """The new keys; ``_all_new`` says whether that is every claim's key, each once."""
+        batch = [c for c in claims if isinstance(c, Claim)]
+        new = self._store.claim(self._group, batch, self._now())
+        self._all_new = len(new) == len(batch)
+        return new
 
     def _apply_optimistically(self, claims: list[Claim | DedupKeyFailed | None],
                               new_keys: set[bytes],
@@ -194,18 +202,21 @@ class StoreCheckpoint:
         scope = self._scope
         trial = TrialCalls(self._handlers, self._timer)  # timings kept if the batch succeeds
         calls = trial.calls
-        watermarks: dict[TP, int] = {}
-        counts: dict[TP, int] = {}
+        progress = _Progress()
         applied_keys: set[bytes] = set()
+        # Every key new and none twice (the claim returned as many keys as it was given):
+        # nothing to look up per message.
+        fresh = self._all_new
         applied = duplicates = lettered = 0
         for message, claim in zip(self._messages, claims, strict=True):
             if isinstance(claim, DedupKeyFailed):
                 raise _HandlerRaised from claim
             if claim is None:
                 lettered += 1
-            elif (key := claim.key) not in new_keys or key in applied_keys:
+            elif not fresh and ((key := claim.key) not in new_keys or key in applied_keys):
                 duplicates += 1
             else:
+                key = claim.key
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
@@ -214,11 +225,11 @@ class StoreCheckpoint:
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
                     raise _HandlerRaised from error
-                applied_keys.add(key)
+                if not fresh:
+                    applied_keys.add(key)
                 applied += 1
-            tp = (message.topic, message.partition)
-            watermarks[tp] = message.offset + 1
-            counts[tp] = counts.get(tp, 0) + 1
+            progress.done(message)
+        watermarks, counts = progress.finish()
         if checking:
             for message in self._messages:
                 failures.succeeded(message)  # type: ignore[union-attr]
@@ -382,6 +393,40 @@ def _store_unavailable(message: Message, error: BaseException) -> StoreUnavailab
         f"database error ({type(error).__name__}: {str(error).strip()}); it is the store's, "
         "not the message's"
     )
+
+
+class _Progress:
+    """Each partition's watermark and count of done messages over a batch, in the batch's
+    order. A batch holds stretches of one partition's messages (as the client fetched them),
+    so the dictionaries change once per stretch, not per message."""
+
+    __slots__ = ("_count", "_offset", "_partition", "_topic", "counts", "watermarks")
+
+    def __init__(self) -> None:
+        self.watermarks: dict[TP, int] = {}
+        self.counts: dict[TP, int] = {}
+        self._topic: str | None = None
+        self._partition = -1
+        self._offset = 0
+        self._count = 0
+
+    def done(self, message: Message) -> None:
+        if message.partition != self._partition or message.topic != self._topic:
+            self._close()
+            self._topic, self._partition = message.topic, message.partition
+        self._offset = message.offset
+        self._count += 1
+
+    def finish(self) -> tuple[dict[TP, int], dict[TP, int]]:
+        self._close()
+        return self.watermarks, self.counts
+
+    def _close(self) -> None:
+        if self._count and self._topic is not None:
+            tp = (self._topic, self._partition)
+            self.watermarks[tp] = self._offset + 1
+            self.counts[tp] = self.counts.get(tp, 0) + self._count
+        self._count = 0
 
 
 class _HandlerRaised(Exception):

@@ -2,17 +2,20 @@
 its claim against a claim of one ``INSERT`` per key, in the same run. No broker.
 
 A batch here is what a store checkpoint does to the file: ``BEGIN IMMEDIATE``, claim
-``--keys`` ordered coordinates keys of one partition, move that partition's checkpoint row,
+``--keys`` keys of one partition (``--key-kind``: ordered coordinates keys, which the store
+keeps as one run, or digests, as header and function keys are, one row each), move that
+partition's checkpoint row,
 ``COMMIT`` (durable: ``synchronous=FULL``). The two claims alternate batch by batch on one new
 file, so both see the same table size and the same disk; the figure is each one's median
 wall time per batch.
 
-    python -m benchmarks.sqlite_claim [--batches 60] [--keys 1000] [--dir DIR]
+    python -m benchmarks.sqlite_claim [--batches 60] [--keys 1000] [--key-kind digest] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import tempfile
@@ -46,12 +49,20 @@ def the_stores(store: SQLiteStore, claims: Sequence[Claim], now: float) -> None:
         raise RuntimeError(f"{len(claims) - len(new)} keys were already claimed")
 
 
-def measure(directory: Path, batches: int, keys: int) -> dict[str, list[float]]:
+def digest(message: Message) -> bytes:
+    """A header key's form: 16 bytes all over the key space."""
+    return hashlib.blake2b(b"%d/%d" % (message.partition, message.offset),
+                           digest_size=16).digest()
+
+
+def measure(directory: Path, batches: int, keys: int,
+            key_kind: str = "coordinates") -> dict[str, list[float]]:
     store = SQLiteStore(str(directory / "claims.db"))
     store.ensure_schema(GROUP)
     positions = store.assign(GROUP, [(TOPIC, p) for p in range(PARTITIONS)], 0.0)
-    key = key_function("coordinates", {TOPIC: "bench-topic-id"},
-                       key_format=KeyFormat(ordered_coordinates=store.ordered_coordinates))
+    key = digest if key_kind == "digest" else key_function(
+        "coordinates", {TOPIC: "bench-topic-id"},
+        key_format=KeyFormat(ordered_coordinates=store.ordered_coordinates))
     claims: dict[str, Callable[[SQLiteStore, Sequence[Claim], float], None]] = {
         "one INSERT per key": one_per_key, "the store's claim": the_stores}
     times: dict[str, list[float]] = {name: [] for name in claims}
@@ -80,13 +91,15 @@ def main(argv: list[str]) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--key-kind", choices=("coordinates", "digest"), default="coordinates")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the database file goes (default: a new temporary folder)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        times = measure(Path(folder), args.batches, args.keys)
+        times = measure(Path(folder), args.batches, args.keys, args.key_kind)
     baseline = statistics.median(times["one INSERT per key"])
-    print(f"{args.batches} batches of {args.keys:,} keys each way, alternated, one new file; "
+    print(f"{args.batches} batches of {args.keys:,} {args.key_kind} keys each way, alternated, "
+          "one new file; "
           "median wall time per batch (BEGIN, claim, checkpoint row, durable COMMIT):")
     for name, values in times.items():
         median = statistics.median(values)

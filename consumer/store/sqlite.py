@@ -14,10 +14,10 @@ error a handler raised apart from a failure of its message. One connection, one 
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,23 +46,14 @@ CLAIM_UNLESS_PROCESSED = f"""INSERT INTO consumer_processed_keys
                (group_id, key, topic, partition, "offset", processed_at)
            SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE {sqlite_runs.uncovered("?1", "?2")}
            ON CONFLICT DO NOTHING"""
-#: Keys per claiming statement. A batch of 1,000 ordered keys, its checkpoint row and durable
-#: commit take 0.68-0.73x the time with statements of 200 rows as with ``executemany`` of one
-#: row each (``python -m benchmarks.sqlite_claim``). 200 rows bind 802 parameters: SQLite
-#: before 3.32 allows 999.
-CLAIM_ROWS_PER_STATEMENT = 200
-
-
-@functools.lru_cache(maxsize=8)
-def claim_statement(rows: int) -> str:
-    """New processed keys, ``rows`` of them: fails on a key of the table, leaves out a key a
-    run covers (fewer rows than asked for). Parameters: the group, the time, then key, topic,
-    partition and offset per row."""
-    values = ", ".join(["(?, ?, ?, ?)"] * rows)
-    return f"""INSERT INTO consumer_processed_keys
-                   (group_id, key, topic, partition, "offset", processed_at)
-               SELECT ?1, column1, column2, column3, column4, ?2 FROM (VALUES {values})
-               WHERE {sqlite_runs.uncovered("?1", "column1")}"""
+#: One new processed key, unless a run covers it (then no row): fails on a key of the table.
+#: Parameters: group, key, topic, partition, offset, time. One statement per key: keys that
+#: are not in runs are mostly digests (header and function keys), which land all over the key
+#: index, and for those one prepared statement per key measured 15% faster a batch than
+#: statements of 200 rows each (``python -m benchmarks.sqlite_claim --key-kind digest``).
+CLAIM_NEW_KEY = f"""INSERT INTO consumer_processed_keys
+               (group_id, key, topic, partition, "offset", processed_at)
+           SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE {sqlite_runs.uncovered("?1", "?2")}"""
 
 SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL,
@@ -270,23 +261,20 @@ class SQLiteStore(Store):
             self._begin_immediate()
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
-        """A batch almost never holds a processed key: inside a savepoint, its runs go in one
-        row each and its other keys with plain ``INSERT`` statements of
-        :data:`CLAIM_ROWS_PER_STATEMENT` rows. If one was processed before, the savepoint
-        rolls back and each key goes in alone with ``ON CONFLICT DO NOTHING``, its row count
-        saying whether it is new; so do the next batches' claims for a while
-        (:class:`ConflictBackoff`)."""
+        """A batch almost never holds a processed key: its runs go in one row each and its
+        other keys with a plain ``INSERT`` each (:data:`CLAIM_NEW_KEY`). If one was processed
+        before, the rows this claim wrote are deleted again and each key goes in alone with
+        ``ON CONFLICT DO NOTHING``, its row count saying whether it is new; so do the next
+        batches' claims for a while (:class:`ConflictBackoff`)."""
         with _translated(self._path):
             if claims and self._claims_with_conflicts.plain_due():
-                self._db.execute("SAVEPOINT claim")
+                written = _Written()
                 try:
-                    self._insert_new_keys(group, claims, now)
+                    self._insert_new_keys(group, claims, now, written)
                 except (sqlite3.IntegrityError, _ProcessedBefore):
-                    self._db.execute("ROLLBACK TO SAVEPOINT claim")
-                    self._db.execute("RELEASE SAVEPOINT claim")
+                    self._delete_written(group, written)
                     self._claims_with_conflicts.plain_conflicted()
                 else:
-                    self._db.execute("RELEASE SAVEPOINT claim")
                     self._claims_with_conflicts.plain_succeeded()
                     return {c.key for c in claims}
             new = set()
@@ -297,9 +285,11 @@ class SQLiteStore(Store):
                     new.add(c.key)
         return new
 
-    def _insert_new_keys(self, group: str, claims: Sequence[Claim], now: float) -> None:
+    def _insert_new_keys(self, group: str, claims: Sequence[Claim], now: float,
+                         written: _Written) -> None:
         """Raises IntegrityError or _ProcessedBefore if a key was processed before (or comes
-        twice). The runs go first, so the other keys are checked against them too."""
+        twice); ``written`` then says which rows went in. The runs go first, so the other
+        keys are checked against them too."""
         execute = self._db.execute
         runs, singles = sqlite_runs.split(claims)
         for run in runs:
@@ -308,13 +298,28 @@ class SQLiteStore(Store):
                                                 first.partition, first.offset, last.offset,
                                                 now)).rowcount != 1:
                 raise _ProcessedBefore
-        for start in range(0, len(singles), CLAIM_ROWS_PER_STATEMENT):
-            chunk = singles[start:start + CLAIM_ROWS_PER_STATEMENT]
-            params: list[object] = [group, now]
-            for c in chunk:
-                params += (c.key, c.topic, c.partition, c.offset)
-            if execute(claim_statement(len(chunk)), params).rowcount != len(chunk):
-                raise _ProcessedBefore
+            written.runs.append(first.key)
+        inserted = 0
+        try:
+            for c in singles:
+                if execute(CLAIM_NEW_KEY, (group, c.key, c.topic, c.partition, c.offset,
+                                           now)).rowcount != 1:
+                    raise _ProcessedBefore
+                inserted += 1
+        finally:  # a failed statement wrote nothing: every key before it went in
+            written.keys = singles[:inserted]
+
+    def _delete_written(self, group: str, written: _Written) -> None:
+        """Undo a plain claim that met a processed key. Exact, as a savepoint would be, but a
+        savepoint copies every page the claim touches first: a fifth of a batch of digest
+        keys, which land on pages all over the key index. SQLite has one writer at a time, so
+        the rows deleted are the claim's own: a key of ``written.keys`` the table held
+        before would have failed its statement instead."""
+        executemany = self._db.executemany
+        executemany("DELETE FROM consumer_processed_runs WHERE group_id = ? AND first_key = ?",
+                    [(group, key) for key in written.runs])
+        executemany("DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
+                    [(group, c.key) for c in written.keys])
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
         """Forget each key: its row, or its place in a run (which splits around it)."""
@@ -461,6 +466,14 @@ class SQLiteStore(Store):
 
 class _ProcessedBefore(Exception):
     """A plain claim met a key processed before: in the table, or covered by a run."""
+
+
+@dataclass(slots=True)
+class _Written:
+    """The rows a plain claim has written so far: runs by their first key, and other keys."""
+
+    runs: list[bytes] = field(default_factory=list)
+    keys: Sequence[Claim] = ()
 
 
 @contextmanager

@@ -82,21 +82,17 @@ def split(claims: Sequence[Claim]) -> tuple[list[Run], list[Claim]]:
         if previous is None or value != previous_value + 1 \
                 or claim.offset != previous.offset + 1 \
                 or claim.partition != previous.partition or claim.topic != previous.topic:
-            _close(claims, start, index - 1, runs, singles)
+            if index - start >= MIN_RUN:
+                runs.append(Run(start, index - 1))
+            else:  # a digest key breaks off at every claim: keep this path short
+                singles.extend(claims[start:index])
             start = index
         previous, previous_value = claim, value
-    _close(claims, start, len(claims) - 1, runs, singles)
-    return runs, singles
-
-
-def _close(claims: Sequence[Claim], first: int, last: int, runs: list[Run],
-           singles: list[Claim]) -> None:
-    if last < first:
-        return
-    if last - first + 1 >= MIN_RUN:
-        runs.append(Run(first, last))
+    if len(claims) - start >= MIN_RUN:
+        runs.append(Run(start, len(claims) - 1))
     else:
-        singles.extend(claims[first:last + 1])
+        singles.extend(claims[start:])
+    return runs, singles
 
 
 def key_at(first_key: bytes, steps: int) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -268,15 +267,10 @@ class SQLiteStore(Store):
         batches' claims for a while (:class:`ConflictBackoff`)."""
         with _translated(self._path):
             if claims and self._claims_with_conflicts.plain_due():
-                written = _Written()
-                try:
-                    self._insert_new_keys(group, claims, now, written)
-                except (sqlite3.IntegrityError, _ProcessedBefore):
-                    self._delete_written(group, written)
-                    self._claims_with_conflicts.plain_conflicted()
-                else:
+                if self._insert_new_keys(group, claims, now):
                     self._claims_with_conflicts.plain_succeeded()
                     return {c.key for c in claims}
+                self._claims_with_conflicts.plain_conflicted()
             new = set()
             execute = self._db.execute
             for c in claims:
@@ -285,41 +279,38 @@ class SQLiteStore(Store):
                     new.add(c.key)
         return new
 
-    def _insert_new_keys(self, group: str, claims: Sequence[Claim], now: float,
-                         written: _Written) -> None:
-        """Raises IntegrityError or _ProcessedBefore if a key was processed before (or comes
-        twice); ``written`` then says which rows went in. The runs go first, so the other
-        keys are checked against them too."""
+    def _insert_new_keys(self, group: str, claims: Sequence[Claim], now: float) -> bool:
+        """Every key as a new row (the runs first, so the other keys are checked against them
+        too): True. False when a key was processed before (or comes twice); the rows this
+        claim wrote are deleted again. That is exact, as a savepoint would be, but a savepoint
+        copies every page the claim touches first: a fifth of a batch of digest keys, which
+        land on pages all over the key index. SQLite has one writer at a time, so the rows
+        deleted are the claim's own: a key the table held before fails its statement, and a
+        failed statement wrote nothing."""
         execute = self._db.execute
         runs, singles = sqlite_runs.split(claims)
-        for run in runs:
-            first, last = claims[run.first], claims[run.last]
-            if execute(sqlite_runs.INSERT_RUN, (group, first.key, last.key, first.topic,
-                                                first.partition, first.offset, last.offset,
-                                                now)).rowcount != 1:
-                raise _ProcessedBefore
-            written.runs.append(first.key)
-        inserted = 0
+        runs_in = keys_in = 0
         try:
+            for run in runs:
+                first, last = claims[run.first], claims[run.last]
+                if execute(sqlite_runs.INSERT_RUN, (group, first.key, last.key, first.topic,
+                                                    first.partition, first.offset, last.offset,
+                                                    now)).rowcount != 1:
+                    raise _ProcessedBefore
+                runs_in += 1
             for c in singles:
                 if execute(CLAIM_NEW_KEY, (group, c.key, c.topic, c.partition, c.offset,
                                            now)).rowcount != 1:
                     raise _ProcessedBefore
-                inserted += 1
-        finally:  # a failed statement wrote nothing: every key before it went in
-            written.keys = singles[:inserted]
-
-    def _delete_written(self, group: str, written: _Written) -> None:
-        """Undo a plain claim that met a processed key. Exact, as a savepoint would be, but a
-        savepoint copies every page the claim touches first: a fifth of a batch of digest
-        keys, which land on pages all over the key index. SQLite has one writer at a time, so
-        the rows deleted are the claim's own: a key of ``written.keys`` the table held
-        before would have failed its statement instead."""
-        executemany = self._db.executemany
-        executemany("DELETE FROM consumer_processed_runs WHERE group_id = ? AND first_key = ?",
-                    [(group, key) for key in written.runs])
-        executemany("DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
-                    [(group, c.key) for c in written.keys])
+                keys_in += 1
+        except (sqlite3.IntegrityError, _ProcessedBefore):
+            executemany = self._db.executemany
+            executemany("DELETE FROM consumer_processed_runs WHERE group_id = ? "
+                        "AND first_key = ?", [(group, claims[r.first].key) for r in runs[:runs_in]])
+            executemany("DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
+                        [(group, c.key) for c in singles[:keys_in]])
+            return False
+        return True
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
         """Forget each key: its row, or its place in a run (which splits around it)."""
@@ -466,14 +457,6 @@ class SQLiteStore(Store):
 
 class _ProcessedBefore(Exception):
     """A plain claim met a key processed before: in the table, or covered by a run."""
-
-
-@dataclass(slots=True)
-class _Written:
-    """The rows a plain claim has written so far: runs by their first key, and other keys."""
-
-    runs: list[bytes] = field(default_factory=list)
-    keys: Sequence[Claim] = ()
 
 
 @contextmanager

@@ -118,7 +118,7 @@ TABLE_BYTES = {
 #: The runs' own keys and the group's checkpoint rows (``%s``: group, then the runs' topic).
 FORGET_RUN = ["DELETE FROM consumer_processed_keys WHERE group_id = %s AND topic = %s",
               "DELETE FROM consumer_checkpoints WHERE group_id = %s"]
-FORGET_SQLITE_RUNS = "DELETE FROM consumer_processed_runs WHERE group_id = %s AND topic = %s"
+FORGET_RUNS = "DELETE FROM consumer_processed_runs WHERE group_id = %s AND topic = %s"
 
 
 def server_url(store: str) -> str:
@@ -220,12 +220,18 @@ def table_size_mb(store: str, url: str) -> float:
 
 def forget_run(store: str, url: str, group: str, run_topic: str) -> None:
     """Delete the runs' own keys and the group's checkpoint rows (the ballast stays); on
-    SQLite, the runs of keys too (consumer.store.sqlite_runs)."""
+    SQLite and PostgreSQL, the runs of keys too (consumer.store.sqlite_runs, postgres_runs)."""
     with connected(store, url) as db:
         db.execute(FORGET_RUN[0], (group, run_topic))
         db.execute(FORGET_RUN[1], (group,))
-        if store == "sqlite":
-            db.execute(FORGET_SQLITE_RUNS, (group, run_topic))
+        if store in ("sqlite", "postgres") and _has_runs(store, db):
+            db.execute(FORGET_RUNS, (group, run_topic))
+
+
+def _has_runs(store: str, db: Any) -> bool:
+    if store == "sqlite":
+        return True
+    return db.execute("SELECT to_regclass('consumer_processed_runs')").fetchone()[0] is not None
 
 
 def delete_group(bootstrap: str, group: str) -> None:

@@ -148,8 +148,7 @@ def _coordinates_key(topic_ids: Mapping[str, str], scoped: Callable[[str, bytes]
                 and 0 <= offset < _MAX_OFFSET:
             prefix = ordered_prefixes.get(name)
             if prefix is None:
-                prefix = ordered_prefixes[name] = blake2b(
-                    b"o\0" + name.encode(), digest_size=_TOPIC_BYTES).digest()
+                prefix = ordered_prefixes[name] = ordered_prefix(name)
             return prefix + ((partition << 48) | offset).to_bytes(8, "big")
         prefix = digest_prefixes.get(name)
         if prefix is None:
@@ -158,6 +157,12 @@ def _coordinates_key(topic_ids: Mapping[str, str], scoped: Callable[[str, bytes]
                                      digest_size=KEY_SIZE).digest())
 
     return coordinates
+
+
+def ordered_prefix(name: str) -> bytes:
+    """The first 8 bytes of every ordered coordinates key of the topic with this id (or, while
+    its id is not known, this name)."""
+    return blake2b(b"o\0" + name.encode(), digest_size=_TOPIC_BYTES).digest()
 
 
 def topic_scoped(topic: str, digest: bytes) -> bytes:

@@ -96,6 +96,7 @@ class StoreMode:
         """Create, check or migrate our tables and learn the topics' ids, retrying while the
         store is unreachable. False when ``keep_trying`` turned false first."""
         backoff = 1.0
+        self.store.use_topic_ids(self.topic_ids)
         while keep_trying():
             try:
                 upgrade = self.store.ensure_schema(

@@ -146,6 +146,9 @@ class TimedStore(Store):
         self.ordered_coordinates = self._store.ordered_coordinates
         return upgrade
 
+    def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
+        self._store.use_topic_ids(topic_ids)
+
     def close(self) -> None:
         self._store.close()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from consumer.errors import ConfigError, OffsetWentBackwards, StoreError
@@ -30,9 +30,15 @@ MIGRATES_FROM = (1, 2)
 #: The SQLite store's version 4: runs of consecutive coordinates keys one batch claimed are
 #: kept as one row each (``consumer_processed_runs``, see consumer.store.sqlite_runs).
 SQLITE_SCHEMA_VERSION = 4
+#: The PostgreSQL store's version 4: a store created at it keeps ordered coordinates keys as
+#: runs (``consumer_processed_runs``, see consumer.store.postgres_runs); a store migrated to
+#: it keeps a row per key, as its keys already claimed are.
+POSTGRES_SCHEMA_VERSION = 4
 #: ``consumer_schema.coordinates_keys`` of a new store, and of a migrated one.
 ORDERED_COORDINATES = "ordered"
 DIGEST_COORDINATES = "digest"
+#: ... and of a PostgreSQL store keeping ordered coordinates keys as runs.
+RUN_COORDINATES = "runs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,9 @@ class SchemaUpgrade:
     keys_scoped: int
     keys_kept: int
     groups_waiting: int
+    #: Whether the store keeps a batch's consecutive coordinates keys as one row from now on
+    #: (SQLite does; a migrated PostgreSQL store keeps a row per key).
+    runs_from_now: bool = field(default=True, compare=False)
 
     def describe(self, where: str) -> str:
         text = (f"store {where} migrated from schema version {self.from_version} to "
@@ -65,7 +74,11 @@ class SchemaUpgrade:
                      "one)")
         if self.from_version < 4 <= self.to_version and self.from_version >= 3:
             text += ("; from now on a batch's consecutive coordinates keys of one partition "
-                     "are kept as one row (the keys claimed before stay one row each)")
+                     "are kept as one row (the keys claimed before stay one row each)"
+                     if self.runs_from_now else
+                     "; coordinates keys stay one row each, as the keys already claimed are (a "
+                     "store created by this version keeps a batch's consecutive ones as one "
+                     "row, which claims them several times faster)")
         return text
 
 
@@ -166,6 +179,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""
+
+    def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
+        """The topic ids the dedup key functions read (the very mapping, filled later), for a
+        store that tells ordered coordinates keys from others by their topic's prefix.
+        Nothing to do for a store that does not."""
+        return None
 
     # --- assignment (its own short transaction) --------------------------------------------
 
@@ -416,6 +435,8 @@ __all__ = [
     "DIGEST_COORDINATES",
     "MIGRATES_FROM",
     "ORDERED_COORDINATES",
+    "POSTGRES_SCHEMA_VERSION",
+    "RUN_COORDINATES",
     "SCHEMA_VERSION",
     "SQLITE_SCHEMA_VERSION",
     "AsyncMessageTransactions",

@@ -1,6 +1,8 @@
-"""The PostgreSQL store (psycopg 3): a batch's keys claimed with one ``INSERT … SELECT FROM
-unnest(…)``: a plain ``INSERT`` while batches meet no processed key, ``ON CONFLICT DO NOTHING
-RETURNING key`` for a while after one did (see :meth:`PostgresStore.claim`).
+"""The PostgreSQL store (psycopg 3). In a store created at schema version 4, a batch's ordered
+coordinates keys are claimed as runs (:mod:`consumer.store.postgres_runs`: a handful of rows per
+batch); other keys (and every key of a store migrated from an older version) with one ``INSERT
+… SELECT FROM unnest(…)``: a plain ``INSERT`` while batches meet no processed key, ``ON
+CONFLICT DO NOTHING RETURNING key`` for a while after one did (see :meth:`PostgresStore.claim`).
 
 Connects on first use, and again after the connection broke, but never inside a batch (its
 transaction died with the connection: ``StoreUnavailable``, the batch rolls back). Session
@@ -12,6 +14,7 @@ one thread.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,9 +23,12 @@ import psycopg
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import TP
+from consumer.store import postgres_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
     ORDERED_COORDINATES,
+    POSTGRES_SCHEMA_VERSION,
+    RUN_COORDINATES,
     SCHEMA_VERSION,
     AsyncMessageTransactions,
     CheckpointRow,
@@ -70,6 +76,11 @@ MIGRATE_FROM_2 = [
     f"DEFAULT '{DIGEST_COORDINATES}'",
     f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
+#: Version 3 -> 4: the keys already claimed keep their rows, so coordinates keys stay one row
+#: each (no runs: ``consumer_processed_runs`` is made only with a new store).
+MIGRATE_FROM_3 = [f"UPDATE consumer_schema SET version = {POSTGRES_SCHEMA_VERSION}"]
+#: Versions this store migrates from.
+MIGRATES_FROM = (1, 2, 3)
 #: Claims, as :func:`claim_values` gives them: every key new (fails on a processed one) ...
 CLAIM_NEW = """INSERT INTO consumer_processed_keys
                 (group_id, key, topic, partition, "offset", processed_at)
@@ -82,6 +93,8 @@ CLAIM_UNLESS_PROCESSED = f"{CLAIM_NEW} ON CONFLICT DO NOTHING RETURNING key"
 #: consumer.dedup.topic_scoped in SQL: sha256(b"t" NUL topic NUL key)[:16].
 TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UTF8') "
                 "|| decode('00', 'hex') || key) from 1 for 16)")
+log = logging.getLogger("consumer.store")
+
 # Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = 7_212_041_901
 
@@ -122,6 +135,7 @@ def claim_values(group: str, now: float, claims: Sequence[Claim]) -> tuple[Any, 
 
 class PostgresStore(Store):
     dialect = "postgresql"
+    schema_version = POSTGRES_SCHEMA_VERSION
 
     def __init__(self, dsn: str, *, connect_timeout: float = 10.0,
                  session: PostgresSession | None = None) -> None:
@@ -134,6 +148,15 @@ class PostgresStore(Store):
         #: Nothing ran yet in this batch's transaction: a failed claim may restart it.
         self._batch_empty = False
         self._claims_with_conflicts = ConflictBackoff()
+        #: Whether ordered coordinates keys are kept as runs: set by ensure_schema.
+        self._coordinates_keys = postgres_runs.CoordinatesKeys()
+
+    def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
+        self._coordinates_keys.topic_ids = topic_ids
+
+    @property
+    def _runs(self) -> bool:
+        return self._coordinates_keys.as_runs
 
     @property
     def _db(self) -> psycopg.Connection[Any]:
@@ -178,29 +201,55 @@ class PostgresStore(Store):
             if exists and exists[0] is not None:
                 row = self._db.execute("SELECT max(version) FROM consumer_schema").fetchone()
                 found = row[0] if row else None
-            require_version(found, f"the PostgreSQL store {self._where}")
+            require_version(found, f"the PostgreSQL store {self._where}",
+                            needs=POSTGRES_SCHEMA_VERSION, migrates_from=MIGRATES_FROM)
             if found == 1:
                 for statement in MIGRATE_FROM_1:
                     self._db.execute(statement)
             if found in (1, 2):
                 for statement in MIGRATE_FROM_2:
                     self._db.execute(statement)
-            if found != SCHEMA_VERSION:
+            if found in MIGRATES_FROM:
+                for statement in MIGRATE_FROM_3:
+                    self._db.execute(statement)
+            if found != POSTGRES_SCHEMA_VERSION:
                 # DDL only when something is missing: even CREATE INDEX IF NOT EXISTS waits
                 # for every open batch's locks, so a member starting beside a busy (or
                 # frozen) one would wait for it.
                 for statement in SCHEMA:
                     self._db.execute(statement)
             if found is None:
+                new_form = RUN_COORDINATES if self._create_runs() else ORDERED_COORDINATES
                 self._db.execute(
                     "INSERT INTO consumer_schema (version, coordinates_keys) VALUES (%s, %s)",
-                    (SCHEMA_VERSION, ORDERED_COORDINATES))
+                    (POSTGRES_SCHEMA_VERSION, new_form))
             upgrade = self._scope_keys(
                 group, group_scoped_topics,
-                migrated_from=found if found != SCHEMA_VERSION else None)
+                migrated_from=found if found != POSTGRES_SCHEMA_VERSION else None)
             row = self._db.execute("SELECT coordinates_keys FROM consumer_schema").fetchone()
-        self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
+        form = row[0] if row is not None else None
+        self._coordinates_keys.as_runs = form == RUN_COORDINATES
+        self.ordered_coordinates = form in (ORDERED_COORDINATES, RUN_COORDINATES)
         return upgrade
+
+    def _create_runs(self) -> bool:
+        """The runs table, inside ensure_schema's transaction; False (with a warning) where
+        btree_gist cannot be had: the store then keeps a row per key, as before version 4."""
+        try:
+            with self._db.transaction():  # a savepoint: a refusal leaves the rest standing
+                self._db.execute(postgres_runs.EXTENSION)
+                self._db.execute(postgres_runs.TABLE)
+                self._db.execute(postgres_runs.AGE_INDEX)
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile,
+                psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedObject) as error:
+            log.warning(
+                "PostgreSQL store %s: cannot use the btree_gist extension (%s); this new store "
+                "keeps a row per processed key, which makes claims several times slower. To "
+                "keep runs of keys instead, have the database owner run CREATE EXTENSION "
+                "btree_gist, then point store.url at a new database.",
+                self._where, str(error).strip())
+            return False
+        return True
 
     def _scope_keys(self, group: str | None, group_scoped_topics: Collection[str], *,
                     migrated_from: int | None) -> SchemaUpgrade | None:
@@ -223,8 +272,9 @@ class PostgresStore(Store):
                 "WHERE group_id = %s AND topic = ANY(%s)", (group, kept_topics)).fetchone()
             kept = int(row[0]) if row else 0
         row = self._db.execute("SELECT count(*) FROM consumer_keys_to_scope").fetchone()
-        return SchemaUpgrade(migrated_from or 1, SCHEMA_VERSION, group if pending else None,
-                             scoped, kept, int(row[0]) if row else 0)
+        return SchemaUpgrade(migrated_from or 1, POSTGRES_SCHEMA_VERSION,
+                             group if pending else None, scoped, kept,
+                             int(row[0]) if row else 0, runs_from_now=False)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -273,6 +323,19 @@ class PostgresStore(Store):
         self._batch_empty = True
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+        """Claim the keys: the ordered coordinates keys as runs where the store keeps them
+        (after the other keys, whose claim may start the transaction again), the others
+        with :meth:`_claim_keys`."""
+        if not self._runs:
+            return self._claim_keys(group, claims, now)
+        runs, others = postgres_runs.split(claims, self._coordinates_keys)
+        new = self._claim_keys(group, others, now)
+        if runs:
+            with self._errors():
+                new |= postgres_runs.claim(self._db.execute, group, now, runs)
+        return new
+
+    def _claim_keys(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
         """Claim the keys with one statement. ``ON CONFLICT DO NOTHING`` costs the server a
         speculative insertion per row (about a third of a 1,000-key claim measured here), and
         a batch almost never holds a processed key, so the batch's first statement is a plain
@@ -301,11 +364,31 @@ class PostgresStore(Store):
         return {bytes(row[0]) for row in rows}
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
+        """Forget each key: its row, or its place in a run (which splits around it)."""
+        keys = list(keys)
         with self._errors():
             self._db.execute(
                 "DELETE FROM consumer_processed_keys WHERE group_id = %s AND key = ANY(%s)",
-                (group, list(keys)),
+                (group, keys),
             )
+            if self._runs:
+                for key in keys:
+                    self._unclaim_from_run(group, key)
+
+    def _unclaim_from_run(self, group: str, key: bytes) -> None:
+        head, offset = postgres_runs.head_and_offset(key)
+        run = self._db.execute(
+            "DELETE FROM consumer_processed_runs WHERE group_id = %s AND key_head = %s "
+            "AND key_offsets @> %s::bigint RETURNING lower(key_offsets), "
+            "upper(key_offsets), topic, partition, first_offset, processed_at",
+            (group, head, offset)).fetchone()
+        if run is None:
+            return
+        low, high, topic, partition, first_offset, at = run
+        pieces = [postgres_runs.Run(head, lo, hi, topic, partition, first_offset + lo - low, [])
+                  for lo, hi in ((low, offset), (offset + 1, high)) if hi > lo]
+        if pieces:  # the rest of the run, in what this transaction held: never refused
+            postgres_runs.claim(self._db.execute, group, at, pieces)
 
     def savepoint(self) -> None:
         with self._errors():
@@ -372,7 +455,7 @@ class PostgresStore(Store):
         return PostgresTransactions(
             self._dsn, size=size, where=self._where, session=self._session,
             session_parameters=_session_parameters(self._dsn, self._session),
-            connect_timeout=self._connect_timeout)
+            connect_timeout=self._connect_timeout, coordinates_keys=self._coordinates_keys)
 
     def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
         from consumer.store.postgres_async import AsyncPostgresTransactions
@@ -380,7 +463,7 @@ class PostgresStore(Store):
         return AsyncPostgresTransactions(
             self._dsn, size=size, where=self._where, session=self._session,
             session_parameters=_session_parameters(self._dsn, self._session),
-            connect_timeout=self._connect_timeout)
+            connect_timeout=self._connect_timeout, coordinates_keys=self._coordinates_keys)
 
     # --- operations ------------------------------------------------------------------------
 
@@ -393,14 +476,62 @@ class PostgresStore(Store):
         return {(t, p): o for t, p, o in rows}
 
     def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
+        """Up to ``limit`` rows of keys, then of runs; returns the keys they held, which is
+        ``limit`` or more whenever old rows may remain (a run holds one key or more)."""
         with self._errors():
-            cursor = self._db.execute(
+            deleted = self._db.execute(
                 """DELETE FROM consumer_processed_keys WHERE ctid IN (
                        SELECT ctid FROM consumer_processed_keys
                        WHERE group_id = %s AND processed_at < %s LIMIT %s)""",
                 (group, older_than, limit),
-            )
-        return cursor.rowcount
+            ).rowcount
+            if self._runs and deleted < limit:
+                deleted += sum(int(length) for (length,) in self._db.execute(
+                    """DELETE FROM consumer_processed_runs WHERE ctid IN (
+                           SELECT ctid FROM consumer_processed_runs
+                           WHERE group_id = %s AND processed_at < %s LIMIT %s)
+                       RETURNING upper(key_offsets) - lower(key_offsets)""",
+                    (group, older_than, limit - deleted)).fetchall())
+        return deleted
+
+    # --- replay: keys in runs count one each -------------------------------------------
+
+    def keys_from(self, group: str, targets: Mapping[TP, int]) -> dict[TP, int]:
+        found = super().keys_from(group, targets)
+        if not self._runs:
+            return found
+        for (topic, partition), offset in targets.items():
+            row = self._db.execute(
+                "SELECT coalesce(sum(last_offset - greatest(first_offset, %s) + 1), 0) "
+                "FROM consumer_processed_runs WHERE group_id = %s AND topic = %s "
+                "AND partition = %s AND last_offset >= %s",
+                (offset, group, topic, partition, offset)).fetchone()
+            found[(topic, partition)] += int(row[0]) if row else 0
+        return found
+
+    def forget_keys_from(self, group: str, tp: TP, offset: int) -> int:
+        """The keys claimed at or after ``offset``: rows, runs, and the tail of a run that
+        starts before it."""
+        forgotten = super().forget_keys_from(group, tp, offset)
+        if not self._runs:
+            return forgotten
+        topic, partition = tp
+        forgotten += sum(int(length) for (length,) in self._db.execute(
+            "DELETE FROM consumer_processed_runs WHERE group_id = %s AND topic = %s "
+            "AND partition = %s AND first_offset >= %s "
+            "RETURNING last_offset - first_offset + 1",
+            (group, topic, partition, offset)).fetchall())
+        forgotten += sum(int(length) for (length,) in self._db.execute(
+            """WITH straddling AS (
+                   SELECT ctid, last_offset FROM consumer_processed_runs
+                   WHERE group_id = %s AND topic = %s AND partition = %s
+                         AND last_offset >= %s FOR UPDATE)
+               UPDATE consumer_processed_runs AS r SET last_offset = %s - 1, key_offsets =
+                   int8range(lower(key_offsets), lower(key_offsets) + (%s - first_offset))
+               FROM straddling WHERE r.ctid = straddling.ctid
+               RETURNING straddling.last_offset - %s + 1""",
+            (group, topic, partition, offset, offset, offset, offset)).fetchall())
+        return forgotten
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -26,13 +26,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from consumer.errors import StoreUnavailable
 from consumer.store.base import Claim, PostgresSession
 from consumer.store.postgres_pool import (
-    CLAIM_ONE,
     handler_store_error,
+    one_claim,
     pool_options,
     swallowed_error,
     transaction_errors,
     transient,
 )
+from consumer.store.postgres_runs import CoordinatesKeys
 
 log = logging.getLogger("consumer.store")
 
@@ -61,9 +62,11 @@ class AsyncPostgresTransactions:
     a time."""
 
     def __init__(self, dsn: str, *, size: int, where: str, session: PostgresSession,
-                 session_parameters: dict[str, Any], connect_timeout: float = 10.0) -> None:
+                 session_parameters: dict[str, Any], connect_timeout: float = 10.0,
+                 coordinates_keys: CoordinatesKeys | None = None) -> None:
         self._where = where
         self._session = session
+        self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         # A message asks for a connection once a slot is its (one is free).
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             dsn, name="consumer-store-async",
@@ -104,8 +107,8 @@ class AsyncPostgresTransactions:
         conn = await self._getconn()
         try:
             with transaction_errors(self._where, self._session):
-                cursor = await conn.execute(CLAIM_ONE, (group, claim.key, claim.topic,
-                                                        claim.partition, claim.offset, now))
+                cursor = await conn.execute(*one_claim(group, claim, now,
+                                                       self._coordinates_keys))
                 new = await cursor.fetchone() is not None
             if not new:
                 await _rollback_quietly(conn)

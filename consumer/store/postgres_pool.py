@@ -25,8 +25,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import StoreLike
+from consumer.store import postgres_runs
 from consumer.store.base import Claim, PostgresSession
 from consumer.store.postgres import CLAIM_UNLESS_PROCESSED, claim_values, is_transient
+from consumer.store.postgres_runs import CoordinatesKeys
 
 log = logging.getLogger("consumer.store")
 
@@ -37,6 +39,15 @@ CLAIM_ONE = """INSERT INTO consumer_processed_keys
                RETURNING 1"""
 #: A micro-batch's keys in one statement: the store's batch claim, new keys returned.
 CLAIM_MANY = CLAIM_UNLESS_PROCESSED
+
+
+def one_claim(group: str, claim: Claim, now: float,
+              coordinates_keys: CoordinatesKeys | None) -> tuple[str, tuple[Any, ...]]:
+    """The statement (and its parameters) claiming one key: a run of one where the store
+    keeps the key in runs, else a row; either returns a row when the key was new."""
+    if coordinates_keys is not None and coordinates_keys.holds(claim):
+        return postgres_runs.INSERT_ONE, postgres_runs.one_values(group, claim, now)
+    return CLAIM_ONE, (group, claim.key, claim.topic, claim.partition, claim.offset, now)
 
 
 class Transaction:
@@ -55,9 +66,11 @@ class PostgresTransactions:
     """A pool of ``size`` connections; one message's transaction on each at a time."""
 
     def __init__(self, dsn: str, *, size: int, where: str, session: PostgresSession,
-                 session_parameters: dict[str, Any], connect_timeout: float = 10.0) -> None:
+                 session_parameters: dict[str, Any], connect_timeout: float = 10.0,
+                 coordinates_keys: CoordinatesKeys | None = None) -> None:
         self._where = where
         self._session = session
+        self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             dsn, name="consumer-store", **pool_options(size, session_parameters, connect_timeout))
 
@@ -76,8 +89,8 @@ class PostgresTransactions:
             # 1. claim the key: waits for a session holding it uncommitted, then sees its
             # outcome (committed: a duplicate; rolled back: ours)
             with transaction_errors(self._where, self._session):
-                new = conn.execute(CLAIM_ONE, (group, claim.key, claim.topic, claim.partition,
-                                               claim.offset, now)).fetchone() is not None
+                new = conn.execute(*one_claim(group, claim, now, self._coordinates_keys)
+                                   ).fetchone() is not None
             if not new:
                 _rollback_quietly(conn)
                 return False
@@ -148,12 +161,18 @@ class PostgresTransactions:
         (None: a work returned with the transaction failed)."""
         # 1. claim every key, in key order (two batches sharing keys never wait in a cycle)
         ordered = sorted(claims, key=_by_key)
+        runs, others = postgres_runs.split(ordered, self._coordinates_keys) \
+            if self._coordinates_keys.as_runs else ([], ordered)
+        new: set[bytes] = set()
         try:
             with transaction_errors(self._where, self._session):
-                rows = conn.execute(CLAIM_MANY, claim_values(group, now, ordered)).fetchall()
+                if others:
+                    rows = conn.execute(CLAIM_MANY, claim_values(group, now, others)).fetchall()
+                    new.update(bytes(row[0]) for row in rows)
+                if runs:
+                    new |= postgres_runs.claim(conn.execute, group, now, runs)
         except StoreError as error:
             return None, error
-        new = {bytes(row[0]) for row in rows}
         # 2. the works of the new keys (a key twice in the batch: its first message)
         db = Transaction(conn)
         for index, claim in enumerate(claims):

@@ -34,6 +34,7 @@ from tests.support.store_contract import (
     scratch_ids,
     stored_keys,
 )
+from tests.support.stores import install_btree_gist
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,7 @@ def postgres_admin(postgres_dsn: str) -> Iterator[psycopg.Connection[Any]]:
 def postgres_backend(dsn: str, admin: psycopg.Connection[Any]) -> Iterator[Backend]:
     """A fresh schema on the real server; every store opened on it sees only that schema."""
     schema = f"contract_{uuid.uuid4().hex[:12]}"
+    install_btree_gist(admin)
     admin.execute(f"CREATE SCHEMA {schema}")
     isolated = make_conninfo(dsn, options=f"-csearch_path={schema}")
     backend = Backend("postgresql", lambda: PostgresStore(isolated, connect_timeout=5))

@@ -102,8 +102,8 @@ def effects(store: SQLiteStore) -> list[tuple[str, int, int]]:
 
 def processed(store: SQLiteStore, group: str = GROUP) -> list[tuple[str, int, int]]:
     """Coordinates of the messages whose keys are recorded as processed."""
-    keys = processed_keys(lambda sql, params: store.execute(sql, params).fetchall(), runs=True,
-                          group=group)
+    keys = processed_keys(lambda sql, params: store.execute(sql, params).fetchall(),
+                          backend="sqlite", group=group)
     return [(k.topic, k.partition, k.offset) for k in keys]
 
 

@@ -1,4 +1,4 @@
-"""Schema version 3 of the SQLite store, exactly as released (PostgreSQL and MariaDB are still at
+"""Schema version 3 of the SQLite and PostgreSQL stores, exactly as released (MariaDB is still at
 version 3), to build old stores the migration tests upgrade. Never edit: it is history."""
 
 from __future__ import annotations
@@ -17,5 +17,24 @@ SQLITE = [
     """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
         ON consumer_processed_keys (group_id, processed_at)""",
     "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id TEXT PRIMARY KEY)",
+    "INSERT INTO consumer_schema (version, coordinates_keys) VALUES (3, 'ordered')",
+]
+
+POSTGRESQL = [
+    """CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL,
+        coordinates_keys text NOT NULL DEFAULT 'digest')""",
+    """CREATE TABLE IF NOT EXISTS consumer_checkpoints (
+        group_id text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
+        next_offset bigint, epoch bigint NOT NULL, updated_at double precision NOT NULL,
+        topic_id text,
+        PRIMARY KEY (group_id, topic, partition))""",
+    """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
+        group_id text NOT NULL, key bytea NOT NULL, topic text NOT NULL,
+        partition integer NOT NULL, "offset" bigint NOT NULL,
+        processed_at double precision NOT NULL,
+        PRIMARY KEY (group_id, key))""",
+    """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
+        ON consumer_processed_keys (group_id, processed_at)""",
+    "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id text PRIMARY KEY)",
     "INSERT INTO consumer_schema (version, coordinates_keys) VALUES (3, 'ordered')",
 ]

@@ -13,7 +13,8 @@ from typing import Any
 
 import psycopg
 
-from consumer.store.base import SCHEMA_VERSION, SQLITE_SCHEMA_VERSION
+from consumer.store.base import POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION, SQLITE_SCHEMA_VERSION
+from consumer.store.postgres import SCHEMA_LOCK
 from tests.support.processed_keys import ProcessedKey, processed_keys
 
 
@@ -74,11 +75,12 @@ class StoreUnderTest:
     @property
     def schema_version(self) -> int:
         """The version of our tables the consumer writes on this backend."""
-        return SQLITE_SCHEMA_VERSION if self.backend == "sqlite" else SCHEMA_VERSION
+        return {"sqlite": SQLITE_SCHEMA_VERSION,
+                "postgresql": POSTGRES_SCHEMA_VERSION}.get(self.backend, SCHEMA_VERSION)
 
     def processed_keys(self, group: str | None = None) -> list[ProcessedKey]:
-        """Every processed key (of ``group``), a SQLite run's keys one each."""
-        return processed_keys(self.query, runs=self.backend == "sqlite", group=group)
+        """Every processed key (of ``group``), a run's keys one each."""
+        return processed_keys(self.query, backend=self.backend, group=group)
 
     def processed_key_count(self, group: str | None = None) -> int:
         return len(self.processed_keys(group))
@@ -119,12 +121,22 @@ def fresh_store(backend: str, tmp_path: Path, postgres_dsn: str | None) -> Itera
         raise AssertionError("the postgresql backend needs the postgres_dsn fixture")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        install_btree_gist(admin)
         admin.execute(f"CREATE SCHEMA {schema}")
     try:
         yield StoreUnderTest("postgresql", _url(postgres_dsn, schema))
     finally:
         with psycopg.connect(postgres_dsn, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def install_btree_gist(admin: psycopg.Connection[Any]) -> None:
+    """btree_gist in the database's public schema, once: a store creates it where it is
+    missing, in the first schema of its search path, and a test's schema is dropped after it
+    (with whatever depends on it, other tests' runs tables too)."""
+    with admin.transaction():
+        admin.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        admin.execute("CREATE EXTENSION IF NOT EXISTS btree_gist SCHEMA public")
 
 
 def _url(dsn: str, schema: str) -> str:

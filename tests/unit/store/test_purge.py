@@ -32,7 +32,7 @@ def test_purge_deletes_only_keys_past_retention_in_batches(tmp_path: Path) -> No
     assert observer.named("processed_keys_purged") == [(2500,)]
     left = Counter(k.group for k in processed_keys(
         lambda sql, params: store.connection.execute(sql.replace("%s", "?"), params).fetchall(),
-        runs=True))
+        backend="sqlite"))
     assert left == {"g": 10, "other": 7}
     assert purger.purge_once() == 0
     assert observer.named("processed_keys_purged") == [(2500,)]

@@ -39,7 +39,7 @@ def rows(store: SQLiteStore) -> tuple[int, int]:
 
 def offsets(store: SQLiteStore, group: str = G) -> list[tuple[int, int]]:
     """(partition, offset) of every processed key of the group."""
-    keys = processed_keys(lambda sql, p: store.execute(sql, p).fetchall(), runs=True,
+    keys = processed_keys(lambda sql, p: store.execute(sql, p).fetchall(), backend="sqlite",
                           group=group)
     return [(k.partition, k.offset) for k in keys]
 

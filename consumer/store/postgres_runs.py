@@ -114,31 +114,46 @@ class Run:
 
 def split(claims: Sequence[Claim], keys: CoordinatesKeys) -> tuple[list[Run], list[Claim]]:
     """The batch's ordered coordinates keys as runs (a partition's stretch continues across
-    other partitions' messages), and the other claims."""
+    other partitions' messages), and the other claims. Runs every message of a batch: the
+    common case, the next key of the run in hand, costs one conversion and four comparisons
+    (a key one above a coordinates key of the same partition is one too: offsets stay far
+    below the partition bytes)."""
     runs: list[Run] = []
     others: list[Claim] = []
     open_runs: dict[bytes, Run] = {}
     prefixes: dict[str, bytes] = {}
     from_bytes = int.from_bytes
+    # The run in hand: the next key and offset that continue it, its partition, topic, keys.
+    next_key = next_offset = partition = -1
+    topic = ""
+    run_keys: list[bytes] = []
     for claim in claims:
-        key, topic = claim.key, claim.topic
-        prefix = prefixes.get(topic)
+        key = claim.key
+        if claim.offset == next_offset and from_bytes(key, "big") == next_key \
+                and claim.partition == partition and claim.topic == topic:
+            run_keys.append(key)
+            next_key += 1
+            next_offset += 1
+            continue
+        prefix = prefixes.get(claim.topic)
         if prefix is None:
-            prefix = prefixes[topic] = keys.prefix(topic)
+            prefix = prefixes[claim.topic] = keys.prefix(claim.topic)
         if len(key) != _KEY or key[:8] != prefix:
             others.append(claim)
             continue
         head, low = key[:_HEAD], from_bytes(key[_HEAD:], "big")
         run = open_runs.get(head)
-        if run is not None and run.high == low and run.topic == topic \
-                and run.partition == claim.partition \
-                and run.first_offset + len(run.keys) == claim.offset:
-            run.high += 1
-            run.keys.append(key)
-        else:
-            run = open_runs[head] = Run(head, low, low + 1, topic, claim.partition,
-                                        claim.offset, [key])
+        if run is None or run.low + len(run.keys) != low or run.topic != claim.topic \
+                or run.partition != claim.partition \
+                or run.first_offset + len(run.keys) != claim.offset:
+            run = open_runs[head] = Run(head, low, low, claim.topic, claim.partition,
+                                        claim.offset, [])
             runs.append(run)
+        run_keys, partition, topic = run.keys, run.partition, run.topic
+        run_keys.append(key)
+        next_key, next_offset = from_bytes(key, "big") + 1, claim.offset + 1
+    for run in runs:
+        run.high = run.low + len(run.keys)
     return runs, others
 
 

@@ -73,3 +73,23 @@ def test_nothing_is_a_run_until_the_store_says_it_keeps_runs() -> None:
     found = keys()
     found.as_runs = False
     assert found.holds(claim(1)) is False
+
+
+def test_a_key_that_is_not_its_message_s_coordinates_breaks_a_run() -> None:
+    """A redriven copy at offset 3 honours the key of offset 900: its neighbours' keys are
+    not consecutive with it, so partition 0's stretch is three runs, each key in its place."""
+    batch = [claim(o) for o in range(0, 6)]
+    batch[3] = Claim(claim(900).key, "t", 0, 3)
+    runs, others = split(batch, keys())
+    assert others == []
+    assert [(r.first_offset, r.low, r.high) for r in runs] == [(0, 0, 3), (3, 900, 901),
+                                                               (4, 4, 6)]
+    assert [key for run in runs for key in run.keys] == [c.key for c in batch]
+
+
+def test_a_run_never_takes_a_key_of_another_partition_or_topic() -> None:
+    """Consecutive message offsets of another partition (or topic) start their own run even
+    where the previous claim's run could go on."""
+    batch = [claim(0), claim(1), claim(2, partition=1), claim(3, topic="u")]
+    runs, _ = split(batch, keys())
+    assert spans(runs) == [("t", 0, 0, 2), ("t", 1, 2, 1), ("u", 0, 3, 1)]

@@ -1,0 +1,127 @@
+"""What a store that keeps runs of processed keys promises, whatever keeps them exact (SQLite's
+one writer, PostgreSQL's exclusion constraint): each key of a run is processed exactly as a row
+of its own would be, when claimed again, forgotten, replayed or purged. A test class subclasses
+:class:`RunsContract` and provides a ``store`` fixture: a store keeping runs, schema ensured,
+told :data:`TOPIC_IDS`."""
+
+from __future__ import annotations
+
+from consumer.dedup import KeyFormat, key_function
+from consumer.message import Message
+from consumer.store import Claim, Store
+from tests.support.processed_keys import processed_keys
+
+G = "g"
+TOPIC_IDS = {"t": "id-t", "u": "id-u"}
+ORDERED = key_function("coordinates", TOPIC_IDS, key_format=KeyFormat(ordered_coordinates=True))
+
+
+def claim(offset: int, partition: int = 0, topic: str = "t") -> Claim:
+    """The claim the consumer makes for the message at these coordinates."""
+    return Claim(ORDERED(Message(topic, partition, offset, b"", timestamp=0.0)), topic,
+                 partition, offset)
+
+
+def claims(offsets: range, partition: int = 0) -> list[Claim]:
+    return [claim(o, partition) for o in offsets]
+
+
+def keys_of(batch: list[Claim]) -> set[bytes]:
+    return {c.key for c in batch}
+
+
+def claimed(store: Store, batch: list[Claim], now: float = 1.0, group: str = G) -> set[bytes]:
+    """Claim the batch in a transaction of its own; the new keys."""
+    store.begin()
+    new = store.claim(group, batch, now)
+    store.commit()
+    return new
+
+
+def rows(store: Store) -> tuple[int, int]:
+    """(key rows, run rows)."""
+    return (store.execute("SELECT count(*) FROM consumer_processed_keys").fetchone()[0],
+            store.execute("SELECT count(*) FROM consumer_processed_runs").fetchone()[0])
+
+
+def offsets(store: Store, group: str = G) -> list[tuple[int, int]]:
+    """(partition, offset) of every processed key of the group, a run's keys one each."""
+    keys = processed_keys(lambda sql, params: store.execute(sql, params).fetchall(),
+                          backend=store.dialect, group=group)
+    return [(k.partition, k.offset) for k in keys]
+
+
+class RunsContract:
+    def test_a_batch_of_consecutive_keys_is_one_row_and_every_key_is_processed(
+            self, store: Store) -> None:
+        batch = claims(range(0, 1000))
+        assert claimed(store, batch) == keys_of(batch)
+        assert rows(store) == (0, 1)
+        assert offsets(store) == [(0, o) for o in range(1000)]
+        assert claimed(store, batch) == set(), "redelivered: every key is a duplicate"
+
+    def test_a_key_inside_a_run_is_processed_when_a_redriven_copy_claims_it(
+            self, store: Store) -> None:
+        """A redriven copy (another partition and offset) honours the key of a message a run
+        holds, at its start, inside and at its end: a duplicate; the next message is new."""
+        claimed(store, claims(range(0, 1000)))
+        for inside in (0, 417, 999):
+            honoured = Claim(claim(inside).key, "t", 2, 5000 + inside)
+            assert claimed(store, [honoured, claim(1000 + inside)]) \
+                == {claim(1000 + inside).key}, inside
+
+    def test_a_run_overlapping_processed_keys_claims_only_the_new_ones(
+            self, store: Store) -> None:
+        """Run 100-199 and a lone key at 250; then a batch of 0-299 (a replay that kept its
+        keys): only 0-99 and 200-299 but 250 are new, and the store holds each key once."""
+        claimed(store, claims(range(100, 200)))
+        claimed(store, [claim(250)])
+        new = claimed(store, claims(range(0, 300)))
+        assert new == {c.key for c in claims(range(0, 300))
+                       if not 100 <= c.offset < 200 and c.offset != 250}
+        assert offsets(store) == [(0, o) for o in range(300)]
+
+    def test_one_batch_holding_a_message_twice_applies_it_once(self, store: Store) -> None:
+        """A rewind can put offsets 5-9 in the pending batch twice: the second run overlaps
+        the first, so the claim falls back to key by key and each key is new once."""
+        batch = claims(range(0, 10)) + claims(range(5, 10))
+        assert claimed(store, batch) == keys_of(claims(range(0, 10)))
+        assert offsets(store) == [(0, o) for o in range(10)]
+
+    def test_runs_are_per_group(self, store: Store) -> None:
+        claimed(store, claims(range(0, 50)))
+        assert claimed(store, claims(range(0, 50)), group="other") == keys_of(claims(range(50)))
+
+    def test_unclaim_splits_a_run_around_the_key(self, store: Store) -> None:
+        """A failed message's key is released from the middle, the start and the end of a
+        run: those keys are new again, their neighbours still processed."""
+        store.begin()
+        store.claim(G, claims(range(0, 10)), 1.0)
+        store.unclaim(G, [claim(4).key, claim(0).key, claim(9).key])
+        store.commit()
+        assert offsets(store) == [(0, o) for o in (1, 2, 3, 5, 6, 7, 8)]
+        assert rows(store) == (0, 2)
+        assert claimed(store, claims(range(0, 10))) == {claim(o).key for o in (0, 4, 9)}
+
+    def test_replay_counts_and_forgets_the_keys_of_runs_from_the_target(
+            self, store: Store) -> None:
+        """Runs 0-99 and 100-199 of partition 0, 0-49 of partition 1: from offset 150 of
+        partition 0 there are 50 keys; forgetting them cuts the run that straddles the
+        target."""
+        claimed(store, claims(range(0, 100)))
+        claimed(store, claims(range(100, 200)))
+        claimed(store, claims(range(0, 50), partition=1))
+        targets = {("t", 0): 150, ("t", 1): 60}
+        assert store.keys_from(G, targets) == {("t", 0): 50, ("t", 1): 0}
+        assert store.keys_from(G, {("t", 0): 50}) == {("t", 0): 150}
+        assert store.replay(G, {("t", 0): 150}, forget_keys=True, now=2.0) == {("t", 0): 50}
+        assert offsets(store) == [(0, o) for o in range(150)] + [(1, o) for o in range(50)]
+        assert claimed(store, claims(range(140, 160))) == keys_of(claims(range(150, 160)))
+
+    def test_purge_counts_the_keys_of_the_runs_it_deletes(self, store: Store) -> None:
+        claimed(store, claims(range(0, 300)), now=100.0)
+        claimed(store, [Claim(b"\x01" * 16, "t", 0, 900)], now=100.0)
+        claimed(store, claims(range(300, 310)), now=5_000.0)
+        assert store.purge_processed_keys(G, older_than=1_000.0, limit=1_000) == 301
+        assert offsets(store) == [(0, o) for o in range(300, 310)]
+        assert store.purge_processed_keys(G, older_than=1_000.0, limit=1_000) == 0

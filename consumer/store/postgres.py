@@ -148,15 +148,24 @@ class PostgresStore(Store):
         #: Nothing ran yet in this batch's transaction: a failed claim may restart it.
         self._batch_empty = False
         self._claims_with_conflicts = ConflictBackoff()
-        #: Whether ordered coordinates keys are kept as runs: set by ensure_schema.
+        #: Whether ordered coordinates keys are claimed as runs: set by ensure_schema.
         self._coordinates_keys = postgres_runs.CoordinatesKeys()
+        #: Whether the store has a runs table (None: not known yet, see _runs).
+        self._runs_table: bool | None = None
 
     def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
         self._coordinates_keys.topic_ids = topic_ids
 
     @property
     def _runs(self) -> bool:
-        return self._coordinates_keys.as_runs
+        """Whether the store has runs to look at: known from ensure_schema, else asked once
+        (`consumer replay` and the purger open a store without ensuring its schema)."""
+        if self._runs_table is None:
+            with self._errors():
+                row = self._db.execute(
+                    "SELECT to_regclass('consumer_processed_runs')").fetchone()
+            self._runs_table = row is not None and row[0] is not None
+        return self._runs_table
 
     @property
     def _db(self) -> psycopg.Connection[Any]:
@@ -228,7 +237,7 @@ class PostgresStore(Store):
                 migrated_from=found if found != POSTGRES_SCHEMA_VERSION else None)
             row = self._db.execute("SELECT coordinates_keys FROM consumer_schema").fetchone()
         form = row[0] if row is not None else None
-        self._coordinates_keys.as_runs = form == RUN_COORDINATES
+        self._coordinates_keys.as_runs = self._runs_table = form == RUN_COORDINATES
         self.ordered_coordinates = form in (ORDERED_COORDINATES, RUN_COORDINATES)
         return upgrade
 
@@ -326,7 +335,7 @@ class PostgresStore(Store):
         """Claim the keys: the ordered coordinates keys as runs where the store keeps them
         (after the other keys, whose claim may start the transaction again), the others
         with :meth:`_claim_keys`."""
-        if not self._runs:
+        if not self._coordinates_keys.as_runs:
             return self._claim_keys(group, claims, now)
         runs, others = postgres_runs.split(claims, self._coordinates_keys)
         new = self._claim_keys(group, others, now)

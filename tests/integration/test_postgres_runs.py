@@ -132,6 +132,25 @@ def test_a_concurrent_handler_s_message_and_a_batch_see_each_other_s_keys(
         transactions.close()
 
 
+def test_replay_and_the_purge_see_the_runs_on_a_store_they_open_themselves(
+        store: PostgresStore, database: StoreUnderTest) -> None:
+    """`consumer replay` and the purger open a store of their own and never ensure its
+    schema: they still count, forget and purge the keys of runs."""
+    claimed(store, claims(range(0, 100)), now=100.0)
+    for operation in ("replay", "purge"):
+        other = PostgresStore(database.url, connect_timeout=5)
+        try:
+            if operation == "replay":
+                assert other.keys_from(G, {("t", 0): 50}) == {("t", 0): 50}
+                assert other.replay(G, {("t", 0): 90}, forget_keys=True, now=2.0) \
+                    == {("t", 0): 10}
+            else:
+                assert other.purge_processed_keys(G, older_than=1_000.0, limit=1_000) == 90
+        finally:
+            other.close()
+    assert offsets(store) == []
+
+
 # --- older stores, and a server without btree_gist -----------------------------------------
 
 

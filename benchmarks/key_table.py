@@ -4,15 +4,16 @@ keys it already holds?
 For each store, two databases of the consumer's own schema: one whose processed-keys table is
 empty and one holding ``--keys`` keys (10 million by default) of the very group the runs use,
 each a random 16-byte digest like a real key (of another topic, so the runs' own keys never
-collide with them), stamped now so the retention keeps them. The framework contender (``consumer
-run``, no-op handler, checkpoint every 1,000 messages or 1 s, the store's durable defaults)
-reads the first ``--messages`` of a preloaded topic against each, alternating, ``--rounds``
-rounds, once per key kind (``--key-kinds``): ``coordinates`` (the messages carry no
-idempotency-key header, so the default route keys them by coordinates, which a new store
-writes in offset order) and ``event-id`` (keyed by an id in the value, :func:`event_id`, a
-digest like a header key: random in the index). Before every run the runs' own keys and
-checkpoint rows are deleted and the Kafka group is deleted, so every run claims the same keys
-afresh from offset 0. Goal: the full table within 10% of the empty one (ratio >= 0.9).
+collide with them), stamped now so the retention keeps them; a PostgreSQL store that keeps
+coordinates keys as runs also holds ``--keys`` of them as runs of 1,000 (:data:`FILL_RUNS`). The
+framework contender (``consumer run``, no-op handler, checkpoint every 1,000 messages or 1 s,
+the store's durable defaults) reads the first ``--messages`` of a preloaded topic against each,
+alternating, ``--rounds`` rounds, once per key kind (``--key-kinds``): ``coordinates`` (the
+messages carry no idempotency-key header, so the default route keys them by coordinates, which a
+new store writes in offset order) and ``event-id`` (keyed by an id in the value,
+:func:`event_id`, a digest like a header key: random in the index). Before every run the runs'
+own keys and checkpoint rows are deleted and the Kafka group is deleted, so every run claims the
+same keys afresh from offset 0. Goal: the full table within 10% of the empty one (ratio >= 0.9).
 
 Needs KAFKA_BOOTSTRAP_SERVERS, and for PostgreSQL and MariaDB ``CONSUMER_TEST_POSTGRES_DSN`` /
 ``CONSUMER_TEST_MARIADB_URL`` (a user that may create databases): ``make bench-keys`` starts
@@ -102,16 +103,29 @@ FILL = {
                   SELECT %s, UNHEX(MD5(seq)) AS k, %s, 0, seq, %s
                   FROM seq_1_to_{keys} ORDER BY k""",
 }
+#: A PostgreSQL store created at version 4 keeps coordinates keys as runs, where key rows are
+#: never looked at: the ballast also holds ``keys`` coordinates keys as runs of 1,000 (what
+#: such a store holds after 10 million messages), each of a topic of its own.
+FILL_RUNS = {
+    "postgres": """INSERT INTO consumer_processed_runs
+                       (group_id, key_head, key_offsets, topic, partition, first_offset,
+                        last_offset, processed_at)
+                   SELECT %s, substring(decode(md5(i::text), 'hex') from 1 for 10),
+                          int8range(0, 1000), %s, 0, 0, 999, %s
+                   FROM generate_series(1, {runs}) AS i""",
+}
 #: Run before the fill (SQLite: a 1 GB page cache for it) and after it (the planners' figures).
 BEFORE_FILL = {"sqlite": ["PRAGMA cache_size = -1000000"]}
-AFTER_FILL = {"postgres": ["VACUUM ANALYZE consumer_processed_keys"],
+AFTER_FILL = {"postgres": ["VACUUM ANALYZE consumer_processed_keys",
+                           "VACUUM ANALYZE consumer_processed_runs"],
               "mariadb": ["ANALYZE TABLE consumer_processed_keys"]}
 #: The processed-keys table with its indexes, in bytes.
 TABLE_BYTES = {
     "sqlite": "SELECT sum(pgsize) FROM dbstat WHERE name IN ('consumer_processed_keys', "
               "'sqlite_autoindex_consumer_processed_keys_1', "
               "'consumer_processed_keys_group_age')",
-    "postgres": "SELECT pg_total_relation_size('consumer_processed_keys')",
+    "postgres": "SELECT pg_total_relation_size('consumer_processed_keys') + coalesce("
+                "pg_total_relation_size(to_regclass('consumer_processed_runs')), 0)",
     "mariadb": "SELECT data_length + index_length FROM information_schema.tables "
                "WHERE table_schema = DATABASE() AND table_name = 'consumer_processed_keys'",
 }
@@ -205,6 +219,9 @@ def fill(store: str, url: str, group: str, keys: int) -> None:
         for sql in BEFORE_FILL.get(store, []):
             db.execute(sql)
         db.execute(FILL[store].format(keys=int(keys)), (group, BALLAST_TOPIC, time.time()))
+        if store in FILL_RUNS and _has_runs(store, db):
+            db.execute(FILL_RUNS[store].format(runs=max(1, int(keys) // 1000)),
+                       (group, BALLAST_TOPIC, time.time()))
         for sql in AFTER_FILL.get(store, []):
             db.execute(sql)
 

@@ -335,8 +335,6 @@ class PostgresStore(Store):
         """Claim the keys: the ordered coordinates keys as runs where the store keeps them
         (after the other keys, whose claim may start the transaction again), the others
         with :meth:`_claim_keys`."""
-        if not self._coordinates_keys.as_runs:
-            return self._claim_keys(group, claims, now)
         runs, others = postgres_runs.split(claims, self._coordinates_keys)
         new = self._claim_keys(group, others, now)
         if runs:

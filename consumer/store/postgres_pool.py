@@ -42,10 +42,10 @@ CLAIM_MANY = CLAIM_UNLESS_PROCESSED
 
 
 def one_claim(group: str, claim: Claim, now: float,
-              coordinates_keys: CoordinatesKeys | None) -> tuple[str, tuple[Any, ...]]:
+              coordinates_keys: CoordinatesKeys) -> tuple[str, tuple[Any, ...]]:
     """The statement (and its parameters) claiming one key: a run of one where the store
     keeps the key in runs, else a row; either returns a row when the key was new."""
-    if coordinates_keys is not None and coordinates_keys.holds(claim):
+    if coordinates_keys.holds(claim):
         return postgres_runs.INSERT_ONE, postgres_runs.one_values(group, claim, now)
     return CLAIM_ONE, (group, claim.key, claim.topic, claim.partition, claim.offset, now)
 
@@ -161,8 +161,7 @@ class PostgresTransactions:
         (None: a work returned with the transaction failed)."""
         # 1. claim every key, in key order (two batches sharing keys never wait in a cycle)
         ordered = sorted(claims, key=_by_key)
-        runs, others = postgres_runs.split(ordered, self._coordinates_keys) \
-            if self._coordinates_keys.as_runs else ([], ordered)
+        runs, others = postgres_runs.split(ordered, self._coordinates_keys)
         new: set[bytes] = set()
         try:
             with transaction_errors(self._where, self._session):

@@ -114,10 +114,13 @@ class Run:
 
 def split(claims: Sequence[Claim], keys: CoordinatesKeys) -> tuple[list[Run], list[Claim]]:
     """The batch's ordered coordinates keys as runs (a partition's stretch continues across
-    other partitions' messages), and the other claims. Runs every message of a batch: the
+    other partitions' messages), and the other claims (every claim, where the store keeps
+    no runs). Runs every message of a batch: the
     common case, the next key of the run in hand, costs one conversion and four comparisons
     (a key one above a coordinates key of the same partition is one too: offsets stay far
     below the partition bytes)."""
+    if not keys.as_runs:
+        return [], list(claims)
     runs: list[Run] = []
     others: list[Claim] = []
     open_runs: dict[bytes, Run] = {}

@@ -23,7 +23,7 @@ import psycopg
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import TP
-from consumer.store import postgres_runs
+from consumer.store import key_runs, postgres_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
     ORDERED_COORDINATES,
@@ -149,7 +149,7 @@ class PostgresStore(Store):
         self._batch_empty = False
         self._claims_with_conflicts = ConflictBackoff()
         #: Whether ordered coordinates keys are claimed as runs: set by ensure_schema.
-        self._coordinates_keys = postgres_runs.CoordinatesKeys()
+        self._coordinates_keys = key_runs.CoordinatesKeys()
         #: Whether the store has a runs table (None: not known yet, see _runs).
         self._runs_table: bool | None = None
 
@@ -335,7 +335,7 @@ class PostgresStore(Store):
         """Claim the keys: the ordered coordinates keys as runs where the store keeps them
         (after the other keys, whose claim may start the transaction again), the others
         with :meth:`_claim_keys`."""
-        runs, others = postgres_runs.split(claims, self._coordinates_keys)
+        runs, others = key_runs.split(claims, self._coordinates_keys)
         new = self._claim_keys(group, others, now)
         if runs:
             with self._errors():
@@ -383,7 +383,7 @@ class PostgresStore(Store):
                     self._unclaim_from_run(group, key)
 
     def _unclaim_from_run(self, group: str, key: bytes) -> None:
-        head, offset = postgres_runs.head_and_offset(key)
+        head, offset = key_runs.head_and_offset(key)
         run = self._db.execute(
             "DELETE FROM consumer_processed_runs WHERE group_id = %s AND key_head = %s "
             "AND key_offsets @> %s::bigint RETURNING lower(key_offsets), "
@@ -392,7 +392,7 @@ class PostgresStore(Store):
         if run is None:
             return
         low, high, topic, partition, first_offset, at = run
-        pieces = [postgres_runs.Run(head, lo, hi, topic, partition, first_offset + lo - low, [])
+        pieces = [key_runs.Run(head, lo, hi, topic, partition, first_offset + lo - low, [])
                   for lo, hi in ((low, offset), (offset + 1, high)) if hi > lo]
         if pieces:  # the rest of the run, in what this transaction held: never refused
             postgres_runs.claim(self._db.execute, group, at, pieces)

@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from consumer.errors import StoreUnavailable
 from consumer.store.base import Claim, PostgresSession
+from consumer.store.key_runs import CoordinatesKeys
 from consumer.store.postgres_pool import (
     handler_store_error,
     one_claim,
@@ -33,7 +34,6 @@ from consumer.store.postgres_pool import (
     transaction_errors,
     transient,
 )
-from consumer.store.postgres_runs import CoordinatesKeys
 
 log = logging.getLogger("consumer.store")
 

@@ -25,10 +25,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import StoreLike
-from consumer.store import postgres_runs
+from consumer.store import key_runs, postgres_runs
 from consumer.store.base import Claim, PostgresSession
+from consumer.store.key_runs import CoordinatesKeys
 from consumer.store.postgres import CLAIM_UNLESS_PROCESSED, claim_values, is_transient
-from consumer.store.postgres_runs import CoordinatesKeys
 
 log = logging.getLogger("consumer.store")
 
@@ -161,7 +161,7 @@ class PostgresTransactions:
         (None: a work returned with the transaction failed)."""
         # 1. claim every key, in key order (two batches sharing keys never wait in a cycle)
         ordered = sorted(claims, key=_by_key)
-        runs, others = postgres_runs.split(ordered, self._coordinates_keys)
+        runs, others = key_runs.split(ordered, self._coordinates_keys)
         new: set[bytes] = set()
         try:
             with transaction_errors(self._where, self._session):

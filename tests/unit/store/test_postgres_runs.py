@@ -6,7 +6,7 @@ from __future__ import annotations
 from consumer.dedup import KeyFormat, key_function
 from consumer.message import Message
 from consumer.store import Claim
-from consumer.store.postgres_runs import CoordinatesKeys, Run, split
+from consumer.store.key_runs import CoordinatesKeys, Run, split
 
 TOPIC_IDS = {"t": "id-t", "u": "id-u"}
 ORDERED = key_function("coordinates", TOPIC_IDS, key_format=KeyFormat(ordered_coordinates=True))

@@ -1,0 +1,121 @@
+"""Which processed keys a store keeps as runs, and a batch's runs: the Python side of the stores
+whose runs several writers claim at once (consumer.store.postgres_runs; each store's module says
+what keeps its runs exact).
+
+An ordered coordinates key (consumer.dedup) is its topic (8 bytes), partition (2) and offset (6),
+big-endian, so a batch's messages of consecutive offsets of one partition have consecutive keys:
+a run, kept as one row. Its first 10 bytes are the run's head; the last 6, its key offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from consumer.dedup import ordered_prefix
+from consumer.store.base import Claim
+
+_HEAD = 10  # bytes of topic and partition
+_KEY = 16
+
+
+class CoordinatesKeys:
+    """Tells the claims whose key is an ordered coordinates key of their message's topic
+    (kept as runs) from the rest. Reads the topic ids the key functions read (see
+    :meth:`consumer.store.base.Store.use_topic_ids`), so it names a topic as they do.
+    ``as_runs`` is set once the store's schema says it keeps runs; shared by the store and
+    its message transactions, which are made before that."""
+
+    __slots__ = ("_prefixes", "as_runs", "topic_ids")
+
+    def __init__(self) -> None:
+        self.as_runs = False
+        self.topic_ids: Mapping[str, str] = {}
+        self._prefixes: dict[str, bytes] = {}
+
+    def prefix(self, topic: str) -> bytes:
+        name = self.topic_ids.get(topic) or topic
+        prefix = self._prefixes.get(name)
+        if prefix is None:
+            prefix = self._prefixes[name] = ordered_prefix(name)
+        return prefix
+
+    def holds(self, claim: Claim) -> bool:
+        """Whether the store keeps this claim's key in a run."""
+        key = claim.key
+        return self.as_runs and len(key) == _KEY and key[:8] == self.prefix(claim.topic)
+
+
+@dataclass(slots=True)
+class Run:
+    """Consecutive keys (offsets ``low`` to ``high`` - 1 after ``head``) of messages at
+    consecutive offsets of one partition, from ``first_offset``."""
+
+    head: bytes
+    low: int
+    high: int
+    topic: str
+    partition: int
+    first_offset: int
+    keys: list[bytes]
+
+    def singles(self) -> list[Run]:
+        return [Run(self.head, self.low + step, self.low + step + 1, self.topic,
+                    self.partition, self.first_offset + step, [key])
+                for step, key in enumerate(self.keys)]
+
+
+def split(claims: Sequence[Claim], keys: CoordinatesKeys) -> tuple[list[Run], list[Claim]]:
+    """The batch's ordered coordinates keys as runs (a partition's stretch continues across
+    other partitions' messages), and the other claims (every claim, where the store keeps
+    no runs). Runs every message of a batch: the
+    common case, the next key of the run in hand, costs one conversion and four comparisons
+    (a key one above a coordinates key of the same partition is one too: offsets stay far
+    below the partition bytes)."""
+    if not keys.as_runs:
+        return [], list(claims)
+    runs: list[Run] = []
+    others: list[Claim] = []
+    open_runs: dict[bytes, Run] = {}
+    prefixes: dict[str, bytes] = {}
+    from_bytes = int.from_bytes
+    # The run in hand: the next key and offset that continue it, its partition, topic, keys.
+    next_key = next_offset = partition = -1
+    topic = ""
+    run_keys: list[bytes] = []
+    for claim in claims:
+        key = claim.key
+        if claim.offset == next_offset and from_bytes(key, "big") == next_key \
+                and claim.partition == partition and claim.topic == topic:
+            run_keys.append(key)
+            next_key += 1
+            next_offset += 1
+            continue
+        prefix = prefixes.get(claim.topic)
+        if prefix is None:
+            prefix = prefixes[claim.topic] = keys.prefix(claim.topic)
+        if len(key) != _KEY or key[:8] != prefix:
+            others.append(claim)
+            continue
+        head, low = key[:_HEAD], from_bytes(key[_HEAD:], "big")
+        run = open_runs.get(head)
+        if run is None or run.low + len(run.keys) != low or run.topic != claim.topic \
+                or run.partition != claim.partition \
+                or run.first_offset + len(run.keys) != claim.offset:
+            run = open_runs[head] = Run(head, low, low, claim.topic, claim.partition,
+                                        claim.offset, [])
+            runs.append(run)
+        run_keys, partition, topic = run.keys, run.partition, run.topic
+        run_keys.append(key)
+        next_key, next_offset = from_bytes(key, "big") + 1, claim.offset + 1
+    for run in runs:
+        run.high = run.low + len(run.keys)
+    return runs, others
+
+
+
+def head_and_offset(key: bytes) -> tuple[bytes, int]:
+    """Where a run would hold ``key``."""
+    return key[:_HEAD], int.from_bytes(key[_HEAD:], "big")
+
+

@@ -34,10 +34,12 @@ SQLITE_SCHEMA_VERSION = 4
 #: runs (``consumer_processed_runs``, see consumer.store.postgres_runs); a store migrated to
 #: it keeps a row per key, as its keys already claimed are.
 POSTGRES_SCHEMA_VERSION = 4
+#: The MariaDB store's version 4, as PostgreSQL's (see consumer.store.mariadb_runs).
+MARIADB_SCHEMA_VERSION = 4
 #: ``consumer_schema.coordinates_keys`` of a new store, and of a migrated one.
 ORDERED_COORDINATES = "ordered"
 DIGEST_COORDINATES = "digest"
-#: ... and of a PostgreSQL store keeping ordered coordinates keys as runs.
+#: ... and of a PostgreSQL or MariaDB store keeping ordered coordinates keys as runs.
 RUN_COORDINATES = "runs"
 
 
@@ -54,7 +56,7 @@ class SchemaUpgrade:
     keys_kept: int
     groups_waiting: int
     #: Whether the store keeps a batch's consecutive coordinates keys as one row from now on
-    #: (SQLite does; a migrated PostgreSQL store keeps a row per key).
+    #: (SQLite does; a migrated PostgreSQL or MariaDB store keeps a row per key).
     runs_from_now: bool = field(default=True, compare=False)
 
     def describe(self, where: str) -> str:
@@ -433,6 +435,7 @@ def require_version(found: int | None, where: str, *, needs: int = SCHEMA_VERSIO
 
 __all__ = [
     "DIGEST_COORDINATES",
+    "MARIADB_SCHEMA_VERSION",
     "MIGRATES_FROM",
     "ORDERED_COORDINATES",
     "POSTGRES_SCHEMA_VERSION",

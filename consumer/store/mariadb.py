@@ -45,9 +45,12 @@ from consumer.errors import (
     StoreUnavailable,
 )
 from consumer.message import TP
+from consumer.store import key_runs, mariadb_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
+    MARIADB_SCHEMA_VERSION,
     ORDERED_COORDINATES,
+    RUN_COORDINATES,
     SCHEMA_VERSION,
     CheckpointRow,
     Claim,
@@ -95,11 +98,17 @@ MIGRATE_FROM_2 = [
     f"NOT NULL DEFAULT '{DIGEST_COORDINATES}'",
     f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
+#: Version 3 -> 4: the store keeps a row per key, as its keys already claimed are (a run
+#: would not see them); only a new store keeps runs.
+MIGRATE_FROM_3 = [f"UPDATE consumer_schema SET version = {MARIADB_SCHEMA_VERSION}"]
+#: The versions ensure_schema migrates from.
+MIGRATES_FROM = (2, 3)
 #: Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = "checkpoint_consumer_schema"
 
 class MariaDBStore(Store):
     dialect = "mariadb"
+    schema_version = MARIADB_SCHEMA_VERSION
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0,
                  lock_wait_timeout: int = 10, idle_transaction_timeout: int = 60) -> None:
@@ -108,6 +117,24 @@ class MariaDBStore(Store):
         self._idle = max(1, int(idle_transaction_timeout))
         self._conn: MariaDBConnection | None = None
         self._in_batch = False
+        #: Whether ordered coordinates keys are claimed as runs: set by ensure_schema.
+        self._coordinates_keys = key_runs.CoordinatesKeys()
+        #: Whether the store has a runs table (None: not known yet, see _runs).
+        self._runs_table: bool | None = None
+
+    def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
+        self._coordinates_keys.topic_ids = topic_ids
+
+    @property
+    def _runs(self) -> bool:
+        """Whether the store has runs to look at: known from ensure_schema, else asked once
+        (`consumer replay` and the purger open a store without ensuring its schema)."""
+        if self._runs_table is None:
+            with self._errors():
+                self._runs_table = self._db.execute(
+                    "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+                    "AND table_name = 'consumer_processed_runs'").fetchone() is not None
+        return self._runs_table
 
     @property
     def _db(self) -> MariaDBConnection:
@@ -137,29 +164,38 @@ class MariaDBStore(Store):
                                        f"{SCHEMA_LOCK!r} too long; try again")
             try:
                 found = self._version()
-                require_version(found, where)
-                if found is not None and found not in (2, SCHEMA_VERSION):
+                if found == 1:
                     raise StoreSchemaError(
-                        f"{where} holds checkpoint-consumer schema version {found}, but no "
-                        f"MariaDB store ever had it; this version needs {SCHEMA_VERSION}. "
+                        f"{where} holds checkpoint-consumer schema version 1, but no MariaDB "
+                        f"store ever had it; this version needs {MARIADB_SCHEMA_VERSION}. "
                         "Point store.url at a new database.")
+                require_version(found, where, needs=MARIADB_SCHEMA_VERSION,
+                                migrates_from=MIGRATES_FROM)
                 if found == 2:
                     for statement in MIGRATE_FROM_2:
                         self._db.execute(statement)
+                if found in MIGRATES_FROM:
+                    for statement in MIGRATE_FROM_3:
+                        self._db.execute(statement)
                 if found is None:
-                    for statement in SCHEMA:  # each commits on its own; all idempotent
+                    # each commits on its own; all idempotent (a creation cut short completes
+                    # at the next start: no version row yet)
+                    for statement in (*SCHEMA, *mariadb_runs.TABLES):
                         self._db.execute(statement)
                     self._db.execute(
                         "INSERT INTO consumer_schema (version, coordinates_keys) "
-                        "VALUES (%s, %s)", (SCHEMA_VERSION, ORDERED_COORDINATES))
+                        "VALUES (%s, %s)", (MARIADB_SCHEMA_VERSION, RUN_COORDINATES))
                 row = self._db.execute(
                     "SELECT coordinates_keys FROM consumer_schema").fetchone()
             finally:
                 if self._conn is not None and self._conn.open:
                     self._db.execute("DO RELEASE_LOCK(%s)", (SCHEMA_LOCK,))
-        self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
-        if found == 2:
-            return SchemaUpgrade(2, SCHEMA_VERSION, None, 0, 0, 0)
+        form = row[0] if row is not None else None
+        self._coordinates_keys.as_runs = self._runs_table = form == RUN_COORDINATES
+        self.ordered_coordinates = form in (ORDERED_COORDINATES, RUN_COORDINATES)
+        if found in MIGRATES_FROM:
+            return SchemaUpgrade(found, MARIADB_SCHEMA_VERSION, None, 0, 0, 0,
+                                 runs_from_now=False)
         return None
 
     def _version(self) -> int | None:
@@ -233,6 +269,16 @@ class MariaDBStore(Store):
         self._in_batch = True
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+        """Claim the keys: the ordered coordinates keys as runs where the store keeps them
+        (consumer.store.mariadb_runs), the others with :meth:`_claim_keys`."""
+        runs, others = key_runs.split(claims, self._coordinates_keys)
+        new = self._claim_keys(group, others, now)
+        if runs:
+            with self._errors():
+                new |= mariadb_runs.claim(self._db, group, now, runs)
+        return new
+
+    def _claim_keys(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
         if not claims:
             return set()
         # One statement; in key order, so two batches claiming the same keys lock them in the
@@ -257,13 +303,17 @@ class MariaDBStore(Store):
         return {bytes(row[0]) for row in rows}
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
-        listed = [f"X'{key.hex()}'" for key in keys]
-        if not listed:
+        """Forget each key: its row, or its place in a run (which splits around it)."""
+        keys = list(keys)
+        if not keys:
             return
+        listed = [f"X'{key.hex()}'" for key in keys]
         with self._errors():
             self._db.execute(
                 'DELETE FROM consumer_processed_keys WHERE group_id = %s AND "key" IN '
                 f"({','.join(listed)})", (group,))
+            if self._runs:
+                mariadb_runs.unclaim(self._db, group, keys)
 
     def savepoint(self) -> None:
         with self._errors():
@@ -361,11 +411,19 @@ class MariaDBStore(Store):
         return {(t, p): o for t, p, o in rows}
 
     def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
+        """Up to ``limit`` rows of keys, then of runs; returns the keys they held, which is
+        ``limit`` or more whenever old rows may remain (a run holds one key or more)."""
         with self._errors():
-            cursor = self._db.execute(
+            deleted = int(self._db.execute(
                 "DELETE FROM consumer_processed_keys WHERE group_id = %s AND processed_at < %s "
-                "ORDER BY processed_at LIMIT %s", (group, older_than, limit))
-        return int(cursor.rowcount)
+                "ORDER BY processed_at LIMIT %s", (group, older_than, limit)).rowcount)
+            if self._runs and deleted < limit:
+                deleted += sum(int(length) for (length,) in self._db.execute(
+                    "DELETE FROM consumer_processed_runs WHERE group_id = %s "
+                    "AND processed_at < %s ORDER BY processed_at LIMIT %s "
+                    f"RETURNING {mariadb_runs.LENGTH}",
+                    (group, older_than, limit - deleted)).fetchall())
+        return deleted
 
     def keys_from(self, group: str, targets: Mapping[TP, int]) -> dict[TP, int]:
         found = {}
@@ -376,6 +434,13 @@ class MariaDBStore(Store):
                     'AND topic = %s AND "partition" = %s AND "offset" >= %s',
                     (group, topic, partition, offset)).fetchone()
                 found[(topic, partition)] = int(row[0])
+                if self._runs:
+                    row = self._db.execute(
+                        "SELECT coalesce(sum(last_offset - greatest(first_offset, %s) + 1), 0) "
+                        "FROM consumer_processed_runs WHERE group_id = %s AND topic = %s "
+                        'AND "partition" = %s AND last_offset >= %s',
+                        (offset, group, topic, partition, offset)).fetchone()
+                    found[(topic, partition)] += int(row[0])
         return found
 
     def replay(self, group: str, targets: Mapping[TP, int], *, forget_keys: bool,
@@ -394,14 +459,36 @@ class MariaDBStore(Store):
                                epoch = epoch + 1, updated_at = VALUES(updated_at)""",
                         (group, topic, partition, offset, now))
                     if forget_keys:
-                        forgotten[(topic, partition)] = int(self._db.execute(
-                            'DELETE FROM consumer_processed_keys WHERE group_id = %s '
-                            'AND topic = %s AND "partition" = %s AND "offset" >= %s',
-                            (group, topic, partition, offset)).rowcount)
+                        forgotten[(topic, partition)] = self._forget_keys_from(
+                            group, topic, partition, offset)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._rollback_quietly()
                 raise
+        return forgotten
+
+    def _forget_keys_from(self, group: str, topic: str, partition: int, offset: int) -> int:
+        """Inside replay's transaction: the partition's keys claimed at or after ``offset``
+        (rows, runs, and the tail of a run that starts before it); returns how many."""
+        forgotten = int(self._db.execute(
+            'DELETE FROM consumer_processed_keys WHERE group_id = %s '
+            'AND topic = %s AND "partition" = %s AND "offset" >= %s',
+            (group, topic, partition, offset)).rowcount)
+        if not self._runs:
+            return forgotten
+        where = 'WHERE group_id = %s AND topic = %s AND "partition" = %s'
+        forgotten += sum(int(length) for (length,) in self._db.execute(
+            f"DELETE FROM consumer_processed_runs {where} AND first_offset >= %s "
+            f"RETURNING {mariadb_runs.LENGTH}", (group, topic, partition, offset)).fetchall())
+        row = self._db.execute(
+            f"SELECT coalesce(sum(last_offset - %s + 1), 0) FROM consumer_processed_runs "
+            f"{where} AND last_offset >= %s", (offset, group, topic, partition, offset)
+        ).fetchone()
+        forgotten += int(row[0])
+        self._db.execute(
+            "UPDATE consumer_processed_runs SET key_last = key_last - (last_offset - %s + 1), "
+            f"last_offset = %s - 1 {where} AND last_offset >= %s",
+            (offset, offset, group, topic, partition, offset))
         return forgotten
 
     @contextmanager

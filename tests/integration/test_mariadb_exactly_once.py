@@ -1,5 +1,6 @@
 """Exactly once on the MariaDB store against a real broker: the chaos run with SIGKILLs and a
-zombie, replay, and a redrive. The same stories as on SQLite and PostgreSQL
+zombie (with event-id keys, and with coordinates keys kept as runs), replay, and a redrive.
+The same stories as on SQLite and PostgreSQL
 (test_exactly_once.py, test_replay.py, test_event_identity.py), with the ledger written in
 MariaDB's SQL (tests/support/ledger_mariadb.py; its tables made before any consumer starts,
 since DDL inside a batch would commit it). Kept to one of each to hold CI's time."""
@@ -19,6 +20,7 @@ from tests.integration.test_replay import replay_story
 from tests.support.audit import install_audit
 from tests.support.chaos import (
     Chaos,
+    Ledger,
     assert_fenced,
     check,
     make_ledger,
@@ -69,6 +71,34 @@ def test_mariadb_chaos_kills_and_a_zombie_apply_every_change_exactly_once(
     assert_fenced(chaos)
     assert verdict.exact, verdict
     assert verdict.processed_keys == len(ledger.events)
+
+
+def test_mariadb_chaos_with_coordinates_keys_applies_every_change_exactly_once(
+    kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """The chaos with the route keyed by coordinates (no event re-sent), so a new MariaDB
+    store claims nearly every key inside a run, taking turns per partition with the zombie
+    and the members killed mid-batch: still exact, and no key went in as a row of its own."""
+    store = maria_store
+    ledger = Ledger(make_ledger(CHAOS_MESSAGES).events, resent=[])
+    topic = create_topic(kafka_bootstrap, 6, prefix="chaos-coords")
+    produce_ledger(kafka_bootstrap, topic, ledger)
+    install_audit(store)
+    group = unique_name("chaos-coords")
+    config = _ledger_config(kafka_bootstrap, group, topic, store, handler=f"{LEDGER}:apply")
+    config["routes"] = {topic: {"handler": f"{LEDGER}:apply", "dedup_key": "coordinates"}}
+    chaos = Chaos(tmp_path, config)
+    run_chaos([chaos], store, kills=8)
+    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
+                   timeout=max(300, CHAOS_MESSAGES / 500), what=f"the end ({chaos.logs()})")
+    chaos.stop()
+
+    verdict = check(store, ledger, group, audited=True)
+    assert chaos.kills >= 8 and chaos.freezes == 1
+    assert_fenced(chaos)
+    assert verdict.exact, verdict
+    assert verdict.processed_keys == len(ledger.events)
+    assert store.scalar("SELECT count(*) FROM consumer_processed_keys") == 0
 
 
 def test_mariadb_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(

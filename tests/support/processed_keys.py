@@ -1,7 +1,7 @@
 """The processed keys a store holds, whichever rows hold them: the SQLite store (and a PostgreSQL
-store created at version 4) keeps a batch's consecutive coordinates keys as one row of
-``consumer_processed_runs`` (consumer.store.sqlite_runs, postgres_runs); these helpers count and
-list each key of a run as one."""
+or MariaDB store created at version 4) keeps a batch's consecutive coordinates keys as one row
+of ``consumer_processed_runs`` (consumer.store.sqlite_runs, postgres_runs, mariadb_runs);
+these helpers count and list each key of a run as one."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def processed_keys(query: Query, *, backend: str,
                                    bytes(head) + (int(low) + step).to_bytes(6, "big"),
                                    float(at))
                       for step in range(int(last) - int(first) + 1)]
+    elif backend == "mariadb" and _has_runs_table(query, backend):
+        for g, t, p, first, last, head, low, at in query(
+                'SELECT group_id, topic, "partition", first_offset, last_offset, key_head, '
+                f"key_first, processed_at FROM consumer_processed_runs {where}", params):
+            found += [ProcessedKey(g, t, int(p), int(first) + step,
+                                   bytes(head) + (int(low) + step).to_bytes(6, "big"),
+                                   float(at))
+                      for step in range(int(last) - int(first) + 1)]
     return sorted(found)
 
 
@@ -57,4 +65,8 @@ def _has_runs_table(query: Query, backend: str) -> bool:
     if backend == "sqlite":
         return bool(query(
             "SELECT 1 FROM sqlite_master WHERE name = 'consumer_processed_runs'", ()))
+    if backend == "mariadb":
+        return bool(query(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+            "AND table_name = 'consumer_processed_runs'", ()))
     return query("SELECT to_regclass('consumer_processed_runs')", ())[0][0] is not None

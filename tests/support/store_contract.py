@@ -148,13 +148,14 @@ class StoreContract:
         assert backend.open().ensure_schema(G, group_scoped_topics={"t"}) is None
 
     def test_a_new_store_orders_its_coordinates_keys(self, backend: Backend) -> None:
-        """A new store records the ordered form (a PostgreSQL store: ordered, kept as runs);
+        """A new store records the ordered form (a PostgreSQL or MariaDB store: ordered, kept
+        as runs);
         every store opened on it reads the form back (the key functions follow it)."""
         store = backend.open()
         assert store.ordered_coordinates is False, "unknown before ensure_schema"
         store.ensure_schema(G)
         assert store.ordered_coordinates is True
-        form = "runs" if backend.name == "postgresql" else "ordered"
+        form = "runs" if backend.name in ("postgresql", "mariadb") else "ordered"
         assert store.execute("SELECT coordinates_keys FROM consumer_schema").fetchall() \
             == [(form,)]
         other = backend.open()

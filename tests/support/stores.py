@@ -13,7 +13,12 @@ from typing import Any
 
 import psycopg
 
-from consumer.store.base import POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION, SQLITE_SCHEMA_VERSION
+from consumer.store.base import (
+    MARIADB_SCHEMA_VERSION,
+    POSTGRES_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    SQLITE_SCHEMA_VERSION,
+)
 from consumer.store.postgres import SCHEMA_LOCK
 from tests.support.processed_keys import ProcessedKey, processed_keys
 
@@ -56,7 +61,20 @@ class StoreUnderTest:
     def write(self, statements: Sequence[str],
               rows: Sequence[tuple[str, tuple[Any, ...]]] = ()) -> None:
         """Run DDL, then inserts (``%s`` placeholders), in one committed transaction (SQLite
-        and PostgreSQL: e.g. a store as an older version left it)."""
+        and PostgreSQL: e.g. a store as an older version left it; on MariaDB, where DDL commits
+        on its own, one statement after the other)."""
+        if self.backend == "mariadb":
+            from consumer.store.mariadb import MariaDBStore
+
+            store = MariaDBStore(self.url)
+            try:
+                for statement in statements:
+                    store.execute(statement)
+                for sql, params in rows:
+                    store.execute(sql, params)
+            finally:
+                store.close()
+            return
         if self.backend == "sqlite":
             with sqlite3.connect(self.url.removeprefix("sqlite:///")) as db:
                 for statement in statements:
@@ -64,8 +82,6 @@ class StoreUnderTest:
                 for sql, params in rows:
                     db.execute(sql.replace("%s", "?"), params)
             return
-        if self.backend != "postgresql":
-            raise AssertionError(f"write() takes SQLite or PostgreSQL, not {self.backend}")
         with psycopg.connect(self.url) as db:
             for statement in statements:
                 db.execute(statement)  # type: ignore[arg-type]
@@ -76,7 +92,8 @@ class StoreUnderTest:
     def schema_version(self) -> int:
         """The version of our tables the consumer writes on this backend."""
         return {"sqlite": SQLITE_SCHEMA_VERSION,
-                "postgresql": POSTGRES_SCHEMA_VERSION}.get(self.backend, SCHEMA_VERSION)
+                "postgresql": POSTGRES_SCHEMA_VERSION,
+                "mariadb": MARIADB_SCHEMA_VERSION}.get(self.backend, SCHEMA_VERSION)
 
     def processed_keys(self, group: str | None = None) -> list[ProcessedKey]:
         """Every processed key (of ``group``), a run's keys one each."""

@@ -1,0 +1,199 @@
+"""Runs of processed keys in a MariaDB store created at version 4, on a real server: the promises
+every store with runs keeps (tests/support/runs_contract.py), and MariaDB's own: writers take
+turns per head, so a session claiming keys another holds uncommitted waits for its outcome;
+older stores keep a row per key."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumer.errors import StoreUnavailable
+from consumer.store import Claim
+from consumer.store.mariadb import MariaDBStore
+from tests.support.runs_contract import (
+    TOPIC_IDS,
+    G,
+    RunsContract,
+    claim,
+    claimed,
+    claims,
+    keys_of,
+    offsets,
+    rows,
+)
+from tests.support.store_v3 import MARIADB as SCHEMA_V3
+from tests.support.stores import StoreUnderTest, fresh_store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def database(tmp_path: Path, mariadb_url: str) -> Iterator[StoreUnderTest]:
+    with fresh_store("mariadb", tmp_path, mariadb_url) as found:
+        yield found
+
+
+def opened(database: StoreUnderTest, lock_wait: int = 10) -> MariaDBStore:
+    store = MariaDBStore(database.url, connect_timeout=5, lock_wait_timeout=lock_wait)
+    store.ensure_schema(G)
+    store.use_topic_ids(TOPIC_IDS)
+    return store
+
+
+@pytest.fixture
+def store(database: StoreUnderTest) -> Iterator[MariaDBStore]:
+    store = opened(database)
+    yield store
+    store.close()
+
+
+class TestMariaDBRuns(RunsContract):
+    """The runs contract on a database of its own on a real server."""
+
+
+def test_a_new_store_keeps_runs(store: MariaDBStore, database: StoreUnderTest) -> None:
+    assert database.query("SELECT version, coordinates_keys FROM consumer_schema") \
+        == [(4, "runs")]
+
+
+def test_a_batch_over_three_partitions_is_three_rows_and_every_key_is_processed(
+        store: MariaDBStore) -> None:
+    batch = [claim(o, p) for o in range(0, 400) for p in (0, 1, 2)]  # interleaved, as polled
+    assert claimed(store, batch) == keys_of(batch)
+    assert rows(store) == (0, 3)
+    assert offsets(store) == sorted((p, o) for o in range(400) for p in (0, 1, 2))
+    assert claimed(store, batch) == set(), "redelivered: every key is a duplicate"
+
+
+def test_a_digest_key_is_a_row_beside_the_runs(store: MariaDBStore) -> None:
+    digest = Claim(b"\x07" * 16, "t", 0, 10)
+    batch = [*claims(range(0, 10)), digest, *claims(range(11, 20))]
+    assert claimed(store, batch) == keys_of(batch)
+    assert rows(store) == (1, 2)
+    assert claimed(store, [digest, claim(5)]) == set()
+
+
+def test_a_batch_between_two_runs_claims_only_the_gap(store: MariaDBStore) -> None:
+    """Runs 0-9 and 20-29 exist; a batch of 5-24 (a rewind over both) gets 10-19 only, and
+    the store holds each key once."""
+    claimed(store, claims(range(0, 10)))
+    claimed(store, claims(range(20, 30)))
+    assert claimed(store, claims(range(5, 25))) == keys_of(claims(range(10, 20)))
+    assert offsets(store) == [(0, o) for o in range(30)]
+    assert rows(store) == (0, 3)
+
+
+def test_a_batch_claiming_keys_another_session_holds_waits_for_its_outcome(
+        database: StoreUnderTest) -> None:
+    """Session A holds run 0-99 uncommitted; session B's batch of 50-149 waits for A's turn on
+    the partition. A commits: B gets 100-149. The same with A rolling back: B gets all of
+    50-149."""
+    for outcome in ("commit", "rollback"):
+        group = f"g-{outcome}"
+        first, second = opened(database), opened(database)
+        first.begin()
+        first.claim(group, claims(range(0, 100)), 1.0)
+        got: dict[str, Any] = {}
+
+        def other(second: MariaDBStore = second, group: str = group,
+                  got: dict[str, Any] = got) -> None:
+            got["new"] = claimed(second, claims(range(50, 150)), group=group)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        _wait_for_a_lock_wait(database)
+        assert thread.is_alive() and "new" not in got, "B waits while A holds its keys"
+        first.commit() if outcome == "commit" else first.rollback()
+        thread.join(30)
+        assert not thread.is_alive()
+        expected = range(100, 150) if outcome == "commit" else range(50, 150)
+        assert got["new"] == keys_of(claims(expected)), outcome
+        first.close()
+        second.close()
+
+
+def test_a_frozen_session_holding_a_partition_s_turn_makes_the_claim_unavailable(
+        database: StoreUnderTest) -> None:
+    """A zombie frozen inside its batch holds the partition's turn: after
+    innodb_lock_wait_timeout the new owner's claim is StoreUnavailable (its batch is retried),
+    whatever offsets it claims; another partition's claim does not wait."""
+    zombie, owner = opened(database), opened(database, lock_wait=1)
+    try:
+        zombie.begin()
+        zombie.claim(G, claims(range(0, 10)), 1.0)
+        assert claimed(owner, claims(range(0, 10), partition=1)) \
+            == keys_of(claims(range(0, 10), partition=1))
+        owner.begin()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="mariadb_lock_wait_timeout_seconds"):
+            owner.claim(G, claims(range(500, 510)), 1.0)
+        assert time.monotonic() - started < 10
+        owner.rollback()
+        zombie.rollback()
+        assert claimed(owner, claims(range(0, 10))) == keys_of(claims(range(0, 10)))
+    finally:
+        zombie.close()
+        owner.close()
+
+
+def test_replay_and_the_purge_see_the_runs_on_a_store_they_open_themselves(
+        store: MariaDBStore, database: StoreUnderTest) -> None:
+    """`consumer replay` and the purger open a store of their own and never ensure its
+    schema: they still count, forget and purge the keys of runs."""
+    claimed(store, claims(range(0, 100)), now=100.0)
+    for operation in ("replay", "purge"):
+        other = MariaDBStore(database.url, connect_timeout=5)
+        try:
+            if operation == "replay":
+                assert other.keys_from(G, {("t", 0): 50}) == {("t", 0): 50}
+                assert other.replay(G, {("t", 0): 90}, forget_keys=True, now=2.0) \
+                    == {("t", 0): 10}
+            else:
+                assert other.purge_processed_keys(G, older_than=1_000.0, limit=1_000) == 90
+        finally:
+            other.close()
+    assert offsets(store) == []
+
+
+def test_a_version_3_store_migrates_to_4_and_keeps_a_row_per_key(
+        database: StoreUnderTest) -> None:
+    """Its keys stay rows, so new ones are rows too (a run would not see them): a key claimed
+    before the migration is still a duplicate, the batch around it new."""
+    database.write(SCHEMA_V3, [(
+        'INSERT INTO consumer_processed_keys (group_id, "key", topic, "partition", "offset", '
+        "processed_at) VALUES (%s, %s, 't', 0, 5, 1.0)", (G, claim(5).key))])
+    store = MariaDBStore(database.url, connect_timeout=5)
+    try:
+        upgrade = store.ensure_schema(G)
+        store.use_topic_ids(TOPIC_IDS)
+        assert upgrade is not None
+        assert (upgrade.from_version, upgrade.to_version) == (3, 4)
+        assert "stay one row each" in upgrade.describe("here")
+        assert database.query("SELECT version, coordinates_keys FROM consumer_schema") \
+            == [(4, "ordered")]
+        assert claimed(store, claims(range(0, 10))) == keys_of(claims(range(0, 10))) \
+            - {claim(5).key}
+        assert database.scalar("SELECT count(*) FROM consumer_processed_keys") == 10
+        assert not database.query(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+            "AND table_name = 'consumer_processed_runs'")
+        assert store.ensure_schema(G) is None, "migrated once"
+    finally:
+        store.close()
+
+
+def _wait_for_a_lock_wait(database: StoreUnderTest, timeout: float = 10.0) -> None:
+    """Until a transaction of the server waits for a lock (the second claim)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if database.scalar("SELECT count(*) FROM information_schema.innodb_trx "
+                           "WHERE trx_state = 'LOCK WAIT'"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no transaction waited for a lock within {timeout} s")

@@ -4,16 +4,17 @@ keys it already holds?
 For each store, two databases of the consumer's own schema: one whose processed-keys table is
 empty and one holding ``--keys`` keys (10 million by default) of the very group the runs use,
 each a random 16-byte digest like a real key (of another topic, so the runs' own keys never
-collide with them), stamped now so the retention keeps them; a PostgreSQL store that keeps
-coordinates keys as runs also holds ``--keys`` of them as runs of 1,000 (:data:`FILL_RUNS`). The
-framework contender (``consumer run``, no-op handler, checkpoint every 1,000 messages or 1 s,
-the store's durable defaults) reads the first ``--messages`` of a preloaded topic against each,
-alternating, ``--rounds`` rounds, once per key kind (``--key-kinds``): ``coordinates`` (the
-messages carry no idempotency-key header, so the default route keys them by coordinates, which a
-new store writes in offset order) and ``event-id`` (keyed by an id in the value,
-:func:`event_id`, a digest like a header key: random in the index). Before every run the runs'
-own keys and checkpoint rows are deleted and the Kafka group is deleted, so every run claims the
-same keys afresh from offset 0. Goal: the full table within 10% of the empty one (ratio >= 0.9).
+collide with them), stamped now so the retention keeps them; a PostgreSQL or MariaDB store that
+keeps coordinates keys as runs also holds ``--keys`` of them as runs of 1,000
+(:data:`FILL_RUNS`). The framework contender (``consumer run``, no-op handler, checkpoint every
+1,000 messages or 1 s, the store's durable defaults) reads the first ``--messages`` of a
+preloaded topic against each, alternating, ``--rounds`` rounds, once per key kind
+(``--key-kinds``): ``coordinates`` (the messages carry no idempotency-key header, so the default
+route keys them by coordinates, which a new store writes in offset order) and ``event-id``
+(keyed by an id in the value, :func:`event_id`, a digest like a header key: random in the
+index). Before every run the runs' own keys and checkpoint rows are deleted and the Kafka group
+is deleted, so every run claims the same keys afresh from offset 0. Goal: the full table within
+10% of the empty one (ratio >= 0.9).
 
 Needs KAFKA_BOOTSTRAP_SERVERS, and for PostgreSQL and MariaDB ``CONSUMER_TEST_POSTGRES_DSN`` /
 ``CONSUMER_TEST_MARIADB_URL`` (a user that may create databases): ``make bench-keys`` starts
@@ -103,8 +104,8 @@ FILL = {
                   SELECT %s, UNHEX(MD5(seq)) AS k, %s, 0, seq, %s
                   FROM seq_1_to_{keys} ORDER BY k""",
 }
-#: A PostgreSQL store created at version 4 keeps coordinates keys as runs, where key rows are
-#: never looked at: the ballast also holds ``keys`` coordinates keys as runs of 1,000 (what
+#: A PostgreSQL or MariaDB store created at version 4 keeps coordinates keys as runs, where key
+#: rows are never looked at: the ballast also holds ``keys`` coordinates keys as runs of 1,000 (what
 #: such a store holds after 10 million messages), each of a topic of its own.
 FILL_RUNS = {
     "postgres": """INSERT INTO consumer_processed_runs
@@ -113,12 +114,17 @@ FILL_RUNS = {
                    SELECT %s, substring(decode(md5(i::text), 'hex') from 1 for 10),
                           int8range(0, 1000), %s, 0, 0, 999, %s
                    FROM generate_series(1, {runs}) AS i""",
+    "mariadb": """INSERT INTO consumer_processed_runs
+                      (group_id, key_head, key_first, key_last, topic, "partition", first_offset,
+                       last_offset, processed_at)
+                  SELECT %s, SUBSTRING(UNHEX(MD5(seq)), 1, 10) AS h, 0, 999, %s, 0, 0, 999, %s
+                  FROM seq_1_to_{runs} ORDER BY h""",
 }
 #: Run before the fill (SQLite: a 1 GB page cache for it) and after it (the planners' figures).
 BEFORE_FILL = {"sqlite": ["PRAGMA cache_size = -1000000"]}
 AFTER_FILL = {"postgres": ["VACUUM ANALYZE consumer_processed_keys",
                            "VACUUM ANALYZE consumer_processed_runs"],
-              "mariadb": ["ANALYZE TABLE consumer_processed_keys"]}
+              "mariadb": ["ANALYZE TABLE consumer_processed_keys, consumer_processed_runs"]}
 #: The processed-keys table with its indexes, in bytes.
 TABLE_BYTES = {
     "sqlite": "SELECT sum(pgsize) FROM dbstat WHERE name IN ('consumer_processed_keys', "
@@ -126,8 +132,9 @@ TABLE_BYTES = {
               "'consumer_processed_keys_group_age')",
     "postgres": "SELECT pg_total_relation_size('consumer_processed_keys') + coalesce("
                 "pg_total_relation_size(to_regclass('consumer_processed_runs')), 0)",
-    "mariadb": "SELECT data_length + index_length FROM information_schema.tables "
-               "WHERE table_schema = DATABASE() AND table_name = 'consumer_processed_keys'",
+    "mariadb": "SELECT sum(data_length + index_length) FROM information_schema.tables "
+               "WHERE table_schema = DATABASE() AND table_name IN ('consumer_processed_keys', "
+               "'consumer_processed_runs')",
 }
 #: The runs' own keys and the group's checkpoint rows (``%s``: group, then the runs' topic).
 FORGET_RUN = ["DELETE FROM consumer_processed_keys WHERE group_id = %s AND topic = %s",
@@ -237,17 +244,22 @@ def table_size_mb(store: str, url: str) -> float:
 
 def forget_run(store: str, url: str, group: str, run_topic: str) -> None:
     """Delete the runs' own keys and the group's checkpoint rows (the ballast stays); on
-    SQLite and PostgreSQL, the runs of keys too (consumer.store.sqlite_runs, postgres_runs)."""
+    stores that keep them, the runs of keys too (consumer.store.sqlite_runs, postgres_runs,
+    mariadb_runs)."""
     with connected(store, url) as db:
         db.execute(FORGET_RUN[0], (group, run_topic))
         db.execute(FORGET_RUN[1], (group,))
-        if store in ("sqlite", "postgres") and _has_runs(store, db):
+        if _has_runs(store, db):
             db.execute(FORGET_RUNS, (group, run_topic))
 
 
 def _has_runs(store: str, db: Any) -> bool:
     if store == "sqlite":
         return True
+    if store == "mariadb":
+        return db.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() "
+            "AND table_name = 'consumer_processed_runs'").fetchone()[0] > 0
     return db.execute("SELECT to_regclass('consumer_processed_runs')").fetchone()[0] is not None
 
 

@@ -5,21 +5,20 @@ older stores keep a row per key."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from consumer.errors import StoreUnavailable
-from consumer.store import Claim
+from consumer.store import Store
 from consumer.store.mariadb import MariaDBStore
 from tests.support.runs_contract import (
     TOPIC_IDS,
     G,
     RunsContract,
+    ServerRunsContract,
     claim,
     claimed,
     claims,
@@ -53,30 +52,23 @@ def store(database: StoreUnderTest) -> Iterator[MariaDBStore]:
     store.close()
 
 
-class TestMariaDBRuns(RunsContract):
+class TestMariaDBRuns(RunsContract, ServerRunsContract):
     """The runs contract on a database of its own on a real server."""
+
+    def opened(self, database: StoreUnderTest) -> Store:
+        return opened(database)
+
+    def unopened(self, database: StoreUnderTest) -> Store:
+        return MariaDBStore(database.url, connect_timeout=5)
+
+    def waiting_for_a_lock(self, database: StoreUnderTest) -> bool:
+        return bool(database.scalar("SELECT count(*) FROM information_schema.innodb_trx "
+                                    "WHERE trx_state = 'LOCK WAIT'"))
 
 
 def test_a_new_store_keeps_runs(store: MariaDBStore, database: StoreUnderTest) -> None:
     assert database.query("SELECT version, coordinates_keys FROM consumer_schema") \
         == [(4, "runs")]
-
-
-def test_a_batch_over_three_partitions_is_three_rows_and_every_key_is_processed(
-        store: MariaDBStore) -> None:
-    batch = [claim(o, p) for o in range(0, 400) for p in (0, 1, 2)]  # interleaved, as polled
-    assert claimed(store, batch) == keys_of(batch)
-    assert rows(store) == (0, 3)
-    assert offsets(store) == sorted((p, o) for o in range(400) for p in (0, 1, 2))
-    assert claimed(store, batch) == set(), "redelivered: every key is a duplicate"
-
-
-def test_a_digest_key_is_a_row_beside_the_runs(store: MariaDBStore) -> None:
-    digest = Claim(b"\x07" * 16, "t", 0, 10)
-    batch = [*claims(range(0, 10)), digest, *claims(range(11, 20))]
-    assert claimed(store, batch) == keys_of(batch)
-    assert rows(store) == (1, 2)
-    assert claimed(store, [digest, claim(5)]) == set()
 
 
 def test_a_batch_between_two_runs_claims_only_the_gap(store: MariaDBStore) -> None:
@@ -87,35 +79,6 @@ def test_a_batch_between_two_runs_claims_only_the_gap(store: MariaDBStore) -> No
     assert claimed(store, claims(range(5, 25))) == keys_of(claims(range(10, 20)))
     assert offsets(store) == [(0, o) for o in range(30)]
     assert rows(store) == (0, 3)
-
-
-def test_a_batch_claiming_keys_another_session_holds_waits_for_its_outcome(
-        database: StoreUnderTest) -> None:
-    """Session A holds run 0-99 uncommitted; session B's batch of 50-149 waits for A's turn on
-    the partition. A commits: B gets 100-149. The same with A rolling back: B gets all of
-    50-149."""
-    for outcome in ("commit", "rollback"):
-        group = f"g-{outcome}"
-        first, second = opened(database), opened(database)
-        first.begin()
-        first.claim(group, claims(range(0, 100)), 1.0)
-        got: dict[str, Any] = {}
-
-        def other(second: MariaDBStore = second, group: str = group,
-                  got: dict[str, Any] = got) -> None:
-            got["new"] = claimed(second, claims(range(50, 150)), group=group)
-
-        thread = threading.Thread(target=other)
-        thread.start()
-        _wait_for_a_lock_wait(database)
-        assert thread.is_alive() and "new" not in got, "B waits while A holds its keys"
-        first.commit() if outcome == "commit" else first.rollback()
-        thread.join(30)
-        assert not thread.is_alive()
-        expected = range(100, 150) if outcome == "commit" else range(50, 150)
-        assert got["new"] == keys_of(claims(expected)), outcome
-        first.close()
-        second.close()
 
 
 def test_a_frozen_session_holding_a_partition_s_turn_makes_the_claim_unavailable(
@@ -140,25 +103,6 @@ def test_a_frozen_session_holding_a_partition_s_turn_makes_the_claim_unavailable
     finally:
         zombie.close()
         owner.close()
-
-
-def test_replay_and_the_purge_see_the_runs_on_a_store_they_open_themselves(
-        store: MariaDBStore, database: StoreUnderTest) -> None:
-    """`consumer replay` and the purger open a store of their own and never ensure its
-    schema: they still count, forget and purge the keys of runs."""
-    claimed(store, claims(range(0, 100)), now=100.0)
-    for operation in ("replay", "purge"):
-        other = MariaDBStore(database.url, connect_timeout=5)
-        try:
-            if operation == "replay":
-                assert other.keys_from(G, {("t", 0): 50}) == {("t", 0): 50}
-                assert other.replay(G, {("t", 0): 90}, forget_keys=True, now=2.0) \
-                    == {("t", 0): 10}
-            else:
-                assert other.purge_processed_keys(G, older_than=1_000.0, limit=1_000) == 90
-        finally:
-            other.close()
-    assert offsets(store) == []
 
 
 def test_a_version_3_store_migrates_to_4_and_keeps_a_row_per_key(
@@ -186,14 +130,3 @@ def test_a_version_3_store_migrates_to_4_and_keeps_a_row_per_key(
         assert store.ensure_schema(G) is None, "migrated once"
     finally:
         store.close()
-
-
-def _wait_for_a_lock_wait(database: StoreUnderTest, timeout: float = 10.0) -> None:
-    """Until a transaction of the server waits for a lock (the second claim)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if database.scalar("SELECT count(*) FROM information_schema.innodb_trx "
-                           "WHERE trx_state = 'LOCK WAIT'"):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no transaction waited for a lock within {timeout} s")

@@ -1,15 +1,22 @@
 """What a store that keeps runs of processed keys promises, whatever keeps them exact (SQLite's
-one writer, PostgreSQL's exclusion constraint): each key of a run is processed exactly as a row
-of its own would be, when claimed again, forgotten, replayed or purged. A test class subclasses
-:class:`RunsContract` and provides a ``store`` fixture: a store keeping runs, schema ensured,
-told :data:`TOPIC_IDS`."""
+one writer, PostgreSQL's exclusion constraint, MariaDB's turns per partition): each key of a run
+is processed exactly as a row of its own would be, when claimed again, forgotten, replayed or
+purged. A test class subclasses :class:`RunsContract` and provides a ``store`` fixture: a store
+keeping runs, schema ensured, told :data:`TOPIC_IDS`. A database server's store (several
+sessions at once) also subclasses :class:`ServerRunsContract` and provides ``database``."""
 
 from __future__ import annotations
+
+import abc
+import threading
+import time
+from typing import Any
 
 from consumer.dedup import KeyFormat, key_function
 from consumer.message import Message
 from consumer.store import Claim, Store
 from tests.support.processed_keys import processed_keys
+from tests.support.stores import StoreUnderTest
 
 G = "g"
 TOPIC_IDS = {"t": "id-t", "u": "id-u"}
@@ -59,6 +66,13 @@ class RunsContract:
         assert rows(store) == (0, 1)
         assert offsets(store) == [(0, o) for o in range(1000)]
         assert claimed(store, batch) == set(), "redelivered: every key is a duplicate"
+
+    def test_a_digest_key_is_a_row_beside_the_runs(self, store: Store) -> None:
+        digest = Claim(b"\x07" * 16, "t", 0, 10)
+        batch = [*claims(range(0, 10)), digest, *claims(range(11, 20))]
+        assert claimed(store, batch) == keys_of(batch)
+        assert rows(store) == (1, 2)
+        assert claimed(store, [digest, claim(5)]) == set()
 
     def test_a_key_inside_a_run_is_processed_when_a_redriven_copy_claims_it(
             self, store: Store) -> None:
@@ -125,3 +139,88 @@ class RunsContract:
         assert store.purge_processed_keys(G, older_than=1_000.0, limit=1_000) == 301
         assert offsets(store) == [(0, o) for o in range(300, 310)]
         assert store.purge_processed_keys(G, older_than=1_000.0, limit=1_000) == 0
+
+
+class ServerRunsContract(abc.ABC):
+    """Runs among several sessions of one server (members, a zombie): a test class provides
+    ``database`` and says how to open a store on it, and how to see a session wait."""
+
+    @abc.abstractmethod
+    def opened(self, database: StoreUnderTest) -> Store:
+        """A store on ``database``, schema ensured, told :data:`TOPIC_IDS`."""
+
+    @abc.abstractmethod
+    def unopened(self, database: StoreUnderTest) -> Store:
+        """A store on ``database`` whose schema nobody ensured (replay's, the purger's)."""
+
+    @abc.abstractmethod
+    def waiting_for_a_lock(self, database: StoreUnderTest) -> bool:
+        """Whether a session of the server waits for a lock now."""
+
+    def test_a_batch_over_three_partitions_is_three_rows_and_every_key_is_processed(
+            self, store: Store) -> None:
+        """A poll interleaves partitions; the runs still follow each partition (SQLite's
+        split takes only consecutive claims)."""
+        batch = [claim(o, p) for o in range(0, 400) for p in (0, 1, 2)]  # interleaved, as polled
+        assert claimed(store, batch) == keys_of(batch)
+        assert rows(store) == (0, 3)
+        assert offsets(store) == sorted((p, o) for o in range(400) for p in (0, 1, 2))
+        assert claimed(store, batch) == set(), "redelivered: every key is a duplicate"
+
+    def test_a_batch_claiming_keys_another_session_holds_waits_for_its_outcome(
+            self, database: StoreUnderTest) -> None:
+        """Session A holds run 0-99 uncommitted; session B's batch of 50-149 waits for it. A
+        commits: B gets 100-149. The same with A rolling back: B gets all of 50-149."""
+        for outcome in ("commit", "rollback"):
+            group = f"g-{outcome}"
+            first, second = self.opened(database), self.opened(database)
+            first.begin()
+            first.claim(group, claims(range(0, 100)), 1.0)
+            got: dict[str, Any] = {}
+
+            def other(second: Store = second, group: str = group,
+                      got: dict[str, Any] = got) -> None:
+                got["new"] = claimed(second, claims(range(50, 150)), group=group)
+
+            thread = threading.Thread(target=other)
+            thread.start()
+            self._wait_for_a_lock_wait(database)
+            assert thread.is_alive() and "new" not in got, "B waits while A holds its keys"
+            first.commit() if outcome == "commit" else first.rollback()
+            thread.join(30)
+            assert not thread.is_alive()
+            expected = range(100, 150) if outcome == "commit" else range(50, 150)
+            assert got["new"] == keys_of(claims(expected)), outcome
+            first.close()
+            second.close()
+
+    def test_replay_and_the_purge_see_the_runs_on_a_store_they_open_themselves(
+            self, database: StoreUnderTest) -> None:
+        """`consumer replay` and the purger open a store of their own and never ensure its
+        schema: they still count, forget and purge the keys of runs."""
+        store = self.opened(database)
+        try:
+            claimed(store, claims(range(0, 100)), now=100.0)
+            for operation in ("replay", "purge"):
+                other = self.unopened(database)
+                try:
+                    if operation == "replay":
+                        assert other.keys_from(G, {("t", 0): 50}) == {("t", 0): 50}
+                        assert other.replay(G, {("t", 0): 90}, forget_keys=True, now=2.0) \
+                            == {("t", 0): 10}
+                    else:
+                        assert other.purge_processed_keys(
+                            G, older_than=1_000.0, limit=1_000) == 90
+                finally:
+                    other.close()
+            assert offsets(store) == []
+        finally:
+            store.close()
+
+    def _wait_for_a_lock_wait(self, database: StoreUnderTest, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.waiting_for_a_lock(database):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"no session waited for a lock within {timeout} s")

@@ -9,11 +9,12 @@ a run, kept as one row. Its first 10 bytes are the run's head; the last 6, its k
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from consumer.dedup import ordered_prefix
-from consumer.store.base import Claim
+from consumer.store.base import ORDERED_COORDINATES, RUN_COORDINATES, Claim
 
 _HEAD = 10  # bytes of topic and partition
 _KEY = 16
@@ -44,6 +45,43 @@ class CoordinatesKeys:
         """Whether the store keeps this claim's key in a run."""
         key = claim.key
         return self.as_runs and len(key) == _KEY and key[:8] == self.prefix(claim.topic)
+
+
+class KeepsRuns(abc.ABC):
+    """What a server store (PostgreSQL, MariaDB) keeps to know whether its keys go to runs:
+    its :class:`CoordinatesKeys` (told the topic ids), and whether its database has a runs
+    table. Call :meth:`_init_runs` in ``__init__`` and :meth:`_read_form` once the schema is
+    ensured; list it before ``Store`` among the bases (it replaces ``use_topic_ids``)."""
+
+    _coordinates_keys: CoordinatesKeys
+    _runs_table: bool | None
+    ordered_coordinates: bool
+
+    def _init_runs(self) -> None:
+        #: Whether ordered coordinates keys are claimed as runs: set by _read_form.
+        self._coordinates_keys = CoordinatesKeys()
+        #: Whether the store has a runs table (None: not known yet, see _runs).
+        self._runs_table = None
+
+    def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
+        self._coordinates_keys.topic_ids = topic_ids
+
+    def _read_form(self, form: str | None) -> None:
+        """The schema's ``coordinates_keys``: whether keys go to runs, and their order."""
+        self._coordinates_keys.as_runs = self._runs_table = form == RUN_COORDINATES
+        self.ordered_coordinates = form in (ORDERED_COORDINATES, RUN_COORDINATES)
+
+    @property
+    def _runs(self) -> bool:
+        """Whether the store has runs to look at: known from the schema's form, else asked
+        once (`consumer replay` and the purger open a store without ensuring its schema)."""
+        if self._runs_table is None:
+            self._runs_table = self._has_runs_table()
+        return self._runs_table
+
+    @abc.abstractmethod
+    def _has_runs_table(self) -> bool:
+        """Ask the database whether ``consumer_processed_runs`` exists."""
 
 
 @dataclass(slots=True)

@@ -49,7 +49,6 @@ from consumer.store import key_runs, mariadb_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
     MARIADB_SCHEMA_VERSION,
-    ORDERED_COORDINATES,
     RUN_COORDINATES,
     SCHEMA_VERSION,
     CheckpointRow,
@@ -106,7 +105,7 @@ MIGRATES_FROM = (2, 3)
 #: Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = "checkpoint_consumer_schema"
 
-class MariaDBStore(Store):
+class MariaDBStore(key_runs.KeepsRuns, Store):
     dialect = "mariadb"
     schema_version = MARIADB_SCHEMA_VERSION
 
@@ -117,24 +116,13 @@ class MariaDBStore(Store):
         self._idle = max(1, int(idle_transaction_timeout))
         self._conn: MariaDBConnection | None = None
         self._in_batch = False
-        #: Whether ordered coordinates keys are claimed as runs: set by ensure_schema.
-        self._coordinates_keys = key_runs.CoordinatesKeys()
-        #: Whether the store has a runs table (None: not known yet, see _runs).
-        self._runs_table: bool | None = None
+        self._init_runs()
 
-    def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
-        self._coordinates_keys.topic_ids = topic_ids
-
-    @property
-    def _runs(self) -> bool:
-        """Whether the store has runs to look at: known from ensure_schema, else asked once
-        (`consumer replay` and the purger open a store without ensuring its schema)."""
-        if self._runs_table is None:
-            with self._errors():
-                self._runs_table = self._db.execute(
-                    "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
-                    "AND table_name = 'consumer_processed_runs'").fetchone() is not None
-        return self._runs_table
+    def _has_runs_table(self) -> bool:
+        with self._errors():
+            return self._db.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+                "AND table_name = 'consumer_processed_runs'").fetchone() is not None
 
     @property
     def _db(self) -> MariaDBConnection:
@@ -190,9 +178,7 @@ class MariaDBStore(Store):
             finally:
                 if self._conn is not None and self._conn.open:
                     self._db.execute("DO RELEASE_LOCK(%s)", (SCHEMA_LOCK,))
-        form = row[0] if row is not None else None
-        self._coordinates_keys.as_runs = self._runs_table = form == RUN_COORDINATES
-        self.ordered_coordinates = form in (ORDERED_COORDINATES, RUN_COORDINATES)
+        self._read_form(row[0] if row is not None else None)
         if found in MIGRATES_FROM:
             return SchemaUpgrade(found, MARIADB_SCHEMA_VERSION, None, 0, 0, 0,
                                  runs_from_now=False)

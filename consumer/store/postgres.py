@@ -133,7 +133,7 @@ def claim_values(group: str, now: float, claims: Sequence[Claim]) -> tuple[Any, 
             ",".join([str(c.offset) for c in claims]))
 
 
-class PostgresStore(Store):
+class PostgresStore(key_runs.KeepsRuns, Store):
     dialect = "postgresql"
     schema_version = POSTGRES_SCHEMA_VERSION
 
@@ -148,24 +148,12 @@ class PostgresStore(Store):
         #: Nothing ran yet in this batch's transaction: a failed claim may restart it.
         self._batch_empty = False
         self._claims_with_conflicts = ConflictBackoff()
-        #: Whether ordered coordinates keys are claimed as runs: set by ensure_schema.
-        self._coordinates_keys = key_runs.CoordinatesKeys()
-        #: Whether the store has a runs table (None: not known yet, see _runs).
-        self._runs_table: bool | None = None
+        self._init_runs()
 
-    def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
-        self._coordinates_keys.topic_ids = topic_ids
-
-    @property
-    def _runs(self) -> bool:
-        """Whether the store has runs to look at: known from ensure_schema, else asked once
-        (`consumer replay` and the purger open a store without ensuring its schema)."""
-        if self._runs_table is None:
-            with self._errors():
-                row = self._db.execute(
-                    "SELECT to_regclass('consumer_processed_runs')").fetchone()
-            self._runs_table = row is not None and row[0] is not None
-        return self._runs_table
+    def _has_runs_table(self) -> bool:
+        with self._errors():
+            row = self._db.execute("SELECT to_regclass('consumer_processed_runs')").fetchone()
+        return row is not None and row[0] is not None
 
     @property
     def _db(self) -> psycopg.Connection[Any]:
@@ -236,9 +224,7 @@ class PostgresStore(Store):
                 group, group_scoped_topics,
                 migrated_from=found if found != POSTGRES_SCHEMA_VERSION else None)
             row = self._db.execute("SELECT coordinates_keys FROM consumer_schema").fetchone()
-        form = row[0] if row is not None else None
-        self._coordinates_keys.as_runs = self._runs_table = form == RUN_COORDINATES
-        self.ordered_coordinates = form in (ORDERED_COORDINATES, RUN_COORDINATES)
+        self._read_form(row[0] if row is not None else None)
         return upgrade
 
     def _create_runs(self) -> bool:

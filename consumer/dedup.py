@@ -38,15 +38,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from hashlib import blake2b
-from typing import Literal
+from typing import Literal, Protocol, cast
 
 from consumer.errors import ConfigError, DedupKeyFailed
 from consumer.message import Message
 from consumer.routing import load_callable
 
-KeyFunction = Callable[[Message], bytes]
 DedupScope = Literal["topic", "group"]
 
 #: The header carrying a redriven event's original dedup key, as hex: honoured on every route.
@@ -79,15 +78,44 @@ _MAX_PARTITION = 1 << 16
 _MAX_OFFSET = 1 << 48
 
 
+class KeyFunction(Protocol):
+    """One route's dedup key: ``key_function(message)`` is a message's key, and
+    ``key_function.keys(messages)`` a batch's, the same keys at a lower cost per message (the
+    store's hot path). ``keys`` raises :class:`DedupKeyFailed` for the first message whose
+    ``function:`` key fails (ask per message to learn which others do).
+
+    A plain function with an attribute, not a class: a message's key is asked for on every
+    path, and calling an instance's ``__call__`` measured about 0.15 µs more per message."""
+
+    keys: Callable[[Sequence[Message]], list[bytes]]
+
+    def __call__(self, message: Message, /) -> bytes: ...
+
+
+def _key_function(one: Callable[[Message], bytes],
+                  coordinates: _CoordinatesKey | None) -> KeyFunction:
+    """``one`` with its batch form: where a message without headers is keyed by its
+    coordinates (``header:`` and ``coordinates`` routes), ``coordinates`` writes those keys in
+    one loop; elsewhere (``function:``) each message is asked in turn."""
+    function = cast(KeyFunction, one)
+    if coordinates is None:
+        function.keys = lambda messages: [one(message) for message in messages]
+    else:
+        function.keys = lambda messages: coordinates.keys(messages, one)
+    return function
+
+
 def key_function(spec: str, topic_ids: Mapping[str, str], scope: DedupScope = "topic",
                  key_format: KeyFormat | None = None) -> KeyFunction:
     """Build the key function for one route's ``dedup_key`` and ``dedup_scope``. The
     honoured header comes first and is final: nothing digests or scopes its key again; an
     ordered coordinates key is final too."""
     scoped = _scoping(scope)
-    coordinates = _coordinates_key(topic_ids, scoped, key_format or KeyFormat())
+    coordinates = _CoordinatesKey(topic_ids, scoped, key_format or KeyFormat())
+    coordinates_key = coordinates.key  # bound once: called for most messages
     if spec == "coordinates":
-        return _honouring(lambda message, headers: coordinates(message))
+        return _key_function(
+            _honouring(lambda message, headers: coordinates_key(message)), coordinates)
     kind, _, rest = spec.partition(":")
     if kind == "header" and rest:
         name = rest
@@ -95,10 +123,10 @@ def key_function(spec: str, topic_ids: Mapping[str, str], scope: DedupScope = "t
         def from_header(message: Message, headers: list[tuple[str, bytes | None]]) -> bytes:
             value = _last_value(headers, name) if headers else None
             if not value:
-                return coordinates(message)
+                return coordinates_key(message)
             return scoped(message.topic, _digest(b"h", value))
 
-        return _honouring(from_header)
+        return _key_function(_honouring(from_header), coordinates)
     if kind == "function" and rest:
         user_function = load_callable(rest, ("message",))
 
@@ -114,7 +142,7 @@ def key_function(spec: str, topic_ids: Mapping[str, str], scope: DedupScope = "t
                                      error) from error
             return scoped(message.topic, _digest(b"f", value))
 
-        return _honouring(from_function)
+        return _key_function(_honouring(from_function), None)
     raise ConfigError([f"dedup_key: {spec!r} is not one of header:NAME, coordinates, "
                        "function:module:function"])
 
@@ -134,29 +162,62 @@ def _scoping(scope: DedupScope) -> Callable[[str, bytes], bytes]:
     return scoped
 
 
-def _coordinates_key(topic_ids: Mapping[str, str], scoped: Callable[[str, bytes], bytes],
-                     key_format: KeyFormat) -> Callable[[Message], bytes]:
-    digest_prefixes: dict[str, bytes] = {}
-    ordered_prefixes: dict[str, bytes] = {}
+class _CoordinatesKey:
+    """A message's coordinates key, in the form the store chose (:class:`KeyFormat`)."""
 
-    def coordinates(message: Message) -> bytes:
-        # The id is read every time: ids are learnt later, and change when a topic is recreated.
-        topic = message.topic
-        name = topic_ids.get(topic) or topic
+    __slots__ = ("_digest_prefixes", "_format", "_ordered_prefixes", "_scoped", "_topic_ids")
+
+    def __init__(self, topic_ids: Mapping[str, str], scoped: Callable[[str, bytes], bytes],
+                 key_format: KeyFormat) -> None:
+        self._topic_ids = topic_ids
+        self._scoped = scoped
+        self._format = key_format
+        self._digest_prefixes: dict[str, bytes] = {}
+        self._ordered_prefixes: dict[str, bytes] = {}
+
+    def key(self, message: Message) -> bytes:
         partition, offset = message.partition, message.offset
-        if key_format.ordered_coordinates and 0 <= partition < _MAX_PARTITION \
+        if self._format.ordered_coordinates and 0 <= partition < _MAX_PARTITION \
                 and 0 <= offset < _MAX_OFFSET:
-            prefix = ordered_prefixes.get(name)
-            if prefix is None:
-                prefix = ordered_prefixes[name] = ordered_prefix(name)
-            return prefix + ((partition << 48) | offset).to_bytes(8, "big")
-        prefix = digest_prefixes.get(name)
+            return self._ordered_prefix(message.topic) \
+                + ((partition << 48) | offset).to_bytes(8, "big")
+        topic = message.topic
+        name = self._topic_ids.get(topic) or topic
+        prefix = self._digest_prefixes.get(name)
         if prefix is None:
-            prefix = digest_prefixes[name] = f"c\0{name}/".encode()
-        return scoped(topic, blake2b(prefix + b"%d/%d" % (partition, offset),
-                                     digest_size=KEY_SIZE).digest())
+            prefix = self._digest_prefixes[name] = f"c\0{name}/".encode()
+        return self._scoped(topic, blake2b(prefix + b"%d/%d" % (partition, offset),
+                                           digest_size=KEY_SIZE).digest())
 
-    return coordinates
+    def keys(self, messages: Sequence[Message], route_key: Callable[[Message], bytes]
+             ) -> list[bytes]:
+        """The keys of a batch whose messages without headers are keyed by their coordinates:
+        those written here in one loop, the others by ``route_key`` (a header may name their
+        key). What :meth:`key` and ``route_key`` would return, at about half the cost."""
+        if not self._format.ordered_coordinates:
+            return [route_key(message) for message in messages]
+        keys: list[bytes] = []
+        append = keys.append
+        topic, prefix = None, b""
+        for message in messages:
+            partition, offset = message.partition, message.offset
+            if message.headers or not (0 <= partition < _MAX_PARTITION
+                                       and 0 <= offset < _MAX_OFFSET):
+                append(route_key(message))
+                continue
+            if message.topic != topic:
+                topic = message.topic
+                prefix = self._ordered_prefix(topic)
+            append(prefix + ((partition << 48) | offset).to_bytes(8, "big"))
+        return keys
+
+    def _ordered_prefix(self, topic: str) -> bytes:
+        # The id is read every time: ids are learnt later, and change when a topic is recreated.
+        name = self._topic_ids.get(topic) or topic
+        prefix = self._ordered_prefixes.get(name)
+        if prefix is None:
+            prefix = self._ordered_prefixes[name] = ordered_prefix(name)
+        return prefix
 
 
 def ordered_prefix(name: str) -> bytes:
@@ -185,7 +246,7 @@ def honoured_key(value: bytes | None) -> bytes | None:
     return key if len(key) == KEY_SIZE else None  # fromhex skips spaces
 
 
-def _honouring(inner: RouteKey) -> KeyFunction:
+def _honouring(inner: RouteKey) -> Callable[[Message], bytes]:
     warned = False
 
     def key(message: Message) -> bytes:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
@@ -34,6 +36,8 @@ from consumer.routing import Router
 from consumer.store import CheckpointRow, Claim, Store
 
 log = logging.getLogger("consumer.checkpoint")
+
+_topic = attrgetter("topic")
 
 
 @dataclass
@@ -169,10 +173,28 @@ class StoreCheckpoint:
 
     def _claims(self) -> list[Claim | DedupKeyFailed | None]:
         """Each message's claim, the error its dedup key function raised, or None for a
-        message already dead-lettered (done: no key, no handler)."""
+        message already dead-lettered (done: no key, no handler). A topic's stretch of the
+        batch is keyed at once (:meth:`KeyFunction.keys`), unless a dead letter is pending
+        or a key fails: then message by message."""
+        if self._lettered:
+            return self._claims_one_by_one(self._messages)
+        claims: list[Claim | DedupKeyFailed | None] = []
+        for topic, stretch in groupby(self._messages, key=_topic):
+            messages = list(stretch)
+            try:
+                keys = self._keys[topic].keys(messages)
+            except DedupKeyFailed:
+                claims += self._claims_one_by_one(messages)
+                continue
+            claims += [Claim(key, m.topic, m.partition, m.offset)
+                       for key, m in zip(keys, messages, strict=True)]
+        return claims
+
+    def _claims_one_by_one(self, messages: Sequence[Message]
+                           ) -> list[Claim | DedupKeyFailed | None]:
         claims: list[Claim | DedupKeyFailed | None] = []
         append, keys, lettered = claims.append, self._keys, self._lettered
-        for m in self._messages:
+        for m in messages:
             if lettered and lettered.get((m.topic, m.partition)) == m.offset:
                 append(None)
                 continue

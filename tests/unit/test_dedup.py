@@ -344,3 +344,47 @@ def test_the_context_idempotency_key_of_a_redriven_event_is_the_original_s() -> 
     redriven = message(77, headers=[(HONOURED_KEY_HEADER, keys(original).hex().encode())])
     scope = Scope("g", key_function=keys)
     assert Context(scope, redriven).idempotency_key == Context(scope, original).idempotency_key
+
+
+# --- a batch's keys --------------------------------------------------------------------------
+
+
+def mixed_batch() -> list[Message]:
+    """Every case a batch's keying tells apart: no headers, the route's header, an honoured
+    header, an empty header, coordinates past the ordered bounds, a second topic and partition."""
+    return [
+        message(5), message(6), message(7, partition=3),
+        message(8, headers=[("idempotency-key", b"evt-8")]),
+        message(9, headers=[(HONOURED_KEY_HEADER, ORIGINAL_KEY.hex().encode())]),
+        message(10, headers=[("idempotency-key", b"")]),
+        message(2**48), message(11, partition=2**16),
+        message(12, topic="payments"), message(13, topic="payments", partition=1),
+        message(14),
+    ]
+
+
+@pytest.mark.parametrize("key_format", [KeyFormat(), ORDERED], ids=["digest", "ordered"])
+@pytest.mark.parametrize("spec", ["header:idempotency-key", "coordinates",
+                                  f"function:{THIS_MODULE}:key_as_bytes"])
+def test_a_batch_has_the_keys_its_messages_have_one_by_one(spec: str,
+                                                           key_format: KeyFormat) -> None:
+    keys = key_function(spec, {**IDS, "payments": "id-payments-1"}, key_format=key_format)
+    batch = mixed_batch()
+    assert keys.keys(batch) == [keys(m) for m in batch]
+    assert keys.keys([]) == []
+
+
+def test_a_batch_reads_topic_ids_learnt_after_the_key_function_was_built() -> None:
+    ids: dict[str, str] = {}
+    keys = key_function("coordinates", ids, key_format=ORDERED)
+    before = keys.keys([message(5)])
+    ids["orders"] = "id-orders-2"
+    assert keys.keys([message(5)]) != before
+    assert keys.keys([message(5)]) == [key_function("coordinates", ids, key_format=ORDERED)(
+        message(5))]
+
+
+def test_a_batch_whose_function_key_fails_raises_the_failure() -> None:
+    keys = key_function(f"function:{THIS_MODULE}:key_raising", IDS)
+    with pytest.raises(DedupKeyFailed):
+        keys.keys([message(1), message(2)])

@@ -129,6 +129,33 @@ def test_message_without_the_header_is_deduplicated_by_its_coordinates(
     assert handler.calls == [("t", 0, 4)]
 
 
+def test_a_batch_of_two_topics_keys_each_message_by_its_own_route(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """The batch is keyed a topic's stretch at a time: the claims stay each message's own. An
+    event id repeats on ``t`` (a duplicate), and on ``u``, whose route keys by coordinates
+    (two events)."""
+    u0: TP = ("u", 0)
+    partitions = assigned(store, [P0, u0])
+    source = InMemorySource({"t": [[]], "u": [[]]})
+    handler = EffectWriter()
+    batch = [event("t", 0, 0, b"a"), event("u", 0, 0, b"a"), event("u", 0, 1, b"a"),
+             event("t", 0, 1, b"a"), event("t", 0, 2, None)]
+    checkpoint = StoreCheckpoint(
+        Trigger.COUNT, batch, partitions, store=store, source=source,
+        router=Router([Route("t", handler, "tests:handler"),
+                       Route("u", handler, "tests:handler")]),
+        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"}),
+              "u": key_function("coordinates", {"u": "id-u"})},
+        group=GROUP, now=lambda: 1_000.0,
+        commits=KafkaCommits(source, observer=RecordingObserver(), monotonic=lambda: 0.0),
+    )
+    outcome = checkpoint.run()
+    assert (outcome.applied, outcome.duplicates) == (4, 1)
+    assert effects(store) == [("t", 0, 0), ("t", 0, 2), ("u", 0, 0), ("u", 0, 1)]
+    assert store.checkpoints(GROUP) == {P0: 3, u0: 2}
+
+
 @pytest.mark.parametrize(("trigger", "asynchronous"), [
     (Trigger.COUNT, True), (Trigger.INTERVAL, True),
     (Trigger.REVOKE, False), (Trigger.SHUTDOWN, False),

@@ -55,19 +55,16 @@ class StoreCheckpoint:
     """Applies a batch of messages exactly once and saves where each partition got to.
 
     1. claim keys: insert every message's dedup key; only messages whose key was new go on
-       (a message whose dedup key function raises is a failing message: step 3's policy)
-    2. fence and write checkpoint rows, where every message of the batch takes them: each
-       row moves only where the epoch is still ours, else the whole batch rolls back before
-       any handler runs (a newer owner has the partition: we are a zombie). Steps 1 and 2
-       are one :meth:`Store.open_batch`: one round trip to a server store.
-    3. run handlers, all at once; if one raises, roll the transaction back, claim again and
+       (a message whose dedup key function raises is a failing message: step 2's policy)
+    2. run handlers, all at once; if one raises, roll the transaction back, claim again and
        run them again each inside its own savepoint, so a failing message rolls back alone and
-       its partition's watermark stops at it, then fence and write the rows again where the
-       watermarks stopped: after step 4 (a batch that rolls back leaves the client and the
-       dead-letter topic untouched) it is dead-lettered, and its partition is rewound so the
-       next batch counts it done without running it, or its partition is paused and rewound
-       for a later attempt, or the consumer stops after this batch; a failed message's key is
-       not recorded
+       its partition's watermark stops at it: after step 4 (a batch that rolls back leaves the
+       client and the dead-letter topic untouched) it is dead-lettered, and its partition is
+       rewound so the next batch counts it done without running it, or its partition is paused
+       and rewound for a later attempt, or the consumer stops after this batch; a failed
+       message's key is not recorded
+    3. fence and write checkpoint rows: each row moves only where the epoch is still ours,
+       else the whole batch rolls back (a newer owner has the partition: we are a zombie)
     4. commit the store
     5. commit the same offsets to Kafka, with the marker: asynchronously for the count and
        interval triggers (once the previous one is answered; else the next checkpoint sends
@@ -126,31 +123,34 @@ class StoreCheckpoint:
         outcome = BatchOutcome()
         store = self._store
         claims = self._claims()
-        # Every message of the optimistic run is done, so its rows are known before it runs:
-        # the store opens the batch, claims the keys and writes them in one step.
-        watermarks, counts = _reached(self._messages)
-        carried = self._carried_letters()
-        rows = self._rows(watermarks, counts, carried)
         try:
-            # 1. claim keys, and 2. fence and write checkpoint rows
-            new_keys, fenced = self._open(claims, rows)
-            if fenced:
-                raise Fenced(self._group, fenced)
+            # 1. begin, and claim keys
+            new_keys = self._claim(claims, opening=True)
 
-            # 3. run handlers: the whole batch at once; if a handler raises, roll the
+            # 2. run handlers: the whole batch at once; if a handler raises, roll the
             # transaction back and run it again message by message, each in a savepoint
+            one_by_one = False
             try:
-                self._apply_optimistically(claims, new_keys, outcome)
+                watermarks, counts = self._apply_optimistically(claims, new_keys, outcome)
             except _HandlerRaised:
                 store.rollback()
                 store.begin()
                 new_keys = self._claim(claims)
                 watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
-                rows = self._rows(watermarks, counts, carried)
+                one_by_one = True
+
+            # 3. fence and write checkpoint rows (and move past dead letters not re-polled)
+            carried = self._carried_letters()
+            for tp, offset in carried.items():
+                watermarks[tp] = offset + 1
+                counts[tp] = counts.get(tp, 0) + 1
+            rows = [CheckpointRow(tp[0], tp[1], offset, self._partitions[tp].epoch)
+                    for tp, offset in watermarks.items()]
+            if one_by_one:  # the optimistic run moves every partition it holds
                 rows += self._unmoved_rows(watermarks)
-                fenced = store.write_checkpoints(self._group, rows, self._now())
-                if fenced:
-                    raise Fenced(self._group, fenced) from None
+            fenced = store.write_checkpoints(self._group, rows, self._now())
+            if fenced:
+                raise Fenced(self._group, fenced)
 
             # 4. commit the store
             store.commit()
@@ -203,33 +203,32 @@ class StoreCheckpoint:
                 append(error)
         return claims
 
-    def _open(self, claims: list[Claim | DedupKeyFailed | None],
-              rows: list[CheckpointRow]) -> tuple[set[bytes], list[TP]]:
-        """Open the batch (:meth:`Store.open_batch`): the new keys, the fenced partitions."""
+    def _claim(self, claims: list[Claim | DedupKeyFailed | None], *,
+               opening: bool = False) -> set[bytes]:
+        """The new keys; ``_all_new`` says whether that is every claim's key, each once.
+        ``opening``: the transaction begins with the claim (:meth:`Store.open_batch`)."""
         batch = [c for c in claims if isinstance(c, Claim)]
-        new, fenced = self._store.open_batch(self._group, batch, rows, self._now())
-        self._all_new = len(new) == len(batch)
-        return new, fenced
-
-    def _claim(self, claims: list[Claim | DedupKeyFailed | None]) -> set[bytes]:
-        """The new keys; ``_all_new`` says whether that is every claim's key, each once."""
-        batch = [c for c in claims if isinstance(c, Claim)]
-        new = self._store.claim(self._group, batch, self._now())
+        if opening:
+            new = self._store.open_batch(self._group, batch, self._now())
+        else:
+            new = self._store.claim(self._group, batch, self._now())
         self._all_new = len(new) == len(batch)
         return new
 
     def _apply_optimistically(self, claims: list[Claim | DedupKeyFailed | None],
                               new_keys: set[bytes],
-                              outcome: BatchOutcome) -> None:
-        """Run the handlers of new messages: every message is done (:func:`_reached`).
-        Raises _HandlerRaised at the first failure: the caller rolls back and runs
-        :meth:`_apply_one_by_one` instead (the handlers before the failing message run twice
-        in this process; only the second run's writes commit)."""
+                              outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
+        """Run the handlers of new messages; return each partition's new watermark and how
+        many of its messages are done. Raises _HandlerRaised at the first failure: the
+        caller rolls back and runs :meth:`_apply_one_by_one` instead (the handlers before
+        the failing message run twice in this process; only the second run's writes commit).
+        """
         failures = self._failures
         checking = failures is not None and failures.checks_needed
         scope = self._scope
         trial = TrialCalls(self._handlers, self._timer)  # timings kept if the batch succeeds
         calls = trial.calls
+        progress = _Progress()
         applied_keys: set[bytes] = set()
         # Every key new and none twice (the claim returned as many keys as it was given):
         # nothing to look up per message.
@@ -255,12 +254,15 @@ class StoreCheckpoint:
                 if not fresh:
                     applied_keys.add(key)
                 applied += 1
+            progress.done(message)
+        watermarks, counts = progress.finish()
         if checking:
             for message in self._messages:
                 failures.succeeded(message)  # type: ignore[union-attr]
         trial.keep()
         outcome.applied, outcome.duplicates = applied, duplicates
         outcome.dead_lettered = lettered
+        return watermarks, counts
 
     def _apply_one_by_one(self, claims: list[Claim | DedupKeyFailed | None],
                           new_keys: set[bytes],
@@ -327,16 +329,6 @@ class StoreCheckpoint:
         if release:
             store.unclaim(group, release)
         return watermarks, counts
-
-    def _rows(self, watermarks: dict[TP, int], counts: dict[TP, int],
-              carried: Mapping[TP, int]) -> list[CheckpointRow]:
-        """The checkpoint rows at the watermarks, moved past the dead letters ``carried``
-        (added to the watermarks and counts)."""
-        for tp, offset in carried.items():
-            watermarks[tp] = offset + 1
-            counts[tp] = counts.get(tp, 0) + 1
-        return [CheckpointRow(tp[0], tp[1], offset, self._partitions[tp].epoch)
-                for tp, offset in watermarks.items()]
 
     def _unmoved_rows(self, watermarks: Mapping[TP, int]) -> list[CheckpointRow]:
         """The rows of partitions this batch holds whose watermark did not move (their first
@@ -461,14 +453,6 @@ class _Progress:
             self.watermarks[tp] = self._offset + 1
             self.counts[tp] = self.counts.get(tp, 0) + self._count
         self._count = 0
-
-
-def _reached(messages: Sequence[Message]) -> tuple[dict[TP, int], dict[TP, int]]:
-    """Each partition's watermark and count of messages once every message is done."""
-    progress = _Progress()
-    for message in messages:
-        progress.done(message)
-    return progress.finish()
 
 
 class _HandlerRaised(Exception):

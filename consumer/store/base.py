@@ -243,15 +243,13 @@ class Store(abc.ABC):
         move a row backwards: such a row (our epoch, a higher offset stored) raises
         OffsetWentBackwards, and the caller rolls the batch back."""
 
-    def open_batch(self, group: str, claims: Sequence[Claim], rows: Sequence[CheckpointRow],
-                   now: float) -> tuple[set[bytes], list[TP]]:
-        """Begin a batch, claim its keys and write the checkpoint rows it reaches if every
-        handler succeeds: :meth:`begin`, :meth:`claim` and :meth:`write_checkpoints` in one
-        step, which a store on a server may send in one round trip. Returns the new keys and
-        the partitions a newer owner fenced (then roll back: no handler may run)."""
+    def open_batch(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+        """:meth:`begin` and :meth:`claim` in one step, which a store on a server may send in
+        one round trip. (The checkpoint rows are not written here, before the handlers: a row
+        lock held while the handlers run would make a new owner's assignment, which moves the
+        row's epoch, wait for a frozen zombie's transaction to end.)"""
         self.begin()
-        new = self.claim(group, claims, now)
-        return new, self.write_checkpoints(group, rows, now)
+        return self.claim(group, claims, now)
 
     @abc.abstractmethod
     def commit(self) -> None: ...

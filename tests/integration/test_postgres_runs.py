@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from consumer.errors import StoreUnavailable
 from consumer.store import Store
 from consumer.store.postgres import PostgresStore
 from tests.support.runs_contract import (
@@ -150,3 +151,19 @@ def test_without_btree_gist_a_new_store_keeps_a_row_per_key(
         with psycopg.connect(postgres_dsn, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
             admin.execute(f"DROP ROLE {role}")
+
+
+def test_a_batch_opening_on_a_connection_the_server_ended_is_unavailable_then_opens_again(
+        store: PostgresStore, postgres_dsn: str) -> None:
+    """The pipeline (BEGIN and the runs' INSERT) meets a dropped connection: StoreUnavailable
+    (the loop retries the batch), nothing written; the retry opens the batch on a new
+    connection."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store.connection.info.backend_pid,))
+    with pytest.raises(StoreUnavailable):
+        store.open_batch(G, claims(range(0, 10)), 2.0)
+    store.rollback()
+    assert offsets(store) == []
+    assert store.open_batch(G, claims(range(0, 10)), 3.0) == keys_of(claims(range(0, 10)))
+    store.commit()
+    assert offsets(store) == [(0, o) for o in range(10)]

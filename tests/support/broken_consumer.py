@@ -46,7 +46,7 @@ from pathlib import Path
 from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.cli import main
 from consumer.engine.store_mode import StoreMode
-from consumer.errors import Fenced, KafkaError
+from consumer.errors import KafkaError
 from consumer.message import TP
 from consumer.store import CheckpointRow, Claim, Store
 
@@ -58,7 +58,7 @@ def _no_keys() -> None:
     for cls in _store_classes():
         cls.claim = claim  # type: ignore[method-assign]
         cls.unclaim = lambda self, group, keys: None  # type: ignore[method-assign]
-        _open_step_by_step(cls)
+        _open_with_claim(cls)
 
 
 def _no_fence() -> None:
@@ -74,19 +74,11 @@ def _no_fence() -> None:
 
     for cls in _store_classes():
         cls.write_checkpoints = write_checkpoints  # type: ignore[method-assign]
-        _open_step_by_step(cls)
 
 
 def _effects_commit_alone() -> None:
-    """Commit after every handler, and write the checkpoint rows after the last one: effects
-    land before (outside) the checkpoint's transaction."""
-    original_open = StoreCheckpoint._open
-    original_apply = StoreCheckpoint._apply_optimistically
-    rows_after: dict[int, list[CheckpointRow]] = {}
-
-    def open_without_rows(self: StoreCheckpoint, claims, rows):  # type: ignore[no-untyped-def]
-        rows_after[id(self)] = rows
-        return original_open(self, claims, [])
+    """Commit after every handler: effects land before (outside) the checkpoint's transaction."""
+    original = StoreCheckpoint._apply_optimistically
 
     def apply(self: StoreCheckpoint, *args, **kwargs):  # type: ignore[no-untyped-def]
         store = self._store
@@ -99,12 +91,8 @@ def _effects_commit_alone() -> None:
             return run
 
         self._handlers = {topic: committing(h) for topic, h in self._handlers.items()}
-        original_apply(self, *args, **kwargs)
-        fenced = store.write_checkpoints(self._group, rows_after.pop(id(self)), self._now())
-        if fenced:
-            raise Fenced(self._group, fenced)
+        return original(self, *args, **kwargs)
 
-    StoreCheckpoint._open = open_without_rows  # type: ignore[method-assign]
     StoreCheckpoint._apply_optimistically = apply  # type: ignore[method-assign]
 
 
@@ -164,12 +152,12 @@ def _keys_apart() -> None:
             return new
 
         cls.claim = claim  # type: ignore[method-assign]
-        _open_step_by_step(cls)
+        _open_with_claim(cls)
 
 
-def _open_step_by_step(cls: type[Store]) -> None:
-    """A batch opens with the class's own (broken) claim and checkpoint writes, not in the
-    PostgreSQL store's pipeline, which sends its statements without them."""
+def _open_with_claim(cls: type[Store]) -> None:
+    """A batch opens with the class's own (broken) claim, not in the PostgreSQL store's
+    pipeline, which sends its claim without calling it."""
     cls.open_batch = Store.open_batch  # type: ignore[method-assign]
 
 

@@ -12,10 +12,7 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
 from consumer.dedup import KeyFormat, key_function
-from consumer.errors import OffsetWentBackwards
 from consumer.message import Message
 from consumer.store import CheckpointRow, Claim, Store
 from tests.support.processed_keys import processed_keys
@@ -147,17 +144,16 @@ class RunsContract:
 
     # --- a batch opened in one step (Store.open_batch: PostgreSQL's pipeline) ----------------
 
-    def test_a_batch_opens_with_its_new_keys_and_its_rows_in_its_transaction(
-            self, store: Store) -> None:
+    def test_a_batch_opens_with_its_new_keys_in_its_transaction(self, store: Store) -> None:
         positions = store.assign(G, [T0, T1], 1.0)
         batch = claims(range(0, 100)) + claims(range(0, 50), partition=1)
-        rows_ = [CheckpointRow("t", 0, 100, positions[T0].epoch),
-                 CheckpointRow("t", 1, 50, positions[T1].epoch)]
-        assert store.open_batch(G, batch, rows_, 2.0) == (keys_of(batch), [])
+        assert store.open_batch(G, batch, 2.0) == keys_of(batch)
         store.rollback()
         assert offsets(store) == []
-        assert store.checkpoints(G) == {T0: None, T1: None}
-        assert store.open_batch(G, batch, rows_, 2.0) == (keys_of(batch), [])
+        assert store.open_batch(G, batch, 2.0) == keys_of(batch)
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 100, positions[T0].epoch),
+                                           CheckpointRow("t", 1, 50, positions[T1].epoch)],
+                                       2.0) == []
         store.commit()
         assert offsets(store) == [(0, o) for o in range(100)] + [(1, o) for o in range(50)]
         assert store.checkpoints(G) == {T0: 100, T1: 50}
@@ -165,45 +161,12 @@ class RunsContract:
     def test_a_batch_over_processed_keys_opens_with_only_the_new_ones(
             self, store: Store) -> None:
         """A replay that kept its keys: the runs overlapping processed keys are claimed again
-        key by key, after the rows were written."""
-        positions = store.assign(G, [T0], 1.0)
+        key by key."""
         claimed(store, claims(range(100, 200)))
-        batch = claims(range(0, 300))
-        new, fenced = store.open_batch(G, batch, [CheckpointRow("t", 0, 300,
-                                                                positions[T0].epoch)], 2.0)
+        new = store.open_batch(G, claims(range(0, 300)), 2.0)
         store.commit()
-        assert (new, fenced) == (keys_of(claims(range(0, 100))) | keys_of(
-            claims(range(200, 300))), [])
+        assert new == keys_of(claims(range(0, 100))) | keys_of(claims(range(200, 300)))
         assert offsets(store) == [(0, o) for o in range(300)]
-        assert store.checkpoints(G) == {T0: 300}
-
-    def test_a_fenced_batch_opens_with_its_partition_refused(self, store: Store) -> None:
-        positions = store.assign(G, [T0, T1], 1.0)
-        store.assign(G, [T0], 1.5)  # a newer owner's epoch on p0
-        batch = claims(range(0, 10)) + claims(range(0, 10), partition=1)
-        _, fenced = store.open_batch(G, batch, [
-            CheckpointRow("t", 0, 10, positions[T0].epoch),
-            CheckpointRow("t", 1, 10, positions[T1].epoch)], 2.0)
-        store.rollback()
-        assert fenced == [T0]
-        assert offsets(store) == []
-        assert store.checkpoints(G) == {T0: None, T1: None}
-
-    def test_a_batch_whose_opening_fails_rolls_back_and_the_next_one_opens(
-            self, store: Store) -> None:
-        """A row that would move backwards raises inside the opening step; after the
-        rollback the store opens the next batch as usual."""
-        epoch = store.assign(G, [T0], 1.0)[T0].epoch
-        store.open_batch(G, claims(range(0, 10)), [CheckpointRow("t", 0, 10, epoch)], 2.0)
-        store.commit()
-        with pytest.raises(OffsetWentBackwards):
-            store.open_batch(G, claims(range(2, 5)), [CheckpointRow("t", 0, 5, epoch)], 3.0)
-        store.rollback()
-        assert store.open_batch(G, claims(range(10, 20)), [CheckpointRow("t", 0, 20, epoch)],
-                                4.0) == (keys_of(claims(range(10, 20))), [])
-        store.commit()
-        assert store.checkpoints(G) == {T0: 20}
-        assert offsets(store) == [(0, o) for o in range(20)]
 
 
 class ServerRunsContract(abc.ABC):

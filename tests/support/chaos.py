@@ -392,3 +392,17 @@ def assert_fenced(chaos: Chaos) -> None:
     log = chaos.log_of(zombie.process_name)
     assert zombie.outcome() == "Fenced", log[-3000:]
     assert "fenced on" in log, log[-3000:]
+
+
+def assert_exact_after_chaos(store: StoreUnderTest, ledger: Ledger, group: str, chaos: Chaos,
+                             *, kills: int) -> Verdict:
+    """The closing verdict of a healthy consumer's chaos: at least ``kills`` SIGKILLs and one
+    freeze happened, the zombie's late checkpoint was fenced, every event was applied exactly
+    once with no checkpoint row moved back (audited), and the processed keys number the
+    distinct events."""
+    verdict = check(store, ledger, group, audited=True)
+    assert chaos.kills >= kills and chaos.freezes == 1, (chaos.kills, chaos.freezes)
+    assert_fenced(chaos)
+    assert verdict.exact, verdict
+    assert verdict.processed_keys == len(ledger.events), verdict
+    return verdict

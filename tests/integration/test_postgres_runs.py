@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from consumer.errors import StoreUnavailable
-from consumer.store import Store
+from consumer.store import PostgresSession, Store
 from consumer.store.postgres import PostgresStore
 from tests.support.runs_contract import (
     TOPIC_IDS,
@@ -167,3 +167,30 @@ def test_a_batch_opening_on_a_connection_the_server_ended_is_unavailable_then_op
     assert store.open_batch(G, claims(range(0, 10)), 3.0) == keys_of(claims(range(0, 10)))
     store.commit()
     assert offsets(store) == [(0, o) for o in range(10)]
+
+
+def test_a_batch_opening_that_waits_out_the_lock_timeout_is_unavailable_then_opens_again(
+        database: StoreUnderTest) -> None:
+    """The pipeline's claim meets a run another session holds uncommitted: after the lock
+    timeout, StoreUnavailable (the loop rolls back and retries); once the holder rolled back,
+    the same store opens batches again, twice. (After a pipeline that ended in a lock timeout,
+    psycopg once failed the connection's next pipeline: `pop from an empty deque`.)"""
+    holder = opened(database)
+    waiting = PostgresStore(database.url, connect_timeout=5,
+                            session=PostgresSession(lock_timeout=0.5))
+    waiting.ensure_schema(G)
+    waiting.use_topic_ids(TOPIC_IDS)
+    try:
+        holder.begin()
+        assert holder.claim(G, claims(range(0, 10)), 1.0) == keys_of(claims(range(0, 10)))
+        with pytest.raises(StoreUnavailable, match="postgres_lock_timeout_seconds"):
+            waiting.open_batch(G, claims(range(0, 10)), 2.0)
+        waiting.rollback()
+        holder.rollback()
+        for batch in (claims(range(0, 10)), claims(range(10, 20))):
+            assert waiting.open_batch(G, batch, 3.0) == keys_of(batch)
+            waiting.commit()
+        assert offsets(waiting) == [(0, o) for o in range(20)]
+    finally:
+        holder.close()
+        waiting.close()

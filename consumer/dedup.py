@@ -165,7 +165,7 @@ def _scoping(scope: DedupScope) -> Callable[[str, bytes], bytes]:
 class _CoordinatesKey:
     """A message's coordinates key, in the form the store chose (:class:`KeyFormat`)."""
 
-    __slots__ = ("_digest_prefixes", "_format", "_ordered_prefixes", "_scoped", "_topic_ids")
+    __slots__ = ("_digest_prefixes", "_format", "_ordered", "_scoped", "_topic_ids")
 
     def __init__(self, topic_ids: Mapping[str, str], scoped: Callable[[str, bytes], bytes],
                  key_format: KeyFormat) -> None:
@@ -173,13 +173,13 @@ class _CoordinatesKey:
         self._scoped = scoped
         self._format = key_format
         self._digest_prefixes: dict[str, bytes] = {}
-        self._ordered_prefixes: dict[str, bytes] = {}
+        self._ordered = OrderedPrefixes(topic_ids)
 
     def key(self, message: Message) -> bytes:
         partition, offset = message.partition, message.offset
         if self._format.ordered_coordinates and 0 <= partition < _MAX_PARTITION \
                 and 0 <= offset < _MAX_OFFSET:
-            return self._ordered_prefix(message.topic) \
+            return self._ordered.of(message.topic) \
                 + ((partition << 48) | offset).to_bytes(8, "big")
         topic = message.topic
         name = self._topic_ids.get(topic) or topic
@@ -207,16 +207,27 @@ class _CoordinatesKey:
                 continue
             if message.topic != topic:
                 topic = message.topic
-                prefix = self._ordered_prefix(topic)
+                prefix = self._ordered.of(topic)
             append(prefix + ((partition << 48) | offset).to_bytes(8, "big"))
         return keys
 
-    def _ordered_prefix(self, topic: str) -> bytes:
-        # The id is read every time: ids are learnt later, and change when a topic is recreated.
-        name = self._topic_ids.get(topic) or topic
-        prefix = self._ordered_prefixes.get(name)
+
+class OrderedPrefixes:
+    """The first 8 bytes of each topic's ordered coordinates keys, by the topic's name: its
+    id's (:func:`ordered_prefix`), or its name's while the id is not known. ``topic_ids`` is
+    read on every call: ids are learnt later, and change when a topic is recreated."""
+
+    __slots__ = ("_by_name", "topic_ids")
+
+    def __init__(self, topic_ids: Mapping[str, str]) -> None:
+        self.topic_ids = topic_ids
+        self._by_name: dict[str, bytes] = {}
+
+    def of(self, topic: str) -> bytes:
+        name = self.topic_ids.get(topic) or topic
+        prefix = self._by_name.get(name)
         if prefix is None:
-            prefix = self._ordered_prefixes[name] = ordered_prefix(name)
+            prefix = self._by_name[name] = ordered_prefix(name)
         return prefix
 
 

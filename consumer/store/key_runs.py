@@ -13,7 +13,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from consumer.dedup import ordered_prefix
+from consumer.dedup import OrderedPrefixes
 from consumer.store.base import ORDERED_COORDINATES, RUN_COORDINATES, Claim
 
 _HEAD = 10  # bytes of topic and partition
@@ -27,19 +27,22 @@ class CoordinatesKeys:
     ``as_runs`` is set once the store's schema says it keeps runs; shared by the store and
     its message transactions, which are made before that."""
 
-    __slots__ = ("_prefixes", "as_runs", "topic_ids")
+    __slots__ = ("_prefixes", "as_runs")
 
     def __init__(self) -> None:
         self.as_runs = False
-        self.topic_ids: Mapping[str, str] = {}
-        self._prefixes: dict[str, bytes] = {}
+        self._prefixes = OrderedPrefixes({})
+
+    @property
+    def topic_ids(self) -> Mapping[str, str]:
+        return self._prefixes.topic_ids
+
+    @topic_ids.setter
+    def topic_ids(self, topic_ids: Mapping[str, str]) -> None:
+        self._prefixes.topic_ids = topic_ids
 
     def prefix(self, topic: str) -> bytes:
-        name = self.topic_ids.get(topic) or topic
-        prefix = self._prefixes.get(name)
-        if prefix is None:
-            prefix = self._prefixes[name] = ordered_prefix(name)
-        return prefix
+        return self._prefixes.of(topic)
 
     def holds(self, claim: Claim) -> bool:
         """Whether the store keeps this claim's key in a run."""

@@ -90,14 +90,6 @@ CLAIM_NEW = """INSERT INTO consumer_processed_keys
                         string_to_array(%s, ',')::bigint[]) AS u(k, t, p, o)"""
 #: ... or only the keys not processed before, returned.
 CLAIM_UNLESS_PROCESSED = f"{CLAIM_NEW} ON CONFLICT DO NOTHING RETURNING key"
-
-#: Every checkpoint row of a batch in one statement: a row moves only forward, and only where
-#: the epoch is still ours; the rows moved come back. Parameters: :func:`_checkpoint_values`.
-WRITE_CHECKPOINTS = """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = %s
-    FROM unnest(%b::text[], %b::integer[], %b::bigint[], %b::bigint[]) AS u(t, p, o, e)
-    WHERE c.group_id = %s AND c.topic = u.t AND c.partition = u.p
-          AND c.epoch = u.e AND (c.next_offset IS NULL OR c.next_offset <= u.o)
-    RETURNING c.topic, c.partition"""
 #: consumer.dedup.topic_scoped in SQL: sha256(b"t" NUL topic NUL key)[:16].
 TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UTF8') "
                 "|| decode('00', 'hex') || key) from 1 for 16)")
@@ -412,9 +404,20 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                           now: float) -> list[TP]:
         if not rows:
             return []
+        # One statement for every partition: a row moves only forward, and only where the
+        # epoch is still ours.
         with self._errors():
-            moved = self._db.execute(WRITE_CHECKPOINTS, _checkpoint_values(group, rows, now))
-            done = {(topic, partition) for topic, partition in moved.fetchall()}
+            moved = self._db.execute(
+                """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = %s
+                   FROM unnest(%b::text[], %b::integer[], %b::bigint[], %b::bigint[])
+                        AS u(t, p, o, e)
+                   WHERE c.group_id = %s AND c.topic = u.t AND c.partition = u.p
+                         AND c.epoch = u.e AND (c.next_offset IS NULL OR c.next_offset <= u.o)
+                   RETURNING c.topic, c.partition""",
+                (now, [r.topic for r in rows], [r.partition for r in rows],
+                 [r.next_offset for r in rows], [r.epoch for r in rows], group),
+            ).fetchall()
+            done = {(topic, partition) for topic, partition in moved}
             refused = [r for r in rows if (r.topic, r.partition) not in done]
             return self._refused(group, refused) if refused else []
 
@@ -567,12 +570,6 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             raise StoreError(
                 f"PostgreSQL store {self._where}: {type(error).__name__}: {error}"
             ) from error
-
-
-def _checkpoint_values(group: str, rows: Sequence[CheckpointRow],
-                       now: float) -> tuple[Any, ...]:
-    return (now, [r.topic for r in rows], [r.partition for r in rows],
-            [r.next_offset for r in rows], [r.epoch for r in rows], group)
 
 
 def _ms(seconds: float) -> int:

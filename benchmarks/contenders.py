@@ -57,7 +57,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         "framework", FRAMEWORK, PROJECT, EVERY_1000_OR_1S,
         commits="watermarks, asynchronously, every 1,000 messages or 1 s, one commit in "
-                "flight (at most ten intervals unconfirmed); synchronously on revoke and "
+                "flight (at most fifty intervals unconfirmed); synchronously on revoke and "
                 "shutdown",
     ),
     Contender(

@@ -65,7 +65,7 @@ class CurvePoint:
     @property
     def bound(self) -> int:
         """What the README promises a crash costs at most: one interval with synchronous
-        commits, ``max_unconfirmed_messages`` (by default ten intervals) with asynchronous."""
+        commits, ``max_unconfirmed_messages`` (by default fifty intervals) with asynchronous."""
         return self.every_messages * (1 if self.series == "sync" else UNCONFIRMED_INTERVALS)
 
 

@@ -229,7 +229,7 @@ def _curve(report: Report, curve: list[CurvePoint]) -> str:
         f"(uniformly random) after its first message; the group's committed offsets are read "
         f"back from Kafka and every recorded message at or past them is one the restart handles "
         f"again. *Bound*: what the README promises (one interval with synchronous commits; "
-        f"`max_unconfirmed_messages`, by default ten intervals, with asynchronous ones).\n"
+        f"`max_unconfirmed_messages`, by default fifty intervals, with asynchronous ones).\n"
     )
 
 

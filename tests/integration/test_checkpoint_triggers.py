@@ -32,13 +32,15 @@ def _taken(observer: RecordingObserver
 
 def _loop(bootstrap: str, topic: str, handled: list[Message], observer: RecordingObserver,
           *, group: str, every_messages: int | None, every_seconds: float | None,
-          synchronous_commits: bool = False) -> ConsumerLoop:
+          synchronous_commits: bool = False,
+          max_unconfirmed: int | None = None) -> ConsumerLoop:
     settings = Settings(
         kafka={"bootstrap_servers": bootstrap, "group_id": group,
                "poll_timeout_seconds": 0.1},
         routes={topic: "handlers.echo:handle"},
         checkpoint={"every_messages": every_messages, "every_seconds": every_seconds,
-                    "synchronous_commits": synchronous_commits},
+                    "synchronous_commits": synchronous_commits,
+                    "max_unconfirmed_messages": max_unconfirmed},
         store={"url": "none"},  # Kafka's own commits are what these tests are about.
     )
 
@@ -98,15 +100,15 @@ def test_asynchronous_count_checkpoints_wait_for_the_previous_answer(
     """Asynchronous commits, every_messages=100, 5,000 messages handled faster than the broker
     answers commits: the first checkpoint is at 100; a checkpoint due while the previous one
     is unanswered goes out later with the newest watermark (so at least 100 apart, always
-    forward); unconfirmed work never exceeds the default bound of ten intervals; Kafka ends
-    with everything."""
+    forward); unconfirmed work never exceeds its bound (ten intervals here); Kafka ends with
+    everything."""
     topic = create_topic(kafka_bootstrap, 1, prefix="count-async")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(5000)))
     handled: list[Message] = []
     observer = RecordingObserver()
     group = unique_name("triggers")
     loop = _loop(kafka_bootstrap, topic, handled, observer, group=group, every_messages=100,
-                 every_seconds=None)
+                 every_seconds=None, max_unconfirmed=1000)
     assert loop.start()
     try:
         deadline = time.monotonic() + 60

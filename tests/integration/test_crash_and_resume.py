@@ -21,18 +21,20 @@ def _values(records: list[tuple[int, int, str]]) -> set[int]:
 
 
 @pytest.mark.parametrize(
-    ("synchronous", "max_unconfirmed", "bound"),
-    [(True, None, 1), (False, None, UNCONFIRMED_INTERVALS), (False, 1_000, 2)],
+    ("synchronous", "every", "max_unconfirmed", "bound"),
+    [(True, 500, None, 1), (False, 100, None, UNCONFIRMED_INTERVALS), (False, 500, 1_000, 2)],
     ids=["synchronous-commits", "asynchronous-commits", "asynchronous-commits-bounded"],
 )
 def test_sigkill_rereads_at_most_the_unconfirmed_intervals(
-    kafka_bootstrap: str, tmp_path: Path, synchronous: bool, max_unconfirmed: int | None,
-    bound: int
+    kafka_bootstrap: str, tmp_path: Path, synchronous: bool, every: int,
+    max_unconfirmed: int | None, bound: int
 ) -> None:
     """Killed with SIGKILL at a random point, the restarted consumer handles again at most
     every_messages records with synchronous commits, at most max_unconfirmed_messages with
-    asynchronous ones (ten intervals by default), and every record is handled at least once."""
-    total, every = 20_000, 500
+    asynchronous ones (fifty intervals by default: 5,000 of the 20,000 records here), and
+    every record is handled at least once."""
+    total = 20_000
+    assert bound * every < total, "a bound above the topic could never be broken"
     topic = create_topic(kafka_bootstrap, 3, prefix="sigkill")
     produce(kafka_bootstrap, topic, (str(i).encode() for i in range(total)))
     config = consumer_config(kafka_bootstrap, unique_name("sigkill"), topic,

@@ -11,6 +11,7 @@ from consumer.app import build_loop
 from consumer.clock import ManualClock
 from consumer.dedup import key_function
 from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher
+from consumer.engine.direct_mode import UNCONFIRMED_INTERVALS
 from consumer.engine.loop import ConsumerLoop, LoopState
 from consumer.errors import HandlerFailed, KafkaError
 from consumer.events import Trigger
@@ -470,15 +471,63 @@ def test_a_due_checkpoint_waits_for_the_answer_to_the_previous_one() -> None:
     assert source.commits[1:] == [({("t", 0): 50}, True)]
 
 
-def test_unconfirmed_work_is_bounded_by_ten_intervals_by_default() -> None:
-    source = InMemorySource({"t": [values(300)]})
+def test_unconfirmed_work_is_bounded_by_fifty_intervals_by_default() -> None:
+    """Answers held back: the loop takes work up to the bound and no further."""
+    source = InMemorySource({"t": [values(1_000)]})
     recorder = Recorder()
     loop = make_loop(source, recorder, every_messages=10, batch_size=7)
     loop.start()
     source.hold_commit_results = True
-    for _ in range(30):
+    peak = 0
+    for _ in range(150):
         loop.run_once()
-        assert loop.snapshot().partitions[("t", 0)].unconfirmed <= 100
+        peak = max(peak, loop.snapshot().partitions[("t", 0)].unconfirmed)
+        assert peak <= 10 * UNCONFIRMED_INTERVALS == 500
+    assert peak == 500
+
+
+class SlowAnswerSource(InMemorySource):
+    """Answers each asynchronous commit once ``answer_after`` more messages were polled: a
+    group coordinator that answers in about 8 ms, with the loop at a million messages a second
+    (Kafka 4 holds commits up to ``group.coordinator.append.linger.ms``, 5 ms, to write them
+    together)."""
+
+    def __init__(self, topics: dict[str, list[list[bytes]]], *, answer_after: int) -> None:
+        super().__init__(topics)
+        self.hold_commit_results = True
+        self._answer_after = answer_after
+        self._polled = 0
+        self._unanswered: list[tuple[int, tuple[dict[TP, int], KafkaError | None]]] = []
+
+    def commit(self, offsets: Mapping[TP, int], *, asynchronous: bool,
+               metadata: Mapping[TP, str] | None = None) -> None:
+        super().commit(offsets, asynchronous=asynchronous, metadata=metadata)
+        if asynchronous:
+            self._unanswered.append((self._polled, self._commit_results.pop()))
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        while self._unanswered and self._polled - self._unanswered[0][0] >= self._answer_after:
+            offsets, error = self._unanswered.pop(0)[1]
+            self._listener.on_commit_result(offsets, error)  # type: ignore[union-attr]
+        batch = super().poll(max_messages, timeout)
+        self._polled += len(batch)
+        return batch
+
+
+def test_commit_answers_8_intervals_late_never_stall_the_loop_at_the_default_bound() -> None:
+    """One asynchronous commit in flight, each answered 8,000 messages after it went out:
+    unconfirmed work peaks at about two answers' worth (16 intervals), so the default bound
+    must leave room for it, or the loop stops for a synchronous commit every few thousand
+    messages (about 8 ms each on a real broker, a third of the no-store run's time)."""
+    source = SlowAnswerSource({"t": [values(60_000)]}, answer_after=8_000)
+    recorder = Recorder()
+    loop = make_loop(source, recorder, every_messages=1_000, batch_size=500)
+    loop.start()
+    for _ in range(200):
+        loop.run_once()
+    assert len(recorder.seen) == 60_000
+    assert len(source.commits) > 5
+    assert [offsets for offsets, asynchronous in source.commits if not asynchronous] == []
 
 
 def test_unconfirmed_work_is_confirmed_with_one_synchronous_commit_not_a_stall() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,21 +52,24 @@ def test_three_processes_on_one_sqlite_file_survive_rebalances_during_long_batch
                 return 0
 
         def state() -> str:
-            return " | ".join(f"{n}: {'up' if m.alive() else m.log_tail(5)}"
-                              for n, m in members.items() if m.process is not None)
+            return f"{applied()} applied; " + " | ".join(
+                f"{n}: {'up' if m.alive() else 'exited'}, log: {m.log_tail(8)}"
+                for n, m in members.items() if m.process is not None)
 
         codes: dict[str, int] = {}
         try:
             members["a"].start()
             members["b"].start()
-            wait_for(lambda: all(members[n].owned_partitions() for n in "ab")
-                     and applied() > 0, timeout=90, what=f"a and b at work ({state()})")
+            with _telling(state):
+                wait_for(lambda: all(members[n].owned_partitions() for n in "ab")
+                         and applied() > 0, timeout=90, what="a and b at work")
             with _long_transaction(store.url.removeprefix("sqlite:///")):
                 members["a"].signal(signal.SIGTERM)
                 members["c"].start()
                 time.sleep(LONG_BATCH)  # the transaction's own work
             codes["a"] = members["a"].wait(timeout=60)
-            until_applied(store, ledger, timeout=240, what=f"every event ({state()})")
+            with _telling(state):
+                until_applied(store, ledger, timeout=240, what="every event")
             for name in ("b", "c"):
                 members[name].signal(signal.SIGTERM)
             codes.update({name: members[name].wait(timeout=60) for name in ("b", "c")})
@@ -76,6 +79,15 @@ def test_three_processes_on_one_sqlite_file_survive_rebalances_during_long_batch
         assert codes == {"a": 0, "b": 0, "c": 0}, state()
         verdict = check(store, ledger, group)
         assert verdict.exact, verdict
+
+
+@contextmanager
+def _telling(state: Callable[[], str]) -> Iterator[None]:
+    """A wait that fails says what the members were doing at its deadline, not at its start."""
+    try:
+        yield
+    except AssertionError as error:
+        raise AssertionError(f"{error}; {state()}") from None
 
 
 @contextmanager

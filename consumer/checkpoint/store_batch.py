@@ -148,12 +148,10 @@ class StoreCheckpoint:
                     for tp, offset in watermarks.items()]
             if one_by_one:  # the optimistic run moves every partition it holds
                 rows += self._unmoved_rows(watermarks)
-            fenced = store.write_checkpoints(self._group, rows, self._now())
+            # 4. commit the store, with the rows (a server store sends both at once)
+            fenced = store.close_batch(self._group, rows, self._now())
             if fenced:
                 raise Fenced(self._group, fenced)
-
-            # 4. commit the store
-            store.commit()
         except BaseException:
             _rollback_quietly(store)
             raise

@@ -251,6 +251,16 @@ class Store(abc.ABC):
         self.begin()
         return self.claim(group, claims, now)
 
+    def close_batch(self, group: str, rows: Sequence[CheckpointRow], now: float) -> list[TP]:
+        """:meth:`write_checkpoints` and, if every row moved, :meth:`commit`, in one step,
+        which a store on a server may send in one round trip. Returns the fenced partitions,
+        with nothing committed: the caller rolls the batch back (as it does when this raises,
+        OffsetWentBackwards included)."""
+        fenced = self.write_checkpoints(group, rows, now)
+        if not fenced:
+            self.commit()
+        return fenced
+
     @abc.abstractmethod
     def commit(self) -> None: ...
 

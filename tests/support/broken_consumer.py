@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MethodType
 
 from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.cli import main
@@ -74,6 +75,7 @@ def _no_fence() -> None:
 
     for cls in _store_classes():
         cls.write_checkpoints = write_checkpoints  # type: ignore[method-assign]
+        _close_with_rows(cls)
 
 
 def _effects_commit_alone() -> None:
@@ -128,10 +130,12 @@ def _kafka_before_store() -> None:
             commit_store()
 
         store.commit = commit  # type: ignore[method-assign]
+        # the rows and the commit as separate steps, so the commit above is the one called
+        store.close_batch = MethodType(Store.close_batch, store)  # type: ignore[method-assign]
         try:
             return original(self)
         finally:
-            del store.commit
+            del store.commit, store.close_batch
 
     def resolve(self: StoreMode, tp: TP, stored: int | None,
                 kafka: tuple[int | None, str | None]) -> int | None:
@@ -159,6 +163,12 @@ def _open_with_claim(cls: type[Store]) -> None:
     """A batch opens with the class's own (broken) claim, not in the PostgreSQL store's
     pipeline, which sends its claim without calling it."""
     cls.open_batch = Store.open_batch  # type: ignore[method-assign]
+
+
+def _close_with_rows(cls: type[Store]) -> None:
+    """A batch closes with the class's own (broken) rows, not in the PostgreSQL store's
+    pipeline, which sends its rows without calling it."""
+    cls.close_batch = Store.close_batch  # type: ignore[method-assign]
 
 
 def break_consumer(variant: str) -> None:

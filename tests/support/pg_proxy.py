@@ -4,12 +4,13 @@ out, so the client never hears whether it landed.
 It reads the client->server stream as PostgreSQL protocol messages (one type byte and a
 length, after the untyped start-up messages) and forwards them. A transaction that moves a
 checkpoint row (an ``UPDATE consumer_checkpoints``) is a checkpoint batch; its
-COMMIT (a simple ``Query``: psycopg sends a statement without parameters that way) is counted,
-and every ``cut_every``-th one, up to ``max_cuts``, is followed by dropping the connection on
-both sides. Alternately the COMMIT is forwarded first (it lands: the batch is committed while
-the client sees a broken connection) or withheld (the server sees the client vanish and rolls
-back); the client cannot tell which. ``landed`` and ``withheld`` count each kind. Threads and
-sockets only, loopback only, bounded in connections.
+COMMIT is counted, whether a simple ``Query`` (psycopg sends a statement without parameters
+that way) or a ``Parse`` in a pipeline behind the row update (then its ``Bind``, ``Execute``
+and the pipeline's ``Sync`` follow), and every ``cut_every``-th one, up to ``max_cuts``, is
+followed by dropping the connection on both sides. Alternately the COMMIT is forwarded first
+(it lands: the batch is committed while the client sees a broken connection) or withheld (the
+server sees the client vanish and rolls back); the client cannot tell which. ``landed`` and
+``withheld`` count each kind. Threads and sockets only, loopback only, bounded in connections.
 
 Connect through it with ``sslmode=disable`` (see :func:`proxied_url`): an encrypted stream
 cannot be read.
@@ -23,6 +24,11 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
+
+#: How a checkpoint batch's row update begins: alone (a simple or extended query), or guarded
+#: so that a COMMIT pipelined behind it is skipped when a row is fenced.
+_CHECKPOINT_UPDATES = (b"UPDATE CONSUMER_CHECKPOINTS",
+                       b"WITH MOVED AS (UPDATE CONSUMER_CHECKPOINTS")
 
 #: Untyped start-up requests after which the client sends another untyped message.
 _SSL_REQUEST, _GSSENC_REQUEST = 80877103, 80877104
@@ -126,6 +132,7 @@ class CommitCutProxy:
     def _client_to_server(self, client: socket.socket, server: socket.socket) -> None:
         stream = _MessageStream()
         in_batch = False
+        cut_after_sync = False  # a pipelined COMMIT that lands: cut once its Sync is sent
         try:
             while chunk := client.recv(65536):
                 # One send per chunk, as the client wrote it: a send per message would meet
@@ -133,17 +140,23 @@ class CommitCutProxy:
                 out = bytearray()
                 for kind, message in stream.feed(chunk):
                     statement = _statement(message) if kind in (b"Q", b"P") else b""
-                    if statement.startswith(b"UPDATE CONSUMER_CHECKPOINTS"):
+                    if statement.startswith(_CHECKPOINT_UPDATES):
                         in_batch = True
-                    if kind == b"Q" and statement in (b"COMMIT", b"ROLLBACK") and in_batch:
+                    if kind in (b"Q", b"P") and statement in (b"COMMIT", b"ROLLBACK") \
+                            and in_batch:
                         in_batch = False
                         cut = self._cut() if statement == b"COMMIT" else None
-                        if cut == "landed":
-                            out += message
-                        if cut is not None:
+                        if cut == "withheld":
                             server.sendall(out)
                             return
+                        if cut == "landed" and kind == b"Q":
+                            server.sendall(out + message)
+                            return
+                        cut_after_sync = cut == "landed"  # extended: its Bind, Execute, Sync
                     out += message
+                    if kind == b"S" and cut_after_sync:
+                        server.sendall(out)
+                        return
                 server.sendall(out)
         except OSError:
             pass

@@ -276,6 +276,52 @@ class StoreContract:
         store.commit()
         assert store.checkpoints(G) == {P0: 11}
 
+    # --- closing a batch: its rows and its commit in one step ---------------------------------
+
+    def test_close_batch_commits_the_rows_with_the_batch(self, store: Store) -> None:
+        store.assign(G, [P0, P1], 1.0)
+        claim = Claim(bytes(range(16)), "t", 0, 9)
+        assert store.open_batch(G, [claim], 2.0) == {claim.key}
+        rows = [CheckpointRow("t", 0, 10, 1), CheckpointRow("t", 1, 3, 1)]
+        assert store.close_batch(G, rows, 2.0) == []
+        store.rollback()  # nothing is left open to roll back: the batch stands
+        assert store.checkpoints(G) == {P0: 10, P1: 3}
+        assert store.open_batch(G, [claim], 3.0) == set()
+        store.rollback()
+
+    def test_close_batch_with_a_fenced_row_commits_nothing_and_names_it(
+        self, backend: Backend, store: Store
+    ) -> None:
+        """P1 was assigned again by a newer owner: nothing of the batch commits (not its key,
+        not P0's row), P1 is reported fenced, and the next batch on the same store commits."""
+        store.assign(G, [P0, P1], 1.0)
+        backend.open().assign(G, [P1], 2.0)
+        claim = Claim(bytes(range(16)), "t", 0, 9)
+        assert store.open_batch(G, [claim], 3.0) == {claim.key}
+        rows = [CheckpointRow("t", 0, 10, 1), CheckpointRow("t", 1, 20, 1)]
+        assert store.close_batch(G, rows, 3.0) == [P1]
+        store.rollback()
+        assert store.checkpoints(G) == {P0: None, P1: None}
+        assert store.open_batch(G, [claim], 4.0) == {claim.key}
+        assert store.close_batch(G, [CheckpointRow("t", 0, 10, 1)], 4.0) == []
+        assert store.checkpoints(G) == {P0: 10, P1: None}
+
+    def test_close_batch_moving_a_row_backwards_raises_and_commits_nothing(
+        self, store: Store
+    ) -> None:
+        store.assign(G, [P0], 1.0)
+        store.begin()
+        store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0)
+        store.commit()
+        claim = Claim(bytes(range(16)), "t", 0, 39)
+        store.open_batch(G, [claim], 3.0)
+        with pytest.raises(OffsetWentBackwards):
+            store.close_batch(G, [CheckpointRow("t", 0, 40, 1)], 3.0)
+        store.rollback()
+        assert store.checkpoints(G) == {P0: 42}
+        assert store.open_batch(G, [claim], 4.0) == {claim.key}
+        store.rollback()
+
     def test_checkpoints_lists_the_rows_of_one_group(self, store: Store) -> None:
         store.assign(G, [P0, P1, ("u", 3)], 1.0)
         store.assign("group-b", [P0], 1.0)

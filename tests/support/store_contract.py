@@ -311,8 +311,7 @@ class StoreContract:
     ) -> None:
         store.assign(G, [P0], 1.0)
         store.begin()
-        store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0)
-        store.commit()
+        assert store.close_batch(G, [CheckpointRow("t", 0, 42, 1)], 2.0) == []
         claim = Claim(bytes(range(16)), "t", 0, 39)
         store.open_batch(G, [claim], 3.0)
         with pytest.raises(OffsetWentBackwards):

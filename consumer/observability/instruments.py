@@ -36,9 +36,13 @@ from consumer.store import (
     Store,
 )
 
-#: The store operations timed, in the order a checkpoint batch runs them.
-STORE_OPERATIONS = ("assign", "begin", "claim", "unclaim", "write_checkpoints", "commit",
-                    "rollback")
+#: The store operations timed, in the order a checkpoint batch runs them. A batch opens
+#: (BEGIN and its claim) and closes (its checkpoint rows and COMMIT) in one step each, which
+#: PostgreSQL sends in one round trip each; ``begin``, ``claim``, ``write_checkpoints`` and
+#: ``commit`` are the steps of the other paths (a batch run again message by message, a
+#: transaction per message, assignments).
+STORE_OPERATIONS = ("assign", "open_batch", "begin", "claim", "unclaim", "write_checkpoints",
+                    "close_batch", "commit", "rollback")
 
 T = TypeVar("T")
 
@@ -173,6 +177,14 @@ class TimedStore(Store):
         self._instruments.claimed(claims, new_keys)
         return new_keys
 
+    def open_batch(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+        """The store's own one step (timed as one operation), not :meth:`begin` and
+        :meth:`claim` here: a server store sends it in one round trip."""
+        new_keys = self._timed("open_batch",
+                               lambda: self._store.open_batch(group, claims, now))
+        self._instruments.claimed(claims, new_keys)
+        return new_keys
+
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
         self._timed("unclaim", lambda: self._store.unclaim(group, keys))
 
@@ -189,6 +201,10 @@ class TimedStore(Store):
                           now: float) -> list[TP]:
         return self._timed("write_checkpoints",
                            lambda: self._store.write_checkpoints(group, rows, now))
+
+    def close_batch(self, group: str, rows: Sequence[CheckpointRow], now: float) -> list[TP]:
+        """The store's own one step, as :meth:`open_batch`."""
+        return self._timed("close_batch", lambda: self._store.close_batch(group, rows, now))
 
     def commit(self) -> None:
         self._timed("commit", self._store.commit)

@@ -7,15 +7,17 @@ age is simply the clock's reading.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from consumer.clock import ManualClock
 from consumer.errors import HandlerFailed, KafkaError, StoreUnavailable
-from consumer.message import Context, Message
+from consumer.message import TP, Context, Message
 from consumer.observability.instruments import Instruments
 from consumer.observability.metrics import METRICS
+from consumer.store import CheckpointRow, Claim
 from consumer.store.postgres import PostgresStore
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemorySource
@@ -416,12 +418,41 @@ def test_store_mode_lag_seconds_counts_the_pending_batch_and_store_metrics_count
     assert m.partition_value("consumer_partition_lag_seconds", 0) == 0
     assert m.value("consumer_dedup_lookups_total", topic="t", result="miss") == 5
     assert m.value("consumer_dedup_lookups_total", topic="t", result="hit") == 0
-    for operation in ("begin", "claim", "write_checkpoints", "commit", "assign"):
+    for operation in ("open_batch", "close_batch", "assign"):
         assert m.histogram("consumer_store_duration_seconds", operation=operation)[0] == 1
         assert m.value("consumer_store_errors_total", operation=operation) == 0
     assert m.histogram("consumer_message_age_seconds", topic="t") == (5, 25)
     assert m.histogram("consumer_handler_duration_seconds", topic="t",
                        outcome="success")[0] == 5
+
+
+def test_with_metrics_a_batch_opens_and_closes_in_the_stores_own_steps() -> None:
+    """The timed store hands a batch's opening and closing to the store itself (where a
+    server store sends each in one round trip), not to its own begin, claim, rows and commit."""
+    calls: list[str] = []
+
+    class OneStep(SQLiteStore):
+        def open_batch(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+            calls.append("open_batch")
+            return super().open_batch(group, claims, now)
+
+        def close_batch(self, group: str, rows: Sequence[CheckpointRow],
+                        now: float) -> list[TP]:
+            calls.append("close_batch")
+            return super().close_batch(group, rows, now)
+
+    instruments = Instruments(now=ManualClock().monotonic)
+    store = instruments.store(OneStep(":memory:"))
+    store.ensure_schema("g")
+    store.assign("g", [("t", 0)], 1.0)
+    claim = Claim(bytes(16), "t", 0, 4)
+    assert store.open_batch("g", [claim], 2.0) == {claim.key}
+    assert store.close_batch("g", [CheckpointRow("t", 0, 5, 1)], 2.0) == []
+    assert calls == ["open_batch", "close_batch"]
+    assert store.checkpoints("g") == {("t", 0): 5}
+    assert (instruments.store_duration["open_batch"].count,
+            instruments.store_duration["close_batch"].count) == (1, 1)
+    assert instruments.store_duration["begin"].count == 0
 
 
 def test_a_failing_store_operation_is_counted_by_operation() -> None:

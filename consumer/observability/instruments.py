@@ -37,8 +37,8 @@ from consumer.store import (
 )
 
 #: The store operations timed, in the order a checkpoint batch runs them. A batch opens
-#: (BEGIN and its claim) and closes (its checkpoint rows and COMMIT) in one step each, which
-#: PostgreSQL sends in one round trip each; ``begin``, ``claim``, ``write_checkpoints`` and
+#: (BEGIN and its claim) and closes (its checkpoint rows and COMMIT) in one step each, the
+#: closing one round trip on PostgreSQL; ``begin``, ``claim``, ``write_checkpoints`` and
 #: ``commit`` are the steps of the other paths (a batch run again message by message, a
 #: transaction per message, assignments).
 STORE_OPERATIONS = ("assign", "open_batch", "begin", "claim", "unclaim", "write_checkpoints",
@@ -179,7 +179,7 @@ class TimedStore(Store):
 
     def open_batch(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
         """The store's own one step (timed as one operation), not :meth:`begin` and
-        :meth:`claim` here: a server store sends it in one round trip."""
+        :meth:`claim` here: a store may do it its own way."""
         new_keys = self._timed("open_batch",
                                lambda: self._store.open_batch(group, claims, now))
         self._instruments.claimed(claims, new_keys)

@@ -244,10 +244,13 @@ class Store(abc.ABC):
         OffsetWentBackwards, and the caller rolls the batch back."""
 
     def open_batch(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
-        """:meth:`begin` and :meth:`claim` in one step, which a store on a server may send in
-        one round trip. (The checkpoint rows are not written here, before the handlers: a row
-        lock held while the handlers run would make a new owner's assignment, which moves the
-        row's epoch, wait for a frozen zombie's transaction to end.)"""
+        """:meth:`begin` and :meth:`claim` in one step. (The checkpoint rows are not written
+        here, before the handlers: a row lock held while the handlers run would make a new
+        owner's assignment, which moves the row's epoch, wait for a frozen zombie's transaction
+        to end. Nor does PostgreSQL send BEGIN and the claim in one pipeline, as it did: a
+        member frozen after that pipeline kept its transaction past
+        ``idle_in_transaction_session_timeout``, so the new owner waited for it without end;
+        see test_frozen_zombie_costs_the_new_owner_at_most_the_idle_bound.)"""
         self.begin()
         return self.claim(group, claims, now)
 

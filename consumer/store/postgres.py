@@ -470,23 +470,6 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                 unmovable.append(row)
         return unmovable
 
-    def open_batch(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
-        """Where every key goes to runs (ordered coordinates keys in a store that keeps runs:
-        the common case), BEGIN and the runs' INSERT go in one pipeline: one round trip
-        instead of two. Otherwise one step after the other (a plain claim may have to start
-        the transaction again, see :meth:`_claim_keys`)."""
-        runs, others = key_runs.split(claims, self._coordinates_keys)
-        if others or not runs:
-            self.begin()
-            return self._claim_split(group, runs, others, now)
-        with self._errors():
-            db = self._db
-            self._in_batch = True
-            with db.pipeline():
-                db.execute("BEGIN")
-                inserted = postgres_runs.insert(db.execute, group, now, runs)
-            return postgres_runs.claimed(db.execute, group, now, runs, inserted.fetchall())
-
     def commit(self) -> None:
         try:
             with self._errors():

@@ -432,13 +432,13 @@ class PostgresStore(key_runs.KeepsRuns, Store):
     def close_batch(self, group: str, rows: Sequence[CheckpointRow], now: float) -> list[TP]:
         """The rows' UPDATE and COMMIT in one pipeline: one round trip instead of two. The
         UPDATE fails unless every row moved (:data:`MOVE_EVERY_ROW`), so the COMMIT behind
-        it is skipped; the batch is rolled back here and the refused rows are read to tell
-        fenced from backwards, as :meth:`write_checkpoints` does."""
+        it is skipped; the batch is rolled back here, and :meth:`write_checkpoints`, in a
+        transaction rolled back at once, tells which rows were fenced (or raises for one
+        going backwards)."""
         if not rows:
             self.commit()
             return []
         distinct = len({(r.topic, r.partition) for r in rows})
-        refused = False
         try:
             with self._errors():
                 db = self._db
@@ -446,29 +446,16 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                     with db.pipeline():
                         db.execute(MOVE_EVERY_ROW, (*_rows_params(group, rows, now), distinct))
                         db.execute("COMMIT")
+                    return []
                 except psycopg.errors.DivisionByZero:
-                    refused = True
                     db.execute("ROLLBACK")
-                if refused:
-                    return self._refused(group, self._unmovable(group, rows))
-                return []
+                db.execute("BEGIN")
+                try:
+                    return self.write_checkpoints(group, rows, now)
+                finally:
+                    db.execute("ROLLBACK")
         finally:
             self._in_batch = False
-
-    def _unmovable(self, group: str, rows: Sequence[CheckpointRow]) -> list[CheckpointRow]:
-        """The rows :data:`MOVE_ROWS` would not move now: another epoch, no row, or a higher
-        offset stored."""
-        found = {(topic, partition): (offset, epoch) for topic, partition, offset, epoch in
-                 self._db.execute(
-                     "SELECT topic, partition, next_offset, epoch FROM consumer_checkpoints "
-                     "WHERE group_id = %s AND topic = ANY(%s)",
-                     (group, list({r.topic for r in rows}))).fetchall()}
-        unmovable = []
-        for row in rows:
-            offset, epoch = found.get((row.topic, row.partition), (None, None))
-            if epoch != row.epoch or (offset is not None and offset > row.next_offset):
-                unmovable.append(row)
-        return unmovable
 
     def commit(self) -> None:
         try:

@@ -66,38 +66,32 @@ Execute = Callable[[str, Sequence[Any]], Any]
 
 def claim(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> set[bytes]:
     """Insert the runs; return their keys that were new. A run that overlaps a row (processed
-    or claimed by another session, which is waited for) is claimed again one key at a time."""
-    return claimed(execute, group, now, runs, insert(execute, group, now, runs).fetchall())
-
-
-def insert(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> Any:
-    """Send :data:`INSERT_RUNS` for the runs; its cursor returns the runs inserted (read them
-    with :func:`claimed`). In pipeline mode, the statement waits in the pipeline."""
-    # In key order: two writers claiming overlapping keys never wait for each other in a cycle.
-    ordered = sorted(runs, key=lambda run: (run.head, run.low))
-    return execute(INSERT_RUNS, (
-        group, now, [r.head for r in ordered], [r.low for r in ordered],
-        [r.high for r in ordered], [r.topic for r in ordered], [r.partition for r in ordered],
-        [r.first_offset for r in ordered]))
-
-
-def claimed(execute: Execute, group: str, now: float, runs: Sequence[Run],
-            inserted_rows: Sequence[Sequence[Any]]) -> set[bytes]:
-    """The runs' new keys, given the rows :func:`insert` returned: a refused run's keys are
-    claimed again one at a time (a second statement)."""
+    or claimed by another session, which is waited for) is claimed again one key at a time
+    (a second statement)."""
     new: set[bytes] = set()
     refused: list[Run] = []
-    inserted = _ranges(inserted_rows)
+    inserted = _insert(execute, group, now, runs)
     for run in runs:
         if (run.head, run.low, run.high) in inserted:
             new.update(run.keys)
         else:
             refused.extend(run.singles())
     if refused:
-        inserted = _ranges(insert(execute, group, now, refused).fetchall())
+        inserted = _insert(execute, group, now, refused)
         new.update(single.keys[0] for single in refused
                    if (single.head, single.low, single.high) in inserted)
     return new
+
+
+def _insert(execute: Execute, group: str, now: float,
+            runs: Sequence[Run]) -> set[tuple[bytes, int, int]]:
+    """:data:`INSERT_RUNS` for the runs; the (head, low, high) of those inserted."""
+    # In key order: two writers claiming overlapping keys never wait for each other in a cycle.
+    ordered = sorted(runs, key=lambda run: (run.head, run.low))
+    return _ranges(execute(INSERT_RUNS, (
+        group, now, [r.head for r in ordered], [r.low for r in ordered],
+        [r.high for r in ordered], [r.topic for r in ordered], [r.partition for r in ordered],
+        [r.first_offset for r in ordered])).fetchall())
 
 
 def one_values(group: str, claim: Claim, now: float) -> tuple[Any, ...]:

@@ -155,7 +155,7 @@ def test_without_btree_gist_a_new_store_keeps_a_row_per_key(
 
 def test_a_batch_opening_on_a_connection_the_server_ended_is_unavailable_then_opens_again(
         store: PostgresStore, postgres_dsn: str) -> None:
-    """The pipeline (BEGIN and the runs' INSERT) meets a dropped connection: StoreUnavailable
+    """Opening a batch (BEGIN and the runs' INSERT) meets a dropped connection: StoreUnavailable
     (the loop retries the batch), nothing written; the retry opens the batch on a new
     connection."""
     with psycopg.connect(postgres_dsn, autocommit=True) as admin:
@@ -171,10 +171,9 @@ def test_a_batch_opening_on_a_connection_the_server_ended_is_unavailable_then_op
 
 def test_a_batch_opening_that_waits_out_the_lock_timeout_is_unavailable_then_opens_again(
         database: StoreUnderTest) -> None:
-    """The pipeline's claim meets a run another session holds uncommitted: after the lock
-    timeout, StoreUnavailable (the loop rolls back and retries); once the holder rolled back,
-    the same store opens batches again, twice. (After a pipeline that ended in a lock timeout,
-    psycopg once failed the connection's next pipeline: `pop from an empty deque`.)"""
+    """The opening batch's claim meets a run another session holds uncommitted: after the
+    lock timeout, StoreUnavailable (the loop rolls back and retries); once the holder rolled
+    back, the same store opens batches again, twice."""
     holder = opened(database)
     waiting = PostgresStore(database.url, connect_timeout=5,
                             session=PostgresSession(lock_timeout=0.5))

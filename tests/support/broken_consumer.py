@@ -59,7 +59,6 @@ def _no_keys() -> None:
     for cls in _store_classes():
         cls.claim = claim  # type: ignore[method-assign]
         cls.unclaim = lambda self, group, keys: None  # type: ignore[method-assign]
-        _open_with_claim(cls)
 
 
 def _no_fence() -> None:
@@ -156,13 +155,6 @@ def _keys_apart() -> None:
             return new
 
         cls.claim = claim  # type: ignore[method-assign]
-        _open_with_claim(cls)
-
-
-def _open_with_claim(cls: type[Store]) -> None:
-    """A batch opens with the class's own (broken) claim, not in the PostgreSQL store's
-    pipeline, which sends its claim without calling it."""
-    cls.open_batch = Store.open_batch  # type: ignore[method-assign]
 
 
 def _close_with_rows(cls: type[Store]) -> None:

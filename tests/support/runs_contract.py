@@ -142,7 +142,7 @@ class RunsContract:
         assert store.purge_processed_keys(G, older_than=1_000.0, limit=1_000) == 0
 
 
-    # --- a batch opened in one step (Store.open_batch: PostgreSQL's pipeline) ----------------
+    # --- a batch opened in one step (Store.open_batch) -----------------------------------------
 
     def test_a_batch_opens_with_its_new_keys_in_its_transaction(self, store: Store) -> None:
         positions = store.assign(G, [T0, T1], 1.0)

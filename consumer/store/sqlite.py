@@ -15,6 +15,7 @@ error a handler raised apart from a failure of its message. One connection, one 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -115,6 +116,35 @@ def is_transient(error: BaseException) -> bool:
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
+#: First and longest pause between attempts to switch a file to WAL (seconds).
+WAL_SWITCH_PAUSE = (0.005, 0.1)
+
+
+def _use_wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode, which persists in it: ask first and switch only a file not in
+    WAL yet. The switch needs the file to itself, and SQLite fails it at once ("database is
+    locked") instead of waiting on the busy handler when another connection is opening the same
+    new file at that moment, so it is tried again, pausing between attempts, for up to the busy
+    timeout; after that the last error stands."""
+    deadline = time.monotonic() + timeout
+    pause, longest = WAL_SWITCH_PAUSE
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as error:
+            if not is_transient(error) or time.monotonic() + pause > deadline:
+                raise
+        else:
+            raise sqlite3.OperationalError(
+                "SQLite would not put the file in WAL journal mode (a file system without "
+                "shared memory, such as a network share?)")
+        time.sleep(pause)
+        pause = min(pause * 2, longest)
+
+
 class SQLiteStore(Store):
     dialect = "sqlite"
     schema_version = SQLITE_SCHEMA_VERSION
@@ -126,7 +156,8 @@ class SQLiteStore(Store):
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            if path != ":memory:":
+                _use_wal(self._db, busy_timeout_ms / 1000)
             self._db.execute(f"PRAGMA synchronous = {synchronous}")
             self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as error:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
 
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
-from consumer.dedup import KeyFunction
+from consumer.dedup import KeyFunction, KeyStretch
 from consumer.errors import (
     DedupKeyFailed,
     Fenced,
@@ -33,7 +34,7 @@ from consumer.handler_call import TrialCalls, handler_calls
 from consumer.kafka.protocol import Source
 from consumer.message import TP, Context, Message, Scope
 from consumer.routing import Router
-from consumer.store import CheckpointRow, Claim, Store
+from consumer.store import CheckpointRow, Claim, ClaimBatch, Store
 
 log = logging.getLogger("consumer.checkpoint")
 
@@ -100,7 +101,9 @@ class StoreCheckpoint:
         self._group = group
         self._now = now
         self._failures = failures
-        self._scope = Scope(group, store=store)
+        #: Each route's: a context asks its key function for a key it was not given.
+        self._scopes = {topic: Scope(group, store=store, key_function=keys.get(topic))
+                        for topic in router.topics}
         self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
         #: Metrics on: each handler call is timed (consumer.handler_call).
         self._timer = instruments
@@ -168,13 +171,23 @@ class StoreCheckpoint:
         outcome.committed = self._commit_kafka()
         return outcome
 
-    def _claims(self) -> list[Claim | DedupKeyFailed | None]:
+    def _claims(self) -> _Claims:
         """Each message's claim, the error its dedup key function raised, or None for a
-        message already dead-lettered (done: no key, no handler). A topic's stretch of the
-        batch is keyed at once (:meth:`KeyFunction.keys`), unless a dead letter is pending
-        or a key fails: then message by message."""
+        message already dead-lettered (done: no key, no handler). A batch whose every
+        message is keyed by its ordered coordinates is a :class:`ClaimBatch` of stretches,
+        with no key made per message (:meth:`KeyFunction.stretches`); else a topic's stretch
+        of the batch is keyed at once (:meth:`KeyFunction.keys`), unless a dead letter is
+        pending or a key fails: then message by message."""
         if self._lettered:
             return self._claims_one_by_one(self._messages)
+        stretches: list[KeyStretch] = []
+        for topic, stretch in groupby(self._messages, key=_topic):
+            found = self._keys[topic].stretches(list(stretch))
+            if found is None:
+                break
+            stretches += found
+        else:
+            return ClaimBatch(stretches)
         claims: list[Claim | DedupKeyFailed | None] = []
         for topic, stretch in groupby(self._messages, key=_topic):
             messages = list(stretch)
@@ -201,11 +214,11 @@ class StoreCheckpoint:
                 append(error)
         return claims
 
-    def _claim(self, claims: list[Claim | DedupKeyFailed | None], *,
-               opening: bool = False) -> set[bytes]:
+    def _claim(self, claims: _Claims, *, opening: bool = False) -> AbstractSet[bytes]:
         """The new keys; ``_all_new`` says whether that is every claim's key, each once.
         ``opening``: the transaction begins with the claim (:meth:`Store.open_batch`)."""
-        batch = [c for c in claims if isinstance(c, Claim)]
+        batch = claims if isinstance(claims, ClaimBatch) else \
+            [c for c in claims if isinstance(c, Claim)]
         if opening:
             new = self._store.open_batch(self._group, batch, self._now())
         else:
@@ -213,8 +226,7 @@ class StoreCheckpoint:
         self._all_new = len(new) == len(batch)
         return new
 
-    def _apply_optimistically(self, claims: list[Claim | DedupKeyFailed | None],
-                              new_keys: set[bytes],
+    def _apply_optimistically(self, claims: _Claims, new_keys: AbstractSet[bytes],
                               outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Run the handlers of new messages; return each partition's new watermark and how
         many of its messages are done. Raises _HandlerRaised at the first failure: the
@@ -223,7 +235,7 @@ class StoreCheckpoint:
         """
         failures = self._failures
         checking = failures is not None and failures.checks_needed
-        scope = self._scope
+        scopes = self._scopes
         trial = TrialCalls(self._handlers, self._timer)  # timings kept if the batch succeeds
         calls = trial.calls
         progress = _Progress()
@@ -231,8 +243,10 @@ class StoreCheckpoint:
         # Every key new and none twice (the claim returned as many keys as it was given):
         # nothing to look up per message.
         fresh = self._all_new
+        if fresh and isinstance(claims, ClaimBatch):
+            return self._apply_stretches(claims, trial, checking, outcome)
         applied = duplicates = lettered = 0
-        for message, claim in zip(self._messages, claims, strict=True):
+        for message, claim in zip(self._messages, _per_message(claims), strict=True):
             if isinstance(claim, DedupKeyFailed):
                 raise _HandlerRaised from claim
             if claim is None:
@@ -244,7 +258,7 @@ class StoreCheckpoint:
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    calls[message.topic](message, Context(scope, message, key))
+                    calls[message.topic](message, Context(scopes[message.topic], message, key))
                 except Exception as error:
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
@@ -262,20 +276,52 @@ class StoreCheckpoint:
         outcome.dead_lettered = lettered
         return watermarks, counts
 
-    def _apply_one_by_one(self, claims: list[Claim | DedupKeyFailed | None],
-                          new_keys: set[bytes],
+    def _apply_stretches(self, batch: ClaimBatch, trial: TrialCalls, checking: bool,
+                         outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
+        """:meth:`_apply_optimistically` of a batch of stretches whose every key was new:
+        every message runs, a stretch at a time (the messages are in the stretches' order),
+        and a handler that asks for its key has it made then. Each partition's watermark is
+        the end of its last stretch."""
+        failures, messages = self._failures, self._messages
+        watermarks: dict[TP, int] = {}
+        counts: dict[TP, int] = {}
+        start = 0
+        for stretch in batch.stretches:
+            topic, size = stretch.topic, stretch.end - stretch.first
+            call, scope = trial.calls[topic], self._scopes[topic]
+            for message in messages[start:start + size]:
+                try:
+                    if checking:
+                        failures.check(message)  # type: ignore[union-attr]
+                    call(message, Context(scope, message))
+                except Exception as error:
+                    if self._transient(error):
+                        raise _store_unavailable(message, error) from error
+                    raise _HandlerRaised from error
+            start += size
+            tp = (topic, stretch.partition)
+            watermarks[tp] = stretch.end
+            counts[tp] = counts.get(tp, 0) + size
+        if checking:
+            for message in messages:
+                failures.succeeded(message)  # type: ignore[union-attr]
+        trial.keep()
+        outcome.applied, outcome.duplicates, outcome.dead_lettered = len(messages), 0, 0
+        return watermarks, counts
+
+    def _apply_one_by_one(self, claims: _Claims, new_keys: AbstractSet[bytes],
                           outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:
         """Like :meth:`_apply_optimistically`, with a savepoint per message, so a failing
         message rolls back alone and its failure policy decides what happens to it."""
         outcome.applied = outcome.duplicates = outcome.dead_lettered = 0
         store, group, failures = self._store, self._group, self._failures
-        scope, calls = self._scope, handler_calls(self._handlers, self._timer)
+        scopes, calls = self._scopes, handler_calls(self._handlers, self._timer)
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         stopped: set[TP] = set()
         release: list[bytes] = []
         applied_keys: set[bytes] = set()
-        for message, claim in zip(self._messages, claims, strict=True):
+        for message, claim in zip(self._messages, _per_message(claims), strict=True):
             tp = (message.topic, message.partition)
             key = claim.key if isinstance(claim, Claim) else None
             if tp in stopped:
@@ -298,7 +344,7 @@ class StoreCheckpoint:
                     raise claim  # the dedup key function raised
                 if failures is not None:
                     failures.check(message)
-                calls[message.topic](message, Context(scope, message, key))
+                calls[message.topic](message, Context(scopes[message.topic], message, key))
             except Exception as error:
                 if self._transient(error):
                     raise _store_unavailable(message, error) from error
@@ -353,8 +399,10 @@ class StoreCheckpoint:
         return {tp: offset for tp, offset in self._lettered.items()
                 if tp in self._partitions and tp not in held}
 
-    def _forget_letters(self, claims: list[Claim | DedupKeyFailed | None]) -> None:
+    def _forget_letters(self, claims: _Claims) -> None:
         """The dead-lettered messages this batch counted done are committed as such."""
+        if isinstance(claims, ClaimBatch):  # made with no letter pending
+            return
         for message, claim in zip(self._messages, claims, strict=True):
             if claim is None:
                 self._lettered.pop((message.topic, message.partition), None)
@@ -384,6 +432,15 @@ class StoreCheckpoint:
         except KafkaError:
             # Reported; the store holds the checkpoint, Kafka's copy only informs lag tools.
             return {}
+
+
+#: A batch's claims: a :class:`ClaimBatch`, or per message its claim, the error its dedup key
+#: function raised, or None (dead-lettered before).
+_Claims = ClaimBatch | list[Claim | DedupKeyFailed | None]
+
+
+def _per_message(claims: _Claims) -> Sequence[Claim | DedupKeyFailed | None]:
+    return claims.claims() if isinstance(claims, ClaimBatch) else claims
 
 
 def _transient_errors(dialect: str) -> Callable[[BaseException], bool]:

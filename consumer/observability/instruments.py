@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from consumer.errors import StoreError
@@ -30,6 +31,7 @@ from consumer.store import (
     AsyncMessageTransactions,
     CheckpointRow,
     Claim,
+    ClaimBatch,
     MessageTransactions,
     Position,
     SchemaUpgrade,
@@ -109,9 +111,13 @@ class Instruments:
         finally:
             self.store_duration[operation].observe(self.now() - start)
 
-    def claimed(self, claims: Sequence[Claim], new_keys: set[bytes]) -> None:
+    def claimed(self, claims: Sequence[Claim], new_keys: AbstractSet[bytes]) -> None:
         """Count dedup lookups: a key already processed is a hit, a new one a miss (a key
         repeated within the batch is a hit the second time)."""
+        if isinstance(claims, ClaimBatch) and len(new_keys) == len(claims):
+            for topic, count in claims.topic_counts().items():  # no key made to count them
+                self._count_lookups(topic, 0, count)
+            return
         topics = {claim.topic for claim in claims}
         if len(topics) == 1:
             topic = next(iter(topics))
@@ -172,12 +178,13 @@ class TimedStore(Store):
     def begin(self) -> None:
         self._timed("begin", self._store.begin)
 
-    def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+    def claim(self, group: str, claims: Sequence[Claim], now: float) -> AbstractSet[bytes]:
         new_keys = self._timed("claim", lambda: self._store.claim(group, claims, now))
         self._instruments.claimed(claims, new_keys)
         return new_keys
 
-    def open_batch(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+    def open_batch(self, group: str, claims: Sequence[Claim],
+                   now: float) -> AbstractSet[bytes]:
         """The store's own one step (timed as one operation), not :meth:`begin` and
         :meth:`claim` here: a store may do it its own way."""
         new_keys = self._timed("open_batch",

@@ -26,6 +26,7 @@ from consumer.store.base import (
     SchemaUpgrade,
     Store,
 )
+from consumer.store.claim_batch import ClaimBatch
 
 if TYPE_CHECKING:
     from consumer.settings import StoreSettings
@@ -85,6 +86,7 @@ __all__ = [
     "AsyncMessageTransactions",
     "CheckpointRow",
     "Claim",
+    "ClaimBatch",
     "MessageTransactions",
     "Position",
     "PostgresSession",

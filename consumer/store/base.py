@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -219,8 +220,11 @@ class Store(abc.ABC):
     def begin(self) -> None: ...
 
     @abc.abstractmethod
-    def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
-        """Insert the keys; return those that were new (not processed before)."""
+    def claim(self, group: str, claims: Sequence[Claim], now: float) -> AbstractSet[bytes]:
+        """Insert the keys; return those that were new (not processed before). ``claims`` may
+        be a :class:`consumer.store.claim_batch.ClaimBatch`: a store that keeps runs reads its
+        stretches, and answers an :class:`~consumer.store.claim_batch.EveryKey` when every key
+        was new."""
 
     @abc.abstractmethod
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
@@ -243,7 +247,8 @@ class Store(abc.ABC):
         move a row backwards: such a row (our epoch, a higher offset stored) raises
         OffsetWentBackwards, and the caller rolls the batch back."""
 
-    def open_batch(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+    def open_batch(self, group: str, claims: Sequence[Claim],
+                   now: float) -> AbstractSet[bytes]:
         """:meth:`begin` and :meth:`claim` in one step. (The checkpoint rows are not written
         here, before the handlers: a row lock held while the handlers run would make a new
         owner's assignment, which moves the row's epoch, wait for a frozen zombie's transaction

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from consumer.dedup import OrderedPrefixes
 from consumer.store.base import ORDERED_COORDINATES, RUN_COORDINATES, Claim
+from consumer.store.claim_batch import ClaimBatch
 
 _HEAD = 10  # bytes of topic and partition
 _KEY = 16
@@ -98,12 +99,17 @@ class Run:
     topic: str
     partition: int
     first_offset: int
-    keys: list[bytes]
+
+    def key_list(self, low: int | None = None, high: int | None = None) -> list[bytes]:
+        """The run's keys (those of key offsets ``low`` to ``high`` - 1 of it)."""
+        head = self.head
+        return [head + offset.to_bytes(6, "big")
+                for offset in range(self.low if low is None else low,
+                                    self.high if high is None else high)]
 
     def singles(self) -> list[Run]:
-        return [Run(self.head, self.low + step, self.low + step + 1, self.topic,
-                    self.partition, self.first_offset + step, [key])
-                for step, key in enumerate(self.keys)]
+        return [Run(self.head, low, low + 1, self.topic, self.partition,
+                    self.first_offset + low - self.low) for low in range(self.low, self.high)]
 
 
 def split(claims: Sequence[Claim], keys: CoordinatesKeys) -> tuple[list[Run], list[Claim]]:
@@ -120,15 +126,15 @@ def split(claims: Sequence[Claim], keys: CoordinatesKeys) -> tuple[list[Run], li
     open_runs: dict[bytes, Run] = {}
     prefixes: dict[str, bytes] = {}
     from_bytes = int.from_bytes
-    # The run in hand: the next key and offset that continue it, its partition, topic, keys.
+    # The run in hand: the next key and offset that continue it, its partition and topic.
     next_key = next_offset = partition = -1
     topic = ""
-    run_keys: list[bytes] = []
+    run = Run(b"", 0, 0, "", -1, -1)
     for claim in claims:
         key = claim.key
         if claim.offset == next_offset and from_bytes(key, "big") == next_key \
                 and claim.partition == partition and claim.topic == topic:
-            run_keys.append(key)
+            run.high += 1
             next_key += 1
             next_offset += 1
             continue
@@ -139,20 +145,34 @@ def split(claims: Sequence[Claim], keys: CoordinatesKeys) -> tuple[list[Run], li
             others.append(claim)
             continue
         head, low = key[:_HEAD], from_bytes(key[_HEAD:], "big")
-        run = open_runs.get(head)
-        if run is None or run.low + len(run.keys) != low or run.topic != claim.topic \
-                or run.partition != claim.partition \
-                or run.first_offset + len(run.keys) != claim.offset:
+        found = open_runs.get(head)
+        if found is not None and found.high == low and found.topic == claim.topic \
+                and found.partition == claim.partition \
+                and found.first_offset + (found.high - found.low) == claim.offset:
+            run = found
+        else:
             run = open_runs[head] = Run(head, low, low, claim.topic, claim.partition,
-                                        claim.offset, [])
+                                        claim.offset)
             runs.append(run)
-        run_keys, partition, topic = run.keys, run.partition, run.topic
-        run_keys.append(key)
+        run.high += 1
+        partition, topic = run.partition, run.topic
         next_key, next_offset = from_bytes(key, "big") + 1, claim.offset + 1
-    for run in runs:
-        run.high = run.low + len(run.keys)
     return runs, others
 
+
+def stretch_runs(batch: ClaimBatch, keys: CoordinatesKeys) -> list[Run] | None:
+    """The batch's stretches as runs, where the store keeps runs and names each stretch's topic
+    as the key functions did (else None: :func:`split` the claims, as an empty batch is)."""
+    if not keys.as_runs or not batch.stretches:
+        return None
+    runs = []
+    for stretch in batch.stretches:
+        if stretch.prefix != keys.prefix(stretch.topic):
+            return None
+        head = stretch.prefix + stretch.partition.to_bytes(2, "big")
+        runs.append(Run(head, stretch.first, stretch.end, stretch.topic, stretch.partition,
+                        stretch.first))
+    return runs
 
 
 def head_and_offset(key: bytes) -> tuple[bytes, int]:

@@ -32,6 +32,7 @@ One connection, one thread.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from typing import Any
 
@@ -59,6 +60,7 @@ from consumer.store.base import (
     Store,
     require_version,
 )
+from consumer.store.claim_batch import ClaimBatch, EveryKey
 from consumer.store.mariadb_session import (
     MariaDBConnection,
     MariaDBCursor,
@@ -254,14 +256,20 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             self._db.execute("START TRANSACTION")
         self._in_batch = True
 
-    def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+    def claim(self, group: str, claims: Sequence[Claim], now: float) -> AbstractSet[bytes]:
         """Claim the keys: the ordered coordinates keys as runs where the store keeps them
-        (consumer.store.mariadb_runs), the others with :meth:`_claim_keys`."""
+        (consumer.store.mariadb_runs), the others with :meth:`_claim_keys`. A batch of
+        stretches goes in as runs, and makes no key unless one was processed before."""
+        if isinstance(claims, ClaimBatch) and \
+                (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
+            with self._errors():
+                found = mariadb_runs.claim(self._db, group, now, runs)
+            return EveryKey(claims) if found is None else found
         runs, others = key_runs.split(claims, self._coordinates_keys)
         new = self._claim_keys(group, others, now)
         if runs:
             with self._errors():
-                new |= mariadb_runs.claim(self._db, group, now, runs)
+                new |= mariadb_runs.keys_of(runs, mariadb_runs.claim(self._db, group, now, runs))
         return new
 
     def _claim_keys(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:

@@ -55,12 +55,14 @@ class _Piece:
 
     @property
     def keys(self) -> list[bytes]:
-        return self.run.keys[self.first - self.run.low:self.last - self.run.low + 1]
+        return self.run.key_list(self.first, self.last + 1)
 
 
-def claim(db: MariaDBConnection, group: str, now: float, runs: Sequence[Run]) -> set[bytes]:
-    """Insert what no run covers yet of ``runs``; return those keys (the new ones). Inside
-    the batch's transaction."""
+def claim(db: MariaDBConnection, group: str, now: float,
+          runs: Sequence[Run]) -> set[bytes] | None:
+    """Insert what no run covers yet of ``runs``; return those keys (the new ones), or None
+    when that is every key of every run (nobody needs to make them). Inside the batch's
+    transaction."""
     g = db.escape(group)
     heads = sorted({run.head for run in runs})
     # 1. take the heads' turns, in head order (two batches never wait for each other in a cycle)
@@ -88,7 +90,16 @@ def claim(db: MariaDBConnection, group: str, now: float, runs: Sequence[Run]) ->
         f"({g},X'{p.run.head.hex()}',{p.first:d},{p.last:d},{topics[p.run.topic]},"
         f"{p.run.partition:d},{p.run.first_offset + p.first - p.run.low:d},"
         f"{p.run.first_offset + p.last - p.run.low:d},{n})" for p in pieces))
+    if len(pieces) == len(runs) and all(piece.first == piece.run.low
+                                        and piece.last == piece.run.high - 1
+                                        for piece in pieces):
+        return None
     return {key for piece in pieces for key in piece.keys}
+
+
+def keys_of(runs: Sequence[Run], new: set[bytes] | None) -> set[bytes]:
+    """What :func:`claim` found new, as keys."""
+    return new if new is not None else {key for run in runs for key in run.key_list()}
 
 
 def unclaim(db: MariaDBConnection, group: str, keys: Iterable[bytes]) -> None:

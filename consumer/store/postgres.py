@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,6 +42,7 @@ from consumer.store.base import (
     Store,
     require_version,
 )
+from consumer.store.claim_batch import ClaimBatch, EveryKey
 
 SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL,
@@ -336,20 +338,23 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         self._in_batch = True
         self._batch_empty = True
 
-    def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+    def claim(self, group: str, claims: Sequence[Claim], now: float) -> AbstractSet[bytes]:
         """Claim the keys: the ordered coordinates keys as runs where the store keeps them
         (after the other keys, whose claim may start the transaction again), the others
-        with :meth:`_claim_keys`."""
+        with :meth:`_claim_keys`. A batch of stretches goes in as runs, and makes no key
+        unless one was processed before."""
+        if isinstance(claims, ClaimBatch) and \
+                (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
+            with self._errors():
+                new = postgres_runs.claim(self._db.execute, group, now, runs)
+            return EveryKey(claims) if new is None else new
         runs, others = key_runs.split(claims, self._coordinates_keys)
-        return self._claim_split(group, runs, others, now)
-
-    def _claim_split(self, group: str, runs: Sequence[key_runs.Run], others: Sequence[Claim],
-                     now: float) -> set[bytes]:
-        new = self._claim_keys(group, others, now)
+        found = self._claim_keys(group, others, now)
         if runs:
             with self._errors():
-                new |= postgres_runs.claim(self._db.execute, group, now, runs)
-        return new
+                found |= postgres_runs.keys_of(
+                    runs, postgres_runs.claim(self._db.execute, group, now, runs))
+        return found
 
     def _claim_keys(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
         """Claim the keys with one statement. ``ON CONFLICT DO NOTHING`` costs the server a
@@ -401,7 +406,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         if run is None:
             return
         low, high, topic, partition, first_offset, at = run
-        pieces = [key_runs.Run(head, lo, hi, topic, partition, first_offset + lo - low, [])
+        pieces = [key_runs.Run(head, lo, hi, topic, partition, first_offset + lo - low)
                   for lo, hi in ((low, offset), (offset + 1, high)) if hi > lo]
         if pieces:  # the rest of the run, in what this transaction held: never refused
             postgres_runs.claim(self._db.execute, group, at, pieces)

@@ -169,7 +169,8 @@ class PostgresTransactions:
                     rows = conn.execute(CLAIM_MANY, claim_values(group, now, others)).fetchall()
                     new.update(bytes(row[0]) for row in rows)
                 if runs:
-                    new |= postgres_runs.claim(conn.execute, group, now, runs)
+                    new |= postgres_runs.keys_of(
+                        runs, postgres_runs.claim(conn.execute, group, now, runs))
         except StoreError as error:
             return None, error
         # 2. the works of the new keys (a key twice in the batch: its first message)

@@ -64,23 +64,30 @@ INSERT_ONE = """INSERT INTO consumer_processed_runs
 Execute = Callable[[str, Sequence[Any]], Any]
 
 
-def claim(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> set[bytes]:
-    """Insert the runs; return their keys that were new. A run that overlaps a row (processed
-    or claimed by another session, which is waited for) is claimed again one key at a time
-    (a second statement)."""
+def claim(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> set[bytes] | None:
+    """Insert the runs; return their keys that were new, or None when every run went in whole
+    (each of their keys is new: nobody needs to make them). A run that overlaps a row
+    (processed or claimed by another session, which is waited for) is claimed again one key
+    at a time (a second statement)."""
+    inserted = _insert(execute, group, now, runs)
+    if len(inserted) == len(runs):
+        return None
     new: set[bytes] = set()
     refused: list[Run] = []
-    inserted = _insert(execute, group, now, runs)
     for run in runs:
         if (run.head, run.low, run.high) in inserted:
-            new.update(run.keys)
+            new.update(run.key_list())
         else:
             refused.extend(run.singles())
-    if refused:
-        inserted = _insert(execute, group, now, refused)
-        new.update(single.keys[0] for single in refused
-                   if (single.head, single.low, single.high) in inserted)
+    inserted = _insert(execute, group, now, refused)
+    new.update(single.key_list()[0] for single in refused
+               if (single.head, single.low, single.high) in inserted)
     return new
+
+
+def keys_of(runs: Sequence[Run], new: set[bytes] | None) -> set[bytes]:
+    """What :func:`claim` found new, as keys."""
+    return new if new is not None else {key for run in runs for key in run.key_list()}
 
 
 def _insert(execute: Execute, group: str, now: float,

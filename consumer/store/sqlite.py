@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,6 +39,7 @@ from consumer.store.base import (
     Store,
     require_version,
 )
+from consumer.store.claim_batch import ClaimBatch, EveryKey
 from consumer.store.sqlite_turns import WriterTurns
 
 #: One processed key, only if it is new (the row count says which): neither in the table nor
@@ -143,6 +145,30 @@ def _use_wal(db: sqlite3.Connection, timeout: float) -> None:
                 "shared memory, such as a network share?)")
         time.sleep(pause)
         pause = min(pause * 2, longest)
+
+
+def _runs_and_singles(group: str, claims: Sequence[Claim], now: float
+                      ) -> tuple[list[tuple[Any, ...]], list[Claim]]:
+    """The batch's runs (the parameters of :data:`sqlite_runs.INSERT_RUN` each) and the claims
+    in none: a stretch of a :class:`ClaimBatch` is a run as it is."""
+    runs: list[tuple[Any, ...]] = []
+    if isinstance(claims, ClaimBatch):
+        singles: list[Claim] = []
+        for stretch in claims.stretches:
+            first, last = stretch.first, stretch.end - 1
+            if last - first + 1 >= sqlite_runs.MIN_RUN:
+                runs.append((group, stretch.key(first), stretch.key(last), stretch.topic,
+                             stretch.partition, first, last, now))
+            else:
+                singles.append(Claim(stretch.key(first), stretch.topic, stretch.partition,
+                                     first))
+        return runs, singles
+    found, singles = sqlite_runs.split(claims)
+    for run in found:
+        head, tail = claims[run.first], claims[run.last]
+        runs.append((group, head.key, tail.key, head.topic, head.partition, head.offset,
+                     tail.offset, now))
+    return runs, singles
 
 
 class SQLiteStore(Store):
@@ -290,16 +316,19 @@ class SQLiteStore(Store):
         with _translated(self._path):
             self._begin_immediate()
 
-    def claim(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+    def claim(self, group: str, claims: Sequence[Claim], now: float) -> AbstractSet[bytes]:
         """A batch almost never holds a processed key: its runs go in one row each and its
         other keys with a plain ``INSERT`` each (:data:`CLAIM_NEW_KEY`). If one was processed
         before, the rows this claim wrote are deleted again and each key goes in alone with
         ``ON CONFLICT DO NOTHING``, its row count saying whether it is new; so do the next
-        batches' claims for a while (:class:`ConflictBackoff`)."""
+        batches' claims for a while (:class:`ConflictBackoff`). A batch of stretches
+        (:class:`ClaimBatch`) makes no key unless one was processed before."""
         with _translated(self._path):
             if claims and self._claims_with_conflicts.plain_due():
                 if self._insert_new_keys(group, claims, now):
                     self._claims_with_conflicts.plain_succeeded()
+                    if isinstance(claims, ClaimBatch):
+                        return EveryKey(claims)
                     return {c.key for c in claims}
                 self._claims_with_conflicts.plain_conflicted()
             new = set()
@@ -319,14 +348,11 @@ class SQLiteStore(Store):
         deleted are the claim's own: a key the table held before fails its statement, and a
         failed statement wrote nothing."""
         execute = self._db.execute
-        runs, singles = sqlite_runs.split(claims)
+        runs, singles = _runs_and_singles(group, claims, now)
         runs_in = keys_in = 0
         try:
             for run in runs:
-                first, last = claims[run.first], claims[run.last]
-                if execute(sqlite_runs.INSERT_RUN, (group, first.key, last.key, first.topic,
-                                                    first.partition, first.offset, last.offset,
-                                                    now)).rowcount != 1:
+                if execute(sqlite_runs.INSERT_RUN, run).rowcount != 1:
                     raise _ProcessedBefore
                 runs_in += 1
             for c in singles:
@@ -337,7 +363,7 @@ class SQLiteStore(Store):
         except (sqlite3.IntegrityError, _ProcessedBefore):
             executemany = self._db.executemany
             executemany("DELETE FROM consumer_processed_runs WHERE group_id = ? "
-                        "AND first_key = ?", [(group, claims[r.first].key) for r in runs[:runs_in]])
+                        "AND first_key = ?", [(group, run[1]) for run in runs[:runs_in]])
             executemany("DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
                         [(group, c.key) for c in singles[:keys_in]])
             return False

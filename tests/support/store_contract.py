@@ -23,7 +23,8 @@ import pytest
 from consumer.dedup import KeyFormat, key_function
 from consumer.errors import OffsetWentBackwards, StoreError, StoreSchemaError
 from consumer.message import Message
-from consumer.store import CheckpointRow, Claim, Position, SchemaUpgrade, Store
+from consumer.store import CheckpointRow, Claim, ClaimBatch, Position, SchemaUpgrade, Store
+from consumer.store.claim_batch import EveryKey
 from tests.support.store_v1 import SCHEMA_V1
 from tests.support.store_v2 import SCHEMA_V2
 
@@ -56,6 +57,22 @@ def key(name: str) -> bytes:
 
 def claims(*names: str, partition: int = 0) -> list[Claim]:
     return [Claim(key(n), "t", partition, offset) for offset, n in enumerate(names)]
+
+
+#: The topic id the stretches below are named after.
+ORDERS_ID = {"orders": "id-1"}
+
+
+def stretch_batch(*stretches: tuple[int, int, int]) -> tuple[ClaimBatch, list[Claim]]:
+    """Messages of topic ``orders`` at offsets ``first`` to ``end`` - 1 of ``partition``, for
+    each (partition, first, end), claimed as the checkpoint does: a :class:`ClaimBatch` from
+    the key function's stretches; and the same claims one per message."""
+    keys = key_function("coordinates", ORDERS_ID, key_format=KeyFormat(ordered_coordinates=True))
+    messages = [Message("orders", partition, offset, b"{}", timestamp=0.0)
+                for partition, first, end in stretches for offset in range(first, end)]
+    found = keys.stretches(messages)
+    assert found is not None
+    return ClaimBatch(found), [Claim(keys(m), m.topic, m.partition, m.offset) for m in messages]
 
 
 def scratch_ids(store: Store) -> list[int]:
@@ -174,6 +191,70 @@ class StoreContract:
         store.commit()
         store.begin()
         assert store.claim(G, batch, 2.0) == set()
+        store.rollback()
+
+    def test_a_batch_of_stretches_is_claimed_as_runs_with_no_key_made(self, store: Store) -> None:
+        store.use_topic_ids(ORDERS_ID)
+        batch, each = stretch_batch((0, 10, 20), (1, 5, 8), (0, 20, 25))
+        store.begin()
+        new = store.claim(G, batch, 1.0)
+        assert isinstance(new, EveryKey) and len(new) == 18
+        assert set(new) == {c.key for c in each}
+        store.commit()
+        assert stored_keys(store) == [], "kept as runs, not a row per key"
+        assert store.execute("SELECT count(*) FROM consumer_processed_runs").fetchone()[0] == 3
+        store.begin()
+        assert store.claim(G, each, 2.0) == set()
+        assert store.claim(G, stretch_batch((0, 10, 25))[0], 2.0) == set()
+        store.rollback()
+
+    def test_a_batch_of_stretches_meeting_processed_keys_gets_exactly_the_new_ones(
+        self, store: Store,
+    ) -> None:
+        store.use_topic_ids(ORDERS_ID)
+        _, before = stretch_batch((0, 12, 14))
+        store.begin()
+        store.claim(G, before, 1.0)
+        store.commit()
+        batch, each = stretch_batch((0, 10, 20), (1, 0, 3))
+        store.begin()
+        new = store.claim(G, batch, 2.0)
+        assert set(new) == {c.key for c in each} - {c.key for c in before}
+        assert len(new) == 11
+        store.commit()
+        store.begin()
+        assert store.claim(G, batch, 3.0) == set()
+        store.rollback()
+
+    def test_a_batch_of_stretches_holding_a_message_twice_claims_it_once(
+        self, store: Store,
+    ) -> None:
+        store.use_topic_ids(ORDERS_ID)
+        batch, each = stretch_batch((0, 10, 15), (0, 12, 14))
+        assert len(batch.stretches) == 2
+        store.begin()
+        new = store.claim(G, batch, 1.0)
+        assert len(new) == 5 and set(new) == {c.key for c in each}
+        store.commit()
+
+    def test_a_batch_of_no_stretches_claims_nothing(self, store: Store) -> None:
+        """A checkpoint with nothing polled (a revoke, the interval) claims an empty batch."""
+        store.use_topic_ids(ORDERS_ID)
+        store.begin()
+        assert len(store.claim(G, ClaimBatch([]), 1.0)) == 0
+        store.commit()
+
+    def test_stretches_named_after_a_topic_id_the_store_was_not_told_are_claimed_once(
+        self, store: Store,
+    ) -> None:
+        """The store names a topic after its id only once told it (use_topic_ids); until
+        then it claims another name's stretches key by key, still once each."""
+        batch, each = stretch_batch((0, 10, 20))
+        store.begin()
+        assert set(store.claim(G, batch, 1.0)) == {c.key for c in each}
+        store.commit()
+        store.begin()
+        assert store.claim(G, each, 2.0) == set()
         store.rollback()
 
     # --- assignment and checkpoint rows -----------------------------------------------------------

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from consumer.dedup import HONOURED_KEY_HEADER, KeyFormat, key_function
+from consumer.dedup import HONOURED_KEY_HEADER, KeyFormat, KeyStretch, key_function
 from consumer.errors import ConfigError, DedupKeyFailed
 from consumer.message import Context, Message, Scope
 
@@ -388,3 +388,62 @@ def test_a_batch_whose_function_key_fails_raises_the_failure() -> None:
     keys = key_function(f"function:{THIS_MODULE}:key_raising", IDS)
     with pytest.raises(DedupKeyFailed):
         keys.keys([message(1), message(2)])
+
+
+# --- a batch's stretches -----------------------------------------------------------------------
+
+
+def stretch_keys(stretches: list[KeyStretch]) -> list[bytes]:
+    return [stretch.key(offset) for stretch in stretches
+            for offset in range(stretch.first, stretch.end)]
+
+
+@pytest.mark.parametrize("spec", ["header:idempotency-key", "coordinates"])
+def test_a_batch_of_plain_messages_is_stretches_of_the_keys_they_have_one_by_one(
+    spec: str,
+) -> None:
+    keys = key_function(spec, {**IDS, "payments": "id-payments-1"}, key_format=ORDERED)
+    batch = [message(5), message(6), message(7), message(3, partition=1), message(4, partition=1),
+             message(8), message(12, topic="payments"), message(13, topic="payments"),
+             message(6), message(2**48 - 1)]
+    stretches = keys.stretches(batch)
+    assert stretches is not None
+    assert [(s.topic, s.partition, s.first, s.end) for s in stretches] == [
+        ("orders", 0, 5, 8), ("orders", 1, 3, 5), ("orders", 0, 8, 9), ("payments", 0, 12, 14),
+        ("orders", 0, 6, 7), ("orders", 0, 2**48 - 1, 2**48)]
+    assert stretch_keys(stretches) == [keys(m) for m in batch]
+    assert keys.stretches([]) == []
+
+
+@pytest.mark.parametrize("odd", [
+    message(6, headers=[("idempotency-key", b"evt-6")]),
+    message(6, headers=[(HONOURED_KEY_HEADER, ORIGINAL_KEY.hex().encode())]),
+    message(6, headers=[("other", b"x")]),
+    message(2**48), message(6, partition=2**16), message(6, partition=-1),
+], ids=["route header", "honoured header", "any header", "offset past bounds",
+        "partition past bounds", "negative partition"])
+def test_a_batch_with_a_message_keyed_otherwise_has_no_stretches(odd: Message) -> None:
+    """A header may name a key, and coordinates past the ordered bounds are digests: such a
+    batch is keyed message by message."""
+    keys = key_function("header:idempotency-key", IDS, key_format=ORDERED)
+    assert keys.stretches([message(5), odd, message(7)]) is None
+
+
+def test_a_stretch_running_past_the_ordered_bounds_is_no_stretch() -> None:
+    keys = key_function("coordinates", IDS, key_format=ORDERED)
+    assert keys.stretches([message(2**48 - 1), message(2**48)]) is None
+    assert keys.stretches([message(2**48 - 1), message(2**48), message(3, partition=1)]) is None
+
+
+def test_digest_keys_and_function_keys_have_no_stretches() -> None:
+    assert key_function("coordinates", IDS).stretches([message(5)]) is None
+    assert key_function(f"function:{THIS_MODULE}:key_as_bytes", IDS,
+                        key_format=ORDERED).stretches([message(5)]) is None
+
+
+def test_stretches_read_topic_ids_learnt_after_the_key_function_was_built() -> None:
+    ids: dict[str, str] = {}
+    keys = key_function("coordinates", ids, key_format=ORDERED)
+    ids["orders"] = "id-orders-2"
+    found = keys.stretches([message(5)])
+    assert found is not None and stretch_keys(found) == [keys(message(5))]

@@ -13,7 +13,7 @@ import pytest
 from consumer.checkpoint.commits import KafkaCommits
 from consumer.checkpoint.progress import PartitionProgress
 from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
-from consumer.dedup import key_function
+from consumer.dedup import KeyFormat, key_function
 from consumer.errors import (
     Fenced,
     HandlerFailed,
@@ -23,8 +23,9 @@ from consumer.errors import (
 )
 from consumer.events import Trigger
 from consumer.failures.retries import Failures, build_policies
-from consumer.message import TP, Message
+from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
+from consumer.store import ClaimBatch
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemoryDeadLetterSink, InMemorySource, RecordingObserver
 from tests.support.store_harness import (
@@ -67,11 +68,12 @@ def run_batch(
     *,
     trigger: Trigger = Trigger.COUNT,
     observer: RecordingObserver | None = None,
+    key_format: KeyFormat | None = None,
 ) -> BatchOutcome:
     checkpoint = StoreCheckpoint(
         trigger, messages, partitions, store=store, source=source,
         router=Router([Route("t", handler, "tests:handler")]),
-        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
+        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"}, key_format=key_format)},
         group=GROUP, now=lambda: 1_000.0,
         commits=KafkaCommits(source, observer=observer or RecordingObserver(),
                              monotonic=lambda: 0.0),
@@ -116,6 +118,69 @@ def test_event_twice_in_one_batch_runs_its_handler_once(
     assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
     assert processed(store) == [("t", 0, 0), ("t", 0, 1)]
     assert store.checkpoints(GROUP) == {P0: 3, P1: 1}
+
+
+class KeyReader(EffectWriter):
+    """Writes its effect, and records the idempotency key its context gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+
+    def __call__(self, message: Message, context: Context) -> None:
+        super().__call__(message, context)
+        self.keys.append(context.idempotency_key)
+
+
+def test_a_batch_of_plain_messages_is_claimed_by_stretches_each_effect_once(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Messages without headers on a store that orders coordinates keys: the batch is claimed
+    as stretches, no key made per message, yet a handler asking for its key gets its own, and
+    a batch delivered again, whole or in part, applies nothing twice."""
+    ordered = KeyFormat(ordered_coordinates=True)
+    keys = key_function(f"header:{HEADER}", {"t": "id-t"}, key_format=ordered)
+    claimed: list[object] = []
+    open_batch = store.open_batch
+    monkeypatch.setattr(store, "open_batch", lambda group, claims, now: (
+        claimed.append(claims), open_batch(group, claims, now))[1])
+    partitions = assigned(store, [P0, P1])
+    handler = KeyReader()
+    batch = [event("t", 0, o, None) for o in range(5)] + [event("t", 1, o, None) for o in range(3)]
+    first = run_batch(store, source, batch, handler, partitions, key_format=ordered)
+    assert (first.applied, first.duplicates) == (8, 0)
+    assert isinstance(claimed[0], ClaimBatch) and len(claimed[0].stretches) == 2
+    assert handler.keys == [keys(m).hex() for m in batch]
+    again = run_batch(store, source, batch, handler, partitions, key_format=ordered)
+    assert (again.applied, again.duplicates) == (0, 8)
+    overlapping = [event("t", 0, o, None) for o in range(3, 8)]
+    partly = run_batch(store, source, overlapping, handler, partitions, key_format=ordered)
+    assert (partly.applied, partly.duplicates) == (3, 2)
+    assert handler.calls == [(m.topic, m.partition, m.offset) for m in batch + overlapping[2:]]
+    assert effects(store) == sorted(handler.calls)
+    assert handler.keys[8:] == [keys(m).hex() for m in overlapping[2:]]
+    assert all(isinstance(claims, ClaimBatch) for claims in claimed)
+    assert store.checkpoints(GROUP) == {P0: 8, P1: 3}
+
+
+def test_a_failing_message_in_a_batch_of_stretches_rolls_back_alone(
+    store: SQLiteStore, source: InMemorySource,
+) -> None:
+    """The batch runs again message by message, its claims made one per message then: what
+    came before the failing message commits, with its keys, and nothing after it does."""
+    ordered = KeyFormat(ordered_coordinates=True)
+    partitions = assigned(store, [P0])
+    batch = [event("t", 0, o, None) for o in range(5)]
+    outcome = run_batch(store, source, batch, EffectWriter(fail_at={("t", 0, 2)}), partitions,
+                        key_format=ordered)
+    assert outcome.failure is not None and outcome.failure.offset == 2
+    assert outcome.applied == 2
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert store.checkpoints(GROUP) == {P0: 2}
+    handler = EffectWriter()
+    again = run_batch(store, source, batch, handler, partitions, key_format=ordered)
+    assert (again.applied, again.duplicates) == (3, 2)
+    assert handler.calls == [("t", 0, 2), ("t", 0, 3), ("t", 0, 4)]
 
 
 def test_message_without_the_header_is_deduplicated_by_its_coordinates(

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from consumer.clock import ManualClock
+from consumer.dedup import KeyFormat, key_function
 from consumer.errors import HandlerFailed, KafkaError, StoreUnavailable
 from consumer.message import TP, Context, Message
 from consumer.observability.instruments import Instruments
 from consumer.observability.metrics import METRICS
-from consumer.store import CheckpointRow, Claim
+from consumer.store import CheckpointRow, Claim, ClaimBatch
+from consumer.store.claim_batch import EveryKey
 from consumer.store.postgres import PostgresStore
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemorySource
@@ -453,6 +455,22 @@ def test_with_metrics_a_batch_opens_and_closes_in_the_stores_own_steps() -> None
     assert (instruments.store_duration["open_batch"].count,
             instruments.store_duration["close_batch"].count) == (1, 1)
     assert instruments.store_duration["begin"].count == 0
+
+
+def test_dedup_lookups_of_a_batch_of_stretches_are_counted_per_topic() -> None:
+    keys = key_function("coordinates", {}, key_format=KeyFormat(ordered_coordinates=True))
+    messages = [Message("t", 0, o, b"") for o in range(4)] + \
+        [Message("u", 1, o, b"") for o in range(3)]
+    stretches = keys.stretches(messages)
+    assert stretches is not None
+    batch = ClaimBatch(stretches)
+    instruments = Instruments(now=ManualClock().monotonic)
+    instruments.claimed(batch, EveryKey(batch))
+    assert instruments.dedup == {("t", "hit"): 0, ("t", "miss"): 4,
+                                 ("u", "hit"): 0, ("u", "miss"): 3}
+    instruments.claimed(batch, {keys(messages[0]), keys(messages[1])})
+    assert instruments.dedup == {("t", "hit"): 2, ("t", "miss"): 6,
+                                 ("u", "hit"): 3, ("u", "miss"): 3}
 
 
 def test_a_failing_store_operation_is_counted_by_operation() -> None:

@@ -256,6 +256,21 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             self._db.execute("START TRANSACTION")
         self._in_batch = True
 
+    def open_batch(self, group: str, claims: Sequence[Claim],
+                   now: float) -> AbstractSet[bytes]:
+        """:meth:`begin` and :meth:`claim`; a batch of stretches first tries its runs whole in
+        one statement (:func:`mariadb_runs.claim_whole`), and where a run covers one of its keys
+        starts the transaction again and claims as :meth:`claim` does."""
+        self.begin()
+        if isinstance(claims, ClaimBatch) and \
+                (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
+            with self._errors():
+                if mariadb_runs.claim_whole(self._db, group, now, runs):
+                    return EveryKey(claims)
+                self._db.execute("ROLLBACK")
+                self._db.execute("START TRANSACTION")
+        return self.claim(group, claims, now)
+
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> AbstractSet[bytes]:
         """Claim the keys: the ordered coordinates keys as runs where the store keeps them
         (consumer.store.mariadb_runs), the others with :meth:`_claim_keys`. A batch of

@@ -237,6 +237,41 @@ class StoreContract:
         assert len(new) == 5 and set(new) == {c.key for c in each}
         store.commit()
 
+    @pytest.mark.parametrize(("before", "expected"), [
+        ((), range(10, 20)),
+        (((0, 5, 12),), range(12, 20)),  # a run from below reaching into the batch
+        (((0, 15, 17),), [*range(10, 15), *range(17, 20)]),  # a run inside it
+        (((0, 19, 30),), range(10, 19)),  # a run from its last key on
+        (((0, 20, 30), (0, 0, 10)), range(10, 20)),  # runs touching both ends, not in it
+    ], ids=["nothing before", "below", "inside", "at its end", "touching"])
+    def test_opening_a_batch_of_stretches_claims_exactly_its_new_keys(
+        self, store: Store, before: tuple[tuple[int, int, int], ...], expected: range,
+    ) -> None:
+        """open_batch, as a checkpoint opens a batch (a store may try the runs whole first)."""
+        store.use_topic_ids(ORDERS_ID)
+        for earlier in before:
+            store.open_batch(G, stretch_batch(earlier)[0], 1.0)
+            store.commit()
+        batch, each = stretch_batch((0, 10, 20), (1, 0, 3))
+        new = store.open_batch(G, batch, 2.0)
+        assert set(new) == {c.key for c in each if c.partition == 1 or c.offset in expected}
+        assert len(new) == len(set(new))
+        store.commit()
+        store.begin()
+        assert store.claim(G, each, 3.0) == set(), "every key of the batch is processed now"
+        beyond = stretch_batch((0, 30, 35))[1]
+        assert store.claim(G, beyond, 3.0) == {c.key for c in beyond}, "and none past them"
+        store.rollback()
+
+    def test_opening_a_batch_of_stretches_holding_a_message_twice_claims_it_once(
+        self, store: Store,
+    ) -> None:
+        store.use_topic_ids(ORDERS_ID)
+        batch, each = stretch_batch((0, 10, 15), (0, 12, 14))
+        new = store.open_batch(G, batch, 1.0)
+        assert len(new) == 5 and set(new) == {c.key for c in each}
+        store.commit()
+
     def test_a_batch_of_no_stretches_claims_nothing(self, store: Store) -> None:
         """A checkpoint with nothing polled (a revoke, the interval) claims an empty batch."""
         store.use_topic_ids(ORDERS_ID)

@@ -235,16 +235,15 @@ class StoreCheckpoint:
         """
         failures = self._failures
         checking = failures is not None and failures.checks_needed
-        scopes = self._scopes
         trial = TrialCalls(self._handlers, self._timer)  # timings kept if the batch succeeds
-        calls = trial.calls
-        progress = _Progress()
-        applied_keys: set[bytes] = set()
         # Every key new and none twice (the claim returned as many keys as it was given):
         # nothing to look up per message.
         fresh = self._all_new
         if fresh and isinstance(claims, ClaimBatch):
             return self._apply_stretches(claims, trial, checking, outcome)
+        scopes, calls = self._scopes, trial.calls
+        progress = _Progress()
+        applied_keys: set[bytes] = set()
         applied = duplicates = lettered = 0
         for message, claim in zip(self._messages, _per_message(claims), strict=True):
             if isinstance(claim, DedupKeyFailed):

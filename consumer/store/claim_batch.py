@@ -66,11 +66,12 @@ class ClaimBatch(Sequence[Claim]):
 
 
 class EveryKey(AbstractSet[bytes]):
-    """The new keys of a claim that found every key of ``batch`` new, and none twice."""
+    """The new keys of a claim that found every key of ``batch`` (a :class:`ClaimBatch`) new,
+    and none twice."""
 
     __slots__ = ("_batch", "_keys")
 
-    def __init__(self, batch: ClaimBatch) -> None:
+    def __init__(self, batch: Sequence[Claim]) -> None:
         self._batch = batch
         self._keys: set[bytes] | None = None
 

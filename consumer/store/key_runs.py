@@ -160,19 +160,26 @@ def split(claims: Sequence[Claim], keys: CoordinatesKeys) -> tuple[list[Run], li
     return runs, others
 
 
-def stretch_runs(batch: ClaimBatch, keys: CoordinatesKeys) -> list[Run] | None:
-    """The batch's stretches as runs, where the store keeps runs and names each stretch's topic
-    as the key functions did (else None: :func:`split` the claims, as an empty batch is)."""
-    if not keys.as_runs or not batch.stretches:
+def stretch_runs(claims: Sequence[Claim], keys: CoordinatesKeys) -> list[Run] | None:
+    """A :class:`ClaimBatch`'s stretches as runs, where the store keeps runs and names each
+    stretch's topic as the key functions did (else None: :func:`split` the claims, as other
+    claims and an empty batch are)."""
+    if not isinstance(claims, ClaimBatch) or not keys.as_runs or not claims.stretches:
         return None
     runs = []
-    for stretch in batch.stretches:
+    for stretch in claims.stretches:
         if stretch.prefix != keys.prefix(stretch.topic):
             return None
         head = stretch.prefix + stretch.partition.to_bytes(2, "big")
         runs.append(Run(head, stretch.first, stretch.end, stretch.topic, stretch.partition,
                         stretch.first))
     return runs
+
+
+def new_keys(runs: Sequence[Run], found: set[bytes] | None) -> set[bytes]:
+    """What a claim of ``runs`` found new, as keys: ``found``, or None for every key of every
+    run (as the stores' run claims answer)."""
+    return found if found is not None else {key for run in runs for key in run.key_list()}
 
 
 def head_and_offset(key: bytes) -> tuple[bytes, int]:

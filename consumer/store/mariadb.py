@@ -60,7 +60,7 @@ from consumer.store.base import (
     Store,
     require_version,
 )
-from consumer.store.claim_batch import ClaimBatch, EveryKey
+from consumer.store.claim_batch import EveryKey
 from consumer.store.mariadb_session import (
     MariaDBConnection,
     MariaDBCursor,
@@ -262,8 +262,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         one statement (:func:`mariadb_runs.claim_whole`), and where a run covers one of its keys
         starts the transaction again and claims as :meth:`claim` does."""
         self.begin()
-        if isinstance(claims, ClaimBatch) and \
-                (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
+        if (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
             with self._errors():
                 if mariadb_runs.claim_whole(self._db, group, now, runs):
                     return EveryKey(claims)
@@ -275,8 +274,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         """Claim the keys: the ordered coordinates keys as runs where the store keeps them
         (consumer.store.mariadb_runs), the others with :meth:`_claim_keys`. A batch of
         stretches goes in as runs, and makes no key unless one was processed before."""
-        if isinstance(claims, ClaimBatch) and \
-                (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
+        if (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
             with self._errors():
                 found = mariadb_runs.claim(self._db, group, now, runs)
             return EveryKey(claims) if found is None else found
@@ -284,7 +282,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         new = self._claim_keys(group, others, now)
         if runs:
             with self._errors():
-                new |= mariadb_runs.keys_of(runs, mariadb_runs.claim(self._db, group, now, runs))
+                new |= key_runs.new_keys(runs, mariadb_runs.claim(self._db, group, now, runs))
         return new
 
     def _claim_keys(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:

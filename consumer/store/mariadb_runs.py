@@ -138,11 +138,6 @@ _INSERT_GUARDED = (
     "AND r.key_head = b.h AND r.key_first < b.f ORDER BY r.key_first DESC LIMIT 1), -1) < b.f")
 
 
-def keys_of(runs: Sequence[Run], new: set[bytes] | None) -> set[bytes]:
-    """What :func:`claim` found new, as keys."""
-    return new if new is not None else {key for run in runs for key in run.key_list()}
-
-
 def unclaim(db: MariaDBConnection, group: str, keys: Iterable[bytes]) -> None:
     """Take each key out of the run holding it (claimed in this transaction, whose heads' turn
     it holds): the run is replaced by the stretches before and after the key."""

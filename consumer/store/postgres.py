@@ -42,7 +42,7 @@ from consumer.store.base import (
     Store,
     require_version,
 )
-from consumer.store.claim_batch import ClaimBatch, EveryKey
+from consumer.store.claim_batch import EveryKey
 
 SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL,
@@ -343,8 +343,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         (after the other keys, whose claim may start the transaction again), the others
         with :meth:`_claim_keys`. A batch of stretches goes in as runs, and makes no key
         unless one was processed before."""
-        if isinstance(claims, ClaimBatch) and \
-                (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
+        if (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
             with self._errors():
                 new = postgres_runs.claim(self._db.execute, group, now, runs)
             return EveryKey(claims) if new is None else new
@@ -352,7 +351,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         found = self._claim_keys(group, others, now)
         if runs:
             with self._errors():
-                found |= postgres_runs.keys_of(
+                found |= key_runs.new_keys(
                     runs, postgres_runs.claim(self._db.execute, group, now, runs))
         return found
 

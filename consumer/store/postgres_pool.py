@@ -169,7 +169,7 @@ class PostgresTransactions:
                     rows = conn.execute(CLAIM_MANY, claim_values(group, now, others)).fetchall()
                     new.update(bytes(row[0]) for row in rows)
                 if runs:
-                    new |= postgres_runs.keys_of(
+                    new |= key_runs.new_keys(
                         runs, postgres_runs.claim(conn.execute, group, now, runs))
         except StoreError as error:
             return None, error

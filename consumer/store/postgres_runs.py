@@ -85,11 +85,6 @@ def claim(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> set[
     return new
 
 
-def keys_of(runs: Sequence[Run], new: set[bytes] | None) -> set[bytes]:
-    """What :func:`claim` found new, as keys."""
-    return new if new is not None else {key for run in runs for key in run.key_list()}
-
-
 def _insert(execute: Execute, group: str, now: float,
             runs: Sequence[Run]) -> set[tuple[bytes, int, int]]:
     """:data:`INSERT_RUNS` for the runs; the (head, low, high) of those inserted."""

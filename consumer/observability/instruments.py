@@ -39,10 +39,10 @@ from consumer.store import (
 )
 
 #: The store operations timed, in the order a checkpoint batch runs them. A batch opens
-#: (BEGIN and its claim) and closes (its checkpoint rows and COMMIT) in one step each, the
-#: closing one round trip on PostgreSQL; ``begin``, ``claim``, ``write_checkpoints`` and
-#: ``commit`` are the steps of the other paths (a batch run again message by message, a
-#: transaction per message, assignments).
+#: (BEGIN and its claim) and closes (its checkpoint rows and COMMIT) in one step each, each
+#: one round trip on PostgreSQL for a batch of plain messages; ``begin``, ``claim``,
+#: ``write_checkpoints`` and ``commit`` are the steps of the other paths (a batch run again
+#: message by message, a transaction per message, assignments).
 STORE_OPERATIONS = ("assign", "open_batch", "begin", "claim", "unclaim", "write_checkpoints",
                     "close_batch", "commit", "rollback")
 

@@ -252,10 +252,9 @@ class Store(abc.ABC):
         """:meth:`begin` and :meth:`claim` in one step. (The checkpoint rows are not written
         here, before the handlers: a row lock held while the handlers run would make a new
         owner's assignment, which moves the row's epoch, wait for a frozen zombie's transaction
-        to end. Nor does PostgreSQL send BEGIN and the claim in one pipeline, as it did: a
-        member frozen after that pipeline kept its transaction past
-        ``idle_in_transaction_session_timeout``, so the new owner waited for it without end;
-        see test_frozen_zombie_costs_the_new_owner_at_most_the_idle_bound.)"""
+        to end.) A store may send both at once where a member frozen right after still has
+        its transaction ended at the server's idle bound (PostgreSQL's query string, see
+        PostgresStore.open_batch)."""
         self.begin()
         return self.claim(group, claims, now)
 

@@ -43,14 +43,23 @@ AGE_INDEX = """CREATE INDEX IF NOT EXISTS consumer_processed_runs_group_age
 
 #: Runs, each unless it overlaps a row; the inserted ones come back. Parameters: group, time,
 #: then arrays of heads, first and past-the-last key offsets, topics, partitions, first offsets.
-INSERT_RUNS = """INSERT INTO consumer_processed_runs
+_INSERT_RUNS = """INSERT INTO consumer_processed_runs
         (group_id, key_head, key_offsets, topic, partition, first_offset, last_offset,
          processed_at)
-    SELECT %s, h, int8range(lo, hi), t, p, o, o + (hi - lo) - 1, %s
-    FROM unnest(%s::bytea[], %s::bigint[], %s::bigint[], %s::text[], %s::integer[],
-                %s::bigint[]) AS u(h, lo, hi, t, p, o)
+    SELECT {0}, h, int8range(lo, hi), t, p, o, o + (hi - lo) - 1, {1}
+    FROM unnest({2}::bytea[], {3}::bigint[], {4}::bigint[], {5}::text[], {6}::integer[],
+                {7}::bigint[]) AS u(h, lo, hi, t, p, o)
     ON CONFLICT DO NOTHING
     RETURNING key_head, lower(key_offsets), upper(key_offsets)"""
+INSERT_RUNS = _INSERT_RUNS.format(*["%s"] * 8)
+
+#: The same, prepared once on each connection (SQL ``PREPARE``), so that a batch opens with
+#: one query string, ``BEGIN; EXECUTE …`` (:func:`open_query`): one round trip, and a plan
+#: the server keeps.
+OPEN_STATEMENT = "consumer_open_runs"
+PREPARE_OPEN = (f"PREPARE {OPEN_STATEMENT} (text, double precision, bytea[], bigint[], "
+                "bigint[], text[], integer[], bigint[]) AS "
+                + _INSERT_RUNS.format(*(f"${n}" for n in range(1, 9))))
 
 #: One key, unless a row holds it (then no row comes back). Parameters: group, head, key
 #: offset, topic, partition, offset, time.
@@ -66,10 +75,45 @@ Execute = Callable[[str, Sequence[Any]], Any]
 
 def claim(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> set[bytes] | None:
     """Insert the runs; return their keys that were new, or None when every run went in whole
-    (each of their keys is new: nobody needs to make them). A run that overlaps a row
-    (processed or claimed by another session, which is waited for) is claimed again one key
-    at a time (a second statement)."""
-    inserted = _insert(execute, group, now, runs)
+    (each of their keys is new: nobody needs to make them)."""
+    ordered = in_key_order(runs)
+    inserted = execute(INSERT_RUNS, insert_params(group, now, ordered)).fetchall()
+    return claimed(execute, group, now, ordered, inserted)
+
+
+def in_key_order(runs: Sequence[Run]) -> list[Run]:
+    """The runs in key order: two writers claiming overlapping keys never wait for each other
+    in a cycle."""
+    return sorted(runs, key=lambda run: (run.head, run.low))
+
+
+def insert_params(group: str, now: float, ordered: Sequence[Run]) -> tuple[Any, ...]:
+    """:data:`INSERT_RUNS`' parameters for runs in key order (:func:`in_key_order`)."""
+    return (group, now, [r.head for r in ordered], [r.low for r in ordered],
+            [r.high for r in ordered], [r.topic for r in ordered],
+            [r.partition for r in ordered], [r.first_offset for r in ordered])
+
+
+def open_query(group: str, now: float, ordered: Sequence[Run],
+               literal: Callable[[str], str]) -> str:
+    """``BEGIN`` and :data:`OPEN_STATEMENT` executed for runs in key order, as one query
+    string. Its values are written out: integers, hexadecimal heads, the time's ``repr``,
+    and the group and topics quoted by the connection (``literal``)."""
+    heads = ",".join([f"decode('{r.head.hex()}','hex')" for r in ordered])
+    return (f"BEGIN; EXECUTE {OPEN_STATEMENT}({literal(group)}, {float(now)!r}, "
+            f"ARRAY[{heads}], ARRAY[{','.join([str(int(r.low)) for r in ordered])}], "
+            f"ARRAY[{','.join([str(int(r.high)) for r in ordered])}], "
+            f"ARRAY[{','.join([literal(r.topic) for r in ordered])}], "
+            f"ARRAY[{','.join([str(int(r.partition)) for r in ordered])}], "
+            f"ARRAY[{','.join([str(int(r.first_offset)) for r in ordered])}])")
+
+
+def claimed(execute: Execute, group: str, now: float, runs: Sequence[Run],
+            inserted_rows: Sequence[Sequence[Any]]) -> set[bytes] | None:
+    """What :func:`claim` returns, given the rows :data:`INSERT_RUNS` returned for the runs.
+    A run that overlapped a row (processed or claimed by another session, which was waited
+    for) is claimed again one key at a time (a second statement)."""
+    inserted = _ranges(inserted_rows)
     if len(inserted) == len(runs):
         return None
     new: set[bytes] = set()
@@ -79,21 +123,11 @@ def claim(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> set[
             new.update(run.key_list())
         else:
             refused.extend(run.singles())
-    inserted = _insert(execute, group, now, refused)
+    ordered = in_key_order(refused)
+    inserted = _ranges(execute(INSERT_RUNS, insert_params(group, now, ordered)).fetchall())
     new.update(single.key_list()[0] for single in refused
                if (single.head, single.low, single.high) in inserted)
     return new
-
-
-def _insert(execute: Execute, group: str, now: float,
-            runs: Sequence[Run]) -> set[tuple[bytes, int, int]]:
-    """:data:`INSERT_RUNS` for the runs; the (head, low, high) of those inserted."""
-    # In key order: two writers claiming overlapping keys never wait for each other in a cycle.
-    ordered = sorted(runs, key=lambda run: (run.head, run.low))
-    return _ranges(execute(INSERT_RUNS, (
-        group, now, [r.head for r in ordered], [r.low for r in ordered],
-        [r.high for r in ordered], [r.topic for r in ordered], [r.partition for r in ordered],
-        [r.first_offset for r in ordered])).fetchall())
 
 
 def one_values(group: str, claim: Claim, now: float) -> tuple[Any, ...]:

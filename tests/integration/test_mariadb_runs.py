@@ -65,6 +65,12 @@ class TestMariaDBRuns(RunsContract, ServerRunsContract):
         return bool(database.scalar("SELECT count(*) FROM information_schema.innodb_trx "
                                     "WHERE trx_state = 'LOCK WAIT'"))
 
+    def idle_bounded(self, database: StoreUnderTest, seconds: int) -> Store:
+        store = MariaDBStore(database.url, connect_timeout=5, idle_transaction_timeout=seconds)
+        store.ensure_schema(G)
+        store.use_topic_ids(TOPIC_IDS)
+        return store
+
 
 def test_a_new_store_keeps_runs(store: MariaDBStore, database: StoreUnderTest) -> None:
     assert database.query("SELECT version, coordinates_keys FROM consumer_schema") \

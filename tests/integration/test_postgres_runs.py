@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from consumer.errors import StoreUnavailable
-from consumer.store import PostgresSession, Store
+from consumer.store import CheckpointRow, PostgresSession, Store
 from consumer.store.postgres import PostgresStore
 from tests.support.runs_contract import (
     TOPIC_IDS,
@@ -26,6 +26,7 @@ from tests.support.runs_contract import (
     claims,
     keys_of,
     offsets,
+    stretches,
 )
 from tests.support.store_v3 import POSTGRESQL as SCHEMA_V3
 from tests.support.stores import StoreUnderTest, fresh_store
@@ -64,6 +65,13 @@ class TestPostgresRuns(RunsContract, ServerRunsContract):
     def waiting_for_a_lock(self, database: StoreUnderTest) -> bool:
         return bool(database.scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
+
+    def idle_bounded(self, database: StoreUnderTest, seconds: int) -> Store:
+        store = PostgresStore(database.url, connect_timeout=5,
+                              session=PostgresSession(idle_in_transaction_timeout=seconds))
+        store.ensure_schema(G)
+        store.use_topic_ids(TOPIC_IDS)
+        return store
 
 
 # --- claiming -------------------------------------------------------------------------------
@@ -167,6 +175,63 @@ def test_a_batch_opening_on_a_connection_the_server_ended_is_unavailable_then_op
     assert store.open_batch(G, claims(range(0, 10)), 3.0) == keys_of(claims(range(0, 10)))
     store.commit()
     assert offsets(store) == [(0, o) for o in range(10)]
+
+
+def test_batches_of_stretches_open_and_close_again_on_the_connection_after_one_the_server_ended(
+        store: PostgresStore, postgres_dsn: str) -> None:
+    """A batch of plain messages opens and closes with statements prepared on the connection
+    (BEGIN and the runs' EXECUTE in one query string, the rows' EXECUTE and COMMIT in
+    another). The server ends that connection: the next opening is unavailable (the loop
+    retries), and the retry prepares them again on the new connection."""
+    store.assign(G, [("t", 0)], 1.0)
+    assert store.open_batch(G, stretches(range(0, 10)), 2.0) == keys_of(claims(range(0, 10)))
+    assert store.close_batch(G, [CheckpointRow("t", 0, 10, 1)], 2.0) == []
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store.connection.info.backend_pid,))
+    with pytest.raises(StoreUnavailable):
+        store.open_batch(G, stretches(range(10, 20)), 3.0)
+    store.rollback()
+    assert store.open_batch(G, stretches(range(10, 20)), 3.0) == keys_of(claims(range(10, 20)))
+    assert store.close_batch(G, [CheckpointRow("t", 0, 20, 1)], 3.0) == []
+    assert store.checkpoints(G) == {("t", 0): 20}
+    assert offsets(store) == [(0, o) for o in range(20)]
+
+
+def test_batches_of_stretches_open_after_psycopg_deallocated_every_prepared_statement(
+        store: PostgresStore) -> None:
+    """A batch of plain messages opens with a statement the store prepared on its
+    connection. psycopg deallocates every prepared statement after a ROLLBACK (a savepoint's
+    too) once it holds statements of its own (prepared after a query's fifth run): a batch
+    run message by message, a handler's rollback to its savepoint, the batch rolled back.
+    The next batch still opens, and closes."""
+    store.assign(G, [("t", 0)], 1.0)
+    for first in range(0, 60, 10):  # psycopg prepares the rows' UPDATE on its own
+        assert store.open_batch(G, stretches(range(first, first + 10)), 2.0) \
+            == keys_of(claims(range(first, first + 10)))
+        assert store.close_batch(G, [CheckpointRow("t", 0, first + 10, 1)], 2.0) == []
+    assert store.open_batch(G, stretches(range(60, 70)), 3.0) == keys_of(claims(range(60, 70)))
+    store.savepoint()
+    store.rollback_to_savepoint()  # a handler's message rolled back alone
+    assert store.close_batch(G, [CheckpointRow("t", 0, 70, 1)], 3.0) == []
+    assert store.open_batch(G, stretches(range(70, 80)), 4.0) == keys_of(claims(range(70, 80)))
+    store.rollback()  # the batch rolled back (a handler raised, say)
+    assert store.open_batch(G, stretches(range(70, 80)), 5.0) == keys_of(claims(range(70, 80)))
+    assert store.close_batch(G, [CheckpointRow("t", 0, 80, 1)], 5.0) == []
+    assert offsets(store) == [(0, o) for o in range(80)]
+
+
+def test_a_group_named_with_quotes_and_backslashes_opens_and_closes_batches_of_stretches(
+        store: PostgresStore) -> None:
+    """The group's name is written into the query strings of a batch of plain messages: it
+    is quoted as the connection quotes a literal, whatever it holds."""
+    group = "it's a \\ group's name \\'"
+    store.assign(group, [("t", 0)], 1.0)
+    assert store.open_batch(group, stretches(range(0, 10)), 2.0) == keys_of(claims(range(0, 10)))
+    assert store.close_batch(group, [CheckpointRow("t", 0, 10, 1)], 2.0) == []
+    assert store.checkpoints(group) == {("t", 0): 10}
+    assert offsets(store, group) == [(0, o) for o in range(10)]
+    assert store.open_batch(group, stretches(range(0, 10)), 3.0) == set()
+    store.rollback()
 
 
 def test_a_batch_opening_that_waits_out_the_lock_timeout_is_unavailable_then_opens_again(

@@ -10,11 +10,15 @@ from __future__ import annotations
 import abc
 import threading
 import time
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
+
+import pytest
 
 from consumer.dedup import KeyFormat, key_function
 from consumer.message import Message
-from consumer.store import CheckpointRow, Claim, Store
+from consumer.store import CheckpointRow, Claim, ClaimBatch, Store
 from tests.support.processed_keys import processed_keys
 from tests.support.stores import StoreUnderTest
 
@@ -34,8 +38,36 @@ def claims(offsets: range, partition: int = 0) -> list[Claim]:
     return [claim(o, partition) for o in offsets]
 
 
-def keys_of(batch: list[Claim]) -> set[bytes]:
+def keys_of(batch: Sequence[Claim]) -> set[bytes]:
     return {c.key for c in batch}
+
+
+def stretches(offsets: range, partition: int = 0) -> ClaimBatch:
+    """The claims of messages of topic ``t`` as the checkpoint makes them for a batch of plain
+    messages: a :class:`ClaimBatch` of the key function's stretches."""
+    found = ORDERED.stretches([Message("t", partition, o, b"", timestamp=0.0) for o in offsets])
+    assert found is not None
+    return ClaimBatch(found)
+
+
+def opened_with(store: Store, batch: Sequence[Claim], opening: str, group: str = G,
+                now: float = 1.0) -> AbstractSet[bytes]:
+    """Begin a transaction claiming the batch: ``begin`` then ``claim`` its claims one by one,
+    or ``open_batch`` with its stretches (as the checkpoint opens a batch of plain messages)."""
+    if opening == "stretches":
+        return store.open_batch(group, stretches_of(batch), now)
+    store.begin()
+    return store.claim(group, list(batch), now)
+
+
+def stretches_of(batch: Sequence[Claim]) -> ClaimBatch:
+    """The batch (of topic ``t``, consecutive offsets per partition) as its stretches."""
+    by_partition: dict[int, list[int]] = {}
+    for c in batch:
+        by_partition.setdefault(c.partition, []).append(c.offset)
+    found = [s for p, offsets in by_partition.items()
+             for s in stretches(range(offsets[0], offsets[-1] + 1), p).stretches]
+    return ClaimBatch(found)
 
 
 def claimed(store: Store, batch: list[Claim], now: float = 1.0, group: str = G) -> set[bytes]:
@@ -195,20 +227,26 @@ class ServerRunsContract(abc.ABC):
         assert offsets(store) == sorted((p, o) for o in range(400) for p in (0, 1, 2))
         assert claimed(store, batch) == set(), "redelivered: every key is a duplicate"
 
+    @abc.abstractmethod
+    def idle_bounded(self, database: StoreUnderTest, seconds: int) -> Store:
+        """A store on ``database`` whose server ends a transaction left idle ``seconds``."""
+
+    @pytest.mark.parametrize("opening", ["claims", "stretches"])
     def test_a_batch_claiming_keys_another_session_holds_waits_for_its_outcome(
-            self, database: StoreUnderTest) -> None:
+            self, database: StoreUnderTest, opening: str) -> None:
         """Session A holds run 0-99 uncommitted; session B's batch of 50-149 waits for it. A
-        commits: B gets 100-149. The same with A rolling back: B gets all of 50-149."""
+        commits: B gets 100-149. The same with A rolling back: B gets all of 50-149. Batches
+        opened claim by claim, and by their stretches."""
         for outcome in ("commit", "rollback"):
             group = f"g-{outcome}"
             first, second = self.opened(database), self.opened(database)
-            first.begin()
-            first.claim(group, claims(range(0, 100)), 1.0)
+            opened_with(first, claims(range(0, 100)), opening, group)
             got: dict[str, Any] = {}
 
             def other(second: Store = second, group: str = group,
                       got: dict[str, Any] = got) -> None:
-                got["new"] = claimed(second, claims(range(50, 150)), group=group)
+                got["new"] = set(opened_with(second, claims(range(50, 150)), opening, group))
+                second.commit()
 
             thread = threading.Thread(target=other)
             thread.start()
@@ -221,6 +259,23 @@ class ServerRunsContract(abc.ABC):
             assert got["new"] == keys_of(claims(expected)), outcome
             first.close()
             second.close()
+
+    def test_a_member_frozen_after_opening_stretches_holds_its_keys_only_to_the_idle_bound(
+            self, database: StoreUnderTest) -> None:
+        """A member opens a batch of plain messages, then is frozen (it sends nothing more):
+        the server ends its transaction at the idle bound, and the new owner, waiting on its
+        keys meanwhile, claims every one of them well before its own lock wait gives up."""
+        frozen, owner = self.idle_bounded(database, 1), self.opened(database)
+        try:
+            batch = claims(range(0, 100))
+            assert frozen.open_batch(G, stretches_of(batch), 1.0) == keys_of(batch)
+            assert owner.open_batch(G, stretches_of(batch), 2.0) == keys_of(batch), \
+                "the frozen member's keys are free once the server ended its transaction"
+            owner.commit()
+            assert offsets(owner) == [(0, o) for o in range(100)]
+        finally:
+            frozen.close()
+            owner.close()
 
     def test_replay_and_the_purge_see_the_runs_on_a_store_they_open_themselves(
             self, database: StoreUnderTest) -> None:

@@ -351,8 +351,9 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         INSERT, prepared on the connection, as one query string
         (:func:`postgres_runs.open_query`): one round trip instead of two, and the INSERT's
         plan kept. In the benchmark's child, 0.30-0.48 ms a batch against 0.46-0.71 ms for
-        the two statements; written out as text without being prepared, it measured half
-        that gain (the server plans it each time).
+        the two statements. Not prepared, the server plans the INSERT each time: with the
+        values written out the same way it saved less than half as much in a
+        microbenchmark, and with psycopg's ClientCursor nothing in the benchmark's child.
 
         Not psycopg's pipeline mode, which did it before (753fec4, withdrawn in c8ba1c5):
         leaving a pipeline sends a flush request behind its Sync; the server reads it after

@@ -50,24 +50,15 @@ def stretches(offsets: range, partition: int = 0) -> ClaimBatch:
     return ClaimBatch(found)
 
 
-def opened_with(store: Store, batch: Sequence[Claim], opening: str, group: str = G,
+def opened_with(store: Store, offsets: range, opening: str, group: str = G,
                 now: float = 1.0) -> AbstractSet[bytes]:
-    """Begin a transaction claiming the batch: ``begin`` then ``claim`` its claims one by one,
-    or ``open_batch`` with its stretches (as the checkpoint opens a batch of plain messages)."""
+    """Begin a transaction claiming the messages at ``offsets`` of partition 0: ``begin``
+    then ``claim`` of a claim per message, or ``open_batch`` with their stretches (as the
+    checkpoint opens a batch of plain messages)."""
     if opening == "stretches":
-        return store.open_batch(group, stretches_of(batch), now)
+        return store.open_batch(group, stretches(offsets), now)
     store.begin()
-    return store.claim(group, list(batch), now)
-
-
-def stretches_of(batch: Sequence[Claim]) -> ClaimBatch:
-    """The batch (of topic ``t``, consecutive offsets per partition) as its stretches."""
-    by_partition: dict[int, list[int]] = {}
-    for c in batch:
-        by_partition.setdefault(c.partition, []).append(c.offset)
-    found = [s for p, offsets in by_partition.items()
-             for s in stretches(range(offsets[0], offsets[-1] + 1), p).stretches]
-    return ClaimBatch(found)
+    return store.claim(group, claims(offsets), now)
 
 
 def claimed(store: Store, batch: list[Claim], now: float = 1.0, group: str = G) -> set[bytes]:
@@ -240,12 +231,12 @@ class ServerRunsContract(abc.ABC):
         for outcome in ("commit", "rollback"):
             group = f"g-{outcome}"
             first, second = self.opened(database), self.opened(database)
-            opened_with(first, claims(range(0, 100)), opening, group)
+            opened_with(first, range(0, 100), opening, group)
             got: dict[str, Any] = {}
 
             def other(second: Store = second, group: str = group,
                       got: dict[str, Any] = got) -> None:
-                got["new"] = set(opened_with(second, claims(range(50, 150)), opening, group))
+                got["new"] = set(opened_with(second, range(50, 150), opening, group))
                 second.commit()
 
             thread = threading.Thread(target=other)
@@ -268,8 +259,8 @@ class ServerRunsContract(abc.ABC):
         frozen, owner = self.idle_bounded(database, 1), self.opened(database)
         try:
             batch = claims(range(0, 100))
-            assert frozen.open_batch(G, stretches_of(batch), 1.0) == keys_of(batch)
-            assert owner.open_batch(G, stretches_of(batch), 2.0) == keys_of(batch), \
+            assert frozen.open_batch(G, stretches(range(0, 100)), 1.0) == keys_of(batch)
+            assert owner.open_batch(G, stretches(range(0, 100)), 2.0) == keys_of(batch), \
                 "the frozen member's keys are free once the server ended its transaction"
             owner.commit()
             assert offsets(owner) == [(0, o) for o in range(100)]

@@ -34,7 +34,14 @@ from consumer.handler_call import TrialCalls, handler_calls
 from consumer.kafka.protocol import Source
 from consumer.message import TP, Context, Message, Scope
 from consumer.routing import Router
-from consumer.store import CheckpointRow, Claim, ClaimBatch, Store
+from consumer.store import (
+    BatchClosing,
+    CheckpointRow,
+    Claim,
+    ClaimBatch,
+    ClosedBatch,
+    Store,
+)
 
 log = logging.getLogger("consumer.checkpoint")
 
@@ -116,13 +123,20 @@ class StoreCheckpoint:
         self._lettered = {} if lettered is None else lettered
         #: The last claim returned every key it was given, each once (set by _claim).
         self._all_new = False
+        #: Set by run() once the store's closing went out: what finish() completes.
+        self._closed: _Closed | None = None
 
     @property
     def synchronous(self) -> bool:
         return self.trigger in (Trigger.REVOKE, Trigger.SHUTDOWN)
 
     def run(self) -> BatchOutcome:
-        """Raises StoreError (the batch rolled back; retry it) or Fenced (rolled back; stop)."""
+        """Raises StoreError (the batch rolled back; retry it) or Fenced (rolled back; stop).
+
+        A batch of the count or interval trigger whose every message ran may have its
+        closing answered later (:attr:`answer_pending`; the store sent it, and the server
+        commits while the caller polls): :meth:`finish` then waits for the answer and does
+        the rest (the watermarks, Kafka's copy), and raises what this would have."""
         outcome = BatchOutcome()
         store = self._store
         claims = self._claims()
@@ -151,23 +165,51 @@ class StoreCheckpoint:
                     for tp, offset in watermarks.items()]
             if one_by_one:  # the optimistic run moves every partition it holds
                 rows += self._unmoved_rows(watermarks)
-            # 4. commit the store, with the rows (a server store sends both at once)
-            fenced = store.close_batch(self._group, rows, self._now())
+            # 4. commit the store, with the rows (a server store sends both at once; with
+            # nothing to do after COMMIT but this, it may send them and answer later)
+            if (self.trigger in (Trigger.COUNT, Trigger.INTERVAL) and not one_by_one
+                    and not carried and not self._deferred and not self._lettered):
+                closing = store.send_close(self._group, rows, self._now())
+            else:
+                closing = ClosedBatch(store.close_batch(self._group, rows, self._now()))
+        except BaseException:
+            _rollback_quietly(store)
+            raise
+        self._closed = _Closed(closing, claims, watermarks, counts, carried, outcome)
+        return outcome if closing.pending else self.finish()
+
+    @property
+    def answer_pending(self) -> bool:
+        """The store sent this batch's closing and has not answered it yet."""
+        closed = self._closed
+        return closed is not None and closed.closing.pending
+
+    def finish(self) -> BatchOutcome:
+        """Once :meth:`run` returned: wait for the store's answer (if it did not come yet),
+        then move the watermarks, act on failures and commit Kafka. Raises StoreError (the
+        batch rolled back, or its outcome is unknown: retry it; the keys tell) or Fenced."""
+        closed = self._closed
+        assert closed is not None, "finish() before run()"
+        store = self._store
+        try:
+            fenced = closed.closing.result()
             if fenced:
                 raise Fenced(self._group, fenced)
         except BaseException:
             _rollback_quietly(store)
             raise
         now = self._now()
-        for tp, offset in watermarks.items():
+        counts = closed.counts
+        for tp, offset in closed.watermarks.items():
             self._partitions[tp].advance(offset, counts[tp], now)
-        self._forget_letters(claims)
-        for tp, offset in carried.items():
+        self._forget_letters(closed.claims)
+        for tp, offset in closed.carried.items():
             del self._lettered[tp]
             self._source.seek(tp, offset + 1)
         self._act_on_failures()
 
         # 5. commit Kafka
+        outcome = closed.outcome
         outcome.committed = self._commit_kafka()
         return outcome
 
@@ -436,6 +478,18 @@ class StoreCheckpoint:
 #: A batch's claims: a :class:`ClaimBatch`, or per message its claim, the error its dedup key
 #: function raised, or None (dead-lettered before).
 _Claims = ClaimBatch | list[Claim | DedupKeyFailed | None]
+
+
+@dataclass
+class _Closed:
+    """A batch whose closing went to the store, and what finishing it needs."""
+
+    closing: BatchClosing
+    claims: _Claims
+    watermarks: dict[TP, int]
+    counts: dict[TP, int]
+    carried: dict[TP, int]
+    outcome: BatchOutcome
 
 
 def _per_message(claims: _Claims) -> Sequence[Claim | DedupKeyFailed | None]:

@@ -91,6 +91,9 @@ class StoreMode:
         #: Dead letters acknowledged, their messages not yet committed as done (see
         #: StoreCheckpoint): partition -> offset.
         self._lettered: dict[TP, int] = {}
+        #: The last batch, while the store has not answered its closing (StoreCheckpoint's
+        #: answer_pending): its messages, done once it answers, and the partitions it moves.
+        self._closing: tuple[StoreCheckpoint, list[Message], Partitions] | None = None
 
     def prepare(self, topics: Sequence[str], *, keep_trying: Callable[[], bool]) -> bool:
         """Create, check or migrate our tables and learn the topics' ids, retrying while the
@@ -118,8 +121,10 @@ class StoreMode:
 
     @property
     def pending(self) -> list[Message]:
-        """The messages buffered for the next transaction: polled, not done."""
-        return self._pending
+        """The messages polled and not done: the last batch's while its closing is not
+        answered, and those buffered for the next transaction."""
+        closing = self._closing
+        return self._pending if closing is None else closing[1] + self._pending
 
     def work(self) -> WorkSnapshot:
         """No concurrency with a store (yet): nothing runs beside the loop."""
@@ -130,6 +135,8 @@ class StoreMode:
     def take(self, messages: list[Message], partitions: Partitions, stop: StopRequest) -> int:
         """Buffer the messages of assigned partitions for the next transaction (nothing once
         a stop was requested); returns how many were buffered."""
+        if not messages and self._closing is not None:
+            self._answer_now()  # idle: nothing to poll while the server commits
         if stop.requested:
             return 0
         taken = [m for m in messages if (m.topic, m.partition) in partitions]
@@ -137,11 +144,20 @@ class StoreMode:
         return len(taken)
 
     def drop_pending(self) -> None:
-        """Forget the whole buffered batch: the process failed and runs no handler again."""
+        """Forget the whole buffered batch: the process failed and runs no handler again
+        (the last batch's closing, sent before, is answered first where it can be)."""
+        if self._closing is not None:
+            try:
+                self._answer()
+            except Exception as error:  # the failure that stops us comes first
+                log.warning("the last batch's commit was not confirmed (%s): the next owner "
+                            "resumes from the store's rows, and its keys skip what committed",
+                            error)
         self._pending = []
 
     def forget(self, partitions: Sequence[TP]) -> None:
         """Forget buffered messages of partitions that are gone (revoked or lost)."""
+        self._answer_now()  # the last batch may move their rows
         gone = set(partitions)
         self._pending = [m for m in self._pending if (m.topic, m.partition) not in gone]
         for tp in gone:
@@ -155,7 +171,19 @@ class StoreMode:
         everything); False when the store is unavailable (retry later).
 
         Raises HandlerFailed after committing what was applied, Fenced after rolling back.
+
+        The count and interval triggers may leave the store's answer to a batch's closing
+        for later (the server commits it while the loop polls the next batch): the batch is
+        done when the answer is read, at the next checkpoint, an idle poll, an assignment or
+        a revoke. Until then its messages are pending and Kafka's copy is not sent.
         """
+        try:
+            self._answer()
+        except StoreUnavailable as error:
+            if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
+                raise
+            self._became_unavailable(error)
+            return False
         batch = StoreCheckpoint(
             trigger, self._pending, partitions, store=self.store, source=self._source,
             router=self._router, keys=self._keys, group=self._group, now=self._clock.wall,
@@ -169,8 +197,38 @@ class StoreMode:
                 raise
             self._became_unavailable(error)
             return False
-        self._observer.messages_done(_done(self._pending, outcome, partitions))
-        self._pending = []
+        messages, self._pending = self._pending, []
+        if batch.answer_pending:
+            self._closing = (batch, messages, partitions)
+            return True
+        self._batch_done(messages, outcome, partitions)
+        return True
+
+    def _answer(self) -> None:
+        """Finish the batch whose closing the store has not answered yet, if any. Raises
+        StoreUnavailable (its messages are pending again, ahead of the rest: retried with
+        them) and Fenced."""
+        if self._closing is None:
+            return
+        (batch, messages, partitions), self._closing = self._closing, None
+        try:
+            outcome = batch.finish()
+        except StoreUnavailable:
+            self._pending = messages + self._pending
+            raise
+        self._batch_done(messages, outcome, partitions)
+
+    def _answer_now(self) -> None:
+        """:meth:`_answer` outside a checkpoint: an unavailable store pauses consumption and
+        retries the batch, as a failed checkpoint does."""
+        try:
+            self._answer()
+        except StoreUnavailable as error:
+            self._became_unavailable(error)
+
+    def _batch_done(self, messages: list[Message], outcome: BatchOutcome,
+                    partitions: Partitions) -> None:
+        self._observer.messages_done(_done(messages, outcome, partitions))
         if self._retry_at is not None:
             self._retry_at = None
             self._backoff = 0.5
@@ -178,7 +236,6 @@ class StoreMode:
         self._observer.batch_applied(outcome.applied, outcome.duplicates)
         if outcome.failure is not None:
             raise outcome.failure
-        return True
 
     def room(self, batch_size: int, until_checkpoint: int | None, partitions: Partitions) -> int:
         """A crash resumes from the store's rows: only the count trigger bounds a poll."""
@@ -219,6 +276,7 @@ class StoreMode:
                                                         dict[TP, int]]:
         """Bump epochs and read checkpoints; the store's offset wins over Kafka's, unless the
         row was written for another topic id (the topic was recreated)."""
+        self._answer_now()
         learn_topic_ids(self._source, self.topic_ids, {topic for topic, _ in partitions})
         positions = self.store.assign(self._group, partitions, self._clock.wall(),
                                       self.topic_ids)

@@ -29,6 +29,7 @@ from consumer.message import TP, Message
 from consumer.observability.histogram import Histogram
 from consumer.store import (
     AsyncMessageTransactions,
+    BatchClosing,
     CheckpointRow,
     Claim,
     ClaimBatch,
@@ -212,6 +213,12 @@ class TimedStore(Store):
     def close_batch(self, group: str, rows: Sequence[CheckpointRow], now: float) -> list[TP]:
         """The store's own one step, as :meth:`open_batch`."""
         return self._timed("close_batch", lambda: self._store.close_batch(group, rows, now))
+
+    def send_close(self, group: str, rows: Sequence[CheckpointRow],
+                   now: float) -> BatchClosing:
+        """The store's own; timed as ``close_batch`` up to sending (its answer is read while
+        the next batch is polled)."""
+        return self._timed("close_batch", lambda: self._store.send_close(group, rows, now))
 
     def commit(self) -> None:
         self._timed("commit", self._store.commit)

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 from consumer.errors import ConfigError
 from consumer.store.base import (
     AsyncMessageTransactions,
+    BatchClosing,
     CheckpointRow,
     Claim,
+    ClosedBatch,
     MessageTransactions,
     Position,
     PostgresSession,
@@ -84,9 +86,11 @@ def open_configured(settings: StoreSettings) -> Store:
 
 __all__ = [
     "AsyncMessageTransactions",
+    "BatchClosing",
     "CheckpointRow",
     "Claim",
     "ClaimBatch",
+    "ClosedBatch",
     "MessageTransactions",
     "Position",
     "PostgresSession",

@@ -152,6 +152,30 @@ class PostgresSession:
     keepalives_count: int = 3
 
 
+class BatchClosing(Protocol):
+    """A batch's closing (its checkpoint rows and COMMIT) sent to the store
+    (:meth:`Store.send_close`). ``pending``: its answer is not read yet."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    def result(self) -> list[TP]:
+        """What :meth:`Store.close_batch` returns (or raises), waiting for the answer."""
+        ...
+
+
+class ClosedBatch:
+    """A closing answered when it was sent."""
+
+    pending = False
+
+    def __init__(self, fenced: list[TP]) -> None:
+        self._fenced = fenced
+
+    def result(self) -> list[TP]:
+        return self._fenced
+
+
 class Store(abc.ABC):
     """A database connection used by the polling thread only."""
 
@@ -267,6 +291,14 @@ class Store(abc.ABC):
         if not fenced:
             self.commit()
         return fenced
+
+    def send_close(self, group: str, rows: Sequence[CheckpointRow],
+                   now: float) -> BatchClosing:
+        """:meth:`close_batch`, with its answer read only when the closing's ``result()`` is
+        asked for, where the store can (PostgreSQL): the caller polls the next batch while
+        the server commits. Until then the store reads the answer first whatever else it is
+        asked to do. Here, closed at once."""
+        return ClosedBatch(self.close_batch(group, rows, now))
 
     @abc.abstractmethod
     def commit(self) -> None: ...

@@ -18,13 +18,14 @@ one thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import generators, sql
+from psycopg.pq import ExecStatus
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import TP
@@ -36,8 +37,10 @@ from consumer.store.base import (
     RUN_COORDINATES,
     SCHEMA_VERSION,
     AsyncMessageTransactions,
+    BatchClosing,
     CheckpointRow,
     Claim,
+    ClosedBatch,
     ConflictBackoff,
     MessageTransactions,
     Position,
@@ -99,16 +102,18 @@ CLAIM_UNLESS_PROCESSED = f"{CLAIM_NEW} ON CONFLICT DO NOTHING RETURNING key"
 
 #: A batch's checkpoint rows in one statement: each moves only forward, and only where the
 #: epoch is still ours; returns the partitions that moved.
-MOVE_ROWS = """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = %s
-               FROM unnest(%b::text[], %b::integer[], %b::bigint[], %b::bigint[])
+_MOVE_ROWS = """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = {0}
+               FROM unnest({1}::text[], {2}::integer[], {3}::bigint[], {4}::bigint[])
                     AS u(t, p, o, e)
-               WHERE c.group_id = %s AND c.topic = u.t AND c.partition = u.p
+               WHERE c.group_id = {5} AND c.topic = u.t AND c.partition = u.p
                      AND c.epoch = u.e AND (c.next_offset IS NULL OR c.next_offset <= u.o)
                RETURNING c.topic, c.partition"""
+MOVE_ROWS = _MOVE_ROWS.format("%s", "%b", "%b", "%b", "%b", "%s")
 #: The same, failing (division by zero) unless all of the given number of rows moved: a
 #: COMMIT sent behind it in one pipeline then never commits a batch with a fenced partition,
 #: since the statement's error aborts the transaction and the server skips the COMMIT.
 MOVE_EVERY_ROW = f"WITH moved AS ({MOVE_ROWS}) SELECT 1 / (count(*) = %s)::int FROM moved"
+_MOVE_EVERY_ROW = "WITH moved AS (" + _MOVE_ROWS + ") SELECT 1 / (count(*) = {6})::int FROM moved"
 #: consumer.dedup.topic_scoped in SQL: sha256(b"t" NUL topic NUL key)[:16].
 TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UTF8') "
                 "|| decode('00', 'hex') || key) from 1 for 16)")
@@ -132,6 +137,19 @@ def _rows_params(group: str, rows: Sequence[CheckpointRow], now: float) -> tuple
     """:data:`MOVE_ROWS`' parameters: the rows as arrays, one per column."""
     return (now, [r.topic for r in rows], [r.partition for r in rows],
             [r.next_offset for r in rows], [r.epoch for r in rows], group)
+
+
+def close_query(group: str, rows: Sequence[CheckpointRow], now: float,
+                literal: Callable[[str], str]) -> str:
+    """:data:`MOVE_EVERY_ROW` and ``COMMIT`` as one query string, the values written out
+    (integers, the time's ``repr``, names quoted by the connection: ``literal``)."""
+    distinct = len({(r.topic, r.partition) for r in rows})
+    return _MOVE_EVERY_ROW.format(
+        repr(float(now)), f"ARRAY[{','.join([literal(r.topic) for r in rows])}]",
+        f"ARRAY[{','.join([str(int(r.partition)) for r in rows])}]",
+        f"ARRAY[{','.join([str(int(r.next_offset)) for r in rows])}]",
+        f"ARRAY[{','.join([str(int(r.epoch)) for r in rows])}]",
+        literal(group), distinct) + "; COMMIT"
 
 
 def is_transient(error: BaseException) -> bool:
@@ -170,6 +188,8 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         self._session = session or PostgresSession()
         self._conn: psycopg.Connection[Any] | None = None
         self._in_batch = False
+        #: A batch's closing sent and not answered yet (:meth:`send_close`).
+        self._closing: _SentClosing | None = None
         #: Nothing ran yet in this batch's transaction: a failed claim may restart it.
         self._batch_empty = False
         self._claims_with_conflicts = ConflictBackoff()
@@ -188,6 +208,8 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         """The connection, opened (again) on first use after start or after it broke; never
         inside a batch, whose transaction died with the old connection. Whoever asks for it
         may run a statement: the batch's transaction no longer counts as empty."""
+        if self._closing is not None:
+            self._answer_closing()  # the connection takes no statement before that
         self._batch_empty = False
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._in_batch:
@@ -512,13 +534,73 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                     return []
                 except psycopg.errors.DivisionByZero:
                     db.execute("ROLLBACK")
-                db.execute("BEGIN")
-                try:
-                    return self.write_checkpoints(group, rows, now)
-                finally:
-                    db.execute("ROLLBACK")
+                return self._fenced_rows(group, rows, now)
         finally:
             self._in_batch = False
+
+    def send_close(self, group: str, rows: Sequence[CheckpointRow],
+                   now: float) -> BatchClosing:
+        """:meth:`close_batch`'s rows and COMMIT as one query string (:func:`close_query`),
+        sent without waiting for the answer: the loop polls its next batch while the server
+        commits, instead of after. The answer is read by the closing's ``result()``, or before
+        this store's next statement, whichever comes first; a statement failing there (a
+        fenced row) leaves the COMMIT skipped as in the pipeline. ``framework-postgres``
+        alone, 3 rounds a run, alternated with the pipeline answered in line: 455,918 /
+        578,423 / 605,829 msg/s against 441,308 / 444,310 / 382,998."""
+        if not rows:
+            return ClosedBatch(self.close_batch(group, rows, now))
+        try:
+            with self._errors():
+                db = self._db
+                query = close_query(group, rows, now, self._literal)
+                db.pgconn.send_query(query.encode(db.info.encoding))
+                db.wait(generators.send(db.pgconn))
+        except BaseException:
+            self._in_batch = False
+            raise
+        closing = self._closing = _SentClosing(self, group, rows, now)
+        return closing
+
+    def _answer_closing(self) -> None:
+        """Read the sent closing's answer into it (errors too: its owner acts on them)."""
+        closing, self._closing = self._closing, None
+        if closing is None:
+            return
+        try:
+            closing.answered(self._closing_answer(closing))
+        except Exception as error:  # handed to the closing's result()
+            closing.failed(error)
+
+    def _closing_answer(self, closing: _SentClosing) -> list[TP]:
+        """As :meth:`close_batch` after its pipeline: a fenced row rolls back, then tells
+        which partitions were fenced."""
+        try:
+            with self._errors():
+                db = self._conn
+                if db is None:
+                    raise psycopg.OperationalError("the connection was closed")
+                try:
+                    for result in db.wait(generators.fetch_many(db.pgconn)):
+                        if result.status == ExecStatus.FATAL_ERROR:
+                            raise psycopg.errors.error_from_result(
+                                result, encoding=db.info.encoding)
+                    return []
+                except psycopg.errors.DivisionByZero:
+                    db.execute("ROLLBACK")
+                return self._fenced_rows(closing.group, closing.rows, closing.now)
+        finally:
+            self._in_batch = False
+
+    def _fenced_rows(self, group: str, rows: Sequence[CheckpointRow], now: float) -> list[TP]:
+        """After a batch rolled back on a row that did not move: the rows written again in a
+        transaction rolled back at once tell which partitions are fenced (or raise for one
+        going backwards)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            return self.write_checkpoints(group, rows, now)
+        finally:
+            db.execute("ROLLBACK")
 
     def commit(self) -> None:
         try:
@@ -528,6 +610,8 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             self._in_batch = False
 
     def rollback(self) -> None:
+        if self._closing is not None:
+            self._answer_closing()
         self._in_batch = False
         if self._conn is None or self._conn.closed or self._conn.broken:
             return
@@ -652,6 +736,31 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             raise StoreError(
                 f"PostgreSQL store {self._where}: {type(error).__name__}: {error}"
             ) from error
+
+
+class _SentClosing:
+    """A batch's closing :meth:`PostgresStore.send_close` sent; answered once."""
+
+    def __init__(self, store: PostgresStore, group: str, rows: Sequence[CheckpointRow],
+                 now: float) -> None:
+        self.group, self.rows, self.now = group, rows, now
+        self.pending = True
+        self._store = store
+        self._fenced: list[TP] = []
+        self._error: Exception | None = None
+
+    def answered(self, fenced: list[TP]) -> None:
+        self.pending, self._fenced = False, fenced
+
+    def failed(self, error: Exception) -> None:
+        self.pending, self._error = False, error
+
+    def result(self) -> list[TP]:
+        if self.pending:
+            self._store._answer_closing()
+        if self._error is not None:
+            raise self._error
+        return self._fenced
 
 
 def _ms(seconds: float) -> int:

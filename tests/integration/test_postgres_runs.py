@@ -197,6 +197,24 @@ def test_batches_of_stretches_open_and_close_again_on_the_connection_after_one_t
     assert offsets(store) == [(0, o) for o in range(20)]
 
 
+def test_a_closing_sent_on_a_connection_the_server_ended_is_unavailable_when_answered(
+        store: PostgresStore, postgres_dsn: str) -> None:
+    """The server ends the connection before a batch's closing goes out: its answer is
+    StoreUnavailable (the loop retries the batch, whose keys tell what committed), and the
+    next batch opens and closes on a new connection."""
+    store.assign(G, [("t", 0)], 1.0)
+    assert store.open_batch(G, stretches(range(0, 10)), 2.0) == keys_of(claims(range(0, 10)))
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store.connection.info.backend_pid,))
+    with pytest.raises(StoreUnavailable):
+        store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 2.0).result()
+    store.rollback()
+    assert store.open_batch(G, stretches(range(0, 10)), 3.0) == keys_of(claims(range(0, 10)))
+    assert store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 3.0).result() == []
+    assert store.checkpoints(G) == {("t", 0): 10}
+    assert offsets(store) == [(0, o) for o in range(10)]
+
+
 def test_batches_of_stretches_open_after_psycopg_deallocated_every_prepared_statement(
         store: PostgresStore) -> None:
     """A batch of plain messages opens with a statement the store prepared on its

@@ -62,7 +62,14 @@ def test_retry_decided_in_a_batch_that_rolls_back_is_undone(
         wait_for(lambda: not run.alive() or _row(store) == 20, timeout=60,
                  what=f"the next ten events ({run.log_tail()})")
         assert run.alive(), run.log_tail()
-        done = scrape(endpoint(run)).by_partition("consumer_messages_consumed_total", topic)
+
+        def consumed() -> dict[int, float]:
+            return scrape(endpoint(run)).by_partition("consumer_messages_consumed_total", topic)
+
+        # The batch is done once the store's answer to its COMMIT is read (after the row).
+        wait_for(lambda: sum(consumed().values()) >= 20, timeout=30,
+                 what=f"the done count to reach the row ({run.log_tail()})")
+        done = consumed()
         run.signal(signal.SIGTERM)
         assert run.wait() == 0, run.log_tail()
     finally:

@@ -131,10 +131,11 @@ def _kafka_before_store() -> None:
         store.commit = commit  # type: ignore[method-assign]
         # the rows and the commit as separate steps, so the commit above is the one called
         store.close_batch = MethodType(Store.close_batch, store)  # type: ignore[method-assign]
+        store.send_close = MethodType(Store.send_close, store)  # type: ignore[method-assign]
         try:
             return original(self)
         finally:
-            del store.commit, store.close_batch
+            del store.commit, store.close_batch, store.send_close
 
     def resolve(self: StoreMode, tp: TP, stored: int | None,
                 kafka: tuple[int | None, str | None]) -> int | None:
@@ -159,8 +160,9 @@ def _keys_apart() -> None:
 
 def _close_with_rows(cls: type[Store]) -> None:
     """A batch closes with the class's own (broken) rows, not in the PostgreSQL store's
-    pipeline, which sends its rows without calling it."""
+    pipeline or query string, which send its rows without calling it."""
     cls.close_batch = Store.close_batch  # type: ignore[method-assign]
+    cls.send_close = Store.send_close  # type: ignore[method-assign]
 
 
 def break_consumer(variant: str) -> None:

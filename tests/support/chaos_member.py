@@ -55,7 +55,7 @@ def install_zombie_gate(directory: Path) -> None:
                 or not _take_request(directory)):
             return original(self)
         _freeze(self, directory)
-        return _late(directory, lambda: original(self))
+        return _late(directory, lambda: _answered(original, self))
 
     StoreCheckpoint.run = run  # type: ignore[method-assign]
     _install_concurrent_gate(directory)
@@ -167,6 +167,15 @@ def _moving_rows(rows: StoreRows, partitions: list[PartitionProgress]) -> list[l
 def _rows_go_on(rows: StoreRows, moving: list[list[Any]]) -> bool:
     source = rows._commits._source
     return any(source.offset_range((t, p))[1] > offset for t, p, offset, _ in moving)
+
+
+def _answered(run: Callable[[StoreCheckpoint], BatchOutcome],
+              checkpoint: StoreCheckpoint) -> BatchOutcome:
+    """The checkpoint, its store's answer read at once: the zombie's outcome is the
+    answer's (the store sends a batch's closing and reads the answer later, which the loop
+    would do at its next checkpoint)."""
+    outcome = run(checkpoint)
+    return checkpoint.finish() if checkpoint.answer_pending else outcome
 
 
 def _late(directory: Path, checkpoint: Callable[[], T]) -> T:

@@ -5,8 +5,9 @@ It reads the client->server stream as PostgreSQL protocol messages (one type byt
 length, after the untyped start-up messages) and forwards them. A transaction that moves a
 checkpoint row (an ``UPDATE consumer_checkpoints``) is a checkpoint batch; its
 COMMIT is counted, whether a simple ``Query`` (psycopg sends a statement without parameters
-that way) or a ``Parse`` in a pipeline behind the row update (then its ``Bind``, ``Execute``
-and the pipeline's ``Sync`` follow), and every ``cut_every``-th one, up to ``max_cuts``, is
+that way), a ``Parse`` in a pipeline behind the row update (then its ``Bind``, ``Execute``
+and the pipeline's ``Sync`` follow), or the end of one query string holding the row update
+and the COMMIT (the store's ``send_close``), and every ``cut_every``-th one, up to ``max_cuts``, is
 followed by dropping the connection on both sides. Alternately the COMMIT is forwarded first
 (it lands: the batch is committed while the client sees a broken connection) or withheld (the
 server sees the client vanish and rolls back); the client cannot tell which. ``landed`` and
@@ -140,6 +141,17 @@ class CommitCutProxy:
                 out = bytearray()
                 for kind, message in stream.feed(chunk):
                     statement = _statement(message) if kind in (b"Q", b"P") else b""
+                    if kind == b"Q" and statement.startswith(_CHECKPOINT_UPDATES) \
+                            and statement.endswith(b"; COMMIT"):
+                        cut = self._cut()  # the rows and COMMIT in one query string
+                        if cut == "withheld":
+                            server.sendall(out)
+                            return
+                        if cut == "landed":
+                            server.sendall(out + message)
+                            return
+                        out += message
+                        continue
                     if statement.startswith(_CHECKPOINT_UPDATES):
                         in_batch = True
                     if kind in (b"Q", b"P") and statement in (b"COMMIT", b"ROLLBACK") \

@@ -13,6 +13,7 @@ which every store reads as a name.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -436,6 +437,58 @@ class StoreContract:
         assert store.checkpoints(G) == {P0: 42}
         assert store.open_batch(G, [claim], 4.0) == {claim.key}
         store.rollback()
+
+    # --- a batch's closing sent, its answer read later -----------------------------------------
+
+    def test_a_sent_closing_commits_before_its_answer_is_read(
+        self, backend: Backend, store: Store
+    ) -> None:
+        """``send_close``: another session sees the batch's key, effects and row committed
+        while the sender has not read the answer (PostgreSQL: the server commits on its own;
+        the other stores answer at once); ``result()`` then reports nothing fenced."""
+        store.assign(G, [P0], 1.0)
+        claim = Claim(bytes(range(16)), "t", 0, 9)
+        assert store.open_batch(G, [claim], 2.0) == {claim.key}
+        store.execute("INSERT INTO scratch VALUES (1, 'a')")
+        closing = store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 2.0)
+        other = backend.open()
+        deadline = time.monotonic() + 10.0
+        while other.checkpoints(G) != {P0: 10}:
+            assert time.monotonic() < deadline, "the sent closing did not commit within 10 s"
+            time.sleep(0.01)
+        assert scratch_ids(other) == [1]
+        assert closing.result() == []
+        assert store.open_batch(G, [claim], 3.0) == set()  # processed
+        store.rollback()
+
+    def test_the_store_reads_a_sent_closing_before_its_next_statement(self, store: Store) -> None:
+        """Nobody asked for the answer before the next batch: that batch opens and closes
+        all the same, and the first closing's answer waits for whoever asks."""
+        store.assign(G, [P0], 1.0)
+        first, second = Claim(bytes(range(16)), "t", 0, 9), Claim(bytes(range(1, 17)), "t", 0, 10)
+        assert store.open_batch(G, [first], 2.0) == {first.key}
+        closing = store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 2.0)
+        assert store.open_batch(G, [second], 3.0) == {second.key}
+        assert store.close_batch(G, [CheckpointRow("t", 0, 11, 1)], 3.0) == []
+        assert closing.result() == []
+        assert store.checkpoints(G) == {P0: 11}
+
+    def test_a_sent_closing_with_a_fenced_row_commits_nothing_and_names_it(
+        self, backend: Backend, store: Store
+    ) -> None:
+        """As :meth:`close_batch` fenced: the answer names P1 and nothing of the batch
+        committed; the next batch on the same store commits."""
+        store.assign(G, [P0, P1], 1.0)
+        backend.open().assign(G, [P1], 2.0)
+        claim = Claim(bytes(range(16)), "t", 0, 9)
+        assert store.open_batch(G, [claim], 3.0) == {claim.key}
+        rows = [CheckpointRow("t", 0, 10, 1), CheckpointRow("t", 1, 20, 1)]
+        assert store.send_close(G, rows, 3.0).result() == [P1]
+        store.rollback()
+        assert store.checkpoints(G) == {P0: None, P1: None}
+        assert store.open_batch(G, [claim], 4.0) == {claim.key}
+        assert store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 4.0).result() == []
+        assert store.checkpoints(G) == {P0: 10, P1: None}
 
     def test_checkpoints_lists_the_rows_of_one_group(self, store: Store) -> None:
         store.assign(G, [P0, P1, ("u", 3)], 1.0)

@@ -3,9 +3,9 @@ into it, a source whose messages carry an idempotency-key header, and a loop fac
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from consumer.app import build_loop
 from consumer.checkpoint.progress import PartitionProgress
@@ -57,6 +57,51 @@ class FlakyCommitStore(SQLiteStore):
             self.fail_commits -= 1
             raise StoreUnavailable("SQLite store test.db: database is locked (simulated)")
         super().commit()
+
+
+class LateAnswer:
+    """A batch's closing whose answer is handed over only when asked, as PostgreSQL's."""
+
+    def __init__(self, fenced: list[TP], error: StoreUnavailable | None) -> None:
+        self.pending = True
+        self._fenced = fenced
+        self._error = error
+
+    def result(self) -> list[TP]:
+        self.pending = False
+        if self._error is not None:
+            raise self._error
+        return self._fenced
+
+
+class LateAnswerStore(SQLiteStore):
+    """A SQLite store that closes a batch at once (as a server commits what was sent) and
+    hands the answer over when asked, like PostgreSQL's ``send_close``; the next
+    ``lose_answers`` answers are lost (StoreUnavailable: the caller cannot tell whether the
+    batch committed, which it did, or with ``withhold`` rolled back). ``sent``: every
+    closing, in order."""
+
+    lose_answers = 0
+    withhold = False
+
+    def __init__(self, path: str, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.sent: list[LateAnswer] = []
+
+    def send_close(self, group: str, rows: Sequence[CheckpointRow],
+                   now: float) -> LateAnswer:
+        error = None
+        if self.lose_answers:
+            self.lose_answers -= 1
+            error = StoreUnavailable("SQLite store test.db: the connection was lost before "
+                                     "the commit's answer (simulated)")
+        if error is not None and self.withhold:
+            self.rollback()
+            fenced: list[TP] = []
+        else:
+            fenced = self.close_batch(group, rows, now)
+        self.sent.append(LateAnswer(fenced, error))
+        return self.sent[-1]
 
 
 def event(topic: str, partition: int, offset: int, key: bytes | None) -> Message:

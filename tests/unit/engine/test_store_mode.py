@@ -28,6 +28,7 @@ from tests.support.store_harness import (
     EffectWriter,
     FlakyCommitStore,
     HeaderedSource,
+    LateAnswerStore,
     effects,
     make_store_loop,
     open_store,
@@ -265,6 +266,96 @@ def run_from(tmp_path: Path, source: HeaderedSource, *, policy: ExternalResetPol
     loop.close()
     store.close()
     return handler.calls
+
+
+# --- a batch's closing answered later (PostgreSQL's send_close) --------------------------------
+
+
+def test_a_batch_answered_later_is_done_and_sent_to_kafka_once_its_answer_is_read(
+    tmp_path: Path,
+) -> None:
+    """The store committed the batch but has not answered: its messages stay pending and
+    Kafka's copy waits. The next checkpoint reads the answer first (that batch is done, its
+    offsets go to Kafka), then sends its own; the shutdown reads the last one."""
+    store = open_store_as(LateAnswerStore, tmp_path)
+    source = HeaderedSource({"t": [values(0, 4)]})
+    handler = EffectWriter()
+    observer = RecordingObserver()
+    loop, batches = make_store_loop(source, store, handler, clock=ManualClock(),
+                                    observer=observer, every_messages=2)
+    loop.start()
+    assert loop.run_once() == 2
+    assert [answer.pending for answer in store.sent] == [True]
+    assert store.checkpoints(GROUP) == {P0: 2}  # committed at the store
+    assert source.commits == []
+    assert [m.offset for m in batches.pending] == [0, 1]
+    assert observer.named("batch_applied") == []
+
+    assert loop.run_once() == 2
+    assert [answer.pending for answer in store.sent] == [False, True]
+    assert source.committed_offsets == {P0: 2}
+    assert [m.offset for m in batches.pending] == [2, 3]
+    assert observer.named("batch_applied") == [(2, 0)]
+
+    loop.close()
+    assert [answer.pending for answer in store.sent] == [False, False]
+    assert source.committed_offsets == {P0: 4}
+    assert store.checkpoints(GROUP) == {P0: 4}
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1), ("t", 0, 2), ("t", 0, 3)]
+
+
+def test_an_idle_poll_reads_a_batchs_answer_at_once(tmp_path: Path) -> None:
+    """Nothing more to poll: the answer is read in the same turn, not at the next batch."""
+    store = open_store_as(LateAnswerStore, tmp_path)
+    source = HeaderedSource({"t": [values(0, 2)]})
+    loop, batches = make_store_loop(source, store, EffectWriter(), clock=ManualClock(),
+                                    every_messages=2)
+    loop.start()
+    assert loop.run_once() == 2
+    assert source.commits == []
+    assert loop.run_once() == 0
+    assert [answer.pending for answer in store.sent] == [False]
+    assert batches.pending == []
+    assert source.committed_offsets == {P0: 2}
+    loop.close()
+
+
+@pytest.mark.parametrize("commit", ["landed", "withheld"])
+def test_a_lost_answer_retries_the_batch_and_applies_each_message_once(
+    tmp_path: Path, commit: str
+) -> None:
+    """The connection went before the answer: the batch committed (landed) or rolled back
+    (withheld), unknown to us. The next checkpoint finds the store unavailable and holds
+    both batches; the retry after the backoff runs what did not commit (its keys skip what
+    did): each effect once, every offset committed."""
+    store = open_store_as(LateAnswerStore, tmp_path)
+    store.lose_answers, store.withhold = 1, commit == "withheld"
+    source = HeaderedSource({"t": [values(0, 4)]})
+    handler = EffectWriter()
+    observer = RecordingObserver()
+    clock = ManualClock()
+    loop, batches = make_store_loop(source, store, handler, clock=clock, observer=observer,
+                                    every_messages=2)
+    loop.start()
+    assert loop.run_once() == 2
+    assert loop.run_once() == 2  # its checkpoint reads the lost answer
+    assert batches.unavailable
+    assert [m.offset for m in batches.pending] == [0, 1, 2, 3]
+    assert source.commits == []
+    assert observer.names.count("store_unavailable") == 1
+
+    clock.advance(1.0)
+    loop.run_once()  # the retry
+    assert not batches.unavailable
+    loop.close()
+    first = [("t", 0, 0), ("t", 0, 1)]
+    every = [*first, ("t", 0, 2), ("t", 0, 3)]
+    assert handler.calls == (every if commit == "landed" else first + every)
+    assert effects(store) == every
+    assert [n for n in observer.named("batch_applied") if n != (0, 0)] == \
+        ([(2, 2)] if commit == "landed" else [(4, 0)])
+    assert store.checkpoints(GROUP) == {P0: 4}
+    assert source.committed_offsets == {P0: 4}
 
 
 def test_store_row_wins_over_kafkas_committed_offset(tmp_path: Path) -> None:

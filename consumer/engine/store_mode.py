@@ -1,12 +1,14 @@
 """Store mode: buffer a checkpoint's worth of messages, apply them in one store transaction,
 and position newly assigned partitions from the store's checkpoint rows.
 
-Owns the store, the pending batch, the outage backoff and the dead letters not yet counted
-done. Used by :class:`consumer.engine.loop.ConsumerLoop` through
+Owns the store, the pending batch, the last batch while the store's answer to its COMMIT is
+unread (PostgreSQL commits it while the loop polls), the outage backoff and the dead letters
+not yet counted done. Used by :class:`consumer.engine.loop.ConsumerLoop` through
 :class:`consumer.engine.mode.CheckpointMode`, on the loop's thread. :meth:`StoreMode.prepare`
 blocks while the store is unreachable; a checkpoint raises HandlerFailed (after committing what
 was applied) or Fenced (after rolling back), and StoreUnavailable on revoke and shutdown;
-otherwise an unavailable store makes the mode ``unavailable`` until a retry succeeds.
+otherwise an unavailable store makes the mode ``unavailable`` until a retry succeeds. Reading
+an answer late (an idle poll, an assignment, gone partitions) raises Fenced the same way.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ class StoreMode:
 
     def take(self, messages: list[Message], partitions: Partitions, stop: StopRequest) -> int:
         """Buffer the messages of assigned partitions for the next transaction (nothing once
-        a stop was requested); returns how many were buffered."""
+        a stop was requested); returns how many were buffered. A poll that brought nothing
+        first finishes the last batch, if the store's answer to it is still unread."""
         if not messages and self._closing is not None:
             self._answer_now()  # idle: nothing to poll while the server commits
         if stop.requested:
@@ -156,7 +159,8 @@ class StoreMode:
         self._pending = []
 
     def forget(self, partitions: Sequence[TP]) -> None:
-        """Forget buffered messages of partitions that are gone (revoked or lost)."""
+        """Forget buffered messages of partitions that are gone (revoked or lost), after
+        finishing the last batch, if the store's answer to it is still unread."""
         self._answer_now()  # the last batch may move their rows
         gone = set(partitions)
         self._pending = [m for m in self._pending if (m.topic, m.partition) not in gone]

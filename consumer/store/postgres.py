@@ -108,12 +108,14 @@ _MOVE_ROWS = """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_
                WHERE c.group_id = {5} AND c.topic = u.t AND c.partition = u.p
                      AND c.epoch = u.e AND (c.next_offset IS NULL OR c.next_offset <= u.o)
                RETURNING c.topic, c.partition"""
-MOVE_ROWS = _MOVE_ROWS.format("%s", "%b", "%b", "%b", "%b", "%s")
+_PARAMETERS = ("%s", "%b", "%b", "%b", "%b", "%s")
+MOVE_ROWS = _MOVE_ROWS.format(*_PARAMETERS)
 #: The same, failing (division by zero) unless all of the given number of rows moved: a
-#: COMMIT sent behind it in one pipeline then never commits a batch with a fenced partition,
-#: since the statement's error aborts the transaction and the server skips the COMMIT.
-MOVE_EVERY_ROW = f"WITH moved AS ({MOVE_ROWS}) SELECT 1 / (count(*) = %s)::int FROM moved"
+#: COMMIT sent behind it (in one pipeline, or one query string: :func:`close_query`) then
+#: never commits a batch with a fenced partition, since the statement's error aborts the
+#: transaction and the server skips the COMMIT.
 _MOVE_EVERY_ROW = "WITH moved AS (" + _MOVE_ROWS + ") SELECT 1 / (count(*) = {6})::int FROM moved"
+MOVE_EVERY_ROW = _MOVE_EVERY_ROW.format(*_PARAMETERS, "%s")
 #: consumer.dedup.topic_scoped in SQL: sha256(b"t" NUL topic NUL key)[:16].
 TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UTF8') "
                 "|| decode('00', 'hex') || key) from 1 for 16)")

@@ -168,7 +168,7 @@ class StoreCheckpoint:
             # 4. commit the store, with the rows (a server store sends both at once; with
             # nothing to do after COMMIT but this, it may send them and answer later)
             if (self.trigger in (Trigger.COUNT, Trigger.INTERVAL) and not one_by_one
-                    and not carried and not self._deferred and not self._lettered):
+                    and not self._deferred and not self._lettered):  # (nothing carried)
                 closing = store.send_close(self._group, rows, self._now())
             else:
                 closing = ClosedBatch(store.close_batch(self._group, rows, self._now()))

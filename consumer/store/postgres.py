@@ -4,8 +4,9 @@ batch); other keys (and every key of a store migrated from an older version) wit
 … SELECT FROM unnest(…)``: a plain ``INSERT`` while batches meet no processed key, ``ON
 CONFLICT DO NOTHING RETURNING key`` for a while after one did (see :meth:`PostgresStore.claim`).
 A batch of plain messages is two round trips: ``BEGIN`` with its runs' INSERT in one query
-string (:meth:`PostgresStore.open_batch`), its checkpoint rows with ``COMMIT`` in one pipeline
-(:meth:`PostgresStore.close_batch`).
+string (:meth:`PostgresStore.open_batch`), its checkpoint rows with ``COMMIT`` in another,
+whose answer is read while the loop polls the next batch (:meth:`PostgresStore.send_close`;
+:meth:`PostgresStore.close_batch` sends them in one pipeline and waits).
 
 Connects on first use, and again after the connection broke, but never inside a batch (its
 transaction died with the connection: ``StoreUnavailable``, the batch rolls back). Session
@@ -50,6 +51,7 @@ from consumer.store.base import (
     require_version,
 )
 from consumer.store.claim_batch import EveryKey
+from consumer.store.postgres_literals import int_array, text_array
 
 SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS consumer_schema (version integer NOT NULL,
@@ -143,15 +145,13 @@ def _rows_params(group: str, rows: Sequence[CheckpointRow], now: float) -> tuple
 
 def close_query(group: str, rows: Sequence[CheckpointRow], now: float,
                 literal: Callable[[str], str]) -> str:
-    """:data:`MOVE_EVERY_ROW` and ``COMMIT`` as one query string, the values written out
-    (integers, the time's ``repr``, names quoted by the connection: ``literal``)."""
+    """:data:`MOVE_EVERY_ROW` and ``COMMIT`` as one query string, its values written out
+    (:mod:`consumer.store.postgres_literals`; the time as its ``repr``)."""
     distinct = len({(r.topic, r.partition) for r in rows})
     return _MOVE_EVERY_ROW.format(
-        repr(float(now)), f"ARRAY[{','.join([literal(r.topic) for r in rows])}]",
-        f"ARRAY[{','.join([str(int(r.partition)) for r in rows])}]",
-        f"ARRAY[{','.join([str(int(r.next_offset)) for r in rows])}]",
-        f"ARRAY[{','.join([str(int(r.epoch)) for r in rows])}]",
-        literal(group), distinct) + "; COMMIT"
+        repr(float(now)), text_array((r.topic for r in rows), literal),
+        int_array(r.partition for r in rows), int_array(r.next_offset for r in rows),
+        int_array(r.epoch for r in rows), literal(group), distinct) + "; COMMIT"
 
 
 def is_transient(error: BaseException) -> bool:

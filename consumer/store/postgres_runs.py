@@ -29,6 +29,7 @@ from typing import Any
 
 from consumer.store.base import Claim
 from consumer.store.key_runs import Run, head_and_offset
+from consumer.store.postgres_literals import bytea_array, int_array, text_array
 
 #: Created with the store (version 4) where btree_gist can be had; the age index serves purges.
 EXTENSION = "CREATE EXTENSION IF NOT EXISTS btree_gist"
@@ -77,8 +78,7 @@ def claim(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> set[
     """Insert the runs; return their keys that were new, or None when every run went in whole
     (each of their keys is new: nobody needs to make them)."""
     ordered = in_key_order(runs)
-    inserted = execute(INSERT_RUNS, insert_params(group, now, ordered)).fetchall()
-    return claimed(execute, group, now, ordered, inserted)
+    return claimed(execute, group, now, ordered, _insert(execute, group, now, ordered))
 
 
 def in_key_order(runs: Sequence[Run]) -> list[Run]:
@@ -87,32 +87,24 @@ def in_key_order(runs: Sequence[Run]) -> list[Run]:
     return sorted(runs, key=lambda run: (run.head, run.low))
 
 
-def insert_params(group: str, now: float, ordered: Sequence[Run]) -> tuple[Any, ...]:
-    """:data:`INSERT_RUNS`' parameters for runs in key order (:func:`in_key_order`)."""
-    return (group, now, [r.head for r in ordered], [r.low for r in ordered],
-            [r.high for r in ordered], [r.topic for r in ordered],
-            [r.partition for r in ordered], [r.first_offset for r in ordered])
-
-
 def open_query(group: str, now: float, ordered: Sequence[Run],
                literal: Callable[[str], str]) -> str:
     """``BEGIN`` and :data:`OPEN_STATEMENT` executed for runs in key order, as one query
-    string. Its values are written out: integers, hexadecimal heads, the time's ``repr``,
-    and the group and topics quoted by the connection (``literal``)."""
-    heads = ",".join([f"decode('{r.head.hex()}','hex')" for r in ordered])
+    string, its values written out (:mod:`consumer.store.postgres_literals`; the time as its
+    ``repr``)."""
     return (f"BEGIN; EXECUTE {OPEN_STATEMENT}({literal(group)}, {float(now)!r}, "
-            f"ARRAY[{heads}], ARRAY[{','.join([str(int(r.low)) for r in ordered])}], "
-            f"ARRAY[{','.join([str(int(r.high)) for r in ordered])}], "
-            f"ARRAY[{','.join([literal(r.topic) for r in ordered])}], "
-            f"ARRAY[{','.join([str(int(r.partition)) for r in ordered])}], "
-            f"ARRAY[{','.join([str(int(r.first_offset)) for r in ordered])}])")
+            f"{bytea_array(r.head for r in ordered)}, {int_array(r.low for r in ordered)}, "
+            f"{int_array(r.high for r in ordered)}, "
+            f"{text_array((r.topic for r in ordered), literal)}, "
+            f"{int_array(r.partition for r in ordered)}, "
+            f"{int_array(r.first_offset for r in ordered)})")
 
 
 def claimed(execute: Execute, group: str, now: float, runs: Sequence[Run],
             inserted_rows: Sequence[Sequence[Any]]) -> set[bytes] | None:
-    """What :func:`claim` returns, given the rows :data:`INSERT_RUNS` returned for the runs.
-    A run that overlapped a row (processed or claimed by another session, which was waited
-    for) is claimed again one key at a time (a second statement)."""
+    """What :func:`claim` returns, given the rows :data:`INSERT_RUNS` returned for the runs
+    (in key order). A run that overlapped a row (processed or claimed by another session,
+    which was waited for) is claimed again one key at a time (a second statement)."""
     inserted = _ranges(inserted_rows)
     if len(inserted) == len(runs):
         return None
@@ -123,11 +115,19 @@ def claimed(execute: Execute, group: str, now: float, runs: Sequence[Run],
             new.update(run.key_list())
         else:
             refused.extend(run.singles())
-    ordered = in_key_order(refused)
-    inserted = _ranges(execute(INSERT_RUNS, insert_params(group, now, ordered)).fetchall())
+    inserted = _ranges(_insert(execute, group, now, in_key_order(refused)))
     new.update(single.key_list()[0] for single in refused
                if (single.head, single.low, single.high) in inserted)
     return new
+
+
+def _insert(execute: Execute, group: str, now: float,
+            ordered: Sequence[Run]) -> Sequence[Sequence[Any]]:
+    """:data:`INSERT_RUNS` for runs in key order: the rows it returned."""
+    return execute(INSERT_RUNS, (  # type: ignore[no-any-return]
+        group, now, [r.head for r in ordered], [r.low for r in ordered],
+        [r.high for r in ordered], [r.topic for r in ordered], [r.partition for r in ordered],
+        [r.first_offset for r in ordered])).fetchall()
 
 
 def one_values(group: str, claim: Claim, now: float) -> tuple[Any, ...]:

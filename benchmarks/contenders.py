@@ -61,6 +61,11 @@ CONTENDERS: tuple[Contender, ...] = (
                 "shutdown",
     ),
     Contender(
+        "framework-context", FRAMEWORK, PROJECT, {**EVERY_1000_OR_1S, "handler": "noop_context"},
+        commits="as framework; the no-op handler takes (message, context), so a context is "
+                "built per message",
+    ),
+    Contender(
         "framework-sync", FRAMEWORK, PROJECT, {**EVERY_1000_OR_1S, "synchronous_commits": True},
         commits="watermarks, synchronously, every 1,000 messages or 1 s",
     ),

@@ -38,7 +38,7 @@ INSERT = """INSERT INTO bench_effects (group_id, topic, partition, "offset")
 def apply(message: Message, context: Context) -> None:
     """One effect row in the store's transaction, then one record line outside it."""
     context.execute(INSERT, (context.group, message.topic, message.partition, message.offset))
-    record.handle(message, context)
+    record.handle(message)
 
 
 def apply_then_wait(message: Message, context: Context) -> None:

@@ -7,7 +7,7 @@ from benchmarks.contenders import IO_KEYS, SLEEP_SECONDS
 from benchmarks.io_bound import IoBound
 from benchmarks.measure import RunResult
 from benchmarks.rounds import Standing, missing_label
-from benchmarks.stats import Spread
+from benchmarks.stats import Spread, met
 
 TO = "\N{EN DASH}"
 SYNC, ASYNC, SYNC_1 = "io-framework-sync-c100", "io-framework-async-c1000", "io-framework-sync-c1"
@@ -130,8 +130,7 @@ def _goals(standings: list[Standing], throughput: list[Standing]) -> str:
         if mine is None:
             rows.append(f"| {goal} | not measured: {why} | |")
             return
-        met = "yes" if mine >= target else f"no: {target / mine:,.2f}x short"
-        rows.append(f"| {goal} | {mine:,.0f} msg/s{note} | {met} |")
+        rows.append(f"| {goal} | {mine:,.0f} msg/s{note} | {met(mine, target)} |")
 
     for name, ideal in ((SYNC, 10_000.0), (POSTGRES, 3_200.0), (SYNC_1, 100.0)):
         share = 0.95 if name == SYNC_1 else 0.8

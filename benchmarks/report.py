@@ -10,7 +10,7 @@ from benchmarks.io_bound import IoBound
 from benchmarks.io_report import render_io
 from benchmarks.measure import RunResult
 from benchmarks.rounds import Standing
-from benchmarks.stats import Spread
+from benchmarks.stats import Spread, met
 from benchmarks.store_curve import NO_STORE, StoreCurve, StorePoint
 from benchmarks.topic import Preloaded
 
@@ -166,9 +166,8 @@ def _goals(standings: list[Standing], preloaded: Preloaded) -> str:
             rows.append(f"| {goal} | not measured: no figures for {' or '.join(absent)} | |")
             return
         ratio = mine.median / theirs.median
-        met = "yes" if ratio >= target else f"no: {target / ratio:,.1f}x short"
         rows.append(f"| {goal} | {_ratio(ratio)} ({mine.median:,.0f} vs {base} "
-                    f"{theirs.median:,.0f} msg/s) | {met} |")
+                    f"{theirs.median:,.0f} msg/s) | {met(ratio, target)} |")
 
     # Against the raw loop with the client's defaults, and with the fetch setting the
     # framework's consumer uses: the second is the like-for-like ceiling.

@@ -23,3 +23,10 @@ class Spread:
 
     def ratio(self, other: Spread) -> float | None:
         return self.median / other.median if other.median else None
+
+
+def met(measured: float, target: float) -> str:
+    """A goal's verdict for a report: ``yes``, or how far short of ``target`` it fell."""
+    if measured >= target:
+        return "yes"
+    return f"no: {1 - measured / target:.0%} short"

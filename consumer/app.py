@@ -33,7 +33,7 @@ from consumer.checkpoint.store_message import (
 )
 from consumer.clock import Clock, SystemClock
 from consumer.dedup import KeyFormat, KeyFunction, key_function
-from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher, RouteWork, is_async
+from consumer.engine.concurrency.dispatcher import ConcurrentDispatcher, RouteWork
 from consumer.engine.concurrent_store_mode import ConcurrentStoreMode, StoreOutage
 from consumer.engine.direct_mode import DirectMode, unconfirmed_limit
 from consumer.engine.dispatch import Dispatcher
@@ -51,7 +51,7 @@ from consumer.observability.instruments import Instruments
 from consumer.observability.lag import OffsetTracker
 from consumer.observability.offset_refresh import OffsetRefresher
 from consumer.observability.tracing import Tracing
-from consumer.routing import Route, Router
+from consumer.routing import Route, Router, is_async
 from consumer.settings import Settings
 from consumer.store import AsyncMessageTransactions, MessageTransactions, Store, open_configured
 from consumer.store.purge import ProcessedKeyPurger

@@ -12,6 +12,8 @@ resolved once per dispatcher or batch, never per message:
   duration, and its exception goes on unchanged. While a call runs,
   :attr:`~consumer.events.HandlerTimings.started` holds its start (the scrape sees a stuck
   handler there); it is 0.0 between calls.
+- A handler of the message alone (``def handle(message)``, a route's ``message_only``) is
+  called with the message alone, timed or not: a mode gives it no context to build and drop.
 
 What a mode does around the call (the failure policy's checks, dedup, savepoints) is not part
 of it. A run that may be rolled back and run again (the store's optimistic batch) calls through
@@ -24,13 +26,16 @@ from collections.abc import Callable, Mapping
 
 from consumer.events import HandlerTimings
 from consumer.message import Context, Message
-from consumer.routing import Handler
+
+#: A handler as the modes call it: ``(message, context)``, or ``(message)`` for one that takes
+#: the message alone (a route's ``message_only``).
+AnyHandler = Callable[..., object]
 
 
-def handler_calls(handlers: Mapping[str, Handler],
-                  timer: HandlerTimings | None) -> dict[str, Handler]:
-    """Per topic, what to call instead of its handler: the handler itself with metrics off
-    (``timer`` None), else the handler timed into ``timer``."""
+def handler_calls(handlers: Mapping[str, AnyHandler],
+                  timer: HandlerTimings | None) -> dict[str, AnyHandler]:
+    """Per topic, what to call instead of its handler, with the same arguments: the handler
+    itself with metrics off (``timer`` None), else the handler timed into ``timer``."""
     if timer is None:
         return dict(handlers)
     return {topic: _timed(handler, topic, timer, timer.durations(topic), timer.failed)
@@ -43,14 +48,14 @@ class TrialCalls:
     call that raises is not observed, since the run done again observes it; otherwise timed
     as :func:`handler_calls` times them."""
 
-    def __init__(self, handlers: Mapping[str, Handler], timer: HandlerTimings | None) -> None:
+    def __init__(self, handlers: Mapping[str, AnyHandler], timer: HandlerTimings | None) -> None:
         self._timer = timer
         self._held: dict[str, list[float]] = {topic: [] for topic in handlers}
         if timer is not None:
             for topic in handlers:
                 timer.durations(topic)  # the topic's series exist from its first call on
         #: Per topic, what to call instead of its handler.
-        self.calls: dict[str, Handler] = (
+        self.calls: dict[str, AnyHandler] = (
             dict(handlers) if timer is None else
             {topic: _timed(handler, topic, timer, self._held[topic], _unobserved)
              for topic, handler in handlers.items()})
@@ -65,15 +70,20 @@ class TrialCalls:
                     held.clear()
 
 
-def _timed(handler: Handler, topic: str, timer: HandlerTimings, durations: list[float],
-           failed: Callable[[str, float], None]) -> Handler:
+def _timed(handler: AnyHandler, topic: str, timer: HandlerTimings, durations: list[float],
+           failed: Callable[[str, float], None]) -> AnyHandler:
+    """``handler`` timed; called as it is (without a context: a handler of the message
+    alone)."""
     now = timer.now
     succeeded = durations.append
 
-    def call(message: Message, context: Context) -> None:
+    def call(message: Message, context: Context | None = None) -> None:
         timer.started = start = now()
         try:
-            handler(message, context)
+            if context is None:
+                handler(message)
+            else:
+                handler(message, context)
         except BaseException:
             seconds = now() - start
             timer.started = 0.0

@@ -19,4 +19,4 @@ def handle(message: Message, context: Context) -> None:
         seconds = float(os.environ.get("BLOCK_SECONDS", "10"))
         context.logger.info("blocking for %.0f s", seconds)
         time.sleep(seconds)
-    record(message, context)
+    record(message)

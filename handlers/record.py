@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from consumer.message import Context, Message
+from consumer.message import Message
 
 _fd: int | None = None
 _sleep = float(os.environ.get("RECORD_SLEEP_SECONDS", "0"))
@@ -26,15 +26,16 @@ def _file() -> int:
     return _fd
 
 
-def handle(message: Message, context: Context) -> None:
+def handle(message: Message) -> None:
+    """A handler of the message alone: it needs no context, so none is built for it."""
     if _sleep:
         time.sleep(_sleep)
     line = f"{message.topic} {message.partition} {message.offset} {message.text()}\n"
     os.write(_file(), line.encode())
 
 
-def fail_on(message: Message, context: Context) -> None:
+def fail_on(message: Message) -> None:
     """Like ``handle``, but raises on a value equal to ``$RECORD_FAIL_ON``."""
     if message.text() == os.environ.get("RECORD_FAIL_ON"):
         raise ValueError(f"refusing value {message.text()!r}")
-    handle(message, context)
+    handle(message)

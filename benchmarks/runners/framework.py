@@ -12,17 +12,20 @@ file in the scratch folder; ``postgres``: ``$CONSUMER_TEST_POSTGRES_DSN``), and 
 sections merged over the rest (for modes not named here). Sections this checkout has and the
 run does not ask for are switched off: no store, no metrics.
 
-The IO-bound group's options: ``handler`` (``noop``; ``sleep``: :func:`handle_sleep`, a plain
-``def`` that calls ``time.sleep(0.01)``; ``sleep_async``: :func:`handle_sleep_async`, an
-``async def`` that awaits ``asyncio.sleep(0.01)``; ``write_sleep``:
-:func:`benchmarks.effects.apply_then_wait`, one row into ``bench_effects`` through
-``context.execute`` before the same wait, with a store; ``write_sleep_async``: the same,
-``async def``, awaiting both), ``concurrency`` and ``ordering`` (the
-route's settings; left out of the config when not given, so a checkout without them runs the
-rest). A config this checkout refuses is reported as *unsupported*, with its problems. With
-``write_sleep`` (or its async twin) the runner creates the table first and, after the graceful
-stop, reports the group's rows (``effect_rows``, and ``effect_distinct`` messages among them),
-then deletes them.
+``handler``: ``noop`` (the default: :func:`handle`, ``def handle(message)``, as the raw loop's
+and the peers' no-op handlers take the message alone); ``noop_context``
+(:func:`handle_with_context`, the same taking ``(message, context)``: the framework builds a
+context per message, and every checkout accepts it); and for the IO-bound group ``sleep``
+(:func:`handle_sleep`, a plain ``def`` that calls ``time.sleep(0.01)``), ``sleep_async``
+(:func:`handle_sleep_async`, an ``async def`` that awaits ``asyncio.sleep(0.01)``),
+``write_sleep`` (:func:`benchmarks.effects.apply_then_wait`, one row into ``bench_effects``
+through ``context.execute`` before the same wait, with a store) and ``write_sleep_async`` (the
+same, ``async def``, awaiting both). ``concurrency`` and ``ordering``: the route's settings,
+left out of the config when not given, so a checkout without them runs the rest. A config
+this checkout refuses (a handler of the message alone before it had them, too) is reported as
+*unsupported*, with its problems. With ``write_sleep`` (or its async twin) the runner creates
+the table first and, after the graceful stop, reports the group's rows (``effect_rows``, and
+``effect_distinct`` messages among them), then deletes them.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ from typing import Any
 from benchmarks.runners.tally import RunSpec, Tally
 
 HANDLER_PATH = "benchmarks.runners.framework:handle"
-HANDLERS = {"noop": HANDLER_PATH, "sleep": "benchmarks.runners.framework:handle_sleep",
+HANDLERS = {"noop": HANDLER_PATH,
+            "noop_context": "benchmarks.runners.framework:handle_with_context",
+            "sleep": "benchmarks.runners.framework:handle_sleep",
             "sleep_async": "benchmarks.runners.framework:handle_sleep_async",
             "write_sleep": "benchmarks.effects:apply_then_wait",
             "write_sleep_async": "benchmarks.effects:apply_then_wait_async"}
@@ -50,12 +55,18 @@ _stop_sent = False
 _count_lock = threading.Lock()
 
 
-def handle(message: Any, context: Any) -> None:
-    """The no-op handler: counts, and asks for the graceful stop once at the target."""
+def handle(message: Any) -> None:
+    """The no-op handler, of the message alone (as the raw loop's and the peers' are): counts,
+    and asks for the graceful stop once at the target."""
     global _stop_sent
     if _tally is not None and _tally.add() and not _stop_sent:
         _stop_sent = True  # a second SIGTERM would exit at once, without the final commit
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def handle_with_context(message: Any, context: Any) -> None:
+    """The no-op handler taking the context too: the framework builds one per message."""
+    handle(message)
 
 
 def handle_sleep(message: Any, context: Any) -> None:

@@ -111,7 +111,11 @@ class StoreCheckpoint:
         #: Each route's: a context asks its key function for a key it was not given.
         self._scopes = {topic: Scope(group, store=store, key_function=keys.get(topic))
                         for topic in router.topics}
-        self._handlers = {topic: router.route_for(topic).handler for topic in router.topics}
+        routes = [router.route_for(topic) for topic in router.topics]
+        #: Each route's handler as the calls take it; a handler of the message alone is
+        #: called without a context (its topic is in ``_message_only``).
+        self._handlers = {route.topic: route.message_only or route.handler for route in routes}
+        self._message_only = {route.topic for route in routes if route.message_only}
         #: Metrics on: each handler call is timed (consumer.handler_call).
         self._timer = instruments
         self._transient = _transient_errors(store.dialect)
@@ -283,7 +287,7 @@ class StoreCheckpoint:
         fresh = self._all_new
         if fresh and isinstance(claims, ClaimBatch):
             return self._apply_stretches(claims, trial, checking, outcome)
-        scopes, calls = self._scopes, trial.calls
+        scopes, calls, message_only = self._scopes, trial.calls, self._message_only
         progress = _Progress()
         applied_keys: set[bytes] = set()
         applied = duplicates = lettered = 0
@@ -299,7 +303,11 @@ class StoreCheckpoint:
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    calls[message.topic](message, Context(scopes[message.topic], message, key))
+                    if message.topic in message_only:
+                        calls[message.topic](message)
+                    else:
+                        calls[message.topic](message,
+                                             Context(scopes[message.topic], message, key))
                 except Exception as error:
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
@@ -330,11 +338,15 @@ class StoreCheckpoint:
         for stretch in batch.stretches:
             topic, size = stretch.topic, stretch.end - stretch.first
             call, scope = trial.calls[topic], self._scopes[topic]
+            with_context = topic not in self._message_only
             for message in messages[start:start + size]:
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    call(message, Context(scope, message))
+                    if with_context:
+                        call(message, Context(scope, message))
+                    else:
+                        call(message)
                 except Exception as error:
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
@@ -385,7 +397,10 @@ class StoreCheckpoint:
                     raise claim  # the dedup key function raised
                 if failures is not None:
                     failures.check(message)
-                calls[message.topic](message, Context(scopes[message.topic], message, key))
+                if message.topic in self._message_only:
+                    calls[message.topic](message)
+                else:
+                    calls[message.topic](message, Context(scopes[message.topic], message, key))
             except Exception as error:
                 if self._transient(error):
                     raise _store_unavailable(message, error) from error

@@ -20,10 +20,10 @@ from consumer.engine.stopping import StopRequest
 from consumer.errors import HandlerFailed
 from consumer.events import HandlerTimings
 from consumer.failures.retries import Failures, Verdict
-from consumer.handler_call import handler_calls
+from consumer.handler_call import AnyHandler, handler_calls
 from consumer.kafka.protocol import Source
 from consumer.message import TP, Context, Message, Scope
-from consumer.routing import Handler, Router
+from consumer.routing import Router
 
 
 class Dispatcher:
@@ -39,10 +39,13 @@ class Dispatcher:
                  instruments: HandlerTimings | None = None) -> None:
         self._failures = failures
         self._source = source
-        calls = handler_calls({topic: router.route_for(topic).handler
-                               for topic in router.topics}, instruments)
-        self._routes: dict[str, tuple[Handler, Scope]] = {
-            topic: (call, Scope(group, key_function=keys.get(topic)))
+        routes = {topic: router.route_for(topic) for topic in router.topics}
+        calls = handler_calls({topic: route.message_only or route.handler
+                               for topic, route in routes.items()}, instruments)
+        # Per topic: the call, its contexts' scope, and whether the handler takes a context.
+        self._routes: dict[str, tuple[AnyHandler, Scope, bool]] = {
+            topic: (call, Scope(group, key_function=keys.get(topic)),
+                    routes[topic].message_only is None)
             for topic, call in calls.items()
         }
 
@@ -61,8 +64,9 @@ class Dispatcher:
         topic: str | None = None
         partition = -1
         progress: PartitionProgress | None = None
-        call: Handler | None = None
+        call: AnyHandler | None = None
         scope: Scope | None = None
+        with_context = True
         count = 0
         try:
             for message in messages:
@@ -77,7 +81,7 @@ class Dispatcher:
                     tp = (topic, partition)
                     progress = None if tp in waiting else partitions.get(tp)
                     if progress is not None:  # else revoked, or waiting for a retry: skip
-                        call, scope = routes[topic]
+                        call, scope, with_context = routes[topic]
                         progress.begin_run(message.offset)
                 if progress is None:
                     continue
@@ -85,7 +89,10 @@ class Dispatcher:
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    call(message, Context(scope, message))  # type: ignore[arg-type, misc]
+                    if with_context:
+                        call(message, Context(scope, message))  # type: ignore[arg-type, misc]
+                    else:
+                        call(message)  # type: ignore[misc]
                 except Exception as error:
                     if failures is None:
                         raise HandlerFailed(message.topic, partition, offset, error) from error

@@ -175,12 +175,7 @@ class KafkaSource:
             self._raise_callback_error()
             raise translate_error(error.args[0]) from error
         self._raise_callback_error()
-        # A record without an error always has coordinates; the client's hints say Optional.
-        only = self._only_topic
-        messages: list[Message] = [
-            RecordMessage(r, only or r.topic(), r.partition(), r.offset())  # type: ignore[arg-type]
-            for r in raw if r.error() is None
-        ]
+        messages = RecordMessage.of_records(raw, self._only_topic)
         if len(messages) != len(raw):  # rare: errors travel as records
             for record in raw:
                 failure = record.error()

@@ -28,7 +28,6 @@ logs carry its ``trace_id`` / ``span_id``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from consumer.errors import ConsumerError
 from consumer.events import Observer
 from consumer.kafka.protocol import DeadLetterSink
 from consumer.message import Context, Message
-from consumer.routing import Handler, Router
+from consumer.routing import Handler, Router, is_async
 
 #: The span attribute that says how the message ended.
 OUTCOME = "checkpoint_consumer.outcome"
@@ -97,8 +96,10 @@ class Tracing:
     # --- wiring, once --------------------------------------------------------------------------
 
     def router(self, router: Router) -> Router:
-        """``router`` with every route's handler called inside a span."""
-        return Router([dataclasses.replace(route, handler=self.wrap(route.handler, route.topic))
+        """``router`` with every route's handler called inside a span (a handler of the
+        message alone is called through its adapter, so every mode goes through the span)."""
+        return Router([dataclasses.replace(route, handler=self.wrap(route.handler, route.topic),
+                                           message_only=None)
                        for route in (router.route_for(topic) for topic in router.topics)])
 
     def sink(self, sink: DeadLetterSink) -> DeadLetterSink:
@@ -107,8 +108,7 @@ class Tracing:
 
     def wrap(self, handler: Handler, topic: str) -> Handler:
         """``handler`` called inside a CONSUMER span (an ``async def`` stays one)."""
-        if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-                getattr(handler, "__call__", None)):  # noqa: B004 (an async __call__)
+        if is_async(handler):
             return self._wrap_async(handler)  # type: ignore[arg-type]
         calling = self._calling
 

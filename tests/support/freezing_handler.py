@@ -18,7 +18,7 @@ from handlers.record import handle as record
 
 
 def handle(message: Message, context: Context) -> None:
-    record(message, context)
+    record(message)
     value = message.text()
     flag = Path(os.environ["FREEZE_FLAG"])
     if value == os.environ.get("FREEZE_ON_VALUE") and not flag.exists():

@@ -85,3 +85,20 @@ def test_a_trial_run_counts_its_calls_only_if_it_stands() -> None:
     assert timer.durations("t") == []
     stands.keep()
     assert timer.durations("t") == [pytest.approx(0.2), pytest.approx(0.2)]
+
+
+def test_a_timed_handler_of_the_message_alone_is_called_with_it_alone() -> None:
+    clock = ManualClock()
+    timer = Instruments(now=clock.monotonic)
+    seen: list[Message] = []
+
+    def handle(message: Message) -> None:
+        clock.advance(0.3)
+        seen.append(message)
+
+    handler_calls({"t": handle}, timer)["t"](MESSAGE)
+    trial = TrialCalls({"t": handle}, timer)
+    trial.calls["t"](MESSAGE)
+    trial.keep()
+    assert seen == [MESSAGE, MESSAGE]
+    assert timer.durations("t") == [pytest.approx(0.3)] * 2

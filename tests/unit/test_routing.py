@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,13 +12,16 @@ import pytest
 
 from consumer.errors import ConfigError
 from consumer.message import Context, Message, Scope
-from consumer.routing import Route, Router, load_handler
+from consumer.routing import Route, Router, is_async, load_handler
 
 HANDLER_SOURCE = """\
 def handle(message, context):
     return ("handled", message, context)
 
 def one_argument(message):
+    return ("alone", message)
+
+def no_arguments():
     return None
 
 def three_arguments(message, context, extra):
@@ -117,7 +121,7 @@ def test_all_problems_are_collected_at_once_one_per_route(
                 "no-module": f"{missing}:handle",
                 "no-attribute": f"{module}:absent",
                 "not-callable": f"{module}:not_callable",
-                "one-arg": f"{module}:one_argument",
+                "no-args": f"{module}:no_arguments",
                 "three-args": f"{module}:three_arguments",
             },
             search_path=[str(tmp_path)],
@@ -125,12 +129,51 @@ def test_all_problems_are_collected_at_once_one_per_route(
     problems = caught.value.problems
     assert len(problems) == 5, problems
     by_topic = {p.split(".handler: ", 1)[0].removeprefix("routes."): p for p in problems}
-    assert set(by_topic) == {"no-module", "no-attribute", "not-callable", "one-arg", "three-args"}
+    assert set(by_topic) == {"no-module", "no-attribute", "not-callable", "no-args", "three-args"}
     assert f"cannot import module {missing!r}" in by_topic["no-module"]
     assert f"module {module!r} has no attribute 'absent'" in by_topic["no-attribute"]
     assert "is a int, not a callable" in by_topic["not-callable"]
-    assert "must accept 2 argument(s): (message, context)" in by_topic["one-arg"]
-    assert "must accept 2 argument(s): (message, context)" in by_topic["three-args"]
+    wanted = "must accept 2 argument(s): (message, context) or 1 argument(s): (message)"
+    assert wanted in by_topic["no-args"]
+    assert wanted in by_topic["three-args"]
+
+
+def test_a_handler_of_the_message_alone_is_called_without_a_context(
+    tmp_path: Path, handler_module: Callable[..., str]
+) -> None:
+    """``def handle(message)``: the route keeps the function as ``message_only`` for the modes
+    that would build a context only to drop it, and ``handler`` calls it for the others."""
+    module = handler_module()
+    router = Router.from_config({"t": f"{module}:one_argument", "u": f"{module}:handle"},
+                                search_path=[str(tmp_path)])
+    alone, both = router.route_for("t"), router.route_for("u")
+    assert alone.message_only is sys.modules[module].one_argument
+    assert both.message_only is None, "a handler taking the context gets it"
+    message = Message("t", 0, 0, b"x")
+    assert alone.handler(message, Context(Scope("g"), message)) == ("alone", message)
+
+
+def test_a_handler_that_may_take_the_context_is_given_it() -> None:
+    def optional(message: Message, context: Context | None = None) -> object:
+        return context
+
+    def variadic(*args: object) -> object:
+        return args
+
+    for function in (optional, variadic):
+        route = Route.of("t", function, "x:f")
+        assert (route.handler, route.message_only) == (function, None)
+
+
+def test_an_async_handler_of_the_message_alone_is_still_async() -> None:
+    async def handle(message: Message) -> object:
+        return message.offset
+
+    route = Route.of("t", handle, "x:handle")
+    assert route.message_only is handle
+    assert is_async(route.handler)
+    message = Message("t", 0, 7, b"x")
+    assert asyncio.run(route.handler(message, Context(Scope("g"), message))) == 7  # type: ignore[arg-type]
 
 
 def test_a_module_that_raises_on_import_is_reported_with_the_exception(

@@ -14,7 +14,6 @@ Only the poll thread calls this object; workers only put completions on the queu
 
 from __future__ import annotations
 
-import inspect
 import logging
 import queue
 from collections.abc import Callable, Collection, Mapping
@@ -41,7 +40,7 @@ from consumer.failures.retries import Failures, Verdict
 from consumer.handler_call import WorkerCalls
 from consumer.kafka.protocol import Source
 from consumer.message import TP, Context, Message, Scope
-from consumer.routing import Handler, Router
+from consumer.routing import Handler, Router, is_async
 
 log = logging.getLogger("consumer.engine")
 
@@ -62,12 +61,6 @@ class RouteWork:
     #: Messages a worker takes at once when the handler runs micro-batches (a store's
     #: transactions: :class:`~.batches.BatchWork`); 1: one at a time.
     batch: int = 1
-
-
-def is_async(handler: Handler) -> bool:
-    """Whether the handler is an ``async def`` function (checked once, at wiring)."""
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None))  # noqa: B004 (a callable object's async __call__)
 
 
 class _Route:

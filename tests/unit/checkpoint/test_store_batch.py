@@ -5,7 +5,7 @@ Driven with a real SQLite store (a file in tmp_path) and InMemorySource as the K
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -63,7 +63,7 @@ def run_batch(
     store: SQLiteStore,
     source: InMemorySource,
     messages: Sequence[Message],
-    handler: EffectWriter,
+    handler: EffectWriter | Callable[[Message], None],
     partitions: dict[TP, PartitionProgress],
     *,
     trigger: Trigger = Trigger.COUNT,
@@ -72,7 +72,7 @@ def run_batch(
 ) -> BatchOutcome:
     checkpoint = StoreCheckpoint(
         trigger, messages, partitions, store=store, source=source,
-        router=Router([Route("t", handler, "tests:handler")]),
+        router=Router([Route.of("t", handler, "tests:handler")]),
         keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"}, key_format=key_format)},
         group=GROUP, now=lambda: 1_000.0,
         commits=KafkaCommits(source, observer=observer or RecordingObserver(),
@@ -181,6 +181,36 @@ def test_a_failing_message_in_a_batch_of_stretches_rolls_back_alone(
     again = run_batch(store, source, batch, handler, partitions, key_format=ordered)
     assert (again.applied, again.duplicates) == (3, 2)
     assert handler.calls == [("t", 0, 2), ("t", 0, 3), ("t", 0, 4)]
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["stretches", "claims-per-message"])
+def test_a_handler_of_the_message_alone_runs_once_per_message_and_no_context_is_built(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch, ordered: bool,
+) -> None:
+    """``def handle(message)`` on every path of a batch: optimistic (by stretches, or a claim
+    per message), then one by one after a failure; no context is built for it."""
+    def no_context(*_args: object) -> None:
+        raise AssertionError("a context was built for a handler of the message alone")
+
+    monkeypatch.setattr("consumer.checkpoint.store_batch.Context", no_context)
+    key_format = KeyFormat(ordered_coordinates=ordered)
+    partitions = assigned(store, [P0])
+    batch = [event("t", 0, o, None) for o in range(5)]
+    calls: list[int] = []
+
+    def failing_at_2(message: Message) -> None:
+        calls.append(message.offset)
+        if message.offset == 2:
+            raise ValueError("cannot apply")
+
+    first = run_batch(store, source, batch, failing_at_2, partitions, key_format=key_format)
+    assert first.failure is not None and first.failure.offset == 2
+    assert calls == [0, 1, 2, 0, 1, 2], "the optimistic run, then one by one"
+    calls.clear()
+    again = run_batch(store, source, batch, lambda m: calls.append(m.offset), partitions,
+                      key_format=key_format)
+    assert (again.applied, again.duplicates, calls) == (3, 2, [2, 3, 4])
+    assert store.checkpoints(GROUP) == {P0: 5}
 
 
 def test_message_without_the_header_is_deduplicated_by_its_coordinates(

@@ -120,3 +120,28 @@ def test_a_handler_call_is_timed_alone_not_with_the_loops_work_around_it() -> No
     dispatcher.run(batch((0, 0), (0, 1), (0, 2)), progress(P0), 0.0, StopRequest())
     assert timer.durations("t") == [pytest.approx(0.2)] * 3
     assert timer.started == 0.0
+
+
+@pytest.mark.parametrize("metrics", [False, True], ids=["metrics-off", "metrics-on"])
+def test_a_handler_of_the_message_alone_gets_it_and_no_context_is_built(
+    metrics: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_context(*_args: object) -> None:
+        raise AssertionError("a context was built for a handler of the message alone")
+
+    monkeypatch.setattr("consumer.engine.dispatch.Context", no_context)
+    seen: list[int] = []
+
+    def handle(message: Message) -> None:
+        seen.append(message.offset)
+
+    clock = ManualClock()
+    timer = Instruments(now=clock.monotonic) if metrics else None
+    router = Router([Route.of("t", handle, "tests:handle")])
+    dispatcher = Dispatcher(router, group="g", keys={}, failures=None,
+                            source=InMemorySource({"t": [[]]}), instruments=timer)
+    partitions = progress(P0)
+    done = dispatcher.run(batch((0, 0), (0, 1), (0, 2)), partitions, 0.0, StopRequest())
+    assert (done, seen, partitions[P0].watermark) == (3, [0, 1, 2], 3)
+    if timer is not None:
+        assert len(timer.durations("t")) == 3

@@ -18,10 +18,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from consumer.app import build_loop
 from consumer.clock import ManualClock
-from consumer.engine.concurrency.dispatcher import is_async
 from consumer.message import Context, Message, Scope
 from consumer.observability.tracing import OUTCOME, HeaderGetter, Tracing
-from consumer.routing import Route, Router
+from consumer.routing import Route, Router, is_async
 from consumer.settings import TracingSettings
 from consumer.testing import InMemoryDeadLetterSink, InMemorySource
 from tests.support.wiring import loop_settings
@@ -44,7 +43,8 @@ def tracer(exporter: InMemorySpanExporter) -> Iterator[trace.Tracer]:
     provider.shutdown()
 
 
-def run(handler: Callable[[Message, Context], Any], tracer: trace.Tracer | None, *,
+def run(handler: Callable[[Message, Context], Any] | Callable[[Message], Any],
+        tracer: trace.Tracer | None, *,
         route: dict[str, object], values: list[bytes], turns: int = 3,
         store: dict[str, object] | None = None,
         headers: list[tuple[str, bytes | None]] | None = None,
@@ -56,7 +56,7 @@ def run(handler: Callable[[Message, Context], Any], tracer: trace.Tracer | None,
     letters = InMemoryDeadLetterSink()
     clock = ManualClock()
     loop = build_loop(loop_settings(["t"], group="g", route=route, store=store, every_messages=1),
-                      Router([Route("t", handler, "x:y")]), source=source, clock=clock,
+                      Router([Route.of("t", handler, "x:y")]), source=source, clock=clock,
                       dead_letters=letters, tracer=tracer)
     loop.start()
     try:
@@ -113,6 +113,19 @@ def test_a_message_without_traceparent_starts_a_new_trace(
         tracer: trace.Tracer, exporter: InMemorySpanExporter) -> None:
     run(lambda m, c: None, tracer, route={"on_failure": "stop"}, values=[b"v"], headers=[])
     assert only(exporter).parent is None
+
+
+@pytest.mark.parametrize("store", [None, {"url": "sqlite:///:memory:"}], ids=["direct", "store"])
+def test_a_handler_of_the_message_alone_is_called_inside_its_span(
+        tracer: trace.Tracer, exporter: InMemorySpanExporter,
+        store: dict[str, object] | None) -> None:
+    inside: list[bool] = []
+
+    def handle(message: Message) -> None:
+        inside.append(trace.get_current_span().is_recording())
+
+    run(handle, tracer, route={"on_failure": "stop"}, values=[b"v"], store=store)
+    assert (inside, outcomes(exporter)) == ([True], ["success"])
 
 
 def test_a_failed_call_records_its_exception_and_ends_with_retry_then_success(

@@ -1,0 +1,69 @@
+"""consumer.message: a record's message reads the client's record, made in bulk per poll."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from consumer.message import RecordMessage
+
+
+@dataclass
+class Record:
+    """The parts of a confluent-kafka record a message reads."""
+
+    topic_: str
+    partition_: int
+    offset_: int
+    value_: bytes | None = b"v"
+    error_: object = None
+    key_: bytes | None = None
+    headers_: list[tuple[str, bytes | None]] = field(default_factory=list)
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def value(self) -> bytes | None:
+        return self.value_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return self.headers_
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_500)
+
+    def error(self) -> object:
+        return self.error_
+
+
+def test_messages_of_records_skip_the_errors_and_keep_the_order() -> None:
+    records = [Record("t", 0, 5, b"a", key_=b"k", headers_=[("h", b"1")]),
+               Record("t", -1, -1001, None, error_="broker down"),
+               Record("t", 1, 7, b"b")]
+    messages = RecordMessage.of_records(records, "t")
+    assert [(m.topic, m.partition, m.offset, m.value) for m in messages] == [
+        ("t", 0, 5, b"a"), ("t", 1, 7, b"b")]
+    first = messages[0]
+    assert (first.key, first.headers, first.timestamp) == (b"k", [("h", b"1")], 1.5)
+    assert all(type(m) is RecordMessage for m in messages)
+
+
+def test_without_one_topic_each_message_reads_its_records() -> None:
+    records = [Record("a", 0, 1), Record("b", 0, 2)]
+    assert [m.topic for m in RecordMessage.of_records(records, None)] == ["a", "b"]
+
+
+def test_a_message_made_in_bulk_is_the_one_the_class_makes() -> None:
+    record = Record("t", 3, 9, b"x")
+    bulk, = RecordMessage.of_records([record], "t")
+    single = RecordMessage(record, "t", 3, 9)
+    assert (bulk.topic, bulk.partition, bulk.offset, bulk.value, repr(bulk)) == (
+        single.topic, single.partition, single.offset, single.value, repr(single))

@@ -23,6 +23,9 @@ TIMED = """\
   process start, imports, group join (reported apart as *join*) and the final commit and close
   are outside it. A run stops at the target count, or at the first message after the time cap
   (then marked *capped*; the rate is still handled / elapsed).
+- **no-op handler**: it takes the message alone in every contender (raw's and the peers' as
+  their APIs call it; the framework's as ``def handle(message)``, for which it builds no
+  context), except framework-context's, which takes ``(message, context)``.
 - **CPU**: CPU seconds of the whole child process (every thread, librdkafka's included) over the
   consume phase, also per message handled.
 - **peak RSS**: the child's maximum resident set (``ru_maxrss`` from ``wait4`` on that child),

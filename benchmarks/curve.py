@@ -4,7 +4,9 @@ after a SIGKILL at a random moment.
 Throughput: the framework contender's runner with ``every_messages`` = N and the time trigger
 off, on the first ``curve_messages`` of the preloaded topic (capped in time: small intervals are
 slow). Handled again: ``consumer run`` routing to ``handlers.record:handle`` (one line per
-handled message) is killed with SIGKILL a random number of seconds after its first message;
+handled message) is killed with SIGKILL a random number of seconds after its first message
+(:func:`kill_moment`: sooner than the window says where the point's rate would finish the topic
+first);
 the group's committed offsets are then read back from Kafka, and every recorded message at or
 past its partition's committed offset is one the restart handles again.
 """
@@ -102,7 +104,7 @@ def run_curve(plan: CurvePlan, python: Path, run: ChildRun, *, run_id: str,
     try:
         for kill_no in range(plan.kills):
             for point in rotated(points, kill_no):
-                after = rng.uniform(*plan.kill_window)
+                after = kill_moment(rng, plan.kill_window, point.rate, run.messages)
                 kill = kill_once(run, point, after_seconds=after, workdir=workdir,
                                  name=f"{run_id}-{point.series}-{point.every_messages}-"
                                       f"k{kill_no + 1}", sections=sections)
@@ -112,6 +114,20 @@ def run_curve(plan: CurvePlan, python: Path, run: ChildRun, *, run_id: str,
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return points
+
+
+def kill_moment(rng: random.Random, window: tuple[float, float], rate: Spread | None,
+                messages: int) -> float:
+    """Seconds after the first handled message at which to kill: uniformly random over
+    ``window``, brought within the first 80% of the time ``messages`` last at the point's
+    measured ``rate`` (a run that has handled its whole topic is idle when killed, and the
+    kill is not counted). Without a rate, the window as it is."""
+    low, high = window
+    if rate is not None and rate.median > 0:
+        lasts = 0.8 * messages / rate.median
+        if lasts < high:
+            high, low = lasts, min(low, lasts / 4)
+    return rng.uniform(low, high)
 
 
 def kill_once(run: ChildRun, point: CurvePoint, *, after_seconds: float, workdir: Path,

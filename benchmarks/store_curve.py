@@ -38,6 +38,7 @@ from benchmarks.curve import (
     Kill,
     consumer_process_module,
     has_records,
+    kill_moment,
     rate_text,
     rotated,
 )
@@ -152,7 +153,8 @@ def _kill_all(plan: StoreCurvePlan, run: ChildRun, points: list[StorePoint], *, 
         for kill_no in range(plan.kills):
             for point in rotated(points, kill_no):
                 kill = kill_with_store(
-                    run, point, after_seconds=rng.uniform(*plan.kill_window), workdir=workdir,
+                    run, point, workdir=workdir,
+                    after_seconds=kill_moment(rng, plan.kill_window, point.rate, run.messages),
                     name=f"{run_id}-{point.store}-{point.every_messages}-k{kill_no + 1}",
                     sections=sections)
                 point.kills.append(kill)

@@ -323,6 +323,10 @@ class StoreSettings(_Section):
     #: SQLite: how long a process waits for another one's write transaction (a batch, an
     #: assignment) before the store counts as unavailable. Keep it above the longest batch.
     sqlite_busy_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: SQLite: the connection's page cache, at most (SQLite's own default is 2 MB). Index
+    #: pages of a processed-keys table past a few hundred thousand header or function keys,
+    #: and of the handlers' own tables, stay in memory instead of being read again.
+    sqlite_cache_mb: int = Field(default=64, ge=1)
     #: PostgreSQL: how long one statement waits for a row lock (a key or checkpoint row held
     #: by another session) before the batch rolls back and is retried with backoff.
     postgres_lock_timeout_seconds: float = Field(default=10.0, gt=0)

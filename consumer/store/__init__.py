@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 def open_store(url: str, *, sqlite_synchronous: str = "FULL",
                sqlite_busy_timeout: float = 60.0,
+               sqlite_cache_mb: int = 64,
                postgres: PostgresSession | None = None,
                mariadb_lock_wait_timeout: int = 10,
                mariadb_idle_transaction_timeout: int = 60) -> Store:
@@ -48,7 +49,8 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL",
         # sqlite:///relative.db -> "relative.db"; sqlite:////abs/path.db -> "/abs/path.db"
         path = path[1:] if path.startswith("/") else path
         return SQLiteStore(path or ":memory:", synchronous=sqlite_synchronous,
-                           busy_timeout_ms=int(sqlite_busy_timeout * 1000))
+                           busy_timeout_ms=int(sqlite_busy_timeout * 1000),
+                           cache_mb=sqlite_cache_mb)
     if url.startswith(("postgresql://", "postgres://")):
         from consumer.store.postgres import PostgresStore
 
@@ -72,6 +74,7 @@ def open_configured(settings: StoreSettings) -> Store:
         settings.url.get_secret_value(),
         sqlite_synchronous=settings.sqlite_synchronous,
         sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds,
+        sqlite_cache_mb=settings.sqlite_cache_mb,
         postgres=PostgresSession(
             lock_timeout=settings.postgres_lock_timeout_seconds,
             idle_in_transaction_timeout=settings.postgres_idle_in_transaction_timeout_seconds,

@@ -175,7 +175,8 @@ class SQLiteStore(Store):
     dialect = "sqlite"
     schema_version = SQLITE_SCHEMA_VERSION
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000):
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000,
+                 cache_mb: int = 64):
         self._path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +187,7 @@ class SQLiteStore(Store):
                 _use_wal(self._db, busy_timeout_ms / 1000)
             self._db.execute(f"PRAGMA synchronous = {synchronous}")
             self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            self._db.execute(f"PRAGMA cache_size = {-1024 * int(cache_mb)}")  # negative: KiB
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open the SQLite store at {path}: {error}") from None
         self._turns = WriterTurns(path) if path != ":memory:" else None

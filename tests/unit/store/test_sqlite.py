@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from consumer.errors import ConfigError, StoreUnavailable
+from consumer.settings import StoreSettings
+from consumer.store import open_configured
 from consumer.store.sqlite import SQLiteStore
 from tests.support.store_contract import (
     P0,
@@ -71,10 +73,18 @@ def test_sqlite_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
     assert store.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     assert store.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+    assert store.execute("PRAGMA cache_size").fetchone()[0] == -64 * 1024  # 64 MB
     store.close()
     check = sqlite3.connect(str(tmp_path / "durable.db"))
     assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal", "WAL persists in the file"
     check.close()
+
+
+def test_the_configured_page_cache_reaches_the_store(tmp_path: Path) -> None:
+    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'cache.db'}", sqlite_cache_mb=256)
+    store = open_configured(settings)
+    assert store.execute("PRAGMA cache_size").fetchone()[0] == -256 * 1024
+    store.close()
 
 
 def test_sqlite_refuses_concurrent_writers_with_a_config_error(tmp_path: Path) -> None:

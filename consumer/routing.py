@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from consumer.errors import ConfigError
 from consumer.message import Context, Message
@@ -40,9 +41,9 @@ class Route:
     def of(cls, topic: str, function: Handler | MessageHandler, handler_path: str) -> Route:
         """The route to ``function``, which takes ``(message, context)`` or ``(message)``."""
         if _takes_context(function):
-            return cls(topic, function, handler_path)  # type: ignore[arg-type]
-        return cls(topic, _given_context(function), handler_path,  # type: ignore[arg-type]
-                   message_only=function)  # type: ignore[arg-type]
+            return cls(topic, cast(Handler, function), handler_path)
+        alone = cast(MessageHandler, function)
+        return cls(topic, _given_context(alone), handler_path, message_only=alone)
 
 
 class Router:

@@ -323,7 +323,7 @@ def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
 def durability(store: str) -> str:
     """What the store's server does at a commit and how much it caches (as machine.json)."""
     if store == "sqlite":
-        return "synchronous=FULL, WAL, the store's defaults (a 2 MB page cache)"
+        return "synchronous=FULL, WAL, a 64 MB page cache (the store's defaults)"
     return machine.postgres_settings() if store == "postgres" else machine.mariadb_settings()
 
 

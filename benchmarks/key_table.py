@@ -323,7 +323,10 @@ def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
 def durability(store: str) -> str:
     """What the store's server does at a commit and how much it caches (as machine.json)."""
     if store == "sqlite":
-        return "synchronous=FULL, WAL, a 64 MB page cache (the store's defaults)"
+        from consumer.settings import StoreSettings
+
+        cache_mb = StoreSettings.model_fields["sqlite_cache_mb"].default
+        return f"synchronous=FULL, WAL, a {cache_mb} MB page cache (the store's defaults)"
     return machine.postgres_settings() if store == "postgres" else machine.mariadb_settings()
 
 

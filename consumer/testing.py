@@ -92,6 +92,7 @@ class InMemorySource:
         self._deliver_commit_results()
         if self._pending_assignment:
             assigned, self._pending_assignment = self._pending_assignment, []
+            self.paused.difference_update(assigned)  # as KafkaSource: assigned, fetched
             starts = self._listener.on_assigned(assigned)
             for tp in assigned:
                 self._positions[tp] = starts.get(tp, self.committed_offsets.get(tp, 0))

@@ -60,7 +60,8 @@ class Source(Protocol):
     def poll(self, max_messages: int, timeout: float) -> list[Message]: ...
 
     def pause(self, partitions: list[TP]) -> None:
-        """Stop fetching these partitions; polls still run callbacks."""
+        """Stop fetching these partitions; polls still run callbacks. A pause ends when the
+        partition is revoked: assigned again, it is fetched."""
         ...
 
     def resume(self, partitions: list[TP]) -> None: ...

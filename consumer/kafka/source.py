@@ -292,6 +292,10 @@ class KafkaSource:
                 if start is not None:
                     p.offset = start
             consumer.incremental_assign(partitions)
+            # The client keeps a pause across a revoke and a later assignment, but whoever
+            # paused the partition (a full route, a retry's backoff, an outage) forgot it when
+            # it went: left paused, it would never be fetched again.
+            consumer.resume(partitions)
         except BaseException as error:
             # The client would assign at Kafka's committed offsets anyway; never carry on.
             self._callback_error = AssignmentFailed(

@@ -89,3 +89,59 @@ def test_each_message_names_the_topic_it_was_read_from(kafka_bootstrap: str,
     finally:
         source.close()
     assert sorted(seen) == sorted((name, name.encode()) for name in names for _ in range(5))
+
+
+class Revocations(Assignments):
+    """Records the partitions assigned and revoked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoked: list[TP] = []
+
+    def on_revoked(self, partitions: list[TP]) -> None:
+        self.revoked.extend(partitions)
+
+
+def test_a_partition_paused_before_it_was_revoked_is_fetched_again_once_reassigned(
+    kafka_bootstrap: str,
+) -> None:
+    """The client keeps a partition's pause across a revoke and a later assignment, but whoever
+    paused it (a full route, a retry's backoff) forgot the partition when it went. The source
+    resumes what it assigns: a partition given back is fetched, not paused for good."""
+    topic = create_topic(kafka_bootstrap, 2, prefix="repaused")
+    group = unique_name("repaused")
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, group_id=group,
+                             auto_offset_reset="earliest")
+    first, first_listener = KafkaSource(settings), Revocations()
+    first.subscribe([topic], first_listener)
+    second: KafkaSource | None = None
+    try:
+        wait_for(lambda: first.poll(500, 0.2) == [] and len(first_listener.assigned) == 2,
+                 timeout=30, what=f"both partitions of {topic} to be assigned")
+        first.pause([(topic, 0), (topic, 1)])
+        second, second_listener = KafkaSource(settings), Assignments()
+        second.subscribe([topic], second_listener)
+        joined = second
+
+        def moved() -> bool:
+            first.poll(500, 0.1)
+            joined.poll(500, 0.1)
+            return bool(first_listener.revoked) and bool(second_listener.assigned)
+
+        wait_for(moved, timeout=60, what="a partition to move to the second consumer")
+        [went] = first_listener.revoked
+        second.close()
+        second = None
+        wait_for(lambda: first.poll(500, 0.2) == [] and first_listener.assigned[-1] == went,
+                 timeout=60, what=f"{went} to come back to the first consumer")
+        produce(kafka_bootstrap, topic, [b"back", b"kept"],
+                partition=lambda i: went[1] if i == 0 else 1 - went[1])
+        received: list[bytes | None] = []
+        wait_for(lambda: bool(received.extend(m.value for m in first.poll(500, 0.2)))
+                 or bool(received), timeout=30, what=f"a message of {went} once reassigned")
+        # The partition that never went keeps the pause it was given.
+        assert received == [b"back"]
+    finally:
+        if second is not None:
+            second.close()
+        first.close()

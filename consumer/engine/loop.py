@@ -217,11 +217,14 @@ class ConsumerLoop:
         return {(m.topic, m.partition) for m in self._mode.pending}
 
     def _not_waiting(self, partitions: list[TP]) -> list[TP]:
-        """Leave paused the partitions whose failed message waits for its next attempt."""
-        if self._failures is None or not self._failures.waiting:
+        """Leave paused the partitions whose failed message waits for its next attempt, and
+        those of routes whose buffer share is full (the mode resumes them when it drains)."""
+        held = self._mode.work().paused
+        if self._failures is not None and self._failures.waiting:
+            held = held | frozenset(self._failures.paused())
+        if not held:
             return partitions
-        waiting = set(self._failures.paused())
-        return [tp for tp in partitions if tp not in waiting]
+        return [tp for tp in partitions if tp not in held]
 
     def _confirm(self) -> None:
         """Too much work waits for the broker to confirm earlier commits: let the mode confirm

@@ -210,6 +210,8 @@ def test_a_full_buffer_takes_nothing_more_and_pauses_the_route() -> None:
     assert snapshot.queued == {P0: 10}  # the buffer is full, nothing more was taken
     assert snapshot.in_flight == {"t": 1}
     assert P0 in snapshot.paused
+    # The turns that wait for room (every partition paused while polling) leave it paused.
+    assert source.paused == {P0}
     gate.set()
     run_until(loop, lambda: loop.watermarks() == {P0: 100})
     assert P0 not in loop.snapshot().paused

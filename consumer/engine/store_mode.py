@@ -293,6 +293,10 @@ class StoreMode:
             position = positions[tp]
             stored = self._same_topic(tp, position)
             start = self._resolve(tp, stored, kafka.get(tp, (None, None)))
+            if start is not None and stored is not None and start < stored:
+                # Following Kafka back: the row moves back with it, or the first checkpoint
+                # below the row would be refused as a row going backwards.
+                self.store.follow_back(self._group, tp, start, epoch=position.epoch)
             if start is not None:
                 low, high = self._source.offset_range(tp)
                 if not low <= start <= high:

@@ -238,6 +238,21 @@ class Store(abc.ABC):
             self.rollback()
             raise
 
+    def follow_back(self, group: str, tp: TP, offset: int, *, epoch: int) -> None:
+        """Move the partition's row back to ``offset`` (while ``epoch`` is still ours): Kafka
+        was reset below it by another tool and ``store.on_external_reset`` is ``follow``; own
+        transaction. The processed keys stay: what was applied is skipped again."""
+        self.begin()
+        try:
+            self.execute(
+                "UPDATE consumer_checkpoints SET next_offset = %s WHERE group_id = %s "
+                "AND topic = %s AND partition = %s AND epoch = %s AND next_offset > %s",
+                (offset, group, tp[0], tp[1], epoch, offset))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
     # --- one checkpoint batch ------------------------------------------------------------
 
     @abc.abstractmethod

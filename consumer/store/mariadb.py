@@ -249,6 +249,13 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
                 'AND "partition" = %s AND epoch = %s',
                 (topic_id, forget_offset, group, tp[0], tp[1], epoch))
 
+    def follow_back(self, group: str, tp: TP, offset: int, *, epoch: int) -> None:
+        with self._errors():
+            self._db.execute(
+                'UPDATE consumer_checkpoints SET next_offset = %s WHERE group_id = %s '
+                'AND topic = %s AND "partition" = %s AND epoch = %s AND next_offset > %s',
+                (offset, group, tp[0], tp[1], epoch, offset))
+
     # --- one checkpoint batch ------------------------------------------------------------
 
     def begin(self) -> None:

@@ -393,6 +393,27 @@ class StoreContract:
         store.commit()
         assert store.checkpoints(G) == {P0: 11}
 
+    def test_following_a_reset_back_moves_our_row_back_and_a_fenced_one_not(
+        self, backend: Backend, store: Store
+    ) -> None:
+        """store.on_external_reset follow: the row moves back to Kafka's offset under our
+        epoch, and the next checkpoints move it forward from there; a row a newer owner
+        holds stays where it is, and so does a row already below the offset."""
+        store.assign(G, [P0, P1], 1.0)
+        store.begin()
+        store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1), CheckpointRow("t", 1, 5, 1)],
+                                2.0)
+        store.commit()
+        store.follow_back(G, P0, 10, epoch=1)
+        store.follow_back(G, P1, 7, epoch=1)
+        assert store.checkpoints(G) == {P0: 10, P1: 5}
+        store.begin()
+        assert store.write_checkpoints(G, [CheckpointRow("t", 0, 12, 1)], 3.0) == []
+        store.commit()
+        backend.open().assign(G, [P0], 4.0)
+        store.follow_back(G, P0, 1, epoch=1)
+        assert store.checkpoints(G) == {P0: 12, P1: 5}
+
     # --- closing a batch: its rows and its commit in one step ---------------------------------
 
     def test_close_batch_commits_the_rows_with_the_batch(self, store: Store) -> None:

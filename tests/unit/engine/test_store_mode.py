@@ -255,14 +255,16 @@ def test_store_back_during_a_revoke_checkpoint_resumes_the_partitions_still_assi
 
 
 def run_from(tmp_path: Path, source: HeaderedSource, *, policy: ExternalResetPolicy = "fail",
-             observer: RecordingObserver | None = None) -> list[tuple[str, int, int]]:
+             observer: RecordingObserver | None = None,
+             every_messages: int = 100) -> list[tuple[str, int, int]]:
     """Consume everything from where assignment positions p0, then shut down; what ran."""
     store = open_store(tmp_path)
     handler = EffectWriter()
     loop, _ = make_store_loop(source, store, handler, clock=ManualClock(), observer=observer,
-                              every_messages=100, on_external_reset=policy)
+                              every_messages=every_messages, on_external_reset=policy)
     loop.start()
-    loop.run_once()
+    for _ in range(-(-5 // every_messages)):
+        loop.run_once()
     loop.close()
     store.close()
     return handler.calls
@@ -420,6 +422,20 @@ def test_external_reset_with_policy_follow_starts_at_kafkas_offset(tmp_path: Pat
     calls = run_from(tmp_path, source, policy="follow", observer=observer)
     assert calls == [("t", 0, 1), ("t", 0, 2), ("t", 0, 3), ("t", 0, 4)]
     assert observer.named("external_reset") == [(P0, 1, 3, "follow")]
+
+
+def test_following_a_reset_back_moves_the_row_back_so_batches_below_it_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Kafka was reset to 1 below the row's 3: following it moves the row back at assignment
+    (as replay does), so the first batch, ending at 2 below the old row, is not refused as a
+    row going backwards."""
+    source = reset_by_another_tool(tmp_path)
+    calls = run_from(tmp_path, source, policy="follow", every_messages=1)
+    assert calls == [("t", 0, 1), ("t", 0, 2), ("t", 0, 3), ("t", 0, 4)]
+    store = open_store(tmp_path)
+    assert store.checkpoints(GROUP) == {P0: 5}
+    store.close()
 
 
 def test_external_reset_with_policy_ignore_keeps_the_stores_offset(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@
     ├── SchemaRegistryUnavailable  the schema registry did not answer (retried, never poison)
     └── StoreError             the store database failed
         ├── StoreUnavailable   cannot reach or lock the database (consumption pauses and retries)
-        └── StoreSchemaError   our tables are missing or of another version (exit 2)
+        ├── StoreSchemaError   our tables are missing or of another version (exit 2)
+        └── HandlerEndedTransaction  a handler committed or rolled back the batch's transaction
 
 Each carries its coordinates as attributes, and its message says what happened, where, and what
 an operator can do about it. Raise these across a layer's border, never a client's or a
@@ -256,6 +257,37 @@ class StoreUnavailable(StoreError):
 
 class StoreSchemaError(StoreError):
     """The store's tables are of another schema version, or the credentials are refused."""
+
+
+class HandlerEndedTransaction(StoreError):
+    """A handler ended the batch's transaction (``context.db.commit()``, ``with context.db:``
+    on SQLite, a COMMIT statement, DDL on MariaDB): the batch's keys committed ahead of the
+    effects of the messages after it. Those keys were forgotten again; the consumer stops."""
+
+    def __init__(self, handler: str, topic: str, partition: int, offset: int, *,
+                 forgotten: int, unforgotten: BaseException | None = None) -> None:
+        self.handler = handler
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        if unforgotten is None:
+            after = (f"the {forgotten} keys claimed for messages it had not applied yet were "
+                     "forgotten again, so they run after a restart; what was applied up to "
+                     "here stays, once")
+        else:
+            after = (f"forgetting the {forgotten} keys claimed for messages it had not applied "
+                     f"yet failed too ({type(unforgotten).__name__}: {unforgotten}): those "
+                     "messages would be skipped as duplicates; apply them again with `consumer "
+                     f"replay --forget-keys` from {topic}[{partition}] offset {offset + 1} "
+                     "(and the same batch's other partitions)")
+        super().__init__(
+            f"handler {handler} ended the store's transaction while handling {topic}[{partition}] "
+            f"at offset {offset} (a commit or rollback on context.db, `with context.db:` on "
+            "SQLite, a COMMIT statement, or DDL on MariaDB). The framework commits the "
+            "handler's writes together with the processed keys and the checkpoint; a handler "
+            f"must never end that transaction. Stopping: {after}. Fix the handler (create "
+            "tables before the consumer starts) and restart."
+        )
 
 
 def exit_code(error: ConsumerError) -> int:

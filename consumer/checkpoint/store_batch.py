@@ -23,6 +23,7 @@ from consumer.dedup import KeyFunction, KeyStretch
 from consumer.errors import (
     DedupKeyFailed,
     Fenced,
+    HandlerEndedTransaction,
     HandlerFailed,
     KafkaError,
     StoreError,
@@ -116,6 +117,8 @@ class StoreCheckpoint:
         #: called without a context (its topic is in ``_message_only``).
         self._handlers = {route.topic: route.message_only or route.handler for route in routes}
         self._message_only = {route.topic for route in routes if route.message_only}
+        #: Each route's handler as configured (``module:function``), for errors.
+        self._paths = {route.topic: route.handler_path for route in routes}
         #: Metrics on: each handler call is timed (consumer.handler_call).
         self._timer = instruments
         self._transient = _transient_errors(store.dialect)
@@ -176,6 +179,8 @@ class StoreCheckpoint:
                 closing = store.send_close(self._group, rows, self._now())
             else:
                 closing = ClosedBatch(store.close_batch(self._group, rows, self._now()))
+        except _TransactionEnded as ended:
+            raise self._forget_unapplied(claims, new_keys, ended) from ended.__cause__
         except BaseException:
             _rollback_quietly(store)
             raise
@@ -288,6 +293,7 @@ class StoreCheckpoint:
         if fresh and isinstance(claims, ClaimBatch):
             return self._apply_stretches(claims, trial, checking, outcome)
         scopes, calls, message_only = self._scopes, trial.calls, self._message_only
+        still_open = self._store.transaction_open
         progress = _Progress()
         applied_keys: set[bytes] = set()
         applied = duplicates = lettered = 0
@@ -309,9 +315,13 @@ class StoreCheckpoint:
                         calls[message.topic](message,
                                              Context(scopes[message.topic], message, key))
                 except Exception as error:
+                    if not still_open():
+                        raise _TransactionEnded(message, applied=False) from error
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
                     raise _HandlerRaised from error
+                if not still_open():
+                    raise _TransactionEnded(message, applied=True)
                 if not fresh:
                     applied_keys.add(key)
                 applied += 1
@@ -332,6 +342,7 @@ class StoreCheckpoint:
         and a handler that asks for its key has it made then. Each partition's watermark is
         the end of its last stretch."""
         failures, messages = self._failures, self._messages
+        still_open = self._store.transaction_open
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         start = 0
@@ -348,9 +359,13 @@ class StoreCheckpoint:
                     else:
                         call(message)
                 except Exception as error:
+                    if not still_open():
+                        raise _TransactionEnded(message, applied=False) from error
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
                     raise _HandlerRaised from error
+                if not still_open():
+                    raise _TransactionEnded(message, applied=True)
             start += size
             tp = (topic, stretch.partition)
             watermarks[tp] = stretch.end
@@ -402,6 +417,9 @@ class StoreCheckpoint:
                 else:
                     calls[message.topic](message, Context(scopes[message.topic], message, key))
             except Exception as error:
+                if not store.transaction_open():
+                    raise _TransactionEnded(message, applied=False,
+                                            applied_keys=applied_keys) from error
                 if self._transient(error):
                     raise _store_unavailable(message, error) from error
                 store.rollback_to_savepoint()
@@ -416,6 +434,8 @@ class StoreCheckpoint:
                                                     message.offset, error)
                     outcome.failure.__cause__ = error
                 continue
+            if not store.transaction_open():
+                raise _TransactionEnded(message, applied=True, applied_keys=applied_keys)
             if failures is not None:
                 failures.succeeded(message)
             store.release_savepoint()
@@ -429,6 +449,43 @@ class StoreCheckpoint:
         if release:
             store.unclaim(group, release)
         return watermarks, counts
+
+    def _forget_unapplied(self, claims: _Claims, new_keys: AbstractSet[bytes],
+                          ended: _TransactionEnded) -> HandlerEndedTransaction:
+        """A handler ended the batch's transaction: the keys claimed for the batch committed
+        with it (or, after a rollback, none did). Forget, in a transaction of their own, the
+        new keys of every message not applied by then, so none is skipped as a duplicate of
+        an effect that never committed; the error to stop with."""
+        message = ended.message
+        per_message = _per_message(claims)
+        if ended.applied_keys is None:  # the whole batch at once: all before it applied
+            at = next(i for i, m in enumerate(self._messages) if m is message)
+            done = per_message[:at + 1] if ended.applied else per_message[:at]
+            applied = {c.key for c in done if isinstance(c, Claim) and c.key in new_keys}
+        else:
+            applied = set(ended.applied_keys)
+            if ended.applied:
+                claim = per_message[next(i for i, m in enumerate(self._messages)
+                                         if m is message)]
+                if isinstance(claim, Claim):
+                    applied.add(claim.key)
+        forget = {c.key for c in per_message
+                  if isinstance(c, Claim) and c.key in new_keys and c.key not in applied}
+        store = self._store
+        unforgotten: BaseException | None = None
+        try:
+            store.rollback()  # whatever the handler left open after ending ours
+            store.begin()
+            store.unclaim(self._group, forget)
+            store.commit()
+        except Exception as error:
+            _rollback_quietly(store)
+            unforgotten = error
+        path = self._paths[message.topic]
+        log.error("handler %s ended the store's transaction at %s[%d]@%d; %d keys forgotten",
+                  path, message.topic, message.partition, message.offset, len(forget))
+        return HandlerEndedTransaction(path, message.topic, message.partition, message.offset,
+                                       forgotten=len(forget), unforgotten=unforgotten)
 
     def _unmoved_rows(self, watermarks: Mapping[TP, int]) -> list[CheckpointRow]:
         """The rows of partitions this batch holds whose watermark did not move (their first
@@ -580,6 +637,19 @@ class _Progress:
 
 class _HandlerRaised(Exception):
     """A handler raised during the optimistic run: run the batch again message by message."""
+
+
+class _TransactionEnded(Exception):
+    """The batch's transaction was found ended right after ``message``'s handler (which
+    returned: ``applied``, or raised). ``applied_keys``: the keys applied before it, when the
+    batch ran message by message (else every new key before it was)."""
+
+    def __init__(self, message: Message, *, applied: bool,
+                 applied_keys: AbstractSet[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.applied = applied
+        self.applied_keys = applied_keys
 
 
 def _rollback_quietly(store: Store) -> None:

@@ -176,6 +176,9 @@ class TimedStore(Store):
         self._store.adopt_topic_id(group, tp, topic_id, epoch=epoch,
                                    forget_offset=forget_offset)
 
+    def transaction_open(self) -> bool:
+        return self._store.transaction_open()
+
     def follow_back(self, group: str, tp: TP, offset: int, *, epoch: int) -> None:
         self._store.follow_back(group, tp, offset, epoch=epoch)
 

@@ -270,6 +270,13 @@ class Store(abc.ABC):
         """Forget keys claimed in this transaction whose messages were not applied."""
 
     @abc.abstractmethod
+    def transaction_open(self) -> bool:
+        """Inside a batch: whether the transaction :meth:`begin` opened is still open. False
+        once something else ended it (a handler's commit or rollback, or a statement that
+        commits implicitly); a connection that broke counts as open (its error surfaces at
+        the next statement). Cheap: no round trip, called after every handler."""
+
+    @abc.abstractmethod
     def savepoint(self) -> None: ...
 
     @abc.abstractmethod

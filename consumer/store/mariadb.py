@@ -344,6 +344,11 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             self._db.execute("ROLLBACK TO SAVEPOINT handler")
             self._db.execute("RELEASE SAVEPOINT handler")
 
+    def transaction_open(self) -> bool:
+        conn = self._conn
+        return (conn is None or not conn.open
+                or bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS))
+
     def _require_open_batch(self) -> None:
         """The batch's transaction is still open: a handler's DDL (even ``CREATE TABLE IF
         NOT EXISTS``) or COMMIT ends it in MariaDB, committing every key claimed for the batch

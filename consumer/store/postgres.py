@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import generators, sql
-from psycopg.pq import ExecStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.message import TP
@@ -603,6 +603,11 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             return self.write_checkpoints(group, rows, now)
         finally:
             db.execute("ROLLBACK")
+
+    def transaction_open(self) -> bool:
+        conn = self._conn
+        return (conn is None or conn.closed or conn.broken
+                or conn.pgconn.transaction_status != TransactionStatus.IDLE)
 
     def commit(self) -> None:
         try:

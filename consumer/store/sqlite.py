@@ -430,6 +430,9 @@ class SQLiteStore(Store):
                     refused.append(row)
             return self._refused(group, refused) if refused else []
 
+    def transaction_open(self) -> bool:
+        return self._db.in_transaction
+
     def commit(self) -> None:
         with _translated(self._path):
             self._db.execute("COMMIT")

@@ -687,6 +687,25 @@ class StoreContract:
         assert store.claim(G, claims("a"), 3.0) == {key("a")}
         store.rollback()
 
+    @pytest.mark.parametrize("ending", ["commit", "rollback"])
+    def test_transaction_open_tells_when_a_handler_ended_the_batch(self, store: Store,
+                                                                  ending: str) -> None:
+        """A handler calling commit() or rollback() on context.db ends the batch's
+        transaction: the store sees it without a round trip, and its next batch is whole."""
+        store.begin()
+        store.claim(G, claims("a"), 1.0)
+        assert store.transaction_open()
+        getattr(store.connection, ending)()
+        assert not store.transaction_open()
+        store.rollback()
+        store.begin()
+        store.unclaim(G, [key("a")])
+        store.commit()
+        assert stored_keys(store) == []
+        store.begin()
+        assert store.transaction_open()
+        store.rollback()
+
     def test_rollback_outside_a_transaction_is_harmless(self, store: Store) -> None:
         store.rollback()
         store.begin()

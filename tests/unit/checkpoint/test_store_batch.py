@@ -16,6 +16,7 @@ from consumer.checkpoint.store_batch import BatchOutcome, StoreCheckpoint
 from consumer.dedup import KeyFormat, key_function
 from consumer.errors import (
     Fenced,
+    HandlerEndedTransaction,
     HandlerFailed,
     KafkaError,
     OffsetWentBackwards,
@@ -389,6 +390,67 @@ def test_key_released_by_a_failure_stays_claimed_when_its_event_applies_later_in
     redelivery = run_batch(store, source, [event("t", 0, 0, b"a")], EffectWriter(), partitions)
     assert len(effects(store)) == 1, "event 'a' was applied twice"
     assert redelivery.duplicates == 1
+
+
+# --- a handler that ends the batch's transaction ---------------------------------------------
+
+
+class Committer(EffectWriter):
+    """Writes its effect, then commits the batch's transaction itself at ``commit_at`` (as
+    ``with context.db:`` does on SQLite)."""
+
+    def __init__(self, commit_at: tuple[str, int, int],
+                 fail_at: Sequence[tuple[str, int, int]] = ()) -> None:
+        super().__init__(fail_at=fail_at)
+        self.commit_at = commit_at
+
+    def __call__(self, message: Message, context: Context) -> None:
+        super().__call__(message, context)
+        if (message.topic, message.partition, message.offset) == self.commit_at:
+            context.db.commit()
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["claims-per-message", "stretches"])
+def test_a_handler_that_commits_stops_the_batch_and_leaves_no_key_without_its_effect(
+    store: SQLiteStore, source: InMemorySource, ordered: bool,
+) -> None:
+    """p0@1's handler commits: the keys of the whole batch committed with it, ahead of the
+    effects of p0@2..4. The batch stops there with an error naming the handler, and the keys
+    of the messages not applied are forgotten again; had a later failure rolled back and run
+    the batch again, it would have found every key claimed and skipped p0@3 and p0@4 for good.
+    Run again, the batch applies exactly the rest."""
+    key_format = KeyFormat(ordered_coordinates=True) if ordered else None
+    partitions = assigned(store, [P0])
+    batch = ([event("t", 0, o, None) for o in range(5)] if ordered else events(0, range(5)))
+    handler = Committer(("t", 0, 1), fail_at=[("t", 0, 3)])
+    with pytest.raises(HandlerEndedTransaction) as raised:
+        run_batch(store, source, batch, handler, partitions, key_format=key_format)
+    assert "tests:handler" in str(raised.value)
+    assert "t[0] at offset 1" in str(raised.value)
+    assert handler.calls == [("t", 0, 0), ("t", 0, 1)]
+    assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert processed(store) == [("t", 0, 0), ("t", 0, 1)]
+    assert store.checkpoints(GROUP) == {P0: None}
+
+    again = EffectWriter()
+    outcome = run_batch(store, source, batch, again, partitions, key_format=key_format)
+    assert (outcome.applied, outcome.duplicates) == (3, 2)
+    assert effects(store) == [("t", 0, o) for o in range(5)]
+
+
+def test_a_handler_that_commits_after_a_failure_forgets_the_failed_messages_keys_too(
+    store: SQLiteStore, source: InMemorySource,
+) -> None:
+    """Message by message (p0@0 failed first, so p0 stopped): p1@1's handler commits. The
+    failed message's key, released only at the batch's end, and every key after p1@1 are
+    forgotten; p1@0 and p1@1 keep theirs, with their effects."""
+    partitions = assigned(store, [P0, P1])
+    handler = Committer(("t", 1, 1), fail_at=[("t", 0, 0)])
+    with pytest.raises(HandlerEndedTransaction):
+        run_batch(store, source, events(0, range(3)) + events(1, range(4)), handler,
+                  partitions)
+    assert effects(store) == [("t", 1, 0), ("t", 1, 1)]
+    assert processed(store) == [("t", 1, 0), ("t", 1, 1)]
 
 
 # --- fencing -----------------------------------------------------------------------------------

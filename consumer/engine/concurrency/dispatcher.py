@@ -290,7 +290,11 @@ class ConcurrentDispatcher:
         and the shutdown does not spend its grace period on a full buffer. What has not
         started when the time is up, or waits for a retry beyond it, is dropped too.
         Revoke: drop what of ``only`` has not started (the rebalance waits for no new work) and
-        wait for what runs."""
+        wait for what runs; not at all once the workers were closed (the shutdown's settle
+        spent the time there was: the revoke that leaving the group runs next must not wait a
+        second time, or the shutdown outlasts its grace)."""
+        if only is not None and self._closed:
+            timeout = 0.0
         deadline = self._clock.monotonic() + timeout
         unstarted = 0
         if only is None:

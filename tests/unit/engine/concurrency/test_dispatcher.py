@@ -443,6 +443,37 @@ def test_a_shutdown_that_runs_out_of_time_says_what_the_restart_repeats(
         "shutdown.grace_seconds avoids it."]
 
 
+def test_leaving_the_group_after_the_shutdown_waits_for_no_handler_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shutdown's checkpoint waits for a stuck handler as long as the grace allows; the
+    revoke that leaving the group runs next must not wait for it a second time, or the
+    shutdown outlasts its grace and the watchdog ends the process. (The manual clock never
+    moves: each settle waits exactly once, as long as its time to settle.)"""
+    handler = SlowKey()
+    source = InMemorySource({"t": [[]]})
+    source.append("t", 0, b"0", key=b"slow")
+    loop = concurrent_loop(source, handler, concurrency=4, grace_seconds=1.0)
+    loop.start()
+    run_until(loop, lambda: loop.snapshot().in_flight == {"t": 1})
+    dispatcher = dispatcher_of(loop)
+    waits: list[float] = []
+    drain = dispatcher._drain
+
+    def recorded(partitions: Mapping[TP, object], *, block: float, **kwargs: object) -> bool:
+        if block > 0:
+            waits.append(block)
+        return drain(partitions, block=block, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatcher, "_drain", recorded)
+    loop.request_stop()
+    try:
+        loop.close()
+    finally:
+        handler.release.set()
+    assert waits == [0.5]
+    assert source.closed
+
+
 @pytest.mark.parametrize("compacted", [(), (4, 5)], ids=["all-there", "4-5-compacted"])
 def test_a_restart_skips_the_messages_its_commit_says_finished(
         compacted: tuple[int, ...]) -> None:

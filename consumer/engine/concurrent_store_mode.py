@@ -218,4 +218,5 @@ class ConcurrentStoreMode:
     def work(self) -> WorkSnapshot:
         dispatcher = self._dispatcher
         return WorkSnapshot(in_flight=dispatcher.in_flight(), queued=dispatcher.queued(),
-                            gaps=dispatcher.gaps(), paused=dispatcher.paused)
+                            gaps=dispatcher.gaps(), paused=dispatcher.paused,
+                            held=dispatcher.held())

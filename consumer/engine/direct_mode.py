@@ -246,4 +246,4 @@ class DirectMode:
         if workers is None:
             return NO_WORK
         return WorkSnapshot(in_flight=workers.in_flight(), queued=workers.queued(),
-                            gaps=workers.gaps(), paused=workers.paused)
+                            gaps=workers.gaps(), paused=workers.paused, held=workers.held())

@@ -213,8 +213,11 @@ class ConsumerLoop:
         return [tp for tp in self._failures.paused() if tp in self._partitions]
 
     def _held(self) -> set[TP]:
-        """Partitions with messages polled and not done: a store's pending batch."""
-        return {(m.topic, m.partition) for m in self._mode.pending}
+        """Partitions with messages polled and not done: a store's pending batch, or what
+        handlers on workers hold (queued, running, finished above the watermark)."""
+        held = {(m.topic, m.partition) for m in self._mode.pending}
+        held.update(self._mode.work().held)
+        return held
 
     def _not_waiting(self, partitions: list[TP]) -> list[TP]:
         """Leave paused the partitions whose failed message waits for its next attempt, and

@@ -43,6 +43,9 @@ class WorkSnapshot:
     gaps: Mapping[TP, int] = field(default_factory=dict)
     #: Partitions paused because their route's buffer is full.
     paused: frozenset[TP] = frozenset()
+    #: Partitions with messages polled and not done (queued, running, or finished above
+    #: the watermark): the client's position is past the watermark because of them.
+    held: frozenset[TP] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,16 +72,18 @@ def metered(
     batch_size: int = 500,
     retry_backoff: float | None = None,
     store: Store | None = None,
+    route: dict[str, object] | None = None,
 ) -> Metered:
     """``retry_backoff``: failing messages are retried (3 attempts) after this many seconds;
-    ``store``: store mode, keys by coordinates."""
+    ``store``: store mode, keys by coordinates; ``route``: more route settings."""
     clock = ManualClock(start=0.0)
     retry = (STOP_AT_FAILURE if retry_backoff is None else
              {"on_failure": "dead_letter",
               "retry": {"attempts": 3, "initial_backoff_seconds": retry_backoff,
                         "max_backoff_seconds": retry_backoff, "multiplier": 1.0, "jitter": 0.0}})
     settings = loop_settings(topics, every_messages=every_messages, every_seconds=every_seconds,
-                             batch_size=batch_size, route={"dedup_key": "coordinates", **retry},
+                             batch_size=batch_size,
+                             route={"dedup_key": "coordinates", **retry, **(route or {})},
                              store={"url": "sqlite:///unused.db"} if store else None)
     observability = build_observability(settings, clock=clock, registry=CollectorRegistry())
     handle = handler or Recorder()

@@ -390,6 +390,12 @@ class ConcurrentDispatcher:
     def gaps(self) -> dict[TP, int]:
         return {tp: tracker.gap for tp, tracker in list(self._trackers.items())}
 
+    def held(self) -> frozenset[TP]:
+        """Partitions with messages polled and not done (queued, running, or finished above
+        the watermark)."""
+        return frozenset(tp for tp, work in list(self._trackers.items())
+                         if work.watermark is not None)
+
     @property
     def paused(self) -> frozenset[TP]:
         """Partitions paused because their route's buffer share is full."""

@@ -7,6 +7,8 @@ age is simply the clock's reading.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -400,6 +402,35 @@ def test_a_transaction_marker_does_not_leave_a_lag_of_one() -> None:
     assert m.partition_value("consumer_partition_lag_messages", 0) == 0
     assert m.partition_value("consumer_partition_committed_lag_messages", 0) == 0
     assert m.partition_value("consumer_partition_lag_seconds", 0) == 0
+
+
+def test_lag_counts_what_a_stuck_concurrent_handler_holds_back() -> None:
+    """Concurrency 4: offset 5 hangs in its handler while 6..9 finish above it. The client's
+    position (10) is past the watermark (5) because of that, not because of transaction
+    markers: 5 messages of lag, not 0."""
+    release = threading.Event()
+
+    def stuck_on_five(message: Message, _context: Context) -> None:
+        if message.offset == 5:
+            release.wait(10)
+
+    m = metered(InMemorySource({"t": [values(10)]}), stuck_on_five,
+                route={"concurrency": 4, "ordering": "none"})
+    m.loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (partition := m.loop.snapshot().partitions.get(("t", 0))) is None \
+                or partition.gap < 4 or partition.watermark != 5:
+            assert time.monotonic() < deadline, "offsets 0..4 and 6..9 did not finish"
+            m.loop.run_once()
+        m.log_ends({("t", 0): 10})
+        m.clock.advance(1)
+        m.loop.run_once()  # a refresh while the handler is stuck
+        assert m.partition_value("consumer_partition_processed_offset", 0) == 5
+        assert m.partition_value("consumer_partition_lag_messages", 0) == 5
+    finally:
+        release.set()
+    m.loop.close()
 
 
 # --- store -----------------------------------------------------------------------------------

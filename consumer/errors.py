@@ -20,6 +20,9 @@
         ├── StoreSchemaError   our tables are missing or of another version (exit 2)
         └── HandlerEndedTransaction  a handler committed or rolled back the batch's transaction
 
+One exception stands outside it on purpose: :class:`TransactionEndRefused` is a
+``BaseException``, so that a handler's own ``except Exception`` cannot swallow it.
+
 Each carries its coordinates as attributes, and its message says what happened, where, and what
 an operator can do about it. Raise these across a layer's border, never a client's or a
 database driver's own exceptions (``consumer.kafka`` and ``consumer.store`` translate them).
@@ -287,6 +290,22 @@ class HandlerEndedTransaction(StoreError):
             "handler's writes together with the processed keys and the checkpoint; a handler "
             f"must never end that transaction. Stopping: {after}. Fix the handler (create "
             "tables before the consumer starts) and restart."
+        )
+
+
+class TransactionEndRefused(BaseException):
+    """A handler asked to end its message's own transaction (``commit()``, ``rollback()``, or
+    ``with context.db:``) with ``concurrency`` above 1, and its connection refused. Not an
+    Exception, on purpose: a handler's own ``except Exception`` must not swallow it. The
+    dispatcher stops the consumer with it (nothing of the message committed)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"a handler called {what} on context.db: the framework commits the message's "
+            "writes together with its processed key, so a handler must never end that "
+            "transaction. Refused: nothing of the message was committed, and the consumer "
+            "stops. Remove the call (use the writes alone, or `with context.db.transaction():` "
+            "for a savepoint) and restart."
         )
 
 

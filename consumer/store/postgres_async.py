@@ -23,7 +23,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from consumer.errors import StoreUnavailable
+from consumer.errors import StoreUnavailable, TransactionEndRefused
 from consumer.store.base import Claim, PostgresSession
 from consumer.store.key_runs import CoordinatesKeys
 from consumer.store.postgres_pool import (
@@ -39,6 +39,25 @@ log = logging.getLogger("consumer.store")
 
 #: Seconds :meth:`AsyncPostgresTransactions.close` waits for the pool to close on its loop.
 CLOSE_SECONDS = 5.0
+
+
+class AsyncMessageConnection(psycopg.AsyncConnection[Any]):
+    """:class:`~consumer.store.postgres_pool.MessageConnection` for ``async def`` handlers:
+    while :attr:`handling` is set, ``commit()`` and ``rollback()`` (and ``async with
+    conn:``) raise :class:`TransactionEndRefused`."""
+
+    #: A handler runs on this connection now.
+    handling = False
+
+    async def commit(self) -> None:
+        if self.handling:
+            raise TransactionEndRefused("commit()")
+        await super().commit()
+
+    async def rollback(self) -> None:
+        if self.handling:
+            raise TransactionEndRefused("rollback()")
+        await super().rollback()
 
 
 class AsyncTransaction:
@@ -69,7 +88,7 @@ class AsyncPostgresTransactions:
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         # A message asks for a connection once a slot is its (one is free).
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-            dsn, name="consumer-store-async",
+            dsn, name="consumer-store-async", connection_class=AsyncMessageConnection,
             **pool_options(size, session_parameters, connect_timeout))
         self._size = size
         #: ``size`` slots: a message waits for one (as long as other messages hold them)
@@ -113,13 +132,17 @@ class AsyncPostgresTransactions:
             if not new:
                 await _rollback_quietly(conn)
                 return False
+            conn.handling = True  # type: ignore[attr-defined]
             try:
                 await work(AsyncTransaction(conn))
             except BaseException as error:
+                conn.handling = False  # type: ignore[attr-defined]
                 await _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
                 raise
+            finally:
+                conn.handling = False  # type: ignore[attr-defined]
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 await _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)

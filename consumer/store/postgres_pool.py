@@ -23,7 +23,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable, TransactionEndRefused
 from consumer.message import StoreLike
 from consumer.store import key_runs, postgres_runs
 from consumer.store.base import Claim, PostgresSession
@@ -50,6 +50,27 @@ def one_claim(group: str, claim: Claim, now: float,
     return CLAIM_ONE, (group, claim.key, claim.topic, claim.partition, claim.offset, now)
 
 
+class MessageConnection(psycopg.Connection[Any]):
+    """A pooled connection whose transaction a handler cannot end: while :attr:`handling`
+    is set, ``commit()`` and ``rollback()`` (which ``with conn:`` calls too) raise
+    :class:`TransactionEndRefused`. A claim committed early would make the retry of a
+    message that then raised a duplicate; a claim rolled back would let later writes commit
+    without their key. (A ``COMMIT`` statement is not caught: never send one.)"""
+
+    #: A handler runs on this connection now.
+    handling = False
+
+    def commit(self) -> None:
+        if self.handling:
+            raise TransactionEndRefused("commit()")
+        super().commit()
+
+    def rollback(self) -> None:
+        if self.handling:
+            raise TransactionEndRefused("rollback()")
+        super().rollback()
+
+
 class Transaction:
     """``context.db`` and ``context.execute`` inside one message's transaction."""
 
@@ -72,7 +93,8 @@ class PostgresTransactions:
         self._session = session
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            dsn, name="consumer-store", **pool_options(size, session_parameters, connect_timeout))
+            dsn, name="consumer-store", connection_class=MessageConnection,
+            **pool_options(size, session_parameters, connect_timeout))
 
     def open(self) -> None:
         self._pool.open(wait=False)
@@ -96,7 +118,7 @@ class PostgresTransactions:
                 return False
             # 2. run the work inside the same transaction
             try:
-                work(Transaction(conn))
+                _run_work(conn, work)
             except BaseException as error:
                 _rollback_quietly(conn)
                 if transient(error):
@@ -182,7 +204,7 @@ class PostgresTransactions:
                 continue
             new.discard(key)
             try:
-                works[index](db)
+                _run_work(conn, works[index], db)
             except BaseException as error:
                 return index, error
             if conn.info.transaction_status == TransactionStatus.INERROR:
@@ -283,6 +305,16 @@ def transient(error: BaseException) -> bool:
 
 def _by_key(claim: Claim) -> bytes:
     return claim.key
+
+
+def _run_work(conn: psycopg.Connection[Any], work: Callable[[StoreLike], None],
+              db: Transaction | None = None) -> None:
+    """``work`` on ``conn``'s open transaction, which it cannot end (:class:`MessageConnection`)."""
+    conn.handling = True  # type: ignore[attr-defined]
+    try:
+        work(db or Transaction(conn))
+    finally:
+        conn.handling = False  # type: ignore[attr-defined]
 
 
 def _rollback_quietly(conn: psycopg.Connection[Any]) -> None:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from consumer.engine.concurrency.runners import new_event_loop
-from consumer.errors import StoreError, StoreUnavailable
+from consumer.errors import StoreError, StoreUnavailable, TransactionEndRefused
 from consumer.store import AsyncMessageTransactions, Claim, PostgresSession
 from consumer.store.postgres import PostgresStore
 from consumer.store.postgres_async import AsyncTransaction
@@ -201,3 +201,28 @@ def test_a_key_held_by_a_frozen_session_waits_the_lock_timeout_then_is_transient
         assert effects(store) == [2]
     finally:
         zombie.close()
+
+
+@pytest.mark.parametrize("how", ["commit", "rollback", "with"])
+def test_a_handler_cannot_end_its_messages_transaction(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions,
+        how: str) -> None:
+    """As with plain handlers (test_message_transactions.py): the connection refuses while
+    the handler runs, nothing of the message commits, and the retry applies it once."""
+    async def ending(db: AsyncTransaction) -> None:
+        await write(1)(db)
+        try:
+            if how == "with":
+                async with db.connection:
+                    pass
+            else:
+                await getattr(db.connection, how)()
+        except Exception:  # a handler swallowing what it can: the refusal is not one of them
+            pass
+        await write(2)(db)
+
+    with pytest.raises(TransactionEndRefused, match="never end"):
+        loop.run(transactions.apply(GROUP, claim(1), 1.0, ending))
+    assert effects(store) == [] and keys(store) == 0
+    assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(1))) is True
+    assert effects(store) == [1]

@@ -25,7 +25,7 @@ from tests.support.chaos import (
     run_chaos,
     until_consumed,
 )
-from tests.support.kafka import create_topic, unique_name
+from tests.support.kafka import create_topic, group_offsets, produce, unique_name
 from tests.support.ledger_concurrent import SCHEMA
 from tests.support.stores import StoreUnderTest
 
@@ -224,3 +224,33 @@ def _rows(store: StoreUnderTest, group: str) -> dict[tuple[str, int], tuple[int,
     return {(t, p): (o or 0, e) for t, p, o, e in store.query(
         "SELECT topic, partition, next_offset, epoch FROM consumer_checkpoints "
         "WHERE group_id = %s", (group,))}
+
+
+def test_a_handler_committing_its_messages_transaction_stops_the_consumer_with_nothing_lost(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """concurrency 4, one partition of 8 messages: the handler commits its transaction at
+    offset 3. The connection refuses; the consumer exits 1 saying why; nothing of offset 3
+    committed (neither its write nor its key), and Kafka's offset stops at or before it."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="conc-commit")
+    produce(kafka_bootstrap, topic, [b"{}"] * 8, in_order=True,
+            headers=lambda i: [("idempotency-key", f"event-{i}".encode())])
+    store.execute('CREATE TABLE handled ("offset" bigint NOT NULL)')
+    group = unique_name("conc-commit")
+    config = consumer_config(kafka_bootstrap, group, topic, store=store.url,
+                             every_messages=500, every_seconds=1.0)
+    config["routes"] = {topic: {"handler": "tests.support.ledger_concurrent:commit_at_three",
+                                "concurrency": 4, "ordering": "none",
+                                "on_failure": "dead_letter"}}
+    run = ConsumerProcess(tmp_path, "run", config).start()
+    try:
+        assert run.wait(timeout=60) == 1, run.log_tail()
+    finally:
+        run.stop_if_running()
+    assert "a handler must never end that transaction" in run.log_file.read_text()
+    assert 3 not in [offset for (offset,) in store.query('SELECT "offset" FROM handled')]
+    claimed = [offset for (offset,) in store.query(
+        'SELECT "offset" FROM consumer_processed_keys')]
+    assert claimed and 3 not in claimed
+    committed = group_offsets(kafka_bootstrap, group, topic, 1)[0]
+    assert committed is None or committed <= 3

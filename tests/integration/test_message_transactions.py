@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumer.errors import StoreError, StoreUnavailable
+from consumer.errors import StoreError, StoreUnavailable, TransactionEndRefused
 from consumer.message import StoreLike
 from consumer.store import Claim, MessageTransactions, PostgresSession
 from consumer.store.postgres import PostgresStore
@@ -372,3 +372,36 @@ def test_a_handler_swallowing_its_database_error_is_not_counted_applied(
     with pytest.raises(StoreError, match="caught a database error"):
         transactions.apply(GROUP, claim(1), 1.0, swallowing(1))
     assert effects(store) == [] and keys(store) == 0
+
+
+def ending(how: str, n: int) -> Callable[[StoreLike], None]:
+    """Writes its effect, ends its transaction (``commit``, ``rollback`` or ``with``: the
+    connection's context manager), writes again and raises."""
+    def work(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (%s, 'before')", (n,))
+        if how == "with":
+            with db.connection:
+                pass
+        else:
+            getattr(db.connection, how)()
+        db.execute("INSERT INTO effects VALUES (%s, 'after')", (n,))
+        raise ValueError(f"message {n} failed")
+    return work
+
+
+@pytest.mark.parametrize("how", ["commit", "rollback", "with"])
+def test_a_handler_cannot_end_its_messages_transaction(
+        store: StoreUnderTest, transactions: MessageTransactions, how: str) -> None:
+    """A committed claim would make the retry of a message that then raised a duplicate (its
+    failure swallowed, its later writes lost); a rolled-back one would let writes commit
+    without their key. The connection refuses while the handler runs, with an error the
+    handler's own ``except Exception`` cannot swallow: nothing of the message commits, and
+    the retry after the fix applies it once."""
+    with pytest.raises(TransactionEndRefused, match=r"never end"):
+        transactions.apply(GROUP, claim(1), 1.0, ending(how, 1))
+    outcomes = transactions.apply_batch(GROUP, [claim(2), claim(3)], 1.0,
+                                        [write(2), ending(how, 3)])
+    assert isinstance(outcomes[1], TransactionEndRefused)
+    assert effects(store) == [] and keys(store) == 0
+    assert transactions.apply(GROUP, claim(1), 2.0, write(1)) is True
+    assert effects(store) == [(1, "")]

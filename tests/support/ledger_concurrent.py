@@ -47,3 +47,11 @@ async def apply_async(message: Message, context: Context) -> None:
     await context.execute(BALANCE, balance)
     await context.execute(ENTRY, entry)
     await context.execute(SESSION, ("async def",))
+
+
+def commit_at_three(message: Message, context: Context) -> None:
+    """Records its offset; at offset 3 also commits the message's transaction itself, as a
+    handler must never do (the connection refuses, and the consumer stops)."""
+    context.execute("INSERT INTO handled (\"offset\") VALUES (%s)", (message.offset,))
+    if message.offset == 3:
+        context.db.commit()

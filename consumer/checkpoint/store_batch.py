@@ -458,17 +458,14 @@ class StoreCheckpoint:
         an effect that never committed; the error to stop with."""
         message = ended.message
         per_message = _per_message(claims)
+        at = next(i for i, m in enumerate(self._messages) if m is message)
         if ended.applied_keys is None:  # the whole batch at once: all before it applied
-            at = next(i for i, m in enumerate(self._messages) if m is message)
             done = per_message[:at + 1] if ended.applied else per_message[:at]
             applied = {c.key for c in done if isinstance(c, Claim) and c.key in new_keys}
         else:
             applied = set(ended.applied_keys)
-            if ended.applied:
-                claim = per_message[next(i for i, m in enumerate(self._messages)
-                                         if m is message)]
-                if isinstance(claim, Claim):
-                    applied.add(claim.key)
+            if ended.applied and isinstance(claim := per_message[at], Claim):
+                applied.add(claim.key)
         forget = {c.key for c in per_message
                   if isinstance(c, Claim) and c.key in new_keys and c.key not in applied}
         store = self._store

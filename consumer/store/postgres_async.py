@@ -87,7 +87,7 @@ class AsyncPostgresTransactions:
         self._session = session
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         # A message asks for a connection once a slot is its (one is free).
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+        self._pool: AsyncConnectionPool[AsyncMessageConnection] = AsyncConnectionPool(
             dsn, name="consumer-store-async", connection_class=AsyncMessageConnection,
             **pool_options(size, session_parameters, connect_timeout))
         self._size = size
@@ -132,17 +132,17 @@ class AsyncPostgresTransactions:
             if not new:
                 await _rollback_quietly(conn)
                 return False
-            conn.handling = True  # type: ignore[attr-defined]
+            conn.handling = True
             try:
                 await work(AsyncTransaction(conn))
             except BaseException as error:
-                conn.handling = False  # type: ignore[attr-defined]
+                conn.handling = False  # before the rollback below, which it would refuse
                 await _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
                 raise
             finally:
-                conn.handling = False  # type: ignore[attr-defined]
+                conn.handling = False
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 await _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
@@ -164,7 +164,7 @@ class AsyncPostgresTransactions:
                 self._slots = asyncio.Semaphore(self._size)
         return self._slots
 
-    async def _getconn(self) -> psycopg.AsyncConnection[Any]:
+    async def _getconn(self) -> AsyncMessageConnection:
         try:
             return await self._pool.getconn()
         except PoolTimeout as error:

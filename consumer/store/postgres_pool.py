@@ -92,7 +92,7 @@ class PostgresTransactions:
         self._where = where
         self._session = session
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        self._pool: ConnectionPool[MessageConnection] = ConnectionPool(
             dsn, name="consumer-store", connection_class=MessageConnection,
             **pool_options(size, session_parameters, connect_timeout))
 
@@ -174,7 +174,7 @@ class PostgresTransactions:
         # transaction failed: nobody's fault in particular, every message runs again alone
         return [self._outcome(group, claims[index], now, works[index]) for index in again]
 
-    def _run_batch(self, conn: psycopg.Connection[Any], group: str, claims: Sequence[Claim],
+    def _run_batch(self, conn: MessageConnection, group: str, claims: Sequence[Claim],
                    now: float, works: Sequence[Callable[[StoreLike], None]],
                    outcomes: list[bool | BaseException],
                    ) -> tuple[int | None, BaseException | None] | None:
@@ -225,7 +225,7 @@ class PostgresTransactions:
         except BaseException as error:  # every outcome goes back to its message
             return error
 
-    def _getconn(self) -> psycopg.Connection[Any]:
+    def _getconn(self) -> MessageConnection:
         try:
             return self._pool.getconn()
         except PoolTimeout as error:
@@ -307,14 +307,14 @@ def _by_key(claim: Claim) -> bytes:
     return claim.key
 
 
-def _run_work(conn: psycopg.Connection[Any], work: Callable[[StoreLike], None],
+def _run_work(conn: MessageConnection, work: Callable[[StoreLike], None],
               db: Transaction | None = None) -> None:
-    """``work`` on ``conn``'s open transaction, which it cannot end (:class:`MessageConnection`)."""
-    conn.handling = True  # type: ignore[attr-defined]
+    """``work`` on ``conn``'s open transaction, which it cannot end."""
+    conn.handling = True
     try:
         work(db or Transaction(conn))
     finally:
-        conn.handling = False  # type: ignore[attr-defined]
+        conn.handling = False
 
 
 def _rollback_quietly(conn: psycopg.Connection[Any]) -> None:

@@ -488,15 +488,21 @@ class StoreCheckpoint:
         """The rows of partitions this batch holds whose watermark did not move (their first
         message failed): written unchanged, so the fence still checks they are ours before a
         failure is acted on (a zombie must not produce a dead letter, nor seek, for a
-        partition a newer owner has). A partition with nothing done since it was assigned has
-        no offset to write; the new owner's claims keep its effects single there."""
+        partition a newer owner has). A partition with nothing done since it was assigned
+        (no watermark: it started at Kafka's committed offset or the reset policy's) gets its
+        row at its first message in the batch, the failing one: everything below it was done
+        before."""
         rows = []
-        for tp in {(m.topic, m.partition) for m in self._messages}:
+        first: dict[TP, int] = {}
+        for m in self._messages:
+            first.setdefault((m.topic, m.partition), m.offset)
+        for tp, offset in first.items():
             if tp in watermarks:
                 continue
             progress = self._partitions.get(tp)
-            if progress is not None and progress.watermark is not None:
-                rows.append(CheckpointRow(tp[0], tp[1], progress.watermark, progress.epoch))
+            if progress is not None:
+                at = offset if progress.watermark is None else progress.watermark
+                rows.append(CheckpointRow(tp[0], tp[1], at, progress.epoch))
         return rows
 
     def _carried_letters(self) -> dict[TP, int]:

@@ -372,7 +372,9 @@ def test_failures_in_two_partitions_stop_both_and_the_first_is_reported(
     assert (outcome.failure.partition, outcome.failure.offset) == (0, 1)
     assert effects(store) == [("t", 0, 0)]
     assert processed(store) == [("t", 0, 0)]
-    assert store.checkpoints(GROUP) == {P0: 1, P1: None}
+    # p1 failed at its first message with nothing done since assignment: its row is
+    # written at that message all the same (the fence checks it is ours)
+    assert store.checkpoints(GROUP) == {P0: 1, P1: 0}
     assert ("t", 1, 1) not in handler.calls
 
 
@@ -511,6 +513,41 @@ def test_a_zombie_whose_batch_fails_at_its_first_message_is_fenced_before_dead_l
         checkpoint.run()
     assert sink.sent == []
     assert partitions[P0].watermark == 2
+
+
+@pytest.mark.parametrize("owner", ["zombie", "owner"])
+def test_a_batch_failing_at_a_partitions_very_first_message_checks_the_partition_is_ours(
+    tmp_path: Path, store: SQLiteStore, source: InMemorySource, owner: str,
+) -> None:
+    """Nothing done yet since assignment (no offset in the row): the row is still written,
+    at the failing message's offset, so a zombie is fenced before producing its letter and
+    the owner's row says where it stands."""
+    partitions = assigned(store, [P0])
+    if owner == "zombie":
+        newer_owner = SQLiteStore(store_path(tmp_path))
+        newer_owner.assign(GROUP, [P0], 2.0)
+        newer_owner.close()
+    sink = InMemoryDeadLetterSink()
+    settings = loop_settings(["t"], group=GROUP, route={
+        "on_failure": "dead_letter", "retry": {"attempts": 1}})
+    failures = Failures(build_policies(settings), sink=sink, group=GROUP,
+                        observer=RecordingObserver(), monotonic=lambda: 0.0)
+    checkpoint = StoreCheckpoint(
+        Trigger.COUNT, events(0, [5, 6]), partitions, store=store, source=source,
+        router=Router([Route("t", EffectWriter(fail_at=[("t", 0, 5)]), "tests:handler")]),
+        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
+        group=GROUP, now=lambda: 1_000.0, failures=failures,
+        commits=KafkaCommits(source, observer=RecordingObserver(), monotonic=lambda: 0.0),
+    )
+    if owner == "zombie":
+        with pytest.raises(Fenced):
+            checkpoint.run()
+        assert sink.sent == []
+        assert store.checkpoints(GROUP) == {P0: None}
+        return
+    checkpoint.run()
+    assert len(sink.sent) == 1
+    assert store.checkpoints(GROUP) == {P0: 5}  # at the letter; the next batch moves past it
 
 
 def test_a_checkpoint_row_ahead_of_the_batch_raises_offset_went_backwards_and_rolls_back(

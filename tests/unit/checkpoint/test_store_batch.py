@@ -483,6 +483,32 @@ def test_fenced_partition_rolls_back_the_whole_batch(
     assert not store.connection.in_transaction
 
 
+def take_over(tmp_path: Path, tp: TP) -> None:
+    """A newer owner is assigned ``tp``: its epoch moves on."""
+    newer_owner = SQLiteStore(store_path(tmp_path))
+    newer_owner.assign(GROUP, [tp], 2.0)
+    newer_owner.close()
+
+
+def dead_lettering(store: SQLiteStore, source: InMemorySource,
+                   partitions: dict[TP, PartitionProgress], messages: Sequence[Message],
+                   sink: InMemoryDeadLetterSink) -> StoreCheckpoint:
+    """The checkpoint of ``messages`` whose first fails and goes to ``sink`` at once."""
+    settings = loop_settings(["t"], group=GROUP, route={
+        "on_failure": "dead_letter", "retry": {"attempts": 1}})
+    failures = Failures(build_policies(settings), sink=sink, group=GROUP,
+                        observer=RecordingObserver(), monotonic=lambda: 0.0)
+    failing = messages[0]
+    return StoreCheckpoint(
+        Trigger.COUNT, messages, partitions, store=store, source=source,
+        router=Router([Route("t", EffectWriter(fail_at=[
+            (failing.topic, failing.partition, failing.offset)]), "tests:handler")]),
+        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
+        group=GROUP, now=lambda: 1_000.0, failures=failures,
+        commits=KafkaCommits(source, observer=RecordingObserver(), monotonic=lambda: 0.0),
+    )
+
+
 def test_a_zombie_whose_batch_fails_at_its_first_message_is_fenced_before_dead_lettering(
     tmp_path: Path, store: SQLiteStore, source: InMemorySource
 ) -> None:
@@ -493,22 +519,9 @@ def test_a_zombie_whose_batch_fails_at_its_first_message_is_fenced_before_dead_l
     partitions = assigned(store, [P0])
     first = run_batch(store, source, events(0, [0, 1]), EffectWriter(), partitions)
     assert first.committed == {P0: 2}
-    newer_owner = SQLiteStore(store_path(tmp_path))
-    newer_owner.assign(GROUP, [P0], 2.0)
-    newer_owner.close()
-
+    take_over(tmp_path, P0)
     sink = InMemoryDeadLetterSink()
-    settings = loop_settings(["t"], group=GROUP, route={
-        "on_failure": "dead_letter", "retry": {"attempts": 1}})
-    failures = Failures(build_policies(settings), sink=sink, group=GROUP,
-                        observer=RecordingObserver(), monotonic=lambda: 0.0)
-    checkpoint = StoreCheckpoint(
-        Trigger.COUNT, events(0, [2, 3]), partitions, store=store, source=source,
-        router=Router([Route("t", EffectWriter(fail_at=[("t", 0, 2)]), "tests:handler")]),
-        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
-        group=GROUP, now=lambda: 1_000.0, failures=failures,
-        commits=KafkaCommits(source, observer=RecordingObserver(), monotonic=lambda: 0.0),
-    )
+    checkpoint = dead_lettering(store, source, partitions, events(0, [2, 3]), sink)
     with pytest.raises(Fenced):
         checkpoint.run()
     assert sink.sent == []
@@ -524,21 +537,9 @@ def test_a_batch_failing_at_a_partitions_very_first_message_checks_the_partition
     the owner's row says where it stands."""
     partitions = assigned(store, [P0])
     if owner == "zombie":
-        newer_owner = SQLiteStore(store_path(tmp_path))
-        newer_owner.assign(GROUP, [P0], 2.0)
-        newer_owner.close()
+        take_over(tmp_path, P0)
     sink = InMemoryDeadLetterSink()
-    settings = loop_settings(["t"], group=GROUP, route={
-        "on_failure": "dead_letter", "retry": {"attempts": 1}})
-    failures = Failures(build_policies(settings), sink=sink, group=GROUP,
-                        observer=RecordingObserver(), monotonic=lambda: 0.0)
-    checkpoint = StoreCheckpoint(
-        Trigger.COUNT, events(0, [5, 6]), partitions, store=store, source=source,
-        router=Router([Route("t", EffectWriter(fail_at=[("t", 0, 5)]), "tests:handler")]),
-        keys={"t": key_function(f"header:{HEADER}", {"t": "id-t"})},
-        group=GROUP, now=lambda: 1_000.0, failures=failures,
-        commits=KafkaCommits(source, observer=RecordingObserver(), monotonic=lambda: 0.0),
-    )
+    checkpoint = dead_lettering(store, source, partitions, events(0, [5, 6]), sink)
     if owner == "zombie":
         with pytest.raises(Fenced):
             checkpoint.run()

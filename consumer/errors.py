@@ -18,6 +18,7 @@
     └── StoreError             the store database failed
         ├── StoreUnavailable   cannot reach or lock the database (consumption pauses and retries)
         ├── StoreSchemaError   our tables are missing or of another version (exit 2)
+        ├── StoreConstraintViolated  a deferred constraint failed at COMMIT (the batch reruns)
         └── HandlerEndedTransaction  a handler committed or rolled back the batch's transaction
 
 One exception stands outside it on purpose: :class:`TransactionEndRefused` is a
@@ -256,6 +257,12 @@ class StoreError(ConsumerError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached or locked right now; the consumer pauses and retries."""
+
+
+class StoreConstraintViolated(StoreError):
+    """A constraint checked only at COMMIT (``DEFERRABLE INITIALLY DEFERRED``) failed: the
+    batch rolled back. It runs again with every constraint checked at its statement, so the
+    message that violates it fails alone (its route's retries and dead letters)."""
 
 
 class StoreSchemaError(StoreError):

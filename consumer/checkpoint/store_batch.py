@@ -96,8 +96,12 @@ class StoreCheckpoint:
         failures: Failures | None = None,
         instruments: HandlerTimings | None = None,
         lettered: dict[TP, int] | None = None,
+        constraints_now: bool = False,
     ) -> None:
         self.trigger = trigger
+        #: The batch's COMMIT failed a deferred constraint before: check every constraint at
+        #: its statement and run message by message, so the violating message fails alone.
+        self._constraints_now = constraints_now
         #: Kafka's copy: while the previous asynchronous commit is unanswered, this batch's
         #: offsets stay pending for the next checkpoint (the store holds them already).
         self._commits = commits
@@ -153,15 +157,19 @@ class StoreCheckpoint:
 
             # 2. run handlers: the whole batch at once; if a handler raises, roll the
             # transaction back and run it again message by message, each in a savepoint
-            one_by_one = False
-            try:
-                watermarks, counts = self._apply_optimistically(claims, new_keys, outcome)
-            except _HandlerRaised:
-                store.rollback()
-                store.begin()
-                new_keys = self._claim(claims)
+            one_by_one = self._constraints_now
+            if one_by_one:
+                store.check_constraints_now()
                 watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
-                one_by_one = True
+            else:
+                try:
+                    watermarks, counts = self._apply_optimistically(claims, new_keys, outcome)
+                except _HandlerRaised:
+                    store.rollback()
+                    store.begin()
+                    new_keys = self._claim(claims)
+                    watermarks, counts = self._apply_one_by_one(claims, new_keys, outcome)
+                    one_by_one = True
 
             # 3. fence and write checkpoint rows (and move past dead letters not re-polled)
             carried = self._carried_letters()

@@ -30,6 +30,7 @@ from consumer.errors import (
     ExternalReset,
     KafkaError,
     OffsetOutOfRange,
+    StoreConstraintViolated,
     StoreUnavailable,
     TopicRecreated,
 )
@@ -90,6 +91,9 @@ class StoreMode:
         self.key_format = key_format if key_format is not None else KeyFormat()
         self._retry_at: float | None = None
         self._backoff = 0.5
+        #: The last batch's COMMIT failed a deferred constraint: the next runs message by
+        #: message with every constraint checked at its statement.
+        self._constraints_now = False
         #: Dead letters acknowledged, their messages not yet committed as done (see
         #: StoreCheckpoint): partition -> offset.
         self._lettered: dict[TP, int] = {}
@@ -188,19 +192,30 @@ class StoreMode:
                 raise
             self._became_unavailable(error)
             return False
-        batch = StoreCheckpoint(
-            trigger, self._pending, partitions, store=self.store, source=self._source,
-            router=self._router, keys=self._keys, group=self._group, now=self._clock.wall,
-            commits=self._commits, failures=self._failures, instruments=self._instruments,
-            lettered=self._lettered,
-        )
-        try:
-            outcome = batch.run()
-        except StoreUnavailable as error:
-            if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
-                raise
-            self._became_unavailable(error)
-            return False
+        while True:
+            batch = StoreCheckpoint(
+                trigger, self._pending, partitions, store=self.store, source=self._source,
+                router=self._router, keys=self._keys, group=self._group,
+                now=self._clock.wall, commits=self._commits, failures=self._failures,
+                instruments=self._instruments, lettered=self._lettered,
+                constraints_now=self._constraints_now,
+            )
+            try:
+                outcome = batch.run()
+            except StoreUnavailable as error:
+                if trigger in (Trigger.REVOKE, Trigger.SHUTDOWN):
+                    raise
+                self._became_unavailable(error)
+                return False
+            except StoreConstraintViolated as error:
+                if self._constraints_now:
+                    raise  # no message's statement violates it: nothing to isolate
+                self._constraints_now = True
+                log.warning("%s: running it again with every constraint checked at its "
+                            "statement, so the message that violates it fails alone", error)
+                continue
+            break
+        self._constraints_now = False
         messages, self._pending = self._pending, []
         if batch.answer_pending:
             self._closing = (batch, messages, partitions)
@@ -220,6 +235,14 @@ class StoreMode:
         except StoreUnavailable:
             self._pending = messages + self._pending
             raise
+        except StoreConstraintViolated as error:
+            # Its messages are pending again, ahead of the rest; the next checkpoint runs
+            # them with every constraint checked at its statement.
+            self._pending = messages + self._pending
+            self._constraints_now = True
+            log.warning("%s: running it again with every constraint checked at its "
+                        "statement, so the message that violates it fails alone", error)
+            return
         self._batch_done(messages, outcome, partitions)
 
     def _answer_now(self) -> None:

@@ -176,6 +176,9 @@ class TimedStore(Store):
         self._store.adopt_topic_id(group, tp, topic_id, epoch=epoch,
                                    forget_offset=forget_offset)
 
+    def check_constraints_now(self) -> None:
+        self._store.check_constraints_now()
+
     def transaction_open(self) -> bool:
         return self._store.transaction_open()
 

@@ -269,6 +269,12 @@ class Store(abc.ABC):
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
         """Forget keys claimed in this transaction whose messages were not applied."""
 
+    def check_constraints_now(self) -> None:
+        """Inside a batch: check deferred constraints at each statement from here on, so a
+        violation fails its message's handler rather than the batch's COMMIT. Nothing to do
+        where no constraint waits for COMMIT (SQLite's store, MariaDB)."""
+        return None
+
     @abc.abstractmethod
     def transaction_open(self) -> bool:
         """Inside a batch: whether the transaction :meth:`begin` opened is still open. False

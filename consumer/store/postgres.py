@@ -28,7 +28,12 @@ import psycopg
 from psycopg import generators, sql
 from psycopg.pq import ExecStatus, TransactionStatus
 
-from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+from consumer.errors import (
+    StoreConstraintViolated,
+    StoreError,
+    StoreSchemaError,
+    StoreUnavailable,
+)
 from consumer.message import TP
 from consumer.store import key_runs, postgres_runs
 from consumer.store.base import (
@@ -608,6 +613,10 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         finally:
             db.execute("ROLLBACK")
 
+    def check_constraints_now(self) -> None:
+        with self._errors():
+            self._db.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
     def transaction_open(self) -> bool:
         # libpq's own status (psycopg's closed and broken cost ten times more, per message):
         # a closed or broken connection reads UNKNOWN, so counts as open.
@@ -743,6 +752,13 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         except psycopg.errors.UndefinedTable as error:
             raise StoreSchemaError(
                 f"PostgreSQL store {self._where}: {error}; run `consumer store init`"
+            ) from error
+        except psycopg.errors.IntegrityError as error:
+            # Our statements claim with ON CONFLICT and move rows with UPDATE: an integrity
+            # error here is a handler's deferred constraint, checked at COMMIT.
+            raise StoreConstraintViolated(
+                f"PostgreSQL store {self._where}: a deferred constraint failed at COMMIT "
+                f"({type(error).__name__}: {error}); the batch rolled back"
             ) from error
         except psycopg.Error as error:
             raise StoreError(

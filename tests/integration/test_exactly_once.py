@@ -28,7 +28,7 @@ from tests.support.chaos import (
     run_chaos,
     until_consumed,
 )
-from tests.support.kafka import create_topic, group_offsets, produce, unique_name
+from tests.support.kafka import create_topic, group_offsets, produce, read_topic, unique_name
 from tests.support.pg_proxy import CommitCutProxy, proxied_url
 from tests.support.stores import StoreUnderTest, fresh_store
 
@@ -392,3 +392,40 @@ def test_reset_with_kafkas_own_tool_is_detected(
             assert f"resuming at {0 if policy == 'follow' else 5}" in second.log_file.read_text()
         assert store.scalar("SELECT count(*) FROM ledger_entries") == 5
         assert store.query("SELECT balance FROM accounts") == [(5,)]
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_deferred_constraint_failing_at_commit_fails_its_message_alone(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """Message 3 of 8 names no parent; its table checks the foreign key only at COMMIT, so
+    the whole batch's COMMIT fails. Rather than stopping on every restart, the batch runs
+    again with constraints checked at each statement: message 3 fails alone and goes to the
+    dead-letter topic, the other seven apply once, and the consumer goes on."""
+    from tests.support.deferred_handler import SCHEMA
+
+    for statement in SCHEMA:
+        store.execute(statement)
+    topic = create_topic(kafka_bootstrap, 1, prefix="deferred")
+    produce(kafka_bootstrap, topic, [b"2" if i == 3 else b"1" for i in range(8)],
+            in_order=True, headers=lambda i: [("idempotency-key", f"child-{i}".encode())])
+    dead_letters = create_topic(kafka_bootstrap, 1, prefix="deferred-dlq")
+    group = unique_name("deferred")
+    config = consumer_config(kafka_bootstrap, group, topic,
+                             handler="tests.support.deferred_handler:apply",
+                             every_messages=500, every_seconds=1.0, store=store.url)
+    config["routes"] = {topic: {"handler": "tests.support.deferred_handler:apply",
+                                "retry": {"attempts": 1}, "dead_letter_topic": dead_letters}}
+    run = ConsumerProcess(tmp_path, "run", config).start()
+    try:
+        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 1) == {0: 8},
+                 timeout=60, what=f"every message done ({run.log_tail()})")
+        assert run.alive(), run.log_tail()
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.log_tail()
+    finally:
+        run.stop_if_running()
+    assert [offset for (offset,) in store.query(
+        'SELECT "offset" FROM children ORDER BY "offset"')] == [0, 1, 2, 4, 5, 6, 7]
+    letters = read_topic(kafka_bootstrap, dead_letters)
+    assert [letter.value() for letter in letters] == [b"2"]  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from consumer.engine.concurrency.runners import Completions, Job
+from consumer.engine.concurrency.runners import NOT_STARTED, Completions, Job
 from consumer.failures.retries import check_format
 from consumer.message import Context, Message
 
@@ -89,6 +89,9 @@ class BatchRunner:
         start = clock()
         runnable: list[Job] = []
         for job in jobs:
+            if job.owner.gone:  # revoked or lost while queued: its next owner handles it
+                completions.put((job, NOT_STARTED, 0.0))
+                continue
             if job.format is not None:
                 try:
                     check_format(job.message, job.format)

@@ -6,20 +6,27 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Sequence
 
 from consumer.engine.concurrency.batches import BatchRunner, BatchWork
-from consumer.engine.concurrency.runners import Completion, Job
+from consumer.engine.concurrency.runners import NOT_STARTED, Completion, Job
 from consumer.failures.retries import PoisonMessage
 from consumer.message import Context, Message, Scope
 
 
-def jobs(count: int, *, fmt: str | None = None) -> list[Job]:
+class Owner:
+    """The partition's work a job carries: ``gone`` once revoked or lost."""
+
+    gone = False
+
+
+def jobs(count: int, *, fmt: str | None = None, owner: Owner | None = None) -> list[Job]:
     found = []
     for offset in range(count):
         message = Message("t", 0, offset, b"{}", timestamp=0.0)
-        found.append(Job(message, Context(Scope("g"), message), format=fmt, owner=None,
-                         started=0.0))
+        found.append(Job(message, Context(Scope("g"), message), format=fmt,
+                         owner=owner or Owner(), started=0.0))  # type: ignore[arg-type]
     return found
 
 
@@ -85,7 +92,8 @@ def test_a_poison_message_stays_out_of_the_batch() -> None:
     runner = BatchRunner(work, concurrency=1, batch=8, name="t", completions=completions,
                          clock=None)
     message = Message("t", 0, 7, b"not json", timestamp=0.0)
-    bad = Job(message, Context(Scope("g"), message), format="json", owner=None, started=0.0)
+    bad = Job(message, Context(Scope("g"), message), format="json",
+              owner=Owner(), started=0.0)  # type: ignore[arg-type]
     runner.submit([*jobs(1, fmt="json"), bad])
     outcomes = take(completions, 2)
     assert outcomes[0] is None and isinstance(outcomes[7], PoisonMessage)
@@ -102,3 +110,28 @@ def test_close_ends_the_workers_and_drops_what_is_queued() -> None:
     for thread in runner._threads:
         thread.join(5)
         assert not thread.is_alive()
+
+
+def test_jobs_of_a_partition_gone_before_a_worker_took_them_never_start() -> None:
+    """Revoked or lost while queued behind a running batch: the worker reports them not
+    started (their next owner handles them) rather than running them for a partition this
+    process no longer has."""
+    completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+    work = Recording()
+    work.gate.clear()
+    runner = BatchRunner(work, concurrency=1, batch=2, name="t", completions=completions,
+                         clock=None)
+    owner = Owner()
+    queued = jobs(6, owner=owner)
+    runner.submit(queued[:2])
+    deadline = time.monotonic() + 5
+    while runner._queue:  # the worker took the first two and waits at the gate
+        assert time.monotonic() < deadline, "the worker took nothing"
+        time.sleep(0.001)
+    runner.submit(queued[2:])
+    owner.gone = True
+    work.gate.set()
+    outcomes = take(completions, 6)
+    runner.close()
+    assert work.batches == [[0, 1]]
+    assert [outcomes[offset] for offset in range(2, 6)] == [NOT_STARTED] * 4

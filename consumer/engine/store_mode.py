@@ -210,9 +210,7 @@ class StoreMode:
             except StoreConstraintViolated as error:
                 if self._constraints_now:
                     raise  # no message's statement violates it: nothing to isolate
-                self._constraints_now = True
-                log.warning("%s: running it again with every constraint checked at its "
-                            "statement, so the message that violates it fails alone", error)
+                self._check_constraints_now(error)
                 continue
             break
         self._constraints_now = False
@@ -239,11 +237,16 @@ class StoreMode:
             # Its messages are pending again, ahead of the rest; the next checkpoint runs
             # them with every constraint checked at its statement.
             self._pending = messages + self._pending
-            self._constraints_now = True
-            log.warning("%s: running it again with every constraint checked at its "
-                        "statement, so the message that violates it fails alone", error)
+            self._check_constraints_now(error)
             return
         self._batch_done(messages, outcome, partitions)
+
+    def _check_constraints_now(self, error: StoreConstraintViolated) -> None:
+        """A batch's COMMIT failed a deferred constraint: the next batch runs message by
+        message with every constraint checked at its statement."""
+        self._constraints_now = True
+        log.warning("%s: running it again with every constraint checked at its statement, "
+                    "so the message that violates it fails alone", error)
 
     def _answer_now(self) -> None:
         """:meth:`_answer` outside a checkpoint: an unavailable store pauses consumption and

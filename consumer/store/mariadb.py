@@ -354,9 +354,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         NOT EXISTS``) or COMMIT ends it in MariaDB, committing every key claimed for the batch
         ahead of the effects not yet written. Read from the server's last status flags, no
         round trip; the batch stops here, before anything else commits."""
-        conn = self._conn
-        if self._in_batch and conn is not None and conn.open \
-                and not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+        if self._in_batch and not self.transaction_open():
             raise StoreError(
                 f"MariaDB store {self._where}: a handler's statement ended the batch's "
                 "transaction (MariaDB commits implicitly on DDL such as CREATE TABLE, and on "

@@ -132,17 +132,13 @@ class AsyncPostgresTransactions:
             if not new:
                 await _rollback_quietly(conn)
                 return False
-            conn.handling = True
             try:
-                await work(AsyncTransaction(conn))
+                await _run_work(conn, work)
             except BaseException as error:
-                conn.handling = False  # before the rollback below, which it would refuse
                 await _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
                 raise
-            finally:
-                conn.handling = False
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 await _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
@@ -172,6 +168,15 @@ class AsyncPostgresTransactions:
                 f"no connection to PostgreSQL store {self._where} within "
                 f"{self._pool.timeout:g} s (the server is unreachable, or refuses new "
                 f"connections): {error}") from error
+
+
+async def _run_work(conn: AsyncMessageConnection, work: AsyncWork) -> None:
+    """``work`` on ``conn``'s open transaction, which it cannot end."""
+    conn.handling = True
+    try:
+        await work(AsyncTransaction(conn))
+    finally:
+        conn.handling = False
 
 
 async def _rollback_quietly(conn: psycopg.AsyncConnection[Any]) -> None:

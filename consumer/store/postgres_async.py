@@ -3,13 +3,15 @@ that runs them (psycopg's ``AsyncConnectionPool``).
 
 :meth:`AsyncPostgresTransactions.apply` does what
 :meth:`~consumer.store.postgres_pool.PostgresTransactions.apply` does, awaiting instead of
-blocking: borrow a connection (waiting for one never blocks the loop), claim the message's dedup
-key, await the handler's work with ``context.db`` bound to that connection (an
-``AsyncConnection``: ``await context.execute(...)``), commit. A message holds its connection
-from its claim to its commit, so at most ``size`` messages of the async routes are inside
-their transactions at once, whatever the routes' concurrency. The pool opens on the loop's
-thread at the first message (a pool belongs to the loop it runs on) and is closed from the poll
-thread while that loop still runs. Event loop thread only, but for :meth:`close`.
+blocking: borrow a connection (waiting for one never blocks the loop), open the transaction
+and claim the message's dedup key (one round trip where the key is a run:
+:class:`~consumer.store.postgres_pool.RunsOpening`), await the handler's work with
+``context.db`` bound to that connection (an ``AsyncConnection``: ``await
+context.execute(...)``), commit. A message holds its connection from its claim to its commit,
+so at most ``size`` messages of the async routes are inside their transactions at once,
+whatever the routes' concurrency. The pool opens on the loop's thread at the first message (a
+pool belongs to the loop it runs on) and is closed from the poll thread while that loop still
+runs. Event loop thread only, but for :meth:`close`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from consumer.errors import StoreUnavailable, TransactionEndRefused
+from consumer.store import key_runs, postgres_runs
 from consumer.store.base import Claim, PostgresSession
-from consumer.store.key_runs import CoordinatesKeys
+from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres_pool import (
+    RunsOpening,
     handler_store_error,
     one_claim,
     pool_options,
@@ -48,6 +52,8 @@ class AsyncMessageConnection(psycopg.AsyncConnection[Any]):
 
     #: A handler runs on this connection now.
     handling = False
+    #: The runs' claim was prepared on this connection (:class:`RunsOpening`).
+    runs_prepared = False
 
     async def commit(self) -> None:
         if self.handling:
@@ -86,6 +92,7 @@ class AsyncPostgresTransactions:
         self._where = where
         self._session = session
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
+        self._opening = RunsOpening()
         # A message asks for a connection once a slot is its (one is free).
         self._pool: AsyncConnectionPool[AsyncMessageConnection] = AsyncConnectionPool(
             dsn, name="consumer-store-async", connection_class=AsyncMessageConnection,
@@ -125,10 +132,14 @@ class AsyncPostgresTransactions:
     async def _apply(self, group: str, claim: Claim, now: float, work: AsyncWork) -> bool:
         conn = await self._getconn()
         try:
+            runs, _ = key_runs.split((claim,), self._coordinates_keys)
             with transaction_errors(self._where, self._session):
-                cursor = await conn.execute(*one_claim(group, claim, now,
-                                                       self._coordinates_keys))
-                new = await cursor.fetchone() is not None
+                if runs:
+                    new = await self._open_run(conn, group, now, runs[0])
+                else:
+                    await conn.execute("BEGIN")
+                    cursor = await conn.execute(*one_claim(group, claim, now))
+                    new = await cursor.fetchone() is not None
             if not new:
                 await _rollback_quietly(conn)
                 return False
@@ -147,6 +158,23 @@ class AsyncPostgresTransactions:
             return True
         finally:
             await self._pool.putconn(conn)  # rolls back what is left; replaces a broken one
+
+    async def _open_run(self, conn: AsyncMessageConnection, group: str, now: float,
+                        run: Run) -> bool:
+        """Open the transaction with the claim of one message's run of one key
+        (:class:`RunsOpening`); whether the key was new (a refused run of one: a duplicate)."""
+        query = self._opening.query(conn, group, now, (run,))
+        if not conn.runs_prepared:
+            await conn.execute(postgres_runs.PREPARE_OPEN)
+            conn.runs_prepared = True
+        try:
+            cursor = await conn.execute(query)
+        except psycopg.errors.InvalidSqlStatementName:  # deallocated by psycopg
+            await conn.execute("ROLLBACK")
+            await conn.execute(postgres_runs.PREPARE_OPEN)
+            cursor = await conn.execute(query)
+        cursor.nextset()  # past BEGIN's result, to the INSERT's rows
+        return bool(await cursor.fetchall())
 
     async def _open(self) -> asyncio.Semaphore:
         """Open the pool on the running loop (the first message's call)."""

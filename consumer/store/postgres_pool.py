@@ -3,7 +3,10 @@ connections (psycopg_pool), for handlers that run concurrently.
 
 Each :meth:`PostgresTransactions.apply` borrows a connection, and in one transaction on it
 claims the message's dedup key (``INSERT … ON CONFLICT DO NOTHING RETURNING``), runs the
-handler's work with ``context.db`` bound to that connection, and commits.
+handler's work with ``context.db`` bound to that connection, and commits. The connections are
+in autocommit mode and every transaction is opened by an explicit ``BEGIN``: where the keys
+are runs (ordered coordinates keys), ``BEGIN`` and the claim go as one query string
+(:class:`RunsOpening`), one round trip where psycopg's own ``BEGIN`` would cost two.
 :meth:`PostgresTransactions.apply_batch` does the same for several messages with one claim
 statement and one commit; any failure inside rolls it back and runs them again one by one.
 Only the caller's thread uses the connection until it goes back to the pool; the pool rolls
@@ -20,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -27,7 +31,7 @@ from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable, Tran
 from consumer.message import StoreLike
 from consumer.store import key_runs, postgres_runs
 from consumer.store.base import Claim, PostgresSession
-from consumer.store.key_runs import CoordinatesKeys
+from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres import CLAIM_UNLESS_PROCESSED, claim_values, is_transient
 
 log = logging.getLogger("consumer.store")
@@ -41,13 +45,35 @@ CLAIM_ONE = """INSERT INTO consumer_processed_keys
 CLAIM_MANY = CLAIM_UNLESS_PROCESSED
 
 
-def one_claim(group: str, claim: Claim, now: float,
-              coordinates_keys: CoordinatesKeys) -> tuple[str, tuple[Any, ...]]:
-    """The statement (and its parameters) claiming one key: a run of one where the store
-    keeps the key in runs, else a row; either returns a row when the key was new."""
-    if coordinates_keys.holds(claim):
-        return postgres_runs.INSERT_ONE, postgres_runs.one_values(group, claim, now)
+def one_claim(group: str, claim: Claim, now: float) -> tuple[str, tuple[Any, ...]]:
+    """The statement (and its parameters) claiming one key as a row; it returns a row when
+    the key was new."""
     return CLAIM_ONE, (group, claim.key, claim.topic, claim.partition, claim.offset, now)
+
+
+class RunsOpening:
+    """``BEGIN`` and a claim of runs as one query string (:func:`postgres_runs.open_query`,
+    the statement prepared on the connection): one round trip instead of two, and no arrays
+    for psycopg to adapt. A connection prepares the statement before its first such opening
+    (:attr:`MessageConnection.runs_prepared`), and again when psycopg deallocated it: after a
+    ROLLBACK, psycopg drops every prepared statement once it holds statements of its own (a
+    handler's, run often enough), and the opening then fails with InvalidSqlStatementName.
+    Thread-safe: the quoted names are cached, a lost race quotes a name twice."""
+
+    def __init__(self) -> None:
+        self._literals: dict[str, str] = {}
+
+    def query(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], group: str,
+              now: float, ordered: Sequence[Run]) -> str:
+        """The opening's query string for runs in key order, names quoted for ``conn``."""
+        literals = self._literals
+
+        def literal(text: str) -> str:
+            if (quoted := literals.get(text)) is None:
+                quoted = literals[text] = sql.Literal(text).as_string(conn)
+            return quoted
+
+        return postgres_runs.open_query(group, now, ordered, literal)
 
 
 class MessageConnection(psycopg.Connection[Any]):
@@ -59,6 +85,8 @@ class MessageConnection(psycopg.Connection[Any]):
 
     #: A handler runs on this connection now.
     handling = False
+    #: The runs' claim was prepared on this connection (:class:`RunsOpening`).
+    runs_prepared = False
 
     def commit(self) -> None:
         if self.handling:
@@ -92,6 +120,7 @@ class PostgresTransactions:
         self._where = where
         self._session = session
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
+        self._opening = RunsOpening()
         self._pool: ConnectionPool[MessageConnection] = ConnectionPool(
             dsn, name="consumer-store", connection_class=MessageConnection,
             **pool_options(size, session_parameters, connect_timeout))
@@ -108,11 +137,15 @@ class PostgresTransactions:
         work 3. commit; the connection goes back to the pool whatever happened."""
         conn = self._getconn()
         try:
-            # 1. claim the key: waits for a session holding it uncommitted, then sees its
-            # outcome (committed: a duplicate; rolled back: ours)
+            # 1. open the transaction and claim the key: waits for a session holding it
+            # uncommitted, then sees its outcome (committed: a duplicate; rolled back: ours)
+            runs, _ = key_runs.split((claim,), self._coordinates_keys)
             with transaction_errors(self._where, self._session):
-                new = conn.execute(*one_claim(group, claim, now, self._coordinates_keys)
-                                   ).fetchone() is not None
+                if runs:
+                    new = bool(self._open_runs(conn, group, now, runs))
+                else:
+                    conn.execute("BEGIN")
+                    new = conn.execute(*one_claim(group, claim, now)).fetchone() is not None
             if not new:
                 _rollback_quietly(conn)
                 return False
@@ -184,15 +217,17 @@ class PostgresTransactions:
         # 1. claim every key, in key order (two batches sharing keys never wait in a cycle)
         ordered = sorted(claims, key=_by_key)
         runs, others = key_runs.split(ordered, self._coordinates_keys)
-        new: set[bytes] = set()
         try:
             with transaction_errors(self._where, self._session):
                 if others:
+                    conn.execute("BEGIN")
                     rows = conn.execute(CLAIM_MANY, claim_values(group, now, others)).fetchall()
-                    new.update(bytes(row[0]) for row in rows)
-                if runs:
-                    new |= key_runs.new_keys(
-                        runs, postgres_runs.claim(conn.execute, group, now, runs))
+                    new = {bytes(row[0]) for row in rows}
+                    if runs:
+                        new |= key_runs.new_keys(
+                            runs, postgres_runs.claim(conn.execute, group, now, runs))
+                else:
+                    new = self._open_runs(conn, group, now, runs)
         except StoreError as error:
             return None, error
         # 2. the works of the new keys (a key twice in the batch: its first message)
@@ -218,6 +253,25 @@ class PostgresTransactions:
             return None, error
         return None
 
+    def _open_runs(self, conn: MessageConnection, group: str, now: float,
+                   runs: Sequence[Run]) -> set[bytes]:
+        """Open the transaction with the claim of ``runs`` (:class:`RunsOpening`); the keys
+        that were new."""
+        ordered = postgres_runs.in_key_order(runs)
+        query = self._opening.query(conn, group, now, ordered)
+        if not conn.runs_prepared:
+            conn.execute(postgres_runs.PREPARE_OPEN)
+            conn.runs_prepared = True
+        try:
+            cursor = conn.execute(query)
+        except psycopg.errors.InvalidSqlStatementName:  # deallocated by psycopg
+            conn.execute("ROLLBACK")
+            conn.execute(postgres_runs.PREPARE_OPEN)
+            cursor = conn.execute(query)
+        cursor.nextset()  # past BEGIN's result, to the INSERT's rows
+        return key_runs.new_keys(runs, postgres_runs.claimed(
+            conn.execute, group, now, ordered, cursor.fetchall()))
+
     def _outcome(self, group: str, claim: Claim, now: float,
                  work: Callable[[StoreLike], None]) -> bool | BaseException:
         try:
@@ -238,10 +292,11 @@ class PostgresTransactions:
 def pool_options(size: int, session_parameters: dict[str, Any],
                  connect_timeout: float) -> dict[str, Any]:
     """A message pool's options: ``size`` connections, opened by :meth:`open`, each with the
-    store's session limits. A connection is asked for only when one is free (the workers never
-    outnumber the connections), so only an unreachable server makes the wait time out."""
+    store's session limits, in autocommit mode (every transaction opens with an explicit
+    ``BEGIN``). A connection is asked for only when one is free (the workers never outnumber
+    the connections), so only an unreachable server makes the wait time out."""
     return {"min_size": size, "max_size": size, "open": False, "timeout": connect_timeout,
-            "kwargs": {**session_parameters, "autocommit": False,
+            "kwargs": {**session_parameters, "autocommit": True,
                        "connect_timeout": max(1, int(connect_timeout))}}
 
 

@@ -27,8 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from consumer.store.base import Claim
-from consumer.store.key_runs import Run, head_and_offset
+from consumer.store.key_runs import Run
 from consumer.store.postgres_literals import bytea_array, int_array, text_array
 
 #: Created with the store (version 4) where btree_gist can be had; the age index serves purges.
@@ -61,15 +60,6 @@ OPEN_STATEMENT = "consumer_open_runs"
 PREPARE_OPEN = (f"PREPARE {OPEN_STATEMENT} (text, double precision, bytea[], bigint[], "
                 "bigint[], text[], integer[], bigint[]) AS "
                 + _INSERT_RUNS.format(*(f"${n}" for n in range(1, 9))))
-
-#: One key, unless a row holds it (then no row comes back). Parameters: group, head, key
-#: offset, topic, partition, offset, time.
-INSERT_ONE = """INSERT INTO consumer_processed_runs
-        (group_id, key_head, key_offsets, topic, partition, first_offset, last_offset,
-         processed_at)
-    VALUES (%s, %s, int8range(%s, %s + 1), %s, %s, %s, %s, %s)
-    ON CONFLICT DO NOTHING
-    RETURNING 1"""
 
 Execute = Callable[[str, Sequence[Any]], Any]
 
@@ -128,13 +118,6 @@ def _insert(execute: Execute, group: str, now: float,
         group, now, [r.head for r in ordered], [r.low for r in ordered],
         [r.high for r in ordered], [r.topic for r in ordered], [r.partition for r in ordered],
         [r.first_offset for r in ordered])).fetchall()
-
-
-def one_values(group: str, claim: Claim, now: float) -> tuple[Any, ...]:
-    """The parameters of :data:`INSERT_ONE` for a claim :class:`CoordinatesKeys` holds."""
-    head, offset = head_and_offset(claim.key)
-    return (group, head, offset, offset, claim.topic, claim.partition, claim.offset,
-            claim.offset, now)
 
 
 def _ranges(rows: Sequence[Sequence[Any]]) -> set[tuple[bytes, int, int]]:

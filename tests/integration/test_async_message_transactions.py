@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
+from consumer.dedup import ordered_prefix
 from consumer.engine.concurrency.runners import new_event_loop
 from consumer.errors import StoreError, StoreUnavailable, TransactionEndRefused
 from consumer.store import AsyncMessageTransactions, Claim, PostgresSession
@@ -121,6 +122,34 @@ def test_a_failing_handler_rolls_back_its_writes_and_its_key_and_raises_unchange
     assert effects(store) == [] and keys(store) == 0
     assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(1))) is True
     assert effects(store) == [1]
+
+
+def test_coordinates_keys_open_their_transaction_with_their_claim_on_a_reused_connection(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    """A coordinates key opens the transaction with its claim in one query string, its
+    statement prepared on the connection. Each of the pool's connections runs the handlers'
+    statement often enough to make it psycopg's own prepared statement; a failing message's
+    rollback then makes psycopg deallocate every statement, the claim's too. The messages
+    after the failures still open, apply once, and second deliveries are duplicates."""
+    def coordinates_claim(offset: int) -> Claim:
+        return Claim(ordered_prefix("orders") + offset.to_bytes(8, "big"), "orders", 0, offset)
+
+    async def failing(db: AsyncTransaction) -> None:
+        await write(-1)(db)
+        raise ValueError("bad message")
+
+    async def apply_all(offsets: range) -> list[bool]:
+        return [await transactions.apply(GROUP, coordinates_claim(n), 1.0, write(n))
+                for n in offsets]
+
+    assert loop.run(apply_all(range(8 * SIZE))) == [True] * (8 * SIZE)
+    for n in range(SIZE):
+        with pytest.raises(ValueError, match="bad message"):
+            loop.run(transactions.apply(GROUP, coordinates_claim(1000 + n), 1.0, failing))
+    assert loop.run(apply_all(range(8 * SIZE, 10 * SIZE))) == [True] * (2 * SIZE)
+    assert loop.run(apply_all(range(2 * SIZE))) == [False] * (2 * SIZE)
+    assert effects(store) == list(range(10 * SIZE))
+    assert keys(store) == 0, "coordinates keys are kept as runs"
 
 
 def test_a_lost_connection_inside_the_handler_is_transient_and_commits_nothing(

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from consumer.dedup import ordered_prefix
 from consumer.errors import StoreError, StoreUnavailable, TransactionEndRefused
 from consumer.message import StoreLike
 from consumer.store import Claim, MessageTransactions, PostgresSession
@@ -330,6 +331,43 @@ def test_a_failing_message_in_a_micro_batch_leaves_its_neighbours_applied_exactl
     assert keys(store) == 4
     assert int(store.scalar("SELECT count(*) FROM consumer_processed_keys WHERE key = %s",
                             (claim(position).key,))) == 0
+
+
+def coordinates_claim(offset: int, partition: int = 0) -> Claim:
+    """A claim of the message's ordered coordinates key: a new store keeps it in a run."""
+    key = ordered_prefix("orders") + ((partition << 48) | offset).to_bytes(8, "big")
+    return Claim(key, "orders", partition, offset)
+
+
+def test_coordinates_keys_open_their_transaction_with_their_claim_on_a_reused_connection(
+        store: StoreUnderTest, owner: PostgresStore) -> None:
+    """Coordinates keys open the transaction with their claim in one query string, its
+    statement prepared on the connection. One connection serves every message here: its
+    handlers' statement, run often enough, becomes psycopg's own prepared statement, so the
+    rollback of a failing message makes psycopg deallocate every statement, the claim's too;
+    the messages after it still open, apply once, and a second delivery is a duplicate."""
+    transactions = owner.message_transactions(1)
+    transactions.open()
+    try:
+        for offset in range(8):  # psycopg prepares a statement at its fifth run
+            assert transactions.apply(GROUP, coordinates_claim(offset), 1.0, write(offset))
+        with pytest.raises(ValueError, match="message 8 failed"):
+            transactions.apply(GROUP, coordinates_claim(8), 1.0, failing(8))
+        assert transactions.apply(GROUP, coordinates_claim(9), 1.0, write(9)) is True
+        assert transactions.apply_batch(
+            GROUP, [coordinates_claim(n) for n in (10, 11, 3, 12)], 1.0,
+            [write(10), write(11), write(3, "again"), failing(12)]
+        )[:3] == [True, True, False]
+        assert transactions.apply_batch(
+            GROUP, [coordinates_claim(n) for n in (12, 13, 1)], 1.0,
+            [write(12), write(13), write(1, "again")]) == [True, True, False]
+        assert transactions.apply(GROUP, coordinates_claim(5), 1.0, write(5, "again")) is False
+    finally:
+        transactions.close()
+    assert counts(store) == {n: 1 for n in range(14) if n != 8}
+    assert keys(store) == 0, "coordinates keys are kept as runs"
+    assert int(store.scalar("SELECT sum(upper(key_offsets) - lower(key_offsets)) "
+                            "FROM consumer_processed_runs")) == 13
 
 
 def test_a_work_swallowing_its_database_error_does_not_take_its_neighbours_down(

@@ -316,6 +316,38 @@ class TransactionEndRefused(BaseException):
         )
 
 
+class MessageTransactionEnded(BaseException):
+    """A handler ended its message's own transaction with a statement (``COMMIT``,
+    ``ROLLBACK``, ``END``) with ``concurrency`` above 1, found when the handler returned or
+    raised. The keys claimed in that transaction for messages not applied by then were
+    forgotten again. Not an Exception, as :class:`TransactionEndRefused`: the dispatcher stops
+    the consumer with it."""
+
+    def __init__(self, topic: str, partition: int, offset: int, *, forgotten: int,
+                 unforgotten: BaseException | None = None) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        if unforgotten is None:
+            after = (f"the {forgotten} keys claimed for messages of that transaction not applied "
+                     "by then were forgotten again, so those messages run after a restart")
+        else:
+            after = (f"forgetting the {forgotten} keys claimed for messages of that transaction "
+                     f"not applied by then failed too ({type(unforgotten).__name__}: "
+                     f"{unforgotten}): those messages would be skipped as duplicates; apply "
+                     "them again with `consumer replay --forget-keys` from "
+                     f"{topic}[{partition}] offset {offset}")
+        super().__init__(
+            f"the handler of {topic}[{partition}] at offset {offset} ended its message's "
+            "transaction with a statement (COMMIT, ROLLBACK or END sent through context.db): "
+            "the framework commits the message's writes together with its processed key, so a "
+            "handler must never end that transaction. Its writes before the statement "
+            "committed or rolled back with the transaction, those after it committed one by "
+            f"one; {after}. The consumer stops. Remove the statement (`with "
+            "context.db.transaction():` makes a savepoint) and restart."
+        )
+
+
 def exit_code(error: ConsumerError) -> int:
     """The exit code for a command that stops on ``error``: a store that can never work and
     credentials the brokers refuse are configuration problems (2); anything else failed (1)."""

@@ -187,6 +187,35 @@ def claim_values(group: str, now: float, claims: Sequence[Claim]) -> tuple[Any, 
             ",".join([str(c.offset) for c in claims]))
 
 
+def unclaim(db: psycopg.Connection[Any], group: str, keys: Iterable[bytes], *,
+            runs: bool) -> None:
+    """Forget each key, in ``db``'s open transaction: its row, or (where the store keeps
+    runs) its place in a run, which splits around it."""
+    keys = list(keys)
+    db.execute(UNCLAIM_KEYS, (group, keys))
+    if runs:
+        for key in keys:
+            head, offset = key_runs.head_and_offset(key)
+            run = db.execute(UNCLAIM_FROM_RUN, (group, head, offset)).fetchone()
+            if run is None:
+                continue
+            low, high, topic, partition, first_offset, at = run
+            pieces = [key_runs.Run(head, lo, hi, topic, partition, first_offset + lo - low)
+                      for lo, hi in ((low, offset), (offset + 1, high)) if hi > lo]
+            if pieces:  # the rest of the run, in what this transaction held: never refused
+                postgres_runs.claim(db.execute, group, at, pieces)
+
+
+#: Forget keys kept as rows. Parameters: group, array of keys.
+UNCLAIM_KEYS = "DELETE FROM consumer_processed_keys WHERE group_id = %s AND key = ANY(%s)"
+#: Forget the run holding a key, returning it. Parameters: group, the
+#: key's head and offset (:func:`key_runs.head_and_offset`).
+UNCLAIM_FROM_RUN = """DELETE FROM consumer_processed_runs
+    WHERE group_id = %s AND key_head = %s AND key_offsets @> %s::bigint
+    RETURNING lower(key_offsets), upper(key_offsets), topic, partition, first_offset,
+              processed_at"""
+
+
 class PostgresStore(key_runs.KeepsRuns, Store):
     dialect = "postgresql"
     schema_version = POSTGRES_SCHEMA_VERSION
@@ -476,31 +505,8 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         return {bytes(row[0]) for row in rows}
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
-        """Forget each key: its row, or its place in a run (which splits around it)."""
-        keys = list(keys)
         with self._errors():
-            self._db.execute(
-                "DELETE FROM consumer_processed_keys WHERE group_id = %s AND key = ANY(%s)",
-                (group, keys),
-            )
-            if self._runs:
-                for key in keys:
-                    self._unclaim_from_run(group, key)
-
-    def _unclaim_from_run(self, group: str, key: bytes) -> None:
-        head, offset = key_runs.head_and_offset(key)
-        run = self._db.execute(
-            "DELETE FROM consumer_processed_runs WHERE group_id = %s AND key_head = %s "
-            "AND key_offsets @> %s::bigint RETURNING lower(key_offsets), "
-            "upper(key_offsets), topic, partition, first_offset, processed_at",
-            (group, head, offset)).fetchone()
-        if run is None:
-            return
-        low, high, topic, partition, first_offset, at = run
-        pieces = [key_runs.Run(head, lo, hi, topic, partition, first_offset + lo - low)
-                  for lo, hi in ((low, offset), (offset + 1, high)) if hi > lo]
-        if pieces:  # the rest of the run, in what this transaction held: never refused
-            postgres_runs.claim(self._db.execute, group, at, pieces)
+            unclaim(self._db, group, keys, runs=self._runs)
 
     def savepoint(self) -> None:
         with self._errors():

@@ -25,12 +25,13 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from consumer.errors import StoreUnavailable, TransactionEndRefused
-from consumer.store import key_runs, postgres_runs
+from consumer.errors import MessageTransactionEnded, StoreUnavailable, TransactionEndRefused
+from consumer.store import key_runs, postgres, postgres_runs
 from consumer.store.base import Claim, PostgresSession
 from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres_pool import (
     RunsOpening,
+    ended,
     handler_store_error,
     one_claim,
     pool_options,
@@ -146,10 +147,15 @@ class AsyncPostgresTransactions:
             try:
                 await _run_work(conn, work)
             except BaseException as error:
+                if ended(conn):  # then raised: the retry must not find its key
+                    raise await self._forget(conn, group, claim) from error
                 await _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
                 raise
+            if ended(conn):
+                raise MessageTransactionEnded(claim.topic, claim.partition, claim.offset,
+                                              forgotten=0)
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 await _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
@@ -158,6 +164,26 @@ class AsyncPostgresTransactions:
             return True
         finally:
             await self._pool.putconn(conn)  # rolls back what is left; replaces a broken one
+
+    async def _forget(self, conn: AsyncMessageConnection, group: str,
+                      claim: Claim) -> MessageTransactionEnded:
+        """The handler ended the transaction with a statement, then raised: forget its key
+        (claimed alone, so its run, if any, is the key's alone) in a transaction of its
+        own; the error to stop with."""
+        unforgotten: BaseException | None = None
+        try:
+            with transaction_errors(self._where, self._session):
+                await conn.execute("BEGIN")
+                await conn.execute(postgres.UNCLAIM_KEYS, (group, [claim.key]))
+                if self._coordinates_keys.as_runs:
+                    head, offset = key_runs.head_and_offset(claim.key)
+                    await conn.execute(postgres.UNCLAIM_FROM_RUN, (group, head, offset))
+                await conn.execute("COMMIT")
+        except Exception as error:  # reported in the error the consumer stops with
+            await _rollback_quietly(conn)
+            unforgotten = error
+        return MessageTransactionEnded(claim.topic, claim.partition, claim.offset,
+                                       forgotten=1, unforgotten=unforgotten)
 
     async def _open_run(self, conn: AsyncMessageConnection, group: str, now: float,
                         run: Run) -> bool:

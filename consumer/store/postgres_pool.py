@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,12 +28,23 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable, TransactionEndRefused
+from consumer.errors import (
+    MessageTransactionEnded,
+    StoreError,
+    StoreSchemaError,
+    StoreUnavailable,
+    TransactionEndRefused,
+)
 from consumer.message import StoreLike
 from consumer.store import key_runs, postgres_runs
 from consumer.store.base import Claim, PostgresSession
 from consumer.store.key_runs import CoordinatesKeys, Run
-from consumer.store.postgres import CLAIM_UNLESS_PROCESSED, claim_values, is_transient
+from consumer.store.postgres import (
+    CLAIM_UNLESS_PROCESSED,
+    claim_values,
+    is_transient,
+    unclaim,
+)
 
 log = logging.getLogger("consumer.store")
 
@@ -41,6 +53,8 @@ CLAIM_ONE = """INSERT INTO consumer_processed_keys
                VALUES (%s, %s, %s, %s, %s, %s)
                ON CONFLICT DO NOTHING
                RETURNING 1"""
+#: libpq's status of a connection with no transaction open (a plain int: cheap to compare).
+_IDLE = int(TransactionStatus.IDLE)
 #: A micro-batch's keys in one statement: the store's batch claim, new keys returned.
 CLAIM_MANY = CLAIM_UNLESS_PROCESSED
 
@@ -81,7 +95,8 @@ class MessageConnection(psycopg.Connection[Any]):
     is set, ``commit()`` and ``rollback()`` (which ``with conn:`` calls too) raise
     :class:`TransactionEndRefused`. A claim committed early would make the retry of a
     message that then raised a duplicate; a claim rolled back would let later writes commit
-    without their key. (A ``COMMIT`` statement is not caught: never send one.)"""
+    without their key. A ``COMMIT`` or ``ROLLBACK`` statement cannot be refused: it is found
+    when the handler returns or raises (:func:`ended`)."""
 
     #: A handler runs on this connection now.
     handling = False
@@ -153,10 +168,14 @@ class PostgresTransactions:
             try:
                 _run_work(conn, work)
             except BaseException as error:
+                if ended(conn):  # then raised: the retry must not find its key
+                    raise self._forget(conn, group, claim, {claim.key}) from error
                 _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
                 raise
+            if ended(conn):
+                raise self._forget(conn, group, claim, set())
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
@@ -241,7 +260,11 @@ class PostgresTransactions:
             try:
                 _run_work(conn, works[index], db)
             except BaseException as error:
+                if ended(conn):  # then raised: its key goes with the unapplied ones
+                    return index, self._forget(conn, group, claim, {key, *new})
                 return index, error
+            if ended(conn):  # the keys left in ``new`` are the messages not applied
+                return index, self._forget(conn, group, claim, new)
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 return None, None  # the work swallowed a database error: nothing would commit
             outcomes.append(True)
@@ -252,6 +275,24 @@ class PostgresTransactions:
         except StoreError as error:
             return None, error
         return None
+
+    def _forget(self, conn: MessageConnection, group: str, claim: Claim,
+                keys: AbstractSet[bytes]) -> MessageTransactionEnded:
+        """The handler of ``claim`` ended the transaction with a statement (:func:`ended`):
+        forget ``keys``, claimed in it for messages it had not applied, in a transaction of
+        their own; the error to stop with."""
+        unforgotten: BaseException | None = None
+        if keys:
+            try:
+                with transaction_errors(self._where, self._session):
+                    conn.execute("BEGIN")
+                    unclaim(conn, group, keys, runs=self._coordinates_keys.as_runs)
+                    conn.execute("COMMIT")
+            except Exception as error:  # reported in the error the consumer stops with
+                _rollback_quietly(conn)
+                unforgotten = error
+        return MessageTransactionEnded(claim.topic, claim.partition, claim.offset,
+                                       forgotten=len(keys), unforgotten=unforgotten)
 
     def _open_runs(self, conn: MessageConnection, group: str, now: float,
                    runs: Sequence[Run]) -> set[bytes]:
@@ -356,6 +397,14 @@ def transient(error: BaseException) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+def ended(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """The handler ended its message's transaction with a statement (``COMMIT``, ``ROLLBACK``,
+    ``END``): libpq reports no transaction open (the connections are in autocommit mode, so
+    the handler's later statements opened none). No round trip; a lost connection reads
+    UNKNOWN, not idle."""
+    return conn.pgconn.transaction_status == _IDLE
 
 
 def _by_key(claim: Claim) -> bytes:

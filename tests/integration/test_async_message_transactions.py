@@ -17,7 +17,12 @@ import pytest
 
 from consumer.dedup import ordered_prefix
 from consumer.engine.concurrency.runners import new_event_loop
-from consumer.errors import StoreError, StoreUnavailable, TransactionEndRefused
+from consumer.errors import (
+    MessageTransactionEnded,
+    StoreError,
+    StoreUnavailable,
+    TransactionEndRefused,
+)
 from consumer.store import AsyncMessageTransactions, Claim, PostgresSession
 from consumer.store.postgres import PostgresStore
 from consumer.store.postgres_async import AsyncTransaction
@@ -255,3 +260,24 @@ def test_a_handler_cannot_end_its_messages_transaction(
     assert effects(store) == [] and keys(store) == 0
     assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(1))) is True
     assert effects(store) == [1]
+
+
+@pytest.mark.parametrize("then_raising", [False, True], ids=["returns", "raises"])
+def test_a_commit_statement_stops_the_consumer_and_a_raising_handlers_key_is_forgotten(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions,
+        then_raising: bool) -> None:
+    """The handler sends ``COMMIT`` (its key and write commit), writes again, and returns
+    or raises. Either way the consumer stops (a BaseException). Returned, the message is
+    applied and a second delivery is a duplicate; raised, its key is forgotten, so that its
+    retry runs."""
+    async def committing(db: AsyncTransaction) -> None:
+        await write(1)(db)
+        await db.execute("COMMIT")
+        await write(2)(db)
+        if then_raising:
+            raise ValueError("bad message")
+
+    with pytest.raises(MessageTransactionEnded, match="with a statement"):
+        loop.run(transactions.apply(GROUP, claim(1), 1.0, committing))
+    assert effects(store) == [1, 2]
+    assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(3))) is then_raising

@@ -254,3 +254,40 @@ def test_a_handler_committing_its_messages_transaction_stops_the_consumer_with_n
     assert claimed and 3 not in claimed
     committed = group_offsets(kafka_bootstrap, group, topic, 1)[0]
     assert committed is None or committed <= 3
+
+
+def test_a_handler_sending_a_commit_statement_stops_the_consumer_and_the_restart_loses_nothing(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """concurrency 4, one partition of 8 messages: at offset 3 the handler sends a ``COMMIT``
+    statement, which committed its key ahead of its write (and, in a micro-batch, the keys
+    of the messages after it, not run yet). The consumer exits 1 naming it, with those keys
+    forgotten again; the fixed handler then applies every offset exactly once."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="conc-commit-sql")
+    produce(kafka_bootstrap, topic, [b"{}"] * 8, in_order=True,
+            headers=lambda i: [("idempotency-key", f"event-{i}".encode())])
+    store.execute('CREATE TABLE handled ("offset" bigint NOT NULL)')
+    group = unique_name("conc-commit-sql")
+    config = consumer_config(kafka_bootstrap, group, topic, store=store.url,
+                             every_messages=500, every_seconds=1.0)
+    route = {"concurrency": 4, "ordering": "none", "on_failure": "dead_letter"}
+    config["routes"] = {topic: {**route, "handler":
+                                "tests.support.ledger_concurrent:commit_statement_at_three"}}
+    run = ConsumerProcess(tmp_path, "run", config).start()
+    try:
+        assert run.wait(timeout=60) == 1, run.log_tail()
+    finally:
+        run.stop_if_running()
+    assert "ended its message's transaction with a statement" in run.log_file.read_text()
+
+    config["routes"] = {topic: {**route,
+                                "handler": "tests.support.ledger_concurrent:record_offset"}}
+    fixed = ConsumerProcess(tmp_path, "fixed", config).start()
+    try:
+        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 1)[0] == 8, timeout=60,
+                 what="the fixed consumer's checkpoint past the last message")
+        fixed.signal(signal.SIGTERM)
+        assert fixed.wait(timeout=60) == 0, fixed.log_tail()
+    finally:
+        fixed.stop_if_running()
+    assert sorted(store.query('SELECT "offset" FROM handled')) == [(n,) for n in range(8)]

@@ -16,7 +16,12 @@ import psycopg
 import pytest
 
 from consumer.dedup import ordered_prefix
-from consumer.errors import StoreError, StoreUnavailable, TransactionEndRefused
+from consumer.errors import (
+    MessageTransactionEnded,
+    StoreError,
+    StoreUnavailable,
+    TransactionEndRefused,
+)
 from consumer.message import StoreLike
 from consumer.store import Claim, MessageTransactions, PostgresSession
 from consumer.store.postgres import PostgresStore
@@ -443,3 +448,60 @@ def test_a_handler_cannot_end_its_messages_transaction(
     assert effects(store) == [] and keys(store) == 0
     assert transactions.apply(GROUP, claim(1), 2.0, write(1)) is True
     assert effects(store) == [(1, "")]
+
+
+def sending(statement: str, n: int, *, then_raising: bool = False
+            ) -> Callable[[StoreLike], None]:
+    """Writes its effect, sends ``statement`` (ending the transaction), writes again, and
+    raises if told to."""
+    def work(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (%s, 'before')", (n,))
+        db.execute(statement)
+        db.execute("INSERT INTO effects VALUES (%s, 'after')", (n,))
+        if then_raising:
+            raise ValueError(f"message {n} failed")
+    return work
+
+
+@pytest.mark.parametrize("claims_of", [claim, coordinates_claim], ids=["digests", "runs"])
+def test_a_commit_statement_in_a_micro_batch_stops_with_the_keys_of_the_rest_forgotten(
+        store: StoreUnderTest, transactions: MessageTransactions,
+        claims_of: Callable[[int], Claim]) -> None:
+    """Message 1 of 4 sends ``COMMIT``: the claim of all four keys and message 0's write
+    commit with it. Found when it returns: the keys of messages 2 and 3, never run, are
+    forgotten again and message 1's outcome stops the consumer (a BaseException); the others
+    read as not applied. Delivered again, messages 0 and 1 are duplicates and 2 and 3 apply:
+    every effect once."""
+    claims = [claims_of(n) for n in range(4)]
+    outcomes = transactions.apply_batch(GROUP, claims, 1.0,
+                                        [write(0), sending("COMMIT", 1), write(2), write(3)])
+    assert isinstance(outcomes[1], MessageTransactionEnded)
+    assert "forgotten again" in str(outcomes[1]) and "2 keys" in str(outcomes[1])
+    assert all(isinstance(outcomes[n], StoreUnavailable) for n in (0, 2, 3))
+    assert transactions.apply_batch(GROUP, claims, 2.0, [write(n, "again") for n in range(4)]
+                                    ) == [False, False, True, True]
+    assert effects(store) == [(0, ""), (1, "after"), (1, "before"), (2, "again"),
+                              (3, "again")]
+
+
+@pytest.mark.parametrize("claims_of", [claim, coordinates_claim], ids=["digests", "runs"])
+def test_a_handler_raising_after_a_commit_statement_has_its_key_forgotten(
+        store: StoreUnderTest, transactions: MessageTransactions,
+        claims_of: Callable[[int], Claim]) -> None:
+    """It committed its key and first write, wrote again outside any transaction, then
+    raised: its key is forgotten so that its retry runs (its writes so far stay: a
+    documented limit), and the consumer stops."""
+    with pytest.raises(MessageTransactionEnded, match="1 keys claimed"):
+        transactions.apply(GROUP, claims_of(1), 1.0, sending("COMMIT", 1, then_raising=True))
+    assert keys(store) == 0
+    assert int(store.scalar("SELECT count(*) FROM consumer_processed_runs")) == 0
+    assert transactions.apply(GROUP, claims_of(1), 2.0, write(1, "retry")) is True
+
+
+def test_a_rollback_statement_stops_the_consumer_and_commits_nothing_before_it(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """``ROLLBACK`` ends the transaction too: the key and the write before it are gone, the
+    write after it committed alone (a documented limit), and the consumer stops."""
+    with pytest.raises(MessageTransactionEnded, match="with a statement"):
+        transactions.apply(GROUP, claim(1), 1.0, sending("ROLLBACK", 1))
+    assert effects(store) == [(1, "after")] and keys(store) == 0

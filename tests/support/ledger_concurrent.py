@@ -55,3 +55,16 @@ def commit_at_three(message: Message, context: Context) -> None:
     context.execute("INSERT INTO handled (\"offset\") VALUES (%s)", (message.offset,))
     if message.offset == 3:
         context.db.commit()
+
+
+def commit_statement_at_three(message: Message, context: Context) -> None:
+    """Records its offset; at offset 3 first sends a ``COMMIT`` statement, as a handler must
+    never do (found when it returns: the consumer stops)."""
+    if message.offset == 3:
+        context.execute("COMMIT")
+    context.execute("INSERT INTO handled (\"offset\") VALUES (%s)", (message.offset,))
+
+
+def record_offset(message: Message, context: Context) -> None:
+    """Records its offset: the handler above, fixed."""
+    context.execute("INSERT INTO handled (\"offset\") VALUES (%s)", (message.offset,))

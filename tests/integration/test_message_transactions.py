@@ -505,3 +505,25 @@ def test_a_rollback_statement_stops_the_consumer_and_commits_nothing_before_it(
     with pytest.raises(MessageTransactionEnded, match="with a statement"):
         transactions.apply(GROUP, claim(1), 1.0, sending("ROLLBACK", 1))
     assert effects(store) == [(1, "after")] and keys(store) == 0
+
+
+@pytest.mark.parametrize("claims_of", [claim, coordinates_claim], ids=["digests", "runs"])
+def test_a_savepoint_in_a_handler_rolls_back_alone(
+        store: StoreUnderTest, transactions: MessageTransactions,
+        claims_of: Callable[[int], Claim]) -> None:
+    """``with context.db.transaction():`` inside the message's transaction is a savepoint
+    (the connections are in autocommit mode, with the transaction opened by the pool): rolled
+    back, it undoes its own writes only, and the message commits with its key."""
+    def work(n: int) -> Callable[[StoreLike], None]:
+        def run(db: StoreLike) -> None:
+            db.execute("INSERT INTO effects VALUES (%s, 'kept')", (n,))
+            with db.connection.transaction():
+                db.execute("INSERT INTO effects VALUES (%s, 'undone')", (n,))
+                raise psycopg.Rollback()
+        return run
+
+    assert transactions.apply(GROUP, claims_of(1), 1.0, work(1)) is True
+    assert transactions.apply_batch(GROUP, [claims_of(2), claims_of(3)], 1.0,
+                                    [work(2), work(3)]) == [True, True]
+    assert effects(store) == [(1, "kept"), (2, "kept"), (3, "kept")]
+    assert transactions.apply(GROUP, claims_of(2), 2.0, work(2)) is False

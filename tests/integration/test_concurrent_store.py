@@ -226,28 +226,41 @@ def _rows(store: StoreUnderTest, group: str) -> dict[tuple[str, int], tuple[int,
         "WHERE group_id = %s", (group,))}
 
 
+#: The route of the tests whose handler ends its message's transaction.
+ENDING_ROUTE = {"concurrency": 4, "ordering": "none", "on_failure": "dead_letter"}
+
+
+def run_until_it_stops(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, name: str,
+                       handler: str) -> tuple[str, str, dict[str, Any], str]:
+    """One partition of 8 messages with header keys, a ``handled`` table, and `consumer run`
+    with ``handler`` on :data:`ENDING_ROUTE`, which must exit 1; the topic, the group, the
+    config and the log."""
+    topic = create_topic(kafka_bootstrap, 1, prefix=name)
+    produce(kafka_bootstrap, topic, [b"{}"] * 8, in_order=True,
+            headers=lambda i: [("idempotency-key", f"event-{i}".encode())])
+    store.execute('CREATE TABLE handled ("offset" bigint NOT NULL)')
+    group = unique_name(name)
+    config = consumer_config(kafka_bootstrap, group, topic, store=store.url,
+                             every_messages=500, every_seconds=1.0)
+    config["routes"] = {topic: {**ENDING_ROUTE, "handler": handler}}
+    run = ConsumerProcess(tmp_path, "run", config).start()
+    try:
+        assert run.wait(timeout=60) == 1, run.log_tail()
+    finally:
+        run.stop_if_running()
+    return topic, group, config, run.log_file.read_text()
+
+
 def test_a_handler_committing_its_messages_transaction_stops_the_consumer_with_nothing_lost(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
 ) -> None:
     """concurrency 4, one partition of 8 messages: the handler commits its transaction at
     offset 3. The connection refuses; the consumer exits 1 saying why; nothing of offset 3
     committed (neither its write nor its key), and Kafka's offset stops at or before it."""
-    topic = create_topic(kafka_bootstrap, 1, prefix="conc-commit")
-    produce(kafka_bootstrap, topic, [b"{}"] * 8, in_order=True,
-            headers=lambda i: [("idempotency-key", f"event-{i}".encode())])
-    store.execute('CREATE TABLE handled ("offset" bigint NOT NULL)')
-    group = unique_name("conc-commit")
-    config = consumer_config(kafka_bootstrap, group, topic, store=store.url,
-                             every_messages=500, every_seconds=1.0)
-    config["routes"] = {topic: {"handler": "tests.support.ledger_concurrent:commit_at_three",
-                                "concurrency": 4, "ordering": "none",
-                                "on_failure": "dead_letter"}}
-    run = ConsumerProcess(tmp_path, "run", config).start()
-    try:
-        assert run.wait(timeout=60) == 1, run.log_tail()
-    finally:
-        run.stop_if_running()
-    assert "a handler must never end that transaction" in run.log_file.read_text()
+    topic, group, _, log = run_until_it_stops(
+        kafka_bootstrap, store, tmp_path, "conc-commit",
+        "tests.support.ledger_concurrent:commit_at_three")
+    assert "a handler must never end that transaction" in log
     assert 3 not in [offset for (offset,) in store.query('SELECT "offset" FROM handled')]
     claimed = [offset for (offset,) in store.query(
         'SELECT "offset" FROM consumer_processed_keys')]
@@ -263,24 +276,12 @@ def test_a_handler_sending_a_commit_statement_stops_the_consumer_and_the_restart
     statement, which committed its key ahead of its write (and, in a micro-batch, the keys
     of the messages after it, not run yet). The consumer exits 1 naming it, with those keys
     forgotten again; the fixed handler then applies every offset exactly once."""
-    topic = create_topic(kafka_bootstrap, 1, prefix="conc-commit-sql")
-    produce(kafka_bootstrap, topic, [b"{}"] * 8, in_order=True,
-            headers=lambda i: [("idempotency-key", f"event-{i}".encode())])
-    store.execute('CREATE TABLE handled ("offset" bigint NOT NULL)')
-    group = unique_name("conc-commit-sql")
-    config = consumer_config(kafka_bootstrap, group, topic, store=store.url,
-                             every_messages=500, every_seconds=1.0)
-    route = {"concurrency": 4, "ordering": "none", "on_failure": "dead_letter"}
-    config["routes"] = {topic: {**route, "handler":
-                                "tests.support.ledger_concurrent:commit_statement_at_three"}}
-    run = ConsumerProcess(tmp_path, "run", config).start()
-    try:
-        assert run.wait(timeout=60) == 1, run.log_tail()
-    finally:
-        run.stop_if_running()
-    assert "ended its message's transaction with a statement" in run.log_file.read_text()
+    topic, group, config, log = run_until_it_stops(
+        kafka_bootstrap, store, tmp_path, "conc-commit-sql",
+        "tests.support.ledger_concurrent:commit_statement_at_three")
+    assert "ended its message's transaction with a statement" in log
 
-    config["routes"] = {topic: {**route,
+    config["routes"] = {topic: {**ENDING_ROUTE,
                                 "handler": "tests.support.ledger_concurrent:record_offset"}}
     fixed = ConsumerProcess(tmp_path, "fixed", config).start()
     try:

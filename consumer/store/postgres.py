@@ -187,33 +187,40 @@ def claim_values(group: str, now: float, claims: Sequence[Claim]) -> tuple[Any, 
             ",".join([str(c.offset) for c in claims]))
 
 
-def unclaim(db: psycopg.Connection[Any], group: str, keys: Iterable[bytes], *,
-            runs: bool) -> None:
+def unclaim(db: psycopg.Connection[Any], group: str, keys: Iterable[bytes], *, runs: bool,
+            claimed_at: float | None = None) -> None:
     """Forget each key, in ``db``'s open transaction: its row, or (where the store keeps
-    runs) its place in a run, which splits around it."""
+    runs) its place in a run, which splits around it. With ``claimed_at``, only rows claimed
+    with that time: a caller forgetting its own claims, which may have been rolled back
+    since, never forgets a row another session claimed meanwhile."""
     keys = list(keys)
-    db.execute(UNCLAIM_KEYS, (group, keys))
+    ours, at = ("", ()) if claimed_at is None else (CLAIMED_AT, (claimed_at,))
+    db.execute(UNCLAIM_KEYS + ours, (group, keys, *at))
     if runs:
         for key in keys:
             head, offset = key_runs.head_and_offset(key)
-            run = db.execute(UNCLAIM_FROM_RUN, (group, head, offset)).fetchone()
+            run = db.execute(UNCLAIM_FROM_RUN.format(ours), (group, head, offset, *at)
+                             ).fetchone()
             if run is None:
                 continue
-            low, high, topic, partition, first_offset, at = run
+            low, high, topic, partition, first_offset, at_run = run
             pieces = [key_runs.Run(head, lo, hi, topic, partition, first_offset + lo - low)
                       for lo, hi in ((low, offset), (offset + 1, high)) if hi > lo]
             if pieces:  # the rest of the run, in what this transaction held: never refused
-                postgres_runs.claim(db.execute, group, at, pieces)
+                postgres_runs.claim(db.execute, group, at_run, pieces)
 
 
-#: Forget keys kept as rows. Parameters: group, array of keys.
+#: Forget keys kept as rows. Parameters: group, array of keys (then the claim's time, where
+#: a condition on it follows).
 UNCLAIM_KEYS = "DELETE FROM consumer_processed_keys WHERE group_id = %s AND key = ANY(%s)"
-#: Forget the run holding a key, returning it. Parameters: group, the
-#: key's head and offset (:func:`key_runs.head_and_offset`).
+#: Forget the run holding a key, returning it; ``{0}``: a further condition (or nothing).
+#: Parameters: group, the key's head and offset (:func:`key_runs.head_and_offset`).
 UNCLAIM_FROM_RUN = """DELETE FROM consumer_processed_runs
-    WHERE group_id = %s AND key_head = %s AND key_offsets @> %s::bigint
+    WHERE group_id = %s AND key_head = %s AND key_offsets @> %s::bigint{0}
     RETURNING lower(key_offsets), upper(key_offsets), topic, partition, first_offset,
               processed_at"""
+#: The condition that makes the two statements above forget only a claim of a given time.
+CLAIMED_AT = " AND processed_at = %s"
 
 
 class PostgresStore(key_runs.KeepsRuns, Store):

@@ -148,7 +148,7 @@ class AsyncPostgresTransactions:
                 await _run_work(conn, work)
             except BaseException as error:
                 if ended(conn):  # then raised: the retry must not find its key
-                    raise await self._forget(conn, group, claim) from error
+                    raise await self._forget(conn, group, now, claim) from error
                 await _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
@@ -165,19 +165,22 @@ class AsyncPostgresTransactions:
         finally:
             await self._pool.putconn(conn)  # rolls back what is left; replaces a broken one
 
-    async def _forget(self, conn: AsyncMessageConnection, group: str,
+    async def _forget(self, conn: AsyncMessageConnection, group: str, now: float,
                       claim: Claim) -> MessageTransactionEnded:
-        """The handler ended the transaction with a statement, then raised: forget its key
-        (claimed alone, so its run, if any, is the key's alone) in a transaction of its
-        own; the error to stop with."""
+        """The handler ended the transaction with a statement, then raised: forget its key,
+        claimed alone at ``now`` (so its run, if any, is the key's alone), in a transaction
+        of its own; the error to stop with. Only a claim of ``now``: after a ROLLBACK
+        statement ours is gone, and another session may hold the key since."""
         unforgotten: BaseException | None = None
         try:
             with transaction_errors(self._where, self._session):
                 await conn.execute("BEGIN")
-                await conn.execute(postgres.UNCLAIM_KEYS, (group, [claim.key]))
+                await conn.execute(postgres.UNCLAIM_KEYS + postgres.CLAIMED_AT,
+                                   (group, [claim.key], now))
                 if self._coordinates_keys.as_runs:
                     head, offset = key_runs.head_and_offset(claim.key)
-                    await conn.execute(postgres.UNCLAIM_FROM_RUN, (group, head, offset))
+                    await conn.execute(postgres.UNCLAIM_FROM_RUN.format(postgres.CLAIMED_AT),
+                                       (group, head, offset, now))
                 await conn.execute("COMMIT")
         except Exception as error:  # reported in the error the consumer stops with
             await _rollback_quietly(conn)

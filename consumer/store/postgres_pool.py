@@ -169,13 +169,13 @@ class PostgresTransactions:
                 _run_work(conn, work)
             except BaseException as error:
                 if ended(conn):  # then raised: the retry must not find its key
-                    raise self._forget(conn, group, claim, {claim.key}) from error
+                    raise self._forget(conn, group, now, claim, {claim.key}) from error
                 _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
                 raise
             if ended(conn):
-                raise self._forget(conn, group, claim, set())
+                raise self._forget(conn, group, now, claim, set())
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
@@ -261,10 +261,10 @@ class PostgresTransactions:
                 _run_work(conn, works[index], db)
             except BaseException as error:
                 if ended(conn):  # then raised: its key goes with the unapplied ones
-                    return index, self._forget(conn, group, claim, {key, *new})
+                    return index, self._forget(conn, group, now, claim, {key, *new})
                 return index, error
             if ended(conn):  # the keys left in ``new`` are the messages not applied
-                return index, self._forget(conn, group, claim, new)
+                return index, self._forget(conn, group, now, claim, new)
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 return None, None  # the work swallowed a database error: nothing would commit
             outcomes.append(True)
@@ -276,17 +276,19 @@ class PostgresTransactions:
             return None, error
         return None
 
-    def _forget(self, conn: MessageConnection, group: str, claim: Claim,
+    def _forget(self, conn: MessageConnection, group: str, now: float, claim: Claim,
                 keys: AbstractSet[bytes]) -> MessageTransactionEnded:
         """The handler of ``claim`` ended the transaction with a statement (:func:`ended`):
-        forget ``keys``, claimed in it for messages it had not applied, in a transaction of
-        their own; the error to stop with."""
+        forget ``keys``, claimed in it at ``now`` for messages it had not applied, in a
+        transaction of their own; the error to stop with. Only claims of ``now``: after a
+        ROLLBACK statement ours are gone, and another session may hold those keys since."""
         unforgotten: BaseException | None = None
         if keys:
             try:
                 with transaction_errors(self._where, self._session):
                     conn.execute("BEGIN")
-                    unclaim(conn, group, keys, runs=self._coordinates_keys.as_runs)
+                    unclaim(conn, group, keys, runs=self._coordinates_keys.as_runs,
+                            claimed_at=now)
                     conn.execute("COMMIT")
             except Exception as error:  # reported in the error the consumer stops with
                 _rollback_quietly(conn)

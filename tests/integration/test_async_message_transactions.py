@@ -281,3 +281,24 @@ def test_a_commit_statement_stops_the_consumer_and_a_raising_handlers_key_is_for
         loop.run(transactions.apply(GROUP, claim(1), 1.0, committing))
     assert effects(store) == [1, 2]
     assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(3))) is then_raising
+
+
+def test_forgetting_after_a_rollback_statement_spares_a_key_another_session_claimed_since(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    """The handler sends ``ROLLBACK`` (its claim is gone), another session claims and commits
+    the same key, then the handler raises: the other session's claim stays."""
+    other = PostgresStore(store.url)
+
+    async def work(db: AsyncTransaction) -> None:
+        await db.execute("ROLLBACK")
+        other.begin()  # blocks the loop a moment: a test's stand-in for another process
+        assert claim(1).key in other.claim(GROUP, [claim(1)], 5.0)
+        other.commit()
+        raise ValueError("bad message")
+
+    try:
+        with pytest.raises(MessageTransactionEnded):
+            loop.run(transactions.apply(GROUP, claim(1), 1.0, work))
+    finally:
+        other.close()
+    assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(1))) is False

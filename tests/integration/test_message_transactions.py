@@ -527,3 +527,22 @@ def test_a_savepoint_in_a_handler_rolls_back_alone(
                                     [work(2), work(3)]) == [True, True]
     assert effects(store) == [(1, "kept"), (2, "kept"), (3, "kept")]
     assert transactions.apply(GROUP, claims_of(2), 2.0, work(2)) is False
+
+
+@pytest.mark.parametrize("claims_of", [claim, coordinates_claim], ids=["digests", "runs"])
+def test_forgetting_after_a_rollback_statement_spares_a_key_another_session_claimed_since(
+        store: StoreUnderTest, owner: PostgresStore, transactions: MessageTransactions,
+        claims_of: Callable[[int], Claim]) -> None:
+    """The handler sends ``ROLLBACK`` (its claim is gone), another session claims and commits
+    the same key, then the handler raises. Forgetting the handler's key must not forget the
+    other session's claim: the message stays processed."""
+    def work(db: StoreLike) -> None:
+        db.execute("ROLLBACK")
+        owner.begin()
+        assert claims_of(1).key in owner.claim(GROUP, [claims_of(1)], 5.0)
+        owner.commit()
+        raise ValueError("message 1 failed")
+
+    with pytest.raises(MessageTransactionEnded):
+        transactions.apply(GROUP, claims_of(1), 1.0, work)
+    assert transactions.apply(GROUP, claims_of(1), 2.0, write(1)) is False

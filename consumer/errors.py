@@ -328,7 +328,10 @@ class MessageTransactionEnded(BaseException):
         self.topic = topic
         self.partition = partition
         self.offset = offset
-        if unforgotten is None:
+        if unforgotten is None and not forgotten:
+            after = ("no key was left to forget: a key that transaction still holds is a "
+                     "message it applied")
+        elif unforgotten is None:
             after = (f"the {forgotten} keys claimed for messages of that transaction not applied "
                      "by then were forgotten again, so those messages run after a restart")
         else:

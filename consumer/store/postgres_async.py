@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.errors import IntegrityError
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -159,7 +160,8 @@ class AsyncPostgresTransactions:
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 await _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
-            with transaction_errors(self._where, self._session):
+            # a deferred constraint the handler's writes broke: the message's own failure
+            with transaction_errors(self._where, self._session, own=IntegrityError):
                 await conn.commit()
             return True
         finally:

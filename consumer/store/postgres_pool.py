@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.errors import IntegrityError
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -179,8 +180,10 @@ class PostgresTransactions:
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
-            # 3. commit the effects with the key
-            with transaction_errors(self._where, self._session):
+            # 3. commit the effects with the key. At COMMIT an IntegrityError is a deferred
+            # constraint the handler's writes broke: the message's own failure (its retries
+            # and dead letter), as the statement's error would be with the check immediate
+            with transaction_errors(self._where, self._session, own=IntegrityError):
                 conn.commit()
             return True
         finally:
@@ -344,9 +347,11 @@ def pool_options(size: int, session_parameters: dict[str, Any],
 
 
 @contextmanager
-def transaction_errors(where: str, session: PostgresSession) -> Iterator[None]:
+def transaction_errors(where: str, session: PostgresSession, *,
+                       own: type[psycopg.Error] | None = None) -> Iterator[None]:
     """psycopg's errors inside a message's transaction as ours: StoreSchemaError (the tables
-    are missing), StoreUnavailable (transient: retry the message), StoreError (the rest)."""
+    are missing), StoreUnavailable (transient: retry the message), StoreError (the rest);
+    but an error of type ``own``, the message's own failure, stays as it is."""
     try:
         yield
     except psycopg.errors.UndefinedTable as error:
@@ -354,6 +359,8 @@ def transaction_errors(where: str, session: PostgresSession) -> Iterator[None]:
             f"PostgreSQL store {where}: {error}; run `consumer store init`"
         ) from error
     except psycopg.Error as error:
+        if own is not None and isinstance(error, own):
+            raise
         if is_transient(error) or isinstance(
                 error, psycopg.errors.IdleInTransactionSessionTimeout):
             lock = ""

@@ -302,3 +302,20 @@ def test_forgetting_after_a_rollback_statement_spares_a_key_another_session_clai
     finally:
         other.close()
     assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(1))) is False
+
+
+def test_a_deferred_constraint_failing_at_commit_is_the_messages_own_failure(
+        store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions) -> None:
+    """The COMMIT fails on a deferred foreign key the handler's write broke: psycopg's error
+    reaches the message unchanged (its failure policy decides), and nothing is committed."""
+    from tests.support.deferred_handler import SCHEMA
+
+    for statement in SCHEMA:
+        store.execute(statement)
+
+    async def orphan(db: AsyncTransaction) -> None:
+        await db.execute('INSERT INTO children ("offset", parent) VALUES (1, 2)')
+
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        loop.run(transactions.apply(GROUP, claim(1), 1.0, orphan))
+    assert store.query("SELECT count(*) FROM children") == [(0,)] and keys(store) == 0

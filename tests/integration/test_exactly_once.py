@@ -395,13 +395,16 @@ def test_reset_with_kafkas_own_tool_is_detected(
 
 
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_deferred_constraint_failing_at_commit_fails_its_message_alone(
-    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, concurrency: int
 ) -> None:
     """Message 3 of 8 names no parent; its table checks the foreign key only at COMMIT, so
     the whole batch's COMMIT fails. Rather than stopping on every restart, the batch runs
     again with constraints checked at each statement: message 3 fails alone and goes to the
-    dead-letter topic, the other seven apply once, and the consumer goes on."""
+    dead-letter topic, the other seven apply once, and the consumer goes on. With
+    ``concurrency`` (a transaction per message or micro-batch), the micro-batch runs again
+    one transaction each, and the message whose COMMIT fails has that error as its own."""
     from tests.support.deferred_handler import SCHEMA
 
     for statement in SCHEMA:
@@ -415,7 +418,8 @@ def test_a_deferred_constraint_failing_at_commit_fails_its_message_alone(
                              handler="tests.support.deferred_handler:apply",
                              every_messages=500, every_seconds=1.0, store=store.url)
     config["routes"] = {topic: {"handler": "tests.support.deferred_handler:apply",
-                                "retry": {"attempts": 1}, "dead_letter_topic": dead_letters}}
+                                "retry": {"attempts": 1}, "dead_letter_topic": dead_letters,
+                                "concurrency": concurrency, "ordering": "none"}}
     run = ConsumerProcess(tmp_path, "run", config).start()
     try:
         wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 1) == {0: 8},

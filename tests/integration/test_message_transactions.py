@@ -546,3 +546,29 @@ def test_forgetting_after_a_rollback_statement_spares_a_key_another_session_clai
     with pytest.raises(MessageTransactionEnded):
         transactions.apply(GROUP, claims_of(1), 1.0, work)
     assert transactions.apply(GROUP, claims_of(1), 2.0, write(1)) is False
+
+
+def test_a_deferred_constraint_failing_at_commit_is_the_messages_own_failure(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """A write that breaks a ``DEFERRABLE INITIALLY DEFERRED`` constraint fails only at
+    COMMIT. That is the message's failure, psycopg's error unchanged (its retries and dead
+    letter decide), not the store's, which would stop the consumer at every restart; in a
+    micro-batch its neighbours run again alone and commit once."""
+    from tests.support.deferred_handler import SCHEMA
+
+    for statement in SCHEMA:
+        store.execute(statement)
+
+    def child(n: int, parent: int) -> Callable[[StoreLike], None]:
+        def work(db: StoreLike) -> None:
+            db.execute('INSERT INTO children ("offset", parent) VALUES (%s, %s)', (n, parent))
+        return work
+
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        transactions.apply(GROUP, claim(1), 1.0, child(1, 2))
+    outcomes = transactions.apply_batch(GROUP, [claim(n) for n in (1, 2, 3)], 1.0,
+                                        [child(1, 2), child(2, 1), child(3, 1)])
+    assert isinstance(outcomes[0], psycopg.errors.ForeignKeyViolation)
+    assert outcomes[1:] == [True, True]
+    assert store.query('SELECT "offset" FROM children ORDER BY "offset"') == [(2,), (3,)]
+    assert keys(store) == 2

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -130,7 +130,7 @@ log = logging.getLogger("consumer.store")
 
 #: libpq's idle transaction status as a plain int (an enum comparison costs three times more,
 #: and the status is read after every handler).
-_IDLE = int(TransactionStatus.IDLE)
+IDLE = int(TransactionStatus.IDLE)
 
 # Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = 7_212_041_901
@@ -439,26 +439,13 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         with self._errors():
             db = self._db
             if self._open_prepared_on is not db:  # a new connection
-                self._prepare_open(db)
+                postgres_runs.prepare_open(db)
+                self._open_prepared_on = db
             self._in_batch = True  # from here a failure leaves a transaction to roll back
             query = postgres_runs.open_query(group, now, ordered, self._literal)
-            try:
-                cursor = db.execute(query)
-            except psycopg.errors.InvalidSqlStatementName:
-                # Gone: psycopg deallocates every prepared statement (``DEALLOCATE ALL``) after
-                # a ROLLBACK (a savepoint's too) or a DROP while it holds statements of its own.
-                db.execute("ROLLBACK")
-                self._prepare_open(db)
-                cursor = db.execute(query)
-            cursor.nextset()  # past BEGIN's result, to the INSERT's rows
-            new = postgres_runs.claimed(db.execute, group, now, ordered, cursor.fetchall())
+            rows = postgres_runs.send_open(db, query)
+            new = postgres_runs.claimed(db.execute, group, now, ordered, rows)
         return EveryKey(claims) if new is None else new
-
-    def _prepare_open(self, db: psycopg.Connection[Any]) -> None:
-        """:data:`postgres_runs.PREPARE_OPEN` on ``db``, outside a transaction."""
-        with suppress(psycopg.errors.DuplicatePreparedStatement):  # by this store, before
-            db.execute(postgres_runs.PREPARE_OPEN)
-        self._open_prepared_on = db
 
     def _literal(self, text: str) -> str:
         """``text`` as a string literal of this connection's SQL (group and topic names)."""
@@ -634,7 +621,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         # libpq's own status (psycopg's closed and broken cost ten times more, per message):
         # a closed or broken connection reads UNKNOWN, so counts as open.
         conn = self._conn
-        return conn is None or conn.pgconn.transaction_status != _IDLE
+        return conn is None or conn.pgconn.transaction_status != IDLE
 
     def commit(self) -> None:
         try:

@@ -42,6 +42,7 @@ from consumer.store.base import Claim, PostgresSession
 from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres import (
     CLAIM_UNLESS_PROCESSED,
+    IDLE,
     claim_values,
     is_transient,
     unclaim,
@@ -54,8 +55,6 @@ CLAIM_ONE = """INSERT INTO consumer_processed_keys
                VALUES (%s, %s, %s, %s, %s, %s)
                ON CONFLICT DO NOTHING
                RETURNING 1"""
-#: libpq's status of a connection with no transaction open (a plain int: cheap to compare).
-_IDLE = int(TransactionStatus.IDLE)
 #: A micro-batch's keys in one statement: the store's batch claim, new keys returned.
 CLAIM_MANY = CLAIM_UNLESS_PROCESSED
 
@@ -70,10 +69,9 @@ class RunsOpening:
     """``BEGIN`` and a claim of runs as one query string (:func:`postgres_runs.open_query`,
     the statement prepared on the connection): one round trip instead of two, and no arrays
     for psycopg to adapt. A connection prepares the statement before its first such opening
-    (:attr:`MessageConnection.runs_prepared`), and again when psycopg deallocated it: after a
-    ROLLBACK, psycopg drops every prepared statement once it holds statements of its own (a
-    handler's, run often enough), and the opening then fails with InvalidSqlStatementName.
-    Thread-safe: the quoted names are cached, a lost race quotes a name twice."""
+    (:attr:`MessageConnection.runs_prepared`), and again when psycopg deallocated it
+    (:func:`postgres_runs.send_open`; the async pool awaits the same steps). Thread-safe: the
+    quoted names are cached, a lost race quotes a name twice."""
 
     def __init__(self) -> None:
         self._literals: dict[str, str] = {}
@@ -306,17 +304,11 @@ class PostgresTransactions:
         ordered = postgres_runs.in_key_order(runs)
         query = self._opening.query(conn, group, now, ordered)
         if not conn.runs_prepared:
-            conn.execute(postgres_runs.PREPARE_OPEN)
+            postgres_runs.prepare_open(conn)
             conn.runs_prepared = True
-        try:
-            cursor = conn.execute(query)
-        except psycopg.errors.InvalidSqlStatementName:  # deallocated by psycopg
-            conn.execute("ROLLBACK")
-            conn.execute(postgres_runs.PREPARE_OPEN)
-            cursor = conn.execute(query)
-        cursor.nextset()  # past BEGIN's result, to the INSERT's rows
+        rows = postgres_runs.send_open(conn, query)
         return key_runs.new_keys(runs, postgres_runs.claimed(
-            conn.execute, group, now, ordered, cursor.fetchall()))
+            conn.execute, group, now, ordered, rows))
 
     def _outcome(self, group: str, claim: Claim, now: float,
                  work: Callable[[StoreLike], None]) -> bool | BaseException:
@@ -413,7 +405,7 @@ def ended(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     ``END``): libpq reports no transaction open (the connections are in autocommit mode, so
     the handler's later statements opened none). No round trip; a lost connection reads
     UNKNOWN, not idle."""
-    return conn.pgconn.transaction_status == _IDLE
+    return conn.pgconn.transaction_status == IDLE
 
 
 def _by_key(claim: Claim) -> bytes:

@@ -25,7 +25,10 @@ topic. A digest key (a header's, a function's) whose first 8 bytes equal its top
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
+
+import psycopg
 
 from consumer.store.key_runs import Run
 from consumer.store.postgres_literals import bytea_array, int_array, text_array
@@ -88,6 +91,28 @@ def open_query(group: str, now: float, ordered: Sequence[Run],
             f"{text_array((r.topic for r in ordered), literal)}, "
             f"{int_array(r.partition for r in ordered)}, "
             f"{int_array(r.first_offset for r in ordered)})")
+
+
+def prepare_open(db: psycopg.Connection[Any]) -> None:
+    """:data:`PREPARE_OPEN` on ``db``, outside a transaction (there already: nothing to do)."""
+    with suppress(psycopg.errors.DuplicatePreparedStatement):
+        db.execute(PREPARE_OPEN)
+
+
+def send_open(db: psycopg.Connection[Any], query: str) -> list[Any]:
+    """Send an :func:`open_query` string on ``db``, whose statement was prepared there; the
+    rows the INSERT returned (for :func:`claimed`). psycopg deallocates every prepared
+    statement (``DEALLOCATE ALL``) after a ROLLBACK (a savepoint's too) or a DROP once it
+    holds statements of its own; the statement is then prepared again and the query sent
+    again."""
+    try:
+        cursor = db.execute(query)
+    except psycopg.errors.InvalidSqlStatementName:
+        db.execute("ROLLBACK")
+        prepare_open(db)
+        cursor = db.execute(query)
+    cursor.nextset()  # past BEGIN's result, to the INSERT's rows
+    return cursor.fetchall()
 
 
 def claimed(execute: Execute, group: str, now: float, runs: Sequence[Run],

@@ -346,7 +346,8 @@ class MessageTransactionEnded(BaseException):
             "the framework commits the message's writes together with its processed key, so a "
             "handler must never end that transaction. Its writes before the statement "
             "committed or rolled back with the transaction, those after it committed one by "
-            f"one; {after}. The consumer stops. Remove the statement (`with "
+            "one (in a transaction it opened: committed if it returned, rolled back if it "
+            f"raised); {after}. The consumer stops. Remove the statement (`with "
             "context.db.transaction():` makes a savepoint) and restart."
         )
 

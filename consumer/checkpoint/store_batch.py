@@ -479,7 +479,7 @@ class StoreCheckpoint:
         store = self._store
         unforgotten: BaseException | None = None
         try:
-            store.rollback()  # whatever the handler left open after ending ours
+            store.end_handler_transaction(keep=ended.applied)  # what it opened after ours
             store.begin()
             store.unclaim(self._group, forget)
             store.commit()

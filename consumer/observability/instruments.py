@@ -235,6 +235,9 @@ class TimedStore(Store):
     def rollback(self) -> None:
         self._timed("rollback", self._store.rollback)
 
+    def end_handler_transaction(self, *, keep: bool) -> None:
+        self._store.end_handler_transaction(keep=keep)
+
     @property
     def connection(self) -> Any:
         return self._store.connection

@@ -334,6 +334,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def rollback(self) -> None: ...
 
+    def end_handler_transaction(self, *, keep: bool) -> None:
+        """After a handler ended the batch's transaction (:meth:`transaction_open` False), end
+        what it opened since, if anything: committed when ``keep`` (the handler returned: its
+        writes are its message's, whose key committed when it ended ours), rolled back when
+        it raised. By default rolled back: a store that cannot tell a handler's own
+        transaction from the batch's finds the ending only when none is open."""
+        self.rollback()
+
     # --- for handlers ----------------------------------------------------------------------
 
     @property

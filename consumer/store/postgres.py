@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import generators, sql
-from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq import ExecStatus
 
 from consumer.errors import (
     StoreConstraintViolated,
@@ -35,7 +35,7 @@ from consumer.errors import (
     StoreUnavailable,
 )
 from consumer.message import TP
-from consumer.store import key_runs, postgres_runs
+from consumer.store import key_runs, postgres_mark, postgres_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
     ORDERED_COORDINATES,
@@ -127,10 +127,6 @@ MOVE_EVERY_ROW = _MOVE_EVERY_ROW.format(*_PARAMETERS, "%s")
 TOPIC_SCOPED = ("substring(sha256(decode('7400', 'hex') || convert_to(topic, 'UTF8') "
                 "|| decode('00', 'hex') || key) from 1 for 16)")
 log = logging.getLogger("consumer.store")
-
-#: libpq's idle transaction status as a plain int (an enum comparison costs three times more,
-#: and the status is read after every handler).
-IDLE = int(TransactionStatus.IDLE)
 
 # Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = 7_212_041_901
@@ -243,6 +239,9 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         #: The connection :data:`postgres_runs.PREPARE_OPEN` was prepared on.
         self._open_prepared_on: psycopg.Connection[Any] | None = None
         self._literals: dict[str, str] = {}
+        #: The session's own default_transaction_read_only when the batch's transaction opened
+        #: (:mod:`consumer.store.postgres_mark`).
+        self._outside: bytes | None = None
         self._init_runs()
 
     def _has_runs_table(self) -> bool:
@@ -410,9 +409,15 @@ class PostgresStore(key_runs.KeepsRuns, Store):
 
     def begin(self) -> None:
         with self._errors():
-            self._db.execute("BEGIN")
+            self._db.execute(self._opening())
         self._in_batch = True
         self._batch_empty = True
+
+    def _opening(self) -> str:
+        """The statements opening a batch's transaction, marked so that a handler ending it
+        shows (:func:`postgres_mark.opening`)."""
+        text, self._outside = postgres_mark.opening(self._db.pgconn)
+        return text
 
     def open_batch(self, group: str, claims: Sequence[Claim],
                    now: float) -> AbstractSet[bytes]:
@@ -442,7 +447,8 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                 postgres_runs.prepare_open(db)
                 self._open_prepared_on = db
             self._in_batch = True  # from here a failure leaves a transaction to roll back
-            query = postgres_runs.open_query(group, now, ordered, self._literal)
+            query = postgres_runs.open_query(self._opening(), group, now, ordered,
+                                             self._literal)
             rows = postgres_runs.send_open(db, query)
             new = postgres_runs.claimed(db.execute, group, now, ordered, rows)
         return EveryKey(claims) if new is None else new
@@ -494,7 +500,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                     except psycopg.errors.UniqueViolation:
                         self._claims_with_conflicts.plain_conflicted()
                         self._db.execute("ROLLBACK")
-                        self._db.execute("BEGIN")
+                        self._db.execute(self._opening())
             rows = self._db.execute(CLAIM_UNLESS_PROCESSED, values).fetchall()
         return {bytes(row[0]) for row in rows}
 
@@ -618,10 +624,22 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             self._db.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
     def transaction_open(self) -> bool:
-        # libpq's own status (psycopg's closed and broken cost ten times more, per message):
-        # a closed or broken connection reads UNKNOWN, so counts as open.
+        # libpq's own status and reported setting (psycopg's closed and broken cost ten times
+        # more, per message): a closed or broken connection reads UNKNOWN, so counts as open.
         conn = self._conn
-        return conn is None or conn.pgconn.transaction_status != IDLE
+        return conn is None or not postgres_mark.ended(conn.pgconn, self._outside)
+
+    def end_handler_transaction(self, *, keep: bool) -> None:
+        """A transaction the handler opened after ending the batch's (``COMMIT; BEGIN``):
+        committed when ``keep`` (the handler returned), else rolled back."""
+        conn = self._conn
+        if (keep and conn is not None
+                and conn.pgconn.transaction_status == postgres_mark.IN_TRANSACTION):
+            self._in_batch = False
+            with self._errors():
+                conn.execute("COMMIT")
+        else:
+            self.rollback()
 
     def commit(self) -> None:
         try:

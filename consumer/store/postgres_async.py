@@ -27,7 +27,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from consumer.errors import MessageTransactionEnded, StoreUnavailable, TransactionEndRefused
-from consumer.store import key_runs, postgres, postgres_runs
+from consumer.store import key_runs, postgres, postgres_mark, postgres_runs
 from consumer.store.base import Claim, PostgresSession
 from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres_pool import (
@@ -56,6 +56,8 @@ class AsyncMessageConnection(psycopg.AsyncConnection[Any]):
     handling = False
     #: The runs' claim was prepared on this connection (:class:`RunsOpening`).
     runs_prepared = False
+    #: The session's own default_transaction_read_only when the transaction opened (``ended``).
+    outside: bytes | None = None
 
     async def commit(self) -> None:
         if self.handling:
@@ -139,7 +141,8 @@ class AsyncPostgresTransactions:
                 if runs:
                     new = await self._open_run(conn, group, now, runs[0])
                 else:
-                    await conn.execute("BEGIN")
+                    begin, conn.outside = postgres_mark.opening(conn.pgconn)
+                    await conn.execute(begin)
                     cursor = await conn.execute(*one_claim(group, claim, now))
                     new = await cursor.fetchone() is not None
             if not new:
@@ -149,14 +152,14 @@ class AsyncPostgresTransactions:
                 await _run_work(conn, work)
             except BaseException as error:
                 if ended(conn):  # then raised: the retry must not find its key
-                    raise await self._forget(conn, group, now, claim) from error
+                    raise await self._forget(conn, group, now, claim,
+                                             returned=False) from error
                 await _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
                 raise
             if ended(conn):
-                raise MessageTransactionEnded(claim.topic, claim.partition, claim.offset,
-                                              forgotten=0)
+                raise await self._forget(conn, group, now, claim, returned=True)
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 await _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
@@ -168,12 +171,25 @@ class AsyncPostgresTransactions:
             await self._pool.putconn(conn)  # rolls back what is left; replaces a broken one
 
     async def _forget(self, conn: AsyncMessageConnection, group: str, now: float,
-                      claim: Claim) -> MessageTransactionEnded:
-        """The handler ended the transaction with a statement, then raised: forget its key,
-        claimed alone at ``now`` (so its run, if any, is the key's alone), in a transaction
-        of its own; the error to stop with. Only a claim of ``now``: after a ROLLBACK
-        statement ours is gone, and another session may hold the key since."""
+                      claim: Claim, *, returned: bool) -> MessageTransactionEnded:
+        """The handler ended the transaction with a statement: end the transaction it opened
+        since, if any (committed if it ``returned``, its key having committed, else rolled
+        back); if it raised, forget its key, claimed alone at ``now`` (so its run, if any, is
+        the key's alone), in a transaction of its own; the error to stop with. Only a claim
+        of ``now``: after a ROLLBACK statement ours is gone, and another session may hold the
+        key since."""
         unforgotten: BaseException | None = None
+        if conn.pgconn.transaction_status != postgres_mark.IDLE:
+            try:
+                with transaction_errors(self._where, self._session):
+                    await conn.execute("COMMIT" if returned else "ROLLBACK")
+            except Exception as error:  # reported in the error the consumer stops with
+                await _rollback_quietly(conn)
+                unforgotten = error
+        if returned or unforgotten is not None:
+            return MessageTransactionEnded(claim.topic, claim.partition, claim.offset,
+                                           forgotten=0 if returned else 1,
+                                           unforgotten=unforgotten)
         try:
             with transaction_errors(self._where, self._session):
                 await conn.execute("BEGIN")
@@ -194,7 +210,8 @@ class AsyncPostgresTransactions:
                         run: Run) -> bool:
         """Open the transaction with the claim of one message's run of one key
         (:class:`RunsOpening`); whether the key was new (a refused run of one: a duplicate)."""
-        query = self._opening.query(conn, group, now, (run,))
+        begin, conn.outside = postgres_mark.opening(conn.pgconn)
+        query = self._opening.query(conn, begin, group, now, (run,))
         if not conn.runs_prepared:
             await conn.execute(postgres_runs.PREPARE_OPEN)
             conn.runs_prepared = True
@@ -204,8 +221,7 @@ class AsyncPostgresTransactions:
             await conn.execute("ROLLBACK")
             await conn.execute(postgres_runs.PREPARE_OPEN)
             cursor = await conn.execute(query)
-        cursor.nextset()  # past BEGIN's result, to the INSERT's rows
-        return bool(await cursor.fetchall())
+        return bool(await postgres_runs.last_result(cursor).fetchall())
 
     async def _open(self) -> asyncio.Semaphore:
         """Open the pool on the running loop (the first message's call)."""

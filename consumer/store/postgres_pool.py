@@ -4,8 +4,9 @@ connections (psycopg_pool), for handlers that run concurrently.
 Each :meth:`PostgresTransactions.apply` borrows a connection, and in one transaction on it
 claims the message's dedup key (``INSERT … ON CONFLICT DO NOTHING RETURNING``), runs the
 handler's work with ``context.db`` bound to that connection, and commits. The connections are
-in autocommit mode and every transaction is opened by an explicit ``BEGIN``: where the keys
-are runs (ordered coordinates keys), ``BEGIN`` and the claim go as one query string
+in autocommit mode and every transaction is opened by an explicit ``BEGIN``, marked
+(:mod:`consumer.store.postgres_mark`) so that a handler's statement ending it shows: where the
+keys are runs (ordered coordinates keys), the opening and the claim go as one query string
 (:class:`RunsOpening`), one round trip where psycopg's own ``BEGIN`` would cost two.
 :meth:`PostgresTransactions.apply_batch` does the same for several messages with one claim
 statement and one commit; any failure inside rolls it back and runs them again one by one.
@@ -21,10 +22,10 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.errors import IntegrityError
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -37,12 +38,11 @@ from consumer.errors import (
     TransactionEndRefused,
 )
 from consumer.message import StoreLike
-from consumer.store import key_runs, postgres_runs
+from consumer.store import key_runs, postgres_mark, postgres_runs
 from consumer.store.base import Claim, PostgresSession
 from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres import (
     CLAIM_UNLESS_PROCESSED,
-    IDLE,
     claim_values,
     is_transient,
     unclaim,
@@ -76,9 +76,10 @@ class RunsOpening:
     def __init__(self) -> None:
         self._literals: dict[str, str] = {}
 
-    def query(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], group: str,
-              now: float, ordered: Sequence[Run]) -> str:
-        """The opening's query string for runs in key order, names quoted for ``conn``."""
+    def query(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], begin: str,
+              group: str, now: float, ordered: Sequence[Run]) -> str:
+        """The opening's query string for runs in key order after ``begin`` (the statements
+        opening the transaction), names quoted for ``conn``."""
         literals = self._literals
 
         def literal(text: str) -> str:
@@ -86,7 +87,7 @@ class RunsOpening:
                 quoted = literals[text] = sql.Literal(text).as_string(conn)
             return quoted
 
-        return postgres_runs.open_query(group, now, ordered, literal)
+        return postgres_runs.open_query(begin, group, now, ordered, literal)
 
 
 class MessageConnection(psycopg.Connection[Any]):
@@ -101,6 +102,8 @@ class MessageConnection(psycopg.Connection[Any]):
     handling = False
     #: The runs' claim was prepared on this connection (:class:`RunsOpening`).
     runs_prepared = False
+    #: The session's own default_transaction_read_only when the transaction opened (:func:`ended`).
+    outside: bytes | None = None
 
     def commit(self) -> None:
         if self.handling:
@@ -158,7 +161,7 @@ class PostgresTransactions:
                 if runs:
                     new = bool(self._open_runs(conn, group, now, runs))
                 else:
-                    conn.execute("BEGIN")
+                    begin(conn)
                     new = conn.execute(*one_claim(group, claim, now)).fetchone() is not None
             if not new:
                 _rollback_quietly(conn)
@@ -168,13 +171,14 @@ class PostgresTransactions:
                 _run_work(conn, work)
             except BaseException as error:
                 if ended(conn):  # then raised: the retry must not find its key
-                    raise self._forget(conn, group, now, claim, {claim.key}) from error
+                    raise self._forget(conn, group, now, claim, {claim.key},
+                                       returned=False) from error
                 _rollback_quietly(conn)
                 if transient(error):
                     raise handler_store_error(claim, self._where, error) from error
                 raise
             if ended(conn):
-                raise self._forget(conn, group, now, claim, set())
+                raise self._forget(conn, group, now, claim, set(), returned=True)
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 _rollback_quietly(conn)
                 raise swallowed_error(claim, self._where)
@@ -240,7 +244,7 @@ class PostgresTransactions:
         try:
             with transaction_errors(self._where, self._session):
                 if others:
-                    conn.execute("BEGIN")
+                    begin(conn)
                     rows = conn.execute(CLAIM_MANY, claim_values(group, now, others)).fetchall()
                     new = {bytes(row[0]) for row in rows}
                     if runs:
@@ -262,10 +266,11 @@ class PostgresTransactions:
                 _run_work(conn, works[index], db)
             except BaseException as error:
                 if ended(conn):  # then raised: its key goes with the unapplied ones
-                    return index, self._forget(conn, group, now, claim, {key, *new})
+                    return index, self._forget(conn, group, now, claim, {key, *new},
+                                               returned=False)
                 return index, error
             if ended(conn):  # the keys left in ``new`` are the messages not applied
-                return index, self._forget(conn, group, now, claim, new)
+                return index, self._forget(conn, group, now, claim, new, returned=True)
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 return None, None  # the work swallowed a database error: nothing would commit
             outcomes.append(True)
@@ -278,13 +283,22 @@ class PostgresTransactions:
         return None
 
     def _forget(self, conn: MessageConnection, group: str, now: float, claim: Claim,
-                keys: AbstractSet[bytes]) -> MessageTransactionEnded:
+                keys: AbstractSet[bytes], *, returned: bool) -> MessageTransactionEnded:
         """The handler of ``claim`` ended the transaction with a statement (:func:`ended`):
-        forget ``keys``, claimed in it at ``now`` for messages it had not applied, in a
-        transaction of their own; the error to stop with. Only claims of ``now``: after a
-        ROLLBACK statement ours are gone, and another session may hold those keys since."""
+        end the transaction it opened since, if any (committed if it ``returned``, its
+        message's key having committed, else rolled back), then forget ``keys``, claimed in
+        ours at ``now`` for messages it had not applied, in a transaction of their own; the
+        error to stop with. Only claims of ``now``: after a ROLLBACK statement ours are gone,
+        and another session may hold those keys since."""
         unforgotten: BaseException | None = None
-        if keys:
+        if conn.pgconn.transaction_status != postgres_mark.IDLE:
+            try:
+                with transaction_errors(self._where, self._session):
+                    conn.execute("COMMIT" if returned else "ROLLBACK")
+            except Exception as error:  # reported in the error the consumer stops with
+                _rollback_quietly(conn)
+                unforgotten = error
+        if keys and unforgotten is None:
             try:
                 with transaction_errors(self._where, self._session):
                     conn.execute("BEGIN")
@@ -302,7 +316,8 @@ class PostgresTransactions:
         """Open the transaction with the claim of ``runs`` (:class:`RunsOpening`); the keys
         that were new."""
         ordered = postgres_runs.in_key_order(runs)
-        query = self._opening.query(conn, group, now, ordered)
+        begin, conn.outside = postgres_mark.opening(conn.pgconn)
+        query = self._opening.query(conn, begin, group, now, ordered)
         if not conn.runs_prepared:
             postgres_runs.prepare_open(conn)
             conn.runs_prepared = True
@@ -400,12 +415,26 @@ def transient(error: BaseException) -> bool:
     return False
 
 
-def ended(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+class AnyMarked(Protocol):
+    """A pooled connection, sync or async, that keeps its session's name for :func:`ended`."""
+
+    outside: bytes | None
+
+    @property
+    def pgconn(self) -> pq.abc.PGconn: ...
+
+
+def begin(conn: MessageConnection) -> None:
+    """Open a marked transaction on ``conn`` (:func:`postgres_mark.opening`)."""
+    text, conn.outside = postgres_mark.opening(conn.pgconn)
+    conn.execute(text)
+
+
+def ended(conn: AnyMarked) -> bool:
     """The handler ended its message's transaction with a statement (``COMMIT``, ``ROLLBACK``,
-    ``END``): libpq reports no transaction open (the connections are in autocommit mode, so
-    the handler's later statements opened none). No round trip; a lost connection reads
-    UNKNOWN, not idle."""
-    return conn.pgconn.transaction_status == IDLE
+    ``END``), maybe opening one of its own after (:func:`postgres_mark.ended`). No round
+    trip; a lost connection reads UNKNOWN, not ended."""
+    return postgres_mark.ended(conn.pgconn, conn.outside)
 
 
 def _by_key(claim: Claim) -> bytes:

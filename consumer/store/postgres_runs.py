@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -57,7 +57,7 @@ _INSERT_RUNS = """INSERT INTO consumer_processed_runs
 INSERT_RUNS = _INSERT_RUNS.format(*["%s"] * 8)
 
 #: The same, prepared once on each connection (SQL ``PREPARE``), so that a batch opens with
-#: one query string, ``BEGIN; EXECUTE …`` (:func:`open_query`): one round trip, and a plan
+#: one query string, ``BEGIN; …; EXECUTE …`` (:func:`open_query`): one round trip, and a plan
 #: the server keeps.
 OPEN_STATEMENT = "consumer_open_runs"
 PREPARE_OPEN = (f"PREPARE {OPEN_STATEMENT} (text, double precision, bytea[], bigint[], "
@@ -65,6 +65,7 @@ PREPARE_OPEN = (f"PREPARE {OPEN_STATEMENT} (text, double precision, bytea[], big
                 + _INSERT_RUNS.format(*(f"${n}" for n in range(1, 9))))
 
 Execute = Callable[[str, Sequence[Any]], Any]
+AnyCursor = TypeVar("AnyCursor", psycopg.Cursor[Any], psycopg.AsyncCursor[Any])
 
 
 def claim(execute: Execute, group: str, now: float, runs: Sequence[Run]) -> set[bytes] | None:
@@ -80,12 +81,12 @@ def in_key_order(runs: Sequence[Run]) -> list[Run]:
     return sorted(runs, key=lambda run: (run.head, run.low))
 
 
-def open_query(group: str, now: float, ordered: Sequence[Run],
+def open_query(begin: str, group: str, now: float, ordered: Sequence[Run],
                literal: Callable[[str], str]) -> str:
-    """``BEGIN`` and :data:`OPEN_STATEMENT` executed for runs in key order, as one query
-    string, its values written out (:mod:`consumer.store.postgres_literals`; the time as its
-    ``repr``)."""
-    return (f"BEGIN; EXECUTE {OPEN_STATEMENT}({literal(group)}, {float(now)!r}, "
+    """``begin`` (the statements opening the transaction: :func:`postgres_mark.opening`) and
+    :data:`OPEN_STATEMENT` executed for runs in key order, as one query string, its values
+    written out (:mod:`consumer.store.postgres_literals`; the time as its ``repr``)."""
+    return (f"{begin}; EXECUTE {OPEN_STATEMENT}({literal(group)}, {float(now)!r}, "
             f"{bytea_array(r.head for r in ordered)}, {int_array(r.low for r in ordered)}, "
             f"{int_array(r.high for r in ordered)}, "
             f"{text_array((r.topic for r in ordered), literal)}, "
@@ -111,8 +112,15 @@ def send_open(db: psycopg.Connection[Any], query: str) -> list[Any]:
         db.execute("ROLLBACK")
         prepare_open(db)
         cursor = db.execute(query)
-    cursor.nextset()  # past BEGIN's result, to the INSERT's rows
-    return cursor.fetchall()
+    return last_result(cursor).fetchall()
+
+
+def last_result(cursor: AnyCursor) -> AnyCursor:
+    """``cursor`` moved past the opening's statements to the last one's result: the
+    INSERT's rows."""
+    while cursor.nextset():
+        pass
+    return cursor
 
 
 def claimed(execute: Execute, group: str, now: float, runs: Sequence[Run],

@@ -262,24 +262,29 @@ def test_a_handler_cannot_end_its_messages_transaction(
     assert effects(store) == [1]
 
 
+@pytest.mark.parametrize("statement", ["COMMIT", "COMMIT; BEGIN"])
 @pytest.mark.parametrize("then_raising", [False, True], ids=["returns", "raises"])
 def test_a_commit_statement_stops_the_consumer_and_a_raising_handlers_key_is_forgotten(
         store: StoreUnderTest, loop: Loop, transactions: AsyncMessageTransactions,
-        then_raising: bool) -> None:
-    """The handler sends ``COMMIT`` (its key and write commit), writes again, and returns
+        then_raising: bool, statement: str) -> None:
+    """The handler sends ``COMMIT`` (its key and write commit), maybe opens a transaction of
+    its own (libpq then reports one open, as the message's was), writes again, and returns
     or raises. Either way the consumer stops (a BaseException). Returned, the message is
-    applied and a second delivery is a duplicate; raised, its key is forgotten, so that its
-    retry runs."""
+    applied (its second write commits) and a second delivery is a duplicate; raised, its key
+    is forgotten, so that its retry runs (its second write rolled back if in a transaction
+    of its own)."""
     async def committing(db: AsyncTransaction) -> None:
         await write(1)(db)
-        await db.execute("COMMIT")
+        for part in statement.split("; "):
+            await db.execute(part)
         await write(2)(db)
         if then_raising:
             raise ValueError("bad message")
 
     with pytest.raises(MessageTransactionEnded, match="with a statement"):
         loop.run(transactions.apply(GROUP, claim(1), 1.0, committing))
-    assert effects(store) == [1, 2]
+    own_transaction_rolled_back = then_raising and statement != "COMMIT"
+    assert effects(store) == ([1] if own_transaction_rolled_back else [1, 2])
     assert loop.run(transactions.apply(GROUP, claim(1), 2.0, write(3))) is then_raising
 
 

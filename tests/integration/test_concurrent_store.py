@@ -231,10 +231,11 @@ ENDING_ROUTE = {"concurrency": 4, "ordering": "none", "on_failure": "dead_letter
 
 
 def run_until_it_stops(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, name: str,
-                       handler: str) -> tuple[str, str, dict[str, Any], str]:
+                       handler: str, route: dict[str, Any] | None = None,
+                       ) -> tuple[str, str, dict[str, Any], str]:
     """One partition of 8 messages with header keys, a ``handled`` table, and `consumer run`
-    with ``handler`` on :data:`ENDING_ROUTE`, which must exit 1; the topic, the group, the
-    config and the log."""
+    with ``handler`` on ``route`` (:data:`ENDING_ROUTE` by default), which must exit 1; the
+    topic, the group, the config and the log."""
     topic = create_topic(kafka_bootstrap, 1, prefix=name)
     produce(kafka_bootstrap, topic, [b"{}"] * 8, in_order=True,
             headers=lambda i: [("idempotency-key", f"event-{i}".encode())])
@@ -242,7 +243,7 @@ def run_until_it_stops(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Pa
     group = unique_name(name)
     config = consumer_config(kafka_bootstrap, group, topic, store=store.url,
                              every_messages=500, every_seconds=1.0)
-    config["routes"] = {topic: {**ENDING_ROUTE, "handler": handler}}
+    config["routes"] = {topic: {**(route or ENDING_ROUTE), "handler": handler}}
     run = ConsumerProcess(tmp_path, "run", config).start()
     try:
         assert run.wait(timeout=60) == 1, run.log_tail()
@@ -269,19 +270,28 @@ def test_a_handler_committing_its_messages_transaction_stops_the_consumer_with_n
     assert committed is None or committed <= 3
 
 
+#: The sequential store's route: one batch transaction for the messages, no pool.
+SEQUENTIAL_ROUTE = {"on_failure": "dead_letter"}
+
+
+@pytest.mark.parametrize("handler", ["commit_statement_at_three", "commit_and_begin_at_three"])
+@pytest.mark.parametrize("route", [ENDING_ROUTE, SEQUENTIAL_ROUTE], ids=["concurrency", "batch"])
 def test_a_handler_sending_a_commit_statement_stops_the_consumer_and_the_restart_loses_nothing(
-    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, route: dict[str, Any],
+    handler: str
 ) -> None:
-    """concurrency 4, one partition of 8 messages: at offset 3 the handler sends a ``COMMIT``
-    statement, which committed its key ahead of its write (and, in a micro-batch, the keys
-    of the messages after it, not run yet). The consumer exits 1 naming it, with those keys
-    forgotten again; the fixed handler then applies every offset exactly once."""
+    """One partition of 8 messages: at offset 3 the handler sends a ``COMMIT`` statement,
+    which committed its key ahead of its write (and the keys of the messages after it, not
+    run yet, claimed in the same transaction: a micro-batch with concurrency 4, the batch
+    without), maybe followed by a ``BEGIN`` of its own. The consumer exits 1 naming it, with
+    those keys forgotten again; the fixed handler then applies every offset exactly once."""
     topic, group, config, log = run_until_it_stops(
         kafka_bootstrap, store, tmp_path, "conc-commit-sql",
-        "tests.support.ledger_concurrent:commit_statement_at_three")
-    assert "ended its message's transaction with a statement" in log
+        f"tests.support.ledger_concurrent:{handler}", route)
+    assert ("ended its message's transaction with a statement" in log if route is ENDING_ROUTE
+            else "ended the store's transaction" in log)
 
-    config["routes"] = {topic: {**ENDING_ROUTE,
+    config["routes"] = {topic: {**route,
                                 "handler": "tests.support.ledger_concurrent:record_offset"}}
     fixed = ConsumerProcess(tmp_path, "fixed", config).start()
     try:

@@ -452,29 +452,37 @@ def test_a_handler_cannot_end_its_messages_transaction(
 
 def sending(statement: str, n: int, *, then_raising: bool = False
             ) -> Callable[[StoreLike], None]:
-    """Writes its effect, sends ``statement`` (ending the transaction), writes again, and
-    raises if told to."""
+    """Writes its effect, sends ``statement`` (ending the transaction; ``COMMIT; BEGIN``
+    opens one of its own after), writes again, and raises if told to."""
     def work(db: StoreLike) -> None:
         db.execute("INSERT INTO effects VALUES (%s, 'before')", (n,))
-        db.execute(statement)
+        for part in statement.split("; "):
+            db.execute(part)
         db.execute("INSERT INTO effects VALUES (%s, 'after')", (n,))
         if then_raising:
             raise ValueError(f"message {n} failed")
     return work
 
 
+#: A statement ending the message's transaction, alone or followed by a transaction of the
+#: handler's own (which libpq's transaction status alone cannot tell from the message's).
+ENDING_STATEMENTS = ["COMMIT", "COMMIT; BEGIN"]
+
+
+@pytest.mark.parametrize("statement", ENDING_STATEMENTS)
 @pytest.mark.parametrize("claims_of", [claim, coordinates_claim], ids=["digests", "runs"])
 def test_a_commit_statement_in_a_micro_batch_stops_with_the_keys_of_the_rest_forgotten(
         store: StoreUnderTest, transactions: MessageTransactions,
-        claims_of: Callable[[int], Claim]) -> None:
+        claims_of: Callable[[int], Claim], statement: str) -> None:
     """Message 1 of 4 sends ``COMMIT``: the claim of all four keys and message 0's write
     commit with it. Found when it returns: the keys of messages 2 and 3, never run, are
     forgotten again and message 1's outcome stops the consumer (a BaseException); the others
     read as not applied. Delivered again, messages 0 and 1 are duplicates and 2 and 3 apply:
-    every effect once."""
+    every effect once. Message 1's write after the statement commits too: alone without a
+    transaction, or in the one the handler opened (committed, as the message returned)."""
     claims = [claims_of(n) for n in range(4)]
     outcomes = transactions.apply_batch(GROUP, claims, 1.0,
-                                        [write(0), sending("COMMIT", 1), write(2), write(3)])
+                                        [write(0), sending(statement, 1), write(2), write(3)])
     assert isinstance(outcomes[1], MessageTransactionEnded)
     assert "forgotten again" in str(outcomes[1]) and "2 keys" in str(outcomes[1])
     assert all(isinstance(outcomes[n], StoreUnavailable) for n in (0, 2, 3))
@@ -484,18 +492,36 @@ def test_a_commit_statement_in_a_micro_batch_stops_with_the_keys_of_the_rest_for
                               (3, "again")]
 
 
+@pytest.mark.parametrize("statement", ENDING_STATEMENTS)
 @pytest.mark.parametrize("claims_of", [claim, coordinates_claim], ids=["digests", "runs"])
 def test_a_handler_raising_after_a_commit_statement_has_its_key_forgotten(
         store: StoreUnderTest, transactions: MessageTransactions,
-        claims_of: Callable[[int], Claim]) -> None:
-    """It committed its key and first write, wrote again outside any transaction, then
-    raised: its key is forgotten so that its retry runs (its writes so far stay: a
-    documented limit), and the consumer stops."""
+        claims_of: Callable[[int], Claim], statement: str) -> None:
+    """It committed its key and first write, wrote again, then raised: its key is forgotten
+    so that its retry runs (its first write stays: a documented limit; the second too when
+    written outside any transaction, rolled back when in one the handler opened), and the
+    consumer stops."""
     with pytest.raises(MessageTransactionEnded, match="1 keys claimed"):
-        transactions.apply(GROUP, claims_of(1), 1.0, sending("COMMIT", 1, then_raising=True))
+        transactions.apply(GROUP, claims_of(1), 1.0, sending(statement, 1, then_raising=True))
     assert keys(store) == 0
     assert int(store.scalar("SELECT count(*) FROM consumer_processed_runs")) == 0
+    assert effects(store) == ([(1, "after"), (1, "before")] if statement == "COMMIT"
+                              else [(1, "before")])
     assert transactions.apply(GROUP, claims_of(1), 2.0, write(1, "retry")) is True
+
+
+@pytest.mark.parametrize("claims_of", [claim, coordinates_claim], ids=["digests", "runs"])
+def test_a_handler_returning_in_a_transaction_of_its_own_stops_with_its_writes_committed(
+        store: StoreUnderTest, transactions: MessageTransactions,
+        claims_of: Callable[[int], Claim]) -> None:
+    """``COMMIT; BEGIN``: libpq reports a transaction open, as the message's was. The end is
+    found all the same; the handler returned, so its key (committed with its first write)
+    stands and its second write, in the transaction it opened, commits too; the consumer
+    stops, and the message delivered again is a duplicate."""
+    with pytest.raises(MessageTransactionEnded, match="with a statement"):
+        transactions.apply(GROUP, claims_of(1), 1.0, sending("COMMIT; BEGIN", 1))
+    assert effects(store) == [(1, "after"), (1, "before")]
+    assert transactions.apply(GROUP, claims_of(1), 2.0, write(1, "again")) is False
 
 
 def test_a_rollback_statement_stops_the_consumer_and_commits_nothing_before_it(

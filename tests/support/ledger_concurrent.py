@@ -65,6 +65,15 @@ def commit_statement_at_three(message: Message, context: Context) -> None:
     context.execute("INSERT INTO handled (\"offset\") VALUES (%s)", (message.offset,))
 
 
+def commit_and_begin_at_three(message: Message, context: Context) -> None:
+    """Records its offset; at offset 3 first sends ``COMMIT`` and then ``BEGIN``, opening a
+    transaction of its own (libpq reports one open, as the message's was)."""
+    if message.offset == 3:
+        context.execute("COMMIT")
+        context.execute("BEGIN")
+    context.execute("INSERT INTO handled (\"offset\") VALUES (%s)", (message.offset,))
+
+
 def record_offset(message: Message, context: Context) -> None:
     """Records its offset: the handler above, fixed."""
     context.execute("INSERT INTO handled (\"offset\") VALUES (%s)", (message.offset,))

@@ -1,0 +1,50 @@
+"""A transaction of the consumer's marks itself in a setting the server reports to libpq, so
+that its end is seen after each handler without a round trip, even when the handler opened
+another transaction.
+
+libpq's transaction status alone tells a ``COMMIT`` or ``ROLLBACK`` statement from a handler
+(no transaction open), but not one followed by a ``BEGIN`` of its own (a transaction open, as
+ours was). PostgreSQL (14 and later) reports every change of ``default_transaction_read_only``
+to libpq, including its return to the session's own value when a transaction that set it
+with ``SET LOCAL`` ends. The mark flips that setting for the transaction's duration, which
+changes nothing in it: the setting is the default of transactions started later, and a
+savepoint keeps its transaction's mode. Nothing an operator watches changes either
+(``pg_stat_activity``, the session's name). A server that does not report the setting leaves
+the status alone to tell.
+"""
+
+from __future__ import annotations
+
+from psycopg import pq
+from psycopg.pq import TransactionStatus
+
+SETTING = b"default_transaction_read_only"
+#: The opening for a session whose own value is not ``on`` (the usual), and for one whose is.
+OPENING = f"BEGIN; SET LOCAL {SETTING.decode()} = on"
+OPENING_READ_ONLY_SESSION = f"BEGIN; SET LOCAL {SETTING.decode()} = off"
+#: libpq's transaction status as plain ints (an enum comparison costs three times more, and
+#: the status is read after every handler).
+IDLE = int(TransactionStatus.IDLE)
+IN_TRANSACTION = int(TransactionStatus.INTRANS)
+
+
+def opening(pgconn: pq.abc.PGconn) -> tuple[str, bytes | None]:
+    """The statements opening a marked transaction (``BEGIN; SET LOCAL …``, one query
+    string), and the session's own value of the setting, as libpq holds it before them,
+    for :func:`ended`."""
+    outside = pgconn.parameter_status(SETTING)
+    return (OPENING_READ_ONLY_SESSION if outside == b"on" else OPENING), outside
+
+
+def ended(pgconn: pq.abc.PGconn, outside: bytes | None) -> bool:
+    """The transaction :func:`opening` opened has ended (a handler's ``COMMIT``, ``ROLLBACK``
+    or ``END`` statement): libpq reports no transaction, or one in progress under the
+    session's own value (``outside``) again, as after ``COMMIT; BEGIN``. No round trip. A
+    failed transaction is not ended: the server reverts the setting when the transaction
+    fails, before its ROLLBACK (that state is the caller's to handle). A lost connection
+    reads UNKNOWN: not ended either (its error surfaces at the next statement)."""
+    status = pgconn.transaction_status
+    if status == IDLE:
+        return True
+    return (status == IN_TRANSACTION and outside is not None
+            and pgconn.parameter_status(SETTING) == outside)

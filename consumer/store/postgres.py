@@ -409,15 +409,17 @@ class PostgresStore(key_runs.KeepsRuns, Store):
 
     def begin(self) -> None:
         with self._errors():
-            self._db.execute(self._opening())
+            self._begin_marked()
         self._in_batch = True
         self._batch_empty = True
 
-    def _opening(self) -> str:
-        """The statements opening a batch's transaction, marked so that a handler ending it
-        shows (:func:`postgres_mark.opening`)."""
-        text, self._outside = postgres_mark.opening(self._db.pgconn)
-        return text
+    def _begin_marked(self) -> None:
+        """Open the batch's transaction, marked so that a handler ending it shows
+        (:mod:`consumer.store.postgres_mark`)."""
+        db = self._db
+        text, outside = postgres_mark.opening(db.pgconn)
+        db.execute(text)
+        self._outside = postgres_mark.marked(db.pgconn, outside)
 
     def open_batch(self, group: str, claims: Sequence[Claim],
                    now: float) -> AbstractSet[bytes]:
@@ -447,9 +449,10 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                 postgres_runs.prepare_open(db)
                 self._open_prepared_on = db
             self._in_batch = True  # from here a failure leaves a transaction to roll back
-            query = postgres_runs.open_query(self._opening(), group, now, ordered,
-                                             self._literal)
+            begin, outside = postgres_mark.opening(db.pgconn)
+            query = postgres_runs.open_query(begin, group, now, ordered, self._literal)
             rows = postgres_runs.send_open(db, query)
+            self._outside = postgres_mark.marked(db.pgconn, outside)
             new = postgres_runs.claimed(db.execute, group, now, ordered, rows)
         return EveryKey(claims) if new is None else new
 
@@ -500,7 +503,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                     except psycopg.errors.UniqueViolation:
                         self._claims_with_conflicts.plain_conflicted()
                         self._db.execute("ROLLBACK")
-                        self._db.execute(self._opening())
+                        self._begin_marked()
             rows = self._db.execute(CLAIM_UNLESS_PROCESSED, values).fetchall()
         return {bytes(row[0]) for row in rows}
 

@@ -141,8 +141,9 @@ class AsyncPostgresTransactions:
                 if runs:
                     new = await self._open_run(conn, group, now, runs[0])
                 else:
-                    begin, conn.outside = postgres_mark.opening(conn.pgconn)
+                    begin, outside = postgres_mark.opening(conn.pgconn)
                     await conn.execute(begin)
+                    conn.outside = postgres_mark.marked(conn.pgconn, outside)
                     cursor = await conn.execute(*one_claim(group, claim, now))
                     new = await cursor.fetchone() is not None
             if not new:
@@ -210,7 +211,7 @@ class AsyncPostgresTransactions:
                         run: Run) -> bool:
         """Open the transaction with the claim of one message's run of one key
         (:class:`RunsOpening`); whether the key was new (a refused run of one: a duplicate)."""
-        begin, conn.outside = postgres_mark.opening(conn.pgconn)
+        begin, outside = postgres_mark.opening(conn.pgconn)
         query = self._opening.query(conn, begin, group, now, (run,))
         if not conn.runs_prepared:
             await conn.execute(postgres_runs.PREPARE_OPEN)
@@ -221,6 +222,7 @@ class AsyncPostgresTransactions:
             await conn.execute("ROLLBACK")
             await conn.execute(postgres_runs.PREPARE_OPEN)
             cursor = await conn.execute(query)
+        conn.outside = postgres_mark.marked(conn.pgconn, outside)
         return bool(await postgres_runs.last_result(cursor).fetchall())
 
     async def _open(self) -> asyncio.Semaphore:

@@ -9,8 +9,8 @@ to libpq, including its return to the session's own value when a transaction tha
 with ``SET LOCAL`` ends. The mark flips that setting for the transaction's duration, which
 changes nothing in it: the setting is the default of transactions started later, and a
 savepoint keeps its transaction's mode. Nothing an operator watches changes either
-(``pg_stat_activity``, the session's name). A server that does not report the setting leaves
-the status alone to tell.
+(``pg_stat_activity``, the session's name). Where the server or a proxy between does not
+report the setting, the status alone tells (:func:`marked`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ def opening(pgconn: pq.abc.PGconn) -> tuple[str, bytes | None]:
     for :func:`ended`."""
     outside = pgconn.parameter_status(SETTING)
     return (OPENING_READ_ONLY_SESSION if outside == b"on" else OPENING), outside
+
+
+def marked(pgconn: pq.abc.PGconn, outside: bytes | None) -> bytes | None:
+    """After the opening ran: ``outside`` if the mark shows (libpq holds the flipped value),
+    else None, for :func:`ended`: a server or a proxy that does not report the setting leaves
+    the status alone to tell, rather than every transaction looking ended."""
+    if outside is None or pgconn.parameter_status(SETTING) == outside:
+        return None
+    return outside
 
 
 def ended(pgconn: pq.abc.PGconn, outside: bytes | None) -> bool:

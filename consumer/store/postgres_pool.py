@@ -316,12 +316,13 @@ class PostgresTransactions:
         """Open the transaction with the claim of ``runs`` (:class:`RunsOpening`); the keys
         that were new."""
         ordered = postgres_runs.in_key_order(runs)
-        begin, conn.outside = postgres_mark.opening(conn.pgconn)
+        begin, outside = postgres_mark.opening(conn.pgconn)
         query = self._opening.query(conn, begin, group, now, ordered)
         if not conn.runs_prepared:
             postgres_runs.prepare_open(conn)
             conn.runs_prepared = True
         rows = postgres_runs.send_open(conn, query)
+        conn.outside = postgres_mark.marked(conn.pgconn, outside)
         return key_runs.new_keys(runs, postgres_runs.claimed(
             conn.execute, group, now, ordered, rows))
 
@@ -425,9 +426,10 @@ class AnyMarked(Protocol):
 
 
 def begin(conn: MessageConnection) -> None:
-    """Open a marked transaction on ``conn`` (:func:`postgres_mark.opening`)."""
-    text, conn.outside = postgres_mark.opening(conn.pgconn)
+    """Open a marked transaction on ``conn`` (:mod:`consumer.store.postgres_mark`)."""
+    text, outside = postgres_mark.opening(conn.pgconn)
     conn.execute(text)
+    conn.outside = postgres_mark.marked(conn.pgconn, outside)
 
 
 def ended(conn: AnyMarked) -> bool:

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from consumer.store.postgres_mark import IDLE, IN_TRANSACTION, SETTING, ended, opening
+from consumer.store.postgres_mark import (
+    IDLE,
+    IN_TRANSACTION,
+    SETTING,
+    ended,
+    marked,
+    opening,
+)
 
 INERROR = 3
 
@@ -49,3 +56,14 @@ def test_a_server_reporting_no_setting_is_told_by_the_status_alone() -> None:
     assert opening(LibpqState())[1] is None
     assert ended(LibpqState(IN_TRANSACTION), None) is False
     assert ended(LibpqState(IDLE), None) is True
+
+
+def test_a_mark_that_does_not_show_leaves_the_status_alone_to_tell() -> None:
+    """A proxy that swallows the server's reports: libpq still holds the session's value
+    inside the transaction. Compared with it, every transaction would look ended."""
+    unreported = LibpqState(IN_TRANSACTION, {SETTING: b"off"})
+    assert marked(unreported, b"off") is None
+    assert ended(unreported, marked(unreported, b"off")) is False
+    reported = LibpqState(IN_TRANSACTION, {SETTING: b"on"})
+    assert marked(reported, b"off") == b"off"
+    assert marked(reported, None) is None

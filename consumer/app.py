@@ -45,6 +45,7 @@ from consumer.failures.retries import Failures, build_policies
 from consumer.kafka.producer import KafkaDeadLetterSink
 from consumer.kafka.protocol import DeadLetterSink, Source
 from consumer.kafka.source import KafkaSource
+from consumer.message import Message
 from consumer.observability import logs
 from consumer.observability.event_log import LoggingObserver
 from consumer.observability.instruments import Instruments
@@ -108,6 +109,7 @@ def build_loop(
     group = settings.kafka.group_id
     concurrent = needs_workers(settings, router)
     sink = dead_letters or KafkaDeadLetterSink(settings.kafka)
+    tracing: Tracing | None = None
     if tracer is not None:
         tracing = Tracing(tracer, group=group, duplicates=(
             not concurrent and (store is not None or settings.store.enabled)))
@@ -139,7 +141,9 @@ def build_loop(
             mode = concurrent_store_mode(settings, router, mode, store=store, keys=keys,
                                          failures=failures, source=source, clock=clock,
                                          commits=commits, observer=observer,
-                                         instruments=instruments)
+                                         instruments=instruments,
+                                         on_duplicate=None if tracing is None
+                                         else tracing.duplicate)
     else:
         dispatcher: Dispatcher | ConcurrentDispatcher
         if concurrent:
@@ -185,11 +189,13 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
                           store: Store, keys: Mapping[str, KeyFunction], failures: Failures,
                           source: Source, clock: Clock, commits: KafkaCommits,
                           observer: Observer, instruments: Instruments | None,
+                          on_duplicate: Callable[[Message], None] | None = None,
                           ) -> ConcurrentStoreMode:
     """Store mode with handlers on workers: each route's handler applied in a transaction of
     its own per message, on a pool of as many connections as there are workers (``async def``
     handlers: an asynchronous pool of at most ``store.postgres_async_connections``). Raises
-    ConfigError for a store that has no such transactions (SQLite, MariaDB)."""
+    ConfigError for a store that has no such transactions (SQLite, MariaDB). Each duplicate
+    a worker finds is told to ``on_duplicate`` (tracing's span for it)."""
     group = settings.kafka.group_id
     work = {topic: RouteWork(route.concurrency, route.ordering,
                              batch=settings.store.micro_batch_messages)
@@ -208,7 +214,7 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
     if synchronous:
         threaded = store.message_transactions(in_flight(synchronous))
         transactions.append(threaded)
-    tally = Tally()
+    tally = Tally(on_duplicate)
     routes = []
     for topic in router.topics:
         route = router.route_for(topic)

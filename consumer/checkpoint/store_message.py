@@ -47,19 +47,23 @@ X = TypeVar("X")
 
 class Tally:
     """Messages applied and duplicates skipped by the workers since the poll thread last
-    took them (for ``consumer_messages_applied``/dedup metrics)."""
+    took them (for ``consumer_messages_applied``/dedup metrics); each duplicate is also told
+    to ``on_duplicate`` (tracing's span for it), on the worker that found it."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_duplicate: Callable[[Message], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._applied = 0
         self._duplicates = 0
+        self._on_duplicate = on_duplicate
 
-    def count(self, applied: bool) -> None:
+    def count(self, applied: bool, message: Message) -> None:
         with self._lock:
             if applied:
                 self._applied += 1
             else:
                 self._duplicates += 1
+        if not applied and self._on_duplicate is not None:
+            self._on_duplicate(message)
 
     def take(self) -> tuple[int, int]:
         """(applied, duplicates) since the last take."""
@@ -103,7 +107,7 @@ class StoreWork(_RouteInStore[Handler, MessageTransactions]):
         applied = self._transactions.apply(
             group, Claim(key, message.topic, message.partition, message.offset),
             self._wall(), work)
-        self._tally.count(applied)
+        self._tally.count(applied, message)
 
     def apply_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
         """A worker's micro-batch: the messages in one transaction (one claim statement, one
@@ -131,7 +135,7 @@ class StoreWork(_RouteInStore[Handler, MessageTransactions]):
                 if isinstance(result, BaseException):
                     outcomes[index] = result
                 else:
-                    count(result)
+                    count(result, messages[index])
         return outcomes
 
 
@@ -155,7 +159,7 @@ class AsyncStoreWork(_RouteInStore[AsyncHandler, AsyncMessageTransactions]):
         applied = await self._transactions.apply(
             group, Claim(key, message.topic, message.partition, message.offset),
             self._wall(), work)
-        self._tally.count(applied)
+        self._tally.count(applied, message)
 
 
 def _work(handler: Handler, message: Message, group: str, key_function: KeyFunction,

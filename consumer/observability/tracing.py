@@ -17,8 +17,9 @@ attributes and ends with ``checkpoint_consumer.outcome``:
   ERROR); the span stays open until the failure policy has decided, then ends with its verdict.
 - ``dead_letter`` without a handler call (a value that does not decode, or a message whose
   attempts were used up before its letter was taken): a span of its own, for the letter.
-- ``duplicate`` (with a store, one batch at a time): the event's key was already applied, the
-  handler was not called; a span with no duration.
+- ``duplicate`` (with a store): the event's key was already applied, the handler was not
+  called; a span with no duration, when the batch commits (one batch at a time) or when the
+  message's claim finds its key (handlers on workers: :meth:`Tracing.duplicate`).
 - ``rerun``: a store batch was rolled back and this message's handler runs again.
 
 While the handler runs its span is current on its thread: ``context.span`` returns it and JSON
@@ -202,6 +203,11 @@ class Tracing:
             spans, self._pending = list(self._pending.values()), {}
         for span in spans:
             _end(span, outcome)
+
+    def duplicate(self, message: Message) -> None:
+        """A worker found ``message``'s key applied before (handlers on workers, a transaction
+        per message): its span, with no handler call."""
+        _end(self._start(message), "duplicate")
 
     def batch_done(self, messages: Iterable[Message]) -> None:
         """A store batch committed ``messages``: those that got no span were duplicates."""

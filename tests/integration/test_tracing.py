@@ -32,6 +32,7 @@ from consumer.observability.tracing import OUTCOME
 from consumer.routing import Route, Router
 from consumer.settings import Settings
 from tests.support.kafka import create_named_topic, create_topic, produce, read_topic, unique_name
+from tests.support.stores import StoreUnderTest
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +101,56 @@ def test_spans_are_children_of_the_produced_traceparent_for_success_retry_and_de
     [letter] = read_topic(kafka_bootstrap, f"{topic}.dlq")
     carried = [v for k, v in letter.headers() if k == "traceparent"]  # type: ignore[attr-defined]
     assert carried == [f"00-{TRACE_ID:032x}-{spans[4].context.span_id:016x}-01".encode()]
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_with_concurrency_and_a_store_a_duplicate_gets_a_span_without_a_handler_call(
+        kafka_bootstrap: str, store: StoreUnderTest) -> None:
+    """Handlers on workers, a transaction per message: the second message of an event finds
+    its key claimed and is not handled; it gets a span of its own all the same (outcome
+    ``duplicate``, a child of its own producer span), as it does one batch at a time."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="tracing-dup")
+    events = [b"event-a", b"event-b", b"event-a"]
+    produce(kafka_bootstrap, topic, [b"{}"] * 3, in_order=True, headers=lambda i: [
+        ("traceparent", f"00-{TRACE_ID:032x}-{PARENTS[i]:016x}-01".encode()),
+        ("idempotency-key", events[i])])
+    handled: list[int] = []
+
+    def handle(message: Message, _context: Context) -> None:
+        handled.append(message.offset)
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = Settings(
+        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": unique_name("tracing-dup"),
+               "poll_timeout_seconds": 0.1},
+        routes={topic: {"handler": "handlers.echo:handle", "concurrency": 4}},
+        checkpoint={"every_messages": 100, "every_seconds": 1.0},
+        store={"url": store.url},
+    )
+    loop = build_loop(settings, Router([Route(topic, handle, "test:handle")]),
+                      tracer=provider.get_tracer("test"))
+    assert loop.start()
+    deadline = time.monotonic() + 60
+    try:
+        while len(exporter.get_finished_spans()) < 3:
+            assert time.monotonic() < deadline, [
+                s.attributes for s in exporter.get_finished_spans()]
+            loop.run_once()
+    finally:
+        loop.close()
+        provider.shutdown()
+
+    assert len(handled) == 2 and sorted(handled) != [0, 2]  # one of offsets 0 and 2, and 1
+    spans = {int(str((s.attributes or {})["messaging.kafka.offset"])): s
+             for s in exporter.get_finished_spans()}
+    duplicate = 2 if 0 in handled else 0
+    assert {o: (s.attributes or {})[OUTCOME] for o, s in spans.items()} == {
+        **{o: "success" for o in handled}, duplicate: "duplicate"}
+    assert spans[duplicate].parent is not None
+    assert spans[duplicate].parent.span_id == PARENTS[duplicate]
+    assert spans[duplicate].kind is SpanKind.CONSUMER
 
 
 class _Collector(ThreadingHTTPServer):

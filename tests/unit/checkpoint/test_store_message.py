@@ -14,6 +14,7 @@ from consumer.checkpoint.progress import PartitionProgress
 from consumer.checkpoint.store_message import StoreRows, Tally
 from consumer.errors import Fenced
 from consumer.events import Trigger
+from consumer.message import Message
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemorySource, RecordingObserver
 
@@ -65,9 +66,11 @@ def test_a_newer_owner_fences_the_rows_and_nothing_moves(store: SQLiteStore,
     assert source.commits == [], "Kafka is not told"
 
 
-def test_tally_counts_what_workers_applied_and_skipped() -> None:
-    tally = Tally()
-    for applied in (True, True, False):
-        tally.count(applied)
+def test_tally_counts_what_workers_applied_and_skipped_and_tells_each_duplicate() -> None:
+    duplicates: list[int] = []
+    tally = Tally(on_duplicate=lambda message: duplicates.append(message.offset))
+    for offset, applied in enumerate((True, True, False)):
+        tally.count(applied, Message("t", 0, offset, b"v"))
     assert tally.take() == (2, 1)
     assert tally.take() == (0, 0)
+    assert duplicates == [2]

@@ -301,18 +301,20 @@ class HandlerEndedTransaction(StoreError):
 
 
 class TransactionEndRefused(BaseException):
-    """A handler asked to end its message's own transaction (``commit()``, ``rollback()``, or
-    ``with context.db:``) with ``concurrency`` above 1, and its connection refused. Not an
-    Exception, on purpose: a handler's own ``except Exception`` must not swallow it. The
-    dispatcher stops the consumer with it (nothing of the message committed)."""
+    """A handler asked to end the store's transaction and its connection refused: with
+    ``concurrency`` above 1, ``commit()``, ``rollback()`` or ``with context.db:`` on its
+    message's connection; on SQLite, any ``COMMIT``, ``ROLLBACK`` or ``BEGIN`` during a batch.
+    Not an Exception, on purpose: a handler's own ``except Exception`` must not swallow it.
+    The consumer stops with it (nothing of the message, nor of its batch, committed)."""
 
     def __init__(self, what: str) -> None:
         super().__init__(
             f"a handler called {what} on context.db: the framework commits the message's "
             "writes together with its processed key, so a handler must never end that "
             "transaction. Refused: nothing of the message was committed, and the consumer "
-            "stops. Remove the call (use the writes alone, or `with context.db.transaction():` "
-            "for a savepoint) and restart."
+            "stops. Remove the call (use the writes alone, or a savepoint: `with "
+            "context.db.transaction():` on PostgreSQL, SAVEPOINT and RELEASE statements on "
+            "SQLite) and restart."
         )
 
 

@@ -10,6 +10,13 @@ statements of many rows each; a batch holding a key processed before is claimed 
 translated: a locked or unreachable file is ``StoreUnavailable``, missing tables
 ``StoreSchemaError``, the rest ``StoreError``. ``is_transient`` tells a busy
 error a handler raised apart from a failure of its message. One connection, one thread at a time.
+
+While a batch's transaction is open the connection refuses transaction statements (SQLite's
+authorizer): a handler's ``COMMIT`` or ``ROLLBACK``, as a statement or through
+``context.db.commit()`` or ``with context.db:``, would commit the batch's keys ahead of its
+effects, and one followed by a ``BEGIN`` would go unseen. The store's own statements have
+texts of their own (:data:`BEGIN`, :data:`COMMIT`, :data:`ROLLBACK`), so the statement cache
+never hands a handler a statement prepared while it was allowed.
 """
 
 from __future__ import annotations
@@ -23,7 +30,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from consumer.dedup import topic_scoped
-from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+from consumer.errors import (
+    StoreError,
+    StoreSchemaError,
+    StoreUnavailable,
+    TransactionEndRefused,
+)
 from consumer.message import TP
 from consumer.store import sqlite_runs
 from consumer.store.base import (
@@ -44,6 +56,11 @@ from consumer.store.sqlite_turns import WriterTurns
 
 #: One processed key, only if it is new (the row count says which): neither in the table nor
 #: in a run. Parameters: group, key, topic, partition, offset, time.
+#: The store's own transaction statements (see the module's docstring).
+BEGIN = "BEGIN IMMEDIATE /* checkpoint-consumer */"
+COMMIT = "COMMIT /* checkpoint-consumer */"
+ROLLBACK = "ROLLBACK /* checkpoint-consumer */"
+
 CLAIM_UNLESS_PROCESSED = f"""INSERT INTO consumer_processed_keys
                (group_id, key, topic, partition, "offset", processed_at)
            SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE {sqlite_runs.uncovered("?1", "?2")}
@@ -188,10 +205,24 @@ class SQLiteStore(Store):
             self._db.execute(f"PRAGMA synchronous = {synchronous}")
             self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             self._db.execute(f"PRAGMA cache_size = {-1024 * int(cache_mb)}")  # negative: KiB
+            self._db.set_authorizer(self._authorize)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open the SQLite store at {path}: {error}") from None
         self._turns = WriterTurns(path) if path != ":memory:" else None
         self._claims_with_conflicts = ConflictBackoff()
+        #: A batch's transaction is open: transaction statements are refused.
+        self._guarded = False
+        #: The transaction statement refused since the batch began (a handler's).
+        self._refused_statement: str | None = None
+
+    def _authorize(self, action: int, first: str | None, second: str | None,
+                   database: str | None, trigger: str | None) -> int:
+        """SQLite's authorizer, asked as each statement is prepared: inside a batch, no
+        ``BEGIN``, ``COMMIT`` or ``ROLLBACK`` (a savepoint's are another action)."""
+        if action == sqlite3.SQLITE_TRANSACTION and self._guarded:
+            self._refused_statement = first or "a transaction statement"
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
 
     def _turn(self) -> AbstractContextManager[None]:
         """Around every statement that waits for the file's write lock."""
@@ -199,7 +230,7 @@ class SQLiteStore(Store):
 
     def _begin_immediate(self) -> None:
         with self._turn():
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(BEGIN)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -237,9 +268,9 @@ class SQLiteStore(Store):
                     group, group_scoped_topics,
                     migrated_from=found if found != SQLITE_SCHEMA_VERSION else None)
                 row = self._db.execute("SELECT coordinates_keys FROM consumer_schema").fetchone()
-                self._db.execute("COMMIT")
+                self._db.execute(COMMIT)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute(ROLLBACK)
                 raise
         self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
         return upgrade
@@ -306,9 +337,9 @@ class SQLiteStore(Store):
                         (group, topic, partition, now, ids.get(topic)),
                     ).fetchone()
                     positions[(topic, partition)] = Position(row[0], row[1], row[2])
-                self._db.execute("COMMIT")
+                self._db.execute(COMMIT)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute(ROLLBACK)
                 raise
         return positions
 
@@ -317,6 +348,7 @@ class SQLiteStore(Store):
     def begin(self) -> None:
         with _translated(self._path):
             self._begin_immediate()
+        self._guarded, self._refused_statement = True, None
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> AbstractSet[bytes]:
         """A batch almost never holds a processed key: its runs go in one row each and its
@@ -431,16 +463,23 @@ class SQLiteStore(Store):
             return self._refused(group, refused) if refused else []
 
     def transaction_open(self) -> bool:
+        """Raises :class:`TransactionEndRefused` once a handler's transaction statement was
+        refused (it may have swallowed the error)."""
+        if (refused := self._refused_statement) is not None:
+            self._refused_statement = None
+            raise TransactionEndRefused(f"{refused} (a statement, commit() or rollback())")
         return self._db.in_transaction
 
     def commit(self) -> None:
+        self._guarded = False
         with _translated(self._path):
-            self._db.execute("COMMIT")
+            self._db.execute(COMMIT)
 
     def rollback(self) -> None:
+        self._guarded = False
         if self._db.in_transaction:
             with _translated(self._path):
-                self._db.execute("ROLLBACK")
+                self._db.execute(ROLLBACK)
 
     # --- for handlers ----------------------------------------------------------------------
 

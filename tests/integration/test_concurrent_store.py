@@ -25,7 +25,8 @@ from tests.support.chaos import (
     run_chaos,
     until_consumed,
 )
-from tests.support.kafka import create_topic, group_offsets, produce, unique_name
+from tests.support.ending import ENDING_ROUTE, SEQUENTIAL_ROUTE, run_fixed, run_until_it_stops
+from tests.support.kafka import create_topic, group_offsets, unique_name
 from tests.support.ledger_concurrent import SCHEMA
 from tests.support.stores import StoreUnderTest
 
@@ -226,32 +227,6 @@ def _rows(store: StoreUnderTest, group: str) -> dict[tuple[str, int], tuple[int,
         "WHERE group_id = %s", (group,))}
 
 
-#: The route of the tests whose handler ends its message's transaction.
-ENDING_ROUTE = {"concurrency": 4, "ordering": "none", "on_failure": "dead_letter"}
-
-
-def run_until_it_stops(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, name: str,
-                       handler: str, route: dict[str, Any] | None = None,
-                       ) -> tuple[str, str, dict[str, Any], str]:
-    """One partition of 8 messages with header keys, a ``handled`` table, and `consumer run`
-    with ``handler`` on ``route`` (:data:`ENDING_ROUTE` by default), which must exit 1; the
-    topic, the group, the config and the log."""
-    topic = create_topic(kafka_bootstrap, 1, prefix=name)
-    produce(kafka_bootstrap, topic, [b"{}"] * 8, in_order=True,
-            headers=lambda i: [("idempotency-key", f"event-{i}".encode())])
-    store.execute('CREATE TABLE handled ("offset" bigint NOT NULL)')
-    group = unique_name(name)
-    config = consumer_config(kafka_bootstrap, group, topic, store=store.url,
-                             every_messages=500, every_seconds=1.0)
-    config["routes"] = {topic: {**(route or ENDING_ROUTE), "handler": handler}}
-    run = ConsumerProcess(tmp_path, "run", config).start()
-    try:
-        assert run.wait(timeout=60) == 1, run.log_tail()
-    finally:
-        run.stop_if_running()
-    return topic, group, config, run.log_file.read_text()
-
-
 def test_a_handler_committing_its_messages_transaction_stops_the_consumer_with_nothing_lost(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
 ) -> None:
@@ -268,10 +243,6 @@ def test_a_handler_committing_its_messages_transaction_stops_the_consumer_with_n
     assert claimed and 3 not in claimed
     committed = group_offsets(kafka_bootstrap, group, topic, 1)[0]
     assert committed is None or committed <= 3
-
-
-#: The sequential store's route: one batch transaction for the messages, no pool.
-SEQUENTIAL_ROUTE = {"on_failure": "dead_letter"}
 
 
 @pytest.mark.parametrize("handler", ["commit_statement_at_three", "commit_and_begin_at_three"])
@@ -291,14 +262,4 @@ def test_a_handler_sending_a_commit_statement_stops_the_consumer_and_the_restart
     assert ("ended its message's transaction with a statement" in log if route is ENDING_ROUTE
             else "ended the store's transaction" in log)
 
-    config["routes"] = {topic: {**route,
-                                "handler": "tests.support.ledger_concurrent:record_offset"}}
-    fixed = ConsumerProcess(tmp_path, "fixed", config).start()
-    try:
-        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 1)[0] == 8, timeout=60,
-                 what="the fixed consumer's checkpoint past the last message")
-        fixed.signal(signal.SIGTERM)
-        assert fixed.wait(timeout=60) == 0, fixed.log_tail()
-    finally:
-        fixed.stop_if_running()
-    assert sorted(store.query('SELECT "offset" FROM handled')) == [(n,) for n in range(8)]
+    run_fixed(kafka_bootstrap, store, tmp_path, topic, group, config)

@@ -22,7 +22,12 @@ import pymysql
 import pytest
 
 from consumer.dedup import KeyFormat, key_function
-from consumer.errors import OffsetWentBackwards, StoreError, StoreSchemaError
+from consumer.errors import (
+    OffsetWentBackwards,
+    StoreError,
+    StoreSchemaError,
+    TransactionEndRefused,
+)
 from consumer.message import Message
 from consumer.store import CheckpointRow, Claim, ClaimBatch, Position, SchemaUpgrade, Store
 from consumer.store.claim_batch import EveryKey
@@ -691,12 +696,19 @@ class StoreContract:
     def test_transaction_open_tells_when_a_handler_ended_the_batch(self, store: Store,
                                                                   ending: str) -> None:
         """A handler calling commit() or rollback() on context.db ends the batch's
-        transaction: the store sees it without a round trip, and its next batch is whole."""
+        transaction, and the store sees it without a round trip; or the store's connection
+        refuses (SQLite), and the store says so at its next look. Its next batch is whole."""
         store.begin()
         store.claim(G, claims("a"), 1.0)
         assert store.transaction_open()
-        getattr(store.connection, ending)()
-        assert not store.transaction_open()
+        try:
+            getattr(store.connection, ending)()
+        except Exception:  # refused: the batch stays whole, and the consumer is to stop
+            with pytest.raises(TransactionEndRefused, match=ending.upper()):
+                store.transaction_open()
+            assert store.transaction_open()
+        else:
+            assert not store.transaction_open()
         store.rollback()
         store.begin()
         store.unclaim(G, [key("a")])

@@ -21,6 +21,7 @@ from consumer.errors import (
     KafkaError,
     OffsetWentBackwards,
     StoreUnavailable,
+    TransactionEndRefused,
 )
 from consumer.events import Trigger
 from consumer.failures.retries import Failures, build_policies
@@ -33,6 +34,7 @@ from tests.support.store_harness import (
     GROUP,
     HEADER,
     EffectWriter,
+    EndableStore,
     FlakyCommitStore,
     assigned,
     effects,
@@ -398,8 +400,7 @@ def test_key_released_by_a_failure_stays_claimed_when_its_event_applies_later_in
 
 
 class Committer(EffectWriter):
-    """Writes its effect, then commits the batch's transaction itself at ``commit_at`` (as
-    ``with context.db:`` does on SQLite)."""
+    """Writes its effect, then commits the batch's transaction itself at ``commit_at``."""
 
     def __init__(self, commit_at: tuple[str, int, int],
                  fail_at: Sequence[tuple[str, int, int]] = ()) -> None:
@@ -412,15 +413,43 @@ class Committer(EffectWriter):
             context.db.commit()
 
 
+@pytest.fixture
+def endable(tmp_path: Path) -> Iterator[EndableStore]:
+    """A store whose handlers can end its batch (as a COMMIT statement does on PostgreSQL)."""
+    store = open_store_as(EndableStore, tmp_path)
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["claims-per-message", "stretches"])
+def test_the_sqlite_store_refuses_a_handler_ending_the_batch_and_commits_nothing(
+    store: SQLiteStore, source: InMemorySource, ordered: bool,
+) -> None:
+    """The SQLite store refuses transaction statements while a batch is open: p0@1's
+    handler cannot commit, the consumer stops (a BaseException its handler cannot swallow),
+    and nothing of the batch committed. Run again, the batch applies everything."""
+    key_format = KeyFormat(ordered_coordinates=True) if ordered else None
+    partitions = assigned(store, [P0])
+    batch = ([event("t", 0, o, None) for o in range(5)] if ordered else events(0, range(5)))
+    with pytest.raises(TransactionEndRefused, match="COMMIT"):
+        run_batch(store, source, batch, Committer(("t", 0, 1)), partitions,
+                  key_format=key_format)
+    assert effects(store) == [] and processed(store) == []
+    assert store.checkpoints(GROUP) == {P0: None}
+    outcome = run_batch(store, source, batch, EffectWriter(), partitions, key_format=key_format)
+    assert (outcome.applied, outcome.duplicates) == (5, 0)
+
+
 @pytest.mark.parametrize("ordered", [False, True], ids=["claims-per-message", "stretches"])
 def test_a_handler_that_commits_stops_the_batch_and_leaves_no_key_without_its_effect(
-    store: SQLiteStore, source: InMemorySource, ordered: bool,
+    endable: EndableStore, source: InMemorySource, ordered: bool,
 ) -> None:
     """p0@1's handler commits: the keys of the whole batch committed with it, ahead of the
     effects of p0@2..4. The batch stops there with an error naming the handler, and the keys
     of the messages not applied are forgotten again; had a later failure rolled back and run
     the batch again, it would have found every key claimed and skipped p0@3 and p0@4 for good.
     Run again, the batch applies exactly the rest."""
+    store = endable
     key_format = KeyFormat(ordered_coordinates=True) if ordered else None
     partitions = assigned(store, [P0])
     batch = ([event("t", 0, o, None) for o in range(5)] if ordered else events(0, range(5)))
@@ -441,11 +470,12 @@ def test_a_handler_that_commits_stops_the_batch_and_leaves_no_key_without_its_ef
 
 
 def test_a_handler_that_commits_after_a_failure_forgets_the_failed_messages_keys_too(
-    store: SQLiteStore, source: InMemorySource,
+    endable: EndableStore, source: InMemorySource,
 ) -> None:
     """Message by message (p0@0 failed first, so p0 stopped): p1@1's handler commits. The
     failed message's key, released only at the batch's end, and every key after p1@1 are
     forgotten; p1@0 and p1@1 keep theirs, with their effects."""
+    store = endable
     partitions = assigned(store, [P0, P1])
     handler = Committer(("t", 1, 1), fail_at=[("t", 0, 0)])
     with pytest.raises(HandlerEndedTransaction):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -41,6 +42,29 @@ TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PARENTS = {0: 0x00F067AA0BA902B7, 1: 0x00F067AA0BA902B8, 2: 0x00F067AA0BA902B9}
 
 
+def spans_of(settings: Settings, topic: str, handle: Callable[[Message, Context], None], *,
+             count: int) -> tuple[ReadableSpan, ...]:
+    """Run the loop in this process (``build_loop``, the real client) with ``handle`` on
+    ``topic`` until ``count`` spans have ended (60 s at most); the spans, kept by the SDK's
+    in-memory exporter."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    loop = build_loop(settings, Router([Route(topic, handle, "test:handle")]),
+                      tracer=provider.get_tracer("test"))
+    assert loop.start()
+    deadline = time.monotonic() + 60
+    try:
+        while len(exporter.get_finished_spans()) < count:
+            assert time.monotonic() < deadline, [
+                s.attributes for s in exporter.get_finished_spans()]
+            loop.run_once()
+    finally:
+        loop.close()
+        provider.shutdown()
+    return exporter.get_finished_spans()
+
+
 def test_spans_are_children_of_the_produced_traceparent_for_success_retry_and_dead_letter(
         kafka_bootstrap: str) -> None:
     topic = create_topic(kafka_bootstrap, 1, prefix="tracing")
@@ -55,9 +79,6 @@ def test_spans_are_children_of_the_produced_traceparent_for_success_retry_and_de
         if value == b"bad" or (value == b"flaky" and failures[value] == 1):
             raise RuntimeError(f"cannot handle {value!r}")
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     group = unique_name("tracing")
     settings = Settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group,
@@ -67,20 +88,7 @@ def test_spans_are_children_of_the_produced_traceparent_for_success_retry_and_de
         checkpoint={"every_messages": 100, "every_seconds": 1.0},
         store={"url": "none"},
     )
-    loop = build_loop(settings, Router([Route(topic, handle, "test:handle")]),
-                      tracer=provider.get_tracer("test"))
-    assert loop.start()
-    deadline = time.monotonic() + 60
-    try:
-        while len(exporter.get_finished_spans()) < 5:  # ok; flaky twice; bad twice
-            assert time.monotonic() < deadline, [
-                s.attributes for s in exporter.get_finished_spans()]
-            loop.run_once()
-    finally:
-        loop.close()
-        provider.shutdown()
-
-    spans = exporter.get_finished_spans()
+    spans = spans_of(settings, topic, handle, count=5)  # ok; flaky twice; bad twice
     assert [(s.attributes or {})["messaging.kafka.offset"] for s in spans] == [0, 1, 1, 2, 2]
     assert [(s.attributes or {})[OUTCOME] for s in spans] == [
         "success", "retry", "success", "retry", "dead_letter"]
@@ -119,9 +127,6 @@ def test_with_concurrency_and_a_store_a_duplicate_gets_a_span_without_a_handler_
     def handle(message: Message, _context: Context) -> None:
         handled.append(message.offset)
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = Settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "group_id": unique_name("tracing-dup"),
                "poll_timeout_seconds": 0.1},
@@ -129,22 +134,9 @@ def test_with_concurrency_and_a_store_a_duplicate_gets_a_span_without_a_handler_
         checkpoint={"every_messages": 100, "every_seconds": 1.0},
         store={"url": store.url},
     )
-    loop = build_loop(settings, Router([Route(topic, handle, "test:handle")]),
-                      tracer=provider.get_tracer("test"))
-    assert loop.start()
-    deadline = time.monotonic() + 60
-    try:
-        while len(exporter.get_finished_spans()) < 3:
-            assert time.monotonic() < deadline, [
-                s.attributes for s in exporter.get_finished_spans()]
-            loop.run_once()
-    finally:
-        loop.close()
-        provider.shutdown()
-
+    finished = spans_of(settings, topic, handle, count=3)
     assert len(handled) == 2 and sorted(handled) != [0, 2]  # one of offsets 0 and 2, and 1
-    spans = {int(str((s.attributes or {})["messaging.kafka.offset"])): s
-             for s in exporter.get_finished_spans()}
+    spans = {int(str((s.attributes or {})["messaging.kafka.offset"])): s for s in finished}
     duplicate = 2 if 0 in handled else 0
     assert {o: (s.attributes or {})[OUTCOME] for o, s in spans.items()} == {
         **{o: "success" for o in handled}, duplicate: "duplicate"}

@@ -62,6 +62,9 @@ from consumer.store.base import (
 )
 from consumer.store.claim_batch import EveryKey
 from consumer.store.mariadb_session import (
+    COMMIT,
+    ROLLBACK,
+    START,
     MariaDBConnection,
     MariaDBCursor,
     connect,
@@ -214,7 +217,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             # transaction: wait that long here (failing an assignment stops the process).
             self._db.execute(f"SET SESSION innodb_lock_wait_timeout = "
                              f"{self._lock_wait + self._idle}")
-            self._db.execute("START TRANSACTION")
+            self._db.execute(START)
             try:
                 for topic, partition in partitions:
                     row = self._db.execute(
@@ -230,7 +233,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
                     if row is None:
                         raise StoreError(f"no checkpoint row returned for {topic}[{partition}]")
                     positions[(topic, partition)] = Position(row[0], row[1], row[2])
-                self._db.execute("COMMIT")
+                self._db.execute(COMMIT)
             except BaseException:
                 self._rollback_quietly()
                 raise
@@ -260,7 +263,9 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
 
     def begin(self) -> None:
         with self._errors():
-            self._db.execute("START TRANSACTION")
+            db = self._db
+            db.execute(START)
+        db.guarded = True
         self._in_batch = True
 
     def open_batch(self, group: str, claims: Sequence[Claim],
@@ -273,8 +278,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             with self._errors():
                 if mariadb_runs.claim_whole(self._db, group, now, runs):
                     return EveryKey(claims)
-                self._db.execute("ROLLBACK")
-                self._db.execute("START TRANSACTION")
+                self._db.execute(ROLLBACK)
+                self._db.execute(START)
         return self.claim(group, claims, now)
 
     def claim(self, group: str, claims: Sequence[Claim], now: float) -> AbstractSet[bytes]:
@@ -384,7 +389,9 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
     def commit(self) -> None:
         try:
             with self._errors():
-                self._db.execute("COMMIT")
+                db = self._db
+                db.guarded = False
+                db.execute(COMMIT)
         finally:
             self._in_batch = False
 
@@ -392,13 +399,15 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         self._in_batch = False
         if self._conn is None or not self._conn.open:
             return
+        self._conn.guarded = False
         with self._errors():
-            self._conn.execute("ROLLBACK")
+            self._conn.execute(ROLLBACK)
 
     def _rollback_quietly(self) -> None:
         if self._conn is not None and self._conn.open:
+            self._conn.guarded = False
             try:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute(ROLLBACK)
             except pymysql.err.MySQLError:
                 self._conn.close()
 
@@ -465,7 +474,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         """As the base class (one transaction, the epoch bumped), in this dialect's SQL."""
         forgotten = dict.fromkeys(targets, 0)
         with self._errors():
-            self._db.execute("START TRANSACTION")
+            self._db.execute(START)
             try:
                 for (topic, partition), offset in targets.items():
                     self._db.execute(
@@ -478,7 +487,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
                     if forget_keys:
                         forgotten[(topic, partition)] = self._forget_keys_from(
                             group, topic, partition, offset)
-                self._db.execute("COMMIT")
+                self._db.execute(COMMIT)
             except BaseException:
                 self._rollback_quietly()
                 raise

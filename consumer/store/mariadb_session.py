@@ -1,10 +1,19 @@
 """The MariaDB store's sessions (PyMySQL): a ``mysql://`` URL's connection parameters, a
 connection set up as the store needs it (READ COMMITTED, ``ANSI_QUOTES``, InnoDB's lock wait
 and MariaDB's idle-transaction timeouts, matched-row counts), ``context.db``'s connection and
-cursor classes, and which PyMySQL errors are transient, refused or the message's own."""
+cursor classes, and which PyMySQL errors are transient, refused or the message's own.
+
+While a batch is open (:attr:`MariaDBConnection.guarded`) the connection refuses a handler's
+transaction statements: ``COMMIT``, ``ROLLBACK`` (not to a savepoint), ``BEGIN``, ``START
+TRANSACTION``, read from a statement's first words, and ``commit()``, ``rollback()`` and
+``begin()``. They would commit the batch's keys ahead of its effects, and one followed by a
+``BEGIN`` would go unseen. The store's own statements have texts of their own (:data:`START`,
+:data:`COMMIT`, :data:`ROLLBACK`). DDL, which MariaDB commits implicitly, is found after the
+handler (the store's ``_require_open_batch``)."""
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +23,12 @@ import pymysql.connections
 import pymysql.cursors
 from pymysql.constants import CLIENT
 
-from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
+from consumer.errors import (
+    StoreError,
+    StoreSchemaError,
+    StoreUnavailable,
+    TransactionEndRefused,
+)
 
 #: A statement a handler may hit that says nothing about its message: InnoDB's deadlock
 #: (1213: the server rolled back the whole transaction) and lock wait timeout (1205).
@@ -26,6 +40,26 @@ LOST_CODES = frozenset({0, 1053, 1927, 2003, 2006, 2013, 2055, 4031})
 #: Waiting cannot help: access denied (1044, 1045), unknown database (1049).
 REFUSED_CODES = frozenset({1044, 1045, 1049})
 NO_SUCH_TABLE = 1146
+
+#: The store's own transaction statements (see the module's docstring).
+START = "START TRANSACTION /* checkpoint-consumer */"
+COMMIT = "COMMIT /* checkpoint-consumer */"
+ROLLBACK = "ROLLBACK /* checkpoint-consumer */"
+_OWN = frozenset({START, COMMIT, ROLLBACK})
+#: A statement that ends or opens a transaction, by its first words.
+_TRANSACTION_STATEMENT = re.compile(
+    r"\s*(COMMIT|ROLLBACK(?!\s+(?:WORK\s+)?TO\b)|BEGIN(?!\s+NOT\s+ATOMIC)|START\s+TRANSACTION)"
+    r"\b", re.IGNORECASE)
+
+
+def transaction_statement(sql: str) -> str | None:
+    """The transaction statement ``sql`` starts with (``COMMIT``, ``ROLLBACK``, ``BEGIN``,
+    ``START TRANSACTION``), if any: a savepoint's ``ROLLBACK TO`` and a compound ``BEGIN NOT
+    ATOMIC`` are not; the store's own statements neither."""
+    if sql in _OWN:
+        return None
+    found = _TRANSACTION_STATEMENT.match(sql)
+    return " ".join(found.group(1).upper().split()) if found else None
 
 
 def error_code(error: BaseException) -> int | None:
@@ -51,7 +85,13 @@ def is_transient(error: BaseException) -> bool:
 
 
 class MariaDBCursor(pymysql.cursors.Cursor):  # type: ignore[misc]
-    """PyMySQL's cursor whose ``fetchall`` gives a list of tuples, as the other stores'."""
+    """PyMySQL's cursor whose ``fetchall`` gives a list of tuples, as the other stores', and
+    that refuses a transaction statement while its connection is guarded."""
+
+    def execute(self, query: str, args: Any = None) -> int:
+        if self.connection.guarded and (statement := transaction_statement(query)):
+            raise TransactionEndRefused(f"a {statement} statement")
+        return int(super().execute(query, args))
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         return list(super().fetchall())
@@ -59,7 +99,26 @@ class MariaDBCursor(pymysql.cursors.Cursor):  # type: ignore[misc]
 
 class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
     """PyMySQL's connection (``context.db``) with ``execute`` as sqlite3's and psycopg's
-    have: run one statement (``%s`` placeholders) and return its cursor."""
+    have: run one statement (``%s`` placeholders) and return its cursor. While
+    :attr:`guarded` (a batch is open), transaction statements and methods are refused."""
+
+    #: A batch's transaction is open: a handler may not end it.
+    guarded = False
+
+    def commit(self) -> None:
+        if self.guarded:
+            raise TransactionEndRefused("commit()")
+        super().commit()
+
+    def rollback(self) -> None:
+        if self.guarded:
+            raise TransactionEndRefused("rollback()")
+        super().rollback()
+
+    def begin(self) -> None:
+        if self.guarded:
+            raise TransactionEndRefused("begin()")
+        super().begin()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> MariaDBCursor:
         cursor: MariaDBCursor = self.cursor()

@@ -11,7 +11,13 @@ import pytest
 from consumer.settings import StoreSettings
 from consumer.store import open_configured
 from consumer.store.mariadb import MariaDBStore
-from consumer.store.mariadb_session import is_transient
+from consumer.store.mariadb_session import (
+    COMMIT,
+    ROLLBACK,
+    START,
+    is_transient,
+    transaction_statement,
+)
 
 
 @pytest.mark.parametrize("error", [
@@ -48,3 +54,30 @@ def test_a_mysql_url_opens_the_mariadb_store_with_the_configured_waits() -> None
     assert store.dialect == "mariadb"
     assert (store._lock_wait, store._idle) == (3, 30)
     assert store._where == "mysql://app@db.example:3307/ledger", "no password in messages"
+
+
+@pytest.mark.parametrize(("sql", "statement"), [
+    ("COMMIT", "COMMIT"),
+    ("  commit work;", "COMMIT"),
+    ("ROLLBACK", "ROLLBACK"),
+    ("rollback work", "ROLLBACK"),
+    ("BEGIN", "BEGIN"),
+    ("begin work", "BEGIN"),
+    ("START TRANSACTION", "START TRANSACTION"),
+    ("start  transaction read write", "START TRANSACTION"),
+    # not transaction statements: a savepoint's, a compound block, lookalikes, the store's own
+    ("ROLLBACK TO SAVEPOINT handler", None),
+    ("rollback work to savepoint handler", None),
+    ("BEGIN NOT ATOMIC SELECT 1; END", None),
+    ("SELECT 'COMMIT'", None),
+    ("COMMITTED_ROWS", None),
+    ("INSERT INTO commits VALUES (1)", None),
+    (COMMIT, None),
+    (ROLLBACK, None),
+    (START, None),
+])
+def test_a_handlers_transaction_statements_are_told_by_their_first_words(
+        sql: str, statement: str | None) -> None:
+    """What the connection refuses while a batch is open (the real refusal, end to end:
+    tests/integration/test_refused_transaction_statements.py)."""
+    assert transaction_statement(sql) == statement

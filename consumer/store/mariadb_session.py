@@ -89,7 +89,8 @@ class MariaDBCursor(pymysql.cursors.Cursor):  # type: ignore[misc]
     that refuses a transaction statement while its connection is guarded."""
 
     def execute(self, query: str, args: Any = None) -> int:
-        if self.connection.guarded and (statement := transaction_statement(query)):
+        conn = self.connection  # None once the cursor is closed: PyMySQL says so below
+        if conn is not None and conn.guarded and (statement := transaction_statement(query)):
             raise TransactionEndRefused(f"a {statement} statement")
         return int(super().execute(query, args))
 

@@ -417,7 +417,8 @@ def transient(error: BaseException) -> bool:
 
 
 class AnyMarked(Protocol):
-    """A pooled connection, sync or async, that keeps its session's name for :func:`ended`."""
+    """A pooled connection, sync or async, that keeps its session's own value of the mark
+    (:mod:`consumer.store.postgres_mark`) for :func:`ended`."""
 
     outside: bytes | None
 

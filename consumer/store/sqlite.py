@@ -54,13 +54,12 @@ from consumer.store.base import (
 from consumer.store.claim_batch import ClaimBatch, EveryKey
 from consumer.store.sqlite_turns import WriterTurns
 
-#: One processed key, only if it is new (the row count says which): neither in the table nor
-#: in a run. Parameters: group, key, topic, partition, offset, time.
 #: The store's own transaction statements (see the module's docstring).
 BEGIN = "BEGIN IMMEDIATE /* checkpoint-consumer */"
 COMMIT = "COMMIT /* checkpoint-consumer */"
 ROLLBACK = "ROLLBACK /* checkpoint-consumer */"
-
+#: One processed key, only if it is new (the row count says which): neither in the table nor
+#: in a run. Parameters: group, key, topic, partition, offset, time.
 CLAIM_UNLESS_PROCESSED = f"""INSERT INTO consumer_processed_keys
                (group_id, key, topic, partition, "offset", processed_at)
            SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE {sqlite_runs.uncovered("?1", "?2")}

@@ -46,10 +46,11 @@ START = "START TRANSACTION /* checkpoint-consumer */"
 COMMIT = "COMMIT /* checkpoint-consumer */"
 ROLLBACK = "ROLLBACK /* checkpoint-consumer */"
 _OWN = frozenset({START, COMMIT, ROLLBACK})
-#: A statement that ends or opens a transaction, by its first words.
+#: A statement that ends or opens a transaction, by its first words (after any comments).
 _TRANSACTION_STATEMENT = re.compile(
-    r"\s*(COMMIT|ROLLBACK(?!\s+(?:WORK\s+)?TO\b)|BEGIN(?!\s+NOT\s+ATOMIC)|START\s+TRANSACTION)"
-    r"\b", re.IGNORECASE)
+    r"(?:\s|/\*.*?\*/|(?:--\s|#)[^\n]*(?:\n|$))*"
+    r"(COMMIT|ROLLBACK(?!\s+(?:WORK\s+)?TO\b)|BEGIN(?!\s+NOT\s+ATOMIC)|START\s+TRANSACTION)"
+    r"\b", re.IGNORECASE | re.DOTALL)
 
 
 def transaction_statement(sql: str) -> str | None:

@@ -65,6 +65,9 @@ def test_a_mysql_url_opens_the_mariadb_store_with_the_configured_waits() -> None
     ("begin work", "BEGIN"),
     ("START TRANSACTION", "START TRANSACTION"),
     ("start  transaction read write", "START TRANSACTION"),
+    ("/* a comment */ COMMIT", "COMMIT"),
+    ("-- a comment\n# another\n  Rollback", "ROLLBACK"),
+    ("/* two\nlines */ begin", "BEGIN"),
     # not transaction statements: a savepoint's, a compound block, lookalikes, the store's own
     ("ROLLBACK TO SAVEPOINT handler", None),
     ("rollback work to savepoint handler", None),
@@ -72,6 +75,8 @@ def test_a_mysql_url_opens_the_mariadb_store_with_the_configured_waits() -> None
     ("SELECT 'COMMIT'", None),
     ("COMMITTED_ROWS", None),
     ("INSERT INTO commits VALUES (1)", None),
+    ("/* COMMIT */ SELECT 1", None),
+    ("-- COMMIT\nSELECT 1", None),
     (COMMIT, None),
     (ROLLBACK, None),
     (START, None),

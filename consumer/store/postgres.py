@@ -239,9 +239,8 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         #: The connection :data:`postgres_runs.PREPARE_OPEN` was prepared on.
         self._open_prepared_on: psycopg.Connection[Any] | None = None
         self._literals: dict[str, str] = {}
-        #: The session's own default_transaction_read_only when the batch's transaction opened
-        #: (:mod:`consumer.store.postgres_mark`).
-        self._outside: bytes | None = None
+        #: The batch's transaction shows its mark (:mod:`consumer.store.postgres_mark`).
+        self._marked = False
         self._init_runs()
 
     def _has_runs_table(self) -> bool:
@@ -416,10 +415,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
     def _begin_marked(self) -> None:
         """Open the batch's transaction, marked so that a handler ending it shows
         (:mod:`consumer.store.postgres_mark`)."""
-        db = self._db
-        text, outside = postgres_mark.opening(db.pgconn)
-        db.execute(text)
-        self._outside = postgres_mark.marked(db.pgconn, outside)
+        self._marked = postgres_mark.begin(self._db)
 
     def open_batch(self, group: str, claims: Sequence[Claim],
                    now: float) -> AbstractSet[bytes]:
@@ -449,10 +445,9 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                 postgres_runs.prepare_open(db)
                 self._open_prepared_on = db
             self._in_batch = True  # from here a failure leaves a transaction to roll back
-            begin, outside = postgres_mark.opening(db.pgconn)
-            query = postgres_runs.open_query(begin, group, now, ordered, self._literal)
+            query = postgres_runs.open_query(group, now, ordered, self._literal)
             rows = postgres_runs.send_open(db, query)
-            self._outside = postgres_mark.marked(db.pgconn, outside)
+            self._marked = postgres_mark.marked(db.pgconn)
             new = postgres_runs.claimed(db.execute, group, now, ordered, rows)
         return EveryKey(claims) if new is None else new
 
@@ -630,7 +625,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         # libpq's own status and reported setting (psycopg's closed and broken cost ten times
         # more, per message): a closed or broken connection reads UNKNOWN, so counts as open.
         conn = self._conn
-        return conn is None or not postgres_mark.ended(conn.pgconn, self._outside)
+        return conn is None or not postgres_mark.ended(conn.pgconn, self._marked)
 
     def end_handler_transaction(self, *, keep: bool) -> None:
         """A transaction the handler opened after ending the batch's (``COMMIT; BEGIN``):

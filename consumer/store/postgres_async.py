@@ -56,8 +56,8 @@ class AsyncMessageConnection(psycopg.AsyncConnection[Any]):
     handling = False
     #: The runs' claim was prepared on this connection (:class:`RunsOpening`).
     runs_prepared = False
-    #: The session's own default_transaction_read_only when the transaction opened (``ended``).
-    outside: bytes | None = None
+    #: The open transaction shows its mark (``ended``).
+    marked = False
 
     async def commit(self) -> None:
         if self.handling:
@@ -141,9 +141,8 @@ class AsyncPostgresTransactions:
                 if runs:
                     new = await self._open_run(conn, group, now, runs[0])
                 else:
-                    begin, outside = postgres_mark.opening(conn.pgconn)
-                    await conn.execute(begin)
-                    conn.outside = postgres_mark.marked(conn.pgconn, outside)
+                    await conn.execute(postgres_mark.OPENING)
+                    conn.marked = postgres_mark.marked(conn.pgconn)
                     cursor = await conn.execute(*one_claim(group, claim, now))
                     new = await cursor.fetchone() is not None
             if not new:
@@ -211,8 +210,7 @@ class AsyncPostgresTransactions:
                         run: Run) -> bool:
         """Open the transaction with the claim of one message's run of one key
         (:class:`RunsOpening`); whether the key was new (a refused run of one: a duplicate)."""
-        begin, outside = postgres_mark.opening(conn.pgconn)
-        query = self._opening.query(conn, begin, group, now, (run,))
+        query = self._opening.query(conn, group, now, (run,))
         if not conn.runs_prepared:
             await conn.execute(postgres_runs.PREPARE_OPEN)
             conn.runs_prepared = True
@@ -222,7 +220,7 @@ class AsyncPostgresTransactions:
             await conn.execute("ROLLBACK")
             await conn.execute(postgres_runs.PREPARE_OPEN)
             cursor = await conn.execute(query)
-        conn.outside = postgres_mark.marked(conn.pgconn, outside)
+        conn.marked = postgres_mark.marked(conn.pgconn)
         return bool(await postgres_runs.last_result(cursor).fetchall())
 
     async def _open(self) -> asyncio.Semaphore:

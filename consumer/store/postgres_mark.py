@@ -15,45 +15,44 @@ report the setting, the status alone tells (:func:`marked`).
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from psycopg import pq
 from psycopg.pq import TransactionStatus
 
 SETTING = b"default_transaction_read_only"
-#: The opening for a session whose own value is not ``on`` (the usual), and for one whose is.
+#: The statements opening a marked transaction (one query string, or its start).
 OPENING = f"BEGIN; SET LOCAL {SETTING.decode()} = on"
-OPENING_READ_ONLY_SESSION = f"BEGIN; SET LOCAL {SETTING.decode()} = off"
+#: The setting's value while the mark holds.
+ON = b"on"
 #: libpq's transaction status as plain ints (an enum comparison costs three times more, and
 #: the status is read after every handler).
 IDLE = int(TransactionStatus.IDLE)
 IN_TRANSACTION = int(TransactionStatus.INTRANS)
 
 
-def opening(pgconn: pq.abc.PGconn) -> tuple[str, bytes | None]:
-    """The statements opening a marked transaction (``BEGIN; SET LOCAL …``, one query
-    string), and the session's own value of the setting, as libpq holds it before them,
-    for :func:`ended`."""
-    outside = pgconn.parameter_status(SETTING)
-    return (OPENING_READ_ONLY_SESSION if outside == b"on" else OPENING), outside
+def marked(pgconn: pq.abc.PGconn) -> bool:
+    """After :data:`OPENING` ran: whether the mark shows (libpq holds the flipped value), for
+    :func:`ended`. A server or a proxy that does not report the setting leaves the status
+    alone to tell, rather than every transaction looking ended."""
+    return pgconn.parameter_status(SETTING) == ON
 
 
-def marked(pgconn: pq.abc.PGconn, outside: bytes | None) -> bytes | None:
-    """After the opening ran: ``outside`` if the mark shows (libpq holds the flipped value),
-    else None, for :func:`ended`: a server or a proxy that does not report the setting leaves
-    the status alone to tell, rather than every transaction looking ended."""
-    if outside is None or pgconn.parameter_status(SETTING) == outside:
-        return None
-    return outside
+def begin(db: psycopg.Connection[Any]) -> bool:
+    """Open a marked transaction on ``db`` (in autocommit mode); whether the mark shows."""
+    db.execute(OPENING)
+    return marked(db.pgconn)
 
 
-def ended(pgconn: pq.abc.PGconn, outside: bytes | None) -> bool:
-    """The transaction :func:`opening` opened has ended (a handler's ``COMMIT``, ``ROLLBACK``
-    or ``END`` statement): libpq reports no transaction, or one in progress under the
-    session's own value (``outside``) again, as after ``COMMIT; BEGIN``. No round trip. A
-    failed transaction is not ended: the server reverts the setting when the transaction
-    fails, before its ROLLBACK (that state is the caller's to handle). A lost connection
-    reads UNKNOWN: not ended either (its error surfaces at the next statement)."""
+def ended(pgconn: pq.abc.PGconn, is_marked: bool) -> bool:
+    """The transaction :data:`OPENING` opened (:func:`marked` said ``is_marked``) has ended (a
+    handler's ``COMMIT``, ``ROLLBACK`` or ``END`` statement): libpq reports no transaction, or
+    one in progress with the setting back to the session's value, as after ``COMMIT; BEGIN``.
+    No round trip. A failed transaction is not ended: the server reverts the setting when the
+    transaction fails, before its ROLLBACK (that state is the caller's to handle). A lost
+    connection reads UNKNOWN: not ended either (its error surfaces at the next statement)."""
     status = pgconn.transaction_status
     if status == IDLE:
         return True
-    return (status == IN_TRANSACTION and outside is not None
-            and pgconn.parameter_status(SETTING) == outside)
+    return is_marked and status == IN_TRANSACTION and pgconn.parameter_status(SETTING) != ON

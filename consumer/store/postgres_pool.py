@@ -76,10 +76,9 @@ class RunsOpening:
     def __init__(self) -> None:
         self._literals: dict[str, str] = {}
 
-    def query(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], begin: str,
-              group: str, now: float, ordered: Sequence[Run]) -> str:
-        """The opening's query string for runs in key order after ``begin`` (the statements
-        opening the transaction), names quoted for ``conn``."""
+    def query(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], group: str,
+              now: float, ordered: Sequence[Run]) -> str:
+        """The opening's query string for runs in key order, names quoted for ``conn``."""
         literals = self._literals
 
         def literal(text: str) -> str:
@@ -87,7 +86,7 @@ class RunsOpening:
                 quoted = literals[text] = sql.Literal(text).as_string(conn)
             return quoted
 
-        return postgres_runs.open_query(begin, group, now, ordered, literal)
+        return postgres_runs.open_query(group, now, ordered, literal)
 
 
 class MessageConnection(psycopg.Connection[Any]):
@@ -102,8 +101,8 @@ class MessageConnection(psycopg.Connection[Any]):
     handling = False
     #: The runs' claim was prepared on this connection (:class:`RunsOpening`).
     runs_prepared = False
-    #: The session's own default_transaction_read_only when the transaction opened (:func:`ended`).
-    outside: bytes | None = None
+    #: The open transaction shows its mark (:func:`ended`).
+    marked = False
 
     def commit(self) -> None:
         if self.handling:
@@ -316,13 +315,12 @@ class PostgresTransactions:
         """Open the transaction with the claim of ``runs`` (:class:`RunsOpening`); the keys
         that were new."""
         ordered = postgres_runs.in_key_order(runs)
-        begin, outside = postgres_mark.opening(conn.pgconn)
-        query = self._opening.query(conn, begin, group, now, ordered)
+        query = self._opening.query(conn, group, now, ordered)
         if not conn.runs_prepared:
             postgres_runs.prepare_open(conn)
             conn.runs_prepared = True
         rows = postgres_runs.send_open(conn, query)
-        conn.outside = postgres_mark.marked(conn.pgconn, outside)
+        conn.marked = postgres_mark.marked(conn.pgconn)
         return key_runs.new_keys(runs, postgres_runs.claimed(
             conn.execute, group, now, ordered, rows))
 
@@ -417,10 +415,10 @@ def transient(error: BaseException) -> bool:
 
 
 class AnyMarked(Protocol):
-    """A pooled connection, sync or async, that keeps its session's own value of the mark
+    """A pooled connection, sync or async, that keeps whether its transaction shows its mark
     (:mod:`consumer.store.postgres_mark`) for :func:`ended`."""
 
-    outside: bytes | None
+    marked: bool
 
     @property
     def pgconn(self) -> pq.abc.PGconn: ...
@@ -428,16 +426,14 @@ class AnyMarked(Protocol):
 
 def begin(conn: MessageConnection) -> None:
     """Open a marked transaction on ``conn`` (:mod:`consumer.store.postgres_mark`)."""
-    text, outside = postgres_mark.opening(conn.pgconn)
-    conn.execute(text)
-    conn.outside = postgres_mark.marked(conn.pgconn, outside)
+    conn.marked = postgres_mark.begin(conn)
 
 
 def ended(conn: AnyMarked) -> bool:
     """The handler ended its message's transaction with a statement (``COMMIT``, ``ROLLBACK``,
     ``END``), maybe opening one of its own after (:func:`postgres_mark.ended`). No round
     trip; a lost connection reads UNKNOWN, not ended."""
-    return postgres_mark.ended(conn.pgconn, conn.outside)
+    return postgres_mark.ended(conn.pgconn, conn.marked)
 
 
 def _by_key(claim: Claim) -> bytes:

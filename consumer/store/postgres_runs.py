@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from consumer.store import postgres_mark
 from consumer.store.key_runs import Run
 from consumer.store.postgres_literals import bytea_array, int_array, text_array
 
@@ -81,12 +82,12 @@ def in_key_order(runs: Sequence[Run]) -> list[Run]:
     return sorted(runs, key=lambda run: (run.head, run.low))
 
 
-def open_query(begin: str, group: str, now: float, ordered: Sequence[Run],
+def open_query(group: str, now: float, ordered: Sequence[Run],
                literal: Callable[[str], str]) -> str:
-    """``begin`` (the statements opening the transaction: :func:`postgres_mark.opening`) and
+    """The statements opening a marked transaction (:data:`postgres_mark.OPENING`) and
     :data:`OPEN_STATEMENT` executed for runs in key order, as one query string, its values
     written out (:mod:`consumer.store.postgres_literals`; the time as its ``repr``)."""
-    return (f"{begin}; EXECUTE {OPEN_STATEMENT}({literal(group)}, {float(now)!r}, "
+    return (f"{postgres_mark.OPENING}; EXECUTE {OPEN_STATEMENT}({literal(group)}, {float(now)!r}, "
             f"{bytea_array(r.head for r in ordered)}, {int_array(r.low for r in ordered)}, "
             f"{int_array(r.high for r in ordered)}, "
             f"{text_array((r.topic for r in ordered), literal)}, "

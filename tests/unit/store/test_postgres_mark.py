@@ -9,14 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from consumer.store.postgres_mark import (
-    IDLE,
-    IN_TRANSACTION,
-    SETTING,
-    ended,
-    marked,
-    opening,
-)
+from consumer.store.postgres_mark import IDLE, IN_TRANSACTION, OPENING, SETTING, ended, marked
 
 INERROR = 3
 
@@ -32,12 +25,8 @@ class LibpqState:
         return self.reported.get(name)
 
 
-def test_the_opening_flips_the_setting_locally_and_keeps_the_sessions_value() -> None:
-    assert opening(LibpqState(reported={SETTING: b"off"})) == (
-        "BEGIN; SET LOCAL default_transaction_read_only = on", b"off")
-    # a session whose transactions default to read-only: flipped the other way
-    assert opening(LibpqState(reported={SETTING: b"on"})) == (
-        "BEGIN; SET LOCAL default_transaction_read_only = off", b"on")
+def test_the_opening_flips_the_setting_locally() -> None:
+    assert OPENING == "BEGIN; SET LOCAL default_transaction_read_only = on"
 
 
 @pytest.mark.parametrize(("state", "is_ended"), [
@@ -49,21 +38,19 @@ def test_the_opening_flips_the_setting_locally_and_keeps_the_sessions_value() ->
 ], ids=["idle", "another-transaction", "ours", "failed"])
 def test_the_end_is_no_transaction_or_one_under_the_sessions_own_value(
         state: LibpqState, is_ended: bool) -> None:
-    assert ended(state, b"off") is is_ended
+    assert ended(state, True) is is_ended
 
 
 def test_a_server_reporting_no_setting_is_told_by_the_status_alone() -> None:
-    assert opening(LibpqState())[1] is None
-    assert ended(LibpqState(IN_TRANSACTION), None) is False
-    assert ended(LibpqState(IDLE), None) is True
+    assert marked(LibpqState(IN_TRANSACTION)) is False
+    assert ended(LibpqState(IN_TRANSACTION), False) is False
+    assert ended(LibpqState(IDLE), False) is True
 
 
 def test_a_mark_that_does_not_show_leaves_the_status_alone_to_tell() -> None:
     """A proxy that swallows the server's reports: libpq still holds the session's value
     inside the transaction. Compared with it, every transaction would look ended."""
     unreported = LibpqState(IN_TRANSACTION, {SETTING: b"off"})
-    assert marked(unreported, b"off") is None
-    assert ended(unreported, marked(unreported, b"off")) is False
-    reported = LibpqState(IN_TRANSACTION, {SETTING: b"on"})
-    assert marked(reported, b"off") == b"off"
-    assert marked(reported, None) is None
+    assert marked(unreported) is False
+    assert ended(unreported, marked(unreported)) is False
+    assert marked(LibpqState(IN_TRANSACTION, {SETTING: b"on"})) is True

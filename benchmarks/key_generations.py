@@ -18,7 +18,11 @@ page cache). Each store runs four variants, each in a database of its own:
   in-memory Bloom filter of it (:class:`Bloom`, built once by reading the sealed keys) says it
   may hold, before the insert, which leaves them out: on PostgreSQL in the insert's own
   statement (one round trip a batch, as the one table's); the filter's checks are inside the
-  batch's time.
+  batch's time;
+* ``generation-column``: the filter's way, but both generations are one table whose primary
+  key leads with a generation number, ``(group_id, generation, key)``: the sealed keys are
+  generation 0, the measured ones generation 1. A new key's index page is then one of the
+  current generation's few, as in a table of its own, and no claim needs a table name.
 
 Every generation table is the one table's DDL under another name (primary key and age index).
 The ballast is written in SQL: PostgreSQL ``decode(md5(i::text), 'hex')`` then ``VACUUM
@@ -62,7 +66,8 @@ from typing import Any, Protocol
 from benchmarks.stats import Spread, met
 
 STORES = ("sqlite", "postgres")
-VARIANTS = ("empty", "one-table", "generations-query", "generations-filter")
+VARIANTS = ("empty", "one-table", "generations-query", "generations-filter",
+            "generation-column")
 GROUP = "bench"
 TOPIC = "bench-topic"
 BALLAST_TOPIC = "ballast"
@@ -71,6 +76,11 @@ GOAL_RATIO = 0.9
 ONE_TABLE = "consumer_processed_keys"
 CURRENT = "consumer_processed_keys_current"
 SEALED = "consumer_processed_keys_sealed"
+#: ``generation-column``'s one table, and its two generations as "table" names
+#: (:func:`generation_of`).
+GENERATIONS_TABLE = "consumer_processed_keys_gen"
+CURRENT_COLUMN = f"{GENERATIONS_TABLE}:1"
+SEALED_COLUMN = f"{GENERATIONS_TABLE}:0"
 #: Keys per ``DELETE`` when a run's keys leave the full table.
 FORGET_CHUNK = 10_000
 SQLITE_CACHE_KB = 65_536
@@ -140,6 +150,13 @@ class Bloom:
         return float((1 - math.exp(-self.probes * keys / self.size)) ** self.probes)
 
 
+def generation_of(table: str) -> tuple[str, int | None]:
+    """A "table" of ``generation-column`` (``name:generation``) as its table and generation;
+    any other table, as itself and None."""
+    name, _, generation = table.partition(":")
+    return name, int(generation) if generation else None
+
+
 # --- the databases ---------------------------------------------------------------------------
 
 
@@ -168,24 +185,45 @@ POSTGRES_TABLE = """CREATE TABLE {table} (
     partition integer NOT NULL, "offset" bigint NOT NULL,
     processed_at double precision NOT NULL,
     PRIMARY KEY (group_id, key))"""
-POSTGRES_AGE_INDEX = "CREATE INDEX {table}_group_age ON {table} (group_id, processed_at)"
-POSTGRES_FILL = """INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at)
-    SELECT %s, decode(md5(i::text), 'hex'), %s, 0, i, extract(epoch from now())
+POSTGRES_GENERATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
+    group_id text NOT NULL, generation integer NOT NULL, key bytea NOT NULL,
+    topic text NOT NULL, partition integer NOT NULL, "offset" bigint NOT NULL,
+    processed_at double precision NOT NULL,
+    PRIMARY KEY (group_id, generation, key))"""
+POSTGRES_AGE_INDEX = """CREATE INDEX IF NOT EXISTS {table}_group_age
+    ON {table} (group_id, processed_at)"""
+POSTGRES_FILL = """INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at
+        {gen_col})
+    SELECT %s, decode(md5(i::text), 'hex'), %s, 0, i, extract(epoch from now()) {gen_val}
     FROM generate_series(1, %s) AS i"""
-POSTGRES_INSERT = """INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at)
-    SELECT %s, k, %s, %s, o, %s FROM unnest(%s::bytea[], %s::bigint[]) AS u(k, o)
+POSTGRES_INSERT = """INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at
+        {gen_col})
+    SELECT %s, k, %s, %s, o, %s {gen_val} FROM unnest(%s::bytea[], %s::bigint[]) AS u(k, o)
     ON CONFLICT DO NOTHING RETURNING key"""
 #: The same, but not the keys the sealed generation holds among ``flagged`` (the filter's):
 #: one statement, so one round trip. The sealed table is written no more, so the statement's
 #: snapshot sees all it will ever hold.
 POSTGRES_INSERT_UNLESS_SEALED = """WITH sealed AS (
-        SELECT key FROM {sealed} WHERE group_id = %s AND key = ANY(%s::bytea[]))
-    INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at)
-    SELECT %s, k, %s, %s, o, %s FROM unnest(%s::bytea[], %s::bigint[]) AS u(k, o)
+        SELECT key FROM {sealed} WHERE group_id = %s {sealed_where}
+            AND key = ANY(%s::bytea[]))
+    INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at {gen_col})
+    SELECT %s, k, %s, %s, o, %s {gen_val} FROM unnest(%s::bytea[], %s::bigint[]) AS u(k, o)
     WHERE k NOT IN (SELECT key FROM sealed)
     ON CONFLICT DO NOTHING RETURNING key"""
-POSTGRES_HELD = "SELECT key FROM {table} WHERE group_id = %s AND key = ANY(%s::bytea[])"
-POSTGRES_FORGET = "DELETE FROM {table} WHERE group_id = %s AND key = ANY(%s::bytea[])"
+POSTGRES_HELD = ("SELECT key FROM {table} WHERE group_id = %s {gen_where} "
+                 "AND key = ANY(%s::bytea[])")
+POSTGRES_FORGET = ("DELETE FROM {table} WHERE group_id = %s {gen_where} "
+                   "AND key = ANY(%s::bytea[])")
+
+
+def sql(template: str, table: str, **more: str) -> str:
+    """``template`` for ``table``, which may be a generation of ``generation-column``'s table
+    (:func:`generation_of`): then its column, value and condition are filled in."""
+    name, generation = generation_of(table)
+    if generation is None:
+        return template.format(table=name, gen_col="", gen_val="", gen_where="", **more)
+    return template.format(table=name, gen_col=", generation", gen_val=f", {generation}",
+                           gen_where=f"AND generation = {generation}", **more)
 
 
 class Postgres:
@@ -202,20 +240,24 @@ class Postgres:
         return cursor.fetchall() if cursor.description else []
 
     def create_table(self, table: str) -> None:
-        self._run(POSTGRES_TABLE.format(table=table))
-        self._run(POSTGRES_AGE_INDEX.format(table=table))
+        name, generation = generation_of(table)
+        self._run((POSTGRES_TABLE if generation is None else POSTGRES_GENERATIONS_TABLE)
+                  .format(table=name))
+        self._run(POSTGRES_AGE_INDEX.format(table=name))
 
     def fill(self, table: str, keys: int) -> None:
-        self._run(POSTGRES_FILL.format(table=table), (GROUP, BALLAST_TOPIC, keys))
-        self._run(f"VACUUM ANALYZE {table}")
+        self._run(sql(POSTGRES_FILL, table), (GROUP, BALLAST_TOPIC, keys))
+        self._run(f"VACUUM ANALYZE {generation_of(table)[0]}")
 
     def table_mb(self, table: str) -> float:
-        return float(self._run("SELECT pg_total_relation_size(%s)", (table,))[0][0]) / 1e6
+        return float(self._run("SELECT pg_total_relation_size(%s)",
+                               (generation_of(table)[0],))[0][0]) / 1e6
 
     def keys(self, table: str) -> Iterator[bytes]:
         with self._db.transaction(), self._db.cursor(name="sealed_keys") as cursor:
             cursor.itersize = 100_000
-            cursor.execute(f"SELECT key FROM {table} WHERE group_id = %s", (GROUP,))
+            cursor.execute(sql("SELECT key FROM {table} WHERE group_id = %s {gen_where}", table),
+                           (GROUP,))
             for (key,) in cursor:
                 yield bytes(key)
 
@@ -224,7 +266,7 @@ class Postgres:
 
     def insert(self, table: str, keys: Sequence[bytes], offsets: Sequence[int],
                now: float) -> list[bytes]:
-        rows = self._run(POSTGRES_INSERT.format(table=table),
+        rows = self._run(sql(POSTGRES_INSERT, table),
                          (GROUP, TOPIC, 0, now, list(keys), list(offsets)))
         return [bytes(row[0]) for row in rows]
 
@@ -232,26 +274,34 @@ class Postgres:
                            now: float, sealed: str, flagged: Sequence[bytes]) -> list[bytes]:
         if not flagged:
             return self.insert(table, keys, offsets, now)
-        rows = self._run(POSTGRES_INSERT_UNLESS_SEALED.format(table=table, sealed=sealed),
+        sealed_name, sealed_generation = generation_of(sealed)
+        sealed_where = "" if sealed_generation is None else f"AND generation = {sealed_generation}"
+        rows = self._run(sql(POSTGRES_INSERT_UNLESS_SEALED, table, sealed=sealed_name,
+                             sealed_where=sealed_where),
                          (GROUP, list(flagged), GROUP, TOPIC, 0, now, list(keys),
                           list(offsets)))
         return [bytes(row[0]) for row in rows]
 
     def held(self, table: str, keys: Sequence[bytes]) -> set[bytes]:
-        rows = self._run(POSTGRES_HELD.format(table=table), (GROUP, list(keys)))
+        rows = self._run(sql(POSTGRES_HELD, table), (GROUP, list(keys)))
         return {bytes(row[0]) for row in rows}
 
     def commit(self) -> None:
         self._run("COMMIT")
 
     def empty_table(self, table: str) -> None:
-        self._run(f"TRUNCATE {table}")
+        name, generation = generation_of(table)
+        if generation is None:
+            self._run(f"TRUNCATE {name}")
+        else:
+            self._run(f"DELETE FROM {name} WHERE generation = {generation}")
+            self._run(f"VACUUM {name}")
 
     def forget(self, table: str, keys: Sequence[bytes]) -> None:
         for first in range(0, len(keys), FORGET_CHUNK):
-            self._run(POSTGRES_FORGET.format(table=table),
+            self._run(sql(POSTGRES_FORGET, table),
                       (GROUP, list(keys[first:first + FORGET_CHUNK])))
-        self._run(f"VACUUM {table}")
+        self._run(f"VACUUM {generation_of(table)[0]}")
 
     def settle(self) -> None:
         if self.checkpoint:
@@ -265,14 +315,21 @@ SQLITE_TABLE = """CREATE TABLE {table} (
     group_id TEXT NOT NULL, key BLOB NOT NULL, topic TEXT NOT NULL,
     partition INTEGER NOT NULL, "offset" INTEGER NOT NULL, processed_at REAL NOT NULL,
     PRIMARY KEY (group_id, key))"""
-SQLITE_AGE_INDEX = "CREATE INDEX {table}_group_age ON {table} (group_id, processed_at)"
+SQLITE_GENERATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
+    group_id TEXT NOT NULL, generation INTEGER NOT NULL, key BLOB NOT NULL,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    processed_at REAL NOT NULL,
+    PRIMARY KEY (group_id, generation, key))"""
+SQLITE_AGE_INDEX = """CREATE INDEX IF NOT EXISTS {table}_group_age
+    ON {table} (group_id, processed_at)"""
 SQLITE_FILL = """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
-    INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at)
-    SELECT ?, randomblob(16), ?, 0, i, ? FROM n"""
-SQLITE_INSERT = """INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at)
-    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"""
-SQLITE_HELD = "SELECT 1 FROM {table} WHERE group_id = ? AND key = ?"
-SQLITE_FORGET = "DELETE FROM {table} WHERE group_id = ? AND key = ?"
+    INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at {gen_col})
+    SELECT ?, randomblob(16), ?, 0, i, ? {gen_val} FROM n"""
+SQLITE_INSERT = """INSERT INTO {table} (group_id, key, topic, partition, "offset", processed_at
+        {gen_col})
+    VALUES (?, ?, ?, ?, ?, ? {gen_val}) ON CONFLICT DO NOTHING"""
+SQLITE_HELD = "SELECT 1 FROM {table} WHERE group_id = ? {gen_where} AND key = ?"
+SQLITE_FORGET = "DELETE FROM {table} WHERE group_id = ? {gen_where} AND key = ?"
 
 
 class SQLite:
@@ -286,15 +343,18 @@ class SQLite:
         self._cursor = self._db.cursor()
 
     def create_table(self, table: str) -> None:
-        self._db.execute(SQLITE_TABLE.format(table=table))
-        self._db.execute(SQLITE_AGE_INDEX.format(table=table))
+        name, generation = generation_of(table)
+        self._db.execute((SQLITE_TABLE if generation is None else SQLITE_GENERATIONS_TABLE)
+                         .format(table=name))
+        self._db.execute(SQLITE_AGE_INDEX.format(table=name))
 
     def fill(self, table: str, keys: int) -> None:
         self._db.execute(f"PRAGMA cache_size = -{SQLITE_FILL_CACHE_KB}")
-        self._db.execute(SQLITE_FILL.format(table=table), (keys, GROUP, BALLAST_TOPIC, time.time()))
+        self._db.execute(sql(SQLITE_FILL, table), (keys, GROUP, BALLAST_TOPIC, time.time()))
         self._db.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KB}")
 
     def table_mb(self, table: str) -> float:
+        table = generation_of(table)[0]
         try:
             row = self._db.execute("SELECT sum(pgsize) FROM dbstat WHERE name = ? OR name LIKE ?",
                                    (table, f"sqlite_autoindex_{table}_%")).fetchone()
@@ -306,7 +366,8 @@ class SQLite:
             return float(pages * self._db.execute("PRAGMA page_size").fetchone()[0]) / 1e6
 
     def keys(self, table: str) -> Iterator[bytes]:
-        for (key,) in self._db.execute(f"SELECT key FROM {table} WHERE group_id = ?", (GROUP,)):
+        for (key,) in self._db.execute(
+                sql("SELECT key FROM {table} WHERE group_id = ? {gen_where}", table), (GROUP,)):
             yield key
 
     def begin(self) -> None:
@@ -314,9 +375,9 @@ class SQLite:
 
     def insert(self, table: str, keys: Sequence[bytes], offsets: Sequence[int],
                now: float) -> list[bytes]:
-        sql, cursor, new = SQLITE_INSERT.format(table=table), self._cursor, []
+        statement, cursor, new = sql(SQLITE_INSERT, table), self._cursor, []
         for key, offset in zip(keys, offsets, strict=True):
-            cursor.execute(sql, (GROUP, key, TOPIC, 0, offset, now))
+            cursor.execute(statement, (GROUP, key, TOPIC, 0, offset, now))
             if cursor.rowcount == 1:
                 new.append(key)
         return new
@@ -328,18 +389,18 @@ class SQLite:
         return self.insert(table, [k for k, _ in pairs], [o for _, o in pairs], now)
 
     def held(self, table: str, keys: Sequence[bytes]) -> set[bytes]:
-        sql, cursor = SQLITE_HELD.format(table=table), self._cursor
-        return {key for key in keys if cursor.execute(sql, (GROUP, key)).fetchone()}
+        statement, cursor = sql(SQLITE_HELD, table), self._cursor
+        return {key for key in keys if cursor.execute(statement, (GROUP, key)).fetchone()}
 
     def commit(self) -> None:
         self._cursor.execute("COMMIT")
 
     def empty_table(self, table: str) -> None:
-        self._db.execute(f"DELETE FROM {table}")
+        self._db.execute(sql("DELETE FROM {table} WHERE true {gen_where}", table))
 
     def forget(self, table: str, keys: Sequence[bytes]) -> None:
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany(SQLITE_FORGET.format(table=table), ((GROUP, k) for k in keys))
+        self._db.executemany(sql(SQLITE_FORGET, table), ((GROUP, k) for k in keys))
         self._db.execute("COMMIT")
 
     def settle(self) -> None:
@@ -427,11 +488,13 @@ class Variant:
 
 def prepare(name: str, db: Database, keys: int, hash_name: str) -> Variant:
     """The variant's tables, filled; for ``generations-filter``, the sealed table's filter."""
-    generations = name.startswith("generations")
-    variant = Variant(name, db, CURRENT if generations else ONE_TABLE, keys=0)
-    for table in (CURRENT, SEALED) if generations else (ONE_TABLE,):
+    column = name == "generation-column"
+    generations = name.startswith("generations") or column
+    current, sealed = (CURRENT_COLUMN, SEALED_COLUMN) if column else (CURRENT, SEALED)
+    variant = Variant(name, db, current if generations else ONE_TABLE, keys=0)
+    for table in (current, sealed) if generations else (ONE_TABLE,):
         db.create_table(table)
-    full = SEALED if generations else ONE_TABLE if name == "one-table" else None
+    full = sealed if generations else ONE_TABLE if name == "one-table" else None
     if full is None:
         return variant
     began = time.monotonic()
@@ -439,13 +502,13 @@ def prepare(name: str, db: Database, keys: int, hash_name: str) -> Variant:
     variant.fill_s = time.monotonic() - began
     variant.full_mb, variant.keys = db.table_mb(full), keys
     variant.full = full
-    variant.sealed = SEALED if generations else None
+    variant.sealed = sealed if generations else None
     say(f"{name}: {keys:,} keys written to {full} in {variant.fill_s:.1f} s "
         f"({variant.full_mb:,.0f} MB with its indexes)")
-    if name == "generations-filter":
+    if name in ("generations-filter", "generation-column"):
         began = time.monotonic()
         variant.bloom = Bloom(keys, hash_name=hash_name)
-        added = variant.bloom.add_all(db.keys(SEALED))
+        added = variant.bloom.add_all(db.keys(sealed))
         variant.bloom_s = time.monotonic() - began
         if added != keys:
             raise RuntimeError(f"the filter read {added:,} keys of {keys:,}")

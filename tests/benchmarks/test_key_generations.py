@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.key_generations import CURRENT, SEALED, Bloom, SQLite
+from benchmarks.key_generations import (
+    CURRENT,
+    CURRENT_COLUMN,
+    SEALED,
+    SEALED_COLUMN,
+    Bloom,
+    SQLite,
+)
 
 
 @pytest.mark.parametrize("hash_name", ["slice", "blake2b"])
@@ -29,19 +36,23 @@ def test_more_probes_than_a_key_has_bits_are_refused() -> None:
         Bloom(10_000_000, bits_per_key=16, probes=5)
 
 
-def test_a_key_the_sealed_generation_holds_is_left_out_of_the_claim(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("current", "sealed"), [(CURRENT, SEALED),
+                                                (CURRENT_COLUMN, SEALED_COLUMN)])
+def test_a_key_the_sealed_generation_holds_is_left_out_of_the_claim(
+        tmp_path: Path, current: str, sealed: str) -> None:
     db = SQLite(tmp_path / "generations.db")
     try:
-        for table in (CURRENT, SEALED):
+        for table in (current, sealed):
             db.create_table(table)
         old, new = os.urandom(16), os.urandom(16)
         db.begin()
-        db.insert(SEALED, [old], [0], 1.0)
+        db.insert(sealed, [old], [0], 1.0)
         db.commit()
         db.begin()
-        claimed = db.insert_unless_held(CURRENT, [old, new], [1, 2], 2.0, SEALED, [old, new])
+        claimed = db.insert_unless_held(current, [old, new], [1, 2], 2.0, sealed, [old, new])
         db.commit()
         assert claimed == [new]
-        assert list(db.keys(CURRENT)) == [new]
+        assert list(db.keys(current)) == [new]
+        assert list(db.keys(sealed)) == [old]
     finally:
         db.close()

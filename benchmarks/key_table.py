@@ -89,10 +89,12 @@ class Variant:
 SERVER_URLS = {"postgres": "CONSUMER_TEST_POSTGRES_DSN", "mariadb": "CONSUMER_TEST_MARIADB_URL"}
 #: The ballast: ``keys`` random 16-byte keys of a group (``%s``: group, topic, time stamp).
 FILL = {
+    # One sealed generation (consumer.store.key_generations) per statement, as the store
+    # leaves them: GENERATION_KEYS keys each (:func:`fill`).
     "sqlite": """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {keys})
                  INSERT INTO consumer_processed_keys
-                     (group_id, key, topic, partition, "offset", processed_at)
-                 SELECT %s, randomblob(16), %s, 0, i, %s FROM n""",
+                     (group_id, generation, key, topic, partition, "offset", processed_at)
+                 SELECT %s, {generation}, randomblob(16), %s, 0, i, %s FROM n""",
     "postgres": """INSERT INTO consumer_processed_keys
                        (group_id, key, topic, partition, "offset", processed_at)
                    SELECT %s, decode(md5(i::text), 'hex'), %s, 0, i, %s
@@ -120,6 +122,9 @@ FILL_RUNS = {
                   SELECT %s, SUBSTRING(UNHEX(MD5(seq)), 1, 10) AS h, 0, 999, %s, 0, 0, 999, %s
                   FROM seq_1_to_{runs} ORDER BY h""",
 }
+#: The SQLite ballast's generations, each sealed (``%s``: group, generation, keys, time).
+SEALED_GENERATION = """INSERT INTO consumer_key_generations (group_id, generation, keys, newest_at)
+    VALUES (%s, %s, %s, %s)"""
 #: Run before the fill (SQLite: a 1 GB page cache for it) and after it (the planners' figures).
 BEFORE_FILL = {"sqlite": ["PRAGMA cache_size = -1000000"]}
 AFTER_FILL = {"postgres": ["VACUUM ANALYZE consumer_processed_keys",
@@ -140,6 +145,11 @@ TABLE_BYTES = {
 FORGET_RUN = ["DELETE FROM consumer_processed_keys WHERE group_id = %s AND topic = %s",
               "DELETE FROM consumer_checkpoints WHERE group_id = %s"]
 FORGET_RUNS = "DELETE FROM consumer_processed_runs WHERE group_id = %s AND topic = %s"
+#: SQLite: the generations the runs' keys filled, left empty by FORGET_RUN (the ballast's stay),
+#: so every run starts a current generation of its own after the ballast's.
+FORGET_GENERATIONS = """DELETE FROM consumer_key_generations AS g WHERE group_id = %s
+    AND NOT EXISTS (SELECT 1 FROM consumer_processed_keys AS k
+                    WHERE k.group_id = g.group_id AND k.generation = g.generation)"""
 
 
 def server_url(store: str) -> str:
@@ -225,12 +235,32 @@ def fill(store: str, url: str, group: str, keys: int) -> None:
     with connected(store, url) as db:
         for sql in BEFORE_FILL.get(store, []):
             db.execute(sql)
-        db.execute(FILL[store].format(keys=int(keys)), (group, BALLAST_TOPIC, time.time()))
+        if store == "sqlite":
+            _fill_generations(db, group, keys)
+        else:
+            db.execute(FILL[store].format(keys=int(keys)), (group, BALLAST_TOPIC, time.time()))
         if store in FILL_RUNS and _has_runs(store, db):
             db.execute(FILL_RUNS[store].format(runs=max(1, int(keys) // 1000)),
                        (group, BALLAST_TOPIC, time.time()))
         for sql in AFTER_FILL.get(store, []):
             db.execute(sql)
+
+
+def _fill_generations(db: Any, group: str, keys: int) -> None:
+    """The SQLite ballast as the store holds that many keys: sealed generations of
+    GENERATION_KEYS keys each (the last may hold fewer), numbered from 1; the runs' keys go
+    into the current generation the store starts after them."""
+    from consumer.store.key_generations import GENERATION_KEYS
+
+    left, generation = int(keys), 1
+    while left > 0:
+        count = min(left, GENERATION_KEYS)
+        now = time.time()
+        db.execute(FILL["sqlite"].format(keys=count, generation=generation),
+                   (group, BALLAST_TOPIC, now))
+        db.execute(SEALED_GENERATION, (group, generation, count, now))
+        left -= count
+        generation += 1
 
 
 def table_size_mb(store: str, url: str) -> float:
@@ -251,6 +281,8 @@ def forget_run(store: str, url: str, group: str, run_topic: str) -> None:
         db.execute(FORGET_RUN[1], (group,))
         if _has_runs(store, db):
             db.execute(FORGET_RUNS, (group, run_topic))
+        if store == "sqlite":
+            db.execute(FORGET_GENERATIONS, (group,))
 
 
 def _has_runs(store: str, db: Any) -> bool:

@@ -32,10 +32,11 @@ GROUP = "bench"
 TOPIC = "bench-topic"
 PARTITIONS = 6
 
-#: The baseline: one INSERT per key, as the store claimed before (``executemany``).
+#: The baseline: one INSERT per key, as the store claimed before (``executemany``), into the
+#: group's first generation, where the store's claims go too.
 ONE_PER_KEY = """INSERT INTO consumer_processed_keys
-                     (group_id, key, topic, partition, "offset", processed_at)
-                 VALUES (?, ?, ?, ?, ?, ?)"""
+                     (group_id, generation, key, topic, partition, "offset", processed_at)
+                 VALUES (?, 1, ?, ?, ?, ?, ?)"""
 
 
 def one_per_key(store: SQLiteStore, claims: Sequence[Claim], now: float) -> None:

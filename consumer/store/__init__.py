@@ -29,6 +29,7 @@ from consumer.store.base import (
     Store,
 )
 from consumer.store.claim_batch import ClaimBatch
+from consumer.store.key_generations import GENERATION_KEYS
 
 if TYPE_CHECKING:
     from consumer.settings import StoreSettings
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 def open_store(url: str, *, sqlite_synchronous: str = "FULL",
                sqlite_busy_timeout: float = 60.0,
                sqlite_cache_mb: int = 64,
+               sqlite_generation_keys: int = GENERATION_KEYS,
                postgres: PostgresSession | None = None,
                mariadb_lock_wait_timeout: int = 10,
                mariadb_idle_transaction_timeout: int = 60) -> Store:
@@ -50,7 +52,8 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL",
         path = path[1:] if path.startswith("/") else path
         return SQLiteStore(path or ":memory:", synchronous=sqlite_synchronous,
                            busy_timeout_ms=int(sqlite_busy_timeout * 1000),
-                           cache_mb=sqlite_cache_mb)
+                           cache_mb=sqlite_cache_mb,
+                           generation_keys=sqlite_generation_keys)
     if url.startswith(("postgresql://", "postgres://")):
         from consumer.store.postgres import PostgresStore
 
@@ -75,6 +78,7 @@ def open_configured(settings: StoreSettings) -> Store:
         sqlite_synchronous=settings.sqlite_synchronous,
         sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds,
         sqlite_cache_mb=settings.sqlite_cache_mb,
+        sqlite_generation_keys=settings.sqlite_generation_keys,
         postgres=PostgresSession(
             lock_timeout=settings.postgres_lock_timeout_seconds,
             idle_in_transaction_timeout=settings.postgres_idle_in_transaction_timeout_seconds,

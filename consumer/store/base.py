@@ -30,7 +30,8 @@ SCHEMA_VERSION = 3
 MIGRATES_FROM = (1, 2)
 #: The SQLite store's version 4: runs of consecutive coordinates keys one batch claimed are
 #: kept as one row each (``consumer_processed_runs``, see consumer.store.sqlite_runs).
-SQLITE_SCHEMA_VERSION = 4
+#: Version 5: processed keys in generations (consumer.store.sqlite_generations).
+SQLITE_SCHEMA_VERSION = 5
 #: The PostgreSQL store's version 4: a store created at it keeps ordered coordinates keys as
 #: runs (``consumer_processed_runs``, see consumer.store.postgres_runs); a store migrated to
 #: it keeps a row per key, as its keys already claimed are.
@@ -82,6 +83,9 @@ class SchemaUpgrade:
                      "; coordinates keys stay one row each, as the keys already claimed are (a "
                      "store created by this version keeps a batch's consecutive ones as one "
                      "row, which claims them several times faster)")
+        if self.from_version < 5 <= self.to_version:
+            text += ("; the processed keys claimed before are now each group's first sealed "
+                     "generation, dropped whole once the newest of them is past the retention")
         return text
 
 

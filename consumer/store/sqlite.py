@@ -21,6 +21,7 @@ never hands a handler a statement prepared while it was allowed.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -37,7 +38,7 @@ from consumer.errors import (
     TransactionEndRefused,
 )
 from consumer.message import TP
-from consumer.store import sqlite_runs
+from consumer.store import sqlite_generations, sqlite_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
     MIGRATES_FROM,
@@ -52,26 +53,36 @@ from consumer.store.base import (
     require_version,
 )
 from consumer.store.claim_batch import ClaimBatch, EveryKey
+from consumer.store.key_generations import GENERATION_KEYS, GroupKeys
 from consumer.store.sqlite_turns import WriterTurns
+
+log = logging.getLogger("consumer.store")
 
 #: The store's own transaction statements (see the module's docstring).
 BEGIN = "BEGIN IMMEDIATE /* checkpoint-consumer */"
 COMMIT = "COMMIT /* checkpoint-consumer */"
+#: A read transaction: a snapshot that writers of the file do not wait for (WAL).
+BEGIN_READ = "BEGIN DEFERRED /* checkpoint-consumer */"
 ROLLBACK = "ROLLBACK /* checkpoint-consumer */"
-#: One processed key, only if it is new (the row count says which): neither in the table nor
-#: in a run. Parameters: group, key, topic, partition, offset, time.
+#: One processed key into the current generation, only if it is new there (the row count says
+#: which) and in no run; the claim has asked the sealed generations first. Parameters: group,
+#: key, topic, partition, offset, time, generation.
 CLAIM_UNLESS_PROCESSED = f"""INSERT INTO consumer_processed_keys
-               (group_id, key, topic, partition, "offset", processed_at)
-           SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE {sqlite_runs.uncovered("?1", "?2")}
+               (group_id, key, topic, partition, "offset", processed_at, generation)
+           SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE {sqlite_runs.uncovered("?1", "?2")}
            ON CONFLICT DO NOTHING"""
-#: One new processed key, unless a run covers it (then no row): fails on a key of the table.
-#: Parameters: group, key, topic, partition, offset, time. One statement per key: keys that
-#: are not in runs are mostly digests (header and function keys), which land all over the key
-#: index, and for those one prepared statement per key measured 15% faster a batch than
-#: statements of 200 rows each (``python -m benchmarks.sqlite_claim --key-kind digest``).
+#: One new processed key into the current generation, unless a run covers it (then no row):
+#: fails on a key the generation holds. Parameters: group, key, topic, partition, offset,
+#: time, generation. One statement per key: keys that are not in runs are mostly digests
+#: (header and function keys), which land all over the key index, and for those one prepared
+#: statement per key measured 15% faster a batch than statements of 200 rows each
+#: (``python -m benchmarks.sqlite_claim --key-kind digest``).
 CLAIM_NEW_KEY = f"""INSERT INTO consumer_processed_keys
-               (group_id, key, topic, partition, "offset", processed_at)
-           SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE {sqlite_runs.uncovered("?1", "?2")}"""
+               (group_id, key, topic, partition, "offset", processed_at, generation)
+           SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE {sqlite_runs.uncovered("?1", "?2")}"""
+#: Forget one key of group ?1, whichever generation holds it.
+UNCLAIM_KEY = f"""DELETE FROM consumer_processed_keys WHERE group_id = ?1
+    AND generation IN ({sqlite_generations.OF_GROUP.format(G="?1")}) AND key = ?2"""
 
 SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS consumer_schema (version INTEGER NOT NULL,
@@ -81,11 +92,13 @@ SCHEMA = [
         next_offset INTEGER, epoch INTEGER NOT NULL, updated_at REAL NOT NULL, topic_id TEXT,
         PRIMARY KEY (group_id, topic, partition))""",
     """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
-        group_id TEXT NOT NULL, key BLOB NOT NULL, topic TEXT NOT NULL,
-        partition INTEGER NOT NULL, "offset" INTEGER NOT NULL, processed_at REAL NOT NULL,
-        PRIMARY KEY (group_id, key))""",
+        group_id TEXT NOT NULL, generation INTEGER NOT NULL, key BLOB NOT NULL,
+        topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+        processed_at REAL NOT NULL,
+        PRIMARY KEY (group_id, generation, key))""",
     """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
-        ON consumer_processed_keys (group_id, processed_at)""",
+        ON consumer_processed_keys (group_id, generation, processed_at)""",
+    sqlite_generations.TABLE,
     # Groups whose keys were claimed under version 1 (not scoped to their topic yet).
     "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id TEXT PRIMARY KEY)",
     sqlite_runs.TABLE,
@@ -107,10 +120,10 @@ MIGRATE_FROM_2 = [
     f"DEFAULT '{DIGEST_COORDINATES}'",
 ]
 #: Version 3 -> 4: ``consumer_processed_runs`` (created with the rest of SCHEMA); the keys
-#: claimed before stay one row each.
-MIGRATE_TO_4 = [f"UPDATE consumer_schema SET version = {SQLITE_SCHEMA_VERSION}"]
+#: claimed before stay one row each. Version 4 -> 5: sqlite_generations.MIGRATE_TO_5.
+MIGRATE_TO_CURRENT = [f"UPDATE consumer_schema SET version = {SQLITE_SCHEMA_VERSION}"]
 #: Versions this store migrates from.
-SQLITE_MIGRATES_FROM = (*MIGRATES_FROM, 3)
+SQLITE_MIGRATES_FROM = (*MIGRATES_FROM, 3, 4)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -192,7 +205,7 @@ class SQLiteStore(Store):
     schema_version = SQLITE_SCHEMA_VERSION
 
     def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000,
-                 cache_mb: int = 64):
+                 cache_mb: int = 64, generation_keys: int = GENERATION_KEYS):
         self._path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -213,6 +226,9 @@ class SQLiteStore(Store):
         self._guarded = False
         #: The transaction statement refused since the batch began (a handler's).
         self._refused_statement: str | None = None
+        self._generation_keys = generation_keys
+        #: What this store knows of each group's generations of keys.
+        self._groups: dict[str, GroupKeys] = {}
 
     def _authorize(self, action: int, first: str | None, second: str | None,
                    database: str | None, trigger: str | None) -> int:
@@ -254,10 +270,14 @@ class SQLiteStore(Store):
                 if found in (1, 2):
                     for statement in MIGRATE_FROM_2:
                         self._db.execute(statement)
+                if found in SQLITE_MIGRATES_FROM:
+                    for statement in sqlite_generations.MIGRATE_TO_5:
+                        self._db.execute(statement)
                 for statement in SCHEMA:
                     self._db.execute(statement)
                 if found in SQLITE_MIGRATES_FROM:
-                    for statement in MIGRATE_TO_4:
+                    for statement in (*sqlite_generations.MIGRATE_TO_5_AFTER_SCHEMA,
+                                      *MIGRATE_TO_CURRENT):
                         self._db.execute(statement)
                 if found is None:
                     self._db.execute(
@@ -272,7 +292,29 @@ class SQLiteStore(Store):
                 self._db.execute(ROLLBACK)
                 raise
         self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
+        if group is not None:
+            self._prime(group)
         return upgrade
+
+    def _prime(self, group: str) -> None:
+        """Read the group's sealed generations into its filters now, at start, rather than in
+        the first batch (about 1.5 s a million keys)."""
+        keys = self._groups.setdefault(group, GroupKeys(self._generation_keys))
+        began, read_before = time.monotonic(), keys.read
+        with _translated(self._path):
+            self._db.execute(BEGIN_READ)
+            try:
+                sqlite_generations.prime(self._db, group, keys)
+                self._db.execute(COMMIT)
+            except BaseException:
+                keys.rolled_back()
+                self._db.execute(ROLLBACK)
+                raise
+        keys.committed()
+        if keys.read > read_before:
+            log.info("read %d processed keys of group %s (%d sealed generations) into memory "
+                     "in %.1f s (%.0f MB of filters)", keys.read - read_before, group,
+                     len(keys.sealed), time.monotonic() - began, keys.filter_bytes / 1e6)
 
     def _scope_keys(self, group: str | None, group_scoped_topics: Collection[str], *,
                     migrated_from: int | None) -> SchemaUpgrade | None:
@@ -356,23 +398,51 @@ class SQLiteStore(Store):
         ``ON CONFLICT DO NOTHING``, its row count saying whether it is new; so do the next
         batches' claims for a while (:class:`ConflictBackoff`). A batch of stretches
         (:class:`ClaimBatch`) makes no key unless one was processed before."""
+        if not claims:
+            return set()
         with _translated(self._path):
-            if claims and self._claims_with_conflicts.plain_due():
-                if self._insert_new_keys(group, claims, now):
+            keys = self._group_keys(group, now)
+            if self._claims_with_conflicts.plain_due():
+                if self._insert_new_keys(group, claims, now, keys):
                     self._claims_with_conflicts.plain_succeeded()
                     if isinstance(claims, ClaimBatch):
                         return EveryKey(claims)
                     return {c.key for c in claims}
                 self._claims_with_conflicts.plain_conflicted()
+            held = self._held(group, keys, [c.key for c in claims])
             new = set()
-            execute = self._db.execute
+            execute, generation = self._db.execute, keys.current
             for c in claims:
-                row = (group, c.key, c.topic, c.partition, c.offset, now)
+                if c.key in held:
+                    continue
+                row = (group, c.key, c.topic, c.partition, c.offset, now, generation)
                 if execute(CLAIM_UNLESS_PROCESSED, row).rowcount == 1:
                     new.add(c.key)
+            self._claimed(group, keys, list(new))
         return new
 
-    def _insert_new_keys(self, group: str, claims: Sequence[Claim], now: float) -> bool:
+    def _group_keys(self, group: str, now: float) -> GroupKeys:
+        """The group's generations, as this transaction sees them."""
+        keys = self._groups.get(group)
+        if keys is None:
+            keys = self._groups[group] = GroupKeys(self._generation_keys)
+        sqlite_generations.refresh(self._db, group, keys, now)
+        return keys
+
+    def _held(self, group: str, keys: GroupKeys, candidates: Sequence[bytes]) -> set[bytes]:
+        """The candidates a generation holds, asked only about those the filters flag."""
+        execute = self._db.execute
+        return {key for key in keys.flagged(candidates)
+                if execute(sqlite_generations.HOLDS, (group, key)).fetchone() is not None}
+
+    def _claimed(self, group: str, keys: GroupKeys, new: Sequence[bytes]) -> None:
+        """The keys this claim inserted as rows, counted into their generation."""
+        if new:
+            keys.claimed(new)
+            self._db.execute(sqlite_generations.COUNT, (len(new), group, keys.current))
+
+    def _insert_new_keys(self, group: str, claims: Sequence[Claim], now: float,
+                         keys: GroupKeys) -> bool:
         """Every key as a new row (the runs first, so the other keys are checked against them
         too): True. False when a key was processed before (or comes twice); the rows this
         claim wrote are deleted again. That is exact, as a savepoint would be, but a savepoint
@@ -382,6 +452,9 @@ class SQLiteStore(Store):
         failed statement wrote nothing."""
         execute = self._db.execute
         runs, singles = _runs_and_singles(group, claims, now)
+        if self._held(group, keys, [c.key for c in singles]):
+            return False
+        generation = keys.current
         runs_in = keys_in = 0
         try:
             for run in runs:
@@ -390,16 +463,18 @@ class SQLiteStore(Store):
                 runs_in += 1
             for c in singles:
                 if execute(CLAIM_NEW_KEY, (group, c.key, c.topic, c.partition, c.offset,
-                                           now)).rowcount != 1:
+                                           now, generation)).rowcount != 1:
                     raise _ProcessedBefore
                 keys_in += 1
         except (sqlite3.IntegrityError, _ProcessedBefore):
             executemany = self._db.executemany
             executemany("DELETE FROM consumer_processed_runs WHERE group_id = ? "
                         "AND first_key = ?", [(group, run[1]) for run in runs[:runs_in]])
-            executemany("DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
-                        [(group, c.key) for c in singles[:keys_in]])
+            executemany("DELETE FROM consumer_processed_keys WHERE group_id = ? "
+                        "AND generation = ? AND key = ?",
+                        [(group, generation, c.key) for c in singles[:keys_in]])
             return False
+        self._claimed(group, keys, [c.key for c in singles])
         return True
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
@@ -407,8 +482,7 @@ class SQLiteStore(Store):
         with _translated(self._path):
             execute = self._db.execute
             for key in keys:
-                if execute("DELETE FROM consumer_processed_keys WHERE group_id = ? AND key = ?",
-                           (group, key)).rowcount:
+                if execute(UNCLAIM_KEY, (group, key)).rowcount:
                     continue
                 run = execute(sqlite_runs.RUN_BELOW, (group, key)).fetchone()
                 if run is not None and run[1] >= key:
@@ -471,14 +545,27 @@ class SQLiteStore(Store):
 
     def commit(self) -> None:
         self._guarded = False
-        with _translated(self._path):
-            self._db.execute(COMMIT)
+        try:
+            with _translated(self._path):
+                self._db.execute(COMMIT)
+        except BaseException:
+            self._transaction_ended(committed=False)
+            raise
+        self._transaction_ended(committed=True)
 
     def rollback(self) -> None:
         self._guarded = False
+        self._transaction_ended(committed=False)
         if self._db.in_transaction:
             with _translated(self._path):
                 self._db.execute(ROLLBACK)
+
+    def _transaction_ended(self, *, committed: bool) -> None:
+        for keys in self._groups.values():
+            if committed:
+                keys.committed()
+            else:
+                keys.rolled_back()
 
     # --- for handlers ----------------------------------------------------------------------
 
@@ -501,13 +588,28 @@ class SQLiteStore(Store):
 
     def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
         """Up to ``limit`` rows of keys, then of runs; returns the keys they held, which is
-        ``limit`` or more whenever old rows may remain (a run holds two keys or more)."""
+        ``limit`` or more whenever old rows may remain (a run holds two keys or more).
+
+        Keys go with their generation: a sealed one whole, once it was sealed before
+        ``older_than`` (its keys are older), and the current one key by key. A key of a
+        sealed generation is kept until the whole generation is past: up to the time the
+        generation took to fill beyond the retention."""
+        execute = self._db.execute
         with _translated(self._path), self._turn():
-            deleted = self._db.execute(
+            deleted = 0
+            for (generation,) in execute(sqlite_generations.PAST,
+                                         (group, older_than)).fetchall():
+                deleted += execute(sqlite_generations.DROP_KEYS,
+                                   (group, generation, limit - deleted)).rowcount
+                if deleted >= limit:
+                    return deleted
+                execute(sqlite_generations.FORGET, (group, generation))
+            current = execute(sqlite_generations.CURRENT, (group,)).fetchone()[0]
+            deleted += execute(
                 """DELETE FROM consumer_processed_keys WHERE rowid IN (
                        SELECT rowid FROM consumer_processed_keys
-                       WHERE group_id = ? AND processed_at < ? LIMIT ?)""",
-                (group, older_than, limit),
+                       WHERE group_id = ? AND generation = ? AND processed_at < ? LIMIT ?)""",
+                (group, current, older_than, limit - deleted),
             ).rowcount
             if deleted < limit:
                 deleted += sum(length for (length,) in self._db.execute(

@@ -50,7 +50,9 @@ INSERT_RUN = f"""INSERT INTO consumer_processed_runs
          processed_at)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
     WHERE NOT EXISTS (SELECT 1 FROM consumer_processed_keys
-                      WHERE group_id = ?1 AND key BETWEEN ?2 AND ?3)
+                      WHERE group_id = ?1 AND generation IN (
+                          SELECT generation FROM consumer_key_generations WHERE group_id = ?1)
+                        AND key BETWEEN ?2 AND ?3)
       AND {_LAST_KEY_BELOW.format(G="?1", K="?3")} < ?2"""
 
 #: The run that may cover a key: parameters group and key; compare ``last_key`` to the key.

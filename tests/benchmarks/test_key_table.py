@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.key_table import forget_run
-from consumer.store import Claim
+import pytest
+
+from benchmarks.key_table import fill, forget_run, prepare_schema
+from consumer.store import Claim, key_generations
 from consumer.store.sqlite import SQLiteStore
 
 
@@ -30,3 +32,31 @@ def test_forget_run_leaves_none_of_the_runs_keys_on_sqlite(tmp_path: Path) -> No
     store.rollback()
     assert len(again) == 100
     assert ballast == set()
+
+
+def test_the_sqlite_ballast_is_sealed_generations_the_store_honours(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the store leaves 7 keys in generations of 3: two full sealed ones and one of 1. A
+    run's keys go into a current generation after them, and forget_run takes it away again."""
+    monkeypatch.setattr(key_generations, "GENERATION_KEYS", 3)
+    path = tmp_path / "store.db"
+    url = f"sqlite:///{path}"
+    prepare_schema(url, "g")
+    fill("sqlite", url, "g", 7)
+    store = SQLiteStore(str(path), generation_keys=3)
+    store.ensure_schema("g")
+    rows = store.execute("SELECT generation, keys, newest_at IS NOT NULL "
+                         "FROM consumer_key_generations ORDER BY generation").fetchall()
+    assert rows == [(1, 3, 1), (2, 3, 1), (3, 1, 1)]
+    ballast = [bytes(k) for (k,) in store.execute(
+        "SELECT key FROM consumer_processed_keys ORDER BY generation")]
+    store.begin()
+    assert store.claim("g", [Claim(k, "ballast", 0, n) for n, k in enumerate(ballast)],
+                       1.0) == set()
+    assert store.claim("g", [Claim(b"\x01" * 16, "run-topic", 0, 0)], 1.0) == {b"\x01" * 16}
+    store.commit()
+    assert store.execute("SELECT max(generation) FROM consumer_key_generations"
+                         ).fetchone() == (4,)
+    forget_run("sqlite", url, "g", "run-topic")
+    assert store.execute("SELECT max(generation) FROM consumer_key_generations"
+                         ).fetchone() == (3,)

@@ -197,6 +197,7 @@ def test_store_migrate_brings_a_version_1_sqlite_store_to_the_current_version(
 
     from consumer.dedup import key_function
     from consumer.message import Message
+    from consumer.store.base import SQLITE_SCHEMA_VERSION
     from tests.support.store_v1 import SCHEMA_V1
 
     path = tmp_path / "v1.db"
@@ -209,11 +210,13 @@ def test_store_migrate_brings_a_version_1_sqlite_store_to_the_current_version(
     config = write(tmp_path, VALID + f"store:\n  url: sqlite:///{path}\n")
     assert main(["store", "migrate", "--config", config]) == EXIT_OK
     out = capsys.readouterr().out
-    assert "from schema version 1 to 4; 1 processed keys of group cli-test rewritten" in out
-    assert "(schema version 4)" in out
+    version = SQLITE_SCHEMA_VERSION
+    assert f"from schema version 1 to {version}; 1 processed keys of group cli-test rewritten" \
+        in out
+    assert f"(schema version {version})" in out
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version, coordinates_keys FROM consumer_schema"
-                          ).fetchall() == [(4, "digest")]
+                          ).fetchall() == [(version, "digest")]
         assert db.execute("SELECT key FROM consumer_processed_keys").fetchall() == [
             (key_function("header:idempotency-key", {})(event),)]
     assert main(["store", "migrate", "--config", config]) == EXIT_OK

@@ -41,6 +41,18 @@ class TestSQLiteStoreContract(StoreContract, MigratesFromVersion1, MigratesFromV
         backend.close_all()
 
 
+class TestSQLiteStoreContractInSmallGenerations(StoreContract):
+    """The store contract again with a generation sealed every two keys, so that every claim
+    also asks sealed generations (consumer.store.key_generations)."""
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[Backend]:
+        path = str(tmp_path / "store.db")
+        backend = Backend("sqlite", lambda: SQLiteStore(path, generation_keys=2))
+        yield backend
+        backend.close_all()
+
+
 # --- SQLite only --------------------------------------------------------------------------------
 
 

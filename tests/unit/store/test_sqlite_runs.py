@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from consumer.store import Claim
+from consumer.store.base import SQLITE_SCHEMA_VERSION
 from consumer.store.sqlite import SQLiteStore
 from consumer.store.sqlite_runs import Run, split
 from tests.support.runs_contract import G, RunsContract, claim, claimed, claims
@@ -63,7 +64,7 @@ def test_a_run_is_refused_when_a_key_of_the_batch_before_it_is_inside(
 # --- the migration from version 3 ---------------------------------------------------------
 
 
-def test_a_version_3_store_migrates_to_4_keeping_its_keys(tmp_path: Path) -> None:
+def test_a_version_3_store_migrates_keeping_its_keys(tmp_path: Path) -> None:
     """Version 3's keys (one row each) stay processed; new batches write runs; running the
     migration again changes nothing."""
     path = str(tmp_path / "v3.db")
@@ -77,13 +78,13 @@ def test_a_version_3_store_migrates_to_4_keeping_its_keys(tmp_path: Path) -> Non
     store = SQLiteStore(path)
     upgrade = store.ensure_schema(G)
     assert upgrade is not None
-    assert (upgrade.from_version, upgrade.to_version) == (3, 4)
+    assert (upgrade.from_version, upgrade.to_version) == (3, SQLITE_SCHEMA_VERSION)
     text = upgrade.describe("here")
-    assert "from schema version 3 to 4" in text
+    assert f"from schema version 3 to {SQLITE_SCHEMA_VERSION}" in text
     assert "kept as one row" in text
     assert "stay digests" not in text, "a version-3 store's keys are ordered already"
     assert store.execute("SELECT version, coordinates_keys FROM consumer_schema").fetchall() \
-        == [(4, "ordered")]
+        == [(SQLITE_SCHEMA_VERSION, "ordered")]
     assert store.ordered_coordinates
     assert claimed(store, claims(range(0, 10))) == {c.key for c in claims(range(0, 10))
                                                     if c.offset != 5}

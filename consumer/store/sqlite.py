@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -54,6 +54,7 @@ from consumer.store.base import (
 )
 from consumer.store.claim_batch import ClaimBatch, EveryKey
 from consumer.store.key_generations import GENERATION_KEYS, GroupKeys
+from consumer.store.key_runs import CoordinatesKeys
 from consumer.store.sqlite_turns import WriterTurns
 
 log = logging.getLogger("consumer.store")
@@ -176,28 +177,48 @@ def _use_wal(db: sqlite3.Connection, timeout: float) -> None:
         pause = min(pause * 2, longest)
 
 
-def _runs_and_singles(group: str, claims: Sequence[Claim], now: float
-                      ) -> tuple[list[tuple[Any, ...]], list[Claim]]:
+def _runs_and_singles(group: str, claims: Sequence[Claim], now: float,
+                      coordinates: CoordinatesKeys) -> tuple[list[tuple[Any, ...]], list[Claim]]:
     """The batch's runs (the parameters of :data:`sqlite_runs.INSERT_RUN` each) and the claims
-    in none: a stretch of a :class:`ClaimBatch` is a run as it is."""
+    in none: a stretch of a :class:`ClaimBatch` is a run as it is, and so is a lone ordered
+    coordinates key (a run of one): rows hold the other keys only."""
     runs: list[tuple[Any, ...]] = []
     if isinstance(claims, ClaimBatch):
-        singles: list[Claim] = []
         for stretch in claims.stretches:
             first, last = stretch.first, stretch.end - 1
-            if last - first + 1 >= sqlite_runs.MIN_RUN:
-                runs.append((group, stretch.key(first), stretch.key(last), stretch.topic,
-                             stretch.partition, first, last, now))
-            else:
-                singles.append(Claim(stretch.key(first), stretch.topic, stretch.partition,
-                                     first))
-        return runs, singles
+            runs.append((group, stretch.key(first), stretch.key(last), stretch.topic,
+                         stretch.partition, first, last, now))
+        return runs, []
     found, singles = sqlite_runs.split(claims)
     for run in found:
         head, tail = claims[run.first], claims[run.last]
         runs.append((group, head.key, tail.key, head.topic, head.partition, head.offset,
                      tail.offset, now))
-    return runs, singles
+    if not coordinates.as_runs or not singles:
+        return runs, singles
+    in_runs = _coordinates_like(coordinates)
+    rows = []
+    for c in singles:
+        if in_runs(c):
+            runs.append(_run_of_one(group, c, now))
+        else:
+            rows.append(c)
+    return runs, rows
+
+
+def _coordinates_like(coordinates: CoordinatesKeys) -> Callable[[Claim], bool]:
+    """Whether a claim's key is an ordered coordinates key: of its own topic, or of another
+    topic the consumer knows (a redriven event's honoured key names its original's)."""
+    if not coordinates.as_runs:
+        return lambda claim: False
+    known = {coordinates.prefix(topic) for topic in coordinates.topic_ids}
+    holds = coordinates.holds
+    return lambda claim: holds(claim) or (len(claim.key) == 16 and claim.key[:8] in known)
+
+
+def _run_of_one(group: str, claim: Claim, now: float) -> tuple[Any, ...]:
+    return (group, claim.key, claim.key, claim.topic, claim.partition, claim.offset,
+            claim.offset, now)
 
 
 class SQLiteStore(Store):
@@ -229,6 +250,12 @@ class SQLiteStore(Store):
         self._generation_keys = generation_keys
         #: What this store knows of each group's generations of keys.
         self._groups: dict[str, GroupKeys] = {}
+        #: Tells ordered coordinates keys (kept in runs, a lone one as a run of one) from
+        #: the keys kept as rows; its ``as_runs`` is set once the schema is read.
+        self._coordinates = CoordinatesKeys()
+
+    def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
+        self._coordinates.topic_ids = topic_ids
 
     def _authorize(self, action: int, first: str | None, second: str | None,
                    database: str | None, trigger: str | None) -> int:
@@ -292,6 +319,7 @@ class SQLiteStore(Store):
                 self._db.execute(ROLLBACK)
                 raise
         self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
+        self._coordinates.as_runs = self.ordered_coordinates
         if group is not None:
             self._prime(group)
         return upgrade
@@ -412,13 +440,20 @@ class SQLiteStore(Store):
             held = self._held(group, keys, [c.key for c in claims])
             new = set()
             execute, generation = self._db.execute, keys.current
+            in_runs = _coordinates_like(self._coordinates)
+            in_rows = []
             for c in claims:
                 if c.key in held:
+                    continue
+                if in_runs(c):
+                    if execute(sqlite_runs.INSERT_RUN, _run_of_one(group, c, now)).rowcount:
+                        new.add(c.key)
                     continue
                 row = (group, c.key, c.topic, c.partition, c.offset, now, generation)
                 if execute(CLAIM_UNLESS_PROCESSED, row).rowcount == 1:
                     new.add(c.key)
-            self._claimed(group, keys, list(new))
+                    in_rows.append(c.key)
+            self._claimed(group, keys, in_rows)
         return new
 
     def _group_keys(self, group: str, now: float) -> GroupKeys:
@@ -451,7 +486,7 @@ class SQLiteStore(Store):
         deleted are the claim's own: a key the table held before fails its statement, and a
         failed statement wrote nothing."""
         execute = self._db.execute
-        runs, singles = _runs_and_singles(group, claims, now)
+        runs, singles = _runs_and_singles(group, claims, now, self._coordinates)
         if self._held(group, keys, [c.key for c in singles]):
             return False
         generation = keys.current

@@ -4,13 +4,17 @@ Within one batch, the messages of consecutive offsets of one partition have cons
 ordered coordinates keys (consumer.dedup: topic, partition and offset, big-endian). Such a
 stretch is kept as one row of ``consumer_processed_runs`` (first and last key, first and last
 offset) instead of one row of ``consumer_processed_keys`` per key: a batch of 1,000 messages
-over a few partitions writes a handful of rows. Every other key (a header's digest, a
-redriven event's honoured key, a stretch of one) is kept one row each, as before.
+over a few partitions writes a handful of rows. Since version 5 every ordered coordinates key
+is kept in a run: a stretch of one, and a redriven event's honoured key of a topic the
+consumer knows, as a run of one. Every other key (a header's or a function's digest) is kept
+one row each, in the group's current generation (consumer.store.sqlite_generations).
 
 A key is processed when ``consumer_processed_keys`` holds it or a run covers it. No run
-overlaps another run or a key of that table: every claim checks both, so the only run that
-can cover a key is the one starting at or below it, one index seek away. SQLite takes one
-writer at a time (``BEGIN IMMEDIATE``), so nothing lands between a check and its insert.
+overlaps another run, nor a key that table held before version 5 (generation 0, where the
+lone coordinates keys of older versions are): every claim checks both, so the only run that
+can cover a key is the one starting at or below it, one index seek away. A run need not ask
+the later generations, which hold no ordered coordinates keys. SQLite takes one writer at a
+time (``BEGIN IMMEDIATE``), so nothing lands between a check and its insert.
 """
 
 from __future__ import annotations
@@ -42,17 +46,15 @@ def uncovered(group: str, key: str) -> str:
     return f"{_LAST_KEY_BELOW.format(G=group, K=key)} < {key}"
 
 
-#: One run, unless a key of the table lies in it or a run overlaps it (then no row: the
-#: change count says which). Parameters: group, first key, last key, topic, partition,
+#: One run, unless a key of the table's generation 0 lies in it or a run overlaps it (then no
+#: row: the change count says which). Parameters: group, first key, last key, topic, partition,
 #: first offset, last offset, time.
 INSERT_RUN = f"""INSERT INTO consumer_processed_runs
         (group_id, first_key, last_key, topic, partition, first_offset, last_offset,
          processed_at)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
     WHERE NOT EXISTS (SELECT 1 FROM consumer_processed_keys
-                      WHERE group_id = ?1 AND generation IN (
-                          SELECT generation FROM consumer_key_generations WHERE group_id = ?1)
-                        AND key BETWEEN ?2 AND ?3)
+                      WHERE group_id = ?1 AND generation = 0 AND key BETWEEN ?2 AND ?3)
       AND {_LAST_KEY_BELOW.format(G="?1", K="?3")} < ?2"""
 
 #: The run that may cover a key: parameters group and key; compare ``last_key`` to the key.

@@ -12,7 +12,7 @@ from consumer.store import Claim
 from consumer.store.base import SQLITE_SCHEMA_VERSION
 from consumer.store.sqlite import SQLiteStore
 from consumer.store.sqlite_runs import Run, split
-from tests.support.runs_contract import G, RunsContract, claim, claimed, claims
+from tests.support.runs_contract import TOPIC_IDS, G, RunsContract, claim, claimed, claims
 from tests.support.store_v3 import SQLITE as SCHEMA_V3
 
 
@@ -20,6 +20,7 @@ from tests.support.store_v3 import SQLITE as SCHEMA_V3
 def store(tmp_path: Path) -> SQLiteStore:
     store = SQLiteStore(str(tmp_path / "store.db"))
     store.ensure_schema()
+    store.use_topic_ids(TOPIC_IDS)
     return store
 
 

@@ -40,6 +40,7 @@ from consumer.engine.dispatch import Dispatcher
 from consumer.engine.loop import ConsumerLoop
 from consumer.engine.mode import CheckpointMode
 from consumer.engine.store_mode import StoreMode
+from consumer.errors import StoreError
 from consumer.events import Observer, Observers
 from consumer.failures.retries import Failures, build_policies
 from consumer.kafka.producer import KafkaDeadLetterSink
@@ -128,6 +129,7 @@ def build_loop(
     mode: CheckpointMode
     if store is not None or settings.store.enabled:
         store = store or open_configured(settings.store)
+        _load_group(store, group)
         if instruments is not None:
             store = instruments.store(store)
         mode = StoreMode(
@@ -183,6 +185,17 @@ def build_loop(
         offset_refresher=(None if offsets is None
                           else OffsetRefresher(offsets, source=source, clock=clock)),
     )
+
+
+def _load_group(store: Store, group: str) -> None:
+    """What the store keeps in memory for the group, read before the consumer meets the
+    broker (:meth:`Store.load_group`). A store that cannot answer yet reads it later, when
+    its schema is ensured, which the loop retries."""
+    try:
+        store.load_group(group)
+    except StoreError as error:
+        log.warning("could not read the group's processed keys into memory yet (%s); "
+                    "reading them once the store answers", error)
 
 
 def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMode, *,

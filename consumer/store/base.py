@@ -211,6 +211,14 @@ class Store(abc.ABC):
     def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""
 
+    def load_group(self, group: str) -> None:
+        """Read into memory what the store keeps there for the group's claims (SQLite: the
+        Bloom filters of its sealed generations of keys), before the consumer joins: a stall
+        between meeting the broker and joining the group was measured to slow the first
+        second of consuming. Nothing to do for a store that keeps nothing; a store whose
+        tables are not there yet reads it when its schema is ensured."""
+        return None
+
     def use_topic_ids(self, topic_ids: Mapping[str, str]) -> None:
         """The topic ids the dedup key functions read (the very mapping, filled later), for a
         store that tells ordered coordinates keys from others by their topic's prefix.

@@ -320,13 +320,18 @@ class SQLiteStore(Store):
                 raise
         self.ordered_coordinates = row is not None and row[0] == ORDERED_COORDINATES
         self._coordinates.as_runs = self.ordered_coordinates
-        if group is not None:
-            self._prime(group)
         return upgrade
+
+    def load_group(self, group: str) -> None:
+        with _translated(self._path):
+            exists = self._db.execute("SELECT 1 FROM sqlite_master "
+                                      "WHERE name = 'consumer_key_generations'").fetchone()
+        if exists:
+            self._prime(group)
 
     def _prime(self, group: str) -> None:
         """Read the group's sealed generations into its filters now, at start, rather than in
-        the first batch (about 1.5 s a million keys)."""
+        the first batch (about 1.5 s a million keys), in a read transaction."""
         keys = self._groups.setdefault(group, GroupKeys(self._generation_keys))
         began, read_before = time.monotonic(), keys.read
         with _translated(self._path):

@@ -172,15 +172,23 @@ def test_the_filters_are_read_once_per_sealed_generation(tmp_path: Path) -> None
     assert keys.read == 12, "each sealed key read once"
 
 
-def test_a_store_reads_its_groups_sealed_generations_at_start(tmp_path: Path) -> None:
-    path = str(tmp_path / "start.db")
+def test_load_group_reads_the_filters_before_the_schema_is_ensured(tmp_path: Path) -> None:
+    """The consumer reads a group's filters right after opening the store, before it meets
+    the broker; a store without the tables yet leaves that to ensure_schema."""
+    path = str(tmp_path / "load.db")
+    SQLiteStore(path).load_group(G)  # no tables: nothing to read, no error
     writer = SQLiteStore(path, generation_keys=4)
     writer.ensure_schema()
     held = digests(4)
     claimed(writer, held)
     claimed(writer, digests(1, 4))
-    restarted = SQLiteStore(path, generation_keys=4)
-    assert restarted.ensure_schema(G) is None
-    assert restarted._groups[G].read == 4
-    assert claimed(restarted, held) == set()
-    assert restarted._groups[G].read == 4, "nothing read again at the first claim"
+    loaded = SQLiteStore(path, generation_keys=4)
+    loaded.load_group(G)
+    assert loaded._groups[G].read == 4
+    loaded.ensure_schema(G)
+    assert claimed(loaded, held) == set()
+    assert loaded._groups[G].read == 4, "not read again at the first claim"
+    fresh = SQLiteStore(path, generation_keys=4)
+    fresh.ensure_schema(G)
+    assert G not in fresh._groups, "ensure_schema alone reads nothing (consumer store init)"
+    assert claimed(fresh, held) == set(), "the first claim reads what it lacks"

@@ -20,7 +20,7 @@ started) is read into them before any claim.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from consumer.settings import StoreSettings
@@ -52,6 +52,17 @@ class _Held:
         self.through = -1
 
 
+#: The length of the keys a generation's unfiltered keys are joined at (consumer.dedup's).
+_KEY_BYTES = 16
+
+
+def _split(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The keys of joined 16-byte keys."""
+    for chunk in chunks:
+        for start in range(0, len(chunk), _KEY_BYTES):
+            yield chunk[start:start + _KEY_BYTES]
+
+
 #: Reads every key of one generation of the group (the store's query).
 ReadGeneration = Callable[[int], Iterable[bytes]]
 
@@ -75,7 +86,11 @@ class GroupKeys:
         #: What the open transaction taught: generations read, and keys claimed here. Known
         #: only once it commits: a rolled-back transaction may have seen rows that never were.
         self._read_open: dict[int, int] = {}
-        self._pending: dict[int, int] = {}
+        self._pending: dict[int, list[bytes]] = {}
+        #: Keys claimed here and committed that no filter holds yet, by generation, each
+        #: batch's 16-byte keys joined in one bytes object: they go into a filter once their
+        #: generation is sealed (a generation never sealed costs no filter work).
+        self._unfiltered: dict[int, list[bytes]] = {}
         self._current_keys = 0
         #: Keys read from the database into the filters (all refreshes).
         self.read = 0
@@ -96,17 +111,26 @@ class GroupKeys:
         self._held = [held for held in self._held if held.through >= oldest]
         self._known = {n: keys for n, keys in self._known.items() if n >= oldest}
         live = sum(g.keys for g in generations)
+        sealed = {g.number for g in generations if g.sealed}
+        for number in [n for n in self._unfiltered if n < oldest or n in sealed]:
+            chunks = self._unfiltered.pop(number)
+            if number in sealed:
+                self._filter(live, number, _split(chunks))
         for generation in generations:
             number = generation.number
             known = self._read_open.get(number, self._known.get(number, 0))
             if generation.sealed and known < generation.keys:
-                held = self._newest(live)
-                self.read += held.filter.add(read(number))
-                held.through = max(held.through, number)
+                self.read += self._filter(live, number, read(number))
                 self._read_open[number] = generation.keys
         self.current = generations[-1].number
         self._current_keys = generations[-1].keys
         self.sealed = tuple(g.number for g in generations if g.sealed)
+
+    def _filter(self, live: int, number: int, keys: Iterable[bytes]) -> int:
+        """Adds keys of generation ``number`` to the newest filter; how many."""
+        held = self._newest(live)
+        held.through = max(held.through, number)
+        return held.filter.add(keys)
 
     def _newest(self, live: int) -> _Held:
         """The filter keys go into: a new one once the newest is full."""
@@ -126,27 +150,24 @@ class GroupKeys:
 
     def claimed(self, keys: Sequence[bytes]) -> None:
         """The keys inserted into the current generation by the open transaction."""
-        if not keys:
-            return
-        held = self._newest(self._current_keys)
-        held.filter.add(keys)
-        held.through = max(held.through, self.current)
-        self._pending[self.current] = self._pending.get(self.current, 0) + len(keys)
-
-    def pending(self) -> int:
-        """Keys inserted into the current generation by the open transaction."""
-        return self._pending.get(self.current, 0)
+        if keys:
+            self._pending.setdefault(self.current, []).extend(keys)
 
     def committed(self) -> None:
         self._known.update(self._read_open)
         for number, keys in self._pending.items():
-            self._known[number] = self._known.get(number, 0) + keys
+            self._known[number] = self._known.get(number, 0) + len(keys)
+            whole = [key for key in keys if len(key) == _KEY_BYTES]
+            if len(whole) < len(keys):  # not a 16-byte key: into a filter now
+                self._filter(self._current_keys,
+                             number, [key for key in keys if len(key) != _KEY_BYTES])
+            self._unfiltered.setdefault(number, []).append(b"".join(whole))
         self._read_open.clear()
         self._pending.clear()
 
     def rolled_back(self) -> None:
-        """What the open transaction added to the filters stays (it only flags more), but is
-        not known to be in the database."""
+        """What the open transaction read or claimed is not known to be in the database
+        (what it added to the filters stays: it only flags more)."""
         self._read_open.clear()
         self._pending.clear()
 

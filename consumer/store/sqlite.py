@@ -196,14 +196,23 @@ def _runs_and_singles(group: str, claims: Sequence[Claim], now: float,
                      tail.offset, now))
     if not coordinates.as_runs or not singles:
         return runs, singles
-    in_runs = _coordinates_like(coordinates)
+    topics, prefixes = _known_prefixes(coordinates)
     rows = []
-    for c in singles:
-        if in_runs(c):
+    for c in singles:  # mostly digests: one set test each, inline
+        if c.topic not in topics:
+            topics.add(c.topic)
+            prefixes.add(coordinates.prefix(c.topic))
+        if c.key[:8] in prefixes and len(c.key) == 16:
             runs.append(_run_of_one(group, c, now))
         else:
             rows.append(c)
     return runs, rows
+
+
+def _known_prefixes(coordinates: CoordinatesKeys) -> tuple[set[str], set[bytes]]:
+    """The topics the consumer knows, and their ordered coordinates keys' first 8 bytes."""
+    topics = set(coordinates.topic_ids)
+    return topics, {coordinates.prefix(topic) for topic in topics}
 
 
 def _coordinates_like(coordinates: CoordinatesKeys) -> Callable[[Claim], bool]:
@@ -211,9 +220,16 @@ def _coordinates_like(coordinates: CoordinatesKeys) -> Callable[[Claim], bool]:
     topic the consumer knows (a redriven event's honoured key names its original's)."""
     if not coordinates.as_runs:
         return lambda claim: False
-    known = {coordinates.prefix(topic) for topic in coordinates.topic_ids}
-    holds = coordinates.holds
-    return lambda claim: holds(claim) or (len(claim.key) == 16 and claim.key[:8] in known)
+    topics, prefixes = _known_prefixes(coordinates)
+
+    def like(claim: Claim) -> bool:
+        if claim.topic not in topics:
+            topics.add(claim.topic)
+            prefixes.add(coordinates.prefix(claim.topic))
+        key = claim.key
+        return len(key) == 16 and key[:8] in prefixes
+
+    return like
 
 
 def _run_of_one(group: str, claim: Claim, now: float) -> tuple[Any, ...]:
@@ -630,10 +646,10 @@ class SQLiteStore(Store):
         """Up to ``limit`` rows of keys, then of runs; returns the keys they held, which is
         ``limit`` or more whenever old rows may remain (a run holds two keys or more).
 
-        Keys go with their generation: a sealed one whole, once it was sealed before
-        ``older_than`` (its keys are older), and the current one key by key. A key of a
-        sealed generation is kept until the whole generation is past: up to the time the
-        generation took to fill beyond the retention."""
+        Keys go with their generation: a sealed one whole, once its newest key is older than
+        ``older_than``, and the current one key by key. A key of a sealed generation is kept
+        until the whole generation is past: up to the time the generation took to fill
+        beyond the retention."""
         execute = self._db.execute
         with _translated(self._path), self._turn():
             deleted = 0

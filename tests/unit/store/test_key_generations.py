@@ -140,3 +140,35 @@ def test_filters_go_once_every_generation_they_hold_keys_of_is_dropped() -> None
 def test_the_newest_generation_is_never_sealed() -> None:
     with pytest.raises(ValueError, match="current"):
         GroupKeys().refresh([Generation(1, 0, True)], lambda number: [])
+
+
+def test_keys_claimed_here_reach_a_filter_only_when_their_generation_is_sealed() -> None:
+    """The current generation's own index finds its keys: until it is sealed they cost no
+    filter work (a store that never fills a generation keeps no filter at all)."""
+    db, member = Database(), GroupKeys(generation_keys=10)
+    member.refresh(db.rows(), db.read)
+    mine = fresh(6)
+    db.claim(mine)
+    member.claimed(mine)
+    member.committed()
+    member.refresh(db.rows(), db.read)
+    assert member.filter_bytes == 0
+    db.seal()
+    member.refresh(db.rows(), db.read)
+    assert member.filter_bytes > 0 and db.reads == []
+    assert member.flagged(mine) == mine
+
+
+def test_keys_of_a_rolled_back_claim_never_reach_a_filter() -> None:
+    db, member = Database(), GroupKeys(generation_keys=10)
+    member.refresh(db.rows(), db.read)
+    lost, kept = fresh(3), fresh(3)
+    member.claimed(lost)
+    member.rolled_back()
+    db.claim(kept)
+    member.claimed(kept)
+    member.committed()
+    db.seal()
+    member.refresh(db.rows(), db.read)
+    assert member.flagged(kept) == kept
+    assert member.flagged(lost) == []

@@ -43,6 +43,7 @@ from benchmarks.contenders import FRAMEWORK
 from benchmarks.curve import rotated
 from benchmarks.measure import ChildRun, RunResult, run_child
 from benchmarks.stats import Spread
+from consumer.store.key_generations import GENERATION_KEYS
 
 STORES = ("sqlite", "postgres", "mariadb")
 #: The route's dedup_key per key kind (None: the default, coordinates for these messages).
@@ -230,13 +231,15 @@ def prepare_schema(url: str, group: str) -> None:
         store.close()
 
 
-def fill(store: str, url: str, group: str, keys: int) -> None:
-    """``keys`` random 16-byte keys of ``group`` (topic :data:`BALLAST_TOPIC`), stamped now."""
+def fill(store: str, url: str, group: str, keys: int,
+         generation_keys: int = GENERATION_KEYS) -> None:
+    """``keys`` random 16-byte keys of ``group`` (topic :data:`BALLAST_TOPIC`), stamped now
+    (SQLite: in sealed generations of ``generation_keys``)."""
     with connected(store, url) as db:
         for sql in BEFORE_FILL.get(store, []):
             db.execute(sql)
         if store == "sqlite":
-            _fill_generations(db, group, keys)
+            _fill_generations(db, group, keys, generation_keys)
         else:
             db.execute(FILL[store].format(keys=int(keys)), (group, BALLAST_TOPIC, time.time()))
         if store in FILL_RUNS and _has_runs(store, db):
@@ -246,15 +249,13 @@ def fill(store: str, url: str, group: str, keys: int) -> None:
             db.execute(sql)
 
 
-def _fill_generations(db: Any, group: str, keys: int) -> None:
+def _fill_generations(db: Any, group: str, keys: int, generation_keys: int) -> None:
     """The SQLite ballast as the store holds that many keys: sealed generations of
-    GENERATION_KEYS keys each (the last may hold fewer), numbered from 1; the runs' keys go
-    into the current generation the store starts after them."""
-    from consumer.store.key_generations import GENERATION_KEYS
-
+    ``generation_keys`` keys each (the last may hold fewer), numbered from 1; the runs' keys
+    go into the current generation the store starts after them."""
     left, generation = int(keys), 1
     while left > 0:
-        count = min(left, GENERATION_KEYS)
+        count = min(left, generation_keys)
         now = time.time()
         db.execute(FILL["sqlite"].format(keys=count, generation=generation),
                    (group, BALLAST_TOPIC, now))
@@ -313,7 +314,8 @@ def delete_group(bootstrap: str, group: str) -> None:
 
 
 def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
-            run_id: str, key_kinds: list[str]) -> list[Variant]:
+            run_id: str, key_kinds: list[str],
+            generation_keys: int = GENERATION_KEYS) -> list[Variant]:
     """For each key kind, an empty and a full variant; the kinds share each database and its
     group (every run starts by deleting the runs' own keys, so only the ballast stays)."""
     databases = Databases(store, workdir, run_id)
@@ -326,7 +328,7 @@ def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
             fill_s = size_mb = 0.0
             if held:
                 began = time.monotonic()
-                fill(store, url, f"{group}-{name}", held)
+                fill(store, url, f"{group}-{name}", held, generation_keys)
                 fill_s = time.monotonic() - began
                 size_mb = table_size_mb(store, url)
                 say(f"{store}: {held:,} keys written in {fill_s:.0f} s "
@@ -337,7 +339,10 @@ def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
             for variant in rotated(variants, round_no):
                 forget_run(store, variant.url, variant.group, run.topic)
                 delete_group(run.bootstrap, variant.group)
-                options: dict[str, Any] = {"settings": {"store": {"url": variant.url}}}
+                settings: dict[str, Any] = {"url": variant.url}
+                if store == "sqlite":
+                    settings["sqlite_generation_keys"] = generation_keys
+                options: dict[str, Any] = {"settings": {"store": settings}}
                 if KEY_KINDS[variant.key_kind]:
                     options["dedup_key"] = KEY_KINDS[variant.key_kind]
                 result = run_child(Path(sys.executable), FRAMEWORK, options, run,
@@ -407,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stores", default=",".join(STORES))
     parser.add_argument("--key-kinds", default=",".join(KEY_KINDS))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--generation-keys", type=int, default=GENERATION_KEYS,
+                        help="SQLite: keys a generation holds before it is sealed, in the "
+                             "ballast and in the runs (store.sqlite_generation_keys)")
     args = parser.parse_args(argv)
     stores = [s for s in args.stores.split(",") if s]
     unknown = set(stores) - set(STORES)
@@ -433,11 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for store in stores:
             results[store] = measure(store, run, keys=args.keys, rounds=args.rounds,
-                                     workdir=workdir, run_id=run_id, key_kinds=key_kinds)
+                                     workdir=workdir, run_id=run_id, key_kinds=key_kinds,
+                                     generation_keys=args.generation_keys)
     finally:
         topic.delete(bootstrap, name)
         shutil.rmtree(workdir, ignore_errors=True)
-    described = (f"{os.cpu_count()} cores, {args.keys:,} keys, "
+    generations = (f", SQLite generations of {args.generation_keys:,} keys"
+                   if "sqlite" in stores else "")
+    described = (f"{os.cpu_count()} cores, {args.keys:,} keys{generations}, "
                  f"{time.strftime('%Y-%m-%d')}")
     text = render(results, messages=args.messages, rounds=args.rounds, described=described)
     args.out.write_text(text)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from benchmarks.key_table import fill, forget_run, prepare_schema
-from consumer.store import Claim, key_generations
+from consumer.store import Claim
 from consumer.store.sqlite import SQLiteStore
 
 
@@ -35,14 +33,13 @@ def test_forget_run_leaves_none_of_the_runs_keys_on_sqlite(tmp_path: Path) -> No
 
 
 def test_the_sqlite_ballast_is_sealed_generations_the_store_honours(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """As the store leaves 7 keys in generations of 3: two full sealed ones and one of 1. A
     run's keys go into a current generation after them, and forget_run takes it away again."""
-    monkeypatch.setattr(key_generations, "GENERATION_KEYS", 3)
     path = tmp_path / "store.db"
     url = f"sqlite:///{path}"
     prepare_schema(url, "g")
-    fill("sqlite", url, "g", 7)
+    fill("sqlite", url, "g", 7, generation_keys=3)
     store = SQLiteStore(str(path), generation_keys=3)
     store.ensure_schema("g")
     rows = store.execute("SELECT generation, keys, newest_at IS NOT NULL "

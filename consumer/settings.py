@@ -327,7 +327,8 @@ class StoreSettings(_Section):
     #: pages of a processed-keys table past a few hundred thousand header or function keys,
     #: and of the handlers' own tables, stay in memory instead of being read again.
     sqlite_cache_mb: int = Field(default=64, ge=1)
-    #: SQLite: processed keys a generation holds before it is sealed and a new one started.
+    #: SQLite: processed keys a generation holds before it is sealed and a new one started
+    #: (and at least a sixteenth of the group's keys, so a group keeps about sixteen).
     #: Claims write only the current generation, so its index pages stay cached however many
     #: keys the sealed ones hold; each process keeps a Bloom filter of the sealed ones (about
     #: 3 bytes a key) and reads them into it at start (about 1.5 s a million keys).

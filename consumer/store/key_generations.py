@@ -30,6 +30,10 @@ from consumer.store.key_filter import KeyFilter
 #: digest keys (about 120 MB of table and indexes in SQLite) keep a claim's index pages mostly
 #: cached.
 GENERATION_KEYS: int = StoreSettings.model_fields["sqlite_generation_keys"].default
+#: A generation also holds at least this share of the group's keys before it is sealed, so a
+#: group keeps about this many generations however many keys its retention holds: a flagged
+#: key and an unclaim seek each generation, and every claim reads the list of them.
+GENERATIONS_KEPT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +96,18 @@ class GroupKeys:
         #: generation is sealed (a generation never sealed costs no filter work).
         self._unfiltered: dict[int, list[bytes]] = {}
         self._current_keys = 0
+        #: Keys ever claimed into the group's generations still kept (their counts' sum).
+        self._live_keys = 0
         #: Keys read from the database into the filters (all refreshes).
         self.read = 0
 
     @property
     def rotation_due(self) -> bool:
         """The current generation holds its share of keys (as the open transaction counts
-        them): seal it before claiming."""
-        return self._current_keys >= self.generation_keys
+        them): ``generation_keys``, and a :data:`GENERATIONS_KEPT`-th of the group's. Seal it
+        before claiming."""
+        return self._current_keys >= max(self.generation_keys,
+                                         self._live_keys // GENERATIONS_KEPT)
 
     def refresh(self, generations: Sequence[Generation], read: ReadGeneration) -> None:
         """Takes the generations as the open transaction sees them (oldest first, the last
@@ -124,6 +132,7 @@ class GroupKeys:
                 self._read_open[number] = generation.keys
         self.current = generations[-1].number
         self._current_keys = generations[-1].keys
+        self._live_keys = live
         self.sealed = tuple(g.number for g in generations if g.sealed)
 
     def _filter(self, live: int, number: int, keys: Iterable[bytes]) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from consumer.store.key_generations import Generation, GroupKeys
+from consumer.store.key_generations import GENERATIONS_KEPT, Generation, GroupKeys
 
 
 class Database:
@@ -172,3 +172,18 @@ def test_keys_of_a_rolled_back_claim_never_reach_a_filter() -> None:
     member.refresh(db.rows(), db.read)
     assert member.flagged(kept) == kept
     assert member.flagged(lost) == []
+
+
+def test_a_generation_also_holds_a_share_of_the_groups_keys_before_it_is_sealed() -> None:
+    """However many keys the retention keeps, a group keeps about GENERATIONS_KEPT
+    generations: a generation is sealed at generation_keys keys or at that share of the
+    group's, whichever is more."""
+    db, member = Database(), GroupKeys(generation_keys=2)
+    db.claim(fresh(4 * GENERATIONS_KEPT))
+    db.seal()
+    db.claim(fresh(3))
+    member.refresh(db.rows(), db.read)
+    assert not member.rotation_due, "3 keys of 67 are not a sixteenth, though above 2"
+    db.claim(fresh(1))
+    member.refresh(db.rows(), db.read)
+    assert member.rotation_due, "4 keys of 68 are"

@@ -45,13 +45,18 @@ def fresh(count: int) -> list[bytes]:
     return [os.urandom(16) for _ in range(count)]
 
 
+def claim_here(db: Database, member: GroupKeys, keys: list[bytes]) -> None:
+    """The member claims the keys in a transaction that commits."""
+    db.claim(keys)
+    member.claimed(keys)
+    member.committed()
+
+
 def test_keys_claimed_here_are_flagged_once_their_generation_is_sealed_without_a_read() -> None:
     db, member = Database(), GroupKeys(generation_keys=10)
     member.refresh(db.rows(), db.read)
     mine = fresh(10)
-    db.claim(mine)
-    member.claimed(mine)
-    member.committed()
+    claim_here(db, member, mine)
     db.seal()
     member.refresh(db.rows(), db.read)
     assert member.sealed == (1,) and member.current == 2
@@ -63,9 +68,7 @@ def test_a_sealed_generation_with_keys_claimed_elsewhere_is_read() -> None:
     db, member = Database(), GroupKeys(generation_keys=10)
     member.refresh(db.rows(), db.read)
     mine, theirs = fresh(5), fresh(5)
-    db.claim(mine)
-    member.claimed(mine)
-    member.committed()
+    claim_here(db, member, mine)
     db.claim(theirs)  # another member
     db.seal()
     member.refresh(db.rows(), db.read)
@@ -148,9 +151,7 @@ def test_keys_claimed_here_reach_a_filter_only_when_their_generation_is_sealed()
     db, member = Database(), GroupKeys(generation_keys=10)
     member.refresh(db.rows(), db.read)
     mine = fresh(6)
-    db.claim(mine)
-    member.claimed(mine)
-    member.committed()
+    claim_here(db, member, mine)
     member.refresh(db.rows(), db.read)
     assert member.filter_bytes == 0
     db.seal()
@@ -165,9 +166,7 @@ def test_keys_of_a_rolled_back_claim_never_reach_a_filter() -> None:
     lost, kept = fresh(3), fresh(3)
     member.claimed(lost)
     member.rolled_back()
-    db.claim(kept)
-    member.claimed(kept)
-    member.committed()
+    claim_here(db, member, kept)
     db.seal()
     member.refresh(db.rows(), db.read)
     assert member.flagged(kept) == kept

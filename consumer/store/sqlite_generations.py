@@ -3,9 +3,9 @@
 
 ``consumer_key_generations`` holds a row per generation of each group: the keys ever claimed
 into it, and once it is sealed, when its newest key was claimed (NULL while it is the group's
-current one, its newest). SQLite takes
-one writer at a time (``BEGIN IMMEDIATE``), so the rows read at a claim's start stay true until
-its commit: no member can seal a generation another is writing, nor start one it does not see.
+current one, its newest). SQLite takes one writer at a time (``BEGIN IMMEDIATE``), so the
+rows read at a claim's start stay true until its commit: no member can seal a generation
+another is writing, nor start one it does not see.
 """
 
 from __future__ import annotations

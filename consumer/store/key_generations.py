@@ -119,7 +119,8 @@ class GroupKeys:
         self._held = [held for held in self._held if held.through >= oldest]
         self._known = {n: keys for n, keys in self._known.items() if n >= oldest}
         live = sum(g.keys for g in generations)
-        sealed = {g.number for g in generations if g.sealed}
+        self.sealed = tuple(g.number for g in generations if g.sealed)
+        sealed = set(self.sealed)
         for number in [n for n in self._unfiltered if n < oldest or n in sealed]:
             chunks = self._unfiltered.pop(number)
             if number in sealed:
@@ -133,7 +134,6 @@ class GroupKeys:
         self.current = generations[-1].number
         self._current_keys = generations[-1].keys
         self._live_keys = live
-        self.sealed = tuple(g.number for g in generations if g.sealed)
 
     def _filter(self, live: int, number: int, keys: Iterable[bytes]) -> int:
         """Adds keys of generation ``number`` to the newest filter; how many."""

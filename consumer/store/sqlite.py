@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -194,42 +194,30 @@ def _runs_and_singles(group: str, claims: Sequence[Claim], now: float,
         head, tail = claims[run.first], claims[run.last]
         runs.append((group, head.key, tail.key, head.topic, head.partition, head.offset,
                      tail.offset, now))
-    if not coordinates.as_runs or not singles:
-        return runs, singles
-    topics, prefixes = _known_prefixes(coordinates)
-    rows = []
-    for c in singles:  # mostly digests: one set test each, inline
+    in_runs, rows = _coordinates_apart(singles, coordinates)
+    runs += [_run_of_one(group, c, now) for c in in_runs]
+    return runs, rows
+
+
+def _coordinates_apart(claims: Sequence[Claim], coordinates: CoordinatesKeys
+                       ) -> tuple[list[Claim], list[Claim]]:
+    """The claims whose key is an ordered coordinates key (of its own topic, or of another
+    topic the consumer knows: a redriven event's honoured key names its original's), kept
+    in runs; and the rest, kept as rows. Mostly digests: one set test each, inline."""
+    if not coordinates.as_runs or not claims:
+        return [], list(claims)
+    topics = set(coordinates.topic_ids)
+    prefixes = {coordinates.prefix(topic) for topic in topics}
+    in_runs, rows = [], []
+    for c in claims:
         if c.topic not in topics:
             topics.add(c.topic)
             prefixes.add(coordinates.prefix(c.topic))
         if c.key[:8] in prefixes and len(c.key) == 16:
-            runs.append(_run_of_one(group, c, now))
+            in_runs.append(c)
         else:
             rows.append(c)
-    return runs, rows
-
-
-def _known_prefixes(coordinates: CoordinatesKeys) -> tuple[set[str], set[bytes]]:
-    """The topics the consumer knows, and their ordered coordinates keys' first 8 bytes."""
-    topics = set(coordinates.topic_ids)
-    return topics, {coordinates.prefix(topic) for topic in topics}
-
-
-def _coordinates_like(coordinates: CoordinatesKeys) -> Callable[[Claim], bool]:
-    """Whether a claim's key is an ordered coordinates key: of its own topic, or of another
-    topic the consumer knows (a redriven event's honoured key names its original's)."""
-    if not coordinates.as_runs:
-        return lambda claim: False
-    topics, prefixes = _known_prefixes(coordinates)
-
-    def like(claim: Claim) -> bool:
-        if claim.topic not in topics:
-            topics.add(claim.topic)
-            prefixes.add(coordinates.prefix(claim.topic))
-        key = claim.key
-        return len(key) == 16 and key[:8] in prefixes
-
-    return like
+    return in_runs, rows
 
 
 def _run_of_one(group: str, claim: Claim, now: float) -> tuple[Any, ...]:
@@ -458,17 +446,16 @@ class SQLiteStore(Store):
                         return EveryKey(claims)
                     return {c.key for c in claims}
                 self._claims_with_conflicts.plain_conflicted()
-            held = self._held(group, keys, [c.key for c in claims])
+            in_runs, rows = _coordinates_apart(claims, self._coordinates)
             new = set()
             execute, generation = self._db.execute, keys.current
-            in_runs = _coordinates_like(self._coordinates)
+            for c in in_runs:
+                if execute(sqlite_runs.INSERT_RUN, _run_of_one(group, c, now)).rowcount:
+                    new.add(c.key)
+            held = self._held(group, keys, [c.key for c in rows])
             in_rows = []
-            for c in claims:
+            for c in rows:
                 if c.key in held:
-                    continue
-                if in_runs(c):
-                    if execute(sqlite_runs.INSERT_RUN, _run_of_one(group, c, now)).rowcount:
-                        new.add(c.key)
                     continue
                 row = (group, c.key, c.topic, c.partition, c.offset, now, generation)
                 if execute(CLAIM_UNLESS_PROCESSED, row).rowcount == 1:

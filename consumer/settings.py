@@ -333,6 +333,10 @@ class StoreSettings(_Section):
     #: keys the sealed ones hold; each process keeps a Bloom filter of the sealed ones (about
     #: 3 bytes a key) and reads them into it at start (about 1.5 s a million keys).
     sqlite_generation_keys: int = Field(default=1_000_000, ge=1)
+    #: PostgreSQL: the same for the PostgreSQL store, which also seals a generation only at
+    #: a moment when no claim is open (consumer.store.postgres_generations); a member counts
+    #: its own claims, so with several members a generation holds up to that many each.
+    postgres_generation_keys: int = Field(default=1_000_000, ge=1)
     #: PostgreSQL: how long one statement waits for a row lock (a key or checkpoint row held
     #: by another session) before the batch rolls back and is retried with backoff.
     postgres_lock_timeout_seconds: float = Field(default=10.0, gt=0)

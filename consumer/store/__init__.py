@@ -40,6 +40,7 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL",
                sqlite_cache_mb: int = 64,
                sqlite_generation_keys: int = GENERATION_KEYS,
                postgres: PostgresSession | None = None,
+               postgres_generation_keys: int = GENERATION_KEYS,
                mariadb_lock_wait_timeout: int = 10,
                mariadb_idle_transaction_timeout: int = 60) -> Store:
     """The store named by ``url``. SQLite opens the file now; PostgreSQL connects on first use,
@@ -57,7 +58,8 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL",
     if url.startswith(("postgresql://", "postgres://")):
         from consumer.store.postgres import PostgresStore
 
-        return PostgresStore(url, session=postgres or PostgresSession())
+        return PostgresStore(url, session=postgres or PostgresSession(),
+                             generation_keys=postgres_generation_keys)
     if url.startswith("mysql://"):
         try:
             from consumer.store.mariadb import MariaDBStore
@@ -86,6 +88,7 @@ def open_configured(settings: StoreSettings) -> Store:
             keepalives_interval=settings.postgres_keepalives_interval_seconds,
             keepalives_count=settings.postgres_keepalives_count,
         ),
+        postgres_generation_keys=settings.postgres_generation_keys,
         mariadb_lock_wait_timeout=settings.mariadb_lock_wait_timeout_seconds,
         mariadb_idle_transaction_timeout=settings.mariadb_idle_transaction_timeout_seconds,
     )

@@ -109,6 +109,11 @@ class GroupKeys:
         return self._current_keys >= max(self.generation_keys,
                                          self._live_keys // GENERATIONS_KEPT)
 
+    @property
+    def current_keys(self) -> int:
+        """Keys in the current generation, as far as this member knows."""
+        return self._current_keys
+
     def refresh(self, generations: Sequence[Generation], read: ReadGeneration) -> None:
         """Takes the generations as the open transaction sees them (oldest first, the last
         one current) and reads into the filters each sealed generation holding keys they
@@ -132,7 +137,8 @@ class GroupKeys:
                 self.read += self._filter(live, number, read(number))
                 self._read_open[number] = generation.keys
         self.current = generations[-1].number
-        self._current_keys = generations[-1].keys
+        # a store counting claims at the seal (PostgreSQL) counts this member's own meanwhile
+        self._current_keys = max(generations[-1].keys, self._known.get(self.current, 0))
         self._live_keys = live
 
     def _filter(self, live: int, number: int, keys: Iterable[bytes]) -> int:
@@ -166,6 +172,8 @@ class GroupKeys:
         self._known.update(self._read_open)
         for number, keys in self._pending.items():
             self._known[number] = self._known.get(number, 0) + len(keys)
+            if number == self.current:
+                self._current_keys += len(keys)
             whole = [key for key in keys if len(key) == _KEY_BYTES]
             if len(whole) < len(keys):  # not a 16-byte key: into a filter now
                 self._filter(self._current_keys,

@@ -35,7 +35,7 @@ from consumer.errors import (
     StoreUnavailable,
 )
 from consumer.message import TP
-from consumer.store import key_runs, postgres_mark, postgres_runs
+from consumer.store import key_runs, postgres_generations, postgres_mark, postgres_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
     ORDERED_COORDINATES,
@@ -56,6 +56,7 @@ from consumer.store.base import (
     require_version,
 )
 from consumer.store.claim_batch import EveryKey
+from consumer.store.key_generations import GENERATION_KEYS, GroupKeys
 from consumer.store.postgres_literals import int_array, text_array
 
 SCHEMA = [
@@ -66,13 +67,15 @@ SCHEMA = [
         next_offset bigint, epoch bigint NOT NULL, updated_at double precision NOT NULL,
         topic_id text,
         PRIMARY KEY (group_id, topic, partition))""",
+    # Keys in generations (version 5: consumer.store.postgres_generations).
     """CREATE TABLE IF NOT EXISTS consumer_processed_keys (
         group_id text NOT NULL, key bytea NOT NULL, topic text NOT NULL,
         partition integer NOT NULL, "offset" bigint NOT NULL,
-        processed_at double precision NOT NULL,
-        PRIMARY KEY (group_id, key))""",
+        processed_at double precision NOT NULL, generation integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (group_id, generation, key))""",
     """CREATE INDEX IF NOT EXISTS consumer_processed_keys_group_age
-        ON consumer_processed_keys (group_id, processed_at)""",
+        ON consumer_processed_keys (group_id, generation, processed_at)""",
+    postgres_generations.TABLE,
     # Groups whose keys were claimed under version 1 (not scoped to their topic yet).
     "CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id text PRIMARY KEY)",
 ]
@@ -94,18 +97,11 @@ MIGRATE_FROM_2 = [
 ]
 #: Version 3 -> 4: the keys already claimed keep their rows, so coordinates keys stay one row
 #: each (no runs: ``consumer_processed_runs`` is made only with a new store).
-MIGRATE_FROM_3 = [f"UPDATE consumer_schema SET version = {POSTGRES_SCHEMA_VERSION}"]
+#: Version 4 -> 5: postgres_generations.MIGRATE_TO_5, after the steps before.
+MIGRATE_TO_5 = [*postgres_generations.MIGRATE_TO_5,
+                f"UPDATE consumer_schema SET version = {POSTGRES_SCHEMA_VERSION}"]
 #: Versions this store migrates from.
-MIGRATES_FROM = (1, 2, 3)
-#: Claims, as :func:`claim_values` gives them: every key new (fails on a processed one) ...
-CLAIM_NEW = """INSERT INTO consumer_processed_keys
-                (group_id, key, topic, partition, "offset", processed_at)
-            SELECT %s, decode(k, 'hex'), t, p, o, %s
-            FROM unnest(string_to_array(%s, ','), string_to_array(%s, ','),
-                        string_to_array(%s, ',')::integer[],
-                        string_to_array(%s, ',')::bigint[]) AS u(k, t, p, o)"""
-#: ... or only the keys not processed before, returned.
-CLAIM_UNLESS_PROCESSED = f"{CLAIM_NEW} ON CONFLICT DO NOTHING RETURNING key"
+MIGRATES_FROM = (1, 2, 3, 4)
 
 #: A batch's checkpoint rows in one statement: each moves only forward, and only where the
 #: epoch is still ours; returns the partitions that moved.
@@ -172,12 +168,12 @@ def is_transient(error: BaseException) -> bool:
         and state.startswith(LOST_CONNECTION_SQLSTATES))
 
 
-def claim_values(group: str, now: float, claims: Sequence[Claim]) -> tuple[Any, ...]:
-    """The parameters of :data:`CLAIM_NEW` and :data:`CLAIM_UNLESS_PROCESSED`: four
+def claim_values(claims: Sequence[Claim]) -> tuple[str, str, str, str]:
+    """The claimed rows as :func:`postgres_generations.claim_statement` takes them: four
     comma-joined strings split by the server (psycopg dumps a list element by element in
     Python, which cost more than the insert). Keys travel as hex (dedup keys are digests,
     never empty); Kafka topic names cannot contain a comma."""
-    return (group, now, ",".join([c.key.hex() for c in claims]),
+    return (",".join([c.key.hex() for c in claims]),
             ",".join([c.topic for c in claims]),
             ",".join([str(c.partition) for c in claims]),
             ",".join([str(c.offset) for c in claims]))
@@ -189,14 +185,14 @@ def unclaim(db: psycopg.Connection[Any], group: str, keys: Iterable[bytes], *, r
     runs) its place in a run, which splits around it. With ``claimed_at``, only rows claimed
     with that time: a caller forgetting its own claims, which may have been rolled back
     since, never forgets a row another session claimed meanwhile."""
-    keys = list(keys)
-    ours, at = ("", ()) if claimed_at is None else (CLAIMED_AT, (claimed_at,))
-    db.execute(UNCLAIM_KEYS + ours, (group, keys, *at))
+    keys, ours = list(keys), claimed_at is not None
+    db.execute(UNCLAIM_KEYS.format(" AND processed_at = %(at)s" if ours else ""),
+               {"g": group, "keys": keys, "at": claimed_at})
     if runs:
         for key in keys:
             head, offset = key_runs.head_and_offset(key)
-            run = db.execute(UNCLAIM_FROM_RUN.format(ours), (group, head, offset, *at)
-                             ).fetchone()
+            run = db.execute(UNCLAIM_FROM_RUN.format(CLAIMED_AT if ours else ""),
+                             (group, head, offset, *([claimed_at] if ours else []))).fetchone()
             if run is None:
                 continue
             low, high, topic, partition, first_offset, at_run = run
@@ -206,16 +202,19 @@ def unclaim(db: psycopg.Connection[Any], group: str, keys: Iterable[bytes], *, r
                 postgres_runs.claim(db.execute, group, at_run, pieces)
 
 
-#: Forget keys kept as rows. Parameters: group, array of keys (then the claim's time, where
-#: a condition on it follows).
-UNCLAIM_KEYS = "DELETE FROM consumer_processed_keys WHERE group_id = %s AND key = ANY(%s)"
+#: Forget keys kept as rows, whichever generation holds them, counted as forgotten there;
+#: ``{0}``: a further condition (or nothing). Parameters: ``g``, ``keys`` (and ``at``).
+UNCLAIM_KEYS = postgres_generations.forgetting(
+    f"""DELETE FROM consumer_processed_keys WHERE group_id = %(g)s
+        AND generation = ANY({postgres_generations.OF_GROUP}) AND key = ANY(%(keys)s){{0}}
+        RETURNING group_id, generation""")
 #: Forget the run holding a key, returning it; ``{0}``: a further condition (or nothing).
 #: Parameters: group, the key's head and offset (:func:`key_runs.head_and_offset`).
 UNCLAIM_FROM_RUN = """DELETE FROM consumer_processed_runs
     WHERE group_id = %s AND key_head = %s AND key_offsets @> %s::bigint{0}
     RETURNING lower(key_offsets), upper(key_offsets), topic, partition, first_offset,
               processed_at"""
-#: The condition that makes the two statements above forget only a claim of a given time.
+#: The condition that makes the statements above forget only a claim of a given time.
 CLAIMED_AT = " AND processed_at = %s"
 
 
@@ -224,7 +223,8 @@ class PostgresStore(key_runs.KeepsRuns, Store):
     schema_version = POSTGRES_SCHEMA_VERSION
 
     def __init__(self, dsn: str, *, connect_timeout: float = 10.0,
-                 session: PostgresSession | None = None) -> None:
+                 session: PostgresSession | None = None,
+                 generation_keys: int = GENERATION_KEYS) -> None:
         self._dsn = dsn
         self._where = _redacted(dsn)
         self._connect_timeout = connect_timeout
@@ -241,6 +241,16 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         self._literals: dict[str, str] = {}
         #: The batch's transaction shows its mark (:mod:`consumer.store.postgres_mark`).
         self._marked = False
+        #: The group whose rotation lock the open transaction holds shared.
+        self._shares_rotation: str | None = None
+        self._generation_keys = generation_keys
+        #: What this store knows of each group's generations of keys.
+        self._groups: dict[str, GroupKeys] = {}
+        #: Groups whose generations are read again before their next claim.
+        self._stale: set[str] = set()
+        #: A rotation that found claims open is tried again once the current generation holds
+        #: this many keys.
+        self._next_rotation: dict[str, int] = {}
         self._init_runs()
 
     def _has_runs_table(self) -> bool:
@@ -302,7 +312,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                 for statement in MIGRATE_FROM_2:
                     self._db.execute(statement)
             if found in MIGRATES_FROM:
-                for statement in MIGRATE_FROM_3:
+                for statement in MIGRATE_TO_5:
                     self._db.execute(statement)
             if found != POSTGRES_SCHEMA_VERSION:
                 # DDL only when something is missing: even CREATE INDEX IF NOT EXISTS waits
@@ -412,10 +422,17 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         self._in_batch = True
         self._batch_empty = True
 
-    def _begin_marked(self) -> None:
+    def _begin_marked(self, group: str | None = None) -> None:
         """Open the batch's transaction, marked so that a handler ending it shows
-        (:mod:`consumer.store.postgres_mark`)."""
-        self._marked = postgres_mark.begin(self._db)
+        (:mod:`consumer.store.postgres_mark`); holding ``group``'s rotation lock shared, if
+        given (:func:`postgres_generations.opening`)."""
+        db = self._db
+        if group is None:
+            self._marked = postgres_mark.begin(db)
+        else:
+            db.execute(postgres_generations.opening(group))
+            self._marked = postgres_mark.marked(db.pgconn)
+        self._shares_rotation = group
 
     def open_batch(self, group: str, claims: Sequence[Claim],
                    now: float) -> AbstractSet[bytes]:
@@ -437,7 +454,11 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         once it holds statements of its own; the opening then finds its statement gone and
         prepares it again: a few round trips after a batch that rolled back."""
         if (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is None:
-            return super().open_batch(group, claims, now)
+            with self._errors():
+                self._begin_marked(group)
+            self._in_batch = True
+            self._batch_empty = True
+            return self.claim(group, claims, now)
         ordered = postgres_runs.in_key_order(runs)
         with self._errors():
             db = self._db
@@ -448,6 +469,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             query = postgres_runs.open_query(group, now, ordered, self._literal)
             rows = postgres_runs.send_open(db, query)
             self._marked = postgres_mark.marked(db.pgconn)
+            self._shares_rotation = None
             new = postgres_runs.claimed(db.execute, group, now, ordered, rows)
         return EveryKey(claims) if new is None else new
 
@@ -475,32 +497,146 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         return found
 
     def _claim_keys(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
-        """Claim the keys with one statement. ``ON CONFLICT DO NOTHING`` costs the server a
-        speculative insertion per row (about a third of a 1,000-key claim measured here), and
-        a batch almost never holds a processed key, so the batch's first statement is a plain
-        ``INSERT``: if a key was processed before, it fails, the still empty transaction
-        starts again, and the claim is made with ``ON CONFLICT``, as are the claims of the
-        next batches (8, doubling while conflicts keep coming, to 1,024) before a plain one
-        is tried again. A plain ``INSERT`` waits for a key another session holds uncommitted
-        exactly as ``ON CONFLICT`` does."""
+        """Claim the keys as rows of the group's current generation, with one statement.
+        ``ON CONFLICT DO NOTHING`` costs the server a speculative insertion per row (about a
+        third of a 1,000-key claim measured here), and a batch almost never holds a processed
+        key, so the batch's first statement is a plain ``INSERT``: if a key was processed
+        before, it fails, the still empty transaction starts again, and the claim is made
+        with ``ON CONFLICT``, as are the claims of the next batches (8, doubling while
+        conflicts keep coming, to 1,024) before a plain one is tried again. A plain
+        ``INSERT`` waits for a key another session holds uncommitted exactly as ``ON
+        CONFLICT`` does.
+
+        The sealed generations are asked, inside the statement, only about the keys the
+        filters flag (:mod:`consumer.store.postgres_generations`). A statement finding its
+        generation sealed by another member fails; the generations are read again and the
+        claim made again (in a new transaction while this one holds nothing else, else the
+        batch is retried)."""
         if not claims:
             return set()
         restartable, self._batch_empty = self._batch_empty, False
-        values = claim_values(group, now, claims)
+        values = claim_values(claims)
+        keys = self._group_keys(group)
         with self._errors():
-            if restartable and self._claims_with_conflicts.plain_due():
-                keys = {c.key for c in claims}
-                if len(keys) == len(claims):  # else the plain INSERT would meet its own keys
-                    try:
-                        self._db.execute(CLAIM_NEW, values)
-                        self._claims_with_conflicts.plain_succeeded()
-                        return keys
-                    except psycopg.errors.UniqueViolation:
-                        self._claims_with_conflicts.plain_conflicted()
-                        self._db.execute("ROLLBACK")
-                        self._begin_marked()
-            rows = self._db.execute(CLAIM_UNLESS_PROCESSED, values).fetchall()
-        return {bytes(row[0]) for row in rows}
+            if self._shares_rotation != group:  # opened without this group's lock
+                self._db.execute(postgres_generations.share_rotation(group))
+                self._shares_rotation = group
+            if restartable and keys.rotation_due and self._next_rotation.get(group, 0) <= \
+                    keys.current_keys:
+                self._rotate(group, keys, now)
+            for _ in range(4):
+                if group in self._stale:
+                    self._refresh(group, keys, outside=restartable)
+                flagged = [key.hex() for key in keys.flagged(c.key for c in claims)]
+                parameters = postgres_generations.claim_parameters(
+                    group, keys.current, now, values, keys.sealed, flagged)
+                sealed = "flagged" if flagged else "none"
+                try:
+                    if restartable and self._claims_with_conflicts.plain_due():
+                        new = {c.key for c in claims}
+                        if len(new) == len(claims):  # else the plain INSERT meets its own keys
+                            try:
+                                self._db.execute(postgres_generations.claim_statement(
+                                    plain=True, sealed=sealed), parameters)
+                                self._claims_with_conflicts.plain_succeeded()
+                                keys.claimed(list(new))
+                                return new
+                            except (psycopg.errors.UniqueViolation,
+                                    psycopg.errors.DivisionByZero) as error:
+                                # processed before, in this generation or a sealed one, or
+                                # the generation was sealed: claim again with ON CONFLICT
+                                # (the generations read again for a division by zero)
+                                self._claims_with_conflicts.plain_conflicted()
+                                if isinstance(error, psycopg.errors.DivisionByZero):
+                                    self._stale.add(group)
+                                self._db.execute("ROLLBACK")
+                                self._begin_marked(group)
+                                continue
+                    rows = self._db.execute(postgres_generations.claim_statement(
+                        plain=False, sealed=sealed), parameters).fetchall()
+                    new = {bytes(row[0]) for row in rows}
+                    keys.claimed(list(new))
+                    return new
+                except psycopg.errors.DivisionByZero:
+                    self._stale.add(group)
+                    if not restartable:
+                        raise StoreUnavailable(
+                            f"PostgreSQL store {self._where}: generation {keys.current} of "
+                            f"group {group}'s processed keys was sealed by another member "
+                            "during this batch; the batch rolled back and is retried") from None
+                    self._db.execute("ROLLBACK")
+                    self._begin_marked(group)
+        raise StoreUnavailable(
+            f"PostgreSQL store {self._where}: group {group}'s current generation of processed "
+            "keys was sealed three times during one claim; the batch is retried")
+
+    def _refresh(self, group: str, keys: GroupKeys, *, outside: bool) -> None:
+        """Read the group's generations again (:func:`postgres_generations.refresh`). With
+        ``outside``, the batch's transaction holds nothing yet: the reading happens between
+        it and a new one, so a generation it starts is committed at once and never waits
+        behind this batch (a member frozen mid-batch would hold every other member's first
+        claim)."""
+        if not outside:
+            postgres_generations.refresh(self._db, group, keys)
+        else:
+            self._db.execute("ROLLBACK")
+            try:
+                postgres_generations.refresh(self._db, group, keys)
+                keys.committed()  # nothing claimed yet: what was read holds
+            finally:
+                self._begin_marked(group)
+        self._stale.discard(group)
+
+    def _group_keys(self, group: str) -> GroupKeys:
+        """What this store knows of the group's generations; read at the next claim when new."""
+        if (keys := self._groups.get(group)) is None:
+            keys = self._groups[group] = GroupKeys(self._generation_keys)
+            self._stale.add(group)
+        return keys
+
+    def _rotate(self, group: str, keys: GroupKeys, now: float) -> None:
+        """Seal the current generation, in a transaction of its own between the batch's empty
+        one and a new one, if no claim is open anywhere (:func:`postgres_generations.rotate`);
+        else try again once the generation holds an eighth more keys."""
+        self._db.execute("ROLLBACK")
+        try:
+            if postgres_generations.rotate(self._db, group, keys.current, now):
+                log.info("PostgreSQL store %s: sealed generation %d of group %s's processed "
+                         "keys", self._where, keys.current, group)
+            else:
+                self._next_rotation[group] = keys.current_keys + keys.generation_keys // 8
+        finally:
+            self._stale.add(group)
+            self._begin_marked(group)
+
+    def load_group(self, group: str) -> None:
+        """Read the group's sealed generations into its filters now, at start, rather than in
+        its first batch (outside any transaction: a sealed generation is written no more)."""
+        keys = self._group_keys(group)
+        try:
+            with self._errors():
+                if self._db.execute("SELECT to_regclass('consumer_key_generations')"
+                                    ).fetchone() in (None, (None,)):
+                    return  # not created yet: read at the first claim
+                postgres_generations.refresh(self._db, group, keys)
+        except StoreError as error:
+            log.warning("PostgreSQL store %s: could not read group %s's processed keys at "
+                        "start (%s); they are read at its first claim", self._where, group,
+                        error)
+            return
+        keys.committed()  # what was read holds, whatever the next transaction does
+        self._stale.discard(group)
+        if keys.read:
+            log.info("read %d processed keys of group %s (%d sealed generations) into memory "
+                     "(%.1f MB)", keys.read, group, len(keys.sealed), keys.filter_bytes / 1e6)
+
+    def _transaction_ended(self, *, committed: bool) -> None:
+        """The claims of the transaction that ended (and what it read) are known, or not."""
+        for keys in self._groups.values():
+            if committed:
+                keys.committed()
+            else:
+                keys.rolled_back()
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
         with self._errors():
@@ -546,10 +682,15 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                     with db.pipeline():
                         db.execute(MOVE_EVERY_ROW, (*_rows_params(group, rows, now), distinct))
                         db.execute("COMMIT")
+                    self._transaction_ended(committed=True)
                     return []
                 except psycopg.errors.DivisionByZero:
                     db.execute("ROLLBACK")
+                self._transaction_ended(committed=False)
                 return self._fenced_rows(group, rows, now)
+        except BaseException:
+            self._transaction_ended(committed=False)
+            raise
         finally:
             self._in_batch = False
 
@@ -599,10 +740,15 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                         if result.status == ExecStatus.FATAL_ERROR:
                             raise psycopg.errors.error_from_result(
                                 result, encoding=db.info.encoding)
+                    self._transaction_ended(committed=True)
                     return []
                 except psycopg.errors.DivisionByZero:
                     db.execute("ROLLBACK")
+                self._transaction_ended(committed=False)
                 return self._fenced_rows(closing.group, closing.rows, closing.now)
+        except BaseException:
+            self._transaction_ended(committed=False)
+            raise
         finally:
             self._in_batch = False
 
@@ -634,22 +780,27 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         if (keep and conn is not None
                 and conn.pgconn.transaction_status == postgres_mark.IN_TRANSACTION):
             self._in_batch = False
+            self._transaction_ended(committed=False)  # what the handler committed is unknown
             with self._errors():
                 conn.execute("COMMIT")
         else:
             self.rollback()
 
     def commit(self) -> None:
+        committed = False
         try:
             with self._errors():
                 self._db.execute("COMMIT")
+            committed = True
         finally:
             self._in_batch = False
+            self._transaction_ended(committed=committed)
 
     def rollback(self) -> None:
         if self._closing is not None:
             self._answer_closing()
         self._in_batch = False
+        self._transaction_ended(committed=False)
         if self._conn is None or self._conn.closed or self._conn.broken:
             return
         with self._errors():
@@ -694,14 +845,36 @@ class PostgresStore(key_runs.KeepsRuns, Store):
 
     def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
         """Up to ``limit`` rows of keys, then of runs; returns the keys they held, which is
-        ``limit`` or more whenever old rows may remain (a run holds one key or more)."""
-        with self._errors():
-            deleted = self._db.execute(
-                """DELETE FROM consumer_processed_keys WHERE ctid IN (
-                       SELECT ctid FROM consumer_processed_keys
-                       WHERE group_id = %s AND processed_at < %s LIMIT %s)""",
-                (group, older_than, limit),
-            ).rowcount
+        ``limit`` or more whenever old rows may remain (a run holds one key or more).
+
+        Keys go with their generation: a sealed one whole, once its newest key is older than
+        ``older_than`` (its keys deleted, then its row), and the current one key by key,
+        counted as forgotten there. A key of a sealed generation is kept until the whole
+        generation is past: up to the time the generation took to fill longer than the
+        retention."""
+        with self._errors(), self._db.transaction():
+            self._db.execute(postgres_generations.share_rotation(group))
+            deleted = 0
+            for (generation,) in self._db.execute(
+                    postgres_generations.PAST, (group, older_than)).fetchall():
+                deleted += self._db.execute(
+                    """DELETE FROM consumer_processed_keys WHERE ctid IN (
+                           SELECT ctid FROM consumer_processed_keys
+                           WHERE group_id = %s AND generation = %s LIMIT %s)""",
+                    (group, generation, limit - deleted)).rowcount
+                if deleted >= limit:
+                    break
+                self._db.execute(postgres_generations.FORGET, (group, generation))
+            row = self._db.execute(postgres_generations.CURRENT, (group,)).fetchone()
+            if deleted < limit and row is not None and row[0] is not None:
+                found = self._db.execute(postgres_generations.forgetting(
+                    """DELETE FROM consumer_processed_keys WHERE ctid IN (
+                           SELECT ctid FROM consumer_processed_keys
+                           WHERE group_id = %s AND generation = %s AND processed_at < %s
+                           LIMIT %s)
+                       RETURNING group_id, generation"""),
+                    (group, row[0], older_than, limit - deleted)).fetchone()
+                deleted += int(found[0]) if found else 0
             if self._runs and deleted < limit:
                 deleted += sum(int(length) for (length,) in self._db.execute(
                     """DELETE FROM consumer_processed_runs WHERE ctid IN (
@@ -727,12 +900,17 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         return found
 
     def forget_keys_from(self, group: str, tp: TP, offset: int) -> int:
-        """The keys claimed at or after ``offset``: rows, runs, and the tail of a run that
-        starts before it."""
-        forgotten = super().forget_keys_from(group, tp, offset)
+        """The keys claimed at or after ``offset``: rows (counted as forgotten in their
+        generations), runs, and the tail of a run that starts before it."""
+        topic, partition = tp
+        row = self._db.execute(postgres_generations.forgetting(
+            """DELETE FROM consumer_processed_keys WHERE group_id = %s AND topic = %s
+                   AND partition = %s AND "offset" >= %s
+               RETURNING group_id, generation"""),
+            (group, topic, partition, offset)).fetchone()
+        forgotten = int(row[0]) if row else 0
         if not self._runs:
             return forgotten
-        topic, partition = tp
         forgotten += sum(int(length) for (length,) in self._db.execute(
             "DELETE FROM consumer_processed_runs WHERE group_id = %s AND topic = %s "
             "AND partition = %s AND first_offset >= %s "

@@ -27,14 +27,23 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from consumer.errors import MessageTransactionEnded, StoreUnavailable, TransactionEndRefused
-from consumer.store import key_runs, postgres, postgres_mark, postgres_runs
+from consumer.store import (
+    key_runs,
+    postgres,
+    postgres_generations,
+    postgres_mark,
+    postgres_pool,
+    postgres_runs,
+)
 from consumer.store.base import Claim, PostgresSession
+from consumer.store.key_generations import Generation
 from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres_pool import (
+    CLAIM_ATTEMPTS,
     RunsOpening,
     ended,
+    generation_sealed,
     handler_store_error,
-    one_claim,
     pool_options,
     swallowed_error,
     transaction_errors,
@@ -97,6 +106,7 @@ class AsyncPostgresTransactions:
         self._session = session
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         self._opening = RunsOpening()
+        self._generations = postgres_generations.PoolGenerations()
         # A message asks for a connection once a slot is its (one is free).
         self._pool: AsyncConnectionPool[AsyncMessageConnection] = AsyncConnectionPool(
             dsn, name="consumer-store-async", connection_class=AsyncMessageConnection,
@@ -141,10 +151,7 @@ class AsyncPostgresTransactions:
                 if runs:
                     new = await self._open_run(conn, group, now, runs[0])
                 else:
-                    await conn.execute(postgres_mark.OPENING)
-                    conn.marked = postgres_mark.marked(conn.pgconn)
-                    cursor = await conn.execute(*one_claim(group, claim, now))
-                    new = await cursor.fetchone() is not None
+                    new = await self._claim_row(conn, group, claim, now)
             if not new:
                 await _rollback_quietly(conn)
                 return False
@@ -193,8 +200,8 @@ class AsyncPostgresTransactions:
         try:
             with transaction_errors(self._where, self._session):
                 await conn.execute("BEGIN")
-                await conn.execute(postgres.UNCLAIM_KEYS + postgres.CLAIMED_AT,
-                                   (group, [claim.key], now))
+                await conn.execute(postgres.UNCLAIM_KEYS.format(" AND processed_at = %(at)s"),
+                                   {"g": group, "keys": [claim.key], "at": now})
                 if self._coordinates_keys.as_runs:
                     head, offset = key_runs.head_and_offset(claim.key)
                     await conn.execute(postgres.UNCLAIM_FROM_RUN.format(postgres.CLAIMED_AT),
@@ -205,6 +212,25 @@ class AsyncPostgresTransactions:
             unforgotten = error
         return MessageTransactionEnded(claim.topic, claim.partition, claim.offset,
                                        forgotten=1, unforgotten=unforgotten)
+
+    async def _claim_row(self, conn: AsyncMessageConnection, group: str, claim: Claim,
+                         now: float) -> bool:
+        """Open the transaction and claim the key as a row
+        (:func:`~consumer.store.postgres_pool.row_claim`); whether it was new. A generation
+        sealed under the claim is read again and the claim made again."""
+        for _ in range(CLAIM_ATTEMPTS):
+            view = self._generations.view(group) or self._generations.read(
+                group, await _listed(conn, group))
+            await conn.execute(postgres_generations.opening(group))
+            conn.marked = postgres_mark.marked(conn.pgconn)
+            try:
+                cursor = await conn.execute(*postgres_pool.row_claim(group, (claim,), now, view))
+            except psycopg.errors.DivisionByZero:
+                await conn.execute("ROLLBACK")
+                self._generations.stale(group, view[0])
+                continue
+            return await cursor.fetchone() is not None
+        raise generation_sealed(self._where, group)
 
     async def _open_run(self, conn: AsyncMessageConnection, group: str, now: float,
                         run: Run) -> bool:
@@ -243,6 +269,18 @@ class AsyncPostgresTransactions:
                 f"no connection to PostgreSQL store {self._where} within "
                 f"{self._pool.timeout:g} s (the server is unreachable, or refuses new "
                 f"connections): {error}") from error
+
+
+async def _listed(conn: AsyncMessageConnection, group: str) -> list[Generation]:
+    """:func:`postgres_generations.listed`, awaited."""
+    for _ in range(2):
+        cursor = await conn.execute(postgres_generations.LIST, (group,))
+        generations = [Generation(*row) for row in await cursor.fetchall()]
+        if generations and not generations[-1].sealed:
+            break
+        await conn.execute(postgres_generations.START,
+                           (group, generations[-1].number + 1 if generations else 1))
+    return generations
 
 
 async def _run_work(conn: AsyncMessageConnection, work: AsyncWork) -> None:

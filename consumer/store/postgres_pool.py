@@ -38,31 +38,35 @@ from consumer.errors import (
     TransactionEndRefused,
 )
 from consumer.message import StoreLike
-from consumer.store import key_runs, postgres_mark, postgres_runs
+from consumer.store import key_runs, postgres_generations, postgres_mark, postgres_runs
 from consumer.store.base import Claim, PostgresSession
 from consumer.store.key_runs import CoordinatesKeys, Run
-from consumer.store.postgres import (
-    CLAIM_UNLESS_PROCESSED,
-    claim_values,
-    is_transient,
-    unclaim,
-)
+from consumer.store.postgres import claim_values, is_transient, unclaim
 
 log = logging.getLogger("consumer.store")
 
-CLAIM_ONE = """INSERT INTO consumer_processed_keys
-                   (group_id, key, topic, partition, "offset", processed_at)
-               VALUES (%s, %s, %s, %s, %s, %s)
-               ON CONFLICT DO NOTHING
-               RETURNING 1"""
-#: A micro-batch's keys in one statement: the store's batch claim, new keys returned.
-CLAIM_MANY = CLAIM_UNLESS_PROCESSED
+#: Claims of rows tried before a pool gives up on a generation sealed under each
+#: (:mod:`consumer.store.postgres_generations`): the message is then retried.
+CLAIM_ATTEMPTS = 3
 
 
-def one_claim(group: str, claim: Claim, now: float) -> tuple[str, tuple[Any, ...]]:
-    """The statement (and its parameters) claiming one key as a row; it returns a row when
-    the key was new."""
-    return CLAIM_ONE, (group, claim.key, claim.topic, claim.partition, claim.offset, now)
+def row_claim(group: str, claims: Sequence[Claim], now: float,
+              view: tuple[int, tuple[int, ...]]) -> tuple[str, dict[str, Any]]:
+    """The statement (and its parameters) claiming keys as rows of the group's current
+    generation (``view``: it and the sealed ones, which are asked about every key: a pool
+    keeps no filters); it returns the keys that were new, and fails (a division by zero)
+    when the generation was sealed."""
+    current, sealed = view
+    return (postgres_generations.claim_statement(plain=False,
+                                                 sealed="all" if sealed else "none"),
+            postgres_generations.claim_parameters(group, current, now, claim_values(claims),
+                                                  sealed))
+
+
+def generation_sealed(where: str, group: str) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"PostgreSQL store {where}: group {group}'s current generation of processed keys was "
+        f"sealed under {CLAIM_ATTEMPTS} claims in a row; the message is retried")
 
 
 class RunsOpening:
@@ -137,6 +141,7 @@ class PostgresTransactions:
         self._session = session
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         self._opening = RunsOpening()
+        self._generations = postgres_generations.PoolGenerations()
         self._pool: ConnectionPool[MessageConnection] = ConnectionPool(
             dsn, name="consumer-store", connection_class=MessageConnection,
             **pool_options(size, session_parameters, connect_timeout))
@@ -160,8 +165,7 @@ class PostgresTransactions:
                 if runs:
                     new = bool(self._open_runs(conn, group, now, runs))
                 else:
-                    begin(conn)
-                    new = conn.execute(*one_claim(group, claim, now)).fetchone() is not None
+                    new = bool(self._claim_rows(conn, group, (claim,), now))
             if not new:
                 _rollback_quietly(conn)
                 return False
@@ -243,9 +247,7 @@ class PostgresTransactions:
         try:
             with transaction_errors(self._where, self._session):
                 if others:
-                    begin(conn)
-                    rows = conn.execute(CLAIM_MANY, claim_values(group, now, others)).fetchall()
-                    new = {bytes(row[0]) for row in rows}
+                    new = self._claim_rows(conn, group, others, now)
                     if runs:
                         new |= key_runs.new_keys(
                             runs, postgres_runs.claim(conn.execute, group, now, runs))
@@ -309,6 +311,23 @@ class PostgresTransactions:
                 unforgotten = error
         return MessageTransactionEnded(claim.topic, claim.partition, claim.offset,
                                        forgotten=len(keys), unforgotten=unforgotten)
+
+    def _claim_rows(self, conn: MessageConnection, group: str, claims: Sequence[Claim],
+                    now: float) -> set[bytes]:
+        """Open the transaction and claim keys as rows (:func:`row_claim`); the keys that were
+        new. A generation sealed under the claim is read again and the claim made again."""
+        for _ in range(CLAIM_ATTEMPTS):
+            view = self._generations.view(group) or self._generations.read(
+                group, postgres_generations.listed(conn, group))
+            begin(conn, group)
+            try:
+                rows = conn.execute(*row_claim(group, claims, now, view)).fetchall()
+            except psycopg.errors.DivisionByZero:
+                conn.execute("ROLLBACK")
+                self._generations.stale(group, view[0])
+                continue
+            return {bytes(row[0]) for row in rows}
+        raise generation_sealed(self._where, group)
 
     def _open_runs(self, conn: MessageConnection, group: str, now: float,
                    runs: Sequence[Run]) -> set[bytes]:
@@ -424,9 +443,14 @@ class AnyMarked(Protocol):
     def pgconn(self) -> pq.abc.PGconn: ...
 
 
-def begin(conn: MessageConnection) -> None:
-    """Open a marked transaction on ``conn`` (:mod:`consumer.store.postgres_mark`)."""
-    conn.marked = postgres_mark.begin(conn)
+def begin(conn: MessageConnection, group: str | None = None) -> None:
+    """Open a marked transaction on ``conn`` (:mod:`consumer.store.postgres_mark`), holding
+    ``group``'s rotation lock shared if given (:func:`postgres_generations.opening`)."""
+    if group is None:
+        conn.marked = postgres_mark.begin(conn)
+    else:
+        conn.execute(postgres_generations.opening(group))
+        conn.marked = postgres_mark.marked(conn.pgconn)
 
 
 def ended(conn: AnyMarked) -> bool:

@@ -1,6 +1,6 @@
-"""Generations of processed keys in the SQLite store, with a real broker: events re-sent after
-their generation was sealed are applied once, by the process that claimed them and by one
-started after a crash, which reads the sealed generations at start."""
+"""Generations of processed keys in the SQLite and PostgreSQL stores, with a real broker:
+events re-sent after their generation was sealed are applied once, by the process that claimed
+them and by one started after a crash, which reads the sealed generations at start."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
 from tests.support.kafka import create_topic, produce, unique_name
-from tests.support.stores import fresh_store
+from tests.support.stores import StoreUnderTest
 
 pytestmark = pytest.mark.integration
 
@@ -30,35 +30,35 @@ def _events(topic_bootstrap: tuple[str, str], numbers: list[int]) -> None:
 
 
 def test_events_resent_after_their_generation_was_sealed_apply_once(
-        kafka_bootstrap: str, tmp_path: Path) -> None:
+        kafka_bootstrap: str, tmp_path: Path, store: StoreUnderTest) -> None:
     topic = create_topic(kafka_bootstrap, 1, prefix="generations")
     where = (kafka_bootstrap, topic)
     # Offsets 0-119: events 0-99, then 0-19 again (sealed by this process meanwhile).
     _events(where, [*range(100), *range(20)])
-    with fresh_store("sqlite", tmp_path, None) as store:
-        config = consumer_config(kafka_bootstrap, unique_name("generations"), topic,
-                                 handler="handlers.ledger:apply", every_messages=10,
-                                 every_seconds=0.5, store=store.url)
-        config["store"]["sqlite_generation_keys"] = GENERATION_KEYS
-        first = ConsumerProcess(tmp_path, "first", config).start()
-        try:
-            wait_for(lambda: store.checkpoints() == {topic: 120}, timeout=60,
-                     what=f"the checkpoint past offset 119 ({first.log_tail()})")
-            first.kill()  # a crash: the next process knows the generations only from the file
-        finally:
-            first.stop_if_running()
-        # Offsets 120-199: events 0-59 again, and 100-119 new.
-        _events(where, [*range(60), *range(100, 120)])
-        second = ConsumerProcess(tmp_path, "second", config).start()
-        try:
-            wait_for(lambda: store.checkpoints() == {topic: 200}, timeout=60,
-                     what=f"the checkpoint past offset 199 ({second.log_tail()})")
-            second.signal(signal.SIGTERM)
-            assert second.wait() == 0, second.log_tail()
-        finally:
-            second.stop_if_running()
-        applied = [event for (event,) in store.query("SELECT event FROM ledger_entries")]
-        assert sorted(applied) == sorted(f"evt-{n}" for n in range(120))
-        sealed = store.scalar("SELECT count(*) FROM consumer_key_generations "
-                              "WHERE newest_at IS NOT NULL")
-        assert sealed >= 120 // GENERATION_KEYS - 1, sealed
+    config = consumer_config(kafka_bootstrap, unique_name("generations"), topic,
+                             handler="handlers.ledger:apply", every_messages=10,
+                             every_seconds=0.5, store=store.url)
+    name = "sqlite" if store.backend == "sqlite" else "postgres"
+    config["store"][f"{name}_generation_keys"] = GENERATION_KEYS
+    first = ConsumerProcess(tmp_path, "first", config).start()
+    try:
+        wait_for(lambda: store.checkpoints() == {topic: 120}, timeout=60,
+                 what=f"the checkpoint past offset 119 ({first.log_tail()})")
+        first.kill()  # a crash: the next process knows the generations only from the store
+    finally:
+        first.stop_if_running()
+    # Offsets 120-199: events 0-59 again, and 100-119 new.
+    _events(where, [*range(60), *range(100, 120)])
+    second = ConsumerProcess(tmp_path, "second", config).start()
+    try:
+        wait_for(lambda: store.checkpoints() == {topic: 200}, timeout=60,
+                 what=f"the checkpoint past offset 199 ({second.log_tail()})")
+        second.signal(signal.SIGTERM)
+        assert second.wait() == 0, second.log_tail()
+    finally:
+        second.stop_if_running()
+    applied = [event for (event,) in store.query("SELECT event FROM ledger_entries")]
+    assert sorted(applied) == sorted(f"evt-{n}" for n in range(120))
+    sealed = store.scalar("SELECT count(*) FROM consumer_key_generations "
+                          "WHERE newest_at IS NOT NULL")
+    assert sealed >= 120 // GENERATION_KEYS - 1, sealed

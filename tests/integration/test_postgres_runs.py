@@ -15,6 +15,7 @@ import pytest
 
 from consumer.errors import StoreUnavailable
 from consumer.store import CheckpointRow, PostgresSession, Store
+from consumer.store.base import POSTGRES_SCHEMA_VERSION
 from consumer.store.postgres import PostgresStore
 from tests.support.runs_contract import (
     TOPIC_IDS,
@@ -79,7 +80,7 @@ class TestPostgresRuns(RunsContract, ServerRunsContract):
 
 def test_a_new_store_keeps_runs(store: PostgresStore, database: StoreUnderTest) -> None:
     assert database.query("SELECT version, coordinates_keys FROM consumer_schema") \
-        == [(4, "runs")]
+        == [(POSTGRES_SCHEMA_VERSION, "runs")]
 
 
 def test_a_concurrent_handler_s_message_and_a_batch_see_each_other_s_keys(
@@ -106,7 +107,7 @@ def test_a_concurrent_handler_s_message_and_a_batch_see_each_other_s_keys(
 # --- older stores, and a server without btree_gist -----------------------------------------
 
 
-def test_a_version_3_store_migrates_to_4_and_keeps_a_row_per_key(
+def test_a_version_3_store_migrates_and_keeps_a_row_per_key(
         database: StoreUnderTest) -> None:
     """Its keys stay rows, so new ones are rows too (a run would not see them): a key claimed
     before the migration is still a duplicate, the batch around it new."""
@@ -118,10 +119,10 @@ def test_a_version_3_store_migrates_to_4_and_keeps_a_row_per_key(
         upgrade = store.ensure_schema(G)
         store.use_topic_ids(TOPIC_IDS)
         assert upgrade is not None
-        assert (upgrade.from_version, upgrade.to_version) == (3, 4)
+        assert (upgrade.from_version, upgrade.to_version) == (3, POSTGRES_SCHEMA_VERSION)
         assert "stay one row each" in upgrade.describe("here")
         assert database.query("SELECT version, coordinates_keys FROM consumer_schema") \
-            == [(4, "ordered")]
+            == [(POSTGRES_SCHEMA_VERSION, "ordered")]
         assert claimed(store, claims(range(0, 10))) == keys_of(claims(range(0, 10))) \
             - {claim(5).key}
         assert database.scalar("SELECT count(*) FROM consumer_processed_keys") == 10

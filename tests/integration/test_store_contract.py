@@ -21,6 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.store import Store
+from consumer.store.key_generations import GENERATION_KEYS
 from consumer.store.postgres import PostgresStore
 from tests.support.store_contract import (
     P0,
@@ -47,13 +48,15 @@ def postgres_admin(postgres_dsn: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 @contextlib.contextmanager
-def postgres_backend(dsn: str, admin: psycopg.Connection[Any]) -> Iterator[Backend]:
+def postgres_backend(dsn: str, admin: psycopg.Connection[Any], *,
+                     generation_keys: int = GENERATION_KEYS) -> Iterator[Backend]:
     """A fresh schema on the real server; every store opened on it sees only that schema."""
     schema = f"contract_{uuid.uuid4().hex[:12]}"
     install_btree_gist(admin)
     admin.execute(f"CREATE SCHEMA {schema}")
     isolated = make_conninfo(dsn, options=f"-csearch_path={schema}")
-    backend = Backend("postgresql", lambda: PostgresStore(isolated, connect_timeout=5))
+    backend = Backend("postgresql", lambda: PostgresStore(
+        isolated, connect_timeout=5, generation_keys=generation_keys))
     try:
         yield backend
     finally:
@@ -73,6 +76,17 @@ class TestPostgresStoreContract(StoreContract, MigratesFromVersion1, MigratesFro
     @pytest.fixture
     def backend(self, pg_backend: Backend) -> Backend:
         return pg_backend
+
+
+class TestPostgresStoreContractInSmallGenerations(StoreContract):
+    """The store contract with a generation sealed every two keys: every claim meets sealed
+    generations, and most batches seal one."""
+
+    @pytest.fixture
+    def backend(self, postgres_dsn: str,
+                postgres_admin: psycopg.Connection[Any]) -> Iterator[Backend]:
+        with postgres_backend(postgres_dsn, postgres_admin, generation_keys=2) as backend:
+            yield backend
 
 
 # --- PostgreSQL only -------------------------------------------------------------------------

@@ -10,19 +10,24 @@ after a crash) is applied again.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import consumer.store.postgres_pool as pool
 from consumer.cli import main
+from consumer.store.base import Claim
 
 
 def no_claim() -> None:
-    #: Takes the claim's six parameters, records nothing, and always answers "new".
-    pool.CLAIM_ONE = "SELECT 1 FROM (SELECT %s, %s, %s, %s, %s, %s) AS unclaimed"
-    #: A micro-batch's claim: the same parameters, every key answered "new", none recorded.
-    pool.CLAIM_MANY = """SELECT decode(k, 'hex') FROM (SELECT %s::text, %s::float8) AS unclaimed,
-                         unnest(string_to_array(%s, ','), string_to_array(%s, ','),
-                                string_to_array(%s, ',')::integer[],
-                                string_to_array(%s, ',')::bigint[]) AS u(k, t, p, o)"""
+    """Every claim of a row (both pools look ``row_claim`` up in the module) records nothing
+    and answers every key "new"."""
+
+    def unrecorded(group: str, claims: Sequence[Claim], now: float,
+                   view: tuple[int, tuple[int, ...]]) -> tuple[str, dict[str, Any]]:
+        return ("SELECT decode(k, 'hex') FROM unnest(string_to_array(%(k)s, ',')) AS u(k)",
+                {"k": ",".join(c.key.hex() for c in claims)})
+
+    pool.row_claim = unrecorded
 
 
 if __name__ == "__main__":

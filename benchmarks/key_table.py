@@ -86,6 +86,8 @@ class Variant:
 
 # --- the databases ---------------------------------------------------------------------------
 
+#: The stores keeping processed keys in generations (consumer.store.key_generations).
+GENERATIONS = ("sqlite", "postgres")
 #: Where each server store's URL comes from (its user must be allowed to create databases).
 SERVER_URLS = {"postgres": "CONSUMER_TEST_POSTGRES_DSN", "mariadb": "CONSUMER_TEST_MARIADB_URL"}
 #: The ballast: ``keys`` random 16-byte keys of a group (``%s``: group, topic, time stamp).
@@ -97,9 +99,9 @@ FILL = {
                      (group_id, generation, key, topic, partition, "offset", processed_at)
                  SELECT %s, {generation}, randomblob(16), %s, 0, i, %s FROM n""",
     "postgres": """INSERT INTO consumer_processed_keys
-                       (group_id, key, topic, partition, "offset", processed_at)
-                   SELECT %s, decode(md5(i::text), 'hex'), %s, 0, i, %s
-                   FROM generate_series(1, {keys}) AS i""",
+                       (group_id, generation, key, topic, partition, "offset", processed_at)
+                   SELECT %s, {generation}, decode(md5(i::text), 'hex'), %s, 0, i, %s
+                   FROM generate_series({first}, {first} + {keys} - 1) AS i""",
     # In key order: InnoDB appends to its clustered index instead of splitting pages all over
     # it (about 5 s a million instead of minutes).
     "mariadb": """INSERT INTO consumer_processed_keys
@@ -123,7 +125,8 @@ FILL_RUNS = {
                   SELECT %s, SUBSTRING(UNHEX(MD5(seq)), 1, 10) AS h, 0, 999, %s, 0, 0, 999, %s
                   FROM seq_1_to_{runs} ORDER BY h""",
 }
-#: The SQLite ballast's generations, each sealed (``%s``: group, generation, keys, time).
+#: The SQLite and PostgreSQL ballast's generations, each sealed (``%s``: group, generation,
+#: keys, time).
 SEALED_GENERATION = """INSERT INTO consumer_key_generations (group_id, generation, keys, newest_at)
     VALUES (%s, %s, %s, %s)"""
 #: Run before the fill (SQLite: a 1 GB page cache for it) and after it (the planners' figures).
@@ -146,8 +149,8 @@ TABLE_BYTES = {
 FORGET_RUN = ["DELETE FROM consumer_processed_keys WHERE group_id = %s AND topic = %s",
               "DELETE FROM consumer_checkpoints WHERE group_id = %s"]
 FORGET_RUNS = "DELETE FROM consumer_processed_runs WHERE group_id = %s AND topic = %s"
-#: SQLite: the generations the runs' keys filled, left empty by FORGET_RUN (the ballast's stay),
-#: so every run starts a current generation of its own after the ballast's.
+#: SQLite and PostgreSQL: the generations the runs' keys filled, left empty by FORGET_RUN (the
+#: ballast's stay), so every run starts a current generation of its own after the ballast's.
 FORGET_GENERATIONS = """DELETE FROM consumer_key_generations AS g WHERE group_id = %s
     AND NOT EXISTS (SELECT 1 FROM consumer_processed_keys AS k
                     WHERE k.group_id = g.group_id AND k.generation = g.generation)"""
@@ -234,12 +237,12 @@ def prepare_schema(url: str, group: str) -> None:
 def fill(store: str, url: str, group: str, keys: int,
          generation_keys: int = GENERATION_KEYS) -> None:
     """``keys`` random 16-byte keys of ``group`` (topic :data:`BALLAST_TOPIC`), stamped now
-    (SQLite: in sealed generations of ``generation_keys``)."""
+    (SQLite and PostgreSQL: in sealed generations of ``generation_keys``)."""
     with connected(store, url) as db:
         for sql in BEFORE_FILL.get(store, []):
             db.execute(sql)
-        if store == "sqlite":
-            _fill_generations(db, group, keys, generation_keys)
+        if store in GENERATIONS:
+            _fill_generations(store, db, group, keys, generation_keys)
         else:
             db.execute(FILL[store].format(keys=int(keys)), (group, BALLAST_TOPIC, time.time()))
         if store in FILL_RUNS and _has_runs(store, db):
@@ -249,15 +252,17 @@ def fill(store: str, url: str, group: str, keys: int,
             db.execute(sql)
 
 
-def _fill_generations(db: Any, group: str, keys: int, generation_keys: int) -> None:
-    """The SQLite ballast as the store holds that many keys: sealed generations of
+def _fill_generations(store: str, db: Any, group: str, keys: int,
+                      generation_keys: int) -> None:
+    """The ballast as the store holds that many keys: sealed generations of
     ``generation_keys`` keys each (the last may hold fewer), numbered from 1; the runs' keys
     go into the current generation the store starts after them."""
     left, generation = int(keys), 1
     while left > 0:
         count = min(left, generation_keys)
         now = time.time()
-        db.execute(FILL["sqlite"].format(keys=count, generation=generation),
+        db.execute(FILL[store].format(keys=count, generation=generation,
+                                      first=int(keys) - left + 1),
                    (group, BALLAST_TOPIC, now))
         db.execute(SEALED_GENERATION, (group, generation, count, now))
         left -= count
@@ -282,7 +287,7 @@ def forget_run(store: str, url: str, group: str, run_topic: str) -> None:
         db.execute(FORGET_RUN[1], (group,))
         if _has_runs(store, db):
             db.execute(FORGET_RUNS, (group, run_topic))
-        if store == "sqlite":
+        if store in GENERATIONS:
             db.execute(FORGET_GENERATIONS, (group,))
 
 
@@ -340,8 +345,8 @@ def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
                 forget_run(store, variant.url, variant.group, run.topic)
                 delete_group(run.bootstrap, variant.group)
                 settings: dict[str, Any] = {"url": variant.url}
-                if store == "sqlite":
-                    settings["sqlite_generation_keys"] = generation_keys
+                if store in GENERATIONS:
+                    settings[f"{store}_generation_keys"] = generation_keys
                 options: dict[str, Any] = {"settings": {"store": settings}}
                 if KEY_KINDS[variant.key_kind]:
                     options["dedup_key"] = KEY_KINDS[variant.key_kind]
@@ -413,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-kinds", default=",".join(KEY_KINDS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--generation-keys", type=int, default=GENERATION_KEYS,
-                        help="SQLite: keys a generation holds before it is sealed, in the "
-                             "ballast and in the runs (store.sqlite_generation_keys)")
+                        help="SQLite and PostgreSQL: keys a generation holds before it is "
+                             "sealed, in the ballast and in the runs "
+                             "(store.sqlite_generation_keys, store.postgres_generation_keys)")
     args = parser.parse_args(argv)
     stores = [s for s in args.stores.split(",") if s]
     unknown = set(stores) - set(STORES)
@@ -446,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         topic.delete(bootstrap, name)
         shutil.rmtree(workdir, ignore_errors=True)
-    generations = (f", SQLite generations of {args.generation_keys:,} keys"
-                   if "sqlite" in stores else "")
+    generations = (f", generations of {args.generation_keys:,} keys"
+                   if set(stores) & set(GENERATIONS) else "")
     described = (f"{os.cpu_count()} cores, {args.keys:,} keys{generations}, "
                  f"{time.strftime('%Y-%m-%d')}")
     text = render(results, messages=args.messages, rounds=args.rounds, described=described)

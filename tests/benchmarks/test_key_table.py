@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.key_table import fill, forget_run, prepare_schema
 from consumer.store import Claim
+from consumer.store.postgres import PostgresStore
 from consumer.store.sqlite import SQLiteStore
+from tests.support.stores import fresh_store
 
 
 def test_forget_run_leaves_none_of_the_runs_keys_on_sqlite(tmp_path: Path) -> None:
@@ -57,3 +61,33 @@ def test_the_sqlite_ballast_is_sealed_generations_the_store_honours(
     forget_run("sqlite", url, "g", "run-topic")
     assert store.execute("SELECT max(generation) FROM consumer_key_generations"
                          ).fetchone() == (3,)
+
+
+@pytest.mark.integration
+def test_the_postgres_ballast_is_sealed_generations_the_store_honours(
+        tmp_path: Path, postgres_dsn: str) -> None:
+    """The same on a real PostgreSQL server: the store reads the sealed ballast into its
+    filters and refuses every key of it; forget_run leaves the ballast's generations."""
+    with fresh_store("postgresql", tmp_path, postgres_dsn) as database:
+        prepare_schema(database.url, "g")
+        fill("postgres", database.url, "g", 7, generation_keys=3)
+        assert database.query("SELECT generation, keys, newest_at IS NOT NULL FROM "
+                               "consumer_key_generations ORDER BY generation") == [
+            (1, 3, True), (2, 3, True), (3, 1, True)]
+        ballast = [bytes(k) for (k,) in database.query(
+            "SELECT key FROM consumer_processed_keys ORDER BY generation")]
+        store = PostgresStore(database.url, generation_keys=3)
+        try:
+            store.ensure_schema("g")
+            store.load_group("g")
+            store.begin()
+            assert store.claim("g", [Claim(k, "ballast", 0, n) for n, k in enumerate(ballast)],
+                               1.0) == set()
+            assert store.claim("g", [Claim(b"\x01" * 16, "run-topic", 0, 0)], 1.0) == {
+                b"\x01" * 16}
+            store.commit()
+        finally:
+            store.close()
+        assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 4
+        forget_run("postgres", database.url, "g", "run-topic")
+        assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 3

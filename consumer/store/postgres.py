@@ -426,12 +426,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         """Open the batch's transaction, marked so that a handler ending it shows
         (:mod:`consumer.store.postgres_mark`); holding ``group``'s rotation lock shared, if
         given (:func:`postgres_generations.opening`)."""
-        db = self._db
-        if group is None:
-            self._marked = postgres_mark.begin(db)
-        else:
-            db.execute(postgres_generations.opening(group))
-            self._marked = postgres_mark.marked(db.pgconn)
+        self._marked = postgres_mark.begin(self._db, postgres_generations.opening(group))
         self._shares_rotation = group
 
     def open_batch(self, group: str, claims: Sequence[Claim],

@@ -116,9 +116,11 @@ def share_rotation(group: str) -> str:
 
 
 @cache
-def opening(group: str) -> str:
+def opening(group: str | None) -> str:
     """:data:`postgres_mark.OPENING` and :func:`share_rotation`: a transaction that may claim
-    the group's keys as rows, opened in one query string."""
+    the group's keys as rows, opened in one query string (no group: the plain opening)."""
+    if group is None:
+        return postgres_mark.OPENING
     return f"{postgres_mark.OPENING}; {share_rotation(group)}"
 
 

@@ -39,9 +39,10 @@ def marked(pgconn: pq.abc.PGconn) -> bool:
     return pgconn.parameter_status(SETTING) == ON
 
 
-def begin(db: psycopg.Connection[Any]) -> bool:
-    """Open a marked transaction on ``db`` (in autocommit mode); whether the mark shows."""
-    db.execute(OPENING)
+def begin(db: psycopg.Connection[Any], opening: str = OPENING) -> bool:
+    """Open a marked transaction on ``db`` (in autocommit mode) with :data:`OPENING`, or a
+    query string starting with it; whether the mark shows."""
+    db.execute(opening)
     return marked(db.pgconn)
 
 

@@ -446,11 +446,7 @@ class AnyMarked(Protocol):
 def begin(conn: MessageConnection, group: str | None = None) -> None:
     """Open a marked transaction on ``conn`` (:mod:`consumer.store.postgres_mark`), holding
     ``group``'s rotation lock shared if given (:func:`postgres_generations.opening`)."""
-    if group is None:
-        conn.marked = postgres_mark.begin(conn)
-    else:
-        conn.execute(postgres_generations.opening(group))
-        conn.marked = postgres_mark.marked(conn.pgconn)
+    conn.marked = postgres_mark.begin(conn, postgres_generations.opening(group))
 
 
 def ended(conn: AnyMarked) -> bool:

@@ -99,6 +99,38 @@ def test_chaos_with_coordinates_keys_applies_every_change_exactly_once(
         assert store.scalar("SELECT count(*) FROM consumer_processed_keys") == 0
 
 
+#: Keys a generation holds before it is sealed in the chaos below: a member seals one every
+#: few of its batches.
+SMALL_GENERATION = 300
+
+
+def test_chaos_in_small_generations_applies_every_change_exactly_once(
+    kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """The chaos with a generation of processed keys sealed every 300 keys: members seal
+    generations while others claim (PostgreSQL defers a seal while any claim is open), the
+    killed ones restart reading the sealed generations, and the re-sent events come after
+    their originals' generations were sealed: still exact."""
+    ledger = make_ledger(VARIANT_MESSAGES)
+    topic = create_topic(kafka_bootstrap, 6, prefix="chaos-generations")
+    produce_ledger(kafka_bootstrap, topic, ledger)
+    install_audit(store)
+    group = unique_name("chaos-generations")
+    config = _ledger_config(kafka_bootstrap, group, topic, store)
+    name = "sqlite" if store.backend == "sqlite" else "postgres"
+    config["store"][f"{name}_generation_keys"] = SMALL_GENERATION  # type: ignore[index]
+    chaos = Chaos(tmp_path, config)
+    run_chaos([chaos], store, kills=8)
+    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
+                   timeout=300, what=f"the end ({chaos.logs()})")
+    chaos.stop()
+
+    assert_exact_after_chaos(store, ledger, group, chaos, kills=8)
+    sealed = store.scalar("SELECT count(*) FROM consumer_key_generations "
+                          "WHERE newest_at IS NOT NULL")
+    assert sealed >= 3, f"only {sealed} generations sealed"
+
+
 #: Each defect (tests/support/broken_consumer.py) and what the checker must report. The
 #: healthy consumer on the same chaos (a superset: it always has the zombie) is the test above.
 DEFECTS = {

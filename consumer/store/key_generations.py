@@ -103,11 +103,15 @@ class GroupKeys:
 
     @property
     def rotation_due(self) -> bool:
-        """The current generation holds its share of keys (as the open transaction counts
-        them): ``generation_keys``, and a :data:`GENERATIONS_KEPT`-th of the group's. Seal it
-        before claiming."""
-        return self._current_keys >= max(self.generation_keys,
-                                         self._live_keys // GENERATIONS_KEPT)
+        """The current generation holds its share of keys (:attr:`due_keys`, as the open
+        transaction counts them): seal it before claiming."""
+        return self._current_keys >= self.due_keys
+
+    @property
+    def due_keys(self) -> int:
+        """The current generation's share of keys: ``generation_keys``, and a
+        :data:`GENERATIONS_KEPT`-th of the group's."""
+        return max(self.generation_keys, self._live_keys // GENERATIONS_KEPT)
 
     @property
     def current_keys(self) -> int:

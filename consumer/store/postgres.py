@@ -592,10 +592,15 @@ class PostgresStore(key_runs.KeepsRuns, Store):
     def _rotate(self, group: str, keys: GroupKeys, now: float) -> None:
         """Seal the current generation, in a transaction of its own between the batch's empty
         one and a new one, if no claim is open anywhere (:func:`postgres_generations.rotate`);
-        else try again once the generation holds an eighth more keys."""
+        else try again once the generation holds an eighth more keys. Members claiming one
+        batch after another seldom leave a moment with none open, so once the generation
+        holds a quarter more than its share, the seal waits a moment for the claims open then
+        (:data:`postgres_generations.ROTATION_WAIT_MS`)."""
         self._db.execute("ROLLBACK")
+        overdue = keys.current_keys >= keys.due_keys * 5 // 4
+        wait = postgres_generations.ROTATION_WAIT_MS if overdue else 0
         try:
-            if postgres_generations.rotate(self._db, group, keys.current, now):
+            if postgres_generations.rotate(self._db, group, keys.current, now, wait_ms=wait):
                 log.info("PostgreSQL store %s: sealed generation %d of group %s's processed "
                          "keys", self._where, keys.current, group)
             else:

@@ -9,9 +9,9 @@ at once (members, a zombie, a message pool's connections), so:
   (:func:`opening`: an advisory lock named by the schema and the group). A rotation seals the
   current generation only if it takes that lock exclusively at once
   (``pg_try_advisory_xact_lock``): then no claim is open, every key of the generation is
-  committed or gone, and it is written no more. It never waits, so no claim ever queues
-  behind it; under claims that never pause it is deferred, and the current generation grows
-  meanwhile.
+  committed or gone, and it is written no more. Otherwise it is deferred, and once overdue it
+  waits a moment (:data:`ROTATION_WAIT_MS`) for the claims open at the time, claims opening
+  meanwhile waiting behind it.
 - A claim names the generation it believes current, and its statement fails (a division by
   zero) unless that is still the group's newest (:func:`claim_statement`): the claimer reads
   the generations again and claims again. Its shared lock, taken by an earlier statement, keeps
@@ -46,6 +46,9 @@ TABLE = """CREATE TABLE IF NOT EXISTS consumer_key_generations (
 
 LIST = """SELECT generation, keys, newest_at IS NOT NULL FROM consumer_key_generations
     WHERE group_id = %s ORDER BY generation"""
+#: How long a seal may wait for the claims open at the time to end, once its generation holds
+#: a quarter more keys than its share (:func:`rotate`): claims opening meanwhile wait too.
+ROTATION_WAIT_MS = 100
 #: A group's next generation; two sessions starting it at once make one.
 START = """INSERT INTO consumer_key_generations (group_id, generation) VALUES (%s, %s)
     ON CONFLICT DO NOTHING"""
@@ -182,16 +185,27 @@ def refresh(db: psycopg.Connection[Any], group: str, keys: GroupKeys) -> None:
     keys.refresh(generations, lambda number: keys_of(db, group, number))
 
 
-def rotate(db: psycopg.Connection[Any], group: str, current: int, now: float) -> bool:
+def rotate(db: psycopg.Connection[Any], group: str, current: int, now: float, *,
+           wait_ms: int = 0) -> bool:
     """Seal the group's current generation and start the next, in a transaction of its own
-    (``db`` in autocommit, no transaction open), if no claim is open anywhere; whether it
-    did. The caller reads the generations again either way."""
+    (``db`` in autocommit, no transaction open), if no claim is open anywhere, or (with
+    ``wait_ms``) once the claims open now have ended, if that is within ``wait_ms``: claims
+    opening meanwhile wait behind the seal. Whether it sealed; the caller reads the
+    generations again either way."""
     db.execute("BEGIN")
     try:
-        row = db.execute(f"SELECT pg_try_advisory_xact_lock({_lock(group)})").fetchone()
-        if row is None or not row[0]:
-            db.execute("ROLLBACK")
-            return False
+        if wait_ms:
+            db.execute(f"SET LOCAL lock_timeout = {int(wait_ms)}")
+            try:
+                db.execute(f"SELECT pg_advisory_xact_lock({_lock(group)})")
+            except psycopg.errors.LockNotAvailable:
+                db.execute("ROLLBACK")
+                return False
+        else:
+            row = db.execute(f"SELECT pg_try_advisory_xact_lock({_lock(group)})").fetchone()
+            if row is None or not row[0]:
+                db.execute("ROLLBACK")
+                return False
         sealed = db.execute(SEAL, {"g": group, "gen": current, "now": now}).rowcount
         if sealed:
             db.execute(START, (group, current + 1))

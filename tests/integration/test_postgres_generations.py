@@ -7,14 +7,17 @@ deleted keys still count at the seal; the retention drops sealed generations who
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from consumer_process import wait_for
 
 from consumer.message import StoreLike
-from consumer.store import Claim
+from consumer.store import Claim, postgres_generations
 from consumer.store.base import POSTGRES_SCHEMA_VERSION
 from consumer.store.postgres import PostgresStore
 from tests.support.runs_contract import TOPIC_IDS
@@ -129,6 +132,54 @@ def test_no_generation_is_sealed_while_another_session_claims(
         claimed(store, digests(1, 5))  # an eighth of four keys later: tried again
         assert [g[2] for g in generations(database)] == [True, False]
         assert claimed(store, held) == set()
+    finally:
+        busy.close()
+
+
+def _waited_for_then_commit(busy: PostgresStore, database: StoreUnderTest) -> None:
+    """Commit ``busy``'s batch once a session waits for an advisory lock (the seal)."""
+    wait_for(lambda: database.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND wait_event = 'advisory'") > 0, timeout=10, what="the seal waiting")
+    busy.commit()
+
+
+def test_an_overdue_seal_waits_for_the_claims_open_then(
+        store: PostgresStore, database: StoreUnderTest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members claiming one batch after another seldom leave a moment with no claim open:
+    once the generation holds a quarter more keys than its share, the seal waits for the
+    claims open at the time."""
+    monkeypatch.setattr(postgres_generations, "ROTATION_WAIT_MS", 10_000)
+    claimed(store, digests(5))  # four keys a generation: five are a quarter more
+    busy = opened(database)
+    try:
+        busy.begin()
+        held = digests(1, 500)
+        busy.claim(G, held, 1.0)
+        ender = threading.Thread(target=_waited_for_then_commit, args=(busy, database))
+        ender.start()
+        assert claimed(store, digests(1, 5))
+        ender.join()
+        assert generations(database)[0] == (1, 6, True)
+        assert claimed(store, held) == set()
+    finally:
+        busy.close()
+
+
+def test_an_overdue_seal_gives_up_after_its_wait(
+        store: PostgresStore, database: StoreUnderTest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres_generations, "ROTATION_WAIT_MS", 200)
+    claimed(store, digests(5))
+    busy = opened(database)
+    try:
+        busy.begin()
+        busy.claim(G, digests(1, 500), 1.0)
+        began = time.monotonic()
+        assert claimed(store, digests(1, 5))
+        assert time.monotonic() - began >= 0.2, "the seal did not wait"
+        assert generations(database) == [(1, 0, False)]
     finally:
         busy.close()
 

@@ -192,6 +192,13 @@ class GroupKeys:
         self._read_open.clear()
         self._pending.clear()
 
+    def ended(self, *, committed: bool) -> None:
+        """:meth:`committed` or :meth:`rolled_back`."""
+        if committed:
+            self.committed()
+        else:
+            self.rolled_back()
+
     @property
     def filter_bytes(self) -> int:
         return sum(held.filter.nbytes for held in self._held)

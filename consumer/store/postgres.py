@@ -633,10 +633,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
     def _transaction_ended(self, *, committed: bool) -> None:
         """The claims of the transaction that ended (and what it read) are known, or not."""
         for keys in self._groups.values():
-            if committed:
-                keys.committed()
-            else:
-                keys.rolled_back()
+            keys.ended(committed=committed)
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
         with self._errors():

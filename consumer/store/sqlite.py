@@ -605,10 +605,7 @@ class SQLiteStore(Store):
 
     def _transaction_ended(self, *, committed: bool) -> None:
         for keys in self._groups.values():
-            if committed:
-                keys.committed()
-            else:
-                keys.rolled_back()
+            keys.ended(committed=committed)
 
     # --- for handlers ----------------------------------------------------------------------
 

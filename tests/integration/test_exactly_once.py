@@ -117,8 +117,7 @@ def test_chaos_in_small_generations_applies_every_change_exactly_once(
     install_audit(store)
     group = unique_name("chaos-generations")
     config = _ledger_config(kafka_bootstrap, group, topic, store)
-    name = "sqlite" if store.backend == "sqlite" else "postgres"
-    config["store"][f"{name}_generation_keys"] = SMALL_GENERATION  # type: ignore[index]
+    config["store"][store.generation_keys_setting] = SMALL_GENERATION  # type: ignore[index]
     chaos = Chaos(tmp_path, config)
     run_chaos([chaos], store, kills=8)
     until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,

@@ -38,8 +38,7 @@ def test_events_resent_after_their_generation_was_sealed_apply_once(
     config = consumer_config(kafka_bootstrap, unique_name("generations"), topic,
                              handler="handlers.ledger:apply", every_messages=10,
                              every_seconds=0.5, store=store.url)
-    name = "sqlite" if store.backend == "sqlite" else "postgres"
-    config["store"][f"{name}_generation_keys"] = GENERATION_KEYS
+    config["store"][store.generation_keys_setting] = GENERATION_KEYS
     first = ConsumerProcess(tmp_path, "first", config).start()
     try:
         wait_for(lambda: store.checkpoints() == {topic: 120}, timeout=60,

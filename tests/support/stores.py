@@ -30,6 +30,12 @@ class StoreUnderTest:
     backend: str
     url: str
 
+    @property
+    def generation_keys_setting(self) -> str:
+        """The ``store`` setting sizing a generation of processed keys on this backend."""
+        return {"sqlite": "sqlite_generation_keys",
+                "postgresql": "postgres_generation_keys"}[self.backend]
+
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run a read query (``%s`` placeholders) in its own connection."""
         if self.backend == "sqlite":

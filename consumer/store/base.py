@@ -34,7 +34,8 @@ MIGRATES_FROM = (1, 2)
 SQLITE_SCHEMA_VERSION = 5
 #: The PostgreSQL store's version 4: a store created at it keeps ordered coordinates keys as
 #: runs (``consumer_processed_runs``, see consumer.store.postgres_runs); a store migrated to
-#: it keeps a row per key, as its keys already claimed are.
+#: it keeps a row per key, as its keys already claimed are. Version 5: processed keys in
+#: generations (consumer.store.postgres_generations).
 POSTGRES_SCHEMA_VERSION = 5
 #: The MariaDB store's version 4, as PostgreSQL's (see consumer.store.mariadb_runs).
 MARIADB_SCHEMA_VERSION = 4

@@ -1,8 +1,10 @@
 """The PostgreSQL store (psycopg 3). In a store created at schema version 4, a batch's ordered
 coordinates keys are claimed as runs (:mod:`consumer.store.postgres_runs`: a handful of rows per
 batch); other keys (and every key of a store migrated from an older version) with one ``INSERT
-… SELECT FROM unnest(…)``: a plain ``INSERT`` while batches meet no processed key, ``ON
-CONFLICT DO NOTHING RETURNING key`` for a while after one did (see :meth:`PostgresStore.claim`).
+… SELECT FROM unnest(…)`` into the group's current generation (schema version 5,
+:mod:`consumer.store.postgres_generations`): a plain ``INSERT`` while batches meet no processed
+key, ``ON CONFLICT DO NOTHING RETURNING key`` for a while after one did (see
+:meth:`PostgresStore._claim_keys`).
 A batch of plain messages is two round trips: ``BEGIN`` with its runs' INSERT in one query
 string (:meth:`PostgresStore.open_batch`), its checkpoint rows with ``COMMIT`` in another,
 whose answer is read while the loop polls the next batch (:meth:`PostgresStore.send_close`;

@@ -38,6 +38,10 @@ import psycopg
 from consumer.store import postgres_mark
 from consumer.store.key_generations import Generation, GroupKeys
 
+#: How long a seal may wait for the claims open at the time to end, once its generation holds
+#: a quarter more keys than its share (:func:`rotate`): claims opening meanwhile wait too.
+ROTATION_WAIT_MS = 100
+
 TABLE = """CREATE TABLE IF NOT EXISTS consumer_key_generations (
     group_id text NOT NULL, generation integer NOT NULL,
     keys bigint NOT NULL DEFAULT 0, forgotten bigint NOT NULL DEFAULT 0,
@@ -46,9 +50,6 @@ TABLE = """CREATE TABLE IF NOT EXISTS consumer_key_generations (
 
 LIST = """SELECT generation, keys, newest_at IS NOT NULL FROM consumer_key_generations
     WHERE group_id = %s ORDER BY generation"""
-#: How long a seal may wait for the claims open at the time to end, once its generation holds
-#: a quarter more keys than its share (:func:`rotate`): claims opening meanwhile wait too.
-ROTATION_WAIT_MS = 100
 #: A group's next generation; two sessions starting it at once make one.
 START = """INSERT INTO consumer_key_generations (group_id, generation) VALUES (%s, %s)
     ON CONFLICT DO NOTHING"""

@@ -355,6 +355,9 @@ class StoreSettings(_Section):
     #: MariaDB: idle_transaction_timeout: the server ends a session idle this long inside a
     #: transaction (a process frozen mid-batch), releasing its locks.
     mariadb_idle_transaction_timeout_seconds: int = Field(default=60, ge=1)
+    #: MariaDB: the same as ``postgres_generation_keys`` for the MariaDB store
+    #: (consumer.store.mariadb_generations).
+    mariadb_generation_keys: int = Field(default=1_000_000, ge=1)
     #: Kafka's committed offset moved by another tool (no checkpoint-consumer marker):
     #: fail (default), follow Kafka's offset, or ignore it and keep the store's.
     on_external_reset: Literal["fail", "follow", "ignore"] = "fail"

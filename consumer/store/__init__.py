@@ -42,7 +42,8 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL",
                postgres: PostgresSession | None = None,
                postgres_generation_keys: int = GENERATION_KEYS,
                mariadb_lock_wait_timeout: int = 10,
-               mariadb_idle_transaction_timeout: int = 60) -> Store:
+               mariadb_idle_transaction_timeout: int = 60,
+               mariadb_generation_keys: int = GENERATION_KEYS) -> Store:
     """The store named by ``url``. SQLite opens the file now; PostgreSQL connects on first use,
     so an unreachable server is retried by the loop instead of failing here."""
     if url.startswith("sqlite://"):
@@ -67,7 +68,8 @@ def open_store(url: str, *, sqlite_synchronous: str = "FULL",
             raise ConfigError([f"store.url: a mysql:// (MariaDB) store needs PyMySQL ({error}); "
                                "install checkpoint-consumer[mariadb]"]) from None
         return MariaDBStore(url, lock_wait_timeout=mariadb_lock_wait_timeout,
-                            idle_transaction_timeout=mariadb_idle_transaction_timeout)
+                            idle_transaction_timeout=mariadb_idle_transaction_timeout,
+                            generation_keys=mariadb_generation_keys)
     raise ConfigError([f"store.url: {url.split(':', 1)[0]!r} is not a store; use "
                        "sqlite:///path/file.db, postgresql://user@host/db, "
                        "mysql://user@host/db (MariaDB), or none"])
@@ -91,6 +93,7 @@ def open_configured(settings: StoreSettings) -> Store:
         postgres_generation_keys=settings.postgres_generation_keys,
         mariadb_lock_wait_timeout=settings.mariadb_lock_wait_timeout_seconds,
         mariadb_idle_transaction_timeout=settings.mariadb_idle_transaction_timeout_seconds,
+        mariadb_generation_keys=settings.mariadb_generation_keys,
     )
 
 

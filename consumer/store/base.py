@@ -37,8 +37,9 @@ SQLITE_SCHEMA_VERSION = 5
 #: it keeps a row per key, as its keys already claimed are. Version 5: processed keys in
 #: generations (consumer.store.postgres_generations).
 POSTGRES_SCHEMA_VERSION = 5
-#: The MariaDB store's version 4, as PostgreSQL's (see consumer.store.mariadb_runs).
-MARIADB_SCHEMA_VERSION = 4
+#: The MariaDB store's versions 4 and 5, as PostgreSQL's (consumer.store.mariadb_runs,
+#: consumer.store.mariadb_generations).
+MARIADB_SCHEMA_VERSION = 5
 #: ``consumer_schema.coordinates_keys`` of a new store, and of a migrated one.
 ORDERED_COORDINATES = "ordered"
 DIGEST_COORDINATES = "digest"

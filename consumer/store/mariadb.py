@@ -1,5 +1,7 @@
 """The MariaDB store (PyMySQL), for ``mysql://user:password@host:port/database`` URLs: a
-batch's keys claimed with one ``INSERT IGNORE … VALUES (…), (…) RETURNING key``.
+batch's keys claimed with one ``INSERT IGNORE … VALUES (…), (…)`` into the group's current
+generation of processed keys (schema version 5, :mod:`consumer.store.mariadb_generations`),
+after the keys the Bloom filters flag were looked up in the sealed ones.
 
 Every session runs READ COMMITTED (InnoDB's default, REPEATABLE READ, would keep next-key
 and gap locks on the processed-keys index, so a purge or a neighbour's claim would block
@@ -19,7 +21,7 @@ row written again at the same offset still counts as moved, not fenced.
 
 DDL commits on its own in MariaDB, so schema creation is a sequence of idempotent
 ``CREATE TABLE IF NOT EXISTS`` under a named lock, with the version row written last, and
-the migration from version 2 is statements that are safe to run again. No MariaDB store
+the migrations from versions 2-4 are statements that are safe to run again. No MariaDB store
 ever held schema version 1: one that says so is refused.
 
 Connects on first use, and again after the connection broke, but never inside a batch
@@ -31,6 +33,7 @@ One connection, one thread.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -46,7 +49,7 @@ from consumer.errors import (
     StoreUnavailable,
 )
 from consumer.message import TP
-from consumer.store import key_runs, mariadb_runs
+from consumer.store import key_runs, mariadb_generations, mariadb_runs
 from consumer.store.base import (
     DIGEST_COORDINATES,
     MARIADB_SCHEMA_VERSION,
@@ -61,6 +64,7 @@ from consumer.store.base import (
     require_version,
 )
 from consumer.store.claim_batch import EveryKey
+from consumer.store.key_generations import GENERATION_KEYS, Generation, GroupKeys
 from consumer.store.mariadb_session import (
     COMMIT,
     ROLLBACK,
@@ -84,12 +88,15 @@ SCHEMA = [
         "partition" integer NOT NULL, next_offset bigint, epoch bigint NOT NULL,
         updated_at double NOT NULL, topic_id varchar(64),
         PRIMARY KEY (group_id, topic, "partition")) {_TABLE}""",
+    # Keys in generations (version 5: consumer.store.mariadb_generations).
     f"""CREATE TABLE IF NOT EXISTS consumer_processed_keys (
-        group_id varchar(255) NOT NULL, "key" varbinary(64) NOT NULL,
+        group_id varchar(255) NOT NULL, generation integer NOT NULL DEFAULT 0,
+        "key" varbinary(64) NOT NULL,
         topic varchar(255) NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL,
         processed_at double NOT NULL,
-        PRIMARY KEY (group_id, "key"),
-        KEY consumer_processed_keys_group_age (group_id, processed_at)) {_TABLE}""",
+        PRIMARY KEY (group_id, generation, "key"),
+        KEY consumer_processed_keys_group_age (group_id, generation, processed_at)) {_TABLE}""",
+    *mariadb_generations.TABLES,
     # Kept so every store has the same tables (a version-1 MariaDB store never existed).
     f"CREATE TABLE IF NOT EXISTS consumer_keys_to_scope (group_id varchar(255) PRIMARY KEY) "
     f"{_TABLE}",
@@ -103,10 +110,11 @@ MIGRATE_FROM_2 = [
     f"UPDATE consumer_schema SET version = {SCHEMA_VERSION}",
 ]
 #: Version 3 -> 4: the store keeps a row per key, as its keys already claimed are (a run
-#: would not see them); only a new store keeps runs.
-MIGRATE_FROM_3 = [f"UPDATE consumer_schema SET version = {MARIADB_SCHEMA_VERSION}"]
+#: would not see them); only a new store keeps runs. Version 4 -> 5:
+#: mariadb_generations.migrate_to_5, then the version.
+MIGRATE_TO_5 = [f"UPDATE consumer_schema SET version = {MARIADB_SCHEMA_VERSION}"]
 #: The versions ensure_schema migrates from.
-MIGRATES_FROM = (2, 3)
+MIGRATES_FROM = (2, 3, 4)
 #: Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = "checkpoint_consumer_schema"
 
@@ -115,12 +123,23 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
     schema_version = MARIADB_SCHEMA_VERSION
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0,
-                 lock_wait_timeout: int = 10, idle_transaction_timeout: int = 60) -> None:
+                 lock_wait_timeout: int = 10, idle_transaction_timeout: int = 60,
+                 generation_keys: int = GENERATION_KEYS) -> None:
         self._params, self._where = parameters(url, connect_timeout)
         self._lock_wait = max(1, int(lock_wait_timeout))
         self._idle = max(1, int(idle_transaction_timeout))
         self._conn: MariaDBConnection | None = None
         self._in_batch = False
+        #: The open batch holds nothing yet: it may roll back and start again.
+        self._batch_empty = False
+        #: The group whose rotation lock the open transaction holds shared.
+        self._sharing: str | None = None
+        self._generation_keys = generation_keys
+        #: What this store knows of each group's generations of keys.
+        self._groups: dict[str, GroupKeys] = {}
+        #: A rotation that found claims open is tried again once the current generation holds
+        #: this many keys.
+        self._next_rotation: dict[str, int] = {}
         self._init_runs()
 
     def _has_runs_table(self) -> bool:
@@ -132,7 +151,9 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
     @property
     def _db(self) -> MariaDBConnection:
         """The connection, opened (again) on first use after start or after it broke; never
-        inside a batch, whose transaction died with the old connection."""
+        inside a batch, whose transaction died with the old connection. Whoever asks for it
+        may run a statement: the batch's transaction no longer counts as empty."""
+        self._batch_empty = False
         if self._conn is None or not self._conn.open:
             if self._in_batch:
                 raise StoreUnavailable(
@@ -168,7 +189,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
                     for statement in MIGRATE_FROM_2:
                         self._db.execute(statement)
                 if found in MIGRATES_FROM:
-                    for statement in MIGRATE_FROM_3:
+                    mariadb_generations.migrate_to_5(self._db)
+                    for statement in MIGRATE_TO_5:
                         self._db.execute(statement)
                 if found is None:
                     # each commits on its own; all idempotent (a creation cut short completes
@@ -267,6 +289,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             db.execute(START)
         db.guarded = True
         self._in_batch = True
+        self._batch_empty = True
+        self._sharing = None
 
     def open_batch(self, group: str, claims: Sequence[Claim],
                    now: float) -> AbstractSet[bytes]:
@@ -277,6 +301,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         if (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is not None:
             with self._errors():
                 if mariadb_runs.claim_whole(self._db, group, now, runs):
+                    self._batch_empty = False
                     return EveryKey(claims)
                 self._db.execute(ROLLBACK)
                 self._db.execute(START)
@@ -298,6 +323,121 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         return new
 
     def _claim_keys(self, group: str, claims: Sequence[Claim], now: float) -> set[bytes]:
+        """Claim the keys as rows of the group's current generation
+        (:mod:`consumer.store.mariadb_generations`): the transaction holds the group's
+        rotation lock shared and has read its generations, the keys the filters flag are
+        looked up in the sealed ones (those found are processed already), and the others are
+        inserted with one statement."""
+        if not claims:
+            return set()
+        restartable, self._batch_empty = self._batch_empty, False
+        keys = self._group_keys(group)
+        with self._errors():
+            if self._sharing != group:
+                self._share(group, keys, now, restartable=restartable)
+            flagged = keys.flagged(c.key for c in claims)
+            found = mariadb_generations.held(self._db, group, keys.sealed, flagged)
+            new = self._insert_keys(group, keys.current,
+                                    [c for c in claims if c.key not in found]
+                                    if found else claims, now)
+        keys.claimed(list(new))
+        return new
+
+    def _share(self, group: str, keys: GroupKeys, now: float, *, restartable: bool) -> None:
+        """Hold the group's rotation lock shared for the batch and read its generations into
+        ``keys``; first, while the batch holds nothing (``restartable``), between it and a
+        new one: start the group's lock row and current generation if it has none, and seal
+        the current generation once it holds its share (:meth:`_rotate`)."""
+        db = self._db
+        rotated = not restartable
+        for _ in range(3):
+            generations = mariadb_generations.share(db, group)
+            if generations is None:  # a new group, or one just migrated
+                if restartable:
+                    db.execute(ROLLBACK)
+                    try:
+                        mariadb_generations.prepare(db, group, mariadb_generations.listed(
+                            db, group))
+                    finally:
+                        db.execute(START)
+                else:
+                    mariadb_generations.prepare(db, group, mariadb_generations.listed(
+                        db, group))
+                continue
+            keys.refresh(generations, lambda number: mariadb_generations.keys_of(
+                db, group, number))
+            # a sealed generation is written no more: what was read of it holds whatever
+            # this transaction does (nothing claimed yet)
+            keys.committed()
+            if not rotated and keys.rotation_due and \
+                    self._next_rotation.get(group, 0) <= keys.current_keys:
+                self._rotate(group, keys, now)
+                rotated = True
+                continue
+            self._sharing = group
+            return
+        raise StoreUnavailable(
+            f"MariaDB store {self._where}: group {group}'s generations of processed keys "
+            "changed three times while a batch opened; the batch is retried")
+
+    def _rotate(self, group: str, keys: GroupKeys, now: float) -> None:
+        """Seal the current generation in a transaction of its own, between the batch's empty
+        one and a new one, if no claim is open anywhere
+        (:func:`mariadb_generations.rotate`); else try again once the generation holds an
+        eighth more keys. Once it holds a quarter more than its share, the seal waits up to a
+        second for the claims open then."""
+        db = self._db
+        db.execute(ROLLBACK)
+        try:
+            overdue = keys.current_keys >= keys.due_keys * 5 // 4
+            if mariadb_generations.rotate(db, group, keys.current, now, wait=overdue):
+                log.info("MariaDB store %s: sealed generation %d of group %s's processed keys",
+                         self._where, keys.current, group)
+            else:
+                self._next_rotation[group] = keys.current_keys + keys.generation_keys // 8
+        finally:
+            db.execute(START)
+
+    def _group_keys(self, group: str) -> GroupKeys:
+        if (keys := self._groups.get(group)) is None:
+            keys = self._groups[group] = GroupKeys(self._generation_keys)
+        return keys
+
+    def load_group(self, group: str) -> None:
+        """Read the group's sealed generations into its filters now, at start, rather than in
+        its first batch (outside any transaction: a sealed generation is written no more)."""
+        keys = self._group_keys(group)
+        try:
+            with self._errors():
+                db = self._db
+                if db.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = "
+                              "DATABASE() AND table_name = 'consumer_key_generations'"
+                              ).fetchone() is None:
+                    return  # not created yet: read at the first claim
+                generations = mariadb_generations.listed(db, group)
+                if generations and generations[-1].sealed:  # its current one starts at a claim
+                    generations.append(Generation(generations[-1].number + 1, 0, False))
+                if generations:
+                    keys.refresh(generations, lambda number: mariadb_generations.keys_of(
+                        db, group, number))
+        except StoreError as error:
+            log.warning("MariaDB store %s: could not read group %s's processed keys at start "
+                        "(%s); they are read at its first claim", self._where, group, error)
+            return
+        keys.committed()
+        if keys.read:
+            log.info("read %d processed keys of group %s (%d sealed generations) into memory "
+                     "(%.1f MB)", keys.read, group, len(keys.sealed), keys.filter_bytes / 1e6)
+
+    def _transaction_ended(self, *, committed: bool) -> None:
+        """The claims of the batch that ended are known to be in the database, or not."""
+        self._sharing = None
+        for keys in self._groups.values():
+            keys.ended(committed=committed)
+
+    def _insert_keys(self, group: str, generation: int, claims: Sequence[Claim],
+                     now: float) -> set[bytes]:
+        """Insert the keys into ``generation``; those new (not held already)."""
         if not claims:
             return set()
         # One statement; in key order, so two batches claiming the same keys lock them in the
@@ -305,20 +445,19 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         # per-value escaping: keys travel as hex, numbers as numbers, each topic escaped once.
         db = self._db
         topics = {topic: db.escape(topic) for topic in {c.topic for c in claims}}
-        g, n = db.escape(group), db.escape(float(now))
+        g, n = f"{db.escape(group)},{int(generation):d}", db.escape(float(now))
         values = ",".join([f"({g},X'{c.key.hex()}',{topics[c.topic]},{c.partition:d},"
                            f"{c.offset:d},{n})" for c in sorted(claims, key=_by_key)])
-        insert = ('INSERT IGNORE INTO consumer_processed_keys (group_id, "key", topic, '
-                  f'"partition", "offset", processed_at) VALUES {values}')
-        with self._errors():
-            # Nearly every key is new: its row count says so, and no row comes back (PyMySQL
-            # parses each returned row in Python, about a third of the store's time). When a
-            # key was claimed before, claim again naming the new ones.
-            db.execute(f"SAVEPOINT {CLAIM_SAVEPOINT}")
-            if db.execute(insert).rowcount == len(claims):
-                return {c.key for c in claims}
-            db.execute(f"ROLLBACK TO SAVEPOINT {CLAIM_SAVEPOINT}")
-            rows = db.execute(f'{insert} RETURNING "key"').fetchall()
+        insert = ('INSERT IGNORE INTO consumer_processed_keys (group_id, generation, "key", '
+                  f'topic, "partition", "offset", processed_at) VALUES {values}')
+        # Nearly every key is new: its row count says so, and no row comes back (PyMySQL
+        # parses each returned row in Python, about a third of the store's time). When a key
+        # was claimed before, claim again naming the new ones.
+        db.execute(f"SAVEPOINT {CLAIM_SAVEPOINT}")
+        if db.execute(insert).rowcount == len(claims):
+            return {c.key for c in claims}
+        db.execute(f"ROLLBACK TO SAVEPOINT {CLAIM_SAVEPOINT}")
+        rows = db.execute(f'{insert} RETURNING "key"').fetchall()
         return {bytes(row[0]) for row in rows}
 
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
@@ -328,9 +467,12 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             return
         listed = [f"X'{key.hex()}'" for key in keys]
         with self._errors():
-            self._db.execute(
-                'DELETE FROM consumer_processed_keys WHERE group_id = %s AND "key" IN '
-                f"({','.join(listed)})", (group,))
+            db = self._db
+            gone = db.execute(
+                "DELETE FROM consumer_processed_keys WHERE group_id = %s AND generation IN "
+                f"({mariadb_generations.numbers(db, group)}) AND \"key\" IN "
+                f"({','.join(listed)}) RETURNING generation", (group,)).fetchall()
+            mariadb_generations.count_forgotten(db, group, (n for (n,) in gone))
             if self._runs:
                 mariadb_runs.unclaim(self._db, group, keys)
 
@@ -387,16 +529,20 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             return self._refused(group, refused) if refused else []
 
     def commit(self) -> None:
+        committed = False
         try:
             with self._errors():
                 db = self._db
                 db.guarded = False
                 db.execute(COMMIT)
+                committed = True
         finally:
             self._in_batch = False
+            self._transaction_ended(committed=committed)
 
     def rollback(self) -> None:
         self._in_batch = False
+        self._transaction_ended(committed=False)
         if self._conn is None or not self._conn.open:
             return
         self._conn.guarded = False
@@ -404,6 +550,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             self._conn.execute(ROLLBACK)
 
     def _rollback_quietly(self) -> None:
+        self._transaction_ended(committed=False)
         if self._conn is not None and self._conn.open:
             self._conn.guarded = False
             try:
@@ -438,11 +585,38 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
 
     def purge_processed_keys(self, group: str, older_than: float, limit: int) -> int:
         """Up to ``limit`` rows of keys, then of runs; returns the keys they held, which is
-        ``limit`` or more whenever old rows may remain (a run holds one key or more)."""
+        ``limit`` or more whenever old rows may remain (a run holds one key or more).
+
+        Keys go with their generation, as on PostgreSQL: a sealed one whole once its newest
+        key is older than ``older_than`` (its keys deleted, then its row), the current one
+        key by key, counted as forgotten there in the same transaction."""
         with self._errors():
-            deleted = int(self._db.execute(
-                "DELETE FROM consumer_processed_keys WHERE group_id = %s AND processed_at < %s "
-                "ORDER BY processed_at LIMIT %s", (group, older_than, limit)).rowcount)
+            db = self._db
+            deleted = 0
+            for (generation,) in db.execute(mariadb_generations.PAST,
+                                            (group, older_than)).fetchall():
+                deleted += int(db.execute(
+                    "DELETE FROM consumer_processed_keys WHERE group_id = %s "
+                    "AND generation = %s LIMIT %s", (group, generation, limit - deleted)
+                ).rowcount)
+                if deleted >= limit:
+                    break
+                db.execute(mariadb_generations.FORGET, (group, generation))
+            row = db.execute(mariadb_generations.CURRENT, (group,)).fetchone()
+            if deleted < limit and row is not None and row[0] is not None:
+                db.execute(START)
+                try:
+                    gone = db.execute(
+                        "DELETE FROM consumer_processed_keys WHERE group_id = %s "
+                        "AND generation = %s AND processed_at < %s ORDER BY processed_at "
+                        "LIMIT %s RETURNING generation",
+                        (group, row[0], older_than, limit - deleted)).fetchall()
+                    deleted += mariadb_generations.count_forgotten(
+                        db, group, (n for (n,) in gone))
+                    db.execute(COMMIT)
+                except BaseException:
+                    self._rollback_quietly()
+                    raise
             if self._runs and deleted < limit:
                 deleted += sum(int(length) for (length,) in self._db.execute(
                     "DELETE FROM consumer_processed_runs WHERE group_id = %s "
@@ -496,10 +670,11 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
     def _forget_keys_from(self, group: str, topic: str, partition: int, offset: int) -> int:
         """Inside replay's transaction: the partition's keys claimed at or after ``offset``
         (rows, runs, and the tail of a run that starts before it); returns how many."""
-        forgotten = int(self._db.execute(
+        gone = self._db.execute(
             'DELETE FROM consumer_processed_keys WHERE group_id = %s '
-            'AND topic = %s AND "partition" = %s AND "offset" >= %s',
-            (group, topic, partition, offset)).rowcount)
+            'AND topic = %s AND "partition" = %s AND "offset" >= %s RETURNING generation',
+            (group, topic, partition, offset)).fetchall()
+        forgotten = mariadb_generations.count_forgotten(self._db, group, (n for (n,) in gone))
         if not self._runs:
             return forgotten
         where = 'WHERE group_id = %s AND topic = %s AND "partition" = %s'
@@ -526,6 +701,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
                 self._conn.close()  # the next batch connects again
             raise translated(error, self._where, self._lock_wait) from error
 
+
+log = logging.getLogger("consumer.store")
 
 #: Set before each claim (a savepoint of the same name replaces the last one).
 CLAIM_SAVEPOINT = "consumer_claim"

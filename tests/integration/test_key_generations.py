@@ -1,4 +1,5 @@
-"""Generations of processed keys in the SQLite and PostgreSQL stores, with a real broker:
+"""Generations of processed keys in the SQLite and PostgreSQL stores (MariaDB's in
+test_mariadb_exactly_once.py), with a real broker:
 events re-sent after their generation was sealed are applied once, by the process that claimed
 them and by one started after a crash, which reads the sealed generations at start."""
 
@@ -31,12 +32,20 @@ def _events(topic_bootstrap: tuple[str, str], numbers: list[int]) -> None:
 
 def test_events_resent_after_their_generation_was_sealed_apply_once(
         kafka_bootstrap: str, tmp_path: Path, store: StoreUnderTest) -> None:
+    resent_after_the_seal(kafka_bootstrap, tmp_path, store, "handlers.ledger:apply")
+
+
+def resent_after_the_seal(kafka_bootstrap: str, tmp_path: Path, store: StoreUnderTest,
+                          handler: str) -> None:
+    """Events re-sent after their generation was sealed, to the process that sealed it and
+    to one started after it was killed: each applied once (``handler``: the ledger in the
+    store's SQL)."""
     topic = create_topic(kafka_bootstrap, 1, prefix="generations")
     where = (kafka_bootstrap, topic)
     # Offsets 0-119: events 0-99, then 0-19 again (sealed by this process meanwhile).
     _events(where, [*range(100), *range(20)])
     config = consumer_config(kafka_bootstrap, unique_name("generations"), topic,
-                             handler="handlers.ledger:apply", every_messages=10,
+                             handler=handler, every_messages=10,
                              every_seconds=0.5, store=store.url)
     config["store"][store.generation_keys_setting] = GENERATION_KEYS
     first = ConsumerProcess(tmp_path, "first", config).start()

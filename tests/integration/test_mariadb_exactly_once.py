@@ -1,5 +1,6 @@
 """Exactly once on the MariaDB store against a real broker: the chaos run with SIGKILLs and a
-zombie (with event-id keys, and with coordinates keys kept as runs), replay, and a redrive.
+zombie (with event-id keys, with coordinates keys kept as runs, and in small generations of
+processed keys), events re-sent after their generation was sealed, replay, and a redrive.
 The same stories as on SQLite and PostgreSQL
 (test_exactly_once.py, test_replay.py, test_event_identity.py), with the ledger written in
 MariaDB's SQL (tests/support/ledger_mariadb.py; its tables made before any consumer starts,
@@ -14,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_event_identity import dead_letters
-from tests.integration.test_exactly_once import _ledger_config
+from tests.integration.test_exactly_once import (
+    SMALL_GENERATION,
+    VARIANT_MESSAGES,
+    _ledger_config,
+)
+from tests.integration.test_key_generations import resent_after_the_seal
 from tests.integration.test_replay import EVENTS as REPLAYED_EVENTS
 from tests.integration.test_replay import replay_story
 from tests.support.audit import install_audit
@@ -91,6 +97,39 @@ def test_mariadb_chaos_with_coordinates_keys_applies_every_change_exactly_once(
 
     assert_exact_after_chaos(store, ledger, group, chaos, kills=8)
     assert store.scalar("SELECT count(*) FROM consumer_processed_keys") == 0
+
+
+def test_mariadb_chaos_in_small_generations_applies_every_change_exactly_once(
+    kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """The chaos with a generation of processed keys sealed every 300 keys: members seal
+    generations while others claim (a seal waits for no claim open), the killed ones restart
+    reading the sealed generations, and the re-sent events come after their originals'
+    generations were sealed: still exact."""
+    store = maria_store
+    ledger = make_ledger(VARIANT_MESSAGES)
+    topic = create_topic(kafka_bootstrap, 6, prefix="chaos-generations")
+    produce_ledger(kafka_bootstrap, topic, ledger)
+    install_audit(store)
+    group = unique_name("chaos-generations")
+    config = _ledger_config(kafka_bootstrap, group, topic, store, handler=f"{LEDGER}:apply")
+    config["store"][store.generation_keys_setting] = SMALL_GENERATION  # type: ignore[index]
+    chaos = Chaos(tmp_path, config)
+    run_chaos([chaos], store, kills=8)
+    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
+                   timeout=300, what=f"the end ({chaos.logs()})")
+    chaos.stop()
+
+    assert_exact_after_chaos(store, ledger, group, chaos, kills=8)
+    sealed = store.scalar("SELECT count(*) FROM consumer_key_generations "
+                          "WHERE newest_at IS NOT NULL")
+    assert sealed >= 3, f"only {sealed} generations sealed"
+
+
+def test_mariadb_events_resent_after_their_generation_was_sealed_apply_once(
+    kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
+) -> None:
+    resent_after_the_seal(kafka_bootstrap, tmp_path, maria_store, f"{LEDGER}:apply")
 
 
 def test_mariadb_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(

@@ -13,6 +13,7 @@ import pytest
 
 from consumer.errors import StoreUnavailable
 from consumer.store import Store
+from consumer.store.base import MARIADB_SCHEMA_VERSION
 from consumer.store.mariadb import MariaDBStore
 from tests.support.runs_contract import (
     TOPIC_IDS,
@@ -74,7 +75,7 @@ class TestMariaDBRuns(RunsContract, ServerRunsContract):
 
 def test_a_new_store_keeps_runs(store: MariaDBStore, database: StoreUnderTest) -> None:
     assert database.query("SELECT version, coordinates_keys FROM consumer_schema") \
-        == [(4, "runs")]
+        == [(MARIADB_SCHEMA_VERSION, "runs")]
 
 
 def test_a_batch_between_two_runs_claims_only_the_gap(store: MariaDBStore) -> None:
@@ -111,7 +112,7 @@ def test_a_frozen_session_holding_a_partition_s_turn_makes_the_claim_unavailable
         owner.close()
 
 
-def test_a_version_3_store_migrates_to_4_and_keeps_a_row_per_key(
+def test_a_version_3_store_migrates_and_keeps_a_row_per_key(
         database: StoreUnderTest) -> None:
     """Its keys stay rows, so new ones are rows too (a run would not see them): a key claimed
     before the migration is still a duplicate, the batch around it new."""
@@ -123,10 +124,10 @@ def test_a_version_3_store_migrates_to_4_and_keeps_a_row_per_key(
         upgrade = store.ensure_schema(G)
         store.use_topic_ids(TOPIC_IDS)
         assert upgrade is not None
-        assert (upgrade.from_version, upgrade.to_version) == (3, 4)
+        assert (upgrade.from_version, upgrade.to_version) == (3, MARIADB_SCHEMA_VERSION)
         assert "stay one row each" in upgrade.describe("here")
         assert database.query("SELECT version, coordinates_keys FROM consumer_schema") \
-            == [(4, "ordered")]
+            == [(MARIADB_SCHEMA_VERSION, "ordered")]
         assert claimed(store, claims(range(0, 10))) == keys_of(claims(range(0, 10))) \
             - {claim(5).key}
         assert database.scalar("SELECT count(*) FROM consumer_processed_keys") == 10

@@ -20,6 +20,7 @@ import pytest
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
 from consumer.store import CheckpointRow, open_store
+from consumer.store.key_generations import GENERATION_KEYS
 from consumer.store.mariadb import MariaDBStore
 from tests.support.store_contract import (
     P0,
@@ -59,13 +60,15 @@ def mariadb_admin(mariadb_url: str) -> Iterator[pymysql.connections.Connection]:
 
 
 @contextlib.contextmanager
-def mariadb_backend(url: str, admin: pymysql.connections.Connection) -> Iterator[Backend]:
+def mariadb_backend(url: str, admin: pymysql.connections.Connection, *,
+                    generation_keys: int = GENERATION_KEYS) -> Iterator[Backend]:
     """A fresh database on the real server; every store opened on it sees only that one."""
     database = f"contract_{uuid.uuid4().hex[:12]}"
     admin.cursor().execute(f"CREATE DATABASE {database}")
     isolated = with_database(url, database)
     backend = Backend("mariadb", lambda: MariaDBStore(isolated, connect_timeout=5,
-                                                      lock_wait_timeout=2))
+                                                      lock_wait_timeout=2,
+                                                      generation_keys=generation_keys))
     try:
         yield backend
     finally:
@@ -86,6 +89,17 @@ class TestMariaDBStoreContract(StoreContract, MigratesFromVersion2):
     @pytest.fixture
     def backend(self, maria_backend: Backend) -> Backend:
         return maria_backend
+
+
+class TestMariaDBStoreContractInSmallGenerations(StoreContract):
+    """The store contract with a generation sealed every two keys: every claim meets sealed
+    generations, and most batches seal one."""
+
+    @pytest.fixture
+    def backend(self, mariadb_url: str,
+                mariadb_admin: pymysql.connections.Connection) -> Iterator[Backend]:
+        with mariadb_backend(mariadb_url, mariadb_admin, generation_keys=2) as backend:
+            yield backend
 
 
 # --- MariaDB only ----------------------------------------------------------------------------

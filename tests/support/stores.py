@@ -34,7 +34,8 @@ class StoreUnderTest:
     def generation_keys_setting(self) -> str:
         """The ``store`` setting sizing a generation of processed keys on this backend."""
         return {"sqlite": "sqlite_generation_keys",
-                "postgresql": "postgres_generation_keys"}[self.backend]
+                "postgresql": "postgres_generation_keys",
+                "mariadb": "mariadb_generation_keys"}[self.backend]
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run a read query (``%s`` placeholders) in its own connection."""

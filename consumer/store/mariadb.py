@@ -344,31 +344,32 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         return new
 
     def _share(self, group: str, keys: GroupKeys, now: float, *, restartable: bool) -> None:
-        """Hold the group's rotation lock shared for the batch and read its generations into
-        ``keys``; first, while the batch holds nothing (``restartable``), between it and a
-        new one: start the group's lock row and current generation if it has none, and seal
-        the current generation once it holds its share (:meth:`_rotate`)."""
+        """Hold the group's rotation lock shared for the batch, and read its generations into
+        ``keys`` if the current one is not the one they know; first, while the batch holds
+        nothing (``restartable``), between it and a new one: make the group's lock row and
+        current generation if it has none, and seal the current generation once it holds its
+        share (:meth:`_rotate`)."""
         db = self._db
         rotated = not restartable
         for _ in range(3):
-            generations = mariadb_generations.share(db, group)
-            if generations is None:  # a new group, or one just migrated
+            current = mariadb_generations.share(db, group)
+            if current is None:  # a new group, or one just migrated
                 if restartable:
                     db.execute(ROLLBACK)
                     try:
-                        mariadb_generations.prepare(db, group, mariadb_generations.listed(
-                            db, group))
+                        mariadb_generations.prepare(db, group)
                     finally:
                         db.execute(START)
                 else:
-                    mariadb_generations.prepare(db, group, mariadb_generations.listed(
-                        db, group))
+                    mariadb_generations.prepare(db, group)
                 continue
-            keys.refresh(generations, lambda number: mariadb_generations.keys_of(
-                db, group, number))
-            # a sealed generation is written no more: what was read of it holds whatever
-            # this transaction does (nothing claimed yet)
-            keys.committed()
+            if current != keys.current:
+                generations = mariadb_generations.current_listed(db, group, current)
+                keys.refresh(generations, lambda number: mariadb_generations.keys_of(
+                    db, group, number))
+                # a sealed generation is written no more: what was read of it holds whatever
+                # this transaction does (nothing claimed yet)
+                keys.committed()
             if not rotated and keys.rotation_due and \
                     self._next_rotation.get(group, 0) <= keys.current_keys:
                 self._rotate(group, keys, now)
@@ -415,11 +416,15 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
                               ).fetchone() is None:
                     return  # not created yet: read at the first claim
                 generations = mariadb_generations.listed(db, group)
-                if generations and generations[-1].sealed:  # its current one starts at a claim
+                # a migrated group's current generation is made at its first claim
+                unmade = bool(generations) and generations[-1].sealed
+                if unmade:
                     generations.append(Generation(generations[-1].number + 1, 0, False))
                 if generations:
                     keys.refresh(generations, lambda number: mariadb_generations.keys_of(
                         db, group, number))
+                if unmade:
+                    keys.current = -1  # so the first claim reads the generations again
         except StoreError as error:
             log.warning("MariaDB store %s: could not read group %s's processed keys at start "
                         "(%s); they are read at its first claim", self._where, group, error)

@@ -6,15 +6,16 @@ group's current one (``newest_at`` NULL). Several sessions claim at once (member
 so, as on PostgreSQL (:mod:`consumer.store.postgres_generations`), three rules carry the
 concurrency, here with InnoDB's row locks:
 
-- Every transaction claiming a group's keys as rows first holds the group's row of
-  ``consumer_key_rotation`` shared (``LOCK IN SHARE MODE``, :data:`SHARE`), then reads the
-  generations (:data:`LIST`). A seal takes that row exclusively (``FOR UPDATE NOWAIT``,
-  :func:`rotate`), so it happens only when no claim is open: every key of the generation is
-  committed or gone, and it is written no more. Under READ COMMITTED each statement reads the
-  latest committed rows, so the list read after the shared lock is granted shows every seal
-  that came before it, and none can come until the claim commits. Once overdue, the seal
-  waits up to a second (``WAIT 1``; InnoDB counts whole seconds) for the claims open at the
-  time; InnoDB queues the claims opening meanwhile behind it.
+- Every transaction claiming a group's keys as rows first reads the group's row of
+  ``consumer_key_rotation`` with a shared lock (``LOCK IN SHARE MODE``, :func:`share`): the
+  number of the group's current generation. A seal takes that row exclusively (``FOR UPDATE
+  NOWAIT``, :func:`rotate`) and moves the number on, so it happens only when no claim is open:
+  every key of the generation is committed or gone, and it is written no more. A locking read
+  sees the latest committed row, so the claim learns of every seal before it, and none can
+  come until it commits; only when the number moved does the claim read the generations
+  again (:data:`LIST`): one statement a batch otherwise. Once overdue, the seal waits up to a
+  second (``WAIT 1``; InnoDB counts whole seconds) for the claims open at the time; InnoDB
+  queues the claims opening meanwhile behind it.
 - The lock lives in a table of its own, not on the generation's row: deleting keys counts
   them into that row (``forgotten``), and a batch that forgets a key while holding the lock
   shared would otherwise wait for every other claim, and deadlock with another doing the same.
@@ -38,7 +39,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 import pymysql
+from pymysql.constants import SERVER_STATUS
 
+from consumer.errors import StoreError
 from consumer.store.key_generations import Generation
 from consumer.store.mariadb_session import (
     COMMIT,
@@ -58,18 +61,20 @@ TABLES = [
         "keys" bigint NOT NULL DEFAULT 0, forgotten bigint NOT NULL DEFAULT 0,
         newest_at double,
         PRIMARY KEY (group_id, generation)) {_TABLE}""",
-    # One row per group: held shared by every claim, exclusively by a seal.
+    # One row per group, its current generation: held shared by every claim, exclusively by
+    # a seal.
     f"""CREATE TABLE IF NOT EXISTS consumer_key_rotation (
-        group_id varchar(255) NOT NULL PRIMARY KEY) {_TABLE}""",
+        group_id varchar(255) NOT NULL PRIMARY KEY, generation integer NOT NULL) {_TABLE}""",
 ]
 
-SHARE = "SELECT 1 FROM consumer_key_rotation WHERE group_id = %s LOCK IN SHARE MODE"
+SHARE = """SELECT generation FROM consumer_key_rotation WHERE group_id = %s
+    LOCK IN SHARE MODE"""
 LIST = """SELECT generation, "keys", newest_at IS NOT NULL FROM consumer_key_generations
     WHERE group_id = %s ORDER BY generation"""
-#: The group's lock row, and its next generation (group, number); several sessions doing it
-#: at once make one.
-START_ROTATION = "INSERT IGNORE INTO consumer_key_rotation (group_id) VALUES (%s)"
-START_GENERATION = """INSERT IGNORE INTO consumer_key_generations (group_id, generation)
+#: The group's lock row (group, its current generation).
+START_ROTATION = "INSERT IGNORE INTO consumer_key_rotation (group_id, generation) VALUES (%s, 0)"
+SET_CURRENT = "UPDATE consumer_key_rotation SET generation = %s WHERE group_id = %s"
+START_GENERATION = """INSERT INTO consumer_key_generations (group_id, generation)
     VALUES (%s, %s)"""
 #: Seal the group's current generation: the keys ever claimed into it, and its newest key's
 #: time, ``now`` if it holds none (parameters: group, generation, group, generation, now,
@@ -120,14 +125,31 @@ def migrate_to_5(db: MariaDBConnection) -> None:
     db.execute(SEAL_MIGRATED)
 
 
-def prepare(db: MariaDBConnection, group: str, generations: Sequence[Generation]) -> None:
-    """The group's lock row and a current generation if it has none (a new group, or one
-    whose keys a migration sealed as generation 0), each committed at once when ``db`` is in
-    no transaction: a member frozen mid-batch never holds another's first claim."""
-    db.execute(START_ROTATION, (group,))
-    if not generations or generations[-1].sealed:
-        db.execute(START_GENERATION,
-                   (group, generations[-1].number + 1 if generations else 1))
+def prepare(db: MariaDBConnection, group: str) -> None:
+    """The group's lock row and its current generation (after those a migration sealed),
+    made in a transaction of their own when ``db`` is in none (so a member frozen mid-batch
+    never holds another's first claim). A session doing the same meanwhile waits for the lock
+    row's insertion, then finds it made."""
+    own = not in_transaction(db)
+    if own:
+        db.execute(START)
+    try:
+        if db.execute(START_ROTATION, (group,)).rowcount:
+            generations = listed(db, group)
+            number = generations[-1].number + 1 if generations else 1
+            db.execute(START_GENERATION, (group, number))
+            db.execute(SET_CURRENT, (number, group))
+        if own:
+            db.execute(COMMIT)
+    except BaseException:
+        if own and db.open:
+            db.execute(ROLLBACK)
+        raise
+
+
+def in_transaction(db: MariaDBConnection) -> bool:
+    """From the server's last status flags (no round trip)."""
+    return bool(db.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS)
 
 
 def listed(db: MariaDBConnection, group: str) -> list[Generation]:
@@ -135,14 +157,23 @@ def listed(db: MariaDBConnection, group: str) -> list[Generation]:
             for number, keys, sealed in db.execute(LIST, (group,)).fetchall()]
 
 
-def share(db: MariaDBConnection, group: str) -> list[Generation] | None:
-    """Hold the group's rotation lock shared for the open transaction and read its
-    generations; None if the group has no lock row or no current generation yet
-    (:func:`prepare`)."""
-    if not db.execute(SHARE, (group,)).fetchall():
-        return None
+def share(db: MariaDBConnection, group: str) -> int | None:
+    """Hold the group's rotation lock shared for the open transaction; the group's current
+    generation, None if it has no lock row yet (:func:`prepare`)."""
+    row = db.execute(SHARE, (group,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def current_listed(db: MariaDBConnection, group: str, current: int) -> list[Generation]:
+    """The group's generations, read while holding its rotation lock shared: ``current``
+    (from :func:`share`) is the newest, not sealed."""
     generations = listed(db, group)
-    return generations if generations and not generations[-1].sealed else None
+    if not generations or generations[-1].number != current or generations[-1].sealed:
+        raise StoreError(
+            f"consumer_key_rotation names generation {current} as group {group}'s current one, "
+            "but consumer_key_generations does not end with it unsealed (its newest: "
+            f"{generations[-3:]}); were the tables changed by hand?")
+    return generations
 
 
 def keys_of(db: MariaDBConnection, group: str, number: int) -> Iterator[bytes]:
@@ -194,19 +225,21 @@ def rotate(db: MariaDBConnection, group: str, current: int, now: float, *,
     db.execute(START)
     try:
         try:
-            db.execute("SELECT 1 FROM consumer_key_rotation WHERE group_id = %s "
-                       f"FOR UPDATE {'WAIT 1' if wait else 'NOWAIT'}", (group,))
+            row = db.execute("SELECT generation FROM consumer_key_rotation WHERE group_id = %s "
+                             f"FOR UPDATE {'WAIT 1' if wait else 'NOWAIT'}", (group,)
+                             ).fetchone()
         except pymysql.err.OperationalError as error:
             if error_code(error) != LOCK_WAIT_TIMEOUT:
                 raise
             db.execute(ROLLBACK)
             return False
-        sealed = db.execute(SEAL, (group, current, group, current, now, group, current)
-                            ).rowcount
+        sealed = row is not None and int(row[0]) == current and bool(db.execute(
+            SEAL, (group, current, group, current, now, group, current)).rowcount)
         if sealed:
             db.execute(START_GENERATION, (group, current + 1))
+            db.execute(SET_CURRENT, (current + 1, group))
         db.execute(COMMIT)
-        return bool(sealed)
+        return sealed
     except BaseException:
         if db.open:
             db.execute(ROLLBACK)

@@ -86,8 +86,6 @@ class Variant:
 
 # --- the databases ---------------------------------------------------------------------------
 
-#: The stores keeping processed keys in generations (consumer.store.key_generations).
-GENERATIONS = ("sqlite", "postgres")
 #: Where each server store's URL comes from (its user must be allowed to create databases).
 SERVER_URLS = {"postgres": "CONSUMER_TEST_POSTGRES_DSN", "mariadb": "CONSUMER_TEST_MARIADB_URL"}
 #: The ballast: ``keys`` random 16-byte keys of a group (``%s``: group, topic, time stamp).
@@ -105,9 +103,9 @@ FILL = {
     # In key order: InnoDB appends to its clustered index instead of splitting pages all over
     # it (about 5 s a million instead of minutes).
     "mariadb": """INSERT INTO consumer_processed_keys
-                      (group_id, "key", topic, "partition", "offset", processed_at)
-                  SELECT %s, UNHEX(MD5(seq)) AS k, %s, 0, seq, %s
-                  FROM seq_1_to_{keys} ORDER BY k""",
+                      (group_id, generation, "key", topic, "partition", "offset", processed_at)
+                  SELECT %s, {generation}, UNHEX(MD5(seq)) AS k, %s, 0, seq, %s
+                  FROM seq_{first}_to_{last} ORDER BY k""",
 }
 #: A PostgreSQL or MariaDB store created at version 4 keeps coordinates keys as runs, where key
 #: rows are never looked at: the ballast also holds ``keys`` coordinates keys as runs of 1,000 (what
@@ -125,10 +123,9 @@ FILL_RUNS = {
                   SELECT %s, SUBSTRING(UNHEX(MD5(seq)), 1, 10) AS h, 0, 999, %s, 0, 0, 999, %s
                   FROM seq_1_to_{runs} ORDER BY h""",
 }
-#: The SQLite and PostgreSQL ballast's generations, each sealed (``%s``: group, generation,
-#: keys, time).
-SEALED_GENERATION = """INSERT INTO consumer_key_generations (group_id, generation, keys, newest_at)
-    VALUES (%s, %s, %s, %s)"""
+#: The ballast's generations, each sealed (``%s``: group, generation, keys, time).
+SEALED_GENERATION = """INSERT INTO consumer_key_generations
+    (group_id, generation, "keys", newest_at) VALUES (%s, %s, %s, %s)"""
 #: Run before the fill (SQLite: a 1 GB page cache for it) and after it (the planners' figures).
 BEFORE_FILL = {"sqlite": ["PRAGMA cache_size = -1000000"]}
 AFTER_FILL = {"postgres": ["VACUUM ANALYZE consumer_processed_keys",
@@ -149,11 +146,15 @@ TABLE_BYTES = {
 FORGET_RUN = ["DELETE FROM consumer_processed_keys WHERE group_id = %s AND topic = %s",
               "DELETE FROM consumer_checkpoints WHERE group_id = %s"]
 FORGET_RUNS = "DELETE FROM consumer_processed_runs WHERE group_id = %s AND topic = %s"
-#: SQLite and PostgreSQL: the generations the runs' keys filled, left empty by FORGET_RUN (the
-#: ballast's stay), so every run starts a current generation of its own after the ballast's.
-FORGET_GENERATIONS = """DELETE FROM consumer_key_generations AS g WHERE group_id = %s
+#: The generations the runs' keys filled, left empty by FORGET_RUN (the ballast's stay), so
+#: every run starts a current generation of its own after the ballast's (no alias for the
+#: table deleted from: MariaDB 10.11 takes none).
+FORGET_GENERATIONS = """DELETE FROM consumer_key_generations WHERE group_id = %s
     AND NOT EXISTS (SELECT 1 FROM consumer_processed_keys AS k
-                    WHERE k.group_id = g.group_id AND k.generation = g.generation)"""
+                    WHERE k.group_id = consumer_key_generations.group_id
+                          AND k.generation = consumer_key_generations.generation)"""
+
+FORGET_ROTATION = "DELETE FROM consumer_key_rotation WHERE group_id = %s"
 
 
 def server_url(store: str) -> str:
@@ -237,14 +238,11 @@ def prepare_schema(url: str, group: str) -> None:
 def fill(store: str, url: str, group: str, keys: int,
          generation_keys: int = GENERATION_KEYS) -> None:
     """``keys`` random 16-byte keys of ``group`` (topic :data:`BALLAST_TOPIC`), stamped now
-    (SQLite and PostgreSQL: in sealed generations of ``generation_keys``)."""
+    in sealed generations of ``generation_keys`` (consumer.store.key_generations)."""
     with connected(store, url) as db:
         for sql in BEFORE_FILL.get(store, []):
             db.execute(sql)
-        if store in GENERATIONS:
-            _fill_generations(store, db, group, keys, generation_keys)
-        else:
-            db.execute(FILL[store].format(keys=int(keys)), (group, BALLAST_TOPIC, time.time()))
+        _fill_generations(store, db, group, keys, generation_keys)
         if store in FILL_RUNS and _has_runs(store, db):
             db.execute(FILL_RUNS[store].format(runs=max(1, int(keys) // 1000)),
                        (group, BALLAST_TOPIC, time.time()))
@@ -261,8 +259,9 @@ def _fill_generations(store: str, db: Any, group: str, keys: int,
     while left > 0:
         count = min(left, generation_keys)
         now = time.time()
-        db.execute(FILL[store].format(keys=count, generation=generation,
-                                      first=int(keys) - left + 1),
+        first = int(keys) - left + 1
+        db.execute(FILL[store].format(keys=count, generation=generation, first=first,
+                                      last=first + count - 1),
                    (group, BALLAST_TOPIC, now))
         db.execute(SEALED_GENERATION, (group, generation, count, now))
         left -= count
@@ -287,8 +286,9 @@ def forget_run(store: str, url: str, group: str, run_topic: str) -> None:
         db.execute(FORGET_RUN[1], (group,))
         if _has_runs(store, db):
             db.execute(FORGET_RUNS, (group, run_topic))
-        if store in GENERATIONS:
-            db.execute(FORGET_GENERATIONS, (group,))
+        db.execute(FORGET_GENERATIONS, (group,))
+        if store == "mariadb":  # its lock row names the current generation, gone with them
+            db.execute(FORGET_ROTATION, (group,))
 
 
 def _has_runs(store: str, db: Any) -> bool:
@@ -345,8 +345,7 @@ def measure(store: str, run: ChildRun, *, keys: int, rounds: int, workdir: Path,
                 forget_run(store, variant.url, variant.group, run.topic)
                 delete_group(run.bootstrap, variant.group)
                 settings: dict[str, Any] = {"url": variant.url}
-                if store in GENERATIONS:
-                    settings[f"{store}_generation_keys"] = generation_keys
+                settings[f"{store}_generation_keys"] = generation_keys
                 options: dict[str, Any] = {"settings": {"store": settings}}
                 if KEY_KINDS[variant.key_kind]:
                     options["dedup_key"] = KEY_KINDS[variant.key_kind]
@@ -452,9 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         topic.delete(bootstrap, name)
         shutil.rmtree(workdir, ignore_errors=True)
-    generations = (f", generations of {args.generation_keys:,} keys"
-                   if set(stores) & set(GENERATIONS) else "")
-    described = (f"{os.cpu_count()} cores, {args.keys:,} keys{generations}, "
+    described = (f"{os.cpu_count()} cores, {args.keys:,} keys, generations of "
+                 f"{args.generation_keys:,} keys, "
                  f"{time.strftime('%Y-%m-%d')}")
     text = render(results, messages=args.messages, rounds=args.rounds, described=described)
     args.out.write_text(text)

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.key_table import fill, forget_run, prepare_schema
 from consumer.store import Claim
+from consumer.store.mariadb import MariaDBStore
 from consumer.store.postgres import PostgresStore
 from consumer.store.sqlite import SQLiteStore
 from tests.support.stores import fresh_store
@@ -91,3 +92,41 @@ def test_the_postgres_ballast_is_sealed_generations_the_store_honours(
         assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 4
         forget_run("postgres", database.url, "g", "run-topic")
         assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 3
+
+
+@pytest.mark.integration
+def test_the_mariadb_ballast_is_sealed_generations_the_store_honours(
+        tmp_path: Path, mariadb_url: str) -> None:
+    """The same on a real MariaDB server."""
+    with fresh_store("mariadb", tmp_path, mariadb_url) as database:
+        prepare_schema(database.url, "g")
+        fill("mariadb", database.url, "g", 7, generation_keys=3)
+        assert database.query('SELECT generation, "keys", newest_at IS NOT NULL FROM '
+                              "consumer_key_generations ORDER BY generation") == [
+            (1, 3, 1), (2, 3, 1), (3, 1, 1)]
+        ballast = [bytes(k) for (k,) in database.query(
+            'SELECT "key" FROM consumer_processed_keys ORDER BY generation')]
+        store = MariaDBStore(database.url, generation_keys=3)
+        try:
+            store.ensure_schema("g")
+            store.load_group("g")
+            store.begin()
+            assert store.claim("g", [Claim(k, "ballast", 0, n) for n, k in enumerate(ballast)],
+                               1.0) == set()
+            assert store.claim("g", [Claim(b"\x01" * 16, "run-topic", 0, 0)], 1.0) == {
+                b"\x01" * 16}
+            store.commit()
+        finally:
+            store.close()
+        assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 4
+        forget_run("mariadb", database.url, "g", "run-topic")
+        assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 3
+        again = MariaDBStore(database.url, generation_keys=3)
+        try:
+            again.load_group("g")
+            again.begin()
+            assert again.claim("g", [Claim(b"\x01" * 16, "run-topic", 0, 0)], 1.0) == {
+                b"\x01" * 16}, "the next run starts a generation after the ballast's"
+            again.commit()
+        finally:
+            again.close()

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.key_table import fill, forget_run, prepare_schema
-from consumer.store import Claim
-from consumer.store.mariadb import MariaDBStore
-from consumer.store.postgres import PostgresStore
+from consumer.store import Claim, open_store
 from consumer.store.sqlite import SQLiteStore
 from tests.support.stores import fresh_store
 
@@ -64,69 +62,46 @@ def test_the_sqlite_ballast_is_sealed_generations_the_store_honours(
                          ).fetchone() == (3,)
 
 
-@pytest.mark.integration
-def test_the_postgres_ballast_is_sealed_generations_the_store_honours(
-        tmp_path: Path, postgres_dsn: str) -> None:
-    """The same on a real PostgreSQL server: the store reads the sealed ballast into its
-    filters and refuses every key of it; forget_run leaves the ballast's generations."""
-    with fresh_store("postgresql", tmp_path, postgres_dsn) as database:
-        prepare_schema(database.url, "g")
-        fill("postgres", database.url, "g", 7, generation_keys=3)
-        assert database.query("SELECT generation, keys, newest_at IS NOT NULL FROM "
-                               "consumer_key_generations ORDER BY generation") == [
-            (1, 3, True), (2, 3, True), (3, 1, True)]
-        ballast = [bytes(k) for (k,) in database.query(
-            "SELECT key FROM consumer_processed_keys ORDER BY generation")]
-        store = PostgresStore(database.url, generation_keys=3)
-        try:
-            store.ensure_schema("g")
-            store.load_group("g")
-            store.begin()
-            assert store.claim("g", [Claim(k, "ballast", 0, n) for n, k in enumerate(ballast)],
-                               1.0) == set()
-            assert store.claim("g", [Claim(b"\x01" * 16, "run-topic", 0, 0)], 1.0) == {
-                b"\x01" * 16}
-            store.commit()
-        finally:
-            store.close()
-        assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 4
-        forget_run("postgres", database.url, "g", "run-topic")
-        assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 3
+#: A server store's name in benchmarks.key_table, its backend and its URL's fixture.
+SERVERS = {"postgres": ("postgresql", "postgres_dsn"), "mariadb": ("mariadb", "mariadb_url")}
 
 
 @pytest.mark.integration
-def test_the_mariadb_ballast_is_sealed_generations_the_store_honours(
-        tmp_path: Path, mariadb_url: str) -> None:
-    """The same on a real MariaDB server."""
-    with fresh_store("mariadb", tmp_path, mariadb_url) as database:
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_a_server_ballast_is_sealed_generations_the_store_honours(
+        tmp_path: Path, request: pytest.FixtureRequest, server: str) -> None:
+    """The same on a real PostgreSQL and MariaDB server: the store reads the sealed ballast
+    into its filters and refuses every key of it; forget_run leaves the ballast's generations,
+    and the next run's store starts a generation after them."""
+    backend, url_fixture = SERVERS[server]
+    with fresh_store(backend, tmp_path, request.getfixturevalue(url_fixture)) as database:
         prepare_schema(database.url, "g")
-        fill("mariadb", database.url, "g", 7, generation_keys=3)
+        fill(server, database.url, "g", 7, generation_keys=3)
         assert database.query('SELECT generation, "keys", newest_at IS NOT NULL FROM '
                               "consumer_key_generations ORDER BY generation") == [
-            (1, 3, 1), (2, 3, 1), (3, 1, 1)]
+            (1, 3, True), (2, 3, True), (3, 1, True)]
         ballast = [bytes(k) for (k,) in database.query(
             'SELECT "key" FROM consumer_processed_keys ORDER BY generation')]
-        store = MariaDBStore(database.url, generation_keys=3)
+        new = Claim(b"\x01" * 16, "run-topic", 0, 0)
+        store = open_store(database.url, postgres_generation_keys=3, mariadb_generation_keys=3)
         try:
             store.ensure_schema("g")
             store.load_group("g")
             store.begin()
             assert store.claim("g", [Claim(k, "ballast", 0, n) for n, k in enumerate(ballast)],
                                1.0) == set()
-            assert store.claim("g", [Claim(b"\x01" * 16, "run-topic", 0, 0)], 1.0) == {
-                b"\x01" * 16}
+            assert store.claim("g", [new], 1.0) == {new.key}
             store.commit()
         finally:
             store.close()
         assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 4
-        forget_run("mariadb", database.url, "g", "run-topic")
+        forget_run(server, database.url, "g", "run-topic")
         assert database.scalar("SELECT max(generation) FROM consumer_key_generations") == 3
-        again = MariaDBStore(database.url, generation_keys=3)
+        again = open_store(database.url, postgres_generation_keys=3, mariadb_generation_keys=3)
         try:
             again.load_group("g")
             again.begin()
-            assert again.claim("g", [Claim(b"\x01" * 16, "run-topic", 0, 0)], 1.0) == {
-                b"\x01" * 16}, "the next run starts a generation after the ballast's"
+            assert again.claim("g", [new], 1.0) == {new.key}
             again.commit()
         finally:
             again.close()

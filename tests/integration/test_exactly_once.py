@@ -108,15 +108,21 @@ def test_chaos_in_small_generations_applies_every_change_exactly_once(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
 ) -> None:
     """The chaos with a generation of processed keys sealed every 300 keys: members seal
-    generations while others claim (PostgreSQL defers a seal while any claim is open), the
-    killed ones restart reading the sealed generations, and the re-sent events come after
+    generations while others claim (a server's store defers a seal while any claim is open),
+    the killed ones restart reading the sealed generations, and the re-sent events come after
     their originals' generations were sealed: still exact."""
+    chaos_in_small_generations(kafka_bootstrap, store, tmp_path, "handlers.ledger:apply")
+
+
+def chaos_in_small_generations(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path,
+                               handler: str) -> None:
+    """The test above's story (``handler``: the ledger in the store's SQL)."""
     ledger = make_ledger(VARIANT_MESSAGES)
     topic = create_topic(kafka_bootstrap, 6, prefix="chaos-generations")
     produce_ledger(kafka_bootstrap, topic, ledger)
     install_audit(store)
     group = unique_name("chaos-generations")
-    config = _ledger_config(kafka_bootstrap, group, topic, store)
+    config = _ledger_config(kafka_bootstrap, group, topic, store, handler=handler)
     config["store"][store.generation_keys_setting] = SMALL_GENERATION  # type: ignore[index]
     chaos = Chaos(tmp_path, config)
     run_chaos([chaos], store, kills=8)

@@ -15,11 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_event_identity import dead_letters
-from tests.integration.test_exactly_once import (
-    SMALL_GENERATION,
-    VARIANT_MESSAGES,
-    _ledger_config,
-)
+from tests.integration.test_exactly_once import _ledger_config, chaos_in_small_generations
 from tests.integration.test_key_generations import resent_after_the_seal
 from tests.integration.test_replay import EVENTS as REPLAYED_EVENTS
 from tests.integration.test_replay import replay_story
@@ -102,28 +98,8 @@ def test_mariadb_chaos_with_coordinates_keys_applies_every_change_exactly_once(
 def test_mariadb_chaos_in_small_generations_applies_every_change_exactly_once(
     kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
 ) -> None:
-    """The chaos with a generation of processed keys sealed every 300 keys: members seal
-    generations while others claim (a seal waits for no claim open), the killed ones restart
-    reading the sealed generations, and the re-sent events come after their originals'
-    generations were sealed: still exact."""
-    store = maria_store
-    ledger = make_ledger(VARIANT_MESSAGES)
-    topic = create_topic(kafka_bootstrap, 6, prefix="chaos-generations")
-    produce_ledger(kafka_bootstrap, topic, ledger)
-    install_audit(store)
-    group = unique_name("chaos-generations")
-    config = _ledger_config(kafka_bootstrap, group, topic, store, handler=f"{LEDGER}:apply")
-    config["store"][store.generation_keys_setting] = SMALL_GENERATION  # type: ignore[index]
-    chaos = Chaos(tmp_path, config)
-    run_chaos([chaos], store, kills=8)
-    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
-                   timeout=300, what=f"the end ({chaos.logs()})")
-    chaos.stop()
-
-    assert_exact_after_chaos(store, ledger, group, chaos, kills=8)
-    sealed = store.scalar("SELECT count(*) FROM consumer_key_generations "
-                          "WHERE newest_at IS NOT NULL")
-    assert sealed >= 3, f"only {sealed} generations sealed"
+    """The chaos in generations of 300 keys, as on the other stores."""
+    chaos_in_small_generations(kafka_bootstrap, maria_store, tmp_path, f"{LEDGER}:apply")
 
 
 def test_mariadb_events_resent_after_their_generation_was_sealed_apply_once(

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 from psycopg import generators, sql
-from psycopg.pq import ExecStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 
 from consumer.errors import (
     StoreConstraintViolated,
@@ -544,10 +544,11 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                                 # the generation was sealed: claim again with ON CONFLICT
                                 # (the generations read again for a division by zero)
                                 self._claims_with_conflicts.plain_conflicted()
-                                if isinstance(error, psycopg.errors.DivisionByZero):
-                                    self._stale.add(group)
                                 self._db.execute("ROLLBACK")
-                                self._begin_marked(group)
+                                if isinstance(error, psycopg.errors.DivisionByZero):
+                                    self._stale.add(group)  # the refresh opens it again
+                                else:
+                                    self._begin_marked(group)
                                 continue
                     rows = self._db.execute(postgres_generations.claim_statement(
                         plain=False, sealed=sealed), parameters).fetchall()
@@ -561,8 +562,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
                             f"PostgreSQL store {self._where}: generation {keys.current} of "
                             f"group {group}'s processed keys was sealed by another member "
                             "during this batch; the batch rolled back and is retried") from None
-                    self._db.execute("ROLLBACK")
-                    self._begin_marked(group)
+                    self._db.execute("ROLLBACK")  # the refresh opens it again
         raise StoreUnavailable(
             f"PostgreSQL store {self._where}: group {group}'s current generation of processed "
             "keys was sealed three times during one claim; the batch is retried")
@@ -576,7 +576,8 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         if not outside:
             postgres_generations.refresh(self._db, group, keys)
         else:
-            self._db.execute("ROLLBACK")
+            if self._db.info.transaction_status != TransactionStatus.IDLE:
+                self._db.execute("ROLLBACK")
             try:
                 postgres_generations.refresh(self._db, group, keys)
                 keys.committed()  # nothing claimed yet: what was read holds
@@ -608,8 +609,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             else:
                 self._next_rotation[group] = keys.current_keys + keys.generation_keys // 8
         finally:
-            self._stale.add(group)
-            self._begin_marked(group)
+            self._stale.add(group)  # the refresh that follows opens the batch again
 
     def load_group(self, group: str) -> None:
         """Read the group's sealed generations into its filters now, at start, rather than in

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from consumer.message import StoreLike
-from consumer.store import Store, postgres_generations
+from consumer.store import Store, postgres_generations, postgres_mark
 from consumer.store.base import POSTGRES_SCHEMA_VERSION
 from consumer.store.postgres import PostgresStore
 from tests.support.generations_contract import (
@@ -75,3 +76,32 @@ class TestPostgresGenerations(ServerGenerationsContract):
             assert len(applied) == 2
         finally:
             pool.close()
+
+    def test_a_seal_or_a_stale_claim_opens_the_batch_once_more(
+            self, store: Store, database: StoreUnderTest,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """After the seal between the batch's empty transaction and the claiming one, and
+        after a claim that found its generation sealed by another member, the batch opens its
+        transaction once more, after reading the generations: not once before reading them
+        too."""
+        openings: list[str] = []
+        begin = postgres_mark.begin
+
+        def counted(db: Any, opening: str = postgres_mark.OPENING) -> bool:
+            openings.append(opening)
+            return begin(db, opening)
+
+        claimed(store, digests(4))
+        monkeypatch.setattr(postgres_mark, "begin", counted)
+        assert claimed(store, digests(1, 4))  # seals generation 1, then claims
+        assert [g[2] for g in generations(database)] == [True, False]
+        assert len(openings) == 2, "the batch's own opening, and one after the seal"
+        other = self.opened(database)
+        try:
+            claimed(other, digests(4, 10))
+            claimed(other, digests(1, 14))  # seals generation 2 under this store's view
+        finally:
+            other.close()
+        openings.clear()
+        assert claimed(store, digests(1, 20))
+        assert len(openings) == 2, "the batch's own opening, and one after reading again"

@@ -4,13 +4,14 @@ waits for no other claim; a migration cut short between its statements completes
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from consumer.store import Store, mariadb_generations
+from consumer.store import Claim, Store, mariadb_generations
 from consumer.store.base import MARIADB_SCHEMA_VERSION
 from consumer.store.mariadb import MariaDBStore
 from tests.support.generations_contract import (
@@ -19,6 +20,7 @@ from tests.support.generations_contract import (
     claimed,
     digests,
     generations,
+    keys,
     version_4_with,
 )
 from tests.support.store_v4 import MARIADB as SCHEMA_V4
@@ -83,3 +85,18 @@ class TestMariaDBGenerations(ServerGenerationsContract):
             assert claimed(store, old) == set()
         finally:
             store.close()
+
+    def test_a_generation_is_read_whole_in_pages_whatever_its_keys_length(
+            self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Digests travel joined, other keys in hex (a version-3 store's ordered coordinates
+        keys, 18 bytes); every key comes back once across the pages' edges."""
+        monkeypatch.setattr(mariadb_generations, "PAGE_KEYS", 3)
+        batch = [Claim(os.urandom(size), "t", 0, n)
+                 for n, size in enumerate([16, 16, 18, 1, 64, 16, 16, 33, 16, 16])]
+        store.begin()
+        store.claim(G, batch, 1.0)
+        store.commit()
+        assert isinstance(store, MariaDBStore)
+        read = list(mariadb_generations.keys_of(store.connection, G, 1))
+        assert sorted(read) == sorted(keys(batch))
+        assert list(mariadb_generations.keys_of(store.connection, G, 2)) == []

@@ -51,6 +51,36 @@ def _ledger_config(bootstrap: str, group: str, topic: str, store: StoreUnderTest
     return config
 
 
+def healthy_chaos(bootstrap: str, store: StoreUnderTest, tmp_path: Path, ledger: Ledger, *,
+                  prefix: str, kills: int, handler: str = "handlers.ledger:apply",
+                  route: dict[str, str] | None = None, generation_keys: int | None = None,
+                  timeout: float = 300) -> tuple[str, Chaos]:
+    """The ledger on a new topic of 6 partitions, consumed by three members with at least
+    ``kills`` SIGKILLs and a zombie until every partition is at its end (``route``: the
+    topic's route instead of ``handler`` alone; ``generation_keys``: the store's generation
+    size). The group and the stopped chaos, for the caller's verdict."""
+    topic = create_topic(bootstrap, 6, prefix=prefix)
+    produce_ledger(bootstrap, topic, ledger)
+    install_audit(store)
+    group = unique_name(prefix)
+    config = _ledger_config(bootstrap, group, topic, store, handler=handler)
+    if route is not None:
+        config["routes"] = {topic: route}
+    if generation_keys is not None:
+        config["store"][store.generation_keys_setting] = generation_keys  # type: ignore[index]
+    chaos = Chaos(tmp_path, config)
+    run_chaos([chaos], store, kills=kills)
+    until_consumed(store, bootstrap, group, [topic], tend=chaos, timeout=timeout,
+                   what=f"the end ({chaos.logs()})")
+    chaos.stop()
+    return group, chaos
+
+
+def sealed_generations(store: StoreUnderTest) -> int:
+    return int(store.scalar("SELECT count(*) FROM consumer_key_generations "
+                            "WHERE newest_at IS NOT NULL"))
+
+
 def test_chaos_kills_and_a_zombie_apply_every_change_exactly_once(
     kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path
 ) -> None:
@@ -60,16 +90,8 @@ def test_chaos_kills_and_a_zombie_apply_every_change_exactly_once(
     balance is exact, no event applied twice or lost, no checkpoint row ever moved backwards,
     and the processed keys number the distinct events."""
     ledger = make_ledger(CHAOS_MESSAGES)
-    topic = create_topic(kafka_bootstrap, 6, prefix="chaos")
-    produce_ledger(kafka_bootstrap, topic, ledger)
-    install_audit(store)
-    group = unique_name("chaos")
-    chaos = Chaos(tmp_path, _ledger_config(kafka_bootstrap, group, topic, store))
-    run_chaos([chaos], store, kills=20)
-    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
-                   timeout=max(300, CHAOS_MESSAGES / 500), what=f"the end ({chaos.logs()})")
-    chaos.stop()
-
+    group, chaos = healthy_chaos(kafka_bootstrap, store, tmp_path, ledger, prefix="chaos",
+                                 kills=20, timeout=max(300, CHAOS_MESSAGES / 500))
     assert_exact_after_chaos(store, ledger, group, chaos, kills=20)
 
 
@@ -82,18 +104,9 @@ def test_chaos_with_coordinates_keys_applies_every_change_exactly_once(
     zombie: still exact, and the processed keys number the events."""
     produced = make_ledger(VARIANT_MESSAGES * 2)
     ledger = Ledger(produced.events, resent=[])
-    topic = create_topic(kafka_bootstrap, 6, prefix="chaos-coords")
-    produce_ledger(kafka_bootstrap, topic, ledger)
-    install_audit(store)
-    group = unique_name("chaos-coords")
-    config = _ledger_config(kafka_bootstrap, group, topic, store)
-    config["routes"] = {topic: {"handler": "handlers.ledger:apply", "dedup_key": "coordinates"}}
-    chaos = Chaos(tmp_path, config)
-    run_chaos([chaos], store, kills=8)
-    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
-                   timeout=300, what=f"the end ({chaos.logs()})")
-    chaos.stop()
-
+    group, chaos = healthy_chaos(
+        kafka_bootstrap, store, tmp_path, ledger, prefix="chaos-coords", kills=8,
+        route={"handler": "handlers.ledger:apply", "dedup_key": "coordinates"})
     assert_exact_after_chaos(store, ledger, group, chaos, kills=8)
     if store.backend in ("sqlite", "postgresql"):  # the keys went in as runs, not a row each
         assert store.scalar("SELECT count(*) FROM consumer_processed_keys") == 0
@@ -111,29 +124,12 @@ def test_chaos_in_small_generations_applies_every_change_exactly_once(
     generations while others claim (a server's store defers a seal while any claim is open),
     the killed ones restart reading the sealed generations, and the re-sent events come after
     their originals' generations were sealed: still exact."""
-    chaos_in_small_generations(kafka_bootstrap, store, tmp_path, "handlers.ledger:apply")
-
-
-def chaos_in_small_generations(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path,
-                               handler: str) -> None:
-    """The test above's story (``handler``: the ledger in the store's SQL)."""
     ledger = make_ledger(VARIANT_MESSAGES)
-    topic = create_topic(kafka_bootstrap, 6, prefix="chaos-generations")
-    produce_ledger(kafka_bootstrap, topic, ledger)
-    install_audit(store)
-    group = unique_name("chaos-generations")
-    config = _ledger_config(kafka_bootstrap, group, topic, store, handler=handler)
-    config["store"][store.generation_keys_setting] = SMALL_GENERATION  # type: ignore[index]
-    chaos = Chaos(tmp_path, config)
-    run_chaos([chaos], store, kills=8)
-    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
-                   timeout=300, what=f"the end ({chaos.logs()})")
-    chaos.stop()
-
+    group, chaos = healthy_chaos(kafka_bootstrap, store, tmp_path, ledger,
+                                 prefix="chaos-generations", kills=8,
+                                 generation_keys=SMALL_GENERATION)
     assert_exact_after_chaos(store, ledger, group, chaos, kills=8)
-    sealed = store.scalar("SELECT count(*) FROM consumer_key_generations "
-                          "WHERE newest_at IS NOT NULL")
-    assert sealed >= 3, f"only {sealed} generations sealed"
+    assert (sealed := sealed_generations(store)) >= 3, f"only {sealed} generations sealed"
 
 
 #: Each defect (tests/support/broken_consumer.py) and what the checker must report. The

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from consumer_process import ConsumerProcess, consumer_config, wait_for
 
+from tests.integration.test_exactly_once import sealed_generations
 from tests.support.kafka import create_topic, produce, unique_name
 from tests.support.stores import StoreUnderTest
 
@@ -32,14 +33,22 @@ def _events(topic_bootstrap: tuple[str, str], numbers: list[int]) -> None:
 
 def test_events_resent_after_their_generation_was_sealed_apply_once(
         kafka_bootstrap: str, tmp_path: Path, store: StoreUnderTest) -> None:
-    resent_after_the_seal(kafka_bootstrap, tmp_path, store, "handlers.ledger:apply")
+    applied, sealed = resent_after_the_seal(kafka_bootstrap, tmp_path, store,
+                                            "handlers.ledger:apply")
+    assert sorted(applied) == EVERY_EVENT
+    assert sealed >= SEALS_AT_LEAST, sealed
+
+
+#: What resent_after_the_seal's story applies, once each, and how many seals it makes at least.
+EVERY_EVENT = sorted(f"evt-{n}" for n in range(120))
+SEALS_AT_LEAST = 120 // GENERATION_KEYS - 1
 
 
 def resent_after_the_seal(kafka_bootstrap: str, tmp_path: Path, store: StoreUnderTest,
-                          handler: str) -> None:
+                          handler: str) -> tuple[list[str], int]:
     """Events re-sent after their generation was sealed, to the process that sealed it and
-    to one started after it was killed: each applied once (``handler``: the ledger in the
-    store's SQL)."""
+    to one started after it was killed (``handler``: the ledger in the store's SQL). The
+    events the ledger applied, and the generations sealed."""
     topic = create_topic(kafka_bootstrap, 1, prefix="generations")
     where = (kafka_bootstrap, topic)
     # Offsets 0-119: events 0-99, then 0-19 again (sealed by this process meanwhile).
@@ -66,7 +75,4 @@ def resent_after_the_seal(kafka_bootstrap: str, tmp_path: Path, store: StoreUnde
     finally:
         second.stop_if_running()
     applied = [event for (event,) in store.query("SELECT event FROM ledger_entries")]
-    assert sorted(applied) == sorted(f"evt-{n}" for n in range(120))
-    sealed = store.scalar("SELECT count(*) FROM consumer_key_generations "
-                          "WHERE newest_at IS NOT NULL")
-    assert sealed >= 120 // GENERATION_KEYS - 1, sealed
+    return applied, sealed_generations(store)

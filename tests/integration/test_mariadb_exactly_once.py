@@ -15,22 +15,25 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_event_identity import dead_letters
-from tests.integration.test_exactly_once import _ledger_config, chaos_in_small_generations
-from tests.integration.test_key_generations import resent_after_the_seal
+from tests.integration.test_exactly_once import (
+    SMALL_GENERATION,
+    VARIANT_MESSAGES,
+    healthy_chaos,
+    sealed_generations,
+)
+from tests.integration.test_key_generations import (
+    EVERY_EVENT,
+    SEALS_AT_LEAST,
+    resent_after_the_seal,
+)
 from tests.integration.test_replay import EVENTS as REPLAYED_EVENTS
 from tests.integration.test_replay import replay_story
-from tests.support.audit import install_audit
 from tests.support.chaos import (
-    Chaos,
     Ledger,
     assert_exact_after_chaos,
     check,
     make_ledger,
-    produce_ledger,
-    run_chaos,
-    until_consumed,
 )
-from tests.support.kafka import create_topic, unique_name
 from tests.support.ledger_mariadb import create_tables
 from tests.support.stores import StoreUnderTest, fresh_store
 
@@ -55,20 +58,11 @@ def test_mariadb_chaos_kills_and_a_zombie_apply_every_change_exactly_once(
     """Three members on 6 partitions, 20,000 balance changes (1% re-sent at later offsets),
     at least 10 SIGKILLs at random moments and one zombie whose late checkpoint is fenced:
     every balance exact, no event applied twice or lost, no checkpoint row moved back."""
-    store = maria_store
     ledger = make_ledger(CHAOS_MESSAGES)
-    topic = create_topic(kafka_bootstrap, 6, prefix="chaos")
-    produce_ledger(kafka_bootstrap, topic, ledger)
-    install_audit(store)
-    group = unique_name("chaos")
-    chaos = Chaos(tmp_path, _ledger_config(kafka_bootstrap, group, topic, store,
-                                           handler=f"{LEDGER}:apply"))
-    run_chaos([chaos], store, kills=10)
-    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
-                   timeout=max(300, CHAOS_MESSAGES / 500), what=f"the end ({chaos.logs()})")
-    chaos.stop()
-
-    assert_exact_after_chaos(store, ledger, group, chaos, kills=10)
+    group, chaos = healthy_chaos(kafka_bootstrap, maria_store, tmp_path, ledger,
+                                 prefix="chaos", kills=10, handler=f"{LEDGER}:apply",
+                                 timeout=max(300, CHAOS_MESSAGES / 500))
+    assert_exact_after_chaos(maria_store, ledger, group, chaos, kills=10)
 
 
 def test_mariadb_chaos_with_coordinates_keys_applies_every_change_exactly_once(
@@ -77,35 +71,34 @@ def test_mariadb_chaos_with_coordinates_keys_applies_every_change_exactly_once(
     """The chaos with the route keyed by coordinates (no event re-sent), so a new MariaDB
     store claims nearly every key inside a run, taking turns per partition with the zombie
     and the members killed mid-batch: still exact, and no key went in as a row of its own."""
-    store = maria_store
     ledger = Ledger(make_ledger(CHAOS_MESSAGES).events, resent=[])
-    topic = create_topic(kafka_bootstrap, 6, prefix="chaos-coords")
-    produce_ledger(kafka_bootstrap, topic, ledger)
-    install_audit(store)
-    group = unique_name("chaos-coords")
-    config = _ledger_config(kafka_bootstrap, group, topic, store, handler=f"{LEDGER}:apply")
-    config["routes"] = {topic: {"handler": f"{LEDGER}:apply", "dedup_key": "coordinates"}}
-    chaos = Chaos(tmp_path, config)
-    run_chaos([chaos], store, kills=8)
-    until_consumed(store, kafka_bootstrap, group, [topic], tend=chaos,
-                   timeout=max(300, CHAOS_MESSAGES / 500), what=f"the end ({chaos.logs()})")
-    chaos.stop()
-
-    assert_exact_after_chaos(store, ledger, group, chaos, kills=8)
-    assert store.scalar("SELECT count(*) FROM consumer_processed_keys") == 0
+    group, chaos = healthy_chaos(
+        kafka_bootstrap, maria_store, tmp_path, ledger, prefix="chaos-coords", kills=8,
+        route={"handler": f"{LEDGER}:apply", "dedup_key": "coordinates"},
+        timeout=max(300, CHAOS_MESSAGES / 500))
+    assert_exact_after_chaos(maria_store, ledger, group, chaos, kills=8)
+    assert maria_store.scalar("SELECT count(*) FROM consumer_processed_keys") == 0
 
 
 def test_mariadb_chaos_in_small_generations_applies_every_change_exactly_once(
     kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
 ) -> None:
     """The chaos in generations of 300 keys, as on the other stores."""
-    chaos_in_small_generations(kafka_bootstrap, maria_store, tmp_path, f"{LEDGER}:apply")
+    ledger = make_ledger(VARIANT_MESSAGES)
+    group, chaos = healthy_chaos(kafka_bootstrap, maria_store, tmp_path, ledger,
+                                 prefix="chaos-generations", kills=8, handler=f"{LEDGER}:apply",
+                                 generation_keys=SMALL_GENERATION)
+    assert_exact_after_chaos(maria_store, ledger, group, chaos, kills=8)
+    assert (sealed := sealed_generations(maria_store)) >= 3, f"only {sealed} generations sealed"
 
 
 def test_mariadb_events_resent_after_their_generation_was_sealed_apply_once(
     kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
 ) -> None:
-    resent_after_the_seal(kafka_bootstrap, tmp_path, maria_store, f"{LEDGER}:apply")
+    applied, sealed = resent_after_the_seal(kafka_bootstrap, tmp_path, maria_store,
+                                            f"{LEDGER}:apply")
+    assert sorted(applied) == EVERY_EVENT
+    assert sealed >= SEALS_AT_LEAST, sealed
 
 
 def test_mariadb_replay_moves_store_and_kafka_together_and_keys_decide_the_effects(

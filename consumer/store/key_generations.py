@@ -56,15 +56,16 @@ class _Held:
         self.through = -1
 
 
-#: The length of the keys a generation's unfiltered keys are joined at (consumer.dedup's).
-_KEY_BYTES = 16
+#: The length of the keys kept joined (consumer.dedup's digests): a generation's unfiltered
+#: keys here, and a page of a generation as the MariaDB store reads it.
+KEY_BYTES = 16
 
 
-def _split(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def split_keys(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The keys of joined 16-byte keys."""
     for chunk in chunks:
-        for start in range(0, len(chunk), _KEY_BYTES):
-            yield chunk[start:start + _KEY_BYTES]
+        for start in range(0, len(chunk), KEY_BYTES):
+            yield chunk[start:start + KEY_BYTES]
 
 
 #: Reads every key of one generation of the group (the store's query).
@@ -133,7 +134,7 @@ class GroupKeys:
         for number in [n for n in self._unfiltered if n < oldest or n in sealed]:
             chunks = self._unfiltered.pop(number)
             if number in sealed:
-                self._filter(live, number, _split(chunks))
+                self._filter(live, number, split_keys(chunks))
         for generation in generations:
             number = generation.number
             known = self._read_open.get(number, self._known.get(number, 0))
@@ -178,10 +179,10 @@ class GroupKeys:
             self._known[number] = self._known.get(number, 0) + len(keys)
             if number == self.current:
                 self._current_keys += len(keys)
-            whole = [key for key in keys if len(key) == _KEY_BYTES]
+            whole = [key for key in keys if len(key) == KEY_BYTES]
             if len(whole) < len(keys):  # not a 16-byte key: into a filter now
                 self._filter(self._current_keys,
-                             number, [key for key in keys if len(key) != _KEY_BYTES])
+                             number, [key for key in keys if len(key) != KEY_BYTES])
             self._unfiltered.setdefault(number, []).append(b"".join(whole))
         self._read_open.clear()
         self._pending.clear()

@@ -35,6 +35,7 @@ from tests.support.kafka import (
     unique_name,
 )
 from tests.support.order_pb2 import Order
+from tests.support.tcp_gate import TcpGate
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +144,65 @@ def test_registry_formats_decode_for_the_handler_and_poison_is_dead_lettered(
         assert headers["dlq.exception.type"] == b"PoisonMessage"
     assert b"40403" in dead[1][1]["dlq.exception.message"]  # the registry's unknown id
     assert b"magic byte" in dead[2][1]["dlq.exception.message"]
+
+
+def test_a_registry_gone_mid_run_holds_its_messages_until_it_answers_again(
+    kafka_bootstrap: str, schema_registry_url: str, tmp_path: Path
+) -> None:
+    """The consumer reaches the registry through a gate. With the first schema read, the gate
+    shuts (open connections dropped, new ones refused) and messages written with a second
+    schema arrive: each waits, retried with the route's backoff, though the route allows one
+    attempt; none is dead-lettered or handled undecoded. Once the gate opens again every
+    message is handled once, decoded with its writer's schema."""
+    registry = SchemaRegistryClient({"url": schema_registry_url, "timeout": 10})
+    topic = create_topic(kafka_bootstrap, 1, prefix="gone")
+    create_named_topic(kafka_bootstrap, f"{topic}.dlq", 1)
+    registry.set_compatibility(f"{topic}-value", "BACKWARD")
+    v1 = AvroSerializer(registry, json.dumps(ORDER_V1), conf=PRODUCER_CONF)
+    v2 = AvroSerializer(registry, json.dumps(ORDER_V2), conf=PRODUCER_CONF)
+    produce(kafka_bootstrap, topic, [v1({"id": "o-0", "amount": 0}, _value(topic))])
+
+    gate = TcpGate.for_url(schema_registry_url).open()
+    config = consumer_config(kafka_bootstrap, unique_name("gone"), topic, every_messages=1)
+    config["schema_registry"] = {"url": gate.url(schema_registry_url), "timeout_seconds": 2,
+                                 "subject_name_strategy": "topic"}
+    config["routes"] = {topic: {"handler": HANDLER, "format": "avro",
+                                "retry": {"attempts": 1, "initial_backoff_seconds": 0.2,
+                                          "max_backoff_seconds": 1.0}}}
+    run = ConsumerProcess(tmp_path, "run", config).start()
+    try:
+        wait_for(lambda: len(_records(run)) == 1, timeout=60,
+                 what=f"the first message decoded through the gate ({run.log_tail()})")
+        gate.shut()
+        later = [v2({"id": f"o-{n}", "amount": n, "currency": "CHF"}, _value(topic))
+                 for n in (1, 2, 3)]
+        produce(kafka_bootstrap, topic, later)
+        wait_for(lambda: _registry_retries(run) >= 3, timeout=60,
+                 what=f"three retries while the registry is away ({run.log_tail()})")
+        held = _records(run)
+        letters_while_away = sum(end_offsets(kafka_bootstrap, f"{topic}.dlq").values())
+        gate.open()
+        wait_for(lambda: len(_records(run)) == 4, timeout=60,
+                 what=f"the held messages decoded once the registry answers ({run.log_tail()})")
+        assert run.alive(), run.log_tail()
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.log_tail()
+    finally:
+        run.stop_if_running()
+        gate.shut()
+
+    assert [r["offset"] for r in held] == [0]
+    assert letters_while_away == 0
+    assert [(r["offset"], r["value"]) for r in _records(run)] == [
+        (0, {"id": "o-0", "amount": 0}),
+        *((n, {"id": f"o-{n}", "amount": n, "currency": "CHF"}) for n in (1, 2, 3))]
+    assert sum(end_offsets(kafka_bootstrap, f"{topic}.dlq").values()) == 0
+    assert gate.connections >= 2  # the consumer came back through the reopened gate
+
+
+def _registry_retries(run: ConsumerProcess) -> int:
+    """Retries the consumer logged because the registry did not answer."""
+    if not run.log_file.exists():
+        return 0
+    return sum("SchemaRegistryUnavailable" in line and "retrying in" in line
+               for line in run.log_file.read_text(errors="replace").splitlines())

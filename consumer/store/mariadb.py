@@ -68,6 +68,7 @@ from consumer.store.key_generations import GENERATION_KEYS, Generation, GroupKey
 from consumer.store.mariadb_session import (
     COMMIT,
     ROLLBACK,
+    ROLLED_BACK,
     START,
     MariaDBConnection,
     MariaDBCursor,
@@ -287,7 +288,7 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         with self._errors():
             db = self._db
             db.execute(START)
-        db.guarded = True
+        db.guarded, db.rolled_back = True, False
         self._in_batch = True
         self._batch_empty = True
         self._sharing = None
@@ -497,7 +498,11 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             self._db.execute("RELEASE SAVEPOINT handler")
 
     def transaction_open(self) -> bool:
+        """Raises StoreUnavailable when InnoDB rolled the batch back under a handler that
+        went on (:attr:`MariaDBConnection.rolled_back`): nothing of it commits, it is retried."""
         conn = self._conn
+        if conn is not None and conn.rolled_back:
+            raise StoreUnavailable(f"MariaDB store {self._where}: {ROLLED_BACK}")
         return (conn is None or not conn.open
                 or bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS))
 
@@ -538,6 +543,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         try:
             with self._errors():
                 db = self._db
+                if db.rolled_back:  # a COMMIT now would end nothing: the batch is gone
+                    raise StoreUnavailable(f"MariaDB store {self._where}: {ROLLED_BACK}")
                 db.guarded = False
                 db.execute(COMMIT)
                 committed = True
@@ -550,14 +557,14 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         self._transaction_ended(committed=False)
         if self._conn is None or not self._conn.open:
             return
-        self._conn.guarded = False
+        self._conn.guarded = self._conn.rolled_back = False
         with self._errors():
             self._conn.execute(ROLLBACK)
 
     def _rollback_quietly(self) -> None:
         self._transaction_ended(committed=False)
         if self._conn is not None and self._conn.open:
-            self._conn.guarded = False
+            self._conn.guarded = self._conn.rolled_back = False
             try:
                 self._conn.execute(ROLLBACK)
             except pymysql.err.MySQLError:

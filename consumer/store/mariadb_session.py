@@ -9,7 +9,10 @@ TRANSACTION``, read from a statement's first words, and ``commit()``, ``rollback
 ``begin()``. They would commit the batch's keys ahead of its effects, and one followed by a
 ``BEGIN`` would go unseen. The store's own statements have texts of their own (:data:`START`,
 :data:`COMMIT`, :data:`ROLLBACK`). DDL, which MariaDB commits implicitly, is found after the
-handler (the store's ``_require_open_batch``)."""
+handler (the store's ``_require_open_batch``). A deadlock rolls the batch's whole transaction
+back and leaves the connection in autocommit: from then on, until the store ends the batch,
+every statement is refused (:attr:`MariaDBConnection.rolled_back`), so a handler that caught
+the error writes nothing outside the batch."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Any
 import pymysql
 import pymysql.connections
 import pymysql.cursors
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, SERVER_STATUS
 
 from consumer.errors import (
     StoreError,
@@ -33,6 +36,9 @@ from consumer.errors import (
 #: A statement a handler may hit that says nothing about its message: InnoDB's deadlock
 #: (1213: the server rolled back the whole transaction) and lock wait timeout (1205).
 TRANSIENT_CODES = frozenset({1205, 1213})
+#: Errors after which InnoDB may have rolled back the whole transaction, not the statement:
+#: a deadlock (always) and a lock wait timeout (with ``innodb_rollback_on_timeout``).
+ROLLBACK_CODES = frozenset({1205, 1213})
 #: The connection is gone or going: cannot connect (2003), server gone away (2006), lost
 #: during a query (2013), killed (1927), server shutting down (1053), ended by
 #: idle_transaction_timeout (4031); PyMySQL's own "connection closed" errors carry 0.
@@ -51,6 +57,14 @@ _TRANSACTION_STATEMENT = re.compile(
     r"(?:\s|/\*.*?\*/|(?:--\s|#)[^\n]*(?:\n|$))*"
     r"(COMMIT|ROLLBACK(?!\s+(?:WORK\s+)?TO\b)|BEGIN(?!\s+NOT\s+ATOMIC)|START\s+TRANSACTION)"
     r"\b", re.IGNORECASE | re.DOTALL)
+
+
+#: Why a statement is refused after InnoDB rolled the batch's transaction back.
+ROLLED_BACK = (
+    "the server rolled the batch's transaction back (a deadlock, or a lock wait timeout with "
+    "innodb_rollback_on_timeout) under a handler's statement, and the handler went on; this "
+    "statement would commit on its own, outside the batch, so it is refused. The batch rolls "
+    "back and is retried. Let database errors leave the handler.")
 
 
 def transaction_statement(sql: str) -> str | None:
@@ -106,6 +120,36 @@ class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
 
     #: A batch's transaction is open: a handler may not end it.
     guarded = False
+    #: InnoDB rolled the guarded batch's transaction back under a statement (a deadlock),
+    #: its claimed keys and every effect written so far with it. The connection is in
+    #: autocommit again, so any further statement would commit on its own, outside the
+    #: batch: until the store ends the batch, every statement is refused.
+    rolled_back = False
+
+    def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
+        """PyMySQL's one way to the server (every cursor's ``execute``, ``executemany`` and
+        ``callproc`` come here); while guarded, it notes a rollback of the batch's transaction
+        and refuses what would run outside it."""
+        if not self.guarded:
+            return int(super().query(sql, unbuffered))
+        if self.rolled_back:
+            raise StoreUnavailable(ROLLED_BACK)
+        try:
+            return int(super().query(sql, unbuffered))
+        except pymysql.err.MySQLError as error:
+            if error_code(error) in ROLLBACK_CODES and not self._in_transaction():
+                self.rolled_back = True
+            raise
+
+    def _in_transaction(self) -> bool:
+        """Whether the server still has a transaction open: asked with a statement that does
+        nothing, whose answer carries the status (an error's answer does not). A connection
+        lost meanwhile counts as open: the next statement finds it lost."""
+        try:
+            super().query("DO 0")
+        except pymysql.err.MySQLError:
+            return True
+        return bool(self.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS)
 
     def commit(self) -> None:
         if self.guarded:

@@ -19,6 +19,8 @@
         ├── StoreUnavailable   cannot reach or lock the database (consumption pauses and retries)
         ├── StoreSchemaError   our tables are missing or of another version (exit 2)
         ├── StoreConstraintViolated  a deferred constraint failed at COMMIT (the batch reruns)
+        ├── StoreTransactionFailed   a handler caught a database error and returned (reruns)
+        ├── SwallowedDatabaseError   the same handler again, message by message (exit 1)
         └── HandlerEndedTransaction  a handler committed or rolled back the batch's transaction
 
 One exception stands outside it on purpose: :class:`TransactionEndRefused` is a
@@ -263,6 +265,31 @@ class StoreConstraintViolated(StoreError):
     """A constraint checked only at COMMIT (``DEFERRABLE INITIALLY DEFERRED``) failed: the
     batch rolled back. It runs again with every constraint checked at its statement, so the
     message that violates it fails alone (its route's retries and dead letters)."""
+
+
+class StoreTransactionFailed(StoreError):
+    """The batch's transaction failed under a handler that caught the database error and
+    returned (PostgreSQL: nothing more runs in a failed transaction), so it could not commit:
+    the batch rolled back. It runs again message by message, where a handler doing it again is
+    named, and a transient error (a deadlock) that does not come back lets the batch through.
+    """
+
+
+class SwallowedDatabaseError(StoreError):
+    """A handler caught a database error and returned, and its message's transaction had
+    failed (PostgreSQL): nothing of it can commit. Let database errors leave the handler."""
+
+    def __init__(self, handler: str, topic: str, partition: int, offset: int) -> None:
+        self.handler = handler
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(
+            f"handler {handler} caught a database error and returned at {topic}[{partition}] "
+            f"offset {offset}, and PostgreSQL had failed its transaction: nothing of the batch "
+            "committed. Let database errors leave the handler (the store retries transient "
+            "ones: deadlocks, lock and statement timeouts, a lost connection), then restart."
+        )
 
 
 class StoreSchemaError(StoreError):

@@ -28,6 +28,7 @@ from consumer.errors import (
     KafkaError,
     StoreError,
     StoreUnavailable,
+    SwallowedDatabaseError,
 )
 from consumer.events import HandlerTimings, Trigger
 from consumer.failures.retries import Failures, Verdict
@@ -444,6 +445,9 @@ class StoreCheckpoint:
                 continue
             if not store.transaction_open():
                 raise _TransactionEnded(message, applied=True, applied_keys=applied_keys)
+            if store.transaction_failed():  # it caught its statement's error and returned
+                raise SwallowedDatabaseError(self._paths[message.topic], message.topic,
+                                             message.partition, message.offset)
             if failures is not None:
                 failures.succeeded(message)
             store.release_savepoint()

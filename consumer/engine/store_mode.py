@@ -31,6 +31,8 @@ from consumer.errors import (
     KafkaError,
     OffsetOutOfRange,
     StoreConstraintViolated,
+    StoreError,
+    StoreTransactionFailed,
     StoreUnavailable,
     TopicRecreated,
 )
@@ -207,9 +209,9 @@ class StoreMode:
                     raise
                 self._became_unavailable(error)
                 return False
-            except StoreConstraintViolated as error:
+            except (StoreConstraintViolated, StoreTransactionFailed) as error:
                 if self._constraints_now:
-                    raise  # no message's statement violates it: nothing to isolate
+                    raise  # message by message, no handler is at fault: nothing to isolate
                 self._check_constraints_now(error)
                 continue
             break
@@ -233,20 +235,21 @@ class StoreMode:
         except StoreUnavailable:
             self._pending = messages + self._pending
             raise
-        except StoreConstraintViolated as error:
+        except (StoreConstraintViolated, StoreTransactionFailed) as error:
             # Its messages are pending again, ahead of the rest; the next checkpoint runs
-            # them with every constraint checked at its statement.
+            # them message by message, every constraint checked at its statement.
             self._pending = messages + self._pending
             self._check_constraints_now(error)
             return
         self._batch_done(messages, outcome, partitions)
 
-    def _check_constraints_now(self, error: StoreConstraintViolated) -> None:
-        """A batch's COMMIT failed a deferred constraint: the next batch runs message by
-        message with every constraint checked at its statement."""
+    def _check_constraints_now(self, error: StoreError) -> None:
+        """A batch's COMMIT failed a deferred constraint, or its transaction failed under a
+        handler that caught the error: the next batch runs message by message with every
+        constraint checked at its statement, so the message at fault fails alone."""
         self._constraints_now = True
-        log.warning("%s: running it again with every constraint checked at its statement, "
-                    "so the message that violates it fails alone", error)
+        log.warning("%s: running it again message by message, every constraint checked at "
+                    "its statement, so the message at fault fails alone", error)
 
     def _answer_now(self) -> None:
         """:meth:`_answer` outside a checkpoint: an unavailable store pauses consumption and

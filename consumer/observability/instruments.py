@@ -182,6 +182,9 @@ class TimedStore(Store):
     def transaction_open(self) -> bool:
         return self._store.transaction_open()
 
+    def transaction_failed(self) -> bool:
+        return self._store.transaction_failed()
+
     def follow_back(self, group: str, tp: TP, offset: int, *, epoch: int) -> None:
         self._store.follow_back(group, tp, offset, epoch=epoch)
 

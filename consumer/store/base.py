@@ -289,6 +289,13 @@ class Store(abc.ABC):
         where no constraint waits for COMMIT (SQLite's store, MariaDB)."""
         return None
 
+    def transaction_failed(self) -> bool:
+        """Inside a batch: whether its transaction failed, so that nothing more runs in it
+        and it cannot commit (PostgreSQL, after a statement's error, until it is rolled back
+        to a savepoint or whole). The other stores go on after a statement's error. No round
+        trip; asked after each handler of a batch running message by message."""
+        return False
+
     @abc.abstractmethod
     def transaction_open(self) -> bool:
         """Inside a batch: whether the transaction :meth:`begin` opened is still open. False

@@ -34,6 +34,7 @@ from consumer.errors import (
     StoreConstraintViolated,
     StoreError,
     StoreSchemaError,
+    StoreTransactionFailed,
     StoreUnavailable,
 )
 from consumer.message import TP
@@ -772,6 +773,10 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         conn = self._conn
         return conn is None or not postgres_mark.ended(conn.pgconn, self._marked)
 
+    def transaction_failed(self) -> bool:
+        conn = self._conn
+        return conn is not None and conn.pgconn.transaction_status == postgres_mark.IN_ERROR
+
     def end_handler_transaction(self, *, keep: bool) -> None:
         """A transaction the handler opened after ending the batch's (``COMMIT; BEGIN``):
         committed when ``keep`` (the handler returned), else rolled back."""
@@ -945,6 +950,13 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         except psycopg.errors.UndefinedTable as error:
             raise StoreSchemaError(
                 f"PostgreSQL store {self._where}: {error}; run `consumer store init`"
+            ) from error
+        except psycopg.errors.InFailedSqlTransaction as error:
+            # Our statements raise at their own errors: a statement of ours refused as the
+            # transaction had failed means a handler caught its error and returned.
+            raise StoreTransactionFailed(
+                f"PostgreSQL store {self._where}: a handler caught a database error and "
+                "returned, leaving the batch's transaction failed; the batch rolled back"
             ) from error
         except psycopg.errors.IntegrityError as error:
             # Our statements claim with ON CONFLICT and move rows with UPDATE: an integrity

@@ -30,6 +30,7 @@ ON = b"on"
 #: the status is read after every handler).
 IDLE = int(TransactionStatus.IDLE)
 IN_TRANSACTION = int(TransactionStatus.INTRANS)
+IN_ERROR = int(TransactionStatus.INERROR)
 
 
 def marked(pgconn: pq.abc.PGconn) -> bool:

@@ -10,6 +10,7 @@ not write outside the batch, nor let the checkpoint move past effects that are g
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pymysql
 import pytest
 
 from consumer.clock import ManualClock
-from consumer.errors import ConsumerError
+from consumer.errors import ConsumerError, SwallowedDatabaseError
 from consumer.message import Context, Message
 from consumer.store import open_store
 from consumer.store.mariadb_session import parameters
@@ -140,7 +141,7 @@ def run_to_the_end(database: StoreUnderTest, handler: Deadlocker) -> dict[str, A
         source = HeaderedSource({"t": [[f"evt-{n}".encode() for n in range(MESSAGES)]]})
         clock = ManualClock()
         loop, _ = make_store_loop(source, store, handler, clock=clock,  # type: ignore[arg-type]
-                                  every_messages=MESSAGES)
+                                  every_messages=MESSAGES, every_seconds=1.0)
         try:
             assert loop.start()
             for _ in range(20):
@@ -166,16 +167,52 @@ def test_a_deadlock_under_a_handler_leaves_every_effect_applied_once(
         database: StoreUnderTest, after: str) -> None:
     """Caught or not, at the batch's middle message or its last (``return``: the handler
     writes nothing after the deadlock, so only the checkpoint's statement would follow it):
-    every effect is in once, with its key and the checkpoint. The batch is retried as after
-    an outage; only on PostgreSQL, a handler that caught the error and returned leaves the
-    batch's transaction failed, and the consumer stops with a StoreError (its restart
-    applies the batch)."""
+    every effect is in once, with its key and the checkpoint, and the consumer never stops.
+    On MariaDB the batch is retried as after an outage; on PostgreSQL, where the transaction
+    stays failed, it runs again message by message."""
     handler = Deadlocker(database, at=MESSAGES - 1 if after == "return" else 2, after=after)
 
     committed = run_to_the_end(database, handler)
 
     assert handler.deadlocks == ["OperationalError" if database.backend == "mariadb"
                                  else "DeadlockDetected"]
-    stops = ["StoreError"] if database.backend == "postgresql" and after == "return" else []
     assert committed == {"effects": list(range(MESSAGES)), "checkpoint": MESSAGES,
-                         "keys": MESSAGES, "stops": stops}
+                         "keys": MESSAGES, "stops": []}
+
+
+def test_a_handler_swallowing_its_database_error_on_postgresql_stops_naming_it(
+        tmp_path: Path, postgres_dsn: str) -> None:
+    """Caught every time (a duplicate key, not a transient error): the batch cannot commit,
+    runs again message by message, and the consumer stops there naming the handler and the
+    message; nothing of the batch committed."""
+    def swallow_at_2(message: Message, context: Context) -> None:
+        if message.offset == 2:
+            with contextlib.suppress(psycopg.errors.UniqueViolation):
+                context.execute("INSERT INTO pair VALUES (1, 0)")
+            return
+        context.execute("INSERT INTO effects VALUES (%s)", (message.offset,))
+
+    with fresh_store("postgresql", tmp_path, postgres_dsn) as database:
+        database.execute("CREATE TABLE effects (position INT NOT NULL)")
+        database.execute("CREATE TABLE pair (id INT PRIMARY KEY, v INT NOT NULL)")
+        database.execute("INSERT INTO pair VALUES (1, 0)")
+        store = open_store(database.url)
+        store.ensure_schema()
+        source = HeaderedSource({"t": [[f"evt-{n}".encode() for n in range(MESSAGES)]]})
+        clock = ManualClock()
+        loop, _ = make_store_loop(source, store, swallow_at_2,  # type: ignore[arg-type]
+                                  clock=clock, every_messages=MESSAGES, every_seconds=1.0)
+        try:
+            assert loop.start()
+            with pytest.raises(SwallowedDatabaseError) as stopped:
+                for _ in range(5):
+                    loop.run_once()
+                    clock.advance(1.0)
+        finally:
+            store.close()
+        effects = database.query("SELECT position FROM effects")
+        checkpoint = database.query("SELECT next_offset FROM consumer_checkpoints")
+
+    assert (stopped.value.handler, stopped.value.offset) == ("tests:handler", 2)
+    assert effects == []
+    assert checkpoint in ([], [(None,)])

@@ -132,6 +132,9 @@ class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
         and refuses what would run outside it."""
         if not self.guarded:
             return int(super().query(sql, unbuffered))
+        if sql in _OWN:  # the store's own START, COMMIT or ROLLBACK: it ends or opens anew
+            self.rolled_back = False
+            return int(super().query(sql, unbuffered))
         if self.rolled_back:
             raise StoreUnavailable(ROLLED_BACK)
         try:

@@ -301,7 +301,9 @@ class Store(abc.ABC):
         """Inside a batch: whether the transaction :meth:`begin` opened is still open. False
         once something else ended it (a handler's commit or rollback, or a statement that
         commits implicitly); a connection that broke counts as open (its error surfaces at
-        the next statement). Cheap: no round trip, called after every handler."""
+        the next statement). Raises StoreUnavailable where the server rolled it back under a
+        handler that went on (MariaDB, after a deadlock): the batch is retried. Cheap: no
+        round trip, called after every handler."""
 
     @abc.abstractmethod
     def savepoint(self) -> None: ...

@@ -52,6 +52,7 @@ START = "START TRANSACTION /* checkpoint-consumer */"
 COMMIT = "COMMIT /* checkpoint-consumer */"
 ROLLBACK = "ROLLBACK /* checkpoint-consumer */"
 _OWN = frozenset({START, COMMIT, ROLLBACK})
+_OWN_LONGEST = max(map(len, _OWN)) + 1
 #: A statement that ends or opens a transaction, by its first words (after any comments).
 _TRANSACTION_STATEMENT = re.compile(
     r"(?:\s|/\*.*?\*/|(?:--\s|#)[^\n]*(?:\n|$))*"
@@ -132,7 +133,9 @@ class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
         and refuses what would run outside it."""
         if not self.guarded:
             return int(super().query(sql, unbuffered))
-        if sql in _OWN:  # the store's own START, COMMIT or ROLLBACK: it ends or opens anew
+        if len(sql) < _OWN_LONGEST and sql in _OWN:
+            # The store's own START, COMMIT or ROLLBACK: it ends the transaction or opens one
+            # anew. (The length is compared first: hashing a claim's long statement costs.)
             self.rolled_back = False
             return int(super().query(sql, unbuffered))
         if self.rolled_back:

@@ -216,3 +216,42 @@ def test_a_handler_swallowing_its_database_error_on_postgresql_stops_naming_it(
     assert (stopped.value.handler, stopped.value.offset) == ("tests:handler", 2)
     assert effects == []
     assert checkpoint in ([], [(None,)])
+
+
+def test_a_lock_wait_timeout_caught_in_a_mariadb_handler_keeps_its_batch(
+        tmp_path: Path, mariadb_url: str) -> None:
+    """A lock wait timeout rolls back only its statement (InnoDB's default): a handler that
+    catches it and goes on is still inside the batch, whose every effect commits at the
+    first try. (Taking it for a rollback would retry the batch for ever.)"""
+    calls: list[int] = []
+
+    with fresh_store("mariadb", tmp_path, mariadb_url) as database:
+        database.execute("CREATE TABLE effects (position INT NOT NULL)")
+        database.execute("CREATE TABLE pair (id INT PRIMARY KEY, v INT NOT NULL)")
+        database.execute("INSERT INTO pair VALUES (1, 0)")
+        holder = Other(database)
+        holder.execute("UPDATE pair SET v = v + 1 WHERE id = 1")  # held until the end
+
+        def wait_at_2(message: Message, context: Context) -> None:
+            calls.append(message.offset)
+            if message.offset == 2:
+                with contextlib.suppress(pymysql.err.OperationalError):
+                    context.execute("UPDATE pair SET v = v + 1 WHERE id = 1")  # 1205
+            context.execute("INSERT INTO effects VALUES (%s)", (message.offset,))
+
+        store = open_store(database.url, mariadb_lock_wait_timeout=1)
+        store.ensure_schema()
+        source = HeaderedSource({"t": [[f"evt-{n}".encode() for n in range(MESSAGES)]]})
+        loop, _ = make_store_loop(source, store, wait_at_2,  # type: ignore[arg-type]
+                                  clock=ManualClock(), every_messages=MESSAGES)
+        try:
+            assert loop.start()
+            loop.run_once()
+            committed = loop.committed_offsets().get(("t", 0))
+        finally:
+            store.close()
+            holder.close()
+        effects = [n for (n,) in database.query("SELECT position FROM effects ORDER BY 1")]
+
+    assert calls == list(range(MESSAGES))  # each handler once: no retry
+    assert (committed, effects) == (MESSAGES, list(range(MESSAGES)))

@@ -41,11 +41,11 @@ from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres_pool import (
     CLAIM_ATTEMPTS,
     RunsOpening,
+    SwallowedErrors,
     ended,
     generation_sealed,
     handler_store_error,
     pool_options,
-    swallowed_error,
     transaction_errors,
     transient,
 )
@@ -107,6 +107,7 @@ class AsyncPostgresTransactions:
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         self._opening = RunsOpening()
         self._generations = postgres_generations.PoolGenerations()
+        self._swallowed = SwallowedErrors(where)
         # A message asks for a connection once a slot is its (one is free).
         self._pool: AsyncConnectionPool[AsyncMessageConnection] = AsyncConnectionPool(
             dsn, name="consumer-store-async", connection_class=AsyncMessageConnection,
@@ -169,10 +170,11 @@ class AsyncPostgresTransactions:
                 raise await self._forget(conn, group, now, claim, returned=True)
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 await _rollback_quietly(conn)
-                raise swallowed_error(claim, self._where)
+                raise self._swallowed.error(claim)
             # a deferred constraint the handler's writes broke: the message's own failure
             with transaction_errors(self._where, self._session, own=IntegrityError):
                 await conn.commit()
+            self._swallowed.applied(claim)
             return True
         finally:
             await self._pool.putconn(conn)  # rolls back what is left; replaces a broken one

@@ -142,6 +142,7 @@ class PostgresTransactions:
         self._coordinates_keys = coordinates_keys or CoordinatesKeys()
         self._opening = RunsOpening()
         self._generations = postgres_generations.PoolGenerations()
+        self._swallowed = SwallowedErrors(where)
         self._pool: ConnectionPool[MessageConnection] = ConnectionPool(
             dsn, name="consumer-store", connection_class=MessageConnection,
             **pool_options(size, session_parameters, connect_timeout))
@@ -184,12 +185,13 @@ class PostgresTransactions:
                 raise self._forget(conn, group, now, claim, set(), returned=True)
             if conn.info.transaction_status == TransactionStatus.INERROR:
                 _rollback_quietly(conn)
-                raise swallowed_error(claim, self._where)
+                raise self._swallowed.error(claim)
             # 3. commit the effects with the key. At COMMIT an IntegrityError is a deferred
             # constraint the handler's writes broke: the message's own failure (its retries
             # and dead letter), as the statement's error would be with the check immediate
             with transaction_errors(self._where, self._session, own=IntegrityError):
                 conn.commit()
+            self._swallowed.applied(claim)
             return True
         finally:
             self._pool.putconn(conn)  # rolls back what is left open; replaces a broken one
@@ -411,13 +413,34 @@ def handler_store_error(claim: Claim, where: str, error: BaseException) -> Store
         f"{where}; it rolled back and is retried, it is not the message's failure")
 
 
-def swallowed_error(claim: Claim, where: str) -> StoreError:
-    """A handler's work returned with its transaction failed."""
-    return StoreError(
-        f"the handler of {claim.topic}[{claim.partition}]@{claim.offset} caught a database "
-        f"error and returned on PostgreSQL store {where}: its transaction had failed, so "
-        "nothing of it was committed. Let database errors leave the handler (the store "
-        "retries transient ones)")
+class SwallowedErrors:
+    """The messages whose handler caught a database error and returned with its transaction
+    failed, so nothing of it committed: the first time, the message is tried once more (a
+    deadlock caught once need not come back), as after a transient error; the second time in
+    a row, the consumer stops naming it. Thread-safe: one call per message at a time, and
+    each set operation holds the interpreter's lock."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._once: set[tuple[str, int, int]] = set()
+
+    def error(self, claim: Claim) -> StoreError:
+        """What to raise for ``claim``'s handler found so: StoreUnavailable, then StoreError."""
+        coordinates = (claim.topic, claim.partition, claim.offset)
+        said = (f"the handler of {claim.topic}[{claim.partition}]@{claim.offset} caught a "
+                f"database error and returned on PostgreSQL store {self._where}: its "
+                "transaction had failed, so nothing of it was committed")
+        if coordinates in self._once:
+            self._once.discard(coordinates)
+            return StoreError(f"{said}, again. Let database errors leave the handler (the "
+                              "store retries transient ones)")
+        self._once.add(coordinates)
+        return StoreUnavailable(f"{said}; it is tried once more")
+
+    def applied(self, claim: Claim) -> None:
+        """``claim``'s message committed: a second chance it had is spent."""
+        if self._once:
+            self._once.discard((claim.topic, claim.partition, claim.offset))
 
 
 def transient(error: BaseException) -> bool:

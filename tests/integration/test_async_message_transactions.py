@@ -178,8 +178,11 @@ def test_a_handler_swallowing_its_database_error_is_not_counted_applied(
         with contextlib.suppress(psycopg.errors.DivisionByZero):
             await db.execute("SELECT 1 / 0")
 
-    with pytest.raises(StoreError, match="caught a database error"):
+    with pytest.raises(StoreUnavailable, match=r"caught a database error.*tried once more"):
         loop.run(transactions.apply(GROUP, claim(1), 1.0, swallowing))
+    with pytest.raises(StoreError, match=r"caught a database error.*again") as again:
+        loop.run(transactions.apply(GROUP, claim(1), 2.0, swallowing))
+    assert not isinstance(again.value, StoreUnavailable)  # the second time stops
     assert effects(store) == [] and keys(store) == 0
 
 

@@ -411,10 +411,49 @@ def test_a_handler_swallowing_its_database_error_is_not_counted_applied(
         store: StoreUnderTest, transactions: MessageTransactions) -> None:
     """The handler caught a database error and returned: its transaction is dead, so COMMIT
     would silently roll back effects and key. That must not count as applied (the message
-    would be done with its effect lost): a StoreError names it, nothing is committed."""
-    with pytest.raises(StoreError, match="caught a database error"):
+    would be done with its effect lost): nothing is committed, the message is tried once
+    more (StoreUnavailable), and the second time in a row a StoreError names it."""
+    with pytest.raises(StoreUnavailable, match=r"caught a database error.*tried once more"):
         transactions.apply(GROUP, claim(1), 1.0, swallowing(1))
+    with pytest.raises(StoreError, match=r"caught a database error.*again") as again:
+        transactions.apply(GROUP, claim(1), 2.0, swallowing(1))
+    assert not isinstance(again.value, StoreUnavailable)  # the second time stops
     assert effects(store) == [] and keys(store) == 0
+
+
+def test_a_real_deadlock_caught_in_a_handler_is_tried_once_more_and_applies_once(
+        store: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """As above, with the handler catching a real deadlock (it waited first, so the server
+    picks it as the victim) and returning: the message is tried once more, the deadlock does
+    not come back, and its effect lands once."""
+    store.execute("CREATE TABLE accounts (id integer PRIMARY KEY, n integer NOT NULL)")
+    store.execute("INSERT INTO accounts VALUES (1, 0), (2, 0)")
+    deadlocks: list[str] = []
+
+    def crossing_once(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (1, '')")
+        if deadlocks:
+            return
+        db.execute("SET LOCAL lock_timeout = '10s'")  # past deadlock_timeout (1 s)
+        db.execute("UPDATE accounts SET n = n + 1 WHERE id = 1")
+        threading.Timer(0.3, lambda: other.execute(
+            "UPDATE accounts SET n = n + 1 WHERE id = 1")).start()
+        try:
+            db.execute("UPDATE accounts SET n = n + 1 WHERE id = 2")  # waits: the cycle
+        except psycopg.errors.DeadlockDetected as error:
+            deadlocks.append(type(error).__name__)  # caught, and the handler returns
+
+    with psycopg.connect(store.url) as other:
+        other.execute("UPDATE accounts SET n = n + 1 WHERE id = 2")
+        with pytest.raises(StoreUnavailable, match="caught a database error"):
+            transactions.apply(GROUP, claim(1), 1.0, crossing_once)
+        assert wait_until(lambda: other.info.transaction_status
+                          is psycopg.pq.TransactionStatus.INTRANS
+                          and not other.pgconn.is_busy())
+        other.commit()
+    assert transactions.apply(GROUP, claim(1), 2.0, crossing_once) is True
+    assert deadlocks == ["DeadlockDetected"]
+    assert effects(store) == [(1, "")] and keys(store) == 1
 
 
 def ending(how: str, n: int) -> Callable[[StoreLike], None]:

@@ -92,7 +92,6 @@ class Deadlocker:
         finally:
             other.close()
 
-
     def _close_the_cycle(self, other: Other) -> None:
         """Once the batch waits for row 2, ask for row 1: the batch has waited longest."""
         _wait_for_a_lock_wait(self.database)
@@ -119,9 +118,13 @@ class Other:
 
 
 def _wait_for_a_lock_wait(database: StoreUnderTest, timeout: float = 10.0) -> None:
-    waits = ("SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+    """Until the batch waits for its ``pair`` row (other tests' waits on the server, which
+    share it, do not count: only this test updates ``pair``)."""
+    waits = ("SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT' "
+             "AND trx_query LIKE 'UPDATE pair%%'"
              if database.backend == "mariadb" else
-             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+             "AND query LIKE 'UPDATE pair%%'")
     deadline = time.monotonic() + timeout
     while not database.scalar(waits):
         if time.monotonic() > deadline:

@@ -115,6 +115,14 @@ class GroupKeys:
         return max(self.generation_keys, self._live_keys // GENERATIONS_KEPT)
 
     @property
+    def seal_overdue(self) -> int:
+        """How far past due the current generation's seal is: 0 until the generation holds a
+        quarter more keys than its share, then 1, and one more for each eighth of a generation
+        beyond (a deferred seal is tried again once an eighth more keys came)."""
+        late = self._current_keys - self.due_keys * 5 // 4
+        return 0 if late < 0 else 1 + late // max(1, self.generation_keys // 8)
+
+    @property
     def current_keys(self) -> int:
         """Keys in the current generation, as far as this member knows."""
         return self._current_keys

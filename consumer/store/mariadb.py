@@ -391,8 +391,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         db = self._db
         db.execute(ROLLBACK)
         try:
-            overdue = keys.current_keys >= keys.due_keys * 5 // 4
-            if mariadb_generations.rotate(db, group, keys.current, now, wait=overdue):
+            if mariadb_generations.rotate(db, group, keys.current, now,
+                                          wait=keys.seal_overdue > 0):
                 log.info("MariaDB store %s: sealed generation %d of group %s's processed keys",
                          self._where, keys.current, group)
             else:

@@ -598,11 +598,10 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         one and a new one, if no claim is open anywhere (:func:`postgres_generations.rotate`);
         else try again once the generation holds an eighth more keys. Members claiming one
         batch after another seldom leave a moment with none open, so once the generation
-        holds a quarter more than its share, the seal waits a moment for the claims open then
-        (:data:`postgres_generations.ROTATION_WAIT_MS`)."""
+        holds a quarter more than its share, the seal waits a moment for the claims open then,
+        longer at each miss (:func:`postgres_generations.seal_wait_ms`)."""
         self._db.execute("ROLLBACK")
-        overdue = keys.current_keys >= keys.due_keys * 5 // 4
-        wait = postgres_generations.ROTATION_WAIT_MS if overdue else 0
+        wait = postgres_generations.seal_wait_ms(keys.seal_overdue)
         try:
             if postgres_generations.rotate(self._db, group, keys.current, now, wait_ms=wait):
                 log.info("PostgreSQL store %s: sealed generation %d of group %s's processed "

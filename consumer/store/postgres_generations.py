@@ -10,8 +10,8 @@ at once (members, a zombie, a message pool's connections), so:
   current generation only if it takes that lock exclusively at once
   (``pg_try_advisory_xact_lock``): then no claim is open, every key of the generation is
   committed or gone, and it is written no more. Otherwise it is deferred, and once overdue it
-  waits a moment (:data:`ROTATION_WAIT_MS`) for the claims open at the time, claims opening
-  meanwhile waiting behind it.
+  waits a moment (:func:`seal_wait_ms`: 100 ms, doubled at each miss, up to a second) for the
+  claims open at the time, claims opening meanwhile waiting behind it.
 - A claim names the generation it believes current, and its statement fails (a division by
   zero) unless that is still the group's newest (:func:`claim_statement`): the claimer reads
   the generations again and claims again. Its shared lock, taken by an earlier statement, keeps
@@ -41,6 +41,9 @@ from consumer.store.key_generations import Generation, GroupKeys
 #: How long a seal may wait for the claims open at the time to end, once its generation holds
 #: a quarter more keys than its share (:func:`rotate`): claims opening meanwhile wait too.
 ROTATION_WAIT_MS = 100
+#: The longest such wait: it doubles at each seal missed once overdue (:func:`seal_wait_ms`),
+#: so claims that overlap without a gap do not defer the seal for ever; a second, as on MariaDB.
+ROTATION_WAIT_MAX_MS = 1000
 
 TABLE = """CREATE TABLE IF NOT EXISTS consumer_key_generations (
     group_id text NOT NULL, generation integer NOT NULL,
@@ -184,6 +187,15 @@ def refresh(db: psycopg.Connection[Any], group: str, keys: GroupKeys) -> None:
     transaction, or in one that holds the rotation lock shared."""
     generations = listed(db, group)
     keys.refresh(generations, lambda number: keys_of(db, group, number))
+
+
+def seal_wait_ms(overdue: int) -> int:
+    """How long a seal ``overdue`` (:attr:`GroupKeys.seal_overdue`) waits for the claims open
+    at the time: not at all before it is overdue, then :data:`ROTATION_WAIT_MS`, doubled at
+    each step, up to :data:`ROTATION_WAIT_MAX_MS`."""
+    if overdue <= 0:
+        return 0
+    return min(ROTATION_WAIT_MS << min(overdue - 1, 16), ROTATION_WAIT_MAX_MS)
 
 
 def rotate(db: psycopg.Connection[Any], group: str, current: int, now: float, *,

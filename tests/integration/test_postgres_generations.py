@@ -4,11 +4,14 @@ pool, which keeps no filters, never claiming a sealed key again."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from consumer_process import wait_for
 
 from consumer.message import StoreLike
 from consumer.store import Store, postgres_generations, postgres_mark
@@ -105,3 +108,47 @@ class TestPostgresGenerations(ServerGenerationsContract):
         openings.clear()
         assert claimed(store, digests(1, 20))
         assert len(openings) == 2, "the batch's own opening, and one after reading again"
+
+    def test_claims_that_never_all_end_at_once_do_not_starve_the_seal(
+            self, store: Store, database: StoreUnderTest) -> None:
+        """Two members claim one batch after another, each batch open three times the seal's
+        first wait, the second half a batch behind the first: at any moment one of them still
+        has one and a half waits to go, so a seal waiting the same moment each time never gets
+        the lock. Each miss doubles the wait, and the generation is sealed."""
+        hold = 3 * postgres_generations.ROTATION_WAIT_MS / 1000
+        stop = threading.Event()
+        claims = [0, 0]
+        members = [self.opened(database, generation_keys=10**6) for _ in range(2)]  # no seals
+        start = time.monotonic() + 0.5
+
+        def claim_one_batch_after_another(index: int) -> None:
+            busy, offset = members[index], 1_000 * (index + 1)
+            ends = start + index * hold / 2
+            stop.wait(ends - time.monotonic())
+            while not stop.is_set():
+                busy.begin()
+                busy.claim(G, digests(1, offset), 1.0)
+                claims[index] += 1
+                ends += hold  # on a clock of its own: the half-batch lag does not drift
+                stop.wait(ends - time.monotonic())
+                busy.commit()
+                offset += 1
+
+        claimed(store, digests(4))
+        threads = [threading.Thread(target=claim_one_batch_after_another, args=(i,))
+                   for i in range(2)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: claims[1] > 0, timeout=10, what="the second member's claim")
+            for offset in range(4, 16):  # each claim tries the seal: overdue from the fifth key
+                assert claimed(store, digests(1, offset))
+                if generations(database)[0][2]:
+                    break
+            assert generations(database)[0][2], "every seal gave up: the generation is open"
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            for member in members:
+                member.close()

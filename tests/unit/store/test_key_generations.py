@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import pytest
 
 from consumer.store.key_generations import GENERATIONS_KEPT, Generation, GroupKeys
+from consumer.store.postgres_generations import seal_wait_ms
 
 
 class Database:
@@ -125,6 +126,23 @@ def test_no_sealed_generation_flags_nothing_and_a_full_one_is_due_for_rotation()
     member.committed()
     member.refresh(db.rows(), db.read)
     assert member.rotation_due
+
+
+def test_a_seal_is_overdue_from_a_quarter_more_keys_and_more_so_each_eighth_beyond() -> None:
+    db, member = Database(), GroupKeys(generation_keys=16)
+    member.refresh(db.rows(), db.read)
+    overdue = []
+    for _ in range(24):
+        member.claimed(fresh(1))
+        member.committed()
+        overdue.append(member.seal_overdue)
+    # 20 keys are a quarter more than 16; an eighth of a generation is 2 keys
+    assert overdue == [0] * 19 + [1, 1, 2, 2, 3]
+
+
+def test_an_overdue_seal_waits_twice_as_long_at_each_miss_up_to_a_second() -> None:
+    assert [seal_wait_ms(overdue) for overdue in (0, 1, 2, 3, 4, 5, 6, 1_000)] == \
+        [0, 100, 200, 400, 800, 1000, 1000, 1000]
 
 
 def test_filters_go_once_every_generation_they_hold_keys_of_is_dropped() -> None:

@@ -353,7 +353,7 @@ class MessageTransactionEnded(BaseException):
     the consumer with it."""
 
     def __init__(self, topic: str, partition: int, offset: int, *, forgotten: int,
-                 unforgotten: BaseException | None = None) -> None:
+                 unforgotten: BaseException | None = None, ddl: bool = False) -> None:
         self.topic = topic
         self.partition = partition
         self.offset = offset
@@ -369,6 +369,16 @@ class MessageTransactionEnded(BaseException):
                      f"{unforgotten}): those messages would be skipped as duplicates; apply "
                      "them again with `consumer replay --forget-keys` from "
                      f"{topic}[{partition}] offset {offset}")
+        if ddl:  # MariaDB commits the open transaction on DDL
+            super().__init__(
+                f"the handler of {topic}[{partition}] at offset {offset} ran DDL (CREATE, "
+                "ALTER, DROP, TRUNCATE...) through context.db, which MariaDB commits together "
+                "with the open transaction: the message's processed key and its writes before "
+                "the DDL committed, those after it committed one by one; "
+                f"{after}. The consumer stops. Create tables before the consumer starts, and "
+                "restart."
+            )
+            return
         super().__init__(
             f"the handler of {topic}[{partition}] at offset {offset} ended its message's "
             "transaction with a statement (COMMIT, ROLLBACK or END sent through context.db): "

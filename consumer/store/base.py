@@ -385,7 +385,7 @@ class Store(abc.ABC):
         raise ConfigError([
             f"store.url: the {self.dialect} store takes one writer at a time, so routes with "
             "concurrency above 1 cannot apply their effects exactly once on it concurrently; "
-            "use a PostgreSQL store, or set concurrency: 1 on every route"])
+            "use a PostgreSQL or MariaDB store, or set concurrency: 1 on every route"])
 
     def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
         """As :meth:`message_transactions`, awaited on the event loop of ``async def``

@@ -43,7 +43,6 @@ import pymysql
 from pymysql.constants import SERVER_STATUS
 
 from consumer.errors import (
-    ConfigError,
     StoreError,
     StoreSchemaError,
     StoreUnavailable,
@@ -580,11 +579,11 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         return self._db.execute(sql, params)
 
     def message_transactions(self, size: int) -> MessageTransactions:
-        raise ConfigError([
-            "store.url: routes with concurrency above 1 need a transaction per message on "
-            "pooled connections, which the MariaDB store does not have yet; use a PostgreSQL "
-            "store, or set concurrency: 1 on every route (one transaction per checkpoint "
-            "batch)"])
+        from consumer.store.mariadb_pool import MariaDBTransactions
+
+        return MariaDBTransactions(self._params, size=size, where=self._where,
+                                   lock_wait=self._lock_wait, idle=self._idle,
+                                   coordinates_keys=self._coordinates_keys)
 
     # --- operations ------------------------------------------------------------------------
 

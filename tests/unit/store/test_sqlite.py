@@ -104,7 +104,7 @@ def test_sqlite_refuses_concurrent_writers_with_a_config_error(tmp_path: Path) -
     a transaction of their own, so the store refuses them, saying what to do."""
     store = SQLiteStore(str(tmp_path / "store.db"))
     try:
-        with pytest.raises(ConfigError, match=r"one writer at a time.*PostgreSQL store"):
+        with pytest.raises(ConfigError, match=r"one writer at a time.*PostgreSQL or MariaDB store"):
             store.message_transactions(4)
     finally:
         store.close()

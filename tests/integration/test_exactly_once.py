@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -53,12 +54,14 @@ def _ledger_config(bootstrap: str, group: str, topic: str, store: StoreUnderTest
 
 def healthy_chaos(bootstrap: str, store: StoreUnderTest, tmp_path: Path, ledger: Ledger, *,
                   prefix: str, kills: int, handler: str = "handlers.ledger:apply",
-                  route: dict[str, str] | None = None, generation_keys: int | None = None,
+                  route: dict[str, Any] | None = None, generation_keys: int | None = None,
+                  store_settings: dict[str, Any] | None = None,
                   timeout: float = 300) -> tuple[str, Chaos]:
     """The ledger on a new topic of 6 partitions, consumed by three members with at least
     ``kills`` SIGKILLs and a zombie until every partition is at its end (``route``: the
     topic's route instead of ``handler`` alone; ``generation_keys``: the store's generation
-    size). The group and the stopped chaos, for the caller's verdict."""
+    size; ``store_settings``: more of the store's settings). The group and the stopped chaos,
+    for the caller's verdict."""
     topic = create_topic(bootstrap, 6, prefix=prefix)
     produce_ledger(bootstrap, topic, ledger)
     install_audit(store)
@@ -68,6 +71,7 @@ def healthy_chaos(bootstrap: str, store: StoreUnderTest, tmp_path: Path, ledger:
         config["routes"] = {topic: route}
     if generation_keys is not None:
         config["store"][store.generation_keys_setting] = generation_keys  # type: ignore[index]
+    config["store"].update(store_settings or {})  # type: ignore[union-attr]
     chaos = Chaos(tmp_path, config)
     run_chaos([chaos], store, kills=kills)
     until_consumed(store, bootstrap, group, [topic], tend=chaos, timeout=timeout,

@@ -92,6 +92,26 @@ def test_mariadb_chaos_in_small_generations_applies_every_change_exactly_once(
     assert (sealed := sealed_generations(maria_store)) >= 3, f"only {sealed} generations sealed"
 
 
+def test_mariadb_concurrency_16_with_kills_and_a_zombie_applies_every_change_exactly_once(
+    kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """The chaos with ``concurrency: 16``: each member applies each change in a transaction
+    of its own on a pool of connections, claims of one key waiting for each other across
+    members. The zombie freezes while its workers hold transactions open (keys claimed, no
+    COMMIT); its partitions' new owner waits for those keys until the server ends the frozen
+    sessions (the idle transaction timeout), then applies them: still exact."""
+    ledger = make_ledger(VARIANT_MESSAGES)
+    group, chaos = healthy_chaos(
+        kafka_bootstrap, maria_store, tmp_path, ledger, prefix="chaos-concurrent", kills=8,
+        route={"handler": f"{LEDGER}:apply_noting_session", "concurrency": 16,
+               "ordering": "key"},
+        store_settings={"mariadb_lock_wait_timeout_seconds": 2,
+                        "mariadb_idle_transaction_timeout_seconds": 5})
+    assert_exact_after_chaos(maria_store, ledger, group, chaos, kills=8)
+    assert maria_store.scalar("SELECT count(*) FROM handler_sessions") > 3, \
+        "transactions ran side by side"
+
+
 def test_mariadb_events_resent_after_their_generation_was_sealed_apply_once(
     kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
 ) -> None:

@@ -12,7 +12,8 @@ workers, ``consumer.checkpoint.store_message.StoreRows``), the same at a count o
 checkpoint with rows to move, once a worker at least holds its transaction open (keys
 claimed, effects written, no COMMIT: workers that finish a message's work wait there while
 the gate is closing; an ``async def`` handler's awaits there): the whole process stops with
-those transactions open. Each member's
+those transactions open (a MariaDB pool's micro-batch is its messages' transactions one by one,
+each held the same way). Each member's
 PostgreSQL sessions carry the application name ``chaos-member-PID``, so the test can see the
 zombie's open transactions.
 """
@@ -38,6 +39,7 @@ from consumer.cli import main
 from consumer.events import Trigger
 from consumer.message import TP, StoreLike
 from consumer.store import Claim
+from consumer.store.mariadb_pool import MariaDBTransactions
 from consumer.store.postgres_async import AsyncPostgresTransactions
 from consumer.store.postgres_pool import PostgresTransactions
 
@@ -147,6 +149,12 @@ def _install_concurrent_gate(directory: Path) -> None:
              works: Sequence[Callable[[StoreLike], None]]) -> list[bool | BaseException]:
         return apply_batch(self, group, claims, now, [held.work(w) for w in works])
 
+    maria_apply = MariaDBTransactions.apply
+
+    def maria_one(self: MariaDBTransactions, group: str, claim: Claim, now: float,
+                  work: Callable[[StoreLike], None]) -> bool:
+        return maria_apply(self, group, claim, now, held.work(work))
+
     async def awaited(self: AsyncPostgresTransactions, group: str, claim: Claim, now: float,
                       work: Callable[[Any], Awaitable[None]]) -> bool:
         return await apply_async(self, group, claim, now, held.awaited(work))
@@ -155,6 +163,7 @@ def _install_concurrent_gate(directory: Path) -> None:
     AsyncPostgresTransactions.apply = awaited  # type: ignore[method-assign]
     PostgresTransactions.apply = one  # type: ignore[method-assign]
     PostgresTransactions.apply_batch = many  # type: ignore[method-assign]
+    MariaDBTransactions.apply = maria_one  # type: ignore[method-assign]
 
 
 def _moving_rows(rows: StoreRows, partitions: list[PartitionProgress]) -> list[list[Any]]:

@@ -18,6 +18,7 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ledger_entries (
            event varchar(64) NOT NULL, account varchar(64) NOT NULL, amount bigint NOT NULL,
            topic varchar(255) NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS handler_sessions (id bigint PRIMARY KEY)",
 )
 
 
@@ -37,6 +38,13 @@ def apply(message: Message, context: Context) -> None:
         "VALUES (%s, %s, %s, %s, %s, %s)",
         (str(change["event"]), account, amount, message.topic, message.partition,
          message.offset))
+
+
+def apply_noting_session(message: Message, context: Context) -> None:
+    """:func:`apply`, noting the MariaDB session it ran on in ``handler_sessions``: more than
+    one shows transactions ran side by side."""
+    apply(message, context)
+    context.execute("INSERT IGNORE INTO handler_sessions VALUES (CONNECTION_ID())")
 
 
 class Rejected(RuntimeError):

@@ -43,6 +43,7 @@ from consumer.store import (
     ClaimBatch,
     ClosedBatch,
     Store,
+    transient_cause,
 )
 
 log = logging.getLogger("consumer.checkpoint")
@@ -595,17 +596,7 @@ def _transient_errors(dialect: str) -> Callable[[BaseException], bool]:
     else:
         from consumer.store.postgres import is_transient
 
-    def transient(error: BaseException) -> bool:
-        cause: BaseException | None = error
-        for _ in range(5):  # the error itself, or what a handler wrapped in its own
-            if cause is None:
-                return False
-            if isinstance(cause, StoreUnavailable) or is_transient(cause):
-                return True
-            cause = cause.__cause__
-        return False
-
-    return transient
+    return lambda error: transient_cause(error, is_transient)
 
 
 def _store_unavailable(message: Message, error: BaseException) -> StoreUnavailable:

@@ -28,6 +28,7 @@ from consumer.store.base import (
     PostgresSession,
     SchemaUpgrade,
     Store,
+    transient_cause,
 )
 from consumer.store.claim_batch import ClaimBatch
 from consumer.store.key_generations import GENERATION_KEYS
@@ -112,4 +113,5 @@ __all__ = [
     "Store",
     "open_configured",
     "open_store",
+    "transient_cause",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from consumer.errors import ConfigError, OffsetWentBackwards, StoreError
+from consumer.errors import ConfigError, OffsetWentBackwards, StoreError, StoreUnavailable
 from consumer.message import TP, StoreLike
 
 #: Version 2: dedup keys scoped to their topic, checkpoint rows carry the topic id, purges
@@ -534,6 +534,20 @@ class AsyncMessageTransactions(Protocol):
                     work: Callable[[Any], Awaitable[None]]) -> bool:
         """As :meth:`MessageTransactions.apply`."""
         ...
+
+
+def transient_cause(error: BaseException, is_transient: Callable[[BaseException], bool]) -> bool:
+    """Whether ``error``, or what a handler wrapped it in (its causes, five deep), is the
+    store's transient error (``is_transient``: the backend's lost connection, lock timeout,
+    deadlock...) or already ours (StoreUnavailable): the message is retried, not failed."""
+    cause: BaseException | None = error
+    for _ in range(5):
+        if cause is None:
+            return False
+        if isinstance(cause, StoreUnavailable) or is_transient(cause):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def require_version(found: int | None, where: str, *, needs: int = SCHEMA_VERSION,

@@ -42,7 +42,7 @@ import pymysql
 from consumer.errors import MessageTransactionEnded, StoreUnavailable
 from consumer.message import StoreLike
 from consumer.store import key_runs, mariadb_generations, mariadb_runs
-from consumer.store.base import Claim
+from consumer.store.base import Claim, transient_cause
 from consumer.store.key_runs import CoordinatesKeys
 from consumer.store.mariadb_session import (
     COMMIT,
@@ -123,7 +123,8 @@ class MariaDBTransactions:
             try:
                 work(Transaction(conn))
             except BaseException as error:
-                if conn.rolled_back or _transient(error):  # InnoDB ended the transaction
+                # InnoDB ended the transaction (a deadlock), or the connection is gone
+                if conn.rolled_back or transient_cause(error, is_transient):
                     self._rollback_quietly(conn)
                     raise self._transient_in_work(claim, error) from error
                 if conn.open and not mariadb_generations.in_transaction(conn):
@@ -270,19 +271,6 @@ class MariaDBTransactions:
             f"the handler of {_at(claim)} hit a transient database error "
             f"({type(error).__name__}: {str(error).strip()}) on MariaDB store {self._where}; "
             "it rolled back and is retried, it is not the message's failure")
-
-
-def _transient(error: BaseException) -> bool:
-    """The error itself, or what a handler wrapped in its own, is the store's: a lost
-    connection, a lock wait timeout, a deadlock (or already ours)."""
-    cause: BaseException | None = error
-    for _ in range(5):
-        if cause is None:
-            return False
-        if isinstance(cause, StoreUnavailable) or is_transient(cause):
-            return True
-        cause = cause.__cause__
-    return False
 
 
 def _at(claim: Claim) -> str:

@@ -39,7 +39,7 @@ from consumer.errors import (
 )
 from consumer.message import StoreLike
 from consumer.store import key_runs, postgres_generations, postgres_mark, postgres_runs
-from consumer.store.base import Claim, PostgresSession
+from consumer.store.base import Claim, PostgresSession, transient_cause
 from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres import claim_values, is_transient, unclaim
 
@@ -446,14 +446,7 @@ class SwallowedErrors:
 def transient(error: BaseException) -> bool:
     """The error itself, or what a handler wrapped in its own, is the store's: a lost
     connection, a lock timeout, a deadlock, a serialization failure (or already ours)."""
-    cause: BaseException | None = error
-    for _ in range(5):
-        if cause is None:
-            return False
-        if isinstance(cause, StoreUnavailable) or is_transient(cause):
-            return True
-        cause = cause.__cause__
-    return False
+    return transient_cause(error, is_transient)
 
 
 class AnyMarked(Protocol):

@@ -10,8 +10,9 @@ one key:
   transaction holding the group's rotation row shared (``LOCK IN SHARE MODE``), so no seal
   comes under it (:mod:`consumer.store.mariadb_generations`); a pool keeps no Bloom filters,
   so the sealed generations are asked about every key first (one index seek each);
-- an ordered coordinates key goes into a run, after its head's turn
-  (:mod:`consumer.store.mariadb_runs`).
+- an ordered coordinates key goes in as a run of one key, its head's turn taken shared
+  (:func:`consumer.store.mariadb_runs.claim_one`): a pool's transactions of one partition go
+  side by side, and a batch's claim, which takes the turn exclusively, waits for them.
 
 ``INSERT IGNORE`` of a key another session holds uncommitted waits for that session (at most
 ``innodb_lock_wait_timeout``), then sees its outcome: committed, a duplicate; rolled back, ours.
@@ -39,7 +40,7 @@ from typing import Any
 
 import pymysql
 
-from consumer.errors import MessageTransactionEnded, StoreUnavailable
+from consumer.errors import MessageTransactionEnded, StoreError, StoreUnavailable
 from consumer.message import StoreLike
 from consumer.store import key_runs, mariadb_generations, mariadb_runs
 from consumer.store.base import Claim, transient_cause
@@ -165,8 +166,16 @@ class MariaDBTransactions:
         """Claim the key in the open transaction: whether it was new."""
         runs, _ = key_runs.split((claim,), self._coordinates_keys)
         if runs:
-            new = mariadb_runs.claim(conn, group, now, runs)
-            return new is None or claim.key in new
+            for _ in range(2):
+                new = mariadb_runs.claim_one(conn, group, now, runs[0])
+                if new is not None:
+                    return new
+                conn.execute(ROLLBACK)  # the head's row is made outside ours, then again
+                mariadb_runs.make_head(conn, group, runs[0].head)
+                conn.execute(START)
+            raise StoreError(f"MariaDB store {self._where}: the row of {_at(claim)}'s "
+                             "partition in consumer_processed_run_heads is gone again as soon "
+                             "as made; were the tables changed by hand?")
         for _ in range(CLAIM_ATTEMPTS):
             current = mariadb_generations.share(conn, group)
             if current is None:  # a new group, or one just migrated: made outside ours
@@ -213,7 +222,7 @@ class MariaDBTransactions:
                         '"key" = %s RETURNING generation', (group, claim.key)).fetchall()
                     mariadb_generations.count_forgotten(conn, group, (n for (n,) in gone))
                     if self._coordinates_keys.as_runs:
-                        mariadb_runs.unclaim(conn, group, [claim.key])
+                        mariadb_runs.forget(conn, group, [claim.key])
                     conn.execute(COMMIT)
             except Exception as error:  # reported in the error the consumer stops with
                 self._rollback_quietly(conn)

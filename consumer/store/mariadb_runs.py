@@ -16,6 +16,12 @@ but this transaction's own, which it sees anyway. A frozen writer (a zombie) hol
 until the server ends its idle transaction; the new owner waits ``innodb_lock_wait_timeout`` per
 try and retries, as for a key row.
 
+A message pool's transaction (one message, one key: :func:`claim_one`) takes its head's turn
+shared instead, so a pool's transactions of one partition go side by side: their runs of one key
+overlap only when they hold the same key, and then share a primary key, so the second insert
+waits for the first transaction's outcome. A batch's exclusive turn waits for every shared one,
+so it reads their runs committed, and they wait for it in turn.
+
 As on PostgreSQL, every writer keeps every ordered coordinates key here and never in
 ``consumer_processed_keys``, alone (a run of one) when it has no neighbour, and which keys those
 are follows from the key's bytes and its topic (:class:`~.key_runs.CoordinatesKeys`).
@@ -113,6 +119,47 @@ def claim_whole(db: MariaDBConnection, group: str, now: float, runs: Sequence[Ru
         f"{topics[r.topic]} AS t, {r.partition:d} AS p, {r.first_offset:d} AS fo, "
         f"{r.first_offset + r.high - 1 - r.low:d} AS lo, {n} AS n" for r in ordered)
     return int(db.execute(_INSERT_GUARDED.format(rows=rows)).rowcount) == len(ordered)
+
+
+def make_head(db: MariaDBConnection, group: str, head: bytes) -> None:
+    """The head's row, made (in autocommit, outside any transaction) if missing: a message
+    pool's claim locks it shared and cannot insert it. Rows of heads are never deleted."""
+    db.execute("INSERT IGNORE INTO consumer_processed_run_heads (group_id, key_head) "
+               "VALUES (%s, %s)", (group, head))
+
+
+def claim_one(db: MariaDBConnection, group: str, now: float, run: Run) -> bool | None:
+    """A message pool's claim of one key (``run``, a run of one), inside its transaction:
+    whether it was new, or None when the head has no row yet (:func:`make_head`, then a new
+    transaction). The head's turn is taken shared: claims of one partition's keys by a pool's
+    transactions go side by side, while a batch's claim (which takes its heads' turns
+    exclusively) and a pool's wait for each other. A pool's runs hold one key each, so two of
+    them overlap only when they hold the same key, and then have the same primary key: the
+    second ``INSERT IGNORE`` waits for the first transaction, and inserts nothing if it
+    committed. A batch's run covering the key is committed before the shared turn is granted,
+    and the read finds it."""
+    head, key = run.head, run.low
+    if db.execute("SELECT 1 FROM consumer_processed_run_heads WHERE group_id = %s AND "
+                  "key_head = %s LOCK IN SHARE MODE", (group, head)).fetchone() is None:
+        return None
+    row = db.execute("SELECT key_last FROM consumer_processed_runs WHERE group_id = %s AND "
+                     "key_head = %s AND key_first <= %s ORDER BY key_first DESC LIMIT 1",
+                     (group, head, key)).fetchone()
+    if row is not None and int(row[0]) >= key:
+        return False
+    return bool(db.execute(
+        _INSERT.replace("INSERT INTO", "INSERT IGNORE INTO", 1)
+        + "(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (group, head, key, key, run.topic, run.partition, run.first_offset, run.first_offset,
+         now)).rowcount)
+
+
+def forget(db: MariaDBConnection, group: str, keys: Sequence[bytes]) -> None:
+    """:func:`unclaim` in a transaction that holds no turn yet: the keys' heads' turns first."""
+    heads = sorted({head_and_offset(key)[0] for key in keys})
+    if heads:
+        _take_turns(db, db.escape(group), [Run(head, 0, 1, "", 0, 0) for head in heads])
+        unclaim(db, group, keys)
 
 
 def _take_turns(db: MariaDBConnection, g: str, runs: Sequence[Run]) -> list[bytes]:

@@ -392,3 +392,98 @@ def test_a_key_of_a_sealed_generation_is_a_duplicate(
     assert database.scalar("SELECT generation FROM consumer_processed_keys "
                            "WHERE \"key\" = %s", (claim(200).key,)) == 2
     assert effects(database) == [(100, ""), (200, "")]
+
+
+def _held_open(transactions: MessageTransactions, claim_of: Claim,
+               inside: threading.Event, release: threading.Event,
+               results: dict[str, Any]) -> threading.Thread:
+    """A thread applying ``claim_of`` whose work waits, inside its transaction, for
+    ``release``."""
+    def work(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (%s, 'held')", (claim_of.offset,))
+        inside.set()
+        release.wait(20)
+
+    def run() -> None:
+        results["held"] = transactions.apply(GROUP, claim_of, 1.0, work)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert inside.wait(10), "the held transaction never started its work"
+    return thread
+
+
+def test_coordinates_keys_of_one_partition_apply_side_by_side(
+        database: StoreUnderTest, patient: MessageTransactions) -> None:
+    """A pool takes its partition's turn shared: a message's transaction held open does not
+    hold back the next offsets of its partition (each a run of one key)."""
+    inside, release, results = threading.Event(), threading.Event(), {}
+    held = _held_open(patient, coordinates_claim(0), inside, release, results)
+    try:
+        began = time.monotonic()
+        assert [patient.apply(GROUP, coordinates_claim(n), 1.0, write(n))
+                for n in (1, 2)] == [True, True]
+        assert time.monotonic() - began < 5, "the claims waited for the held transaction"
+        assert held.is_alive()
+    finally:
+        release.set()
+        held.join(20)
+    assert results == {"held": True}
+    assert [n for n, _ in effects(database)] == [0, 1, 2]
+
+
+def test_a_batch_claiming_a_run_waits_for_a_pools_open_claim_and_skips_its_key(
+        database: StoreUnderTest, owner: MariaDBStore,
+        patient: MessageTransactions) -> None:
+    """The batch store takes the partition's turn exclusively: it waits for the pool's open
+    transaction, then reads its run of one and claims the stretches around it."""
+    inside, release, results = threading.Event(), threading.Event(), {}
+    held = _held_open(patient, coordinates_claim(5), inside, release, results)
+    claimed: dict[str, Any] = {}
+
+    def batch() -> None:
+        owner.begin()
+        claimed["keys"] = set(owner.claim(GROUP, [coordinates_claim(n) for n in range(10)],
+                                          2.0))
+        owner.commit()
+
+    batching = threading.Thread(target=batch)
+    try:
+        batching.start()
+        waiting = ("SELECT count(*) FROM information_schema.innodb_trx "
+                   "WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE 'INSERT INTO "
+                   "consumer_processed_run_heads%%'")
+        deadline = time.monotonic() + 10
+        while not database.scalar(waiting):
+            assert time.monotonic() < deadline, "the batch never waited for the pool's turn"
+            time.sleep(0.02)
+    finally:
+        release.set()
+        held.join(20)
+        batching.join(20)
+    assert results == {"held": True}
+    assert claimed["keys"] == {coordinates_claim(n).key for n in range(10) if n != 5}
+
+
+def test_a_pools_claim_waits_for_a_batch_holding_the_partitions_turn(
+        database: StoreUnderTest, owner: MariaDBStore,
+        patient: MessageTransactions) -> None:
+    owner.begin()
+    owner.claim(GROUP, [coordinates_claim(n) for n in range(10)], 1.0)
+    result: dict[str, bool] = {}
+    waiting = threading.Thread(target=lambda: result.setdefault(
+        "pool", patient.apply(GROUP, coordinates_claim(5), 2.0, write(5, "pool"))))
+    waiting.start()
+    try:
+        query = ("SELECT count(*) FROM information_schema.innodb_trx "
+                 "WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE 'SELECT 1 FROM "
+                 "consumer_processed_run_heads%%'")
+        deadline = time.monotonic() + 10
+        while not database.scalar(query):
+            assert time.monotonic() < deadline, "the pool's claim never waited for the batch"
+            time.sleep(0.02)
+    finally:
+        owner.commit()
+        waiting.join(20)
+    assert result == {"pool": False}, "the batch's run holds the key"
+    assert effects(database) == []

@@ -174,6 +174,16 @@ IO_CONTENDERS: tuple[Contender, ...] = (
         commits="each message's row and processed key in a PostgreSQL transaction of its "
                 "own, on its own pooled connection; checkpoint rows at the watermarks, in a "
                 "fenced update every 1,000 messages or 1 s, then Kafka offsets"),
+    _io("io-framework-mariadb-c32", FRAMEWORK, PROJECT,
+        {**EVERY_1000_OR_1S, "handler": "write_sleep", "store": "mariadb",
+         "concurrency": 32, "ordering": "key"},
+        in_flight=32, messages=50_000, kind="framework",
+        needs=("store", "mariadb", "concurrency"),
+        concurrency="`concurrency: 32`, `ordering: key`, `def` handler writing one row "
+                    "through `context.execute`, then waiting (a MariaDB store)",
+        commits="each message's row and processed key in a MariaDB transaction of its own, "
+                "on its own connection; checkpoint rows at the watermarks, in a fenced update "
+                "every 1,000 messages or 1 s, then Kafka offsets"),
     _io("io-framework-postgres-async-c32", FRAMEWORK, PROJECT,
         {**EVERY_1000_OR_1S, "handler": "write_sleep_async", "store": "postgres",
          "concurrency": 32, "ordering": "key"},

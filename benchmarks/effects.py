@@ -28,10 +28,11 @@ from handlers import record
 
 HANDLER_PATH = "benchmarks.effects:apply"
 #: No key on purpose: an effect applied twice must show up as two rows, not as an error.
+#: ``"partition"`` quoted: MariaDB reserves the word (its store's sessions use ANSI_QUOTES).
 TABLE = """CREATE TABLE IF NOT EXISTS bench_effects (
-    group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    group_id varchar(255) NOT NULL, topic varchar(255) NOT NULL, "partition" INTEGER NOT NULL,
     "offset" BIGINT NOT NULL)"""
-INSERT = """INSERT INTO bench_effects (group_id, topic, partition, "offset")
+INSERT = """INSERT INTO bench_effects (group_id, topic, "partition", "offset")
             VALUES (%s, %s, %s, %s)"""
 
 
@@ -86,7 +87,7 @@ class EffectsStore:
     def count(self, group: str, topic: str) -> EffectCount:
         rows = self._one("SELECT count(*) FROM bench_effects WHERE group_id = %s", group)
         distinct = self._one(
-            """SELECT count(*) FROM (SELECT DISTINCT partition, "offset" FROM bench_effects
+            """SELECT count(*) FROM (SELECT DISTINCT "partition", "offset" FROM bench_effects
                                       WHERE group_id = %s) AS messages""", group)
         checkpoints = {partition: offset
                        for (name, partition), offset in self._store.checkpoints(group).items()

@@ -1,17 +1,18 @@
-"""MariaDB transactions of one message each, on connections of their own, for handlers that
-run concurrently (a route's ``concurrency`` above 1).
+"""MariaDB transactions of one message (or one worker's micro-batch) each, on connections of
+their own, for handlers that run concurrently (a route's ``concurrency`` above 1).
 
 Each :meth:`MariaDBTransactions.apply` borrows a connection and, in one transaction on it,
 claims the message's dedup key, runs the handler's work with ``context.db`` bound to that
-connection, and commits. The claim is the batch store's (:mod:`consumer.store.mariadb`) for
-one key:
+connection, and commits. :meth:`MariaDBTransactions.apply_batch` does the same for several
+messages with one claim and one commit; any failure inside rolls it back and runs them again
+one by one. The claim:
 
 - a key kept as a row goes into the group's current generation of processed keys, the
   transaction holding the group's rotation row shared (``LOCK IN SHARE MODE``), so no seal
   comes under it (:mod:`consumer.store.mariadb_generations`); a pool keeps no Bloom filters,
   so the sealed generations are asked about every key first (one index seek each);
 - an ordered coordinates key goes in as a run of one key, its head's turn taken shared
-  (:func:`consumer.store.mariadb_runs.claim_one`): a pool's transactions of one partition go
+  (:func:`consumer.store.mariadb_runs.claim_singles`): a pool's transactions of one partition go
   side by side, and a batch's claim, which takes the turn exclusively, waits for them.
 
 ``INSERT IGNORE`` of a key another session holds uncommitted waits for that session (at most
@@ -64,7 +65,7 @@ log = logging.getLogger("consumer.store")
 CLAIM_ATTEMPTS = 3
 
 INSERT_KEY = ('INSERT IGNORE INTO consumer_processed_keys (group_id, generation, "key", topic, '
-              '"partition", "offset", processed_at) VALUES (%s, %s, %s, %s, %s, %s, %s)')
+              '"partition", "offset", processed_at)')
 
 
 class Transaction:
@@ -117,7 +118,7 @@ class MariaDBTransactions:
             with self._errors(conn):
                 conn.execute(START)
                 conn.guarded, conn.rolled_back = True, False
-                if not self._claim(conn, group, claim, now):
+                if not self._claim_keys(conn, group, [claim], now):
                     conn.execute(ROLLBACK)
                     return False
             # 2. run the work inside the same transaction
@@ -130,19 +131,15 @@ class MariaDBTransactions:
                     raise self._transient_in_work(claim, error) from error
                 if conn.open and not mariadb_generations.in_transaction(conn):
                     # a DDL committed the key: the retry must not find it
-                    raise self._forget(conn, group, claim, returned=False) from error
+                    raise self._forget(conn, group, claim, {claim.key},
+                                       returned=False) from error
                 self._rollback_quietly(conn)
                 raise
             if conn.rolled_back:  # the work caught InnoDB's rollback and went on
                 self._rollback_quietly(conn)
-                raise StoreUnavailable(
-                    f"MariaDB store {self._where}: the handler of {_at(claim)} caught the "
-                    "error of InnoDB rolling its message's transaction back (a deadlock, or a "
-                    "lock wait timeout with innodb_rollback_on_timeout) and went on: nothing "
-                    "of the message committed, and it is retried. Let database errors leave "
-                    "the handler.")
+                raise self._caught_rollback(claim)
             if not mariadb_generations.in_transaction(conn):
-                raise self._forget(conn, group, claim, returned=True)
+                raise self._forget(conn, group, claim, set(), returned=True)
             # 3. commit the effects with the key
             with self._errors(conn):
                 conn.execute(COMMIT)
@@ -150,48 +147,151 @@ class MariaDBTransactions:
 
     def apply_batch(self, group: str, claims: Sequence[Claim], now: float,
                     works: Sequence[Callable[[StoreLike], None]]) -> list[bool | BaseException]:
-        """A worker's micro-batch, one transaction per message (this store has no batched
-        claim for a pool yet): each message's outcome as :meth:`apply` gives it."""
+        """See :class:`consumer.store.base.MessageTransactions`: 1. claim every key (one
+        insert for the rows, one for the runs) 2. run the works of the new keys 3. commit;
+        on any failure, roll back and 4. run the messages again one transaction each (but the
+        one whose work raised its own error: that error is its outcome)."""
+        if len(claims) == 1:
+            return [self._outcome(group, claims[0], now, works[0])]
         outcomes: list[bool | BaseException] = []
-        for claim, work in zip(claims, works, strict=True):
+        try:
+            with self._borrowed() as conn:
+                broken = self._run_batch(conn, group, claims, now, works, outcomes)
+        except StoreError as error:  # no connection
+            return [error] * len(claims)
+        if broken is None:
+            return outcomes
+        again = range(len(claims))
+        failed, cause = broken
+        if failed is not None and cause is not None and not isinstance(cause, Exception):
+            # the process stops (KeyboardInterrupt, a refused transaction statement...); its
+            # neighbours run nowhere: they are retried, not failed
+            held = StoreUnavailable(f"not applied: {_at(claims[failed])} in the same "
+                                    "transaction stopped the process")
+            return [cause if index == failed else held for index in again]
+        if failed is not None and cause is not None:
+            log.info("%s failed inside a micro-batch of %d: the batch rolled back, its other "
+                     "messages run again one transaction each", _at(claims[failed]),
+                     len(claims))
+            return [cause if index == failed
+                    else self._outcome(group, claims[index], now, works[index])
+                    for index in again]
+        # a store error (ours, or transient in a work), or a work that caught InnoDB's
+        # rollback: nobody's fault in particular, every message runs again alone
+        return [self._outcome(group, claims[index], now, works[index]) for index in again]
+
+    def _run_batch(self, conn: MariaDBConnection, group: str, claims: Sequence[Claim],
+                   now: float, works: Sequence[Callable[[StoreLike], None]],
+                   outcomes: list[bool | BaseException],
+                   ) -> tuple[int | None, BaseException | None] | None:
+        """Steps 1-3 on ``conn``, filling ``outcomes``; returns None once committed, else
+        which message broke the batch (None: not one message in particular) and the error
+        (None: a work caught InnoDB's rollback); rolled back then."""
+        try:
+            with self._errors(conn):
+                conn.execute(START)
+                conn.guarded, conn.rolled_back = True, False
+                new = self._claim_keys(conn, group, claims, now)
+        except StoreError as error:
+            self._rollback_quietly(conn)
+            return None, error
+        db = Transaction(conn)
+        for index, claim in enumerate(claims):
+            key = claim.key
+            if key not in new:  # processed before, or twice in the batch: its first message
+                outcomes.append(False)
+                continue
+            new.discard(key)
             try:
-                outcomes.append(self.apply(group, claim, now, work))
-            except BaseException as error:  # every outcome goes back to its message
-                outcomes.append(error)
-        return outcomes
+                works[index](db)
+            except BaseException as error:
+                if conn.rolled_back or transient_cause(error, is_transient):
+                    self._rollback_quietly(conn)
+                    return None, error
+                if conn.open and not mariadb_generations.in_transaction(conn):
+                    return index, self._forget(conn, group, claim, {key, *new},
+                                               returned=False)
+                self._rollback_quietly(conn)
+                return index, error
+            if conn.rolled_back:
+                self._rollback_quietly(conn)
+                return None, None
+            if not mariadb_generations.in_transaction(conn):  # a DDL committed every key
+                return index, self._forget(conn, group, claim, new, returned=True)
+            outcomes.append(True)
+        try:
+            with self._errors(conn):
+                conn.execute(COMMIT)
+        except StoreError as error:
+            self._rollback_quietly(conn)
+            return None, error
+        return None
+
+    def _outcome(self, group: str, claim: Claim, now: float,
+                 work: Callable[[StoreLike], None]) -> bool | BaseException:
+        try:
+            return self.apply(group, claim, now, work)
+        except BaseException as error:  # every outcome goes back to its message
+            return error
 
     # --- the claim -------------------------------------------------------------------------
 
-    def _claim(self, conn: MariaDBConnection, group: str, claim: Claim, now: float) -> bool:
-        """Claim the key in the open transaction: whether it was new."""
-        runs, _ = key_runs.split((claim,), self._coordinates_keys)
-        if runs:
-            for _ in range(2):
-                new = mariadb_runs.claim_one(conn, group, now, runs[0])
-                if new is not None:
-                    return new
-                conn.execute(ROLLBACK)  # the head's row is made outside ours, then again
-                mariadb_runs.make_head(conn, group, runs[0].head)
-                conn.execute(START)
-            raise StoreError(f"MariaDB store {self._where}: the row of {_at(claim)}'s "
-                             "partition in consumer_processed_run_heads is gone again as soon "
-                             "as made; were the tables changed by hand?")
+    def _claim_keys(self, conn: MariaDBConnection, group: str, claims: Sequence[Claim],
+                    now: float) -> set[bytes]:
+        """Claim the keys in the open transaction: the new ones. Where a partition's head row
+        or the group's generations must be made first, that happens outside the transaction,
+        which then opens again (it holds nothing yet) and claims again."""
+        runs, rows = key_runs.split(claims, self._coordinates_keys)
+        singles = [single for run in runs for single in run.singles()]
         for _ in range(CLAIM_ATTEMPTS):
-            current = mariadb_generations.share(conn, group)
-            if current is None:  # a new group, or one just migrated: made outside ours
-                conn.execute(ROLLBACK)
-                mariadb_generations.prepare(conn, group)
-                conn.execute(START)
-                continue
-            sealed = self._sealed(conn, group, current)
-            if sealed and mariadb_generations.held(conn, group, sealed, [claim.key]):
-                return False
-            return bool(conn.execute(INSERT_KEY, (
-                group, current, claim.key, claim.topic, claim.partition, claim.offset,
-                now)).rowcount)
+            new: set[bytes] = set()
+            if singles:
+                found = mariadb_runs.claim_singles(conn, group, now, singles)
+                if found is None:
+                    conn.execute(ROLLBACK)
+                    mariadb_runs.make_heads(conn, group, (run.head for run in singles))
+                    conn.execute(START)
+                    continue
+                new |= found
+            if rows:
+                found = self._claim_rows(conn, group, rows, now)
+                if found is None:  # a new group, or one just migrated
+                    conn.execute(ROLLBACK)
+                    mariadb_generations.prepare(conn, group)
+                    conn.execute(START)
+                    continue
+                new |= found
+            return new
         raise StoreUnavailable(
-            f"MariaDB store {self._where}: group {group}'s generations of processed keys "
-            f"changed {CLAIM_ATTEMPTS} times under the claim of {_at(claim)}; it is retried")
+            f"MariaDB store {self._where}: the rows group {group}'s claims need were made "
+            f"{CLAIM_ATTEMPTS} times and still missing under the claim of {_at(claims[0])}; "
+            "it is retried")
+
+    def _claim_rows(self, conn: MariaDBConnection, group: str, claims: Sequence[Claim],
+                    now: float) -> set[bytes] | None:
+        """Keys as rows of the group's current generation, its rotation row held shared, after
+        asking the sealed generations about them (a pool keeps no filters); the new ones, or
+        None when the group has no rotation row yet."""
+        current = mariadb_generations.share(conn, group)
+        if current is None:
+            return None
+        sealed = self._sealed(conn, group, current)
+        ordered = sorted(claims, key=_by_key)  # two batches lock shared keys in one order
+        found = mariadb_generations.held(conn, group, sealed, [c.key for c in ordered])
+        fresh = [c for c in ordered if c.key not in found]
+        if len(fresh) == 1:
+            c = fresh[0]
+            inserted = conn.execute(INSERT_KEY + " VALUES (%s, %s, %s, %s, %s, %s, %s)", (
+                group, current, c.key, c.topic, c.partition, c.offset, now)).rowcount
+            return {c.key} if inserted else set()
+        if not fresh:
+            return set()
+        topics = {topic: conn.escape(topic) for topic in {c.topic for c in fresh}}
+        g, n = f"{conn.escape(group)},{int(current):d}", conn.escape(float(now))
+        values = ",".join(f"({g},X'{c.key.hex()}',{topics[c.topic]},{c.partition:d},"
+                          f"{c.offset:d},{n})" for c in fresh)
+        return {bytes(key) for (key,) in conn.execute(
+            f'{INSERT_KEY} VALUES {values} RETURNING "key"').fetchall()}
 
     def _sealed(self, conn: MariaDBConnection, group: str, current: int) -> tuple[int, ...]:
         """The group's sealed generations while ``current`` is its current one (read under its
@@ -205,31 +305,33 @@ class MariaDBTransactions:
 
     # --- a handler that ended the transaction ----------------------------------------------
 
-    def _forget(self, conn: MariaDBConnection, group: str, claim: Claim, *,
-                returned: bool) -> MessageTransactionEnded:
-        """The work's DDL committed the transaction, the key with it. If the work raised, the
-        message is not applied: forget its key in a transaction of its own, so it runs again
-        after the restart. The error to stop with."""
+    def _forget(self, conn: MariaDBConnection, group: str, claim: Claim,
+                keys: set[bytes], *, returned: bool) -> MessageTransactionEnded:
+        """The work of ``claim`` ran DDL, which committed the transaction, every key claimed in
+        it with it: forget ``keys`` (those of messages not applied: the ones after it, and its
+        own if it raised) in a transaction of their own, so those messages run again after the
+        restart. The error to stop with."""
         conn.guarded = False
         unforgotten: BaseException | None = None
-        if not returned:
+        if keys:
+            listed = sorted(keys)
+            hexes = ",".join(f"X'{key.hex()}'" for key in listed)
             try:
                 with self._errors(conn):
                     conn.execute(START)
                     gone = conn.execute(
                         "DELETE FROM consumer_processed_keys WHERE group_id = %s AND "
                         f"generation IN ({mariadb_generations.numbers(conn, group)}) AND "
-                        '"key" = %s RETURNING generation', (group, claim.key)).fetchall()
+                        f'"key" IN ({hexes}) RETURNING generation', (group,)).fetchall()
                     mariadb_generations.count_forgotten(conn, group, (n for (n,) in gone))
                     if self._coordinates_keys.as_runs:
-                        mariadb_runs.forget(conn, group, [claim.key])
+                        mariadb_runs.forget(conn, group, listed)
                     conn.execute(COMMIT)
             except Exception as error:  # reported in the error the consumer stops with
                 self._rollback_quietly(conn)
                 unforgotten = error
         return MessageTransactionEnded(claim.topic, claim.partition, claim.offset,
-                                       forgotten=0 if returned else 1, unforgotten=unforgotten,
-                                       ddl=True)
+                                       forgotten=len(keys), unforgotten=unforgotten, ddl=True)
 
     # --- connections -----------------------------------------------------------------------
 
@@ -275,11 +377,22 @@ class MariaDBTransactions:
                         self._where, error)
             _close_quietly(conn)
 
+    def _caught_rollback(self, claim: Claim) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"MariaDB store {self._where}: the handler of {_at(claim)} caught the error of "
+            "InnoDB rolling its message's transaction back (a deadlock, or a lock wait timeout "
+            "with innodb_rollback_on_timeout) and went on: nothing of the message committed, "
+            "and it is retried. Let database errors leave the handler.")
+
     def _transient_in_work(self, claim: Claim, error: BaseException) -> StoreUnavailable:
         return StoreUnavailable(
             f"the handler of {_at(claim)} hit a transient database error "
             f"({type(error).__name__}: {str(error).strip()}) on MariaDB store {self._where}; "
             "it rolled back and is retried, it is not the message's failure")
+
+
+def _by_key(claim: Claim) -> bytes:
+    return claim.key
 
 
 def _at(claim: Claim) -> str:

@@ -16,7 +16,7 @@ but this transaction's own, which it sees anyway. A frozen writer (a zombie) hol
 until the server ends its idle transaction; the new owner waits ``innodb_lock_wait_timeout`` per
 try and retries, as for a key row.
 
-A message pool's transaction (one message, one key: :func:`claim_one`) takes its head's turn
+A message pool's transaction (runs of one key: :func:`claim_singles`) takes its heads' turns
 shared instead, so a pool's transactions of one partition go side by side: their runs of one key
 overlap only when they hold the same key, and then share a primary key, so the second insert
 waits for the first transaction's outcome. A batch's exclusive turn waits for every shared one,
@@ -121,37 +121,51 @@ def claim_whole(db: MariaDBConnection, group: str, now: float, runs: Sequence[Ru
     return int(db.execute(_INSERT_GUARDED.format(rows=rows)).rowcount) == len(ordered)
 
 
-def make_head(db: MariaDBConnection, group: str, head: bytes) -> None:
-    """The head's row, made (in autocommit, outside any transaction) if missing: a message
-    pool's claim locks it shared and cannot insert it. Rows of heads are never deleted."""
-    db.execute("INSERT IGNORE INTO consumer_processed_run_heads (group_id, key_head) "
-               "VALUES (%s, %s)", (group, head))
+def make_heads(db: MariaDBConnection, group: str, heads: Iterable[bytes]) -> None:
+    """The heads' rows, made (in autocommit, outside any transaction) where missing: a message
+    pool's claim locks them shared and cannot insert them. Rows of heads are never deleted."""
+    for head in sorted(set(heads)):
+        db.execute("INSERT IGNORE INTO consumer_processed_run_heads (group_id, key_head) "
+                   "VALUES (%s, %s)", (group, head))
 
 
-def claim_one(db: MariaDBConnection, group: str, now: float, run: Run) -> bool | None:
-    """A message pool's claim of one key (``run``, a run of one), inside its transaction:
-    whether it was new, or None when the head has no row yet (:func:`make_head`, then a new
-    transaction). The head's turn is taken shared: claims of one partition's keys by a pool's
-    transactions go side by side, while a batch's claim (which takes its heads' turns
-    exclusively) and a pool's wait for each other. A pool's runs hold one key each, so two of
-    them overlap only when they hold the same key, and then have the same primary key: the
-    second ``INSERT IGNORE`` waits for the first transaction, and inserts nothing if it
-    committed. A batch's run covering the key is committed before the shared turn is granted,
-    and the read finds it."""
-    head, key = run.head, run.low
-    if db.execute("SELECT 1 FROM consumer_processed_run_heads WHERE group_id = %s AND "
-                  "key_head = %s LOCK IN SHARE MODE", (group, head)).fetchone() is None:
+def claim_singles(db: MariaDBConnection, group: str, now: float,
+                  runs: Sequence[Run]) -> set[bytes] | None:
+    """A message pool's claim of keys as runs of one key each (``runs``: one key each),
+    inside its transaction: the keys that were new, or None when a head has no row yet
+    (:func:`make_heads`, then a new transaction). The heads' turns are taken shared: a pool's
+    transactions of one partition go side by side, while a batch's claim (which takes its
+    heads' turns exclusively) and a pool's wait for each other. A pool's runs hold one key
+    each, so two of them overlap only when they hold the same key, and then have the same
+    primary key: the second ``INSERT IGNORE`` waits for the first transaction, and inserts
+    nothing if it committed. A batch's run covering a key is committed before the shared turn
+    is granted, and the read finds it."""
+    g = db.escape(group)
+    heads = sorted({run.head for run in runs})
+    listed = ",".join(f"X'{head.hex()}'" for head in heads)
+    locked = db.execute(f"SELECT key_head FROM consumer_processed_run_heads WHERE group_id = {g} "
+                        f"AND key_head IN ({listed}) ORDER BY key_head LOCK IN SHARE MODE"
+                        ).fetchall()
+    if len(locked) < len(heads):
         return None
-    row = db.execute("SELECT key_last FROM consumer_processed_runs WHERE group_id = %s AND "
-                     "key_head = %s AND key_first <= %s ORDER BY key_first DESC LIMIT 1",
-                     (group, head, key)).fetchone()
-    if row is not None and int(row[0]) >= key:
-        return False
-    return bool(db.execute(
-        _INSERT.replace("INSERT INTO", "INSERT IGNORE INTO", 1)
-        + "(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (group, head, key, key, run.topic, run.partition, run.first_offset, run.first_offset,
-         now)).rowcount)
+    ordered = sorted({(run.head, run.low): run for run in runs}.values(),
+                     key=lambda run: (run.head, run.low))
+    # per key, the last run starting at or below it (one index seek; a filter on key_last
+    # here would walk back through every earlier run of the head), covering it or not
+    covered = {(bytes(head), int(key)) for head, key, last in db.execute(" UNION ALL ".join(
+        f"(SELECT key_head, {run.low:d}, key_last FROM consumer_processed_runs "
+        f"WHERE group_id = {g} AND key_head = X'{run.head.hex()}' AND key_first <= {run.low:d} "
+        "ORDER BY key_first DESC LIMIT 1)" for run in ordered)).fetchall() if int(last) >= key}
+    fresh = [run for run in ordered if (run.head, run.low) not in covered]
+    if not fresh:
+        return set()
+    topics = {topic: db.escape(topic) for topic in {run.topic for run in fresh}}
+    n = db.escape(float(now))
+    inserted = db.execute(_INSERT.replace("INSERT INTO", "INSERT IGNORE INTO", 1) + ",".join(
+        f"({g},X'{r.head.hex()}',{r.low:d},{r.low:d},{topics[r.topic]},{r.partition:d},"
+        f"{r.first_offset:d},{r.first_offset:d},{n})" for r in fresh)
+        + " RETURNING key_head, key_first").fetchall()
+    return {bytes(head) + int(first).to_bytes(6, "big") for head, first in inserted}
 
 
 def forget(db: MariaDBConnection, group: str, keys: Sequence[bytes]) -> None:

@@ -129,7 +129,7 @@ def _wait_for_a_lock_wait(database: StoreUnderTest, timeout: float = 10.0) -> No
     while not database.scalar(waits):
         if time.monotonic() > deadline:
             raise AssertionError("the other session never waited for row 1")
-        time.sleep(0.02)
+        time.sleep(0.2)  # InnoDB refreshes innodb_trx once it was not read for 0.1 s
 
 
 def run_to_the_end(database: StoreUnderTest, handler: Deadlocker) -> dict[str, Any]:

@@ -83,6 +83,19 @@ def failing(n: int) -> Callable[[StoreLike], None]:
     return work
 
 
+def wait_for_a_lock_wait(database: StoreUnderTest, what: str, timeout: float = 10) -> None:
+    """Until a session of this test's database (the server is shared) waits for a lock.
+    InnoDB refreshes ``innodb_trx`` only once it has not been read for 0.1 s: polled faster,
+    it never changes."""
+    deadline = time.monotonic() + timeout
+    while not database.scalar(
+            "SELECT count(*) FROM information_schema.innodb_trx AS t JOIN "
+            "information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
+            "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()"):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
 def effects(database: StoreUnderTest) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in database.query(
         "SELECT n, worker FROM effects ORDER BY n, worker")]
@@ -184,12 +197,7 @@ def test_two_transactions_claiming_one_key_at_once_apply_it_once(
     runner.start()
     assert inside.wait(10)
     second.start()
-    waiting = ("SELECT count(*) FROM information_schema.innodb_trx "
-               "WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE 'INSERT IGNORE%%'")
-    deadline = time.monotonic() + 10
-    while not database.scalar(waiting):
-        assert time.monotonic() < deadline, "the second claim never waited for the first"
-        time.sleep(0.02)
+    wait_for_a_lock_wait(database, "the second claim never waited for the first")
     assert second.is_alive(), "the second claim waits for the first transaction"
     release.set()
     runner.join(10)
@@ -450,13 +458,7 @@ def test_a_batch_claiming_a_run_waits_for_a_pools_open_claim_and_skips_its_key(
     batching = threading.Thread(target=batch)
     try:
         batching.start()
-        waiting = ("SELECT count(*) FROM information_schema.innodb_trx "
-                   "WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE 'INSERT INTO "
-                   "consumer_processed_run_heads%%'")
-        deadline = time.monotonic() + 10
-        while not database.scalar(waiting):
-            assert time.monotonic() < deadline, "the batch never waited for the pool's turn"
-            time.sleep(0.02)
+        wait_for_a_lock_wait(database, "the batch never waited for the pool's turn")
     finally:
         release.set()
         held.join(20)
@@ -475,15 +477,43 @@ def test_a_pools_claim_waits_for_a_batch_holding_the_partitions_turn(
         "pool", patient.apply(GROUP, coordinates_claim(5), 2.0, write(5, "pool"))))
     waiting.start()
     try:
-        query = ("SELECT count(*) FROM information_schema.innodb_trx "
-                 "WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE 'SELECT 1 FROM "
-                 "consumer_processed_run_heads%%'")
-        deadline = time.monotonic() + 10
-        while not database.scalar(query):
-            assert time.monotonic() < deadline, "the pool's claim never waited for the batch"
-            time.sleep(0.02)
+        wait_for_a_lock_wait(database, "the pool's claim never waited for the batch")
     finally:
         owner.commit()
         waiting.join(20)
     assert result == {"pool": False}, "the batch's run holds the key"
     assert effects(database) == []
+
+
+def test_a_micro_batch_commits_every_new_message_and_skips_processed_keys(
+        database: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """One claim, one commit: keys processed before (and a key twice in the batch) are
+    duplicates, their work does not run; the others apply once. Rows and runs together."""
+    assert transactions.apply(GROUP, claim(2), 1.0, write(2, "before")) is True
+    assert transactions.apply(GROUP, coordinates_claim(21), 1.0, write(21, "before")) is True
+    claims = [claim(1), claim(2), claim(3), claim(3), coordinates_claim(20),
+              coordinates_claim(21), coordinates_claim(22), coordinates_claim(22)]
+    works = [write(1), write(2), write(3), write(3, "again"), write(20), write(21), write(22),
+             write(22, "again")]
+    assert transactions.apply_batch(GROUP, claims, 2.0, works) == [
+        True, False, True, False, True, False, True, False]
+    assert effects(database) == [(1, ""), (2, "before"), (3, ""), (20, ""), (21, "before"),
+                                 (22, "")]
+    assert keys(database) == 3
+    assert database.scalar("SELECT count(*) FROM consumer_processed_runs") == 3
+
+
+def test_ddl_in_a_micro_batch_forgets_the_keys_of_the_messages_after_it(
+        database: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """The DDL of the second message commits the batch's transaction, every key claimed in
+    it with it: the key of the third message, not applied, is forgotten again."""
+    def creating(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (2, '')")
+        db.execute("CREATE TABLE IF NOT EXISTS made_by_a_handler (n INT)")
+
+    outcomes = transactions.apply_batch(GROUP, [claim(1), claim(2), claim(3)], 1.0,
+                                        [write(1), creating, write(3)])
+    assert isinstance(outcomes[1], MessageTransactionEnded)
+    assert "1 keys claimed for messages of that transaction" in str(outcomes[1])
+    assert effects(database) == [(1, ""), (2, "")]
+    assert sorted(database.query('SELECT "offset" FROM consumer_processed_keys')) == [(1,), (2,)]

@@ -60,8 +60,8 @@ from consumer.store.mariadb_session import (
 
 log = logging.getLogger("consumer.store")
 
-#: Claims tried before giving up on a group's generations changing under each: the message is
-#: then retried.
+#: Claims tried before giving up on the rows they need (a partition's head row, the group's
+#: rotation row) going missing again as soon as made: the message is then retried.
 CLAIM_ATTEMPTS = 3
 
 INSERT_KEY = ('INSERT IGNORE INTO consumer_processed_keys (group_id, generation, "key", topic, '

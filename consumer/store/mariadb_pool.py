@@ -43,7 +43,7 @@ import pymysql
 
 from consumer.errors import MessageTransactionEnded, StoreError, StoreUnavailable
 from consumer.message import StoreLike
-from consumer.store import key_runs, mariadb_generations, mariadb_runs
+from consumer.store import key_runs, mariadb_generations, mariadb_runs, micro_batch
 from consumer.store.base import Claim, transient_cause
 from consumer.store.key_runs import CoordinatesKeys
 from consumer.store.mariadb_session import (
@@ -161,29 +161,14 @@ class MariaDBTransactions:
             return [error] * len(claims)
         if broken is None:
             return outcomes
-        again = range(len(claims))
-        failed, cause = broken
-        if failed is not None and cause is not None and not isinstance(cause, Exception):
-            # the process stops (KeyboardInterrupt, a refused transaction statement...); its
-            # neighbours run nowhere: they are retried, not failed
-            held = StoreUnavailable(f"not applied: {_at(claims[failed])} in the same "
-                                    "transaction stopped the process")
-            return [cause if index == failed else held for index in again]
-        if failed is not None and cause is not None:
-            log.info("%s failed inside a micro-batch of %d: the batch rolled back, its other "
-                     "messages run again one transaction each", _at(claims[failed]),
-                     len(claims))
-            return [cause if index == failed
-                    else self._outcome(group, claims[index], now, works[index])
-                    for index in again]
-        # a store error (ours, or transient in a work), or a work that caught InnoDB's
-        # rollback: nobody's fault in particular, every message runs again alone
-        return [self._outcome(group, claims[index], now, works[index]) for index in again]
+        return micro_batch.settled(
+            claims, broken, lambda index: self._outcome(group, claims[index], now, works[index]),
+            lambda error: transient_cause(error, is_transient))
 
     def _run_batch(self, conn: MariaDBConnection, group: str, claims: Sequence[Claim],
                    now: float, works: Sequence[Callable[[StoreLike], None]],
                    outcomes: list[bool | BaseException],
-                   ) -> tuple[int | None, BaseException | None] | None:
+                   ) -> micro_batch.Broken | None:
         """Steps 1-3 on ``conn``, filling ``outcomes``; returns None once committed, else
         which message broke the batch (None: not one message in particular) and the error
         (None: a work caught InnoDB's rollback); rolled back then."""

@@ -38,7 +38,13 @@ from consumer.errors import (
     TransactionEndRefused,
 )
 from consumer.message import StoreLike
-from consumer.store import key_runs, postgres_generations, postgres_mark, postgres_runs
+from consumer.store import (
+    key_runs,
+    micro_batch,
+    postgres_generations,
+    postgres_mark,
+    postgres_runs,
+)
 from consumer.store.base import Claim, PostgresSession, transient_cause
 from consumer.store.key_runs import CoordinatesKeys, Run
 from consumer.store.postgres import claim_values, is_transient, unclaim
@@ -208,7 +214,6 @@ class PostgresTransactions:
             conn = self._getconn()
         except StoreUnavailable as error:
             return [error] * len(claims)
-        again = range(len(claims))
         outcomes: list[bool | BaseException] = []
         try:
             broken = self._run_batch(conn, group, claims, now, works, outcomes)
@@ -217,29 +222,14 @@ class PostgresTransactions:
             _rollback_quietly(conn)
         finally:
             self._pool.putconn(conn)
-        failed, cause = broken
-        if failed is not None and cause is not None and not isinstance(cause, Exception):
-            # KeyboardInterrupt, SystemExit: the process stops; its neighbours run nowhere
-            # (they are retried, not failed: they did nothing wrong)
-            held = StoreUnavailable(
-                f"not applied: {claims[failed].topic}[{claims[failed].partition}]@"
-                f"{claims[failed].offset} in the same transaction stopped the process")
-            return [cause if index == failed else held for index in again]
-        if failed is not None and cause is not None and not transient(cause):
-            log.info("%s[%d]@%d failed inside a micro-batch of %d: the batch rolled back, its "
-                     "other messages run again one transaction each", claims[failed].topic,
-                     claims[failed].partition, claims[failed].offset, len(claims))
-            return [cause if index == failed
-                    else self._outcome(group, claims[index], now, works[index])
-                    for index in again]
-        # 4. a store error (ours, or transient in a work), or a work that left the
-        # transaction failed: nobody's fault in particular, every message runs again alone
-        return [self._outcome(group, claims[index], now, works[index]) for index in again]
+        return micro_batch.settled(
+            claims, broken, lambda index: self._outcome(group, claims[index], now, works[index]),
+            transient)
 
     def _run_batch(self, conn: MessageConnection, group: str, claims: Sequence[Claim],
                    now: float, works: Sequence[Callable[[StoreLike], None]],
                    outcomes: list[bool | BaseException],
-                   ) -> tuple[int | None, BaseException | None] | None:
+                   ) -> micro_batch.Broken | None:
         """Steps 1-3 on ``conn``, filling ``outcomes``; returns None once committed, else
         which message broke the batch (None: not one message in particular) and the error
         (None: a work returned with the transaction failed)."""

@@ -366,7 +366,7 @@ class StoreSettings(_Section):
     purge_every_seconds: float = Field(default=60.0, gt=0)
     purge_batch_size: int = Field(default=1_000, ge=1)
     max_backoff_seconds: float = Field(default=30.0, gt=0)
-    #: Routes with ``concurrency`` above 1 (PostgreSQL): each worker takes up to this many
+    #: Routes with ``concurrency`` above 1 (PostgreSQL, MariaDB): each worker takes up to this many
     #: ready messages (of different lanes) and applies them in one transaction, one claim
     #: statement and one commit for all; 1: a transaction per message.
     micro_batch_messages: int = Field(default=8, ge=1, le=1_000)

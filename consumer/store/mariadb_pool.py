@@ -131,7 +131,7 @@ class MariaDBTransactions:
                     raise self._transient_in_work(claim, error) from error
                 if conn.open and not mariadb_generations.in_transaction(conn):
                     # a DDL committed the key: the retry must not find it
-                    raise self._forget(conn, group, claim, {claim.key},
+                    raise self._forget(conn, group, claim, {claim.key}, [claim],
                                        returned=False) from error
                 self._rollback_quietly(conn)
                 raise
@@ -139,7 +139,7 @@ class MariaDBTransactions:
                 self._rollback_quietly(conn)
                 raise self._caught_rollback(claim)
             if not mariadb_generations.in_transaction(conn):
-                raise self._forget(conn, group, claim, set(), returned=True)
+                raise self._forget(conn, group, claim, set(), [claim], returned=True)
             # 3. commit the effects with the key
             with self._errors(conn):
                 conn.execute(COMMIT)
@@ -194,7 +194,7 @@ class MariaDBTransactions:
                     self._rollback_quietly(conn)
                     return None, error
                 if conn.open and not mariadb_generations.in_transaction(conn):
-                    return index, self._forget(conn, group, claim, {key, *new},
+                    return index, self._forget(conn, group, claim, {key, *new}, claims,
                                                returned=False)
                 self._rollback_quietly(conn)
                 return index, error
@@ -202,7 +202,7 @@ class MariaDBTransactions:
                 self._rollback_quietly(conn)
                 return None, None
             if not mariadb_generations.in_transaction(conn):  # a DDL committed every key
-                return index, self._forget(conn, group, claim, new, returned=True)
+                return index, self._forget(conn, group, claim, new, claims, returned=True)
             outcomes.append(True)
         try:
             with self._errors(conn):
@@ -290,16 +290,18 @@ class MariaDBTransactions:
 
     # --- a handler that ended the transaction ----------------------------------------------
 
-    def _forget(self, conn: MariaDBConnection, group: str, claim: Claim,
-                keys: set[bytes], *, returned: bool) -> MessageTransactionEnded:
+    def _forget(self, conn: MariaDBConnection, group: str, claim: Claim, keys: set[bytes],
+                claims: Sequence[Claim], *, returned: bool) -> MessageTransactionEnded:
         """The work of ``claim`` ran DDL, which committed the transaction, every key claimed in
-        it with it: forget ``keys`` (those of messages not applied: the ones after it, and its
-        own if it raised) in a transaction of their own, so those messages run again after the
-        restart. The error to stop with."""
+        it with it (``claims``): forget ``keys`` (those of messages not applied: the ones after
+        it, and its own if it raised) in a transaction of their own, so those messages run
+        again after the restart. The error to stop with."""
         conn.guarded = False
         unforgotten: BaseException | None = None
         if keys:
             listed = sorted(keys)
+            in_runs = sorted({c.key for c in claims
+                              if c.key in keys and self._coordinates_keys.holds(c)})
             hexes = ",".join(f"X'{key.hex()}'" for key in listed)
             try:
                 with self._errors(conn):
@@ -309,8 +311,8 @@ class MariaDBTransactions:
                         f"generation IN ({mariadb_generations.numbers(conn, group)}) AND "
                         f'"key" IN ({hexes}) RETURNING generation', (group,)).fetchall()
                     mariadb_generations.count_forgotten(conn, group, (n for (n,) in gone))
-                    if self._coordinates_keys.as_runs:
-                        mariadb_runs.forget(conn, group, listed)
+                    if in_runs:
+                        mariadb_runs.forget(conn, group, in_runs)
                     conn.execute(COMMIT)
             except Exception as error:  # reported in the error the consumer stops with
                 self._rollback_quietly(conn)

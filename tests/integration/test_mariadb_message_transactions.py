@@ -517,3 +517,19 @@ def test_ddl_in_a_micro_batch_forgets_the_keys_of_the_messages_after_it(
     assert "1 keys claimed for messages of that transaction" in str(outcomes[1])
     assert effects(database) == [(1, ""), (2, "")]
     assert sorted(database.query('SELECT "offset" FROM consumer_processed_keys')) == [(1,), (2,)]
+    assert database.scalar("SELECT count(*) FROM consumer_processed_run_heads") == 0, \
+        "a key kept as a row has no partition's turn to take"
+
+
+def test_ddl_in_a_micro_batch_of_coordinates_keys_takes_the_key_after_it_out_of_its_run(
+        database: StoreUnderTest, transactions: MessageTransactions) -> None:
+    def creating(db: StoreLike) -> None:
+        db.execute("INSERT INTO effects VALUES (1, '')")
+        db.execute("CREATE TABLE IF NOT EXISTS made_by_a_handler (n INT)")
+
+    outcomes = transactions.apply_batch(
+        GROUP, [coordinates_claim(n) for n in range(3)], 1.0, [write(0), creating, write(2)])
+    assert isinstance(outcomes[1], MessageTransactionEnded)
+    assert database.query("SELECT key_first, key_last FROM consumer_processed_runs "
+                          "ORDER BY key_first") == [(0, 0), (1, 1)]
+    assert transactions.apply(GROUP, coordinates_claim(2), 2.0, write(2)) is True

@@ -533,3 +533,43 @@ def test_ddl_in_a_micro_batch_of_coordinates_keys_takes_the_key_after_it_out_of_
     assert database.query("SELECT key_first, key_last FROM consumer_processed_runs "
                           "ORDER BY key_first") == [(0, 0), (1, 1)]
     assert transactions.apply(GROUP, coordinates_claim(2), 2.0, write(2)) is True
+
+
+def test_many_threads_applying_overlapping_micro_batches_apply_each_message_once(
+        database: StoreUnderTest, transactions: MessageTransactions) -> None:
+    """Eight workers over four connections, each applying micro-batches of 8 that mix rows
+    and runs of one key, every message in batches of two workers, in different orders:
+    every effect once, every key once. Lock waits and deadlocks are retried, as workers do."""
+    errors: list[BaseException] = []
+
+    def message(n: int) -> Claim:
+        return claim(n) if n % 2 else coordinates_claim(n)
+
+    def worker(index: int) -> None:
+        numbers = list(range(160))
+        if index % 2:
+            numbers.reverse()
+        for first in range(0, 160, 8):
+            batch = numbers[first:first + 8]
+            pending = list(batch)
+            while pending:
+                outcomes = transactions.apply_batch(GROUP, [message(n) for n in pending], 1.0,
+                                                    [write(n, "w") for n in pending])
+                retry = []
+                for n, outcome in zip(pending, outcomes, strict=True):
+                    if isinstance(outcome, StoreUnavailable):
+                        retry.append(n)
+                    elif isinstance(outcome, BaseException):
+                        errors.append(outcome)
+                pending = retry
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert database.scalar("SELECT count(*) FROM effects") == 160
+    assert database.scalar("SELECT count(DISTINCT n) FROM effects") == 160
+    assert keys(database) == 80
+    assert database.scalar("SELECT count(*) FROM consumer_processed_runs") == 80

@@ -207,7 +207,7 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
     """Store mode with handlers on workers: each route's handler applied in a transaction of
     its own per message, on a pool of as many connections as there are workers (``async def``
     handlers: an asynchronous pool of at most ``store.postgres_async_connections``). Raises
-    ConfigError for a store that has no such transactions (SQLite; MariaDB for ``async def``).
+    ConfigError for a store that has no such transactions (SQLite).
     Each duplicate a worker finds is told to ``on_duplicate`` (tracing's span for it)."""
     group = settings.kafka.group_id
     work = {topic: RouteWork(route.concurrency, route.ordering,

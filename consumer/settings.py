@@ -370,9 +370,10 @@ class StoreSettings(_Section):
     #: ready messages (of different lanes) and applies them in one transaction, one claim
     #: statement and one commit for all; 1: a transaction per message.
     micro_batch_messages: int = Field(default=8, ge=1, le=1_000)
-    #: Routes with an ``async def`` handler (PostgreSQL): the connections their transactions
-    #: share. A message holds one from its key claim to its commit, so at most this many of
-    #: their messages are inside a transaction at once, whatever the routes' concurrency.
+    #: Routes with an ``async def`` handler (PostgreSQL, MariaDB): the connections their
+    #: transactions share. A message holds one from its key claim to its commit, so at most
+    #: this many of their messages are inside a transaction at once, whatever the routes'
+    #: concurrency.
     postgres_async_connections: int = Field(default=32, ge=1, le=1_000)
 
     @model_validator(mode="before")

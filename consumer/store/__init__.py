@@ -6,8 +6,7 @@ keys and checkpoints commit together. :class:`~consumer.store.base.Store` is the
 A store is one connection, used by one thread (the poll thread, or the purge thread with its
 own); ``Store.message_transactions(size)`` gives concurrent handlers a transaction per message
 on pooled connections of their own (PostgreSQL and MariaDB: SQLite takes one writer), and
-``Store.async_message_transactions(size)`` the same, awaited, to ``async def`` handlers
-(PostgreSQL only). Database
+``Store.async_message_transactions(size)`` the same, awaited, to ``async def`` handlers. Database
 errors leave as ``StoreError`` subclasses: ``StoreUnavailable`` (pause and retry),
 ``StoreSchemaError`` (stop, exit 2). Nothing here knows Kafka.
 """

@@ -389,13 +389,12 @@ class Store(abc.ABC):
 
     def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
         """As :meth:`message_transactions`, awaited on the event loop of ``async def``
-        handlers, sharing ``size`` connections. A backend without an asynchronous driver
+        handlers, sharing ``size`` connections. A backend that cannot take concurrent writers
         raises ConfigError."""
         raise ConfigError([
-            f"store.url: an async def handler with the {self.dialect} store: its transactions "
-            "need an asynchronous connection, which only the PostgreSQL store has; make the "
-            "handler a plain def (with concurrency: N it runs on N threads), or use a "
-            "PostgreSQL store"])
+            f"store.url: an async def handler with the {self.dialect} store: it takes one "
+            "writer at a time, so the handler's transactions cannot run concurrently; make the "
+            "handler a plain def (with concurrency: 1), or use a PostgreSQL or MariaDB store"])
 
     # --- operations ------------------------------------------------------------------------
 

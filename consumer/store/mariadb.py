@@ -54,6 +54,7 @@ from consumer.store.base import (
     MARIADB_SCHEMA_VERSION,
     RUN_COORDINATES,
     SCHEMA_VERSION,
+    AsyncMessageTransactions,
     CheckpointRow,
     Claim,
     MessageTransactions,
@@ -584,6 +585,15 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         return MariaDBTransactions(self._params, size=size, where=self._where,
                                    lock_wait=self._lock_wait, idle=self._idle,
                                    coordinates_keys=self._coordinates_keys)
+
+    def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
+        from consumer.store.mariadb_async import AsyncMariaDBTransactions
+        from consumer.store.mariadb_pool import MariaDBTransactions
+
+        return AsyncMariaDBTransactions(
+            MariaDBTransactions(self._params, size=size, where=self._where,
+                                lock_wait=self._lock_wait, idle=self._idle,
+                                coordinates_keys=self._coordinates_keys), size=size)
 
     # --- operations ------------------------------------------------------------------------
 

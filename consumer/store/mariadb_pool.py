@@ -113,37 +113,57 @@ class MariaDBTransactions:
         """See :class:`consumer.store.base.MessageTransactions`: 1. claim the key 2. run the
         work 3. commit; the connection goes back whatever happened (dropped if lost)."""
         with self._borrowed() as conn:
-            # 1. open the transaction and claim the key: waits for a session holding it
-            # uncommitted, then sees its outcome (committed: a duplicate; rolled back: ours)
-            with self._errors(conn):
-                conn.execute(START)
-                conn.guarded, conn.rolled_back = True, False
-                if not self._claim_keys(conn, group, [claim], now):
-                    conn.execute(ROLLBACK)
-                    return False
-            # 2. run the work inside the same transaction
+            if not self.opened(conn, group, claim, now):
+                return False
             try:
                 work(Transaction(conn))
             except BaseException as error:
-                # InnoDB ended the transaction (a deadlock), or the connection is gone
-                if conn.rolled_back or transient_cause(error, is_transient):
-                    self._rollback_quietly(conn)
-                    raise self._transient_in_work(claim, error) from error
-                if conn.open and not mariadb_generations.in_transaction(conn):
-                    # a DDL committed the key: the retry must not find it
-                    raise self._forget(conn, group, claim, {claim.key}, [claim],
-                                       returned=False) from error
-                self._rollback_quietly(conn)
-                raise
-            if conn.rolled_back:  # the work caught InnoDB's rollback and went on
-                self._rollback_quietly(conn)
-                raise self._caught_rollback(claim)
-            if not mariadb_generations.in_transaction(conn):
-                raise self._forget(conn, group, claim, set(), [claim], returned=True)
-            # 3. commit the effects with the key
-            with self._errors(conn):
-                conn.execute(COMMIT)
+                replaced = self.failed(conn, group, claim, error)
+                if replaced is None:
+                    raise
+                raise replaced from error
+            self.finish(conn, group, claim)
             return True
+
+    # --- one message's transaction in steps: apply's, and the event loop's (AsyncMariaDB...)
+
+    def opened(self, conn: MariaDBConnection, group: str, claim: Claim, now: float) -> bool:
+        """1. Open the transaction and claim the key: whether it was new (if not, the
+        transaction is rolled back). Waits for a session holding the key uncommitted, then
+        sees its outcome (committed: a duplicate; rolled back: ours)."""
+        with self._errors(conn):
+            conn.execute(START)
+            conn.guarded, conn.rolled_back = True, False
+            if self._claim_keys(conn, group, [claim], now):
+                return True
+            conn.execute(ROLLBACK)
+            return False
+
+    def failed(self, conn: MariaDBConnection, group: str, claim: Claim,
+               error: BaseException) -> BaseException | None:
+        """2. The work raised ``error``: the transaction rolled back, and what to raise instead
+        (None: ``error`` itself, the message's own failure)."""
+        if conn.rolled_back or transient_cause(error, is_transient):
+            # InnoDB ended the transaction (a deadlock), or the connection is gone
+            self._rollback_quietly(conn)
+            return self._transient_in_work(claim, error)
+        if conn.open and not mariadb_generations.in_transaction(conn):
+            # a DDL committed the key: the retry must not find it
+            return self._forget(conn, group, claim, {claim.key}, [claim], returned=False)
+        self._rollback_quietly(conn)
+        return None
+
+    def finish(self, conn: MariaDBConnection, group: str, claim: Claim) -> None:
+        """3. The work returned: commit its effects with the key, unless the transaction is
+        gone (then raise: StoreUnavailable after InnoDB rolled it back, MessageTransactionEnded
+        after a DDL committed it)."""
+        if conn.rolled_back:  # the work caught InnoDB's rollback and went on
+            self._rollback_quietly(conn)
+            raise self._caught_rollback(claim)
+        if not mariadb_generations.in_transaction(conn):
+            raise self._forget(conn, group, claim, set(), [claim], returned=True)
+        with self._errors(conn):
+            conn.execute(COMMIT)
 
     def apply_batch(self, group: str, claims: Sequence[Claim], now: float,
                     works: Sequence[Callable[[StoreLike], None]]) -> list[bool | BaseException]:
@@ -322,26 +342,36 @@ class MariaDBTransactions:
 
     # --- connections -----------------------------------------------------------------------
 
-    @contextmanager
-    def _borrowed(self) -> Iterator[MariaDBConnection]:
+    def borrow(self) -> MariaDBConnection:
+        """An idle connection, or a new one (StoreUnavailable when the server cannot be
+        reached)."""
         with self._lock:
             conn = self._idle_connections.pop() if self._idle_connections else None
         if conn is None or not conn.open:
             conn = connect(self._params, self._where, lock_wait=self._lock_wait,
                            idle=self._idle)
+        return conn
+
+    def give_back(self, conn: MariaDBConnection) -> None:
+        """``conn`` is free again: what it still holds is rolled back, and a lost one dropped.
+        No round trip unless a transaction is left open."""
+        conn.guarded = False
+        if conn.open and mariadb_generations.in_transaction(conn):
+            self._rollback_quietly(conn)
+        with self._lock:
+            keep = conn.open and not self._closed and len(self._idle_connections) < self._size
+            if keep:
+                self._idle_connections.append(conn)
+        if not keep:
+            _close_quietly(conn)
+
+    @contextmanager
+    def _borrowed(self) -> Iterator[MariaDBConnection]:
+        conn = self.borrow()
         try:
             yield conn
         finally:
-            conn.guarded = False
-            if conn.open and mariadb_generations.in_transaction(conn):
-                self._rollback_quietly(conn)
-            with self._lock:
-                keep = conn.open and not self._closed and \
-                    len(self._idle_connections) < self._size
-                if keep:
-                    self._idle_connections.append(conn)
-            if not keep:
-                _close_quietly(conn)
+            self.give_back(conn)
 
     @contextmanager
     def _errors(self, conn: MariaDBConnection) -> Iterator[None]:

@@ -56,12 +56,14 @@ def healthy_chaos(bootstrap: str, store: StoreUnderTest, tmp_path: Path, ledger:
                   prefix: str, kills: int, handler: str = "handlers.ledger:apply",
                   route: dict[str, Any] | None = None, generation_keys: int | None = None,
                   store_settings: dict[str, Any] | None = None,
+                  slot_routes: dict[int, dict[str, Any]] | None = None,
                   timeout: float = 300) -> tuple[str, Chaos]:
     """The ledger on a new topic of 6 partitions, consumed by three members with at least
     ``kills`` SIGKILLs and a zombie until every partition is at its end (``route``: the
     topic's route instead of ``handler`` alone; ``generation_keys``: the store's generation
-    size; ``store_settings``: more of the store's settings). The group and the stopped chaos,
-    for the caller's verdict."""
+    size; ``store_settings``: more of the store's settings; ``slot_routes``: per member slot,
+    the topic's route there instead). The group and the stopped chaos, for the caller's
+    verdict."""
     topic = create_topic(bootstrap, 6, prefix=prefix)
     produce_ledger(bootstrap, topic, ledger)
     install_audit(store)
@@ -72,7 +74,9 @@ def healthy_chaos(bootstrap: str, store: StoreUnderTest, tmp_path: Path, ledger:
     if generation_keys is not None:
         config["store"][store.generation_keys_setting] = generation_keys  # type: ignore[index]
     config["store"].update(store_settings or {})  # type: ignore[union-attr]
-    chaos = Chaos(tmp_path, config)
+    slot_configs = {slot: {**config, "routes": {topic: slot_route}}
+                    for slot, slot_route in (slot_routes or {}).items()}
+    chaos = Chaos(tmp_path, config, slot_configs=slot_configs)
     run_chaos([chaos], store, kills=kills)
     until_consumed(store, bootstrap, group, [topic], tend=chaos, timeout=timeout,
                    what=f"the end ({chaos.logs()})")

@@ -119,6 +119,26 @@ def test_mariadb_concurrency_16_with_kills_and_a_zombie_applies_every_change_exa
         "transactions ran side by side"
 
 
+def test_mariadb_async_and_threaded_members_apply_every_change_exactly_once(
+    kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """The chaos with ``concurrency: 16`` where two of the three member slots run the ledger
+    as an ``async def`` handler awaiting its statements (each on a thread, off the event
+    loop), as in a group half-way through a rolling change from one to the other: both claim
+    the same keys, and the zombie is whichever member the gate catches. Still exact."""
+    ledger = make_ledger(VARIANT_MESSAGES)
+    route = {"handler": f"{LEDGER}:apply_noting_session", "concurrency": 16, "ordering": "key"}
+    awaiting = {**route, "handler": f"{LEDGER}:apply_async_noting_session"}
+    group, chaos = healthy_chaos(
+        kafka_bootstrap, maria_store, tmp_path, ledger, prefix="chaos-async", kills=8,
+        route=route, slot_routes={1: awaiting, 2: awaiting},
+        store_settings={"mariadb_lock_wait_timeout_seconds": 2,
+                        "mariadb_idle_transaction_timeout_seconds": 5})
+    assert_exact_after_chaos(maria_store, ledger, group, chaos, kills=8)
+    assert {kind for (kind,) in maria_store.query("SELECT DISTINCT kind FROM handler_sessions")} \
+        == {"def", "async def"}, "both kinds of member applied changes"
+
+
 def test_mariadb_events_resent_after_their_generation_was_sealed_apply_once(
     kafka_bootstrap: str, maria_store: StoreUnderTest, tmp_path: Path
 ) -> None:

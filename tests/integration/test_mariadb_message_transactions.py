@@ -8,6 +8,7 @@ consumer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -573,3 +574,59 @@ def test_many_threads_applying_overlapping_micro_batches_apply_each_message_once
     assert database.scalar("SELECT count(DISTINCT n) FROM effects") == 160
     assert keys(database) == 80
     assert database.scalar("SELECT count(*) FROM consumer_processed_runs") == 80
+
+
+# --- async def handlers: the same transactions, each statement awaited off the event loop ---
+
+def test_an_async_handler_awaits_its_statements_inside_the_messages_transaction(
+        database: StoreUnderTest, owner: MariaDBStore) -> None:
+    """Four messages at once on two slots: each applies once with its key, a second delivery
+    is a duplicate, a failing handler keeps neither its write nor its key, a transaction
+    statement is refused; the event loop keeps running while statements wait."""
+    pool = owner.async_message_transactions(2)
+    pool.open()
+    ticks: list[float] = []
+
+    async def write_async(n: int, db: Any) -> None:
+        await db.execute("INSERT INTO effects VALUES (%s, 'async')", (n,))
+        await asyncio.sleep(0.05)
+        in_transaction = (await db.execute("SELECT @@in_transaction")).fetchone()[0]
+        assert in_transaction == 1
+
+    async def failing_async(db: Any) -> None:
+        await db.execute("INSERT INTO effects VALUES (9, 'failing')")
+        raise ValueError("message 9 failed")
+
+    async def ending_async(db: Any) -> None:
+        await db.execute("INSERT INTO effects VALUES (8, 'ending')")
+        await db.execute("COMMIT")
+
+    async def ticking() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> list[Any]:
+        ticker = asyncio.create_task(ticking())
+        try:
+            applied = await asyncio.gather(*(
+                pool.apply(GROUP, claim(n), 1.0, lambda db, n=n: write_async(n, db))
+                for n in range(4)))
+            again = await pool.apply(GROUP, claim(1), 2.0, lambda db: write_async(1, db))
+            outcomes = await asyncio.gather(
+                pool.apply(GROUP, claim(9), 1.0, failing_async),
+                pool.apply(GROUP, claim(8), 1.0, ending_async), return_exceptions=True)
+            return [applied, again, outcomes]
+        finally:
+            ticker.cancel()
+
+    try:
+        applied, again, (failed, refused) = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert applied == [True] * 4 and again is False
+    assert isinstance(failed, ValueError) and str(failed) == "message 9 failed"
+    assert isinstance(refused, TransactionEndRefused)
+    assert effects(database) == [(n, "async") for n in range(4)]
+    assert keys(database) == 4
+    assert len(ticks) > 10, "the event loop waited for the statements"

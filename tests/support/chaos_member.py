@@ -39,6 +39,7 @@ from consumer.cli import main
 from consumer.events import Trigger
 from consumer.message import TP, StoreLike
 from consumer.store import Claim
+from consumer.store.mariadb_async import AsyncMariaDBTransactions
 from consumer.store.mariadb_pool import MariaDBTransactions
 from consumer.store.postgres_async import AsyncPostgresTransactions
 from consumer.store.postgres_pool import PostgresTransactions
@@ -159,7 +160,14 @@ def _install_concurrent_gate(directory: Path) -> None:
                       work: Callable[[Any], Awaitable[None]]) -> bool:
         return await apply_async(self, group, claim, now, held.awaited(work))
 
+    maria_awaited_apply = AsyncMariaDBTransactions.apply
+
+    async def maria_awaited(self: AsyncMariaDBTransactions, group: str, claim: Claim,
+                            now: float, work: Callable[[Any], Awaitable[None]]) -> bool:
+        return await maria_awaited_apply(self, group, claim, now, held.awaited(work))
+
     StoreRows.run = run  # type: ignore[method-assign]
+    AsyncMariaDBTransactions.apply = maria_awaited  # type: ignore[method-assign]
     AsyncPostgresTransactions.apply = awaited  # type: ignore[method-assign]
     PostgresTransactions.apply = one  # type: ignore[method-assign]
     PostgresTransactions.apply_batch = many  # type: ignore[method-assign]

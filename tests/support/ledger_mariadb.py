@@ -18,7 +18,7 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ledger_entries (
            event varchar(64) NOT NULL, account varchar(64) NOT NULL, amount bigint NOT NULL,
            topic varchar(255) NOT NULL, "partition" integer NOT NULL, "offset" bigint NOT NULL)""",
-    "CREATE TABLE IF NOT EXISTS handler_sessions (id bigint PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS handler_sessions (id bigint PRIMARY KEY, kind varchar(16))",
 )
 
 
@@ -42,9 +42,25 @@ def apply(message: Message, context: Context) -> None:
 
 def apply_noting_session(message: Message, context: Context) -> None:
     """:func:`apply`, noting the MariaDB session it ran on in ``handler_sessions``: more than
-    one shows transactions ran side by side."""
+    one shows transactions ran side by side, and ``kind`` which handler ran there."""
     apply(message, context)
-    context.execute("INSERT IGNORE INTO handler_sessions VALUES (CONNECTION_ID())")
+    context.execute("INSERT IGNORE INTO handler_sessions VALUES (CONNECTION_ID(), 'def')")
+
+
+async def apply_async_noting_session(message: Message, context: Context) -> None:
+    """:func:`apply_noting_session` as an ``async def`` handler, awaiting its statements."""
+    change = message.json()
+    account, amount = str(change["account"]), int(change["amount"])
+    await context.execute("INSERT INTO accounts (id, balance) VALUES (%s, %s) "
+                          "ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance)",
+                          (account, amount))
+    await context.execute(
+        'INSERT INTO ledger_entries (event, account, amount, topic, "partition", "offset") '
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (str(change["event"]), account, amount, message.topic, message.partition,
+         message.offset))
+    await context.execute(
+        "INSERT IGNORE INTO handler_sessions VALUES (CONNECTION_ID(), 'async def')")
 
 
 class Rejected(RuntimeError):

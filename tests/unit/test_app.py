@@ -32,12 +32,12 @@ def _plain_handler(message: Message, context: Context) -> None:
 
 def test_an_async_handler_with_a_sqlite_store_is_refused_naming_the_async_handler(
         tmp_path: Path) -> None:
-    """SQLite has no asynchronous connection: the error says so (not the one-writer error of
-    the plain route beside it), and what to do."""
+    """SQLite takes one writer: the error names the async handler (not the one-writer error
+    of the plain route beside it), and what to do."""
     settings = loop_settings(["a", "b"], route={"concurrency": 1},
                              store={"url": f"sqlite:///{tmp_path / 'store.db'}"})
     router = Router([Route("a", _async_handler, "x:a"), Route("b", _plain_handler, "x:b")])
-    with pytest.raises(ConfigError, match=r"async def handler.*only the PostgreSQL store"):
+    with pytest.raises(ConfigError, match=r"async def handler.*PostgreSQL or MariaDB store"):
         build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
 
 
@@ -55,3 +55,19 @@ def test_an_async_handler_with_a_postgres_store_gets_its_own_pool_of_capped_size
     pools = {type(pool).__name__: pool for pool in mode._transactions}
     assert pools["AsyncPostgresTransactions"]._size == 20
     assert pools["PostgresTransactions"]._pool.max_size == 100
+
+
+def test_an_async_handler_with_a_mariadb_store_gets_slots_of_capped_size() -> None:
+    """The same on MariaDB: the async route's transactions take at most
+    ``store.postgres_async_connections`` slots (each statement on a thread); the plain route
+    keeps its own pool. Nothing connects here: connections are made at the first message."""
+    settings = loop_settings(["a", "b"], route={"concurrency": 100},
+                             store={"url": "mysql://nobody@127.0.0.1:1/none",
+                                    "postgres_async_connections": 20})
+    router = Router([Route("a", _async_handler, "x:a"), Route("b", _plain_handler, "x:b")])
+    loop = build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
+    mode = loop._mode
+    assert isinstance(mode, ConcurrentStoreMode)
+    pools = {type(pool).__name__: pool for pool in mode._transactions}
+    assert pools["AsyncMariaDBTransactions"]._size == 20
+    assert pools["MariaDBTransactions"]._size == 100

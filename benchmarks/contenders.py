@@ -196,6 +196,17 @@ IO_CONTENDERS: tuple[Contender, ...] = (
                 "own, on a connection of the event loop's pool; checkpoint rows at the "
                 "watermarks, in a fenced update every 1,000 messages or 1 s, then Kafka "
                 "offsets"),
+    _io("io-framework-mariadb-async-c32", FRAMEWORK, PROJECT,
+        {**EVERY_1000_OR_1S, "handler": "write_sleep_async", "store": "mariadb",
+         "concurrency": 32, "ordering": "key"},
+        in_flight=32, messages=50_000, kind="framework",
+        needs=("store", "mariadb", "concurrency"),
+        concurrency="`concurrency: 32`, `ordering: key`, `async def` handler awaiting one "
+                    "row through `context.execute`, then waiting (a MariaDB store: each "
+                    "statement on a thread, `store.postgres_async_connections: 32`)",
+        commits="each message's row and processed key in a MariaDB transaction of its own; "
+                "checkpoint rows at the watermarks, in a fenced update every 1,000 messages "
+                "or 1 s, then Kafka offsets"),
     _io("io-framework-sync-c1", FRAMEWORK, PROJECT, {**EVERY_1000_OR_1S, "handler": "sleep"},
         in_flight=1, messages=1_500, kind="framework",
         concurrency="no `concurrency` key (1: one message at a time, as before)",

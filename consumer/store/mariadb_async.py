@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from consumer.errors import StoreError
 from consumer.store.base import Claim
 from consumer.store.mariadb_pool import MariaDBTransactions
 from consumer.store.mariadb_session import MariaDBConnection, MariaDBCursor
@@ -67,11 +68,21 @@ class AsyncMariaDBTransactions:
         """As :meth:`MariaDBTransactions.apply`, the work awaited on the event loop."""
         if self._slots is None:  # made on the loop that uses it
             self._slots = asyncio.Semaphore(self._size)
-        loop = asyncio.get_running_loop()
         threads = self._threads
+        if threads is None:
+            raise StoreError("AsyncMariaDBTransactions.apply before open()")
+        #: The connection's latest statement on a thread (a concurrent future: done only once
+        #: the thread is, whatever happened to the task awaiting it).
+        running: list[Future[Any]] = []
 
-        def call(function: Callable[..., T], *args: Any) -> Awaitable[T]:
-            return loop.run_in_executor(threads, function, *args)
+        async def call(function: Callable[..., T], *args: Any) -> T:
+            """``function`` on a thread, once the connection's previous statement returned
+            (a cancelled await leaves it running there)."""
+            if running and not running[0].done():
+                await asyncio.wait([asyncio.wrap_future(running[0])])
+            future = threads.submit(function, *args)
+            running[:] = [future]
+            return await asyncio.wrap_future(future)
 
         transactions = self._transactions
         async with self._slots:
@@ -89,6 +100,11 @@ class AsyncMariaDBTransactions:
                 await call(transactions.finish, conn, group, claim)
                 return True
             finally:
-                # no round trip unless a transaction is left open (cancelled mid-way): then
-                # its rollback blocks the loop once, rather than leave the connection holding it
-                transactions.give_back(conn)
+                if running and not running[0].done():
+                    # cancelled while a statement runs on its thread: the connection goes
+                    # back once it returns (on that thread), never while it is in use
+                    running[0].add_done_callback(lambda _: transactions.give_back(conn))
+                else:
+                    # no round trip unless a transaction is left open (cancelled between
+                    # statements): then its rollback blocks the loop once
+                    transactions.give_back(conn)

@@ -630,3 +630,39 @@ def test_an_async_handler_awaits_its_statements_inside_the_messages_transaction(
     assert effects(database) == [(n, "async") for n in range(4)]
     assert keys(database) == 4
     assert len(ticks) > 10, "the event loop waited for the statements"
+
+
+def test_an_async_message_cancelled_while_its_statement_runs_gives_its_connection_back_after(
+        database: StoreUnderTest, owner: MariaDBStore, caplog: pytest.LogCaptureFixture) -> None:
+    """Cancelled (a shutdown's deadline) while a statement of its handler runs on a thread:
+    the connection goes back only once the statement returns, then rolls back; the message's
+    key is free again and the next delivery applies it. (Given back at once, its rollback
+    raced the thread on the connection: "Packet sequence number wrong".)"""
+    pool = owner.async_message_transactions(2)
+    pool.open()
+
+    async def sleeper(db: Any) -> None:
+        await db.execute("INSERT INTO effects VALUES (1, 'cancelled')")
+        await db.execute("SELECT SLEEP(1)")
+
+    async def after(db: Any) -> None:
+        await db.execute("INSERT INTO effects VALUES (1, 'after')")
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(pool.apply(GROUP, claim(1), 1.0, sleeper))
+        while database.scalar("SELECT count(*) FROM information_schema.processlist "
+                              "WHERE info = 'SELECT SLEEP(1)'") == 0:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await pool.apply(GROUP, claim(1), 2.0, after)
+
+    try:
+        assert asyncio.run(scenario()) is True
+    finally:
+        pool.close()
+    assert effects(database) == [(1, "after")]
+    assert keys(database) == 1
+    assert not [r for r in caplog.records if "rolling back" in r.getMessage()], \
+        "the connection was rolled back while a thread still used it"

@@ -37,7 +37,7 @@ import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 from pymysql.constants import SERVER_STATUS
@@ -77,6 +77,9 @@ from consumer.store.mariadb_session import (
     parameters,
     translated,
 )
+
+if TYPE_CHECKING:
+    from consumer.store.mariadb_pool import MariaDBTransactions
 
 #: Names are compared byte for byte (Kafka's topic names are case-sensitive; MariaDB's
 #: default collation is not).
@@ -580,20 +583,20 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         return self._db.execute(sql, params)
 
     def message_transactions(self, size: int) -> MessageTransactions:
+        return self._pool(size)
+
+    def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
+        from consumer.store.mariadb_async import AsyncMariaDBTransactions
+
+        return AsyncMariaDBTransactions(self._pool(size), size=size)
+
+    def _pool(self, size: int) -> MariaDBTransactions:
+        """Up to ``size`` connections of their own, with this store's session settings."""
         from consumer.store.mariadb_pool import MariaDBTransactions
 
         return MariaDBTransactions(self._params, size=size, where=self._where,
                                    lock_wait=self._lock_wait, idle=self._idle,
                                    coordinates_keys=self._coordinates_keys)
-
-    def async_message_transactions(self, size: int) -> AsyncMessageTransactions:
-        from consumer.store.mariadb_async import AsyncMariaDBTransactions
-        from consumer.store.mariadb_pool import MariaDBTransactions
-
-        return AsyncMariaDBTransactions(
-            MariaDBTransactions(self._params, size=size, where=self._where,
-                                lock_wait=self._lock_wait, idle=self._idle,
-                                coordinates_keys=self._coordinates_keys), size=size)
 
     # --- operations ------------------------------------------------------------------------
 

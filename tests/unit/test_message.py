@@ -53,7 +53,7 @@ def test_messages_of_records_skip_the_errors_and_keep_the_order() -> None:
         ("t", 0, 5, b"a"), ("t", 1, 7, b"b")]
     first = messages[0]
     assert (first.key, first.headers, first.timestamp) == (b"k", [("h", b"1")], 1.5)
-    assert all(type(m) is RecordMessage for m in messages)
+    assert all(isinstance(m, RecordMessage) for m in messages)
 
 
 def test_without_one_topic_each_message_reads_its_records() -> None:

@@ -323,7 +323,7 @@ class StoreCheckpoint:
                         calls[message.topic](message)
                     else:
                         calls[message.topic](message,
-                                             Context(scopes[message.topic], message, key))
+                                             Context.of(scopes[message.topic], message, key))
                 except Exception as error:
                     if not still_open():
                         raise _TransactionEnded(message, applied=False) from error
@@ -353,6 +353,7 @@ class StoreCheckpoint:
         the end of its last stretch."""
         failures, messages = self._failures, self._messages
         still_open = self._store.transaction_open
+        context_of = Context.of
         watermarks: dict[TP, int] = {}
         counts: dict[TP, int] = {}
         start = 0
@@ -365,7 +366,7 @@ class StoreCheckpoint:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
                     if with_context:
-                        call(message, Context(scope, message))
+                        call(message, context_of(scope, message))
                     else:
                         call(message)
                 except Exception as error:
@@ -425,7 +426,7 @@ class StoreCheckpoint:
                 if message.topic in self._message_only:
                     calls[message.topic](message)
                 else:
-                    calls[message.topic](message, Context(scopes[message.topic], message, key))
+                    calls[message.topic](message, Context.of(scopes[message.topic], message, key))
             except Exception as error:
                 if not store.transaction_open():
                     raise _TransactionEnded(message, applied=False,

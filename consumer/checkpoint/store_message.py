@@ -101,7 +101,7 @@ class StoreWork(_RouteInStore[Handler, MessageTransactions]):
         handler, group = self._handler, self._group
 
         def work(db: StoreLike) -> None:
-            handler(message, Context(Scope(group, store=db, key_function=key_function),
+            handler(message, Context.of(Scope(group, store=db, key_function=key_function),
                                      message, key))
 
         applied = self._transactions.apply(
@@ -153,7 +153,7 @@ class AsyncStoreWork(_RouteInStore[AsyncHandler, AsyncMessageTransactions]):
         handler, group = self._handler, self._group
 
         async def work(db: StoreLike) -> None:
-            await handler(message, Context(Scope(group, store=db, key_function=key_function),
+            await handler(message, Context.of(Scope(group, store=db, key_function=key_function),
                                            message, key))
 
         applied = await self._transactions.apply(
@@ -167,7 +167,7 @@ def _work(handler: Handler, message: Message, group: str, key_function: KeyFunct
     """The handler's call for one message of a micro-batch, given the batch's ``context.db``."""
 
     def work(db: StoreLike) -> None:
-        handler(message, Context(Scope(group, store=db, key_function=key_function),
+        handler(message, Context.of(Scope(group, store=db, key_function=key_function),
                                  message, key))
 
     return work

@@ -55,6 +55,7 @@ class Dispatcher:
         OffsetWentBackwards when a partition's run starts behind its watermark."""
         failures = self._failures
         routes = self._routes
+        context_of = Context.of
         # Checked once per batch: a failure during it leaves its partition skipped until the
         # next batch, so no message of this batch needs the checks it did not need before.
         checking = failures is not None and failures.checks_needed
@@ -90,7 +91,7 @@ class Dispatcher:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
                     if with_context:
-                        call(message, Context(scope, message))  # type: ignore[arg-type, misc]
+                        call(message, context_of(scope, message))  # type: ignore[arg-type, misc]
                     else:
                         call(message)  # type: ignore[misc]
                 except Exception as error:

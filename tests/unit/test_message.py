@@ -1,10 +1,13 @@
-"""consumer.message: a record's message reads the client's record, made in bulk per poll."""
+"""consumer.message: a record's message reads the client's record, made in bulk per poll;
+a context made by the modes is the one the class makes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from consumer.message import RecordMessage
+import pytest
+
+from consumer.message import Context, Message, RecordMessage, Scope
 
 
 @dataclass
@@ -67,3 +70,20 @@ def test_a_message_made_in_bulk_is_the_one_the_class_makes() -> None:
     single = RecordMessage(record, "t", 3, 9)
     assert (bulk.topic, bulk.partition, bulk.offset, bulk.value, repr(bulk)) == (
         single.topic, single.partition, single.offset, single.value, repr(single))
+
+
+def test_a_context_made_by_of_is_the_one_the_class_makes() -> None:
+    def key_function(message: Message) -> bytes:
+        return message.value or b""
+
+    scope = Scope("g", key_function=key_function)
+    message = Message("t", 2, 7, b"\x01\x02")
+    for made in (Context(scope, message), Context.of(scope, message)):
+        assert (made.group, made.message, made.idempotency_key) == ("g", message, "0102")
+        assert made.logger.extra == {"group": "g", "topic": "t", "partition": 2, "offset": 7}
+        assert made.logger is made.logger, "bound once, on first use"
+        with pytest.raises(AttributeError, match="needs a store"):
+            made.execute("SELECT 1")
+    given = Context.of(scope, message, b"\xff")
+    assert given.idempotency_key == "ff", "a key given is not made again"
+    assert isinstance(given, Context)

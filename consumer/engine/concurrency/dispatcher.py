@@ -626,7 +626,7 @@ def job_factory(scope: Scope, format: Decode | None) -> JobFactory:
     """Makes a route's jobs as their messages start (:class:`~.lanes.Lanes`)."""
 
     def make_job(message: Message, work: PartitionWork, lane: Lane | None) -> Job:
-        return Job(message, Context(scope, message), format, work, lane)
+        return Job(message, Context.of(scope, message), format, work, lane)
 
     return make_job
 

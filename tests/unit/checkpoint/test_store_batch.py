@@ -195,7 +195,7 @@ def test_a_handler_of_the_message_alone_runs_once_per_message_and_no_context_is_
     def no_context(*_args: object) -> None:
         raise AssertionError("a context was built for a handler of the message alone")
 
-    monkeypatch.setattr("consumer.checkpoint.store_batch.Context", no_context)
+    monkeypatch.setattr(Context, "of", staticmethod(no_context))
     key_format = KeyFormat(ordered_coordinates=ordered)
     partitions = assigned(store, [P0])
     batch = [event("t", 0, o, None) for o in range(5)]

@@ -129,7 +129,7 @@ def test_a_handler_of_the_message_alone_gets_it_and_no_context_is_built(
     def no_context(*_args: object) -> None:
         raise AssertionError("a context was built for a handler of the message alone")
 
-    monkeypatch.setattr("consumer.engine.dispatch.Context", no_context)
+    monkeypatch.setattr(Context, "of", staticmethod(no_context))
     seen: list[int] = []
 
     def handle(message: Message) -> None:

@@ -191,7 +191,7 @@ IO_CONTENDERS: tuple[Contender, ...] = (
         needs=("store", "postgres", "concurrency"),
         concurrency="`concurrency: 32`, `ordering: key`, `async def` handler awaiting one "
                     "row through `context.execute`, then waiting (a PostgreSQL store, "
-                    "`store.postgres_async_connections: 32`)",
+                    "`store.async_connections: 32`)",
         commits="each message's row and processed key in a PostgreSQL transaction of its "
                 "own, on a connection of the event loop's pool; checkpoint rows at the "
                 "watermarks, in a fenced update every 1,000 messages or 1 s, then Kafka "
@@ -203,7 +203,7 @@ IO_CONTENDERS: tuple[Contender, ...] = (
         needs=("store", "mariadb", "concurrency"),
         concurrency="`concurrency: 32`, `ordering: key`, `async def` handler awaiting one "
                     "row through `context.execute`, then waiting (a MariaDB store: each "
-                    "statement on a thread, `store.postgres_async_connections: 32`)",
+                    "statement on a thread, `store.async_connections: 32`)",
         commits="each message's row and processed key in a MariaDB transaction of its own; "
                 "checkpoint rows at the watermarks, in a fenced update every 1,000 messages "
                 "or 1 s, then Kafka offsets"),

@@ -206,7 +206,7 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
                           ) -> ConcurrentStoreMode:
     """Store mode with handlers on workers: each route's handler applied in a transaction of
     its own per message, on a pool of as many connections as there are workers (``async def``
-    handlers: an asynchronous pool of at most ``store.postgres_async_connections``). Raises
+    handlers: an asynchronous pool of at most ``store.async_connections``). Raises
     ConfigError for a store that has no such transactions (SQLite).
     Each duplicate a worker finds is told to ``on_duplicate`` (tracing's span for it)."""
     group = settings.kafka.group_id
@@ -222,7 +222,7 @@ def concurrent_store_mode(settings: Settings, router: Router, positions: StoreMo
     transactions: list[MessageTransactions | AsyncMessageTransactions] = []
     if asynchronous:  # first: a store without them names the async handlers as the reason
         awaited = store.async_message_transactions(
-            min(settings.store.postgres_async_connections, in_flight(asynchronous)))
+            min(settings.store.async_connections, in_flight(asynchronous)))
         transactions.append(awaited)
     if synchronous:
         threaded = store.message_transactions(in_flight(synchronous))

@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"config: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
+        for renamed in settings.store.former_names():
+            print(f"config: {renamed}", file=sys.stderr)
         print(json.dumps(settings.masked(), indent=2))
         return EXIT_OK
     if args.command == "store":
@@ -105,6 +107,8 @@ def _run(settings: Settings, router: Router) -> int:
     configure_logging(settings.log_level, settings.logging.format, group=settings.kafka.group_id)
     log.info("checkpoint-consumer %s starting with %s", __version__,
              json.dumps(settings.masked(), sort_keys=True))
+    for renamed in settings.store.former_names():
+        log.warning("%s", renamed)
     try:
         observability = build_observability(settings)
         loop = build_loop(settings, router, *observability.observers,

@@ -374,7 +374,27 @@ class StoreSettings(_Section):
     #: transactions share. A message holds one from its key claim to its commit, so at most
     #: this many of their messages are inside a transaction at once, whatever the routes'
     #: concurrency.
-    postgres_async_connections: int = Field(default=32, ge=1, le=1_000)
+    async_connections: int = Field(default=32, ge=1, le=1_000)
+    #: The former name of ``async_connections``, from before MariaDB ran ``async def``
+    #: handlers: still read (the start log warns), not beside ``async_connections``.
+    postgres_async_connections: int | None = Field(default=None, ge=1, le=1_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_name_of_async_connections(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("postgres_async_connections") is None:
+            return data
+        if "async_connections" in data:
+            raise ValueError("store.async_connections and store.postgres_async_connections "
+                             "(its former name) are both set; keep store.async_connections")
+        return {**data, "async_connections": data["postgres_async_connections"]}
+
+    def former_names(self) -> list[str]:
+        """A line for each setting given by a former name, for the start log."""
+        if self.postgres_async_connections is None:
+            return []
+        return ["store.postgres_async_connections is now store.async_connections (it "
+                "serves MariaDB too); the former name still works"]
 
     @model_validator(mode="before")
     @classmethod

@@ -42,12 +42,12 @@ def test_an_async_handler_with_a_sqlite_store_is_refused_naming_the_async_handle
 
 
 def test_an_async_handler_with_a_postgres_store_gets_its_own_pool_of_capped_size() -> None:
-    """The async route's transactions share ``store.postgres_async_connections`` connections
+    """The async route's transactions share ``store.async_connections`` connections
     (its concurrency is higher); the plain route beside it keeps its threads' pool. Nothing
     connects here: PostgreSQL pools open at the first message."""
     settings = loop_settings(["a", "b"], route={"concurrency": 100},
                              store={"url": "postgresql://nobody@127.0.0.1:1/none",
-                                    "postgres_async_connections": 20})
+                                    "async_connections": 20})
     router = Router([Route("a", _async_handler, "x:a"), Route("b", _plain_handler, "x:b")])
     loop = build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
     mode = loop._mode
@@ -59,11 +59,11 @@ def test_an_async_handler_with_a_postgres_store_gets_its_own_pool_of_capped_size
 
 def test_an_async_handler_with_a_mariadb_store_gets_slots_of_capped_size() -> None:
     """The same on MariaDB: the async route's transactions take at most
-    ``store.postgres_async_connections`` slots (each statement on a thread); the plain route
+    ``store.async_connections`` slots (each statement on a thread); the plain route
     keeps its own pool. Nothing connects here: connections are made at the first message."""
     settings = loop_settings(["a", "b"], route={"concurrency": 100},
                              store={"url": "mysql://nobody@127.0.0.1:1/none",
-                                    "postgres_async_connections": 20})
+                                    "async_connections": 20})
     router = Router([Route("a", _async_handler, "x:a"), Route("b", _plain_handler, "x:b")])
     loop = build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
     mode = loop._mode

@@ -136,6 +136,18 @@ def test_check_prints_the_effective_config_as_json_with_secrets_masked(
     }
 
 
+def test_check_names_a_setting_given_by_its_former_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = VALID + "store:\n  url: postgresql://u@h/db\n  postgres_async_connections: 20\n"
+    assert main(["check", "--config", write(tmp_path, config)]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert config_lines(captured.err) == [
+        "config: store.postgres_async_connections is now store.async_connections (it serves "
+        "MariaDB too); the former name still works"]
+    assert json.loads(captured.out)["store"]["async_connections"] == 20
+
+
 def test_check_reads_the_file_named_by_consumer_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -391,6 +391,37 @@ def test_a_postgresql_store_takes_concurrent_routes() -> None:
     assert settings.routes["orders"].concurrency == 8
 
 
+def test_async_connections_is_read_by_its_former_name_too_but_not_by_both() -> None:
+    def store(**given: object) -> dict[str, object]:
+        return {"kafka": {"bootstrap_servers": "b:9092", "group_id": "g"},
+                "routes": {"orders": "h:f"}, "store": {"url": "postgresql://u@h/db", **given}}
+
+    assert Settings.model_validate(store()).store.async_connections == 32
+    assert Settings.model_validate(store()).store.former_names() == []
+    named = Settings.model_validate(store(async_connections=12)).store
+    assert (named.async_connections, named.former_names()) == (12, [])
+    former = Settings.model_validate(store(postgres_async_connections=20)).store
+    assert former.async_connections == 20
+    assert former.former_names() == [
+        "store.postgres_async_connections is now store.async_connections (it serves MariaDB "
+        "too); the former name still works"]
+    with pytest.raises(ValueError, match=r"store\.async_connections and "
+                                         r"store\.postgres_async_connections .* both set"):
+        Settings.model_validate(store(async_connections=12, postgres_async_connections=20))
+
+
+def test_the_former_name_of_async_connections_comes_from_the_environment_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(YAML_CONFIG + "store:\n  url: postgresql://u@h/db\n")
+    monkeypatch.setenv("CONSUMER_STORE__POSTGRES_ASYNC_CONNECTIONS", "7")
+    assert load_settings(path).store.async_connections == 7
+    monkeypatch.setenv("CONSUMER_STORE__ASYNC_CONNECTIONS", "9")
+    with pytest.raises(ConfigError, match="both set"):
+        load_settings(path)
+
+
 def test_the_buffer_defaults_to_forty_per_message_in_flight_and_at_least_ten_thousand() -> None:
     def buffered(kafka: dict[str, object], *concurrency: int) -> int:
         return Settings.model_validate({

@@ -102,7 +102,7 @@ class StoreWork(_RouteInStore[Handler, MessageTransactions]):
 
         def work(db: StoreLike) -> None:
             handler(message, Context.of(Scope(group, store=db, key_function=key_function),
-                                     message, key))
+                                        message, key))
 
         applied = self._transactions.apply(
             group, Claim(key, message.topic, message.partition, message.offset),
@@ -154,7 +154,7 @@ class AsyncStoreWork(_RouteInStore[AsyncHandler, AsyncMessageTransactions]):
 
         async def work(db: StoreLike) -> None:
             await handler(message, Context.of(Scope(group, store=db, key_function=key_function),
-                                           message, key))
+                                              message, key))
 
         applied = await self._transactions.apply(
             group, Claim(key, message.topic, message.partition, message.offset),
@@ -168,7 +168,7 @@ def _work(handler: Handler, message: Message, group: str, key_function: KeyFunct
 
     def work(db: StoreLike) -> None:
         handler(message, Context.of(Scope(group, store=db, key_function=key_function),
-                                 message, key))
+                                    message, key))
 
     return work
 

@@ -245,6 +245,25 @@ class SchemaRegistrySettings(_Section):
     #: A file holding the basic auth password (a mounted Kubernetes Secret, say); one trailing
     #: newline is ignored. Not with ``basic_auth_password``.
     basic_auth_password_file: Path | None = None
+    #: Bearer auth with a fixed token (an access token or API token the platform issues),
+    #: instead of basic auth. None: no token.
+    bearer_token: SecretStr | None = None
+    #: A file holding the token (a mounted Kubernetes Secret, say); one trailing newline is
+    #: ignored. Not with ``bearer_token``.
+    bearer_token_file: Path | None = None
+    #: OAuth 2 client credentials instead: the client asks this token endpoint for an access
+    #: token (and again before it expires) and sends it as a bearer token.
+    oauth_token_endpoint: str | None = Field(default=None, min_length=1)
+    oauth_client_id: str | None = Field(default=None, min_length=1)
+    oauth_client_secret: SecretStr | None = None
+    #: A file holding the client secret; not with ``oauth_client_secret``.
+    oauth_client_secret_file: Path | None = None
+    oauth_scope: str | None = Field(default=None, min_length=1)
+    #: With a bearer token or OAuth: the registry's logical cluster, sent as the
+    #: ``target-sr-cluster`` header (Confluent Cloud: its ``lsrc-`` id; other registries
+    #: ignore it), and the identity pool, if the platform asks for one.
+    logical_cluster: str = ""
+    identity_pool_id: str | None = Field(default=None, min_length=1)
     #: Each request to the registry gives up after this long (the client's own default waits
     #: forever); the message is then retried like a registry that does not answer.
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
@@ -256,25 +275,52 @@ class SchemaRegistrySettings(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _password_from_file(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("basic_auth_password_file") is None:
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
             return data
-        if data.get("basic_auth_password") is not None:
-            raise both_given("schema_registry.basic_auth_password",
-                             "schema_registry.basic_auth_password_file")
-        password = read_secret_file(Path(data["basic_auth_password_file"]),
-                                    setting="schema_registry.basic_auth_password_file")
-        return {**data, "basic_auth_password": SecretStr(password)}
+        for secret in ("basic_auth_password", "bearer_token", "oauth_client_secret"):
+            if data.get(f"{secret}_file") is None:
+                continue
+            if data.get(secret) is not None:
+                raise both_given(f"schema_registry.{secret}", f"schema_registry.{secret}_file")
+            value = read_secret_file(Path(data[f"{secret}_file"]),
+                                     setting=f"schema_registry.{secret}_file")
+            data = {**data, secret: SecretStr(value)}
+        return data
 
     @model_validator(mode="after")
-    def _user_and_password(self) -> SchemaRegistrySettings:
+    def _one_way_to_authenticate(self) -> SchemaRegistrySettings:
         if (self.basic_auth_user is None) != (self.basic_auth_password is None):
             raise ValueError("basic_auth_user and basic_auth_password (or "
                              "basic_auth_password_file) go together: set both or neither")
         if self.basic_auth_user is not None and ":" in self.basic_auth_user:
             raise ValueError("basic_auth_user must not contain ':' (HTTP basic auth splits "
                              "user and password there)")
+        oauth = {"oauth_token_endpoint": self.oauth_token_endpoint,
+                 "oauth_client_id": self.oauth_client_id,
+                 "oauth_client_secret": self.oauth_client_secret,
+                 "oauth_scope": self.oauth_scope}
+        given = [name for name, value in oauth.items() if value is not None]
+        if given and len(given) < len(oauth):
+            missing = [name for name in oauth if name not in given]
+            raise ValueError(f"OAuth client credentials need {', '.join(oauth)} (or "
+                             f"oauth_client_secret_file); missing: {', '.join(missing)}")
+        ways = [way for way, used in (("basic auth", self.basic_auth_user is not None),
+                                      ("bearer_token", self.bearer_token is not None),
+                                      ("OAuth client credentials", bool(given))) if used]
+        if len(ways) > 1:
+            raise ValueError(f"{' and '.join(ways)} are both set: the registry takes one "
+                             "way to authenticate; keep one")
         return self
+
+    @property
+    def authentication(self) -> str:
+        """How the client authenticates: none, basic, bearer_token or oauth."""
+        if self.basic_auth_user is not None:
+            return "basic"
+        if self.bearer_token is not None:
+            return "bearer_token"
+        return "oauth" if self.oauth_client_id is not None else "none"
 
 
 class CheckpointSettings(_Section):

@@ -46,9 +46,31 @@ def registry_client(settings: SchemaRegistrySettings) -> SchemaRegistryClient:
     if settings.basic_auth_user is not None and settings.basic_auth_password is not None:
         conf["basic.auth.user.info"] = (
             f"{settings.basic_auth_user}:{settings.basic_auth_password.get_secret_value()}")
+    conf.update(_bearer_auth(settings))
     if settings.ssl_ca_location is not None:
         conf["ssl.ca.location"] = str(settings.ssl_ca_location)
     return SchemaRegistryClient(conf)
+
+
+def _bearer_auth(settings: SchemaRegistrySettings) -> dict[str, Any]:
+    """The client's bearer properties: a fixed token, or OAuth client credentials (the
+    client fetches the token, and again once 80% of its lifetime has passed); none for basic
+    auth or none."""
+    if settings.bearer_token is not None:
+        conf: dict[str, Any] = {"bearer.auth.credentials.source": "STATIC_TOKEN",
+                                "bearer.auth.token": settings.bearer_token.get_secret_value()}
+    elif settings.oauth_client_id is not None and settings.oauth_client_secret is not None:
+        conf = {"bearer.auth.credentials.source": "OAUTHBEARER",
+                "bearer.auth.issuer.endpoint.url": settings.oauth_token_endpoint,
+                "bearer.auth.client.id": settings.oauth_client_id,
+                "bearer.auth.client.secret": settings.oauth_client_secret.get_secret_value(),
+                "bearer.auth.scope": settings.oauth_scope}
+    else:
+        return {}
+    conf["bearer.auth.logical.cluster"] = settings.logical_cluster
+    if settings.identity_pool_id is not None:
+        conf["bearer.auth.identity.pool.id"] = settings.identity_pool_id
+    return conf
 
 
 def registry_decoder(kind: str, client: SchemaRegistryClient, settings: SchemaRegistrySettings,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import signal
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from tests.support.kafka import (
     unique_name,
 )
 from tests.support.order_pb2 import Order
+from tests.support.registry_gateway import RegistryGateway
 from tests.support.tcp_gate import TcpGate
 
 pytestmark = pytest.mark.integration
@@ -206,3 +209,53 @@ def _registry_retries(run: ConsumerProcess) -> int:
         return 0
     return sum("SchemaRegistryUnavailable" in line and "retrying in" in line
                for line in run.log_file.read_text(errors="replace").splitlines())
+
+
+def test_the_registry_behind_a_gateway_is_read_with_a_bearer_token_or_oauth(
+    kafka_bootstrap: str, schema_registry_url: str, tmp_path: Path
+) -> None:
+    """The registry sits behind a gateway that refuses requests without a bearer token it
+    knows. One consumer sends a fixed token (from a file); another OAuth client credentials,
+    trading them at the gateway's token endpoint for a token. Both decode every message, and
+    the gateway refused none of their requests (it refuses one without a token)."""
+    registry = SchemaRegistryClient({"url": schema_registry_url, "timeout": 10})
+    topic = create_topic(kafka_bootstrap, 1, prefix="bearer")
+    serialize = AvroSerializer(registry, json.dumps(ORDER_V1), conf=PRODUCER_CONF)
+    produce(kafka_bootstrap, topic, [serialize({"id": f"o-{n}", "amount": n}, _value(topic))
+                                     for n in range(3)])
+    gateway = RegistryGateway(schema_registry_url, client_id="orders-consumer",
+                              client_secret="s3cret", static_token="fixed-token").start()
+    token_file = tmp_path / "registry-token"
+    token_file.write_text("fixed-token\n")
+    ways = {
+        "token": {"bearer_token_file": str(token_file), "logical_cluster": "lsrc-test"},
+        "oauth": {"oauth_token_endpoint": f"{gateway.url}/token",
+                  "oauth_client_id": "orders-consumer", "oauth_client_secret": "s3cret",
+                  "oauth_scope": "registry", "logical_cluster": "lsrc-test"},
+    }
+    try:
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"{gateway.url}/subjects", timeout=10)
+        assert gateway.refused == 1
+        for way, authentication in ways.items():
+            config = consumer_config(kafka_bootstrap, unique_name(way), topic, every_messages=1)
+            config["schema_registry"] = {"url": gateway.url, "timeout_seconds": 5,
+                                         **authentication}
+            config["routes"] = {topic: {"handler": HANDLER, "format": "avro"}}
+            run = ConsumerProcess(tmp_path, way, config).start()
+            try:
+                wait_for(lambda: len(_records(run)) == 3, timeout=60,  # noqa: B023
+                         what=f"{way}: every message decoded through the gateway "
+                              f"({run.log_tail()})")
+                run.signal(signal.SIGTERM)
+                assert run.wait() == 0, run.log_tail()
+            finally:
+                run.stop_if_running()
+            assert [r["value"] for r in _records(run)] == [
+                {"id": f"o-{n}", "amount": n} for n in range(3)]
+    finally:
+        gateway.close()
+
+    assert gateway.refused == 1, "only the request without a token"
+    assert (gateway.issued, gateway.scopes) == (1, ["registry"])
+    assert gateway.clusters == {"", "lsrc-test"}

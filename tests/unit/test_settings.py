@@ -593,6 +593,37 @@ def test_registry_auth_problems_are_config_errors(tmp_path: Path) -> None:
         ({"basic_auth_user": "k", "basic_auth_password": "pw",
           "basic_auth_password_file": str(secret)}, "are both set"),
         ({"timeout_seconds": 0}, "greater than 0"),
+        ({"bearer_token": "t", "bearer_token_file": str(secret)}, "are both set"),
+        ({"basic_auth_user": "k", "basic_auth_password": "pw", "bearer_token": "t"},
+         "basic auth and bearer_token are both set"),
+        ({**OAUTH, "bearer_token": "t"}, "bearer_token and OAuth client credentials are both"),
+        ({"oauth_client_id": "c", "oauth_client_secret": "s"},
+         "missing: oauth_token_endpoint, oauth_scope"),
+        ({**OAUTH, "oauth_client_secret_file": str(secret)}, "are both set"),
     ):
         with pytest.raises(ValueError, match=match):
             _format_settings({"a": "h:f"}, schema_registry={"url": "http://r", **section})
+
+
+OAUTH = {"oauth_token_endpoint": "https://idp/token", "oauth_client_id": "c",
+         "oauth_client_secret": "s3cret-client", "oauth_scope": "registry"}
+
+
+def test_registry_bearer_token_and_oauth_secrets_come_from_files_and_are_masked(
+    tmp_path: Path
+) -> None:
+    token = write(tmp_path, "token", "t0ken-value\n")
+    client_secret = write(tmp_path, "client-secret", "s3cret-client\n")
+    by_token = _format_settings({"a": "h:f"}, schema_registry={
+        "url": "http://r", "bearer_token_file": str(token), "logical_cluster": "lsrc-1"})
+    by_oauth = _format_settings({"a": "h:f"}, schema_registry={
+        "url": "http://r", **{k: v for k, v in OAUTH.items() if k != "oauth_client_secret"},
+        "oauth_client_secret_file": str(client_secret)})
+    registry, oauth = by_token.schema_registry, by_oauth.schema_registry
+    assert registry is not None and oauth is not None
+    assert registry.bearer_token is not None and oauth.oauth_client_secret is not None
+    assert registry.bearer_token.get_secret_value() == "t0ken-value"
+    assert oauth.oauth_client_secret.get_secret_value() == "s3cret-client"
+    assert (registry.authentication, oauth.authentication) == ("bearer_token", "oauth")
+    printed = json.dumps([by_token.masked(), by_oauth.masked()])
+    assert "t0ken-value" not in printed and "s3cret-client" not in printed

@@ -313,15 +313,6 @@ class SchemaRegistrySettings(_Section):
                              "way to authenticate; keep one")
         return self
 
-    @property
-    def authentication(self) -> str:
-        """How the client authenticates: none, basic, bearer_token or oauth."""
-        if self.basic_auth_user is not None:
-            return "basic"
-        if self.bearer_token is not None:
-            return "bearer_token"
-        return "oauth" if self.oauth_client_id is not None else "none"
-
 
 class CheckpointSettings(_Section):
     """When offsets are committed. Either trigger may be off (null), not both."""

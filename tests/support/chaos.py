@@ -386,23 +386,32 @@ class _Consumed:
 
 
 def assert_fenced(chaos: Chaos) -> None:
-    """The run's zombie attempted its late checkpoint and the epoch fence refused it."""
+    """The run's zombie attempted its late checkpoint and it was refused: by the epoch fence,
+    or, on MariaDB, by InnoDB choosing the late transaction as the victim of a deadlock with
+    the new owner's, which rolls it back whole (seen once in many runs). A member frozen past
+    its poll interval has lost its partitions and does not try that batch again; the
+    exactly-once verdict, asserted before this, shows nothing of it committed."""
     zombie = chaos.zombie
     assert zombie is not None
     log = chaos.log_of(zombie.process_name)
-    assert zombie.outcome() == "Fenced", log[-3000:]
+    outcome = zombie.outcome()
+    url = str(chaos.config.get("store", {}).get("url", ""))
+    if (outcome == "StoreUnavailable" and url.startswith("mysql")
+            and "deadlock; the batch rolled back" in zombie.outcome_reason()):
+        return
+    assert outcome == "Fenced", log[-3000:]
     assert "fenced on" in log, log[-3000:]
 
 
 def assert_exact_after_chaos(store: StoreUnderTest, ledger: Ledger, group: str, chaos: Chaos,
                              *, kills: int) -> Verdict:
-    """The closing verdict of a healthy consumer's chaos: at least ``kills`` SIGKILLs and one
-    freeze happened, the zombie's late checkpoint was fenced, every event was applied exactly
-    once with no checkpoint row moved back (audited), and the processed keys number the
-    distinct events."""
+    """The closing verdict of a healthy consumer's chaos: every event was applied exactly
+    once with no checkpoint row moved back (audited), the processed keys number the distinct
+    events, at least ``kills`` SIGKILLs and one freeze happened, and the zombie's late
+    checkpoint was refused (:func:`assert_fenced`)."""
     verdict = check(store, ledger, group, audited=True)
-    assert chaos.kills >= kills and chaos.freezes == 1, (chaos.kills, chaos.freezes)
-    assert_fenced(chaos)
     assert verdict.exact, verdict
     assert verdict.processed_keys == len(ledger.events), verdict
+    assert chaos.kills >= kills and chaos.freezes == 1, (chaos.kills, chaos.freezes)
+    assert_fenced(chaos)
     return verdict

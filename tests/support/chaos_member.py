@@ -196,13 +196,14 @@ def _answered(run: Callable[[StoreCheckpoint], BatchOutcome],
 
 
 def _late(directory: Path, checkpoint: Callable[[], T]) -> T:
-    """The zombie's checkpoint, continued; writes how it ended."""
+    """The zombie's checkpoint, continued; writes how it ended (the error's class, and its
+    message on the lines after)."""
     outcome = directory / f"zombie-{os.getpid()}.outcome"
     try:
         result = checkpoint()
     except BaseException as error:
         log.warning("chaos: the zombie's late checkpoint raised %s", type(error).__name__)
-        outcome.write_text(type(error).__name__)
+        outcome.write_text(f"{type(error).__name__}\n{error}")
         raise
     log.warning("chaos: the zombie's late checkpoint committed")
     outcome.write_text("committed")

@@ -65,8 +65,15 @@ class Zombie:
         os.kill(self.pid, signal.SIGCONT)
 
     def outcome(self) -> str | None:
+        """How the late checkpoint ended: ``committed``, or the class of the error it raised
+        (None: not yet)."""
         path = self.directory / f"zombie-{self.pid}.outcome"
-        return path.read_text().strip() if path.exists() else None
+        return path.read_text().split("\n", 1)[0].strip() if path.exists() else None
+
+    def outcome_reason(self) -> str:
+        """The message of the error the late checkpoint raised ("" if none)."""
+        path = self.directory / f"zombie-{self.pid}.outcome"
+        return path.read_text().partition("\n")[2] if path.exists() else ""
 
 
 @dataclass

@@ -37,14 +37,26 @@ class Recording:
         self.batches: list[list[int]] = []
         self.gate = threading.Event()
         self.gate.set()
+        #: Released as each batch starts, before it waits for the gate.
+        self.started = threading.Semaphore(0)
 
     def __call__(self, message: Message, context: Context) -> None:  # pragma: no cover
         raise AssertionError("a batch runner calls apply_batch")
 
     def apply_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        self.started.release()
         self.gate.wait(5)
         self.batches.append([m.offset for m in messages])
         return [ValueError("odd") if m.offset % 2 else None for m in messages]
+
+
+def wait_idle(runner: BatchRunner, workers: int) -> None:
+    """Until ``workers`` threads wait for jobs: the runner starts them, and each becomes idle
+    a moment later (under load, after jobs were submitted, which changes their shares)."""
+    deadline = time.monotonic() + 5
+    while runner._idle < workers:
+        assert time.monotonic() < deadline, f"{runner._idle} of {workers} workers idle"
+        time.sleep(0.001)
 
 
 def take(completions: queue.SimpleQueue[Completion], count: int) -> dict[int, object]:
@@ -64,7 +76,10 @@ def test_busy_workers_find_micro_batches_of_at_most_batch_and_every_outcome_come
     runner = BatchRunner(work, concurrency=2, batch=4, name="t", completions=completions,
                          clock=None)
     first = jobs(12)
+    wait_idle(runner, 2)
     runner.submit(first[:2])  # two idle workers: one message each
+    for _ in range(2):
+        assert work.started.acquire(timeout=5), "a worker never started its message"
     runner.submit(first[2:])  # queued while both are busy
     work.gate.set()
     outcomes = take(completions, 12)
@@ -80,6 +95,7 @@ def test_few_messages_spread_over_idle_workers() -> None:
     work = Recording()
     runner = BatchRunner(work, concurrency=4, batch=8, name="t", completions=completions,
                          clock=None)
+    wait_idle(runner, 4)
     runner.submit(jobs(4))
     take(completions, 4)
     assert all(len(batch) <= 2 for batch in work.batches), work.batches

@@ -1,5 +1,7 @@
 import gc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,33 +43,24 @@ def test_an_async_handler_with_a_sqlite_store_is_refused_naming_the_async_handle
         build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
 
 
-def test_an_async_handler_with_a_postgres_store_gets_its_own_pool_of_capped_size() -> None:
-    """The async route's transactions share ``store.async_connections`` connections
-    (its concurrency is higher); the plain route beside it keeps its threads' pool. Nothing
-    connects here: PostgreSQL pools open at the first message."""
+@pytest.mark.parametrize(("url", "awaited", "threaded"), [
+    ("postgresql://nobody@127.0.0.1:1/none", "AsyncPostgresTransactions",
+     lambda pool: pool._pool.max_size),
+    ("mysql://nobody@127.0.0.1:1/none", "AsyncMariaDBTransactions", lambda pool: pool._size),
+], ids=["postgresql", "mariadb"])
+def test_an_async_handler_gets_transactions_of_capped_size_beside_the_threads_pool(
+    url: str, awaited: str, threaded: Callable[[Any], int]
+) -> None:
+    """The async route's transactions share ``store.async_connections`` connections (its
+    concurrency is higher; on MariaDB, slots with each statement on a thread); the plain
+    route beside it keeps its threads' pool. Nothing connects here: the pools open at the
+    first message."""
     settings = loop_settings(["a", "b"], route={"concurrency": 100},
-                             store={"url": "postgresql://nobody@127.0.0.1:1/none",
-                                    "async_connections": 20})
+                             store={"url": url, "async_connections": 20})
     router = Router([Route("a", _async_handler, "x:a"), Route("b", _plain_handler, "x:b")])
     loop = build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
     mode = loop._mode
     assert isinstance(mode, ConcurrentStoreMode)
     pools = {type(pool).__name__: pool for pool in mode._transactions}
-    assert pools["AsyncPostgresTransactions"]._size == 20
-    assert pools["PostgresTransactions"]._pool.max_size == 100
-
-
-def test_an_async_handler_with_a_mariadb_store_gets_slots_of_capped_size() -> None:
-    """The same on MariaDB: the async route's transactions take at most
-    ``store.async_connections`` slots (each statement on a thread); the plain route
-    keeps its own pool. Nothing connects here: connections are made at the first message."""
-    settings = loop_settings(["a", "b"], route={"concurrency": 100},
-                             store={"url": "mysql://nobody@127.0.0.1:1/none",
-                                    "async_connections": 20})
-    router = Router([Route("a", _async_handler, "x:a"), Route("b", _plain_handler, "x:b")])
-    loop = build_loop(settings, router, source=InMemorySource({"a": [[]], "b": [[]]}))
-    mode = loop._mode
-    assert isinstance(mode, ConcurrentStoreMode)
-    pools = {type(pool).__name__: pool for pool in mode._transactions}
-    assert pools["AsyncMariaDBTransactions"]._size == 20
-    assert pools["MariaDBTransactions"]._size == 100
+    assert pools[awaited]._size == 20
+    assert threaded(pools[awaited.removeprefix("Async")]) == 100

@@ -11,7 +11,7 @@ import pytest
 
 from consumer.clock import ManualClock
 from consumer.engine.loop import LoopState
-from consumer.engine.store_mode import ExternalResetPolicy
+from consumer.engine.store_mode import ExternalResetPolicy, _of_assigned
 from consumer.errors import (
     ExternalReset,
     Fenced,
@@ -618,3 +618,19 @@ def test_sqlite_locked_in_a_handler_retries_the_batch_instead_of_failing_the_mes
     assert not batches.unavailable
     assert effects(store) == [("t", 0, 0), ("t", 0, 1)]
     assert store.checkpoints(GROUP) == {P0: 2}
+
+
+# --- taking a poll ---------------------------------------------------------------------------
+
+
+def test_a_poll_is_taken_whole_when_every_partition_is_assigned_else_without_the_others() -> None:
+    """A poll holds runs of one partition; each run's partition is looked up once."""
+    poll = [Message("t", 0, 5, b""), Message("t", 0, 6, b""), Message("t", 1, 3, b""),
+            Message("u", 0, 1, b""), Message("t", 0, 7, b"")]
+    assigned = {P0: None, P1: None, ("u", 0): None}
+    assert _of_assigned(poll, assigned) is poll
+    kept = _of_assigned(poll, {P0: None, ("u", 0): None})
+    assert [(m.topic, m.partition, m.offset) for m in kept] == [
+        ("t", 0, 5), ("t", 0, 6), ("u", 0, 1), ("t", 0, 7)]
+    assert _of_assigned(poll, {P1: None}) == [poll[2]]
+    assert _of_assigned([], {}) == []

@@ -44,7 +44,7 @@ from hashlib import blake2b
 from typing import Literal, Protocol, cast
 
 from consumer.errors import ConfigError, DedupKeyFailed
-from consumer.message import Message
+from consumer.message import Message, any_with_headers
 from consumer.routing import load_callable
 
 DedupScope = Literal["topic", "group"]
@@ -239,15 +239,13 @@ class _CoordinatesKey:
         """The batch's keys as stretches of consecutive offsets of one partition, when every
         message is keyed by its ordered coordinates (the store's form, no header on any
         message, coordinates in range); else None."""
-        if not self._format.ordered_coordinates:
-            return None
+        if not self._format.ordered_coordinates or any_with_headers(messages):
+            return None  # a header may name a message's key
         stretches: list[KeyStretch] = []
         topic: str | None = None
         prefix = b""
         partition = first = end = -1
         for message in messages:
-            if message.headers:  # a header may name the key
-                return None
             offset = message.offset
             if offset == end and message.partition == partition and message.topic == topic:
                 end += 1

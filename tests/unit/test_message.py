@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from confluent_kafka import Message as ClientRecord
 
-from consumer.message import Context, Message, RecordMessage, Scope
+from consumer.message import Context, Message, RecordMessage, Scope, any_with_headers
 
 
 @dataclass
@@ -70,6 +71,23 @@ def test_a_message_made_in_bulk_is_the_one_the_class_makes() -> None:
     single = RecordMessage(record, "t", 3, 9)
     assert (bulk.topic, bulk.partition, bulk.offset, bulk.value, repr(bulk)) == (
         single.topic, single.partition, single.offset, single.value, repr(single))
+
+
+def test_any_with_headers_asks_the_client_records_the_other_records_and_plain_messages() -> None:
+    bare = [ClientRecord(topic="t", partition=0, offset=i, value=b"v") for i in range(3)]
+    headed = ClientRecord(topic="t", partition=0, offset=3, value=b"v", headers=[("h", b"1")])
+    plain = Message("t", 0, 9, b"v")
+    plain_headed = Message("t", 0, 10, b"v", headers=[("h", b"1")])
+    assert not any_with_headers([])
+    assert not any_with_headers(RecordMessage.of_records(bare, "t"))
+    assert any_with_headers(RecordMessage.of_records([*bare, headed], "t"))
+    assert not any_with_headers([*RecordMessage.of_records(bare, "t"), plain])
+    assert any_with_headers([plain, *RecordMessage.of_records([headed], "t")])
+    assert any_with_headers([*RecordMessage.of_records(bare, "t"), plain_headed])
+    # records other than the client's (this module's own) are read through the messages
+    assert not any_with_headers(RecordMessage.of_records([Record("t", 0, 1)], "t"))
+    assert any_with_headers(RecordMessage.of_records(
+        [Record("t", 0, 1), Record("t", 0, 2, headers_=[("h", b"1")])], "t"))
 
 
 def test_a_context_made_by_of_is_the_one_the_class_makes() -> None:

@@ -316,21 +316,22 @@ class StoreCheckpoint:
                 duplicates += 1
             else:
                 key = claim.key
+                with_context = message.topic not in message_only
                 try:
                     if checking:
                         failures.check(message)  # type: ignore[union-attr]
-                    if message.topic in message_only:
-                        calls[message.topic](message)
-                    else:
+                    if with_context:
                         calls[message.topic](message,
                                              Context.of(scopes[message.topic], message, key))
+                    else:
+                        calls[message.topic](message)
                 except Exception as error:
                     if not still_open():
                         raise _TransactionEnded(message, applied=False) from error
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
                     raise _HandlerRaised from error
-                if not still_open():
+                if with_context and not still_open():  # else it had no way to the store
                     raise _TransactionEnded(message, applied=True)
                 if not fresh:
                     applied_keys.add(key)
@@ -375,7 +376,9 @@ class StoreCheckpoint:
                     if self._transient(error):
                         raise _store_unavailable(message, error) from error
                     raise _HandlerRaised from error
-                if not still_open():
+                # A handler of the message alone has no context, so no way to the store's
+                # transaction: only a context's handler may have ended it.
+                if with_context and not still_open():
                     raise _TransactionEnded(message, applied=True)
             start += size
             tp = (topic, stretch.partition)

@@ -1,14 +1,18 @@
 """The logger every Kafka client of ours writes through, with librdkafka's repeats held back.
 
 While a broker is down, librdkafka retries its bootstrap connection every fifty milliseconds
-or so and logs each refusal: twenty identical ERROR lines a second for as long as the outage
-lasts, which buries everything else an operator needs to read. An identical line is let
-through once per window; the first one after the window says how many were held back.
+or so and logs each refusal: twenty ERROR lines a second for as long as the outage lasts,
+which buries everything else an operator needs to read. A line is let through once per
+window; the first one after the window says how many were held back. Lines that differ only
+in what changes between repeats of one failure (how long the attempt took, how many repeats
+librdkafka suppressed itself: ``(after 3ms in state CONNECT, 1 identical error(s)
+suppressed)``) count as one.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +22,9 @@ LOGGER_NAME = "consumer.librdkafka"
 REPEAT_WINDOW_SECONDS = 30.0
 #: Distinct lines remembered; past it, those whose window has ended are forgotten.
 REMEMBERED_LINES = 256
+#: What changes between librdkafka's lines for repeats of one failure.
+_REPEAT_DETAIL = re.compile(
+    r" \(after \d+ms in state \w+(?:, \d+ identical error\(s\) suppressed)?\)")
 
 
 class RepeatedLines(logging.Filter):
@@ -34,17 +41,18 @@ class RepeatedLines(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         line = record.getMessage()
+        same = _REPEAT_DETAIL.sub("", line)
         now = self._clock()
         with self._lock:
-            shown = self._seen.get(line)
+            shown = self._seen.get(same)
             if shown is not None and now - shown[0] < self._window:
-                self._seen[line] = (shown[0], shown[1] + 1)
+                self._seen[same] = (shown[0], shown[1] + 1)
                 return False
-            self._seen[line] = (now, 0)
+            self._seen[same] = (now, 0)
             if len(self._seen) > REMEMBERED_LINES:
                 self._forget_before(now - self._window)
         if shown is not None and shown[1]:
-            record.msg = (f"{line} ({shown[1]} identical lines held back in the last "
+            record.msg = (f"{line} ({shown[1]} lines like it held back in the last "
                           f"{now - shown[0]:.0f} s)")
             record.args = ()
         return True

@@ -39,7 +39,30 @@ def test_a_line_repeated_through_an_outage_is_let_through_once_per_window() -> N
     record = _record("%s [%s] %s", "FAIL", "paced#consumer-1", REFUSED)
     assert lines.filter(record)
     assert record.getMessage() == (
-        f"FAIL [paced#consumer-1] {REFUSED} (599 identical lines held back in the last 31 s)")
+        f"FAIL [paced#consumer-1] {REFUSED} (599 lines like it held back in the last 31 s)")
+
+
+def test_lines_differing_only_in_the_attempts_time_and_suppressed_count_are_one_line() -> None:
+    """librdkafka's refusals through an outage, as a slow machine logs them: each names how
+    long the attempt took, and some how many repeats librdkafka suppressed itself."""
+    clock = _Clock()
+    lines = RepeatedLines(window=30.0, clock=clock)
+    refused = "FAIL [c#consumer-1] [thrd:k1:9092/1]: k1:9092/1: Connect to k1:9092 failed: " \
+              "Connection refused"
+    details = ["(after 0ms in state CONNECT)", "(after 14ms in state CONNECT)",
+               "(after 3ms in state CONNECT, 1 identical error(s) suppressed)",
+               "(after 120ms in state APIVERSION_QUERY)"]
+    passed = [record.getMessage() for record in
+              (_record(f"{refused} {detail}") for detail in details * 50)
+              if lines.filter(record)]
+    assert passed == [f"{refused} (after 0ms in state CONNECT)"]
+    other_thread = _record(f"{refused.replace('/1]', '/bootstrap]')} (after 2ms in state CONNECT)")
+    assert lines.filter(other_thread)
+    clock.now += 31.0
+    record = _record(f"{refused} (after 5ms in state CONNECT)")
+    assert lines.filter(record)
+    assert record.getMessage() == (
+        f"{refused} (after 5ms in state CONNECT) (199 lines like it held back in the last 31 s)")
 
 
 def test_different_lines_each_pass_and_a_line_seen_once_keeps_its_text() -> None:

@@ -182,6 +182,31 @@ class ClosedBatch:
         return self._fenced
 
 
+class SentClosing:
+    """A closing a store sent without reading its answer (:meth:`Store.send_close`). The
+    store reads the answer once, with ``answer`` (before its next statement, or when
+    :meth:`result` asks first), and hands it over with :meth:`answered` or :meth:`failed`."""
+
+    def __init__(self, answer: Callable[[], None]) -> None:
+        self.pending = True
+        self._answer = answer
+        self._fenced: list[TP] = []
+        self._error: Exception | None = None
+
+    def answered(self, fenced: list[TP]) -> None:
+        self.pending, self._fenced = False, fenced
+
+    def failed(self, error: Exception) -> None:
+        self.pending, self._error = False, error
+
+    def result(self) -> list[TP]:
+        if self.pending:
+            self._answer()
+        if self._error is not None:
+            raise self._error
+        return self._fenced
+
+
 class Store(abc.ABC):
     """A database connection used by the polling thread only."""
 

@@ -55,11 +55,14 @@ from consumer.store.base import (
     RUN_COORDINATES,
     SCHEMA_VERSION,
     AsyncMessageTransactions,
+    BatchClosing,
     CheckpointRow,
     Claim,
+    ClosedBatch,
     MessageTransactions,
     Position,
     SchemaUpgrade,
+    SentClosing,
     Store,
     require_version,
 )
@@ -134,6 +137,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         self._idle = max(1, int(idle_transaction_timeout))
         self._conn: MariaDBConnection | None = None
         self._in_batch = False
+        #: A batch's COMMIT sent (:meth:`send_close`) whose answer is not read yet.
+        self._closing: SentClosing | None = None
         #: The open batch holds nothing yet: it may roll back and start again.
         self._batch_empty = False
         #: The group whose rotation lock the open transaction holds shared.
@@ -157,6 +162,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         """The connection, opened (again) on first use after start or after it broke; never
         inside a batch, whose transaction died with the old connection. Whoever asks for it
         may run a statement: the batch's transaction no longer counts as empty."""
+        if self._closing is not None:
+            self._answer_closing()  # the connection takes no statement before that
         self._batch_empty = False
         if self._conn is None or not self._conn.open:
             if self._in_batch:
@@ -225,6 +232,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         return int(row[0]) if row and row[0] is not None else None
 
     def close(self) -> None:
+        if self._closing is not None:
+            self._answer_closing()
         if self._conn is not None and self._conn.open:
             self._conn.close()
 
@@ -545,17 +554,67 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         committed = False
         try:
             with self._errors():
-                db = self._db
-                if db.rolled_back:  # a COMMIT now would end nothing: the batch is gone
-                    raise StoreUnavailable(f"MariaDB store {self._where}: {ROLLED_BACK}")
-                db.guarded = False
-                db.execute(COMMIT)
+                self._ending_batch().execute(COMMIT)
                 committed = True
         finally:
             self._in_batch = False
             self._transaction_ended(committed=committed)
 
+    def _ending_batch(self) -> MariaDBConnection:
+        """The connection, about to end the batch's transaction with the store's COMMIT."""
+        db = self._db
+        if db.rolled_back:  # a COMMIT now would end nothing: the batch is gone
+            raise StoreUnavailable(f"MariaDB store {self._where}: {ROLLED_BACK}")
+        db.guarded = False
+        return db
+
+    def send_close(self, group: str, rows: Sequence[CheckpointRow],
+                   now: float) -> BatchClosing:
+        """The rows' UPDATE (whose matched rows tell a fence), then the COMMIT sent without
+        waiting for its answer: the loop polls its next batch while the server commits
+        (InnoDB flushes its log), instead of after. The answer is read by the closing's
+        ``result()``, or before this store's next statement, whichever comes first. A fenced
+        row commits nothing, as in :meth:`close_batch`."""
+        fenced = self.write_checkpoints(group, rows, now)
+        if fenced:
+            return ClosedBatch(fenced)  # the caller rolls the batch back
+        try:
+            with self._errors():
+                self._ending_batch().send(COMMIT)
+        except BaseException:
+            self._in_batch = False
+            self._transaction_ended(committed=False)
+            raise
+        closing = self._closing = SentClosing(self._answer_closing)
+        return closing
+
+    def _answer_closing(self) -> None:
+        """Read the sent COMMIT's answer into its closing (an error too: its owner acts on
+        it). A connection lost meanwhile leaves the COMMIT's outcome unknown, as a lost
+        answer to :meth:`commit` does: the batch counts as not committed, and its keys tell
+        the next run what did."""
+        closing, self._closing = self._closing, None
+        if closing is None:
+            return
+        committed = False
+        try:
+            with self._errors():
+                conn = self._conn
+                if conn is None or not conn.open:
+                    raise pymysql.err.InterfaceError(0, "the connection was closed")
+                conn.read_answer()
+                committed = True
+        except Exception as error:  # handed to the closing's result()
+            closing.failed(error)
+        else:
+            closing.answered([])
+        finally:
+            self._in_batch = False
+            self._transaction_ended(committed=committed)
+
     def rollback(self) -> None:
+        if self._closing is not None:
+            self._answer_closing()  # its COMMIT came first: nothing of that batch to roll back
         self._in_batch = False
         self._transaction_ended(committed=False)
         if self._conn is None or not self._conn.open:
@@ -565,6 +624,8 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
             self._conn.execute(ROLLBACK)
 
     def _rollback_quietly(self) -> None:
+        if self._closing is not None:
+            self._answer_closing()
         self._transaction_ended(committed=False)
         if self._conn is not None and self._conn.open:
             self._conn.guarded = self._conn.rolled_back = False

@@ -24,7 +24,7 @@ from typing import Any
 import pymysql
 import pymysql.connections
 import pymysql.cursors
-from pymysql.constants import CLIENT, SERVER_STATUS
+from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
 
 from consumer.errors import (
     StoreError,
@@ -171,6 +171,18 @@ class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
         if self.guarded:
             raise TransactionEndRefused("begin()")
         super().begin()
+
+    def send(self, sql: str) -> None:
+        """Send the store's own statement without reading its answer: the caller reads it
+        with :meth:`read_answer` before anything else goes to the server (PyMySQL's
+        ``query`` is these two steps, and the server answers statements in order)."""
+        self._execute_command(COMMAND.COM_QUERY, sql)
+
+    def read_answer(self) -> int:
+        """The answer to the statement :meth:`send` sent: its affected rows, or its error
+        raised."""
+        self._affected_rows = self._read_query_result()
+        return int(self._affected_rows)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> MariaDBCursor:
         cursor: MariaDBCursor = self.cursor()

@@ -55,6 +55,7 @@ from consumer.store.base import (
     Position,
     PostgresSession,
     SchemaUpgrade,
+    SentClosing,
     Store,
     require_version,
 )
@@ -970,29 +971,14 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             ) from error
 
 
-class _SentClosing:
-    """A batch's closing :meth:`PostgresStore.send_close` sent; answered once."""
+class _SentClosing(SentClosing):
+    """A batch's closing :meth:`PostgresStore.send_close` sent: what its answer needs to tell
+    the fenced rows."""
 
     def __init__(self, store: PostgresStore, group: str, rows: Sequence[CheckpointRow],
                  now: float) -> None:
+        super().__init__(store._answer_closing)
         self.group, self.rows, self.now = group, rows, now
-        self.pending = True
-        self._store = store
-        self._fenced: list[TP] = []
-        self._error: Exception | None = None
-
-    def answered(self, fenced: list[TP]) -> None:
-        self.pending, self._fenced = False, fenced
-
-    def failed(self, error: Exception) -> None:
-        self.pending, self._error = False, error
-
-    def result(self) -> list[TP]:
-        if self.pending:
-            self._store._answer_closing()
-        if self._error is not None:
-            raise self._error
-        return self._fenced
 
 
 def _ms(seconds: float) -> int:

@@ -470,13 +470,15 @@ class StoreContract:
         self, backend: Backend, store: Store
     ) -> None:
         """``send_close``: another session sees the batch's key, effects and row committed
-        while the sender has not read the answer (PostgreSQL: the server commits on its own;
-        the other stores answer at once); ``result()`` then reports nothing fenced."""
+        while the sender has not read the answer (PostgreSQL and MariaDB: the server commits
+        on its own; SQLite answers at once); ``result()`` then reports nothing fenced."""
         store.assign(G, [P0], 1.0)
         claim = Claim(bytes(range(16)), "t", 0, 9)
         assert store.open_batch(G, [claim], 2.0) == {claim.key}
         store.execute("INSERT INTO scratch VALUES (1, 'a')")
         closing = store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 2.0)
+        # the stores on a server send the COMMIT and read its answer later
+        assert closing.pending is (backend.name in ("postgresql", "mariadb"))
         other = backend.open()
         deadline = time.monotonic() + 10.0
         while other.checkpoints(G) != {P0: 10}:

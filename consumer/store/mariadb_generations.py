@@ -39,7 +39,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 import pymysql
-from pymysql.constants import SERVER_STATUS
 
 from consumer.errors import StoreError
 from consumer.store.key_generations import KEY_BYTES, Generation, split_keys
@@ -138,7 +137,7 @@ def prepare(db: MariaDBConnection, group: str) -> None:
     made in a transaction of their own when ``db`` is in none (so a member frozen mid-batch
     never holds another's first claim). A session doing the same meanwhile waits for the lock
     row's insertion, then finds it made."""
-    own = not in_transaction(db)
+    own = not db.in_transaction()
     if own:
         db.execute(START)
     try:
@@ -153,11 +152,6 @@ def prepare(db: MariaDBConnection, group: str) -> None:
         if own and db.open:
             db.execute(ROLLBACK)
         raise
-
-
-def in_transaction(db: MariaDBConnection) -> bool:
-    """From the server's last status flags (no round trip)."""
-    return bool(db.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS)
 
 
 def listed(db: MariaDBConnection, group: str) -> list[Generation]:

@@ -147,7 +147,7 @@ class MariaDBTransactions:
             # InnoDB ended the transaction (a deadlock), or the connection is gone
             self._rollback_quietly(conn)
             return self._transient_in_work(claim, error)
-        if conn.open and not mariadb_generations.in_transaction(conn):
+        if conn.open and not conn.in_transaction():
             # a DDL committed the key: the retry must not find it
             return self._forget(conn, group, claim, {claim.key}, [claim], returned=False)
         self._rollback_quietly(conn)
@@ -160,7 +160,7 @@ class MariaDBTransactions:
         if conn.rolled_back:  # the work caught InnoDB's rollback and went on
             self._rollback_quietly(conn)
             raise self._caught_rollback(claim)
-        if not mariadb_generations.in_transaction(conn):
+        if not conn.in_transaction():
             raise self._forget(conn, group, claim, set(), [claim], returned=True)
         with self._errors(conn):
             conn.execute(COMMIT)
@@ -213,7 +213,7 @@ class MariaDBTransactions:
                 if conn.rolled_back or transient_cause(error, is_transient):
                     self._rollback_quietly(conn)
                     return None, error
-                if conn.open and not mariadb_generations.in_transaction(conn):
+                if conn.open and not conn.in_transaction():
                     return index, self._forget(conn, group, claim, {key, *new}, claims,
                                                returned=False)
                 self._rollback_quietly(conn)
@@ -221,7 +221,7 @@ class MariaDBTransactions:
             if conn.rolled_back:
                 self._rollback_quietly(conn)
                 return None, None
-            if not mariadb_generations.in_transaction(conn):  # a DDL committed every key
+            if not conn.in_transaction():  # a DDL committed every key
                 return index, self._forget(conn, group, claim, new, claims, returned=True)
             outcomes.append(True)
         try:
@@ -356,7 +356,7 @@ class MariaDBTransactions:
         """``conn`` is free again: what it still holds is rolled back, and a lost one dropped.
         No round trip unless a transaction is left open."""
         conn.guarded = False
-        if conn.open and mariadb_generations.in_transaction(conn):
+        if conn.open and conn.in_transaction():
             self._rollback_quietly(conn)
         with self._lock:
             keep = conn.open and not self._closed and len(self._idle_connections) < self._size

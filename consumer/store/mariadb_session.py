@@ -126,26 +126,83 @@ class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
     #: autocommit again, so any further statement would commit on its own, outside the
     #: batch: until the store ends the batch, every statement is refused.
     rolled_back = False
+    #: Statements :meth:`send` sent whose answers are not read yet.
+    unanswered = 0
+    #: PyMySQL's: the number the next packet read or written carries.
+    _next_seq_id: int
 
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
         """PyMySQL's one way to the server (every cursor's ``execute``, ``executemany`` and
         ``callproc`` come here); while guarded, it notes a rollback of the batch's transaction
         and refuses what would run outside it."""
         if not self.guarded:
-            return int(super().query(sql, unbuffered))
+            return self._query(sql, unbuffered)
         if len(sql) < _OWN_LONGEST and sql in _OWN:
             # The store's own START, COMMIT or ROLLBACK: it ends the transaction or opens one
             # anew. (The length is compared first: hashing a claim's long statement costs.)
             self.rolled_back = False
-            return int(super().query(sql, unbuffered))
+            return self._query(sql, unbuffered)
         if self.rolled_back:
             raise StoreUnavailable(ROLLED_BACK)
         try:
-            return int(super().query(sql, unbuffered))
+            return self._query(sql, unbuffered)
         except pymysql.err.MySQLError as error:
             if error_code(error) in ROLLBACK_CODES and not self._in_transaction():
                 self.rolled_back = True
             raise
+
+    def _query(self, sql: str | bytes, unbuffered: bool) -> int:
+        """PyMySQL's ``query``; when statements :meth:`send` sent are still owed their
+        answers, this one goes out before they are read: the server has it while the client
+        reads them, one round trip for all. An error answering one of them is raised (after
+        this statement's answer, whatever it was, so the next command finds the connection
+        in step)."""
+        if not self.unanswered:
+            return int(super().query(sql, unbuffered))
+        if isinstance(sql, str):
+            sql = sql.encode(self.encoding)
+        super()._execute_command(COMMAND.COM_QUERY, sql)
+        sequence = self._next_seq_id  # this statement's answer numbers its packets from here
+        owed = self._read_owed()
+        self._next_seq_id = sequence
+        try:
+            self._affected_rows = self._read_query_result(unbuffered=unbuffered)
+        except pymysql.err.MySQLError:
+            if owed is None:
+                raise
+        if owed is not None:
+            raise owed
+        return int(self._affected_rows)
+
+    def _read_owed(self) -> pymysql.err.MySQLError | None:
+        """Read every answer still owed; the first error among them, returned. A connection
+        lost on the way raises at once: nothing more comes."""
+        first = None
+        while self.unanswered:
+            try:
+                self.read_answer()
+            except pymysql.err.MySQLError as error:
+                if self._sock is None:
+                    self.unanswered = 0
+                    raise
+                first = first or error
+        return first
+
+    def _execute_command(self, command: int, sql: str | bytes) -> None:
+        """Every other command (``ping``, ``commit()``, …) is sent once the answers still
+        owed are read: PyMySQL reads its answer right after sending it, as one packet or
+        a result, not knowing of theirs."""
+        if self.unanswered and (owed := self._read_owed()) is not None:
+            raise owed
+        super()._execute_command(command, sql)
+
+    def in_transaction(self) -> bool:
+        """Whether the server has a transaction open, from the status flags of its last
+        answer: no round trip, unless a sent statement's answer is still owed (read first,
+        an error in it raised)."""
+        if self.unanswered and (owed := self._read_owed()) is not None:
+            raise owed
+        return bool(self.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS)
 
     def _in_transaction(self) -> bool:
         """Whether the server still has a transaction open: asked with a statement that does
@@ -173,14 +230,18 @@ class MariaDBConnection(pymysql.connections.Connection):  # type: ignore[misc]
         super().begin()
 
     def send(self, sql: str) -> None:
-        """Send the store's own statement without reading its answer: the caller reads it
-        with :meth:`read_answer` before anything else goes to the server (PyMySQL's
-        ``query`` is these two steps, and the server answers statements in order)."""
-        self._execute_command(COMMAND.COM_QUERY, sql)
+        """Send the store's own statement without reading its answer. The server answers
+        statements in order: the answer is read by :meth:`read_answer`, or by the next
+        command sent, after sending it (one round trip for both)."""
+        super()._execute_command(COMMAND.COM_QUERY, sql)
+        self.unanswered += 1
 
     def read_answer(self) -> int:
-        """The answer to the statement :meth:`send` sent: its affected rows, or its error
-        raised."""
+        """The answer to the oldest statement :meth:`send` sent: its affected rows, or its
+        error raised. (Every answer numbers its packets from 1; PyMySQL counts on from the
+        last command it sent, which may have gone out since.)"""
+        self.unanswered -= 1
+        self._next_seq_id = 1
         self._affected_rows = self._read_query_result()
         return int(self._affected_rows)
 

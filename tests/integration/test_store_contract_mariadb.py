@@ -234,6 +234,70 @@ def test_mariadb_connection_lost_mid_batch_is_unavailable_and_commits_nothing_ou
     store.rollback()
 
 
+def test_mariadb_a_batch_opens_with_its_first_statement_in_one_round_trip(
+    maria_backend: Backend,
+) -> None:
+    """The batch's START TRANSACTION is sent and not waited for: its answer is read after
+    the batch's first statement went out, and that statement runs inside the batch."""
+    store = maria_backend.open()
+    store.ensure_schema()
+    assert isinstance(store, MariaDBStore)
+    store.execute("CREATE TABLE scratch (id integer PRIMARY KEY, note text)")
+    store.begin()
+    assert store.connection.unanswered == 1, "the batch waited for START's answer"
+    store.execute("INSERT INTO scratch VALUES (%s, %s)", (1, "in the batch"))
+    assert store.connection.unanswered == 0
+    store.rollback()
+    assert scratch_ids(maria_backend.open()) == [], "the first statement ran outside the batch"
+
+
+def test_mariadb_a_batch_is_open_before_its_first_statement(maria_backend: Backend) -> None:
+    """A batch whose handlers ran no statement yet is open: the check after a handler reads
+    the sent START's answer, not the status of the statement before it."""
+    store = maria_backend.open()
+    store.ensure_schema()
+    store.begin()
+    assert store.transaction_open()
+    store.commit()
+
+
+def test_mariadb_answers_owed_are_read_in_order_and_an_error_among_them_raised(
+    maria_backend: Backend,
+) -> None:
+    """Statements sent without waiting are answered in order before the next one's answer;
+    an error among them is raised with it, and the connection stays in step."""
+    conn = maria_backend.open().connection
+    conn.send("SET @a = 1")
+    conn.send("SET @b = 2")
+    assert conn.execute("SELECT @a, @b").fetchone() == (1, 2)
+    conn.send("SELECT no_such_column")
+    with pytest.raises(pymysql.err.MySQLError, match="no_such_column"):
+        conn.execute("SET @c = 3")
+    assert conn.execute("SELECT @c").fetchone() == (3,), "the next statement still ran"
+    conn.send("SET @d = 4")
+    conn.ping()  # a command PyMySQL answers itself: the owed answer is read first
+    assert conn.unanswered == 0
+    assert conn.execute("SELECT @d").fetchone() == (4,)
+
+
+def test_mariadb_connection_lost_after_a_batch_opens_is_unavailable(
+    maria_backend: Backend, mariadb_admin: pymysql.connections.Connection
+) -> None:
+    """The server drops the connection while the batch's START is owed its answer: the
+    batch's first statement is StoreUnavailable, and the next batch connects again."""
+    store = maria_backend.open()
+    store.ensure_schema()
+    assert isinstance(store, MariaDBStore)
+    store.begin()
+    mariadb_admin.cursor().execute(f"KILL CONNECTION {store.connection.thread_id()}")
+    with pytest.raises(StoreUnavailable):
+        store.claim(G, claims("a"), 1.0)
+    store.rollback()
+    store.begin()
+    assert store.claim(G, claims("a"), 1.0) == {key("a")}
+    store.commit()
+
+
 def test_mariadb_ddl_in_a_handler_ends_the_batch_and_the_store_says_so(
     maria_backend: Backend,
 ) -> None:

@@ -33,8 +33,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+import pymysql
+
 from consumer.store.key_runs import Run, head_and_offset
-from consumer.store.mariadb_session import MariaDBConnection
+from consumer.store.mariadb_session import MariaDBConnection, error_code
 
 _TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 TABLES = [
@@ -101,24 +103,37 @@ def claim(db: MariaDBConnection, group: str, now: float,
 
 
 def claim_whole(db: MariaDBConnection, group: str, now: float, runs: Sequence[Run]) -> bool:
-    """Insert every run whole, in one statement after the heads' turns, if no run covers any
-    of their keys (nearly every batch): True. False when one does, or two of ``runs`` overlap
-    (a message twice): then some runs may be in and some not, and the caller rolls the
-    transaction back and claims with :func:`claim`, so call it first in a transaction. One
-    round trip fewer than :func:`claim`, which reads the runs near the batch's first."""
+    """Take the heads' turns and insert every run whole, in one round trip, if no run covers
+    any of their keys (nearly every batch): True. False when one does, or two of ``runs``
+    overlap (a message twice): then some runs may be in and some not, and the caller rolls the
+    transaction back and claims with :func:`claim`, so call it first in a transaction.
+
+    The two statements go as one compound statement (``BEGIN NOT ATOMIC … END``, MariaDB's
+    block outside a stored program): the insert runs only once the turns are held, and is a
+    statement of its own, which under READ COMMITTED reads what the turns' previous holders
+    committed. It fails with :data:`_COVERED` unless every run went in. Two round trips
+    fewer than :func:`claim`, which reads the runs near the batch's first."""
     ordered = sorted(runs, key=lambda run: (run.head, run.low))
     for before, after in pairwise(ordered):
         if before.head == after.head and after.low < before.high:
             return False
     g = db.escape(group)
-    _take_turns(db, g, ordered)
     topics = {topic: db.escape(topic) for topic in {run.topic for run in ordered}}
     n = db.escape(float(now))
     rows = " UNION ALL ".join(
         f"SELECT {g} AS g, X'{r.head.hex()}' AS h, {r.low:d} AS f, {r.high - 1:d} AS l, "
         f"{topics[r.topic]} AS t, {r.partition:d} AS p, {r.first_offset:d} AS fo, "
         f"{r.first_offset + r.high - 1 - r.low:d} AS lo, {n} AS n" for r in ordered)
-    return int(db.execute(_INSERT_GUARDED.format(rows=rows)).rowcount) == len(ordered)
+    try:
+        db.execute(f"BEGIN NOT ATOMIC {_turns(g, ordered)}; "
+                   f"{_INSERT_GUARDED.format(rows=rows)}; "
+                   f"IF ROW_COUNT() < {len(ordered):d} THEN "
+                   f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{_COVERED}'; END IF; END")
+    except pymysql.err.MySQLError as error:
+        if error_code(error) == _SIGNALLED and _COVERED in str(error):
+            return False
+        raise
+    return True
 
 
 def make_heads(db: MariaDBConnection, group: str, heads: Iterable[bytes]) -> None:
@@ -177,14 +192,23 @@ def forget(db: MariaDBConnection, group: str, keys: Sequence[bytes]) -> None:
 
 
 def _take_turns(db: MariaDBConnection, g: str, runs: Sequence[Run]) -> list[bytes]:
-    """1. take the heads' turns, in head order (two batches never wait for each other in a
-    cycle); the heads, in that order."""
-    heads = sorted({run.head for run in runs})
-    db.execute("INSERT INTO consumer_processed_run_heads (group_id, key_head) VALUES "
-               + ",".join(f"({g},X'{head.hex()}')" for head in heads)
-               + " ON DUPLICATE KEY UPDATE key_head = key_head")
-    return heads
+    """1. take the heads' turns (:func:`_turns`); the heads, in order."""
+    db.execute(_turns(g, runs))
+    return sorted({run.head for run in runs})
 
+
+def _turns(g: str, runs: Sequence[Run]) -> str:
+    """The statement taking the runs' heads' turns, in head order (two batches never wait for
+    each other in a cycle)."""
+    return ("INSERT INTO consumer_processed_run_heads (group_id, key_head) VALUES "
+            + ",".join(f"({g},X'{head.hex()}')" for head in sorted({run.head for run in runs}))
+            + " ON DUPLICATE KEY UPDATE key_head = key_head")
+
+
+#: :func:`claim_whole`'s answer when a run of the table covers a key of the batch: an error
+#: raised by ``SIGNAL`` (1644), named by its text.
+_SIGNALLED = 1644
+_COVERED = "checkpoint-consumer: a processed run covers a key of the batch"
 
 #: The batch's runs (``rows``: a derived table of g, h, f, l, t, p, fo, lo, n) that no run
 #: of the table overlaps: none starts inside one, and the last one starting below it ends

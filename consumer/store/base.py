@@ -185,10 +185,13 @@ class ClosedBatch:
 class SentClosing:
     """A closing a store sent without reading its answer (:meth:`Store.send_close`). The
     store reads the answer once, with ``answer`` (before its next statement, or when
-    :meth:`result` asks first), and hands it over with :meth:`answered` or :meth:`failed`."""
+    :meth:`result` asks first), and hands it over with :meth:`answered` or :meth:`failed`;
+    the batch's group, rows and time tell it the fenced rows."""
 
-    def __init__(self, answer: Callable[[], None]) -> None:
+    def __init__(self, answer: Callable[[], None], group: str,
+                 rows: Sequence[CheckpointRow], now: float) -> None:
         self.pending = True
+        self.group, self.rows, self.now = group, rows, now
         self._answer = answer
         self._fenced: list[TP] = []
         self._error: Exception | None = None

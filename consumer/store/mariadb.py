@@ -57,7 +57,6 @@ from consumer.store.base import (
     BatchClosing,
     CheckpointRow,
     Claim,
-    ClosedBatch,
     MessageTransactions,
     Position,
     SchemaUpgrade,
@@ -77,6 +76,7 @@ from consumer.store.mariadb_session import (
     connect,
     is_lost,
     parameters,
+    signalled,
     translated,
 )
 
@@ -571,47 +571,72 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
 
     def send_close(self, group: str, rows: Sequence[CheckpointRow],
                    now: float) -> BatchClosing:
-        """The rows' UPDATE (whose matched rows tell a fence), then the COMMIT sent without
-        waiting for its answer: the loop polls its next batch while the server commits
-        (InnoDB flushes its log), instead of after. The answer is read by the closing's
-        ``result()``, or before this store's next statement, whichever comes first. A fenced
-        row commits nothing, as in :meth:`close_batch`."""
-        fenced = self.write_checkpoints(group, rows, now)
-        if fenced:
-            return ClosedBatch(fenced)  # the caller rolls the batch back
+        """The rows' UPDATEs and the COMMIT as one block (:func:`_closing_block`), sent
+        without waiting for its answer: the loop polls its next batch while the server
+        writes the rows and commits (InnoDB flushes its log), instead of after. The answer is
+        read by the closing's ``result()``, or before this store's next statement, whichever
+        comes first. The block commits only if every row moved; a fenced row stops it before
+        its COMMIT, and reading the answer rolls the batch back and tells which rows were
+        fenced, as :meth:`close_batch` does."""
+        self._require_open_batch()
         try:
             with self._errors():
-                self._ending_batch().send(COMMIT)
+                db = self._ending_batch()
+                db.send(_closing_block(db, group, rows, now) if rows else COMMIT)
         except BaseException:
             self._in_batch = False
             self._transaction_ended(committed=False)
             raise
-        closing = self._closing = SentClosing(self._answer_closing)
+        closing = self._closing = SentClosing(self._answer_closing, group, rows, now)
         return closing
 
     def _answer_closing(self) -> None:
-        """Read the sent COMMIT's answer into its closing (an error too: its owner acts on
-        it). A connection lost meanwhile leaves the COMMIT's outcome unknown, as a lost
-        answer to :meth:`commit` does: the batch counts as not committed, and its keys tell
-        the next run what did."""
+        """Read the sent closing's answer into it (an error too: its owner acts on it)."""
         closing, self._closing = self._closing, None
         if closing is None:
             return
+        try:
+            moved = self._closing_answer()
+            closing.answered([] if moved else self._fenced_rows(closing.group, closing.rows,
+                                                                closing.now))
+        except Exception as error:  # handed to the closing's result()
+            closing.failed(error)
+
+    def _closing_answer(self) -> bool:
+        """The sent closing's answer: True when it committed; False when a row did not move
+        (the batch is rolled back here). A connection lost meanwhile leaves the COMMIT's
+        outcome unknown, as a lost answer to :meth:`commit` does: the batch counts as not
+        committed, and its keys tell the next run what did."""
         committed = False
         try:
             with self._errors():
                 conn = self._conn
                 if conn is None or not conn.open:
                     raise pymysql.err.InterfaceError(0, "the connection was closed")
-                conn.read_answer()
-                committed = True
-        except Exception as error:  # handed to the closing's result()
-            closing.failed(error)
-        else:
-            closing.answered([])
+                try:
+                    conn.read_answer()
+                    committed = True
+                except pymysql.err.MySQLError as error:
+                    if conn.open:
+                        conn.execute(ROLLBACK)  # the block stopped short of its COMMIT
+                    if not signalled(error, _NOT_MOVED):
+                        raise
+            return committed
         finally:
             self._in_batch = False
             self._transaction_ended(committed=committed)
+
+    def _fenced_rows(self, group: str, rows: Sequence[CheckpointRow], now: float) -> list[TP]:
+        """After a batch rolled back on a row that did not move: the rows written again in a
+        transaction rolled back at once tell which partitions are fenced (or raise for one
+        going backwards)."""
+        with self._errors():
+            db = self._db
+            db.execute(START)
+            try:
+                return self.write_checkpoints(group, rows, now)
+            finally:
+                db.execute(ROLLBACK)
 
     def rollback(self) -> None:
         if self._closing is not None:
@@ -796,3 +821,24 @@ CLAIM_SAVEPOINT = "consumer_claim"
 
 def _by_key(claim: Claim) -> bytes:
     return claim.key
+
+
+#: The closing block's error when a row did not move (a fenced batch commits nothing).
+_NOT_MOVED = "checkpoint-consumer: a checkpoint row did not move"
+
+
+def _closing_block(db: MariaDBConnection, group: str, rows: Sequence[CheckpointRow],
+                   now: float) -> str:
+    """The rows' UPDATEs and the store's COMMIT as one compound statement, which commits only
+    if each UPDATE matched its row (``ROW_COUNT()`` counts matched rows, as ``rowcount``
+    does: ``CLIENT.FOUND_ROWS``), and otherwise stops at a ``SIGNAL``, the transaction open."""
+    g, n = db.escape(group), db.escape(float(now))
+    updates = "".join(
+        f"UPDATE consumer_checkpoints SET next_offset = {row.next_offset:d}, updated_at = {n} "
+        f"WHERE group_id = {g} AND topic = {db.escape(row.topic)} "
+        f'AND "partition" = {row.partition:d} AND epoch = {row.epoch:d} '
+        f"AND (next_offset IS NULL OR next_offset <= {row.next_offset:d}); "
+        "SET moved = moved + ROW_COUNT(); " for row in rows)
+    return (f"BEGIN NOT ATOMIC DECLARE moved INT DEFAULT 0; {updates}"
+            f"IF moved < {len(rows):d} THEN "
+            f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{_NOT_MOVED}'; END IF; {COMMIT}; END")

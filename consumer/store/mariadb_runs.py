@@ -36,7 +36,7 @@ from itertools import pairwise
 import pymysql
 
 from consumer.store.key_runs import Run, head_and_offset
-from consumer.store.mariadb_session import MariaDBConnection, error_code
+from consumer.store.mariadb_session import MariaDBConnection, signalled
 
 _TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 TABLES = [
@@ -130,7 +130,7 @@ def claim_whole(db: MariaDBConnection, group: str, now: float, runs: Sequence[Ru
                    f"IF ROW_COUNT() < {len(ordered):d} THEN "
                    f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{_COVERED}'; END IF; END")
     except pymysql.err.MySQLError as error:
-        if error_code(error) == _SIGNALLED and _COVERED in str(error):
+        if signalled(error, _COVERED):
             return False
         raise
     return True
@@ -205,9 +205,7 @@ def _turns(g: str, runs: Sequence[Run]) -> str:
             + " ON DUPLICATE KEY UPDATE key_head = key_head")
 
 
-#: :func:`claim_whole`'s answer when a run of the table covers a key of the batch: an error
-#: raised by ``SIGNAL`` (1644), named by its text.
-_SIGNALLED = 1644
+#: :func:`claim_whole`'s error when a run of the table covers a key of the batch.
 _COVERED = "checkpoint-consumer: a processed run covers a key of the batch"
 
 #: The batch's runs (``rows``: a derived table of g, h, f, l, t, p, fo, lo, n) that no run

@@ -83,6 +83,16 @@ def error_code(error: BaseException) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+#: An error the store's own ``SIGNAL`` raised (in its compound statements), told apart by its
+#: text.
+SIGNALLED = 1644
+
+
+def signalled(error: BaseException, text: str) -> bool:
+    """Whether ``error`` is the store's own ``SIGNAL`` with ``text``."""
+    return error_code(error) == SIGNALLED and text in str(error)
+
+
 def is_lost(error: BaseException) -> bool:
     """Whether the error says the connection is gone (a new one is needed)."""
     return isinstance(error, pymysql.err.InterfaceError) or (

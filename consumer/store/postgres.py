@@ -236,7 +236,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         self._conn: psycopg.Connection[Any] | None = None
         self._in_batch = False
         #: A batch's closing sent and not answered yet (:meth:`send_close`).
-        self._closing: _SentClosing | None = None
+        self._closing: SentClosing | None = None
         #: Nothing ran yet in this batch's transaction: a failed claim may restart it.
         self._batch_empty = False
         self._claims_with_conflicts = ConflictBackoff()
@@ -714,7 +714,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         except BaseException:
             self._in_batch = False
             raise
-        closing = self._closing = _SentClosing(self, group, rows, now)
+        closing = self._closing = SentClosing(self._answer_closing, group, rows, now)
         return closing
 
     def _answer_closing(self) -> None:
@@ -727,7 +727,7 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         except Exception as error:  # handed to the closing's result()
             closing.failed(error)
 
-    def _closing_answer(self, closing: _SentClosing) -> list[TP]:
+    def _closing_answer(self, closing: SentClosing) -> list[TP]:
         """As :meth:`close_batch` after its pipeline: a fenced row rolls back, then tells
         which partitions were fenced."""
         try:
@@ -969,16 +969,6 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             raise StoreError(
                 f"PostgreSQL store {self._where}: {type(error).__name__}: {error}"
             ) from error
-
-
-class _SentClosing(SentClosing):
-    """A batch's closing :meth:`PostgresStore.send_close` sent: what its answer needs to tell
-    the fenced rows."""
-
-    def __init__(self, store: PostgresStore, group: str, rows: Sequence[CheckpointRow],
-                 now: float) -> None:
-        super().__init__(store._answer_closing)
-        self.group, self.rows, self.now = group, rows, now
 
 
 def _ms(seconds: float) -> int:

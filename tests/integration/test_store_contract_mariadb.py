@@ -19,7 +19,7 @@ import pymysql
 import pytest
 
 from consumer.errors import StoreError, StoreSchemaError, StoreUnavailable
-from consumer.store import CheckpointRow, open_store
+from consumer.store import CheckpointRow, Claim, open_store
 from consumer.store.key_generations import GENERATION_KEYS
 from consumer.store.mariadb import MariaDBStore
 from tests.support.store_contract import (
@@ -130,6 +130,47 @@ def test_mariadb_same_offset_in_the_same_second_is_a_move_not_a_fence(
     assert store.write_checkpoints(G, [CheckpointRow("t", 0, 42, 1)], 2.0) == []
     store.commit()
     assert store.checkpoints(G) == {P0: 42}
+
+
+def test_mariadb_a_sent_closing_at_the_same_offset_commits(maria_backend: Backend) -> None:
+    """The closing block counts matched rows too (``ROW_COUNT()`` under
+    ``CLIENT.FOUND_ROWS``): a row sent again at its offset and time commits, not fenced."""
+    store = maria_backend.open()
+    store.ensure_schema()
+    store.assign(G, [P0], 1.0)
+    claim = Claim(bytes(range(16)), "t", 0, 41)
+    assert store.open_batch(G, [claim], 2.0) == {claim.key}
+    assert store.send_close(G, [CheckpointRow("t", 0, 42, 1)], 2.0).result() == []
+    store.begin()
+    assert store.send_close(G, [CheckpointRow("t", 0, 42, 1)], 2.0).result() == []
+    assert store.checkpoints(G) == {P0: 42}
+
+
+def test_mariadb_a_sent_closing_that_waited_out_a_row_lock_commits_nothing(
+    maria_backend: Backend,
+) -> None:
+    """Another session holds the partition's row (an assignment under way): the closing's
+    UPDATE gives up after innodb_lock_wait_timeout, before the block's COMMIT. Its answer
+    is StoreUnavailable and the batch is rolled back there, not left open for the next
+    batch's START TRANSACTION to commit."""
+    store = maria_backend.open()
+    store.ensure_schema()
+    store.execute("CREATE TABLE scratch (id integer PRIMARY KEY, note text)")
+    store.assign(G, [P0], 1.0)
+    holder = maria_backend.open().connection
+    holder.begin()
+    holder.execute("SELECT * FROM consumer_checkpoints FOR UPDATE")
+    claim = Claim(bytes(range(16)), "t", 0, 9)
+    assert store.open_batch(G, [claim], 2.0) == {claim.key}
+    store.execute("INSERT INTO scratch VALUES (1, 'in the batch')")
+    closing = store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 2.0)
+    with pytest.raises(StoreUnavailable, match="mariadb_lock_wait_timeout_seconds"):
+        closing.result()
+    holder.rollback()
+    assert store.open_batch(G, [claim], 3.0) == {claim.key}, "the first batch's key committed"
+    store.rollback()
+    assert scratch_ids(maria_backend.open()) == []
+    assert store.checkpoints(G) == {P0: None}
 
 
 def test_mariadb_topic_names_differ_by_case(maria_backend: Backend) -> None:

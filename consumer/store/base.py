@@ -210,6 +210,30 @@ class SentClosing:
         return self._fenced
 
 
+class SendsClosing:
+    """A store on a server whose :meth:`Store.send_close` sends the closing and reads its
+    answer later: :meth:`_answer_closing` reads it into the closing, before the store's next
+    statement or when the closing's ``result()`` asks first. The store says what the answer
+    means in ``_closing_answer``."""
+
+    #: The closing sent and not answered yet.
+    _closing: SentClosing | None = None
+
+    def _closing_answer(self, closing: SentClosing) -> list[TP]:
+        """Read the sent closing's answer: the rows fenced (none when it committed)."""
+        raise NotImplementedError
+
+    def _answer_closing(self) -> None:
+        """Read the sent closing's answer into it (an error too: its owner acts on it)."""
+        closing, self._closing = self._closing, None
+        if closing is None:
+            return
+        try:
+            closing.answered(self._closing_answer(closing))
+        except Exception as error:  # handed to the closing's result()
+            closing.failed(error)
+
+
 class Store(abc.ABC):
     """A database connection used by the polling thread only."""
 

@@ -60,6 +60,7 @@ from consumer.store.base import (
     MessageTransactions,
     Position,
     SchemaUpgrade,
+    SendsClosing,
     SentClosing,
     Store,
     require_version,
@@ -124,7 +125,7 @@ MIGRATES_FROM = (2, 3, 4)
 #: Serialises concurrent first-time schema creation by several consumer processes.
 SCHEMA_LOCK = "checkpoint_consumer_schema"
 
-class MariaDBStore(key_runs.KeepsRuns, Store):
+class MariaDBStore(key_runs.KeepsRuns, SendsClosing, Store):
     dialect = "mariadb"
     schema_version = MARIADB_SCHEMA_VERSION
 
@@ -136,8 +137,6 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         self._idle = max(1, int(idle_transaction_timeout))
         self._conn: MariaDBConnection | None = None
         self._in_batch = False
-        #: A batch's COMMIT sent (:meth:`send_close`) whose answer is not read yet.
-        self._closing: SentClosing | None = None
         #: The open batch holds nothing yet: it may roll back and start again.
         self._batch_empty = False
         #: The group whose rotation lock the open transaction holds shared.
@@ -590,23 +589,12 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
         closing = self._closing = SentClosing(self._answer_closing, group, rows, now)
         return closing
 
-    def _answer_closing(self) -> None:
-        """Read the sent closing's answer into it (an error too: its owner acts on it)."""
-        closing, self._closing = self._closing, None
-        if closing is None:
-            return
-        try:
-            moved = self._closing_answer()
-            closing.answered([] if moved else self._fenced_rows(closing.group, closing.rows,
-                                                                closing.now))
-        except Exception as error:  # handed to the closing's result()
-            closing.failed(error)
-
-    def _closing_answer(self) -> bool:
-        """The sent closing's answer: True when it committed; False when a row did not move
-        (the batch is rolled back here). A connection lost meanwhile leaves the COMMIT's
-        outcome unknown, as a lost answer to :meth:`commit` does: the batch counts as not
-        committed, and its keys tell the next run what did."""
+    def _closing_answer(self, closing: SentClosing) -> list[TP]:
+        """The sent closing's answer: no row fenced when it committed; when a row did not
+        move, the batch is rolled back here and the rows written again tell which were
+        fenced. A connection lost meanwhile leaves the COMMIT's outcome unknown, as a lost
+        answer to :meth:`commit` does: the batch counts as not committed, and its keys tell
+        the next run what did."""
         committed = False
         try:
             with self._errors():
@@ -621,10 +609,10 @@ class MariaDBStore(key_runs.KeepsRuns, Store):
                         conn.execute(ROLLBACK)  # the block stopped short of its COMMIT
                     if not signalled(error, _NOT_MOVED):
                         raise
-            return committed
         finally:
             self._in_batch = False
             self._transaction_ended(committed=committed)
+        return [] if committed else self._fenced_rows(closing.group, closing.rows, closing.now)
 
     def _fenced_rows(self, group: str, rows: Sequence[CheckpointRow], now: float) -> list[TP]:
         """After a batch rolled back on a row that did not move: the rows written again in a

@@ -55,6 +55,7 @@ from consumer.store.base import (
     Position,
     PostgresSession,
     SchemaUpgrade,
+    SendsClosing,
     SentClosing,
     Store,
     require_version,
@@ -222,7 +223,7 @@ UNCLAIM_FROM_RUN = """DELETE FROM consumer_processed_runs
 CLAIMED_AT = " AND processed_at = %s"
 
 
-class PostgresStore(key_runs.KeepsRuns, Store):
+class PostgresStore(key_runs.KeepsRuns, SendsClosing, Store):
     dialect = "postgresql"
     schema_version = POSTGRES_SCHEMA_VERSION
 
@@ -236,7 +237,6 @@ class PostgresStore(key_runs.KeepsRuns, Store):
         self._conn: psycopg.Connection[Any] | None = None
         self._in_batch = False
         #: A batch's closing sent and not answered yet (:meth:`send_close`).
-        self._closing: SentClosing | None = None
         #: Nothing ran yet in this batch's transaction: a failed claim may restart it.
         self._batch_empty = False
         self._claims_with_conflicts = ConflictBackoff()
@@ -716,16 +716,6 @@ class PostgresStore(key_runs.KeepsRuns, Store):
             raise
         closing = self._closing = SentClosing(self._answer_closing, group, rows, now)
         return closing
-
-    def _answer_closing(self) -> None:
-        """Read the sent closing's answer into it (errors too: its owner acts on them)."""
-        closing, self._closing = self._closing, None
-        if closing is None:
-            return
-        try:
-            closing.answered(self._closing_answer(closing))
-        except Exception as error:  # handed to the closing's result()
-            closing.failed(error)
 
     def _closing_answer(self, closing: SentClosing) -> list[TP]:
         """As :meth:`close_batch` after its pipeline: a fenced row rolls back, then tells

@@ -149,15 +149,42 @@ def _rows_params(group: str, rows: Sequence[CheckpointRow], now: float) -> tuple
             [r.next_offset for r in rows], [r.epoch for r in rows], group)
 
 
+#: Up to this many rows, of distinct partitions, a closing moves each row by its primary key
+#: (:func:`_move_each_row`) instead of joining them all over ``unnest``: the server plans one
+#: or two plain UPDATEs in less time than the join (written out, a one-row closing cost the
+#: server 740 µs a batch with its BEGIN, claim and COMMIT, against 950 through ``unnest``;
+#: two rows 810 against 920; six rows 1,070 against 950). Most batches close one row: the
+#: client hands over a partition's messages in runs.
+ROWS_MOVED_ONE_BY_ONE = 2
+
+
 def close_query(group: str, rows: Sequence[CheckpointRow], now: float,
                 literal: Callable[[str], str]) -> str:
-    """:data:`MOVE_EVERY_ROW` and ``COMMIT`` as one query string, its values written out
-    (:mod:`consumer.store.postgres_literals`; the time as its ``repr``)."""
+    """The rows' move, failing unless every row moved, and ``COMMIT`` as one query string,
+    its values written out (:mod:`consumer.store.postgres_literals`; the time as its
+    ``repr``): :func:`_move_each_row` for a row or two, else :data:`MOVE_EVERY_ROW`."""
     distinct = len({(r.topic, r.partition) for r in rows})
+    if distinct == len(rows) <= ROWS_MOVED_ONE_BY_ONE:
+        return _move_each_row(group, rows, now, literal) + "; COMMIT"
     return _MOVE_EVERY_ROW.format(
         repr(float(now)), text_array((r.topic for r in rows), literal),
         int_array(r.partition for r in rows), int_array(r.next_offset for r in rows),
         int_array(r.epoch for r in rows), literal(group), distinct) + "; COMMIT"
+
+
+def _move_each_row(group: str, rows: Sequence[CheckpointRow], now: float,
+                   literal: Callable[[str], str]) -> str:
+    """:data:`MOVE_EVERY_ROW` for rows of distinct partitions, as one UPDATE of each row by
+    its primary key (two UPDATEs of one row in one statement would move it once)."""
+    group_id, at = literal(group), repr(float(now))
+    moves = ", ".join(
+        f"m{i} AS (UPDATE consumer_checkpoints SET next_offset = {int(r.next_offset)}, "
+        f"updated_at = {at} WHERE group_id = {group_id} AND topic = {literal(r.topic)} "
+        f"AND partition = {int(r.partition)} AND epoch = {int(r.epoch)} AND "
+        f"(next_offset IS NULL OR next_offset <= {int(r.next_offset)}) RETURNING 1)"
+        for i, r in enumerate(rows))
+    moved = " UNION ALL ".join(f"TABLE m{i}" for i in range(len(rows)))
+    return f"WITH {moves} SELECT 1 / (count(*) = {len(rows)})::int FROM ({moved}) AS moved"
 
 
 def is_transient(error: BaseException) -> bool:

@@ -20,6 +20,7 @@ cannot be read.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 #: How a checkpoint batch's row update begins: alone (a simple or extended query), or guarded
-#: so that a COMMIT pipelined behind it is skipped when a row is fenced.
-_CHECKPOINT_UPDATES = (b"UPDATE CONSUMER_CHECKPOINTS",
-                       b"WITH MOVED AS (UPDATE CONSUMER_CHECKPOINTS")
+#: so that a COMMIT behind it is skipped when a row is fenced: the rows joined over ``unnest``
+#: (``WITH moved AS (UPDATE …``), or each row by its key (``WITH m0 AS (UPDATE …``).
+_CHECKPOINT_UPDATE = re.compile(rb"(WITH \w+ AS \()?UPDATE CONSUMER_CHECKPOINTS\b")
 
 #: Untyped start-up requests after which the client sends another untyped message.
 _SSL_REQUEST, _GSSENC_REQUEST = 80877103, 80877104
@@ -141,7 +142,7 @@ class CommitCutProxy:
                 out = bytearray()
                 for kind, message in stream.feed(chunk):
                     statement = _statement(message) if kind in (b"Q", b"P") else b""
-                    if kind == b"Q" and statement.startswith(_CHECKPOINT_UPDATES) \
+                    if kind == b"Q" and _CHECKPOINT_UPDATE.match(statement) \
                             and statement.endswith(b"; COMMIT"):
                         cut = self._cut()  # the rows and COMMIT in one query string
                         if cut == "withheld":
@@ -152,7 +153,7 @@ class CommitCutProxy:
                             return
                         out += message
                         continue
-                    if statement.startswith(_CHECKPOINT_UPDATES):
+                    if _CHECKPOINT_UPDATE.match(statement):
                         in_batch = True
                     if kind in (b"Q", b"P") and statement in (b"COMMIT", b"ROLLBACK") \
                             and in_batch:

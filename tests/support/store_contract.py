@@ -508,22 +508,40 @@ class StoreContract:
         assert closing.result() == []
         assert store.checkpoints(G) == {P0: 11}
 
+    @pytest.mark.parametrize("partitions", [1, 2, 3, 7])
     def test_a_sent_closing_with_a_fenced_row_commits_nothing_and_names_it(
-        self, backend: Backend, store: Store
+        self, backend: Backend, store: Store, partitions: int
     ) -> None:
         """As :meth:`close_batch` fenced: the answer names P1 and nothing of the batch
-        committed; the next batch on the same store commits."""
-        store.assign(G, [P0, P1], 1.0)
+        committed; the next batch on the same store commits. Over one partition (P1 alone)
+        to seven: a server store writes a few rows out one by one, more in one join."""
+        others = [("t", p) for p in range(2, partitions)]
+        ours = [P1] if partitions == 1 else [P0, P1, *others]
+        store.assign(G, ours, 1.0)
         backend.open().assign(G, [P1], 2.0)
         claim = Claim(bytes(range(16)), "t", 0, 9)
         assert store.open_batch(G, [claim], 3.0) == {claim.key}
-        rows = [CheckpointRow("t", 0, 10, 1), CheckpointRow("t", 1, 20, 1)]
+        rows = [CheckpointRow(t, p, 20 + p, 1) for t, p in ours]
         assert store.send_close(G, rows, 3.0).result() == [P1]
         store.rollback()
-        assert store.checkpoints(G) == {P0: None, P1: None}
+        assert store.checkpoints(G) == {tp: None for tp in ours}
         assert store.open_batch(G, [claim], 4.0) == {claim.key}
-        assert store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 4.0).result() == []
-        assert store.checkpoints(G) == {P0: 10, P1: None}
+        unfenced = [row for row in rows if (row.topic, row.partition) != P1]
+        assert store.send_close(G, unfenced, 4.0).result() == []
+        assert store.checkpoints(G) == {tp: None if tp == P1 else 20 + tp[1] for tp in ours}
+
+    @pytest.mark.parametrize("partitions", [1, 2, 3, 7])
+    def test_a_sent_closing_moves_every_row_it_carries(self, store: Store,
+                                                       partitions: int) -> None:
+        """Each row moves to its own offset, over one partition to seven; a row sent again
+        at its offset moves nothing and is still ours."""
+        ours = [("t", p) for p in range(partitions)]
+        store.assign(G, ours, 1.0)
+        for offset, now in ((10, 2.0), (10, 3.0), (15, 4.0)):
+            rows = [CheckpointRow(t, p, offset + p, 1) for t, p in ours]
+            store.begin()
+            assert store.send_close(G, rows, now).result() == []
+            assert store.checkpoints(G) == {(t, p): offset + p for t, p in ours}
 
     def test_checkpoints_lists_the_rows_of_one_group(self, store: Store) -> None:
         store.assign(G, [P0, P1, ("u", 3)], 1.0)

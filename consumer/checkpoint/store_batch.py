@@ -241,14 +241,21 @@ class StoreCheckpoint:
         pending or a key fails: then message by message."""
         if self._lettered:
             return self._claims_one_by_one(self._messages)
-        stretches: list[KeyStretch] = []
-        for topic, stretch in groupby(self._messages, key=_topic):
-            found = self._keys[topic].stretches(list(stretch))
-            if found is None:
-                break
-            stretches += found
+        if len(self._keys) == 1:
+            # One route: every message is of its topic, so the batch is not split by topic
+            # first (60 ns a message, a third of making the stretches).
+            (only,) = self._keys.values()
+            if (found := only.stretches(self._messages)) is not None:
+                return ClaimBatch(found)
         else:
-            return ClaimBatch(stretches)
+            stretches: list[KeyStretch] = []
+            for topic, stretch in groupby(self._messages, key=_topic):
+                found = self._keys[topic].stretches(list(stretch))
+                if found is None:
+                    break
+                stretches += found
+            else:
+                return ClaimBatch(stretches)
         claims: list[Claim | DedupKeyFailed | None] = []
         for topic, stretch in groupby(self._messages, key=_topic):
             messages = list(stretch)

@@ -166,6 +166,49 @@ def test_a_batch_of_plain_messages_is_claimed_by_stretches_each_effect_once(
     assert store.checkpoints(GROUP) == {P0: 8, P1: 3}
 
 
+@pytest.mark.parametrize("headered", [False, True], ids=["stretches", "claims-per-message"])
+def test_a_batch_over_two_routes_applies_each_message_once(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch, headered: bool,
+) -> None:
+    """Two routes, each with its own key function: a batch of plain messages of both topics
+    is claimed as the stretches of each (with one route the batch is not split by topic);
+    one message with a header makes it a claim per message. Either way each message applies
+    once, and the batch delivered again applies nothing."""
+    ordered = KeyFormat(ordered_coordinates=True)
+    ids = {"t": "id-t", "u": "id-u"}
+    claimed: list[object] = []
+    open_batch = store.open_batch
+    monkeypatch.setattr(store, "open_batch", lambda group, claims, now: (
+        claimed.append(claims), open_batch(group, claims, now))[1])
+    partitions = assigned(store, [P0, ("u", 0)])
+    handler = EffectWriter()
+    batch = [event("t", 0, o, None) for o in range(4)] + \
+        [event("u", 0, o, b"u-3" if headered and o == 3 else None) for o in range(5)]
+
+    def run() -> BatchOutcome:
+        return StoreCheckpoint(
+            Trigger.COUNT, batch, partitions, store=store, source=source,
+            router=Router([Route.of(topic, handler, "tests:handler") for topic in ids]),
+            keys={topic: key_function(f"header:{HEADER}", ids, key_format=ordered)
+                  for topic in ids},
+            group=GROUP, now=lambda: 1_000.0,
+            commits=KafkaCommits(source, observer=RecordingObserver(), monotonic=lambda: 0.0),
+        ).run()
+
+    first = run()
+    assert (first.applied, first.duplicates) == (9, 0)
+    if headered:
+        assert not isinstance(claimed[0], ClaimBatch)
+    else:
+        assert isinstance(claimed[0], ClaimBatch)
+        assert [(s.topic, s.partition, s.first, s.end) for s in claimed[0].stretches] \
+            == [("t", 0, 0, 4), ("u", 0, 0, 5)]
+    again = run()
+    assert (again.applied, again.duplicates) == (0, 9)
+    assert handler.calls == [(m.topic, m.partition, m.offset) for m in batch]
+    assert store.checkpoints(GROUP) == {P0: 4, ("u", 0): 5}
+
+
 def test_a_failing_message_in_a_batch_of_stretches_rolls_back_alone(
     store: SQLiteStore, source: InMemorySource,
 ) -> None:

@@ -201,25 +201,30 @@ def run_one(store: str, bootstrap: str, topic_name: str, messages: int) -> Round
                  wall, cpu)
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _per_checkpoint(seconds: float, checkpoints: float) -> str:
+    """Milliseconds a checkpoint; "-" without a store (no store checkpoints)."""
+    return f"{seconds / checkpoints * 1e3:.3f}" if checkpoints else "-"
+
+
 def report(rounds: list[Round]) -> str:
     """A table per store: the medians over its rounds."""
     out: list[str] = []
     for store in dict.fromkeys(r.store for r in rounds):
         mine = [r for r in rounds if r.store == store]
-
-        def median(values: list[float]) -> float:
-            return statistics.median(values) if values else 0.0
-
-        seconds = median([r.seconds for r in mine])
-        batches = median([float(r.batches) for r in mine]) or 1.0
-        rate = median([r.messages / r.seconds for r in mine if r.seconds])
+        seconds = _median([r.seconds for r in mine])
+        checkpoints = _median([float(r.batches) for r in mine])
+        rate = _median([r.messages / r.seconds for r in mine if r.seconds])
+        server = _median([r.server_cpu for r in mine])
         out.append(
-            f"== {store}: {rate:,.0f} msg/s, {batches:,.0f} checkpoints, median of "
+            f"== {store}: {rate:,.0f} msg/s, {checkpoints:,.0f} checkpoints, median of "
             f"{len(mine)} rounds; CPU over {seconds:.2f} s: process "
-            f"{median([r.process_cpu for r in mine]):.2f} s, loop thread "
-            f"{median([r.thread_cpu for r in mine]):.2f} s, database server "
-            f"{median([r.server_cpu for r in mine]):.2f} s "
-            f"({median([r.server_cpu for r in mine]) / batches * 1e3:.2f} ms a checkpoint)\n")
+            f"{_median([r.process_cpu for r in mine]):.2f} s, loop thread "
+            f"{_median([r.thread_cpu for r in mine]):.2f} s, database server "
+            f"{server:.2f} s ({_per_checkpoint(server, checkpoints)} ms a checkpoint)\n")
         out.append("| stage | wall s | share of the timed phase | loop thread CPU s "
                    "| wall ms a checkpoint | CPU ms a checkpoint |")
         out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -227,9 +232,10 @@ def report(rounds: list[Round]) -> str:
             walls = [r.wall[stage] for r in mine if stage in r.wall]
             if not walls:
                 continue
-            wall, cpu = median(walls), median([r.cpu.get(stage, 0.0) for r in mine])
-            out.append(f"| {'· ' * depth}{stage} | {wall:.3f} | {wall / seconds:.0%} | {cpu:.3f} "
-                       f"| {wall / batches * 1e3:.3f} | {cpu / batches * 1e3:.3f} |")
+            wall, cpu = _median(walls), _median([r.cpu.get(stage, 0.0) for r in mine])
+            out.append(f"| {'· ' * depth}{stage} | {wall:.3f} | {wall / seconds:.0%} "
+                       f"| {cpu:.3f} | {_per_checkpoint(wall, checkpoints)} "
+                       f"| {_per_checkpoint(cpu, checkpoints)} |")
         out.append("")
     return "\n".join(out)
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.breakdown import Timings, server_cpu, stages_timed
+from benchmarks.breakdown import Round, Timings, report, server_cpu, stages_timed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,20 @@ def test_server_cpu_adds_the_named_processes_and_the_children_they_reaped(
     (tmp_path / "self").mkdir()
     assert server_cpu(proc=tmp_path) == (200 + 10 + 50) / tick
     assert server_cpu(("mariadbd",), proc=tmp_path) == 50 / tick
+
+
+def test_the_report_gives_medians_and_per_checkpoint_figures_only_with_a_store() -> None:
+    def round_of(store: str, seconds: float, batches: int, poll: float) -> Round:
+        return Round(store, 1000, seconds, 1.0, 0.5, 0.002 * batches, batches,
+                     {"poll": poll}, {"poll": poll / 2})
+
+    text = report([round_of("none", 1.0, 0, 0.5), round_of("sqlite", 2.0, 4, 0.8),
+                   round_of("sqlite", 4.0, 4, 1.2), round_of("sqlite", 3.0, 4, 1.0)])
+    assert "== none: 1,000 msg/s, 0 checkpoints" in text
+    assert "| poll | 0.500 | 50% | 0.250 | - | - |" in text
+    assert "== sqlite: 333 msg/s, 4 checkpoints, median of 3 rounds" in text
+    assert "(2.000 ms a checkpoint)" in text  # the server: 8 ms over 4 checkpoints
+    assert "| poll | 1.000 | 33% | 0.500 | 250.000 | 125.000 |" in text
 
 
 def test_a_breakdown_of_the_sqlite_store_times_every_checkpoint(kafka_bootstrap: str) -> None:

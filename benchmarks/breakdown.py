@@ -24,6 +24,7 @@ Needs KAFKA_BOOTSTRAP_SERVERS, and each server store's URL as its contender does
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -106,8 +107,6 @@ def _timed(stage: str, method: Callable[..., Any], timings: Timings) -> Callable
 def stages_timed(timings: Timings,
                  stages: tuple[tuple[int, str, str, str, str], ...] = STAGES) -> Iterator[None]:
     """Each stage's method replaced by one timing it into ``timings``; put back on exit."""
-    import importlib
-
     replaced: list[tuple[type, str, Any]] = []  # (class, method, its own or None: inherited)
     try:
         for _, stage, module, cls_name, method in stages:
@@ -176,7 +175,7 @@ class Round:
     process_cpu: float
     thread_cpu: float
     server_cpu: float
-    batches: int
+    checkpoints: int
     wall: dict[str, float]
     cpu: dict[str, float]
 
@@ -216,7 +215,7 @@ def report(rounds: list[Round]) -> str:
     for store in dict.fromkeys(r.store for r in rounds):
         mine = [r for r in rounds if r.store == store]
         seconds = _median([r.seconds for r in mine])
-        checkpoints = _median([float(r.batches) for r in mine])
+        checkpoints = _median([float(r.checkpoints) for r in mine])
         rate = _median([r.messages / r.seconds for r in mine if r.seconds])
         server = _median([r.server_cpu for r in mine])
         out.append(

@@ -108,14 +108,17 @@ MIGRATE_TO_5 = [*postgres_generations.MIGRATE_TO_5,
 #: Versions this store migrates from.
 MIGRATES_FROM = (1, 2, 3, 4)
 
-#: A batch's checkpoint rows in one statement: each moves only forward, and only where the
-#: epoch is still ours; returns the partitions that moved.
-_MOVE_ROWS = """UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = {0}
+#: The fence on a checkpoint row ``c``: it moves only where the epoch is still ours, and only
+#: forward (``epoch`` and ``offset``: the row's new values, as SQL).
+_OURS_AND_FORWARD = ("c.epoch = {epoch} AND (c.next_offset IS NULL "
+                     "OR c.next_offset <= {offset})")
+#: A batch's checkpoint rows in one statement, each fenced; returns the partitions that moved.
+_MOVE_ROWS = ("""UPDATE consumer_checkpoints AS c SET next_offset = u.o, updated_at = {0}
                FROM unnest({1}::text[], {2}::integer[], {3}::bigint[], {4}::bigint[])
                     AS u(t, p, o, e)
-               WHERE c.group_id = {5} AND c.topic = u.t AND c.partition = u.p
-                     AND c.epoch = u.e AND (c.next_offset IS NULL OR c.next_offset <= u.o)
-               RETURNING c.topic, c.partition"""
+               WHERE c.group_id = {5} AND c.topic = u.t AND c.partition = u.p AND """
+              + _OURS_AND_FORWARD.format(epoch="u.e", offset="u.o")
+              + " RETURNING c.topic, c.partition")
 _PARAMETERS = ("%s", "%b", "%b", "%b", "%b", "%s")
 MOVE_ROWS = _MOVE_ROWS.format(*_PARAMETERS)
 #: The same, failing (division by zero) unless all of the given number of rows moved: a
@@ -178,10 +181,11 @@ def _move_each_row(group: str, rows: Sequence[CheckpointRow], now: float,
     its primary key (two UPDATEs of one row in one statement would move it once)."""
     group_id, at = literal(group), repr(float(now))
     moves = ", ".join(
-        f"m{i} AS (UPDATE consumer_checkpoints SET next_offset = {int(r.next_offset)}, "
-        f"updated_at = {at} WHERE group_id = {group_id} AND topic = {literal(r.topic)} "
-        f"AND partition = {int(r.partition)} AND epoch = {int(r.epoch)} AND "
-        f"(next_offset IS NULL OR next_offset <= {int(r.next_offset)}) RETURNING 1)"
+        f"m{i} AS (UPDATE consumer_checkpoints AS c SET next_offset = {int(r.next_offset)}, "
+        f"updated_at = {at} WHERE c.group_id = {group_id} AND c.topic = {literal(r.topic)} "
+        f"AND c.partition = {int(r.partition)} AND "
+        + _OURS_AND_FORWARD.format(epoch=int(r.epoch), offset=int(r.next_offset))
+        + " RETURNING 1)"
         for i, r in enumerate(rows))
     moved = " UNION ALL ".join(f"TABLE m{i}" for i in range(len(rows)))
     return f"WITH {moves} SELECT 1 / (count(*) = {len(rows)})::int FROM ({moved}) AS moved"
@@ -263,7 +267,6 @@ class PostgresStore(key_runs.KeepsRuns, SendsClosing, Store):
         self._session = session or PostgresSession()
         self._conn: psycopg.Connection[Any] | None = None
         self._in_batch = False
-        #: A batch's closing sent and not answered yet (:meth:`send_close`).
         #: Nothing ran yet in this batch's transaction: a failed claim may restart it.
         self._batch_empty = False
         self._claims_with_conflicts = ConflictBackoff()

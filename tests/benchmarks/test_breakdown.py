@@ -66,8 +66,8 @@ def test_server_cpu_adds_the_named_processes_and_the_children_they_reaped(
 
 
 def test_the_report_gives_medians_and_per_checkpoint_figures_only_with_a_store() -> None:
-    def round_of(store: str, seconds: float, batches: int, poll: float) -> Round:
-        return Round(store, 1000, seconds, 1.0, 0.5, 0.002 * batches, batches,
+    def round_of(store: str, seconds: float, checkpoints: int, poll: float) -> Round:
+        return Round(store, 1000, seconds, 1.0, 0.5, 0.002 * checkpoints, checkpoints,
                      {"poll": poll}, {"poll": poll / 2})
 
     text = report([round_of("none", 1.0, 0, 0.5), round_of("sqlite", 2.0, 4, 0.8),

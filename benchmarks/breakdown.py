@@ -57,6 +57,9 @@ STAGES: tuple[tuple[int, str, str, str, str], ...] = (
     (1, "handlers", "consumer.checkpoint.store_batch", "StoreCheckpoint",
      "_apply_optimistically"),
     (1, "closing sent", "consumer.store.postgres", "PostgresStore", "send_close"),
+    # a batch held to be new: its opening is answered here (or at a handler's context.db)
+    (2, "its opening's answer read", "consumer.store.postgres", "PostgresStore",
+     "_answer_opening"),
     (1, "closing sent", "consumer.store.mariadb", "MariaDBStore", "send_close"),
     (1, "closing (SQLite: answered at once)", "consumer.store.sqlite", "SQLiteStore",
      "send_close"),

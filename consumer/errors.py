@@ -23,8 +23,10 @@
         ├── SwallowedDatabaseError   the same handler again, message by message (exit 1)
         └── HandlerEndedTransaction  a handler committed or rolled back the batch's transaction
 
-One exception stands outside it on purpose: :class:`TransactionEndRefused` is a
-``BaseException``, so that a handler's own ``except Exception`` cannot swallow it.
+Some exceptions stand outside it on purpose, as ``BaseException``, so that a handler's own
+``except Exception`` cannot swallow them: :class:`TransactionEndRefused`,
+:class:`MessageTransactionEnded`, and :class:`ProcessedKeysAhead` (which the framework handles
+itself: the batch runs again).
 
 Each carries its coordinates as attributes, and its message says what happened, where, and what
 an operator can do about it. Raise these across a layer's border, never a client's or a
@@ -397,3 +399,28 @@ def exit_code(error: ConsumerError) -> int:
     if isinstance(error, StoreSchemaError | KafkaAuthenticationFailed):
         return EXIT_CONFIG
     return EXIT_FAILED
+
+
+class ProcessedKeysAhead(BaseException):
+    """The store found processed keys among a batch's coordinates keys that the consumer held
+    to be new: above every key the store held for their partitions when they were assigned,
+    and above every batch claimed since (:meth:`consumer.store.base.Store.open_batch_unanswered`).
+    The batch's transaction is rolled back and the batch runs again at once, the store asked
+    about each key before any handler runs; the partitions are no longer held to be known
+    until they are assigned again. Not an Exception: raised where a handler reads
+    ``context.db``, it must reach the framework. Something other than this consumer wrote the
+    group's keys while it held the partitions without moving their epochs (another deployment
+    sharing the group id and the store, a hand-made insert); the handlers of the batch's first
+    run may have run for messages processed before (their writes were rolled back)."""
+
+    def __init__(self, where: str, partitions: list[tuple[str, int]]) -> None:
+        self.partitions = partitions
+        named = ", ".join(f"{topic}[{partition}]" for topic, partition in partitions)
+        super().__init__(
+            f"{where}: processed keys were found among the batch's keys of {named}, at offsets "
+            "above every key the store held for them when they were assigned: something other "
+            "than this consumer wrote this group's keys meanwhile (another deployment sharing "
+            "the group id and the store?). The batch rolled back and runs again, the store "
+            "asked about each key first; its handlers may have run once already for messages "
+            "processed before, with their writes rolled back"
+        )

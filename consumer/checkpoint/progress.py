@@ -21,8 +21,8 @@ class PartitionProgress:
     """Watermark and commit bookkeeping for one assigned partition."""
 
     __slots__ = ("_confirmed_done", "_in_flight", "acked", "committed", "done", "done_since_commit",
-                 "epoch", "gap_sent", "gap_written", "oldest_uncommitted_at", "partition",
-                 "topic", "watermark")
+                 "epoch", "gap_sent", "gap_written", "new_keys_from", "oldest_uncommitted_at",
+                 "partition", "topic", "watermark")
 
     def __init__(self, topic: str, partition: int, *, committed: int | None = None,
                  epoch: int = 0) -> None:
@@ -30,6 +30,10 @@ class PartitionProgress:
         self.partition = partition
         #: Our ownership epoch in the store (0 without a store).
         self.epoch = epoch
+        #: The offset from which the store holds no processed key of this partition, as far
+        #: as this process knows (None: not known): read at assignment, moved past each
+        #: batch's claims (consumer.checkpoint.store_batch).
+        self.new_keys_from: int | None = None
         #: Next offset after the last done message; None until something is done.
         self.watermark: int | None = committed
         #: Last offset we asked Kafka to commit (the next one to read).

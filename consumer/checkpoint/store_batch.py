@@ -26,6 +26,7 @@ from consumer.errors import (
     HandlerEndedTransaction,
     HandlerFailed,
     KafkaError,
+    ProcessedKeysAhead,
     StoreError,
     StoreUnavailable,
     SwallowedDatabaseError,
@@ -144,7 +145,9 @@ class StoreCheckpoint:
         return self.trigger in (Trigger.REVOKE, Trigger.SHUTDOWN)
 
     def run(self) -> BatchOutcome:
-        """Raises StoreError (the batch rolled back; retry it) or Fenced (rolled back; stop).
+        """Raises StoreError (the batch rolled back; retry it), ProcessedKeysAhead (rolled
+        back; run it again at once, its partitions no longer held to be known) or Fenced
+        (rolled back; stop).
 
         A batch of the count or interval trigger whose every message ran may have its
         closing answered later (:attr:`answer_pending`; the store sent it, and the server
@@ -191,6 +194,10 @@ class StoreCheckpoint:
                 closing = ClosedBatch(store.close_batch(self._group, rows, self._now()))
         except _TransactionEnded as ended:
             raise self._forget_unapplied(claims, new_keys, ended) from ended.__cause__
+        except ProcessedKeysAhead:
+            self._forget_known_new(claims)
+            _rollback_quietly(store)
+            raise
         except BaseException:
             _rollback_quietly(store)
             raise
@@ -287,12 +294,49 @@ class StoreCheckpoint:
         ``opening``: the transaction begins with the claim (:meth:`Store.open_batch`)."""
         batch = claims if isinstance(claims, ClaimBatch) else \
             [c for c in claims if isinstance(c, Claim)]
-        if opening:
+        if opening and self._known_new(claims):
+            new = self._store.open_batch_unanswered(self._group, batch, self._now())
+        elif opening:
             new = self._store.open_batch(self._group, batch, self._now())
         else:
             new = self._store.claim(self._group, batch, self._now())
         self._all_new = len(new) == len(batch)
         return new
+
+    def _known_new(self, claims: _Claims) -> bool:
+        """Whether the store holds none of the batch's keys, as far as the partitions' state
+        knows (:attr:`PartitionProgress.new_keys_from`, read at assignment): then the store
+        may answer the claim later (:meth:`Store.open_batch_unanswered`). Only a batch of
+        stretches is. Each partition's mark moves past the batch's messages here, whatever
+        becomes of the batch: a retry of it, or messages polled again after a seek back,
+        are asked about."""
+        partitions = self._partitions
+        if not isinstance(claims, ClaimBatch):
+            for message in self._messages:
+                progress = partitions.get((message.topic, message.partition))
+                if progress is not None and progress.new_keys_from is not None \
+                        and message.offset >= progress.new_keys_from:
+                    progress.new_keys_from = message.offset + 1
+            return False
+        known = True
+        for stretch in claims.stretches:
+            progress = partitions.get((stretch.topic, stretch.partition))
+            if progress is None or progress.new_keys_from is None:
+                known = False
+                continue
+            if stretch.first < progress.new_keys_from:
+                known = False
+            if stretch.end > progress.new_keys_from:
+                progress.new_keys_from = stretch.end
+        return known
+
+    def _forget_known_new(self, claims: _Claims) -> None:
+        """The store refused a key held to be new: its partitions are asked from now on."""
+        if isinstance(claims, ClaimBatch):
+            for stretch in claims.stretches:
+                progress = self._partitions.get((stretch.topic, stretch.partition))
+                if progress is not None:
+                    progress.new_keys_from = None
 
     def _apply_optimistically(self, claims: _Claims, new_keys: AbstractSet[bytes],
                               outcome: BatchOutcome) -> tuple[dict[TP, int], dict[TP, int]]:

@@ -30,6 +30,7 @@ from consumer.errors import (
     ExternalReset,
     KafkaError,
     OffsetOutOfRange,
+    ProcessedKeysAhead,
     StoreConstraintViolated,
     StoreError,
     StoreTransactionFailed,
@@ -214,6 +215,10 @@ class StoreMode:
                     raise  # message by message, no handler is at fault: nothing to isolate
                 self._check_constraints_now(error)
                 continue
+            except ProcessedKeysAhead as error:
+                # rolled back; its partitions are no longer held to be known: asked at once
+                log.warning("%s", error)
+                continue
             break
         self._constraints_now = False
         messages, self._pending = self._pending, []
@@ -340,6 +345,7 @@ class StoreMode:
             tracked = PartitionProgress(tp[0], tp[1], committed=kafka_offset,
                                         epoch=position.epoch)
             tracked.watermark = start
+            tracked.new_keys_from = position.new_keys_from
             progress[tp] = tracked
         return progress, starts
 

@@ -205,6 +205,14 @@ class TimedStore(Store):
         self._instruments.claimed(claims, new_keys)
         return new_keys
 
+    def open_batch_unanswered(self, group: str, claims: Sequence[Claim],
+                              now: float) -> AbstractSet[bytes]:
+        """The store's own, timed as ``open_batch`` (up to sending, where it answers later)."""
+        new_keys = self._timed("open_batch",
+                               lambda: self._store.open_batch_unanswered(group, claims, now))
+        self._instruments.claimed(claims, new_keys)
+        return new_keys
+
     def unclaim(self, group: str, keys: Iterable[bytes]) -> None:
         self._timed("unclaim", lambda: self._store.unclaim(group, keys))
 

@@ -138,12 +138,15 @@ class CheckpointRow:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A partition's row at assignment: where to resume (None: no row yet), our epoch, and
-    the topic id the row was written for (None: not known, e.g. a version-1 row)."""
+    """A partition's row at assignment: where to resume (None: no row yet), our epoch, the
+    topic id the row was written for (None: not known, e.g. a version-1 row), and the offset
+    from which the store holds no processed coordinates key of the partition (None: not known;
+    see :meth:`Store.open_batch_unanswered`)."""
 
     next_offset: int | None
     epoch: int
     topic_id: str | None = None
+    new_keys_from: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +387,18 @@ class Store(abc.ABC):
         PostgresStore.open_batch)."""
         self.begin()
         return self.claim(group, claims, now)
+
+    def open_batch_unanswered(self, group: str, claims: Sequence[Claim],
+                              now: float) -> AbstractSet[bytes]:
+        """:meth:`open_batch` for claims the caller holds to be new: each a stretch of
+        coordinates keys at or above its partition's :attr:`Position.new_keys_from`, which
+        the caller moves past every stretch it claims. A store on a server may then send the
+        opening and answer every key new at once, reading the server's answer before its next
+        statement (a handler's ``context.db`` included) or the batch's closing: the server
+        claims while the handlers run. Where the answer refuses a key, that read raises
+        :class:`~consumer.errors.ProcessedKeysAhead` (the caller rolls back and runs the batch
+        again with :meth:`open_batch`). Other stores answer at once."""
+        return self.open_batch(group, claims, now)
 
     def close_batch(self, group: str, rows: Sequence[CheckpointRow], now: float) -> list[TP]:
         """:meth:`write_checkpoints` and, if every row moved, :meth:`commit`, in one step,

@@ -29,6 +29,8 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import generators
+from psycopg.pq import ExecStatus
 
 from consumer.store import postgres_mark
 from consumer.store.key_runs import Run
@@ -114,6 +116,17 @@ def send_open(db: psycopg.Connection[Any], query: str) -> list[Any]:
         prepare_open(db)
         cursor = db.execute(query)
     return last_result(cursor).fetchall()
+
+
+def unanswered_rows(db: psycopg.Connection[Any]) -> int:
+    """The answer to an :func:`open_query` string sent on ``db`` without waiting (libpq's
+    ``send_query``): how many runs the INSERT inserted. Raises the first statement's error,
+    as psycopg would have."""
+    results = db.wait(generators.fetch_many(db.pgconn))
+    for result in results:
+        if result.status == ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=db.info.encoding)
+    return int(results[-1].ntuples)
 
 
 def last_result(cursor: AnyCursor) -> AnyCursor:

@@ -16,7 +16,7 @@ from consumer.dedup import KeyFormat, key_function
 from consumer.message import Message
 from tests.support.kafka import create_topic, produce, unique_name
 from tests.support.store_v2 import SCHEMA_V2
-from tests.support.stores import StoreUnderTest
+from tests.support.stores import StoreUnderTest, fresh_store
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +100,45 @@ def test_a_version_2_store_keeps_its_digest_keys_and_old_events_still_skip(
     assert _stored(store, group) == [(m.offset, digest(m)) for m in messages]
     assert store.query("SELECT version, coordinates_keys FROM consumer_schema") == [
         (store.schema_version, "digest")]
+
+
+def test_keys_written_ahead_of_a_running_consumer_are_still_skipped_once(
+    kafka_bootstrap: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A PostgreSQL store answers a batch's claim later for keys above every key it held at
+    assignment; something else writes keys ahead of the running consumer (offsets 15 to 17):
+    the consumer finds them at the next batch's answer, runs that batch again asking first,
+    and applies each other event once and those three never."""
+    topic = create_topic(kafka_bootstrap, 1, prefix="keys-ahead")
+    group = unique_name("keys-ahead")
+
+    def events(first: int, count: int) -> None:
+        produce(kafka_bootstrap, topic, [
+            json.dumps({"event": f"evt-{i}", "account": "acc", "amount": 1}).encode()
+            for i in range(first, first + count)])
+
+    with fresh_store("postgresql", tmp_path, postgres_dsn) as store:
+        config = consumer_config(kafka_bootstrap, group, topic, handler="handlers.ledger:apply",
+                                 every_messages=5, every_seconds=0.5, store=store.url)
+        run = ConsumerProcess(tmp_path, "ahead", config).start()
+        try:
+            events(0, 10)
+            wait_for(lambda: store.checkpoints() == {topic: 10}, timeout=60,
+                     what=f"the checkpoint to reach 10 ({run.log_tail()})")
+            store.write([], [("""INSERT INTO consumer_processed_runs
+                (group_id, key_head, key_offsets, topic, partition, first_offset, last_offset,
+                 processed_at)
+                SELECT group_id, key_head, int8range(15, 18), topic, partition, 15, 17,
+                       processed_at FROM consumer_processed_runs WHERE group_id = %s LIMIT 1""",
+                              (group,))])
+            events(10, 10)
+            wait_for(lambda: store.checkpoints() == {topic: 20}, timeout=60,
+                     what=f"the checkpoint to reach 20 ({run.log_tail()})")
+            run.signal(signal.SIGTERM)
+            assert run.wait() == 0, run.log_tail()
+        finally:
+            run.stop_if_running()
+        applied = store.query('SELECT "offset" FROM ledger_entries ORDER BY "offset"')
+        assert [offset for (offset,) in applied] == [*range(15), 18, 19]
+        assert store.scalar("SELECT balance FROM accounts WHERE id = 'acc'") == 17
+        assert "processed keys were found" in run.log_file.read_text()

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 
-from consumer.errors import StoreUnavailable
+from consumer.errors import ProcessedKeysAhead, StoreUnavailable
 from consumer.store import CheckpointRow, PostgresSession, Store
 from consumer.store.base import POSTGRES_SCHEMA_VERSION
 from consumer.store.postgres import PostgresStore
 from tests.support.runs_contract import (
+    T0,
+    T1,
     TOPIC_IDS,
     G,
     RunsContract,
@@ -277,3 +280,111 @@ def test_a_batch_opening_that_waits_out_the_lock_timeout_is_unavailable_then_ope
     finally:
         holder.close()
         waiting.close()
+
+
+# --- a batch held to be new: its opening answered later -------------------------------------
+
+
+def test_assignment_tells_from_which_offset_the_store_holds_no_key(
+        store: PostgresStore) -> None:
+    """Each partition's position says from which offset no key of it is processed: its row's
+    offset, or past the last run above that (a replay that kept keys leaves them there);
+    from the start for a partition with neither."""
+    assert store.assign(G, [T0, T1], 1.0)[T0].new_keys_from == 0
+    assert store.open_batch(G, stretches(range(0, 10)), 2.0) == keys_of(claims(range(0, 10)))
+    assert store.close_batch(G, [CheckpointRow("t", 0, 10, 1)], 2.0) == []
+    positions = store.assign(G, [T0, T1], 3.0)
+    assert (positions[T0].next_offset, positions[T0].new_keys_from) == (10, 10)
+    assert (positions[T1].next_offset, positions[T1].new_keys_from) == (None, 0)
+    assert claimed(store, claims(range(20, 25)) + claims(range(30, 33)), 4.0)  # above the row
+    assert claimed(store, claims(range(40, 42), partition=1), 4.0)
+    positions = store.assign(G, [T0, T1], 5.0)
+    assert (positions[T0].next_offset, positions[T0].new_keys_from) == (10, 33)
+    assert (positions[T1].next_offset, positions[T1].new_keys_from) == (None, 42)
+
+
+def test_an_opening_held_to_be_new_is_answered_at_the_closing(store: PostgresStore) -> None:
+    """Keys held to be new: every key is answered new at once, and the server's answer is
+    still to come (the connection busy) until the closing reads it; the batch commits."""
+    store.assign(G, [T0], 1.0)
+    batch = stretches(range(0, 10))
+    assert store.open_batch_unanswered(G, batch, 2.0) == keys_of(claims(range(0, 10)))
+    assert store._conn is not None
+    assert store._conn.pgconn.transaction_status == TransactionStatus.ACTIVE
+    assert store.transaction_open() and not store.transaction_failed()
+    assert store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 2.0).result() == []
+    assert store.checkpoints(G) == {T0: 10}
+    assert offsets(store) == [(0, o) for o in range(10)]
+
+
+@pytest.mark.parametrize("read_by", ["the closing", "a handler's context.db"])
+def test_an_opening_held_to_be_new_that_meets_a_processed_key_raises_and_commits_nothing(
+        store: PostgresStore, read_by: str) -> None:
+    """The keys were not all new after all (something else wrote them): reading the answer,
+    whether for the closing or for a handler asking for the connection, raises
+    ProcessedKeysAhead, and nothing of the batch commits; asked again, the store answers the
+    new keys alone."""
+    store.assign(G, [T0], 1.0)
+    assert claimed(store, claims(range(5, 8)), 1.5) == keys_of(claims(range(5, 8)))
+    store.open_batch_unanswered(G, stretches(range(0, 10)), 2.0)
+    with pytest.raises(ProcessedKeysAhead, match=r"t\[0\]"):
+        if read_by == "the closing":
+            store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 2.0)
+        else:
+            store.connection.execute("SELECT 1")
+    store.rollback()
+    assert store.checkpoints(G) == {T0: None}
+    assert offsets(store) == [(0, o) for o in range(5, 8)]
+    assert store.open_batch(G, stretches(range(0, 10)), 3.0) \
+        == keys_of(claims(range(0, 5)) + claims(range(8, 10)))
+    assert store.close_batch(G, [CheckpointRow("t", 0, 10, 1)], 3.0) == []
+    assert offsets(store) == [(0, o) for o in range(10)]
+
+
+def test_an_opening_held_to_be_new_rolled_back_unread_leaves_the_connection_usable(
+        store: PostgresStore) -> None:
+    """A batch rolled back before its opening was answered (a handler raised at once): its
+    answer is read and dropped, nothing commits, and the next batch opens."""
+    store.assign(G, [T0], 1.0)
+    store.open_batch_unanswered(G, stretches(range(0, 10)), 2.0)
+    store.rollback()
+    assert offsets(store) == []
+    store.open_batch_unanswered(G, stretches(range(0, 10)), 3.0)
+    assert store.close_batch(G, [CheckpointRow("t", 0, 10, 1)], 3.0) == []
+    assert offsets(store) == [(0, o) for o in range(10)]
+
+
+def test_an_opening_held_to_be_new_after_psycopg_deallocated_every_prepared_statement(
+        store: PostgresStore) -> None:
+    """The opening's statement is gone when its answer is read (psycopg deallocates every
+    prepared statement after a ROLLBACK once it holds statements of its own): it is prepared
+    again and the opening sent again, and the batch commits."""
+    store.assign(G, [T0], 1.0)
+    for first in range(0, 60, 10):  # psycopg prepares the rows' UPDATE on its own
+        store.open_batch_unanswered(G, stretches(range(first, first + 10)), 2.0)
+        assert store.close_batch(G, [CheckpointRow("t", 0, first + 10, 1)], 2.0) == []
+    store.open_batch_unanswered(G, stretches(range(60, 70)), 3.0)
+    store.savepoint()
+    store.rollback_to_savepoint()  # a handler's message rolled back alone
+    assert store.close_batch(G, [CheckpointRow("t", 0, 70, 1)], 3.0) == []
+    store.open_batch_unanswered(G, stretches(range(70, 80)), 4.0)
+    store.rollback()
+    store.open_batch_unanswered(G, stretches(range(70, 80)), 5.0)
+    assert store.send_close(G, [CheckpointRow("t", 0, 80, 1)], 5.0).result() == []
+    assert offsets(store) == [(0, o) for o in range(80)]
+
+
+def test_an_opening_held_to_be_new_on_a_connection_the_server_ended_is_unavailable(
+        store: PostgresStore, postgres_dsn: str) -> None:
+    """The server ends the connection: the opening, or its answer, is StoreUnavailable (the
+    loop retries the batch), and the retry opens on a new connection."""
+    store.assign(G, [T0], 1.0)
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store.connection.info.backend_pid,))
+    with pytest.raises(StoreUnavailable):
+        store.open_batch_unanswered(G, stretches(range(0, 10)), 2.0)
+        store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 2.0).result()
+    store.rollback()
+    store.open_batch_unanswered(G, stretches(range(0, 10)), 3.0)
+    assert store.send_close(G, [CheckpointRow("t", 0, 10, 1)], 3.0).result() == []
+    assert offsets(store) == [(0, o) for o in range(10)]

@@ -20,6 +20,7 @@ from consumer.errors import (
     HandlerFailed,
     KafkaError,
     OffsetWentBackwards,
+    ProcessedKeysAhead,
     StoreUnavailable,
     TransactionEndRefused,
 )
@@ -27,7 +28,7 @@ from consumer.events import Trigger
 from consumer.failures.retries import Failures, build_policies
 from consumer.message import TP, Context, Message
 from consumer.routing import Route, Router
-from consumer.store import ClaimBatch
+from consumer.store import BatchClosing, CheckpointRow, ClaimBatch
 from consumer.store.sqlite import SQLiteStore
 from consumer.testing import InMemoryDeadLetterSink, InMemorySource, RecordingObserver
 from tests.support.store_harness import (
@@ -690,3 +691,108 @@ def test_batch_runs_without_savepoints_until_a_handler_raises(
                              ("t", 0, 4), ("t", 0, 5), ("t", 0, 6)]
     assert effects(store) == [("t", 0, o) for o in range(6)]
     assert processed(store) == [("t", 0, o) for o in range(6)]
+
+
+# --- batches held to be new -----------------------------------------------------------------
+
+
+class Openings:
+    """Which opening each batch used: ``unanswered`` for keys held to be new, ``answered``
+    otherwise (the SQLite store answers both at once)."""
+
+    def __init__(self, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.used: list[str] = []
+        answered = store.open_batch  # what SQLite's unanswered opening does too
+        monkeypatch.setattr(store, "open_batch", lambda group, claims, now: (
+            self.used.append("answered"), answered(group, claims, now))[1])
+        monkeypatch.setattr(store, "open_batch_unanswered", lambda group, claims, now: (
+            self.used.append("unanswered"), answered(group, claims, now))[1])
+
+
+def plain(partition: int, offsets: Sequence[int]) -> list[Message]:
+    return [event("t", partition, o, None) for o in offsets]
+
+
+ORDERED = KeyFormat(ordered_coordinates=True)
+
+
+def test_a_batch_of_stretches_above_every_known_key_opens_unanswered_and_moves_the_marks(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each partition's mark (from which offset the store holds no key) moves past every
+    batch's messages; a batch wholly above the marks may be answered later, one reaching
+    below a mark (polled again after a seek back) is asked at once, and applies nothing
+    twice."""
+    openings = Openings(store, monkeypatch)
+    partitions = assigned(store, [P0, P1])
+    partitions[P0].new_keys_from = partitions[P1].new_keys_from = 0
+    handler = EffectWriter()
+    first = run_batch(store, source, plain(0, range(5)) + plain(1, range(3)), handler,
+                      partitions, key_format=ORDERED)
+    assert (first.applied, openings.used) == (8, ["unanswered"])
+    assert (partitions[P0].new_keys_from, partitions[P1].new_keys_from) == (5, 3)
+    again = run_batch(store, source, plain(0, range(3, 8)), handler, partitions,
+                      key_format=ORDERED)
+    assert (again.applied, again.duplicates, openings.used[1:]) == (3, 2, ["answered"])
+    assert partitions[P0].new_keys_from == 8
+    above = run_batch(store, source, plain(0, range(8, 10)) + plain(1, range(3, 4)), handler,
+                      partitions, key_format=ORDERED)
+    assert (above.applied, openings.used[2:]) == (3, ["unanswered"])
+    assert effects(store) == sorted(handler.calls) == \
+        [("t", 0, o) for o in range(10)] + [("t", 1, o) for o in range(4)]
+
+
+def test_a_partition_without_a_known_mark_is_asked_and_gets_none(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A partition whose mark is not known (a store that does not read it) is asked about
+    every batch, and a batch holding it and a known partition too."""
+    openings = Openings(store, monkeypatch)
+    partitions = assigned(store, [P0, P1])
+    partitions[P0].new_keys_from = 0
+    run_batch(store, source, plain(0, range(5)) + plain(1, range(3)), EffectWriter(),
+              partitions, key_format=ORDERED)
+    assert openings.used == ["answered"]
+    assert (partitions[P0].new_keys_from, partitions[P1].new_keys_from) == (5, None)
+
+
+def test_a_batch_claimed_per_message_moves_the_marks_past_its_messages(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch with a headered message is claimed message by message and asked at once; the
+    marks still move past its messages, so polled again they are asked about too."""
+    openings = Openings(store, monkeypatch)
+    partitions = assigned(store, [P0, P1])
+    partitions[P0].new_keys_from = partitions[P1].new_keys_from = 2
+    batch = [*plain(0, range(4)), event("t", 1, 6, b"headered")]
+    assert run_batch(store, source, batch, EffectWriter(), partitions,
+                     key_format=ORDERED).applied == 5
+    assert openings.used == ["answered"]
+    assert (partitions[P0].new_keys_from, partitions[P1].new_keys_from) == (4, 7)
+
+
+def test_processed_keys_found_ahead_roll_the_batch_back_and_forget_the_marks(
+    store: SQLiteStore, source: InMemorySource, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store finds a key held to be new processed (ProcessedKeysAhead, at its closing):
+    nothing of the batch commits, its partitions' marks are forgotten (asked from now on),
+    and the batch run again applies each message once."""
+    openings = Openings(store, monkeypatch)
+    partitions = assigned(store, [P0, P1])
+    partitions[P0].new_keys_from = partitions[P1].new_keys_from = 0
+    send_close = store.send_close
+
+    def refusing(group: str, rows: Sequence[CheckpointRow], now: float) -> BatchClosing:
+        monkeypatch.setattr(store, "send_close", send_close)
+        raise ProcessedKeysAhead("the store", [P0])
+
+    monkeypatch.setattr(store, "send_close", refusing)
+    handler = EffectWriter()
+    batch = plain(0, range(5)) + plain(1, range(3))
+    with pytest.raises(ProcessedKeysAhead):
+        run_batch(store, source, batch, handler, partitions, key_format=ORDERED)
+    assert effects(store) == [] and store.checkpoints(GROUP) == {P0: None, P1: None}
+    assert (partitions[P0].new_keys_from, partitions[P1].new_keys_from) == (None, None)
+    assert run_batch(store, source, batch, handler, partitions, key_format=ORDERED).applied == 8
+    assert openings.used == ["unanswered", "answered"]
+    assert effects(store) == sorted({(m.topic, m.partition, m.offset) for m in batch})

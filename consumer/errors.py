@@ -409,9 +409,11 @@ class ProcessedKeysAhead(BaseException):
     about each key before any handler runs; the partitions are no longer held to be known
     until they are assigned again. Not an Exception: raised where a handler reads
     ``context.db``, it must reach the framework. Something other than this consumer wrote the
-    group's keys while it held the partitions without moving their epochs (another deployment
-    sharing the group id and the store, a hand-made insert); the handlers of the batch's first
-    run may have run for messages processed before (their writes were rolled back)."""
+    group's keys while it held the partitions without moving their epochs (the workers of a
+    frozen member with ``concurrency`` above 1, whose message transactions commit keys without
+    the rows, finishing after its partitions moved; another deployment sharing the group id
+    and the store; a hand-made insert); the handlers of the batch's first run may have run
+    for messages processed before (their writes were rolled back)."""
 
     def __init__(self, where: str, partitions: list[tuple[str, int]]) -> None:
         self.partitions = partitions
@@ -419,8 +421,9 @@ class ProcessedKeysAhead(BaseException):
         super().__init__(
             f"{where}: processed keys were found among the batch's keys of {named}, at offsets "
             "above every key the store held for them when they were assigned: something other "
-            "than this consumer wrote this group's keys meanwhile (another deployment sharing "
-            "the group id and the store?). The batch rolled back and runs again, the store "
+            "than this consumer wrote this group's keys meanwhile (the concurrent workers of a "
+            "member frozen while it held them, another deployment sharing the group id and "
+            "the store?). The batch rolled back and runs again, the store "
             "asked about each key first; its handlers may have run once already for messages "
             "processed before, with their writes rolled back"
         )

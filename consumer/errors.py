@@ -171,11 +171,11 @@ class Fenced(ConsumerError):
     def __init__(self, group: str, partitions: list[tuple[str, int]]) -> None:
         self.group = group
         self.partitions = partitions
-        names = ", ".join(f"{t}[{p}]" for t, p in partitions)
         super().__init__(
-            f"fenced on {names} (group {group}): a newer member owns these partitions, so this "
-            "process's batch was rolled back and nothing was committed. It was probably frozen "
-            "past max.poll.interval.ms; it stops so a fresh process can rejoin the group."
+            f"fenced on {_named(partitions)} (group {group}): a newer member owns these "
+            "partitions, so this process's batch was rolled back and nothing was committed. It "
+            "was probably frozen past max.poll.interval.ms; it stops so a fresh process can "
+            "rejoin the group."
         )
 
 
@@ -417,9 +417,9 @@ class ProcessedKeysAhead(BaseException):
 
     def __init__(self, where: str, partitions: list[tuple[str, int]]) -> None:
         self.partitions = partitions
-        named = ", ".join(f"{topic}[{partition}]" for topic, partition in partitions)
         super().__init__(
-            f"{where}: processed keys were found among the batch's keys of {named}, at offsets "
+            f"{where}: processed keys were found among the batch's keys of "
+            f"{_named(partitions)}, at offsets "
             "above every key the store held for them when they were assigned: something other "
             "than this consumer wrote this group's keys meanwhile (the concurrent workers of a "
             "member frozen while it held them, another deployment sharing the group id and "
@@ -427,3 +427,8 @@ class ProcessedKeysAhead(BaseException):
             "asked about each key first; its handlers may have run once already for messages "
             "processed before, with their writes rolled back"
         )
+
+
+def _named(partitions: list[tuple[str, int]]) -> str:
+    """Partitions as an operator reads them: ``topic[0], topic[3]``."""
+    return ", ".join(f"{topic}[{partition}]" for topic, partition in partitions)

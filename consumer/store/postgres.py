@@ -528,12 +528,7 @@ class PostgresStore(key_runs.KeepsRuns, SendsClosing, Store):
             return self.claim(group, claims, now)
         ordered = postgres_runs.in_key_order(runs)
         with self._errors():
-            db = self._db
-            if self._open_prepared_on is not db:  # a new connection
-                postgres_runs.prepare_open(db)
-                self._open_prepared_on = db
-            self._in_batch = True  # from here a failure leaves a transaction to roll back
-            query = postgres_runs.open_query(group, now, ordered, self._literal)
+            db, query = self._opening_on(group, now, ordered)
             rows = postgres_runs.send_open(db, query)
             self._marked = postgres_mark.marked(db.pgconn)
             self._shares_rotation = None
@@ -546,24 +541,30 @@ class PostgresStore(key_runs.KeepsRuns, SendsClosing, Store):
         every key is answered new, and the server's answer is read before the store's next
         statement (:attr:`_db`: a handler's ``context.db``, the closing). The server inserts
         the runs while the handlers run, instead of before. ``framework-postgres`` alternated
-        with the answer awaited, six pairs of runs: 317,121 / 367,946 / 214,335 / 336,975 /
-        363,411 / 450,652 msg/s against 312,101 / 308,904 / 229,600 / 290,503 / 244,595 /
-        322,573."""
+        with the answer awaited, ten pairs of runs: medians 316,782 against 277,186 msg/s
+        (``benchmarks/HISTORY.md``)."""
         if (runs := key_runs.stretch_runs(claims, self._coordinates_keys)) is None:
             return self.open_batch(group, claims, now)
         ordered = postgres_runs.in_key_order(runs)
         with self._errors():
-            db = self._db
-            if self._open_prepared_on is not db:  # a new connection
-                postgres_runs.prepare_open(db)
-                self._open_prepared_on = db
-            self._in_batch = True  # from here a failure leaves a transaction to roll back
-            query = postgres_runs.open_query(group, now, ordered, self._literal)
+            db, query = self._opening_on(group, now, ordered)
             db.pgconn.send_query(query.encode(db.info.encoding))
             db.wait(generators.send(db.pgconn))
         self._opening = _SentOpening(query, ordered)
         self._shares_rotation = None
         return EveryKey(claims)
+
+    def _opening_on(self, group: str, now: float,
+                    ordered: Sequence[key_runs.Run]) -> tuple[psycopg.Connection[Any], str]:
+        """The connection, its opening statement prepared there, and the query string opening
+        a batch of these runs (:func:`postgres_runs.open_query`). The batch is in hand from
+        here: a failure leaves a transaction to roll back."""
+        db = self._db
+        if self._open_prepared_on is not db:  # a new connection
+            postgres_runs.prepare_open(db)
+            self._open_prepared_on = db
+        self._in_batch = True
+        return db, postgres_runs.open_query(group, now, ordered, self._literal)
 
     def _answer_opening(self) -> None:
         """Read the answer to :meth:`open_batch_unanswered`'s opening; raise

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -41,6 +42,22 @@ def consume_everything(config: dict[str, object], tmp_path: Path, name: str,
         assert run.wait() == 0, run.log_tail()
     finally:
         run.stop_if_running()
+
+
+def consume_to(config: dict[str, Any], tmp_path: Path, name: str, kafka_bootstrap: str,
+               offsets: dict[int, int]) -> ConsumerProcess:
+    """Run a consumer until the group's committed offsets on its topic are ``offsets``, then
+    stop it (SIGTERM, exit 0); the stopped process, for its log and records."""
+    group, (topic,) = config["kafka"]["group_id"], config["routes"]
+    run = ConsumerProcess(tmp_path, name, config).start()
+    try:
+        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, len(offsets)) == offsets,
+                 timeout=60, what=f"the group to reach {offsets} ({run.log_tail()})")
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.log_tail()
+    finally:
+        run.stop_if_running()
+    return run
 
 
 def _entries(store: StoreUnderTest) -> int:
@@ -117,14 +134,7 @@ def replay_story(kafka_bootstrap: str, store: StoreUnderTest, tmp_path: Path, *,
                   "--execute")
     assert kept.returncode == 0, kept.stderr
     assert group_offsets(kafka_bootstrap, group, topic, 2) == {0: 0, 1: 0}
-    run = ConsumerProcess(tmp_path, "after-keep", config).start()
-    try:
-        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 2) == {0: 20, 1: 20},
-                 timeout=60, what=f"the replayed group to reach the end ({run.log_tail()})")
-        run.signal(signal.SIGTERM)
-        assert run.wait() == 0, run.log_tail()
-    finally:
-        run.stop_if_running()
+    run = consume_to(config, tmp_path, "after-keep", kafka_bootstrap, {0: 20, 1: 20})
     assert "carries no checkpoint-consumer marker" not in run.log_file.read_text()
     return _entries(store), int(store.scalar("SELECT balance FROM accounts WHERE id = 'acc'"))
 
@@ -144,15 +154,8 @@ def test_kept_keys_of_plain_messages_run_no_handler_again(
     group = unique_name("replay-plain")
     config = consumer_config(kafka_bootstrap, group, topic, every_messages=5,
                              every_seconds=1.0, store=store.url)
-    end = {0: EVENTS // 2, 1: EVENTS // 2}
-    first = ConsumerProcess(tmp_path, "first", config).start()
-    try:
-        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 2) == end, timeout=60,
-                 what=f"the group to reach the end ({first.log_tail()})")
-        first.signal(signal.SIGTERM)
-        assert first.wait() == 0, first.log_tail()
-    finally:
-        first.stop_if_running()
+    first = consume_to(config, tmp_path, "first", kafka_bootstrap,
+                       {0: EVENTS // 2, 1: EVENTS // 2})
     assert sorted((p, o) for p, o, _ in first.records()) == \
         [(p, o) for p in (0, 1) for o in range(EVENTS // 2)]
 
@@ -161,14 +164,7 @@ def test_kept_keys_of_plain_messages_run_no_handler_again(
     assert kept.returncode == 0, kept.stderr
     produce(kafka_bootstrap, topic, [f"w{i}".encode() for i in range(10)],
             partition=lambda i: i % 2)
-    second = ConsumerProcess(tmp_path, "second", config).start()
-    try:
-        wait_for(lambda: group_offsets(kafka_bootstrap, group, topic, 2) == {0: 25, 1: 25},
-                 timeout=60, what=f"the replayed group to reach the end ({second.log_tail()})")
-        second.signal(signal.SIGTERM)
-        assert second.wait() == 0, second.log_tail()
-    finally:
-        second.stop_if_running()
+    second = consume_to(config, tmp_path, "second", kafka_bootstrap, {0: 25, 1: 25})
     assert sorted((p, o) for p, o, _ in second.records()) == \
         [(p, o) for p in (0, 1) for o in range(20, 25)]
     assert "processed keys were found" not in second.log_file.read_text()

@@ -312,6 +312,8 @@ class StoreCheckpoint:
         are asked about."""
         partitions = self._partitions
         if not isinstance(claims, ClaimBatch):
+            if all(p.new_keys_from is None for p in partitions.values()):
+                return False  # a store that reads no marks: no message to look at
             for message in self._messages:
                 progress = partitions.get((message.topic, message.partition))
                 if progress is not None and progress.new_keys_from is not None \
